@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs and starts the engines builder needs on this machine, idempotently:
+# Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, and a local
+# busybox base image (nothing can be pulled from the internet here).
+# Usage: scripts/dev-env.sh            (as root; safe to run again)
+# Env:   BUILDER_DATA_DIR  where the registry keeps its storage (default ~/.local/share/builder)
+set -euo pipefail
+
+data_dir="${BUILDER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/builder}"
+registry_addr="127.0.0.1:5000"
+base_image="builder/busybox:latest"
+
+log() { echo "dev-env: $*" >&2; }
+
+install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+wait_for() { # wait_for DESCRIPTION COMMAND...
+  local what="$1"; shift
+  for _ in $(seq 1 60); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  log "$what did not come up"; return 1
+}
+
+start_dockerd() {
+  if docker info >/dev/null 2>&1; then return; fi
+  log "starting dockerd (log: $data_dir/dockerd.log)"
+  nohup dockerd >"$data_dir/dockerd.log" 2>&1 &
+  wait_for "dockerd" docker info
+}
+
+start_registry() {
+  if curl -fsS "http://$registry_addr/v2/" >/dev/null 2>&1; then return; fi
+  mkdir -p "$data_dir/registry"
+  cat >"$data_dir/registry.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $data_dir/registry
+  delete:
+    enabled: true
+http:
+  addr: $registry_addr
+YAML
+  log "starting registry on $registry_addr (log: $data_dir/registry.log)"
+  nohup docker-registry serve "$data_dir/registry.yml" >"$data_dir/registry.log" 2>&1 &
+  wait_for "registry" curl -fsS "http://$registry_addr/v2/"
+}
+
+import_base_image() {
+  if docker image inspect "$base_image" >/dev/null 2>&1; then return; fi
+  log "importing $base_image from busybox-static"
+  local root; root="$(mktemp -d)"
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/root"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $("$root/bin/busybox" --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+  echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/sh' >>"$root/etc/passwd"
+  echo 'root:x:0:' >"$root/etc/group"
+  echo 'nogroup:x:65534:' >>"$root/etc/group"
+  chmod 1777 "$root/tmp"
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$base_image" >/dev/null
+  rm -rf "$root"
+}
+
+mkdir -p "$data_dir"
+install_packages
+start_dockerd
+start_registry
+import_base_image
+log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, base image $base_image"

@@ -1,0 +1,5 @@
+//! builder: runs Google Cloud Build configs on machines its users own.
+//! See ARCHITECTURE.md for the module map and the invariants.
+
+pub mod config;
+pub mod diag;
