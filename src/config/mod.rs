@@ -5,5 +5,6 @@ pub mod decode;
 pub mod duration;
 pub mod model;
 pub mod tree;
+pub mod validate;
 
 pub use model::BuildConfig;

@@ -1,0 +1,587 @@
+//! The rules and limits Cloud Build applies to a config before it runs (spec §2), checked on the
+//! written config. Everything is collected; nothing stops at the first problem.
+//!
+//! Values that contain substitutions (`$_IMAGE`, `${TAG_NAME}`) can only be judged once they are
+//! substituted, so image names and tags are checked here only when they are literal, and again by
+//! the planner after substitution ([`check_image`], [`clean_tags`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::decode::hint;
+use super::model::*;
+use crate::diag::{Diagnostics, FieldPath};
+use crate::image;
+
+pub const MAX_STEPS: usize = 300;
+pub const MAX_ARGS: usize = 100;
+pub const MAX_ARG_LEN: usize = 10_000;
+pub const MAX_ENV: usize = 100;
+pub const MAX_ENV_LEN: usize = 1000;
+pub const MAX_SUBSTITUTIONS: usize = 200;
+pub const MAX_SUBSTITUTION_KEY_LEN: usize = 100;
+pub const MAX_SUBSTITUTION_VALUE_LEN: usize = 4000;
+pub const MAX_TAGS: usize = 64;
+pub const MAX_IMAGES: usize = 100;
+pub const MAX_SECRET_VALUES: usize = 100;
+pub const MAX_SECRET_VALUE_LEN: usize = 65536;
+pub const MAX_FIELD_LEN: usize = 1000;
+pub const MAX_ARTIFACT_PATHS: usize = 100;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+static USER_KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^_[A-Z0-9_]+$").expect("regex"));
+static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("regex"));
+static VOLUME_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$").expect("regex"));
+
+/// Checks a decoded config against every rule that does not depend on substitution values.
+pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let root = FieldPath::root();
+    check_steps(config, diagnostics);
+    check_timeouts(config, diagnostics);
+    check_volumes(config, diagnostics);
+    check_substitution_keys(&config.substitutions, &root.key("substitutions"), diagnostics);
+    check_secrets(config, diagnostics);
+    check_artifacts(config, diagnostics);
+    for (i, name) in config.images.iter().enumerate() {
+        if !name.contains('$') {
+            check_image(&root.key("images").index(i), name, diagnostics);
+        }
+    }
+    if config.images.len() > MAX_IMAGES {
+        diagnostics.error(&root.key("images"), format!("at most {MAX_IMAGES} images"));
+    }
+    let literal_tags: Vec<String> = config.tags.iter().filter(|t| !t.contains('$')).cloned().collect();
+    clean_tags(&literal_tags, &root.key("tags"), diagnostics);
+}
+
+fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let steps_path = FieldPath::root().key("steps");
+    if config.steps.is_empty() {
+        diagnostics.error(&steps_path, "config must list at least one step");
+    }
+    if config.steps.len() > MAX_STEPS {
+        diagnostics.error(
+            &steps_path,
+            format!("{} steps; a build has at most {MAX_STEPS}", config.steps.len()),
+        );
+    }
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let all_ids: Vec<&str> = config.steps.iter().filter_map(|s| s.id.as_deref()).collect();
+    for (i, step) in config.steps.iter().enumerate() {
+        let path = steps_path.index(i);
+        if step.name.is_empty() {
+            diagnostics.error(&path.key("name"), "required: the builder image the step runs");
+        } else if !step.name.contains('$') {
+            check_image(&path.key("name"), &step.name, diagnostics);
+        }
+        check_lengths(&path, step, diagnostics);
+        check_env(&path.key("env"), &step.env, diagnostics);
+        if step.script.is_some() {
+            for (field, set) in [("args", !step.args.is_empty()), ("entrypoint", step.entrypoint.is_some())] {
+                if set {
+                    diagnostics.error(&path.key(field), "a step with `script` cannot also set `args` or `entrypoint`");
+                }
+            }
+        }
+        for (j, code) in step.allow_exit_codes.iter().enumerate() {
+            if !(0..=255).contains(code) {
+                diagnostics.error(
+                    &path.key("allowExitCodes").index(j),
+                    format!("exit code {code} is out of range 0..255"),
+                );
+            }
+        }
+        for (j, wait) in step.wait_for.iter().enumerate() {
+            if wait == "-" || ids.contains_key(wait.as_str()) {
+                continue;
+            }
+            let message = if all_ids.contains(&wait.as_str()) {
+                format!("step id {wait:?} is defined after this step; a step can only wait for earlier steps")
+            } else {
+                let earlier: Vec<&str> = ids.keys().copied().collect();
+                format!("unknown step id {wait:?}{}", hint(wait, &earlier))
+            };
+            diagnostics.error(&path.key("waitFor").index(j), message);
+        }
+        if let Some(id) = step.id.as_deref() {
+            if id == "-" {
+                diagnostics.error(&path.key("id"), "`-` is reserved (it means the build's start)");
+            } else if let Some(first) = ids.insert(id, i) {
+                diagnostics.error(&path.key("id"), format!("id {id:?} is already used by steps[{first}]"));
+            }
+        }
+    }
+}
+
+fn check_lengths(path: &FieldPath, step: &Step, diagnostics: &mut Diagnostics) {
+    if step.args.len() > MAX_ARGS {
+        diagnostics.error(&path.key("args"), format!("{} args; a step has at most {MAX_ARGS}", step.args.len()));
+    }
+    for (j, arg) in step.args.iter().enumerate() {
+        if arg.len() > MAX_ARG_LEN {
+            diagnostics.error(&path.key("args").index(j), format!("longer than {MAX_ARG_LEN} characters"));
+        }
+    }
+    for (field, value) in [("name", Some(&step.name)), ("dir", step.dir.as_ref())] {
+        if value.is_some_and(|v| v.len() > MAX_FIELD_LEN) {
+            diagnostics.error(&path.key(field), format!("longer than {MAX_FIELD_LEN} characters"));
+        }
+    }
+}
+
+/// `KEY=VALUE` entries of `env` and `options.env`.
+fn check_env(path: &FieldPath, env: &[String], diagnostics: &mut Diagnostics) {
+    if env.len() > MAX_ENV {
+        diagnostics.error(path, format!("{} entries; at most {MAX_ENV}", env.len()));
+    }
+    for (i, entry) in env.iter().enumerate() {
+        if !entry.contains('=') {
+            diagnostics.error(
+                &path.index(i),
+                format!("the Env entry {entry:?} must be of the form \"KEY=VALUE\""),
+            );
+        } else if entry.len() > MAX_ENV_LEN {
+            diagnostics.error(&path.index(i), format!("longer than {MAX_ENV_LEN} characters"));
+        }
+    }
+}
+
+fn check_timeouts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let build_timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    if build_timeout > MAX_TIMEOUT {
+        diagnostics.error(&FieldPath::root().key("timeout"), "a build timeout is at most 24h (86400s)");
+    }
+    for (i, step) in config.steps.iter().enumerate() {
+        if step.timeout.is_some_and(|t| t > build_timeout) {
+            let source = if config.timeout.is_some() { "the build's" } else { "the default build" };
+            diagnostics.error(
+                &FieldPath::root().key("steps").index(i).key("timeout"),
+                format!(
+                    "longer than {source} timeout ({}s); raise the build's `timeout`",
+                    build_timeout.as_secs_f64()
+                ),
+            );
+        }
+    }
+}
+
+/// Volume rules shared by step and global volumes (spec §2.8).
+fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let global_path = FieldPath::root().key("options").key("volumes");
+    check_volume_list(&global_path, &config.options.volumes, diagnostics);
+    if !config.options.volumes.is_empty() && config.steps.len() < 2 {
+        diagnostics.error(&global_path, "Global volumes defined but there are fewer than two steps");
+    }
+    let mut users: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, step) in config.steps.iter().enumerate() {
+        let path = FieldPath::root().key("steps").index(i).key("volumes");
+        check_volume_list(&path, &step.volumes, diagnostics);
+        for (j, volume) in step.volumes.iter().enumerate() {
+            users.entry(&volume.name).or_default().push(i);
+            for global in &config.options.volumes {
+                if global.name == volume.name || clean(&global.path) == clean(&volume.path) {
+                    diagnostics.error(
+                        &path.index(j),
+                        format!("clashes with the global volume {:?} at {:?}", global.name, global.path),
+                    );
+                }
+            }
+        }
+    }
+    for (name, steps) in users {
+        if steps.len() < 2 && !name.is_empty() {
+            let path = FieldPath::root().key("steps").index(steps[0]).key("volumes");
+            diagnostics.error(&path, format!("Volume {name:?} is only used by one step"));
+        }
+    }
+}
+
+fn check_volume_list(path: &FieldPath, volumes: &[Volume], diagnostics: &mut Diagnostics) {
+    let mut names = BTreeSet::new();
+    let mut paths = BTreeSet::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        let path = path.index(i);
+        if !VOLUME_NAME.is_match(&volume.name) {
+            diagnostics.error(
+                &path.key("name"),
+                format!("volume name {:?} does not match \"{}\"", volume.name, VOLUME_NAME.as_str()),
+            );
+        }
+        let cleaned = clean(&volume.path);
+        if !cleaned.starts_with('/') {
+            diagnostics.error(&path.key("path"), format!("path {:?} is not valid, must be absolute", volume.path));
+        } else if ["/workspace", "/builder/home", "/var/run/docker.sock"].contains(&cleaned.as_str()) {
+            diagnostics.error(&path.key("path"), format!("path {:?} is reserved", volume.path));
+        } else if cleaned.starts_with("/cloudbuild/") {
+            diagnostics.error(
+                &path.key("path"),
+                format!("volume path {:?} cannot start with /cloudbuild/", volume.path),
+            );
+        }
+        if !names.insert(&volume.name) {
+            diagnostics.error(&path.key("name"), format!("volume {:?} is listed twice", volume.name));
+        }
+        if !paths.insert(cleaned) {
+            diagnostics.error(&path.key("path"), format!("path {:?} is mounted twice", volume.path));
+        }
+    }
+}
+
+/// A path with `.`, `..` and repeated `/` resolved lexically, as Go's `path.Clean`.
+pub fn clean(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_str().unwrap_or_default()),
+            Component::ParentDir if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            Component::ParentDir if !absolute => parts.push(".."),
+            _ => {}
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+/// Keys written in a config's (or trigger's) `substitutions`.
+pub fn check_substitution_keys(
+    substitutions: &BTreeMap<String, String>,
+    path: &FieldPath,
+    diagnostics: &mut Diagnostics,
+) {
+    if substitutions.len() > MAX_SUBSTITUTIONS {
+        diagnostics.error(path, format!("{} substitutions; at most {MAX_SUBSTITUTIONS}", substitutions.len()));
+    }
+    for (key, value) in substitutions {
+        let path = path.key(key);
+        if !USER_KEY.is_match(key) {
+            diagnostics.error(&path, format!("substitution key {key} does not respect format ^_[A-Z0-9_]+$"));
+        } else if key.len() > MAX_SUBSTITUTION_KEY_LEN {
+            diagnostics.error(&path, format!("key longer than {MAX_SUBSTITUTION_KEY_LEN} bytes"));
+        }
+        if value.len() > MAX_SUBSTITUTION_VALUE_LEN {
+            diagnostics.error(&path, format!("value longer than {MAX_SUBSTITUTION_VALUE_LEN} bytes"));
+        }
+    }
+}
+
+/// `secrets`, `availableSecrets` and the `secretEnv` lists that use them (spec §2.6, the checks
+/// cloud-build-local makes, in its words).
+fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let root = FieldPath::root();
+    // Every defined secret env name, with the path that defines it.
+    let mut defined: Vec<(String, FieldPath)> = Vec::new();
+    let mut kms_keys = BTreeSet::new();
+    for (i, secret) in config.secrets.iter().enumerate() {
+        let path = root.key("secrets").index(i);
+        if !kms_keys.insert(&secret.kms_key_name) {
+            diagnostics.error(
+                &path.key("kmsKeyName"),
+                format!("kmsKeyName {:?} is used by more than one secret", secret.kms_key_name),
+            );
+        }
+        if secret.secret_env.is_empty() {
+            diagnostics.error(&path, format!("secret {i} defines no secretEnvs"));
+        }
+        for (name, value) in &secret.secret_env {
+            if value.len() > MAX_SECRET_VALUE_LEN {
+                diagnostics.error(
+                    &path.key("secretEnv").key(name),
+                    format!("secretEnv value for {name:?} cannot exceed {MAX_SECRET_VALUE_LEN}B"),
+                );
+            }
+            defined.push((name.clone(), path.key("secretEnv").key(name)));
+        }
+    }
+    let available = root.key("availableSecrets");
+    for (i, secret) in config.available_secrets.secret_manager.iter().enumerate() {
+        let path = available.key("secretManager").index(i);
+        if secret.env.is_empty() {
+            diagnostics.error(&path.key("env"), "required: the env name steps use in `secretEnv`");
+        }
+        if !secret.version_name.starts_with("projects/") || !secret.version_name.contains("/secrets/") {
+            diagnostics.error(
+                &path.key("versionName"),
+                format!("{:?} is not of the form projects/*/secrets/*/versions/*", secret.version_name),
+            );
+        }
+        defined.push((secret.env.clone(), path.key("env")));
+    }
+    for (i, secret) in config.available_secrets.inline.iter().enumerate() {
+        let path = available.key("inline").index(i);
+        for name in secret.env_map.keys() {
+            defined.push((name.clone(), path.key("envMap").key(name)));
+        }
+    }
+    if defined.len() > MAX_SECRET_VALUES {
+        diagnostics.error(&root, format!("build defines more than {MAX_SECRET_VALUES} secret values"));
+    }
+    let mut seen = BTreeSet::new();
+    for (name, path) in &defined {
+        if !seen.insert(name) {
+            diagnostics.error(path, format!("secretEnv {name:?} is defined more than once"));
+        }
+    }
+    let global_path = root.key("options").key("secretEnv");
+    // Every use of a secret env name, with the path that uses it.
+    let mut uses: Vec<(&String, FieldPath)> = Vec::new();
+    let mut global = BTreeSet::new();
+    for (i, name) in config.options.secret_env.iter().enumerate() {
+        if !global.insert(name) {
+            diagnostics.error(&global_path.index(i), format!("Build uses global secretEnv {name:?} more than once"));
+        }
+        uses.push((name, global_path.index(i)));
+    }
+    let global_env = env_keys(&config.options.env);
+    for (i, step) in config.steps.iter().enumerate() {
+        let path = root.key("steps").index(i).key("secretEnv");
+        let mut own = BTreeSet::new();
+        for (j, name) in step.secret_env.iter().enumerate() {
+            if global.contains(name) {
+                diagnostics.error(&path.index(j), format!("Step {i} uses the global secretEnv {name:?}"));
+            } else if !own.insert(name) {
+                diagnostics.error(&path.index(j), format!("Step {i} uses the secretEnv {name:?} more than once"));
+            }
+            uses.push((name, path.index(j)));
+        }
+        let env = env_keys(&step.env);
+        for name in own.iter().chain(global.iter()) {
+            if env.contains(name.as_str()) || global_env.contains(name.as_str()) {
+                diagnostics.error(&path, format!("step {i} has secret and non-secret env {name:?}"));
+            }
+        }
+    }
+    for (name, path) in &uses {
+        if !seen.contains(name) {
+            diagnostics.error(path, format!("secretEnv {name:?} is used without being defined"));
+        }
+    }
+    for (name, path) in &defined {
+        if !uses.iter().any(|(used, _)| *used == name) {
+            diagnostics.error(path, format!("secretEnv {name:?} is defined without being used"));
+        }
+    }
+    if !config.secrets.is_empty() || !config.available_secrets.inline.is_empty() {
+        let field = if config.secrets.is_empty() { available.key("inline") } else { root.key("secrets") };
+        diagnostics.warning(
+            &field,
+            "KMS-encrypted secrets cannot be decrypted by builder; a build that uses them fails (use availableSecrets.secretManager)",
+        );
+    }
+}
+
+fn env_keys(env: &[String]) -> BTreeSet<&str> {
+    env.iter().filter_map(|e| e.split_once('=').map(|(k, _)| k)).collect()
+}
+
+fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
+    let path = FieldPath::root().key("artifacts");
+    let artifacts = &config.artifacts;
+    if !artifacts.images.is_empty() && !config.images.is_empty() && artifacts.images != config.images {
+        diagnostics.error(&path.key("images"), "cannot specify different .images and .artifacts.images");
+    }
+    let Some(objects) = &artifacts.objects else {
+        return;
+    };
+    let path = path.key("objects");
+    if !objects.location.starts_with("gs://") {
+        diagnostics.error(
+            &path.key("location"),
+            format!(
+                "invalid .artifacts.location value {:?}; Google Cloud Storage URLs must begin with 'gs://'",
+                objects.location
+            ),
+        );
+    }
+    if objects.paths.is_empty() {
+        diagnostics.error(&path.key("paths"), ".artifacts.paths field empty");
+    }
+    if objects.paths.len() > MAX_ARTIFACT_PATHS {
+        diagnostics.error(&path.key("paths"), format!("at most {MAX_ARTIFACT_PATHS} paths"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, p) in objects.paths.iter().enumerate() {
+        if p.chars().any(char::is_whitespace) {
+            diagnostics.error(&path.key("paths").index(i), format!(".artifacts.paths {p:?} contains whitespace"));
+        }
+        if !seen.insert(p) {
+            diagnostics.error(&path.key("paths").index(i), format!("duplicate path {p:?}; remove duplicates"));
+        }
+    }
+}
+
+/// An image name after substitution.
+pub fn check_image(path: &FieldPath, name: &str, diagnostics: &mut Diagnostics) {
+    if let Err(message) = image::validate(name) {
+        diagnostics.error(path, message);
+    }
+}
+
+/// Build tags after substitution: empty ones dropped, duplicates removed (the first kept), the
+/// rest checked against Cloud Build's format.
+pub fn clean_tags(tags: &[String], path: &FieldPath, diagnostics: &mut Diagnostics) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() || kept.contains(tag) {
+            continue;
+        }
+        if !TAG.is_match(tag) {
+            diagnostics.error(
+                &path.index(i),
+                format!("invalid build tag {tag:?}: must match format \"^[\\w][\\w.-]{{0,127}}$\""),
+            );
+        }
+        kept.push(tag.clone());
+    }
+    if kept.len() > MAX_TAGS {
+        diagnostics.error(path, format!("{} tags; at most {MAX_TAGS}", kept.len()));
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{decode, tree};
+
+    /// Decodes and validates `text`, returning the rendered diagnostics.
+    fn check(text: &str) -> String {
+        let root = tree::parse(text).unwrap();
+        let mut diagnostics = Diagnostics::default();
+        let config = decode::build_config(&root, &mut diagnostics);
+        validate(&config, &mut diagnostics);
+        diagnostics.locate(&root);
+        diagnostics.render("c.yaml")
+    }
+
+    #[test]
+    fn a_valid_config_has_no_diagnostics() {
+        let out = check(
+            "steps:\n- {name: ubuntu, id: a, volumes: [{name: v1, path: /v}]}\n\
+             - {name: gcr.io/cloud-builders/docker, id: b, waitFor: [a], volumes: [{name: v1, path: /w}]}\n\
+             - {name: ubuntu, waitFor: ['-'], env: ['A=1'], secretEnv: [PW]}\n\
+             availableSecrets:\n  secretManager:\n  - {versionName: projects/p/secrets/pw/versions/1, env: PW}\n\
+             tags: [ci, '', ci]\ntimeout: 2h\n",
+        );
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn step_rules() {
+        assert_eq!(check("steps: []\n"), "c.yaml:1:8: steps: config must list at least one step\n");
+        assert_eq!(
+            check("steps:\n- {name: a, id: build}\n- name: b\n  waitFor: [buld]\n"),
+            "c.yaml:4:13: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?\n"
+        );
+        assert_eq!(
+            check("steps:\n- {name: a, waitFor: [later]}\n- {name: b, id: later}\n"),
+            "c.yaml:2:23: steps[0].waitFor[0]: step id \"later\" is defined after this step; a step can only wait for earlier steps\n"
+        );
+        let out = check(
+            "steps:\n- {name: a, id: x}\n- {name: b, id: x}\n- {name: c, id: '-'}\n\
+             - {name: d, script: echo, args: [x]}\n- {name: 'Bad', env: [NOEQ], allowExitCodes: [256]}\n",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6, "{out}");
+        assert!(lines[0].contains("steps[1].id: id \"x\" is already used by steps[0]"));
+        assert!(lines[1].contains("steps[2].id: `-` is reserved"));
+        assert!(lines[2].contains("steps[3].args: a step with `script` cannot also set"));
+        assert!(lines[3].contains("steps[4].name: invalid image name \"Bad\" contains uppercase"));
+        assert!(lines[4].contains("the Env entry \"NOEQ\" must be of the form"));
+        assert!(lines[5].contains("exit code 256 is out of range"));
+    }
+
+    #[test]
+    fn timeouts() {
+        assert!(check("steps: [{name: a}]\ntimeout: 25h\n").contains("at most 24h"));
+        assert!(check("steps: [{name: a}]\ntimeout: 24h\n").is_empty());
+        assert!(check("steps: [{name: a, timeout: 2h}]\n").contains("longer than the default build timeout (3600s)"));
+        assert!(check("steps: [{name: a, timeout: 2h}]\ntimeout: 3h\n").is_empty());
+    }
+
+    #[test]
+    fn volume_rules() {
+        let out = check(
+            "steps:\n- name: a\n  volumes: [{name: x, path: rel}, {name: ok, path: /workspace}, {name: ok, path: /cloudbuild/a}]\n\
+             - {name: b, volumes: [{name: ok, path: /a}, {name: g1, path: /g}]}\n\
+             options: {volumes: [{name: g1, path: /g}]}\n",
+        );
+        for expected in [
+            "volume name \"x\" does not match",
+            "path \"rel\" is not valid, must be absolute",
+            "path \"/workspace\" is reserved",
+            "cannot start with /cloudbuild/",
+            "volume \"ok\" is listed twice",
+            "clashes with the global volume \"g1\"",
+            "Volume \"x\" is only used by one step",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(check("steps: [{name: a}]\noptions: {volumes: [{name: g1, path: /g}]}\n").contains("fewer than two steps"));
+        assert_eq!(clean("/a/b/../c//./d"), "/a/c/d");
+        assert_eq!(clean("foo/../.."), "..");
+    }
+
+    #[test]
+    fn substitution_keys_and_tags() {
+        let out = check("steps: [{name: a}]\nsubstitutions: {_OK: 1, REPO_NAME: x, _lower: y, _: z}\ntags: ['feature/x']\n");
+        assert!(out.contains("substitutions.REPO_NAME: substitution key REPO_NAME does not respect format"));
+        assert!(out.contains("substitutions._lower:"));
+        assert!(out.contains("substitutions._:"));
+        assert!(out.contains("tags[0]: invalid build tag \"feature/x\""));
+        let mut diagnostics = Diagnostics::default();
+        let tags = ["a", "", "b", "a"].map(String::from);
+        assert_eq!(clean_tags(&tags, &FieldPath::root(), &mut diagnostics), ["a", "b"]);
+    }
+
+    #[test]
+    fn secret_rules() {
+        let out = check(
+            "steps:\n- {name: a, secretEnv: [A, A, G, MISSING], env: [A=1]}\n- {name: b}\n\
+             options: {secretEnv: [G, G]}\n\
+             availableSecrets:\n  secretManager:\n  - {versionName: projects/p/secrets/a/versions/1, env: A}\n\
+             \x20 - {versionName: projects/p/secrets/g/versions/1, env: G}\n\
+             \x20 - {versionName: nope, env: UNUSED}\n",
+        );
+        for expected in [
+            "Step 0 uses the secretEnv \"A\" more than once",
+            "Step 0 uses the global secretEnv \"G\"",
+            "secretEnv \"MISSING\" is used without being defined",
+            "Build uses global secretEnv \"G\" more than once",
+            "step 0 has secret and non-secret env \"A\"",
+            "secretEnv \"UNUSED\" is defined without being used",
+            "\"nope\" is not of the form projects/*/secrets/*/versions/*",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(check("steps: [{name: a, secretEnv: [K]}]\nsecrets: [{kmsKeyName: k, secretEnv: {K: abc}}]\n")
+            .contains("warning: secrets: KMS-encrypted secrets cannot be decrypted"));
+    }
+
+    #[test]
+    fn artifact_rules() {
+        let out = check(
+            "steps: [{name: a}]\nimages: [x]\nartifacts:\n  images: [y]\n  objects: {location: s3://b, paths: [a, a, 'b c']}\n",
+        );
+        for expected in [
+            "cannot specify different .images and .artifacts.images",
+            "Google Cloud Storage URLs must begin with 'gs://'",
+            "duplicate path \"a\"",
+            "contains whitespace",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+    }
+}
