@@ -441,6 +441,15 @@ impl<'a, 'd> Fields<'a, 'd> {
             .into_iter()
             .enumerate()
             .filter_map(|(i, item)| {
+                if item.value == Value::Null {
+                    // `- # comment` followed by `- name: …` makes an empty item; skipping it is
+                    // what the author meant.
+                    self.diagnostics.warning(
+                        &path.index(i),
+                        "an empty list item (a comment after `-` does not start the item); skipped",
+                    );
+                    return None;
+                }
                 let mut fields = Fields::of(item, path.index(i), self.diagnostics)?;
                 let value = read(&mut fields);
                 fields.finish();
@@ -614,6 +623,9 @@ mod tests {
              c.yaml:3:9: steps[0].args: expected a list of strings, found a mapping\n\
              c.yaml:5:10: timeout: invalid duration \"soon\"; write seconds such as \"600s\" or units such as \"45m\" or \"2h\"\n"
         );
+        let (config, out) = decode("steps:\n- # first\n- name: a\n");
+        assert_eq!(config.steps.len(), 1);
+        assert!(out.contains(": warning: steps[0]: an empty list item"), "{out}");
         let (_, out) = decode("- a\n- b\n");
         assert_eq!(out, "c.yaml:1:1: a build config must be a mapping, found a list\n");
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use granit_parser::{ErrorKind, Event, Parser, ScalarStyle, Span};
 
 use crate::diag::Pos;
 
@@ -93,6 +93,10 @@ impl Node {
 
 /// Parses one YAML document (JSON is YAML too). An empty document is an error: a config must be a
 /// mapping.
+///
+/// The parser is as lenient as libyaml (which gcloud reads configs with) about the indentation of
+/// flow collections, which real configs rely on. One more leniency is added by hand: a bare `-`
+/// inside a flow sequence (`waitFor: [-]`, seen in real configs) is read as the string "-".
 pub fn parse(text: &str) -> Result<Node, TreeError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(TreeError {
@@ -103,19 +107,57 @@ pub fn parse(text: &str) -> Result<Node, TreeError> {
             ),
         });
     }
+    match build(text) {
+        Err(LoadError::LoneDash(offset)) => {
+            let quoted = format!("{}\"-\"{}", &text[..offset], &text[offset + 1..]);
+            build(&quoted).map_err(LoadError::into_tree_error)
+        }
+        result => result.map_err(LoadError::into_tree_error),
+    }
+}
+
+enum LoadError {
+    /// A bare `-` in a flow collection, at this byte offset.
+    LoneDash(usize),
+    Other(TreeError),
+}
+
+impl LoadError {
+    fn into_tree_error(self) -> TreeError {
+        match self {
+            LoadError::Other(e) => e,
+            LoadError::LoneDash(_) => TreeError {
+                pos: Pos { line: 1, col: 1 },
+                message: "a bare `-` in a flow sequence could not be read".into(),
+            },
+        }
+    }
+}
+
+fn build(text: &str) -> Result<Node, LoadError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
-        let (event, span) = event.map_err(|e| TreeError {
-            pos: Pos {
-                line: e.marker().line(),
-                col: e.marker().col() + 1,
-            },
-            message: e.info().to_string(),
+        let (event, span) = event.map_err(|e| {
+            let marker = e.marker();
+            match (e.kind(), marker.byte_offset()) {
+                (ErrorKind::PlainScalarStartsWithDashFlowIndicator, Some(offset))
+                    if text.as_bytes().get(offset) == Some(&b'-') =>
+                {
+                    LoadError::LoneDash(offset)
+                }
+                _ => LoadError::Other(TreeError {
+                    pos: Pos {
+                        line: marker.line(),
+                        col: marker.col() + 1,
+                    },
+                    message: e.info(),
+                }),
+            }
         })?;
-        builder.on_event(event, span)?;
+        builder.on_event(event, span).map_err(LoadError::Other)?;
     }
-    builder.finish()
+    builder.finish().map_err(LoadError::Other)
 }
 
 /// A mapping or sequence being filled.
@@ -149,7 +191,7 @@ impl Builder {
             col: span.start.col() + 1,
         };
         match event {
-            Event::DocumentStart(_) => {
+            Event::DocumentStart(..) => {
                 self.documents += 1;
                 if self.documents > 1 {
                     return Err(TreeError {
@@ -185,7 +227,7 @@ impl Builder {
                 self.count(node.size(), pos)?;
                 self.add(node, 0)?;
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(TreeError {
                         pos,
@@ -232,7 +274,7 @@ impl Builder {
                 };
                 self.add(node, anchor)?;
             }
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+            _ => {}
         }
         Ok(())
     }
@@ -378,6 +420,7 @@ mod tests {
                     e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
         assert!(parse(bomb).unwrap_err().message.contains("alias bomb"));
         let deep = "[".repeat(100) + &"]".repeat(100);
+        assert!(parse("waitFor: [-]\n").unwrap().get("waitFor").is_some());
         assert!(parse(&deep).unwrap_err().message.contains("nesting"));
         let huge = "#".repeat(MAX_FILE_BYTES + 1);
         assert!(parse(&huge).unwrap_err().message.contains("limit"));

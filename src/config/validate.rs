@@ -311,7 +311,7 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         if secret.env.is_empty() {
             diagnostics.error(&path.key("env"), "required: the env name steps use in `secretEnv`");
         }
-        if !secret.version_name.starts_with("projects/") || !secret.version_name.contains("/secrets/") {
+        if !is_secret_version(&secret.version_name) && !secret.version_name.contains('$') {
             diagnostics.error(
                 &path.key("versionName"),
                 format!("{:?} is not of the form projects/*/secrets/*/versions/*", secret.version_name),
@@ -382,6 +382,16 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
 }
 
+/// `projects/*/secrets/*/versions/*`
+pub fn is_secret_version(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() == 6
+        && parts[0] == "projects"
+        && parts[2] == "secrets"
+        && parts[4] == "versions"
+        && parts.iter().all(|p| !p.is_empty())
+}
+
 fn env_keys(env: &[String]) -> BTreeSet<&str> {
     env.iter().filter_map(|e| e.split_once('=').map(|(k, _)| k)).collect()
 }
@@ -396,7 +406,7 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         return;
     };
     let path = path.key("objects");
-    if !objects.location.starts_with("gs://") {
+    if !objects.location.starts_with("gs://") && !objects.location.contains('$') {
         diagnostics.error(
             &path.key("location"),
             format!(
