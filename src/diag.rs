@@ -196,7 +196,11 @@ mod tests {
     fn renders_location_path_and_message() {
         let root = tree::parse("steps:\n- name: a\n  wait_for: [buld]\n").unwrap();
         let mut diagnostics = Diagnostics::default();
-        let path = FieldPath::root().key("steps").index(0).key("waitFor").index(0);
+        let path = FieldPath::root()
+            .key("steps")
+            .index(0)
+            .key("waitFor")
+            .index(0);
         diagnostics.error(&path, "unknown step id \"buld\"");
         diagnostics.warning(&FieldPath::root(), "whole file");
         diagnostics.locate(&root);

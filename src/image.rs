@@ -12,8 +12,10 @@ static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
     let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
     let tag = r"(?::[\w][\w.-]{0,127})?";
     let digest = r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?";
-    Regex::new(&format!("^{domain}{component}(?:/{component})*{tag}{digest}$"))
-        .expect("the reference grammar is a valid regex")
+    Regex::new(&format!(
+        "^{domain}{component}(?:/{component})*{tag}{digest}$"
+    ))
+    .expect("the reference grammar is a valid regex")
 });
 
 /// Checks a reference, with Cloud Build's messages.
@@ -22,7 +24,9 @@ pub fn validate(reference: &str) -> Result<(), String> {
         return Ok(());
     }
     if REFERENCE.is_match(&reference.to_ascii_lowercase()) {
-        return Err(format!("invalid image name {reference:?} contains uppercase letters"));
+        return Err(format!(
+            "invalid image name {reference:?} contains uppercase letters"
+        ));
     }
     Err(format!("invalid image name {reference:?}"))
 }
@@ -47,9 +51,22 @@ mod tests {
             validate("UBUNTU:latest"),
             Err("invalid image name \"UBUNTU:latest\" contains uppercase letters".into())
         );
-        for invalid in ["gcr.io/:broken", "gcr.io/p/app:feature/x", "", "a b", "gcr.io/p/"] {
-            assert_eq!(validate(invalid), Err(format!("invalid image name {invalid:?}")));
+        for invalid in [
+            "gcr.io/:broken",
+            "gcr.io/p/app:feature/x",
+            "",
+            "a b",
+            "gcr.io/p/",
+        ] {
+            assert_eq!(
+                validate(invalid),
+                Err(format!("invalid image name {invalid:?}"))
+            );
         }
-        assert!(validate("gcr.io/project/Broken").unwrap_err().contains("uppercase"));
+        assert!(
+            validate("gcr.io/project/Broken")
+                .unwrap_err()
+                .contains("uppercase")
+        );
     }
 }

@@ -1,1 +1,9 @@
-fn main() {}
+//! The `builder` binary: see [`builder::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    builder::cli::run(builder::cli::Cli::parse())
+}

@@ -36,10 +36,8 @@ pub fn build_config(root: &Node, diagnostics: &mut Diagnostics) -> BuildConfig {
             .unwrap_or_default(),
         artifacts: fields.object("artifacts", artifacts).unwrap_or_default(),
         logs_bucket: fields.unsupported_string("logsBucket", "build logs stay on this machine"),
-        service_account: fields.unsupported_string(
-            "serviceAccount",
-            "steps run with the engine's credentials",
-        ),
+        service_account: fields
+            .unsupported_string("serviceAccount", "steps run with the engine's credentials"),
     };
     fields.finish();
     config
@@ -72,10 +70,11 @@ fn volume(f: &mut Fields) -> Volume {
 }
 
 fn options(f: &mut Fields) -> Options {
-    let substitution_option = match f.enumeration("substitutionOption", &["MUST_MATCH", "ALLOW_LOOSE"]) {
-        Some("ALLOW_LOOSE") => SubstitutionOption::AllowLoose,
-        _ => SubstitutionOption::MustMatch,
-    };
+    let substitution_option =
+        match f.enumeration("substitutionOption", &["MUST_MATCH", "ALLOW_LOOSE"]) {
+            Some("ALLOW_LOOSE") => SubstitutionOption::AllowLoose,
+            _ => SubstitutionOption::MustMatch,
+        };
     const MACHINE_TYPES: &[&str] = &[
         "UNSPECIFIED",
         "N1_HIGHCPU_8",
@@ -123,9 +122,7 @@ fn options(f: &mut Fields) -> Options {
     f.unsupported_scalar("workerPool", HOST_ONLY);
     f.unsupported_scalar("pubsubTopic", "no Pub/Sub notifications are sent");
     f.unsupported_scalar("enableStructuredLogging", "logs are kept by builder");
-    let pool_name = f
-        .object("pool", |pool| pool.string("name"))
-        .flatten();
+    let pool_name = f.object("pool", |pool| pool.string("name")).flatten();
     if pool_name.is_some() {
         f.warn_unsupported("pool", HOST_ONLY);
     }
@@ -157,7 +154,14 @@ fn available_secrets(f: &mut Fields) -> AvailableSecrets {
 const UPLOADS: &[(&str, &[&str], &[&str])] = &[
     (
         "mavenArtifacts",
-        &["repository", "path", "deployFolder", "artifactId", "groupId", "version"],
+        &[
+            "repository",
+            "path",
+            "deployFolder",
+            "artifactId",
+            "groupId",
+            "version",
+        ],
         &[],
     ),
     ("pythonPackages", &["repository"], &["paths"]),
@@ -201,10 +205,12 @@ fn artifacts(f: &mut Fields) -> Artifacts {
         if !found.is_empty() {
             f.warn_unsupported(kind, "there is no Artifact Registry to upload to");
         }
-        uploads.extend(found.into_iter().enumerate().map(|(index, upload)| ArtifactUpload {
-            index,
-            ..upload
-        }));
+        uploads.extend(
+            found
+                .into_iter()
+                .enumerate()
+                .map(|(index, upload)| ArtifactUpload { index, ..upload }),
+        );
     }
     Artifacts {
         images,
@@ -385,7 +391,10 @@ impl<'a, 'd> Fields<'a, 'd> {
             self.diagnostics.error_at(
                 &path,
                 node.pos,
-                format!("expected a mapping of names to strings, found {}", node.kind()),
+                format!(
+                    "expected a mapping of names to strings, found {}",
+                    node.kind()
+                ),
             );
             return BTreeMap::new();
         }
@@ -458,10 +467,17 @@ impl<'a, 'd> Fields<'a, 'd> {
             .collect()
     }
 
-    fn enumeration(&mut self, name: &'static str, allowed: &[&'static str]) -> Option<&'static str> {
+    fn enumeration(
+        &mut self,
+        name: &'static str,
+        allowed: &[&'static str],
+    ) -> Option<&'static str> {
         let (node, path) = self.take(name)?;
         let text = self.scalar_text(node, &path, "one of the listed values")?;
-        let found = allowed.iter().find(|a| a.eq_ignore_ascii_case(&text)).copied();
+        let found = allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(&text))
+            .copied();
         if found.is_none() {
             self.diagnostics.error_at(
                 &path,
@@ -490,7 +506,10 @@ impl<'a, 'd> Fields<'a, 'd> {
             if !allowed.contains(&value.as_str()) {
                 self.diagnostics.error(
                     &path.index(i),
-                    format!("unknown value {value:?}; expected one of {}", allowed.join(", ")),
+                    format!(
+                        "unknown value {value:?}; expected one of {}",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -514,15 +533,18 @@ impl<'a, 'd> Fields<'a, 'd> {
     }
 
     fn warn_unsupported(&mut self, name: &'static str, why: &str) {
-        self.diagnostics
-            .warning(&self.path.key(name), format!("not honoured by builder ({why}); ignored"));
+        self.diagnostics.warning(
+            &self.path.key(name),
+            format!("not honoured by builder ({why}); ignored"),
+        );
     }
 
     /// Reports every key that no reader asked for.
     fn finish(self) {
         for (key, _) in self.node.entries() {
             let Some(text) = key.scalar().map(|s| s.text.as_str()) else {
-                self.diagnostics.error_at(&self.path, key.pos, "a field name must be a string");
+                self.diagnostics
+                    .error_at(&self.path, key.pos, "a field name must be a string");
                 continue;
             };
             let is_known = self
@@ -576,7 +598,10 @@ mod tests {
         assert_eq!(config.steps[0].wait_for, ["-"]);
         assert!(config.steps[0].allow_failure);
         assert_eq!(config.steps[0].allow_exit_codes, [1, 2]);
-        assert_eq!(config.options.substitution_option, SubstitutionOption::AllowLoose);
+        assert_eq!(
+            config.options.substitution_option,
+            SubstitutionOption::AllowLoose
+        );
         assert!(config.options.dynamic_substitutions);
         assert_eq!(config.timeout, Some(Duration::from_secs(2700)));
     }
@@ -614,7 +639,8 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_reported_and_reading_goes_on() {
-        let (config, out) = decode("steps:\n- name: [a]\n  args: {x: 1}\n- name: b\ntimeout: soon\n");
+        let (config, out) =
+            decode("steps:\n- name: [a]\n  args: {x: 1}\n- name: b\ntimeout: soon\n");
         assert_eq!(config.steps.len(), 2);
         assert_eq!(config.steps[1].name, "b");
         assert_eq!(
@@ -625,8 +651,14 @@ mod tests {
         );
         let (config, out) = decode("steps:\n- # first\n- name: a\n");
         assert_eq!(config.steps.len(), 1);
-        assert!(out.contains(": warning: steps[0]: an empty list item"), "{out}");
+        assert!(
+            out.contains(": warning: steps[0]: an empty list item"),
+            "{out}"
+        );
         let (_, out) = decode("- a\n- b\n");
-        assert_eq!(out, "c.yaml:1:1: a build config must be a mapping, found a list\n");
+        assert_eq!(
+            out,
+            "c.yaml:1:1: a build config must be a mapping, found a list\n"
+        );
     }
 }

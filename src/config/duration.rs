@@ -13,7 +13,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     };
     let trimmed = text.trim();
     if trimmed.starts_with('-') {
-        return Err(format!("invalid duration {text:?}: it must not be negative"));
+        return Err(format!(
+            "invalid duration {text:?}: it must not be negative"
+        ));
     }
     if let Ok(seconds) = trimmed.parse::<f64>() {
         return Ok(Duration::from_secs_f64(seconds));

@@ -38,7 +38,12 @@ pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
         Err(e) => {
             let prefix = &bytes[..e.valid_up_to()];
             let line = prefix.iter().filter(|&&b| b == b'\n').count() + 1;
-            let col = prefix.len() - prefix.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+            let col = prefix.len()
+                - prefix
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
             let pos = crate::diag::Pos { line, col };
             diagnostics.error_at(&FieldPath::root(), pos, "not a text file: invalid UTF-8");
             return Err(diagnostics);

@@ -349,7 +349,10 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, TreeError
             };
             for (k, v) in merged {
                 let text = k.scalar().map(|s| s.text.clone());
-                if !own.iter().any(|(o, _)| o.scalar().map(|s| &s.text) == text.as_ref()) {
+                if !own
+                    .iter()
+                    .any(|(o, _)| o.scalar().map(|s| &s.text) == text.as_ref())
+                {
                     own.push((k, v));
                 }
             }

@@ -45,7 +45,11 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     check_steps(config, diagnostics);
     check_timeouts(config, diagnostics);
     check_volumes(config, diagnostics);
-    check_substitution_keys(&config.substitutions, &root.key("substitutions"), diagnostics);
+    check_substitution_keys(
+        &config.substitutions,
+        &root.key("substitutions"),
+        diagnostics,
+    );
     check_secrets(config, diagnostics);
     check_artifacts(config, diagnostics);
     for (i, name) in config.images.iter().enumerate() {
@@ -56,7 +60,12 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     if config.images.len() > MAX_IMAGES {
         diagnostics.error(&root.key("images"), format!("at most {MAX_IMAGES} images"));
     }
-    let literal_tags: Vec<String> = config.tags.iter().filter(|t| !t.contains('$')).cloned().collect();
+    let literal_tags: Vec<String> = config
+        .tags
+        .iter()
+        .filter(|t| !t.contains('$'))
+        .cloned()
+        .collect();
     clean_tags(&literal_tags, &root.key("tags"), diagnostics);
 }
 
@@ -68,24 +77,40 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     if config.steps.len() > MAX_STEPS {
         diagnostics.error(
             &steps_path,
-            format!("{} steps; a build has at most {MAX_STEPS}", config.steps.len()),
+            format!(
+                "{} steps; a build has at most {MAX_STEPS}",
+                config.steps.len()
+            ),
         );
     }
     let mut ids: HashMap<&str, usize> = HashMap::new();
-    let all_ids: Vec<&str> = config.steps.iter().filter_map(|s| s.id.as_deref()).collect();
+    let all_ids: Vec<&str> = config
+        .steps
+        .iter()
+        .filter_map(|s| s.id.as_deref())
+        .collect();
     for (i, step) in config.steps.iter().enumerate() {
         let path = steps_path.index(i);
         if step.name.is_empty() {
-            diagnostics.error(&path.key("name"), "required: the builder image the step runs");
+            diagnostics.error(
+                &path.key("name"),
+                "required: the builder image the step runs",
+            );
         } else if !step.name.contains('$') {
             check_image(&path.key("name"), &step.name, diagnostics);
         }
         check_lengths(&path, step, diagnostics);
         check_env(&path.key("env"), &step.env, diagnostics);
         if step.script.is_some() {
-            for (field, set) in [("args", !step.args.is_empty()), ("entrypoint", step.entrypoint.is_some())] {
+            for (field, set) in [
+                ("args", !step.args.is_empty()),
+                ("entrypoint", step.entrypoint.is_some()),
+            ] {
                 if set {
-                    diagnostics.error(&path.key(field), "a step with `script` cannot also set `args` or `entrypoint`");
+                    diagnostics.error(
+                        &path.key(field),
+                        "a step with `script` cannot also set `args` or `entrypoint`",
+                    );
                 }
             }
         }
@@ -102,7 +127,9 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
                 continue;
             }
             let message = if all_ids.contains(&wait.as_str()) {
-                format!("step id {wait:?} is defined after this step; a step can only wait for earlier steps")
+                format!(
+                    "step id {wait:?} is defined after this step; a step can only wait for earlier steps"
+                )
             } else {
                 let earlier: Vec<&str> = ids.keys().copied().collect();
                 format!("unknown step id {wait:?}{}", hint(wait, &earlier))
@@ -111,9 +138,15 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         }
         if let Some(id) = step.id.as_deref() {
             if id == "-" {
-                diagnostics.error(&path.key("id"), "`-` is reserved (it means the build's start)");
+                diagnostics.error(
+                    &path.key("id"),
+                    "`-` is reserved (it means the build's start)",
+                );
             } else if let Some(first) = ids.insert(id, i) {
-                diagnostics.error(&path.key("id"), format!("id {id:?} is already used by steps[{first}]"));
+                diagnostics.error(
+                    &path.key("id"),
+                    format!("id {id:?} is already used by steps[{first}]"),
+                );
             }
         }
     }
@@ -121,16 +154,25 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
 
 fn check_lengths(path: &FieldPath, step: &Step, diagnostics: &mut Diagnostics) {
     if step.args.len() > MAX_ARGS {
-        diagnostics.error(&path.key("args"), format!("{} args; a step has at most {MAX_ARGS}", step.args.len()));
+        diagnostics.error(
+            &path.key("args"),
+            format!("{} args; a step has at most {MAX_ARGS}", step.args.len()),
+        );
     }
     for (j, arg) in step.args.iter().enumerate() {
         if arg.len() > MAX_ARG_LEN {
-            diagnostics.error(&path.key("args").index(j), format!("longer than {MAX_ARG_LEN} characters"));
+            diagnostics.error(
+                &path.key("args").index(j),
+                format!("longer than {MAX_ARG_LEN} characters"),
+            );
         }
     }
     for (field, value) in [("name", Some(&step.name)), ("dir", step.dir.as_ref())] {
         if value.is_some_and(|v| v.len() > MAX_FIELD_LEN) {
-            diagnostics.error(&path.key(field), format!("longer than {MAX_FIELD_LEN} characters"));
+            diagnostics.error(
+                &path.key(field),
+                format!("longer than {MAX_FIELD_LEN} characters"),
+            );
         }
     }
 }
@@ -147,7 +189,10 @@ fn check_env(path: &FieldPath, env: &[String], diagnostics: &mut Diagnostics) {
                 format!("the Env entry {entry:?} must be of the form \"KEY=VALUE\""),
             );
         } else if entry.len() > MAX_ENV_LEN {
-            diagnostics.error(&path.index(i), format!("longer than {MAX_ENV_LEN} characters"));
+            diagnostics.error(
+                &path.index(i),
+                format!("longer than {MAX_ENV_LEN} characters"),
+            );
         }
     }
 }
@@ -155,11 +200,18 @@ fn check_env(path: &FieldPath, env: &[String], diagnostics: &mut Diagnostics) {
 fn check_timeouts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let build_timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
     if build_timeout > MAX_TIMEOUT {
-        diagnostics.error(&FieldPath::root().key("timeout"), "a build timeout is at most 24h (86400s)");
+        diagnostics.error(
+            &FieldPath::root().key("timeout"),
+            "a build timeout is at most 24h (86400s)",
+        );
     }
     for (i, step) in config.steps.iter().enumerate() {
         if step.timeout.is_some_and(|t| t > build_timeout) {
-            let source = if config.timeout.is_some() { "the build's" } else { "the default build" };
+            let source = if config.timeout.is_some() {
+                "the build's"
+            } else {
+                "the default build"
+            };
             diagnostics.error(
                 &FieldPath::root().key("steps").index(i).key("timeout"),
                 format!(
@@ -176,7 +228,10 @@ fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let global_path = FieldPath::root().key("options").key("volumes");
     check_volume_list(&global_path, &config.options.volumes, diagnostics);
     if !config.options.volumes.is_empty() && config.steps.len() < 2 {
-        diagnostics.error(&global_path, "Global volumes defined but there are fewer than two steps");
+        diagnostics.error(
+            &global_path,
+            "Global volumes defined but there are fewer than two steps",
+        );
     }
     let mut users: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, step) in config.steps.iter().enumerate() {
@@ -188,7 +243,10 @@ fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
                 if global.name == volume.name || clean(&global.path) == clean(&volume.path) {
                     diagnostics.error(
                         &path.index(j),
-                        format!("clashes with the global volume {:?} at {:?}", global.name, global.path),
+                        format!(
+                            "clashes with the global volume {:?} at {:?}",
+                            global.name, global.path
+                        ),
                     );
                 }
             }
@@ -196,7 +254,10 @@ fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
     for (name, steps) in users {
         if steps.len() < 2 && !name.is_empty() {
-            let path = FieldPath::root().key("steps").index(steps[0]).key("volumes");
+            let path = FieldPath::root()
+                .key("steps")
+                .index(steps[0])
+                .key("volumes");
             diagnostics.error(&path, format!("Volume {name:?} is only used by one step"));
         }
     }
@@ -210,25 +271,46 @@ fn check_volume_list(path: &FieldPath, volumes: &[Volume], diagnostics: &mut Dia
         if !VOLUME_NAME.is_match(&volume.name) {
             diagnostics.error(
                 &path.key("name"),
-                format!("volume name {:?} does not match \"{}\"", volume.name, VOLUME_NAME.as_str()),
+                format!(
+                    "volume name {:?} does not match \"{}\"",
+                    volume.name,
+                    VOLUME_NAME.as_str()
+                ),
             );
         }
         let cleaned = clean(&volume.path);
         if !cleaned.starts_with('/') {
-            diagnostics.error(&path.key("path"), format!("path {:?} is not valid, must be absolute", volume.path));
-        } else if ["/workspace", "/builder/home", "/var/run/docker.sock"].contains(&cleaned.as_str()) {
-            diagnostics.error(&path.key("path"), format!("path {:?} is reserved", volume.path));
+            diagnostics.error(
+                &path.key("path"),
+                format!("path {:?} is not valid, must be absolute", volume.path),
+            );
+        } else if ["/workspace", "/builder/home", "/var/run/docker.sock"]
+            .contains(&cleaned.as_str())
+        {
+            diagnostics.error(
+                &path.key("path"),
+                format!("path {:?} is reserved", volume.path),
+            );
         } else if cleaned.starts_with("/cloudbuild/") {
             diagnostics.error(
                 &path.key("path"),
-                format!("volume path {:?} cannot start with /cloudbuild/", volume.path),
+                format!(
+                    "volume path {:?} cannot start with /cloudbuild/",
+                    volume.path
+                ),
             );
         }
         if !names.insert(&volume.name) {
-            diagnostics.error(&path.key("name"), format!("volume {:?} is listed twice", volume.name));
+            diagnostics.error(
+                &path.key("name"),
+                format!("volume {:?} is listed twice", volume.name),
+            );
         }
         if !paths.insert(cleaned) {
-            diagnostics.error(&path.key("path"), format!("path {:?} is mounted twice", volume.path));
+            diagnostics.error(
+                &path.key("path"),
+                format!("path {:?} is mounted twice", volume.path),
+            );
         }
     }
 }
@@ -262,17 +344,32 @@ pub fn check_substitution_keys(
     diagnostics: &mut Diagnostics,
 ) {
     if substitutions.len() > MAX_SUBSTITUTIONS {
-        diagnostics.error(path, format!("{} substitutions; at most {MAX_SUBSTITUTIONS}", substitutions.len()));
+        diagnostics.error(
+            path,
+            format!(
+                "{} substitutions; at most {MAX_SUBSTITUTIONS}",
+                substitutions.len()
+            ),
+        );
     }
     for (key, value) in substitutions {
         let path = path.key(key);
         if !USER_KEY.is_match(key) {
-            diagnostics.error(&path, format!("substitution key {key} does not respect format ^_[A-Z0-9_]+$"));
+            diagnostics.error(
+                &path,
+                format!("substitution key {key} does not respect format ^_[A-Z0-9_]+$"),
+            );
         } else if key.len() > MAX_SUBSTITUTION_KEY_LEN {
-            diagnostics.error(&path, format!("key longer than {MAX_SUBSTITUTION_KEY_LEN} bytes"));
+            diagnostics.error(
+                &path,
+                format!("key longer than {MAX_SUBSTITUTION_KEY_LEN} bytes"),
+            );
         }
         if value.len() > MAX_SUBSTITUTION_VALUE_LEN {
-            diagnostics.error(&path, format!("value longer than {MAX_SUBSTITUTION_VALUE_LEN} bytes"));
+            diagnostics.error(
+                &path,
+                format!("value longer than {MAX_SUBSTITUTION_VALUE_LEN} bytes"),
+            );
         }
     }
 }
@@ -289,7 +386,10 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         if !kms_keys.insert(&secret.kms_key_name) {
             diagnostics.error(
                 &path.key("kmsKeyName"),
-                format!("kmsKeyName {:?} is used by more than one secret", secret.kms_key_name),
+                format!(
+                    "kmsKeyName {:?} is used by more than one secret",
+                    secret.kms_key_name
+                ),
             );
         }
         if secret.secret_env.is_empty() {
@@ -309,12 +409,18 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     for (i, secret) in config.available_secrets.secret_manager.iter().enumerate() {
         let path = available.key("secretManager").index(i);
         if secret.env.is_empty() {
-            diagnostics.error(&path.key("env"), "required: the env name steps use in `secretEnv`");
+            diagnostics.error(
+                &path.key("env"),
+                "required: the env name steps use in `secretEnv`",
+            );
         }
         if !is_secret_version(&secret.version_name) && !secret.version_name.contains('$') {
             diagnostics.error(
                 &path.key("versionName"),
-                format!("{:?} is not of the form projects/*/secrets/*/versions/*", secret.version_name),
+                format!(
+                    "{:?} is not of the form projects/*/secrets/*/versions/*",
+                    secret.version_name
+                ),
             );
         }
         defined.push((secret.env.clone(), path.key("env")));
@@ -326,12 +432,18 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         }
     }
     if defined.len() > MAX_SECRET_VALUES {
-        diagnostics.error(&root, format!("build defines more than {MAX_SECRET_VALUES} secret values"));
+        diagnostics.error(
+            &root,
+            format!("build defines more than {MAX_SECRET_VALUES} secret values"),
+        );
     }
     let mut seen = BTreeSet::new();
     for (name, path) in &defined {
         if !seen.insert(name) {
-            diagnostics.error(path, format!("secretEnv {name:?} is defined more than once"));
+            diagnostics.error(
+                path,
+                format!("secretEnv {name:?} is defined more than once"),
+            );
         }
     }
     let global_path = root.key("options").key("secretEnv");
@@ -340,7 +452,10 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let mut global = BTreeSet::new();
     for (i, name) in config.options.secret_env.iter().enumerate() {
         if !global.insert(name) {
-            diagnostics.error(&global_path.index(i), format!("Build uses global secretEnv {name:?} more than once"));
+            diagnostics.error(
+                &global_path.index(i),
+                format!("Build uses global secretEnv {name:?} more than once"),
+            );
         }
         uses.push((name, global_path.index(i)));
     }
@@ -350,31 +465,50 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         let mut own = BTreeSet::new();
         for (j, name) in step.secret_env.iter().enumerate() {
             if global.contains(name) {
-                diagnostics.error(&path.index(j), format!("Step {i} uses the global secretEnv {name:?}"));
+                diagnostics.error(
+                    &path.index(j),
+                    format!("Step {i} uses the global secretEnv {name:?}"),
+                );
             } else if !own.insert(name) {
-                diagnostics.error(&path.index(j), format!("Step {i} uses the secretEnv {name:?} more than once"));
+                diagnostics.error(
+                    &path.index(j),
+                    format!("Step {i} uses the secretEnv {name:?} more than once"),
+                );
             }
             uses.push((name, path.index(j)));
         }
         let env = env_keys(&step.env);
         for name in own.iter().chain(global.iter()) {
             if env.contains(name.as_str()) || global_env.contains(name.as_str()) {
-                diagnostics.error(&path, format!("step {i} has secret and non-secret env {name:?}"));
+                diagnostics.error(
+                    &path,
+                    format!("step {i} has secret and non-secret env {name:?}"),
+                );
             }
         }
     }
     for (name, path) in &uses {
         if !seen.contains(name) {
-            diagnostics.error(path, format!("secretEnv {name:?} is used without being defined"));
+            diagnostics.error(
+                path,
+                format!("secretEnv {name:?} is used without being defined"),
+            );
         }
     }
     for (name, path) in &defined {
         if !uses.iter().any(|(used, _)| *used == name) {
-            diagnostics.error(path, format!("secretEnv {name:?} is defined without being used"));
+            diagnostics.error(
+                path,
+                format!("secretEnv {name:?} is defined without being used"),
+            );
         }
     }
     if !config.secrets.is_empty() || !config.available_secrets.inline.is_empty() {
-        let field = if config.secrets.is_empty() { available.key("inline") } else { root.key("secrets") };
+        let field = if config.secrets.is_empty() {
+            available.key("inline")
+        } else {
+            root.key("secrets")
+        };
         diagnostics.warning(
             &field,
             "KMS-encrypted secrets cannot be decrypted by builder; a build that uses them fails (use availableSecrets.secretManager)",
@@ -393,14 +527,22 @@ pub fn is_secret_version(name: &str) -> bool {
 }
 
 fn env_keys(env: &[String]) -> BTreeSet<&str> {
-    env.iter().filter_map(|e| e.split_once('=').map(|(k, _)| k)).collect()
+    env.iter()
+        .filter_map(|e| e.split_once('=').map(|(k, _)| k))
+        .collect()
 }
 
 fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let path = FieldPath::root().key("artifacts");
     let artifacts = &config.artifacts;
-    if !artifacts.images.is_empty() && !config.images.is_empty() && artifacts.images != config.images {
-        diagnostics.error(&path.key("images"), "cannot specify different .images and .artifacts.images");
+    if !artifacts.images.is_empty()
+        && !config.images.is_empty()
+        && artifacts.images != config.images
+    {
+        diagnostics.error(
+            &path.key("images"),
+            "cannot specify different .images and .artifacts.images",
+        );
     }
     let Some(objects) = &artifacts.objects else {
         return;
@@ -419,15 +561,24 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         diagnostics.error(&path.key("paths"), ".artifacts.paths field empty");
     }
     if objects.paths.len() > MAX_ARTIFACT_PATHS {
-        diagnostics.error(&path.key("paths"), format!("at most {MAX_ARTIFACT_PATHS} paths"));
+        diagnostics.error(
+            &path.key("paths"),
+            format!("at most {MAX_ARTIFACT_PATHS} paths"),
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, p) in objects.paths.iter().enumerate() {
         if p.chars().any(char::is_whitespace) {
-            diagnostics.error(&path.key("paths").index(i), format!(".artifacts.paths {p:?} contains whitespace"));
+            diagnostics.error(
+                &path.key("paths").index(i),
+                format!(".artifacts.paths {p:?} contains whitespace"),
+            );
         }
         if !seen.insert(p) {
-            diagnostics.error(&path.key("paths").index(i), format!("duplicate path {p:?}; remove duplicates"));
+            diagnostics.error(
+                &path.key("paths").index(i),
+                format!("duplicate path {p:?}; remove duplicates"),
+            );
         }
     }
 }
@@ -490,7 +641,10 @@ mod tests {
 
     #[test]
     fn step_rules() {
-        assert_eq!(check("steps: []\n"), "c.yaml:1:8: steps: config must list at least one step\n");
+        assert_eq!(
+            check("steps: []\n"),
+            "c.yaml:1:8: steps: config must list at least one step\n"
+        );
         assert_eq!(
             check("steps:\n- {name: a, id: build}\n- name: b\n  waitFor: [buld]\n"),
             "c.yaml:4:13: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?\n"
@@ -517,7 +671,10 @@ mod tests {
     fn timeouts() {
         assert!(check("steps: [{name: a}]\ntimeout: 25h\n").contains("at most 24h"));
         assert!(check("steps: [{name: a}]\ntimeout: 24h\n").is_empty());
-        assert!(check("steps: [{name: a, timeout: 2h}]\n").contains("longer than the default build timeout (3600s)"));
+        assert!(
+            check("steps: [{name: a, timeout: 2h}]\n")
+                .contains("longer than the default build timeout (3600s)")
+        );
         assert!(check("steps: [{name: a, timeout: 2h}]\ntimeout: 3h\n").is_empty());
     }
 
@@ -539,21 +696,31 @@ mod tests {
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }
-        assert!(check("steps: [{name: a}]\noptions: {volumes: [{name: g1, path: /g}]}\n").contains("fewer than two steps"));
+        assert!(
+            check("steps: [{name: a}]\noptions: {volumes: [{name: g1, path: /g}]}\n")
+                .contains("fewer than two steps")
+        );
         assert_eq!(clean("/a/b/../c//./d"), "/a/c/d");
         assert_eq!(clean("foo/../.."), "..");
     }
 
     #[test]
     fn substitution_keys_and_tags() {
-        let out = check("steps: [{name: a}]\nsubstitutions: {_OK: 1, REPO_NAME: x, _lower: y, _: z}\ntags: ['feature/x']\n");
-        assert!(out.contains("substitutions.REPO_NAME: substitution key REPO_NAME does not respect format"));
+        let out = check(
+            "steps: [{name: a}]\nsubstitutions: {_OK: 1, REPO_NAME: x, _lower: y, _: z}\ntags: ['feature/x']\n",
+        );
+        assert!(out.contains(
+            "substitutions.REPO_NAME: substitution key REPO_NAME does not respect format"
+        ));
         assert!(out.contains("substitutions._lower:"));
         assert!(out.contains("substitutions._:"));
         assert!(out.contains("tags[0]: invalid build tag \"feature/x\""));
         let mut diagnostics = Diagnostics::default();
         let tags = ["a", "", "b", "a"].map(String::from);
-        assert_eq!(clean_tags(&tags, &FieldPath::root(), &mut diagnostics), ["a", "b"]);
+        assert_eq!(
+            clean_tags(&tags, &FieldPath::root(), &mut diagnostics),
+            ["a", "b"]
+        );
     }
 
     #[test]

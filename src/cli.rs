@@ -1,0 +1,216 @@
+//! The `builder` command line: parses arguments and calls the library. Exit codes: 0 success,
+//! 1 invalid input or a build that did not succeed, 2 usage error (clap's own).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Loaded};
+use crate::plan::{self, Context, Inputs};
+use crate::substitute::Values;
+
+#[derive(Parser)]
+#[command(
+    name = "builder",
+    version,
+    about = "Runs Google Cloud Build configs on machines you own"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and resolve build configs without running them.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run a build from a local source directory, like `gcloud builds submit`.
+    Submit(SubmitArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem in build configs, warnings included (on stderr).
+    Validate {
+        /// Config files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the build a config resolves to: final steps, environment, dependencies, substitutions.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Args)]
+struct ResolveArgs {
+    /// Config file (YAML or JSON).
+    file: PathBuf,
+    #[command(flatten)]
+    substitutions: SubstitutionArgs,
+    /// Resolve as a manual build or as a trigger build (always ALLOW_LOOSE and dynamic).
+    #[arg(long, value_enum, default_value_t = Context::Manual)]
+    context: Context,
+    /// A built-in's value, as a trigger or the server would supply it (repeatable), e.g.
+    /// `--builtin BRANCH_NAME=main --builtin COMMIT_SHA=…`.
+    #[arg(long = "builtin", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    built_ins: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct SubstitutionArgs {
+    /// User substitutions and overridable built-ins: `_KEY=VALUE,_OTHER=VALUE`; values with
+    /// commas use gcloud's alternate delimiter, `^;^_A=x,y;_B=z`.
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_substitutions)]
+    substitutions: Option<Values>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// The source directory to upload into /workspace.
+    #[arg(default_value = ".")]
+    source: PathBuf,
+    /// Print, sorted, the files that would be uploaded, and exit.
+    #[arg(long)]
+    list_files: bool,
+    /// Ignore file to use instead of SOURCE/.gcloudignore.
+    #[arg(long, value_name = "FILE")]
+    ignore_file: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Config(ConfigCommand::Validate { files }) => validate(&files),
+        Command::Config(ConfigCommand::Resolve(args)) => resolve(&args),
+        Command::Submit(args) => submit(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> Result<ExitCode> {
+    let mut failed = false;
+    for file in files {
+        let loaded = load(file)?;
+        failed |= loaded.is_none_or(|l| l.diagnostics.has_errors());
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn resolve(args: &ResolveArgs) -> Result<ExitCode> {
+    let Some(mut loaded) = load(&args.file)? else {
+        return Ok(ExitCode::from(1));
+    };
+    if loaded.diagnostics.has_errors() {
+        return Ok(ExitCode::from(1));
+    }
+    let inputs = Inputs {
+        context: args.context,
+        built_ins: args.built_ins.iter().cloned().collect(),
+        overrides: args.substitutions.substitutions.clone().unwrap_or_default(),
+    };
+    match plan::resolve(&loaded.config, &inputs) {
+        Ok(build) => {
+            let out = match args.format {
+                Format::Json => serde_json::to_string_pretty(&build)? + "\n",
+                Format::Yaml => serde_saphyr::to_string(&build)?,
+            };
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            let name = args.file.display().to_string();
+            loaded.diagnostics = Default::default();
+            loaded.add(diagnostics);
+            eprint!("{}", loaded.diagnostics.render(&name));
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Reads and checks a config, printing its diagnostics on stderr. `None` when it is not a
+/// document at all.
+fn load(file: &Path) -> Result<Option<Loaded>> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.display().to_string();
+    match config::load(&bytes) {
+        Ok(mut loaded) => {
+            let references = plan::check_templates(&loaded.config);
+            loaded.add(references);
+            eprint!("{}", loaded.diagnostics.render(&name));
+            Ok(Some(loaded))
+        }
+        Err(diagnostics) => {
+            eprint!("{}", diagnostics.render(&name));
+            Ok(None)
+        }
+    }
+}
+
+fn submit(args: &SubmitArgs) -> Result<ExitCode> {
+    if !args.list_files {
+        bail!("running builds is not available yet; use --list-files");
+    }
+    bail!("{:?} {:?}", args.source, args.ignore_file)
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// gcloud's dict flag syntax: entries split on `,` (or on the delimiter named by a leading
+/// `^DELIM^`), each split on its first `=`.
+pub fn parse_substitutions(text: &str) -> Result<Values, String> {
+    let (delimiter, body) = match text.strip_prefix('^').and_then(|rest| rest.split_once('^')) {
+        Some((delimiter, body)) if !delimiter.is_empty() => (delimiter, body),
+        _ => (",", text),
+    };
+    body.split(delimiter)
+        .filter(|entry| !entry.trim().is_empty())
+        .map(parse_pair)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutions_flag_like_gcloud() {
+        let parsed = parse_substitutions("_A=1,_B=x=y, _C = z ,").unwrap();
+        assert_eq!(parsed["_A"], "1");
+        assert_eq!(parsed["_B"], "x=y");
+        assert_eq!(parsed["_C"], " z ");
+        let parsed = parse_substitutions("^;^_A=a,b;_B=c").unwrap();
+        assert_eq!(parsed["_A"], "a,b");
+        assert_eq!(parsed["_B"], "c");
+        assert!(
+            parse_substitutions("_A")
+                .unwrap_err()
+                .contains("not KEY=VALUE")
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! Planning: a validated config plus the substitution values of one build (its context, built-ins
+//! and overrides) become a [`ResolvedBuild`]: every field substituted, every step with its final
+//! image, arguments, full environment, working directory, volumes and the steps it waits for.
+//!
+//! Substitution follows Cloud Build (spec §4): references are classified on the written template,
+//! MUST_MATCH is checked in both directions unless the build is loose, trigger builds are always
+//! loose and dynamic, and substituted image names, tags and locations are checked afterwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::config::model::{BuildConfig, SubstitutionOption, Volume};
+use crate::config::validate::{self, check_image, clean, clean_tags};
+use crate::diag::{Diagnostics, FieldPath};
+use crate::substitute::{self, Values};
+
+/// Where `/workspace` and `HOME` live inside every step, as on Cloud Build.
+pub const WORKSPACE: &str = "/workspace";
+pub const HOME: &str = "/builder/home";
+pub const BUILDER_OUTPUT: &str = "/builder/outputs";
+
+/// How the build was started: a trigger forces ALLOW_LOOSE and dynamic substitutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Context {
+    #[default]
+    Manual,
+    Trigger,
+}
+
+/// The values one build supplies besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub context: Context,
+    /// Built-in values the source or the server knows (`BUILD_ID`, `COMMIT_SHA`, `BRANCH_NAME`…).
+    pub built_ins: Values,
+    /// `--substitutions` of a manual build, or a trigger's `substitutions`: user keys, and for
+    /// manual builds the overridable built-ins.
+    pub overrides: Values,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedBuild {
+    pub steps: Vec<ResolvedStep>,
+    pub images: Vec<String>,
+    pub tags: Vec<String>,
+    /// Build timeout in seconds.
+    pub timeout: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ttl: Option<f64>,
+    pub options: ResolvedOptions,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    #[serde(skip_serializing_if = "Artifacts::is_empty")]
+    pub artifacts: Artifacts,
+    pub substitutions: Values,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedStep {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    pub args: Vec<String>,
+    /// The whole environment the container gets, `KEY=VALUE`, sorted by key; secrets excluded.
+    pub env: Vec<String>,
+    pub dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
+    /// Step timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    pub allow_failure: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_exit_codes: Vec<i64>,
+    /// Indices of the steps this one waits for; empty means it starts with the build.
+    pub dependencies: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedOptions {
+    pub substitution_option: SubstitutionOption,
+    pub dynamic_substitutions: bool,
+    pub automap_substitutions: bool,
+}
+
+/// A Secret Manager secret a step receives as `env`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub env: String,
+    pub version_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifacts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_location: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects_paths: Vec<String>,
+}
+
+impl Artifacts {
+    fn is_empty(&self) -> bool {
+        self.objects_location.is_none() && self.objects_paths.is_empty()
+    }
+}
+
+/// Resolves a config for one build. The diagnostics carry field paths; the caller locates them.
+pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let trigger = inputs.context == Context::Trigger;
+    let loose = trigger || config.options.substitution_option == SubstitutionOption::AllowLoose;
+    let dynamic = trigger || config.options.dynamic_substitutions;
+    let automap = config.options.automap_substitutions
+        || config
+            .steps
+            .iter()
+            .any(|s| s.automap_substitutions == Some(true));
+
+    let (built_ins, user) = split_inputs(config, inputs, &mut diagnostics);
+    let values = match substitute::resolve_values(&user, &built_ins, dynamic) {
+        Ok(values) => values,
+        Err(e) => {
+            diagnostics.error(&FieldPath::root().key("substitutions"), e.to_string());
+            return Err(diagnostics);
+        }
+    };
+
+    let mut fields = Templates::new(dynamic, &values);
+    let build = fields.apply(config);
+    fields.check_references(loose, &mut diagnostics);
+    if !loose && !automap {
+        let used_in_values: BTreeSet<String> = user
+            .values()
+            .flat_map(|v| substitute::references(v, dynamic))
+            .map(|r| r.key)
+            .collect();
+        for key in user.keys() {
+            if !fields.used.contains(key) && !used_in_values.contains(key) {
+                diagnostics.error(
+                    &FieldPath::root().key("substitutions").key(key),
+                    format!(
+                        "key {key:?} in the substitution data is not matched in the template \
+                         (remove it, or set options.substitutionOption: ALLOW_LOOSE)"
+                    ),
+                );
+            }
+        }
+    }
+    check_substituted(&build, &mut diagnostics);
+    let options = ResolvedOptions {
+        substitution_option: if loose {
+            SubstitutionOption::AllowLoose
+        } else {
+            SubstitutionOption::MustMatch
+        },
+        dynamic_substitutions: dynamic,
+        automap_substitutions: config.options.automap_substitutions,
+    };
+    let build = build.finish(config, values, options, &mut diagnostics);
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    Ok(build)
+}
+
+/// The substitution problems a config has whatever values a build brings: references to keys that
+/// are neither user keys nor built-ins, and malformed dynamic expressions.
+pub fn check_templates(config: &BuildConfig) -> Diagnostics {
+    let mut diagnostics = Diagnostics::default();
+    let values = Values::new();
+    let mut templates = Templates::new(config.options.dynamic_substitutions, &values);
+    templates.apply(config);
+    templates.check_references(true, &mut diagnostics);
+    diagnostics
+}
+
+/// Splits the inputs into the built-in values (every built-in defined, empty when unknown) and the
+/// user values (config defaults, overridden by the inputs).
+fn split_inputs(
+    config: &BuildConfig,
+    inputs: &Inputs,
+    diagnostics: &mut Diagnostics,
+) -> (Values, Values) {
+    let mut built_ins: Values = substitute::BUILT_INS
+        .iter()
+        .map(|k| (k.to_string(), String::new()))
+        .collect();
+    built_ins.extend(inputs.built_ins.clone());
+    let mut user = config.substitutions.clone();
+    let path = FieldPath::root().key("substitutions");
+    for (key, value) in &inputs.overrides {
+        if substitute::is_user_key(key) {
+            user.insert(key.clone(), value.clone());
+        } else if inputs.context == Context::Manual && substitute::is_overridable_built_in(key) {
+            built_ins.insert(key.clone(), value.clone());
+        } else {
+            diagnostics.error(
+                &path,
+                format!(
+                    "substitution key {key:?} does not respect format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution"
+                ),
+            );
+        }
+    }
+    let commit = built_ins.get("COMMIT_SHA").cloned().unwrap_or_default();
+    for (key, derived) in [
+        ("SHORT_SHA", commit.chars().take(7).collect::<String>()),
+        ("REVISION_ID", commit),
+    ] {
+        if built_ins.get(key).is_none_or(String::is_empty) {
+            built_ins.insert(key.to_string(), derived);
+        }
+    }
+    (built_ins, user)
+}
+
+/// Substitutes fields and remembers every reference it met, with the field it was in.
+struct Templates<'a> {
+    dynamic: bool,
+    values: &'a Values,
+    references: Vec<(FieldPath, String)>,
+    used: BTreeSet<String>,
+    errors: Vec<(FieldPath, String)>,
+}
+
+impl<'a> Templates<'a> {
+    fn new(dynamic: bool, values: &'a Values) -> Self {
+        Self {
+            dynamic,
+            values,
+            references: Vec::new(),
+            used: BTreeSet::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn one(&mut self, path: FieldPath, template: &str) -> String {
+        for reference in substitute::references(template, self.dynamic) {
+            self.used.insert(reference.key.clone());
+            self.references.push((path.clone(), reference.key));
+        }
+        match substitute::expand(template, self.values, self.dynamic) {
+            Ok(expanded) => expanded,
+            Err(e) => {
+                self.errors.push((path, e.to_string()));
+                template.to_string()
+            }
+        }
+    }
+
+    fn opt(&mut self, path: FieldPath, template: Option<&String>) -> Option<String> {
+        template.map(|t| self.one(path, t))
+    }
+
+    fn list(&mut self, path: &FieldPath, templates: &[String]) -> Vec<String> {
+        templates
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.one(path.index(i), t))
+            .collect()
+    }
+
+    /// Substitutes every field Cloud Build substitutes (spec §4.5). `script`, `id` and `waitFor`
+    /// are left as written.
+    fn apply(&mut self, config: &BuildConfig) -> Draft {
+        let root = FieldPath::root();
+        let steps = config
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let path = root.key("steps").index(i);
+                DraftStep {
+                    name: self.one(path.key("name"), &step.name),
+                    args: self.list(&path.key("args"), &step.args),
+                    env: self.list(&path.key("env"), &step.env),
+                    dir: self.opt(path.key("dir"), step.dir.as_ref()),
+                    entrypoint: self.opt(path.key("entrypoint"), step.entrypoint.as_ref()),
+                }
+            })
+            .collect();
+        let options = root.key("options");
+        let artifacts = root.key("artifacts");
+        for upload in &config.artifacts.uploads {
+            let path = artifacts.key(upload.kind).index(upload.index);
+            for (name, value) in &upload.fields {
+                self.one(path.key(name), value);
+            }
+            for (name, values) in &upload.lists {
+                self.list(&path.key(name), values);
+            }
+        }
+        self.opt(root.key("logsBucket"), config.logs_bucket.as_ref());
+        self.opt(root.key("serviceAccount"), config.service_account.as_ref());
+        self.opt(
+            options.key("pool").key("name"),
+            config.options.pool_name.as_ref(),
+        );
+        let objects = config.artifacts.objects.as_ref();
+        Draft {
+            steps,
+            global_env: self.list(&options.key("env"), &config.options.env),
+            images: self.list(&root.key("images"), &config.images),
+            artifact_images: self.list(&artifacts.key("images"), &config.artifacts.images),
+            tags: self.list(&root.key("tags"), &config.tags),
+            objects_location: objects
+                .map(|o| self.one(artifacts.key("objects").key("location"), &o.location)),
+            objects_paths: objects
+                .map(|o| self.list(&artifacts.key("objects").key("paths"), &o.paths))
+                .unwrap_or_default(),
+            secrets: config
+                .available_secrets
+                .secret_manager
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SecretRef {
+                    env: s.env.clone(),
+                    version_name: self.one(
+                        root.key("availableSecrets")
+                            .key("secretManager")
+                            .index(i)
+                            .key("versionName"),
+                        &s.version_name,
+                    ),
+                })
+                .collect(),
+        }
+    }
+
+    /// Classifies every reference met (spec §4.4): a key that is neither a user key nor a
+    /// built-in is an error in every mode; an undefined user key is an error unless loose.
+    fn check_references(&self, loose: bool, diagnostics: &mut Diagnostics) {
+        for (path, message) in &self.errors {
+            diagnostics.error(path, message.clone());
+        }
+        let mut reported = BTreeSet::new();
+        for (path, key) in &self.references {
+            if !reported.insert((path.to_string(), key.clone())) {
+                continue;
+            }
+            if !substitute::is_user_key(key) && !substitute::is_built_in(key) {
+                diagnostics.error(
+                    path,
+                    format!(
+                        "key in the template {key:?} is not a valid built-in substitution; \
+                         write $${key} for a shell or environment variable"
+                    ),
+                );
+            } else if !loose && substitute::is_user_key(key) && !self.values.contains_key(key) {
+                diagnostics.error(
+                    path,
+                    format!(
+                        "key in the template {key:?} is not matched in the substitution data \
+                         (define it under `substitutions`, pass --substitutions {key}=VALUE, \
+                         or set options.substitutionOption: ALLOW_LOOSE)"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Substituted fields, before the steps are assembled.
+struct Draft {
+    steps: Vec<DraftStep>,
+    global_env: Vec<String>,
+    images: Vec<String>,
+    artifact_images: Vec<String>,
+    tags: Vec<String>,
+    objects_location: Option<String>,
+    objects_paths: Vec<String>,
+    secrets: Vec<SecretRef>,
+}
+
+struct DraftStep {
+    name: String,
+    args: Vec<String>,
+    env: Vec<String>,
+    dir: Option<String>,
+    entrypoint: Option<String>,
+}
+
+/// The checks that need substituted values (spec §4.4 last point).
+fn check_substituted(build: &Draft, diagnostics: &mut Diagnostics) {
+    let root = FieldPath::root();
+    for (i, step) in build.steps.iter().enumerate() {
+        check_image(
+            &root.key("steps").index(i).key("name"),
+            &step.name,
+            diagnostics,
+        );
+    }
+    for (i, image) in build.images.iter().enumerate() {
+        check_image(&root.key("images").index(i), image, diagnostics);
+    }
+    if let Some(location) = &build.objects_location
+        && !location.starts_with("gs://")
+    {
+        diagnostics.error(
+            &root.key("artifacts").key("objects").key("location"),
+            format!("invalid .artifacts.location value {location:?}; Google Cloud Storage URLs must begin with 'gs://'"),
+        );
+    }
+    for (i, secret) in build.secrets.iter().enumerate() {
+        if !validate::is_secret_version(&secret.version_name) {
+            diagnostics.error(
+                &root
+                    .key("availableSecrets")
+                    .key("secretManager")
+                    .index(i)
+                    .key("versionName"),
+                format!(
+                    "{:?} is not of the form projects/*/secrets/*/versions/*",
+                    secret.version_name
+                ),
+            );
+        }
+    }
+}
+
+impl Draft {
+    fn finish(
+        self,
+        config: &BuildConfig,
+        values: Values,
+        options: ResolvedOptions,
+        diagnostics: &mut Diagnostics,
+    ) -> ResolvedBuild {
+        let root = FieldPath::root();
+        let tags = clean_tags(&self.tags, &root.key("tags"), diagnostics);
+        let images = if self.images.is_empty() {
+            self.artifact_images
+        } else {
+            self.images
+        };
+        let ids: BTreeMap<&str, usize> = config
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.id.as_deref()?, i)))
+            .collect();
+        let steps = self
+            .steps
+            .into_iter()
+            .zip(&config.steps)
+            .enumerate()
+            .map(|(i, (draft, step))| {
+                let automap = step
+                    .automap_substitutions
+                    .unwrap_or(config.options.automap_substitutions);
+                let dir = working_dir(draft.dir.as_deref()).unwrap_or_else(|message| {
+                    diagnostics.error(&root.key("steps").index(i).key("dir"), message);
+                    WORKSPACE.to_string()
+                });
+                ResolvedStep {
+                    id: step.id.clone(),
+                    name: draft.name,
+                    args: draft.args,
+                    env: environment(automap.then_some(&values), &self.global_env, &draft.env),
+                    dir,
+                    entrypoint: draft.entrypoint,
+                    script: step.script.clone(),
+                    volumes: config
+                        .options
+                        .volumes
+                        .iter()
+                        .chain(&step.volumes)
+                        .cloned()
+                        .collect(),
+                    secret_env: config
+                        .options
+                        .secret_env
+                        .iter()
+                        .chain(&step.secret_env)
+                        .cloned()
+                        .collect(),
+                    timeout: step.timeout.map(|t| t.as_secs_f64()),
+                    allow_failure: step.allow_failure,
+                    allow_exit_codes: step.allow_exit_codes.clone(),
+                    dependencies: dependencies(i, &step.wait_for, &ids),
+                }
+            })
+            .collect();
+        ResolvedBuild {
+            steps,
+            images,
+            tags,
+            timeout: config
+                .timeout
+                .unwrap_or(validate::DEFAULT_TIMEOUT)
+                .as_secs_f64(),
+            queue_ttl: config.queue_ttl.map(|t| t.as_secs_f64()),
+            options,
+            secrets: self.secrets,
+            artifacts: Artifacts {
+                objects_location: self.objects_location,
+                objects_paths: self.objects_paths,
+            },
+            substitutions: values,
+        }
+    }
+}
+
+/// A step's working directory: relative to `/workspace`, which it may not leave; absolute paths
+/// are used as written (their contents do not persist between steps, as on Cloud Build).
+fn working_dir(dir: Option<&str>) -> Result<String, String> {
+    let Some(dir) = dir.filter(|d| !d.is_empty()) else {
+        return Ok(WORKSPACE.to_string());
+    };
+    if dir.starts_with('/') {
+        return Ok(clean(dir));
+    }
+    let relative = clean(dir);
+    if relative == ".." || relative.starts_with("../") {
+        return Err(format!("dir {dir:?} leaves /workspace"));
+    }
+    Ok(clean(&format!("{WORKSPACE}/{relative}")))
+}
+
+/// The container's environment: `HOME` and `BUILDER_OUTPUT` first, then the automapped
+/// substitutions, `options.env`, and the step's `env`; a later definition of a key wins.
+fn environment(automapped: Option<&Values>, global: &[String], own: &[String]) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("HOME".into(), HOME.into());
+    env.insert("BUILDER_OUTPUT".into(), BUILDER_OUTPUT.into());
+    for (key, value) in automapped.into_iter().flatten() {
+        env.insert(key.clone(), value.clone());
+    }
+    for entry in global.iter().chain(own) {
+        if let Some((key, value)) = entry.split_once('=') {
+            env.insert(key.to_string(), value.to_string());
+        }
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Cloud Build's `waitFor` rules: nothing listed means every earlier step; `-` alone means the
+/// build's start; `-` beside ids is ignored.
+fn dependencies(index: usize, wait_for: &[String], ids: &BTreeMap<&str, usize>) -> Vec<usize> {
+    if wait_for.is_empty() {
+        return (0..index).collect();
+    }
+    let mut waits: Vec<usize> = wait_for
+        .iter()
+        .filter_map(|w| ids.get(w.as_str()).copied())
+        .collect();
+    waits.sort_unstable();
+    waits.dedup();
+    waits
+}
