@@ -6,4 +6,5 @@ pub mod config;
 pub mod diag;
 pub mod image;
 pub mod plan;
+pub mod runtime;
 pub mod substitute;

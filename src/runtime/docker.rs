@@ -1,0 +1,824 @@
+//! [`ContainerRuntime`] on the Docker Engine API, through bollard: the only file that uses bollard.
+//!
+//! Engine behaviours this file works around, each noted where it is handled:
+//! * bollard's default API version is newer than older engines (Debian's 20.10 speaks 1.41), so
+//!   the version is negotiated at connect.
+//! * bollard reports a non-zero exit from `wait` as an error; here it is an exit code.
+//! * A followed log stream can stay open after its container exited (bollard#251): logs follow the
+//!   container's exit instead of trusting the stream to end.
+//! * Pulling with an empty tag pulls every tag of a repository, so references are split into
+//!   repository and tag (default `latest`) here, minding `host:port/` registry prefixes.
+//! * bollard's push progress type has no `aux` field, so the pushed digest is read from the
+//!   engine's `<tag>: digest: sha256:… size: N` progress status.
+//! * Engines before API 1.44 create a second network of an existing name, after which removal by
+//!   name fails, so an existing network is looked up before creating one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, MountVolumeOptions,
+    NetworkCreateRequest, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+
+use super::{
+    ContainerRuntime, ContainerSpec, ImageInfo, LOG_DRAIN_IDLE, Labels, LogChunk, LogStream,
+    MountSource, RegistryAuth, Resources, RuntimeError,
+};
+
+/// A [`ContainerRuntime`] talking to one Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine named by `DOCKER_HOST`, or the local socket `/var/run/docker.sock`.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        Self::negotiate(Docker::connect_with_defaults()).await
+    }
+
+    /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port` or `http://…`).
+    pub async fn connect_to(host: &str) -> Result<Self, RuntimeError> {
+        Self::negotiate(Docker::connect_with_host(host)).await
+    }
+
+    async fn negotiate(docker: Result<Docker, BollardError>) -> Result<Self, RuntimeError> {
+        let connect = |error| engine_error("connecting to the Docker engine", error);
+        // bollard asks for its own (newest) API version unless told the engine's; older engines
+        // refuse that with "client version … is too new".
+        let docker = docker
+            .map_err(connect)?
+            .negotiate_version()
+            .await
+            .map_err(connect)?;
+        Ok(Self { docker })
+    }
+
+    /// Sends `signal`; `false` when there is no running container to receive it.
+    async fn signal(&self, name: &str, signal: &str) -> Result<bool, RuntimeError> {
+        let options = KillContainerOptionsBuilder::default()
+            .signal(signal)
+            .build();
+        match self.docker.kill_container(name, Some(options)).await {
+            Ok(()) => Ok(true),
+            // 404: no such container; 409: it is not running (created or already exited).
+            Err(error) if has_status(&error, 404) || has_status(&error, 409) => Ok(false),
+            Err(error) => Err(engine_error(
+                format_args!("sending {signal} to container {name:?}"),
+                error,
+            )),
+        }
+    }
+
+    async fn inspect_image(
+        &self,
+        image: &str,
+        repository: &str,
+    ) -> Result<ImageInfo, BollardError> {
+        let inspect = self.docker.inspect_image(image).await?;
+        // RepoDigests holds `repository@digest` for each repository the image was pulled from or
+        // pushed to; only the requested repository's digest describes this reference.
+        let digest = inspect
+            .repo_digests
+            .into_iter()
+            .flatten()
+            .find_map(|entry| {
+                let (name, digest) = entry.split_once('@')?;
+                (familiar(name) == familiar(repository)).then(|| digest.to_owned())
+            });
+        Ok(ImageInfo {
+            id: inspect.id.unwrap_or_default(),
+            digest,
+        })
+    }
+
+    async fn list_labelled(&self, label: &str) -> Result<Resources, BollardError> {
+        let filters = HashMap::from([("label", vec![label])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?
+            .into_iter()
+            .flat_map(|container| container.names.unwrap_or_default())
+            // The engine reports container names with a leading `/`.
+            .map(|name| name.trim_start_matches('/').to_owned());
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?
+            .volumes
+            .into_iter()
+            .flatten()
+            .map(|volume| volume.name);
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?
+            .into_iter()
+            .filter_map(|network| network.name);
+        Ok(Resources {
+            containers: sorted(containers),
+            volumes: sorted(volumes),
+            networks: sorted(networks),
+        })
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|error| engine_error("asking the Docker engine for its version", error))?;
+        Ok(format!(
+            "Docker Engine {} (API {})",
+            version.version.as_deref().unwrap_or("unknown"),
+            version.api_version.as_deref().unwrap_or("unknown"),
+        ))
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let reference = Reference::parse(image)?;
+        let inspect_error = |error| engine_error(format_args!("inspecting image {image:?}"), error);
+        match self.inspect_image(image, reference.repository).await {
+            Ok(info) => return Ok(info),
+            Err(error) if has_status(&error, 404) => {}
+            Err(error) => return Err(inspect_error(error)),
+        }
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(reference.repository)
+            .tag(reference.tag)
+            .build();
+        let pulled = self
+            .docker
+            .create_image(Some(options), None, auth.map(credentials))
+            .try_for_each(|_progress| async { Ok(()) })
+            .await;
+        if let Err(error) = pulled {
+            return Err(match unreachable(&error) {
+                Some(detail) => RuntimeError::EngineUnavailable { detail },
+                None => RuntimeError::ImageNotFound {
+                    image: image.to_owned(),
+                    detail: format!(
+                        "it is not local and pulling it failed ({}); check the name and tag, \
+                         that its registry is reachable, and the credentials",
+                        message(&error)
+                    ),
+                },
+            });
+        }
+        self.inspect_image(image, reference.repository)
+            .await
+            .map_err(inspect_error)
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(to_map(labels)),
+            ..Default::default()
+        };
+        // The engine answers with the existing volume when the name is taken.
+        self.docker
+            .create_volume(request)
+            .await
+            .map(drop)
+            .map_err(|error| engine_error(format_args!("creating volume {name:?}"), error))
+    }
+
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
+        let context = format!("creating network {name:?}");
+        // The name filter matches substrings, hence the exact comparison.
+        let filters = HashMap::from([("name", vec![name])]);
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|error| engine_error(&context, error))?;
+        if existing
+            .iter()
+            .any(|network| network.name.as_deref() == Some(name))
+        {
+            return Ok(());
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(to_map(labels)),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map(drop)
+            .map_err(|error| engine_error(&context, error))
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let labels = to_map(&spec.labels);
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|mount| {
+                let (typ, source, volume_options) = match &mount.source {
+                    MountSource::Volume(volume) => (
+                        MountType::VOLUME,
+                        volume.clone(),
+                        // Should the volume not exist, the engine creates it; with these labels
+                        // the sweep still finds it.
+                        Some(MountVolumeOptions {
+                            labels: Some(labels.clone()),
+                            ..Default::default()
+                        }),
+                    ),
+                    MountSource::Bind(path) => {
+                        let path = path.to_str().ok_or_else(|| {
+                            RuntimeError::Invalid(format!(
+                                "bind mount source {path:?} of container {:?} is not valid UTF-8",
+                                spec.name
+                            ))
+                        })?;
+                        (MountType::BIND, path.to_owned(), None)
+                    }
+                };
+                Ok(DockerMount {
+                    target: Some(mount.target.clone()),
+                    source: Some(source),
+                    typ: Some(typ),
+                    volume_options,
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            // No `Cmd` lets the image's default command apply.
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(spec.env.clone()),
+            working_dir: (!spec.working_dir.is_empty()).then(|| spec.working_dir.clone()),
+            user: spec.user.clone(),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                network_mode: spec.network.clone(),
+                privileged: Some(spec.privileged),
+                // Never: an auto-removed container can vanish before its exit code is read
+                // (moby#20848); removal is the caller's explicit last step.
+                auto_remove: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(drop)
+            .map_err(|error| {
+                engine_error(
+                    format_args!("creating container {:?} from {:?}", spec.name, spec.image),
+                    error,
+                )
+            })
+    }
+
+    async fn upload(&self, container: &str, path: &str, tar: Vec<u8>) -> Result<(), RuntimeError> {
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+            .await
+            .map_err(|error| {
+                engine_error(
+                    format_args!("uploading into {path:?} of container {container:?}"),
+                    error,
+                )
+            })
+    }
+
+    async fn start_container(&self, name: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|error| engine_error(format_args!("starting container {name:?}"), error))
+    }
+
+    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let docker = self.docker.clone();
+        let waited = name.to_owned();
+        let follow = Follow {
+            output: Some(self.docker.logs(name, Some(options)).boxed()),
+            // Any answer, even an error such as "no such container", means no more output comes.
+            exited: Some(
+                async move {
+                    let _ = docker.wait_container(&waited, None).next().await;
+                }
+                .boxed(),
+            ),
+            name: name.to_owned(),
+        };
+        stream::unfold(follow, Follow::next).boxed()
+    }
+
+    async fn wait_container(&self, name: &str) -> Result<i64, RuntimeError> {
+        match self.docker.wait_container(name, None).next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard turns a non-zero exit into an error; for us it is the step's outcome.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(error)) => Err(engine_error(
+                format_args!("waiting for container {name:?}"),
+                error,
+            )),
+            None => Err(RuntimeError::Engine(format!(
+                "waiting for container {name:?}: the engine closed the wait without an exit status"
+            ))),
+        }
+    }
+
+    async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // SIGTERM first so the step can clean up. The engine's own stop would do this too, but
+        // it answers only once the container is gone, which bollard's 120 s request timeout cuts
+        // short for long grace periods; timing the grace here has no such limit.
+        if !self.signal(name, "SIGTERM").await? {
+            return Ok(());
+        }
+        if let Ok(exited) = tokio::time::timeout(grace, self.wait_container(name)).await {
+            return exited.map(drop);
+        }
+        if !self.signal(name, "SIGKILL").await? {
+            return Ok(());
+        }
+        self.wait_container(name).await.map(drop)
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<(), RuntimeError> {
+        // `v` also removes anonymous volumes (an image's VOLUME lines), which carry no labels
+        // and would otherwise leak.
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Err(error) if !has_status(&error, 404) => Err(engine_error(
+                format_args!("removing container {name:?}"),
+                error,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let options = RemoveVolumeOptionsBuilder::default().build();
+        match self.docker.remove_volume(name, Some(options)).await {
+            Err(error) if !has_status(&error, 404) => Err(engine_error(
+                format_args!("removing volume {name:?}"),
+                error,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Err(error) if !has_status(&error, 404) => Err(engine_error(
+                format_args!("removing network {name:?}"),
+                error,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
+        let found = self.labelled(key, value).await?;
+        let mut removed = Resources::default();
+        let mut failures = Vec::new();
+        // Containers first: they hold the networks and volumes.
+        for name in found.containers {
+            match self.remove_container(&name).await {
+                Ok(()) => removed.containers.push(name),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        for name in found.networks {
+            match self.remove_network(&name).await {
+                Ok(()) => removed.networks.push(name),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        for name in found.volumes {
+            match self.remove_volume(&name).await {
+                Ok(()) => removed.volumes.push(name),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        if failures.is_empty() {
+            Ok(removed)
+        } else {
+            Err(RuntimeError::Engine(format!(
+                "sweeping resources labelled {key}={value}: {}",
+                failures.join("; ")
+            )))
+        }
+    }
+
+    async fn labelled(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
+        let label = format!("{key}={value}");
+        self.list_labelled(&label).await.map_err(|error| {
+            engine_error(format_args!("listing resources labelled {label}"), error)
+        })
+    }
+
+    async fn push_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<String, RuntimeError> {
+        let reference = Reference::parse(image)?;
+        if reference.is_digest() {
+            return Err(RuntimeError::Invalid(format!(
+                "cannot push {image:?}: a digest reference names content already in a registry; \
+                 push a tag"
+            )));
+        }
+        // Checked up front: for a missing tag of a repository that does exist locally, the engine
+        // accepts the push and only fails it mid-stream with a message.
+        match self.docker.inspect_image(image).await {
+            Ok(_) => {}
+            Err(error) if has_status(&error, 404) => {
+                return Err(RuntimeError::ImageNotFound {
+                    image: image.to_owned(),
+                    detail: "there is no local image by that name to push; build or tag it first"
+                        .to_owned(),
+                });
+            }
+            Err(error) => {
+                return Err(engine_error(
+                    format_args!("inspecting image {image:?}"),
+                    error,
+                ));
+            }
+        }
+        let options = PushImageOptionsBuilder::default()
+            .tag(reference.tag)
+            .build();
+        let mut progress = self
+            .docker
+            .push_image(reference.repository, Some(options), auth.map(credentials))
+            .boxed();
+        let mut digest = None;
+        while let Some(event) = progress.next().await {
+            match event {
+                Ok(event) => {
+                    if let Some(found) = event
+                        .status
+                        .as_deref()
+                        .and_then(|status| pushed_digest(status, reference.tag))
+                    {
+                        digest = Some(found.to_owned());
+                    }
+                }
+                Err(error) => {
+                    return Err(match unreachable(&error) {
+                        Some(detail) => RuntimeError::EngineUnavailable { detail },
+                        None => RuntimeError::PushFailed {
+                            image: image.to_owned(),
+                            detail: message(&error),
+                        },
+                    });
+                }
+            }
+        }
+        digest.ok_or_else(|| RuntimeError::PushFailed {
+            image: image.to_owned(),
+            detail: "the engine finished the push without reporting the manifest digest".to_owned(),
+        })
+    }
+}
+
+/// State of one [`ContainerRuntime::logs`] stream.
+struct Follow {
+    /// `None` once the stream has failed, so it ends after reporting the error.
+    output: Option<BoxStream<'static, Result<LogOutput, BollardError>>>,
+    /// Resolves when the container is no longer running; `None` afterwards.
+    exited: Option<BoxFuture<'static, ()>>,
+    name: String,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<LogChunk, RuntimeError>, Self)> {
+        loop {
+            let output = self.output.as_mut()?;
+            let item = match self.exited.as_mut() {
+                Some(exited) => tokio::select! {
+                    item = output.next() => item,
+                    () = exited => {
+                        self.exited = None;
+                        continue;
+                    }
+                },
+                // After the exit, only what the engine already has is left to read: stop at the
+                // end of the stream or once it has been idle for the drain period.
+                None => tokio::time::timeout(LOG_DRAIN_IDLE, output.next())
+                    .await
+                    .ok()?,
+            };
+            let chunk = match item? {
+                Ok(LogOutput::StdErr { message }) => LogChunk {
+                    stream: LogStream::Stderr,
+                    bytes: message,
+                },
+                // Without a TTY the engine sends only stdout and stderr frames; anything else is
+                // output too, so it goes with stdout rather than being dropped.
+                Ok(other) => LogChunk {
+                    stream: LogStream::Stdout,
+                    bytes: other.into_bytes(),
+                },
+                Err(error) => {
+                    self.output = None;
+                    let context = format!("reading the logs of container {:?}", self.name);
+                    return Some((Err(engine_error(context, error)), self));
+                }
+            };
+            return Some((Ok(chunk), self));
+        }
+    }
+}
+
+/// An image reference split the way the engine's pull and push endpoints take it.
+#[derive(Debug)]
+struct Reference<'a> {
+    /// `[host[:port]/]path`, without tag or digest.
+    repository: &'a str,
+    /// A tag, or a digest (`algorithm:hex`).
+    tag: &'a str,
+}
+
+impl<'a> Reference<'a> {
+    /// Accepts `name`, `name:tag`, `name@digest` and `name:tag@digest` (the digest wins, as in
+    /// the engine). The tag defaults to `latest`: an empty tag would pull every tag.
+    fn parse(image: &'a str) -> Result<Self, RuntimeError> {
+        let invalid = |reason: &str| {
+            RuntimeError::Invalid(format!("invalid image reference {image:?}: {reason}"))
+        };
+        if image.is_empty() || image.contains(char::is_whitespace) {
+            return Err(invalid("it is empty or contains whitespace"));
+        }
+        let (name, digest) = match image.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (image, None),
+        };
+        // A `:` is a tag separator only after the last `/`; before it, it belongs to `host:port`.
+        let last_component = name.rfind('/').map_or(0, |slash| slash + 1);
+        let (repository, tag) = match name[last_component..].rfind(':') {
+            Some(colon) => {
+                let colon = last_component + colon;
+                (&name[..colon], Some(&name[colon + 1..]))
+            }
+            None => (name, None),
+        };
+        if repository.is_empty() || repository.ends_with('/') {
+            return Err(invalid("the repository name is missing"));
+        }
+        let tag = match (digest, tag) {
+            (Some(digest), _) => {
+                if !digest
+                    .split_once(':')
+                    .is_some_and(|(algorithm, hex)| !algorithm.is_empty() && !hex.is_empty())
+                {
+                    return Err(invalid("the digest is not of the form algorithm:hex"));
+                }
+                digest
+            }
+            (None, Some("")) => return Err(invalid("the tag after ':' is empty")),
+            (None, Some(tag)) => tag,
+            (None, None) => "latest",
+        };
+        Ok(Self { repository, tag })
+    }
+
+    fn is_digest(&self) -> bool {
+        self.tag.contains(':')
+    }
+}
+
+/// The repository as the engine prints it in `RepoDigests`: Docker Hub's defaults left out.
+fn familiar(repository: &str) -> &str {
+    let repository = repository.strip_prefix("docker.io/").unwrap_or(repository);
+    repository.strip_prefix("library/").unwrap_or(repository)
+}
+
+/// The digest from the engine's push status `<tag>: digest: sha256:… size: N`.
+fn pushed_digest<'s>(status: &'s str, tag: &str) -> Option<&'s str> {
+    let rest = status.strip_prefix(tag)?.strip_prefix(": digest: ")?;
+    rest.split_whitespace().next()
+}
+
+fn credentials(auth: &RegistryAuth) -> DockerCredentials {
+    DockerCredentials {
+        username: Some(auth.username.clone()),
+        password: Some(auth.password.clone()),
+        serveraddress: Some(auth.server.clone()),
+        ..Default::default()
+    }
+}
+
+fn to_map(labels: &Labels) -> HashMap<String, String> {
+    labels
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+fn sorted(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<_> = names.collect();
+    names.sort();
+    names
+}
+
+fn has_status(error: &BollardError, status: u16) -> bool {
+    matches!(error, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
+}
+
+/// The engine's own words for a refused request, without bollard's wrapping.
+fn message(error: &BollardError) -> String {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `Some(detail)` when `error` means the engine itself could not be reached.
+fn unreachable(error: &BollardError) -> Option<String> {
+    match error {
+        BollardError::SocketNotFoundError(path) => Some(format!("no socket at {path}")),
+        BollardError::RequestTimeoutError => Some("the engine did not answer in time".to_owned()),
+        BollardError::HyperLegacyError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::UnsupportedURISchemeError { .. } => Some(with_causes(error)),
+        _ => None,
+    }
+}
+
+/// `error` followed by its causes: hyper's own text ("client error (Connect)") omits the reason.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // bollard's wrappers repeat their source's text in their own.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn engine_error(context: impl fmt::Display, error: BollardError) -> RuntimeError {
+    match unreachable(&error) {
+        Some(detail) => RuntimeError::EngineUnavailable { detail },
+        None => RuntimeError::Engine(format!("{context}: {}", message(&error))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(image: &str, expect: Option<(&str, &str)>) {
+        let parsed = Reference::parse(image).ok();
+        let parsed = parsed.map(|reference| (reference.repository, reference.tag));
+        assert_eq!(parsed, expect, "{image}");
+    }
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        check("busybox", Some(("busybox", "latest")));
+        check("busybox:1.36", Some(("busybox", "1.36")));
+        check(
+            "gcr.io/cloud-builders/docker",
+            Some(("gcr.io/cloud-builders/docker", "latest")),
+        );
+        check(
+            "localhost:5000/nope",
+            Some(("localhost:5000/nope", "latest")),
+        );
+        check("localhost:5000/nope:1", Some(("localhost:5000/nope", "1")));
+        check("127.0.0.1:5000/a/b:v2", Some(("127.0.0.1:5000/a/b", "v2")));
+        check(
+            "127.0.0.1:5000/a@sha256:ab",
+            Some(("127.0.0.1:5000/a", "sha256:ab")),
+        );
+        check("a:tag@sha256:ab", Some(("a", "sha256:ab")));
+        check("", None);
+        check("a:", None);
+        check("a b", None);
+        check("localhost:5000/", None);
+        check("a@sha256", None);
+        check(":tag", None);
+    }
+
+    #[test]
+    fn pushed_digest_is_read_from_the_tag_status() {
+        let status = "v1: digest: sha256:0123abcd size: 527";
+        assert_eq!(pushed_digest(status, "v1"), Some("sha256:0123abcd"));
+        assert_eq!(pushed_digest(status, "v2"), None);
+        assert_eq!(pushed_digest("Pushed", "v1"), None);
+    }
+
+    /// The engine cannot be made to keep a log stream open after the exit (bollard#251) on
+    /// demand, so this stands in a stream that never ends.
+    #[tokio::test(start_paused = true)]
+    async fn logs_end_after_the_exit_even_if_the_engine_keeps_the_stream_open() {
+        let frames = [
+            LogOutput::StdOut {
+                message: "out".into(),
+            },
+            LogOutput::StdErr {
+                message: "err".into(),
+            },
+        ];
+        let follow = Follow {
+            output: Some(
+                stream::iter(frames.map(Ok))
+                    .chain(stream::pending())
+                    .boxed(),
+            ),
+            exited: Some(std::future::ready(()).boxed()),
+            name: "step".to_owned(),
+        };
+        let chunks: Vec<_> = stream::unfold(follow, Follow::next)
+            .try_collect()
+            .await
+            .expect("chunks");
+        let expected =
+            [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")].map(|(stream, text)| {
+                LogChunk {
+                    stream,
+                    bytes: text.into(),
+                }
+            });
+        assert_eq!(chunks, expected);
+    }
+
+    #[test]
+    fn familiar_names_drop_docker_hub_defaults() {
+        assert_eq!(familiar("docker.io/library/busybox"), "busybox");
+        assert_eq!(familiar("docker.io/me/app"), "me/app");
+        assert_eq!(
+            familiar("127.0.0.1:5000/test/busybox"),
+            "127.0.0.1:5000/test/busybox"
+        );
+    }
+}

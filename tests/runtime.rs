@@ -1,0 +1,575 @@
+//! Integration tests of `DockerRuntime` against the real engine and the registry on 127.0.0.1:5000
+//! (both started by `scripts/dev-env.sh`). Each test labels what it creates with its own value of
+//! `builder.test` and ends by checking that nothing carrying that label is left.
+
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use builder::runtime::{
+    ContainerRuntime, ContainerSpec, DockerRuntime, Labels, LogChunk, LogStream, Mount,
+    MountSource, Resources, RuntimeError,
+};
+use futures_util::{StreamExt, TryStreamExt};
+
+const LABEL: &str = "builder.test";
+const BUSYBOX: &str = "builder/busybox:latest";
+/// Upper bound for anything a test waits on; reaching it is a failure, not a synchronisation.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One test's engine connection and unique id (used in names and as its label value).
+struct Harness {
+    runtime: DockerRuntime,
+    id: String,
+}
+
+struct Output {
+    code: i64,
+    stdout: String,
+    stderr: String,
+}
+
+impl Harness {
+    async fn new(test: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let id = format!(
+            "rt-{test}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let runtime = DockerRuntime::connect()
+            .await
+            .expect("Docker engine (run scripts/dev-env.sh as root)");
+        Self { runtime, id }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.id)
+    }
+
+    fn labels(&self) -> Labels {
+        Labels::from([(LABEL.to_owned(), self.id.clone())])
+    }
+
+    fn spec(&self, what: &str, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            name: self.name(what),
+            image: BUSYBOX.to_owned(),
+            entrypoint: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            env: Vec::new(),
+            working_dir: String::new(),
+            user: None,
+            mounts: Vec::new(),
+            network: None,
+            labels: self.labels(),
+            privileged: false,
+        }
+    }
+
+    /// The whole lifecycle: create, start, follow logs while waiting, remove.
+    async fn run(&self, spec: &ContainerSpec) -> Output {
+        let runtime = &self.runtime;
+        runtime.create_container(spec).await.expect("create");
+        runtime.start_container(&spec.name).await.expect("start");
+        let logs = tokio::spawn(runtime.logs(&spec.name).try_collect::<Vec<_>>());
+        let code = within("wait", runtime.wait_container(&spec.name))
+            .await
+            .expect("wait");
+        let chunks = within("logs to end", logs)
+            .await
+            .expect("log task")
+            .expect("logs");
+        runtime.remove_container(&spec.name).await.expect("remove");
+        let (stdout, stderr) = split(&chunks);
+        Output {
+            code,
+            stdout,
+            stderr,
+        }
+    }
+
+    async fn assert_no_leaks(&self) {
+        let left = self.runtime.labelled(LABEL, &self.id).await.expect("list");
+        assert_eq!(left, Resources::default(), "left behind by {}", self.id);
+    }
+}
+
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {DEADLINE:?}"))
+}
+
+fn split(chunks: &[LogChunk]) -> (String, String) {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    for chunk in chunks {
+        match chunk.stream {
+            LogStream::Stdout => stdout.extend_from_slice(&chunk.bytes),
+            LogStream::Stderr => stderr.extend_from_slice(&chunk.bytes),
+        }
+    }
+    (
+        String::from_utf8(stdout).expect("utf-8 stdout"),
+        String::from_utf8(stderr).expect("utf-8 stderr"),
+    )
+}
+
+fn volume(name: &str, target: &str) -> Mount {
+    Mount {
+        source: MountSource::Volume(name.to_owned()),
+        target: target.to_owned(),
+    }
+}
+
+/// A tar archive of directories (`None`) and files, owned by root, with the given modes.
+fn archive(entries: &[(&str, u32, Option<&str>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode, content) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(*mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        let data = content.unwrap_or_default().as_bytes();
+        header.set_entry_type(match content {
+            Some(_) => tar::EntryType::Regular,
+            None => tar::EntryType::Directory,
+        });
+        header.set_size(data.len() as u64);
+        builder
+            .append_data(&mut header, path, data)
+            .expect("tar entry");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// Local image references a test made; untagged when it ends, even by a failed assertion.
+struct Tags(Vec<String>);
+
+impl Drop for Tags {
+    fn drop(&mut self) {
+        // Untagging only: the image itself is `builder/busybox`, which stays.
+        let _ = Command::new("docker").arg("rmi").args(&self.0).output();
+    }
+}
+
+#[tokio::test]
+async fn ping_reports_the_engine_version() {
+    let harness = Harness::new("ping").await;
+    let version = harness.runtime.ping().await.expect("ping");
+    assert!(version.starts_with("Docker Engine "), "{version}");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_missing_engine_says_how_to_start_one() {
+    let error = DockerRuntime::connect_to("unix:///nonexistent/docker.sock")
+        .await
+        .expect_err("no engine there");
+    assert!(
+        matches!(error, RuntimeError::EngineUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("scripts/dev-env.sh"), "{error}");
+}
+
+#[tokio::test]
+async fn run_keeps_streams_apart_and_exit_codes() {
+    let harness = Harness::new("run").await;
+    let runtime = &harness.runtime;
+    let workspace = harness.name("workspace");
+    runtime
+        .create_volume(&workspace, &harness.labels())
+        .await
+        .expect("volume");
+    let host_dir = std::env::temp_dir().join(&harness.id);
+    std::fs::create_dir(&host_dir).expect("host dir");
+    std::fs::write(host_dir.join("input"), "from the host\n").expect("host file");
+
+    let mut failing = harness.spec(
+        "failing",
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING from $(pwd)\"; cat /host/input; echo oops >&2; exit 3",
+        ],
+    );
+    failing.env = vec!["GREETING=hello".to_owned()];
+    failing.working_dir = "/workspace/sub".to_owned();
+    failing.mounts = vec![
+        volume(&workspace, "/workspace"),
+        Mount {
+            source: MountSource::Bind(host_dir.clone()),
+            target: "/host".to_owned(),
+        },
+    ];
+    let output = harness.run(&failing).await;
+    assert_eq!(output.code, 3);
+    assert_eq!(output.stdout, "hello from /workspace/sub\nfrom the host\n");
+    assert_eq!(output.stderr, "oops\n");
+
+    // An entrypoint replaces the image's; logs read after the exit still hold all the output.
+    let mut late = harness.spec("late", &["done"]);
+    late.entrypoint = Some(vec!["echo".to_owned()]);
+    runtime.create_container(&late).await.expect("create");
+    runtime.start_container(&late.name).await.expect("start");
+    let code = within("wait", runtime.wait_container(&late.name)).await;
+    assert_eq!(code, Ok(0));
+    let chunks: Vec<_> = within("logs", runtime.logs(&late.name).try_collect())
+        .await
+        .expect("logs");
+    assert_eq!(split(&chunks), ("done\n".to_owned(), String::new()));
+    runtime.remove_container(&late.name).await.expect("remove");
+
+    runtime
+        .remove_volume(&workspace)
+        .await
+        .expect("remove volume");
+    std::fs::remove_dir_all(&host_dir).expect("remove host dir");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn containers_share_a_named_volume_and_a_network() {
+    let harness = Harness::new("share").await;
+    let runtime = &harness.runtime;
+    let shared = harness.name("shared");
+    let network = harness.name("net");
+    runtime
+        .create_volume(&shared, &harness.labels())
+        .await
+        .expect("volume");
+    runtime
+        .create_network(&network, &harness.labels())
+        .await
+        .expect("network");
+    // Creating again keeps the one network, so removal by name stays unambiguous.
+    runtime
+        .create_network(&network, &harness.labels())
+        .await
+        .expect("network again");
+
+    let mut writer = harness.spec("writer", &["sh", "-c", "echo shared > /data/note"]);
+    writer.mounts = vec![volume(&shared, "/data")];
+    writer.network = Some(network.clone());
+    assert_eq!(harness.run(&writer).await.code, 0);
+
+    let mut reader = harness.spec("reader", &["cat", "/elsewhere/note"]);
+    reader.mounts = vec![volume(&shared, "/elsewhere")];
+    reader.network = Some(network.clone());
+    let output = harness.run(&reader).await;
+    assert_eq!((output.code, output.stdout.as_str()), (0, "shared\n"));
+
+    runtime
+        .remove_network(&network)
+        .await
+        .expect("remove network");
+    runtime.remove_volume(&shared).await.expect("remove volume");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_non_root_step_writes_into_a_workspace_seeded_through_its_parent() {
+    let harness = Harness::new("nonroot").await;
+    let runtime = &harness.runtime;
+    let workspace = harness.name("workspace");
+    runtime
+        .create_volume(&workspace, &harness.labels())
+        .await
+        .expect("volume");
+    let mut step = harness.spec(
+        "step",
+        &[
+            "sh",
+            "-c",
+            "id -u; cat hello.txt; echo new > new.txt && stat -c '%u %a' new.txt .",
+        ],
+    );
+    step.user = Some("65534".to_owned());
+    step.working_dir = "/workspace".to_owned();
+    step.mounts = vec![volume(&workspace, "/workspace")];
+    runtime.create_container(&step).await.expect("create");
+    // The `workspace/` entry's mode lands on the volume's root: uploaded to `/`, it is a named
+    // entry, not the archive root the engine skips.
+    let seed = archive(&[
+        ("workspace/", 0o777, None),
+        ("workspace/hello.txt", 0o644, Some("hello\n")),
+    ]);
+    runtime.upload(&step.name, "/", seed).await.expect("upload");
+    runtime.start_container(&step.name).await.expect("start");
+    let logs = tokio::spawn(runtime.logs(&step.name).try_collect::<Vec<_>>());
+    let code = within("wait", runtime.wait_container(&step.name)).await;
+    let chunks = within("logs", logs).await.expect("task").expect("logs");
+    let (stdout, stderr) = split(&chunks);
+    assert_eq!(code, Ok(0), "{stderr}");
+    assert_eq!(stdout, "65534\nhello\n65534 644\n0 777\n");
+    runtime.remove_container(&step.name).await.expect("remove");
+    runtime
+        .remove_volume(&workspace)
+        .await
+        .expect("remove volume");
+    harness.assert_no_leaks().await;
+}
+
+/// Pins the engine behaviour that `ContainerRuntime::upload` documents: the mode of an archive's
+/// `./` entry is not applied to the target directory.
+#[tokio::test]
+async fn the_engine_ignores_the_archive_root_entry() {
+    let harness = Harness::new("rootentry").await;
+    let runtime = &harness.runtime;
+    let workspace = harness.name("workspace");
+    runtime
+        .create_volume(&workspace, &harness.labels())
+        .await
+        .expect("volume");
+    let mut step = harness.spec(
+        "step",
+        &[
+            "sh",
+            "-c",
+            "cat /workspace/hello.txt; stat -c %a /workspace",
+        ],
+    );
+    step.user = Some("65534".to_owned());
+    step.mounts = vec![volume(&workspace, "/workspace")];
+    runtime.create_container(&step).await.expect("create");
+    let seed = archive(&[("./", 0o777, None), ("./hello.txt", 0o644, Some("hello\n"))]);
+    runtime
+        .upload(&step.name, "/workspace", seed)
+        .await
+        .expect("upload");
+    runtime.start_container(&step.name).await.expect("start");
+    let logs = tokio::spawn(runtime.logs(&step.name).try_collect::<Vec<_>>());
+    assert_eq!(
+        within("wait", runtime.wait_container(&step.name)).await,
+        Ok(0)
+    );
+    let chunks = within("logs", logs).await.expect("task").expect("logs");
+    assert_eq!(split(&chunks).0, "hello\n755\n");
+    runtime.remove_container(&step.name).await.expect("remove");
+    runtime
+        .remove_volume(&workspace)
+        .await
+        .expect("remove volume");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn stop_kills_after_the_grace_and_removal_is_idempotent() {
+    let harness = Harness::new("stop").await;
+    let runtime = &harness.runtime;
+    // `sleep` as PID 1 ignores SIGTERM, so only the SIGKILL after the grace ends it.
+    let sleeper = harness.spec("sleeper", &["sleep", "1000"]);
+    runtime.create_container(&sleeper).await.expect("create");
+    // Before the start there is nothing to stop.
+    runtime
+        .stop_container(&sleeper.name, Duration::from_secs(1))
+        .await
+        .expect("stop created");
+    runtime.start_container(&sleeper.name).await.expect("start");
+    within(
+        "stop",
+        runtime.stop_container(&sleeper.name, Duration::from_secs(1)),
+    )
+    .await
+    .expect("stop");
+    assert_eq!(runtime.wait_container(&sleeper.name).await, Ok(137));
+    runtime
+        .stop_container(&sleeper.name, Duration::from_secs(1))
+        .await
+        .expect("stop exited");
+    runtime
+        .remove_container(&sleeper.name)
+        .await
+        .expect("remove");
+    runtime
+        .remove_container(&sleeper.name)
+        .await
+        .expect("remove again");
+    runtime
+        .stop_container(&sleeper.name, Duration::from_secs(1))
+        .await
+        .expect("stop missing");
+    let missing = harness.name("missing");
+    runtime
+        .remove_volume(&missing)
+        .await
+        .expect("missing volume");
+    runtime
+        .remove_network(&missing)
+        .await
+        .expect("missing network");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_first() {
+    let harness = Harness::new("sigterm").await;
+    let runtime = &harness.runtime;
+    let step = harness.spec(
+        "step",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo terminated; exit 7' TERM; echo ready; sleep 1000 & wait",
+        ],
+    );
+    runtime.create_container(&step).await.expect("create");
+    runtime.start_container(&step.name).await.expect("start");
+    let mut logs = runtime.logs(&step.name);
+    // The trap is set once `ready` is printed; a SIGTERM before that would be ignored.
+    let mut stdout = String::new();
+    within("ready", async {
+        while !stdout.contains("ready\n") {
+            let chunk = logs.next().await.expect("output").expect("logs");
+            stdout.push_str(std::str::from_utf8(&chunk.bytes).expect("utf-8"));
+        }
+    })
+    .await;
+    // A grace longer than the deadline: finishing in time means SIGTERM alone ended it.
+    within(
+        "stop",
+        runtime.stop_container(&step.name, Duration::from_secs(600)),
+    )
+    .await
+    .expect("stop");
+    assert_eq!(runtime.wait_container(&step.name).await, Ok(7));
+    let rest: Vec<_> = within("logs", logs.try_collect()).await.expect("logs");
+    assert_eq!(split(&rest).0, "terminated\n");
+    runtime.remove_container(&step.name).await.expect("remove");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn ensure_image_finds_local_images_and_names_missing_ones() {
+    let harness = Harness::new("images").await;
+    let runtime = &harness.runtime;
+    let local = runtime.ensure_image(BUSYBOX, None).await.expect("local");
+    assert!(local.id.starts_with("sha256:"), "{local:?}");
+    // Imported locally, never pulled or pushed under this name.
+    assert_eq!(local.digest, None);
+
+    for image in ["localhost:5000/nope:1", "127.0.0.1:1/unreachable:1"] {
+        let error = runtime.ensure_image(image, None).await.expect_err(image);
+        assert!(
+            matches!(&error, RuntimeError::ImageNotFound { image: named, .. } if named == image),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(image), "{error}");
+    }
+    let error = runtime.ensure_image("a:", None).await.expect_err("invalid");
+    assert!(matches!(error, RuntimeError::Invalid(_)), "{error:?}");
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn push_returns_the_digest_the_registry_serves_and_pulls_find_it() {
+    let harness = Harness::new("push").await;
+    let runtime = &harness.runtime;
+    let tag = &harness.id;
+    let image = format!("127.0.0.1:5000/test/busybox:{tag}");
+    let by_tag = format!("localhost:5000/test/busybox:{tag}");
+    let mut tags = Tags(vec![image.clone(), by_tag.clone()]);
+    let status = Command::new("docker")
+        .args(["tag", BUSYBOX, &image])
+        .status()
+        .expect("docker tag");
+    assert!(status.success(), "docker tag: {status}");
+
+    let digest = runtime.push_image(&image, None).await.expect("push");
+    let curl = Command::new("curl")
+        .args(["-sSfI", "-H"])
+        .arg(
+            "Accept: application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.oci.image.manifest.v1+json",
+        )
+        .arg(format!(
+            "http://127.0.0.1:5000/v2/test/busybox/manifests/{tag}"
+        ))
+        .output()
+        .expect("curl");
+    assert!(curl.status.success(), "curl: {curl:?}");
+    let headers = String::from_utf8(curl.stdout).expect("headers");
+    let served = headers
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("Docker-Content-Digest header");
+    assert_eq!(digest, served);
+
+    // Pulled back under the tag (via `localhost`) and by digest, the image reports that digest.
+    let by_digest = format!("127.0.0.1:5000/test/busybox@{digest}");
+    tags.0.push(by_digest.clone());
+    for reference in [&by_tag, &by_digest] {
+        let info = runtime.ensure_image(reference, None).await.expect("pull");
+        assert_eq!(info.digest.as_deref(), Some(digest.as_str()), "{reference}");
+    }
+
+    let absent = format!("127.0.0.1:5000/test/busybox:absent-{tag}");
+    let error = runtime.push_image(&absent, None).await.expect_err("absent");
+    assert!(
+        matches!(&error, RuntimeError::ImageNotFound { image, .. } if *image == absent),
+        "{error:?}"
+    );
+
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn sweep_removes_every_labelled_resource() {
+    let harness = Harness::new("sweep").await;
+    let runtime = &harness.runtime;
+    let labels = harness.labels();
+    let volume_name = harness.name("volume");
+    let network = harness.name("net");
+    runtime
+        .create_volume(&volume_name, &labels)
+        .await
+        .expect("volume");
+    runtime
+        .create_network(&network, &labels)
+        .await
+        .expect("network");
+
+    let mut created = harness.spec("created", &["true"]);
+    created.mounts = vec![volume(&volume_name, "/data")];
+    created.network = Some(network.clone());
+    runtime.create_container(&created).await.expect("create");
+    // Mounting a volume nobody created makes the engine create it; it still gets the labels.
+    let implicit = harness.name("implicit");
+    let mut running = harness.spec("running", &["sleep", "1000"]);
+    running.mounts = vec![volume(&volume_name, "/data"), volume(&implicit, "/other")];
+    running.network = Some(network.clone());
+    runtime.create_container(&running).await.expect("create");
+    runtime.start_container(&running.name).await.expect("start");
+
+    let mut expected = Resources {
+        containers: vec![created.name.clone(), running.name.clone()],
+        volumes: vec![implicit.clone(), volume_name.clone()],
+        networks: vec![network.clone()],
+    };
+    expected.containers.sort();
+    expected.volumes.sort();
+    let found = runtime.labelled(LABEL, &harness.id).await.expect("list");
+    assert_eq!(found, expected);
+    let swept = within("sweep", runtime.sweep(LABEL, &harness.id))
+        .await
+        .expect("sweep");
+    assert_eq!(swept, expected);
+    harness.assert_no_leaks().await;
+    let again = runtime
+        .sweep(LABEL, &harness.id)
+        .await
+        .expect("sweep again");
+    assert_eq!(again, Resources::default());
+}
