@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs and starts the engines builder needs on this machine, idempotently:
 # Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, and a local
-# busybox base image (nothing can be pulled from the internet here).
+# busybox base image and the standard builders (nothing can be pulled from the internet here).
 # Usage: scripts/dev-env.sh            (as root; safe to run again)
 # Env:   BUILDER_DATA_DIR  where the registry keeps its storage (default ~/.local/share/builder)
 set -euo pipefail
+# Debian's docker CLI (from docker.io) matches its engine.
+export PATH="/usr/bin:$PATH"
 
 data_dir="${BUILDER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/builder}"
 registry_addr="127.0.0.1:5000"
@@ -84,4 +86,5 @@ install_packages
 start_dockerd
 start_registry
 import_base_image
+"$(dirname "$0")/../builders/build.sh"
 log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, base image $base_image"

@@ -3,12 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Loaded};
-use crate::plan::{self, Context, Inputs};
+use crate::build::Status;
+use crate::config::{self, Loaded, duration};
+use crate::execute::{self, Event};
+use crate::plan::{self, Context, Inputs, ResolvedStep};
+use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::source;
+use crate::submit;
 use crate::substitute::Values;
 
 #[derive(Parser)]
@@ -77,21 +84,41 @@ enum Format {
 #[derive(Args)]
 struct SubmitArgs {
     /// The source directory to upload into /workspace.
-    #[arg(default_value = ".")]
+    #[arg(default_value = ".", conflicts_with = "no_source")]
     source: PathBuf,
+    /// Run with an empty /workspace.
+    #[arg(long)]
+    no_source: bool,
+    /// The build config (YAML or JSON).
+    #[arg(long, default_value = "cloudbuild.yaml", conflicts_with = "tag")]
+    config: PathBuf,
+    /// Build SOURCE's Dockerfile into IMAGE and push it, instead of reading a config.
+    #[arg(long, short = 't', value_name = "IMAGE")]
+    tag: Option<String>,
+    #[command(flatten)]
+    substitutions: SubstitutionArgs,
+    /// The build's timeout, overriding the config's: seconds, or units such as `10m`, `2h`.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Print, sorted, the files that would be uploaded, and exit.
     #[arg(long)]
     list_files: bool,
     /// Ignore file to use instead of SOURCE/.gcloudignore.
     #[arg(long, value_name = "FILE")]
     ignore_file: Option<PathBuf>,
+    /// Directory of local secret values for availableSecrets.secretManager (see README).
+    #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// The value of $PROJECT_ID.
+    #[arg(long, env = "BUILDER_PROJECT", default_value = "local")]
+    project: String,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
         Command::Config(ConfigCommand::Resolve(args)) => resolve(&args),
-        Command::Submit(args) => submit(&args),
+        Command::Submit(args) => submit(args),
     };
     match result {
         Ok(code) => code,
@@ -165,11 +192,132 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
     }
 }
 
-fn submit(args: &SubmitArgs) -> Result<ExitCode> {
-    if !args.list_files {
-        bail!("running builds is not available yet; use --list-files");
+fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    if args.list_files {
+        let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
+        eprintln!("{}", listing.rules);
+        for file in listing.files {
+            println!("{file}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    bail!("{:?} {:?}", args.source, args.ignore_file)
+    let request = submit::Request {
+        source: (!args.no_source).then_some(args.source),
+        ignore_file: args.ignore_file,
+        recipe: match args.tag {
+            Some(image) => submit::Recipe::Tag(image),
+            None => submit::Recipe::Config(args.config),
+        },
+        substitutions: args.substitutions.substitutions.unwrap_or_default(),
+        timeout: args.timeout,
+        secrets_dir: args.secrets_dir,
+        project_id: args.project,
+    };
+    let prepared = match submit::prepare(request) {
+        Ok(prepared) => prepared,
+        Err(refused) => {
+            eprintln!("{refused}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    eprint!("{}", prepared.warnings);
+    if let Some(uploaded) = &prepared.uploaded {
+        eprintln!(
+            "Creating temporary archive of {} file(s) totalling {} before compression.",
+            uploaded.files,
+            human_bytes(uploaded.bytes)
+        );
+    }
+    tokio::runtime::Runtime::new()?.block_on(run_locally(prepared))
+}
+
+/// Runs a prepared build on the local engine, printing its log as Cloud Build does.
+async fn run_locally(prepared: submit::Prepared) -> Result<ExitCode> {
+    let runtime = DockerRuntime::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let run = prepared.run;
+    let (build_id, steps) = (run.build_id.clone(), run.build.steps.clone());
+    eprintln!("Created build [{build_id}].");
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = std::time::Instant::now();
+    let execution = tokio::spawn(execute::execute(
+        Arc::new(runtime),
+        run,
+        events,
+        cancel.clone(),
+    ));
+    println!("starting build \"{build_id}\"\n\nBUILD");
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            event = received.recv() => match event {
+                Some(event) => print_event(&steps, event),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                eprintln!("Cancelling build [{build_id}]…");
+                cancel.cancel();
+            }
+        }
+    }
+    let outcome = execution.await?;
+    println!("DONE\n{}", "-".repeat(80));
+    if let Some(failure) = &outcome.failure {
+        println!("ERROR: {failure}");
+    }
+    println!(
+        "ID: {build_id}\nSTATUS: {}\nDURATION: {:.1}s",
+        outcome.status,
+        started.elapsed().as_secs_f64()
+    );
+    for image in &outcome.images {
+        println!("IMAGE: {} {}", image.name, image.digest);
+    }
+    if outcome.status == Status::Timeout {
+        eprintln!(
+            "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
+        );
+    }
+    Ok(match outcome.status {
+        Status::Success => ExitCode::SUCCESS,
+        _ if interrupted => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn print_event(steps: &[ResolvedStep], event: Event) {
+    let label = |step: usize| match steps.get(step).and_then(|s| s.id.as_deref()) {
+        Some(id) => format!("Step #{step} - {id:?}"),
+        None => format!("Step #{step}"),
+    };
+    match event {
+        Event::StepStarted { step } => println!("Starting {}", label(step)),
+        Event::Line { step, text, .. } => println!("{}: {text}", label(step)),
+        Event::StepFinished { step, result } => match result.detail {
+            Some(detail) if result.status != Status::Success => {
+                println!("Finished {} ({}: {detail})", label(step), result.status)
+            }
+            _ => println!("Finished {}", label(step)),
+        },
+        Event::Pushing { image } => println!("PUSH\nPushing {image}"),
+        Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text)
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {

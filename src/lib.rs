@@ -1,10 +1,16 @@
 //! builder: runs Google Cloud Build configs on machines its users own.
 //! See ARCHITECTURE.md for the module map and the invariants.
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod execute;
 pub mod image;
+pub mod logs;
 pub mod plan;
 pub mod runtime;
+pub mod secrets;
+pub mod source;
+pub mod submit;
 pub mod substitute;

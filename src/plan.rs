@@ -142,8 +142,11 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
     let build = fields.apply(config);
     fields.check_references(loose, &mut diagnostics);
     if !loose && !automap {
+        // Without dynamic substitutions a value is inserted verbatim (spec §4.3 point 5), so a
+        // `$_B` inside another value is text, not a use of `_B`.
         let used_in_values: BTreeSet<String> = user
             .values()
+            .filter(|_| dynamic)
             .flat_map(|v| substitute::references(v, dynamic))
             .map(|r| r.key)
             .collect();
@@ -216,9 +219,17 @@ fn split_inputs(
         }
     }
     let commit = built_ins.get("COMMIT_SHA").cloned().unwrap_or_default();
+    // REF_NAME is the branch or the tag name of a trigger build (spec §4.1, §9.2).
+    let reference = [built_ins.get("BRANCH_NAME"), built_ins.get("TAG_NAME")]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_default();
     for (key, derived) in [
         ("SHORT_SHA", commit.chars().take(7).collect::<String>()),
         ("REVISION_ID", commit),
+        ("REF_NAME", reference),
     ] {
         if built_ins.get(key).is_none_or(String::is_empty) {
             built_ins.insert(key.to_string(), derived);
@@ -405,6 +416,16 @@ fn check_substituted(build: &Draft, diagnostics: &mut Diagnostics) {
     }
     for (i, image) in build.images.iter().enumerate() {
         check_image(&root.key("images").index(i), image, diagnostics);
+    }
+    // `artifacts.images` is the image list when `images` is not given (spec §2.7).
+    if build.images.is_empty() {
+        for (i, image) in build.artifact_images.iter().enumerate() {
+            check_image(
+                &root.key("artifacts").key("images").index(i),
+                image,
+                diagnostics,
+            );
+        }
     }
     if let Some(location) = &build.objects_location
         && !location.starts_with("gs://")

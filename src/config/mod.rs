@@ -58,7 +58,10 @@ pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
         }
     };
     let config = decode::build_config(&tree, &mut diagnostics);
-    validate::validate(&config, &mut diagnostics);
+    // A root that is not a mapping is one error; the rules about its (absent) fields add nothing.
+    if matches!(tree.value, tree::Value::Map(_)) {
+        validate::validate(&config, &mut diagnostics);
+    }
     diagnostics.locate(&tree);
     Ok(Loaded {
         config,

@@ -52,19 +52,37 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     );
     check_secrets(config, diagnostics);
     check_artifacts(config, diagnostics);
-    for (i, name) in config.images.iter().enumerate() {
+    // `artifacts.images` stands for `images` when only it is given (spec §2.7).
+    let images = if config.images.is_empty() {
+        root.key("artifacts").key("images")
+    } else {
+        root.key("images")
+    };
+    let image_list = if config.images.is_empty() {
+        &config.artifacts.images
+    } else {
+        &config.images
+    };
+    for (i, name) in image_list.iter().enumerate() {
         if !name.contains('$') {
-            check_image(&root.key("images").index(i), name, diagnostics);
+            check_image(&images.index(i), name, diagnostics);
         }
     }
     if config.images.len() > MAX_IMAGES {
         diagnostics.error(&root.key("images"), format!("at most {MAX_IMAGES} images"));
     }
+    // Templated tags are checked after substitution; blanking them (rather than filtering them
+    // out) keeps the indices, so each error points at the tag it is about.
     let literal_tags: Vec<String> = config
         .tags
         .iter()
-        .filter(|t| !t.contains('$'))
-        .cloned()
+        .map(|t| {
+            if t.contains('$') {
+                String::new()
+            } else {
+                t.clone()
+            }
+        })
         .collect();
     clean_tags(&literal_tags, &root.key("tags"), diagnostics);
 }

@@ -168,17 +168,26 @@ impl ContainerRuntime for DockerRuntime {
         ))
     }
 
+    async fn local_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let reference = Reference::parse(image)?;
+        match self.inspect_image(image, reference.repository).await {
+            Ok(info) => Ok(Some(info)),
+            Err(error) if has_status(&error, 404) => Ok(None),
+            Err(error) => Err(engine_error(
+                format_args!("inspecting image {image:?}"),
+                error,
+            )),
+        }
+    }
+
     async fn ensure_image(
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
     ) -> Result<ImageInfo, RuntimeError> {
         let reference = Reference::parse(image)?;
-        let inspect_error = |error| engine_error(format_args!("inspecting image {image:?}"), error);
-        match self.inspect_image(image, reference.repository).await {
-            Ok(info) => return Ok(info),
-            Err(error) if has_status(&error, 404) => {}
-            Err(error) => return Err(inspect_error(error)),
+        if let Some(info) = self.local_image(image).await? {
+            return Ok(info);
         }
         let options = CreateImageOptionsBuilder::default()
             .from_image(reference.repository)
@@ -202,9 +211,12 @@ impl ContainerRuntime for DockerRuntime {
                 },
             });
         }
-        self.inspect_image(image, reference.repository)
-            .await
-            .map_err(inspect_error)
+        self.local_image(image)
+            .await?
+            .ok_or_else(|| RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                detail: "the pull finished but the engine does not have it".into(),
+            })
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {

@@ -28,7 +28,7 @@ pub type Labels = BTreeMap<String, String>;
 pub const LOG_DRAIN_IDLE: Duration = Duration::from_secs(2);
 
 /// Everything needed to create one container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Engine-wide unique name; every later call addresses the container by it.
     pub name: String,
@@ -71,7 +71,7 @@ pub enum MountSource {
 }
 
 /// Which output stream a [`LogChunk`] came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LogStream {
     Stdout,
     Stderr,
@@ -202,6 +202,9 @@ impl std::error::Error for RuntimeError {}
 pub trait ContainerRuntime: Send + Sync {
     /// Checks that the engine answers; returns its version for the logs.
     async fn ping(&self) -> Result<String, RuntimeError>;
+
+    /// The local image `image`, if the engine has it; never pulls.
+    async fn local_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError>;
 
     /// Makes `image` local: when present returns its info; otherwise pulls it (with `auth` if
     /// given), then returns its info. `name`, `name:tag` and `name@sha256:…` are accepted, with

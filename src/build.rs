@@ -1,0 +1,111 @@
+//! What a build is after it is planned: its status and each step's, as Cloud Build names them,
+//! and the results it records (pushed images with digests, builder image digests).
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Build and step statuses (Cloud Build's `Build.Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Queued,
+    Working,
+    Success,
+    Failure,
+    InternalError,
+    Timeout,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Working)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "QUEUED",
+            Status::Working => "WORKING",
+            Status::Success => "SUCCESS",
+            Status::Failure => "FAILURE",
+            Status::InternalError => "INTERNAL_ERROR",
+            Status::Timeout => "TIMEOUT",
+            Status::Cancelled => "CANCELLED",
+            Status::Expired => "EXPIRED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Working,
+            Status::Success,
+            Status::Failure,
+            Status::InternalError,
+            Status::Timeout,
+            Status::Cancelled,
+            Status::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one step ended (or that it never started: `Queued`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepResult {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<SystemTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<SystemTime>,
+    /// Digest of the builder image the step ran, when the engine knows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Why the step failed, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl StepResult {
+    pub fn queued() -> Self {
+        Self {
+            status: Status::Queued,
+            exit_code: None,
+            start_time: None,
+            end_time: None,
+            image_digest: None,
+            detail: None,
+        }
+    }
+}
+
+/// An image of `images:` as pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedImage {
+    pub name: String,
+    pub digest: String,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub status: Status,
+    pub steps: Vec<StepResult>,
+    pub images: Vec<PushedImage>,
+    /// Why the build did not succeed, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}

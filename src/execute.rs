@@ -1,0 +1,601 @@
+//! Runs a [`ResolvedBuild`] as Cloud Build does (spec §3, §5–7): each step is a container over
+//! one shared `/workspace`, started as soon as the steps it waits for are done, so independent
+//! steps run at once; then the `images:` are pushed and their digests recorded.
+//!
+//! A failing step, a timeout or a cancel is an outcome, not an error: it becomes the build's
+//! status. Whatever happens, every container, volume and network of the build is removed at the
+//! end (they all carry the build's label, so one sweep finds them).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{Outcome, PushedImage, Status, StepResult};
+use crate::logs::{LineAssembler, Masker};
+use crate::plan::{HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, Labels, LogStream, Mount, MountSource, RuntimeError,
+};
+
+/// Label carried by every resource of a build, with the build id as value.
+pub const BUILD_LABEL: &str = "builder.build";
+const STEP_LABEL: &str = "builder.step";
+/// How long a stopped step may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The network Cloud Build steps can name in nested `docker build --network=cloudbuild`.
+const SHARED_NETWORK: &str = "cloudbuild";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// One build to run.
+pub struct Run {
+    pub build_id: String,
+    pub build: ResolvedBuild,
+    /// A directory whose contents become `/workspace`; `None` starts it empty.
+    pub workspace: Option<PathBuf>,
+    /// Values of the build's secret env names.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// What happens while a build runs, in order for each step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    StepStarted {
+        step: usize,
+    },
+    Line {
+        step: usize,
+        stream: LogStream,
+        text: String,
+    },
+    StepFinished {
+        step: usize,
+        result: StepResult,
+    },
+    Pushing {
+        image: String,
+    },
+    Pushed(PushedImage),
+}
+
+/// Runs the build to its end and cleans up after it. `cancel` stops it (status CANCELLED).
+pub async fn execute(
+    runtime: Arc<dyn ContainerRuntime>,
+    run: Run,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> Outcome {
+    let masker = match Masker::new(run.secrets.values().map(String::as_str)) {
+        Ok(masker) => masker,
+        Err(detail) => return internal_error(&run, detail),
+    };
+    let context = Arc::new(StepContext {
+        runtime: runtime.clone(),
+        build_id: run.build_id.clone(),
+        events,
+        masker,
+        secrets: run.secrets.clone(),
+    });
+    let mut outcome = match prepare(&context, &run).await {
+        Ok(()) => run_steps(&context, &run.build, cancel).await,
+        Err(detail) => internal_error(&run, detail),
+    };
+    if outcome.status == Status::Success {
+        match push_images(&context, &run.build.images).await {
+            Ok(images) => outcome.images = images,
+            Err(detail) => {
+                outcome.status = Status::Failure;
+                outcome.failure = Some(detail);
+            }
+        }
+    }
+    if let Err(e) = runtime.sweep(BUILD_LABEL, &run.build_id).await {
+        outcome.status = Status::InternalError;
+        outcome.failure = Some(format!(
+            "cleaning up the build's containers and volumes failed: {e}"
+        ));
+    }
+    outcome
+}
+
+fn internal_error(run: &Run, detail: String) -> Outcome {
+    Outcome {
+        status: Status::InternalError,
+        steps: run
+            .build
+            .steps
+            .iter()
+            .map(|_| StepResult::queued())
+            .collect(),
+        images: Vec::new(),
+        failure: Some(detail),
+    }
+}
+
+/// Everything a step task needs, shared by all of a build's steps.
+struct StepContext {
+    runtime: Arc<dyn ContainerRuntime>,
+    build_id: String,
+    events: UnboundedSender<Event>,
+    masker: Masker,
+    secrets: BTreeMap<String, String>,
+}
+
+impl StepContext {
+    fn name(&self, what: &str) -> String {
+        format!("builder-{}-{what}", self.build_id)
+    }
+
+    fn labels(&self, step: Option<usize>) -> Labels {
+        let mut labels = Labels::from([(BUILD_LABEL.to_string(), self.build_id.clone())]);
+        if let Some(step) = step {
+            labels.insert(STEP_LABEL.to_string(), step.to_string());
+        }
+        labels
+    }
+
+    fn emit(&self, event: Event) {
+        // A build runs to its end even when nobody listens any more.
+        let _ = self.events.send(event);
+    }
+}
+
+/// Creates the build's network and volumes and fills `/workspace`.
+async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
+    let runtime = &context.runtime;
+    let labels = context.labels(None);
+    let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
+    let setup = async {
+        runtime.create_network(SHARED_NETWORK, &shared).await?;
+        runtime
+            .create_network(&context.name("network"), &labels)
+            .await?;
+        let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
+        let names: std::collections::BTreeSet<String> =
+            ["workspace".to_string(), "home".to_string()]
+                .into_iter()
+                .chain(user_volumes.map(|v| user_volume(&v.name)))
+                .collect();
+        for volume in names {
+            runtime
+                .create_volume(&context.name(&volume), &labels)
+                .await?;
+        }
+        Ok::<(), RuntimeError>(())
+    };
+    setup
+        .await
+        .map_err(|e| format!("preparing the build: {e}"))?;
+    let archive = workspace_archive(run.workspace.as_deref())
+        .map_err(|e| format!("packing the workspace: {e}"))?;
+    // The engine copies files into a volume only through a container that mounts it; it is
+    // created, never started, so any local image will do: the first step's.
+    let Some(first) = run.build.steps.first() else {
+        return Ok(());
+    };
+    let seed = ContainerSpec {
+        name: context.name("seed"),
+        image: first.name.clone(),
+        mounts: vec![volume_mount(&context.name("workspace"), WORKSPACE)],
+        labels: labels.clone(),
+        ..ContainerSpec::default()
+    };
+    let seeding = async {
+        runtime.ensure_image(&first.name, None).await?;
+        runtime.create_container(&seed).await?;
+        runtime.upload(&seed.name, "/", archive).await?;
+        runtime.remove_container(&seed.name).await
+    };
+    seeding
+        .await
+        .map_err(|e| format!("filling /workspace: {e}"))
+}
+
+/// A tar whose first entry is `workspace/` with mode 0777, so that builders running as any user
+/// can write to `/workspace` (the engine applies a named directory entry's mode to the volume's
+/// root), followed by the directory's contents. Symlinks are stored, not followed.
+fn workspace_archive(dir: Option<&Path>) -> io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    let mut root = tar::Header::new_gnu();
+    root.set_entry_type(tar::EntryType::Directory);
+    root.set_mode(0o777);
+    root.set_size(0);
+    archive.append_data(&mut root, "workspace/", io::empty())?;
+    if let Some(dir) = dir {
+        archive.append_dir_all("workspace", dir)?;
+    }
+    archive.into_inner()
+}
+
+/// The suffix of the engine volume that backs a config's named volume.
+fn user_volume(name: &str) -> String {
+    format!("volume-{name}")
+}
+
+fn volume_mount(volume: &str, target: &str) -> Mount {
+    Mount {
+        source: MountSource::Volume(volume.to_string()),
+        target: target.to_string(),
+    }
+}
+
+/// Why the remaining steps are being stopped.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    StepFailed,
+    BuildTimeout,
+    Cancelled,
+}
+
+/// Starts every step whose dependencies are done, until all are done or the build stops.
+async fn run_steps(
+    context: &Arc<StepContext>,
+    build: &ResolvedBuild,
+    cancel: CancellationToken,
+) -> Outcome {
+    let mut results: Vec<StepResult> = build.steps.iter().map(|_| StepResult::queued()).collect();
+    let mut started = vec![false; build.steps.len()];
+    let mut running = JoinSet::new();
+    let stop_steps = CancellationToken::new();
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(build.timeout));
+    tokio::pin!(deadline);
+    let mut stopped: Option<(Stop, Option<usize>)> = None;
+    loop {
+        if stopped.is_none() {
+            for (i, step) in build.steps.iter().enumerate() {
+                let ready = step
+                    .dependencies
+                    .iter()
+                    .all(|&d| is_done(&build.steps[d], &results[d]));
+                if !started[i] && ready {
+                    started[i] = true;
+                    results[i].status = Status::Working;
+                    let (context, step, token) =
+                        (context.clone(), step.clone(), stop_steps.clone());
+                    running.spawn(async move { (i, run_step(&context, i, &step, token).await) });
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { continue };
+                let (i, result) = joined.unwrap_or_else(|e| (usize::MAX, panicked(e)));
+                let Some(slot) = results.get_mut(i) else {
+                    stopped.get_or_insert((Stop::StepFailed, None));
+                    stop_steps.cancel();
+                    continue;
+                };
+                *slot = result;
+                context.emit(Event::StepFinished { step: i, result: slot.clone() });
+                if !is_done(&build.steps[i], slot) && stopped.is_none() {
+                    stopped = Some((Stop::StepFailed, Some(i)));
+                    stop_steps.cancel();
+                }
+            }
+            () = &mut deadline, if stopped.is_none() => {
+                stopped = Some((Stop::BuildTimeout, None));
+                stop_steps.cancel();
+            }
+            () = cancel.cancelled(), if stopped.is_none() => {
+                stopped = Some((Stop::Cancelled, None));
+                stop_steps.cancel();
+            }
+        }
+    }
+    conclude(build, results, stopped)
+}
+
+/// The build's status from how its steps ended and why it stopped.
+fn conclude(
+    build: &ResolvedBuild,
+    mut results: Vec<StepResult>,
+    stopped: Option<(Stop, Option<usize>)>,
+) -> Outcome {
+    let (status, failure) = match stopped {
+        None => (Status::Success, None),
+        Some((Stop::Cancelled, _)) => (
+            Status::Cancelled,
+            Some("the build was cancelled".to_string()),
+        ),
+        Some((Stop::BuildTimeout, _)) => {
+            // Steps the build's timeout interrupted ended because of it.
+            for result in results.iter_mut().filter(|r| r.status == Status::Cancelled) {
+                result.status = Status::Timeout;
+            }
+            let limit = build.timeout;
+            (
+                Status::Timeout,
+                Some(format!(
+                    "the build timed out after {limit}s; raise `timeout` in the config"
+                )),
+            )
+        }
+        Some((Stop::StepFailed, Some(i))) => {
+            let result = &results[i];
+            let status = match result.status {
+                Status::Timeout => Status::Timeout,
+                Status::InternalError => Status::InternalError,
+                _ => Status::Failure,
+            };
+            let why = result.detail.clone().unwrap_or_default();
+            (
+                status,
+                Some(format!(
+                    "build step {i} {:?} failed: {why}",
+                    build.steps[i].name
+                )),
+            )
+        }
+        Some((Stop::StepFailed, None)) => (
+            Status::InternalError,
+            Some("a step's task failed".to_string()),
+        ),
+    };
+    Outcome {
+        status,
+        steps: results,
+        images: Vec::new(),
+        failure,
+    }
+}
+
+/// Whether dependants may start: success, or a failure the step tolerates (`allowExitCodes`
+/// decides when given, else `allowFailure`).
+fn is_done(step: &ResolvedStep, result: &StepResult) -> bool {
+    match result.status {
+        Status::Success => true,
+        Status::Failure | Status::Timeout if !step.allow_exit_codes.is_empty() => result
+            .exit_code
+            .is_some_and(|code| step.allow_exit_codes.contains(&code)),
+        Status::Failure | Status::Timeout => step.allow_failure,
+        _ => false,
+    }
+}
+
+fn panicked(error: tokio::task::JoinError) -> StepResult {
+    StepResult {
+        status: Status::InternalError,
+        detail: Some(format!("the step's task failed: {error}")),
+        ..StepResult::queued()
+    }
+}
+
+/// Runs one step's container to its end. Never returns early without removing the container.
+async fn run_step(
+    context: &StepContext,
+    index: usize,
+    step: &ResolvedStep,
+    stop: CancellationToken,
+) -> StepResult {
+    let mut result = StepResult {
+        status: Status::Working,
+        start_time: Some(SystemTime::now()),
+        ..StepResult::queued()
+    };
+    context.emit(Event::StepStarted { step: index });
+    let name = context.name(&format!("step-{index}"));
+    let ended = tokio::select! {
+        ended = start_and_wait(context, index, step, &name) => ended,
+        () = stop.cancelled() => Err((Status::Cancelled, "stopped because the build stopped".to_string())),
+    };
+    if ended.is_err() {
+        // Stopping is safe whatever state the container reached.
+        let _ = context.runtime.stop_container(&name, STOP_GRACE).await;
+    }
+    let _ = context.runtime.remove_container(&name).await;
+    match ended {
+        Ok((code, digest)) => {
+            result.exit_code = Some(code);
+            result.image_digest = digest;
+            if code == 0 {
+                result.status = Status::Success;
+            } else {
+                result.status = Status::Failure;
+                result.detail = Some(format!("step exited with non-zero status: {code}"));
+            }
+        }
+        Err((status, detail)) => {
+            result.status = status;
+            result.detail = Some(detail);
+        }
+    }
+    result.end_time = Some(SystemTime::now());
+    result
+}
+
+/// Pulls the image, creates and starts the container, streams its output, and waits for its exit
+/// code within the step's timeout. Returns the exit code and the builder image's digest.
+async fn start_and_wait(
+    context: &StepContext,
+    index: usize,
+    step: &ResolvedStep,
+    name: &str,
+) -> Result<(i64, Option<String>), (Status, String)> {
+    let runtime = &context.runtime;
+    let failed = |e: RuntimeError| match e {
+        RuntimeError::ImageNotFound { .. } => (Status::Failure, e.to_string()),
+        e => (Status::InternalError, e.to_string()),
+    };
+    let image = runtime
+        .ensure_image(&step.name, None)
+        .await
+        .map_err(failed)?;
+    let spec = container_spec(context, index, step, name);
+    runtime.create_container(&spec).await.map_err(failed)?;
+    if let Some(script) = &step.script {
+        let archive =
+            script_archive(index, script).map_err(|e| (Status::InternalError, e.to_string()))?;
+        runtime.upload(name, "/", archive).await.map_err(failed)?;
+    }
+    runtime.start_container(name).await.map_err(failed)?;
+    let output = forward_output(context, index, name);
+    let waited = match step.timeout {
+        Some(limit) => {
+            tokio::time::timeout(Duration::from_secs_f64(limit), runtime.wait_container(name))
+                .await
+                .map_err(|_| {
+                    (
+                        Status::Timeout,
+                        format!("step timed out after {limit}s; raise the step's `timeout`"),
+                    )
+                })
+        }
+        None => Ok(runtime.wait_container(name).await),
+    };
+    let code = waited?.map_err(failed)?;
+    output.await;
+    Ok((code, image.digest))
+}
+
+/// Where a step's `script` is written in its container.
+fn script_path(index: usize) -> String {
+    format!("/builder/scripts/step-{index}")
+}
+
+/// The step's script as an executable file; without a shebang it runs with `/bin/sh`, as on
+/// Cloud Build.
+fn script_archive(index: usize, script: &str) -> io::Result<Vec<u8>> {
+    let body = if script.starts_with("#!") {
+        script.to_string()
+    } else {
+        format!("#!/bin/sh\n{script}")
+    };
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o755);
+    header.set_size(body.len() as u64);
+    archive.append_data(
+        &mut header,
+        script_path(index).trim_start_matches('/'),
+        body.as_bytes(),
+    )?;
+    archive.into_inner()
+}
+
+fn container_spec(
+    context: &StepContext,
+    index: usize,
+    step: &ResolvedStep,
+    name: &str,
+) -> ContainerSpec {
+    let mut mounts = vec![
+        volume_mount(&context.name("workspace"), WORKSPACE),
+        volume_mount(&context.name("home"), HOME),
+        Mount {
+            source: MountSource::Bind(PathBuf::from(DOCKER_SOCKET)),
+            target: DOCKER_SOCKET.to_string(),
+        },
+    ];
+    mounts.extend(
+        step.volumes
+            .iter()
+            .map(|v| volume_mount(&context.name(&user_volume(&v.name)), &v.path)),
+    );
+    let mut env = step.env.clone();
+    env.extend(
+        step.secret_env
+            .iter()
+            .filter_map(|key| Some(format!("{key}={}", context.secrets.get(key)?))),
+    );
+    let entrypoint = match (&step.script, &step.entrypoint) {
+        (Some(_), _) => Some(vec![script_path(index)]),
+        (None, Some(entrypoint)) => Some(vec![entrypoint.clone()]),
+        (None, None) => None,
+    };
+    ContainerSpec {
+        name: name.to_string(),
+        image: step.name.clone(),
+        entrypoint,
+        args: step.args.clone(),
+        env,
+        working_dir: step.dir.clone(),
+        mounts,
+        network: Some(context.name("network")),
+        labels: context.labels(Some(index)),
+        // Cloud Build also runs steps privileged; here the mounted socket is what lets steps use
+        // the engine, and privileged containers are refused by engines in user namespaces.
+        privileged: false,
+        ..ContainerSpec::default()
+    }
+}
+
+/// Streams a started container's output as masked lines; the future ends with the output.
+fn forward_output(
+    context: &StepContext,
+    step: usize,
+    name: &str,
+) -> impl Future<Output = ()> + use<> {
+    let mut chunks = context.runtime.logs(name);
+    let events = context.events.clone();
+    let masker = context.masker.clone();
+    async move {
+        let mut assemblers: BTreeMap<LogStream, LineAssembler> = BTreeMap::new();
+        let send = |stream: LogStream, text: String| {
+            let _ = events.send(Event::Line {
+                step,
+                stream,
+                text: masker.mask(&text),
+            });
+        };
+        while let Some(chunk) = chunks.next().await {
+            let Ok(chunk) = chunk else { break };
+            for text in assemblers
+                .entry(chunk.stream)
+                .or_default()
+                .push(&chunk.bytes)
+            {
+                send(chunk.stream, text);
+            }
+        }
+        for (stream, assembler) in assemblers {
+            if let Some(text) = assembler.finish() {
+                send(stream, text);
+            }
+        }
+    }
+}
+
+/// Pushes `images:` once every step succeeded: all must exist before any is pushed.
+async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<PushedImage>, String> {
+    let runtime = &context.runtime;
+    let mut missing = Vec::new();
+    for image in images {
+        match runtime.local_image(image).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(image.clone()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "failed to find one or more images after execution of build steps: {missing:?}"
+        ));
+    }
+    let mut pushed = Vec::new();
+    for image in images {
+        context.emit(Event::Pushing {
+            image: image.clone(),
+        });
+        let digest = runtime
+            .push_image(image, None)
+            .await
+            .map_err(|e| format!("pushing {image}: {e}"))?;
+        let image = PushedImage {
+            name: image.clone(),
+            digest,
+        };
+        context.emit(Event::Pushed(image.clone()));
+        pushed.push(image);
+    }
+    Ok(pushed)
+}

@@ -1,0 +1,114 @@
+//! Step output as lines: the engine delivers frames that may split or join lines, so each stream
+//! is assembled into whole lines, and every line is masked before anyone sees it.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Secret values shorter than this are not masked: masking `ab` would garble every log line that
+/// happens to contain those letters, and would tell an onlooker little about the secret anyway.
+pub const MIN_MASKED_LEN: usize = 4;
+pub const MASK: &str = "[MASKED]";
+
+/// Joins byte frames into lines (without their `\n` or `\r\n`). Invalid UTF-8 is replaced.
+#[derive(Debug, Default)]
+pub struct LineAssembler {
+    partial: Vec<u8>,
+}
+
+impl LineAssembler {
+    /// The lines completed by `bytes`.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(bytes);
+        let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(last_newline + 1);
+        let complete = std::mem::replace(&mut self.partial, rest);
+        complete[..last_newline]
+            .split(|&b| b == b'\n')
+            .map(line)
+            .collect()
+    }
+
+    /// The last line when the output did not end with a newline.
+    pub fn finish(self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| line(&self.partial))
+    }
+}
+
+fn line(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Replaces secret values, and their base64 forms, with [`MASK`].
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    matcher: Option<AhoCorasick>,
+}
+
+impl Masker {
+    /// Fails only when the secrets are too large to search for, in which case nothing may run.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets {
+            for form in [
+                secret.trim_end_matches('\n').to_string(),
+                STANDARD.encode(secret),
+            ] {
+                if form.len() >= MIN_MASKED_LEN && !patterns.contains(&form) {
+                    patterns.push(form);
+                }
+            }
+            // A multi-line secret is printed one line at a time.
+            for part in secret.lines().filter(|l| l.len() >= MIN_MASKED_LEN) {
+                if !patterns.iter().any(|p| p == part) {
+                    patterns.push(part.to_string());
+                }
+            }
+        }
+        if patterns.is_empty() {
+            return Ok(Self::default());
+        }
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .map_err(|e| format!("cannot prepare secret masking: {e}"))?;
+        Ok(Self {
+            matcher: Some(matcher),
+        })
+    }
+
+    pub fn mask(&self, line: &str) -> String {
+        match &self.matcher {
+            Some(matcher) => matcher.replace_all(line, &vec![MASK; matcher.patterns_len()]),
+            None => line.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembles_lines_across_frames() {
+        let mut assembler = LineAssembler::default();
+        assert_eq!(assembler.push(b"he"), Vec::<String>::new());
+        assert_eq!(assembler.push(b"llo\r\nwor"), ["hello"]);
+        assert_eq!(assembler.push(b"ld\n\nlast"), ["world", ""]);
+        assert_eq!(assembler.finish(), Some("last".to_string()));
+        assert_eq!(LineAssembler::default().finish(), None);
+    }
+
+    #[test]
+    fn masks_values_and_their_base64() {
+        let masker = Masker::new(["hunter22", "ab", "line one\nline two"]).unwrap();
+        assert_eq!(masker.mask("pw=hunter22!"), "pw=[MASKED]!");
+        assert_eq!(masker.mask(&STANDARD.encode("hunter22")), MASK);
+        assert_eq!(masker.mask("ab stays"), "ab stays");
+        assert_eq!(masker.mask("> line two"), "> [MASKED]");
+        assert_eq!(Masker::default().mask("plain"), "plain");
+    }
+}

@@ -1,0 +1,194 @@
+//! `builder submit`: what `gcloud builds submit` does, on this machine. The source directory is
+//! packed by the upload rules (`.gcloudignore`), unpacked into a fresh workspace the way a server
+//! receives an upload, the config is resolved as a manual build, and secrets are looked up
+//! locally. The result is a [`Run`] for the executor.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::config::{self, BuildConfig};
+use crate::diag::Diagnostics;
+use crate::execute::Run;
+use crate::plan::{self, Context, Inputs};
+use crate::secrets;
+use crate::source::{self, ArchiveSummary};
+use crate::substitute::Values;
+
+/// Where the build's steps come from.
+pub enum Recipe {
+    /// A config file (YAML or JSON).
+    Config(PathBuf),
+    /// gcloud's `--tag IMAGE`: build the source's Dockerfile and push it.
+    Tag(String),
+}
+
+pub struct Request {
+    /// The source directory; `None` is `--no-source`.
+    pub source: Option<PathBuf>,
+    pub ignore_file: Option<PathBuf>,
+    pub recipe: Recipe,
+    pub substitutions: Values,
+    pub timeout: Option<Duration>,
+    pub secrets_dir: Option<PathBuf>,
+    pub project_id: String,
+}
+
+/// A build ready to run. The workspace directory lives as long as this value.
+pub struct Prepared {
+    pub run: Run,
+    pub uploaded: Option<ArchiveSummary>,
+    pub warnings: String,
+    _workspace: Option<TempDir>,
+}
+
+/// Why a submission was refused before anything ran.
+#[derive(Debug)]
+pub enum Refused {
+    /// Config problems, rendered one per line with their locations.
+    Invalid(String),
+    Other(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Invalid(diagnostics) => f.write_str(diagnostics.trim_end()),
+            Refused::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+pub fn prepare(request: Request) -> Result<Prepared, Refused> {
+    let (named, warnings) = recipe(&request)?;
+    let config = &named.config;
+    if !config.secrets.is_empty() || !config.available_secrets.inline.is_empty() {
+        return Err(Refused::Other(
+            "KMS-encrypted secrets (`secrets`, `availableSecrets.inline`) are not supported here: \
+             builder cannot decrypt them; use availableSecrets.secretManager with a local secret"
+                .into(),
+        ));
+    }
+    let build_id = uuid::Uuid::new_v4().to_string();
+    let inputs = Inputs {
+        context: Context::Manual,
+        built_ins: Values::from([
+            ("BUILD_ID".to_string(), build_id.clone()),
+            ("PROJECT_ID".to_string(), request.project_id.clone()),
+            ("LOCATION".to_string(), "local".to_string()),
+        ]),
+        overrides: request.substitutions.clone(),
+    };
+    let mut build = plan::resolve(config, &inputs).map_err(|d| invalid(&named, d))?;
+    if let Some(timeout) = request.timeout {
+        build.timeout = timeout.as_secs_f64();
+    }
+    let secret_values = secrets::resolve(&build.secrets, request.secrets_dir.as_deref(), |key| {
+        std::env::var(key).ok()
+    })
+    .map_err(Refused::Other)?;
+    let (workspace, uploaded) = match &request.source {
+        Some(dir) => {
+            let (workspace, summary) = upload(dir, request.ignore_file.as_deref())?;
+            (Some(workspace), Some(summary))
+        }
+        None => (None, None),
+    };
+    Ok(Prepared {
+        run: Run {
+            build_id,
+            build,
+            workspace: workspace.as_ref().map(|w| w.path().to_path_buf()),
+            secrets: secret_values,
+        },
+        uploaded,
+        warnings,
+        _workspace: workspace,
+    })
+}
+
+/// A loaded config and its rendered file name.
+struct Named {
+    config: BuildConfig,
+    tree: config::tree::Node,
+    file: String,
+}
+
+fn invalid(named: &Named, mut diagnostics: Diagnostics) -> Refused {
+    diagnostics.locate(&named.tree);
+    Refused::Invalid(diagnostics.render(&named.file))
+}
+
+/// The config to run and its rendered warnings.
+fn recipe(request: &Request) -> Result<(Named, String), Refused> {
+    let (bytes, file) = match &request.recipe {
+        Recipe::Config(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Refused::Other(format!(
+                    "cannot read the build config {}: {e}",
+                    path.display()
+                ))
+            })?;
+            (bytes, path.display().to_string())
+        }
+        Recipe::Tag(image) => {
+            let has_dockerfile = request
+                .source
+                .as_ref()
+                .is_some_and(|dir| dir.join("Dockerfile").is_file());
+            if !has_dockerfile {
+                return Err(Refused::Other(
+                    "Dockerfile required when specifying --tag".into(),
+                ));
+            }
+            (tag_config(image).into_bytes(), "--tag".to_string())
+        }
+    };
+    let mut loaded = config::load(&bytes).map_err(|d| Refused::Invalid(d.render(&file)))?;
+    loaded.add(plan::check_templates(&loaded.config));
+    let rendered = loaded.diagnostics.render(&file);
+    if loaded.diagnostics.has_errors() {
+        return Err(Refused::Invalid(rendered));
+    }
+    Ok((
+        Named {
+            config: loaded.config,
+            tree: loaded.tree,
+            file,
+        },
+        rendered,
+    ))
+}
+
+/// gcloud's one-step build for `--tag` (spec §8), as a config.
+fn tag_config(image: &str) -> String {
+    serde_json::json!({
+        "steps": [{
+            "name": "gcr.io/cloud-builders/docker",
+            "args": ["build", "--network", "cloudbuild", "--no-cache", "-t", image, "."],
+        }],
+        "images": [image],
+    })
+    .to_string()
+}
+
+/// Packs the source as an upload and unpacks it into a fresh directory, as a server would.
+fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(TempDir, ArchiveSummary), Refused> {
+    let failed = |e: source::SourceError| Refused::Other(e.to_string());
+    if !dir.is_dir() {
+        return Err(Refused::Other(format!(
+            "could not find source [{}]",
+            dir.display()
+        )));
+    }
+    let listing = source::list_files(dir, ignore_file).map_err(failed)?;
+    let mut archive = Vec::new();
+    let summary = source::pack(dir, &listing.files, &mut archive).map_err(failed)?;
+    let workspace = tempfile::Builder::new()
+        .prefix("builder-workspace-")
+        .tempdir()
+        .map_err(|e| Refused::Other(format!("cannot create a workspace: {e}")))?;
+    source::unpack(archive.as_slice(), workspace.path()).map_err(failed)?;
+    Ok((workspace, summary))
+}
