@@ -55,7 +55,7 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -66,9 +66,9 @@ pub struct StepResult {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339")]
     pub start_time: Option<SystemTime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339")]
     pub end_time: Option<SystemTime>,
     /// Digest of the builder image the step ran, when the engine knows one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +88,40 @@ impl StepResult {
             image_digest: None,
             detail: None,
         }
+    }
+}
+
+/// Times as RFC 3339 text, as Cloud Build's API writes them.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn format(time: SystemTime) -> String {
+        DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => serializer.serialize_str(&format(*time)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(SystemTime::from)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
     }
 }
 

@@ -12,9 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::build::Status;
 use crate::config::{self, Loaded, duration};
 use crate::execute::{self, Event};
-use crate::plan::{self, Context, Inputs, ResolvedStep};
+use crate::plan::{self, Context, Inputs};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
+use crate::store::Store;
 use crate::submit;
 use crate::substitute::Values;
 
@@ -25,6 +26,9 @@ use crate::substitute::Values;
     about = "Runs Google Cloud Build configs on machines you own"
 )]
 pub struct Cli {
+    /// Where builds are recorded (default: $XDG_DATA_HOME/builder or ~/.local/share/builder).
+    #[arg(long, global = true, env = "BUILDER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +40,28 @@ enum Command {
     Config(ConfigCommand),
     /// Run a build from a local source directory, like `gcloud builds submit`.
     Submit(SubmitArgs),
+    /// Recorded builds.
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+}
+
+#[derive(Subcommand)]
+enum BuildsCommand {
+    /// The newest builds first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A build's record: status, steps, substitutions, source, results.
+    Describe {
+        /// Build id (or a unique prefix of it).
+        id: String,
+    },
+    /// A build's log, as it was streamed.
+    Log {
+        /// Build id (or a unique prefix of it).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -115,10 +141,12 @@ struct SubmitArgs {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
         Command::Config(ConfigCommand::Resolve(args)) => resolve(&args),
-        Command::Submit(args) => submit(args),
+        Command::Submit(args) => submit(args, &data_dir),
+        Command::Builds(command) => builds(command, &data_dir),
     };
     match result {
         Ok(code) => code,
@@ -192,7 +220,94 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
     }
 }
 
-fn submit(args: SubmitArgs) -> Result<ExitCode> {
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("builder")
+}
+
+async fn open_store(data_dir: &Path) -> Result<Store> {
+    let path = data_dir.join("builds.db");
+    Store::open(&path)
+        .await
+        .with_context(|| format!("cannot open the build record {}", path.display()))
+}
+
+fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let store = open_store(data_dir).await?;
+        let find = |id: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .get_build(&id)
+                    .await?
+                    .with_context(|| format!("no build {id:?} (or the prefix is ambiguous)"))
+            }
+        };
+        match command {
+            BuildsCommand::List { limit } => {
+                println!(
+                    "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
+                    "ID", "CREATE_TIME", "DURATION", "STATUS"
+                );
+                for build in store.list_builds(limit).await? {
+                    let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
+                    println!(
+                        "{:<36}  {:<20}  {:>9}  {:<14}  {}",
+                        build.id,
+                        timestamp(build.create_time),
+                        duration_between(build.start_time, build.finish_time),
+                        build.status,
+                        images.join(",")
+                    );
+                }
+            }
+            BuildsCommand::Describe { id } => {
+                println!("{}", serde_json::to_string_pretty(&find(id).await?)?);
+            }
+            BuildsCommand::Log { id } => {
+                let build = find(id).await?;
+                let steps: Vec<Option<String>> = build.steps.iter().map(|s| s.id.clone()).collect();
+                for line in store.logs(&build.id, 0).await? {
+                    println!("{}: {}", step_label(&steps, line.step), line.text);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn timestamp(time: std::time::SystemTime) -> String {
+    let mut text = crate::build::rfc3339::format(time);
+    text.truncate(19);
+    text + "Z"
+}
+
+fn duration_between(
+    start: Option<std::time::SystemTime>,
+    end: Option<std::time::SystemTime>,
+) -> String {
+    match (start, end) {
+        (Some(start), Some(end)) => format!(
+            "{:.1}s",
+            end.duration_since(start).unwrap_or_default().as_secs_f64()
+        ),
+        _ => "-".into(),
+    }
+}
+
+/// `Step #2 - "build"`, or `Step #2` for a step without an id, as Cloud Build labels log lines.
+fn step_label(ids: &[Option<String>], step: usize) -> String {
+    match ids.get(step).and_then(Option::as_deref) {
+        Some(id) => format!("Step #{step} - {id:?}"),
+        None => format!("Step #{step}"),
+    }
+}
+
+fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
     if args.list_files {
         let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
         eprintln!("{}", listing.rules);
@@ -228,21 +343,27 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
             human_bytes(uploaded.bytes)
         );
     }
-    tokio::runtime::Runtime::new()?.block_on(run_locally(prepared))
+    tokio::runtime::Runtime::new()?.block_on(run_locally(prepared, data_dir))
 }
 
-/// Runs a prepared build on the local engine, printing its log as Cloud Build does.
-async fn run_locally(prepared: submit::Prepared) -> Result<ExitCode> {
+/// Runs a prepared build on the local engine, printing its log as Cloud Build does and recording
+/// it in the store.
+async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<ExitCode> {
+    let store = open_store(data_dir).await?;
     let runtime = DockerRuntime::connect()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let run = prepared.run;
-    let (build_id, steps) = (run.build_id.clone(), run.build.steps.clone());
+    let build_id = run.build_id.clone();
+    let ids: Vec<Option<String>> = run.build.steps.iter().map(|s| s.id.clone()).collect();
+    store
+        .create_build(&build_id, &prepared.source, &run.build)
+        .await?;
     eprintln!("Created build [{build_id}].");
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let started = std::time::Instant::now();
+    store.start_build(&build_id).await?;
     let execution = tokio::spawn(execute::execute(
         Arc::new(runtime),
         run,
@@ -251,10 +372,21 @@ async fn run_locally(prepared: submit::Prepared) -> Result<ExitCode> {
     ));
     println!("starting build \"{build_id}\"\n\nBUILD");
     let mut interrupted = false;
+    let mut lines = Vec::new();
     loop {
         tokio::select! {
             event = received.recv() => match event {
-                Some(event) => print_event(&steps, event),
+                Some(event) => {
+                    print_event(&ids, &event);
+                    match event {
+                        Event::Line { step, stream, text } => lines.push((step, stream, text)),
+                        Event::StepFinished { step, result } => {
+                            store.append_logs(&build_id, &std::mem::take(&mut lines)).await?;
+                            store.update_step(&build_id, step, &result).await?;
+                        }
+                        _ => {}
+                    }
+                }
                 None => break,
             },
             _ = tokio::signal::ctrl_c(), if !interrupted => {
@@ -265,14 +397,20 @@ async fn run_locally(prepared: submit::Prepared) -> Result<ExitCode> {
         }
     }
     let outcome = execution.await?;
+    store.append_logs(&build_id, &lines).await?;
+    store.finish_build(&build_id, &outcome).await?;
+    let build = store
+        .get_build(&build_id)
+        .await?
+        .context("the build's record vanished")?;
     println!("DONE\n{}", "-".repeat(80));
     if let Some(failure) = &outcome.failure {
         println!("ERROR: {failure}");
     }
     println!(
-        "ID: {build_id}\nSTATUS: {}\nDURATION: {:.1}s",
+        "ID: {build_id}\nSTATUS: {}\nDURATION: {}",
         outcome.status,
-        started.elapsed().as_secs_f64()
+        duration_between(build.start_time, build.finish_time)
     );
     for image in &outcome.images {
         println!("IMAGE: {} {}", image.name, image.digest);
@@ -289,19 +427,19 @@ async fn run_locally(prepared: submit::Prepared) -> Result<ExitCode> {
     })
 }
 
-fn print_event(steps: &[ResolvedStep], event: Event) {
-    let label = |step: usize| match steps.get(step).and_then(|s| s.id.as_deref()) {
-        Some(id) => format!("Step #{step} - {id:?}"),
-        None => format!("Step #{step}"),
-    };
+fn print_event(ids: &[Option<String>], event: &Event) {
     match event {
-        Event::StepStarted { step } => println!("Starting {}", label(step)),
-        Event::Line { step, text, .. } => println!("{}: {text}", label(step)),
-        Event::StepFinished { step, result } => match result.detail {
+        Event::StepStarted { step } => println!("Starting {}", step_label(ids, *step)),
+        Event::Line { step, text, .. } => println!("{}: {text}", step_label(ids, *step)),
+        Event::StepFinished { step, result } => match &result.detail {
             Some(detail) if result.status != Status::Success => {
-                println!("Finished {} ({}: {detail})", label(step), result.status)
+                println!(
+                    "Finished {} ({}: {detail})",
+                    step_label(ids, *step),
+                    result.status
+                )
             }
-            _ => println!("Finished {}", label(step)),
+            _ => println!("Finished {}", step_label(ids, *step)),
         },
         Event::Pushing { image } => println!("PUSH\nPushing {image}"),
         Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),

@@ -12,5 +12,6 @@ pub mod plan;
 pub mod runtime;
 pub mod secrets;
 pub mod source;
+pub mod store;
 pub mod submit;
 pub mod substitute;

@@ -569,7 +569,8 @@ fn environment(automapped: Option<&Values>, global: &[String], own: &[String]) -
 }
 
 /// Cloud Build's `waitFor` rules: nothing listed means every earlier step; `-` alone means the
-/// build's start; `-` beside ids is ignored.
+/// build's start; `-` beside ids is ignored. Only earlier steps count (validation reports the
+/// rest), so even an unvalidated config never yields a step that waits for itself or a later one.
 fn dependencies(index: usize, wait_for: &[String], ids: &BTreeMap<&str, usize>) -> Vec<usize> {
     if wait_for.is_empty() {
         return (0..index).collect();
@@ -577,6 +578,7 @@ fn dependencies(index: usize, wait_for: &[String], ids: &BTreeMap<&str, usize>) 
     let mut waits: Vec<usize> = wait_for
         .iter()
         .filter_map(|w| ids.get(w.as_str()).copied())
+        .filter(|&i| i < index)
         .collect();
     waits.sort_unstable();
     waits.dedup();

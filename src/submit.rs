@@ -39,6 +39,8 @@ pub struct Request {
 pub struct Prepared {
     pub run: Run,
     pub uploaded: Option<ArchiveSummary>,
+    /// Where the source came from, for the build's record.
+    pub source: serde_json::Value,
     pub warnings: String,
     _workspace: Option<TempDir>,
 }
@@ -95,7 +97,17 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
         }
         None => (None, None),
     };
+    let source = match (&request.source, &uploaded) {
+        (Some(dir), Some(summary)) => serde_json::json!({
+            "kind": "upload",
+            "dir": std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            "files": summary.files,
+            "bytes": summary.bytes,
+        }),
+        _ => serde_json::json!({"kind": "none"}),
+    };
     Ok(Prepared {
+        source,
         run: Run {
             build_id,
             build,

@@ -20,7 +20,7 @@ const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// What a case expects.
 enum Want {
-    /// Values at JSON pointers into the resolved build (`/steps/0/args`).
+    /// Values at JSON pointers into the resolved build (`/steps/0/args`); `null` for absent.
     At(Vec<(&'static str, Value)>),
     /// The error lines, in order (warnings are not listed).
     Errors(Vec<String>),
@@ -92,7 +92,8 @@ fn check(yaml: &str, inputs: &Inputs, want: &Want) {
     match (resolve(yaml, inputs), want) {
         (Ok(build), Want::At(expected)) => {
             for (pointer, value) in expected {
-                assert_eq!(build.pointer(pointer), Some(value), "{pointer} of\n{yaml}");
+                let got = build.pointer(pointer).unwrap_or(&Value::Null);
+                assert_eq!(got, value, "{pointer} of\n{yaml}");
             }
         }
         (Err(got), Want::Errors(expected)) => assert_eq!(&got, expected, "errors of\n{yaml}"),
@@ -455,7 +456,7 @@ fn checks_after_substitution() {
             "steps: [{name: ubuntu}]\nartifacts: {images: ['gcr.io/p/app:$BRANCH_NAME']}\n",
             on_branch(),
             errors(&[
-                "cloudbuild.yaml:2:23: artifacts.images[0]: invalid image name \"gcr.io/p/app:feature/x\"",
+                "cloudbuild.yaml:2:22: artifacts.images[0]: invalid image name \"gcr.io/p/app:feature/x\"",
             ]),
         ),
         (
@@ -697,9 +698,7 @@ fn dynamic_values_refer_to_each_other() {
             ]),
         ),
         (
-            format!(
-                "steps: [{{name: ubuntu, args: ['${{_A:}}']}}]\n{on}substitutions: {{_A: a}}\n"
-            ),
+            format!("steps: [{{name: ubuntu, args: ['${{_A:}}']}}]\n{on}"),
             manual(&[]),
             errors(&[
                 "cloudbuild.yaml:1:31: steps[0].args[0]: missing substring offset in `${_A:}` (at byte 4)",
@@ -822,7 +821,7 @@ fn automap_and_environment() {
 
 #[test]
 fn working_directory() {
-    let leaves = |dir: &str| format!("{FILE}:1:21: steps[0].dir: dir {dir:?} leaves /workspace");
+    let leaves = |dir: &str| format!("{FILE}:1:29: steps[0].dir: dir {dir:?} leaves /workspace");
     for (dir, expected) in [
         ("''", Ok("/workspace")),
         (".", Ok("/workspace")),
@@ -852,47 +851,36 @@ fn working_directory() {
 
 #[test]
 fn dependencies() {
-    let of = |lists: &[&[usize]]| -> Value {
-        json!(
-            lists
-                .iter()
-                .map(|l| json!({"dependencies": l}))
-                .collect::<Vec<_>>()
-        )
-    };
-    let check_deps = |yaml: &str, lists: &[&[usize]]| {
+    // The dependencies of every step, in order.
+    let check_deps = |yaml: &str, expected: Value| {
         let build = resolve(yaml, &manual(&[])).unwrap_or_else(|e| panic!("{e:#?}"));
-        let got: Vec<Value> = build["steps"]
-            .as_array()
-            .expect("steps")
-            .iter()
-            .map(|s| json!({"dependencies": s["dependencies"]}))
-            .collect();
-        assert_eq!(json!(got), of(lists), "{yaml}");
+        let steps = build["steps"].as_array().expect("steps");
+        let got: Vec<&Value> = steps.iter().map(|s| &s["dependencies"]).collect();
+        assert_eq!(json!(got), expected, "{yaml}");
     };
     // No waitFor: every earlier step, so the build is serial.
     check_deps(
         "steps: [{name: a}, {name: b}, {name: c}]",
-        &[&[], &[0], &[0, 1]],
+        json!([[], [0], [0, 1]]),
     );
     // `-` alone: starts with the build; `-` beside ids is ignored; duplicates count once.
     check_deps(
         "steps: [{name: a, id: a}, {name: b, waitFor: ['-']}, {name: c, waitFor: ['-', a]}, \
          {name: d, wait_for: [a, a]}]",
-        &[&[], &[], &[0], &[0]],
+        json!([[], [], [0], [0]]),
     );
     // Fan-out and fan-in; a later step without waitFor waits for all.
     check_deps(
         "steps:\n- {name: a, id: a}\n- {name: b, id: b, waitFor: ['-']}\n\
          - {name: c, id: c, waitFor: [a, b]}\n- {name: d, waitFor: [b]}\n- {name: e}\n",
-        &[&[], &[], &[0, 1], &[1], &[0, 1, 2, 3]],
+        json!([[], [], [0, 1], [1], [0, 1, 2, 3]]),
     );
     table(vec![
         (
             "steps: [{name: a, id: build}, {name: b, waitFor: [buld]}]",
             manual(&[]),
             errors(&[
-                "cloudbuild.yaml:1:52: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?",
+                "cloudbuild.yaml:1:51: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?",
             ]),
         ),
         (

@@ -1,0 +1,365 @@
+//! `builder config validate` and `builder config resolve` as a user runs them: exit codes (0
+//! success, 1 invalid input, 2 usage error), diagnostics on stderr as
+//! `FILE:LINE:COL: FIELD.PATH: message`, and the resolved build on stdout as JSON or YAML.
+
+use std::path::Path;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Writes `files` into a new temporary directory.
+fn dir(files: &[(&str, &[u8])]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).expect("write a config");
+    }
+    dir
+}
+
+/// Runs `builder ARGS` in `dir`, so diagnostics name files as given: exit code, stdout, stderr.
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = cargo_bin_cmd!("builder")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("builder runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (
+        output.status.code().expect("an exit code"),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+/// Runs `builder config resolve FILE ARGS` on `yaml` and parses its JSON output.
+fn resolve_json(yaml: &str, args: &[&str]) -> Value {
+    let dir = dir(&[("cloudbuild.yaml", yaml.as_bytes())]);
+    let mut all = vec!["config", "resolve", "cloudbuild.yaml"];
+    all.extend(args);
+    let (code, stdout, stderr) = run(dir.path(), &all);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{yaml}");
+    serde_json::from_str(&stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn validate_exits_0_or_1_with_diagnostics_on_stderr() {
+    let valid = b"steps:\n- name: ubuntu\n  args: [echo, '$$HOME']\n".as_slice();
+    let dir = dir(&[
+        ("valid.yaml", valid),
+        ("valid.json", br#"{"steps": [{"name": "ubuntu"}]}"#),
+        (
+            "warned.yaml",
+            b"steps: [{name: ubuntu}]\nlogsBucket: gs://logs\n",
+        ),
+        (
+            "invalid.yaml",
+            b"steps:\n- name: Ubuntu\n  waitFor: [build]\n  env: [NOEQ]\ntimeout: 25h\n",
+        ),
+        (
+            "shell.yaml",
+            b"steps:\n- name: bash\n  args: ['-c', 'echo $HOME']\n",
+        ),
+    ]);
+    for (args, code, stderr) in [
+        (&["valid.yaml", "valid.json"][..], 0, ""),
+        // A warning does not fail validation.
+        (
+            &["warned.yaml"],
+            0,
+            "warned.yaml:2:13: warning: logsBucket: not honoured by builder (build logs stay on \
+             this machine); ignored\n",
+        ),
+        // Every problem, in file order.
+        (
+            &["invalid.yaml"],
+            1,
+            "invalid.yaml:2:9: steps[0].name: invalid image name \"Ubuntu\" contains uppercase letters\n\
+             invalid.yaml:3:13: steps[0].waitFor[0]: unknown step id \"build\"\n\
+             invalid.yaml:4:9: steps[0].env[0]: the Env entry \"NOEQ\" must be of the form \"KEY=VALUE\"\n\
+             invalid.yaml:5:10: timeout: a build timeout is at most 24h (86400s)\n",
+        ),
+        (
+            &["shell.yaml"],
+            1,
+            "shell.yaml:3:16: steps[0].args[1]: key in the template \"HOME\" is not a valid \
+             built-in substitution; write $$HOME for a shell or environment variable\n",
+        ),
+        // Several files: any invalid one fails the run; each is reported under its own name.
+        (
+            &["valid.yaml", "shell.yaml", "valid.json"],
+            1,
+            "shell.yaml:3:16: steps[0].args[1]: key in the template \"HOME\" is not a valid \
+             built-in substitution; write $$HOME for a shell or environment variable\n",
+        ),
+    ] {
+        let mut all = vec!["config", "validate"];
+        all.extend(args);
+        assert_eq!(
+            run(dir.path(), &all),
+            (code, String::new(), stderr.to_string()),
+            "{args:?}"
+        );
+    }
+}
+
+/// Files that are not a build config at all: one error with a location, exit 1.
+#[test]
+fn unreadable_configs_give_one_located_error() {
+    // Nine levels of ten aliases each: 10^9 nodes once expanded.
+    let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        let refs = vec![format!("*{prev}"); 10].join(",");
+        bomb += &format!("{name}: &{name} [{refs}]\n");
+    }
+    let huge = format!("steps: [{{name: ubuntu}}]\n{}\n", "#".repeat(5 << 20));
+    let cases: [(&str, &[u8], String); 9] = [
+        (
+            "bomb.yaml",
+            bomb.as_bytes(),
+            "6:8: document expands to more than 200000 nodes (an alias bomb?)".into(),
+        ),
+        (
+            "binary.png",
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+            "1:1: not a text file: invalid UTF-8".into(),
+        ),
+        (
+            "latin1.yaml",
+            b"steps: [{name: ubuntu}]\n# caf\xe9\n",
+            "2:6: not a text file: invalid UTF-8".into(),
+        ),
+        (
+            "empty.yaml",
+            b"",
+            "1:1: the file is empty; a build config is a mapping with at least `steps`".into(),
+        ),
+        (
+            "list.yaml",
+            b"- name: ubuntu\n",
+            "1:1: a build config must be a mapping, found a list".into(),
+        ),
+        (
+            "scalar.yaml",
+            b"cloudbuild\n",
+            "1:1: a build config must be a mapping, found a scalar".into(),
+        ),
+        (
+            "huge.yaml",
+            huge.as_bytes(),
+            format!(
+                "1:1: file is {} bytes; the limit is 4194304 bytes",
+                huge.len()
+            ),
+        ),
+        (
+            "unclosed.yaml",
+            b"steps: [{name: ubuntu}\n",
+            "1:8: unclosed bracket '['".into(),
+        ),
+        (
+            "two.yaml",
+            b"steps: [{name: a}]\n---\nsteps: [{name: b}]\n",
+            "2:1: a build config holds one YAML document; found a second `---`".into(),
+        ),
+    ];
+    let files: Vec<(&str, &[u8])> = cases
+        .iter()
+        .map(|(name, bytes, _)| (*name, *bytes))
+        .collect();
+    let dir = dir(&files);
+    for (name, _, error) in &cases {
+        for command in ["validate", "resolve"] {
+            assert_eq!(
+                run(dir.path(), &["config", command, name]),
+                (1, String::new(), format!("{name}:{error}\n")),
+                "config {command} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resolve_prints_the_build_as_json() {
+    let build = resolve_json(
+        "steps:\n\
+         - {name: 'gcr.io/cloud-builders/docker', id: build, args: [build, -t, '$_IMAGE', .], dir: app}\n\
+         - {name: '$_IMAGE', waitFor: ['-'], env: ['A=1'], timeout: 60s}\n\
+         images: ['$_IMAGE']\ntags: [ci]\n\
+         substitutions: {_IMAGE: 'gcr.io/p/app'}\n",
+        &[],
+    );
+    let keys: Vec<&String> = build.as_object().expect("an object").keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "images",
+            "options",
+            "steps",
+            "substitutions",
+            "tags",
+            "timeout"
+        ]
+    );
+    assert_eq!(
+        build["steps"][0],
+        json!({
+            "id": "build",
+            "name": "gcr.io/cloud-builders/docker",
+            "args": ["build", "-t", "gcr.io/p/app", "."],
+            "env": ["BUILDER_OUTPUT=/builder/outputs", "HOME=/builder/home"],
+            "dir": "/workspace/app",
+            "allowFailure": false,
+            "dependencies": [],
+        })
+    );
+    assert_eq!(build["steps"][1]["name"], "gcr.io/p/app");
+    assert_eq!(build["steps"][1]["timeout"], 60.0);
+    assert_eq!(build["steps"][1]["dependencies"], json!([]));
+    assert_eq!(build["images"], json!(["gcr.io/p/app"]));
+    assert_eq!(build["tags"], json!(["ci"]));
+    assert_eq!(build["timeout"], 3600.0);
+    assert_eq!(
+        build["options"],
+        json!({"substitutionOption": "MUST_MATCH", "dynamicSubstitutions": false,
+               "automapSubstitutions": false})
+    );
+    assert_eq!(build["substitutions"]["_IMAGE"], "gcr.io/p/app");
+    assert_eq!(build["substitutions"]["BRANCH_NAME"], "");
+}
+
+#[test]
+fn resolve_prints_the_same_build_as_yaml() {
+    let yaml = "steps:\n- {name: ubuntu, args: ['$_A', '0123'], env: ['X=true']}\n\
+                - {name: ubuntu, id: two, script: 'echo hi'}\nsubstitutions: {_A: 'null'}\n";
+    let dir = dir(&[("cloudbuild.yaml", yaml.as_bytes())]);
+    let output = |format: &str| {
+        let (code, stdout, stderr) = run(
+            dir.path(),
+            &["config", "resolve", "--format", format, "cloudbuild.yaml"],
+        );
+        assert_eq!((code, stderr.as_str()), (0, ""), "--format {format}");
+        stdout
+    };
+    let json: Value = serde_json::from_str(&output("json")).expect("JSON");
+    let from_yaml: Value = serde_saphyr::from_str(&output("yaml")).expect("YAML");
+    assert_eq!(from_yaml, json);
+    // Strings that look like other YAML types stay strings.
+    assert_eq!(json["steps"][0]["args"], json!(["null", "0123"]));
+}
+
+#[test]
+fn substitutions_flag_takes_gcloud_syntax() {
+    let yaml = "steps: [{name: ubuntu, args: ['$_A', '$_B']}]\nsubstitutions: {_A: a, _B: b}\n";
+    for (flag, expected) in [
+        ("_A=x,_B=y", ["x", "y"]),
+        ("_B=1+1=2", ["a", "1+1=2"]),
+        // gcloud's alternate delimiter lets values hold commas.
+        ("^;^_A=x,y;_B=z", ["x,y", "z"]),
+        ("^:^_A=a,b:_B=", ["a,b", ""]),
+    ] {
+        let build = resolve_json(yaml, &["--substitutions", flag]);
+        assert_eq!(build["steps"][0]["args"], json!(expected), "{flag}");
+    }
+}
+
+#[test]
+fn trigger_context_with_built_ins() {
+    let build = resolve_json(
+        "steps: [{name: 'gcr.io/p/app:$SHORT_SHA', args: ['$REF_NAME', '${_X:-none}', '$_UNSET']}]\n\
+         substitutions: {_UNUSED: u}\n",
+        &[
+            "--context",
+            "trigger",
+            "--builtin",
+            "BRANCH_NAME=main",
+            "--builtin",
+            &format!("COMMIT_SHA={SHA}"),
+            "--substitutions",
+            "_X=",
+        ],
+    );
+    assert_eq!(build["steps"][0]["name"], "gcr.io/p/app:0123456");
+    assert_eq!(build["steps"][0]["args"], json!(["main", "none", ""]));
+    assert_eq!(build["options"]["substitutionOption"], "ALLOW_LOOSE");
+    assert_eq!(build["options"]["dynamicSubstitutions"], true);
+    let substitutions = &build["substitutions"];
+    for (key, value) in [
+        ("BRANCH_NAME", "main"),
+        ("TAG_NAME", ""),
+        ("REF_NAME", "main"),
+        ("COMMIT_SHA", SHA),
+        ("REVISION_ID", SHA),
+        ("SHORT_SHA", "0123456"),
+        ("_X", ""),
+        ("_UNUSED", "u"),
+    ] {
+        assert_eq!(substitutions[key], value, "{key}");
+    }
+}
+
+#[test]
+fn resolve_errors_exit_1_with_diagnostics() {
+    let dir = dir(&[
+        (
+            "unmatched.yaml",
+            b"steps:\n- name: ubuntu\n  args: ['$_TYPO']\nsubstitutions:\n  _NAME: x\n",
+        ),
+        ("plain.yaml", b"steps: [{name: ubuntu}]\n"),
+        ("invalid.yaml", b"steps: []\n"),
+    ]);
+    for (args, stderr) in [
+        (
+            &["unmatched.yaml"][..],
+            "unmatched.yaml:3:10: steps[0].args[0]: key in the template \"_TYPO\" is not matched \
+             in the substitution data (define it under `substitutions`, pass --substitutions \
+             _TYPO=VALUE, or set options.substitutionOption: ALLOW_LOOSE)\n\
+             unmatched.yaml:5:10: substitutions._NAME: key \"_NAME\" in the substitution data is \
+             not matched in the template (remove it, or set options.substitutionOption: ALLOW_LOOSE)\n",
+        ),
+        (
+            &["plain.yaml", "--substitutions", "PROJECT_ID=p"],
+            "plain.yaml:1:1: substitutions: substitution key \"PROJECT_ID\" does not respect \
+             format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution\n",
+        ),
+        (
+            &["invalid.yaml"],
+            "invalid.yaml:1:8: steps: config must list at least one step\n",
+        ),
+    ] {
+        let mut all = vec!["config", "resolve"];
+        all.extend(args);
+        assert_eq!(
+            run(dir.path(), &all),
+            (1, String::new(), stderr.to_string()),
+            "{args:?}"
+        );
+    }
+    let (code, stdout, stderr) = run(dir.path(), &["config", "validate", "missing.yaml"]);
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert!(
+        stderr.starts_with("error: cannot read missing.yaml: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = dir(&[("ok.yaml", b"steps: [{name: ubuntu}]\n")]);
+    for args in [
+        &["frobnicate"][..],
+        &["config", "frobnicate", "ok.yaml"],
+        &["config", "validate"],
+        &["config", "validate", "--strict", "ok.yaml"],
+        &["config", "resolve", "ok.yaml", "--context", "nightly"],
+        &["config", "resolve", "ok.yaml", "--format", "xml"],
+        &["config", "resolve", "ok.yaml", "--builtin", "BRANCH_NAME"],
+        &["config", "resolve", "ok.yaml", "--substitutions", "_A"],
+    ] {
+        let (code, stdout, stderr) = run(dir.path(), args);
+        assert_eq!((code, stdout.as_str()), (2, ""), "{args:?}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+}

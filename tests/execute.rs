@@ -1,0 +1,581 @@
+//! Integration tests of the executor against the real Docker engine and the registry on
+//! 127.0.0.1:5000 (both started by `scripts/dev-env.sh`). Each test runs a small YAML config
+//! through `config::load`, `plan::resolve` and `execute::execute` under its own build id, then
+//! checks that nothing labelled with that id (or named after it) is left on the engine.
+//! Every wait has a deadline: a regression fails a test, it never hangs it.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use builder::build::{Outcome, Status};
+use builder::execute::{BUILD_LABEL, Event, Run, execute};
+use builder::plan::{Inputs, resolve};
+use builder::runtime::{ContainerRuntime, DockerRuntime, LogStream};
+use builder::substitute::Values;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const REGISTRY: &str = "127.0.0.1:5000";
+/// Upper bound for a whole build or for one awaited event; reaching it is a failure.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A build under way, with the events seen so far.
+struct Running {
+    id: String,
+    runtime: Arc<DockerRuntime>,
+    outcome: JoinHandle<Outcome>,
+    events: UnboundedReceiver<Event>,
+    seen: Vec<Event>,
+    cancel: CancellationToken,
+}
+
+/// A build id unique to this test and process, also used to name images.
+fn unique(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("test-{test}-{}-{n}", std::process::id())
+}
+
+/// Loads, validates and resolves `yaml`, lets `adjust` fill in the run, and starts it.
+async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running {
+    let id = unique(test);
+    let loaded = builder::config::load(yaml.as_bytes()).expect("a YAML document");
+    assert!(
+        !loaded.diagnostics.has_errors(),
+        "{}",
+        loaded.diagnostics.render("test.yaml")
+    );
+    let inputs = Inputs {
+        built_ins: Values::from([
+            ("BUILD_ID".to_string(), id.clone()),
+            ("PROJECT_ID".to_string(), "test-project".to_string()),
+        ]),
+        ..Inputs::default()
+    };
+    let build = match resolve(&loaded.config, &inputs) {
+        Ok(build) => build,
+        Err(diagnostics) => panic!("{}", diagnostics.render("test.yaml")),
+    };
+    let mut run = Run {
+        build_id: id.clone(),
+        build,
+        workspace: None,
+        secrets: BTreeMap::new(),
+    };
+    adjust(&mut run);
+    let runtime = Arc::new(
+        DockerRuntime::connect()
+            .await
+            .expect("Docker engine (run scripts/dev-env.sh as root)"),
+    );
+    let (sender, events) = unbounded_channel();
+    let cancel = CancellationToken::new();
+    let outcome = tokio::spawn(execute(runtime.clone(), run, sender, cancel.clone()));
+    Running {
+        id,
+        runtime,
+        outcome,
+        events,
+        seen: Vec::new(),
+        cancel,
+    }
+}
+
+impl Running {
+    /// Waits until `step` has printed `text`.
+    async fn until_line(&mut self, step: usize, text: &str) {
+        let wanted = |e: &Event| matches!(e, Event::Line { step: s, text: t, .. } if *s == step && t == text);
+        while !self.seen.iter().any(wanted) {
+            match tokio::time::timeout(DEADLINE, self.events.recv()).await {
+                Ok(Some(event)) => self.seen.push(event),
+                _ => panic!(
+                    "step {step} never printed {text:?}; events: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the outcome and all events, then checks that the build left nothing behind.
+    async fn finish(mut self) -> (Outcome, Vec<Event>) {
+        let outcome = tokio::time::timeout(DEADLINE, &mut self.outcome)
+            .await
+            .expect("the build ends before the deadline")
+            .expect("execute does not panic");
+        while let Some(event) = self.events.recv().await {
+            self.seen.push(event);
+        }
+        let left = self.runtime.labelled(BUILD_LABEL, &self.id).await.unwrap();
+        assert!(left.is_empty(), "build {} leaked {left:?}", self.id);
+        let named = docker(&["ps", "-aq", "--filter", &format!("name={}", self.id)]);
+        assert_eq!(named, "", "containers named after build {}", self.id);
+        (outcome, self.seen)
+    }
+}
+
+async fn run(test: &str, yaml: &str) -> (Outcome, Vec<Event>) {
+    start(test, yaml, |_| {}).await.finish().await
+}
+
+/// The lines step `step` printed, on both streams, in order.
+fn lines(events: &[Event], step: usize) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Line { step: s, text, .. } if *s == step => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(outcome: &Outcome) -> Vec<Status> {
+    outcome.steps.iter().map(|s| s.status).collect()
+}
+
+/// Runs the docker CLI and returns its trimmed stdout; a failure fails the test.
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The registry's `Docker-Content-Digest` for `repository:tag`, `None` when it has no such tag.
+fn registry_digest(repository: &str, tag: &str) -> Option<String> {
+    let output = Command::new("curl")
+        .args([
+            "-sfI",
+            "-H",
+            "Accept: application/vnd.docker.distribution.manifest.v2+json",
+        ])
+        .args([
+            "-H",
+            "Accept: application/vnd.docker.distribution.manifest.list.v2+json",
+        ])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .args(["-H", "Accept: application/vnd.oci.image.index.v1+json"])
+        .arg(format!("http://{REGISTRY}/v2/{repository}/manifests/{tag}"))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&output.stdout);
+    headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("docker-content-digest")
+            .then(|| value.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn independent_steps_run_at_once() {
+    // Each step waits for the other's marker: both finish only if they run at the same time.
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  waitFor: ['-']
+  script: touch a; until [ -e b ]; do sleep 0.1; done
+- name: builder/busybox
+  waitFor: ['-']
+  script: touch b; until [ -e a ]; do sleep 0.1; done
+timeout: 60s
+"#;
+    let (outcome, _) = run("concurrent", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn steps_without_wait_for_run_in_order() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: echo first > order
+- name: builder/busybox
+  script: cat order
+"#;
+    let (outcome, events) = run("serial", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 1), ["first"]);
+    let started: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [0, 1]);
+}
+
+#[tokio::test]
+async fn volumes_are_shared_and_other_paths_do_not_persist() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  volumes: [{name: shared, path: /cache}]
+  script: echo kept > /cache/file; echo lost > /tmp/file; echo lost > /root/file
+- name: builder/busybox
+  volumes: [{name: shared, path: /elsewhere/cache}]
+  script: cat /elsewhere/cache/file; ls /tmp/file /root/file 2>/dev/null; echo done
+"#;
+    let (outcome, events) = run("volumes", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 1), ["kept", "done"]);
+}
+
+#[tokio::test]
+async fn environment_follows_cloud_build() {
+    let yaml = r#"
+options:
+  env: [GLOBAL=global, BOTH=global]
+  automapSubstitutions: true
+substitutions: {_USER: someone}
+steps:
+- name: builder/busybox
+  env: [BOTH=step]
+  script: |
+    echo "$GLOBAL $BOTH $HOME $BUILDER_OUTPUT $_USER $PROJECT_ID"
+    echo from-step-0 > "$HOME/note"
+- name: builder/busybox
+  automapSubstitutions: false
+  script: |
+    echo "$GLOBAL $BOTH [$_USER] [$PROJECT_ID]"
+    cat "$HOME/note"
+"#;
+    let (outcome, events) = run("env", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(
+        lines(&events, 0),
+        ["global step /builder/home /builder/outputs someone test-project"]
+    );
+    assert_eq!(lines(&events, 1), ["global global [] []", "from-step-0"]);
+}
+
+#[tokio::test]
+async fn dir_is_the_working_directory() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  dir: sub/../made/here
+  script: pwd; echo x > file
+- name: builder/busybox
+  script: cat made/here/file
+- name: builder/busybox
+  dir: /absolute
+  script: pwd
+"#;
+    let (outcome, events) = run("dir", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 0), ["/workspace/made/here"]);
+    assert_eq!(lines(&events, 1), ["x"]);
+    assert_eq!(lines(&events, 2), ["/absolute"]);
+}
+
+#[tokio::test]
+async fn a_failing_step_stops_the_build() {
+    let id = unique("failure-image");
+    // A local image listed in `images:` that must not be pushed, because a step fails.
+    let image = format!("{REGISTRY}/test/{id}:t");
+    docker(&["tag", "builder/busybox:latest", &image]);
+    let yaml = format!(
+        r#"
+steps:
+- id: long
+  name: builder/busybox
+  waitFor: ['-']
+  script: touch started; sleep 600
+- id: fail
+  name: builder/busybox
+  waitFor: ['-']
+  script: until [ -e started ]; do sleep 0.1; done; exit 3
+- name: builder/busybox
+  waitFor: [fail]
+  script: echo never
+images: ['{image}']
+timeout: 60s
+"#
+    );
+    let (outcome, events) = run("failure", &yaml).await;
+    docker(&["rmi", &image]);
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    assert_eq!(
+        outcome.failure.as_deref(),
+        Some(r#"build step 1 "builder/busybox" failed: step exited with non-zero status: 3"#)
+    );
+    assert_eq!(
+        statuses(&outcome),
+        [Status::Cancelled, Status::Failure, Status::Queued]
+    );
+    assert_eq!(outcome.steps[1].exit_code, Some(3));
+    assert!(outcome.images.is_empty());
+    assert!(!events.iter().any(|e| matches!(e, Event::Pushing { .. })));
+    assert_eq!(registry_digest(&format!("test/{id}"), "t"), None);
+}
+
+#[tokio::test]
+async fn tolerated_failures() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  allowFailure: true
+  script: exit 1
+- name: builder/busybox
+  allowExitCodes: [5]
+  script: exit 5
+- name: builder/busybox
+  script: echo reached
+"#;
+    let (outcome, events) = run("allow-failure", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(
+        statuses(&outcome),
+        [Status::Failure, Status::Failure, Status::Success]
+    );
+    let codes: Vec<_> = outcome.steps.iter().map(|s| s.exit_code).collect();
+    assert_eq!(codes, [Some(1), Some(5), Some(0)]);
+    assert_eq!(lines(&events, 2), ["reached"]);
+
+    // allowExitCodes takes precedence over allowFailure.
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  allowFailure: true
+  allowExitCodes: [5]
+  script: exit 6
+- name: builder/busybox
+  script: echo never
+"#;
+    let (outcome, _) = run("allow-exit-codes", yaml).await;
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Failure, Status::Queued]);
+    assert_eq!(outcome.steps[0].exit_code, Some(6));
+}
+
+#[tokio::test]
+async fn timeouts() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  timeout: 1s
+  script: sleep 600
+- name: builder/busybox
+  script: echo never
+timeout: 60s
+"#;
+    let (outcome, _) = run("step-timeout", yaml).await;
+    assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Timeout, Status::Queued]);
+
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: sleep 600
+- name: builder/busybox
+  script: echo never
+timeout: 2s
+"#;
+    let (outcome, _) = run("build-timeout", yaml).await;
+    assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Timeout, Status::Queued]);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_running_step() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: echo ready; sleep 600
+- name: builder/busybox
+  script: echo never
+"#;
+    let mut running = start("cancel", yaml, |_| {}).await;
+    running.until_line(0, "ready").await;
+    running.cancel.cancel();
+    let (outcome, _) = running.finish().await;
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Cancelled, Status::Queued]);
+}
+
+#[tokio::test]
+async fn secrets_are_masked() {
+    let secret = "s3cr3t-Value-42";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+    let yaml = r#"
+availableSecrets:
+  secretManager:
+  - {versionName: projects/p/secrets/token/versions/1, env: TOKEN}
+steps:
+- name: builder/busybox
+  secretEnv: [TOKEN]
+  script: |
+    echo "plain: $TOKEN"
+    printf %s "$TOKEN" | base64
+    echo "$TOKEN" >&2
+"#;
+    let running = start("masking", yaml, |run| {
+        run.secrets.insert("TOKEN".into(), secret.into());
+    })
+    .await;
+    let (outcome, events) = running.finish().await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let lines = lines(&events, 0);
+    assert_eq!(lines, ["plain: [MASKED]", "[MASKED]", "[MASKED]"]);
+    let text = format!("{events:?}");
+    assert!(!text.contains(secret) && !text.contains(&encoded), "{text}");
+}
+
+#[tokio::test]
+async fn images_are_pushed_with_their_digest() {
+    let id = unique("push-image");
+    let repository = format!("test/{id}");
+    let image = format!("{REGISTRY}/{repository}:t");
+    let yaml = format!(
+        r#"
+steps:
+- name: builder/busybox
+  script: printf 'FROM builder/busybox:latest\nCOPY id /id\n' > Dockerfile; echo {id} > id
+- name: gcr.io/cloud-builders/docker
+  args: [build, -t, '{image}', .]
+images: ['{image}']
+"#
+    );
+    let (outcome, events) = run("push", &yaml).await;
+    docker(&["rmi", &image]);
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(outcome.images.len(), 1);
+    assert_eq!(outcome.images[0].name, image);
+    let digest = registry_digest(&repository, "t").expect("the registry has the image");
+    assert_eq!(outcome.images[0].digest, digest);
+    assert!(events.contains(&Event::Pushed(outcome.images[0].clone())));
+
+    let missing = format!("{REGISTRY}/test/{id}-never:t");
+    let yaml =
+        format!("steps: [{{name: builder/busybox, args: ['true']}}]\nimages: ['{missing}']\n");
+    let (outcome, _) = run("push-missing", &yaml).await;
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    assert_eq!(
+        outcome.failure,
+        Some(format!(
+            "failed to find one or more images after execution of build steps: [{missing:?}]"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_missing_step_image_fails_the_build() {
+    let yaml = r#"
+steps:
+- name: localhost:5000/does-not-exist:1
+- name: builder/busybox
+  args: ['true']
+"#;
+    let (outcome, _) = run("missing-image", yaml).await;
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    let failure = outcome.failure.unwrap_or_default();
+    assert!(
+        failure.starts_with(r#"build step 0 "localhost:5000/does-not-exist:1" failed:"#)
+            && failure.contains(r#"image "localhost:5000/does-not-exist:1" not found"#),
+        "{failure}"
+    );
+    assert_eq!(statuses(&outcome), [Status::Failure, Status::Queued]);
+}
+
+#[tokio::test]
+async fn a_non_root_builder_writes_to_the_workspace_and_home() {
+    let image = "builder-test/nobody:latest";
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", image, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("docker build");
+    let dockerfile = "FROM builder/busybox:latest\nUSER 65534\n";
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    assert!(build.wait().unwrap().success(), "docker build {image}");
+    let yaml = format!(
+        r#"
+steps:
+- name: {image}
+  script: id -u; echo written > by-nobody; echo home > "$HOME/by-nobody"
+- name: builder/busybox
+  script: cat by-nobody "$HOME/by-nobody"
+"#
+    );
+    let (outcome, events) = run("non-root", &yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?} {events:?}");
+    assert_eq!(lines(&events, 0), ["65534"]);
+    assert_eq!(lines(&events, 1), ["written", "home"]);
+}
+
+#[tokio::test]
+async fn scripts_and_output_streams() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: |
+    tr '\0' ' ' < /proc/$$/cmdline; echo
+    echo to-stderr >&2
+    printf 'no newline'
+- name: builder/busybox
+  allowFailure: true
+  script: |
+    #!/bin/sh -e
+    tr '\0' ' ' < /proc/$$/cmdline; echo
+    false
+    echo unreachable
+"#;
+    let (outcome, events) = run("script", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let streams: Vec<(LogStream, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Line {
+                step: 0,
+                stream,
+                text,
+            } => Some((*stream, text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        streams,
+        [
+            (
+                LogStream::Stdout,
+                "/bin/sh /builder/scripts/step-0 ".to_string()
+            ),
+            (LogStream::Stderr, "to-stderr".to_string()),
+            (LogStream::Stdout, "no newline".to_string()),
+        ]
+    );
+    assert_eq!(lines(&events, 1), ["/bin/sh -e /builder/scripts/step-1 "]);
+    assert_eq!(outcome.steps[1].exit_code, Some(1));
+}
+
+#[tokio::test]
+async fn the_workspace_is_seeded_from_a_directory() {
+    let source = tempfile::tempdir().unwrap();
+    std::fs::create_dir(source.path().join("sub")).unwrap();
+    std::fs::write(source.path().join("top.txt"), "top\n").unwrap();
+    std::fs::write(source.path().join("sub/inner.txt"), "inner\n").unwrap();
+    let yaml = "steps: [{name: builder/busybox, args: [cat, top.txt, sub/inner.txt]}]\n";
+    let dir = source.path().to_path_buf();
+    let running = start("seed", yaml, |run| run.workspace = Some(dir)).await;
+    let (outcome, events) = running.finish().await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 0), ["top", "inner"]);
+}
