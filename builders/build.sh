@@ -33,4 +33,18 @@ build_docker() {
   rm -rf "$context"
 }
 
+# A minimal Debian (the machine's release) from debootstrap: the base of the service's own image.
+build_debian() {
+  if ! $rebuild && docker image inspect builder/debian:latest >/dev/null 2>&1; then return; fi
+  local release; release="$(. /etc/os-release && echo "$VERSION_CODENAME")"
+  log "building builder/debian ($release, debootstrap --variant=minbase; about a minute)"
+  local root; root="$(mktemp -d)"
+  debootstrap --variant=minbase "$release" "$root" http://deb.debian.org/debian >/dev/null
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import -c 'CMD ["bash"]' - "builder/debian:$release" >/dev/null
+  docker tag "builder/debian:$release" builder/debian:latest
+  rm -rf "$root"
+}
+
 build_docker
+build_debian

@@ -20,6 +20,7 @@ install_packages() {
   command -v docker-registry >/dev/null || missing+=(docker-registry)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v curl >/dev/null || missing+=(curl)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq

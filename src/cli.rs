@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::build::Status;
 use crate::config::{self, Loaded, duration};
-use crate::execute::{self, Event};
+use crate::execute::Event;
+use crate::local;
 use crate::plan::{self, Context, Inputs};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
@@ -354,51 +355,39 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let run = prepared.run;
-    let build_id = run.build_id.clone();
-    let ids: Vec<Option<String>> = run.build.steps.iter().map(|s| s.id.clone()).collect();
-    store
-        .create_build(&build_id, &prepared.source, &run.build)
-        .await?;
-    eprintln!("Created build [{build_id}].");
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    for id in local::recover(&store, &runtime)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        eprintln!("Cleaned up build [{id}], left unfinished by a process that ended.");
+    }
+    let build_id = prepared.run.build_id.clone();
+    let ids: Vec<Option<String>> = prepared
+        .run
+        .build
+        .steps
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
     let cancel = tokio_util::sync::CancellationToken::new();
-    store.start_build(&build_id).await?;
-    let execution = tokio::spawn(execute::execute(
-        Arc::new(runtime),
-        run,
-        events,
-        cancel.clone(),
-    ));
-    println!("starting build \"{build_id}\"\n\nBUILD");
-    let mut interrupted = false;
-    let mut lines = Vec::new();
-    loop {
-        tokio::select! {
-            event = received.recv() => match event {
-                Some(event) => {
-                    print_event(&ids, &event);
-                    match event {
-                        Event::Line { step, stream, text } => lines.push((step, stream, text)),
-                        Event::StepFinished { step, result } => {
-                            store.append_logs(&build_id, &std::mem::take(&mut lines)).await?;
-                            store.update_step(&build_id, step, &result).await?;
-                        }
-                        _ => {}
-                    }
-                }
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let (cancel, interrupted, build_id) =
+            (cancel.clone(), interrupted.clone(), build_id.clone());
+        async move {
+            if interrupt().await {
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
                 eprintln!("Cancelling build [{build_id}]…");
                 cancel.cancel();
             }
         }
-    }
-    let outcome = execution.await?;
-    store.append_logs(&build_id, &lines).await?;
-    store.finish_build(&build_id, &outcome).await?;
+    });
+    eprintln!("Created build [{build_id}].");
+    println!("starting build \"{build_id}\"\n\nBUILD");
+    let outcome = local::run(&store, Arc::new(runtime), prepared, cancel, |event| {
+        print_event(&ids, event)
+    })
+    .await?;
     let build = store
         .get_build(&build_id)
         .await?
@@ -422,9 +411,21 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     }
     Ok(match outcome.status {
         Status::Success => ExitCode::SUCCESS,
-        _ if interrupted => ExitCode::from(130),
+        _ if interrupted.load(std::sync::atomic::Ordering::SeqCst) => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; false if neither can be watched.
+async fn interrupt() -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            result = tokio::signal::ctrl_c() => result.is_ok(),
+            _ = terminate.recv() => true,
+        },
+        Err(_) => tokio::signal::ctrl_c().await.is_ok(),
+    }
 }
 
 fn print_event(ids: &[Option<String>], event: &Event) {

@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, PushedImage, Status, StepResult};
 use crate::logs::{LineAssembler, Masker};
-use crate::plan::{HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
+use crate::plan::{BUILDER_OUTPUT, HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, Labels, LogStream, Mount, MountSource, RuntimeError,
 };
@@ -29,6 +29,8 @@ pub const BUILD_LABEL: &str = "builder.build";
 const STEP_LABEL: &str = "builder.step";
 /// How long a stopped step may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a step's output may take to end once its container has stopped.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// The network Cloud Build steps can name in nested `docker build --network=cloudbuild`.
 const SHARED_NETWORK: &str = "cloudbuild";
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -146,25 +148,29 @@ impl StepContext {
     }
 }
 
-/// Creates the build's network and volumes and fills `/workspace`.
+/// Creates the build's network and volumes, makes every volume writable by any user and fills
+/// `/workspace`.
 async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
     let runtime = &context.runtime;
     let labels = context.labels(None);
     let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
+    // Each build volume, and where the seed container mounts it.
+    let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
+    let volumes: BTreeMap<String, String> = [
+        ("workspace".to_string(), WORKSPACE.to_string()),
+        ("home".to_string(), HOME.to_string()),
+    ]
+    .into_iter()
+    .chain(user_volumes.map(|v| (user_volume(&v.name), format!("/builder/volumes/{}", v.name))))
+    .collect();
     let setup = async {
         runtime.create_network(SHARED_NETWORK, &shared).await?;
         runtime
             .create_network(&context.name("network"), &labels)
             .await?;
-        let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
-        let names: std::collections::BTreeSet<String> =
-            ["workspace".to_string(), "home".to_string()]
-                .into_iter()
-                .chain(user_volumes.map(|v| user_volume(&v.name)))
-                .collect();
-        for volume in names {
+        for volume in volumes.keys() {
             runtime
-                .create_volume(&context.name(&volume), &labels)
+                .create_volume(&context.name(volume), &labels)
                 .await?;
         }
         Ok::<(), RuntimeError>(())
@@ -172,22 +178,28 @@ async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
     setup
         .await
         .map_err(|e| format!("preparing the build: {e}"))?;
-    let archive = workspace_archive(run.workspace.as_deref())
+    let archive = seed_archive(run.workspace.as_deref(), volumes.values())
         .map_err(|e| format!("packing the workspace: {e}"))?;
     // The engine copies files into a volume only through a container that mounts it; it is
-    // created, never started, so any local image will do: the first step's.
-    let Some(first) = run.build.steps.first() else {
+    // created, never started, so any local image will do: the first step image there is. With
+    // none, no step can run either, and the steps report the missing images.
+    let Some(image) = seed_image(context, &run.build)
+        .await
+        .map_err(|e| format!("filling /workspace: {e}"))?
+    else {
         return Ok(());
     };
     let seed = ContainerSpec {
         name: context.name("seed"),
-        image: first.name.clone(),
-        mounts: vec![volume_mount(&context.name("workspace"), WORKSPACE)],
+        image,
+        mounts: volumes
+            .iter()
+            .map(|(volume, path)| volume_mount(&context.name(volume), path))
+            .collect(),
         labels: labels.clone(),
         ..ContainerSpec::default()
     };
     let seeding = async {
-        runtime.ensure_image(&first.name, None).await?;
         runtime.create_container(&seed).await?;
         runtime.upload(&seed.name, "/", archive).await?;
         runtime.remove_container(&seed.name).await
@@ -197,21 +209,51 @@ async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
         .map_err(|e| format!("filling /workspace: {e}"))
 }
 
-/// A tar whose first entry is `workspace/` with mode 0777, so that builders running as any user
-/// can write to `/workspace` (the engine applies a named directory entry's mode to the volume's
-/// root), followed by the directory's contents. Symlinks are stored, not followed.
-fn workspace_archive(dir: Option<&Path>) -> io::Result<Vec<u8>> {
+/// The first step image that is local or can be pulled; a missing one is the step's failure to
+/// report, not the build's preparation's.
+async fn seed_image(
+    context: &StepContext,
+    build: &ResolvedBuild,
+) -> Result<Option<String>, RuntimeError> {
+    for step in &build.steps {
+        match context.runtime.ensure_image(&step.name, None).await {
+            Ok(_) => return Ok(Some(step.name.clone())),
+            Err(RuntimeError::ImageNotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// A tar for `/` of the seed container: the directory's contents under `workspace/`, then each
+/// volume's mount point as a directory entry with mode 0777, so that builders running as any user
+/// can write to `/workspace`, `HOME` and the named volumes (the engine applies a named directory
+/// entry's mode to the volume's root). Last, because the contents start with an entry for the
+/// directory itself, with its own mode (0700 for a temporary directory). Symlinks are stored,
+/// not followed.
+fn seed_archive<'a>(
+    dir: Option<&Path>,
+    mount_points: impl IntoIterator<Item = &'a String>,
+) -> io::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
     archive.follow_symlinks(false);
-    let mut root = tar::Header::new_gnu();
-    root.set_entry_type(tar::EntryType::Directory);
-    root.set_mode(0o777);
-    root.set_size(0);
-    archive.append_data(&mut root, "workspace/", io::empty())?;
     if let Some(dir) = dir {
         archive.append_dir_all("workspace", dir)?;
     }
+    for path in mount_points {
+        append_dir(&mut archive, path)?;
+    }
     archive.into_inner()
+}
+
+/// Appends the absolute directory `path` as an entry with mode 0777.
+fn append_dir(archive: &mut tar::Builder<Vec<u8>>, path: &str) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o777);
+    header.set_size(0);
+    let name = format!("{}/", path.trim_matches('/'));
+    archive.append_data(&mut header, name, io::empty())
 }
 
 /// The suffix of the engine volume that backs a config's named volume.
@@ -384,13 +426,22 @@ async fn run_step(
     };
     context.emit(Event::StepStarted { step: index });
     let name = context.name(&format!("step-{index}"));
+    let mut output = None;
     let ended = tokio::select! {
-        ended = start_and_wait(context, index, step, &name) => ended,
+        ended = start_and_wait(context, index, step, &name, &mut output) => ended,
         () = stop.cancelled() => Err((Status::Cancelled, "stopped because the build stopped".to_string())),
     };
     if ended.is_err() {
         // Stopping is safe whatever state the container reached.
         let _ = context.runtime.stop_container(&name, STOP_GRACE).await;
+    }
+    // The output ends once the container has exited; the bound is for a stop that failed.
+    if let Some(mut output) = output
+        && tokio::time::timeout(OUTPUT_DRAIN, &mut output)
+            .await
+            .is_err()
+    {
+        output.abort();
     }
     let _ = context.runtime.remove_container(&name).await;
     match ended {
@@ -413,13 +464,15 @@ async fn run_step(
     result
 }
 
-/// Pulls the image, creates and starts the container, streams its output, and waits for its exit
-/// code within the step's timeout. Returns the exit code and the builder image's digest.
+/// Pulls the image, creates and starts the container, starts streaming its output (into
+/// `output`, which the caller awaits), and waits for its exit code within the step's timeout.
+/// Returns the exit code and the builder image's digest.
 async fn start_and_wait(
     context: &StepContext,
     index: usize,
     step: &ResolvedStep,
     name: &str,
+    output: &mut Option<JoinHandle<()>>,
 ) -> Result<(i64, Option<String>), (Status, String)> {
     let runtime = &context.runtime;
     let failed = |e: RuntimeError| match e {
@@ -432,13 +485,12 @@ async fn start_and_wait(
         .map_err(failed)?;
     let spec = container_spec(context, index, step, name);
     runtime.create_container(&spec).await.map_err(failed)?;
-    if let Some(script) = &step.script {
-        let archive =
-            script_archive(index, script).map_err(|e| (Status::InternalError, e.to_string()))?;
-        runtime.upload(name, "/", archive).await.map_err(failed)?;
-    }
+    let archive = step_files(index, step.script.as_deref())
+        .map_err(|e| (Status::InternalError, e.to_string()))?;
+    runtime.upload(name, "/", archive).await.map_err(failed)?;
     runtime.start_container(name).await.map_err(failed)?;
-    let output = forward_output(context, index, name);
+    // Forwarded while the step runs, so its lines are seen live, even if it is stopped.
+    *output = Some(tokio::spawn(forward_output(context, index, name)));
     let waited = match step.timeout {
         Some(limit) => {
             tokio::time::timeout(Duration::from_secs_f64(limit), runtime.wait_container(name))
@@ -453,7 +505,6 @@ async fn start_and_wait(
         None => Ok(runtime.wait_container(name).await),
     };
     let code = waited?.map_err(failed)?;
-    output.await;
     Ok((code, image.digest))
 }
 
@@ -462,23 +513,27 @@ fn script_path(index: usize) -> String {
     format!("/builder/scripts/step-{index}")
 }
 
-/// The step's script as an executable file; without a shebang it runs with `/bin/sh`, as on
-/// Cloud Build.
-fn script_archive(index: usize, script: &str) -> io::Result<Vec<u8>> {
-    let body = if script.starts_with("#!") {
-        script.to_string()
-    } else {
-        format!("#!/bin/sh\n{script}")
-    };
+/// Files a step's container gets before it starts, as a tar for `/`: the `$BUILDER_OUTPUT`
+/// directory, writable by any user, and the step's script as an executable file (without a
+/// shebang it runs with `/bin/sh`, as on Cloud Build).
+fn step_files(index: usize, script: Option<&str>) -> io::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o755);
-    header.set_size(body.len() as u64);
-    archive.append_data(
-        &mut header,
-        script_path(index).trim_start_matches('/'),
-        body.as_bytes(),
-    )?;
+    append_dir(&mut archive, BUILDER_OUTPUT)?;
+    if let Some(script) = script {
+        let body = if script.starts_with("#!") {
+            script.to_string()
+        } else {
+            format!("#!/bin/sh\n{script}")
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o755);
+        header.set_size(body.len() as u64);
+        archive.append_data(
+            &mut header,
+            script_path(index).trim_start_matches('/'),
+            body.as_bytes(),
+        )?;
+    }
     archive.into_inner()
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod diag;
 pub mod execute;
 pub mod image;
+pub mod local;
 pub mod logs;
 pub mod plan;
 pub mod runtime;

@@ -80,16 +80,18 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Records a new build as QUEUED, with every step QUEUED.
+    /// Records a new build as QUEUED, with every step QUEUED, run by process `runner_pid`.
     pub async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
+        runner_pid: u32,
     ) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, runner_pid) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(Status::Queued.as_str())
@@ -97,6 +99,7 @@ impl Store {
         .bind(source.to_string())
         .bind(json(&plan.substitutions))
         .bind(json(plan))
+        .bind(i64::from(runner_pid))
         .execute(&mut *tx)
         .await?;
         for (index, step) in plan.steps.iter().enumerate() {
@@ -185,6 +188,22 @@ impl Store {
             .execute(&self.pool)
             .await
             .map(drop)
+    }
+
+    /// Builds not yet finished, with the process that runs them.
+    pub async fn unfinished_builds(&self) -> Result<Vec<(String, Option<u32>)>, Error> {
+        let rows = sqlx::query("SELECT id, runner_pid FROM builds WHERE status IN ($1, $2)")
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let pid: Option<i64> = row.get("runner_pid");
+                (row.get("id"), pid.and_then(|p| u32::try_from(p).ok()))
+            })
+            .collect())
     }
 
     /// The newest builds first.

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 const REGISTRY: &str = "127.0.0.1:5000";
 /// Upper bound for a whole build or for one awaited event; reaching it is a failure.
 const DEADLINE: Duration = Duration::from_secs(120);
+/// A step body that runs until stopped. It exits on SIGTERM (a shell as PID 1 would ignore it), so
+/// a stopped step ends at once instead of after the executor's grace period.
+const SLEEP: &str = "trap 'exit 143' TERM; sleep 600 & wait";
 
 /// A build under way, with the events seen so far.
 struct Running {
@@ -87,6 +90,33 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
     }
 }
 
+/// A test that fails while its build runs leaves the build's containers behind (its runtime stops
+/// before the executor cleans up), so the guard removes them with the CLI.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let label = format!("label={BUILD_LABEL}={}", self.id);
+        for (kind, remove) in [("container", "rm -f"), ("network", "rm"), ("volume", "rm")] {
+            let Ok(listed) = Command::new("docker")
+                .args([kind, "ls", "-q", "--filter", &label])
+                .args((kind == "container").then_some("-a"))
+                .output()
+            else {
+                return;
+            };
+            for name in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                let _ = Command::new("docker")
+                    .arg(kind)
+                    .args(remove.split(' '))
+                    .arg(name)
+                    .output();
+            }
+        }
+    }
+}
+
 impl Running {
     /// Waits until `step` has printed `text`.
     async fn until_line(&mut self, step: usize, text: &str) {
@@ -115,7 +145,7 @@ impl Running {
         assert!(left.is_empty(), "build {} leaked {left:?}", self.id);
         let named = docker(&["ps", "-aq", "--filter", &format!("name={}", self.id)]);
         assert_eq!(named, "", "containers named after build {}", self.id);
-        (outcome, self.seen)
+        (outcome, std::mem::take(&mut self.seen))
     }
 }
 
@@ -292,7 +322,7 @@ steps:
 - id: long
   name: builder/busybox
   waitFor: ['-']
-  script: touch started; sleep 600
+  script: touch started; {SLEEP}
 - id: fail
   name: builder/busybox
   waitFor: ['-']
@@ -362,42 +392,47 @@ steps:
 
 #[tokio::test]
 async fn timeouts() {
-    let yaml = r#"
+    let step = format!(
+        r#"
 steps:
 - name: builder/busybox
   timeout: 1s
-  script: sleep 600
+  script: {SLEEP}
 - name: builder/busybox
   script: echo never
 timeout: 60s
-"#;
-    let (outcome, _) = run("step-timeout", yaml).await;
-    assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
-    assert_eq!(statuses(&outcome), [Status::Timeout, Status::Queued]);
-
-    let yaml = r#"
+"#
+    );
+    let build = format!(
+        r#"
 steps:
 - name: builder/busybox
-  script: sleep 600
+  script: {SLEEP}
 - name: builder/busybox
   script: echo never
 timeout: 2s
-"#;
-    let (outcome, _) = run("build-timeout", yaml).await;
-    assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
-    assert_eq!(statuses(&outcome), [Status::Timeout, Status::Queued]);
+"#
+    );
+    let ((step, _), (build, _)) =
+        tokio::join!(run("step-timeout", &step), run("build-timeout", &build));
+    for outcome in [step, build] {
+        assert_eq!(outcome.status, Status::Timeout, "{outcome:?}");
+        assert_eq!(statuses(&outcome), [Status::Timeout, Status::Queued]);
+    }
 }
 
 #[tokio::test]
 async fn cancel_stops_the_running_step() {
-    let yaml = r#"
+    let yaml = format!(
+        r#"
 steps:
 - name: builder/busybox
-  script: echo ready; sleep 600
+  script: echo ready; {SLEEP}
 - name: builder/busybox
   script: echo never
-"#;
-    let mut running = start("cancel", yaml, |_| {}).await;
+"#
+    );
+    let mut running = start("cancel", &yaml, |_| {}).await;
     running.until_line(0, "ready").await;
     running.cancel.cancel();
     let (outcome, _) = running.finish().await;
@@ -480,7 +515,7 @@ steps:
 "#;
     let (outcome, _) = run("missing-image", yaml).await;
     assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
-    let failure = outcome.failure.unwrap_or_default();
+    let failure = outcome.failure.clone().unwrap_or_default();
     assert!(
         failure.starts_with(r#"build step 0 "localhost:5000/does-not-exist:1" failed:"#)
             && failure.contains(r#"image "localhost:5000/does-not-exist:1" not found"#),
@@ -490,7 +525,7 @@ steps:
 }
 
 #[tokio::test]
-async fn a_non_root_builder_writes_to_the_workspace_and_home() {
+async fn a_non_root_builder_writes_to_the_workspace_home_and_volumes() {
     let image = "builder-test/nobody:latest";
     let mut build = Command::new("docker")
         .args(["build", "-q", "-t", image, "-"])
@@ -506,19 +541,29 @@ async fn a_non_root_builder_writes_to_the_workspace_and_home() {
         .write_all(dockerfile.as_bytes())
         .unwrap();
     assert!(build.wait().unwrap().success(), "docker build {image}");
+    // A seeded workspace too: its directory (a temporary one, mode 0700) must not set the mode.
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("seeded.txt"), "seeded\n").unwrap();
     let yaml = format!(
         r#"
 steps:
 - name: {image}
-  script: id -u; echo written > by-nobody; echo home > "$HOME/by-nobody"
+  volumes: [{{name: cache, path: /cache}}]
+  script: |
+    id -u; cat seeded.txt
+    echo workspace > by-nobody; echo home > "$HOME/by-nobody"; echo volume > /cache/by-nobody
+    echo output > "$BUILDER_OUTPUT/output"
 - name: builder/busybox
-  script: cat by-nobody "$HOME/by-nobody"
+  volumes: [{{name: cache, path: /cache}}]
+  script: cat by-nobody "$HOME/by-nobody" /cache/by-nobody
 "#
     );
-    let (outcome, events) = run("non-root", &yaml).await;
+    let dir = source.path().to_path_buf();
+    let running = start("non-root", &yaml, |run| run.workspace = Some(dir)).await;
+    let (outcome, events) = running.finish().await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?} {events:?}");
-    assert_eq!(lines(&events, 0), ["65534"]);
-    assert_eq!(lines(&events, 1), ["written", "home"]);
+    assert_eq!(lines(&events, 0), ["65534", "seeded"]);
+    assert_eq!(lines(&events, 1), ["workspace", "home", "volume"]);
 }
 
 #[tokio::test]
@@ -540,28 +585,25 @@ steps:
 "#;
     let (outcome, events) = run("script", yaml).await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?}");
-    let streams: Vec<(LogStream, String)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Line {
-                step: 0,
-                stream,
-                text,
-            } => Some((*stream, text.clone())),
-            _ => None,
-        })
-        .collect();
+    // Lines keep their order within a stream; the engine does not order them across streams.
+    let stream = |wanted: LogStream| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Line {
+                    step: 0,
+                    stream,
+                    text,
+                } if *stream == wanted => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    };
     assert_eq!(
-        streams,
-        [
-            (
-                LogStream::Stdout,
-                "/bin/sh /builder/scripts/step-0 ".to_string()
-            ),
-            (LogStream::Stderr, "to-stderr".to_string()),
-            (LogStream::Stdout, "no newline".to_string()),
-        ]
+        stream(LogStream::Stdout),
+        ["/bin/sh /builder/scripts/step-0 ", "no newline"]
     );
+    assert_eq!(stream(LogStream::Stderr), ["to-stderr"]);
     assert_eq!(lines(&events, 1), ["/bin/sh -e /builder/scripts/step-1 "]);
     assert_eq!(outcome.steps[1].exit_code, Some(1));
 }
@@ -578,4 +620,23 @@ async fn the_workspace_is_seeded_from_a_directory() {
     let (outcome, events) = running.finish().await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?}");
     assert_eq!(lines(&events, 0), ["top", "inner"]);
+}
+
+/// Every build creates the shared `cloudbuild` network if it is missing; builds starting at once
+/// must not leave two of that name (engines before API 1.44 allow it), or a nested
+/// `docker build --network cloudbuild` fails as ambiguous.
+#[tokio::test]
+async fn networks_created_at_once_end_up_one() {
+    let id = unique("network");
+    let runtime = DockerRuntime::connect().await.expect("Docker engine");
+    let labels = BTreeMap::from([(BUILD_LABEL.to_string(), id.clone())]);
+    let creations = (0..6).map(|_| runtime.create_network(&id, &labels));
+    for created in futures_util::future::join_all(creations).await {
+        created.expect("create network");
+    }
+    let named = docker(&["network", "ls", "-q", "--filter", &format!("name=^{id}$")]);
+    assert_eq!(named.lines().count(), 1, "{named}");
+    runtime.sweep(BUILD_LABEL, &id).await.expect("sweep");
+    let left = runtime.labelled(BUILD_LABEL, &id).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }

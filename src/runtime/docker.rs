@@ -11,7 +11,8 @@
 //! * bollard's push progress type has no `aux` field, so the pushed digest is read from the
 //!   engine's `<tag>: digest: sha256:… size: N` progress status.
 //! * Engines before API 1.44 create a second network of an existing name, after which removal by
-//!   name fails, so an existing network is looked up before creating one.
+//!   name fails, so an existing network is looked up before creating one, and duplicates made by
+//!   callers racing past that look-up are removed again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -106,6 +107,25 @@ impl DockerRuntime {
             id: inspect.id.unwrap_or_default(),
             digest,
         })
+    }
+
+    /// Ids of the networks called exactly `name`, sorted.
+    async fn networks_named(&self, name: &str) -> Result<Vec<String>, BollardError> {
+        let filters = HashMap::from([("name", vec![name])]);
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        // The name filter matches substrings, hence the exact comparison.
+        let ids = networks
+            .into_iter()
+            .filter(|network| network.name.as_deref() == Some(name))
+            .filter_map(|network| network.id);
+        Ok(sorted(ids))
     }
 
     async fn list_labelled(&self, label: &str) -> Result<Resources, BollardError> {
@@ -235,34 +255,30 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
         let context = format!("creating network {name:?}");
-        // The name filter matches substrings, hence the exact comparison.
-        let filters = HashMap::from([("name", vec![name])]);
-        let existing = self
-            .docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|error| engine_error(&context, error))?;
-        if existing
-            .iter()
-            .any(|network| network.name.as_deref() == Some(name))
-        {
-            return Ok(());
+        let failed = |error| engine_error(&context, error);
+        if self.networks_named(name).await.map_err(failed)?.is_empty() {
+            let request = NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".to_owned()),
+                labels: Some(to_map(labels)),
+                ..Default::default()
+            };
+            self.docker.create_network(request).await.map_err(failed)?;
         }
-        let request = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".to_owned()),
-            labels: Some(to_map(labels)),
-            ..Default::default()
-        };
-        self.docker
-            .create_network(request)
-            .await
-            .map(drop)
-            .map_err(|error| engine_error(&context, error))
+        // Callers that looked at once all found none and all created one (two builds preparing
+        // the shared network). They converge on the same survivor: each removes networks of the
+        // name in id order until one is left, skipping those in use.
+        let ids = self.networks_named(name).await.map_err(failed)?;
+        let mut left = ids.len();
+        for id in &ids {
+            if left <= 1 {
+                break;
+            }
+            if self.remove_network(id).await.is_ok() {
+                left -= 1;
+            }
+        }
+        Ok(())
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
@@ -276,9 +292,12 @@ impl ContainerRuntime for DockerRuntime {
                         MountType::VOLUME,
                         volume.clone(),
                         // Should the volume not exist, the engine creates it; with these labels
-                        // the sweep still finds it.
+                        // the sweep still finds it. `no_copy`: the engine would otherwise fill an
+                        // empty volume from the image at start and give its root the owner and
+                        // mode of the image's directory there, undoing the mode an upload set.
                         Some(MountVolumeOptions {
                             labels: Some(labels.clone()),
+                            no_copy: Some(true),
                             ..Default::default()
                         }),
                     ),
@@ -366,6 +385,7 @@ impl ContainerRuntime for DockerRuntime {
             .build();
         let docker = self.docker.clone();
         let waited = name.to_owned();
+        let (reader, logged) = (self.docker.clone(), name.to_owned());
         let follow = Follow {
             output: Some(self.docker.logs(name, Some(options)).boxed()),
             // Any answer, even an error such as "no such container", means no more output comes.
@@ -375,6 +395,15 @@ impl ContainerRuntime for DockerRuntime {
                 }
                 .boxed(),
             ),
+            reread: Some(Box::new(move || {
+                let options = LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .build();
+                reader.logs(&logged, Some(options)).boxed()
+            })),
+            delivered: [0; 2],
+            skip: None,
             name: name.to_owned(),
         };
         stream::unfold(follow, Follow::next).boxed()
@@ -555,12 +584,26 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
+type LogOutputs = BoxStream<'static, Result<LogOutput, BollardError>>;
+
 /// State of one [`ContainerRuntime::logs`] stream.
+///
+/// A followed log stream can end without the container's last output when that does not end in
+/// a newline (moby#43860, seen on 20.10). So once the followed stream is over and the container
+/// has exited, the whole log is read again, without following, and only what the followed stream
+/// had not delivered is passed on, counted in bytes per stream. That second read costs as much
+/// as the first; for build steps' logs that is cheap next to losing their last line.
 struct Follow {
     /// `None` once the stream has failed, so it ends after reporting the error.
-    output: Option<BoxStream<'static, Result<LogOutput, BollardError>>>,
+    output: Option<LogOutputs>,
     /// Resolves when the container is no longer running; `None` afterwards.
     exited: Option<BoxFuture<'static, ()>>,
+    /// Starts the read of the whole log after the exit; `None` once started.
+    reread: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
+    /// Bytes delivered so far, of stdout and of stderr.
+    delivered: [usize; 2],
+    /// During the second read: bytes of stdout and stderr still to skip, as already delivered.
+    skip: Option<[usize; 2]>,
     name: String,
 }
 
@@ -580,26 +623,40 @@ impl Follow {
                 // end of the stream or once it has been idle for the drain period.
                 None => tokio::time::timeout(LOG_DRAIN_IDLE, output.next())
                     .await
-                    .ok()?,
+                    .ok()
+                    .flatten(),
             };
-            let chunk = match item? {
-                Ok(LogOutput::StdErr { message }) => LogChunk {
-                    stream: LogStream::Stderr,
-                    bytes: message,
-                },
+            let Some(item) = item else {
+                if let Some(exited) = self.exited.take() {
+                    exited.await;
+                }
+                let reread = self.reread.take()?;
+                self.output = Some(reread());
+                self.skip = Some(self.delivered);
+                continue;
+            };
+            let (stream, mut bytes) = match item {
+                Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
                 // Without a TTY the engine sends only stdout and stderr frames; anything else is
                 // output too, so it goes with stdout rather than being dropped.
-                Ok(other) => LogChunk {
-                    stream: LogStream::Stdout,
-                    bytes: other.into_bytes(),
-                },
+                Ok(other) => (LogStream::Stdout, other.into_bytes()),
                 Err(error) => {
                     self.output = None;
                     let context = format!("reading the logs of container {:?}", self.name);
                     return Some((Err(engine_error(context, error)), self));
                 }
             };
-            return Some((Ok(chunk), self));
+            let index = usize::from(stream == LogStream::Stderr);
+            if let Some(skip) = &mut self.skip {
+                let skipped = skip[index].min(bytes.len());
+                skip[index] -= skipped;
+                bytes = bytes.slice(skipped..);
+                if bytes.is_empty() {
+                    continue;
+                }
+            }
+            self.delivered[index] += bytes.len();
+            return Some((Ok(LogChunk { stream, bytes }), self));
         }
     }
 }
@@ -808,6 +865,9 @@ mod tests {
                     .boxed(),
             ),
             exited: Some(std::future::ready(()).boxed()),
+            reread: None,
+            delivered: [0; 2],
+            skip: None,
             name: "step".to_owned(),
         };
         let chunks: Vec<_> = stream::unfold(follow, Follow::next)
@@ -821,6 +881,46 @@ mod tests {
                     bytes: text.into(),
                 }
             });
+        assert_eq!(chunks, expected);
+    }
+
+    /// moby#43860: the followed stream ends without the last, unterminated line; the second read
+    /// delivers what it missed, and nothing twice.
+    #[tokio::test(start_paused = true)]
+    async fn logs_catch_up_on_what_the_followed_stream_missed() {
+        let out = |text: &'static str| {
+            Ok(LogOutput::StdOut {
+                message: text.into(),
+            })
+        };
+        let err = |text: &'static str| {
+            Ok(LogOutput::StdErr {
+                message: text.into(),
+            })
+        };
+        let follow = Follow {
+            output: Some(stream::iter([out("a\n"), err("e")]).boxed()),
+            exited: Some(std::future::ready(()).boxed()),
+            reread: Some(Box::new(move || {
+                stream::iter([out("a\nla"), err("e"), out("st"), err("rr")]).boxed()
+            })),
+            delivered: [0; 2],
+            skip: None,
+            name: "step".to_owned(),
+        };
+        let chunks: Vec<_> = stream::unfold(follow, Follow::next)
+            .map_ok(|chunk| (chunk.stream, chunk.bytes))
+            .try_collect()
+            .await
+            .expect("chunks");
+        let expected = [
+            (LogStream::Stdout, "a\n"),
+            (LogStream::Stderr, "e"),
+            (LogStream::Stdout, "la"),
+            (LogStream::Stdout, "st"),
+            (LogStream::Stderr, "rr"),
+        ]
+        .map(|(stream, text)| (stream, bytes::Bytes::from(text)));
         assert_eq!(chunks, expected);
     }
 

@@ -64,7 +64,8 @@ pub struct Mount {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountSource {
-    /// A named volume made by [`ContainerRuntime::create_volume`].
+    /// A named volume made by [`ContainerRuntime::create_volume`], mounted as it is: the engine
+    /// does not copy the image's files at `target` into it, even when it is empty.
     Volume(String),
     /// An existing host path (a directory, or a socket such as `/var/run/docker.sock`).
     Bind(PathBuf),

@@ -1,0 +1,9 @@
+# The service's own image. Nothing can be pulled from the internet, so it starts FROM the Debian
+# base that builders/build.sh makes with debootstrap, and takes the release binary built on this
+# (same-release) machine:
+#   cargo build --release && docker build -t builder:latest .
+#   docker run --rm -v /var/run/docker.sock:/var/run/docker.sock builder:latest --help
+FROM builder/debian:latest
+COPY target/release/builder /usr/local/bin/builder
+ENTRYPOINT ["/usr/local/bin/builder"]
+CMD ["--help"]

@@ -1,0 +1,112 @@
+//! Running builds on this machine's engine from the command line: a prepared build is recorded,
+//! executed and its events recorded as they happen; builds whose process died mid-build are
+//! swept and closed at the next start.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{Outcome, Status, StepResult};
+use crate::execute::{self, BUILD_LABEL, Event};
+use crate::runtime::ContainerRuntime;
+use crate::store::{self, Store};
+use crate::submit::Prepared;
+
+/// Runs a prepared build to its end, recording it; `show` sees every event first.
+pub async fn run(
+    store: &Store,
+    runtime: Arc<dyn ContainerRuntime>,
+    prepared: Prepared,
+    cancel: CancellationToken,
+    mut show: impl FnMut(&Event),
+) -> Result<Outcome, store::Error> {
+    let run = prepared.run;
+    let build_id = run.build_id.clone();
+    store
+        .create_build(&build_id, &prepared.source, &run.build, std::process::id())
+        .await?;
+    store.start_build(&build_id).await?;
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let execution = tokio::spawn(execute::execute(runtime, run, events, cancel));
+    let mut lines = Vec::new();
+    while let Some(event) = received.recv().await {
+        show(&event);
+        match event {
+            Event::Line { step, stream, text } => lines.push((step, stream, text)),
+            Event::StepFinished { step, result } => {
+                store
+                    .append_logs(&build_id, &std::mem::take(&mut lines))
+                    .await?;
+                store.update_step(&build_id, step, &result).await?;
+            }
+            Event::StepStarted { step } => {
+                let working = StepResult {
+                    status: Status::Working,
+                    start_time: Some(std::time::SystemTime::now()),
+                    ..StepResult::queued()
+                };
+                store.update_step(&build_id, step, &working).await?;
+            }
+            Event::Pushing { .. } | Event::Pushed(_) => {}
+        }
+    }
+    let outcome = execution.await.unwrap_or_else(|e| Outcome {
+        status: Status::InternalError,
+        steps: Vec::new(),
+        images: Vec::new(),
+        failure: Some(format!("the build's task failed: {e}")),
+    });
+    store.append_logs(&build_id, &lines).await?;
+    store.finish_build(&build_id, &outcome).await?;
+    Ok(outcome)
+}
+
+/// Closes builds left unfinished by a process that no longer runs: removes their containers,
+/// volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
+pub async fn recover(store: &Store, runtime: &dyn ContainerRuntime) -> Result<Vec<String>, String> {
+    let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
+    let mut recovered = Vec::new();
+    for (id, pid) in unfinished {
+        if pid.is_some_and(is_running) {
+            continue;
+        }
+        runtime
+            .sweep(BUILD_LABEL, &id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let steps = store
+            .get_build(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|b| b.steps.into_iter().map(|s| close(s.result)).collect())
+            .unwrap_or_default();
+        let outcome = Outcome {
+            status: Status::InternalError,
+            steps,
+            images: Vec::new(),
+            failure: Some("the process running this build ended before the build did".into()),
+        };
+        store
+            .finish_build(&id, &outcome)
+            .await
+            .map_err(|e| e.to_string())?;
+        recovered.push(id);
+    }
+    Ok(recovered)
+}
+
+/// A step that was running when its process died did not finish.
+fn close(result: StepResult) -> StepResult {
+    match result.status {
+        Status::Working => StepResult {
+            status: Status::InternalError,
+            ..result
+        },
+        _ => result,
+    }
+}
+
+fn is_running(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

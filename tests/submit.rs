@@ -1,0 +1,270 @@
+//! `builder submit` end to end, as a user runs it: the real binary against the real engine and
+//! registry (started by `scripts/dev-env.sh`), each test with its own build record directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use tempfile::TempDir;
+
+fn builder(data_dir: &Path) -> Command {
+    let mut command = Command::cargo_bin("builder").unwrap();
+    command
+        .env("BUILDER_DATA_DIR", data_dir)
+        .env_remove("DOCKER_HOST");
+    command
+}
+
+/// A source directory holding `cloudbuild.yaml` and the given extra files.
+fn source(config: &str, files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join("cloudbuild.yaml"), config).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn submit(data_dir: &Path, source: &Path, extra: &[&str]) -> std::process::Output {
+    builder(data_dir)
+        .arg("submit")
+        .arg(source)
+        .arg("--config")
+        .arg(source.join("cloudbuild.yaml"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn describe(data_dir: &Path, id: &str) -> serde_json::Value {
+    let out = builder(data_dir)
+        .args(["builds", "describe", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The id in `ID: …` of a finished submit's summary.
+fn build_id(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ID: "))
+        .expect("a summary with the build id");
+    line["ID: ".len()..].to_string()
+}
+
+/// Containers, volumes and networks that still carry the build's label.
+fn leftovers(id: &str) -> String {
+    let filter = format!("label=builder.build={id}");
+    ["ps -aq", "volume ls -q", "network ls -q"]
+        .iter()
+        .map(|list| {
+            let mut args: Vec<&str> = list.split(' ').collect();
+            args.extend(["--filter", &filter]);
+            let out = Command::new("docker").args(&args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim()
+        .to_string()
+}
+
+/// Starts a submit and reads its stdout until a step prints `ready`; returns the child and the
+/// build id.
+fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
+    let mut child = builder(data_dir)
+        .arg("submit")
+        .arg(source)
+        .arg("--config")
+        .arg(source.join("cloudbuild.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut id = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("starting build \"") {
+            id = rest.trim_end_matches('"').to_string();
+        }
+        if line.ends_with(": ready") || Instant::now() > deadline {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(!id.is_empty(), "the build never started");
+    (child, id)
+}
+
+const WAIT_FOREVER: &str =
+    "steps:\n- name: builder/busybox\n  script: |\n    echo ready\n    exec sleep 1000\n";
+
+#[test]
+fn a_successful_build_prints_and_records_its_image_digest() {
+    let data = TempDir::new().unwrap();
+    let tag = format!("127.0.0.1:5000/submit-test/app:{}", std::process::id());
+    let config = format!(
+        "steps:\n- name: builder/busybox\n  args: [sh, -c, 'echo hi > greeting']\n\
+         - name: gcr.io/cloud-builders/docker\n  args: [build, -t, '{tag}', .]\nimages: ['{tag}']\n"
+    );
+    let dir = source(
+        &config,
+        &[(
+            "Dockerfile",
+            "FROM builder/busybox:latest\nCOPY greeting /\n",
+        )],
+    );
+    let out = submit(data.path(), dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Step #1: Successfully tagged"), "{stdout}");
+    let id = build_id(&stdout);
+    let record = describe(data.path(), &id);
+    assert_eq!(record["status"], "SUCCESS");
+    assert_eq!(record["images"][0]["name"], tag.as_str());
+    let digest = record["images"][0]["digest"].as_str().unwrap();
+    assert!(stdout.contains(&format!("IMAGE: {tag} {digest}")));
+    assert_eq!(record["steps"][1]["status"], "SUCCESS");
+    assert_eq!(leftovers(&id), "");
+    let log = builder(data.path())
+        .args(["builds", "log", &id])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&log.stdout).contains("Step #1: Successfully tagged"));
+    Command::new("docker").args(["rmi", &tag]).output().unwrap();
+}
+
+#[test]
+fn a_failing_build_exits_1_with_cloud_builds_message() {
+    let data = TempDir::new().unwrap();
+    let dir = source(
+        "steps:\n- name: builder/busybox\n  args: [sh, -c, 'exit 3']\n",
+        &[],
+    );
+    let out = submit(data.path(), dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(
+        "ERROR: build step 0 \"builder/busybox\" failed: step exited with non-zero status: 3"
+    ));
+    let record = describe(data.path(), &build_id(&stdout));
+    assert_eq!(record["status"], "FAILURE");
+    assert_eq!(record["steps"][0]["exitCode"], 3);
+}
+
+#[test]
+fn tag_builds_the_dockerfile_and_pushes_it() {
+    let data = TempDir::new().unwrap();
+    let dir = source(
+        "unused: true\n",
+        &[("Dockerfile", "FROM builder/busybox:latest\n")],
+    );
+    let tag = format!("127.0.0.1:5000/submit-test/tagged:{}", std::process::id());
+    let out = builder(data.path())
+        .arg("submit")
+        .arg(dir.path())
+        .args(["--tag", &tag])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("IMAGE: {tag} sha256:")));
+    Command::new("docker").args(["rmi", &tag]).output().unwrap();
+    let empty = TempDir::new().unwrap();
+    let out = builder(data.path())
+        .arg("submit")
+        .arg(empty.path())
+        .args(["--tag", &tag])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Dockerfile required when specifying --tag")
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_build_and_leaves_nothing() {
+    let data = TempDir::new().unwrap();
+    let dir = source(WAIT_FOREVER, &[]);
+    let (mut child, id) = start_until_ready(data.path(), dir.path());
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(describe(data.path(), &id)["status"], "CANCELLED");
+    assert_eq!(leftovers(&id), "");
+}
+
+#[test]
+fn a_build_whose_process_died_is_cleaned_up_by_the_next_start() {
+    let data = TempDir::new().unwrap();
+    let dir = source(WAIT_FOREVER, &[]);
+    let (mut child, id) = start_until_ready(data.path(), dir.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(
+        leftovers(&id),
+        "",
+        "the killed build's step should still be there"
+    );
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    let out = submit(data.path(), quick.path(), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("Cleaned up build [{id}]")));
+    let record = describe(data.path(), &id);
+    assert_eq!(record["status"], "INTERNAL_ERROR");
+    assert_eq!(record["steps"][0]["status"], "INTERNAL_ERROR");
+    assert_eq!(leftovers(&id), "");
+}
+
+#[test]
+fn an_unreachable_engine_says_what_to_run() {
+    let data = TempDir::new().unwrap();
+    let dir = source("steps:\n- name: builder/busybox\n", &[]);
+    let out = builder(data.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .arg("submit")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(dir.path().join("cloudbuild.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/dev-env.sh"));
+}
+
+#[test]
+fn invalid_configs_and_missing_secrets_are_refused_before_anything_runs() {
+    let data = TempDir::new().unwrap();
+    let dir = source("steps:\n- name: builder/busybox\n  args: [$HOME]\n", &[]);
+    let out = submit(data.path(), dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":3:10: steps[0].args[0]: key in the template \"HOME\" is not a valid built-in substitution"), "{stderr}");
+    let secret = "steps:\n- name: builder/busybox\n  secretEnv: [PW]\navailableSecrets:\n  secretManager:\n  - {versionName: projects/p/secrets/absent-pw/versions/1, env: PW}\n";
+    let dir = source(secret, &[]);
+    let out = submit(data.path(), dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set BUILDER_SECRET_ABSENT_PW"));
+}
