@@ -76,49 +76,62 @@ now_us() { local t="${EPOCHREALTIME/[.,]/}"; echo "$t"; }
 
 tag="" # what the containers of the last run are labelled with: its build id, or bench.<case>.<round>
 
+# These return non-zero on failure, with what went wrong in $tmp/failure.
 submit() { # submit CONFIG
-  local out="$tmp/out.$RANDOM$RANDOM" id
-  if ! "$BUILDER" submit --no-source --config "$1" >"$out" 2>&1; then
-    cat "$out" >&2; die "builder submit --config $1 failed (output above)"
-  fi
+  local out="$tmp/out" id ok=0
+  "$BUILDER" submit --no-source --config "$1" >"$out" 2>&1 || ok=1
   id="$(sed -n 's/^ID: //p' "$out" | tail -n 1)"
-  [ -n "$id" ] && echo "$id" >>"$tmp/ids"
-  tag="$id"
-  grep -q '^STATUS: SUCCESS' "$out" || { cat "$out" >&2; die "build of $1 did not succeed"; }
-  rm -f "$out"
+  if [ -n "$id" ]; then echo "$id" >>"$tmp/ids"; tag="$id"; fi
+  grep -q '^STATUS: SUCCESS' "$out" || ok=1
+  [ "$ok" -eq 0 ] || { cp "$out" "$tmp/failure"; return 1; }
 }
 
 # The label only lets the events of these containers be told from those of anything else running
 # on the engine; it costs nothing measurable.
 docker_run() { # docker_run COMMAND...
-  docker run --rm --label "builder.bench=$tag" "$IMAGE" "$@" >/dev/null ||
-    die "docker run --rm $IMAGE $* failed"
+  docker run --rm --label "builder.bench=$tag" "$IMAGE" "$@" >/dev/null 2>>"$tmp/failure.docker" || {
+    { echo "docker run --rm $IMAGE $* failed:"; cat "$tmp/failure.docker"; } >"$tmp/failure"
+    return 1
+  }
 }
 
 run_case() { # run_case NAME ROUND
   tag="bench.$1.$2"
+  : >"$tmp/failure.docker"
+  local i p pids=() ok=0
   case "$1" in
-    a_builder) submit "$serial" ;;
-    a_docker) for ((i = 0; i < N; i++)); do docker_run true; done ;;
-    a_builder1) submit "$one" ;;
-    b_parallel) submit "$parallel" ;;
-    b_slowest) submit "$slowest" ;;
-    b_docker) docker_run sleep "$S" ;;
+    a_builder) submit "$serial" || return 1 ;;
+    a_docker) for ((i = 0; i < N; i++)); do docker_run true || return 1; done ;;
+    a_builder1) submit "$one" || return 1 ;;
+    b_parallel) submit "$parallel" || return 1 ;;
+    b_slowest) submit "$slowest" || return 1 ;;
+    b_docker) docker_run sleep "$S" || return 1 ;;
     b_docker_par)
-      local pids=() p
       for ((i = 0; i < M; i++)); do docker_run sleep "$S" & pids+=($!); done
-      for p in "${pids[@]}"; do wait "$p" || die "a parallel docker run failed"; done
+      for p in "${pids[@]}"; do wait "$p" || ok=1; done
+      return "$ok"
       ;;
   esac
 }
 
+# On a shared engine another process may remove or kill a container of a run (seen here: a step
+# SIGKILLed by someone's `docker rm -f`), so a failed run is reported and retried once.
+retried=0
 timed() { # timed NAME ROUND: runs one case, appends "NAME seconds" and its time window
-  local start end
-  start="$(now_us)"
-  run_case "$1" "$2"
-  end="$(now_us)"
-  echo "$1 $2 $start $end $tag" >>"$tmp/windows"
-  awk -v s="$start" -v e="$end" -v c="$1" 'BEGIN { printf "%s %.6f\n", c, (e - s) / 1e6 }' >>"$tmp/times"
+  local start end attempt
+  for attempt in 1 2; do
+    start="$(now_us)"
+    if run_case "$1" "$2"; then
+      end="$(now_us)"
+      echo "$1 $2 $start $end $tag" >>"$tmp/windows"
+      awk -v s="$start" -v e="$end" -v c="$1" 'BEGIN { printf "%s %.6f\n", c, (e - s) / 1e6 }' >>"$tmp/times"
+      return 0
+    fi
+    echo "overhead.sh: a run of $1 failed (attempt $attempt):" >&2
+    sed 's/^/    /' "$tmp/failure" >&2
+    retried=$((retried + 1))
+  done
+  die "$1 failed twice; giving up"
 }
 
 cases=(a_builder a_docker a_builder1 b_parallel b_slowest b_docker b_docker_par)
@@ -135,8 +148,8 @@ sleep 0.3
 # Warm-up, not timed: page cache, the shared `cloudbuild` network, the engine's image lookup.
 echo "warm-up..." >&2
 tag="bench.warmup"
-submit "$one"
-docker_run true
+submit "$one" || { cat "$tmp/failure" >&2; die "the warm-up build failed"; }
+docker_run true || { cat "$tmp/failure" >&2; die "the warm-up docker run failed"; }
 
 bench_start="$(now_us)"
 for ((round = 1; round <= R; round++)); do
@@ -300,5 +313,6 @@ else
 fi
 others="$(docker ps -aq --filter "label=$LABEL" | grep -c . || true)"
 [ "$others" -eq 0 ] || echo "(note: $others builder-labelled containers of other builds exist on this engine, e.g. from concurrent tests)"
+[ "$retried" -eq 0 ] || echo "note: $retried failed run(s) were retried (see stderr); their times are not counted"
 echo "total benchmark time: $(calc '%.0f s' "($bench_end - $bench_start) / 1e6") (+ warm-up)"
 exit "$status"

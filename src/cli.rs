@@ -62,6 +62,9 @@ enum BuildsCommand {
     Log {
         /// Build id (or a unique prefix of it).
         id: String,
+        /// Follow the log of an unfinished build until it ends.
+        #[arg(long)]
+        stream: bool,
     },
 }
 
@@ -130,6 +133,12 @@ struct SubmitArgs {
     /// Print, sorted, the files that would be uploaded, and exit.
     #[arg(long)]
     list_files: bool,
+    /// Return once the build is checked and started; follow it with `builder builds log --stream ID`.
+    #[arg(long = "async")]
+    detach: bool,
+    /// The id to give the build (used by `--async` to hand a build to a background process).
+    #[arg(long, hide = true)]
+    build_id: Option<String>,
     /// Ignore file to use instead of SOURCE/.gcloudignore.
     #[arg(long, value_name = "FILE")]
     ignore_file: Option<PathBuf>,
@@ -269,11 +278,21 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
             BuildsCommand::Describe { id } => {
                 println!("{}", serde_json::to_string_pretty(&find(id).await?)?);
             }
-            BuildsCommand::Log { id } => {
+            BuildsCommand::Log { id, stream } => {
                 let build = find(id).await?;
                 let steps: Vec<Option<String>> = build.steps.iter().map(|s| s.id.clone()).collect();
-                for line in store.logs(&build.id, 0).await? {
-                    println!("{}: {}", step_label(&steps, line.step), line.text);
+                let mut seen = 0;
+                loop {
+                    // Read the status first: lines written before it was final are then all read.
+                    let finished = !stream || find(build.id.clone()).await?.status.is_final();
+                    for line in store.logs(&build.id, seen).await? {
+                        println!("{}: {}", step_label(&steps, line.step), line.text);
+                        seen = line.seq;
+                    }
+                    if finished {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
@@ -317,18 +336,10 @@ fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let request = submit::Request {
-        source: (!args.no_source).then_some(args.source),
-        ignore_file: args.ignore_file,
-        recipe: match args.tag {
-            Some(image) => submit::Recipe::Tag(image),
-            None => submit::Recipe::Config(args.config),
-        },
-        substitutions: args.substitutions.substitutions.unwrap_or_default(),
-        timeout: args.timeout,
-        secrets_dir: args.secrets_dir,
-        project_id: args.project,
-    };
+    if args.detach {
+        return submit_detached(args, data_dir);
+    }
+    let request = request_of(args);
     let prepared = match submit::prepare(request) {
         Ok(prepared) => prepared,
         Err(refused) => {
@@ -345,6 +356,60 @@ fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
         );
     }
     tokio::runtime::Runtime::new()?.block_on(run_locally(prepared, data_dir))
+}
+
+fn request_of(args: SubmitArgs) -> submit::Request {
+    submit::Request {
+        build_id: args.build_id,
+        source: (!args.no_source).then_some(args.source),
+        ignore_file: args.ignore_file,
+        recipe: match args.tag {
+            Some(image) => submit::Recipe::Tag(image),
+            None => submit::Recipe::Config(args.config),
+        },
+        substitutions: args.substitutions.substitutions.unwrap_or_default(),
+        timeout: args.timeout,
+        secrets_dir: args.secrets_dir,
+        project_id: args.project,
+    }
+}
+
+/// `--async`: checks the build here, then hands it to a background `builder submit` with the
+/// same arguments and a chosen build id, and returns.
+fn submit_detached(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    let build_id = uuid::Uuid::new_v4().to_string();
+    let arguments = std::env::args_os().skip(1).filter(|a| a != "--async");
+    command.args(arguments).args(["--build-id", &build_id]);
+    let check = submit::Request {
+        build_id: Some(build_id.clone()),
+        ..request_of(args)
+    };
+    if let Err(refused) = submit::prepare(check) {
+        eprintln!("{refused}");
+        return Ok(ExitCode::from(1));
+    }
+    let mut child = std::os::unix::process::CommandExt::process_group(&mut command, 0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the background build")?;
+    // "Created" means recorded: wait until the background process has written the record.
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let store = open_store(data_dir).await?;
+        while store.get_build(&build_id).await?.is_none() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("the background build ended before it started ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    })?;
+    eprintln!("Created build [{build_id}].");
+    eprintln!("Follow it with: builder builds log --stream {build_id}");
+    println!("{build_id}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a prepared build on the local engine, printing its log as Cloud Build does and recording

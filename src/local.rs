@@ -33,7 +33,15 @@ pub async fn run(
     while let Some(event) = received.recv().await {
         show(&event);
         match event {
-            Event::Line { step, stream, text } => lines.push((step, stream, text)),
+            Event::Line { step, stream, text } => {
+                lines.push((step, stream, text));
+                // Written as soon as the burst ends, so followers see lines live.
+                if received.is_empty() {
+                    store
+                        .append_logs(&build_id, &std::mem::take(&mut lines))
+                        .await?;
+                }
+            }
             Event::StepFinished { step, result } => {
                 store
                     .append_logs(&build_id, &std::mem::take(&mut lines))

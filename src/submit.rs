@@ -25,6 +25,8 @@ pub enum Recipe {
 }
 
 pub struct Request {
+    /// The build's id; a new one when `None`.
+    pub build_id: Option<String>,
     /// The source directory; `None` is `--no-source`.
     pub source: Option<PathBuf>,
     pub ignore_file: Option<PathBuf>,
@@ -72,7 +74,10 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
                 .into(),
         ));
     }
-    let build_id = uuid::Uuid::new_v4().to_string();
+    let build_id = request
+        .build_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let inputs = Inputs {
         context: Context::Manual,
         built_ins: Values::from([

@@ -268,3 +268,36 @@ fn invalid_configs_and_missing_secrets_are_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("set BUILDER_SECRET_ABSENT_PW"));
 }
+
+#[test]
+fn async_returns_at_once_and_the_log_can_be_followed() {
+    let data = TempDir::new().unwrap();
+    let dir = source(
+        "steps:\n- name: builder/busybox\n  script: |\n    echo first\n    sleep 1\n    echo second\n",
+        &[],
+    );
+    let out = builder(data.path())
+        .arg("submit")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(dir.path().join("cloudbuild.yaml"))
+        .arg("--async")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let log = builder(data.path())
+        .args(["builds", "log", "--stream", &id])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "Step #0: first\nStep #0: second\n"
+    );
+    assert_eq!(describe(data.path(), &id)["status"], "SUCCESS");
+    assert_eq!(leftovers(&id), "");
+}
