@@ -27,12 +27,19 @@ fn source(config: &str, files: &[(&str, &str)]) -> TempDir {
     dir
 }
 
-fn submit(data_dir: &Path, source: &Path, extra: &[&str]) -> std::process::Output {
-    builder(data_dir)
+/// `builder submit SOURCE --config SOURCE/cloudbuild.yaml`, ready for more arguments.
+fn submit_command(data_dir: &Path, source: &Path) -> Command {
+    let mut command = builder(data_dir);
+    command
         .arg("submit")
         .arg(source)
         .arg("--config")
-        .arg(source.join("cloudbuild.yaml"))
+        .arg(source.join("cloudbuild.yaml"));
+    command
+}
+
+fn submit(data_dir: &Path, source: &Path, extra: &[&str]) -> std::process::Output {
+    submit_command(data_dir, source)
         .args(extra)
         .output()
         .unwrap()
@@ -80,11 +87,7 @@ fn leftovers(id: &str) -> String {
 /// Starts a submit and reads its stdout until a step prints `ready`; returns the child and the
 /// build id.
 fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
-    let mut child = builder(data_dir)
-        .arg("submit")
-        .arg(source)
-        .arg("--config")
-        .arg(source.join("cloudbuild.yaml"))
+    let mut child = submit_command(data_dir, source)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -242,12 +245,8 @@ fn a_build_whose_process_died_is_cleaned_up_by_the_next_start() {
 fn an_unreachable_engine_says_what_to_run() {
     let data = TempDir::new().unwrap();
     let dir = source("steps:\n- name: builder/busybox\n", &[]);
-    let out = builder(data.path())
+    let out = submit_command(data.path(), dir.path())
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .arg("submit")
-        .arg(dir.path())
-        .arg("--config")
-        .arg(dir.path().join("cloudbuild.yaml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -276,14 +275,7 @@ fn async_returns_at_once_and_the_log_can_be_followed() {
         "steps:\n- name: builder/busybox\n  script: |\n    echo first\n    sleep 1\n    echo second\n",
         &[],
     );
-    let out = builder(data.path())
-        .arg("submit")
-        .arg(dir.path())
-        .arg("--config")
-        .arg(dir.path().join("cloudbuild.yaml"))
-        .arg("--async")
-        .output()
-        .unwrap();
+    let out = submit(data.path(), dir.path(), &["--async"]);
     assert!(
         out.status.success(),
         "{}",
