@@ -312,7 +312,7 @@ else
   echo "cleanup: none of the $builds builds of this benchmark left a labelled container, volume or network"
 fi
 others="$(docker ps -aq --filter "label=$LABEL" | grep -c . || true)"
-[ "$others" -eq 0 ] || echo "(note: $others builder-labelled containers of other builds exist on this engine, e.g. from concurrent tests)"
+[ "$others" -eq 0 ] || echo "(note: $others builder-labelled container(s) of other builds exist on this engine, e.g. from concurrent tests; not checked)"
 [ "$retried" -eq 0 ] || echo "note: $retried failed run(s) were retried (see stderr); their times are not counted"
 echo "total benchmark time: $(calc '%.0f s' "($bench_end - $bench_start) / 1e6") (+ warm-up)"
 exit "$status"

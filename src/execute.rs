@@ -288,7 +288,9 @@ async fn run_steps(
     let stop_steps = CancellationToken::new();
     let deadline = tokio::time::sleep(Duration::from_secs_f64(build.timeout));
     tokio::pin!(deadline);
-    let mut stopped: Option<(Stop, Option<usize>)> = None;
+    // A build cancelled while it was being prepared starts no step.
+    let mut stopped: Option<(Stop, Option<usize>)> =
+        cancel.is_cancelled().then_some((Stop::Cancelled, None));
     loop {
         if stopped.is_none() {
             for (i, step) in build.steps.iter().enumerate() {

@@ -143,7 +143,7 @@ impl Running {
         }
         let left = self.runtime.labelled(BUILD_LABEL, &self.id).await.unwrap();
         assert!(left.is_empty(), "build {} leaked {left:?}", self.id);
-        let named = docker(&["ps", "-aq", "--filter", &format!("name={}", self.id)]);
+        let named = docker(&["ps", "-aq", "--filter", &format!("name=-{}-", self.id)]);
         assert_eq!(named, "", "containers named after build {}", self.id);
         (outcome, std::mem::take(&mut self.seen))
     }
@@ -184,21 +184,18 @@ fn docker(args: &[&str]) -> String {
 
 /// The registry's `Docker-Content-Digest` for `repository:tag`, `None` when it has no such tag.
 fn registry_digest(repository: &str, tag: &str) -> Option<String> {
-    let output = Command::new("curl")
-        .args([
-            "-sfI",
-            "-H",
-            "Accept: application/vnd.docker.distribution.manifest.v2+json",
-        ])
-        .args([
-            "-H",
-            "Accept: application/vnd.docker.distribution.manifest.list.v2+json",
-        ])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .args(["-H", "Accept: application/vnd.oci.image.index.v1+json"])
-        .arg(format!("http://{REGISTRY}/v2/{repository}/manifests/{tag}"))
-        .output()
-        .expect("curl");
+    let mut curl = Command::new("curl");
+    curl.arg("-sfI");
+    for accepted in [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ] {
+        curl.args(["-H", &format!("Accept: {accepted}")]);
+    }
+    let url = format!("http://{REGISTRY}/v2/{repository}/manifests/{tag}");
+    let output = curl.arg(url).output().expect("curl");
     let headers = String::from_utf8_lossy(&output.stdout);
     headers.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
@@ -447,6 +444,17 @@ steps:
 }
 
 #[tokio::test]
+async fn a_build_cancelled_before_it_starts_runs_nothing() {
+    let yaml = "steps: [{name: builder/busybox, script: echo never}]\n";
+    let running = start("cancel-early", yaml, |_| {}).await;
+    running.cancel.cancel();
+    let (outcome, events) = running.finish().await;
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Queued]);
+    assert_eq!(events, []);
+}
+
+#[tokio::test]
 async fn secrets_are_masked() {
     let secret = "s3cr3t-Value-42";
     let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
@@ -468,8 +476,10 @@ steps:
     .await;
     let (outcome, events) = running.finish().await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?}");
-    let lines = lines(&events, 0);
-    assert_eq!(lines, ["plain: [MASKED]", "[MASKED]", "[MASKED]"]);
+    // Sorted: the engine does not order lines across stdout and stderr.
+    let mut lines = lines(&events, 0);
+    lines.sort();
+    assert_eq!(lines, ["[MASKED]", "[MASKED]", "plain: [MASKED]"]);
     let text = format!("{events:?}");
     assert!(!text.contains(secret) && !text.contains(&encoded), "{text}");
 }
