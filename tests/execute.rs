@@ -507,6 +507,11 @@ images: ['{image}']
     let digest = registry_digest(&repository, "t").expect("the registry has the image");
     assert_eq!(outcome.images[0].digest, digest);
     assert!(events.contains(&Event::Pushed(outcome.images[0].clone())));
+    let manifest = format!("http://{REGISTRY}/v2/{repository}/manifests/{digest}");
+    let deleted = Command::new("curl")
+        .args(["-sf", "-X", "DELETE", &manifest])
+        .status();
+    assert!(deleted.expect("curl").success(), "deleting {manifest}");
 }
 
 #[tokio::test]

@@ -242,8 +242,10 @@ pub trait ContainerRuntime: Send + Sync {
     ///
     /// Call it after [`start_container`](Self::start_container) returned (before that there is
     /// nothing to follow) and before removal; calling it after the container exited still yields
-    /// everything it wrote. The stream ends once the container has exited and its output is
-    /// drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the exit.
+    /// everything it wrote. Output arrives while the container runs, and none is lost at its end,
+    /// not even a last line without a newline. The stream ends once the container has exited and
+    /// its output is drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the
+    /// exit.
     fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
 
     /// Waits, without a time limit, until the started container is not running and returns its
