@@ -53,9 +53,11 @@ impl Masker {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut patterns: Vec<String> = Vec::new();
         for secret in secrets {
+            // `echo "$S" | base64` encodes a trailing newline too.
             for form in [
                 secret.trim_end_matches('\n').to_string(),
                 STANDARD.encode(secret),
+                STANDARD.encode(format!("{secret}\n")),
             ] {
                 if form.len() >= MIN_MASKED_LEN && !patterns.contains(&form) {
                     patterns.push(form);
@@ -107,6 +109,7 @@ mod tests {
         let masker = Masker::new(["hunter22", "ab", "line one\nline two"]).unwrap();
         assert_eq!(masker.mask("pw=hunter22!"), "pw=[MASKED]!");
         assert_eq!(masker.mask(&STANDARD.encode("hunter22")), MASK);
+        assert_eq!(masker.mask(&STANDARD.encode("hunter22\n")), MASK);
         assert_eq!(masker.mask("ab stays"), "ab stays");
         assert_eq!(masker.mask("> line two"), "> [MASKED]");
         assert_eq!(Masker::default().mask("plain"), "plain");
