@@ -228,7 +228,7 @@ awk '
     t = $1 + 0; w = window[$4]
     key = w SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; ids[w] = ids[w] " " $3 }
-    if ($2 == "create" || $2 == "start" || $2 == "die" || $2 == "destroy") ev[key, $2] = t
+    if ($2 ~ /^(create|extract-to-dir|start|die|destroy)$/) ev[key, $2] = t
   }
   END {
     for (w = 1; w <= n; w++) {
@@ -239,12 +239,14 @@ awk '
         m++; cr[m] = ev[key, "create"]; st[m] = ev[key, "start"]
         di[m] = ((key, "die") in ev) ? ev[key, "die"] : -1
         de[m] = ((key, "destroy") in ev) ? ev[key, "destroy"] : -1
+        up[m] = ((key, "extract-to-dir") in ev) ? ev[key, "extract-to-dir"] : -1
       }
       if (m == 0) continue
       # sort by creation (insertion sort; a handful of containers)
       for (i = 2; i <= m; i++) for (j = i; j > 1 && cr[j] < cr[j - 1]; j--) {
         x = cr[j]; cr[j] = cr[j - 1]; cr[j - 1] = x; x = st[j]; st[j] = st[j - 1]; st[j - 1] = x
         x = di[j]; di[j] = di[j - 1]; di[j - 1] = x; x = de[j]; de[j] = de[j - 1]; de[j - 1] = x
+        x = up[j]; up[j] = up[j - 1]; up[j - 1] = x
       }
       ms = 1e6; serial = c ~ /^a_/
       printf "%s setup %.1f\n", c, (cr[1] - ws[w]) / ms
@@ -252,6 +254,10 @@ awk '
       for (i = 1; i <= m; i++) {
         if (serial && i > 1 && de[i - 1] > 0) printf "%s gap %.1f\n", c, (cr[i] - de[i - 1]) / ms
         printf "%s create_start %.1f\n", c, (st[i] - cr[i]) / ms
+        if (up[i] > 0) {
+          printf "%s create_upload %.1f\n", c, (up[i] - cr[i]) / ms
+          printf "%s upload_start %.1f\n", c, (st[i] - up[i]) / ms
+        }
         if (di[i] > 0) printf "%s start_die %.1f\n", c, (di[i] - st[i]) / ms
         if (di[i] > 0 && de[i] > 0) printf "%s die_destroy %.1f\n", c, (de[i] - di[i]) / ms
         if (de[i] > last) last = de[i]
@@ -283,15 +289,18 @@ if [ -s "$tmp/phases" ]; then
   prow "run start -> first step's container created (per run)" setup
   prow "previous container destroyed -> next created (per step)" gap
   prow "created -> started (per step)" create_start
+  prow "  of which created -> files uploaded (builder)" create_upload
+  prow "  of which files uploaded -> started (builder)" upload_start
   prow "started -> died: the step itself (per step)" start_die
   prow "died -> destroyed (per step)" die_destroy
   prow "last container destroyed -> run end (per run)" teardown
   prow "first start -> last start (per run)" start_spread
   echo "setup: builder = process start, engine connect, build network + volumes, seed container;"
   echo "       docker run = CLI start + create request. gap: builder = next step scheduled, image"
-  echo "       inspect, create; docker run = CLI exit + next CLI start. created -> started includes"
-  echo "       network attach, volume mounts and runc. died -> destroyed: builder = wait, log drain,"
-  echo "       remove; docker run = the engine's auto-remove."
+  echo "       inspect, create; docker run = CLI exit + next CLI start. created -> started: builder's"
+  echo "       upload of the step's files (BUILDER_OUTPUT dir, script), then the engine's start: network"
+  echo "       attach, volume mounts, runc. died -> destroyed: builder = engine cleanup, wait, log drain,"
+  echo "       remove; docker run = engine cleanup and auto-remove."
 fi
 
 # --- leftovers -----------------------------------------------------------------------------------

@@ -643,10 +643,12 @@ async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<Pus
         context.emit(Event::Pushing {
             image: image.clone(),
         });
-        let digest = runtime
-            .push_image(image, None)
-            .await
-            .map_err(|e| format!("pushing {image}: {e}"))?;
+        let digest = runtime.push_image(image, None).await.map_err(|e| {
+            format!(
+                "{e}; check that the image's registry is running and reachable \
+                     (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
+            )
+        })?;
         let image = PushedImage {
             name: image.clone(),
             digest,

@@ -293,3 +293,28 @@ fn async_returns_at_once_and_the_log_can_be_followed() {
     assert_eq!(describe(data.path(), &id)["status"], "SUCCESS");
     assert_eq!(leftovers(&id), "");
 }
+
+#[test]
+fn an_unreachable_registry_fails_the_push_and_says_what_to_run() {
+    let data = TempDir::new().unwrap();
+    let image = "127.0.0.1:5999/unreachable/app:1";
+    let config = format!(
+        "steps:\n- name: gcr.io/cloud-builders/docker\n  args: [build, -t, '{image}', .]\nimages: ['{image}']\n"
+    );
+    let dir = source(&config, &[("Dockerfile", "FROM builder/busybox:latest\n")]);
+    let out = submit(data.path(), dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("scripts/dev-env.sh starts one on 127.0.0.1:5000"),
+        "{stdout}"
+    );
+    assert_eq!(
+        describe(data.path(), &build_id(&stdout))["status"],
+        "FAILURE"
+    );
+    Command::new("docker")
+        .args(["rmi", image])
+        .output()
+        .unwrap();
+}
