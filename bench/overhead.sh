@@ -4,7 +4,8 @@
 #   (a) an N-step build of trivial serial steps against the same N containers run by plain
 #       `docker run --rm` one after the other (the physical limit), as a ratio;
 #   (b) a build of M independent steps (`waitFor: ['-']`) that each `sleep S` against a build of
-#       that slowest single step alone, and against one plain `docker run ... sleep S`.
+#       that slowest single step alone, against one plain `docker run ... sleep S`, and against
+#       M such `docker run`s at once (what the engine itself makes of M simultaneous starts).
 #
 # Every case runs R times, interleaved (one run of each case per round, the order rotating each
 # round) so that drift on a shared machine spreads over all cases alike. `docker events` is
@@ -44,6 +45,7 @@ docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no local $IMAGE; run scrip
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/builder-bench.XXXXXX")"
 events_pid=""
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   if [ -n "$events_pid" ]; then kill "$events_pid" 2>/dev/null || true; wait "$events_pid" 2>/dev/null || true; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
@@ -70,7 +72,7 @@ printf "steps:\n- id: s0\n  name: %s\n  args: ['sleep', '%s']\n" "$IMAGE" "$S" >
 # --- running and timing --------------------------------------------------------------------------
 # Builds are recorded in the temp dir, not in the user's data dir.
 export BUILDER_DATA_DIR="$tmp/data"
-: >"$tmp/ids" >"$tmp/windows" >"$tmp/times"
+: >"$tmp/ids"; : >"$tmp/windows"; : >"$tmp/times"
 
 now_us() { local t="${EPOCHREALTIME/[.,]/}"; echo "$t"; }
 
@@ -278,12 +280,12 @@ phase() { # phase CASE PHASE: median over samples, or "-"
 if [ -s "$tmp/phases" ]; then
   echo
   echo "where the time goes (ms, medians; from \`docker events\` recorded during the runs)"
-  f='%-56s %8s %8s %8s %8s %8s\n'
-  printf "$f" "" "(a)" "(a)" "(b)" "(b)" "(b)"
-  printf "$f" "phase" "builder" "docker" "builder" "builder" "docker"
-  printf "$f" "" "serial" "run" "parallel" "1 step" "run x$M"
+  line() { printf '%-56s %8s %8s %8s %8s %8s\n' "$@"; }
+  line "" "(a)" "(a)" "(b)" "(b)" "(b)"
+  line "phase" "builder" "docker" "builder" "builder" "docker"
+  line "" "serial" "run" "parallel" "1 step" "run x$M"
   prow() {
-    printf "$f" "$1" "$(phase a_builder "$2")" "$(phase a_docker "$2")" \
+    line "$1" "$(phase a_builder "$2")" "$(phase a_docker "$2")" \
       "$(phase b_parallel "$2")" "$(phase b_slowest "$2")" "$(phase b_docker_par "$2")"
   }
   prow "run start -> first step's container created (per run)" setup
