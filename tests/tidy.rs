@@ -1,0 +1,48 @@
+//! The architecture's rules, checked on the source text: every module says what it owns, each
+//! outside engine is reached from exactly one module, and no debugging leftovers ship.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Crates that only one module may use, with that module.
+const OWNERS: &[(&str, &str)] = &[
+    ("bollard", "src/runtime/docker.rs"),
+    ("sqlx", "src/store.rs"),
+    ("granit_parser", "src/config/tree.rs"),
+];
+
+#[test]
+fn modules_follow_the_architecture() {
+    let mut problems = Vec::new();
+    for file in sources(Path::new("src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.to_string_lossy().replace('\\', "/");
+        if !text.starts_with("//!") {
+            problems.push(format!("{name}: does not start with a `//!` doc saying what it owns"));
+        }
+        for (krate, owner) in OWNERS {
+            if name != *owner && text.contains(&format!("{krate}::")) {
+                problems.push(format!("{name}: uses {krate}, which only {owner} may use"));
+            }
+        }
+        for leftover in ["dbg!(", "todo!(", "unimplemented!("] {
+            if text.contains(leftover) {
+                problems.push(format!("{name}: contains {leftover}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
