@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::build::Status;
-use crate::config::{self, Loaded, duration};
+use crate::config::{Loaded, duration};
 use crate::execute::Event;
 use crate::local;
 use crate::plan::{self, Context, Inputs};
@@ -216,10 +216,8 @@ fn resolve(args: &ResolveArgs) -> Result<ExitCode> {
 fn load(file: &Path) -> Result<Option<Loaded>> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
-    match config::load(&bytes) {
-        Ok(mut loaded) => {
-            let references = plan::check_templates(&loaded.config);
-            loaded.add(references);
+    match plan::load(&bytes) {
+        Ok(loaded) => {
             eprint!("{}", loaded.diagnostics.render(&name));
             Ok(Some(loaded))
         }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::model::{BuildConfig, SubstitutionOption, Volume};
 use crate::config::validate::{self, check_image, clean, clean_tags};
+use crate::config::{self, Loaded};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::substitute::{self, Values};
 
@@ -177,6 +178,14 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
         return Err(diagnostics);
     }
     Ok(build)
+}
+
+/// Loads a config as `builder config validate` judges it: parsed, decoded, validated, and its
+/// substitution templates checked. `Err` when the bytes are not a document at all.
+pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
+    let mut loaded = config::load(bytes)?;
+    loaded.add(check_templates(&loaded.config));
+    Ok(loaded)
 }
 
 /// The substitution problems a config has whatever values a build brings: references to keys that

@@ -162,8 +162,7 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
             (tag_config(image).into_bytes(), "--tag".to_string())
         }
     };
-    let mut loaded = config::load(&bytes).map_err(|d| Refused::Invalid(d.render(&file)))?;
-    loaded.add(plan::check_templates(&loaded.config));
+    let loaded = plan::load(&bytes).map_err(|d| Refused::Invalid(d.render(&file)))?;
     let rendered = loaded.diagnostics.render(&file);
     if loaded.diagnostics.has_errors() {
         return Err(Refused::Invalid(rendered));

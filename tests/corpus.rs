@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use builder::config;
 use builder::plan;
 
 const CORPUS: &str = "../shared/corpus/cloudbuild";
@@ -139,12 +138,8 @@ fn every_valid_corpus_config_validates_and_the_rest_are_rejected_with_a_location
 /// The rendered errors (not warnings) for a file, or `None` when it is valid.
 fn validate(path: &Path, name: &str) -> Option<String> {
     let bytes = std::fs::read(path).unwrap();
-    let diagnostics = match config::load(&bytes) {
-        Ok(mut loaded) => {
-            let references = plan::check_templates(&loaded.config);
-            loaded.add(references);
-            loaded.diagnostics
-        }
+    let diagnostics = match plan::load(&bytes) {
+        Ok(loaded) => loaded.diagnostics,
         Err(diagnostics) => diagnostics,
     };
     let errors: String = diagnostics
