@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::alias::Aliases;
 use crate::build::Status;
 use crate::config::{Loaded, duration};
 use crate::execute::Event;
@@ -30,6 +31,9 @@ pub struct Cli {
     /// Where builds are recorded (default: $XDG_DATA_HOME/builder or ~/.local/share/builder).
     #[arg(long, global = true, env = "BUILDER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Image aliases and registry mirrors over the shipped table (see builders/aliases.yaml).
+    #[arg(long, global = true, env = "BUILDER_ALIASES", value_name = "FILE")]
+    aliases: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,10 +156,11 @@ struct SubmitArgs {
 
 pub fn run(cli: Cli) -> ExitCode {
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
+    let aliases = || Aliases::load(cli.aliases.as_deref()).map_err(anyhow::Error::msg);
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
-        Command::Config(ConfigCommand::Resolve(args)) => resolve(&args),
-        Command::Submit(args) => submit(args, &data_dir),
+        Command::Config(ConfigCommand::Resolve(args)) => aliases().and_then(|a| resolve(&args, a)),
+        Command::Submit(args) => aliases().and_then(|a| submit(args, a, &data_dir)),
         Command::Builds(command) => builds(command, &data_dir),
     };
     match result {
@@ -180,7 +185,7 @@ fn validate(files: &[PathBuf]) -> Result<ExitCode> {
     })
 }
 
-fn resolve(args: &ResolveArgs) -> Result<ExitCode> {
+fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
     let Some(mut loaded) = load(&args.file)? else {
         return Ok(ExitCode::from(1));
     };
@@ -191,6 +196,7 @@ fn resolve(args: &ResolveArgs) -> Result<ExitCode> {
         context: args.context,
         built_ins: args.built_ins.iter().cloned().collect(),
         overrides: args.substitutions.substitutions.clone().unwrap_or_default(),
+        aliases,
     };
     match plan::resolve(&loaded.config, &inputs) {
         Ok(build) => {
@@ -325,7 +331,7 @@ fn step_label(ids: &[Option<String>], step: usize) -> String {
     }
 }
 
-fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
+fn submit(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCode> {
     if args.list_files {
         let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
         eprintln!("{}", listing.rules);
@@ -335,9 +341,9 @@ fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.detach {
-        return submit_detached(args, data_dir);
+        return submit_detached(args, aliases, data_dir);
     }
-    let request = request_of(args);
+    let request = request_of(args, aliases);
     let prepared = match submit::prepare(request) {
         Ok(prepared) => prepared,
         Err(refused) => {
@@ -356,8 +362,9 @@ fn submit(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
     tokio::runtime::Runtime::new()?.block_on(run_locally(prepared, data_dir))
 }
 
-fn request_of(args: SubmitArgs) -> submit::Request {
+fn request_of(args: SubmitArgs, aliases: Aliases) -> submit::Request {
     submit::Request {
+        aliases,
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
         ignore_file: args.ignore_file,
@@ -374,31 +381,48 @@ fn request_of(args: SubmitArgs) -> submit::Request {
 
 /// `--async`: checks the build here, then hands it to a background `builder submit` with the
 /// same arguments and a chosen build id, and returns.
-fn submit_detached(args: SubmitArgs, data_dir: &Path) -> Result<ExitCode> {
+fn submit_detached(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCode> {
     let mut command = std::process::Command::new(std::env::current_exe()?);
     let build_id = uuid::Uuid::new_v4().to_string();
     let arguments = std::env::args_os().skip(1).filter(|a| a != "--async");
     command.args(arguments).args(["--build-id", &build_id]);
     let check = submit::Request {
         build_id: Some(build_id.clone()),
-        ..request_of(args)
+        ..request_of(args, aliases)
     };
     if let Err(refused) = submit::prepare(check) {
         eprintln!("{refused}");
         return Ok(ExitCode::from(1));
     }
+    // The background process's own messages go to a file, shown if it fails to start.
+    let log_dir = data_dir.join("async");
+    std::fs::create_dir_all(&log_dir)?;
+    let log_path = log_dir.join(format!("{build_id}.log"));
     let mut child = std::os::unix::process::CommandExt::process_group(&mut command, 0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
         .spawn()
         .context("starting the background build")?;
     // "Created" means recorded: wait until the background process has written the record.
+    let failed_to_start = |why: String| {
+        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::anyhow!(
+            "the background build did not start ({why}):\n{}",
+            said.trim_end()
+        )
+    };
     tokio::runtime::Runtime::new()?.block_on(async {
         let store = open_store(data_dir).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while store.get_build(&build_id).await?.is_none() {
             if let Some(status) = child.try_wait()? {
-                anyhow::bail!("the background build ended before it started ({status})");
+                return Err(failed_to_start(status.to_string()));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(failed_to_start(
+                    "it did not record the build within 120 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -440,8 +464,12 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         async move {
             if interrupt().await {
                 interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("Cancelling build [{build_id}]…");
+                eprintln!("Cancelling build [{build_id}]… (again to quit at once)");
                 cancel.cancel();
+            }
+            if interrupt().await {
+                eprintln!("Quitting; the next `builder submit` removes what the build left.");
+                std::process::exit(130);
             }
         }
     });

@@ -1,6 +1,7 @@
 //! builder: runs Google Cloud Build configs on machines its users own.
 //! See ARCHITECTURE.md for the module map and the invariants.
 
+pub mod alias;
 pub mod build;
 pub mod cli;
 pub mod config;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, Status, StepResult};
 use crate::execute::{self, BUILD_LABEL, Event};
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, LogStream};
 use crate::store::{self, Store};
 use crate::submit::Prepared;
 
@@ -29,34 +29,14 @@ pub async fn run(
     store.start_build(&build_id).await?;
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let execution = tokio::spawn(execute::execute(runtime, run, events, cancel));
+    // A failing write must not abandon the build: its containers are only removed when
+    // `execute` runs to its end, so events are drained whatever happens to the record.
+    let mut recording: Result<(), store::Error> = Ok(());
     let mut lines = Vec::new();
     while let Some(event) = received.recv().await {
         show(&event);
-        match event {
-            Event::Line { step, stream, text } => {
-                lines.push((step, stream, text));
-                // Written as soon as the burst ends, so followers see lines live.
-                if received.is_empty() {
-                    store
-                        .append_logs(&build_id, &std::mem::take(&mut lines))
-                        .await?;
-                }
-            }
-            Event::StepFinished { step, result } => {
-                store
-                    .append_logs(&build_id, &std::mem::take(&mut lines))
-                    .await?;
-                store.update_step(&build_id, step, &result).await?;
-            }
-            Event::StepStarted { step } => {
-                let working = StepResult {
-                    status: Status::Working,
-                    start_time: Some(std::time::SystemTime::now()),
-                    ..StepResult::queued()
-                };
-                store.update_step(&build_id, step, &working).await?;
-            }
-            Event::Pushing { .. } | Event::Pushed(_) => {}
+        if recording.is_ok() {
+            recording = record(store, &build_id, event, &mut lines, received.is_empty()).await;
         }
     }
     let outcome = execution.await.unwrap_or_else(|e| Outcome {
@@ -65,9 +45,43 @@ pub async fn run(
         images: Vec::new(),
         failure: Some(format!("the build's task failed: {e}")),
     });
+    recording?;
     store.append_logs(&build_id, &lines).await?;
     store.finish_build(&build_id, &outcome).await?;
     Ok(outcome)
+}
+
+/// Writes what an event changes in the record. Log lines are written as soon as a burst of them
+/// ends (`idle`), so followers see them live.
+async fn record(
+    store: &Store,
+    build_id: &str,
+    event: Event,
+    lines: &mut Vec<(usize, LogStream, String)>,
+    idle: bool,
+) -> Result<(), store::Error> {
+    match event {
+        Event::Line { step, stream, text } => {
+            lines.push((step, stream, text));
+            if idle {
+                store.append_logs(build_id, &std::mem::take(lines)).await?;
+            }
+        }
+        Event::StepStarted { step } => {
+            let working = StepResult {
+                status: Status::Working,
+                start_time: Some(std::time::SystemTime::now()),
+                ..StepResult::queued()
+            };
+            store.update_step(build_id, step, &working).await?;
+        }
+        Event::StepFinished { step, result } => {
+            store.append_logs(build_id, &std::mem::take(lines)).await?;
+            store.update_step(build_id, step, &result).await?;
+        }
+        Event::Pushing { .. } | Event::Pushed(_) => {}
+    }
+    Ok(())
 }
 
 /// Closes builds left unfinished by a process that no longer runs: removes their containers,

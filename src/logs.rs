@@ -10,6 +10,10 @@ use base64::engine::general_purpose::STANDARD;
 pub const MIN_MASKED_LEN: usize = 4;
 pub const MASK: &str = "[MASKED]";
 
+/// The longest line kept whole: output without newlines (a progress bar, a binary) is cut into
+/// lines of this many bytes rather than held in memory.
+pub const MAX_LINE: usize = 256 * 1024;
+
 /// Joins byte frames into lines (without their `\n` or `\r\n`). Invalid UTF-8 is replaced.
 #[derive(Debug, Default)]
 pub struct LineAssembler {
@@ -21,7 +25,10 @@ impl LineAssembler {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         self.partial.extend_from_slice(bytes);
         let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return Vec::new();
+            if self.partial.len() < MAX_LINE {
+                return Vec::new();
+            }
+            return vec![line(&std::mem::take(&mut self.partial))];
         };
         let rest = self.partial.split_off(last_newline + 1);
         let complete = std::mem::replace(&mut self.partial, rest);
@@ -102,6 +109,10 @@ mod tests {
         assert_eq!(assembler.push(b"ld\n\nlast"), ["world", ""]);
         assert_eq!(assembler.finish(), Some("last".to_string()));
         assert_eq!(LineAssembler::default().finish(), None);
+        let mut long = LineAssembler::default();
+        assert_eq!(long.push(&vec![b'x'; MAX_LINE - 1]), Vec::<String>::new());
+        assert_eq!(long.push(b"yz").len(), 1);
+        assert_eq!(long.finish(), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::alias::Aliases;
 use crate::config::model::{BuildConfig, SubstitutionOption, Volume};
 use crate::config::validate::{self, check_image, clean, clean_tags};
 use crate::config::{self, Loaded};
@@ -39,6 +40,8 @@ pub struct Inputs {
     /// `--substitutions` of a manual build, or a trigger's `substitutions`: user keys, and for
     /// manual builds the overridable built-ins.
     pub overrides: Values,
+    /// Which image runs for each step's `name`.
+    pub aliases: Aliases,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,7 +67,10 @@ pub struct ResolvedBuild {
 pub struct ResolvedStep {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The image as the config names it (substituted).
     pub name: String,
+    /// The image that runs: `name` through the image aliases.
+    pub image: String,
     pub args: Vec<String>,
     /// The whole environment the container gets, `KEY=VALUE`, sorted by key; secrets excluded.
     pub env: Vec<String>,
@@ -173,7 +179,7 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
         dynamic_substitutions: dynamic,
         automap_substitutions: config.options.automap_substitutions,
     };
-    let build = build.finish(config, values, options, &mut diagnostics);
+    let build = build.finish(config, values, options, &inputs.aliases, &mut diagnostics);
     if diagnostics.has_errors() {
         return Err(diagnostics);
     }
@@ -183,7 +189,16 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
 /// Loads a config as `builder config validate` judges it: parsed, decoded, validated, and its
 /// substitution templates checked. `Err` when the bytes are not a document at all.
 pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
-    let mut loaded = config::load(bytes)?;
+    load_with(bytes, |_| {})
+}
+
+/// [`load`] with an adjustment of the decoded config before it is judged (see
+/// [`config::load_with`]).
+pub fn load_with(
+    bytes: &[u8],
+    adjust: impl FnOnce(&mut BuildConfig),
+) -> Result<Loaded, Diagnostics> {
+    let mut loaded = config::load_with(bytes, adjust)?;
     loaded.add(check_templates(&loaded.config));
     Ok(loaded)
 }
@@ -467,6 +482,7 @@ impl Draft {
         config: &BuildConfig,
         values: Values,
         options: ResolvedOptions,
+        aliases: &Aliases,
         diagnostics: &mut Diagnostics,
     ) -> ResolvedBuild {
         let root = FieldPath::root();
@@ -497,6 +513,7 @@ impl Draft {
                 });
                 ResolvedStep {
                     id: step.id.clone(),
+                    image: aliases.resolve(&draft.name).0,
                     name: draft.name,
                     args: draft.args,
                     env: environment(automap.then_some(&values), &self.global_env, &draft.env),

@@ -5,7 +5,8 @@
 //! 2. the file `<dir>/NAME/V` in the secrets directory;
 //! 3. the file `<dir>/NAME` (any version).
 //!
-//! The directory is `--secrets-dir` or `BUILDER_SECRETS_DIR`. Values are used byte for byte.
+//! The directory is `--secrets-dir` or `BUILDER_SECRETS_DIR`. Values are used byte for byte, and
+//! must be UTF-8 text (they become environment variables).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,16 +29,22 @@ pub fn resolve(
         let from_file = |path: &Path| {
             std::fs::read(path)
                 .ok()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map(|bytes| (path.to_path_buf(), bytes))
         };
-        let value = env(&variable).or_else(|| {
+        let value = env(&variable).map(Ok).or_else(|| {
             let dir = dir?;
-            from_file(&dir.join(name).join(version)).or_else(|| from_file(&dir.join(name)))
+            let (path, bytes) =
+                from_file(&dir.join(name).join(version)).or_else(|| from_file(&dir.join(name)))?;
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| format!("{} is not UTF-8 text", path.display())),
+            )
         });
         match value {
-            Some(value) => {
+            Some(Ok(value)) => {
                 values.insert(secret.env.clone(), value);
             }
+            Some(Err(problem)) => missing.push(problem),
             None => missing.push(format!(
                 "{} (for {}): set {variable} or write it to <secrets-dir>/{name}",
                 secret.version_name, secret.env
@@ -47,7 +54,7 @@ pub fn resolve(
     if missing.is_empty() {
         Ok(values)
     } else {
-        Err(format!("secrets not found: {}", missing.join("; ")))
+        Err(format!("secrets not usable: {}", missing.join("; ")))
     }
 }
 

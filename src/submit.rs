@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::alias::Aliases;
 use crate::config::{self, BuildConfig};
 use crate::diag::Diagnostics;
 use crate::execute::Run;
@@ -35,6 +36,7 @@ pub struct Request {
     pub timeout: Option<Duration>,
     pub secrets_dir: Option<PathBuf>,
     pub project_id: String,
+    pub aliases: Aliases,
 }
 
 /// A build ready to run. The workspace directory lives as long as this value.
@@ -86,11 +88,9 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
             ("LOCATION".to_string(), "local".to_string()),
         ]),
         overrides: request.substitutions.clone(),
+        aliases: request.aliases.clone(),
     };
-    let mut build = plan::resolve(config, &inputs).map_err(|d| invalid(&named, d))?;
-    if let Some(timeout) = request.timeout {
-        build.timeout = timeout.as_secs_f64();
-    }
+    let build = plan::resolve(config, &inputs).map_err(|d| invalid(&named, d))?;
     let secret_values = secrets::resolve(&build.secrets, request.secrets_dir.as_deref(), |key| {
         std::env::var(key).ok()
     })
@@ -162,7 +162,13 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
             (tag_config(image).into_bytes(), "--tag".to_string())
         }
     };
-    let loaded = plan::load(&bytes).map_err(|d| Refused::Invalid(d.render(&file)))?;
+    let timeout = request.timeout;
+    let loaded = plan::load_with(&bytes, |config| {
+        if timeout.is_some() {
+            config.timeout = timeout;
+        }
+    })
+    .map_err(|d| Refused::Invalid(d.render(&file)))?;
     let rendered = loaded.diagnostics.render(&file);
     if loaded.diagnostics.has_errors() {
         return Err(Refused::Invalid(rendered));

@@ -84,30 +84,35 @@ fn leftovers(id: &str) -> String {
         .to_string()
 }
 
-/// Starts a submit and reads its stdout until a step prints `ready`; returns the child and the
-/// build id.
+/// Starts a submit and reads its stdout until a step prints `ready` (within 60 s); returns the
+/// child and the build id.
 fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
     let mut child = submit_command(data_dir, source)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut id = String::new();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    // Reads to the end, so the child never blocks on a full pipe once nobody listens.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    let mut id = String::new();
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the step did not print `ready` within 60 s");
         if let Some(rest) = line.strip_prefix("starting build \"") {
             id = rest.trim_end_matches('"').to_string();
         }
-        if line.ends_with(": ready") || Instant::now() > deadline {
-            break;
+        if line.ends_with(": ready") {
+            return (child, id);
         }
     }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    assert!(!id.is_empty(), "the build never started");
-    (child, id)
 }
 
 const WAIT_FOREVER: &str =
@@ -282,6 +287,8 @@ fn async_returns_at_once_and_the_log_can_be_followed() {
         String::from_utf8_lossy(&out.stderr)
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status = describe(data.path(), &id)["status"].clone();
+    assert!(status == "QUEUED" || status == "WORKING", "{status}");
     let log = builder(data.path())
         .args(["builds", "log", "--stream", &id])
         .output()
@@ -317,4 +324,25 @@ fn an_unreachable_registry_fails_the_push_and_says_what_to_run() {
         .args(["rmi", image])
         .output()
         .unwrap();
+}
+
+#[test]
+fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
+    let data = TempDir::new().unwrap();
+    let dir = source(
+        "steps:\n- name: builder/busybox\n  args: ['true']\n  timeout: 2h\n",
+        &[],
+    );
+    let out = submit(data.path(), dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the default build timeout"));
+    let out = submit(data.path(), dir.path(), &["--timeout", "3h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = submit(data.path(), dir.path(), &["--timeout", "48h"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a build timeout is at most 24h"));
 }

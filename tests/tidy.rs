@@ -31,7 +31,9 @@ fn modules_follow_the_architecture() {
         let text = std::fs::read_to_string(&file).unwrap();
         let name = file.to_string_lossy().replace('\\', "/");
         if !text.starts_with("//!") {
-            problems.push(format!("{name}: does not start with a `//!` doc saying what it owns"));
+            problems.push(format!(
+                "{name}: does not start with a `//!` doc saying what it owns"
+            ));
         }
         for (krate, owner) in OWNERS {
             if name != *owner && text.contains(&format!("{krate}::")) {

@@ -18,7 +18,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         ));
     }
     if let Ok(seconds) = trimmed.parse::<f64>() {
-        return Ok(Duration::from_secs_f64(seconds));
+        return bounded(seconds).ok_or_else(invalid);
     }
     let mut total = 0f64;
     let mut rest = trimmed;
@@ -43,10 +43,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         total += number * scale;
         rest = &rest[unit_len..];
     }
-    if trimmed.is_empty() || !total.is_finite() || total > 1e12 {
+    if trimmed.is_empty() {
         return Err(invalid());
     }
-    Ok(Duration::from_secs_f64(total))
+    bounded(total).ok_or_else(invalid)
+}
+
+/// Seconds as a duration, unless they are not a number or absurdly large.
+fn bounded(seconds: f64) -> Option<Duration> {
+    (seconds <= 1e12)
+        .then(|| Duration::try_from_secs_f64(seconds).ok())
+        .flatten()
 }
 
 /// The API's seconds form: `600s`, `1.5s`.
@@ -77,7 +84,9 @@ mod tests {
 
     #[test]
     fn rejects_the_rest() {
-        for text in ["", "s", "10x", "-5s", "1d", "m5", "1.2.3s", "abc"] {
+        for text in [
+            "", "s", "10x", "-5s", "1d", "m5", "1.2.3s", "abc", "nan", "inf", "1e30", "1e30s",
+        ] {
             assert!(parse(text).is_err(), "{text}");
         }
         assert_eq!(format(Duration::from_secs(600)), "600s");

@@ -32,6 +32,15 @@ impl Loaded {
 /// Parses, decodes and validates a config's bytes. `Err` holds the diagnostics when the bytes are
 /// not a YAML or JSON document at all.
 pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
+    load_with(bytes, |_| {})
+}
+
+/// [`load`], with `adjust` applied to the decoded config before it is validated (a command-line
+/// override such as `--timeout` must be judged as if the file said it).
+pub fn load_with(
+    bytes: &[u8],
+    adjust: impl FnOnce(&mut BuildConfig),
+) -> Result<Loaded, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
@@ -57,7 +66,8 @@ pub fn load(bytes: &[u8]) -> Result<Loaded, Diagnostics> {
             return Err(diagnostics);
         }
     };
-    let config = decode::build_config(&tree, &mut diagnostics);
+    let mut config = decode::build_config(&tree, &mut diagnostics);
+    adjust(&mut config);
     // A root that is not a mapping is one error; the rules about its (absent) fields add nothing.
     if matches!(tree.value, tree::Value::Map(_)) {
         validate::validate(&config, &mut diagnostics);

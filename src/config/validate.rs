@@ -534,14 +534,20 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
 }
 
-/// `projects/*/secrets/*/versions/*`
+/// `projects/*/secrets/*/versions/*`, each `*` in Secret Manager's character set (which also
+/// keeps a secret's name from naming a path outside the local secrets directory).
 pub fn is_secret_version(name: &str) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
+    let is_id = |p: &&str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     parts.len() == 6
         && parts[0] == "projects"
         && parts[2] == "secrets"
         && parts[4] == "versions"
-        && parts.iter().all(|p| !p.is_empty())
+        && parts.iter().all(is_id)
 }
 
 fn env_keys(env: &[String]) -> BTreeSet<&str> {
