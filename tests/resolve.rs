@@ -1130,6 +1130,7 @@ fn inputs() -> impl Strategy<Value = Inputs> {
         },
         built_ins,
         overrides,
+        ..Inputs::default()
     })
 }
 

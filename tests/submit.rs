@@ -103,9 +103,12 @@ fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut id = String::new();
     loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the step did not print `ready` within 60 s");
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the step did not print `ready` within 60 s");
+        };
         if let Some(rest) = line.strip_prefix("starting build \"") {
             id = rest.trim_end_matches('"').to_string();
         }
