@@ -255,6 +255,7 @@ awk '
       last = 0; fs = st[1]; ls = st[1]
       for (i = 1; i <= m; i++) {
         if (serial && i > 1 && de[i - 1] > 0) printf "%s gap %.1f\n", c, (cr[i] - de[i - 1]) / ms
+        if (serial && i > 1 && de[i - 1] > 0) printf "%s gap_start %.1f\n", c, (st[i] - de[i - 1]) / ms
         printf "%s create_start %.1f\n", c, (st[i] - cr[i]) / ms
         if (up[i] > 0) {
           printf "%s create_upload %.1f\n", c, (up[i] - cr[i]) / ms
@@ -290,6 +291,7 @@ if [ -s "$tmp/phases" ]; then
   }
   prow "run start -> first step's container created (per run)" setup
   prow "previous container destroyed -> next created (per step)" gap
+  prow "previous container destroyed -> next started (per step)" gap_start
   prow "created -> started (per step)" create_start
   prow "  of which created -> files uploaded (builder)" create_upload
   prow "  of which files uploaded -> started (builder)" upload_start
@@ -299,10 +301,11 @@ if [ -s "$tmp/phases" ]; then
   prow "first start -> last start (per run)" start_spread
   echo "setup: builder = process start, engine connect, build network + volumes, seed container;"
   echo "       docker run = CLI start + create request. gap: builder = next step scheduled, image"
-  echo "       inspect, create; docker run = CLI exit + next CLI start. created -> started: builder's"
-  echo "       upload of the step's files (BUILDER_OUTPUT dir, script), then the engine's start: network"
-  echo "       attach, volume mounts, runc. died -> destroyed: builder = engine cleanup, wait, log drain,"
-  echo "       remove; docker run = engine cleanup and auto-remove."
+  echo "       inspect, create (negative: builder creates the next container while the previous"
+  echo "       step runs); docker run = CLI exit + next CLI start. created -> started: builder's upload"
+  echo "       of a script step's file, then (serial: after waiting for the previous step) the engine's"
+  echo "       start: network attach, volume mounts, runc. died -> destroyed: builder = engine cleanup,"
+  echo "       wait, log drain, remove; docker run = engine cleanup and auto-remove."
 fi
 
 # --- leftovers -----------------------------------------------------------------------------------

@@ -39,8 +39,6 @@ struct Rule {
 pub struct Aliases {
     aliases: Vec<Rule>,
     mirrors: Vec<Rule>,
-    /// Where the user's part came from, for messages.
-    source: Option<String>,
 }
 
 /// How a written image name became the image that runs.
@@ -56,19 +54,16 @@ impl Aliases {
     /// The shipped table, with the user's file (if any) over it.
     pub fn load(user_file: Option<&Path>) -> Result<Aliases, String> {
         let mut table = parse(DEFAULT_TABLE, "the default alias table")?;
-        let mut source = None;
         if let Some(path) = user_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the alias file {}: {e}", path.display()))?;
             let user = parse(&text, &path.display().to_string())?;
             table.aliases.extend(user.aliases);
             table.mirrors.extend(user.mirrors);
-            source = Some(path.display().to_string());
         }
         Ok(Aliases {
             aliases: rules(&table.aliases)?,
             mirrors: rules(&table.mirrors)?,
-            source,
         })
     }
 
@@ -82,15 +77,6 @@ impl Aliases {
             return (image, Via::Mirror(rule.pattern.clone()));
         }
         (written.to_string(), Via::Written)
-    }
-
-    /// Where a user changes the table, for messages about images that cannot be found.
-    pub fn setting(&self) -> String {
-        match &self.source {
-            Some(file) => format!("the alias file {file} (--aliases / BUILDER_ALIASES)"),
-            None => "an alias file (--aliases FILE or BUILDER_ALIASES; see builders/aliases.yaml)"
-                .into(),
-        }
     }
 }
 
@@ -160,7 +146,6 @@ mod tests {
         Aliases {
             aliases: rules(&file.aliases).unwrap(),
             mirrors: rules(&file.mirrors).unwrap(),
-            source: None,
         }
     }
 
@@ -230,7 +215,6 @@ mod tests {
             user.resolve("gcr.io/cloud-builders/docker").0,
             "my/docker:1"
         );
-        assert!(user.setting().contains("aliases.yaml"));
         std::fs::write(&file, "alias: {}\n").unwrap();
         assert!(
             Aliases::load(Some(&file))

@@ -1,6 +1,7 @@
 //! Runs a [`ResolvedBuild`] as Cloud Build does (spec §3, §5–7): each step is a container over
 //! one shared `/workspace`, started as soon as the steps it waits for are done, so independent
-//! steps run at once; then the `images:` are pushed and their digests recorded.
+//! steps run at once (and created while those run, so that only the start is left); then the
+//! `images:` are pushed and their digests recorded.
 //!
 //! A failing step, a timeout or a cancel is an outcome, not an error: it becomes the build's
 //! status. Whatever happens, every container, volume and network of the build is removed at the
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +36,10 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// The network Cloud Build steps can name in nested `docker build --network=cloudbuild`.
 const SHARED_NETWORK: &str = "cloudbuild";
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// How many steps may have their container created ahead of their start at once: enough to hide
+/// creation behind the running steps, few enough that a long build does not create all its
+/// containers up front.
+const CREATE_AHEAD: usize = 2;
 
 /// One build to run.
 pub struct Run {
@@ -134,6 +140,11 @@ impl StepContext {
         format!("builder-{}-{what}", self.build_id)
     }
 
+    /// The container of step `index`, created and started by different tasks.
+    fn step_name(&self, index: usize) -> String {
+        self.name(&format!("step-{index}"))
+    }
+
     fn labels(&self, step: Option<usize>) -> Labels {
         let mut labels = Labels::from([(BUILD_LABEL.to_string(), self.build_id.clone())]);
         if let Some(step) = step {
@@ -149,11 +160,31 @@ impl StepContext {
 }
 
 /// Creates the build's network and volumes, makes every volume writable by any user and fills
-/// `/workspace`.
+/// `/workspace`. The networks are created meanwhile: nothing before the first step needs them.
 async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
+    let networks = async {
+        let labels = context.labels(None);
+        let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
+        context
+            .runtime
+            .create_network(SHARED_NETWORK, &shared)
+            .await?;
+        context
+            .runtime
+            .create_network(&context.name("network"), &labels)
+            .await
+    };
+    // Both run to their end even when one fails: a container request dropped in flight could
+    // still create its container after the sweep has looked.
+    let (networks, volumes) = tokio::join!(networks, prepare_volumes(context, run));
+    networks.map_err(|e| format!("preparing the build: {e}"))?;
+    volumes
+}
+
+/// Creates the build's volumes, makes every one writable by any user and fills `/workspace`.
+async fn prepare_volumes(context: &StepContext, run: &Run) -> Result<(), String> {
     let runtime = &context.runtime;
     let labels = context.labels(None);
-    let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
     // Each build volume, and where the seed container mounts it.
     let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
     let volumes: BTreeMap<String, String> = [
@@ -163,21 +194,12 @@ async fn prepare(context: &StepContext, run: &Run) -> Result<(), String> {
     .into_iter()
     .chain(user_volumes.map(|v| (user_volume(&v.name), format!("/builder/volumes/{}", v.name))))
     .collect();
-    let setup = async {
-        runtime.create_network(SHARED_NETWORK, &shared).await?;
+    for volume in volumes.keys() {
         runtime
-            .create_network(&context.name("network"), &labels)
-            .await?;
-        for volume in volumes.keys() {
-            runtime
-                .create_volume(&context.name(volume), &labels)
-                .await?;
-        }
-        Ok::<(), RuntimeError>(())
-    };
-    setup
-        .await
-        .map_err(|e| format!("preparing the build: {e}"))?;
+            .create_volume(&context.name(volume), &labels)
+            .await
+            .map_err(|e| format!("preparing the build: {e}"))?;
+    }
     let archive = seed_archive(run.workspace.as_deref(), volumes.values())
         .map_err(|e| format!("packing the workspace: {e}"))?;
     // The engine copies files into a volume only through a container that mounts it; it is
@@ -216,8 +238,8 @@ async fn seed_image(
     build: &ResolvedBuild,
 ) -> Result<Option<String>, RuntimeError> {
     for step in &build.steps {
-        match context.runtime.ensure_image(&step.name, None).await {
-            Ok(_) => return Ok(Some(step.name.clone())),
+        match context.runtime.ensure_image(&step.image, None).await {
+            Ok(_) => return Ok(Some(step.image.clone())),
             Err(RuntimeError::ImageNotFound { .. }) => continue,
             Err(e) => return Err(e),
         }
@@ -277,6 +299,10 @@ enum Stop {
 }
 
 /// Starts every step whose dependencies are done, until all are done or the build stops.
+///
+/// A step whose dependencies have all started (up to [`CREATE_AHEAD`] such steps at a time) gets
+/// its container created meanwhile, so that it only has to be started once they are done. The
+/// containers of steps that then never start are left to the build's final sweep.
 async fn run_steps(
     context: &Arc<StepContext>,
     build: &ResolvedBuild,
@@ -285,6 +311,10 @@ async fn run_steps(
     let mut results: Vec<StepResult> = build.steps.iter().map(|_| StepResult::queued()).collect();
     let mut started = vec![false; build.steps.len()];
     let mut running = JoinSet::new();
+    // Every creation task, awaited before returning, so that none creates a container after the
+    // sweep has looked; and the creations made ahead, by step, until their step starts.
+    let mut creating = JoinSet::new();
+    let mut ahead: BTreeMap<usize, Creation> = BTreeMap::new();
     let stop_steps = CancellationToken::new();
     let deadline = tokio::time::sleep(Duration::from_secs_f64(build.timeout));
     tokio::pin!(deadline);
@@ -301,9 +331,27 @@ async fn run_steps(
                 if !started[i] && ready {
                     started[i] = true;
                     results[i].status = Status::Working;
+                    let creation = ahead.remove(&i).unwrap_or_else(|| {
+                        create_step(&mut creating, context, i, step, false, &stop_steps)
+                    });
                     let (context, step, token) =
                         (context.clone(), step.clone(), stop_steps.clone());
-                    running.spawn(async move { (i, run_step(&context, i, &step, token).await) });
+                    running.spawn(async move {
+                        (i, run_step(&context, i, &step, creation, token).await)
+                    });
+                }
+            }
+            // Every step not started now waits for a dependency that is not done yet.
+            for (i, step) in build.steps.iter().enumerate() {
+                if ahead.len() >= CREATE_AHEAD {
+                    break;
+                }
+                if !started[i]
+                    && !ahead.contains_key(&i)
+                    && step.dependencies.iter().all(|&d| started[d])
+                {
+                    let creation = create_step(&mut creating, context, i, step, true, &stop_steps);
+                    ahead.insert(i, creation);
                 }
             }
         }
@@ -336,6 +384,8 @@ async fn run_steps(
             }
         }
     }
+    // The build has stopped (or every step started), so these end promptly.
+    while creating.join_next().await.is_some() {}
     conclude(build, results, stopped)
 }
 
@@ -419,6 +469,7 @@ async fn run_step(
     context: &StepContext,
     index: usize,
     step: &ResolvedStep,
+    creation: Creation,
     stop: CancellationToken,
 ) -> StepResult {
     let mut result = StepResult {
@@ -427,11 +478,11 @@ async fn run_step(
         ..StepResult::queued()
     };
     context.emit(Event::StepStarted { step: index });
-    let name = context.name(&format!("step-{index}"));
+    let name = context.step_name(index);
     let mut output = None;
     let ended = tokio::select! {
-        ended = start_and_wait(context, index, step, &name, &mut output) => ended,
-        () = stop.cancelled() => Err((Status::Cancelled, "stopped because the build stopped".to_string())),
+        ended = start_and_wait(context, index, step, &name, creation, &stop, &mut output) => ended,
+        () = stop.cancelled() => Err(stopped()),
     };
     if ended.is_err() {
         // Stopping is safe whatever state the container reached.
@@ -466,7 +517,128 @@ async fn run_step(
     result
 }
 
-/// Pulls the image, creates and starts the container, starts streaming its output (into
+/// The image a step's container was created from.
+struct Created {
+    image_id: String,
+    digest: Option<String>,
+}
+
+/// How a step's container was created (`None`: not created ahead, because its image is not
+/// local yet), or why the step failed.
+type Creation = oneshot::Receiver<Result<Option<Created>, (Status, String)>>;
+
+fn stopped() -> (Status, String) {
+    (
+        Status::Cancelled,
+        "stopped because the build stopped".to_string(),
+    )
+}
+
+/// How a runtime error ends a step: a missing image is the config's failure, the rest ours.
+fn step_error(e: RuntimeError) -> (Status, String) {
+    match e {
+        RuntimeError::ImageNotFound { .. } => (
+            Status::Failure,
+            format!(
+                "{e}; to run a local image instead, map the name with an image alias \
+                 (--aliases FILE or BUILDER_ALIASES, over builders/aliases.yaml)"
+            ),
+        ),
+        e => (Status::InternalError, e.to_string()),
+    }
+}
+
+/// Spawns, into `creating`, the creation of step `index`'s container (see [`create`]).
+fn create_step(
+    creating: &mut JoinSet<()>,
+    context: &Arc<StepContext>,
+    index: usize,
+    step: &ResolvedStep,
+    ahead: bool,
+    stop: &CancellationToken,
+) -> Creation {
+    let (sender, creation) = oneshot::channel();
+    let (context, step, stop) = (context.clone(), step.clone(), stop.clone());
+    creating.spawn(async move {
+        let _ = sender.send(create(&context, index, &step, ahead, &stop).await);
+    });
+    creation
+}
+
+/// The creation half of a step: its image (pulled if need be), its container and its script.
+/// Ahead of the step's turn, only an image that is already local is used: an earlier step may
+/// be about to build it (`docker build -t app` then `name: app`), and must not be pre-empted by
+/// a pull.
+async fn create(
+    context: &StepContext,
+    index: usize,
+    step: &ResolvedStep,
+    ahead: bool,
+    stop: &CancellationToken,
+) -> Result<Option<Created>, (Status, String)> {
+    let runtime = &context.runtime;
+    let image = if ahead {
+        match runtime.local_image(&step.image).await.map_err(step_error)? {
+            Some(image) => image,
+            None => return Ok(None),
+        }
+    } else {
+        // A pull may take long and is safe to abandon. The container requests are not: one
+        // dropped in flight may still create the container, unseen by the step's removal.
+        tokio::select! {
+            image = runtime.ensure_image(&step.image, None) => image.map_err(step_error)?,
+            () = stop.cancelled() => return Err(stopped()),
+        }
+    };
+    let name = context.step_name(index);
+    let spec = container_spec(context, index, step, &name);
+    runtime.create_container(&spec).await.map_err(step_error)?;
+    if let Some(script) = &step.script {
+        let archive =
+            script_file(index, script).map_err(|e| (Status::InternalError, e.to_string()))?;
+        runtime
+            .upload(&name, "/", archive)
+            .await
+            .map_err(step_error)?;
+    }
+    Ok(Some(Created {
+        image_id: image.id,
+        digest: image.digest,
+    }))
+}
+
+/// The container made ahead for a step, if it is still made from the image the step's name
+/// now stands for; otherwise (none was made, or an earlier step rebuilt the image) a new one.
+async fn created_for_start(
+    context: &StepContext,
+    index: usize,
+    step: &ResolvedStep,
+    creation: Creation,
+    stop: &CancellationToken,
+) -> Result<Created, (Status, String)> {
+    let lost = || {
+        (
+            Status::InternalError,
+            "the task creating the step's container failed".to_string(),
+        )
+    };
+    let runtime = &context.runtime;
+    if let Some(created) = creation.await.unwrap_or_else(|_| Err(lost()))? {
+        let current = runtime.local_image(&step.image).await.map_err(step_error)?;
+        if current.is_some_and(|image| image.id == created.image_id) {
+            return Ok(created);
+        }
+        runtime
+            .remove_container(&context.step_name(index))
+            .await
+            .map_err(step_error)?;
+    }
+    create(context, index, step, false, stop)
+        .await?
+        .ok_or_else(lost)
+}
+
+/// Waits for the step's container to be created, starts it, starts streaming its output (into
 /// `output`, which the caller awaits), and waits for its exit code within the step's timeout.
 /// Returns the exit code and the builder image's digest.
 async fn start_and_wait(
@@ -474,23 +646,13 @@ async fn start_and_wait(
     index: usize,
     step: &ResolvedStep,
     name: &str,
+    creation: Creation,
+    stop: &CancellationToken,
     output: &mut Option<JoinHandle<()>>,
 ) -> Result<(i64, Option<String>), (Status, String)> {
     let runtime = &context.runtime;
-    let failed = |e: RuntimeError| match e {
-        RuntimeError::ImageNotFound { .. } => (Status::Failure, e.to_string()),
-        e => (Status::InternalError, e.to_string()),
-    };
-    let image = runtime
-        .ensure_image(&step.name, None)
-        .await
-        .map_err(failed)?;
-    let spec = container_spec(context, index, step, name);
-    runtime.create_container(&spec).await.map_err(failed)?;
-    let archive = step_files(index, step.script.as_deref())
-        .map_err(|e| (Status::InternalError, e.to_string()))?;
-    runtime.upload(name, "/", archive).await.map_err(failed)?;
-    runtime.start_container(name).await.map_err(failed)?;
+    let created = created_for_start(context, index, step, creation, stop).await?;
+    runtime.start_container(name).await.map_err(step_error)?;
     // Forwarded while the step runs, so its lines are seen live, even if it is stopped.
     *output = Some(tokio::spawn(forward_output(context, index, name)));
     let waited = match step.timeout {
@@ -506,8 +668,8 @@ async fn start_and_wait(
         }
         None => Ok(runtime.wait_container(name).await),
     };
-    let code = waited?.map_err(failed)?;
-    Ok((code, image.digest))
+    let code = waited?.map_err(step_error)?;
+    Ok((code, created.digest))
 }
 
 /// Where a step's `script` is written in its container.
@@ -515,27 +677,23 @@ fn script_path(index: usize) -> String {
     format!("/builder/scripts/step-{index}")
 }
 
-/// Files a step's container gets before it starts, as a tar for `/`: the `$BUILDER_OUTPUT`
-/// directory, writable by any user, and the step's script as an executable file (without a
-/// shebang it runs with `/bin/sh`, as on Cloud Build).
-fn step_files(index: usize, script: Option<&str>) -> io::Result<Vec<u8>> {
+/// The step's script as a tar for `/` holding one executable file (without a shebang it runs
+/// with `/bin/sh`, as on Cloud Build).
+fn script_file(index: usize, script: &str) -> io::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
-    append_dir(&mut archive, BUILDER_OUTPUT)?;
-    if let Some(script) = script {
-        let body = if script.starts_with("#!") {
-            script.to_string()
-        } else {
-            format!("#!/bin/sh\n{script}")
-        };
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o755);
-        header.set_size(body.len() as u64);
-        archive.append_data(
-            &mut header,
-            script_path(index).trim_start_matches('/'),
-            body.as_bytes(),
-        )?;
-    }
+    let body = if script.starts_with("#!") {
+        script.to_string()
+    } else {
+        format!("#!/bin/sh\n{script}")
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o755);
+    header.set_size(body.len() as u64);
+    archive.append_data(
+        &mut header,
+        script_path(index).trim_start_matches('/'),
+        body.as_bytes(),
+    )?;
     archive.into_inner()
 }
 
@@ -551,6 +709,12 @@ fn container_spec(
         Mount {
             source: MountSource::Bind(PathBuf::from(DOCKER_SOCKET)),
             target: DOCKER_SOCKET.to_string(),
+        },
+        // Writable by any user, like /tmp. The mount adds nothing measurable to the start, where
+        // uploading the directory into the created container cost ~50 ms a step.
+        Mount {
+            source: MountSource::Tmpfs { mode: 0o1777 },
+            target: BUILDER_OUTPUT.to_string(),
         },
     ];
     mounts.extend(
@@ -571,7 +735,7 @@ fn container_spec(
     };
     ContainerSpec {
         name: name.to_string(),
-        image: step.name.clone(),
+        image: step.image.clone(),
         entrypoint,
         args: step.args.clone(),
         env,

@@ -514,6 +514,33 @@ images: ['{image}']
     assert!(deleted.expect("curl").success(), "deleting {manifest}");
 }
 
+/// A step may run an image an earlier step built (spec §2.2), also when an older image of the
+/// same name is already local: the step must run the new one.
+#[tokio::test]
+async fn a_step_runs_the_image_an_earlier_step_built() {
+    let id = unique("built-image");
+    let image = format!("builder-test/{id}:latest");
+    for (round, expected) in [("first", "first"), ("second", "second")] {
+        let yaml = format!(
+            r#"
+steps:
+- name: builder/busybox
+  script: printf 'FROM builder/busybox:latest\nCMD ["echo", "{round}"]\n' > Dockerfile
+- name: gcr.io/cloud-builders/docker
+  args: [build, -q, -t, '{image}', .]
+- name: '{image}'
+"#
+        );
+        let (outcome, events) = run("built-image", &yaml).await;
+        assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+        let printed = events
+            .iter()
+            .any(|e| matches!(e, Event::Line { step: 2, text, .. } if text == expected));
+        assert!(printed, "step 2 did not print {expected:?}: {events:?}");
+    }
+    docker(&["rmi", &image]);
+}
+
 #[tokio::test]
 async fn images_never_built_fail_the_build() {
     let missing = format!("{REGISTRY}/test/{}:t", unique("never-built"));
@@ -546,6 +573,27 @@ steps:
         "{failure}"
     );
     assert_eq!(statuses(&outcome), [Status::Failure, Status::Queued]);
+}
+
+/// The second step's container is created while the first runs; its missing image is reported
+/// when it would start, as its own failure.
+#[tokio::test]
+async fn a_later_step_with_a_missing_image_fails_when_it_starts() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: sleep 1; echo first
+- name: localhost:5000/does-not-exist:1
+"#;
+    let (outcome, events) = run("missing-image-later", yaml).await;
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    assert_eq!(statuses(&outcome), [Status::Success, Status::Failure]);
+    assert_eq!(lines(&events, 0), ["first"]);
+    let failure = outcome.failure.clone().unwrap_or_default();
+    assert!(
+        failure.starts_with(r#"build step 1 "localhost:5000/does-not-exist:1" failed:"#),
+        "{failure}"
+    );
 }
 
 #[tokio::test]

@@ -318,6 +318,28 @@ async fn a_non_root_step_writes_into_a_workspace_seeded_through_its_parent() {
     harness.assert_no_leaks().await;
 }
 
+#[tokio::test]
+async fn a_tmpfs_mount_is_empty_has_its_mode_and_is_writable_by_any_user() {
+    let harness = Harness::new("tmpfs").await;
+    let mut step = harness.spec(
+        "step",
+        &[
+            "sh",
+            "-c",
+            "ls -A /out; stat -c '%a' /out; echo x > /out/f && cat /out/f",
+        ],
+    );
+    step.user = Some("65534".to_owned());
+    step.mounts = vec![Mount {
+        source: MountSource::Tmpfs { mode: 0o1777 },
+        target: "/out".to_owned(),
+    }];
+    let output = harness.run(&step).await;
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(output.stdout, "1777\nx\n");
+    harness.assert_no_leaks().await;
+}
+
 /// Pins the engine behaviour that `ContainerRuntime::upload` documents: the mode of an archive's
 /// `./` entry is not applied to the target directory.
 #[tokio::test]

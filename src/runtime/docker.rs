@@ -24,8 +24,8 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, MountVolumeOptions,
-    NetworkCreateRequest, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, Mount as DockerMount, MountTmpfsOptions, MountType,
+    MountVolumeOptions, NetworkCreateRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
@@ -290,7 +290,7 @@ impl ContainerRuntime for DockerRuntime {
                 let (typ, source, volume_options) = match &mount.source {
                     MountSource::Volume(volume) => (
                         MountType::VOLUME,
-                        volume.clone(),
+                        Some(volume.clone()),
                         // Should the volume not exist, the engine creates it; with these labels
                         // the sweep still finds it. `no_copy`: the engine would otherwise fill an
                         // empty volume from the image at start and give its root the owner and
@@ -308,14 +308,23 @@ impl ContainerRuntime for DockerRuntime {
                                 spec.name
                             ))
                         })?;
-                        (MountType::BIND, path.to_owned(), None)
+                        (MountType::BIND, Some(path.to_owned()), None)
                     }
+                    MountSource::Tmpfs { .. } => (MountType::TMPFS, None, None),
+                };
+                let tmpfs_options = match mount.source {
+                    MountSource::Tmpfs { mode } => Some(MountTmpfsOptions {
+                        mode: Some(i64::from(mode)),
+                        ..Default::default()
+                    }),
+                    _ => None,
                 };
                 Ok(DockerMount {
                     target: Some(mount.target.clone()),
-                    source: Some(source),
+                    source,
                     typ: Some(typ),
                     volume_options,
+                    tmpfs_options,
                     ..Default::default()
                 })
             })
@@ -447,34 +456,19 @@ impl ContainerRuntime for DockerRuntime {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(name, Some(options)).await {
-            Err(error) if !has_status(&error, 404) => Err(engine_error(
-                format_args!("removing container {name:?}"),
-                error,
-            )),
-            _ => Ok(()),
-        }
+        let removed = self.docker.remove_container(name, Some(options)).await;
+        gone(removed, format_args!("removing container {name:?}"))
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         let options = RemoveVolumeOptionsBuilder::default().build();
-        match self.docker.remove_volume(name, Some(options)).await {
-            Err(error) if !has_status(&error, 404) => Err(engine_error(
-                format_args!("removing volume {name:?}"),
-                error,
-            )),
-            _ => Ok(()),
-        }
+        let removed = self.docker.remove_volume(name, Some(options)).await;
+        gone(removed, format_args!("removing volume {name:?}"))
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_network(name).await {
-            Err(error) if !has_status(&error, 404) => Err(engine_error(
-                format_args!("removing network {name:?}"),
-                error,
-            )),
-            _ => Ok(()),
-        }
+        let removed = self.docker.remove_network(name).await;
+        gone(removed, format_args!("removing network {name:?}"))
     }
 
     async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
@@ -750,6 +744,15 @@ fn sorted(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut names: Vec<_> = names.collect();
     names.sort();
     names
+}
+
+/// A removal's result: removing what is already gone (404) is success, so removals are
+/// idempotent.
+fn gone(removed: Result<(), BollardError>, context: impl fmt::Display) -> Result<(), RuntimeError> {
+    match removed {
+        Err(error) if !has_status(&error, 404) => Err(engine_error(context, error)),
+        _ => Ok(()),
+    }
 }
 
 fn has_status(error: &BollardError, status: u16) -> bool {

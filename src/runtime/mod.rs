@@ -69,6 +69,10 @@ pub enum MountSource {
     Volume(String),
     /// An existing host path (a directory, or a socket such as `/var/run/docker.sock`).
     Bind(PathBuf),
+    /// A new, empty in-memory filesystem private to the container and gone with it, its root
+    /// directory with permission bits `mode` (e.g. `0o1777`). The engine mounts it `noexec`,
+    /// `nosuid` and `nodev`, with no size limit beyond its default (half the host's memory).
+    Tmpfs { mode: u32 },
 }
 
 /// Which output stream a [`LogChunk`] came from.
