@@ -22,16 +22,30 @@ stage_binary() { # stage_binary BINARY ROOTFS
   done
 }
 
-build_docker() {
-  if ! $rebuild && docker image inspect builder/docker:latest >/dev/null 2>&1; then return; fi
-  log "building builder/docker"
+# Builds builders/NAME/Dockerfile as builder/NAME:latest (and any extra tags), with the files
+# a builder needs from this machine staged into its context by stage_NAME, if defined.
+build_image() { # build_image NAME [EXTRA_TAG...]
+  local name="$1"; shift
+  if ! $rebuild && docker image inspect "builder/$name:latest" >/dev/null 2>&1; then return; fi
+  log "building builder/$name"
   local context; context="$(mktemp -d)"
-  cp docker/Dockerfile "$context/"
-  # Debian's CLI (from docker.io, matching the engine), not any other docker on PATH.
-  stage_binary /usr/bin/docker "$context/rootfs"
-  docker build -q -t builder/docker:latest -t gcr.io/cloud-builders/docker:latest "$context" >/dev/null
+  cp "$name"/Dockerfile "$context/"
+  if declare -F "stage_$name" >/dev/null; then "stage_$name" "$context"; fi
+  local tags=(-t "builder/$name:latest")
+  for tag in "$@"; do tags+=(-t "$tag"); done
+  if ! docker build -q "${tags[@]}" "$context" >"$context/build.log" 2>&1; then
+    log "builder/$name failed to build (builders/$name/Dockerfile):"
+    cat "$context/build.log" >&2
+    rm -rf "$context"
+    return 1
+  fi
   rm -rf "$context"
 }
+
+# Debian's CLI (from docker.io, matching the engine), not any other docker on PATH.
+stage_docker() { stage_binary /usr/bin/docker "$1/rootfs"; }
+# The machine's CA bundle, so that the image reaches PyPI wherever this machine does.
+stage_python() { cp /etc/ssl/certs/ca-certificates.crt "$1/host-ca.crt"; }
 
 # A minimal Debian (the machine's release) from debootstrap: the base of the service's own image.
 build_debian() {
@@ -46,5 +60,6 @@ build_debian() {
   rm -rf "$root"
 }
 
-build_docker
+build_image docker gcr.io/cloud-builders/docker:latest
 build_debian
+for name in shell git curl python; do build_image "$name"; done
