@@ -208,6 +208,7 @@ fn resolve_prints_the_build_as_json() {
         json!({
             "id": "build",
             "name": "gcr.io/cloud-builders/docker",
+            "image": "builder/docker:latest",
             "args": ["build", "-t", "gcr.io/p/app", "."],
             "env": ["BUILDER_OUTPUT=/builder/outputs", "HOME=/builder/home"],
             "dir": "/workspace/app",
@@ -216,6 +217,7 @@ fn resolve_prints_the_build_as_json() {
         })
     );
     assert_eq!(build["steps"][1]["name"], "gcr.io/p/app");
+    assert_eq!(build["steps"][1]["image"], "localhost:5000/p/app:latest");
     assert_eq!(build["steps"][1]["timeout"], 60.0);
     assert_eq!(build["steps"][1]["dependencies"], json!([]));
     assert_eq!(build["images"], json!(["gcr.io/p/app"]));

@@ -534,20 +534,22 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
 }
 
-/// `projects/*/secrets/*/versions/*`, each `*` in Secret Manager's character set (which also
-/// keeps a secret's name from naming a path outside the local secrets directory).
+/// `projects/*/secrets/*/versions/*`, the secret's name and version in Secret Manager's
+/// character set (which also keeps them from naming a path outside the local secrets directory).
 pub fn is_secret_version(name: &str) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
-    let is_id = |p: &&str| {
+    let is_id = |p: &str| {
         !p.is_empty()
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     parts.len() == 6
         && parts[0] == "projects"
+        && !parts[1].is_empty()
         && parts[2] == "secrets"
+        && is_id(parts[3])
         && parts[4] == "versions"
-        && parts.iter().all(is_id)
+        && is_id(parts[5])
 }
 
 fn env_keys(env: &[String]) -> BTreeSet<&str> {
@@ -769,6 +771,14 @@ mod tests {
         }
         assert!(check("steps: [{name: a, secretEnv: [K]}]\nsecrets: [{kmsKeyName: k, secretEnv: {K: abc}}]\n")
             .contains("warning: secrets: KMS-encrypted secrets cannot be decrypted"));
+    }
+
+    #[test]
+    fn secret_names_cannot_be_paths() {
+        assert!(is_secret_version("projects/<P>/secrets/db-pw/versions/latest"));
+        assert!(!is_secret_version("projects/p/secrets/../versions/x"));
+        assert!(!is_secret_version("projects/p/secrets/pw/versions/.."));
+        assert!(!is_secret_version("projects/p/secrets/pw/versions/1/extra"));
     }
 
     #[test]
