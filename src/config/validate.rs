@@ -775,7 +775,9 @@ mod tests {
 
     #[test]
     fn secret_names_cannot_be_paths() {
-        assert!(is_secret_version("projects/<P>/secrets/db-pw/versions/latest"));
+        assert!(is_secret_version(
+            "projects/<P>/secrets/db-pw/versions/latest"
+        ));
         assert!(!is_secret_version("projects/p/secrets/../versions/x"));
         assert!(!is_secret_version("projects/p/secrets/pw/versions/.."));
         assert!(!is_secret_version("projects/p/secrets/pw/versions/1/extra"));

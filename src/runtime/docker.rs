@@ -25,7 +25,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, HostConfig, Mount as DockerMount, MountTmpfsOptions, MountType,
-    MountVolumeOptions, NetworkCreateRequest, VolumeCreateRequest,
+    MountVolumeOptions, Network, NetworkCreateRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
@@ -109,17 +109,18 @@ impl DockerRuntime {
         })
     }
 
+    /// The networks that pass one engine filter (`name`, `label`…).
+    async fn networks(&self, filter: &str, value: &str) -> Result<Vec<Network>, BollardError> {
+        let filters = HashMap::from([(filter, vec![value])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        self.docker.list_networks(Some(options)).await
+    }
+
     /// Ids of the networks called exactly `name`, sorted.
     async fn networks_named(&self, name: &str) -> Result<Vec<String>, BollardError> {
-        let filters = HashMap::from([("name", vec![name])]);
-        let networks = self
-            .docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
+        let networks = self.networks("name", name).await?;
         // The name filter matches substrings, hence the exact comparison.
         let ids = networks
             .into_iter()
@@ -156,12 +157,7 @@ impl DockerRuntime {
             .flatten()
             .map(|volume| volume.name);
         let networks = self
-            .docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
+            .networks("label", label)
             .await?
             .into_iter()
             .filter_map(|network| network.name);
