@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, PushedImage, Status, StepResult};
@@ -90,24 +91,46 @@ pub async fn execute(
         masker,
         secrets: run.secrets.clone(),
     });
-    let mut outcome = match prepare(&context, &run).await {
-        Ok(()) => run_steps(&context, &run.build, cancel).await,
-        Err(detail) => internal_error(&run, detail),
+    // The build's timeout counts from here (Cloud Build counts from startTime): preparing,
+    // steps and pushing all fall within it, and so does a cancel.
+    let deadline = Instant::now() + Duration::from_secs_f64(run.build.timeout);
+    let queued = || {
+        run.build
+            .steps
+            .iter()
+            .map(|_| StepResult::queued())
+            .collect()
+    };
+    let mut outcome = tokio::select! {
+        prepared = prepare(&context, &run) => match prepared {
+            Ok(()) => run_steps(&context, &run.build, deadline, cancel.clone()).await,
+            Err(detail) => internal_error(&run, detail),
+        },
+        () = cancel.cancelled() => conclude(&run.build, queued(), Some(Stop::Cancelled)),
+        () = sleep_until(deadline) => conclude(&run.build, queued(), Some(Stop::BuildTimeout)),
     };
     if outcome.status == Status::Success {
-        match push_images(&context, &run.build.images).await {
+        let stopped = |status: Status, why: &str| (status, format!("{why} while pushing images"));
+        let pushed = tokio::select! {
+            pushed = push_images(&context, &run.build.images) => pushed,
+            () = cancel.cancelled() => Err(stopped(Status::Cancelled, "the build was cancelled")),
+            () = sleep_until(deadline) => Err(stopped(Status::Timeout, "the build timed out")),
+        };
+        match pushed {
             Ok(images) => outcome.images = images,
-            Err(detail) => {
-                outcome.status = Status::Failure;
+            Err((status, detail)) => {
+                outcome.status = status;
                 outcome.failure = Some(detail);
             }
         }
     }
+    // A failed cleanup is reported beside the build's own outcome, never instead of it.
     if let Err(e) = runtime.sweep(BUILD_LABEL, &run.build_id).await {
-        outcome.status = Status::InternalError;
-        outcome.failure = Some(format!(
-            "cleaning up the build's containers and volumes failed: {e}"
-        ));
+        let cleanup = format!("cleaning up the build's containers and volumes failed: {e}");
+        outcome.failure = Some(match outcome.failure.take() {
+            Some(failure) => format!("{failure}; then {cleanup}"),
+            None => cleanup,
+        });
     }
     outcome
 }
@@ -293,7 +316,8 @@ fn volume_mount(volume: &str, target: &str) -> Mount {
 /// Why the remaining steps are being stopped.
 #[derive(Clone, Copy, PartialEq)]
 enum Stop {
-    StepFailed,
+    /// This step failed and does not tolerate it.
+    StepFailed(usize),
     BuildTimeout,
     Cancelled,
 }
@@ -306,21 +330,22 @@ enum Stop {
 async fn run_steps(
     context: &Arc<StepContext>,
     build: &ResolvedBuild,
+    deadline: Instant,
     cancel: CancellationToken,
 ) -> Outcome {
     let mut results: Vec<StepResult> = build.steps.iter().map(|_| StepResult::queued()).collect();
     let mut started = vec![false; build.steps.len()];
     let mut running = JoinSet::new();
+    let mut step_of_task = std::collections::HashMap::new();
     // Every creation task, awaited before returning, so that none creates a container after the
     // sweep has looked; and the creations made ahead, by step, until their step starts.
     let mut creating = JoinSet::new();
     let mut ahead: BTreeMap<usize, Creation> = BTreeMap::new();
     let stop_steps = CancellationToken::new();
-    let deadline = tokio::time::sleep(Duration::from_secs_f64(build.timeout));
+    let deadline = sleep_until(deadline);
     tokio::pin!(deadline);
     // A build cancelled while it was being prepared starts no step.
-    let mut stopped: Option<(Stop, Option<usize>)> =
-        cancel.is_cancelled().then_some((Stop::Cancelled, None));
+    let mut stopped: Option<Stop> = cancel.is_cancelled().then_some(Stop::Cancelled);
     loop {
         if stopped.is_none() {
             for (i, step) in build.steps.iter().enumerate() {
@@ -336,9 +361,10 @@ async fn run_steps(
                     });
                     let (context, step, token) =
                         (context.clone(), step.clone(), stop_steps.clone());
-                    running.spawn(async move {
+                    let task = running.spawn(async move {
                         (i, run_step(&context, i, &step, creation, token).await)
                     });
+                    step_of_task.insert(task.id(), i);
                 }
             }
             // Every step not started now waits for a dependency that is not done yet.
@@ -359,27 +385,26 @@ async fn run_steps(
             break;
         }
         tokio::select! {
-            joined = running.join_next() => {
+            joined = running.join_next_with_id() => {
                 let Some(joined) = joined else { continue };
-                let (i, result) = joined.unwrap_or_else(|e| (usize::MAX, panicked(e)));
-                let Some(slot) = results.get_mut(i) else {
-                    stopped.get_or_insert((Stop::StepFailed, None));
-                    stop_steps.cancel();
-                    continue;
+                let (i, result) = match joined {
+                    Ok((_, ended)) => ended,
+                    Err(e) => (step_of_task[&e.id()], panicked(e)),
                 };
+                let slot = &mut results[i];
                 *slot = result;
                 context.emit(Event::StepFinished { step: i, result: slot.clone() });
                 if !is_done(&build.steps[i], slot) && stopped.is_none() {
-                    stopped = Some((Stop::StepFailed, Some(i)));
+                    stopped = Some(Stop::StepFailed(i));
                     stop_steps.cancel();
                 }
             }
             () = &mut deadline, if stopped.is_none() => {
-                stopped = Some((Stop::BuildTimeout, None));
+                stopped = Some(Stop::BuildTimeout);
                 stop_steps.cancel();
             }
             () = cancel.cancelled(), if stopped.is_none() => {
-                stopped = Some((Stop::Cancelled, None));
+                stopped = Some(Stop::Cancelled);
                 stop_steps.cancel();
             }
         }
@@ -390,18 +415,14 @@ async fn run_steps(
 }
 
 /// The build's status from how its steps ended and why it stopped.
-fn conclude(
-    build: &ResolvedBuild,
-    mut results: Vec<StepResult>,
-    stopped: Option<(Stop, Option<usize>)>,
-) -> Outcome {
+fn conclude(build: &ResolvedBuild, mut results: Vec<StepResult>, stopped: Option<Stop>) -> Outcome {
     let (status, failure) = match stopped {
         None => (Status::Success, None),
-        Some((Stop::Cancelled, _)) => (
+        Some(Stop::Cancelled) => (
             Status::Cancelled,
             Some("the build was cancelled".to_string()),
         ),
-        Some((Stop::BuildTimeout, _)) => {
+        Some(Stop::BuildTimeout) => {
             // Steps the build's timeout interrupted ended because of it.
             for result in results.iter_mut().filter(|r| r.status == Status::Cancelled) {
                 result.status = Status::Timeout;
@@ -414,7 +435,7 @@ fn conclude(
                 )),
             )
         }
-        Some((Stop::StepFailed, Some(i))) => {
+        Some(Stop::StepFailed(i)) => {
             let result = &results[i];
             let status = match result.status {
                 Status::Timeout => Status::Timeout,
@@ -430,10 +451,6 @@ fn conclude(
                 )),
             )
         }
-        Some((Stop::StepFailed, None)) => (
-            Status::InternalError,
-            Some("a step's task failed".to_string()),
-        ),
     };
     Outcome {
         status,
@@ -769,7 +786,16 @@ fn forward_output(
             });
         };
         while let Some(chunk) = chunks.next().await {
-            let Ok(chunk) = chunk else { break };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    send(
+                        LogStream::Stderr,
+                        format!("[builder] reading the step's output failed: {e}"),
+                    );
+                    break;
+                }
+            };
             for text in assemblers
                 .entry(chunk.stream)
                 .or_default()
@@ -786,20 +812,30 @@ fn forward_output(
     }
 }
 
-/// Pushes `images:` once every step succeeded: all must exist before any is pushed.
-async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<PushedImage>, String> {
+/// How many times a push that the registry refused or dropped is tried, as Cloud Build retries.
+const PUSH_ATTEMPTS: u32 = 3;
+
+/// Pushes `images:` once every step succeeded: all must exist before any is pushed. An error
+/// carries the build's status: FAILURE for the config's images and registries, INTERNAL_ERROR
+/// for our engine.
+async fn push_images(
+    context: &StepContext,
+    images: &[String],
+) -> Result<Vec<PushedImage>, (Status, String)> {
     let runtime = &context.runtime;
+    let ours = |e: RuntimeError| (Status::InternalError, e.to_string());
     let mut missing = Vec::new();
     for image in images {
-        match runtime.local_image(image).await {
-            Ok(Some(_)) => {}
-            Ok(None) => missing.push(image.clone()),
-            Err(e) => return Err(e.to_string()),
+        if runtime.local_image(image).await.map_err(ours)?.is_none() {
+            missing.push(image.clone());
         }
     }
     if !missing.is_empty() {
-        return Err(format!(
-            "failed to find one or more images after execution of build steps: {missing:?}"
+        return Err((
+            Status::Failure,
+            format!(
+                "failed to find one or more images after execution of build steps: {missing:?}"
+            ),
         ));
     }
     let mut pushed = Vec::new();
@@ -807,12 +843,26 @@ async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<Pus
         context.emit(Event::Pushing {
             image: image.clone(),
         });
-        let digest = runtime.push_image(image, None).await.map_err(|e| {
-            format!(
-                "{e}; check that the image's registry is running and reachable \
-                     (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
-            )
-        })?;
+        let mut attempt = 1;
+        let digest = loop {
+            match runtime.push_image(image, None).await {
+                Ok(digest) => break digest,
+                Err(RuntimeError::PushFailed { .. }) if attempt < PUSH_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e @ RuntimeError::PushFailed { .. }) => {
+                    return Err((
+                        Status::Failure,
+                        format!(
+                            "{e}; check that the image's registry is running and reachable \
+                             (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(ours(e)),
+            }
+        };
         let image = PushedImage {
             name: image.clone(),
             digest,

@@ -120,14 +120,19 @@ impl Drop for Running {
 impl Running {
     /// Waits until `step` has printed `text`.
     async fn until_line(&mut self, step: usize, text: &str) {
-        let wanted = |e: &Event| matches!(e, Event::Line { step: s, text: t, .. } if *s == step && t == text);
-        while !self.seen.iter().any(wanted) {
+        self.until(
+            &format!("step {step} printing {text:?}"),
+            |e| matches!(e, Event::Line { step: s, text: t, .. } if *s == step && t == text),
+        )
+        .await;
+    }
+
+    /// Waits until an event that `wanted` accepts has been seen.
+    async fn until(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) {
+        while !self.seen.iter().any(&wanted) {
             match tokio::time::timeout(DEADLINE, self.events.recv()).await {
                 Ok(Some(event)) => self.seen.push(event),
-                _ => panic!(
-                    "step {step} never printed {text:?}; events: {:#?}",
-                    self.seen
-                ),
+                _ => panic!("never saw {what}; events: {:#?}", self.seen),
             }
         }
     }
@@ -441,6 +446,28 @@ steps:
     let (outcome, _) = running.finish().await;
     assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
     assert_eq!(statuses(&outcome), [Status::Cancelled, Status::Queued]);
+}
+
+/// A push to a registry that does not answer is retried; a cancel meanwhile ends the build.
+#[tokio::test]
+async fn cancel_stops_the_push() {
+    let image = format!("127.0.0.1:5999/test/{}:t", unique("cancel-push"));
+    let yaml = format!(
+        "steps:\n- name: builder/busybox\n  script: echo 'FROM builder/busybox:latest' > Dockerfile\n\
+         - name: gcr.io/cloud-builders/docker\n  args: [build, -q, -t, '{image}', .]\nimages: ['{image}']\n"
+    );
+    let mut running = start("cancel-push", &yaml, |_| {}).await;
+    running
+        .until("the push", |e| matches!(e, Event::Pushing { .. }))
+        .await;
+    running.cancel.cancel();
+    let (outcome, _) = running.finish().await;
+    docker(&["rmi", &image]);
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
+    assert_eq!(
+        outcome.failure.as_deref(),
+        Some("the build was cancelled while pushing images")
+    );
 }
 
 #[tokio::test]
