@@ -442,7 +442,8 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    for id in local::recover(&store, &runtime)
+    let running = data_dir.join("running");
+    for id in local::recover(&store, &running, &runtime)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -475,9 +476,14 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     });
     eprintln!("Created build [{build_id}].");
     println!("starting build \"{build_id}\"\n\nBUILD");
-    let outcome = local::run(&store, Arc::new(runtime), prepared, cancel, |event| {
-        print_event(&ids, event)
-    })
+    let outcome = local::run(
+        &store,
+        &running,
+        Arc::new(runtime),
+        prepared,
+        cancel,
+        |event| print_event(&ids, event),
+    )
     .await?;
     let build = store
         .get_build(&build_id)

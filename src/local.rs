@@ -1,7 +1,13 @@
 //! Running builds on this machine's engine from the command line: a prepared build is recorded,
 //! executed and its events recorded as they happen; builds whose process died mid-build are
 //! swept and closed at the next start.
+//!
+//! A running build's process holds an exclusive lock on `<running>/<id>.lock` for as long as it
+//! runs. The operating system releases it when the process ends, however it ends, so a lock that
+//! can be taken marks a build whose process died (unlike process ids, which are reused and differ
+//! between PID namespaces).
 
+use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use crate::submit::Prepared;
 /// Runs a prepared build to its end, recording it; `show` sees every event first.
 pub async fn run(
     store: &Store,
+    running: &Path,
     runtime: Arc<dyn ContainerRuntime>,
     prepared: Prepared,
     cancel: CancellationToken,
@@ -23,8 +30,11 @@ pub async fn run(
 ) -> Result<Outcome, store::Error> {
     let run = prepared.run;
     let build_id = run.build_id.clone();
+    // Taken before the record exists, so no other process ever sees the build unlocked.
+    let lock_path = running.join(format!("{build_id}.lock"));
+    let lock = lock(running, &lock_path).map_err(store::Error::Io)?;
     store
-        .create_build(&build_id, &prepared.source, &run.build, std::process::id())
+        .create_build(&build_id, &prepared.source, &run.build)
         .await?;
     store.start_build(&build_id).await?;
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -48,7 +58,17 @@ pub async fn run(
     recording?;
     store.append_logs(&build_id, &lines).await?;
     store.finish_build(&build_id, &outcome).await?;
+    let _ = std::fs::remove_file(&lock_path);
+    drop(lock);
     Ok(outcome)
+}
+
+/// Creates and takes the lock file of a build.
+fn lock(running: &Path, path: &Path) -> std::io::Result<File> {
+    std::fs::create_dir_all(running)?;
+    let file = File::create(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// Writes what an event changes in the record. Log lines are written as soon as a burst of them
@@ -86,13 +106,25 @@ async fn record(
 
 /// Closes builds left unfinished by a process that no longer runs: removes their containers,
 /// volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
-pub async fn recover(store: &Store, runtime: &dyn ContainerRuntime) -> Result<Vec<String>, String> {
+pub async fn recover(
+    store: &Store,
+    running: &Path,
+    runtime: &dyn ContainerRuntime,
+) -> Result<Vec<String>, String> {
     let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
     let mut recovered = Vec::new();
-    for (id, pid) in unfinished {
-        if pid.is_some_and(is_running) {
-            continue;
-        }
+    for id in unfinished {
+        let lock_path = running.join(format!("{id}.lock"));
+        // Held while the build is swept and closed, so that two processes never both do it.
+        let lock = match File::open(&lock_path) {
+            Ok(file) => match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => return Err(format!("{}: {e}", lock_path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", lock_path.display())),
+        };
         runtime
             .sweep(BUILD_LABEL, &id)
             .await
@@ -113,6 +145,8 @@ pub async fn recover(store: &Store, runtime: &dyn ContainerRuntime) -> Result<Ve
             .finish_build(&id, &outcome)
             .await
             .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&lock_path);
+        drop(lock);
         recovered.push(id);
     }
     Ok(recovered)
@@ -127,8 +161,4 @@ fn close(result: StepResult) -> StepResult {
         },
         _ => result,
     }
-}
-
-fn is_running(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }

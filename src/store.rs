@@ -80,18 +80,17 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Records a new build as QUEUED, with every step QUEUED, run by process `runner_pid`.
+    /// Records a new build as QUEUED, with every step QUEUED.
     pub async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
-        runner_pid: u32,
     ) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, runner_pid) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(Status::Queued.as_str())
@@ -99,7 +98,6 @@ impl Store {
         .bind(source.to_string())
         .bind(json(&plan.substitutions))
         .bind(json(plan))
-        .bind(i64::from(runner_pid))
         .execute(&mut *tx)
         .await?;
         for (index, step) in plan.steps.iter().enumerate() {
@@ -190,20 +188,13 @@ impl Store {
             .map(drop)
     }
 
-    /// Builds not yet finished, with the process that runs them.
-    pub async fn unfinished_builds(&self) -> Result<Vec<(String, Option<u32>)>, Error> {
-        let rows = sqlx::query("SELECT id, runner_pid FROM builds WHERE status IN ($1, $2)")
+    /// Ids of the builds not yet finished.
+    pub async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar("SELECT id FROM builds WHERE status IN ($1, $2)")
             .bind(Status::Queued.as_str())
             .bind(Status::Working.as_str())
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let pid: Option<i64> = row.get("runner_pid");
-                (row.get("id"), pid.and_then(|p| u32::try_from(p).ok()))
-            })
-            .collect())
+            .await
     }
 
     /// The newest builds first.

@@ -349,3 +349,21 @@ fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a build timeout is at most 24h"));
 }
+
+#[test]
+fn a_running_build_is_left_alone_by_another_submit() {
+    let data = TempDir::new().unwrap();
+    let dir = source(WAIT_FOREVER, &[]);
+    let (mut child, id) = start_until_ready(data.path(), dir.path());
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    let out = submit(data.path(), quick.path(), &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Cleaned up"));
+    assert_eq!(describe(data.path(), &id)["status"], "WORKING");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(leftovers(&id), "");
+}

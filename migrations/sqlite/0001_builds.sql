@@ -11,9 +11,7 @@ CREATE TABLE builds (
     -- The resolved build that ran (steps, images, options).
     plan          TEXT NOT NULL,
     images        TEXT NOT NULL DEFAULT '[]',
-    failure       TEXT,
-    -- The process running the build, so a later one can tell that it died mid-build.
-    runner_pid    INTEGER
+    failure       TEXT
 );
 CREATE INDEX builds_by_create_time ON builds (create_time DESC);
 
