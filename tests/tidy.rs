@@ -1,5 +1,6 @@
 //! The architecture's rules, checked on the source text: every module says what it owns, each
-//! outside engine is reached from exactly one module, and no debugging leftovers ship.
+//! outside engine is reached from exactly one module, each layer keeps to the modules below it
+//! (ARCHITECTURE.md), and no debugging leftovers ship.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,52 @@ const OWNERS: &[(&str, &str)] = &[
     ("granit_parser", "src/config/tree.rs"),
 ];
 
+/// Paths each layer may not use: the pure core does no I/O and knows nothing of engines, records
+/// or the command line; the executor knows nothing of records or the command line; the runtime
+/// knows nothing of builds.
+const LAYERS: &[(&[&str], &[&str])] = &[
+    (
+        &[
+            "src/diag.rs",
+            "src/image.rs",
+            "src/build.rs",
+            "src/plan.rs",
+            "src/config/",
+            "src/substitute/",
+        ],
+        &[
+            "crate::runtime",
+            "crate::execute",
+            "crate::store",
+            "crate::cli",
+            "crate::local",
+            "crate::submit",
+            "tokio::",
+            "std::fs",
+        ],
+    ),
+    (
+        &["src/execute.rs"],
+        &[
+            "crate::store",
+            "crate::cli",
+            "crate::local",
+            "crate::submit",
+        ],
+    ),
+    (
+        &["src/runtime/"],
+        &[
+            "crate::plan",
+            "crate::execute",
+            "crate::store",
+            "crate::cli",
+            "crate::config",
+            "crate::build",
+        ],
+    ),
+];
+
 #[test]
 fn modules_follow_the_architecture() {
     let mut problems = Vec::new();
@@ -38,6 +85,14 @@ fn modules_follow_the_architecture() {
         for (krate, owner) in OWNERS {
             if name != *owner && text.contains(&format!("{krate}::")) {
                 problems.push(format!("{name}: uses {krate}, which only {owner} may use"));
+            }
+        }
+        for (files, forbidden) in LAYERS {
+            if !files.iter().any(|f| name.starts_with(f)) {
+                continue;
+            }
+            for path in forbidden.iter().filter(|p| text.contains(*p)) {
+                problems.push(format!("{name}: uses {path}, which its layer may not"));
             }
         }
         for leftover in ["dbg!(", "todo!(", "unimplemented!("] {
