@@ -74,8 +74,19 @@ impl Harness {
 
     /// The whole lifecycle: create, start, follow logs while waiting, remove.
     async fn run(&self, spec: &ContainerSpec) -> Output {
+        self.run_seeded(spec, None).await
+    }
+
+    /// [`Harness::run`], uploading `seed` (a path and a tar) into the created container first.
+    async fn run_seeded(&self, spec: &ContainerSpec, seed: Option<(&str, Vec<u8>)>) -> Output {
         let runtime = &self.runtime;
         runtime.create_container(spec).await.expect("create");
+        if let Some((path, archive)) = seed {
+            runtime
+                .upload(&spec.name, path, archive)
+                .await
+                .expect("upload");
+        }
         runtime.start_container(&spec.name).await.expect("start");
         let logs = tokio::spawn(runtime.logs(&spec.name).try_collect::<Vec<_>>());
         let code = within("wait", runtime.wait_container(&spec.name))
@@ -295,22 +306,15 @@ async fn a_non_root_step_writes_into_a_workspace_seeded_through_its_parent() {
     step.user = Some("65534".to_owned());
     step.working_dir = "/workspace".to_owned();
     step.mounts = vec![volume(&workspace, "/workspace")];
-    runtime.create_container(&step).await.expect("create");
     // The `workspace/` entry's mode lands on the volume's root: uploaded to `/`, it is a named
     // entry, not the archive root the engine skips.
     let seed = archive(&[
         ("workspace/", 0o777, None),
         ("workspace/hello.txt", 0o644, Some("hello\n")),
     ]);
-    runtime.upload(&step.name, "/", seed).await.expect("upload");
-    runtime.start_container(&step.name).await.expect("start");
-    let logs = tokio::spawn(runtime.logs(&step.name).try_collect::<Vec<_>>());
-    let code = within("wait", runtime.wait_container(&step.name)).await;
-    let chunks = within("logs", logs).await.expect("task").expect("logs");
-    let (stdout, stderr) = split(&chunks);
-    assert_eq!(code, Ok(0), "{stderr}");
-    assert_eq!(stdout, "65534\nhello\n65534 644\n0 777\n");
-    runtime.remove_container(&step.name).await.expect("remove");
+    let output = harness.run_seeded(&step, Some(("/", seed))).await;
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(output.stdout, "65534\nhello\n65534 644\n0 777\n");
     runtime
         .remove_volume(&workspace)
         .await
@@ -361,21 +365,10 @@ async fn the_engine_ignores_the_archive_root_entry() {
     );
     step.user = Some("65534".to_owned());
     step.mounts = vec![volume(&workspace, "/workspace")];
-    runtime.create_container(&step).await.expect("create");
     let seed = archive(&[("./", 0o777, None), ("./hello.txt", 0o644, Some("hello\n"))]);
-    runtime
-        .upload(&step.name, "/workspace", seed)
-        .await
-        .expect("upload");
-    runtime.start_container(&step.name).await.expect("start");
-    let logs = tokio::spawn(runtime.logs(&step.name).try_collect::<Vec<_>>());
-    assert_eq!(
-        within("wait", runtime.wait_container(&step.name)).await,
-        Ok(0)
-    );
-    let chunks = within("logs", logs).await.expect("task").expect("logs");
-    assert_eq!(split(&chunks).0, "hello\n755\n");
-    runtime.remove_container(&step.name).await.expect("remove");
+    let output = harness.run_seeded(&step, Some(("/workspace", seed))).await;
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(output.stdout, "hello\n755\n");
     runtime
         .remove_volume(&workspace)
         .await
