@@ -390,7 +390,7 @@ fn submit_detached(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Resul
         build_id: Some(build_id.clone()),
         ..request_of(args, aliases)
     };
-    if let Err(refused) = submit::prepare(check) {
+    if let Err(refused) = submit::check(&check) {
         eprintln!("{refused}");
         return Ok(ExitCode::from(1));
     }

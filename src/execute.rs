@@ -94,20 +94,13 @@ pub async fn execute(
     // The build's timeout counts from here (Cloud Build counts from startTime): preparing,
     // steps and pushing all fall within it, and so does a cancel.
     let deadline = Instant::now() + Duration::from_secs_f64(run.build.timeout);
-    let queued = || {
-        run.build
-            .steps
-            .iter()
-            .map(|_| StepResult::queued())
-            .collect()
-    };
     let mut outcome = tokio::select! {
         prepared = prepare(&context, &run) => match prepared {
             Ok(()) => run_steps(&context, &run.build, deadline, cancel.clone()).await,
             Err(detail) => internal_error(&run, detail),
         },
-        () = cancel.cancelled() => conclude(&run.build, queued(), Some(Stop::Cancelled)),
-        () = sleep_until(deadline) => conclude(&run.build, queued(), Some(Stop::BuildTimeout)),
+        () = cancel.cancelled() => conclude(&run.build, queued(&run.build), Some(Stop::Cancelled)),
+        () = sleep_until(deadline) => conclude(&run.build, queued(&run.build), Some(Stop::BuildTimeout)),
     };
     if outcome.status == Status::Success {
         let stopped = |status: Status, why: &str| (status, format!("{why} while pushing images"));
@@ -138,15 +131,15 @@ pub async fn execute(
 fn internal_error(run: &Run, detail: String) -> Outcome {
     Outcome {
         status: Status::InternalError,
-        steps: run
-            .build
-            .steps
-            .iter()
-            .map(|_| StepResult::queued())
-            .collect(),
+        steps: queued(&run.build),
         images: Vec::new(),
         failure: Some(detail),
     }
+}
+
+/// Every step of the build, not started.
+fn queued(build: &ResolvedBuild) -> Vec<StepResult> {
+    build.steps.iter().map(|_| StepResult::queued()).collect()
 }
 
 /// Everything a step task needs, shared by all of a build's steps.
@@ -333,7 +326,7 @@ async fn run_steps(
     deadline: Instant,
     cancel: CancellationToken,
 ) -> Outcome {
-    let mut results: Vec<StepResult> = build.steps.iter().map(|_| StepResult::queued()).collect();
+    let mut results = queued(build);
     let mut started = vec![false; build.steps.len()];
     let mut running = JoinSet::new();
     let mut step_of_task = std::collections::HashMap::new();

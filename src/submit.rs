@@ -3,6 +3,7 @@
 //! receives an upload, the config is resolved as a manual build, and secrets are looked up
 //! locally. The result is a [`Run`] for the executor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::alias::Aliases;
 use crate::config::{self, BuildConfig};
 use crate::diag::Diagnostics;
 use crate::execute::Run;
-use crate::plan::{self, Context, Inputs};
+use crate::plan::{self, Context, Inputs, ResolvedBuild};
 use crate::secrets;
 use crate::source::{self, ArchiveSummary};
 use crate::substitute::Values;
@@ -66,8 +67,17 @@ impl std::fmt::Display for Refused {
     }
 }
 
-pub fn prepare(request: Request) -> Result<Prepared, Refused> {
-    let (named, warnings) = recipe(&request)?;
+/// What `submit` refuses before anything is uploaded or run: the config, its plan for a manual
+/// build, and its secrets.
+pub struct Checked {
+    pub build_id: String,
+    pub build: ResolvedBuild,
+    pub secrets: BTreeMap<String, String>,
+    pub warnings: String,
+}
+
+pub fn check(request: &Request) -> Result<Checked, Refused> {
+    let (named, warnings) = recipe(request)?;
     let config = &named.config;
     if !config.secrets.is_empty() || !config.available_secrets.inline.is_empty() {
         return Err(Refused::Other(
@@ -95,6 +105,22 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
         std::env::var(key).ok()
     })
     .map_err(Refused::Other)?;
+    Ok(Checked {
+        build_id,
+        build,
+        secrets: secret_values,
+        warnings,
+    })
+}
+
+/// [`check`], then the upload of the source into a fresh workspace.
+pub fn prepare(request: Request) -> Result<Prepared, Refused> {
+    let Checked {
+        build_id,
+        build,
+        secrets,
+        warnings,
+    } = check(&request)?;
     let (workspace, uploaded) = match &request.source {
         Some(dir) => {
             let (workspace, summary) = upload(dir, request.ignore_file.as_deref())?;
@@ -117,7 +143,7 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
             build_id,
             build,
             workspace: workspace.as_ref().map(|w| w.path().to_path_buf()),
-            secrets: secret_values,
+            secrets,
         },
         uploaded,
         warnings,
