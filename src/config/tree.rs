@@ -211,7 +211,7 @@ impl Builder {
                     })
                 };
                 self.count(1, pos)?;
-                self.add(Node { pos, value }, anchor)?;
+                self.add(Node { pos, value }, anchor);
             }
             Event::Alias(anchor) => {
                 let Some(node) = self.anchors.get(&anchor) else {
@@ -225,7 +225,7 @@ impl Builder {
                     value: node.value.clone(),
                 };
                 self.count(node.size(), pos)?;
-                self.add(node, 0)?;
+                self.add(node, 0);
             }
             Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
@@ -270,9 +270,14 @@ impl Builder {
                         },
                         anchor,
                     ),
-                    None => unreachable_event(pos)?,
+                    None => {
+                        return Err(TreeError {
+                            pos,
+                            message: "unbalanced YAML events".into(),
+                        });
+                    }
                 };
-                self.add(node, anchor)?;
+                self.add(node, anchor);
             }
             _ => {}
         }
@@ -292,7 +297,7 @@ impl Builder {
         Ok(())
     }
 
-    fn add(&mut self, node: Node, anchor: usize) -> Result<(), TreeError> {
+    fn add(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
@@ -304,7 +309,6 @@ impl Builder {
                 Some(k) => entries.push((k, node)),
             },
         }
-        Ok(())
     }
 
     fn finish(self) -> Result<Node, TreeError> {
@@ -313,13 +317,6 @@ impl Builder {
             message: "the file is empty; a build config is a mapping with at least `steps`".into(),
         })
     }
-}
-
-fn unreachable_event(pos: Pos) -> Result<(Node, usize), TreeError> {
-    Err(TreeError {
-        pos,
-        message: "unbalanced YAML events".into(),
-    })
 }
 
 /// YAML core-schema null: `~`, `null` and the empty plain scalar.
