@@ -33,9 +33,16 @@ build_image() { # build_image NAME [EXTRA_TAG...]
   if declare -F "stage_$name" >/dev/null; then "stage_$name" "$context"; fi
   local tags=(-t "builder/$name:latest")
   for tag in "$@"; do tags+=(-t "$tag"); done
-  if ! docker build -q "${tags[@]}" "$context" >"$context/build.log" 2>&1; then
-    log "builder/$name failed to build (builders/$name/Dockerfile):"
+  if ! docker build -q --force-rm "${tags[@]}" "$context" >"$context/build.log" 2>&1; then
     cat "$context/build.log" >&2
+    # The engine numbers the failing instruction (`Step N/M : …`); find the line it starts on.
+    local step line
+    step="$(sed -n 's|^Step \([0-9]*\)/.*|\1|p' "$context/build.log" | tail -n 1)"
+    line="$(awk -v n="${step:-0}" 'continued { continued = /\\$/; next }
+      /^[[:space:]]*(#|$)/ { next }
+      ++i == n { print NR; exit }
+      { continued = /\\$/ }' "$name/Dockerfile")"
+    log "builder/$name failed to build: builders/$name/Dockerfile:${line:-?}: $(sed -n "${line:-0}p" "$name/Dockerfile")"
     rm -rf "$context"
     return 1
   fi

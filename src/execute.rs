@@ -1,7 +1,7 @@
 //! Runs a [`ResolvedBuild`] as Cloud Build does (spec §3, §5–7): each step is a container over
 //! one shared `/workspace`, started as soon as the steps it waits for are done, so independent
-//! steps run at once (and created while those run, so that only the start is left); then the
-//! `images:` are pushed and their digests recorded.
+//! steps run at once (and created and started while those run, held at a [`gate`] until then);
+//! then the `images:` are pushed and their digests recorded.
 //!
 //! A failing step, a timeout or a cancel is an outcome, not an error: it becomes the build's
 //! status. Whatever happens, every container, volume and network of the build is removed at the
@@ -21,10 +21,11 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, PushedImage, Status, StepResult};
+use crate::gate;
 use crate::logs::{LineAssembler, Masker};
 use crate::plan::{BUILDER_OUTPUT, HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, Labels, LogStream, Mount, MountSource, RuntimeError,
+    ContainerRuntime, ContainerSpec, Labels, LogStream, Mount, MountSource, RuntimeError, Stdin,
 };
 
 /// Label carried by every resource of a build, with the build id as value.
@@ -203,11 +204,13 @@ async fn prepare_volumes(context: &StepContext, run: &Run) -> Result<(), String>
     let labels = context.labels(None);
     // Each build volume, and where the seed container mounts it.
     let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
+    let gate = gate::available().then(|| ("gate".to_string(), gate::DIR.to_string()));
     let volumes: BTreeMap<String, String> = [
         ("workspace".to_string(), WORKSPACE.to_string()),
         ("home".to_string(), HOME.to_string()),
     ]
     .into_iter()
+    .chain(gate)
     .chain(user_volumes.map(|v| (user_volume(&v.name), format!("/builder/volumes/{}", v.name))))
     .collect();
     for volume in volumes.keys() {
@@ -263,7 +266,8 @@ async fn seed_image(
     Ok(None)
 }
 
-/// A tar for `/` of the seed container: the directory's contents under `workspace/`, then each
+/// A tar for `/` of the seed container: the directory's contents under `workspace/`, the gate's
+/// shell (when the gate is available, its volume is among the mount points), then each
 /// volume's mount point as a directory entry with mode 0777, so that builders running as any user
 /// can write to `/workspace`, `HOME` and the named volumes (the engine applies a named directory
 /// entry's mode to the volume's root). Last, because the contents start with an entry for the
@@ -277,6 +281,9 @@ fn seed_archive<'a>(
     archive.follow_symlinks(false);
     if let Some(dir) = dir {
         archive.append_dir_all("workspace", dir)?;
+    }
+    if gate::available() {
+        gate::append_shell(&mut archive)?;
     }
     for path in mount_points {
         append_dir(&mut archive, path)?;
@@ -303,6 +310,7 @@ fn volume_mount(volume: &str, target: &str) -> Mount {
     Mount {
         source: MountSource::Volume(volume.to_string()),
         target: target.to_string(),
+        read_only: false,
     }
 }
 
@@ -317,9 +325,10 @@ enum Stop {
 
 /// Starts every step whose dependencies are done, until all are done or the build stops.
 ///
-/// A step whose dependencies have all started (up to [`CREATE_AHEAD`] such steps at a time) gets
-/// its container created meanwhile, so that it only has to be started once they are done. The
-/// containers of steps that then never start are left to the build's final sweep.
+/// A step whose dependencies have all started or been created ahead (up to [`CREATE_AHEAD`] such steps at a
+/// time) gets its container created meanwhile, and started, held at the [`gate`], so that it
+/// only has to be released once they are done. The containers of steps that then never start are left to the
+/// build's final sweep.
 async fn run_steps(
     context: &Arc<StepContext>,
     build: &ResolvedBuild,
@@ -367,7 +376,10 @@ async fn run_steps(
                 }
                 if !started[i]
                     && !ahead.contains_key(&i)
-                    && step.dependencies.iter().all(|&d| started[d])
+                    && step
+                        .dependencies
+                        .iter()
+                        .all(|&d| started[d] || ahead.contains_key(&d))
                 {
                     let creation = create_step(&mut creating, context, i, step, true, &stop_steps);
                     ahead.insert(i, creation);
@@ -527,10 +539,11 @@ async fn run_step(
     result
 }
 
-/// The image a step's container was created from.
+/// A step's container, created (and, if `held`, started at the gate) from an image.
 struct Created {
     image_id: String,
     digest: Option<String>,
+    held: Option<Stdin>,
 }
 
 /// How a step's container was created (`None`: not created ahead, because its image is not
@@ -601,7 +614,19 @@ async fn create(
         }
     };
     let name = context.step_name(index);
-    let spec = container_spec(context, index, step, &name);
+    let mut spec = container_spec(context, index, step, &name);
+    // Ahead of its turn, the container is started too, held at the gate until then.
+    let command = gate::command(spec.entrypoint.as_deref(), &spec.args, &image);
+    let hold = ahead && gate::available() && !command.is_empty();
+    if hold {
+        spec.entrypoint = Some(gate::held(command));
+        spec.args = Vec::new();
+        spec.stdin_open = true;
+        spec.mounts.push(Mount {
+            read_only: true,
+            ..volume_mount(&context.name("gate"), gate::DIR)
+        });
+    }
     runtime.create_container(&spec).await.map_err(step_error)?;
     if let Some(script) = &step.script {
         let archive =
@@ -611,9 +636,17 @@ async fn create(
             .await
             .map_err(step_error)?;
     }
+    let held = if hold {
+        let stdin = runtime.attach_stdin(&name).await.map_err(step_error)?;
+        runtime.start_container(&name).await.map_err(step_error)?;
+        Some(stdin)
+    } else {
+        None
+    };
     Ok(Some(Created {
         image_id: image.id,
         digest: image.digest,
+        held,
     }))
 }
 
@@ -662,7 +695,15 @@ async fn start_and_wait(
 ) -> Result<(i64, Option<String>), (Status, String)> {
     let runtime = &context.runtime;
     let created = created_for_start(context, index, step, creation, stop).await?;
-    runtime.start_container(name).await.map_err(step_error)?;
+    match created.held {
+        Some(stdin) => gate::release(stdin).await.map_err(|e| {
+            (
+                Status::InternalError,
+                format!("releasing the step's container: {e}"),
+            )
+        })?,
+        None => runtime.start_container(name).await.map_err(step_error)?,
+    }
     // Forwarded while the step runs, so its lines are seen live, even if it is stopped.
     *output = Some(tokio::spawn(forward_output(context, index, name)));
     let waited = match step.timeout {
@@ -719,12 +760,14 @@ fn container_spec(
         Mount {
             source: MountSource::Bind(PathBuf::from(DOCKER_SOCKET)),
             target: DOCKER_SOCKET.to_string(),
+            read_only: false,
         },
         // Writable by any user, like /tmp. The mount adds nothing measurable to the start, where
         // uploading the directory into the created container cost ~50 ms a step.
         Mount {
             source: MountSource::Tmpfs { mode: 0o1777 },
             target: BUILDER_OUTPUT.to_string(),
+            read_only: false,
         },
     ];
     mounts.extend(

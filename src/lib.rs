@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod execute;
+pub mod gate;
 pub mod image;
 pub mod local;
 pub mod logs;

@@ -1,37 +1,186 @@
-//! Every example in `configs/` is something users copy, so each one must run: `builder submit`
-//! of each example directory (its own `cloudbuild.yaml`) succeeds against the real engine.
+//! Every example in `configs/` is something users copy, so each one runs here as its README says:
+//! `builder submit` of the example directory against the real engine and registry, with what it
+//! pushes checked in the registry and what it deploys checked while it serves.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
+use common::registry_digest;
+
+mod common;
+
+/// What `builder submit` of a directory printed, and whether it succeeded.
+struct Submitted {
+    success: bool,
+    stdout: String,
+}
+
+impl Submitted {
+    fn build_id(&self) -> &str {
+        self.field("ID: ")
+    }
+
+    /// The digest the summary printed for `image`.
+    fn digest(&self, image: &str) -> &str {
+        self.field(&format!("IMAGE: {image} "))
+    }
+
+    fn field(&self, prefix: &str) -> &str {
+        let line = self
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix));
+        line.unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", self.stdout))
+    }
+
+    fn assert_succeeded(&self) {
+        assert!(self.success, "the build failed:\n{}", self.stdout);
+    }
+}
+
+fn submit(dir: &Path, substitutions: &str, data: &Path) -> Submitted {
+    let mut command = Command::cargo_bin("builder").unwrap();
+    command
+        .env("BUILDER_DATA_DIR", data)
+        .arg("submit")
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("cloudbuild.yaml"));
+    if !substitutions.is_empty() {
+        command.args(["--substitutions", substitutions]);
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let success = out.status.success() && stdout.contains("STATUS: SUCCESS");
+    Submitted {
+        success,
+        stdout: stdout + &String::from_utf8_lossy(&out.stderr),
+    }
+}
+
+/// A value unique to this run, usable as a tag or name part.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:07x}", (std::process::id() << 12 ^ nanos) & 0xfff_ffff)
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 #[test]
-fn every_example_build_succeeds() {
-    let mut examples: Vec<PathBuf> = std::fs::read_dir("configs")
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|dir| dir.join("cloudbuild.yaml").is_file())
-        .collect();
-    examples.sort();
-    assert!(!examples.is_empty());
+fn quickstart_pushes_its_image() {
     let data = tempfile::TempDir::new().unwrap();
-    for example in examples {
-        let out = Command::cargo_bin("builder")
-            .unwrap()
-            .env("BUILDER_DATA_DIR", data.path())
-            .arg("submit")
-            .arg(&example)
-            .arg("--config")
-            .arg(example.join("cloudbuild.yaml"))
+    let tag = unique();
+    let built = submit(
+        Path::new("configs/quickstart"),
+        &format!("_TAG={tag}"),
+        data.path(),
+    );
+    built.assert_succeeded();
+    let digest = built.digest(&format!("localhost:5000/quickstart:{tag}"));
+    assert_eq!(registry_digest("quickstart", &tag).as_deref(), Some(digest));
+}
+
+#[test]
+fn trainer_image_is_tested_built_and_pushed_with_the_commit_tag_and_latest() {
+    let data = tempfile::TempDir::new().unwrap();
+    let short_sha = unique();
+    let built = submit(
+        Path::new("configs/trainer-image"),
+        &format!("SHORT_SHA={short_sha}"),
+        data.path(),
+    );
+    built.assert_succeeded();
+    assert!(built.stdout.contains("Ran 2 tests"), "{}", built.stdout);
+    for tag in [short_sha.as_str(), "latest"] {
+        let digest = built.digest(&format!("localhost:5000/ml/trainer:{tag}"));
+        assert_eq!(registry_digest("ml/trainer", tag).as_deref(), Some(digest));
+    }
+}
+
+#[test]
+fn pipeline_templates_compile_to_a_versioned_file() {
+    let data = tempfile::TempDir::new().unwrap();
+    let dir = Path::new("configs/pipeline-templates");
+    let version = std::fs::read_to_string(dir.join("VERSION")).unwrap();
+    let built = submit(dir, "", data.path());
+    built.assert_succeeded();
+    let compiled = format!(
+        "compiled /workspace/dist/training-pipeline_v{}.yaml",
+        version.trim()
+    );
+    assert!(built.stdout.contains(&compiled), "{}", built.stdout);
+}
+
+/// Removes a test's deployment, whatever the test's outcome.
+struct Deployment(String);
+
+impl Deployment {
+    /// The build whose revision serves, and whether it answers its health check.
+    fn serving(&self) -> (String, bool) {
+        let revision = docker(&[
+            "inspect",
+            "--format",
+            r#"{{index .Config.Labels "builder.revision"}}"#,
+            &self.0,
+        ]);
+        let address = docker(&["port", &self.0, "8080"]);
+        let health = Command::new("curl")
+            .args(["-sf", &format!("http://{address}/healthz")])
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("STATUS: SUCCESS"),
-            "{} failed:\n{stdout}\n{}",
-            example.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        (revision, health.status.success())
     }
+
+    fn containers(&self) -> String {
+        let filter = format!("label=builder.service={}", self.0);
+        docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for name in self.containers().lines() {
+            docker(&["rm", "-f", name]);
+        }
+    }
+}
+
+#[test]
+fn dashboard_revisions_replace_each_other_only_when_healthy() {
+    let data = tempfile::TempDir::new().unwrap();
+    let service = Deployment(format!("test-dashboard-{}", unique()));
+    let substitutions = format!("_SERVICE={}", service.0);
+    let dir = Path::new("configs/dashboard");
+    for _ in 0..2 {
+        let built = submit(dir, &substitutions, data.path());
+        built.assert_succeeded();
+        assert_eq!(service.serving(), (built.build_id().to_string(), true));
+        assert_eq!(service.containers(), service.0);
+    }
+    let healthy = service.serving();
+
+    // A revision that cannot start (its data does not parse) fails the deploy, and the previous
+    // revision keeps serving.
+    let broken = tempfile::TempDir::new().unwrap();
+    for file in std::fs::read_dir(dir).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, broken.path().join(file.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(broken.path().join("metrics.json"), "[").unwrap();
+    let built = submit(broken.path(), &substitutions, data.path());
+    assert!(!built.success, "{}", built.stdout);
+    assert!(
+        built.stdout.contains("keeps its current revision"),
+        "{}",
+        built.stdout
+    );
+    assert_eq!(service.serving(), healthy);
+    assert_eq!(service.containers(), service.0);
 }

@@ -17,11 +17,13 @@ use builder::execute::{BUILD_LABEL, Event, Run, execute};
 use builder::plan::{Inputs, resolve};
 use builder::runtime::{ContainerRuntime, DockerRuntime, LogStream};
 use builder::substitute::Values;
+use common::{REGISTRY, registry_digest};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const REGISTRY: &str = "127.0.0.1:5000";
+mod common;
+
 /// Upper bound for a whole build or for one awaited event; reaching it is a failure.
 const DEADLINE: Duration = Duration::from_secs(120);
 /// A step body that runs until stopped. It exits on SIGTERM (a shell as PID 1 would ignore it), so
@@ -185,28 +187,6 @@ fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// The registry's `Docker-Content-Digest` for `repository:tag`, `None` when it has no such tag.
-fn registry_digest(repository: &str, tag: &str) -> Option<String> {
-    let mut curl = Command::new("curl");
-    curl.arg("-sfI");
-    for accepted in [
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ] {
-        curl.args(["-H", &format!("Accept: {accepted}")]);
-    }
-    let url = format!("http://{REGISTRY}/v2/{repository}/manifests/{tag}");
-    let output = curl.arg(url).output().expect("curl");
-    let headers = String::from_utf8_lossy(&output.stdout);
-    headers.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("docker-content-digest")
-            .then(|| value.trim().to_string())
-    })
 }
 
 #[tokio::test]
@@ -566,6 +546,46 @@ steps:
         assert!(printed, "step 2 did not print {expected:?}: {events:?}");
     }
     docker(&["rmi", &image]);
+}
+
+#[tokio::test]
+async fn steps_started_ahead_run_as_the_engine_would_start_them() {
+    // Step 0 runs long enough for steps 1 and 2 to be started ahead, held until their turn, and
+    // lists them running (step 3 is started once step 1 runs); then they run an executable found on PATH (not busybox's applet of
+    // that name), and the image's own entrypoint, with the environment the engine gives.
+    let yaml = r#"
+steps:
+- name: gcr.io/cloud-builders/docker
+  entrypoint: sh
+  args:
+  - -c
+  - |
+    mkdir bin && printf '#!/bin/sh\necho "found on PATH: $*"\n' > bin/ls && chmod +x bin/ls
+    sleep 1
+    docker ps --filter label=builder.build=$BUILD_ID --format '{{.Label "builder.step"}}' | sort
+- name: builder/debian
+  env: ['PATH=/workspace/bin:/usr/bin:/bin']
+  args: [ls, -l]
+- name: gcr.io/cloud-builders/docker
+  args: [--version]
+- name: builder/busybox
+  args: [env]
+"#;
+    let (outcome, events) = run("ahead", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 0), ["0", "1", "2"]);
+    assert_eq!(lines(&events, 1), ["found on PATH: -l"]);
+    assert!(
+        lines(&events, 2)[0].starts_with("Docker version"),
+        "{events:?}"
+    );
+    let env = lines(&events, 3);
+    assert!(env.contains(&"HOME=/builder/home".to_string()), "{env:?}");
+    // A shell the gate ran would have exported these.
+    let shell_vars = env
+        .iter()
+        .filter(|v| v.starts_with("PWD=") || v.starts_with("SHLVL="));
+    assert_eq!(shell_vars.count(), 0, "{env:?}");
 }
 
 #[tokio::test]

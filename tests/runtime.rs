@@ -12,6 +12,7 @@ use builder::runtime::{
     MountSource, Resources, RuntimeError,
 };
 use futures_util::{StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
 
 const LABEL: &str = "builder.test";
 const BUSYBOX: &str = "builder/busybox:latest";
@@ -69,6 +70,7 @@ impl Harness {
             network: None,
             labels: self.labels(),
             privileged: false,
+            stdin_open: false,
         }
     }
 
@@ -136,6 +138,7 @@ fn volume(name: &str, target: &str) -> Mount {
     Mount {
         source: MountSource::Volume(name.to_owned()),
         target: target.to_owned(),
+        read_only: false,
     }
 }
 
@@ -219,6 +222,7 @@ async fn run_keeps_streams_apart_and_exit_codes() {
         Mount {
             source: MountSource::Bind(host_dir.clone()),
             target: "/host".to_owned(),
+            read_only: false,
         },
     ];
     let output = harness.run(&failing).await;
@@ -337,6 +341,7 @@ async fn a_tmpfs_mount_is_empty_has_its_mode_and_is_writable_by_any_user() {
     step.mounts = vec![Mount {
         source: MountSource::Tmpfs { mode: 0o1777 },
         target: "/out".to_owned(),
+        read_only: false,
     }];
     let output = harness.run(&step).await;
     assert_eq!(output.code, 0, "{}", output.stderr);
@@ -463,6 +468,35 @@ async fn stop_sends_sigterm_first() {
 }
 
 #[tokio::test]
+async fn an_attached_stdin_holds_what_was_written_until_its_writer_ends() {
+    let harness = Harness::new("stdin").await;
+    let runtime = &harness.runtime;
+    let cat = ContainerSpec {
+        stdin_open: true,
+        ..harness.spec("cat", &["cat"])
+    };
+    runtime.create_container(&cat).await.expect("create");
+    let mut stdin = runtime.attach_stdin(&cat.name).await.expect("attach");
+    runtime.start_container(&cat.name).await.expect("start");
+    stdin
+        .write_all(b"written after the start\n")
+        .await
+        .expect("write");
+    stdin.shutdown().await.expect("shutdown");
+    // `cat` ends only at the end of its stdin.
+    let code = within("wait", runtime.wait_container(&cat.name)).await;
+    assert_eq!(code.expect("wait"), 0);
+    let chunks: Vec<_> = runtime.logs(&cat.name).try_collect().await.expect("logs");
+    assert_eq!(split(&chunks).0, "written after the start\n");
+    runtime.remove_container(&cat.name).await.expect("remove");
+
+    // Without `stdin_open`, stdin is empty.
+    let output = harness.run(&harness.spec("no-stdin", &["cat"])).await;
+    assert_eq!((output.code, output.stdout.as_str()), (0, ""));
+    harness.assert_no_leaks().await;
+}
+
+#[tokio::test]
 async fn ensure_image_finds_local_images_and_names_missing_ones() {
     let harness = Harness::new("images").await;
     let runtime = &harness.runtime;
@@ -470,6 +504,10 @@ async fn ensure_image_finds_local_images_and_names_missing_ones() {
     assert!(local.id.starts_with("sha256:"), "{local:?}");
     // Imported locally, never pulled or pushed under this name.
     assert_eq!(local.digest, None);
+    assert_eq!(
+        (local.entrypoint, local.cmd),
+        (vec![], vec!["sh".to_string()])
+    );
 
     for image in ["localhost:5000/nope:1", "127.0.0.1:1/unreachable:1"] {
         let error = runtime.ensure_image(image, None).await.expect_err(image);

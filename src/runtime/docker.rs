@@ -28,10 +28,10 @@ use bollard::models::{
     MountVolumeOptions, Network, NetworkCreateRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
@@ -39,7 +39,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{
     ContainerRuntime, ContainerSpec, ImageInfo, LOG_DRAIN_IDLE, Labels, LogChunk, LogStream,
-    MountSource, RegistryAuth, Resources, RuntimeError,
+    MountSource, RegistryAuth, Resources, RuntimeError, Stdin,
 };
 
 /// A [`ContainerRuntime`] talking to one Docker engine.
@@ -103,9 +103,12 @@ impl DockerRuntime {
                 let (name, digest) = entry.split_once('@')?;
                 (familiar(name) == familiar(repository)).then(|| digest.to_owned())
             });
+        let config = inspect.config.unwrap_or_default();
         Ok(ImageInfo {
             id: inspect.id.unwrap_or_default(),
             digest,
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
         })
     }
 
@@ -318,6 +321,7 @@ impl ContainerRuntime for DockerRuntime {
                 Ok(DockerMount {
                     target: Some(mount.target.clone()),
                     source,
+                    read_only: Some(mount.read_only),
                     typ: Some(typ),
                     volume_options,
                     tmpfs_options,
@@ -334,6 +338,10 @@ impl ContainerRuntime for DockerRuntime {
             working_dir: (!spec.working_dir.is_empty()).then(|| spec.working_dir.clone()),
             user: spec.user.clone(),
             labels: Some(labels),
+            // `StdinOnce`: the stdin ends when its one writer disconnects.
+            open_stdin: Some(spec.stdin_open),
+            stdin_once: Some(spec.stdin_open),
+            attach_stdin: Some(spec.stdin_open),
             host_config: Some(HostConfig {
                 mounts: Some(mounts),
                 network_mode: spec.network.clone(),
@@ -380,6 +388,22 @@ impl ContainerRuntime for DockerRuntime {
             .start_container(name, None)
             .await
             .map_err(|error| engine_error(format_args!("starting container {name:?}"), error))
+    }
+
+    async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stream(true)
+            .build();
+        // Nothing comes back on a stdin-only attach; the writer alone keeps the connection open.
+        let attached = self
+            .docker
+            .attach_container(name, Some(options))
+            .await
+            .map_err(|error| {
+                engine_error(format_args!("attaching to container {name:?}"), error)
+            })?;
+        Ok(attached.input)
     }
 
     fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
@@ -469,27 +493,22 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
         let found = self.labelled(key, value).await?;
-        let mut removed = Resources::default();
-        let mut failures = Vec::new();
-        // Containers first: they hold the networks and volumes.
-        for name in found.containers {
-            match self.remove_container(&name).await {
-                Ok(()) => removed.containers.push(name),
-                Err(error) => failures.push(error.to_string()),
-            }
-        }
-        for name in found.networks {
-            match self.remove_network(&name).await {
-                Ok(()) => removed.networks.push(name),
-                Err(error) => failures.push(error.to_string()),
-            }
-        }
-        for name in found.volumes {
-            match self.remove_volume(&name).await {
-                Ok(()) => removed.volumes.push(name),
-                Err(error) => failures.push(error.to_string()),
-            }
-        }
+        let (mut failures, mut network_failures) = (Vec::new(), Vec::new());
+        // Containers first: they hold the networks and volumes. Each kind at once.
+        let remove_container = |name: String| async move { self.remove_container(&name).await };
+        let containers = remove_all(found.containers, remove_container, &mut failures).await;
+        let remove_network = |name: String| async move { self.remove_network(&name).await };
+        let remove_volume = |name: String| async move { self.remove_volume(&name).await };
+        let (networks, volumes) = futures_util::join!(
+            remove_all(found.networks, remove_network, &mut network_failures),
+            remove_all(found.volumes, remove_volume, &mut failures),
+        );
+        failures.extend(network_failures);
+        let removed = Resources {
+            containers,
+            networks,
+            volumes,
+        };
         if failures.is_empty() {
             Ok(removed)
         } else {
@@ -727,6 +746,27 @@ fn credentials(auth: &RegistryAuth) -> DockerCredentials {
         serveraddress: Some(auth.server.clone()),
         ..Default::default()
     }
+}
+
+/// Runs `remove` on all `names` at once; returns the names removed, and adds what failed to
+/// `failures`.
+async fn remove_all<F>(
+    names: Vec<String>,
+    remove: impl Fn(String) -> F,
+    failures: &mut Vec<String>,
+) -> Vec<String>
+where
+    F: Future<Output = Result<(), RuntimeError>>,
+{
+    let results = futures_util::future::join_all(names.iter().cloned().map(remove)).await;
+    let mut removed = Vec::new();
+    for (name, result) in names.into_iter().zip(results) {
+        match result {
+            Ok(()) => removed.push(name),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    removed
 }
 
 fn to_map(labels: &Labels) -> HashMap<String, String> {

@@ -52,6 +52,9 @@ pub struct ContainerSpec {
     pub labels: Labels,
     /// Full privileges, needed by steps that drive the engine through its socket.
     pub privileged: bool,
+    /// Gives the container a stdin that [`ContainerRuntime::attach_stdin`] writes to; otherwise
+    /// its stdin is empty, as with `docker run` without `-i`.
+    pub stdin_open: bool,
 }
 
 /// A volume or host directory mounted into a container.
@@ -60,6 +63,7 @@ pub struct Mount {
     pub source: MountSource,
     /// Absolute path inside the container.
     pub target: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +121,14 @@ pub struct ImageInfo {
     /// Manifest digest (`sha256:…`) the image's repository recorded for it; `None` for images that
     /// were only built or imported locally and never pulled from or pushed to that repository.
     pub digest: Option<String>,
+    /// The image's default entrypoint and command (either may be empty).
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
 }
+
+/// The writing end of a container's stdin. Shutting it down (or dropping it) ends the stdin: the
+/// container reads end-of-file after what was written.
+pub type Stdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// Names of labelled engine resources, by kind, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -180,7 +191,8 @@ impl std::error::Error for RuntimeError {}
 ///    the spec refers to.
 /// 3. [`create_container`](Self::create_container), then optionally [`upload`](Self::upload) to
 ///    seed a volume it mounts (a created container already has its volumes attached).
-/// 4. [`start_container`](Self::start_container).
+/// 4. [`start_container`](Self::start_container). A container created with `stdin_open` may get
+///    its [`attach_stdin`](Self::attach_stdin) writer before or after its start.
 /// 5. [`logs`](Self::logs) and [`wait_container`](Self::wait_container), concurrently. The log
 ///    stream ends on its own once the container has exited, so awaiting it after `wait` returns is
 ///    bounded (see [`LOG_DRAIN_IDLE`]).
@@ -241,6 +253,9 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Starts a created container.
     async fn start_container(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// The stdin of a container created with `stdin_open`; there is one writer per container.
+    async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError>;
 
     /// The container's output from its start, stdout and stderr kept apart.
     ///
