@@ -20,6 +20,7 @@ use crate::source;
 use crate::store::Store;
 use crate::submit;
 use crate::substitute::Values;
+use crate::{triggers, webhooks};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,40 @@ enum Command {
     /// Recorded builds.
     #[command(subcommand)]
     Builds(BuildsCommand),
+    /// Build triggers: what GitHub pushes start builds.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+}
+
+#[derive(Subcommand)]
+enum TriggersCommand {
+    /// Whether a GitHub delivery would fire a trigger, why or why not, and the substitutions its
+    /// build would get; runs nothing. Exit 0 either way, 1 for an invalid trigger or delivery.
+    Test(TriggerTestArgs),
+}
+
+#[derive(Args)]
+struct TriggerTestArgs {
+    /// The trigger file (YAML or JSON, as `gcloud builds triggers export` writes it).
+    #[arg(long, value_name = "FILE")]
+    trigger: PathBuf,
+    /// The delivery's `X-GitHub-Event`.
+    #[arg(long, default_value = "push")]
+    event_type: String,
+    /// The delivery's JSON body (e.g. one of webhooks/github/).
+    #[arg(long, value_name = "PAYLOAD.json")]
+    event: PathBuf,
+    /// A file the push changed, relative to the repository root (repeatable).
+    #[arg(long = "changed-file", value_name = "PATH")]
+    changed_files: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long, value_enum)]
+    format: Option<TestFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TestFormat {
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +197,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(ConfigCommand::Resolve(args)) => aliases().and_then(|a| resolve(&args, a)),
         Command::Submit(args) => aliases().and_then(|a| submit(args, a, &data_dir)),
         Command::Builds(command) => builds(command, &data_dir),
+        Command::Triggers(TriggersCommand::Test(args)) => test_trigger(&args),
     };
     match result {
         Ok(code) => code,
@@ -232,6 +268,50 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
             Ok(None)
         }
     }
+}
+
+fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
+    let read = |file: &Path| {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+    };
+    let name = args.trigger.display().to_string();
+    let trigger = match triggers::load(&read(&args.trigger)?) {
+        Ok((trigger, warnings)) => {
+            eprint!("{}", warnings.render(&name));
+            trigger
+        }
+        Err(diagnostics) => {
+            eprint!("{}", diagnostics.render(&name));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let delivery = webhooks::parse(&args.event_type, &read(&args.event)?)
+        .with_context(|| args.event.display().to_string())?;
+    let verdict = triggers::evaluate(&trigger, &delivery, &args.changed_files);
+    let built_ins = verdict.as_ref().map(|push| trigger.built_ins(push)).ok();
+    let reason = verdict.as_ref().err().map(ToString::to_string);
+    if args.format.is_some() {
+        let report = serde_json::json!({
+            "trigger": trigger.name,
+            "builds": reason.is_none(),
+            "reason": reason,
+            "builtIns": built_ins,
+            "substitutions": built_ins.as_ref().map(|_| &trigger.substitutions),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (reason, built_ins) {
+        (Some(reason), _) => println!("trigger {:?} does not build: {reason}", trigger.name),
+        (None, built_ins) => {
+            println!("trigger {:?} builds", trigger.name);
+            let values = built_ins.iter().flatten().chain(&trigger.substitutions);
+            for (key, value) in values {
+                println!("  {key}={value}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_data_dir() -> PathBuf {

@@ -47,6 +47,11 @@ impl FieldPath {
         self.with(Segment::Index(index))
     }
 
+    /// `child` as a path under this one.
+    pub fn join(&self, child: &FieldPath) -> Self {
+        Self(self.0.iter().chain(&child.0).cloned().collect())
+    }
+
     fn with(&self, segment: Segment) -> Self {
         let mut segments = self.0.clone();
         segments.push(segment);
@@ -134,6 +139,14 @@ impl Diagnostics {
 
     pub fn extend(&mut self, other: Diagnostics) {
         self.0.extend(other.0);
+    }
+
+    /// The same diagnostics with their paths under `parent`: for a document embedded in another.
+    pub fn under(mut self, parent: &FieldPath) -> Self {
+        for diagnostic in &mut self.0 {
+            diagnostic.path = parent.join(&diagnostic.path);
+        }
+        self
     }
 
     /// Gives every diagnostic without a position the position of its field in `root`, and sorts

@@ -18,3 +18,5 @@ pub mod source;
 pub mod store;
 pub mod submit;
 pub mod substitute;
+pub mod triggers;
+pub mod webhooks;

@@ -242,6 +242,13 @@ fn split_inputs(
             );
         }
     }
+    derive_built_ins(&mut built_ins);
+    (built_ins, user)
+}
+
+/// Fills the built-ins that follow from others, where they are not given: `SHORT_SHA` and
+/// `REVISION_ID` from `COMMIT_SHA`, `REF_NAME` from `BRANCH_NAME` or `TAG_NAME` (spec §4.1, §9.2).
+pub fn derive_built_ins(built_ins: &mut Values) {
     let commit = built_ins.get("COMMIT_SHA").cloned().unwrap_or_default();
     // REF_NAME is the branch or the tag name of a trigger build (spec §4.1, §9.2).
     let reference = [built_ins.get("BRANCH_NAME"), built_ins.get("TAG_NAME")]
@@ -259,7 +266,6 @@ fn split_inputs(
             built_ins.insert(key.to_string(), derived);
         }
     }
-    (built_ins, user)
 }
 
 /// Substitutes fields and remembers every reference it met, with the field it was in.

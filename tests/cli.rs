@@ -365,3 +365,70 @@ fn usage_errors_exit_2() {
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn triggers_test_says_whether_a_real_delivery_builds_and_with_what() {
+    let trigger = b"name: hello\nfilename: ci/cloudbuild.yaml\n\
+        github: {owner: Codertocat, name: Hello-World, push: {branch: ^master$}}\n\
+        ignoredFiles: ['**/*.md']\nsubstitutions: {_ENV: dev}\n";
+    let dir = dir(&[("trigger.yaml", trigger)]);
+    let push = std::fs::canonicalize("webhooks/github/push/branch-update.json").unwrap();
+    let push = push.to_str().unwrap();
+    let test = |extra: &[&str]| {
+        let mut args = vec![
+            "triggers",
+            "test",
+            "--trigger",
+            "trigger.yaml",
+            "--event",
+            push,
+        ];
+        args.extend(extra);
+        run(dir.path(), &args)
+    };
+
+    let (code, stdout, _) = test(&["--changed-file", "src/app.py", "--format", "json"]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["builds"], json!(true));
+    assert_eq!(report["builtIns"]["BRANCH_NAME"], json!("master"));
+    assert_eq!(report["builtIns"]["SHORT_SHA"], json!("199eddf"));
+    assert_eq!(
+        report["builtIns"]["REPO_FULL_NAME"],
+        json!("Codertocat/Hello-World")
+    );
+    assert_eq!(
+        report["builtIns"]["TRIGGER_BUILD_CONFIG_PATH"],
+        json!("ci/cloudbuild.yaml")
+    );
+    assert_eq!(report["substitutions"], json!({"_ENV": "dev"}));
+
+    let (code, stdout, _) = test(&["--changed-file", "docs/README.md"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout,
+        "trigger \"hello\" does not build: every changed file matches ignoredFiles\n"
+    );
+
+    let (code, stdout, _) = test(&["--event-type", "ping"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (
+            0,
+            "trigger \"hello\" does not build: a ping starts no build\n"
+        )
+    );
+
+    std::fs::write(
+        dir.path().join("trigger.yaml"),
+        b"name: hello\nfilename: x\ngithub: {owner: o, name: r, push: {branch: '(x'}}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = test(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("trigger.yaml:3:")
+            && stderr.contains("github.push.branch: invalid regular expression"),
+        "{stderr}"
+    );
+}

@@ -23,6 +23,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("bollard", "src/runtime/docker.rs"),
     ("sqlx", "src/store.rs"),
     ("granit_parser", "src/config/tree.rs"),
+    ("hmac", "src/webhooks.rs"),
 ];
 
 /// Paths each layer may not use: the pure core does no I/O and knows nothing of engines, records
@@ -37,6 +38,8 @@ const LAYERS: &[(&[&str], &[&str])] = &[
             "src/plan.rs",
             "src/config/",
             "src/substitute/",
+            "src/triggers/",
+            "src/webhooks.rs",
         ],
         &[
             "crate::runtime",

@@ -221,7 +221,7 @@ fn artifacts(f: &mut Fields) -> Artifacts {
 
 /// Reads the fields of one mapping, remembering which keys were asked for so that
 /// [`Fields::finish`] can report the rest as unknown.
-struct Fields<'a, 'd> {
+pub(crate) struct Fields<'a, 'd> {
     node: &'a Node,
     path: FieldPath,
     diagnostics: &'d mut Diagnostics,
@@ -229,7 +229,11 @@ struct Fields<'a, 'd> {
 }
 
 impl<'a, 'd> Fields<'a, 'd> {
-    fn of(node: &'a Node, path: FieldPath, diagnostics: &'d mut Diagnostics) -> Option<Self> {
+    pub(crate) fn of(
+        node: &'a Node,
+        path: FieldPath,
+        diagnostics: &'d mut Diagnostics,
+    ) -> Option<Self> {
         if !matches!(node.value, Value::Map(_)) {
             let message = if path == FieldPath::root() {
                 format!("a build config must be a mapping, found {}", node.kind())
@@ -248,7 +252,7 @@ impl<'a, 'd> Fields<'a, 'd> {
     }
 
     /// The value of `name` (or its snake_case spelling), with its path; `None` when absent or null.
-    fn take(&mut self, name: &'static str) -> Option<(&'a Node, FieldPath)> {
+    pub(crate) fn take(&mut self, name: &'static str) -> Option<(&'a Node, FieldPath)> {
         self.known.push(name);
         let path = self.path.key(name);
         let snake = snake_case(name);
@@ -267,7 +271,7 @@ impl<'a, 'd> Fields<'a, 'd> {
             .map(|node| (node, path))
     }
 
-    fn string(&mut self, name: &'static str) -> Option<String> {
+    pub(crate) fn string(&mut self, name: &'static str) -> Option<String> {
         let (node, path) = self.take(name)?;
         self.scalar_text(node, &path, "a string")
     }
@@ -287,7 +291,7 @@ impl<'a, 'd> Fields<'a, 'd> {
     }
 
     /// A list of strings; a single scalar is read as a one-element list, with a warning.
-    fn strings(&mut self, name: &'static str) -> Vec<String> {
+    pub(crate) fn strings(&mut self, name: &'static str) -> Vec<String> {
         let Some((node, path)) = self.take(name) else {
             return Vec::new();
         };
@@ -352,7 +356,7 @@ impl<'a, 'd> Fields<'a, 'd> {
             .collect()
     }
 
-    fn bool(&mut self, name: &'static str) -> Option<bool> {
+    pub(crate) fn bool(&mut self, name: &'static str) -> Option<bool> {
         let (node, path) = self.take(name)?;
         let text = self.scalar_text(node, &path, "true or false")?;
         match text.as_str() {
@@ -383,7 +387,7 @@ impl<'a, 'd> Fields<'a, 'd> {
 
     /// A map of user-chosen keys to strings (`substitutions`, `secretEnv`, `envMap`): its keys are
     /// names, not fields, so they keep their spelling.
-    fn string_map(&mut self, name: &'static str) -> BTreeMap<String, String> {
+    pub(crate) fn string_map(&mut self, name: &'static str) -> BTreeMap<String, String> {
         let Some((node, path)) = self.take(name) else {
             return BTreeMap::new();
         };
@@ -415,7 +419,11 @@ impl<'a, 'd> Fields<'a, 'd> {
         map
     }
 
-    fn object<T>(&mut self, name: &'static str, read: impl FnOnce(&mut Fields) -> T) -> Option<T> {
+    pub(crate) fn object<T>(
+        &mut self,
+        name: &'static str,
+        read: impl FnOnce(&mut Fields) -> T,
+    ) -> Option<T> {
         let (node, path) = self.take(name)?;
         let mut fields = Fields::of(node, path, self.diagnostics)?;
         let value = read(&mut fields);
@@ -518,7 +526,7 @@ impl<'a, 'd> Fields<'a, 'd> {
         }
     }
 
-    fn unsupported_scalar(&mut self, name: &'static str, why: &str) {
+    pub(crate) fn unsupported_scalar(&mut self, name: &'static str, why: &str) {
         if self.string(name).is_some() {
             self.warn_unsupported(name, why);
         }
@@ -532,15 +540,24 @@ impl<'a, 'd> Fields<'a, 'd> {
         value
     }
 
-    fn warn_unsupported(&mut self, name: &'static str, why: &str) {
+    pub(crate) fn warn_unsupported(&mut self, name: &'static str, why: &str) {
         self.diagnostics.warning(
             &self.path.key(name),
             format!("not honoured by builder ({why}); ignored"),
         );
     }
 
+    /// Where this mapping is, for problems found in its values after reading them.
+    pub(crate) fn path(&self) -> &FieldPath {
+        &self.path
+    }
+
+    pub(crate) fn diagnostics(&mut self) -> &mut Diagnostics {
+        self.diagnostics
+    }
+
     /// Reports every key that no reader asked for.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         for (key, _) in self.node.entries() {
             let Some(text) = key.scalar().map(|s| s.text.as_str()) else {
                 self.diagnostics

@@ -79,3 +79,16 @@ pub fn load_with(
         diagnostics,
     })
 }
+
+/// Decodes and validates a build config written inside another file at `path` (a trigger's
+/// inline `build`); its diagnostics go to `diagnostics` with their positions in that file.
+pub fn embedded(node: &Node, path: &FieldPath, diagnostics: &mut Diagnostics) -> BuildConfig {
+    let mut inner = Diagnostics::default();
+    let config = decode::build_config(node, &mut inner);
+    if matches!(node.value, tree::Value::Map(_)) {
+        validate::validate(&config, &mut inner);
+    }
+    inner.locate(node);
+    diagnostics.extend(inner.under(path));
+    config
+}
