@@ -21,6 +21,10 @@ install_packages() {
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v curl >/dev/null || missing+=(curl)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  # git2's https feature builds against OpenSSL; the git tests drive the git CLI.
+  command -v git >/dev/null || missing+=(git)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq

@@ -17,10 +17,11 @@ use crate::local;
 use crate::plan::{self, Context, Inputs};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
+use crate::source::git::Rewrites;
 use crate::store::Store;
 use crate::submit;
 use crate::substitute::Values;
-use crate::{triggers, webhooks};
+use crate::{api, service, triggers, webhooks};
 
 #[derive(Parser)]
 #[command(
@@ -49,9 +50,37 @@ enum Command {
     /// Recorded builds.
     #[command(subcommand)]
     Builds(BuildsCommand),
+    /// Run the build service: GitHub webhooks, triggers, the build queue and the API.
+    Serve(ServeArgs),
     /// Build triggers: what GitHub pushes start builds.
     #[command(subcommand)]
     Triggers(TriggersCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: String,
+    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them).
+    #[arg(long, value_name = "DIR")]
+    triggers: Option<PathBuf>,
+    /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
+    /// `https://github.com/=/srv/git/` for local mirrors.
+    #[arg(long = "git-url-rewrite", value_name = "FROM=TO")]
+    git_url_rewrites: Vec<String>,
+    /// How many builds may run at once; the rest wait in the queue (0: only queue them).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    max_concurrent_builds: usize,
+    /// Directory of local secret values for availableSecrets.secretManager (see README).
+    #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// The value of $PROJECT_ID.
+    #[arg(long, env = "BUILDER_PROJECT", default_value = "local")]
+    project: String,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +227,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Submit(args) => aliases().and_then(|a| submit(args, a, &data_dir)),
         Command::Builds(command) => builds(command, &data_dir),
         Command::Triggers(TriggersCommand::Test(args)) => test_trigger(&args),
+        Command::Serve(args) => aliases().and_then(|a| serve(args, a, data_dir)),
     };
     match result {
         Ok(code) => code,
@@ -268,6 +298,78 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
             Ok(None)
         }
     }
+}
+
+fn serve(args: ServeArgs, aliases: Aliases, data_dir: PathBuf) -> Result<ExitCode> {
+    let secret = match (
+        &args.webhook_secret_file,
+        std::env::var("BUILDER_WEBHOOK_SECRET"),
+    ) {
+        (Some(file), _) => std::fs::read(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim_ascii()
+            .to_vec(),
+        (None, Ok(secret)) => secret.into_bytes(),
+        (None, Err(_)) => Vec::new(),
+    };
+    if secret.is_empty() {
+        anyhow::bail!(
+            "no webhook secret: pass --webhook-secret-file FILE or set BUILDER_WEBHOOK_SECRET \
+             (the secret configured on the GitHub webhook)"
+        );
+    }
+    let triggers = match &args.triggers {
+        Some(dir) => {
+            let (triggers, warnings) = service::load_triggers(dir).map_err(anyhow::Error::msg)?;
+            eprint!("{warnings}");
+            triggers
+        }
+        None => Vec::new(),
+    };
+    let rewrites = args
+        .git_url_rewrites
+        .iter()
+        .map(|pair| pair.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--git-url-rewrite: {e}"))?;
+    let rewrites = Rewrites::new(rewrites);
+    let settings = service::Settings {
+        data_dir: data_dir.clone(),
+        project: args.project,
+        webhook_secret: secret,
+        rewrites,
+        max_concurrent_builds: args.max_concurrent_builds,
+        aliases,
+        secrets_dir: args.secrets_dir,
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let store = open_store(&data_dir).await?;
+        let runtime = DockerRuntime::connect().await?;
+        let count = triggers.len();
+        let service = Arc::new(service::Service::new(
+            store,
+            Arc::new(runtime),
+            triggers,
+            settings,
+        ));
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "builder serve: listening on http://{} ({count} triggers)",
+            listener.local_addr()?
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let queue = tokio::spawn(service.clone().run(shutdown.clone()));
+        api::serve(listener, service, async {
+            interrupt().await;
+            eprintln!("builder serve: shutting down; cancelling running builds");
+        })
+        .await?;
+        shutdown.cancel();
+        queue.await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {

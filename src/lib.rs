@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the module map and the invariants.
 
 pub mod alias;
+pub mod api;
 pub mod build;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod logs;
 pub mod plan;
 pub mod runtime;
 pub mod secrets;
+pub mod service;
 pub mod source;
 pub mod store;
 pub mod submit;

@@ -26,17 +26,31 @@ pub async fn run(
     runtime: Arc<dyn ContainerRuntime>,
     prepared: Prepared,
     cancel: CancellationToken,
-    mut show: impl FnMut(&Event),
+    show: impl FnMut(&Event),
 ) -> Result<Outcome, store::Error> {
     let run = prepared.run;
-    let build_id = run.build_id.clone();
     // Taken before the record exists, so no other process ever sees the build unlocked.
-    let lock_path = running.join(format!("{build_id}.lock"));
-    let lock = lock(running, &lock_path).map_err(store::Error::Io)?;
+    let lock = RunningLock::take(running, &run.build_id).map_err(store::Error::Io)?;
     store
-        .create_build(&build_id, &prepared.source, &run.build)
+        .create_build(&run.build_id, &prepared.source, &run.build)
         .await?;
-    store.start_build(&build_id).await?;
+    store.start_build(&run.build_id).await?;
+    let outcome = record(store, runtime, run, cancel, show).await;
+    drop(lock);
+    outcome
+}
+
+/// Executes a build whose record exists (and is WORKING), recording its events as they happen
+/// and its outcome at the end; `show` sees every event first. The caller holds its
+/// [`RunningLock`].
+pub async fn record(
+    store: &Store,
+    runtime: Arc<dyn ContainerRuntime>,
+    run: execute::Run,
+    cancel: CancellationToken,
+    mut show: impl FnMut(&Event),
+) -> Result<Outcome, store::Error> {
+    let build_id = run.build_id.clone();
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let execution = tokio::spawn(execute::execute(runtime, run, events, cancel));
     // A failing write must not abandon the build: its containers are only removed when
@@ -46,7 +60,8 @@ pub async fn run(
     while let Some(event) = received.recv().await {
         show(&event);
         if recording.is_ok() {
-            recording = record(store, &build_id, event, &mut lines, received.is_empty()).await;
+            recording =
+                record_event(store, &build_id, event, &mut lines, received.is_empty()).await;
         }
     }
     let outcome = execution.await.unwrap_or_else(|e| Outcome {
@@ -58,22 +73,35 @@ pub async fn run(
     recording?;
     store.append_logs(&build_id, &lines).await?;
     store.finish_build(&build_id, &outcome).await?;
-    let _ = std::fs::remove_file(&lock_path);
-    drop(lock);
     Ok(outcome)
 }
 
-/// Creates and takes the lock file of a build.
-fn lock(running: &Path, path: &Path) -> std::io::Result<File> {
-    std::fs::create_dir_all(running)?;
-    let file = File::create(path)?;
-    file.lock()?;
-    Ok(file)
+/// The lock a running build's process holds on `<running>/<id>.lock` (see the module doc);
+/// dropping it removes the file and releases the lock.
+pub struct RunningLock {
+    path: std::path::PathBuf,
+    _file: File,
+}
+
+impl RunningLock {
+    pub fn take(running: &Path, build_id: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(running)?;
+        let path = running.join(format!("{build_id}.lock"));
+        let file = File::create(&path)?;
+        file.lock()?;
+        Ok(Self { path, _file: file })
+    }
+}
+
+impl Drop for RunningLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Writes what an event changes in the record. Log lines are written as soon as a burst of them
 /// ends (`idle`), so followers see them live.
-async fn record(
+async fn record_event(
     store: &Store,
     build_id: &str,
     event: Event,

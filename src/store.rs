@@ -61,6 +61,74 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Delivery states.
+const PENDING: &str = "PENDING";
+const DONE: &str = "DONE";
+
+/// A webhook delivery to record. With a `payload` it is recorded PENDING: some triggers wait for
+/// the push's changed files (see [`Store::complete_delivery`]).
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub verified: bool,
+    pub summary: String,
+    pub payload: Option<&'a [u8]>,
+    pub results: Vec<TriggerResult>,
+}
+
+/// What one trigger made of a delivery: the build it queued, or why it queued none.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerResult {
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// A verified delivery with this id was already recorded.
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub id: String,
+    pub event: String,
+    pub payload: Vec<u8>,
+    pub results: Vec<TriggerResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub event: String,
+    #[serde(serialize_with = "rfc3339_required")]
+    pub receive_time: SystemTime,
+    pub verified: bool,
+    pub summary: String,
+    /// Some triggers still wait for the push's changed files.
+    pub pending: bool,
+    pub results: Vec<TriggerResult>,
+}
+
+/// A build the service queues: recorded QUEUED with what it is to run, its plan resolved when
+/// it starts.
+#[derive(Debug, Clone)]
+pub struct QueuedBuild {
+    pub id: String,
+    pub trigger: String,
+    pub delivery: Option<String>,
+    pub source: serde_json::Value,
+    pub substitutions: serde_json::Value,
+    pub request: serde_json::Value,
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Store, Error> {
@@ -100,16 +168,7 @@ impl Store {
         .bind(json(plan))
         .execute(&mut *tx)
         .await?;
-        for (index, step) in plan.steps.iter().enumerate() {
-            sqlx::query("INSERT INTO steps (build_id, idx, step_id, name, status) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(index as i64)
-                .bind(&step.id)
-                .bind(&step.name)
-                .bind(Status::Queued.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_steps(&mut tx, id, plan).await?;
         tx.commit().await
     }
 
@@ -188,13 +247,145 @@ impl Store {
             .map(drop)
     }
 
-    /// Ids of the builds not yet finished.
+    /// Ids of the builds that were started and not finished: running ones, and builds recorded
+    /// to be run at once (not queued for the service) that never ran.
     pub async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar("SELECT id FROM builds WHERE status IN ($1, $2)")
-            .bind(Status::Queued.as_str())
-            .bind(Status::Working.as_str())
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT id FROM builds WHERE status = $1 OR (status = $2 AND request IS NULL)",
+        )
+        .bind(Status::Working.as_str())
+        .bind(Status::Queued.as_str())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Records a delivery and queues its builds, in one transaction. A verified delivery whose id
+    /// is already recorded changes nothing: a redelivery never queues a second build.
+    pub async fn record_delivery(
+        &self,
+        delivery: &NewDelivery<'_>,
+        builds: &[QueuedBuild],
+    ) -> Result<Recorded, Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(delivery.id)
+        .bind(delivery.event)
+        .bind(millis(SystemTime::now()))
+        .bind(delivery.verified)
+        .bind(&delivery.summary)
+        .bind(if delivery.payload.is_some() { PENDING } else { DONE })
+        .bind(delivery.payload)
+        .bind(json(&delivery.results))
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(Recorded::Duplicate);
+        }
+        queue(&mut tx, builds).await?;
+        tx.commit().await?;
+        Ok(Recorded::New)
+    }
+
+    /// Deliveries whose triggers wait for the push's changed files, oldest first.
+    pub async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, event, payload, results FROM deliveries WHERE state = $1 ORDER BY seq",
+        )
+        .bind(PENDING)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| PendingDelivery {
+                id: row.get("id"),
+                event: row.get("event"),
+                payload: row.get("payload"),
+                results: serde_json::from_str(row.get("results")).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Finishes deciding a pending delivery: its trigger results replace the recorded ones and
+    /// its builds are queued, in one transaction, at most once (`false` if it was not pending).
+    pub async fn complete_delivery(
+        &self,
+        id: &str,
+        results: &[TriggerResult],
+        builds: &[QueuedBuild],
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
+             WHERE id = $3 AND verified = 1 AND state = $4",
+        )
+        .bind(DONE)
+        .bind(json(results))
+        .bind(id)
+        .bind(PENDING)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        queue(&mut tx, builds).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The newest deliveries first.
+    pub async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, event, receive_time, verified, summary, state, results FROM deliveries \
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DeliveryRecord {
+                id: row.get("id"),
+                event: row.get("event"),
+                receive_time: time(row.get("receive_time")),
+                verified: row.get("verified"),
+                summary: row.get("summary"),
+                pending: row.get::<String, _>("state") == PENDING,
+                results: serde_json::from_str(row.get("results")).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Takes the oldest queued build to run it: it is WORKING from now on. Returns its id and
+    /// what it is to run.
+    pub async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
+        let row = sqlx::query(
+            "UPDATE builds SET status = $1, start_time = $2 WHERE id = \
+             (SELECT id FROM builds WHERE status = $3 AND request IS NOT NULL \
+              ORDER BY create_time, id LIMIT 1) \
+             RETURNING id, request",
+        )
+        .bind(Status::Working.as_str())
+        .bind(millis(SystemTime::now()))
+        .bind(Status::Queued.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| (row.get("id"), parse_json(row.get("request")))))
+    }
+
+    /// Records the plan a claimed build resolved to, with its steps QUEUED.
+    pub async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3")
+            .bind(json(plan))
+            .bind(json(&plan.substitutions))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_steps(&mut tx, id, plan).await?;
+        tx.commit().await
     }
 
     /// The newest builds first.
@@ -271,6 +462,48 @@ impl Store {
     }
 }
 
+type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
+
+async fn insert_steps(
+    tx: &mut Transaction<'_>,
+    id: &str,
+    plan: &ResolvedBuild,
+) -> Result<(), Error> {
+    for (index, step) in plan.steps.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO steps (build_id, idx, step_id, name, status) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(index as i64)
+        .bind(&step.id)
+        .bind(&step.name)
+        .bind(Status::Queued.as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), Error> {
+    for build in builds {
+        sqlx::query(
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, delivery_id, request) \
+             VALUES ($1, $2, $3, $4, $5, 'null', $6, $7, $8)",
+        )
+        .bind(&build.id)
+        .bind(Status::Queued.as_str())
+        .bind(millis(SystemTime::now()))
+        .bind(build.source.to_string())
+        .bind(build.substitutions.to_string())
+        .bind(&build.trigger)
+        .bind(&build.delivery)
+        .bind(build.request.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 fn rfc3339_required<S: serde::Serializer>(
     time: &SystemTime,
     serializer: S,
@@ -306,7 +539,7 @@ fn status(text: String) -> Status {
     Status::parse(&text).unwrap_or(Status::InternalError)
 }
 
-fn json<T: Serialize>(value: &T) -> String {
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 

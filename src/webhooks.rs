@@ -155,6 +155,14 @@ impl Push {
         })
     }
 
+    /// The commit to build: the head commit, since the `after` of an annotated tag's push is the
+    /// tag object, not the commit it tags.
+    pub fn commit(&self) -> &str {
+        self.head_commit
+            .as_ref()
+            .map_or(&self.after, |commit| &commit.id)
+    }
+
     /// The push removed the ref, so there is no commit to build. The null `after` is checked as
     /// well as the flag: building it would fail whatever the flag says.
     pub fn is_deletion(&self) -> bool {

@@ -24,6 +24,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("sqlx", "src/store.rs"),
     ("granit_parser", "src/config/tree.rs"),
     ("hmac", "src/webhooks.rs"),
+    ("axum", "src/api.rs"),
+    ("git2", "src/source/git.rs"),
 ];
 
 /// Paths each layer may not use: the pure core does no I/O and knows nothing of engines, records
@@ -59,6 +61,17 @@ const LAYERS: &[(&[&str], &[&str])] = &[
             "crate::cli",
             "crate::local",
             "crate::submit",
+        ],
+    ),
+    (
+        &["src/api.rs"],
+        &[
+            "crate::store",
+            "crate::execute",
+            "crate::runtime",
+            "crate::triggers",
+            "crate::plan",
+            "crate::source",
         ],
     ),
     (

@@ -7,6 +7,7 @@
 
 mod archive;
 mod error;
+pub mod git;
 mod ignore;
 
 use std::{

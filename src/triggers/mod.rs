@@ -108,20 +108,25 @@ impl fmt::Display for Skip {
     }
 }
 
+/// The push a delivery carries, or why it starts no build.
+pub fn push_of(delivery: &Delivery) -> Result<&Push, Skip> {
+    match delivery {
+        Delivery::Push(push) => Ok(push),
+        Delivery::Ping(_) => Err(Skip::NotAPush("a ping".into())),
+        Delivery::PushToOtherRef { ref_name } => {
+            Err(Skip::NotAPush(format!("a push to {ref_name}")))
+        }
+        Delivery::Ignored { event } => Err(Skip::NotAPush(format!("a {event:?} event"))),
+    }
+}
+
 /// What `delivery` means for `trigger`: the push it builds, or why it starts no build.
 pub fn evaluate<'d>(
     trigger: &Trigger,
     delivery: &'d Delivery,
     changed_files: &[String],
 ) -> Result<&'d Push, Skip> {
-    let push = match delivery {
-        Delivery::Push(push) => push,
-        Delivery::Ping(_) => return Err(Skip::NotAPush("a ping".into())),
-        Delivery::PushToOtherRef { ref_name } => {
-            return Err(Skip::NotAPush(format!("a push to {ref_name}")));
-        }
-        Delivery::Ignored { event } => return Err(Skip::NotAPush(format!("a {event:?} event"))),
-    };
+    let push = push_of(delivery)?;
     trigger.fires(push, changed_files)?;
     Ok(push)
 }
@@ -129,6 +134,12 @@ pub fn evaluate<'d>(
 impl Trigger {
     /// Whether `push`, which changed `changed_files`, fires this trigger (spec §9.2, §9.3).
     pub fn fires(&self, push: &Push, changed_files: &[String]) -> Result<(), Skip> {
+        self.fires_on_ref(push)?;
+        self.files_fire(changed_files)
+    }
+
+    /// Whether `push` fires this trigger as far as can be told without its changed files.
+    pub fn fires_on_ref(&self, push: &Push) -> Result<(), Skip> {
         if self.disabled {
             return Err(Skip::Disabled);
         }
@@ -155,7 +166,12 @@ impl Trigger {
         if push.skips_ci() {
             return Err(Skip::SkipCi);
         }
-        self.files_fire(changed_files)
+        Ok(())
+    }
+
+    /// Whether deciding needs the push's changed files.
+    pub fn has_file_filters(&self) -> bool {
+        !self.included_files.is_empty() || !self.ignored_files.is_empty()
     }
 
     /// The built-in substitutions of the build this trigger starts for `push` (spec §9.2).
@@ -169,7 +185,7 @@ impl Trigger {
             BuildSource::Inline(_) | BuildSource::Autodetect => "",
         };
         let mut built_ins = [
-            ("COMMIT_SHA", push.after.as_str()),
+            ("COMMIT_SHA", push.commit()),
             ("BRANCH_NAME", branch),
             ("TAG_NAME", tag),
             ("REPO_NAME", &push.repository.name),
@@ -186,7 +202,7 @@ impl Trigger {
 
     /// The file filters: ignored files are dropped first, so ignored wins over included; with
     /// no ignored globs and no changed files the filters do not apply.
-    fn files_fire(&self, changed: &[String]) -> Result<(), Skip> {
+    pub fn files_fire(&self, changed: &[String]) -> Result<(), Skip> {
         if self.ignored_files.is_empty() && changed.is_empty() {
             return Ok(());
         }
@@ -359,11 +375,28 @@ fn push_filter(f: &mut Fields) -> Option<PushFilter> {
     }
 }
 
+/// A path relative to the repository root that stays inside it.
+fn is_repository_path(path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    path.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && path.components().next().is_some()
+}
+
 fn build_source(f: &mut Fields) -> BuildSource {
     let filename = f.string("filename");
     let autodetect = f.bool("autodetect") == Some(true);
     match (filename, f.take("build")) {
-        (Some(file), None) => BuildSource::File(file),
+        (Some(file), None) => {
+            if !is_repository_path(&file) {
+                let path = f.path().key("filename");
+                f.diagnostics().error(
+                    &path,
+                    format!("{file:?} is not a relative path inside the repository"),
+                );
+            }
+            BuildSource::File(file)
+        }
         (None, Some((node, path))) => {
             BuildSource::Inline(Box::new(config::embedded(node, &path, f.diagnostics())))
         }
@@ -585,6 +618,8 @@ mod tests {
         let rendered = errors(&MAIN.replace("branch: ^main$", "branch: a, tag: b"));
         assert!(rendered.contains("not both"), "{rendered}");
         assert!(errors(&MAIN.replace("name: t", "name: -t")).contains("trigger name"));
+        let outside = MAIN.replace("cloudbuild.yaml", "../x.yaml");
+        assert!(errors(&outside).contains("not a relative path inside the repository"));
         assert!(errors(&MAIN.replace("filename: cloudbuild.yaml\n", "")).contains("`filename`"));
         let rendered = errors(&format!("{MAIN}includeFiles: [a]\n"));
         assert!(

@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests; each test crate uses some of them.
+#![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Command;
 
 /// The local registry `scripts/dev-env.sh` starts.
@@ -25,4 +27,34 @@ pub fn registry_digest(repository: &str, tag: &str) -> Option<String> {
         name.eq_ignore_ascii_case("docker-content-digest")
             .then(|| value.trim().to_string())
     })
+}
+
+/// Runs git in `dir`, independent of the user's and the system's git config; returns its
+/// trimmed output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "user.name=Builder Test",
+            "-c",
+            "user.email=test@example.com",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8 output")
+        .trim()
+        .to_owned()
 }

@@ -1,0 +1,557 @@
+//! The build service behind `builder serve`: receiving GitHub deliveries, deciding which triggers
+//! they fire, queueing those builds durably, and running the queue on the local engine, a bounded
+//! number of builds at once. The HTTP layer (`api`) only turns requests into these calls.
+//!
+//! Nothing accepted is lost and nothing is built twice:
+//! * a delivery is recorded, with the builds of the triggers it fires, in one transaction before
+//!   it is answered; a redelivery (same `X-GitHub-Delivery`) finds its record and queues nothing;
+//! * triggers with `includedFiles`/`ignoredFiles` need the push's changed files, computed from the
+//!   repository after the answer: the delivery stays PENDING (with its body) until they are
+//!   decided, and its remaining builds are queued with that decision, in one transaction, once;
+//! * a build is claimed from the queue atomically; one that was running when the server died is
+//!   swept and closed as INTERNAL_ERROR at the next start (as `builder submit` does), queued ones
+//!   run then.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::alias::Aliases;
+use crate::build::{Outcome, Status};
+use crate::config::BuildConfig;
+use crate::config::tree::Node;
+use crate::execute::Run;
+use crate::local::{self, RunningLock};
+use crate::plan::{self, Context, Inputs};
+use crate::runtime::ContainerRuntime;
+use crate::secrets;
+use crate::source::git::{Mirror, Rewrites};
+use crate::store::{NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
+use crate::substitute::Values;
+use crate::triggers::{self, BuildSource, Trigger};
+use crate::webhooks::{self, Delivery, Push, SignatureError};
+
+/// How the service is set up.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// The value of `$PROJECT_ID`.
+    pub project: String,
+    pub webhook_secret: Vec<u8>,
+    pub rewrites: Rewrites,
+    pub max_concurrent_builds: usize,
+    pub aliases: Aliases,
+    pub secrets_dir: Option<PathBuf>,
+}
+
+/// Loads every trigger file (`*.yaml`, `*.yml`, `*.json`) in `dir`. `Err` holds the problems of
+/// all the files that have any; `Ok` carries the warnings, rendered.
+pub fn load_triggers(dir: &Path) -> Result<(Vec<Trigger>, String), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| {
+            let extension = path.extension().and_then(|e| e.to_str());
+            matches!(extension, Some("yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    let (mut loaded, mut warnings, mut errors) =
+        (Vec::<Trigger>::new(), String::new(), String::new());
+    for file in files {
+        let name = file.display().to_string();
+        let bytes = std::fs::read(&file).map_err(|e| format!("{name}: {e}"))?;
+        match triggers::load(&bytes) {
+            Ok((trigger, found)) => {
+                warnings += &found.render(&name);
+                if loaded.iter().any(|t| t.name == trigger.name) {
+                    errors += &format!(
+                        "{name}: name: another trigger is named {:?}\n",
+                        trigger.name
+                    );
+                }
+                loaded.push(trigger);
+            }
+            Err(found) => errors += &found.render(&name),
+        }
+    }
+    if errors.is_empty() {
+        Ok((loaded, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+/// A delivery as it arrived: its headers and raw body.
+pub struct Incoming<'a> {
+    pub event: Option<&'a str>,
+    pub delivery: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// How a delivery was taken.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Receipt {
+    /// Recorded; `builds` were queued, and `pending` says whether triggers with file filters
+    /// are still to decide.
+    Accepted { builds: Vec<String>, pending: bool },
+    /// This delivery was already received.
+    Duplicate,
+    /// A ping, or an event that starts no build; recorded.
+    Ignored { reason: String },
+}
+
+/// Why a delivery was refused; nothing was queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// Not from GitHub (or not signed with our secret): recorded as rejected.
+    Unauthorized(SignatureError),
+    BadRequest(String),
+    /// The record could not be written; GitHub will redeliver.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized(e) => write!(f, "{e}"),
+            Self::BadRequest(message) | Self::Unavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+/// What a queued build runs, kept in its record until it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    trigger: String,
+    clone_url: String,
+    commit: String,
+    built_ins: Values,
+    overrides: Values,
+}
+
+pub struct Service {
+    store: Store,
+    runtime: Arc<dyn ContainerRuntime>,
+    triggers: Vec<Trigger>,
+    settings: Settings,
+    /// Woken when builds are queued or deliveries wait for their changed files.
+    work: Notify,
+    /// Cancel tokens of the builds running in this process.
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Service {
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn ContainerRuntime>,
+        triggers: Vec<Trigger>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            triggers,
+            settings,
+            work: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn triggers(&self) -> &[Trigger] {
+        &self.triggers
+    }
+
+    /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
+    /// the builds it queues. Answers without waiting for any fetch or build.
+    pub async fn receive(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+        let delivery_id = incoming
+            .delivery
+            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Delivery header".into()))?;
+        let event = incoming
+            .event
+            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Event header".into()))?;
+        let record = |verified, summary: String, payload, results| NewDelivery {
+            id: delivery_id,
+            event,
+            verified,
+            summary,
+            payload,
+            results,
+        };
+        if let Err(e) = webhooks::verify(
+            &self.settings.webhook_secret,
+            incoming.body,
+            incoming.signature,
+        ) {
+            let rejected = record(false, e.to_string(), None, Vec::new());
+            self.store.record_delivery(&rejected, &[]).await.ok();
+            return Err(Rejection::Unauthorized(e));
+        }
+        let delivery = webhooks::parse(event, incoming.body)
+            .map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        let push = match triggers::push_of(&delivery) {
+            Ok(push) => push,
+            Err(skip) => {
+                let reason = skip.to_string();
+                let ignored = record(true, reason.clone(), None, Vec::new());
+                return match self.store.record_delivery(&ignored, &[]).await {
+                    Ok(Recorded::New) => Ok(Receipt::Ignored { reason }),
+                    Ok(Recorded::Duplicate) => Ok(Receipt::Duplicate),
+                    Err(e) => Err(Rejection::Unavailable(e.to_string())),
+                };
+            }
+        };
+        let mut results = Vec::new();
+        let mut builds = Vec::new();
+        let mut pending = false;
+        for trigger in &self.triggers {
+            match trigger.fires_on_ref(push) {
+                Err(skip) => results.push(skipped(trigger, skip)),
+                Ok(()) if trigger.has_file_filters() => pending = true,
+                Ok(()) => {
+                    let build = self.queued_build(trigger, push, delivery_id);
+                    results.push(queued(trigger, &build));
+                    builds.push(build);
+                }
+            }
+        }
+        let payload = pending.then_some(incoming.body);
+        let accepted = record(true, summary(push), payload, results);
+        match self.store.record_delivery(&accepted, &builds).await {
+            Ok(Recorded::New) => {
+                self.work.notify_one();
+                Ok(Receipt::Accepted {
+                    builds: builds.into_iter().map(|b| b.id).collect(),
+                    pending,
+                })
+            }
+            Ok(Recorded::Duplicate) => Ok(Receipt::Duplicate),
+            Err(e) => Err(Rejection::Unavailable(e.to_string())),
+        }
+    }
+
+    fn queued_build(&self, trigger: &Trigger, push: &Push, delivery: &str) -> QueuedBuild {
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = Request {
+            trigger: trigger.name.clone(),
+            clone_url: push.repository.clone_url.clone(),
+            commit: push.commit().to_string(),
+            built_ins: trigger.built_ins(push),
+            overrides: trigger.substitutions.clone(),
+        };
+        let substitutions: Values = request
+            .built_ins
+            .iter()
+            .chain(&request.overrides)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        QueuedBuild {
+            source: serde_json::json!({
+                "kind": "github",
+                "repository": push.repository.full_name,
+                "cloneUrl": push.repository.clone_url,
+                "ref": push.git_ref.name(),
+                "commit": push.commit(),
+            }),
+            substitutions: serde_json::json!(substitutions),
+            request: serde_json::to_value(&request).unwrap_or_default(),
+            trigger: trigger.name.clone(),
+            delivery: Some(delivery.to_string()),
+            id,
+        }
+    }
+
+    /// Runs until `shutdown`: decides pending deliveries and runs queued builds, at most
+    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown,
+    /// running builds are cancelled and waited for.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let running = self.settings.data_dir.join("running");
+        if let Err(e) = local::recover(&self.store, &running, self.runtime.as_ref()).await {
+            eprintln!("builder serve: closing builds of a previous run failed: {e}");
+        }
+        let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
+        let mut builds = tokio::task::JoinSet::new();
+        loop {
+            self.decide_pending().await;
+            while let Ok(slot) = slots.clone().try_acquire_owned() {
+                match self.store.claim_queued().await {
+                    Ok(Some((id, request))) => {
+                        let service = self.clone();
+                        builds.spawn(async move {
+                            service.run_build(&id, request).await;
+                            drop(slot);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("builder serve: reading the queue failed: {e}");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.work.notified() => {}
+                Some(_) = builds.join_next() => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        for token in self.running.lock().expect("running builds").values() {
+            token.cancel();
+        }
+        while builds.join_next().await.is_some() {}
+    }
+
+    /// Cancels a running build of this process; `false` if it runs nowhere here.
+    pub fn cancel(&self, id: &str) -> bool {
+        let running = self.running.lock().expect("running builds");
+        running.get(id).inspect(|token| token.cancel()).is_some()
+    }
+
+    /// Decides the triggers of every pending delivery from the changed files of its push.
+    async fn decide_pending(&self) {
+        let pending = match self.store.pending_deliveries().await {
+            Ok(pending) => pending,
+            Err(e) => {
+                eprintln!("builder serve: reading pending deliveries failed: {e}");
+                return;
+            }
+        };
+        for delivery in pending {
+            let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload)
+            else {
+                continue;
+            };
+            let changed = self.changed_files(&push).await;
+            let mut results = delivery.results;
+            let mut builds = Vec::new();
+            for trigger in &self.triggers {
+                if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
+                    continue;
+                }
+                let decision = match &changed {
+                    Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
+                    Err(e) => Err(format!("the push's changed files are unknown: {e}")),
+                };
+                match decision {
+                    Ok(()) => {
+                        let build = self.queued_build(trigger, &push, &delivery.id);
+                        results.push(queued(trigger, &build));
+                        builds.push(build);
+                    }
+                    Err(reason) => results.push(TriggerResult {
+                        trigger: trigger.name.clone(),
+                        build_id: None,
+                        reason: Some(reason),
+                    }),
+                }
+            }
+            if let Err(e) = self
+                .store
+                .complete_delivery(&delivery.id, &results, &builds)
+                .await
+            {
+                eprintln!(
+                    "builder serve: recording delivery {} failed: {e}",
+                    delivery.id
+                );
+            }
+        }
+    }
+
+    async fn changed_files(&self, push: &Push) -> Result<Vec<String>, String> {
+        let url = push.repository.clone_url.clone();
+        let cache = self.settings.data_dir.join("git");
+        let rewrites = self.settings.rewrites.clone();
+        let (before, after) = (push.before.clone(), push.after.clone());
+        tokio::task::spawn_blocking(move || {
+            let mirror = Mirror::update(&cache, &url, &rewrites).map_err(|e| e.to_string())?;
+            let changed = mirror
+                .changed_files(&before, &after)
+                .map_err(|e| e.to_string())?;
+            Ok(changed.files)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Runs a claimed build: its commit checked out, its config resolved, its steps executed and
+    /// recorded. Whatever fails, the build ends with a status and a reason.
+    async fn run_build(&self, id: &str, request: serde_json::Value) {
+        let running = self.settings.data_dir.join("running");
+        let lock = match RunningLock::take(&running, id) {
+            Ok(lock) => lock,
+            Err(e) => return self.fail(id, Status::InternalError, e.to_string()).await,
+        };
+        let cancel = CancellationToken::new();
+        self.running
+            .lock()
+            .expect("running builds")
+            .insert(id.to_string(), cancel.clone());
+        let workspace = self.settings.data_dir.join("workspaces").join(id);
+        match self.prepare(id, request, &workspace).await {
+            Ok(run) => {
+                let recorded =
+                    local::record(&self.store, self.runtime.clone(), run, cancel, |_| {}).await;
+                if let Err(e) = recorded {
+                    eprintln!("builder serve: recording build {id} failed: {e}");
+                }
+            }
+            Err(failure) => self.fail(id, Status::Failure, failure).await,
+        }
+        let _ = std::fs::remove_dir_all(&workspace);
+        self.running.lock().expect("running builds").remove(id);
+        drop(lock);
+    }
+
+    /// Checks out the build's commit into `workspace` and resolves its config as a trigger build.
+    async fn prepare(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+        workspace: &Path,
+    ) -> Result<Run, String> {
+        let request: Request = serde_json::from_value(request)
+            .map_err(|e| format!("the queued build's request is unreadable: {e}"))?;
+        let trigger = self
+            .triggers
+            .iter()
+            .find(|t| t.name == request.trigger)
+            .ok_or_else(|| format!("trigger {:?} no longer exists", request.trigger))?;
+        let url = request.clone_url.clone();
+        let cache = self.settings.data_dir.join("git");
+        let rewrites = self.settings.rewrites.clone();
+        let (commit, dest) = (request.commit.clone(), workspace.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let mirror = Mirror::update(&cache, &url, &rewrites)?;
+            mirror.checkout(&commit, &dest)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("fetching the source failed: {e}"))?;
+        let (config, tree, file) = config_of(trigger, workspace)?;
+        let mut built_ins = request.built_ins;
+        built_ins.insert("BUILD_ID".into(), id.to_string());
+        built_ins.insert("PROJECT_ID".into(), self.settings.project.clone());
+        built_ins.insert("LOCATION".into(), "local".into());
+        if matches!(trigger.build, BuildSource::Autodetect) {
+            built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
+        }
+        let inputs = Inputs {
+            context: Context::Trigger,
+            built_ins,
+            overrides: request.overrides,
+            aliases: self.settings.aliases.clone(),
+        };
+        let build = plan::resolve(&config, &inputs).map_err(|mut diagnostics| {
+            if let Some(tree) = &tree {
+                diagnostics.locate(tree);
+            }
+            diagnostics.render(&file)
+        })?;
+        let secrets =
+            secrets::resolve(&build.secrets, self.settings.secrets_dir.as_deref(), |k| {
+                std::env::var(k).ok()
+            })?;
+        self.store
+            .set_plan(id, &build)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Run {
+            build_id: id.to_string(),
+            build,
+            workspace: Some(workspace.to_path_buf()),
+            secrets,
+        })
+    }
+
+    /// Ends a build that never got to run its steps.
+    async fn fail(&self, id: &str, status: Status, failure: String) {
+        let outcome = Outcome {
+            status,
+            steps: Vec::new(),
+            images: Vec::new(),
+            failure: Some(failure),
+        };
+        if let Err(e) = self.store.finish_build(id, &outcome).await {
+            eprintln!("builder serve: recording build {id} failed: {e}");
+        }
+    }
+}
+
+/// A trigger's build config, checked: its inline `build`, or the file read from the commit
+/// (with its tree, to locate later problems); and its name for messages.
+fn config_of(
+    trigger: &Trigger,
+    workspace: &Path,
+) -> Result<(BuildConfig, Option<Node>, String), String> {
+    let (bytes, file) = match &trigger.build {
+        BuildSource::Inline(config) => {
+            return Ok((
+                (**config).clone(),
+                None,
+                format!("trigger {}", trigger.name),
+            ));
+        }
+        BuildSource::File(path) => {
+            let bytes = std::fs::read(workspace.join(path))
+                .map_err(|e| format!("cannot read the build config {path} in the commit: {e}"))?;
+            (bytes, path.clone())
+        }
+        // Cloud Build's autodetection: the first config file the commit has.
+        BuildSource::Autodetect => ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
+            .into_iter()
+            .find_map(|name| Some((std::fs::read(workspace.join(name)).ok()?, name.to_string())))
+            .ok_or("the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json")?,
+    };
+    let loaded = plan::load(&bytes).map_err(|d| d.render(&file))?;
+    if loaded.diagnostics.has_errors() {
+        return Err(loaded.diagnostics.render(&file));
+    }
+    Ok((loaded.config, Some(loaded.tree), file))
+}
+
+fn skipped(trigger: &Trigger, skip: triggers::Skip) -> TriggerResult {
+    TriggerResult {
+        trigger: trigger.name.clone(),
+        build_id: None,
+        reason: Some(skip.to_string()),
+    }
+}
+
+fn queued(trigger: &Trigger, build: &QueuedBuild) -> TriggerResult {
+    TriggerResult {
+        trigger: trigger.name.clone(),
+        build_id: Some(build.id.clone()),
+        reason: None,
+    }
+}
+
+/// "push of branch main to acme/app (1a2b3c4)".
+fn summary(push: &Push) -> String {
+    let kind = match push.git_ref.kind() {
+        webhooks::RefKind::Branch => "branch",
+        webhooks::RefKind::Tag => "tag",
+    };
+    let what = if push.is_deletion() {
+        "deletion"
+    } else {
+        "push"
+    };
+    format!(
+        "{what} of {kind} {} to {} ({})",
+        push.git_ref.name(),
+        push.repository.full_name,
+        &push.commit()[..7.min(push.commit().len())]
+    )
+}
