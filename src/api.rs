@@ -1,21 +1,31 @@
-//! The HTTP face of `builder serve` (axum): `POST /webhooks/github` and the JSON API under `/v1`.
-//! Handlers only translate between HTTP and [`Service`] calls: status codes, headers, bodies.
+//! The HTTP face of `builder serve` (axum): `POST /webhooks/github` and the JSON API under `/v1`
+//! (its OpenAPI document at `/openapi.json`). Handlers only translate between HTTP and
+//! [`Service`] calls: status codes, headers, bodies, and the API token of mutating requests.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::service::{Incoming, Receipt, Rejection, Service};
+use crate::build::Status;
+use crate::service::{BuildQuery, Failed, Incoming, ManualRun, Receipt, Rejection, Service};
 
 /// GitHub caps webhook payloads at 25 MB.
 const MAX_DELIVERY: usize = 25 * 1024 * 1024;
+/// How often a followed log looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// Serves on `listener` until `shutdown` resolves, finishing the requests in flight.
 pub async fn serve(
@@ -33,11 +43,22 @@ fn router(service: Arc<Service>) -> Router {
         .route("/webhooks/github", post(github_delivery))
         .layer(DefaultBodyLimit::max(MAX_DELIVERY))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
         .route("/v1/builds", get(list_builds))
         .route("/v1/builds/{id}", get(get_build))
         .route("/v1/builds/{id}/log", get(build_log))
+        .route("/v1/builds/{id}/cancel", post(cancel_build))
+        .route("/v1/builds/{id}/retry", post(retry_build))
         .route("/v1/deliveries", get(list_deliveries))
-        .route("/v1/triggers", get(list_triggers))
+        .route("/v1/triggers", get(list_triggers).post(create_trigger))
+        .route(
+            "/v1/triggers/{name}",
+            get(get_trigger).put(replace_trigger).delete(delete_trigger),
+        )
+        .route("/v1/triggers/{name}/run", post(run_trigger))
         .with_state(service)
 }
 
@@ -74,73 +95,270 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+/// A service answer as an HTTP response.
+fn respond<T: serde::Serialize>(result: Result<T, Failed>) -> Response {
+    match result {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(failed) => {
+            let status = match failed {
+                Failed::NotFound(_) => StatusCode::NOT_FOUND,
+                Failed::Invalid(_) => StatusCode::BAD_REQUEST,
+                Failed::Conflict(_) => StatusCode::CONFLICT,
+                Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, failed.to_string())
+        }
+    }
+}
+
+/// A mutating request that carried the API token (`Authorization: Bearer TOKEN`).
+struct Authorized;
+
+impl FromRequestParts<Arc<Service>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(token) if service.authorizes(token) => Ok(Authorized),
+            _ => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "this request needs the API token: `Authorization: Bearer TOKEN` \
+                 (the server's --api-token-file or BUILDER_API_TOKEN)",
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
-struct Page {
+#[serde(rename_all = "camelCase")]
+struct BuildFilter {
+    status: Option<String>,
+    trigger: Option<String>,
     #[serde(default = "default_limit")]
     limit: u32,
+    #[serde(default)]
+    offset: u32,
 }
 
 fn default_limit() -> u32 {
     50
 }
 
-async fn list_builds(State(service): State<Arc<Service>>, Query(page): Query<Page>) -> Response {
-    match service.store().list_builds(page.limit).await {
-        Ok(builds) => axum::Json(json!({ "builds": builds })).into_response(),
-        Err(e) => internal(e),
-    }
+async fn list_builds(
+    State(service): State<Arc<Service>>,
+    Query(filter): Query<BuildFilter>,
+) -> Response {
+    let status = match filter.status.as_deref().map(Status::parse) {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "unknown status"),
+        Some(status) => status,
+        None => None,
+    };
+    let query = BuildQuery {
+        status,
+        trigger: filter.trigger,
+        limit: filter.limit,
+        offset: filter.offset,
+    };
+    respond(
+        service
+            .builds(&query)
+            .await
+            .map(|builds| json!({ "builds": builds })),
+    )
 }
 
 async fn get_build(State(service): State<Arc<Service>>, Path(id): Path<String>) -> Response {
-    match service.store().get_build(&id).await {
-        Ok(Some(build)) => axum::Json(build).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id:?}")),
-        Err(e) => internal(e),
-    }
+    respond(service.build(&id).await)
 }
 
 #[derive(Deserialize)]
-struct After {
+struct LogQuery {
     #[serde(default)]
     after: i64,
+    /// Follow the log as server-sent events until the build ends.
+    #[serde(default)]
+    follow: bool,
 }
 
 async fn build_log(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
-    Query(after): Query<After>,
+    Query(query): Query<LogQuery>,
 ) -> Response {
-    match service.store().logs(&id, after.after).await {
-        Ok(lines) => {
-            let lines: Vec<_> = lines
-                .into_iter()
-                .map(|l| json!({"seq": l.seq, "step": l.step, "text": l.text}))
-                .collect();
-            axum::Json(json!({ "lines": lines })).into_response()
-        }
-        Err(e) => internal(e),
+    if query.follow {
+        return match service.build(&id).await {
+            Ok(build) => Sse::new(follow(service, build.id, query.after))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+            Err(failed) => respond::<()>(Err(failed)),
+        };
     }
+    respond(
+        service
+            .log(&id, query.after)
+            .await
+            .map(|(lines, finished)| {
+                let lines: Vec<_> = lines
+                    .into_iter()
+                    .map(|l| json!({"seq": l.seq, "step": l.step, "text": l.text}))
+                    .collect();
+                json!({ "lines": lines, "finished": finished })
+            }),
+    )
+}
+
+/// A build's log lines as `line` events (their `id` is the line's sequence number, so a client
+/// can resume with `after`), then one `end` event with the build's status.
+fn follow(
+    service: Arc<Service>,
+    id: String,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(Some(after), move |after| {
+        let (service, id) = (service.clone(), id.clone());
+        async move {
+            let mut after = after?;
+            loop {
+                let (lines, finished) = match service.log(&id, after).await {
+                    Ok(log) => log,
+                    Err(failed) => {
+                        let end = Event::default().event("error").data(failed.to_string());
+                        return Some((vec![Ok(end)], None));
+                    }
+                };
+                let mut events: Vec<_> = lines
+                    .iter()
+                    .map(|line| {
+                        let data = json!({"step": line.step, "text": line.text}).to_string();
+                        Ok(Event::default()
+                            .event("line")
+                            .id(line.seq.to_string())
+                            .data(data))
+                    })
+                    .collect();
+                after = lines.last().map_or(after, |line| line.seq);
+                if finished {
+                    let status = service.build(&id).await.map(|b| b.status.to_string());
+                    let data = json!({ "status": status.unwrap_or_default() }).to_string();
+                    events.push(Ok(Event::default().event("end").data(data)));
+                    return Some((events, None));
+                }
+                if !events.is_empty() {
+                    return Some((events, Some(after)));
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    })
+    .flat_map(futures_util::stream::iter)
+}
+
+async fn cancel_build(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(id): Path<String>,
+) -> Response {
+    respond(
+        service
+            .cancel(&id)
+            .await
+            .map(|()| json!({ "cancelled": id })),
+    )
+}
+
+async fn retry_build(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(id): Path<String>,
+) -> Response {
+    respond(service.retry(&id).await.map(|id| json!({ "build": id })))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: u32,
 }
 
 async fn list_deliveries(
     State(service): State<Arc<Service>>,
-    Query(page): Query<Page>,
+    Query(page): Query<Limit>,
 ) -> Response {
-    match service.store().list_deliveries(page.limit).await {
-        Ok(deliveries) => axum::Json(json!({ "deliveries": deliveries })).into_response(),
-        Err(e) => internal(e),
-    }
+    respond(
+        service
+            .deliveries(page.limit)
+            .await
+            .map(|deliveries| json!({ "deliveries": deliveries })),
+    )
 }
 
 async fn list_triggers(State(service): State<Arc<Service>>) -> Response {
-    let triggers: Vec<_> = service
-        .triggers()
-        .iter()
-        .map(|t| json!({"name": t.name, "description": t.description, "disabled": t.disabled}))
-        .collect();
+    let triggers: Vec<_> = service.triggers().iter().map(|t| t.summary()).collect();
     axum::Json(json!({ "triggers": triggers })).into_response()
+}
+
+async fn get_trigger(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    respond(service.trigger(&name).map(|t| t.summary()))
+}
+
+/// A trigger file's bytes (YAML or JSON) in; the trigger and its warnings out.
+fn put_trigger(service: &Service, body: &[u8], replacing: Option<&str>) -> Response {
+    respond(service.put_trigger(body, replacing).map(|(trigger, warnings)| {
+        json!({ "trigger": trigger.summary(), "warnings": warnings.lines().collect::<Vec<_>>() })
+    }))
+}
+
+async fn create_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    body: Bytes,
+) -> Response {
+    put_trigger(&service, &body, None)
+}
+
+async fn replace_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    put_trigger(&service, &body, Some(&name))
+}
+
+async fn delete_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        service
+            .delete_trigger(&name)
+            .map(|()| json!({ "deleted": name })),
+    )
+}
+
+async fn run_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let run: ManualRun = match serde_json::from_slice(&body) {
+        Ok(run) => run,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("run request: {e}")),
+    };
+    respond(
+        service
+            .run_trigger(&name, run)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
 }

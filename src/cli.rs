@@ -62,12 +62,17 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: String,
-    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them).
+    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them);
+    /// triggers created through the API are written there too (default: DATA_DIR/triggers).
     #[arg(long, value_name = "DIR")]
     triggers: Option<PathBuf>,
     /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// File holding the token that API requests which change anything must carry (or set
+    /// BUILDER_API_TOKEN); without one, such requests are refused.
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
     /// `https://github.com/=/srv/git/` for local mirrors.
     #[arg(long = "git-url-rewrite", value_name = "FROM=TO")]
@@ -301,31 +306,18 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
 }
 
 fn serve(args: ServeArgs, aliases: Aliases, data_dir: PathBuf) -> Result<ExitCode> {
-    let secret = match (
-        &args.webhook_secret_file,
-        std::env::var("BUILDER_WEBHOOK_SECRET"),
-    ) {
-        (Some(file), _) => std::fs::read(file)
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .trim_ascii()
-            .to_vec(),
-        (None, Ok(secret)) => secret.into_bytes(),
-        (None, Err(_)) => Vec::new(),
-    };
-    if secret.is_empty() {
+    let webhook_secret = secret(&args.webhook_secret_file, "BUILDER_WEBHOOK_SECRET")?;
+    let api_token = secret(&args.api_token_file, "BUILDER_API_TOKEN")?;
+    if webhook_secret.is_empty() {
         anyhow::bail!(
             "no webhook secret: pass --webhook-secret-file FILE or set BUILDER_WEBHOOK_SECRET \
              (the secret configured on the GitHub webhook)"
         );
     }
-    let triggers = match &args.triggers {
-        Some(dir) => {
-            let (triggers, warnings) = service::load_triggers(dir).map_err(anyhow::Error::msg)?;
-            eprint!("{warnings}");
-            triggers
-        }
-        None => Vec::new(),
-    };
+    let triggers_dir = args.triggers.unwrap_or_else(|| data_dir.join("triggers"));
+    let (triggers, warnings) =
+        service::TriggerFiles::load(&triggers_dir).map_err(anyhow::Error::msg)?;
+    eprint!("{warnings}");
     let rewrites = args
         .git_url_rewrites
         .iter()
@@ -336,16 +328,18 @@ fn serve(args: ServeArgs, aliases: Aliases, data_dir: PathBuf) -> Result<ExitCod
     let settings = service::Settings {
         data_dir: data_dir.clone(),
         project: args.project,
-        webhook_secret: secret,
+        webhook_secret,
         rewrites,
         max_concurrent_builds: args.max_concurrent_builds,
         aliases,
         secrets_dir: args.secrets_dir,
+        api_token: (!api_token.is_empty())
+            .then(|| String::from_utf8_lossy(&api_token).into_owned()),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let store = open_store(&data_dir).await?;
         let runtime = DockerRuntime::connect().await?;
-        let count = triggers.len();
+        let count = triggers.all().len();
         let service = Arc::new(service::Service::new(
             store,
             Arc::new(runtime),
@@ -372,6 +366,18 @@ fn serve(args: ServeArgs, aliases: Aliases, data_dir: PathBuf) -> Result<ExitCod
     })
 }
 
+/// A secret from a file (trimmed) or else an environment variable; empty if neither is set.
+fn secret(file: &Option<PathBuf>, variable: &str) -> Result<Vec<u8>> {
+    Ok(match (file, std::env::var(variable)) {
+        (Some(file), _) => std::fs::read(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim_ascii()
+            .to_vec(),
+        (None, Ok(secret)) => secret.into_bytes(),
+        (None, Err(_)) => Vec::new(),
+    })
+}
+
 fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
     let read = |file: &Path| {
         std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
@@ -390,7 +396,10 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
     let delivery = webhooks::parse(&args.event_type, &read(&args.event)?)
         .with_context(|| args.event.display().to_string())?;
     let verdict = triggers::evaluate(&trigger, &delivery, &args.changed_files);
-    let built_ins = verdict.as_ref().map(|push| trigger.built_ins(push)).ok();
+    let built_ins = verdict
+        .as_ref()
+        .map(|push| trigger.built_ins(&push.repository, Some(&push.git_ref), push.commit()))
+        .ok();
     let reason = verdict.as_ref().err().map(ToString::to_string);
     if args.format.is_some() {
         let report = serde_json::json!({
@@ -449,7 +458,11 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
                     "ID", "CREATE_TIME", "DURATION", "STATUS"
                 );
-                for build in store.list_builds(limit).await? {
+                let query = crate::store::BuildQuery {
+                    limit,
+                    ..Default::default()
+                };
+                for build in store.list_builds(&query).await? {
                     let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
                     println!(
                         "{:<36}  {:<20}  {:>9}  {:<14}  {}",

@@ -35,6 +35,8 @@ pub struct BuildRecord {
     pub start_time: Option<SystemTime>,
     #[serde(with = "crate::build::rfc3339")]
     pub finish_time: Option<SystemTime>,
+    /// The trigger that started it; `None` for `builder submit` builds.
+    pub trigger: Option<String>,
     pub source: serde_json::Value,
     pub substitutions: serde_json::Value,
     pub plan: serde_json::Value,
@@ -59,6 +61,27 @@ pub struct LogLine {
     pub step: usize,
     pub stream: LogStream,
     pub text: String,
+}
+
+/// Which builds [`Store::list_builds`] returns.
+#[derive(Debug, Clone)]
+pub struct BuildQuery {
+    pub status: Option<Status>,
+    pub trigger: Option<String>,
+    pub limit: u32,
+    /// How many of the newest matching builds to skip (paging).
+    pub offset: u32,
+}
+
+impl Default for BuildQuery {
+    fn default() -> Self {
+        Self {
+            status: None,
+            trigger: None,
+            limit: 50,
+            offset: 0,
+        }
+    }
 }
 
 /// Delivery states.
@@ -375,6 +398,47 @@ impl Store {
         Ok(row.map(|row| (row.get("id"), parse_json(row.get("request")))))
     }
 
+    /// Queues builds (a retry, a manual run).
+    pub async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        queue(&mut tx, builds).await?;
+        tx.commit().await
+    }
+
+    /// What a build queued by the service was to run, to queue it again; `None` for builds
+    /// that did not come from the queue (their source was an upload).
+    pub async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
+        let row = sqlx::query(
+            "SELECT id, trigger_name, delivery_id, source, substitutions, request FROM builds \
+             WHERE id = $1 AND request IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| QueuedBuild {
+            id: row.get("id"),
+            trigger: row.get("trigger_name"),
+            delivery: row.get("delivery_id"),
+            source: parse_json(row.get("source")),
+            substitutions: parse_json(row.get("substitutions")),
+            request: parse_json(row.get("request")),
+        }))
+    }
+
+    /// Cancels a build that is still QUEUED; `false` if it is not (any more).
+    pub async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
+        let updated = sqlx::query(
+            "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4",
+        )
+        .bind(Status::Cancelled.as_str())
+        .bind(millis(SystemTime::now()))
+        .bind(id)
+        .bind(Status::Queued.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// Records the plan a claimed build resolved to, with its steps QUEUED.
     pub async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
@@ -388,13 +452,19 @@ impl Store {
         tx.commit().await
     }
 
-    /// The newest builds first.
-    pub async fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, Error> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM builds ORDER BY create_time DESC, id LIMIT $1")
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+    /// The newest builds first, as `query` selects them.
+    pub async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM builds WHERE ($1 IS NULL OR status = $1) \
+             AND ($2 IS NULL OR trigger_name = $2) \
+             ORDER BY create_time DESC, id LIMIT $3 OFFSET $4",
+        )
+        .bind(query.status.map(Status::as_str))
+        .bind(&query.trigger)
+        .bind(i64::from(query.limit))
+        .bind(i64::from(query.offset))
+        .fetch_all(&self.pool)
+        .await?;
         let mut builds = Vec::with_capacity(ids.len());
         for id in ids {
             builds.extend(self.get_build(&id).await?);
@@ -429,6 +499,7 @@ impl Store {
             create_time: time(row.get("create_time")),
             start_time: row.get::<Option<i64>, _>("start_time").map(time),
             finish_time: row.get::<Option<i64>, _>("finish_time").map(time),
+            trigger: row.get("trigger_name"),
             source: parse_json(row.get("source")),
             substitutions: parse_json(row.get("substitutions")),
             plan: parse_json(row.get("plan")),

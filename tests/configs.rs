@@ -184,3 +184,13 @@ fn dashboard_revisions_replace_each_other_only_when_healthy() {
     assert_eq!(service.serving(), healthy);
     assert_eq!(service.containers(), service.0);
 }
+
+#[test]
+fn every_trigger_example_loads() {
+    let (triggers, warnings) =
+        builder::service::TriggerFiles::load(Path::new("configs/triggers")).unwrap();
+    assert_eq!(warnings, "");
+    let mut names: Vec<_> = triggers.all().into_iter().map(|t| t.name).collect();
+    names.sort();
+    assert_eq!(names, ["dashboard", "pipeline-templates", "release-tags"]);
+}

@@ -14,6 +14,7 @@ use tempfile::TempDir;
 mod common;
 
 const SECRET: &str = "It's a Secret to Everybody";
+const TOKEN: &str = "api-token";
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A repository "acme/app", served from a bare repository that the server fetches through its
@@ -75,6 +76,8 @@ impl Repository {
 struct Server {
     child: Child,
     url: String,
+    /// Where the server's stderr goes.
+    log: PathBuf,
 }
 
 impl Server {
@@ -83,6 +86,7 @@ impl Server {
             .unwrap()
             .env("BUILDER_DATA_DIR", data)
             .env("BUILDER_WEBHOOK_SECRET", SECRET)
+            .env("BUILDER_API_TOKEN", TOKEN)
             .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
             .arg(triggers)
             .arg("--git-url-rewrite")
@@ -106,9 +110,20 @@ impl Server {
                 )
             })
             .expect("the server says where it listens");
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, url }
+        // Keep draining stderr so the server never blocks on it; kept for a failing test.
+        let log = data.join("server.log");
+        let mut file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Self { child, url, log }
     }
 
     fn kill(mut self) {
@@ -139,6 +154,34 @@ impl Server {
         )
     }
 
+    /// POSTs `body` to `path` with `token`; returns the status code and the JSON answer.
+    fn post(&self, path: &str, body: &str, token: &str) -> (u16, Value) {
+        self.request("POST", path, body, token)
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+                "--data-binary",
+                body,
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (answer, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.parse().unwrap(),
+            serde_json::from_str(answer).unwrap_or(Value::Null),
+        )
+    }
+
     fn get(&self, path: &str) -> Value {
         let out = Command::new("curl")
             .args(["-sf", &format!("{}{path}", self.url)])
@@ -158,7 +201,8 @@ impl Server {
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "build {id} did not finish: {build}"
+                "build {id} did not finish: {build}\nserver log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -409,4 +453,191 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     let builds = server.get("/v1/builds")["builds"].clone();
     assert_eq!(builds.as_array().unwrap().len(), 1, "{builds}");
     assert_eq!(builds[0]["status"], "SUCCESS");
+}
+
+/// Follows a build's log as server-sent events; `seen` is called with each `line` event's text
+/// as it arrives, and the `end` event's data is returned.
+fn follow(server: &Server, id: &str, mut seen: impl FnMut(&str)) -> Value {
+    let mut curl = Command::new("curl")
+        .args([
+            "-sN",
+            &format!("{}/v1/builds/{id}/log?follow=true", server.url),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut event = String::new();
+    let mut end = None;
+    for line in BufReader::new(curl.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data).unwrap();
+            match event.as_str() {
+                "line" => seen(data["text"].as_str().unwrap()),
+                "end" => {
+                    end = Some(data);
+                    break;
+                }
+                other => panic!("unexpected event {other}: {data}"),
+            }
+        }
+    }
+    curl.kill().ok();
+    curl.wait().unwrap();
+    end.expect("the log ended without an end event")
+}
+
+#[test]
+fn the_api_cancels_retries_and_runs_triggers_with_the_token() {
+    let repository = Repository::new();
+    let triggers = triggers();
+    let data = TempDir::new().unwrap();
+    let main = repository.commit(
+        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+        "c",
+        "main",
+    );
+    let slow_config =
+        "steps:\n- name: builder/busybox\n  args: [sh, -c, 'echo started; sleep 600']\n";
+    let slow = repository.commit(&[("cloudbuild.yaml", slow_config)], "slow", "HEAD:slow");
+
+    // Queued only: a queued build is cancelled, with the token only.
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 0);
+    let body = push_payload("refs/heads/main", ZERO, &main, "c");
+    let (_, receipt) = server.deliver("push", "a-1", &body, &sign(&body));
+    let queued = receipt["builds"][0].as_str().unwrap().to_string();
+    let cancel = format!("/v1/builds/{queued}/cancel");
+    assert_eq!(server.post(&cancel, "", "wrong").0, 401);
+    assert_eq!(server.post(&cancel, "", TOKEN).0, 200);
+    assert_eq!(
+        server.get(&format!("/v1/builds/{queued}"))["status"],
+        "CANCELLED"
+    );
+    assert_eq!(server.post(&cancel, "", TOKEN).0, 409);
+
+    // A manual run names exactly one existing branch, tag or commit.
+    let run = "/v1/triggers/main/run";
+    let (code, answer) = server.post(
+        run,
+        r#"{"branch": "main", "substitutions": {"_GREETING": "manual"}}"#,
+        TOKEN,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let manual = answer["build"].as_str().unwrap().to_string();
+    assert_eq!(server.post(run, r#"{"branch": "nope"}"#, TOKEN).0, 400);
+    assert_eq!(
+        server
+            .post(run, r#"{"branch": "main", "tag": "v1"}"#, TOKEN)
+            .0,
+        400
+    );
+    assert_eq!(server.post(run, r#"{"branch": "main"}"#, "").0, 401);
+    assert_eq!(
+        server
+            .post("/v1/triggers/none/run", r#"{"branch": "main"}"#, TOKEN)
+            .0,
+        404
+    );
+    server.kill();
+
+    // Running: the manual run, then its retry, build the same commit.
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let mut lines = Vec::new();
+    let end = follow(&server, &manual, |line| lines.push(line.to_string()));
+    assert_eq!(end["status"], "SUCCESS");
+    assert_eq!(
+        lines,
+        [format!("manual main {} main", &main[..7]), "v".to_string()]
+    );
+    let (code, answer) = server.post(&format!("/v1/builds/{manual}/retry"), "", TOKEN);
+    assert_eq!(code, 200, "{answer}");
+    let retried = server.finished(answer["build"].as_str().unwrap());
+    assert_eq!(
+        (&retried["status"], &retried["source"]["commit"]),
+        (&json!("SUCCESS"), &json!(main))
+    );
+
+    // A running build is stopped by a cancel, and leaves nothing behind.
+    let (_, answer) = server.post(run, &format!(r#"{{"commit": "{slow}"}}"#), TOKEN);
+    let running = answer["build"].as_str().unwrap().to_string();
+    let end = follow(&server, &running, |line| {
+        assert_eq!(line, "started");
+        let cancel = format!("/v1/builds/{running}/cancel");
+        assert_eq!(server.post(&cancel, "", TOKEN).0, 200);
+    });
+    assert_eq!(end["status"], "CANCELLED");
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=builder.build={running}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty());
+
+    let openapi = server.get("/openapi.json");
+    assert!(openapi["paths"]["/v1/triggers/{name}/run"]["post"].is_object());
+}
+
+#[test]
+fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files() {
+    let repository = Repository::new();
+    let triggers = TempDir::new().unwrap();
+    let data = TempDir::new().unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let trigger = "name: api\nfilename: cloudbuild.yaml\n\
+                   github: {owner: acme, name: app, push: {branch: ^main$}}\n";
+    let (code, answer) = server.post("/v1/triggers", trigger, TOKEN);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["trigger"]["rule"],
+        "pushes to branches matching \"^main$\" of acme/app"
+    );
+    assert_eq!(server.post("/v1/triggers", trigger, TOKEN).0, 409);
+    assert_eq!(server.post("/v1/triggers", trigger, "").0, 401);
+    let (code, answer) = server.post("/v1/triggers", &trigger.replace("^main$", "(main"), TOKEN);
+    assert_eq!(code, 400);
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("trigger:3:"), "{message}");
+
+    let commit = repository.commit(
+        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+        "c",
+        "main",
+    );
+    let body = push_payload("refs/heads/main", ZERO, &commit, "c");
+    let (_, receipt) = server.deliver("push", "t-1", &body, &sign(&body));
+    let id = receipt["builds"][0].as_str().unwrap().to_string();
+    assert_eq!(server.finished(&id)["status"], "SUCCESS");
+
+    let disabled = format!("{trigger}disabled: true\n");
+    assert_eq!(
+        server
+            .request("PUT", "/v1/triggers/api", &disabled, TOKEN)
+            .0,
+        200
+    );
+    let renamed = disabled.replace("name: api", "name: other");
+    assert_eq!(
+        server.request("PUT", "/v1/triggers/api", &renamed, TOKEN).0,
+        400
+    );
+    server.kill();
+
+    // The files are the triggers: a restart finds the replaced one.
+    assert!(triggers.path().join("api.yaml").is_file());
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    assert_eq!(server.get("/v1/triggers/api")["disabled"], true);
+    let (_, receipt) = server.deliver("push", "t-2", &body, &sign(&body));
+    assert_eq!(receipt["builds"], json!([]));
+    assert_eq!(
+        server.request("DELETE", "/v1/triggers/api", "", TOKEN).0,
+        200
+    );
+    assert_eq!(server.get("/v1/triggers")["triggers"], json!([]));
+    assert!(!triggers.path().join("api.yaml").exists());
 }

@@ -15,7 +15,7 @@ use crate::config::{self, BuildConfig, validate};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::plan;
 use crate::substitute::Values;
-use crate::webhooks::{Delivery, GitRef, Push, RefKind};
+use crate::webhooks::{Delivery, GitRef, Push, RefKind, Repository};
 use glob::Glob;
 
 /// A trigger as loaded: what it listens to, which files count, and the build it starts.
@@ -169,27 +169,89 @@ impl Trigger {
         Ok(())
     }
 
+    /// The trigger as the API and the console show it, with its rule in words.
+    pub fn summary(&self) -> serde_json::Value {
+        let rule = match &self.github {
+            None => "never fires on pushes (no `github` source)".to_string(),
+            Some(GitHub { push: None, .. }) => "never fires here (pull requests)".to_string(),
+            Some(GitHub {
+                owner,
+                name,
+                push: Some(filter),
+            }) => {
+                let kind = match filter.kind {
+                    RefKind::Branch => "branches",
+                    RefKind::Tag => "tags",
+                };
+                let matching = if filter.invert {
+                    "not matching"
+                } else {
+                    "matching"
+                };
+                let mut rule = format!(
+                    "pushes to {kind} {matching} {:?} of {owner}/{name}",
+                    filter.pattern.as_str()
+                );
+                let globs = |globs: &[Glob]| {
+                    globs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if !self.ignored_files.is_empty() {
+                    rule += &format!(", except changes only to {}", globs(&self.ignored_files));
+                }
+                if !self.included_files.is_empty() {
+                    rule += &format!(", that change {}", globs(&self.included_files));
+                }
+                rule
+            }
+        };
+        let config = match &self.build {
+            BuildSource::File(path) => path.clone(),
+            BuildSource::Inline(_) => "inline".to_string(),
+            BuildSource::Autodetect => "autodetect".to_string(),
+        };
+        serde_json::json!({
+            "name": self.name,
+            "description": self.description,
+            "disabled": self.disabled,
+            "rule": rule,
+            "config": config,
+            "substitutions": self.substitutions,
+            "tags": self.tags,
+        })
+    }
+
     /// Whether deciding needs the push's changed files.
     pub fn has_file_filters(&self) -> bool {
         !self.included_files.is_empty() || !self.ignored_files.is_empty()
     }
 
-    /// The built-in substitutions of the build this trigger starts for `push` (spec §9.2).
-    pub fn built_ins(&self, push: &Push) -> Values {
-        let (branch, tag) = match &push.git_ref {
-            GitRef::Branch(name) => (name.as_str(), ""),
-            GitRef::Tag(name) => ("", name.as_str()),
+    /// The built-in substitutions of this trigger's build of `commit` in `repository`, reached
+    /// through `git_ref` (none for a commit run by hand) (spec §9.2).
+    pub fn built_ins(
+        &self,
+        repository: &Repository,
+        git_ref: Option<&GitRef>,
+        commit: &str,
+    ) -> Values {
+        let (branch, tag) = match git_ref {
+            Some(GitRef::Branch(name)) => (name.as_str(), ""),
+            Some(GitRef::Tag(name)) => ("", name.as_str()),
+            None => ("", ""),
         };
         let config_path = match &self.build {
             BuildSource::File(path) => path.as_str(),
             BuildSource::Inline(_) | BuildSource::Autodetect => "",
         };
         let mut built_ins = [
-            ("COMMIT_SHA", push.commit()),
+            ("COMMIT_SHA", commit),
             ("BRANCH_NAME", branch),
             ("TAG_NAME", tag),
-            ("REPO_NAME", &push.repository.name),
-            ("REPO_FULL_NAME", &push.repository.full_name),
+            ("REPO_NAME", &repository.name),
+            ("REPO_FULL_NAME", &repository.full_name),
             ("TRIGGER_NAME", &self.name),
             ("TRIGGER_BUILD_CONFIG_PATH", config_path),
         ]
@@ -416,7 +478,7 @@ fn build_source(f: &mut Fields) -> BuildSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::{HeadCommit, Repository};
+    use crate::webhooks::HeadCommit;
 
     fn trigger(yaml: &str) -> Trigger {
         match load(yaml.as_bytes()) {
@@ -529,7 +591,11 @@ mod tests {
             "../../webhooks/github/push/tag-created.json"
         ));
         assert_eq!(tags.fires(&created, &[]), Ok(()));
-        let built_ins = tags.built_ins(&created);
+        let built_ins = tags.built_ins(
+            &created.repository,
+            Some(&created.git_ref),
+            created.commit(),
+        );
         let expected = [
             ("BRANCH_NAME", ""),
             ("COMMIT_SHA", created.after.as_str()),

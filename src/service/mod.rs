@@ -30,10 +30,16 @@ use crate::plan::{self, Context, Inputs};
 use crate::runtime::ContainerRuntime;
 use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
-use crate::store::{NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
+pub use crate::store::BuildQuery;
+use crate::store::{
+    BuildRecord, DeliveryRecord, LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult,
+};
 use crate::substitute::Values;
-use crate::triggers::{self, BuildSource, Trigger};
-use crate::webhooks::{self, Delivery, Push, SignatureError};
+use crate::triggers::{self, BuildSource, Skip, Trigger};
+use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
+pub use trigger_files::TriggerFiles;
+
+mod trigger_files;
 
 /// How the service is set up.
 pub struct Settings {
@@ -45,44 +51,8 @@ pub struct Settings {
     pub max_concurrent_builds: usize,
     pub aliases: Aliases,
     pub secrets_dir: Option<PathBuf>,
-}
-
-/// Loads every trigger file (`*.yaml`, `*.yml`, `*.json`) in `dir`. `Err` holds the problems of
-/// all the files that have any; `Ok` carries the warnings, rendered.
-pub fn load_triggers(dir: &Path) -> Result<(Vec<Trigger>, String), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .filter(|path| {
-            let extension = path.extension().and_then(|e| e.to_str());
-            matches!(extension, Some("yaml" | "yml" | "json"))
-        })
-        .collect();
-    files.sort();
-    let (mut loaded, mut warnings, mut errors) =
-        (Vec::<Trigger>::new(), String::new(), String::new());
-    for file in files {
-        let name = file.display().to_string();
-        let bytes = std::fs::read(&file).map_err(|e| format!("{name}: {e}"))?;
-        match triggers::load(&bytes) {
-            Ok((trigger, found)) => {
-                warnings += &found.render(&name);
-                if loaded.iter().any(|t| t.name == trigger.name) {
-                    errors += &format!(
-                        "{name}: name: another trigger is named {:?}\n",
-                        trigger.name
-                    );
-                }
-                loaded.push(trigger);
-            }
-            Err(found) => errors += &found.render(&name),
-        }
-    }
-    if errors.is_empty() {
-        Ok((loaded, warnings))
-    } else {
-        Err(errors)
-    }
+    /// The token that mutating API requests must carry; none refuses them.
+    pub api_token: Option<String>,
 }
 
 /// A delivery as it arrived: its headers and raw body.
@@ -125,6 +95,44 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// Why a request of the API failed.
+#[derive(Debug)]
+pub enum Failed {
+    NotFound(String),
+    /// The request is malformed or names something that does not exist in the repository.
+    Invalid(String),
+    /// The resource is not in a state that allows it.
+    Conflict(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(m) | Self::Invalid(m) | Self::Conflict(m) | Self::Internal(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl From<crate::store::Error> for Failed {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// A manual run of a trigger: exactly one of `branch`, `tag`, `commit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManualRun {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub substitutions: Values,
+}
+
 /// What a queued build runs, kept in its record until it runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -139,7 +147,7 @@ struct Request {
 pub struct Service {
     store: Store,
     runtime: Arc<dyn ContainerRuntime>,
-    triggers: Vec<Trigger>,
+    triggers: TriggerFiles,
     settings: Settings,
     /// Woken when builds are queued or deliveries wait for their changed files.
     work: Notify,
@@ -151,7 +159,7 @@ impl Service {
     pub fn new(
         store: Store,
         runtime: Arc<dyn ContainerRuntime>,
-        triggers: Vec<Trigger>,
+        triggers: TriggerFiles,
         settings: Settings,
     ) -> Self {
         Self {
@@ -164,12 +172,158 @@ impl Service {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
+        Ok(self.store.list_builds(query).await?)
     }
 
-    pub fn triggers(&self) -> &[Trigger] {
-        &self.triggers
+    pub async fn build(&self, id: &str) -> Result<BuildRecord, Failed> {
+        self.store
+            .get_build(id)
+            .await?
+            .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
+    }
+
+    /// The build's log lines after `after` (0: all), and whether the build has finished (no
+    /// line will follow those).
+    pub async fn log(&self, id: &str, after: i64) -> Result<(Vec<LogLine>, bool), Failed> {
+        // Read before the lines, so that a build finishing in between loses no line.
+        let finished = self.build(id).await?.status.is_final();
+        Ok((self.store.logs(id, after).await?, finished))
+    }
+
+    pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
+        Ok(self.store.list_deliveries(limit).await?)
+    }
+
+    pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {
+        self.triggers.get(name)
+    }
+
+    /// Creates a trigger from a trigger file (YAML or JSON), or replaces the one named
+    /// `replacing`; returns it with its warnings.
+    pub fn put_trigger(
+        &self,
+        bytes: &[u8],
+        replacing: Option<&str>,
+    ) -> Result<(Trigger, String), Failed> {
+        self.triggers.put(bytes, replacing)
+    }
+
+    pub fn delete_trigger(&self, name: &str) -> Result<(), Failed> {
+        self.triggers.delete(name)
+    }
+
+    /// Cancels a build: a queued one never runs, a running one is stopped (its status becomes
+    /// CANCELLED when its steps have stopped).
+    pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
+        let build = self.build(id).await?;
+        if let Some(token) = self.running.lock().expect("running builds").get(&build.id) {
+            token.cancel();
+            return Ok(());
+        }
+        if build.status == Status::Queued && self.store.cancel_queued(&build.id).await? {
+            return Ok(());
+        }
+        Err(Failed::Conflict(match build.status {
+            Status::Working => format!("build {} runs in another process", build.id),
+            status => format!("build {} is already {status}", build.id),
+        }))
+    }
+
+    /// Queues a new build of what a triggered build ran: the same commit and substitutions.
+    pub async fn retry(&self, id: &str) -> Result<String, Failed> {
+        let build = self.build(id).await?;
+        let original = self.store.queued_request(&build.id).await?.ok_or_else(|| {
+            Failed::Conflict(format!(
+                "build {} was not started by a trigger; submit its source again",
+                build.id
+            ))
+        })?;
+        let retry = QueuedBuild {
+            id: uuid::Uuid::new_v4().to_string(),
+            delivery: None,
+            ..original
+        };
+        self.store
+            .queue_builds(std::slice::from_ref(&retry))
+            .await?;
+        self.work.notify_one();
+        Ok(retry.id)
+    }
+
+    /// Queues a build of a trigger by hand, as `gcloud builds triggers run` does: of a branch's
+    /// or tag's head or of a commit, with extra substitutions. File filters and `disabled` do not
+    /// apply to manual runs.
+    pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
+        let trigger = &self.trigger(name)?;
+        let github = trigger.github.as_ref().ok_or_else(|| {
+            Failed::Invalid(format!("trigger {name:?} names no GitHub repository"))
+        })?;
+        let (git_ref, reference) = match (&run.branch, &run.tag, &run.commit) {
+            (Some(branch), None, None) => (
+                Some(GitRef::Branch(branch.clone())),
+                format!("refs/heads/{branch}"),
+            ),
+            (None, Some(tag), None) => (Some(GitRef::Tag(tag.clone())), format!("refs/tags/{tag}")),
+            (None, None, Some(commit)) => (None, commit.clone()),
+            _ => {
+                return Err(Failed::Invalid(
+                    "give exactly one of branch, tag or commit".into(),
+                ));
+            }
+        };
+        let repository = Repository {
+            owner: github.owner.clone(),
+            name: github.name.clone(),
+            full_name: format!("{}/{}", github.owner, github.name),
+            clone_url: format!("https://github.com/{}/{}.git", github.owner, github.name),
+        };
+        let url = repository.clone_url.clone();
+        let cache = self.settings.data_dir.join("git");
+        let rewrites = self.settings.rewrites.clone();
+        let commit = tokio::task::spawn_blocking(move || {
+            Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
+        })
+        .await
+        .map_err(|e| Failed::Internal(e.to_string()))?
+        .map_err(|e| Failed::Invalid(e.to_string()))?
+        .ok_or_else(|| {
+            Failed::Invalid(format!(
+                "{} has no such branch or tag",
+                repository.full_name
+            ))
+        })?;
+        let mut build = self.queued_build(trigger, &repository, git_ref.as_ref(), &commit, None);
+        let mut request: Request = serde_json::from_value(build.request.clone())
+            .map_err(|e| Failed::Internal(e.to_string()))?;
+        for (key, value) in run.substitutions {
+            if !crate::substitute::is_user_key(&key) {
+                return Err(Failed::Invalid(format!(
+                    "substitution key {key:?} does not respect format ^_[A-Z0-9_]+$"
+                )));
+            }
+            request.overrides.insert(key, value);
+        }
+        build.request =
+            serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?;
+        self.store
+            .queue_builds(std::slice::from_ref(&build))
+            .await?;
+        self.work.notify_one();
+        Ok(build.id)
+    }
+
+    /// Whether `token` is the API token; compared in constant time (through digests of both).
+    pub fn authorizes(&self, token: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        self.settings
+            .api_token
+            .as_ref()
+            .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
+    }
+
+    pub fn triggers(&self) -> Vec<Trigger> {
+        self.triggers.all()
     }
 
     /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
@@ -215,12 +369,14 @@ impl Service {
         let mut results = Vec::new();
         let mut builds = Vec::new();
         let mut pending = false;
-        for trigger in &self.triggers {
+        for trigger in &self.triggers.all() {
             match trigger.fires_on_ref(push) {
+                // Only the triggers of the pushed repository are worth a line in its record.
+                Err(Skip::OtherRepository | Skip::NotGitHub) => {}
                 Err(skip) => results.push(skipped(trigger, skip)),
                 Ok(()) if trigger.has_file_filters() => pending = true,
                 Ok(()) => {
-                    let build = self.queued_build(trigger, push, delivery_id);
+                    let build = self.pushed_build(trigger, push, delivery_id);
                     results.push(queued(trigger, &build));
                     builds.push(build);
                 }
@@ -241,13 +397,21 @@ impl Service {
         }
     }
 
-    fn queued_build(&self, trigger: &Trigger, push: &Push, delivery: &str) -> QueuedBuild {
-        let id = uuid::Uuid::new_v4().to_string();
+    /// A build of `commit` for `trigger`, reached through `git_ref` (none for a commit run by
+    /// hand), queued from `delivery` if one fired it.
+    fn queued_build(
+        &self,
+        trigger: &Trigger,
+        repository: &Repository,
+        git_ref: Option<&GitRef>,
+        commit: &str,
+        delivery: Option<&str>,
+    ) -> QueuedBuild {
         let request = Request {
             trigger: trigger.name.clone(),
-            clone_url: push.repository.clone_url.clone(),
-            commit: push.commit().to_string(),
-            built_ins: trigger.built_ins(push),
+            clone_url: repository.clone_url.clone(),
+            commit: commit.to_string(),
+            built_ins: trigger.built_ins(repository, git_ref, commit),
             overrides: trigger.substitutions.clone(),
         };
         let substitutions: Values = request
@@ -257,19 +421,31 @@ impl Service {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         QueuedBuild {
+            id: uuid::Uuid::new_v4().to_string(),
+            trigger: trigger.name.clone(),
+            delivery: delivery.map(str::to_string),
             source: serde_json::json!({
                 "kind": "github",
-                "repository": push.repository.full_name,
-                "cloneUrl": push.repository.clone_url,
-                "ref": push.git_ref.name(),
-                "commit": push.commit(),
+                "repository": repository.full_name,
+                "cloneUrl": repository.clone_url,
+                "ref": git_ref.map(GitRef::name),
+                "commit": commit,
             }),
             substitutions: serde_json::json!(substitutions),
             request: serde_json::to_value(&request).unwrap_or_default(),
-            trigger: trigger.name.clone(),
-            delivery: Some(delivery.to_string()),
-            id,
         }
+    }
+
+    /// The build `push` queues for `trigger`.
+    fn pushed_build(&self, trigger: &Trigger, push: &Push, delivery: &str) -> QueuedBuild {
+        let commit = push.commit();
+        self.queued_build(
+            trigger,
+            &push.repository,
+            Some(&push.git_ref),
+            commit,
+            Some(delivery),
+        )
     }
 
     /// Runs until `shutdown`: decides pending deliveries and runs queued builds, at most
@@ -312,12 +488,6 @@ impl Service {
         while builds.join_next().await.is_some() {}
     }
 
-    /// Cancels a running build of this process; `false` if it runs nowhere here.
-    pub fn cancel(&self, id: &str) -> bool {
-        let running = self.running.lock().expect("running builds");
-        running.get(id).inspect(|token| token.cancel()).is_some()
-    }
-
     /// Decides the triggers of every pending delivery from the changed files of its push.
     async fn decide_pending(&self) {
         let pending = match self.store.pending_deliveries().await {
@@ -335,7 +505,7 @@ impl Service {
             let changed = self.changed_files(&push).await;
             let mut results = delivery.results;
             let mut builds = Vec::new();
-            for trigger in &self.triggers {
+            for trigger in &self.triggers.all() {
                 if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
                     continue;
                 }
@@ -345,7 +515,7 @@ impl Service {
                 };
                 match decision {
                     Ok(()) => {
-                        let build = self.queued_build(trigger, &push, &delivery.id);
+                        let build = self.pushed_build(trigger, &push, &delivery.id);
                         results.push(queued(trigger, &build));
                         builds.push(build);
                     }
@@ -423,11 +593,10 @@ impl Service {
     ) -> Result<Run, String> {
         let request: Request = serde_json::from_value(request)
             .map_err(|e| format!("the queued build's request is unreadable: {e}"))?;
-        let trigger = self
+        let trigger = &self
             .triggers
-            .iter()
-            .find(|t| t.name == request.trigger)
-            .ok_or_else(|| format!("trigger {:?} no longer exists", request.trigger))?;
+            .get(&request.trigger)
+            .map_err(|_| format!("trigger {:?} no longer exists", request.trigger))?;
         let url = request.clone_url.clone();
         let cache = self.settings.data_dir.join("git");
         let rewrites = self.settings.rewrites.clone();

@@ -1,0 +1,436 @@
+#!/usr/bin/env bash
+# The webhook ingest path of `builder serve` against Debian's `webhook` package (adnanh/webhook),
+# in figures (a benchmark, not a test).
+#
+# `wrk` drives, on loopback, a real GitHub push delivery (webhooks/github/push/branch-update.json,
+# Codertocat/Hello-World, refs/heads/master), signed with X-Hub-Signature-256, each request with a
+# new X-GitHub-Delivery id (a repeated id is a redelivery, which builder answers 200 and queues
+# nothing), at two servers loaded with N triggers or hooks:
+#
+#   builder, no trigger matches   `builder serve` with N triggers that all miss the push (other
+#                                 repositories, and other branches of the pushed one): the
+#                                 delivery is verified, parsed, matched and recorded; 202.
+#   builder, queues a build       the same N triggers with the last one matching the push: the
+#                                 delivery and its QUEUED build recorded in one SQLite transaction
+#                                 before the 202 (--max-concurrent-builds 0: builds never start).
+#   webhook, rule not satisfied   `webhook` with N hooks, each `and` of payload-hmac-sha256 over
+#                                 X-Hub-Signature-256 and a `value` match on the payload's `ref`,
+#                                 posted to a hook whose ref does not match; 200.
+#   webhook, rule satisfied       posted to the hook matching refs/heads/master: it answers 202
+#                                 (success-http-response-code) and runs `/bin/true` in the
+#                                 background (without include-command-output-in-response it does
+#                                 not wait for it). Nothing is recorded anywhere.
+#
+# Each case runs R times for D seconds, interleaved (one run of each case per round, the order
+# rotating each round) after a W-second warm-up of each. Only the intended answer counts toward a
+# rate (202, 202, 200, 202 above); anything else is shown. Latencies are wrk's (whole requests,
+# --timeout 30s so that slow answers are measured, not dropped). Afterwards the servers are
+# stopped and the SQLite store of the queueing server is checked: every build id answered with a
+# 202 must be there, QUEUED, one build per delivery, and nothing but the requests in flight when
+# wrk stopped counting may be there besides.
+#
+# Usage:  bench/webhooks.sh            (after scripts/dev-env.sh and `cargo build --release`)
+#         As root if wrk, webhook, sqlite3, openssl, curl or ss are missing: they are installed
+#         from Debian's packages (apt-get) first. Docker must be reachable: `builder serve`
+#         connects to the engine at start, though no build runs here.
+# Env:    D=5 R=3 W=2            seconds per run, rounds, warm-up seconds per case
+#         C=16 T=2               wrk connections and threads
+#         N=1000                 triggers (builder) and hooks (webhook) loaded
+#         BUILDER=target/release/builder   the binary to measure
+#         KEEP=1                 keep the temp dir (triggers, hooks, stores, logs, wrk outputs)
+# Exit status 0 unless a server failed, an unexpected answer came, or the store check failed;
+# missing the goals (rates x2 and x1 webhook's) is reported, not an error.
+set -euo pipefail
+export LC_ALL=C
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+D="${D:-5}" R="${R:-3}" W="${W:-2}" C="${C:-16}" T="${T:-2}" N="${N:-1000}"
+BUILDER="${BUILDER:-$here/target/release/builder}"
+PAYLOAD="$here/webhooks/github/push/branch-update.json"
+SECRET="builder-bench-webhook-secret"
+
+die() { echo "webhooks.sh: $*" >&2; exit 1; }
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) die "no arguments (sizes come from D, R, W, C, T, N; see --help)" ;;
+esac
+for v in D R C T N; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+[[ "$W" =~ ^[0-9]+$ ]] || die "W must be a whole number of seconds, not '$W'"
+[ "$N" -ge 2 ] || die "N must be at least 2 (one trigger matches in the queueing case)"
+[ "$N" -le 9999 ] || die "N must be at most 9999"
+[ "$C" -ge "$T" ] || die "C ($C connections) must be at least T ($T wrk threads)"
+[ -f "$PAYLOAD" ] || die "no payload at $PAYLOAD"
+
+# --- tools: Debian's packages, installed if missing (as scripts/dev-env.sh does) -----------------
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v webhook >/dev/null || missing+=(webhook)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+command -v ss >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run this as root once (it installs them with apt-get), or install them"
+  echo "webhooks.sh: installing ${missing[*]} (apt-get)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x "$BUILDER" ] || die "no binary at $BUILDER; run \`cargo build --release\` in $here"
+docker info >/dev/null 2>&1 ||
+  die "the Docker engine is not reachable, and \`builder serve\` connects to it at start (no build runs here); run scripts/dev-env.sh (as root)"
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/builder-bench-webhooks.XXXXXX")"
+pids=()
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+# --- triggers and hooks --------------------------------------------------------------------------
+# Trigger i misses the push: one in ten names the pushed repository with another branch (its RE2
+# pattern is searched), the others other repositories. In the queueing set, the last one matches.
+trigger() { # trigger I OWNER NAME BRANCH_PATTERN
+  printf 'name: t%04d\nfilename: cloudbuild.yaml\ngithub: {owner: %s, name: %s, push: {branch: "%s"}}\n' "$@"
+}
+mkdir -p "$tmp/triggers-nomatch" "$tmp/triggers-queue"
+for ((i = 1; i <= N; i++)); do
+  f="$(printf 't%04d.yaml' "$i")"
+  if ((i % 10 == 0)); then
+    trigger "$i" Codertocat Hello-World "$(printf '^release-%04d$' "$i")" >"$tmp/triggers-nomatch/$f"
+  else
+    trigger "$i" org "$(printf 'repo-%04d' "$i")" '^master$' >"$tmp/triggers-nomatch/$f"
+  fi
+  cp "$tmp/triggers-nomatch/$f" "$tmp/triggers-queue/$f"
+done
+match_trigger="$(printf 't%04d' "$N")"
+trigger "$N" Codertocat Hello-World '^master$' >"$tmp/triggers-queue/$match_trigger.yaml"
+
+# N hooks: `nomatch` (first) and `match` (last) are the ones posted to; the rest only load.
+hook() { # hook ID REF
+  printf '  {"id": "%s", "execute-command": "/bin/true", "include-command-output-in-response": false,\n' "$1"
+  printf '   "success-http-response-code": 202,\n'
+  printf '   "trigger-rule": {"and": [\n'
+  printf '     {"match": {"type": "payload-hmac-sha256", "secret": "%s",\n' "$SECRET"
+  printf '                "parameter": {"source": "header", "name": "X-Hub-Signature-256"}}},\n'
+  printf '     {"match": {"type": "value", "value": "%s", "parameter": {"source": "payload", "name": "ref"}}}]}}' "$2"
+}
+{
+  echo "["
+  hook nomatch refs/heads/release-0001
+  for ((i = 2; i < N; i++)); do echo ","; hook "$(printf 'h%04d' "$i")" "$(printf 'refs/heads/release-%04d' "$i")"; done
+  echo ","; hook match refs/heads/master
+  echo; echo "]"
+} >"$tmp/hooks.json"
+
+signature="$(openssl dgst -sha256 -hmac "$SECRET" -r <"$PAYLOAD" | cut -d' ' -f1)"
+[[ "$signature" =~ ^[0-9a-f]{64}$ ]] || die "openssl gave no HMAC-SHA256 ('$signature')"
+
+# --- wrk's script: a new delivery id per request; answers counted by status ----------------------
+# Arguments: BODY_FILE SIGNATURE ID_PREFIX EXPECTED_STATUS IDS_FILE ("-": don't keep build ids).
+# Delivery ids are shaped like GitHub's (UUIDs): PREFIX-THREAD-4000-8000-COUNTER, in hex.
+cat >"$tmp/deliver.lua" <<'LUA'
+local threads = {}
+local counter, prefix = 0, ""
+-- Globals, read by done() (in the main Lua state) through thread:get.
+statuses, ids, nids, nobuild, expected, idsfile = {}, {}, 0, 0, 0, "-"
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["User-Agent"] = "GitHub-Hookshot/bench"
+  wrk.headers["X-GitHub-Event"] = "push"
+  wrk.headers["X-Hub-Signature-256"] = "sha256=" .. args[2]
+  prefix = string.format("%s-%04x-4000-8000-", args[3], tid)
+  expected = tonumber(args[4])
+  idsfile = args[5] or "-"
+end
+
+function request()
+  counter = counter + 1
+  wrk.headers["X-GitHub-Delivery"] = string.format("%s%012x", prefix, counter)
+  return wrk.format()
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status == 202 then
+    local id = body:match('"builds":%["([^"]+)"')
+    if id then nids = nids + 1; ids[nids] = id else nobuild = nobuild + 1 end
+  end
+end
+
+function done(summary, latency, requests)
+  local want, path = threads[1]:get("expected"), threads[1]:get("idsfile")
+  local all, good, other, queued, empty, codes = {}, 0, 0, 0, 0, ""
+  local out = path ~= "-" and assert(io.open(path, "w")) or nil
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do all[code] = (all[code] or 0) + n end
+    local tids = t:get("ids")
+    queued = queued + t:get("nids")
+    empty = empty + t:get("nobuild")
+    if out then for _, id in ipairs(tids) do out:write(id, "\n") end end
+  end
+  if out then out:close() end
+  for code, n in pairs(all) do
+    if code == want then good = good + n else other = other + n end
+    codes = codes .. string.format("%s%d:%d", codes == "" and "" or ",", code, n)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d expected=%d other=%d queued=%d nobuild=%d "
+      .. "p50_us=%d p90_us=%d p99_us=%d max_us=%d sockerr=%d timeout=%d codes=%s\n",
+    summary.requests, summary.duration, good, other, queued, empty,
+    math.floor(latency:percentile(50)), math.floor(latency:percentile(90)),
+    math.floor(latency:percentile(99)), math.floor(latency.max),
+    e.connect + e.read + e.write, e.timeout, codes == "" and "none" or codes))
+end
+LUA
+
+# --- servers -------------------------------------------------------------------------------------
+declare -A url pid expect label
+start_builder() { # start_builder CASE TRIGGERS_DIR
+  local log="$tmp/serve-$1.log" p addr=""
+  BUILDER_DATA_DIR="$tmp/data-$1" BUILDER_WEBHOOK_SECRET="$SECRET" \
+    "$BUILDER" serve --listen 127.0.0.1:0 --triggers "$2" --max-concurrent-builds 0 2>"$log" &
+  p=$!; pids+=("$p"); pid[$1]=$p
+  for _ in $(seq 1 300); do
+    addr="$(sed -n 's|^builder serve: listening on http://\([^ ]*\) .*|\1|p' "$log")"
+    [ -n "$addr" ] && break
+    kill -0 "$p" 2>/dev/null || { cat "$log" >&2; die "builder serve ($1) exited at start"; }
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { cat "$log" >&2; die "builder serve ($1) did not listen within 30 s"; }
+  grep -q "($N triggers)" "$log" || { cat "$log" >&2; die "builder serve ($1) did not load $N triggers"; }
+  url[$1]="http://$addr/webhooks/github"
+}
+start_webhook() {
+  local log="$tmp/webhook.log" p port=""
+  webhook -hooks "$tmp/hooks.json" -ip 127.0.0.1 -port 0 >"$log" 2>&1 &
+  p=$!; pids+=("$p"); pid[webhook]=$p
+  for _ in $(seq 1 300); do
+    port="$(ss -ltnpH 2>/dev/null | awk -v p="pid=$p," 'index($0, p) { n = split($4, a, ":"); print a[n]; exit }')"
+    [ -n "$port" ] && break
+    kill -0 "$p" 2>/dev/null || { cat "$log" >&2; die "webhook exited at start"; }
+    sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$log" >&2; die "webhook did not listen within 30 s"; }
+  url[webhook_nomatch]="http://127.0.0.1:$port/hooks/nomatch"
+  url[webhook_match]="http://127.0.0.1:$port/hooks/match"
+}
+
+echo "builder webhook ingest benchmark: $N triggers/hooks, wrk -t$T -c$C, $R rounds x ${D}s per case, ${W}s warm-up" >&2
+start_builder builder_nomatch "$tmp/triggers-nomatch"
+start_builder builder_queue "$tmp/triggers-queue"
+start_webhook
+pid[webhook_nomatch]=${pid[webhook]} pid[webhook_match]=${pid[webhook]}
+expect=([builder_nomatch]=202 [builder_queue]=202 [webhook_nomatch]=200 [webhook_match]=202)
+label=(
+  [builder_nomatch]="builder, matches no trigger"
+  [webhook_nomatch]="webhook, rule not satisfied"
+  [builder_queue]="builder, queues a build (durably)"
+  [webhook_match]="webhook, rule satisfied (runs /bin/true)"
+)
+
+# --- one signed delivery each, and a forged one: both servers verify ------------------------------
+post() { # post URL DELIVERY_ID SIGNATURE: prints "STATUS BODY"
+  curl -sS -o "$tmp/post.out" -w '%{http_code}' -X POST "$1" \
+    -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' -H "X-GitHub-Delivery: $2" \
+    -H "X-Hub-Signature-256: sha256=$3" --data-binary "@$PAYLOAD" || echo " (curl failed)"
+  echo " $(head -c 200 "$tmp/post.out")"
+}
+forged="$(printf '%s' "$signature" | tr '0-9a-f' '1-9a-f0')"
+smoke=""
+for c in builder_nomatch builder_queue webhook_nomatch webhook_match; do
+  got="$(post "${url[$c]}" "00000000-smoke-4000-8000-$c" "$signature")"
+  case "$c:$got" in
+    builder_nomatch:'202 {"result":"accepted","builds":[],'*) ;;
+    builder_queue:'202 {"result":"accepted","builds":["'*) ;;
+    webhook_nomatch:'200 Hook rules were not satisfied.'*) ;;
+    webhook_match:'202 '*) ;;
+    *) die "$c: a signed delivery got '$got', not the answer this benchmark counts" ;;
+  esac
+  bad="$(post "${url[$c]}" "00000000-forged-4000-8000-$c" "$forged")"
+  case "$c:$bad" in builder_*:401*|webhook_*:500*) ;; *) die "$c: a forged signature got '$bad'" ;; esac
+  smoke+="${bad%% *}/"
+done
+smoke="${smoke%/}"
+
+# --- runs ----------------------------------------------------------------------------------------
+clk_tck="$(getconf CLK_TCK)"
+cpu_ticks() { # user + system time of a process and its waited-for children, in clock ticks
+  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 + $14 + $15 }'
+}
+: >"$tmp/results"
+run_seq=0
+run() { # run CASE ROUND SECONDS: appends "CASE ROUND key=value..." to results unless ROUND is 0
+  local c="$1" round="$2" secs="$3" out ids="-" before after
+  run_seq=$((run_seq + 1))
+  out="$tmp/wrk.$c.$round"
+  [ "$c" = builder_queue ] && ids="$tmp/ids.$c.$round"
+  before="$(cpu_ticks "${pid[$c]}")"
+  wrk -t"$T" -c"$C" -d"${secs}s" --timeout 30s -s "$tmp/deliver.lua" "${url[$c]}" -- \
+    "$PAYLOAD" "$signature" "$(printf '%08x' "$((0xbe000000 + run_seq))")" "${expect[$c]}" "$ids" \
+    >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($c)"; }
+  after="$(cpu_ticks "${pid[$c]}")"
+  grep -q '^RESULT ' "$out" || { cat "$out" >&2; die "wrk printed no result ($c)"; }
+  kill -0 "${pid[$c]}" 2>/dev/null || die "the server of $c died during the run; see $tmp (KEEP=1 keeps it)"
+  # webhook's commands may outlive the run: let them finish before the next case starts.
+  for _ in $(seq 1 100); do pgrep -P "${pid[webhook]}" >/dev/null || break; sleep 0.05; done
+  sleep 0.5
+  [ "$round" -eq 0 ] && return 0
+  echo "$c $round $(sed -n 's/^RESULT //p' "$out") cpu_ticks=$((after - before))" >>"$tmp/results"
+}
+
+cases=(builder_nomatch webhook_nomatch builder_queue webhook_match)
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+bench_start="$(date +%s)"
+if [ "$W" -gt 0 ]; then
+  echo "warm-up..." >&2
+  for c in "${cases[@]}"; do run "$c" 0 "$W"; done
+fi
+for ((round = 1; round <= R; round++)); do
+  echo "round $round/$R..." >&2
+  for ((k = 0; k < ${#cases[@]}; k++)); do
+    run "${cases[$(((k + round - 1) % ${#cases[@]}))]}" "$round" "$D"
+  done
+done
+bench_end="$(date +%s)"
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- the store: every 202 durably queued ---------------------------------------------------------
+# The servers are stopped first (SIGTERM: builder finishes the requests in flight).
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+pids=()
+db="$tmp/data-builder_queue/builds.db" db0="$tmp/data-builder_nomatch/builds.db"
+[ -f "$db" ] && [ -f "$db0" ] || die "no store at $db or $db0"
+q() { sqlite3 -batch -noheader "$1" "$2"; }
+cat "$tmp"/ids.builder_queue.* | sort >"$tmp/answered"
+q "$db" "SELECT id FROM builds WHERE status = 'QUEUED' AND trigger_name = '$match_trigger' AND delivery_id IS NOT NULL" |
+  sort >"$tmp/stored"
+answered="$(grep -c . "$tmp/answered" || true)"
+stored="$(grep -c . "$tmp/stored" || true)"
+lost="$(comm -23 "$tmp/answered" "$tmp/stored" | grep -c . || true)"
+extra="$(comm -13 "$tmp/answered" "$tmp/stored" | grep -c . || true)"
+builds_all="$(q "$db" "SELECT count(*) FROM builds")"
+deliveries="$(q "$db" "SELECT count(*) FROM deliveries WHERE verified = 1")"
+not_one="$(q "$db" "SELECT count(*) FROM deliveries d WHERE verified = 1 AND (SELECT count(*) FROM builds b WHERE b.delivery_id = d.id) != 1")"
+builds0="$(q "$db0" "SELECT count(*) FROM builds")"
+deliveries0="$(q "$db0" "SELECT count(*) FROM deliveries WHERE verified = 1")"
+rejected="$(q "$db" "SELECT count(*) FROM deliveries WHERE verified = 0")"
+journal="$(q "$db" "PRAGMA journal_mode")"
+runs_queue=$((R + (W > 0 ? 1 : 0)))
+in_flight_max=$((C * runs_queue))
+
+# --- figures -------------------------------------------------------------------------------------
+# Per case over its R runs: the rate of intended answers (median, min, max), the medians of the
+# runs' p50 and p99, the worst p99 and the slowest request, and the server's CPU.
+figures() { # figures CASE: prints "rate min max p50 p99 p99max max good other cpu_pct cpu_us codes"
+  awk -v c="$1" -v tck="$clk_tck" '
+    function med(a, n,   i, j, x) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j] < a[j - 1]; j--) { x = a[j]; a[j] = a[j - 1]; a[j - 1] = x }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    $1 == c {
+      delete kv
+      for (i = 3; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+      n++
+      rate[n] = kv["expected"] / (kv["duration_us"] / 1e6); r2[n] = rate[n]
+      p50[n] = kv["p50_us"]; p99[n] = kv["p99_us"]
+      if (kv["p99_us"] > p99max) p99max = kv["p99_us"]
+      if (kv["max_us"] > mx) mx = kv["max_us"]
+      good += kv["expected"]; other += kv["other"] + kv["sockerr"] + kv["timeout"]
+      req += kv["requests"]; dur += kv["duration_us"] / 1e6; cpu += kv["cpu_ticks"] / tck
+      codes = codes (codes == "" ? "" : " ") kv["codes"]
+      if (min == "" || rate[n] < min) min = rate[n]
+      if (rate[n] > max) max = rate[n]
+    }
+    END {
+      if (n == 0) { print "nan"; exit }
+      printf "%.1f %.1f %.1f %.3f %.3f %.3f %.3f %d %d %.0f %.0f %s\n", med(rate, n), min, max,
+        med(p50, n) / 1000, med(p99, n) / 1000, p99max / 1000, mx / 1000, good, other,
+        100 * cpu / dur, 1e6 * cpu / (req ? req : 1), codes
+    }' "$tmp/results"
+}
+declare -A rate rmin rmax p50 p99 p99max lmax good other cpu_pct cpu_us codes
+for c in "${cases[@]}"; do
+  read -r rate[$c] rmin[$c] rmax[$c] p50[$c] p99[$c] p99max[$c] lmax[$c] good[$c] other[$c] \
+    cpu_pct[$c] cpu_us[$c] codes[$c] < <(figures "$c")
+done
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+commit="$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
+echo
+printf 'builder webhook ingest vs webhook %s, %s, %s cores, load %s -> %s\n' \
+  "$(webhook -version | awk '{ print $3 }')" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" "$load_before" "$load_after"
+printf '%s: %s triggers / hooks loaded; wrk %s, %s threads, %s connections; %s rounds x %s s per case, interleaved, after %s s warm-up\n' \
+  "builder $commit (binary $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))" "$N" \
+  "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" "$T" "$C" "$R" "$D" "$W"
+printf 'store: SQLite (%s journal) on %s; payload %s (%s bytes); wrong signature answered %s (builder, builder, webhook, webhook)\n' \
+  "$journal" "$(df -T "$tmp" | awk 'NR == 2 { print $2 }')" "${PAYLOAD#"$here"/}" "$(wc -c <"$PAYLOAD")" "$smoke"
+echo
+line() { printf '%-42s %8s %15s %8s %8s %8s %8s %9s %6s %6s %8s\n' "$@"; }
+line "case" "req/s" "(min-max)" "p50 ms" "p99 ms" "p99 max" "max ms" "answers" "other" "CPU %" "CPU/req"
+for c in "${cases[@]}"; do
+  line "${label[$c]}" "$(calc '%.0f' "${rate[$c]}")" "($(calc '%.0f' "${rmin[$c]}")-$(calc '%.0f' "${rmax[$c]}"))" \
+    "$(calc '%.1f' "${p50[$c]}")" "$(calc '%.1f' "${p99[$c]}")" "$(calc '%.1f' "${p99max[$c]}")" \
+    "$(calc '%.0f' "${lmax[$c]}")" "${expect[$c]}x${good[$c]}" "${other[$c]}" "${cpu_pct[$c]}" "${cpu_us[$c]} us"
+done
+echo "req/s: intended answers per second, median of the $R runs (min-max); p50, p99: medians of the"
+echo "runs' percentiles; p99 max, max: the worst run's p99 and the slowest request; other: any other"
+echo "answer or socket error; CPU: the server's user+system time (webhook's with its /bin/true"
+echo "children) per second of run (100 % = one core) and per request. wrk shares the $(nproc) cores."
+
+echo
+ok_rate() { awk -v a="$1" -v g="$2" 'BEGIN { print (a >= g ? "met" : "MISSED") }'; }
+r_nomatch="$(calc '%.2f' "${rate[builder_nomatch]} / ${rate[webhook_nomatch]}")"
+r_queue="$(calc '%.2f' "${rate[builder_queue]} / ${rate[webhook_match]}")"
+printf '%-64s %8s %8s %8s\n' "figure" "value" "goal" ""
+printf '%-64s %8s %8s %8s\n' "ratio builder / webhook, matching nothing (req/s)" "$r_nomatch" ">= 2.00" "$(ok_rate "$r_nomatch" 2)"
+printf '%-64s %8s %8s %8s\n' "ratio builder (durably queued) / webhook (command run), req/s" "$r_queue" ">= 1.00" "$(ok_rate "$r_queue" 1)"
+printf '%-64s %8s\n' "ratio of p99, builder / webhook, matching nothing" "$(calc '%.2f' "${p99[builder_nomatch]} / ${p99[webhook_nomatch]}")"
+printf '%-64s %8s\n' "ratio of p99, builder / webhook, queued / run" "$(calc '%.2f' "${p99[builder_queue]} / ${p99[webhook_match]}")"
+
+echo
+status=0
+echo "store check (builder, queueing server, after SIGTERM; $runs_queue runs incl. warm-up):"
+printf '  %-76s %s\n' "202 answers carrying a build id (wrk counted them)" "$answered"
+printf '  %-76s %s\n' "of these, QUEUED in builds.db with trigger $match_trigger and its delivery" "$((answered - lost))"
+printf '  %-76s %s\n' "builds in builds.db / verified deliveries (smoke test's included)" "$builds_all / $deliveries"
+printf '  %-76s %s\n' "deliveries without exactly one build" "$not_one"
+printf '  %-76s %s\n' "queued but not counted by wrk: in flight when it stopped (<= $C x $runs_queue)" "$extra"
+printf '  %-76s %s\n' "non-matching server: builds / verified deliveries" "$builds0 / $deliveries0"
+if [ "$lost" -ne 0 ] || [ "$not_one" -ne 0 ] || [ "$extra" -gt "$in_flight_max" ] || [ "$builds0" -ne 0 ] ||
+  [ "$stored" -ne "$builds_all" ] || [ "$rejected" -ne 1 ]; then
+  echo "  FAILED: not every accepted delivery is durably queued exactly once (see above)"; status=1
+else
+  echo "  ok: every 202 that carried a build is a QUEUED build in the store, one per delivery"
+fi
+for c in "${cases[@]}"; do
+  if [ "${other[$c]}" -ne 0 ]; then
+    echo "UNEXPECTED answers for ${label[$c]}: ${other[$c]} (status:count per run: ${codes[$c]})"; status=1
+  fi
+done
+for c in builder_nomatch builder_queue; do
+  extra_lines="$(grep -vc '^builder serve: listening on' "$tmp/serve-$c.log" || true)"
+  if [ "$extra_lines" -gt 0 ]; then
+    echo "builder serve ($c) wrote $extra_lines line(s) on stderr, e.g.:"; grep -v '^builder serve: listening on' "$tmp/serve-$c.log" | head -5 | sed 's/^/    /'
+  fi
+done
+echo "total benchmark time: $((bench_end - bench_start)) s (+ setup)"
+exit "$status"

@@ -1,0 +1,142 @@
+//! The service's triggers, kept as files in one directory (`--triggers DIR`), one trigger per
+//! file, so that files written by `gcloud builds triggers export` and triggers created through the
+//! API live side by side and survive restarts. The API writes whole files, each replaced
+//! atomically (written beside it, then renamed).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::Failed;
+use crate::triggers::{self, Trigger};
+
+/// The triggers in a directory; reads see a consistent snapshot while the API changes them.
+pub struct TriggerFiles {
+    dir: PathBuf,
+    loaded: RwLock<Arc<Vec<Entry>>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    file: PathBuf,
+    trigger: Trigger,
+}
+
+impl TriggerFiles {
+    /// Loads every trigger file (`*.yaml`, `*.yml`, `*.json`) of `dir`, creating it if missing.
+    /// `Err` holds the problems of all the files that have any; `Ok` carries the warnings.
+    pub fn load(dir: &Path) -> Result<(Self, String), String> {
+        let at = |e: std::io::Error| format!("{}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(at)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(at)?
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| {
+                let extension = path.extension().and_then(|e| e.to_str());
+                matches!(extension, Some("yaml" | "yml" | "json"))
+            })
+            .collect();
+        files.sort();
+        let (mut entries, mut warnings, mut errors) =
+            (Vec::<Entry>::new(), String::new(), String::new());
+        for file in files {
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).map_err(|e| format!("{name}: {e}"))?;
+            match triggers::load(&bytes) {
+                Ok((trigger, found)) => {
+                    warnings += &found.render(&name);
+                    if entries.iter().any(|e| e.trigger.name == trigger.name) {
+                        errors +=
+                            &format!("{name}: name: another file defines {:?}\n", trigger.name);
+                    }
+                    entries.push(Entry { file, trigger });
+                }
+                Err(found) => errors += &found.render(&name),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let files = Self {
+            dir: dir.to_path_buf(),
+            loaded: RwLock::new(Arc::new(entries)),
+        };
+        Ok((files, warnings))
+    }
+
+    /// The triggers as they are now.
+    pub fn all(&self) -> Vec<Trigger> {
+        self.snapshot().iter().map(|e| e.trigger.clone()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Trigger, Failed> {
+        self.snapshot()
+            .iter()
+            .find(|e| e.trigger.name == name)
+            .map(|e| e.trigger.clone())
+            .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))
+    }
+
+    /// Creates a trigger from a trigger file's bytes (YAML or JSON), or replaces the trigger
+    /// `replacing` (which the file must still name). Returns it, with its rendered warnings.
+    pub fn put(&self, bytes: &[u8], replacing: Option<&str>) -> Result<(Trigger, String), Failed> {
+        let (trigger, warnings) = triggers::load(bytes)
+            .map_err(|d| Failed::Invalid(d.render("trigger").trim_end().to_string()))?;
+        let mut loaded = self.loaded.write().expect("triggers");
+        let existing = loaded.iter().position(|e| e.trigger.name == trigger.name);
+        let file = match (replacing, existing) {
+            (None, None) => self.dir.join(format!("{}.yaml", trigger.name)),
+            (None, Some(_)) => {
+                return Err(Failed::Conflict(format!(
+                    "trigger {:?} exists",
+                    trigger.name
+                )));
+            }
+            (Some(name), _) if name != trigger.name => {
+                return Err(Failed::Invalid(format!(
+                    "the file names trigger {:?}, not {name:?}",
+                    trigger.name
+                )));
+            }
+            (Some(name), None) => return Err(Failed::NotFound(format!("no trigger {name:?}"))),
+            (Some(_), Some(index)) => loaded[index].file.clone(),
+        };
+        write_atomically(&file, bytes)?;
+        let mut entries = loaded.as_ref().clone();
+        let entry = Entry {
+            file,
+            trigger: trigger.clone(),
+        };
+        match existing {
+            Some(index) => entries[index] = entry,
+            None => entries.push(entry),
+        }
+        *loaded = Arc::new(entries);
+        Ok((trigger, warnings.render("trigger")))
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), Failed> {
+        let mut loaded = self.loaded.write().expect("triggers");
+        let index = loaded
+            .iter()
+            .position(|e| e.trigger.name == name)
+            .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))?;
+        let file = &loaded[index].file;
+        std::fs::remove_file(file)
+            .map_err(|e| Failed::Internal(format!("{}: {e}", file.display())))?;
+        let mut entries = loaded.as_ref().clone();
+        entries.remove(index);
+        *loaded = Arc::new(entries);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Entry>> {
+        self.loaded.read().expect("triggers").clone()
+    }
+}
+
+fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Failed> {
+    let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", file.display()));
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, bytes).map_err(failed)?;
+    std::fs::rename(&partial, file).map_err(failed)
+}
