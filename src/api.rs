@@ -19,10 +19,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::build::Status;
-use crate::service::{BuildQuery, Failed, Incoming, ManualRun, Receipt, Rejection, Service};
+use crate::service::StepRecord;
+use crate::service::{
+    BuildQuery, Failed, Incoming, ManualRun, Receipt, Rejection, Service, Submission,
+};
 
 /// GitHub caps webhook payloads at 25 MB.
 const MAX_DELIVERY: usize = 25 * 1024 * 1024;
+/// The largest source archive `builder submit --server` may upload.
+const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
 /// How often a followed log looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 const OPENAPI: &str = include_str!("openapi.json");
@@ -47,7 +52,11 @@ fn router(service: Arc<Service>) -> Router {
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
-        .route("/v1/builds", get(list_builds))
+        .route("/v1/builds", get(list_builds).post(submit_build))
+        .route(
+            "/v1/uploads",
+            post(upload_source).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .route("/v1/builds/{id}", get(get_build))
         .route("/v1/builds/{id}/log", get(build_log))
         .route("/v1/builds/{id}/cancel", post(cancel_build))
@@ -175,6 +184,32 @@ async fn list_builds(
     )
 }
 
+async fn upload_source(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    body: Bytes,
+) -> Response {
+    respond(
+        service
+            .upload(&body)
+            .await
+            .map(|id| json!({ "upload": id })),
+    )
+}
+
+async fn submit_build(State(service): State<Arc<Service>>, _: Authorized, body: Bytes) -> Response {
+    let submission: Submission = match serde_json::from_slice(&body) {
+        Ok(submission) => submission,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("build request: {e}")),
+    };
+    respond(
+        service
+            .submit(submission)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
+}
+
 async fn get_build(State(service): State<Arc<Service>>, Path(id): Path<String>) -> Response {
     respond(service.build(&id).await)
 }
@@ -205,54 +240,67 @@ async fn build_log(
         service
             .log(&id, query.after)
             .await
-            .map(|(lines, finished)| {
-                let lines: Vec<_> = lines
-                    .into_iter()
-                    .map(|l| json!({"seq": l.seq, "step": l.step, "text": l.text}))
-                    .collect();
-                json!({ "lines": lines, "finished": finished })
-            }),
+            .map(|(lines, build)| json!({ "lines": lines, "finished": build.status.is_final() })),
     )
 }
 
-/// A build's log lines as `line` events (their `id` is the line's sequence number, so a client
-/// can resume with `after`), then one `end` event with the build's status.
+/// A build's progress as server-sent events: `step` events when a step starts and when it ends
+/// (data `{step, id, status, detail}`), `line` events between them (their `id` is the line's sequence
+/// number, so a client can resume with `after`; data `{step, stream, text}`), and one `end`
+/// event with the build's status and failure.
 fn follow(
     service: Arc<Service>,
     id: String,
     after: i64,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold(Some(after), move |after| {
+    // The last status announced for each step.
+    let announced: Vec<Status> = Vec::new();
+    futures_util::stream::unfold(Some((after, announced)), move |state| {
         let (service, id) = (service.clone(), id.clone());
         async move {
-            let mut after = after?;
+            let (mut after, mut announced) = state?;
             loop {
-                let (lines, finished) = match service.log(&id, after).await {
+                let (lines, build) = match service.log(&id, after).await {
                     Ok(log) => log,
                     Err(failed) => {
-                        let end = Event::default().event("error").data(failed.to_string());
+                        let data = json!({ "error": failed.to_string() }).to_string();
+                        let end = Event::default().event("error").data(data);
                         return Some((vec![Ok(end)], None));
                     }
                 };
-                let mut events: Vec<_> = lines
-                    .iter()
-                    .map(|line| {
-                        let data = json!({"step": line.step, "text": line.text}).to_string();
-                        Ok(Event::default()
-                            .event("line")
-                            .id(line.seq.to_string())
-                            .data(data))
-                    })
-                    .collect();
+                announced.resize(build.steps.len(), Status::Queued);
+                let step_event = |step: &StepRecord, status: Status, detail: &Option<String>| {
+                    let data = json!({
+                        "step": step.index, "id": step.id, "status": status, "detail": detail
+                    });
+                    Ok(Event::default().event("step").data(data.to_string()))
+                };
+                let mut events = Vec::new();
+                for (step, seen) in build.steps.iter().zip(&mut announced) {
+                    if *seen == Status::Queued && step.result.status != Status::Queued {
+                        *seen = Status::Working;
+                        events.push(step_event(step, Status::Working, &None));
+                    }
+                }
+                for line in &lines {
+                    let data = json!({"step": line.step, "stream": line.stream, "text": line.text});
+                    let event = Event::default().event("line").id(line.seq.to_string());
+                    events.push(Ok(event.data(data.to_string())));
+                }
+                for (step, seen) in build.steps.iter().zip(&mut announced) {
+                    if !seen.is_final() && step.result.status.is_final() {
+                        *seen = step.result.status;
+                        events.push(step_event(step, *seen, &step.result.detail));
+                    }
+                }
                 after = lines.last().map_or(after, |line| line.seq);
-                if finished {
-                    let status = service.build(&id).await.map(|b| b.status.to_string());
-                    let data = json!({ "status": status.unwrap_or_default() }).to_string();
-                    events.push(Ok(Event::default().event("end").data(data)));
+                if build.status.is_final() {
+                    let data = json!({"status": build.status, "failure": build.failure});
+                    events.push(Ok(Event::default().event("end").data(data.to_string())));
                     return Some((events, None));
                 }
                 if !events.is_empty() {
-                    return Some((events, Some(after)));
+                    return Some((events, Some((after, announced))));
                 }
                 tokio::time::sleep(FOLLOW_POLL).await;
             }

@@ -5,6 +5,7 @@ pub mod alias;
 pub mod api;
 pub mod build;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod diag;
 pub mod execute;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Row, sqlite::SqliteRow};
 
@@ -23,17 +23,17 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-/// A build as recorded.
-#[derive(Debug, Clone, Serialize)]
+/// A build as recorded (and as the API serves it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildRecord {
     pub id: String,
     pub status: Status,
-    #[serde(serialize_with = "rfc3339_required")]
+    #[serde(with = "required_rfc3339")]
     pub create_time: SystemTime,
-    #[serde(with = "crate::build::rfc3339")]
+    #[serde(default, with = "crate::build::rfc3339")]
     pub start_time: Option<SystemTime>,
-    #[serde(with = "crate::build::rfc3339")]
+    #[serde(default, with = "crate::build::rfc3339")]
     pub finish_time: Option<SystemTime>,
     /// The trigger that started it; `None` for `builder submit` builds.
     pub trigger: Option<String>,
@@ -45,7 +45,7 @@ pub struct BuildRecord {
     pub steps: Vec<StepRecord>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepRecord {
     pub index: usize,
@@ -55,7 +55,7 @@ pub struct StepRecord {
     pub result: StepResult,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
     pub seq: i64,
     pub step: usize,
@@ -101,7 +101,7 @@ pub struct NewDelivery<'a> {
 }
 
 /// What one trigger made of a delivery: the build it queued, or why it queued none.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerResult {
     pub trigger: String,
@@ -131,7 +131,7 @@ pub struct PendingDelivery {
 pub struct DeliveryRecord {
     pub id: String,
     pub event: String,
-    #[serde(serialize_with = "rfc3339_required")]
+    #[serde(with = "required_rfc3339")]
     pub receive_time: SystemTime,
     pub verified: bool,
     pub summary: String,
@@ -145,7 +145,8 @@ pub struct DeliveryRecord {
 #[derive(Debug, Clone)]
 pub struct QueuedBuild {
     pub id: String,
-    pub trigger: String,
+    /// The trigger that queued it; `None` for a submitted build.
+    pub trigger: Option<String>,
     pub delivery: Option<String>,
     pub source: serde_json::Value,
     pub substitutions: serde_json::Value,
@@ -575,11 +576,20 @@ async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), E
     Ok(())
 }
 
-fn rfc3339_required<S: serde::Serializer>(
-    time: &SystemTime,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::build::rfc3339::format(*time))
+/// A time that is always there, as RFC 3339 text.
+mod required_rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::build::rfc3339::serialize(&Some(*time), serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        crate::build::rfc3339::deserialize(deserializer)?
+            .ok_or_else(|| serde::de::Error::custom("a time is required"))
+    }
 }
 
 fn step_record(row: &SqliteRow) -> StepRecord {

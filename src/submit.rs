@@ -210,7 +210,7 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
 }
 
 /// gcloud's one-step build for `--tag` (spec §8), as a config.
-fn tag_config(image: &str) -> String {
+pub fn tag_config(image: &str) -> String {
     serde_json::json!({
         "steps": [{
             "name": "gcr.io/cloud-builders/docker",

@@ -476,6 +476,7 @@ fn follow(server: &Server, id: &str, mut seen: impl FnMut(&str)) -> Value {
             let data: Value = serde_json::from_str(data).unwrap();
             match event.as_str() {
                 "line" => seen(data["text"].as_str().unwrap()),
+                "step" => {}
                 "end" => {
                     end = Some(data);
                     break;
@@ -640,4 +641,112 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     );
     assert_eq!(server.get("/v1/triggers")["triggers"], json!([]));
     assert!(!triggers.path().join("api.yaml").exists());
+}
+
+/// Runs `builder ARGS --server URL` with the API token; exit code and stdout (stderr appended).
+fn cli(server: &Server, args: &[&str]) -> (i32, String) {
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env("BUILDER_API_TOKEN", TOKEN)
+        .args(args)
+        .args(["--server", &server.url])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), text)
+}
+
+#[test]
+fn the_cli_submits_follows_and_manages_through_the_server() {
+    let repository = Repository::new();
+    let triggers = TempDir::new().unwrap();
+    let data = TempDir::new().unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+
+    // `submit --server` uploads the source and prints what a local submit prints.
+    let source = TempDir::new().unwrap();
+    let config = "steps:\n- id: show\n  name: builder/busybox\n  args: [cat, file.txt]\n";
+    std::fs::write(source.path().join("cloudbuild.yaml"), config).unwrap();
+    std::fs::write(source.path().join("file.txt"), "uploaded\n").unwrap();
+    let dir = source.path().to_str().unwrap();
+    let config_path = source.path().join("cloudbuild.yaml");
+    let (code, out) = cli(
+        &server,
+        &["submit", dir, "--config", config_path.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "Starting Step #0 - \"show\"",
+        "Step #0 - \"show\": uploaded",
+        "STATUS: SUCCESS",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ID: "))
+        .unwrap()
+        .to_string();
+    std::fs::write(&config_path, config.replace("file.txt", "missing.txt")).unwrap();
+    let (code, out) = cli(
+        &server,
+        &["submit", dir, "--config", config_path.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("STATUS: FAILURE"), "{out}");
+    std::fs::write(
+        &config_path,
+        "steps:\n- name: builder/busybox\n  waitFor: [nope]\n",
+    )
+    .unwrap();
+    let (code, out) = cli(
+        &server,
+        &["submit", dir, "--config", config_path.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":3:"), "the error is located: {out}");
+
+    let (code, out) = cli(&server, &["builds", "list"]);
+    assert!(code == 0 && out.contains(&id), "{out}");
+    let (_, out) = cli(&server, &["builds", "log", &id]);
+    assert_eq!(out.trim(), "Step #0 - \"show\": uploaded");
+    let (code, retry) = cli(&server, &["builds", "retry", &id]);
+    assert_eq!(code, 0, "{retry}");
+    let retry = retry.lines().next().unwrap().to_string();
+    let (code, out) = cli(&server, &["builds", "log", "--stream", &retry]);
+    assert!(code == 0 && out.contains("uploaded"), "{out}");
+
+    // Triggers: imported from a file, listed in words, run by hand.
+    let file = triggers.path().join("../import.yaml");
+    std::fs::write(&file, "name: imported\nfilename: cloudbuild.yaml\ngithub: {owner: acme, name: app, push: {branch: ^main$}}\n").unwrap();
+    let (code, out) = cli(&server, &["triggers", "import", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&server, &["triggers", "list"]);
+    assert_eq!(
+        out.trim(),
+        "imported: pushes to branches matching \"^main$\" of acme/app"
+    );
+    repository.commit(
+        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+        "c",
+        "main",
+    );
+    let (code, run) = cli(
+        &server,
+        &["triggers", "run", "imported", "--branch", "main"],
+    );
+    assert_eq!(code, 0, "{run}");
+    let run = run.lines().next().unwrap().to_string();
+    assert_eq!(server.finished(&run)["status"], "SUCCESS");
+
+    // Changes need the token.
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env_remove("BUILDER_API_TOKEN")
+        .args(["builds", "cancel", &run, "--server", &server.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("API token"));
 }

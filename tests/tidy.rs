@@ -25,6 +25,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("granit_parser", "src/config/tree.rs"),
     ("hmac", "src/webhooks.rs"),
     ("axum", "src/api.rs"),
+    ("hyper_util", "src/client.rs"),
     ("git2", "src/source/git.rs"),
 ];
 

@@ -30,7 +30,7 @@ use crate::plan::{self, Context, Inputs};
 use crate::runtime::ContainerRuntime;
 use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
-pub use crate::store::BuildQuery;
+pub use crate::store::{BuildQuery, StepRecord};
 use crate::store::{
     BuildRecord, DeliveryRecord, LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult,
 };
@@ -135,11 +135,52 @@ pub struct ManualRun {
 
 /// What a queued build runs, kept in its record until it runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    trigger: String,
-    clone_url: String,
-    commit: String,
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum Request {
+    /// A trigger's build of a commit.
+    #[serde(rename_all = "camelCase")]
+    Push {
+        trigger: String,
+        clone_url: String,
+        commit: String,
+        built_ins: Values,
+        overrides: Values,
+    },
+    /// `builder submit --server`: an uploaded source (or none) and the config's text.
+    #[serde(rename_all = "camelCase")]
+    Upload {
+        upload: Option<String>,
+        config: String,
+        config_name: String,
+        overrides: Values,
+    },
+}
+
+/// `builder submit --server`'s request: the config's text, the substitutions, and the source
+/// uploaded before (`POST /v1/uploads`), if any.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Submission {
+    pub config: String,
+    /// The config's file name, for messages.
+    #[serde(default = "default_config_name")]
+    pub config_name: String,
+    #[serde(default)]
+    pub substitutions: Values,
+    pub upload: Option<String>,
+}
+
+fn default_config_name() -> String {
+    "cloudbuild.yaml".into()
+}
+
+/// What a build resolves from, once its source is in the workspace.
+struct Recipe {
+    config: BuildConfig,
+    tree: Option<Node>,
+    /// The config's name, for messages.
+    file: String,
+    context: Context,
     built_ins: Values,
     overrides: Values,
 }
@@ -183,12 +224,11 @@ impl Service {
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
     }
 
-    /// The build's log lines after `after` (0: all), and whether the build has finished (no
-    /// line will follow those).
-    pub async fn log(&self, id: &str, after: i64) -> Result<(Vec<LogLine>, bool), Failed> {
-        // Read before the lines, so that a build finishing in between loses no line.
-        let finished = self.build(id).await?.status.is_final();
-        Ok((self.store.logs(id, after).await?, finished))
+    /// The build's log lines after `after` (0: all), and the build as it was just before they
+    /// were read: if it had finished, no line follows these.
+    pub async fn log(&self, id: &str, after: i64) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+        let build = self.build(id).await?;
+        Ok((self.store.logs(&build.id, after).await?, build))
     }
 
     pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
@@ -293,24 +333,68 @@ impl Service {
                 repository.full_name
             ))
         })?;
-        let mut build = self.queued_build(trigger, &repository, git_ref.as_ref(), &commit, None);
-        let mut request: Request = serde_json::from_value(build.request.clone())
-            .map_err(|e| Failed::Internal(e.to_string()))?;
-        for (key, value) in run.substitutions {
-            if !crate::substitute::is_user_key(&key) {
-                return Err(Failed::Invalid(format!(
-                    "substitution key {key:?} does not respect format ^_[A-Z0-9_]+$"
-                )));
-            }
-            request.overrides.insert(key, value);
-        }
-        build.request =
-            serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?;
+        check_user_keys(&run.substitutions)?;
+        let mut trigger = trigger.clone();
+        trigger.substitutions.extend(run.substitutions);
+        let build = self.queued_build(&trigger, &repository, git_ref.as_ref(), &commit, None);
         self.store
             .queue_builds(std::slice::from_ref(&build))
             .await?;
         self.work.notify_one();
         Ok(build.id)
+    }
+
+    /// Keeps an uploaded source archive (a tar.gz as `builder submit` packs it) for a build to
+    /// come; returns its id.
+    pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.settings.data_dir.join("uploads");
+        let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", dir.display()));
+        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
+        tokio::fs::write(dir.join(format!("{id}.tar.gz")), archive)
+            .await
+            .map_err(failed)?;
+        Ok(id)
+    }
+
+    /// Queues a submitted build, after checking its config and substitutions as a manual
+    /// build's (every problem located in the config's text).
+    pub async fn submit(&self, submission: Submission) -> Result<String, Failed> {
+        if let Some(upload) = &submission.upload
+            && (uuid::Uuid::parse_str(upload).is_err() || !self.upload_path(upload).is_file())
+        {
+            return Err(Failed::Invalid(format!("no upload {upload:?}")));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = Request::Upload {
+            upload: submission.upload.clone(),
+            config: submission.config,
+            config_name: submission.config_name,
+            overrides: submission.substitutions.clone(),
+        };
+        // Resolved now only to refuse a bad config before it is queued.
+        let recipe = self.upload_recipe(&request).map_err(Failed::Invalid)?;
+        self.resolve(&id, recipe).map_err(Failed::Invalid)?;
+        let build = QueuedBuild {
+            source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
+            substitutions: serde_json::json!(submission.substitutions),
+            request: serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?,
+            trigger: None,
+            delivery: None,
+            id,
+        };
+        self.store
+            .queue_builds(std::slice::from_ref(&build))
+            .await?;
+        self.work.notify_one();
+        Ok(build.id)
+    }
+
+    fn upload_path(&self, upload: &str) -> PathBuf {
+        self.settings
+            .data_dir
+            .join("uploads")
+            .join(format!("{upload}.tar.gz"))
     }
 
     /// Whether `token` is the API token; compared in constant time (through digests of both).
@@ -407,22 +491,22 @@ impl Service {
         commit: &str,
         delivery: Option<&str>,
     ) -> QueuedBuild {
-        let request = Request {
+        let built_ins = trigger.built_ins(repository, git_ref, commit);
+        let substitutions: Values = built_ins
+            .iter()
+            .chain(&trigger.substitutions)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let request = Request::Push {
             trigger: trigger.name.clone(),
             clone_url: repository.clone_url.clone(),
             commit: commit.to_string(),
-            built_ins: trigger.built_ins(repository, git_ref, commit),
+            built_ins,
             overrides: trigger.substitutions.clone(),
         };
-        let substitutions: Values = request
-            .built_ins
-            .iter()
-            .chain(&request.overrides)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         QueuedBuild {
             id: uuid::Uuid::new_v4().to_string(),
-            trigger: trigger.name.clone(),
+            trigger: Some(trigger.name.clone()),
             delivery: delivery.map(str::to_string),
             source: serde_json::json!({
                 "kind": "github",
@@ -584,7 +668,8 @@ impl Service {
         drop(lock);
     }
 
-    /// Checks out the build's commit into `workspace` and resolves its config as a trigger build.
+    /// Puts the build's source into `workspace` and resolves its config: a trigger build's
+    /// commit, or a submitted build's upload.
     async fn prepare(
         &self,
         id: &str,
@@ -593,41 +678,19 @@ impl Service {
     ) -> Result<Run, String> {
         let request: Request = serde_json::from_value(request)
             .map_err(|e| format!("the queued build's request is unreadable: {e}"))?;
-        let trigger = &self
-            .triggers
-            .get(&request.trigger)
-            .map_err(|_| format!("trigger {:?} no longer exists", request.trigger))?;
-        let url = request.clone_url.clone();
-        let cache = self.settings.data_dir.join("git");
-        let rewrites = self.settings.rewrites.clone();
-        let (commit, dest) = (request.commit.clone(), workspace.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let mirror = Mirror::update(&cache, &url, &rewrites)?;
-            mirror.checkout(&commit, &dest)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("fetching the source failed: {e}"))?;
-        let (config, tree, file) = config_of(trigger, workspace)?;
-        let mut built_ins = request.built_ins;
-        built_ins.insert("BUILD_ID".into(), id.to_string());
-        built_ins.insert("PROJECT_ID".into(), self.settings.project.clone());
-        built_ins.insert("LOCATION".into(), "local".into());
-        if matches!(trigger.build, BuildSource::Autodetect) {
-            built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
-        }
-        let inputs = Inputs {
-            context: Context::Trigger,
-            built_ins,
-            overrides: request.overrides,
-            aliases: self.settings.aliases.clone(),
-        };
-        let build = plan::resolve(&config, &inputs).map_err(|mut diagnostics| {
-            if let Some(tree) = &tree {
-                diagnostics.locate(tree);
+        let recipe = match &request {
+            Request::Push { .. } => self.checkout(&request, workspace).await?,
+            Request::Upload { upload, .. } => {
+                std::fs::create_dir_all(workspace).map_err(|e| e.to_string())?;
+                if let Some(upload) = upload {
+                    let archive = std::fs::File::open(self.upload_path(upload))
+                        .map_err(|e| format!("the uploaded source is gone: {e}"))?;
+                    crate::source::unpack(archive, workspace).map_err(|e| e.to_string())?;
+                }
+                self.upload_recipe(&request)?
             }
-            diagnostics.render(&file)
-        })?;
+        };
+        let build = self.resolve(id, recipe)?;
         let secrets =
             secrets::resolve(&build.secrets, self.settings.secrets_dir.as_deref(), |k| {
                 std::env::var(k).ok()
@@ -644,6 +707,99 @@ impl Service {
         })
     }
 
+    /// Checks out a trigger build's commit into `workspace`, and reads its trigger's config.
+    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, String> {
+        let Request::Push {
+            trigger,
+            clone_url,
+            commit,
+            built_ins,
+            overrides,
+        } = request
+        else {
+            unreachable!("only pushes are checked out");
+        };
+        let trigger = &self
+            .triggers
+            .get(trigger)
+            .map_err(|_| format!("trigger {trigger:?} no longer exists"))?;
+        let (url, cache) = (clone_url.clone(), self.settings.data_dir.join("git"));
+        let rewrites = self.settings.rewrites.clone();
+        let (commit, dest) = (commit.clone(), workspace.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let mirror = Mirror::update(&cache, &url, &rewrites)?;
+            mirror.checkout(&commit, &dest)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("fetching the source failed: {e}"))?;
+        let (config, tree, file) = config_of(trigger, workspace)?;
+        let mut built_ins = built_ins.clone();
+        if matches!(trigger.build, BuildSource::Autodetect) {
+            built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
+        }
+        Ok(Recipe {
+            config,
+            tree,
+            file,
+            context: Context::Trigger,
+            built_ins,
+            overrides: overrides.clone(),
+        })
+    }
+
+    /// A submitted build's config, checked.
+    fn upload_recipe(&self, request: &Request) -> Result<Recipe, String> {
+        let Request::Upload {
+            config,
+            config_name,
+            overrides,
+            ..
+        } = request
+        else {
+            unreachable!("only uploads carry their config");
+        };
+        let loaded = plan::load(config.as_bytes()).map_err(|d| d.render(config_name))?;
+        if loaded.diagnostics.has_errors() {
+            return Err(loaded.diagnostics.render(config_name));
+        }
+        if !loaded.config.secrets.is_empty() || !loaded.config.available_secrets.inline.is_empty() {
+            return Err(
+                "KMS-encrypted secrets (`secrets`, `availableSecrets.inline`) are not \
+                        supported here; use availableSecrets.secretManager"
+                    .into(),
+            );
+        }
+        Ok(Recipe {
+            config: loaded.config,
+            tree: Some(loaded.tree),
+            file: config_name.clone(),
+            context: Context::Manual,
+            built_ins: Values::new(),
+            overrides: overrides.clone(),
+        })
+    }
+
+    /// The build `recipe` resolves to as build `id`.
+    fn resolve(&self, id: &str, recipe: Recipe) -> Result<plan::ResolvedBuild, String> {
+        let mut built_ins = recipe.built_ins;
+        built_ins.insert("BUILD_ID".into(), id.to_string());
+        built_ins.insert("PROJECT_ID".into(), self.settings.project.clone());
+        built_ins.insert("LOCATION".into(), "local".into());
+        let inputs = Inputs {
+            context: recipe.context,
+            built_ins,
+            overrides: recipe.overrides,
+            aliases: self.settings.aliases.clone(),
+        };
+        plan::resolve(&recipe.config, &inputs).map_err(|mut diagnostics| {
+            if let Some(tree) = &recipe.tree {
+                diagnostics.locate(tree);
+            }
+            diagnostics.render(&recipe.file)
+        })
+    }
+
     /// Ends a build that never got to run its steps.
     async fn fail(&self, id: &str, status: Status, failure: String) {
         let outcome = Outcome {
@@ -655,6 +811,19 @@ impl Service {
         if let Err(e) = self.store.finish_build(id, &outcome).await {
             eprintln!("builder serve: recording build {id} failed: {e}");
         }
+    }
+}
+
+/// Refuses substitution keys that are not user keys (`_NAME`).
+fn check_user_keys(substitutions: &Values) -> Result<(), Failed> {
+    match substitutions
+        .keys()
+        .find(|k| !crate::substitute::is_user_key(k))
+    {
+        Some(key) => Err(Failed::Invalid(format!(
+            "substitution key {key:?} does not respect format ^_[A-Z0-9_]+$"
+        ))),
+        None => Ok(()),
     }
 }
 

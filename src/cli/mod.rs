@@ -23,6 +23,8 @@ use crate::submit;
 use crate::substitute::Values;
 use crate::{api, service, triggers, webhooks};
 
+mod remote;
+
 #[derive(Parser)]
 #[command(
     name = "builder",
@@ -36,6 +38,14 @@ pub struct Cli {
     /// Image aliases and registry mirrors over the shipped table (see builders/aliases.yaml).
     #[arg(long, global = true, env = "BUILDER_ALIASES", value_name = "FILE")]
     aliases: Option<PathBuf>,
+    /// Talk to `builder serve` at URL (e.g. http://127.0.0.1:8080) instead of this machine's
+    /// records and engine.
+    #[arg(long, global = true, env = "BUILDER_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// File holding the server's API token, for requests that change anything (or set
+    /// BUILDER_API_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +100,18 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum TriggersCommand {
+    /// The server's triggers, with their rules in words (needs --server).
+    List,
+    /// One trigger (needs --server).
+    Describe { name: String },
+    /// Run a trigger by hand, like `gcloud builds triggers run` (needs --server).
+    Run(TriggerRunArgs),
+    /// Create a trigger from a file as `gcloud builds triggers export` writes it, or replace the
+    /// one it names (needs --server).
+    Import {
+        /// The trigger file (YAML or JSON).
+        file: PathBuf,
+    },
     /// Whether a GitHub delivery would fire a trigger, why or why not, and the substitutions its
     /// build would get; runs nothing. Exit 0 either way, 1 for an invalid trigger or delivery.
     Test(TriggerTestArgs),
@@ -112,6 +134,23 @@ struct TriggerTestArgs {
     /// Print JSON instead of text.
     #[arg(long, value_enum)]
     format: Option<TestFormat>,
+}
+
+#[derive(Args)]
+struct TriggerRunArgs {
+    name: String,
+    /// Build the head of this branch.
+    #[arg(long, conflicts_with_all = ["tag", "sha"])]
+    branch: Option<String>,
+    /// Build what this tag points to.
+    #[arg(long, conflicts_with = "sha")]
+    tag: Option<String>,
+    /// Build this commit.
+    #[arg(long)]
+    sha: Option<String>,
+    /// Extra user substitutions: `_KEY=VALUE,...`.
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_substitutions)]
+    substitutions: Option<Values>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,6 +178,10 @@ enum BuildsCommand {
         #[arg(long)]
         stream: bool,
     },
+    /// Cancel a queued or running build (needs --server).
+    Cancel { id: String },
+    /// Queue a new build of what a triggered or submitted build ran (needs --server).
+    Retry { id: String },
 }
 
 #[derive(Subcommand)]
@@ -229,9 +272,18 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
         Command::Config(ConfigCommand::Resolve(args)) => aliases().and_then(|a| resolve(&args, a)),
+        Command::Submit(args) if !args.list_files && cli.server.is_some() => {
+            remote::client(cli.server, cli.token_file).and_then(|c| remote::submit(args, c))
+        }
         Command::Submit(args) => aliases().and_then(|a| submit(args, a, &data_dir)),
+        Command::Builds(command) if cli.server.is_some() => {
+            remote::client(cli.server, cli.token_file).and_then(|c| remote::builds(command, c))
+        }
         Command::Builds(command) => builds(command, &data_dir),
         Command::Triggers(TriggersCommand::Test(args)) => test_trigger(&args),
+        Command::Triggers(command) => {
+            remote::client(cli.server, cli.token_file).and_then(|c| remote::triggers(command, c))
+        }
         Command::Serve(args) => aliases().and_then(|a| serve(args, a, data_dir)),
     };
     match result {
@@ -454,25 +506,11 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
         };
         match command {
             BuildsCommand::List { limit } => {
-                println!(
-                    "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
-                    "ID", "CREATE_TIME", "DURATION", "STATUS"
-                );
                 let query = crate::store::BuildQuery {
                     limit,
                     ..Default::default()
                 };
-                for build in store.list_builds(&query).await? {
-                    let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
-                    println!(
-                        "{:<36}  {:<20}  {:>9}  {:<14}  {}",
-                        build.id,
-                        timestamp(build.create_time),
-                        duration_between(build.start_time, build.finish_time),
-                        build.status,
-                        images.join(",")
-                    );
-                }
+                print_builds(&store.list_builds(&query).await?);
             }
             BuildsCommand::Describe { id } => {
                 println!("{}", serde_json::to_string_pretty(&find(id).await?)?);
@@ -494,9 +532,61 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
+            BuildsCommand::Cancel { .. } | BuildsCommand::Retry { .. } => {
+                anyhow::bail!(
+                    "cancel and retry are requests to `builder serve`: pass --server URL \
+                     (Ctrl-C cancels a build that `builder submit` runs here)"
+                )
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One line per build, newest first.
+fn print_builds(builds: &[crate::store::BuildRecord]) {
+    println!(
+        "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
+        "ID", "CREATE_TIME", "DURATION", "STATUS"
+    );
+    for build in builds {
+        let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
+        println!(
+            "{:<36}  {:<20}  {:>9}  {:<14}  {}",
+            build.id,
+            timestamp(build.create_time),
+            duration_between(build.start_time, build.finish_time),
+            build.status,
+            images.join(",")
+        );
+    }
+}
+
+/// How `submit` ends, as gcloud prints it; the exit code follows the status.
+fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> ExitCode {
+    println!("DONE\n{}", "-".repeat(80));
+    if let Some(failure) = &build.failure {
+        println!("ERROR: {failure}");
+    }
+    println!(
+        "ID: {}\nSTATUS: {}\nDURATION: {}",
+        build.id,
+        build.status,
+        duration_between(build.start_time, build.finish_time)
+    );
+    for image in &build.images {
+        println!("IMAGE: {} {}", image.name, image.digest);
+    }
+    if build.status == Status::Timeout {
+        eprintln!(
+            "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
+        );
+    }
+    match build.status {
+        Status::Success => ExitCode::SUCCESS,
+        _ if interrupted => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    }
 }
 
 fn timestamp(time: std::time::SystemTime) -> String {
@@ -684,28 +774,11 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .get_build(&build_id)
         .await?
         .context("the build's record vanished")?;
-    println!("DONE\n{}", "-".repeat(80));
-    if let Some(failure) = &outcome.failure {
-        println!("ERROR: {failure}");
-    }
-    println!(
-        "ID: {build_id}\nSTATUS: {}\nDURATION: {}",
-        outcome.status,
-        duration_between(build.start_time, build.finish_time)
-    );
-    for image in &outcome.images {
-        println!("IMAGE: {} {}", image.name, image.digest);
-    }
-    if outcome.status == Status::Timeout {
-        eprintln!(
-            "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
-        );
-    }
-    Ok(match outcome.status {
-        Status::Success => ExitCode::SUCCESS,
-        _ if interrupted.load(std::sync::atomic::Ordering::SeqCst) => ExitCode::from(130),
-        _ => ExitCode::from(1),
-    })
+    debug_assert_eq!(build.status, outcome.status);
+    Ok(print_summary(
+        &build,
+        interrupted.load(std::sync::atomic::Ordering::SeqCst),
+    ))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM; false if neither can be watched.
@@ -722,20 +795,23 @@ async fn interrupt() -> bool {
 
 fn print_event(ids: &[Option<String>], event: &Event) {
     match event {
-        Event::StepStarted { step } => println!("Starting {}", step_label(ids, *step)),
+        Event::StepStarted { step } => print_step(ids, *step, Status::Working, None),
         Event::Line { step, text, .. } => println!("{}: {text}", step_label(ids, *step)),
-        Event::StepFinished { step, result } => match &result.detail {
-            Some(detail) if result.status != Status::Success => {
-                println!(
-                    "Finished {} ({}: {detail})",
-                    step_label(ids, *step),
-                    result.status
-                )
-            }
-            _ => println!("Finished {}", step_label(ids, *step)),
-        },
+        Event::StepFinished { step, result } => {
+            print_step(ids, *step, result.status, result.detail.as_deref())
+        }
         Event::Pushing { image } => println!("PUSH\nPushing {image}"),
         Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
+    }
+}
+
+/// A step's start (`Working`) or end, as Cloud Build prints them.
+fn print_step(ids: &[Option<String>], step: usize, status: Status, detail: Option<&str>) {
+    let label = step_label(ids, step);
+    match (status, detail) {
+        (Status::Working, _) => println!("Starting {label}"),
+        (Status::Success, _) | (_, None) => println!("Finished {label}"),
+        (status, Some(detail)) => println!("Finished {label} ({status}: {detail})"),
     }
 }
 

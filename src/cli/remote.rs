@@ -1,0 +1,183 @@
+//! The commands that are requests to `builder serve` (`--server URL`): builds, triggers, and
+//! `submit`, printed as their local counterparts print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use super::{
+    BuildsCommand, SubmitArgs, TriggersCommand, print_builds, print_step, print_summary, secret,
+    step_label,
+};
+use crate::client::{Client, Progress};
+use crate::source;
+
+pub(super) fn client(server: Option<String>, token_file: Option<PathBuf>) -> Result<Client> {
+    let server = server.context(
+        "this command is a request to `builder serve`: pass --server URL (or set BUILDER_SERVER)",
+    )?;
+    let token = secret(&token_file, "BUILDER_API_TOKEN")?;
+    let token = (!token.is_empty()).then(|| String::from_utf8_lossy(&token).into_owned());
+    Ok(Client::new(&server, token))
+}
+
+fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Runtime::new()?.block_on(future)
+}
+
+pub(super) fn builds(command: BuildsCommand, client: Client) -> Result<ExitCode> {
+    block_on(async {
+        match command {
+            BuildsCommand::List { limit } => print_builds(&client.builds(limit).await?),
+            BuildsCommand::Describe { id } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&client.build(&id).await?)?
+                );
+            }
+            BuildsCommand::Log { id, stream: false } => {
+                let build = client.build(&id).await?;
+                let ids: Vec<_> = build.steps.iter().map(|s| s.id.clone()).collect();
+                for line in client.log(&build.id).await? {
+                    println!("{}: {}", step_label(&ids, line.step), line.text);
+                }
+            }
+            BuildsCommand::Log { id, stream: true } => {
+                follow(&client, &id).await?;
+            }
+            BuildsCommand::Cancel { id } => {
+                client.cancel(&id).await?;
+                eprintln!("Cancelled build [{id}].");
+            }
+            BuildsCommand::Retry { id } => {
+                let retry = client.retry(&id).await?;
+                eprintln!("Created build [{retry}], a retry of [{id}].");
+                println!("{retry}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(super) fn triggers(command: TriggersCommand, client: Client) -> Result<ExitCode> {
+    block_on(async {
+        match command {
+            TriggersCommand::List => {
+                for trigger in client.triggers().await? {
+                    let disabled = if trigger["disabled"] == true {
+                        " (disabled)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{}{disabled}: {}",
+                        trigger["name"].as_str().unwrap_or_default(),
+                        trigger["rule"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            TriggersCommand::Describe { name } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&client.trigger(&name).await?)?
+                );
+            }
+            TriggersCommand::Run(args) => {
+                let run = json!({
+                    "branch": args.branch,
+                    "tag": args.tag,
+                    "commit": args.sha,
+                    "substitutions": args.substitutions.unwrap_or_default(),
+                });
+                let id = client.run_trigger(&args.name, &run).await?;
+                eprintln!("Created build [{id}].");
+                println!("{id}");
+            }
+            TriggersCommand::Import { file } => {
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let (trigger, _) = crate::triggers::load(&bytes).map_err(|d| {
+                    anyhow::anyhow!("{}", d.render(&file.display().to_string()).trim_end())
+                })?;
+                let answer = client.import_trigger(&bytes, &trigger.name).await?;
+                for warning in answer["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("{}", warning.as_str().unwrap_or_default());
+                }
+                println!("{}", answer["trigger"]["name"].as_str().unwrap_or_default());
+            }
+            TriggersCommand::Test(_) => unreachable!("`triggers test` runs here"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `builder submit --server`: the source packed as a local submit packs it, uploaded; the build
+/// followed and summed up as a local submit prints it, with the same exit codes.
+pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
+    let (config, config_name) = match &args.tag {
+        Some(image) => (crate::submit::tag_config(image), "--tag".to_string()),
+        None => (
+            std::fs::read_to_string(&args.config).with_context(|| {
+                format!("cannot read the build config {}", args.config.display())
+            })?,
+            args.config.display().to_string(),
+        ),
+    };
+    let archive = if args.no_source {
+        None
+    } else {
+        let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
+        let mut archive = Vec::new();
+        let summary = source::pack(&args.source, &listing.files, &mut archive)?;
+        eprintln!(
+            "Uploading {} file(s), {} bytes compressed.",
+            summary.files,
+            archive.len()
+        );
+        Some(archive)
+    };
+    block_on(async {
+        let upload = match archive {
+            Some(archive) => Some(client.upload(archive).await?),
+            None => None,
+        };
+        let substitutions = args.substitutions.substitutions.unwrap_or_default();
+        let id = client
+            .submit(&config, &config_name, &substitutions, upload.as_deref())
+            .await?;
+        eprintln!("Created build [{id}].");
+        if args.detach {
+            println!("{id}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("starting build \"{id}\"\n\nBUILD");
+        let build = follow(&client, &id).await?;
+        Ok(print_summary(&build, false))
+    })
+}
+
+/// Prints a build's progress as it runs, as a local build prints it; returns its record.
+async fn follow(client: &Client, id: &str) -> Result<crate::store::BuildRecord> {
+    // Each step's id, learnt from its start, which comes before its lines.
+    let mut ids: Vec<Option<String>> = Vec::new();
+    let build = client
+        .follow(id, |seen| match seen {
+            Progress::Step {
+                step,
+                id,
+                status,
+                detail,
+            } => {
+                if ids.len() <= step {
+                    ids.resize(step + 1, None);
+                }
+                ids[step] = id;
+                print_step(&ids, step, status, detail.as_deref());
+            }
+            Progress::Line { step, text } => println!("{}: {text}", step_label(&ids, step)),
+        })
+        .await?;
+    Ok(build)
+}
