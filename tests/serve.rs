@@ -750,3 +750,36 @@ fn the_cli_submits_follows_and_manages_through_the_server() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("API token"));
 }
+
+#[test]
+fn a_build_that_waits_in_the_queue_longer_than_its_queue_ttl_expires() {
+    let repository = Repository::new();
+    let triggers = TempDir::new().unwrap();
+    let data = TempDir::new().unwrap();
+    let config = data.path().join("cloudbuild.yaml");
+    std::fs::write(
+        &config,
+        "steps:\n- name: builder/busybox\n  args: ['true']\nqueueTtl: 1s\n",
+    )
+    .unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 0);
+    let args = [
+        "submit",
+        "--no-source",
+        "--async",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let (code, out) = cli(&server, &args);
+    assert_eq!(code, 0, "{out}");
+    let id = out.lines().next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "EXPIRED", "{build}");
+    assert!(
+        build["failure"].as_str().unwrap().contains("queueTtl (1s)"),
+        "{build}"
+    );
+}

@@ -654,6 +654,13 @@ impl Service {
             .insert(id.to_string(), cancel.clone());
         let workspace = self.settings.data_dir.join("workspaces").join(id);
         match self.prepare(id, request, &workspace).await {
+            Ok(run) if let Some(waited) = self.expired(id, run.build.queue_ttl).await => {
+                let failure = format!(
+                    "the build waited {waited:.0}s in the queue, longer than its queueTtl ({}s)",
+                    run.build.queue_ttl.unwrap_or_default()
+                );
+                self.fail(id, Status::Expired, failure).await;
+            }
             Ok(run) => {
                 let recorded =
                     local::record(&self.store, self.runtime.clone(), run, cancel, |_| {}).await;
@@ -666,6 +673,17 @@ impl Service {
         let _ = std::fs::remove_dir_all(&workspace);
         self.running.lock().expect("running builds").remove(id);
         drop(lock);
+    }
+
+    /// How long the build waited in the queue, if that is longer than its `queue_ttl` (seconds).
+    async fn expired(&self, id: &str, queue_ttl: Option<f64>) -> Option<f64> {
+        let build = self.store.get_build(id).await.ok()??;
+        let started = build.start_time.unwrap_or_else(std::time::SystemTime::now);
+        let waited = started
+            .duration_since(build.create_time)
+            .ok()?
+            .as_secs_f64();
+        (waited > queue_ttl?).then_some(waited)
     }
 
     /// Puts the build's source into `workspace` and resolves its config: a trigger build's
