@@ -274,7 +274,7 @@ fn sign(body: &[u8]) -> String {
 }
 
 /// Trigger files: `main` builds every push to main; `src` only pushes to main that change `src/`;
-/// `release` builds tags `v*`.
+/// `release` builds tags `v*`; `features` every branch but main.
 fn triggers() -> TempDir {
     let dir = TempDir::new().unwrap();
     let trigger = |name: &str, push: &str, extra: &str| {
@@ -291,6 +291,7 @@ fn triggers() -> TempDir {
     );
     trigger("src", "branch: ^main$", "includedFiles: ['src/**']\n");
     trigger("release", "tag: ^v", "");
+    trigger("features", "branch: ^main$, invertRegex: true", "");
     dir
 }
 
@@ -376,6 +377,29 @@ fn pushes_build_the_pushed_commit_with_the_built_ins_and_only_as_the_triggers_sa
         server.log(&id)[0],
         format!("hi v1.0.0 {} release", &second[..7])
     );
+
+    // `invertRegex`: a feature branch fires `features` and nothing else.
+    let feature = repository.commit(&[("src/f.py", "f")], "feature", "HEAD:feature/x");
+    let body = push_payload("refs/heads/feature/x", ZERO, &feature, "feature");
+    assert_eq!(server.deliver("push", "d-6", &body, &sign(&body)).0, 202);
+    let delivery = server.decided("d-6");
+    let fired: Vec<_> = delivery["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["buildId"].is_string())
+        .map(|r| r["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(fired, ["features"], "{delivery}");
+    let id = build_of(&delivery, "features")
+        .as_str()
+        .unwrap()
+        .to_string();
+    let build = server.finished(&id);
+    assert_eq!(
+        build["substitutions"]["BRANCH_NAME"], "feature/x",
+        "{build}"
+    );
 }
 
 #[test]
@@ -422,6 +446,58 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     // A forged delivery does not claim its id: the genuine one with that id still builds.
     let (code, receipt) = server.deliver("push", "f-1", &body, &sign(&body));
     assert_eq!(code, 202, "{receipt}");
+
+    // Over GitHub's 25 MB: refused before anything reads it.
+    let oversized = vec![b' '; 26 * 1024 * 1024];
+    assert_eq!(
+        server
+            .deliver("push", "f-5", &oversized, &sign(&oversized))
+            .0,
+        413
+    );
+
+    // A repository that cannot be fetched fails its build with the reason; the delivery stays.
+    let mut payload: Value = serde_json::from_slice(&body).unwrap();
+    payload["repository"]["clone_url"] = json!("https://github.com/acme/gone.git");
+    let body = serde_json::to_vec(&payload).unwrap();
+    let (_, receipt) = server.deliver("push", "f-6", &body, &sign(&body));
+    let id = receipt["builds"][0].as_str().unwrap().to_string();
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "FAILURE");
+    let failure = build["failure"].as_str().unwrap();
+    assert!(
+        failure.starts_with("fetching the source failed"),
+        "{failure}"
+    );
+    assert_eq!(
+        server.decided("f-6")["summary"],
+        format!("push of branch main to acme/app ({})", &commit[..7])
+    );
+}
+
+#[test]
+fn a_trigger_file_with_a_bad_pattern_stops_the_server_with_its_location() {
+    let triggers = TempDir::new().unwrap();
+    std::fs::write(
+        triggers.path().join("bad.yaml"),
+        "name: bad\nfilename: cloudbuild.yaml\nincludedFiles: ['src/[a-']\n",
+    )
+    .unwrap();
+    let data = TempDir::new().unwrap();
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env("BUILDER_DATA_DIR", data.path())
+        .env("BUILDER_WEBHOOK_SECRET", SECRET)
+        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+        .arg(triggers.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:3:17: includedFiles[0]: glob"),
+        "{stderr}"
+    );
 }
 
 #[test]
