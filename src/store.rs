@@ -18,6 +18,9 @@ use crate::runtime::LogStream;
 
 pub type Error = sqlx::Error;
 
+/// The database's file name in the data directory.
+pub const DATABASE: &str = "builds.db";
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,

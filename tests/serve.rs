@@ -859,3 +859,67 @@ fn a_build_that_waits_in_the_queue_longer_than_its_queue_ttl_expires() {
         "{build}"
     );
 }
+
+#[test]
+fn settings_come_from_a_file_with_flags_first() {
+    let triggers = self::triggers();
+    let data = TempDir::new().unwrap();
+    let secret_file = data.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    // The shipped example reads, and every setting it names is one the server knows.
+    let example = std::fs::read_to_string("configs/service/serve.yaml").unwrap();
+    let settings = example
+        // Unusable, so the server only starts because the flag wins.
+        .replace("0.0.0.0:8080", "not-an-address")
+        .replace(
+            "/var/lib/builder/builds.db",
+            &data.path().join("other.db").display().to_string(),
+        )
+        .replace("/var/lib/builder", &data.path().display().to_string())
+        .replace(
+            "/etc/builder/triggers",
+            &triggers.path().display().to_string(),
+        )
+        .replace(
+            "/etc/builder/webhook-secret",
+            &secret_file.display().to_string(),
+        )
+        .replace("/etc/builder/api-token", &secret_file.display().to_string());
+    let file = data.path().join("serve.yaml");
+    std::fs::write(&file, settings).unwrap();
+    let mut child = Command::cargo_bin("builder")
+        .unwrap()
+        .env_remove("BUILDER_DATA_DIR")
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--max-concurrent-builds", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let first = stderr.lines().next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        first.contains("listening on http://127.0.0.1:") && first.contains("(4 triggers)"),
+        "{first}"
+    );
+    assert!(
+        data.path().join("other.db").is_file(),
+        "the store URL was used"
+    );
+
+    std::fs::write(&file, "listen: 127.0.0.1:0\nmaxBuilds: 3\n").unwrap();
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("maxBuilds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

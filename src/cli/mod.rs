@@ -17,13 +17,13 @@ use crate::local;
 use crate::plan::{self, Context, Inputs};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
-use crate::source::git::Rewrites;
 use crate::store::Store;
 use crate::submit;
 use crate::substitute::Values;
-use crate::{api, service, triggers, webhooks};
+use crate::{triggers, webhooks};
 
 mod remote;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -61,41 +61,10 @@ enum Command {
     #[command(subcommand)]
     Builds(BuildsCommand),
     /// Run the build service: GitHub webhooks, triggers, the build queue and the API.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
     /// Build triggers: what GitHub pushes start builds.
     #[command(subcommand)]
     Triggers(TriggersCommand),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    listen: String,
-    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them);
-    /// triggers created through the API are written there too (default: DATA_DIR/triggers).
-    #[arg(long, value_name = "DIR")]
-    triggers: Option<PathBuf>,
-    /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
-    #[arg(long, value_name = "FILE")]
-    webhook_secret_file: Option<PathBuf>,
-    /// File holding the token that API requests which change anything must carry (or set
-    /// BUILDER_API_TOKEN); without one, such requests are refused.
-    #[arg(long, value_name = "FILE")]
-    api_token_file: Option<PathBuf>,
-    /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
-    /// `https://github.com/=/srv/git/` for local mirrors.
-    #[arg(long = "git-url-rewrite", value_name = "FROM=TO")]
-    git_url_rewrites: Vec<String>,
-    /// How many builds may run at once; the rest wait in the queue (0: only queue them).
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    max_concurrent_builds: usize,
-    /// Directory of local secret values for availableSecrets.secretManager (see README).
-    #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
-    secrets_dir: Option<PathBuf>,
-    /// The value of $PROJECT_ID.
-    #[arg(long, env = "BUILDER_PROJECT", default_value = "local")]
-    project: String,
 }
 
 #[derive(Subcommand)]
@@ -267,7 +236,7 @@ struct SubmitArgs {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     let aliases = || Aliases::load(cli.aliases.as_deref()).map_err(anyhow::Error::msg);
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
@@ -284,7 +253,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Triggers(command) => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::triggers(command, c))
         }
-        Command::Serve(args) => aliases().and_then(|a| serve(args, a, data_dir)),
+        Command::Serve(args) => serve::serve(args, cli.data_dir, cli.aliases),
     };
     match result {
         Ok(code) => code,
@@ -357,67 +326,6 @@ fn load(file: &Path) -> Result<Option<Loaded>> {
     }
 }
 
-fn serve(args: ServeArgs, aliases: Aliases, data_dir: PathBuf) -> Result<ExitCode> {
-    let webhook_secret = secret(&args.webhook_secret_file, "BUILDER_WEBHOOK_SECRET")?;
-    let api_token = secret(&args.api_token_file, "BUILDER_API_TOKEN")?;
-    if webhook_secret.is_empty() {
-        anyhow::bail!(
-            "no webhook secret: pass --webhook-secret-file FILE or set BUILDER_WEBHOOK_SECRET \
-             (the secret configured on the GitHub webhook)"
-        );
-    }
-    let triggers_dir = args.triggers.unwrap_or_else(|| data_dir.join("triggers"));
-    let (triggers, warnings) =
-        service::TriggerFiles::load(&triggers_dir).map_err(anyhow::Error::msg)?;
-    eprint!("{warnings}");
-    let rewrites = args
-        .git_url_rewrites
-        .iter()
-        .map(|pair| pair.parse())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--git-url-rewrite: {e}"))?;
-    let rewrites = Rewrites::new(rewrites);
-    let settings = service::Settings {
-        data_dir: data_dir.clone(),
-        project: args.project,
-        webhook_secret,
-        rewrites,
-        max_concurrent_builds: args.max_concurrent_builds,
-        aliases,
-        secrets_dir: args.secrets_dir,
-        api_token: (!api_token.is_empty())
-            .then(|| String::from_utf8_lossy(&api_token).into_owned()),
-    };
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let store = open_store(&data_dir).await?;
-        let runtime = DockerRuntime::connect().await?;
-        let count = triggers.all().len();
-        let service = Arc::new(service::Service::new(
-            store,
-            Arc::new(runtime),
-            triggers,
-            settings,
-        ));
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!(
-            "builder serve: listening on http://{} ({count} triggers)",
-            listener.local_addr()?
-        );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let queue = tokio::spawn(service.clone().run(shutdown.clone()));
-        api::serve(listener, service, async {
-            interrupt().await;
-            eprintln!("builder serve: shutting down; cancelling running builds");
-        })
-        .await?;
-        shutdown.cancel();
-        queue.await?;
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
 /// A secret from a file (trimmed) or else an environment variable; empty if neither is set.
 fn secret(file: &Option<PathBuf>, variable: &str) -> Result<Vec<u8>> {
     Ok(match (file, std::env::var(variable)) {
@@ -486,7 +394,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 async fn open_store(data_dir: &Path) -> Result<Store> {
-    let path = data_dir.join("builds.db");
+    let path = data_dir.join(crate::store::DATABASE);
     Store::open(&path)
         .await
         .with_context(|| format!("cannot open the build record {}", path.display()))

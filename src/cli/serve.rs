@@ -1,0 +1,182 @@
+//! `builder serve`: its settings, from flags and the environment first, then a settings file
+//! (`--config FILE`, the same settings in camelCase), then defaults; and the process around the
+//! service: the store, the engine, the listener, graceful shutdown.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use super::{default_data_dir, interrupt, secret};
+use crate::alias::Aliases;
+use crate::runtime::DockerRuntime;
+use crate::service::{self, Service, TriggerFiles};
+use crate::source::git::Rewrites;
+use crate::store::Store;
+use crate::{api, store};
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
+    /// `aliases`, `triggers`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
+    /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`); flags and the environment win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them);
+    /// triggers created through the API are written there too [default: DATA_DIR/triggers].
+    #[arg(long, value_name = "DIR")]
+    triggers: Option<PathBuf>,
+    /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// File holding the token that API requests which change anything must carry (or set
+    /// BUILDER_API_TOKEN); without one, such requests are refused.
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
+    /// `https://github.com/=/srv/git/` for local mirrors.
+    #[arg(long = "git-url-rewrite", value_name = "FROM=TO")]
+    git_url_rewrites: Vec<String>,
+    /// How many builds may run at once; the rest wait in the queue (0: only queue them)
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    max_concurrent_builds: Option<usize>,
+    /// Directory of local secret values for availableSecrets.secretManager (see README).
+    #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// The value of $PROJECT_ID [default: local].
+    #[arg(long, env = "BUILDER_PROJECT")]
+    project: Option<String>,
+    /// Where builds, deliveries and logs are kept: `sqlite://PATH` [default: DATA_DIR/builds.db].
+    #[arg(long, env = "BUILDER_STORE", value_name = "URL")]
+    store: Option<String>,
+}
+
+/// The settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SettingsFile {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    aliases: Option<PathBuf>,
+    triggers: Option<PathBuf>,
+    webhook_secret_file: Option<PathBuf>,
+    api_token_file: Option<PathBuf>,
+    #[serde(default)]
+    git_url_rewrites: Vec<String>,
+    max_concurrent_builds: Option<usize>,
+    secrets_dir: Option<PathBuf>,
+    project: Option<String>,
+    store: Option<String>,
+}
+
+pub(super) fn serve(
+    args: ServeArgs,
+    data_dir: Option<PathBuf>,
+    aliases: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_saphyr::from_str::<SettingsFile>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => SettingsFile::default(),
+    };
+    let data_dir = data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+    let aliases = Aliases::load(aliases.or(file.aliases).as_deref()).map_err(anyhow::Error::msg)?;
+    let webhook_secret = secret(
+        &args.webhook_secret_file.or(file.webhook_secret_file),
+        "BUILDER_WEBHOOK_SECRET",
+    )?;
+    if webhook_secret.is_empty() {
+        anyhow::bail!(
+            "no webhook secret: pass --webhook-secret-file FILE or set BUILDER_WEBHOOK_SECRET \
+             (the secret configured on the GitHub webhook)"
+        );
+    }
+    let api_token = secret(
+        &args.api_token_file.or(file.api_token_file),
+        "BUILDER_API_TOKEN",
+    )?;
+    let triggers_dir = args
+        .triggers
+        .or(file.triggers)
+        .unwrap_or_else(|| data_dir.join("triggers"));
+    let (triggers, warnings) = TriggerFiles::load(&triggers_dir).map_err(anyhow::Error::msg)?;
+    eprint!("{warnings}");
+    let rewrites = args
+        .git_url_rewrites
+        .iter()
+        .chain(&file.git_url_rewrites)
+        .map(|pair| pair.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("git URL rewrite: {e}"))?;
+    let store_path = store_path(args.store.or(file.store), &data_dir)?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let settings = service::Settings {
+        data_dir,
+        project: args
+            .project
+            .or(file.project)
+            .unwrap_or_else(|| "local".into()),
+        webhook_secret,
+        rewrites: Rewrites::new(rewrites),
+        max_concurrent_builds: args
+            .max_concurrent_builds
+            .or(file.max_concurrent_builds)
+            .unwrap_or(2),
+        aliases,
+        secrets_dir: args.secrets_dir.or(file.secrets_dir),
+        api_token: (!api_token.is_empty())
+            .then(|| String::from_utf8_lossy(&api_token).into_owned()),
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let store = Store::open(&store_path)
+            .await
+            .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+        let runtime = DockerRuntime::connect().await?;
+        let count = triggers.all().len();
+        let service = Arc::new(Service::new(store, Arc::new(runtime), triggers, settings));
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!(
+            "builder serve: listening on http://{} ({count} triggers)",
+            listener.local_addr()?
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let queue = tokio::spawn(service.clone().run(shutdown.clone()));
+        api::serve(listener, service, async {
+            interrupt().await;
+            eprintln!("builder serve: shutting down; cancelling running builds");
+        })
+        .await?;
+        shutdown.cancel();
+        queue.await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The SQLite database a store URL names; the only kind of store so far.
+fn store_path(url: Option<String>, data_dir: &std::path::Path) -> Result<PathBuf> {
+    match url {
+        None => Ok(data_dir.join(store::DATABASE)),
+        Some(url) => match url.strip_prefix("sqlite://") {
+            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            _ => anyhow::bail!(
+                "store {url:?}: expected sqlite://PATH (SQLite is the only store so far)"
+            ),
+        },
+    }
+}
