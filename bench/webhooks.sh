@@ -385,12 +385,16 @@ for c in "${cases[@]}"; do
 done
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
-commit="$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
+if [ "$BUILDER" = "$here/target/release/builder" ]; then
+  what="builder $(git -C "$here" describe --always --dirty 2>/dev/null || echo "(no git)") (binary built $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))"
+else
+  what="builder $BUILDER (built $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))"
+fi
 echo
 printf 'builder webhook ingest vs webhook %s, %s, %s cores, load %s -> %s\n' \
   "$(webhook -version | awk '{ print $3 }')" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" "$load_before" "$load_after"
 printf '%s: %s triggers / hooks loaded; wrk %s, %s threads, %s connections; %s rounds x %s s per case, interleaved, after %s s warm-up\n' \
-  "builder $commit (binary $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))" "$N" \
+  "$what" "$N" \
   "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" "$T" "$C" "$R" "$D" "$W"
 printf 'store: SQLite (%s journal) on %s; payload %s (%s bytes); wrong signature answered %s (builder, builder, webhook, webhook)\n' \
   "$journal" "$(df -T "$tmp" | awk 'NR == 2 { print $2 }')" "${PAYLOAD#"$here"/}" "$(wc -c <"$PAYLOAD")" "$smoke"

@@ -21,7 +21,7 @@ use crate::submit::Prepared;
 
 /// Runs a prepared build to its end, recording it; `show` sees every event first.
 pub async fn run(
-    store: &Store,
+    store: &dyn Store,
     running: &Path,
     runtime: Arc<dyn ContainerRuntime>,
     prepared: Prepared,
@@ -44,7 +44,7 @@ pub async fn run(
 /// and its outcome at the end; `show` sees every event first. The caller holds its
 /// [`RunningLock`].
 pub async fn record(
-    store: &Store,
+    store: &dyn Store,
     runtime: Arc<dyn ContainerRuntime>,
     run: execute::Run,
     cancel: CancellationToken,
@@ -70,9 +70,13 @@ pub async fn record(
         images: Vec::new(),
         failure: Some(format!("the build's task failed: {e}")),
     });
-    recording?;
-    store.append_logs(&build_id, &lines).await?;
-    store.finish_build(&build_id, &outcome).await?;
+    // The outcome is recorded even if a write failed before: no build is left WORKING.
+    let logs = match recording {
+        Ok(()) => store.append_logs(&build_id, &lines).await,
+        failed => failed,
+    };
+    let finished = store.finish_build(&build_id, &outcome).await;
+    logs.and(finished)?;
     Ok(outcome)
 }
 
@@ -102,7 +106,7 @@ impl Drop for RunningLock {
 /// Writes what an event changes in the record. Log lines are written as soon as a burst of them
 /// ends (`idle`), so followers see them live.
 async fn record_event(
-    store: &Store,
+    store: &dyn Store,
     build_id: &str,
     event: Event,
     lines: &mut Vec<(usize, LogStream, String)>,
@@ -135,7 +139,7 @@ async fn record_event(
 /// Closes builds left unfinished by a process that no longer runs: removes their containers,
 /// volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
 pub async fn recover(
-    store: &Store,
+    store: &dyn Store,
     running: &Path,
     runtime: &dyn ContainerRuntime,
 ) -> Result<Vec<String>, String> {

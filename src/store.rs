@@ -1,6 +1,7 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
-//! lines, kept in an embedded SQLite database in the user's data directory, so builds can be
-//! listed, described and their logs read after the fact.
+//! lines, and the service's queue and webhook deliveries, behind the [`Store`] interface; kept by
+//! [`SqliteStore`] in an embedded SQLite database in the data directory, so builds can be listed,
+//! described and their logs read after the fact, and nothing accepted is lost.
 //!
 //! This is the only module that speaks SQL. Times are stored as unix milliseconds.
 
@@ -21,8 +22,9 @@ pub type Error = sqlx::Error;
 /// The database's file name in the data directory.
 pub const DATABASE: &str = "builds.db";
 
+/// The store in an embedded SQLite database.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
 }
 
@@ -156,9 +158,98 @@ pub struct QueuedBuild {
     pub request: serde_json::Value,
 }
 
-impl Store {
+/// Where builds, their steps and logs, and the service's deliveries are kept. [`SqliteStore`] is
+/// the embedded default; a PostgreSQL store will implement it for servers that share the work.
+/// Every change that must happen once (claiming a queued build, recording a delivery with its
+/// builds, completing a pending delivery) is one atomic statement or transaction here.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Records a new build as QUEUED, with every step QUEUED.
+    async fn create_build(
+        &self,
+        id: &str,
+        source: &serde_json::Value,
+        plan: &ResolvedBuild,
+    ) -> Result<(), Error>;
+
+    async fn start_build(&self, id: &str) -> Result<(), Error>;
+
+    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error>;
+
+    /// Appends log lines of a build, numbering them after the ones already stored.
+    async fn append_logs(
+        &self,
+        id: &str,
+        lines: &[(usize, LogStream, String)],
+    ) -> Result<(), Error>;
+
+    /// Records how the build ended: its status, every step's result, pushed images, failure.
+    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error>;
+
+    /// Ids of the builds that were started and not finished: running ones, and builds recorded
+    /// to be run at once (not queued for the service) that never ran.
+    async fn unfinished_builds(&self) -> Result<Vec<String>, Error>;
+
+    /// Records a delivery and queues its builds, in one transaction. A verified delivery whose id
+    /// is already recorded changes nothing: a redelivery never queues a second build.
+    async fn record_delivery(
+        &self,
+        delivery: &NewDelivery<'_>,
+        builds: &[QueuedBuild],
+    ) -> Result<Recorded, Error>;
+
+    /// Deliveries whose triggers wait for the push's changed files, oldest first.
+    async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error>;
+
+    /// Finishes deciding a pending delivery: its trigger results replace the recorded ones and
+    /// its builds are queued, in one transaction, at most once (`false` if it was not pending).
+    async fn complete_delivery(
+        &self,
+        id: &str,
+        results: &[TriggerResult],
+        builds: &[QueuedBuild],
+    ) -> Result<bool, Error>;
+
+    /// The newest deliveries first.
+    async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error>;
+
+    /// Takes the oldest queued build to run it: it is WORKING from now on. Returns its id and
+    /// what it is to run.
+    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error>;
+
+    /// Queues builds (a retry, a manual run).
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
+
+    /// What a build queued by the service was to run, to queue it again; `None` for builds
+    /// that did not come from the queue (a local `builder submit`).
+    async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error>;
+
+    /// Cancels a build that is still QUEUED; `false` if it is not (any more).
+    async fn cancel_queued(&self, id: &str) -> Result<bool, Error>;
+
+    /// Records the plan a claimed build resolved to, with its steps QUEUED.
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error>;
+
+    /// The newest builds first, as `query` selects them.
+    async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error>;
+
+    /// A build by id, or by a unique prefix of its id.
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, Error>;
+
+    /// A build's log lines after `after` (0 for all), in order.
+    async fn logs(&self, id: &str, after: i64) -> Result<Vec<LogLine>, Error>;
+}
+
+impl SqliteStore {
+    /// A transaction that writes. It takes the write lock at once (`BEGIN IMMEDIATE`), waiting
+    /// up to the busy timeout for it: a deferred one that reads first fails at once with
+    /// SQLITE_BUSY when another connection wrote in between, whatever the timeout.
+    async fn write(&self) -> Result<Transaction<'static>, Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Store, Error> {
+    pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::Io)?;
         }
@@ -172,17 +263,19 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(SqliteStore { pool })
     }
+}
 
-    /// Records a new build as QUEUED, with every step QUEUED.
-    pub async fn create_build(
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO builds (id, status, create_time, source, substitutions, plan) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -199,7 +292,7 @@ impl Store {
         tx.commit().await
     }
 
-    pub async fn start_build(&self, id: &str) -> Result<(), Error> {
+    async fn start_build(&self, id: &str) -> Result<(), Error> {
         sqlx::query("UPDATE builds SET status = $1, start_time = $2 WHERE id = $3")
             .bind(Status::Working.as_str())
             .bind(millis(SystemTime::now()))
@@ -209,12 +302,7 @@ impl Store {
             .map(drop)
     }
 
-    pub async fn update_step(
-        &self,
-        id: &str,
-        index: usize,
-        result: &StepResult,
-    ) -> Result<(), Error> {
+    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
         sqlx::query(
             "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6 \
              WHERE build_id = $7 AND idx = $8",
@@ -232,13 +320,12 @@ impl Store {
         .map(drop)
     }
 
-    /// Appends log lines of a build, numbering them after the ones already stored.
-    pub async fn append_logs(
+    async fn append_logs(
         &self,
         id: &str,
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1",
         )
@@ -258,8 +345,7 @@ impl Store {
         tx.commit().await
     }
 
-    /// Records how the build ended: its status, every step's result, pushed images, failure.
-    pub async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
+    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
         for (index, result) in outcome.steps.iter().enumerate() {
             self.update_step(id, index, result).await?;
         }
@@ -274,9 +360,7 @@ impl Store {
             .map(drop)
     }
 
-    /// Ids of the builds that were started and not finished: running ones, and builds recorded
-    /// to be run at once (not queued for the service) that never ran.
-    pub async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
+    async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
         sqlx::query_scalar(
             "SELECT id FROM builds WHERE status = $1 OR (status = $2 AND request IS NULL)",
         )
@@ -286,14 +370,12 @@ impl Store {
         .await
     }
 
-    /// Records a delivery and queues its builds, in one transaction. A verified delivery whose id
-    /// is already recorded changes nothing: a redelivery never queues a second build.
-    pub async fn record_delivery(
+    async fn record_delivery(
         &self,
         delivery: &NewDelivery<'_>,
         builds: &[QueuedBuild],
     ) -> Result<Recorded, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -316,8 +398,7 @@ impl Store {
         Ok(Recorded::New)
     }
 
-    /// Deliveries whose triggers wait for the push's changed files, oldest first.
-    pub async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
+    async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
         let rows = sqlx::query(
             "SELECT id, event, payload, results FROM deliveries WHERE state = $1 ORDER BY seq",
         )
@@ -335,15 +416,13 @@ impl Store {
             .collect())
     }
 
-    /// Finishes deciding a pending delivery: its trigger results replace the recorded ones and
-    /// its builds are queued, in one transaction, at most once (`false` if it was not pending).
-    pub async fn complete_delivery(
+    async fn complete_delivery(
         &self,
         id: &str,
         results: &[TriggerResult],
         builds: &[QueuedBuild],
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
              WHERE id = $3 AND verified = 1 AND state = $4",
@@ -362,8 +441,7 @@ impl Store {
         Ok(true)
     }
 
-    /// The newest deliveries first.
-    pub async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
+    async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
         let rows = sqlx::query(
             "SELECT id, event, receive_time, verified, summary, state, results FROM deliveries \
              ORDER BY seq DESC LIMIT $1",
@@ -385,9 +463,7 @@ impl Store {
             .collect())
     }
 
-    /// Takes the oldest queued build to run it: it is WORKING from now on. Returns its id and
-    /// what it is to run.
-    pub async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
+    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
         let row = sqlx::query(
             "UPDATE builds SET status = $1, start_time = $2 WHERE id = \
              (SELECT id FROM builds WHERE status = $3 AND request IS NOT NULL \
@@ -402,16 +478,13 @@ impl Store {
         Ok(row.map(|row| (row.get("id"), parse_json(row.get("request")))))
     }
 
-    /// Queues builds (a retry, a manual run).
-    pub async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
+        let mut tx = self.write().await?;
         queue(&mut tx, builds).await?;
         tx.commit().await
     }
 
-    /// What a build queued by the service was to run, to queue it again; `None` for builds
-    /// that did not come from the queue (their source was an upload).
-    pub async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
+    async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
         let row = sqlx::query(
             "SELECT id, trigger_name, delivery_id, source, substitutions, request FROM builds \
              WHERE id = $1 AND request IS NOT NULL",
@@ -429,8 +502,7 @@ impl Store {
         }))
     }
 
-    /// Cancels a build that is still QUEUED; `false` if it is not (any more).
-    pub async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
+    async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
         let updated = sqlx::query(
             "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4",
         )
@@ -443,9 +515,8 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// Records the plan a claimed build resolved to, with its steps QUEUED.
-    pub async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3")
             .bind(json(plan))
             .bind(json(&plan.substitutions))
@@ -456,8 +527,7 @@ impl Store {
         tx.commit().await
     }
 
-    /// The newest builds first, as `query` selects them.
-    pub async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
+    async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM builds WHERE ($1 IS NULL OR status = $1) \
              AND ($2 IS NULL OR trigger_name = $2) \
@@ -476,8 +546,7 @@ impl Store {
         Ok(builds)
     }
 
-    /// A build by id, or by a unique prefix of its id.
-    pub async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, Error> {
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, Error> {
         let rows = sqlx::query(
             "SELECT * FROM builds WHERE id = $1 OR id LIKE $2 || '%' ORDER BY id = $1 DESC LIMIT 2",
         )
@@ -514,8 +583,7 @@ impl Store {
         }))
     }
 
-    /// A build's log lines after `after` (0 for all), in order.
-    pub async fn logs(&self, id: &str, after: i64) -> Result<Vec<LogLine>, Error> {
+    async fn logs(&self, id: &str, after: i64) -> Result<Vec<LogLine>, Error> {
         let rows = sqlx::query("SELECT seq, step, stream, text FROM log_lines WHERE build_id = $1 AND seq > $2 ORDER BY seq")
             .bind(id)
             .bind(after)

@@ -17,7 +17,7 @@ use crate::local;
 use crate::plan::{self, Context, Inputs};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
-use crate::store::Store;
+use crate::store::{SqliteStore, Store as _};
 use crate::submit;
 use crate::substitute::Values;
 use crate::{triggers, webhooks};
@@ -393,9 +393,9 @@ fn default_data_dir() -> PathBuf {
     base.join("builder")
 }
 
-async fn open_store(data_dir: &Path) -> Result<Store> {
+async fn open_store(data_dir: &Path) -> Result<SqliteStore> {
     let path = data_dir.join(crate::store::DATABASE);
-    Store::open(&path)
+    SqliteStore::open(&path)
         .await
         .with_context(|| format!("cannot open the build record {}", path.display()))
 }

@@ -15,7 +15,7 @@ use crate::alias::Aliases;
 use crate::runtime::DockerRuntime;
 use crate::service::{self, Service, TriggerFiles};
 use crate::source::git::Rewrites;
-use crate::store::Store;
+use crate::store::SqliteStore;
 use crate::{api, store};
 
 #[derive(Args)]
@@ -142,12 +142,17 @@ pub(super) fn serve(
             .then(|| String::from_utf8_lossy(&api_token).into_owned()),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
-        let store = Store::open(&store_path)
+        let store = SqliteStore::open(&store_path)
             .await
             .with_context(|| format!("cannot open the store {}", store_path.display()))?;
         let runtime = DockerRuntime::connect().await?;
         let count = triggers.all().len();
-        let service = Arc::new(Service::new(store, Arc::new(runtime), triggers, settings));
+        let service = Arc::new(Service::new(
+            Arc::new(store),
+            Arc::new(runtime),
+            triggers,
+            settings,
+        ));
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -186,7 +186,7 @@ struct Recipe {
 }
 
 pub struct Service {
-    store: Store,
+    store: Arc<dyn Store>,
     runtime: Arc<dyn ContainerRuntime>,
     triggers: TriggerFiles,
     settings: Settings,
@@ -198,7 +198,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(
-        store: Store,
+        store: Arc<dyn Store>,
         runtime: Arc<dyn ContainerRuntime>,
         triggers: TriggerFiles,
         settings: Settings,
@@ -537,7 +537,7 @@ impl Service {
     /// running builds are cancelled and waited for.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let running = self.settings.data_dir.join("running");
-        if let Err(e) = local::recover(&self.store, &running, self.runtime.as_ref()).await {
+        if let Err(e) = local::recover(self.store.as_ref(), &running, self.runtime.as_ref()).await {
             eprintln!("builder serve: closing builds of a previous run failed: {e}");
         }
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
@@ -662,8 +662,14 @@ impl Service {
                 self.fail(id, Status::Expired, failure).await;
             }
             Ok(run) => {
-                let recorded =
-                    local::record(&self.store, self.runtime.clone(), run, cancel, |_| {}).await;
+                let recorded = local::record(
+                    self.store.as_ref(),
+                    self.runtime.clone(),
+                    run,
+                    cancel,
+                    |_| {},
+                )
+                .await;
                 if let Err(e) = recorded {
                     eprintln!("builder serve: recording build {id} failed: {e}");
                 }
