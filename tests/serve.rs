@@ -238,8 +238,24 @@ impl Server {
     }
 }
 
+/// A test's server is stopped as an operator stops it (SIGTERM), so that it cancels its builds
+/// and removes their containers; killed only if it does not end in time.
 impl Drop for Server {
     fn drop(&mut self) {
+        // Already ended (killed on purpose): its pid may be another process's by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -446,6 +462,12 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     // A forged delivery does not claim its id: the genuine one with that id still builds.
     let (code, receipt) = server.deliver("push", "f-1", &body, &sign(&body));
     assert_eq!(code, 202, "{receipt}");
+    let id = receipt["builds"][0].as_str().unwrap();
+    assert_eq!(
+        server.finished(id)["status"],
+        "FAILURE",
+        "the commit has no version.txt"
+    );
 
     // Over GitHub's 25 MB: refused before anything reads it.
     let oversized = vec![b' '; 26 * 1024 * 1024];
