@@ -290,7 +290,8 @@ fn sign(body: &[u8]) -> String {
 }
 
 /// Trigger files: `main` builds every push to main; `src` only pushes to main that change `src/`;
-/// `release` builds tags `v*`; `features` every branch but main.
+/// `release` builds tags `v*`; `features` every branch but main; `code` pushes to main that
+/// change more than docs.
 fn triggers() -> TempDir {
     let dir = TempDir::new().unwrap();
     let trigger = |name: &str, push: &str, extra: &str| {
@@ -308,6 +309,7 @@ fn triggers() -> TempDir {
     trigger("src", "branch: ^main$", "includedFiles: ['src/**']\n");
     trigger("release", "tag: ^v", "");
     trigger("features", "branch: ^main$, invertRegex: true", "");
+    trigger("code", "branch: ^main$", "ignoredFiles: ['docs/**']\n");
     dir
 }
 
@@ -416,6 +418,22 @@ fn pushes_build_the_pushed_commit_with_the_built_ins_and_only_as_the_triggers_sa
         build["substitutions"]["BRANCH_NAME"], "feature/x",
         "{build}"
     );
+
+    // `ignoredFiles`: a push to main that only changes docs does not fire `code`, and says why.
+    let work = repository.root.path().join("work");
+    repository.git_in(&work, &["reset", "-q", "--hard", &third]);
+    let docs = repository.commit(&[("docs/b.md", "b")], "docs", "main");
+    let body = push_payload("refs/heads/main", &third, &docs, "docs");
+    assert_eq!(server.deliver("push", "d-7", &body, &sign(&body)).0, 202);
+    let delivery = server.decided("d-7");
+    let results = delivery["results"].as_array().unwrap();
+    let code = results.iter().find(|r| r["trigger"] == "code").unwrap();
+    assert_eq!(
+        code["reason"], "every changed file matches ignoredFiles",
+        "{delivery}"
+    );
+    let id = build_of(&delivery, "main").as_str().unwrap().to_string();
+    assert_eq!(server.finished(&id)["status"], "SUCCESS");
 }
 
 #[test]
@@ -548,9 +566,21 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     assert_eq!(server.finished(&id)["status"], "SUCCESS");
     server.kill();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    // One build for each trigger the push fired (`main` and `code`), each run once.
     let builds = server.get("/v1/builds")["builds"].clone();
-    assert_eq!(builds.as_array().unwrap().len(), 1, "{builds}");
-    assert_eq!(builds[0]["status"], "SUCCESS");
+    let mut ran: Vec<_> = builds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["trigger"].as_str().unwrap(),
+                b["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    ran.sort();
+    assert_eq!(ran, [("code", "SUCCESS"), ("main", "SUCCESS")], "{builds}");
 }
 
 /// Follows a build's log as server-sent events; `seen` is called with each `line` event's text
@@ -923,7 +953,7 @@ fn settings_come_from_a_file_with_flags_first() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        first.contains("listening on http://127.0.0.1:") && first.contains("(4 triggers)"),
+        first.contains("listening on http://127.0.0.1:") && first.contains("(5 triggers)"),
         "{first}"
     );
     assert!(
