@@ -30,8 +30,8 @@
 # wrk stopped counting may be there besides.
 #
 # Usage:  bench/webhooks.sh            (after scripts/dev-env.sh and `cargo build --release`)
-#         As root if wrk, webhook, sqlite3, openssl, curl or ss are missing: they are installed
-#         from Debian's packages (apt-get) first. Docker must be reachable: `builder serve`
+#         As root if wrk, webhook, sqlite3, openssl, curl, ss or pgrep are missing: they are
+#         installed from Debian's packages (apt-get) first. Docker must be reachable: `builder serve`
 #         connects to the engine at start, though no build runs here.
 # Env:    D=5 R=3 W=2            seconds per run, rounds, warm-up seconds per case
 #         C=16 T=2               wrk connections and threads
@@ -72,6 +72,7 @@ command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v ss >/dev/null || missing+=(iproute2)
+command -v pgrep >/dev/null || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run this as root once (it installs them with apt-get), or install them"
   echo "webhooks.sh: installing ${missing[*]} (apt-get)" >&2
@@ -423,7 +424,7 @@ printf '%-64s %8s\n' "ratio of p99, builder / webhook, queued / run" "$(calc '%.
 
 echo
 status=0
-echo "store check (builder, queueing server, after SIGTERM; $runs_queue runs incl. warm-up):"
+echo "store check (builder, queueing server, after SIGTERM; $runs_queue run(s) incl. warm-up):"
 printf '  %-76s %s\n' "202 answers carrying a build id (wrk counted them; and the smoke test's)" "$answered"
 printf '  %-76s %s\n' "of these, QUEUED in builds.db with trigger $match_trigger and its delivery" "$((answered - lost))"
 printf '  %-76s %s\n' "builds in builds.db / verified deliveries" "$builds_all / $deliveries"
