@@ -7,11 +7,13 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Row, sqlite::SqliteRow};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::build::{Outcome, PushedImage, Status, StepResult};
 use crate::plan::ResolvedBuild;
@@ -26,6 +28,7 @@ pub const DATABASE: &str = "builds.db";
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: Arc<Mutex<()>>,
 }
 
 /// A build as recorded (and as the API serves it).
@@ -96,13 +99,15 @@ const DONE: &str = "DONE";
 /// A webhook delivery to record. With a `payload` it is recorded PENDING: some triggers wait for
 /// the push's changed files (see [`Store::complete_delivery`]).
 #[derive(Debug, Clone)]
-pub struct NewDelivery<'a> {
-    pub id: &'a str,
-    pub event: &'a str,
+pub struct NewDelivery {
+    pub id: String,
+    pub event: String,
     pub verified: bool,
     pub summary: String,
-    pub payload: Option<&'a [u8]>,
+    pub payload: Option<Vec<u8>>,
     pub results: Vec<TriggerResult>,
+    /// The builds it queues.
+    pub builds: Vec<QueuedBuild>,
 }
 
 /// What one trigger made of a delivery: the build it queued, or why it queued none.
@@ -190,13 +195,10 @@ pub trait Store: Send + Sync {
     /// to be run at once (not queued for the service) that never ran.
     async fn unfinished_builds(&self) -> Result<Vec<String>, Error>;
 
-    /// Records a delivery and queues its builds, in one transaction. A verified delivery whose id
-    /// is already recorded changes nothing: a redelivery never queues a second build.
-    async fn record_delivery(
-        &self,
-        delivery: &NewDelivery<'_>,
-        builds: &[QueuedBuild],
-    ) -> Result<Recorded, Error>;
+    /// Records deliveries and queues their builds, all in one transaction (one write to disk for
+    /// all of them). A verified delivery whose id is already recorded changes nothing: a
+    /// redelivery never queues a second build.
+    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error>;
 
     /// Deliveries whose triggers wait for the push's changed files, oldest first.
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error>;
@@ -241,11 +243,14 @@ pub trait Store: Send + Sync {
 }
 
 impl SqliteStore {
-    /// A transaction that writes. It takes the write lock at once (`BEGIN IMMEDIATE`), waiting
-    /// up to the busy timeout for it: a deferred one that reads first fails at once with
-    /// SQLITE_BUSY when another connection wrote in between, whatever the timeout.
-    async fn write(&self) -> Result<Transaction<'static>, Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// A transaction that writes, and this process's turn to write. Writers of one process take
+    /// turns here, in order, rather than in SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms)
+    /// between tries. The transaction takes the database's write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting up to the busy timeout for other processes: a deferred one that reads
+    /// first fails at once with SQLITE_BUSY when another connection wrote in between.
+    async fn write(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static>), Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -263,7 +268,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+        })
     }
 }
 
@@ -275,7 +283,7 @@ impl Store for SqliteStore {
         source: &serde_json::Value,
         plan: &ResolvedBuild,
     ) -> Result<(), Error> {
-        let mut tx = self.write().await?;
+        let (_turn, mut tx) = self.write().await?;
         sqlx::query(
             "INSERT INTO builds (id, status, create_time, source, substitutions, plan) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -293,31 +301,20 @@ impl Store for SqliteStore {
     }
 
     async fn start_build(&self, id: &str) -> Result<(), Error> {
+        let (_turn, mut tx) = self.write().await?;
         sqlx::query("UPDATE builds SET status = $1, start_time = $2 WHERE id = $3")
             .bind(Status::Working.as_str())
             .bind(millis(SystemTime::now()))
             .bind(id)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6 \
-             WHERE build_id = $7 AND idx = $8",
-        )
-        .bind(result.status.as_str())
-        .bind(result.exit_code)
-        .bind(result.start_time.map(millis))
-        .bind(result.end_time.map(millis))
-        .bind(&result.image_digest)
-        .bind(&result.detail)
-        .bind(id)
-        .bind(index as i64)
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        let (_turn, mut tx) = self.write().await?;
+        set_step(&mut tx, id, index, result).await?;
+        tx.commit().await
     }
 
     async fn append_logs(
@@ -325,7 +322,7 @@ impl Store for SqliteStore {
         id: &str,
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
-        let mut tx = self.write().await?;
+        let (_turn, mut tx) = self.write().await?;
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1",
         )
@@ -346,8 +343,9 @@ impl Store for SqliteStore {
     }
 
     async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
+        let (_turn, mut tx) = self.write().await?;
         for (index, result) in outcome.steps.iter().enumerate() {
-            self.update_step(id, index, result).await?;
+            set_step(&mut tx, id, index, result).await?;
         }
         sqlx::query("UPDATE builds SET status = $1, finish_time = $2, images = $3, failure = $4 WHERE id = $5")
             .bind(outcome.status.as_str())
@@ -355,9 +353,9 @@ impl Store for SqliteStore {
             .bind(json(&outcome.images))
             .bind(&outcome.failure)
             .bind(id)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
@@ -370,32 +368,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_delivery(
-        &self,
-        delivery: &NewDelivery<'_>,
-        builds: &[QueuedBuild],
-    ) -> Result<Recorded, Error> {
-        let mut tx = self.write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(delivery.id)
-        .bind(delivery.event)
-        .bind(millis(SystemTime::now()))
-        .bind(delivery.verified)
-        .bind(&delivery.summary)
-        .bind(if delivery.payload.is_some() { PENDING } else { DONE })
-        .bind(delivery.payload)
-        .bind(json(&delivery.results))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(Recorded::Duplicate);
+    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let mut recorded = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let inserted = sqlx::query(
+                "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            )
+            .bind(&delivery.id)
+            .bind(&delivery.event)
+            .bind(millis(SystemTime::now()))
+            .bind(delivery.verified)
+            .bind(&delivery.summary)
+            .bind(if delivery.payload.is_some() { PENDING } else { DONE })
+            .bind(&delivery.payload)
+            .bind(json(&delivery.results))
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                recorded.push(Recorded::Duplicate);
+                continue;
+            }
+            queue(&mut tx, &delivery.builds).await?;
+            recorded.push(Recorded::New);
         }
-        queue(&mut tx, builds).await?;
         tx.commit().await?;
-        Ok(Recorded::New)
+        Ok(recorded)
     }
 
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
@@ -422,7 +421,7 @@ impl Store for SqliteStore {
         results: &[TriggerResult],
         builds: &[QueuedBuild],
     ) -> Result<bool, Error> {
-        let mut tx = self.write().await?;
+        let (_turn, mut tx) = self.write().await?;
         let updated = sqlx::query(
             "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
              WHERE id = $3 AND verified = 1 AND state = $4",
@@ -464,6 +463,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
+        let (_turn, mut tx) = self.write().await?;
         let row = sqlx::query(
             "UPDATE builds SET status = $1, start_time = $2 WHERE id = \
              (SELECT id FROM builds WHERE status = $3 AND request IS NOT NULL \
@@ -473,13 +473,14 @@ impl Store for SqliteStore {
         .bind(Status::Working.as_str())
         .bind(millis(SystemTime::now()))
         .bind(Status::Queued.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(row.map(|row| (row.get("id"), parse_json(row.get("request")))))
     }
 
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
-        let mut tx = self.write().await?;
+        let (_turn, mut tx) = self.write().await?;
         queue(&mut tx, builds).await?;
         tx.commit().await
     }
@@ -503,6 +504,7 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
         let updated = sqlx::query(
             "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4",
         )
@@ -510,13 +512,14 @@ impl Store for SqliteStore {
         .bind(millis(SystemTime::now()))
         .bind(id)
         .bind(Status::Queued.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
 
     async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
-        let mut tx = self.write().await?;
+        let (_turn, mut tx) = self.write().await?;
         sqlx::query("UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3")
             .bind(json(plan))
             .bind(json(&plan.substitutions))
@@ -606,6 +609,29 @@ impl Store for SqliteStore {
 }
 
 type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
+
+async fn set_step(
+    tx: &mut Transaction<'_>,
+    id: &str,
+    index: usize,
+    result: &StepResult,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6 \
+         WHERE build_id = $7 AND idx = $8",
+    )
+    .bind(result.status.as_str())
+    .bind(result.exit_code)
+    .bind(result.start_time.map(millis))
+    .bind(result.end_time.map(millis))
+    .bind(&result.image_digest)
+    .bind(&result.detail)
+    .bind(id)
+    .bind(index as i64)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
 
 async fn insert_steps(
     tx: &mut Transaction<'_>,

@@ -190,7 +190,7 @@ fn every_trigger_example_loads() {
     let (triggers, warnings) =
         builder::service::TriggerFiles::load(Path::new("configs/triggers")).unwrap();
     assert_eq!(warnings, "");
-    let mut names: Vec<_> = triggers.all().into_iter().map(|t| t.name).collect();
+    let mut names: Vec<_> = triggers.all().iter().map(|t| t.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["dashboard", "pipeline-templates", "release-tags"]);
 }

@@ -469,14 +469,17 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     assert_eq!((code, &answer["result"]), (200, &json!("ignored")));
 
     assert_eq!(server.get("/v1/builds")["builds"], json!([]));
-    let deliveries = server.get("/v1/deliveries")["deliveries"].clone();
-    let rejected = deliveries
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["verified"] == false)
-        .count();
-    assert_eq!(rejected, 3, "{deliveries}");
+    // Rejected deliveries are recorded just after their answer.
+    let rejected = || {
+        let deliveries = server.get("/v1/deliveries")["deliveries"].clone();
+        let rejected = deliveries.as_array().unwrap().iter();
+        rejected.filter(|d| d["verified"] == false).count()
+    };
+    let start = Instant::now();
+    while rejected() < 3 && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rejected(), 3);
     // A forged delivery does not claim its id: the genuine one with that id still builds.
     let (code, receipt) = server.deliver("push", "f-1", &body, &sign(&body));
     assert_eq!(code, 202, "{receipt}");
@@ -559,11 +562,11 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     server.kill();
 
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
-    let id = build_of(&server.decided("k-1"), "main")
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(server.finished(&id)["status"], "SUCCESS");
+    let delivery = server.decided("k-1");
+    for trigger in ["main", "code"] {
+        let id = build_of(&delivery, trigger).as_str().unwrap().to_string();
+        assert_eq!(server.finished(&id)["status"], "SUCCESS");
+    }
     server.kill();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
     // One build for each trigger the push fired (`main` and `code`), each run once.

@@ -4,7 +4,10 @@
 //!
 //! Nothing accepted is lost and nothing is built twice:
 //! * a delivery is recorded, with the builds of the triggers it fires, in one transaction before
-//!   it is answered; a redelivery (same `X-GitHub-Delivery`) finds its record and queues nothing;
+//!   it is answered (deliveries that arrive meanwhile share that transaction); a redelivery (same
+//!   `X-GitHub-Delivery`) finds its record and queues nothing. A delivery that queues nothing (a
+//!   ping, another event, a push no trigger wants, a forged one) is answered at once and recorded
+//!   just after: a crash may lose its record, never a build;
 //! * triggers with `includedFiles`/`ignoredFiles` need the push's changed files, computed from the
 //!   repository after the answer: the delivery stays PENDING (with its body) until they are
 //!   decided, and its remaining builds are queued with that decision, in one transaction, once;
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::alias::Aliases;
@@ -37,7 +40,7 @@ use crate::store::{
 use crate::substitute::Values;
 use crate::triggers::{self, BuildSource, Skip, Trigger};
 use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
-pub use trigger_files::TriggerFiles;
+pub use trigger_files::{TriggerFiles, Triggers};
 
 mod trigger_files;
 
@@ -194,6 +197,45 @@ pub struct Service {
     work: Notify,
     /// Cancel tokens of the builds running in this process.
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Deliveries on their way to the store (see [`write_deliveries`]).
+    recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
+}
+
+/// Where a delivery's writer learns how it was written.
+type Written = oneshot::Sender<Result<Recorded, String>>;
+
+/// The most deliveries written in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Writes deliveries as they come, each transaction taking every delivery that arrived while the
+/// one before it was being written: one write to disk for all of them, so that durably recording
+/// each delivery before answering it does not cost one disk write each.
+async fn write_deliveries(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<(NewDelivery, Written)>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (deliveries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.record_deliveries(&deliveries).await {
+            Ok(recorded) => {
+                for (waiter, recorded) in waiting.into_iter().zip(recorded) {
+                    let _ = waiter.send(Ok(recorded));
+                }
+            }
+            Err(e) => {
+                for waiter in waiting {
+                    let _ = waiter.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
 }
 
 impl Service {
@@ -203,6 +245,8 @@ impl Service {
         triggers: TriggerFiles,
         settings: Settings,
     ) -> Self {
+        let (recorder, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_deliveries(store.clone(), queue));
         Self {
             store,
             runtime,
@@ -210,6 +254,7 @@ impl Service {
             settings,
             work: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            recorder,
         }
     }
 
@@ -406,7 +451,7 @@ impl Service {
             .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
     }
 
-    pub fn triggers(&self) -> Vec<Trigger> {
+    pub fn triggers(&self) -> Triggers {
         self.triggers.all()
     }
 
@@ -419,21 +464,21 @@ impl Service {
         let event = incoming
             .event
             .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Event header".into()))?;
-        let record = |verified, summary: String, payload, results| NewDelivery {
-            id: delivery_id,
-            event,
+        let record = |verified, summary: String| NewDelivery {
+            id: delivery_id.to_string(),
+            event: event.to_string(),
             verified,
             summary,
-            payload,
-            results,
+            payload: None,
+            results: Vec::new(),
+            builds: Vec::new(),
         };
         if let Err(e) = webhooks::verify(
             &self.settings.webhook_secret,
             incoming.body,
             incoming.signature,
         ) {
-            let rejected = record(false, e.to_string(), None, Vec::new());
-            self.store.record_delivery(&rejected, &[]).await.ok();
+            self.record_later(record(false, e.to_string()));
             return Err(Rejection::Unauthorized(e));
         }
         let delivery = webhooks::parse(event, incoming.body)
@@ -442,43 +487,60 @@ impl Service {
             Ok(push) => push,
             Err(skip) => {
                 let reason = skip.to_string();
-                let ignored = record(true, reason.clone(), None, Vec::new());
-                return match self.store.record_delivery(&ignored, &[]).await {
-                    Ok(Recorded::New) => Ok(Receipt::Ignored { reason }),
-                    Ok(Recorded::Duplicate) => Ok(Receipt::Duplicate),
-                    Err(e) => Err(Rejection::Unavailable(e.to_string())),
-                };
+                self.record_later(record(true, reason.clone()));
+                return Ok(Receipt::Ignored { reason });
             }
         };
-        let mut results = Vec::new();
-        let mut builds = Vec::new();
+        let mut accepted = record(true, summary(push));
         let mut pending = false;
-        for trigger in &self.triggers.all() {
+        for trigger in self.triggers.all().iter() {
             match trigger.fires_on_ref(push) {
                 // Only the triggers of the pushed repository are worth a line in its record.
                 Err(Skip::OtherRepository | Skip::NotGitHub) => {}
-                Err(skip) => results.push(skipped(trigger, skip)),
+                Err(skip) => accepted.results.push(skipped(trigger, skip)),
                 Ok(()) if trigger.has_file_filters() => pending = true,
                 Ok(()) => {
                     let build = self.pushed_build(trigger, push, delivery_id);
-                    results.push(queued(trigger, &build));
-                    builds.push(build);
+                    accepted.results.push(queued(trigger, &build));
+                    accepted.builds.push(build);
                 }
             }
         }
-        let payload = pending.then_some(incoming.body);
-        let accepted = record(true, summary(push), payload, results);
-        match self.store.record_delivery(&accepted, &builds).await {
-            Ok(Recorded::New) => {
-                self.work.notify_one();
-                Ok(Receipt::Accepted {
-                    builds: builds.into_iter().map(|b| b.id).collect(),
-                    pending,
-                })
-            }
-            Ok(Recorded::Duplicate) => Ok(Receipt::Duplicate),
-            Err(e) => Err(Rejection::Unavailable(e.to_string())),
+        accepted.payload = pending.then(|| incoming.body.to_vec());
+        let builds: Vec<String> = accepted.builds.iter().map(|b| b.id.clone()).collect();
+        if builds.is_empty() && !pending {
+            self.record_later(accepted);
+            return Ok(Receipt::Accepted { builds, pending });
         }
+        match self.record(accepted).await? {
+            Recorded::New => {
+                if pending || !builds.is_empty() {
+                    self.work.notify_one();
+                }
+                Ok(Receipt::Accepted { builds, pending })
+            }
+            Recorded::Duplicate => Ok(Receipt::Duplicate),
+        }
+    }
+
+    /// Hands a delivery that queues nothing to the recorder without waiting for it to be written:
+    /// its record is for people to read, and losing the last few to a crash loses no build.
+    fn record_later(&self, delivery: NewDelivery) {
+        let (written, _) = oneshot::channel();
+        let _ = self.recorder.send((delivery, written));
+    }
+
+    /// Hands a delivery to the recorder and waits until it is written (see [`write_deliveries`]).
+    async fn record(&self, delivery: NewDelivery) -> Result<Recorded, Rejection> {
+        let stopped = || Rejection::Unavailable("the service is stopping".into());
+        let (sender, written) = oneshot::channel();
+        self.recorder
+            .send((delivery, sender))
+            .map_err(|_| stopped())?;
+        written
+            .await
+            .map_err(|_| stopped())?
+            .map_err(Rejection::Unavailable)
     }
 
     /// A build of `commit` for `trigger`, reached through `git_ref` (none for a commit run by
@@ -589,7 +651,7 @@ impl Service {
             let changed = self.changed_files(&push).await;
             let mut results = delivery.results;
             let mut builds = Vec::new();
-            for trigger in &self.triggers.all() {
+            for trigger in self.triggers.all().iter() {
                 if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
                     continue;
                 }

@@ -12,13 +12,31 @@ use crate::triggers::{self, Trigger};
 /// The triggers in a directory; reads see a consistent snapshot while the API changes them.
 pub struct TriggerFiles {
     dir: PathBuf,
-    loaded: RwLock<Arc<Vec<Entry>>>,
+    loaded: RwLock<Triggers>,
 }
+
+/// A snapshot of the triggers, cheap to take: every delivery is matched against one.
+#[derive(Clone, Default)]
+pub struct Triggers(Arc<Vec<Entry>>);
 
 #[derive(Clone)]
 struct Entry {
     file: PathBuf,
     trigger: Trigger,
+}
+
+impl Triggers {
+    pub fn iter(&self) -> impl Iterator<Item = &Trigger> {
+        self.0.iter().map(|e| &e.trigger)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl TriggerFiles {
@@ -58,21 +76,21 @@ impl TriggerFiles {
         }
         let files = Self {
             dir: dir.to_path_buf(),
-            loaded: RwLock::new(Arc::new(entries)),
+            loaded: RwLock::new(Triggers(Arc::new(entries))),
         };
         Ok((files, warnings))
     }
 
     /// The triggers as they are now.
-    pub fn all(&self) -> Vec<Trigger> {
-        self.snapshot().iter().map(|e| e.trigger.clone()).collect()
+    pub fn all(&self) -> Triggers {
+        self.loaded.read().expect("triggers").clone()
     }
 
     pub fn get(&self, name: &str) -> Result<Trigger, Failed> {
-        self.snapshot()
+        self.all()
             .iter()
-            .find(|e| e.trigger.name == name)
-            .map(|e| e.trigger.clone())
+            .find(|t| t.name == name)
+            .cloned()
             .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))
     }
 
@@ -82,7 +100,7 @@ impl TriggerFiles {
         let (trigger, warnings) = triggers::load(bytes)
             .map_err(|d| Failed::Invalid(d.render("trigger").trim_end().to_string()))?;
         let mut loaded = self.loaded.write().expect("triggers");
-        let existing = loaded.iter().position(|e| e.trigger.name == trigger.name);
+        let existing = loaded.0.iter().position(|e| e.trigger.name == trigger.name);
         let file = match (replacing, existing) {
             (None, None) => self.dir.join(format!("{}.yaml", trigger.name)),
             (None, Some(_)) => {
@@ -98,10 +116,10 @@ impl TriggerFiles {
                 )));
             }
             (Some(name), None) => return Err(Failed::NotFound(format!("no trigger {name:?}"))),
-            (Some(_), Some(index)) => loaded[index].file.clone(),
+            (Some(_), Some(index)) => loaded.0[index].file.clone(),
         };
         write_atomically(&file, bytes)?;
-        let mut entries = loaded.as_ref().clone();
+        let mut entries = loaded.0.as_ref().clone();
         let entry = Entry {
             file,
             trigger: trigger.clone(),
@@ -110,27 +128,24 @@ impl TriggerFiles {
             Some(index) => entries[index] = entry,
             None => entries.push(entry),
         }
-        *loaded = Arc::new(entries);
+        *loaded = Triggers(Arc::new(entries));
         Ok((trigger, warnings.render("trigger")))
     }
 
     pub fn delete(&self, name: &str) -> Result<(), Failed> {
         let mut loaded = self.loaded.write().expect("triggers");
         let index = loaded
+            .0
             .iter()
             .position(|e| e.trigger.name == name)
             .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))?;
-        let file = &loaded[index].file;
+        let file = &loaded.0[index].file;
         std::fs::remove_file(file)
             .map_err(|e| Failed::Internal(format!("{}: {e}", file.display())))?;
-        let mut entries = loaded.as_ref().clone();
+        let mut entries = loaded.0.as_ref().clone();
         entries.remove(index);
-        *loaded = Arc::new(entries);
+        *loaded = Triggers(Arc::new(entries));
         Ok(())
-    }
-
-    fn snapshot(&self) -> Arc<Vec<Entry>> {
-        self.loaded.read().expect("triggers").clone()
     }
 }
 
