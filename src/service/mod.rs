@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,8 @@ pub struct Service {
     settings: Settings,
     /// Woken when builds are queued or deliveries wait for their changed files.
     work: Notify,
+    /// Whether some delivery may wait for its changed files: the store is asked only then.
+    pending: AtomicBool,
     /// Cancel tokens of the builds running in this process.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Deliveries on their way to the store (see [`write_deliveries`]).
@@ -253,6 +256,8 @@ impl Service {
             triggers,
             settings,
             work: Notify::new(),
+            // A previous run may have left some.
+            pending: AtomicBool::new(true),
             running: Mutex::new(HashMap::new()),
             recorder,
         }
@@ -514,6 +519,9 @@ impl Service {
         }
         match self.record(accepted).await? {
             Recorded::New => {
+                if pending {
+                    self.pending.store(true, Ordering::SeqCst);
+                }
                 if pending || !builds.is_empty() {
                     self.work.notify_one();
                 }
@@ -605,7 +613,9 @@ impl Service {
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
         let mut builds = tokio::task::JoinSet::new();
         loop {
-            self.decide_pending().await;
+            if self.pending.swap(false, Ordering::SeqCst) {
+                self.decide_pending().await;
+            }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
                 match self.store.claim_queued().await {
                     Ok(Some((id, request))) => {
