@@ -56,6 +56,15 @@ impl Repository {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Commits and pushes to main the app the triggers build: `CONFIG` and its `version.txt`.
+    fn commit_app(&self) -> String {
+        self.commit(
+            &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+            "c",
+            "main",
+        )
+    }
+
     /// Writes `files` (path, contents) into the working clone, commits them with `message` and
     /// pushes `refspec`; returns the commit.
     fn commit(&self, files: &[(&str, &str)], message: &str, refspec: &str) -> String {
@@ -548,11 +557,7 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let commit = repository.commit(
-        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-        "c",
-        "main",
-    );
+    let commit = repository.commit_app();
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
 
     // Builds are only queued by this server; it is killed right after the answer.
@@ -626,11 +631,7 @@ fn the_api_cancels_retries_and_runs_triggers_with_the_token() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let main = repository.commit(
-        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-        "c",
-        "main",
-    );
+    let main = repository.commit_app();
     let slow_config =
         "steps:\n- name: builder/busybox\n  args: [sh, -c, 'echo started; sleep 600']\n";
     let slow = repository.commit(&[("cloudbuild.yaml", slow_config)], "slow", "HEAD:slow");
@@ -736,11 +737,7 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("trigger:3:"), "{message}");
 
-    let commit = repository.commit(
-        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-        "c",
-        "main",
-    );
+    let commit = repository.commit_app();
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
     let (_, receipt) = server.deliver("push", "t-1", &body, &sign(&body));
     let id = receipt["builds"][0].as_str().unwrap().to_string();
@@ -858,11 +855,7 @@ fn the_cli_submits_follows_and_manages_through_the_server() {
         out.trim(),
         "imported: pushes to branches matching \"^main$\" of acme/app"
     );
-    repository.commit(
-        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-        "c",
-        "main",
-    );
+    repository.commit_app();
     let (code, run) = cli(
         &server,
         &["triggers", "run", "imported", "--branch", "main"],
