@@ -7,7 +7,7 @@ use std::fmt;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -312,16 +312,12 @@ impl Client {
 }
 
 async fn read(response: hyper::Response<hyper::body::Incoming>) -> Result<Value, ClientError> {
-    let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(|e| ClientError::Unexpected(e.to_string()))?
         .to_bytes();
-    if status == StatusCode::NO_CONTENT {
-        return Ok(Value::Null);
-    }
     serde_json::from_slice(&body)
         .map_err(|e| ClientError::Unexpected(format!("{e}: {}", String::from_utf8_lossy(&body))))
 }

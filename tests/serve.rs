@@ -81,7 +81,17 @@ impl Repository {
     }
 }
 
-/// A running `builder serve`, killed when dropped.
+/// The status code and JSON answer of a `curl -w '\n%{http_code}'` request.
+fn status_and_answer(out: &std::process::Output) -> (u16, Value) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(answer).unwrap_or(Value::Null),
+    )
+}
+
+/// A running `builder serve`, stopped when dropped (see its `Drop`).
 struct Server {
     child: Child,
     url: String,
@@ -155,12 +165,7 @@ impl Server {
             .arg(format!("{}/webhooks/github", self.url))
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (answer, code) = text.rsplit_once('\n').unwrap();
-        (
-            code.parse().unwrap(),
-            serde_json::from_str(answer).unwrap_or(Value::Null),
-        )
+        status_and_answer(&out)
     }
 
     /// POSTs `body` to `path` with `token`; returns the status code and the JSON answer.
@@ -183,12 +188,7 @@ impl Server {
             .arg(format!("{}{path}", self.url))
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (answer, code) = text.rsplit_once('\n').unwrap();
-        (
-            code.parse().unwrap(),
-            serde_json::from_str(answer).unwrap_or(Value::Null),
-        )
+        status_and_answer(&out)
     }
 
     fn get(&self, path: &str) -> Value {
