@@ -25,6 +25,9 @@ install_packages() {
   command -v git >/dev/null || missing+=(git)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  # The registry tests run a registry with htpasswd auth over TLS (scripts/auth-registry.sh).
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq

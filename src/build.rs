@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use crate::templates::PushedTemplate;
 use serde::{Deserialize, Serialize};
 
 /// Build and step statuses (Cloud Build's `Build.Status`).
@@ -139,7 +140,23 @@ pub struct Outcome {
     pub status: Status,
     pub steps: Vec<StepResult>,
     pub images: Vec<PushedImage>,
+    /// `templates:` as pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PushedTemplate>,
     /// Why the build did not succeed, in a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+}
+
+impl Outcome {
+    /// A build that ended with nothing pushed.
+    pub fn ended(status: Status, steps: Vec<StepResult>, failure: Option<String>) -> Self {
+        Self {
+            status,
+            steps,
+            images: Vec::new(),
+            templates: Vec::new(),
+            failure,
+        }
+    }
 }

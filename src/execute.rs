@@ -13,20 +13,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{Outcome, PushedImage, Status, StepResult};
+use crate::build::{Outcome, PushedImage, Status, StepResult, rfc3339};
 use crate::gate;
 use crate::logs::{LineAssembler, Masker};
 use crate::plan::{BUILDER_OUTPUT, HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
+use crate::registry::{Registries, RegistryError, TemplateUpload};
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, Labels, LogStream, Mount, MountSource, RuntimeError, Stdin,
+    ContainerRuntime, ContainerSpec, ImageInfo, Labels, LogStream, Mount, MountSource,
+    RuntimeError, Stdin,
 };
+use crate::templates::{self, Found, Provenance, PushedTemplate};
 
 /// Label carried by every resource of a build, with the build id as value.
 pub const BUILD_LABEL: &str = "builder.build";
@@ -51,6 +55,8 @@ pub struct Run {
     pub workspace: Option<PathBuf>,
     /// Values of the build's secret env names.
     pub secrets: BTreeMap<String, String>,
+    /// Credentials and connections for pulling step images and pushing results.
+    pub registries: Registries,
 }
 
 /// What happens while a build runs, in order for each step.
@@ -68,6 +74,11 @@ pub enum Event {
         step: usize,
         result: StepResult,
     },
+    PushingTemplate {
+        file: String,
+        reference: String,
+    },
+    PushedTemplate(PushedTemplate),
     Pushing {
         image: String,
     },
@@ -91,6 +102,7 @@ pub async fn execute(
         events,
         masker,
         secrets: run.secrets.clone(),
+        registries: run.registries.clone(),
     });
     // The build's timeout counts from here (Cloud Build counts from startTime): preparing,
     // steps and pushing all fall within it, and so does a cancel.
@@ -104,18 +116,20 @@ pub async fn execute(
         () = sleep_until(deadline) => conclude(&run.build, queued(&run.build), Some(Stop::BuildTimeout)),
     };
     if outcome.status == Status::Success {
-        let stopped = |status: Status, why: &str| (status, format!("{why} while pushing images"));
+        let stopped = |status: Status, why: &str| (status, format!("{why} while pushing results"));
+        let push = async {
+            outcome.images = push_images(&context, &run.build.images).await?;
+            outcome.templates = push_templates(&context, &run).await?;
+            Ok(())
+        };
         let pushed = tokio::select! {
-            pushed = push_images(&context, &run.build.images) => pushed,
+            pushed = push => pushed,
             () = cancel.cancelled() => Err(stopped(Status::Cancelled, "the build was cancelled")),
             () = sleep_until(deadline) => Err(stopped(Status::Timeout, "the build timed out")),
         };
-        match pushed {
-            Ok(images) => outcome.images = images,
-            Err((status, detail)) => {
-                outcome.status = status;
-                outcome.failure = Some(detail);
-            }
+        if let Err((status, detail)) = pushed {
+            outcome.status = status;
+            outcome.failure = Some(detail);
         }
     }
     // A failed cleanup is reported beside the build's own outcome, never instead of it.
@@ -130,12 +144,7 @@ pub async fn execute(
 }
 
 fn internal_error(run: &Run, detail: String) -> Outcome {
-    Outcome {
-        status: Status::InternalError,
-        steps: queued(&run.build),
-        images: Vec::new(),
-        failure: Some(detail),
-    }
+    Outcome::ended(Status::InternalError, queued(&run.build), Some(detail))
 }
 
 /// Every step of the build, not started.
@@ -150,6 +159,7 @@ struct StepContext {
     events: UnboundedSender<Event>,
     masker: Masker,
     secrets: BTreeMap<String, String>,
+    registries: Registries,
 }
 
 impl StepContext {
@@ -168,6 +178,16 @@ impl StepContext {
             labels.insert(STEP_LABEL.to_string(), step.to_string());
         }
         labels
+    }
+
+    /// Makes a step image local, pulling it with its registry's credentials.
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let auth = self
+            .registries
+            .engine_auth(image)
+            .await
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        self.runtime.ensure_image(image, auth.as_ref()).await
     }
 
     fn emit(&self, event: Event) {
@@ -257,7 +277,7 @@ async fn seed_image(
     build: &ResolvedBuild,
 ) -> Result<Option<String>, RuntimeError> {
     for step in &build.steps {
-        match context.runtime.ensure_image(&step.image, None).await {
+        match context.ensure_image(&step.image).await {
             Ok(_) => return Ok(Some(step.image.clone())),
             Err(RuntimeError::ImageNotFound { .. }) => continue,
             Err(e) => return Err(e),
@@ -457,12 +477,7 @@ fn conclude(build: &ResolvedBuild, mut results: Vec<StepResult>, stopped: Option
             )
         }
     };
-    Outcome {
-        status,
-        steps: results,
-        images: Vec::new(),
-        failure,
-    }
+    Outcome::ended(status, results, failure)
 }
 
 /// Whether dependants may start: success, or a failure the step tolerates (`allowExitCodes`
@@ -609,7 +624,7 @@ async fn create(
         // A pull may take long and is safe to abandon. The container requests are not: one
         // dropped in flight may still create the container, unseen by the step's removal.
         tokio::select! {
-            image = runtime.ensure_image(&step.image, None) => image.map_err(step_error)?,
+            image = context.ensure_image(&step.image) => image.map_err(step_error)?,
             () = stop.cancelled() => return Err(stopped()),
         }
     };
@@ -854,10 +869,7 @@ const PUSH_ATTEMPTS: u32 = 3;
 /// Pushes `images:` once every step succeeded: all must exist before any is pushed. An error
 /// carries the build's status: FAILURE for the config's images and registries, INTERNAL_ERROR
 /// for our engine.
-async fn push_images(
-    context: &StepContext,
-    images: &[String],
-) -> Result<Vec<PushedImage>, (Status, String)> {
+async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<PushedImage>, Failed> {
     let runtime = &context.runtime;
     let ours = |e: RuntimeError| (Status::InternalError, e.to_string());
     let mut missing = Vec::new();
@@ -879,9 +891,14 @@ async fn push_images(
         context.emit(Event::Pushing {
             image: image.clone(),
         });
+        let auth = context
+            .registries
+            .engine_auth(image)
+            .await
+            .map_err(failure)?;
         let mut attempt = 1;
         let digest = loop {
-            match runtime.push_image(image, None).await {
+            match runtime.push_image(image, auth.as_ref()).await {
                 Ok(digest) => break digest,
                 Err(RuntimeError::PushFailed { .. }) if attempt < PUSH_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
@@ -907,4 +924,112 @@ async fn push_images(
         pushed.push(image);
     }
     Ok(pushed)
+}
+
+/// A failed push: the build's status and why.
+type Failed = (Status, String);
+
+/// Registry errors are the config's: its registries, their credentials.
+fn failure(error: RegistryError) -> Failed {
+    (Status::Failure, error.to_string())
+}
+
+/// Pushes `templates:` once the images are pushed: the files of `/workspace` that each entry's
+/// globs match, each under the version its name carries. The tags move to the highest version.
+async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTemplate>, Failed> {
+    let targets = &run.build.templates;
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = workspace_files(context, run).await?;
+    let values = &run.build.substitutions;
+    let provenance = Provenance {
+        created: rfc3339::format(std::time::SystemTime::now()),
+        revision: values.get("COMMIT_SHA").filter(|v| !v.is_empty()).cloned(),
+        source: values
+            .get("REPO_FULL_NAME")
+            .filter(|v| !v.is_empty())
+            .map(|name| format!("https://github.com/{name}")),
+    };
+    let mut pushed = Vec::new();
+    for (i, (target, files)) in targets.iter().zip(found).enumerate() {
+        if files.is_empty() {
+            return Err((
+                Status::Failure,
+                format!(
+                    "templates[{i}].paths: no file of /workspace matches {:?}",
+                    target.paths
+                ),
+            ));
+        }
+        let versions = files
+            .iter()
+            .map(|f| templates::version_of(&f.file, &target.version_regex))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| (Status::Failure, format!("templates[{i}]: {e}")))?;
+        let newest = versions
+            .iter()
+            .max_by(|a, b| templates::compare_versions(a, b))
+            .cloned();
+        for (file, version) in files.into_iter().zip(versions) {
+            let tags = if Some(&version) == newest.as_ref() {
+                target.tags.as_slice()
+            } else {
+                &[]
+            };
+            let upload = TemplateUpload {
+                file: &file.file,
+                content: file.content.into(),
+                repository: &target.repository,
+                version: &version,
+                tags,
+                annotations: &target.annotations,
+                allow_version_overwrite: target.allow_version_overwrite,
+                provenance: &provenance,
+            };
+            context.emit(Event::PushingTemplate {
+                file: file.file.clone(),
+                reference: format!("{}:{version}", target.repository),
+            });
+            let template = context
+                .registries
+                .push_template(&upload)
+                .await
+                .map_err(failure)?;
+            context.emit(Event::PushedTemplate(template.clone()));
+            pushed.push(template);
+        }
+    }
+    Ok(pushed)
+}
+
+/// The files each template target matches, read from the workspace volume through a container
+/// that mounts it (created, never started).
+async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Found>>, Failed> {
+    let runtime = &context.runtime;
+    let ours = |e: RuntimeError| (Status::InternalError, format!("reading /workspace: {e}"));
+    let reader = ContainerSpec {
+        name: context.name("templates"),
+        image: run.build.steps[0].image.clone(),
+        mounts: vec![Mount {
+            read_only: true,
+            ..volume_mount(&context.name("workspace"), WORKSPACE)
+        }],
+        labels: context.labels(None),
+        ..ContainerSpec::default()
+    };
+    runtime.create_container(&reader).await.map_err(ours)?;
+    let archive = runtime
+        .download(&reader.name, WORKSPACE)
+        .map_err(std::io::Error::other);
+    let archive = SyncIoBridge::new(StreamReader::new(archive));
+    let targets = run.build.templates.clone();
+    let collected =
+        tokio::task::spawn_blocking(move || templates::collect(archive, &targets)).await;
+    runtime.remove_container(&reader.name).await.map_err(ours)?;
+    match collected {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err((Status::Failure, format!("templates: {e}"))),
+        Err(e) => Err((Status::InternalError, format!("reading /workspace: {e}"))),
+    }
 }

@@ -31,9 +31,36 @@ pub fn validate(reference: &str) -> Result<(), String> {
     Err(format!("invalid image name {reference:?}"))
 }
 
+/// The registry a reference points at: its first component when that is a host (it has a `.` or
+/// a `:`, or is `localhost`), else Docker Hub, as the engine decides.
+pub fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
+/// Whether a reference names a tag or a digest rather than only a repository.
+pub fn has_tag_or_digest(reference: &str) -> bool {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    reference.contains('@') || last.contains(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_tags_and_digests() {
+        assert_eq!(registry_host("localhost:5000/ml/t"), "localhost:5000");
+        assert_eq!(registry_host("gcr.io/p/app:1"), "gcr.io");
+        assert_eq!(registry_host("localhost/app"), "localhost");
+        assert_eq!(registry_host("library/python"), "docker.io");
+        assert_eq!(registry_host("python:3.11"), "docker.io");
+        assert!(!has_tag_or_digest("localhost:5000/ml/t"));
+        assert!(has_tag_or_digest("localhost:5000/ml/t:1"));
+        assert!(has_tag_or_digest("gcr.io/p/app@sha256:00"));
+    }
 
     #[test]
     fn cloud_build_examples() {

@@ -64,11 +64,9 @@ pub async fn record(
                 record_event(store, &build_id, event, &mut lines, received.is_empty()).await;
         }
     }
-    let outcome = execution.await.unwrap_or_else(|e| Outcome {
-        status: Status::InternalError,
-        steps: Vec::new(),
-        images: Vec::new(),
-        failure: Some(format!("the build's task failed: {e}")),
+    let outcome = execution.await.unwrap_or_else(|e| {
+        let failure = format!("the build's task failed: {e}");
+        Outcome::ended(Status::InternalError, Vec::new(), Some(failure))
     });
     // The outcome is recorded even if a write failed before: no build is left WORKING.
     let logs = match recording {
@@ -131,7 +129,10 @@ async fn record_event(
             store.append_logs(build_id, &std::mem::take(lines)).await?;
             store.update_step(build_id, step, &result).await?;
         }
-        Event::Pushing { .. } | Event::Pushed(_) => {}
+        Event::Pushing { .. }
+        | Event::Pushed(_)
+        | Event::PushingTemplate { .. }
+        | Event::PushedTemplate(_) => {}
     }
     Ok(())
 }
@@ -167,12 +168,8 @@ pub async fn recover(
             .map_err(|e| e.to_string())?
             .map(|b| b.steps.into_iter().map(|s| close(s.result)).collect())
             .unwrap_or_default();
-        let outcome = Outcome {
-            status: Status::InternalError,
-            steps,
-            images: Vec::new(),
-            failure: Some("the process running this build ended before the build did".into()),
-        };
+        let failure = "the process running this build ended before the build did";
+        let outcome = Outcome::ended(Status::InternalError, steps, Some(failure.into()));
         store
             .finish_build(&id, &outcome)
             .await

@@ -11,11 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::alias::Aliases;
-use crate::config::model::{BuildConfig, SubstitutionOption, Volume};
+use crate::config::model::{
+    BuildConfig, DEFAULT_TEMPLATE_LIMIT, DEFAULT_VERSION_REGEX, SubstitutionOption, Volume,
+};
 use crate::config::validate::{self, check_image, clean, clean_tags};
 use crate::config::{self, Loaded};
 use crate::diag::{Diagnostics, FieldPath};
+use crate::glob::Glob;
 use crate::substitute::{self, Values};
+use crate::{image, templates};
 
 /// Where `/workspace` and `HOME` live inside every step, as on Cloud Build.
 pub const WORKSPACE: &str = "/workspace";
@@ -59,6 +63,9 @@ pub struct ResolvedBuild {
     pub secrets: Vec<SecretRef>,
     #[serde(skip_serializing_if = "Artifacts::is_empty")]
     pub artifacts: Artifacts,
+    /// Pipeline templates pushed after `images` (this service's extension).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<templates::Target>,
     pub substitutions: Values,
 }
 
@@ -351,7 +358,39 @@ impl<'a> Templates<'a> {
             config.options.pool_name.as_ref(),
         );
         let objects = config.artifacts.objects.as_ref();
+        let templates = config
+            .templates
+            .iter()
+            .enumerate()
+            .map(|(i, template)| {
+                let path = root.key("templates").index(i);
+                templates::Target {
+                    paths: self.list(&path.key("paths"), &template.paths),
+                    repository: self.one(path.key("repository"), &template.repository),
+                    // Not substituted: `$` is the regex's end anchor.
+                    version_regex: template
+                        .version_regex
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_VERSION_REGEX.to_string()),
+                    tags: self.list(&path.key("tags"), &template.tags),
+                    annotations: template
+                        .annotations
+                        .iter()
+                        .map(|(key, value)| {
+                            let value = self.one(path.key("annotations").key(key), value);
+                            (key.clone(), value)
+                        })
+                        .collect(),
+                    allow_version_overwrite: template.allow_version_overwrite,
+                    max_size_bytes: template
+                        .max_size_bytes
+                        .unwrap_or(DEFAULT_TEMPLATE_LIMIT)
+                        .unsigned_abs(),
+                }
+            })
+            .collect();
         Draft {
+            templates,
             steps,
             global_env: self.list(&options.key("env"), &config.options.env),
             images: self.list(&root.key("images"), &config.images),
@@ -417,6 +456,7 @@ impl<'a> Templates<'a> {
 /// Substituted fields, before the steps are assembled.
 struct Draft {
     steps: Vec<DraftStep>,
+    templates: Vec<templates::Target>,
     global_env: Vec<String>,
     images: Vec<String>,
     artifact_images: Vec<String>,
@@ -465,6 +505,9 @@ fn check_substituted(build: &Draft, diagnostics: &mut Diagnostics) {
             format!("invalid .artifacts.location value {location:?}; Google Cloud Storage URLs must begin with 'gs://'"),
         );
     }
+    for (i, target) in build.templates.iter().enumerate() {
+        check_template(&root.key("templates").index(i), target, diagnostics);
+    }
     for (i, secret) in build.secrets.iter().enumerate() {
         if !validate::is_secret_version(&secret.version_name) {
             diagnostics.error(
@@ -478,6 +521,44 @@ fn check_substituted(build: &Draft, diagnostics: &mut Diagnostics) {
                     secret.version_name
                 ),
             );
+        }
+    }
+}
+
+/// A substituted `templates:` entry: a repository without tag or digest, tags a registry takes,
+/// globs that stay inside `/workspace`.
+fn check_template(path: &FieldPath, target: &templates::Target, diagnostics: &mut Diagnostics) {
+    let repository = &target.repository;
+    match image::validate(repository) {
+        Err(message) => diagnostics.error(&path.key("repository"), message),
+        Ok(()) if image::has_tag_or_digest(repository) => diagnostics.error(
+            &path.key("repository"),
+            format!(
+                "{repository:?} names a tag or digest; name the repository only (versions \
+                     come from the file names, other tags from `tags`)"
+            ),
+        ),
+        Ok(()) => {}
+    }
+    for (i, tag) in target.tags.iter().enumerate() {
+        if !templates::is_tag(tag) {
+            diagnostics.error(
+                &path.key("tags").index(i),
+                format!("invalid tag {tag:?}: must match ^[\\w][\\w.-]{{0,127}}$"),
+            );
+        }
+    }
+    for (i, glob) in target.paths.iter().enumerate() {
+        let outside = glob.starts_with('/') || glob.split('/').any(|part| part == "..");
+        let checked = if outside {
+            Err(format!(
+                "{glob:?} leaves /workspace; write it relative to /workspace"
+            ))
+        } else {
+            Glob::new(glob).map(drop)
+        };
+        if let Err(message) = checked {
+            diagnostics.error(&path.key("paths").index(i), message);
         }
     }
 }
@@ -558,6 +639,7 @@ impl Draft {
             queue_ttl: config.queue_ttl.map(|t| t.as_secs_f64()),
             options,
             secrets: self.secrets,
+            templates: self.templates,
             artifacts: Artifacts {
                 objects_location: self.objects_location,
                 objects_paths: self.objects_paths,

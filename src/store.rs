@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::build::{Outcome, PushedImage, Status, StepResult};
 use crate::plan::ResolvedBuild;
 use crate::runtime::LogStream;
+use crate::templates::PushedTemplate;
 
 pub type Error = sqlx::Error;
 
@@ -49,6 +50,8 @@ pub struct BuildRecord {
     pub substitutions: serde_json::Value,
     pub plan: serde_json::Value,
     pub images: Vec<PushedImage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PushedTemplate>,
     pub failure: Option<String>,
     pub steps: Vec<StepRecord>,
 }
@@ -347,10 +350,11 @@ impl Store for SqliteStore {
         for (index, result) in outcome.steps.iter().enumerate() {
             set_step(&mut tx, id, index, result).await?;
         }
-        sqlx::query("UPDATE builds SET status = $1, finish_time = $2, images = $3, failure = $4 WHERE id = $5")
+        sqlx::query("UPDATE builds SET status = $1, finish_time = $2, images = $3, templates = $4, failure = $5 WHERE id = $6")
             .bind(outcome.status.as_str())
             .bind(millis(SystemTime::now()))
             .bind(json(&outcome.images))
+            .bind(json(&outcome.templates))
             .bind(&outcome.failure)
             .bind(id)
             .execute(&mut *tx)
@@ -580,6 +584,7 @@ impl Store for SqliteStore {
             substitutions: parse_json(row.get("substitutions")),
             plan: parse_json(row.get("plan")),
             images: serde_json::from_str(row.get("images")).unwrap_or_default(),
+            templates: serde_json::from_str(row.get("templates")).unwrap_or_default(),
             failure: row.get("failure"),
             steps,
             id,

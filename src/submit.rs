@@ -14,6 +14,7 @@ use crate::config::{self, BuildConfig};
 use crate::diag::Diagnostics;
 use crate::execute::Run;
 use crate::plan::{self, Context, Inputs, ResolvedBuild};
+use crate::registry::Registries;
 use crate::secrets;
 use crate::source::{self, ArchiveSummary};
 use crate::substitute::Values;
@@ -38,6 +39,7 @@ pub struct Request {
     pub secrets_dir: Option<PathBuf>,
     pub project_id: String,
     pub aliases: Aliases,
+    pub registries: Registries,
 }
 
 /// A build ready to run. The workspace directory lives as long as this value.
@@ -144,6 +146,7 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
             build,
             workspace: workspace.as_ref().map(|w| w.path().to_path_buf()),
             secrets,
+            registries: request.registries.clone(),
         },
         uploaded,
         warnings,

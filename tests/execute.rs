@@ -15,6 +15,7 @@ use base64::Engine as _;
 use builder::build::{Outcome, Status};
 use builder::execute::{BUILD_LABEL, Event, Run, execute};
 use builder::plan::{Inputs, resolve};
+use builder::registry::{Registries, Settings};
 use builder::runtime::{ContainerRuntime, DockerRuntime, LogStream};
 use builder::substitute::Values;
 use common::{REGISTRY, registry_digest};
@@ -72,6 +73,7 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
         build,
         workspace: None,
         secrets: BTreeMap::new(),
+        registries: Registries::new(&Settings::default()).expect("registry settings"),
     };
     adjust(&mut run);
     let runtime = Arc::new(

@@ -15,6 +15,7 @@ use crate::config::{Loaded, duration};
 use crate::execute::Event;
 use crate::local;
 use crate::plan::{self, Context, Inputs};
+use crate::registry::{self, Registries};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::source;
 use crate::store::{SqliteStore, Store as _};
@@ -24,6 +25,7 @@ use crate::{triggers, webhooks};
 
 mod remote;
 mod serve;
+mod templates;
 
 #[derive(Parser)]
 #[command(
@@ -46,8 +48,42 @@ pub struct Cli {
     /// BUILDER_API_TOKEN).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How registries are reached, for images and templates alike.
+#[derive(Args, Clone, Default)]
+struct RegistryArgs {
+    /// A Docker config file with registry credentials (`auths`, `credHelpers`, `credsStore`)
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
+    #[arg(
+        long,
+        global = true,
+        env = "BUILDER_REGISTRY_CONFIG",
+        value_name = "FILE"
+    )]
+    registry_config: Option<PathBuf>,
+    /// A registry that may be reached over plain HTTP when HTTPS fails (repeatable; loopback
+    /// always may).
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) to trust for registries, besides the system's and those in
+    /// /etc/docker/certs.d/HOST/ (repeatable).
+    #[arg(long = "registry-ca", global = true, value_name = "FILE")]
+    registry_cas: Vec<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn settings(self) -> registry::Settings {
+        registry::Settings {
+            docker_config: self.registry_config,
+            insecure: self.insecure_registries,
+            ca_files: self.registry_cas,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -65,6 +101,9 @@ enum Command {
     /// Build triggers: what GitHub pushes start builds.
     #[command(subcommand)]
     Triggers(TriggersCommand),
+    /// Pipeline templates as versioned OCI artifacts in a registry.
+    #[command(subcommand)]
+    Templates(templates::TemplatesCommand),
 }
 
 #[derive(Subcommand)]
@@ -238,13 +277,18 @@ struct SubmitArgs {
 pub fn run(cli: Cli) -> ExitCode {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     let aliases = || Aliases::load(cli.aliases.as_deref()).map_err(anyhow::Error::msg);
+    let registries =
+        || Registries::new(&cli.registry.clone().settings()).map_err(anyhow::Error::msg);
     let result = match cli.command {
         Command::Config(ConfigCommand::Validate { files }) => validate(&files),
         Command::Config(ConfigCommand::Resolve(args)) => aliases().and_then(|a| resolve(&args, a)),
         Command::Submit(args) if !args.list_files && cli.server.is_some() => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::submit(args, c))
         }
-        Command::Submit(args) => aliases().and_then(|a| submit(args, a, &data_dir)),
+        Command::Submit(args) => aliases()
+            .and_then(|a| Ok((a, registries()?)))
+            .and_then(|(a, r)| submit(args, a, r, &data_dir)),
+        Command::Templates(command) => registries().and_then(|r| templates::run(command, r)),
         Command::Builds(command) if cli.server.is_some() => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::builds(command, c))
         }
@@ -253,7 +297,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Triggers(command) => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::triggers(command, c))
         }
-        Command::Serve(args) => serve::serve(args, cli.data_dir, cli.aliases),
+        Command::Serve(args) => {
+            serve::serve(args, cli.data_dir, cli.aliases, cli.registry.settings())
+        }
     };
     match result {
         Ok(code) => code,
@@ -485,6 +531,12 @@ fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> ExitCo
     for image in &build.images {
         println!("IMAGE: {} {}", image.name, image.digest);
     }
+    for template in &build.templates {
+        println!(
+            "TEMPLATE: {}:{} {}",
+            template.repository, template.version, template.digest
+        );
+    }
     if build.status == Status::Timeout {
         eprintln!(
             "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
@@ -524,7 +576,12 @@ fn step_label(ids: &[Option<String>], step: usize) -> String {
     }
 }
 
-fn submit(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCode> {
+fn submit(
+    args: SubmitArgs,
+    aliases: Aliases,
+    registries: Registries,
+    data_dir: &Path,
+) -> Result<ExitCode> {
     if args.list_files {
         let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
         eprintln!("{}", listing.rules);
@@ -534,9 +591,9 @@ fn submit(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     if args.detach {
-        return submit_detached(args, aliases, data_dir);
+        return submit_detached(args, aliases, registries, data_dir);
     }
-    let request = request_of(args, aliases);
+    let request = request_of(args, aliases, registries);
     let prepared = match submit::prepare(request) {
         Ok(prepared) => prepared,
         Err(refused) => {
@@ -555,9 +612,10 @@ fn submit(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCod
     tokio::runtime::Runtime::new()?.block_on(run_locally(prepared, data_dir))
 }
 
-fn request_of(args: SubmitArgs, aliases: Aliases) -> submit::Request {
+fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> submit::Request {
     submit::Request {
         aliases,
+        registries,
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
         ignore_file: args.ignore_file,
@@ -574,14 +632,19 @@ fn request_of(args: SubmitArgs, aliases: Aliases) -> submit::Request {
 
 /// `--async`: checks the build here, then hands it to a background `builder submit` with the
 /// same arguments and a chosen build id, and returns.
-fn submit_detached(args: SubmitArgs, aliases: Aliases, data_dir: &Path) -> Result<ExitCode> {
+fn submit_detached(
+    args: SubmitArgs,
+    aliases: Aliases,
+    registries: Registries,
+    data_dir: &Path,
+) -> Result<ExitCode> {
     let mut command = std::process::Command::new(std::env::current_exe()?);
     let build_id = uuid::Uuid::new_v4().to_string();
     let arguments = std::env::args_os().skip(1).filter(|a| a != "--async");
     command.args(arguments).args(["--build-id", &build_id]);
     let check = submit::Request {
         build_id: Some(build_id.clone()),
-        ..request_of(args, aliases)
+        ..request_of(args, aliases, registries)
     };
     if let Err(refused) = submit::check(&check) {
         eprintln!("{refused}");
@@ -710,6 +773,20 @@ fn print_event(ids: &[Option<String>], event: &Event) {
         }
         Event::Pushing { image } => println!("PUSH\nPushing {image}"),
         Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
+        Event::PushingTemplate { file, reference } => {
+            println!("PUSH\nPushing template {file} to {reference}")
+        }
+        Event::PushedTemplate(template) => println!(
+            "{}:{}: digest: {}{}",
+            template.repository,
+            template.tags.join(","),
+            template.digest,
+            if template.uploaded {
+                ""
+            } else {
+                " (unchanged)"
+            }
+        ),
     }
 }
 

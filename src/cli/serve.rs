@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{default_data_dir, interrupt, secret};
 use crate::alias::Aliases;
+use crate::registry::{self, Registries};
 use crate::runtime::DockerRuntime;
 use crate::service::{self, Service, TriggerFiles};
 use crate::source::git::Rewrites;
@@ -22,7 +23,8 @@ use crate::{api, store};
 pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
     /// `aliases`, `triggers`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
-    /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`); flags and the environment win.
+    /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
+    /// `insecureRegistries`, `registryCas`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -74,12 +76,18 @@ struct SettingsFile {
     secrets_dir: Option<PathBuf>,
     project: Option<String>,
     store: Option<String>,
+    registry_config: Option<PathBuf>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    registry_cas: Vec<PathBuf>,
 }
 
 pub(super) fn serve(
     args: ServeArgs,
     data_dir: Option<PathBuf>,
     aliases: Option<PathBuf>,
+    registry: registry::Settings,
 ) -> Result<ExitCode> {
     let file = match &args.config {
         Some(path) => {
@@ -120,6 +128,12 @@ pub(super) fn serve(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("git URL rewrite: {e}"))?;
     let store_path = store_path(args.store.or(file.store), &data_dir)?;
+    let registries = Registries::new(&registry::Settings {
+        docker_config: registry.docker_config.or(file.registry_config),
+        insecure: [registry.insecure, file.insecure_registries].concat(),
+        ca_files: [registry.ca_files, file.registry_cas].concat(),
+    })
+    .map_err(anyhow::Error::msg)?;
     let listen = args
         .listen
         .or(file.listen)
@@ -137,6 +151,7 @@ pub(super) fn serve(
             .or(file.max_concurrent_builds)
             .unwrap_or(2),
         aliases,
+        registries,
         secrets_dir: args.secrets_dir.or(file.secrets_dir),
         api_token: (!api_token.is_empty())
             .then(|| String::from_utf8_lossy(&api_token).into_owned()),

@@ -35,6 +35,7 @@ pub fn build_config(root: &Node, diagnostics: &mut Diagnostics) -> BuildConfig {
             .object("availableSecrets", available_secrets)
             .unwrap_or_default(),
         artifacts: fields.object("artifacts", artifacts).unwrap_or_default(),
+        templates: fields.objects("templates", template_push),
         logs_bucket: fields.unsupported_string("logsBucket", "build logs stay on this machine"),
         service_account: fields
             .unsupported_string("serviceAccount", "steps run with the engine's credentials"),
@@ -219,6 +220,18 @@ fn artifacts(f: &mut Fields) -> Artifacts {
     }
 }
 
+fn template_push(f: &mut Fields) -> TemplatePush {
+    TemplatePush {
+        paths: f.strings("paths"),
+        repository: f.string("repository").unwrap_or_default(),
+        version_regex: f.string("versionRegex"),
+        tags: f.strings("tags"),
+        annotations: f.string_map("annotations"),
+        allow_version_overwrite: f.bool("allowVersionOverwrite").unwrap_or(false),
+        max_size_bytes: f.integer("maxSizeBytes"),
+    }
+}
+
 /// Reads the fields of one mapping, remembering which keys were asked for so that
 /// [`Fields::finish`] can report the rest as unknown.
 pub(crate) struct Fields<'a, 'd> {
@@ -322,6 +335,24 @@ impl<'a, 'd> Fields<'a, 'd> {
         }
     }
 
+    fn integer(&mut self, name: &'static str) -> Option<i64> {
+        let (node, path) = self.take(name)?;
+        self.integer_at(node, &path)
+    }
+
+    fn integer_at(&mut self, node: &Node, path: &FieldPath) -> Option<i64> {
+        let text = self.scalar_text(node, path, "an integer")?;
+        let parsed = text.parse::<i64>().ok();
+        if parsed.is_none() {
+            self.diagnostics.error_at(
+                path,
+                node.pos,
+                format!("expected an integer, found {text:?}"),
+            );
+        }
+        parsed
+    }
+
     fn integers(&mut self, name: &'static str) -> Vec<i64> {
         let Some((node, path)) = self.take(name) else {
             return Vec::new();
@@ -341,18 +372,7 @@ impl<'a, 'd> Fields<'a, 'd> {
         items
             .into_iter()
             .enumerate()
-            .filter_map(|(i, item)| {
-                let text = self.scalar_text(item, &path.index(i), "an integer")?;
-                let parsed = text.parse::<i64>().ok();
-                if parsed.is_none() {
-                    self.diagnostics.error_at(
-                        &path.index(i),
-                        item.pos,
-                        format!("expected an integer, found {text:?}"),
-                    );
-                }
-                parsed
-            })
+            .filter_map(|(i, item)| self.integer_at(item, &path.index(i)))
             .collect()
     }
 

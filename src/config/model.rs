@@ -18,6 +18,7 @@ pub struct BuildConfig {
     pub secrets: Vec<KmsSecret>,
     pub available_secrets: AvailableSecrets,
     pub artifacts: Artifacts,
+    pub templates: Vec<TemplatePush>,
     pub logs_bucket: Option<String>,
     pub service_account: Option<String>,
 }
@@ -114,3 +115,30 @@ pub struct ArtifactUpload {
     pub fields: BTreeMap<&'static str, String>,
     pub lists: BTreeMap<&'static str, Vec<String>>,
 }
+
+/// One entry of `templates:`, this service's own extension (not a Cloud Build field): files of
+/// `/workspace` pushed as versioned OCI artifacts once every step succeeded and `images:` are
+/// pushed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TemplatePush {
+    /// Globs relative to `/workspace`.
+    pub paths: Vec<String>,
+    /// Where the artifacts go, `host[:port]/path`, without a tag.
+    pub repository: String,
+    /// Its first capture group, searched in the file name, is the version; `None` means
+    /// [`DEFAULT_VERSION_REGEX`].
+    pub version_regex: Option<String>,
+    /// Tags that move to the newest version pushed, such as `latest`.
+    pub tags: Vec<String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Lets a version tag that exists with other content move to the new content.
+    pub allow_version_overwrite: bool,
+    /// The largest template accepted, in bytes; `None` means [`DEFAULT_TEMPLATE_LIMIT`].
+    pub max_size_bytes: Option<i64>,
+}
+
+/// `training-pipeline_v1.2.3.yaml` → `1.2.3`.
+pub const DEFAULT_VERSION_REGEX: &str = r"_v(\d+\.\d+\.\d+)\.(?:ya?ml|json)$";
+
+/// Compiled pipelines are kilobytes; a glob that catches a dataset should fail, not upload it.
+pub const DEFAULT_TEMPLATE_LIMIT: i64 = 16 << 20;

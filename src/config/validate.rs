@@ -15,7 +15,7 @@ use regex::Regex;
 use super::decode::hint;
 use super::model::*;
 use crate::diag::{Diagnostics, FieldPath};
-use crate::image;
+use crate::{image, templates};
 
 pub const MAX_STEPS: usize = 300;
 pub const MAX_ARGS: usize = 100;
@@ -52,6 +52,7 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     );
     check_secrets(config, diagnostics);
     check_artifacts(config, diagnostics);
+    check_templates(&config.templates, diagnostics);
     // `artifacts.images` stands for `images` when only it is given (spec §2.7).
     let images = if config.images.is_empty() {
         root.key("artifacts").key("images")
@@ -604,6 +605,37 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
             diagnostics.error(
                 &path.key("paths").index(i),
                 format!("duplicate path {p:?}; remove duplicates"),
+            );
+        }
+    }
+}
+
+/// The rules of `templates:` that hold before substitution; repositories, tags and globs are
+/// checked once substituted (`plan`).
+fn check_templates(templates: &[TemplatePush], diagnostics: &mut Diagnostics) {
+    for (i, template) in templates.iter().enumerate() {
+        let path = FieldPath::root().key("templates").index(i);
+        if template.paths.is_empty() {
+            diagnostics.error(
+                &path.key("paths"),
+                "list the template files to push, as globs relative to /workspace",
+            );
+        }
+        if template.repository.is_empty() {
+            diagnostics.error(
+                &path.key("repository"),
+                "name the repository to push to, e.g. localhost:5000/ml/training-pipeline",
+            );
+        }
+        if let Some(regex) = &template.version_regex
+            && let Err(message) = templates::version_regex(regex)
+        {
+            diagnostics.error(&path.key("versionRegex"), message);
+        }
+        if template.max_size_bytes.is_some_and(|size| size <= 0) {
+            diagnostics.error(
+                &path.key("maxSizeBytes"),
+                "must be a positive number of bytes",
             );
         }
     }

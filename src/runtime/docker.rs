@@ -29,10 +29,12 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
@@ -381,6 +383,21 @@ impl ContainerRuntime for DockerRuntime {
                     error,
                 )
             })
+    }
+
+    fn download(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let what = format!("downloading {path:?} of container {container:?}");
+        self.docker
+            .download_from_container(container, Some(options))
+            .map_err(move |error| engine_error(format_args!("{what}"), error))
+            .boxed()
     }
 
     async fn start_container(&self, name: &str) -> Result<(), RuntimeError> {

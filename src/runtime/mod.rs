@@ -254,6 +254,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// 0777) followed by `workspace/…`.
     async fn upload(&self, container: &str, path: &str, tar: Vec<u8>) -> Result<(), RuntimeError>;
 
+    /// The tar archive of `path` in a created (not necessarily started) container, read through
+    /// its mounts: the inverse of [`upload`](Self::upload). The archive's entries are named
+    /// after `path`'s last component (`workspace/dist/t.yaml` for `/workspace`).
+    fn download(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
+
     /// Starts a created container.
     async fn start_container(&self, name: &str) -> Result<(), RuntimeError>;
 

@@ -31,6 +31,7 @@ use crate::config::tree::Node;
 use crate::execute::Run;
 use crate::local::{self, RunningLock};
 use crate::plan::{self, Context, Inputs};
+use crate::registry::Registries;
 use crate::runtime::ContainerRuntime;
 use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
@@ -54,6 +55,7 @@ pub struct Settings {
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
     pub aliases: Aliases,
+    pub registries: Registries,
     pub secrets_dir: Option<PathBuf>,
     /// The token that mutating API requests must carry; none refuses them.
     pub api_token: Option<String>,
@@ -800,6 +802,7 @@ impl Service {
             build,
             workspace: Some(workspace.to_path_buf()),
             secrets,
+            registries: self.settings.registries.clone(),
         })
     }
 
@@ -898,12 +901,7 @@ impl Service {
 
     /// Ends a build that never got to run its steps.
     async fn fail(&self, id: &str, status: Status, failure: String) {
-        let outcome = Outcome {
-            status,
-            steps: Vec::new(),
-            images: Vec::new(),
-            failure: Some(failure),
-        };
+        let outcome = Outcome::ended(status, Vec::new(), Some(failure));
         if let Err(e) = self.store.finish_build(id, &outcome).await {
             eprintln!("builder serve: recording build {id} failed: {e}");
         }

@@ -2,8 +2,6 @@
 //! `gcloud builds triggers export` load as they are: reading a trigger file with every problem at
 //! its line and column, and deciding whether a GitHub push fires a trigger, and if not, why.
 
-pub mod glob;
-
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -13,10 +11,10 @@ use crate::config::decode::Fields;
 use crate::config::tree;
 use crate::config::{self, BuildConfig, validate};
 use crate::diag::{Diagnostics, FieldPath};
+use crate::glob::Glob;
 use crate::plan;
 use crate::substitute::Values;
 use crate::webhooks::{Delivery, GitRef, Push, RefKind, Repository};
-use glob::Glob;
 
 /// A trigger as loaded: what it listens to, which files count, and the build it starts.
 #[derive(Debug, Clone)]

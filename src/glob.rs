@@ -1,7 +1,8 @@
-//! The globs of a trigger's `includedFiles` and `ignoredFiles` (spec §9.3): Go's
-//! `path/filepath.Match` (`*` and `?` never match `/`, `[a-z]`, `[^a-z]`, `\` escapes) extended
-//! with `**`, which matches across directories (`**/README.md` includes the root's), and `{a,b}`
-//! alternation. Each glob is translated into an anchored regular expression, so matching is linear.
+//! Globs over relative paths: a trigger's `includedFiles` and `ignoredFiles` (spec §9.3) and the
+//! files of a build's `templates:`. Go's `path/filepath.Match` (`*` and `?` never match `/`,
+//! `[a-z]`, `[^a-z]`, `\` escapes) extended with `**`, which matches across directories
+//! (`**/README.md` includes the root's), and `{a,b}` alternation. Each glob is translated into an
+//! anchored regular expression, so matching is linear.
 
 use std::fmt;
 
