@@ -146,7 +146,7 @@ pub fn version_of(file: &str, regex: &str) -> Result<String, String> {
         .filter(|v| is_tag(v));
     found.ok_or_else(|| {
         format!(
-            "{file}: the file name carries no version: {regex:?} does not capture one in {name:?}"
+            "{file}: the file name carries no version: the regex `{regex}` captures none in {name:?}"
         )
     })
 }
