@@ -105,17 +105,71 @@ fn trainer_image_is_tested_built_and_pushed_with_the_commit_tag_and_latest() {
 }
 
 #[test]
-fn pipeline_templates_compile_to_a_versioned_file() {
+fn pipeline_templates_are_compiled_pushed_with_their_version_and_pulled_back_byte_for_byte() {
     let data = tempfile::TempDir::new().unwrap();
     let dir = Path::new("configs/pipeline-templates");
     let version = std::fs::read_to_string(dir.join("VERSION")).unwrap();
-    let built = submit(dir, "", data.path());
-    built.assert_succeeded();
-    let compiled = format!(
-        "compiled /workspace/dist/training-pipeline_v{}.yaml",
-        version.trim()
+    let version = version.trim();
+    let repository = format!("127.0.0.1:5000/test/training-pipeline-{}", unique());
+    let built = submit(
+        dir,
+        &format!("_TEMPLATE_REPOSITORY={repository}"),
+        data.path(),
     );
-    assert!(built.stdout.contains(&compiled), "{}", built.stdout);
+    built.assert_succeeded();
+    let file = format!("dist/training-pipeline_v{version}.yaml");
+    let digest = built.field(&format!("TEMPLATE: {repository}:{version} "));
+    assert_eq!(
+        registry_digest(&repository["127.0.0.1:5000/".len()..], "latest").as_deref(),
+        Some(digest)
+    );
+    // The bytes pulled back are those compiled: the check step printed their sha256.
+    let out = data.path().join("pulled.yaml");
+    let pulled = Command::cargo_bin("builder")
+        .unwrap()
+        .args([
+            "templates",
+            "pull",
+            &format!("{repository}:{version}"),
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{pulled:?}");
+    let sha = Command::new("sha256sum").arg(&out).output().unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout);
+    let sha = sha.split_whitespace().next().unwrap();
+    assert!(
+        built.stdout.contains(&format!("{sha}  {file}")),
+        "{}",
+        built.stdout
+    );
+}
+
+#[test]
+fn the_pipeline_templates_trigger_fires_only_when_the_template_sources_change() {
+    let text = std::fs::read("configs/triggers/pipeline-templates.yaml").unwrap();
+    let (trigger, _) = builder::triggers::load(&text).unwrap();
+    let fires = |file: &str| trigger.files_fire(&[file.to_string()]).is_ok();
+    for source in [
+        "pipeline.py",
+        "VERSION",
+        "requirements.txt",
+        "check_template.py",
+    ] {
+        assert!(
+            fires(&format!("configs/pipeline-templates/{source}")),
+            "{source}"
+        );
+    }
+    for other in [
+        "configs/pipeline-templates/README.md",
+        "configs/trainer-image/trainer.Dockerfile",
+        "README.md",
+    ] {
+        assert!(!fires(other), "{other}");
+    }
 }
 
 /// Removes a test's deployment, whatever the test's outcome.

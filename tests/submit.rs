@@ -6,66 +6,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::CommandCargoExt;
+use common::{build_id, builder, describe, source, submit, submit_command};
 use tempfile::TempDir;
 
-fn builder(data_dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("builder").unwrap();
-    command
-        .env("BUILDER_DATA_DIR", data_dir)
-        .env_remove("DOCKER_HOST");
-    command
-}
-
-/// A source directory holding `cloudbuild.yaml` and the given extra files.
-fn source(config: &str, files: &[(&str, &str)]) -> TempDir {
-    let dir = TempDir::new().unwrap();
-    std::fs::write(dir.path().join("cloudbuild.yaml"), config).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
-}
-
-/// `builder submit SOURCE --config SOURCE/cloudbuild.yaml`, ready for more arguments.
-fn submit_command(data_dir: &Path, source: &Path) -> Command {
-    let mut command = builder(data_dir);
-    command
-        .arg("submit")
-        .arg(source)
-        .arg("--config")
-        .arg(source.join("cloudbuild.yaml"));
-    command
-}
-
-fn submit(data_dir: &Path, source: &Path, extra: &[&str]) -> std::process::Output {
-    submit_command(data_dir, source)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn describe(data_dir: &Path, id: &str) -> serde_json::Value {
-    let out = builder(data_dir)
-        .args(["builds", "describe", id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The id in `ID: …` of a finished submit's summary.
-fn build_id(stdout: &str) -> String {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("ID: "))
-        .expect("a summary with the build id");
-    line["ID: ".len()..].to_string()
-}
+mod common;
 
 /// Containers, volumes and networks that still carry the build's label.
 fn leftovers(id: &str) -> String {

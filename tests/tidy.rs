@@ -27,6 +27,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("axum", "src/api.rs"),
     ("hyper_util", "src/client.rs"),
     ("git2", "src/source/git.rs"),
+    ("oci_client", "src/registry/mod.rs"),
 ];
 
 /// Paths each layer may not use: the pure core does no I/O and knows nothing of engines, records
@@ -43,9 +44,12 @@ const LAYERS: &[(&[&str], &[&str])] = &[
             "src/substitute/",
             "src/triggers/",
             "src/webhooks.rs",
+            "src/templates.rs",
+            "src/glob.rs",
         ],
         &[
             "crate::runtime",
+            "crate::registry",
             "crate::execute",
             "crate::store",
             "crate::cli",

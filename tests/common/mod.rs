@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use assert_cmd::cargo::CommandCargoExt;
+use tempfile::TempDir;
+
 /// The local registry `scripts/dev-env.sh` starts.
 pub const REGISTRY: &str = "127.0.0.1:5000";
 
@@ -57,4 +60,63 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .expect("UTF-8 output")
         .trim()
         .to_owned()
+}
+
+/// `builder` with its own record directory, talking to the default engine.
+pub fn builder(data_dir: &Path) -> Command {
+    let mut command = Command::cargo_bin("builder").unwrap();
+    command
+        .env("BUILDER_DATA_DIR", data_dir)
+        .env_remove("DOCKER_HOST");
+    command
+}
+
+/// A source directory holding `cloudbuild.yaml` and the given extra files.
+pub fn source(config: &str, files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join("cloudbuild.yaml"), config).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// `builder submit SOURCE --config SOURCE/cloudbuild.yaml`, ready for more arguments.
+pub fn submit_command(data_dir: &Path, source: &Path) -> Command {
+    let mut command = builder(data_dir);
+    command
+        .arg("submit")
+        .arg(source)
+        .arg("--config")
+        .arg(source.join("cloudbuild.yaml"));
+    command
+}
+
+pub fn submit(data_dir: &Path, source: &Path, extra: &[&str]) -> std::process::Output {
+    submit_command(data_dir, source)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+pub fn describe(data_dir: &Path, id: &str) -> serde_json::Value {
+    let out = builder(data_dir)
+        .args(["builds", "describe", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The id in `ID: …` of a finished submit's summary.
+pub fn build_id(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ID: "))
+        .expect("a summary with the build id");
+    line["ID: ".len()..].to_string()
 }
