@@ -1180,3 +1180,55 @@ proptest! {
         }
     }
 }
+
+// builder's extension: `templates:`.
+
+#[test]
+fn templates_resolve_with_substitutions_and_their_mistakes_are_located() {
+    let ok = "steps: [{name: ubuntu}]\ntemplates:\n- paths: ['dist/*.yaml']\n  \
+              repository: localhost:5000/ml/$_NAME\n  tags: [latest, $SHORT_SHA]\n  \
+              annotations: {commit: $COMMIT_SHA}\n";
+    let built_ins = [("COMMIT_SHA", SHA), ("SHORT_SHA", "0123456")];
+    check(
+        ok,
+        &manual_with(&built_ins, &[("_NAME", "pipeline")]),
+        &Want::At(vec![
+            (
+                "/templates/0/repository",
+                json!("localhost:5000/ml/pipeline"),
+            ),
+            ("/templates/0/tags", json!(["latest", "0123456"])),
+            ("/templates/0/annotations/commit", json!(SHA)),
+            (
+                "/templates/0/versionRegex",
+                json!(r"_v(\d+\.\d+\.\d+)\.(?:ya?ml|json)$"),
+            ),
+            ("/templates/0/maxSizeBytes", json!(16 << 20)),
+            ("/templates/0/allowVersionOverwrite", json!(false)),
+        ]),
+    );
+    table(vec![
+        (
+            "steps: [{name: ubuntu}]\ntemplates:\n- versionRegex: '_v.*'\n  maxSizeBytes: 0\n",
+            manual(&[]),
+            errors(&[
+                "cloudbuild.yaml:3:3: templates[0].paths: list the template files to push, as globs relative to /workspace",
+                "cloudbuild.yaml:3:3: templates[0].repository: name the repository to push to, e.g. localhost:5000/ml/training-pipeline",
+                "cloudbuild.yaml:3:17: templates[0].versionRegex: \"_v.*\" has no capture group; put the version in parentheses, e.g. _v(\\d+\\.\\d+\\.\\d+)\\.yaml$",
+                "cloudbuild.yaml:4:17: templates[0].maxSizeBytes: must be a positive number of bytes",
+            ]),
+        ),
+        (
+            "steps: [{name: ubuntu}]\ntemplates:\n- paths: ['../x', '/abs/*.yaml', 'a/[b']\n  \
+             repository: $_REPO\n  tags: ['bad tag']\n",
+            manual(&[("_REPO", "localhost:5000/ml/t:1.0")]),
+            errors(&[
+                "cloudbuild.yaml:3:11: templates[0].paths[0]: \"../x\" leaves /workspace; write it relative to /workspace",
+                "cloudbuild.yaml:3:19: templates[0].paths[1]: \"/abs/*.yaml\" leaves /workspace; write it relative to /workspace",
+                "cloudbuild.yaml:3:34: templates[0].paths[2]: glob \"a/[b\" has an unclosed `[`",
+                "cloudbuild.yaml:4:15: templates[0].repository: \"localhost:5000/ml/t:1.0\" names a tag or digest; name the repository only (versions come from the file names, other tags from `tags`)",
+                "cloudbuild.yaml:5:10: templates[0].tags[0]: invalid tag \"bad tag\": must match ^[\\w][\\w.-]{0,127}$",
+            ]),
+        ),
+    ]);
+}
