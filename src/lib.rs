@@ -15,6 +15,7 @@ pub mod local;
 pub mod logs;
 pub mod plan;
 pub mod runtime;
+pub mod schedule;
 pub mod secrets;
 pub mod service;
 pub mod source;

@@ -9,8 +9,7 @@ use std::fmt;
 
 use regex::Regex;
 
-use crate::config::decode::Fields;
-use crate::config::tree;
+use crate::config::decode::{self, Fields};
 use crate::config::{self, BuildConfig, validate};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::plan;
@@ -307,25 +306,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 /// Reads a trigger file (YAML or JSON). `Err` holds the diagnostics when it is not a usable
 /// trigger; `Ok` carries the warnings.
 pub fn load(bytes: &[u8]) -> Result<(Trigger, Diagnostics), Diagnostics> {
-    let mut diagnostics = Diagnostics::default();
-    let text = String::from_utf8_lossy(bytes);
-    let root = match tree::parse(text.strip_prefix('\u{feff}').unwrap_or(&text)) {
-        Ok(root) => root,
-        Err(e) => {
-            diagnostics.error_at(&FieldPath::root(), e.pos, e.message);
-            return Err(diagnostics);
-        }
-    };
-    let trigger = Fields::of(&root, FieldPath::root(), &mut diagnostics).map(|mut f| {
-        let trigger = trigger(&mut f);
-        f.finish();
-        trigger
-    });
-    diagnostics.locate(&root);
-    match trigger {
-        Some(trigger) if !diagnostics.has_errors() => Ok((trigger, diagnostics)),
-        _ => Err(diagnostics),
-    }
+    decode::document(bytes, trigger)
 }
 
 fn trigger(f: &mut Fields) -> Trigger {
@@ -366,8 +347,8 @@ fn trigger(f: &mut Fields) -> Trigger {
     }
 }
 
-/// Cloud Build's rule for trigger names.
-fn is_trigger_name(name: &str) -> bool {
+/// Cloud Build's rule for trigger names (schedules follow it too).
+pub(crate) fn is_trigger_name(name: &str) -> bool {
     let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     (1..=64).contains(&name.len())
