@@ -19,7 +19,7 @@ pub mod cron;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::{Serialize, Serializer};
 
@@ -121,6 +121,24 @@ pub struct Decision {
     pub skipped: Vec<Skipped>,
     /// The state's next run from now on.
     pub next_run: DateTime<Utc>,
+}
+
+/// A time in UTC and in the zone of a schedule.
+#[derive(Debug, Serialize)]
+pub struct Times {
+    pub utc: String,
+    pub local: String,
+}
+
+impl Times {
+    pub fn of(at: DateTime<Utc>, zone: Tz) -> Self {
+        Self {
+            utc: at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            local: at
+                .with_timezone(&zone)
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        }
+    }
 }
 
 impl Schedule {
@@ -229,7 +247,7 @@ impl Schedule {
         substitutions.insert(SCHEDULE_NAME.into(), self.name.clone());
         substitutions.insert(
             SCHEDULED_TIME.into(),
-            scheduled_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            scheduled_time.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
         substitutions
     }

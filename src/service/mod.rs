@@ -41,7 +41,7 @@ use crate::store::{
 use crate::substitute::Values;
 use crate::triggers::{self, BuildSource, Skip, Trigger};
 use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
-pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock, Times};
+pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
 
 mod files;

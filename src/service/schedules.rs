@@ -12,14 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failed, ManualRun, Service, Triggers, files};
 use crate::build::Status;
-use crate::schedule::{self, LastRun, Schedule, State, Target};
+use crate::schedule::{self, LastRun, Schedule, State, Target, Times};
 use crate::store::{QueuedBuild, SkippedRun};
 
 /// Where the scheduler reads the time.
@@ -93,24 +92,6 @@ pub struct ScheduleView {
     /// The newest records first; in a single schedule's description only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_runs: Option<Vec<SkippedRun>>,
-}
-
-/// A time in UTC and in the schedule's zone.
-#[derive(Debug, Serialize)]
-pub struct Times {
-    pub utc: String,
-    pub local: String,
-}
-
-impl Times {
-    pub fn of(at: DateTime<Utc>, zone: Tz) -> Self {
-        Self {
-            utc: at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            local: at
-                .with_timezone(&zone)
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
