@@ -13,72 +13,19 @@ use tempfile::TempDir;
 
 mod common;
 
+use common::Repository;
+
 const SECRET: &str = "It's a Secret to Everybody";
 const TOKEN: &str = "api-token";
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// A repository "acme/app", served from a bare repository that the server fetches through its
-/// `--git-url-rewrite`, with a working clone to commit and push from.
-struct Repository {
-    root: TempDir,
-}
-
-impl Repository {
-    fn new() -> Self {
-        let root = TempDir::new().unwrap();
-        let repository = Self { root };
-        repository.git(&["init", "-q", "--bare", "github/acme/app.git"]);
-        repository.git(&["clone", "-q", "github/acme/app.git", "work"]);
-        repository
-    }
-
-    fn mirrors(&self) -> PathBuf {
-        self.root.path().join("github")
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        self.git_in(self.root.path(), args)
-    }
-
-    fn git_in(&self, dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Commits and pushes to main the app the triggers build: `CONFIG` and its `version.txt`.
-    fn commit_app(&self) -> String {
-        self.commit(
-            &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-            "c",
-            "main",
-        )
-    }
-
-    /// Writes `files` (path, contents) into the working clone, commits them with `message` and
-    /// pushes `refspec`; returns the commit.
-    fn commit(&self, files: &[(&str, &str)], message: &str, refspec: &str) -> String {
-        let work = self.root.path().join("work");
-        for (path, contents) in files {
-            let path = work.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, contents).unwrap();
-        }
-        self.git_in(&work, &["add", "-A"]);
-        self.git_in(&work, &["commit", "-q", "--allow-empty", "-m", message]);
-        self.git_in(&work, &["push", "-q", "-f", "origin", refspec]);
-        self.git_in(&work, &["rev-parse", "HEAD"])
-    }
+/// Commits and pushes to main the app the triggers build: `CONFIG` and its `version.txt`.
+fn commit_app(repository: &Repository) -> String {
+    repository.commit(
+        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+        "c",
+        "main",
+    )
 }
 
 /// The status code and JSON answer of a `curl -w '\n%{http_code}'` request.
@@ -557,7 +504,7 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let commit = repository.commit_app();
+    let commit = commit_app(&repository);
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
 
     // Builds are only queued by this server; it is killed right after the answer.
@@ -631,7 +578,7 @@ fn the_api_cancels_retries_and_runs_triggers_with_the_token() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let main = repository.commit_app();
+    let main = commit_app(&repository);
     let slow_config =
         "steps:\n- name: builder/busybox\n  args: [sh, -c, 'echo started; sleep 600']\n";
     let slow = repository.commit(&[("cloudbuild.yaml", slow_config)], "slow", "HEAD:slow");
@@ -737,7 +684,7 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("trigger:3:"), "{message}");
 
-    let commit = repository.commit_app();
+    let commit = commit_app(&repository);
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
     let (_, receipt) = server.deliver("push", "t-1", &body, &sign(&body));
     let id = receipt["builds"][0].as_str().unwrap().to_string();
@@ -855,7 +802,7 @@ fn the_cli_submits_follows_and_manages_through_the_server() {
         out.trim(),
         "imported: pushes to branches matching \"^main$\" of acme/app"
     );
-    repository.commit_app();
+    commit_app(&repository);
     let (code, run) = cli(
         &server,
         &["triggers", "run", "imported", "--branch", "main"],

@@ -8,8 +8,8 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::{
-    BuildsCommand, SchedulesCommand, SubmitArgs, TriggersCommand, print_builds, print_step, print_summary, secret,
-    step_label,
+    BuildsCommand, SchedulesCommand, SubmitArgs, TriggersCommand, print_builds, print_step,
+    print_summary, secret, step_label,
 };
 use crate::client::{Client, Progress};
 use crate::source;

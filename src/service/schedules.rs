@@ -131,7 +131,11 @@ impl Service {
             None => None,
         };
         let skipped_runs = if with_skipped {
-            Some(self.store.skipped_runs(&schedule.name, SKIPPED_SHOWN).await?)
+            Some(
+                self.store
+                    .skipped_runs(&schedule.name, SKIPPED_SHOWN)
+                    .await?,
+            )
         } else {
             None
         };
@@ -207,7 +211,11 @@ impl Service {
 
     /// Carries out what [`Schedule::decide`] says of `schedule` at `now`; returns when it is
     /// due next.
-    async fn evaluate(&self, schedule: &Schedule, now: DateTime<Utc>) -> Result<DateTime<Utc>, Failed> {
+    async fn evaluate(
+        &self,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, Failed> {
         let name = &schedule.name;
         let retry = self.retries.lock().expect("retries").get(name).copied();
         if let Some(retry) = retry.filter(|at| now < *at) {
@@ -233,7 +241,10 @@ impl Service {
                     let error = failed.to_string();
                     eprintln!("builder serve: schedule {name}: starting its run failed: {error}");
                     self.store.set_schedule_error(name, Some(&error)).await?;
-                    self.retries.lock().expect("retries").insert(name.clone(), now + RETRY);
+                    self.retries
+                        .lock()
+                        .expect("retries")
+                        .insert(name.clone(), now + RETRY);
                     return Ok(now + RETRY);
                 }
             },
@@ -269,7 +280,10 @@ impl Service {
                 let first = schedule.first_run(self.clock.now()).ok_or_else(|| {
                     Failed::Internal(format!("schedule {:?} has no next run", schedule.name))
                 })?;
-                Ok(self.store.sync_schedule(&schedule.name, &spec, first).await?)
+                Ok(self
+                    .store
+                    .sync_schedule(&schedule.name, &spec, first)
+                    .await?)
             }
         }
     }
