@@ -876,6 +876,10 @@ fn settings_come_from_a_file_with_flags_first() {
             &triggers.path().display().to_string(),
         )
         .replace(
+            "/etc/builder/schedules",
+            &data.path().join("schedules").display().to_string(),
+        )
+        .replace(
             "/etc/builder/webhook-secret",
             &secret_file.display().to_string(),
         )
@@ -896,7 +900,8 @@ fn settings_come_from_a_file_with_flags_first() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        first.contains("listening on http://127.0.0.1:") && first.contains("(5 triggers)"),
+        first.contains("listening on http://127.0.0.1:")
+            && first.contains("(5 triggers, 0 schedules)"),
         "{first}"
     );
     assert!(
@@ -916,5 +921,110 @@ fn settings_come_from_a_file_with_flags_first() {
         String::from_utf8_lossy(&out.stderr).contains("maxBuilds"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A config that shows what a scheduled run gets: its schedule's name, the date of its time
+/// (a dynamic substitution, as trigger builds have them) and the schedule's substitutions.
+const SCHEDULED_CONFIG: &str = "steps:\n- name: builder/busybox\n  \
+    args: [echo, '$_SCHEDULE_NAME ${_SCHEDULED_TIME:0:10} $_GREETING $BRANCH_NAME']\n";
+
+#[test]
+fn a_schedule_due_within_the_test_builds_on_the_engine_and_is_managed_from_the_cli() {
+    let repository = Repository::new();
+    let triggers = triggers();
+    let data = TempDir::new().unwrap();
+    repository.commit(&[("cloudbuild.yaml", SCHEDULED_CONFIG)], "c", "main");
+    // The default schedules directory: DATA_DIR/schedules.
+    let schedules = data.path().join("schedules");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("every-minute.yaml"),
+        "name: every-minute\nschedule: '* * * * *'\ntrigger: main\nbranch: main\n\
+         concurrencyPolicy: Forbid\nsubstitutions: {_GREETING: scheduled}\n",
+    )
+    .unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let (code, out) = cli(&server, &["schedules", "list"]);
+    assert!(
+        code == 0 && out.starts_with("every-minute: * * * * * (UTC), next "),
+        "{out}"
+    );
+
+    // Due at the next minute: its build runs on the engine.
+    let start = Instant::now();
+    let id = loop {
+        let builds = server.get("/v1/builds?schedule=every-minute")["builds"].clone();
+        if let Some(id) = builds[0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(start.elapsed() < DEADLINE, "the schedule did not fire");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "SUCCESS", "{build}");
+    assert_eq!(build["schedule"], "every-minute");
+    let scheduled_time = build["substitutions"]["_SCHEDULED_TIME"].as_str().unwrap();
+    assert!(scheduled_time.ends_with(":00Z"), "{scheduled_time}");
+    assert_eq!(
+        server.log(&id),
+        [format!(
+            "every-minute {} scheduled main",
+            &scheduled_time[..10]
+        )]
+    );
+    let (_, described) = cli(&server, &["schedules", "describe", "every-minute"]);
+    let described: Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["lastRun"]["build"], id.as_str(), "{described}");
+    assert_eq!(described["lastRun"]["scheduledTime"], scheduled_time);
+
+    // Paused from the CLI, with the token only; run now all the same.
+    assert_eq!(
+        server.post("/v1/schedules/every-minute/pause", "", "").0,
+        401
+    );
+    let (code, out) = cli(&server, &["schedules", "pause", "every-minute"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&server, &["schedules", "list"]);
+    assert!(out.trim_end().ends_with("(paused)"), "{out}");
+    let (code, out) = cli(&server, &["schedules", "run-now", "every-minute"]);
+    assert_eq!(code, 0, "{out}");
+    let manual = out.lines().next().unwrap().to_string();
+    assert_eq!(server.finished(&manual)["status"], "SUCCESS");
+    let (code, out) = cli(&server, &["schedules", "resume", "every-minute"]);
+    assert!(code == 0 && !out.contains("(paused)"), "{out}");
+    assert_eq!(
+        server.request("DELETE", "/v1/triggers/main", "", TOKEN).0,
+        409,
+        "a trigger that a schedule runs stays"
+    );
+}
+
+#[test]
+fn a_schedule_naming_no_trigger_stops_the_server_with_its_location() {
+    let triggers = triggers();
+    let data = TempDir::new().unwrap();
+    let schedules = data.path().join("schedules");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("nightly.yaml"),
+        "name: nightly\nschedule: 0 2 * * *\ntrigger: mainn\nbranch: main\n",
+    )
+    .unwrap();
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env("BUILDER_DATA_DIR", data.path())
+        .env("BUILDER_WEBHOOK_SECRET", SECRET)
+        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+        .arg(triggers.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "nightly.yaml:3:10: trigger: no trigger \"mainn\" on this server; did you mean \"main\"?"
+        ),
+        "{stderr}"
     );
 }
