@@ -71,8 +71,8 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/schedules", get(list_schedules))
         .route("/v1/schedules/{name}", get(get_schedule))
         .route("/v1/schedules/{name}/run", post(run_schedule))
-        .route("/v1/schedules/{name}/pause", post(pause_schedule))
-        .route("/v1/schedules/{name}/resume", post(resume_schedule))
+        .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
+        .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
         .with_state(service)
 }
 
@@ -444,18 +444,11 @@ async fn run_schedule(
     )
 }
 
-async fn pause_schedule(
+/// `POST /v1/schedules/NAME/pause` (`PAUSED`) and `/resume`.
+async fn pause_schedule<const PAUSED: bool>(
     State(service): State<Arc<Service>>,
     _: Authorized,
     Path(name): Path<String>,
 ) -> Response {
-    respond(service.pause_schedule(&name, true).await)
-}
-
-async fn resume_schedule(
-    State(service): State<Arc<Service>>,
-    _: Authorized,
-    Path(name): Path<String>,
-) -> Response {
-    respond(service.pause_schedule(&name, false).await)
+    respond(service.pause_schedule(&name, PAUSED).await)
 }

@@ -310,6 +310,25 @@ impl SqliteStore {
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
+    /// Changes a schedule's state with `sql` (`$1` the value, `$2` the schedule's name).
+    async fn set_schedule<'q, T>(
+        &self,
+        sql: &'static str,
+        name: &'q str,
+        value: T,
+    ) -> Result<(), Error>
+    where
+        T: sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + 'q,
+    {
+        let (_turn, mut tx) = self.write().await?;
+        sqlx::query(sql)
+            .bind(value)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
         if let Some(dir) = path.parent() {
@@ -762,23 +781,13 @@ impl Store for SqliteStore {
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
-        let (_turn, mut tx) = self.write().await?;
-        sqlx::query("UPDATE schedules SET paused = $1 WHERE name = $2")
-            .bind(paused)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        let sql = "UPDATE schedules SET paused = $1 WHERE name = $2";
+        self.set_schedule(sql, name, paused).await
     }
 
     async fn set_schedule_error(&self, name: &str, error: Option<&str>) -> Result<(), Error> {
-        let (_turn, mut tx) = self.write().await?;
-        sqlx::query("UPDATE schedules SET last_error = $1 WHERE name = $2")
-            .bind(error)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        let sql = "UPDATE schedules SET last_error = $1 WHERE name = $2";
+        self.set_schedule(sql, name, error).await
     }
 
     async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error> {

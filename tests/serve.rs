@@ -474,6 +474,20 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     );
 }
 
+/// Starts `builder serve`, which must refuse to start (exit 1); returns what it said.
+fn refused_start(data: &Path, triggers: &Path) -> String {
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env("BUILDER_DATA_DIR", data)
+        .env("BUILDER_WEBHOOK_SECRET", SECRET)
+        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+        .arg(triggers)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_trigger_file_with_a_bad_pattern_stops_the_server_with_its_location() {
     let triggers = TempDir::new().unwrap();
@@ -483,16 +497,7 @@ fn a_trigger_file_with_a_bad_pattern_stops_the_server_with_its_location() {
     )
     .unwrap();
     let data = TempDir::new().unwrap();
-    let out = Command::cargo_bin("builder")
-        .unwrap()
-        .env("BUILDER_DATA_DIR", data.path())
-        .env("BUILDER_WEBHOOK_SECRET", SECRET)
-        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
-        .arg(triggers.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(data.path(), triggers.path());
     assert!(
         stderr.contains("bad.yaml:3:17: includedFiles[0]: glob"),
         "{stderr}"
@@ -1011,16 +1016,7 @@ fn a_schedule_naming_no_trigger_stops_the_server_with_its_location() {
         "name: nightly\nschedule: 0 2 * * *\ntrigger: mainn\nbranch: main\n",
     )
     .unwrap();
-    let out = Command::cargo_bin("builder")
-        .unwrap()
-        .env("BUILDER_DATA_DIR", data.path())
-        .env("BUILDER_WEBHOOK_SECRET", SECRET)
-        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
-        .arg(triggers.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(data.path(), triggers.path());
     assert!(
         stderr.contains(
             "nightly.yaml:3:10: trigger: no trigger \"mainn\" on this server; did you mean \"main\"?"

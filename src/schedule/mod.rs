@@ -26,7 +26,6 @@ use serde::{Serialize, Serializer};
 use crate::config::decode::{self, Fields, hint};
 use crate::config::validate;
 use crate::diag::{Diagnostics, FieldPath, Pos};
-use crate::triggers::is_trigger_name;
 pub use cron::Cron;
 
 /// The substitution every scheduled build gets: the schedule's name.
@@ -279,17 +278,7 @@ pub fn load(bytes: &[u8], triggers: &[&str]) -> Result<(Schedule, Diagnostics), 
 }
 
 fn schedule(f: &mut Fields, triggers: &[&str]) -> Schedule {
-    let name = f.string("name").unwrap_or_default();
-    if !is_trigger_name(&name) {
-        let path = f.path().key("name");
-        f.diagnostics().error(
-            &path,
-            format!(
-                "schedule name {name:?}: 1 to 64 letters, digits and dashes, starting and ending \
-                 with a letter or digit"
-            ),
-        );
-    }
+    let name = crate::triggers::name(f, "schedule");
     let cron = cron(f);
     let time_zone = match f.take("timeZone") {
         None => Tz::UTC,

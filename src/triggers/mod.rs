@@ -310,17 +310,7 @@ pub fn load(bytes: &[u8]) -> Result<(Trigger, Diagnostics), Diagnostics> {
 }
 
 fn trigger(f: &mut Fields) -> Trigger {
-    let name = f.string("name").unwrap_or_default();
-    if !is_trigger_name(&name) {
-        let path = f.path().key("name");
-        f.diagnostics().error(
-            &path,
-            format!(
-                "trigger name {name:?}: 1 to 64 letters, digits and dashes, starting and ending \
-                 with a letter or digit"
-            ),
-        );
-    }
+    let name = name(f, "trigger");
     for &field in METADATA {
         f.take(field);
     }
@@ -347,14 +337,27 @@ fn trigger(f: &mut Fields) -> Trigger {
     }
 }
 
-/// Cloud Build's rule for trigger names (schedules follow it too).
-pub(crate) fn is_trigger_name(name: &str) -> bool {
+/// The `name` of a `kind` of resource (a trigger, a schedule), checked against Cloud Build's rule
+/// for trigger names.
+pub(crate) fn name(f: &mut Fields, kind: &str) -> String {
+    let name = f.string("name").unwrap_or_default();
     let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    (1..=64).contains(&name.len())
+    let valid = (1..=64).contains(&name.len())
         && valid_chars
         && ends(name.chars().next())
-        && ends(name.chars().last())
+        && ends(name.chars().last());
+    if !valid {
+        let path = f.path().key("name");
+        f.diagnostics().error(
+            &path,
+            format!(
+                "{kind} name {name:?}: 1 to 64 letters, digits and dashes, starting and ending \
+                 with a letter or digit"
+            ),
+        );
+    }
+    name
 }
 
 fn globs(f: &mut Fields, field: &'static str) -> Vec<Glob> {
