@@ -597,3 +597,35 @@ fn a_schedule_with_a_bad_expression_or_an_unknown_trigger_is_refused_with_its_lo
         );
     }
 }
+
+#[tokio::test]
+async fn a_run_whose_trigger_cannot_run_is_retried_then_skipped_with_the_error() {
+    let setup = Setup::new(QUICK, &[]);
+    std::fs::write(
+        setup.schedules.path().join("gone.yaml"),
+        "name: gone\nschedule: 0 * * * *\ntrigger: app\nbranch: gone\nstartingDeadlineSeconds: 120\n",
+    )
+    .unwrap();
+    let (service, _) = setup.service(0).await;
+    tick(&setup, &service, "2024-03-11T09:30:00Z").await;
+    tick(&setup, &service, "2024-03-11T10:00:00Z").await;
+    let view = serde_json::to_value(service.schedule("gone").await.unwrap()).unwrap();
+    assert_eq!(
+        view["lastError"], "acme/app has no such branch or tag",
+        "{view}"
+    );
+    assert_eq!(view["nextRun"]["utc"], "2024-03-11T10:00:00Z", "still due");
+    // Past the deadline: skipped, with the error; the next run is scheduled.
+    tick(&setup, &service, "2024-03-11T10:03:00Z").await;
+    assert!(builds(&service, "gone").await.is_empty());
+    let records = skipped(&service, "gone").await;
+    assert!(
+        records[0]
+            .3
+            .ends_with("the last attempt to start it failed: acme/app has no such branch or tag"),
+        "{records:?}"
+    );
+    let view = serde_json::to_value(service.schedule("gone").await.unwrap()).unwrap();
+    assert_eq!(view["lastError"], serde_json::Value::Null);
+    assert_eq!(view["nextRun"]["utc"], "2024-03-11T11:00:00Z");
+}
