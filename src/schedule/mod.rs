@@ -168,14 +168,16 @@ impl Schedule {
         let at_or_after_due = |at: Option<DateTime<Utc>>| at.filter(|t| *t >= due).unwrap_or(due);
         let latest = at_or_after_due(self.cron.latest_at_or_before(zone, now));
         let late = (now - latest).num_seconds();
+        // Runs passed over after failed attempts to start them say why.
+        let failed = match &state.last_error {
+            Some(error) => format!("; the last attempt to start it failed: {error}"),
+            None => String::new(),
+        };
         if let Some(deadline) = self.starting_deadline.filter(|d| late > *d as i64) {
-            let mut reason = format!(
+            let reason = format!(
                 "missed: found due {late}s after its time, past startingDeadlineSeconds \
-                 ({deadline}); the server was down or its clock jumped ahead"
+                 ({deadline}); the server was down or its clock jumped ahead{failed}"
             );
-            if let Some(error) = &state.last_error {
-                reason += &format!("; the last attempt to start it failed: {error}");
-            }
             // Every run since `due` missed its deadline for the same reason: one record.
             return Some(Decision {
                 start: None,
@@ -204,9 +206,11 @@ impl Schedule {
             // Fire times are whole minutes: the one before `latest` is at or before this.
             let before = latest - TimeDelta::seconds(1);
             let last = at_or_after_due(self.cron.latest_at_or_before(zone, before));
-            let reason = "missed while the server was down or its clock jumped ahead; only the \
-                          latest missed run may start";
-            skipped.push(self.skipped(due, last, reason.into()));
+            let reason = format!(
+                "missed while the server was down or its clock jumped ahead; only the latest \
+                 missed run may start{failed}"
+            );
+            skipped.push(self.skipped(due, last, reason));
         }
         let start = match refusal {
             Some(reason) => {
