@@ -68,6 +68,11 @@ fn router(service: Arc<Service>) -> Router {
             get(get_trigger).put(replace_trigger).delete(delete_trigger),
         )
         .route("/v1/triggers/{name}/run", post(run_trigger))
+        .route("/v1/schedules", get(list_schedules))
+        .route("/v1/schedules/{name}", get(get_schedule))
+        .route("/v1/schedules/{name}/run", post(run_schedule))
+        .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
+        .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
         .with_state(service)
 }
 
@@ -151,6 +156,7 @@ impl FromRequestParts<Arc<Service>> for Authorized {
 struct BuildFilter {
     status: Option<String>,
     trigger: Option<String>,
+    schedule: Option<String>,
     #[serde(default = "default_limit")]
     limit: u32,
     #[serde(default)]
@@ -173,6 +179,7 @@ async fn list_builds(
     let query = BuildQuery {
         status,
         trigger: filter.trigger,
+        schedule: filter.schedule,
         limit: filter.limit,
         offset: filter.offset,
     };
@@ -409,4 +416,39 @@ async fn run_trigger(
             .await
             .map(|id| json!({ "build": id })),
     )
+}
+
+async fn list_schedules(State(service): State<Arc<Service>>) -> Response {
+    respond(
+        service
+            .schedules()
+            .await
+            .map(|schedules| json!({ "schedules": schedules })),
+    )
+}
+
+async fn get_schedule(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    respond(service.schedule(&name).await)
+}
+
+async fn run_schedule(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        service
+            .run_schedule(&name)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
+}
+
+/// `POST /v1/schedules/NAME/pause` (`PAUSED`) and `/resume`.
+async fn pause_schedule<const PAUSED: bool>(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(service.pause_schedule(&name, PAUSED).await)
 }

@@ -1,5 +1,5 @@
 //! A client of `builder serve`'s API (plain HTTP), for the command line: builds and their logs,
-//! triggers, and submitting a source. Answers come back as the store's own record types, so the
+//! triggers, schedules, and submitting a source. Answers come back as the store's own record types, so the
 //! CLI prints a server's builds as it prints local ones.
 
 use std::fmt;
@@ -211,6 +211,38 @@ impl Client {
             &format!("/v1/triggers/{name}/run"),
             run.to_string().into_bytes(),
             "build",
+        )
+        .await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<Value>, ClientError> {
+        self.field(Method::GET, "/v1/schedules", Vec::new(), "schedules")
+            .await
+    }
+
+    pub async fn schedule(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/schedules/{name}"), Vec::new())
+            .await
+    }
+
+    /// Starts a schedule's run now; returns its build's id.
+    pub async fn run_schedule(&self, name: &str) -> Result<String, ClientError> {
+        self.field(
+            Method::POST,
+            &format!("/v1/schedules/{name}/run"),
+            Vec::new(),
+            "build",
+        )
+        .await
+    }
+
+    /// Pauses or resumes a schedule; returns it.
+    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<Value, ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.call(
+            Method::POST,
+            &format!("/v1/schedules/{name}/{action}"),
+            Vec::new(),
         )
         .await
     }

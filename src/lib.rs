@@ -17,6 +17,7 @@ pub mod logs;
 pub mod plan;
 pub mod registry;
 pub mod runtime;
+pub mod schedule;
 pub mod secrets;
 pub mod service;
 pub mod source;

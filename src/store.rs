@@ -1,5 +1,5 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
-//! lines, and the service's queue and webhook deliveries, behind the [`Store`] interface; kept by
+//! lines, and the service's queue, webhook deliveries and schedules, behind the [`Store`] interface; kept by
 //! [`SqliteStore`] in an embedded SQLite database in the data directory, so builds can be listed,
 //! described and their logs read after the fact, and nothing accepted is lost.
 //!
@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Row, sqlite::SqliteRow};
@@ -18,6 +19,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::build::{Outcome, PushedImage, Status, StepResult};
 use crate::plan::ResolvedBuild;
 use crate::runtime::LogStream;
+use crate::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 use crate::templates::PushedTemplate;
 
 pub type Error = sqlx::Error;
@@ -46,6 +48,9 @@ pub struct BuildRecord {
     pub finish_time: Option<SystemTime>,
     /// The trigger that started it; `None` for `builder submit` builds.
     pub trigger: Option<String>,
+    /// The schedule that started it.
+    #[serde(default)]
+    pub schedule: Option<String>,
     pub source: serde_json::Value,
     pub substitutions: serde_json::Value,
     pub plan: serde_json::Value,
@@ -79,6 +84,7 @@ pub struct LogLine {
 pub struct BuildQuery {
     pub status: Option<Status>,
     pub trigger: Option<String>,
+    pub schedule: Option<String>,
     pub limit: u32,
     /// How many of the newest matching builds to skip (paging).
     pub offset: u32,
@@ -89,6 +95,7 @@ impl Default for BuildQuery {
         Self {
             status: None,
             trigger: None,
+            schedule: None,
             limit: 50,
             offset: 0,
         }
@@ -160,10 +167,21 @@ pub struct QueuedBuild {
     pub id: String,
     /// The trigger that queued it; `None` for a submitted build.
     pub trigger: Option<String>,
+    /// The schedule that ran the trigger.
+    pub schedule: Option<String>,
     pub delivery: Option<String>,
     pub source: serde_json::Value,
     pub substitutions: serde_json::Value,
     pub request: serde_json::Value,
+}
+
+/// A run a schedule skipped, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedRun {
+    #[serde(flatten)]
+    pub skipped: Skipped,
+    pub record_time: DateTime<Utc>,
 }
 
 /// Where builds, their steps and logs, and the service's deliveries are kept. [`SqliteStore`] is
@@ -243,6 +261,45 @@ pub trait Store: Send + Sync {
 
     /// A build's log lines after `after` (0 for all), in order.
     async fn logs(&self, id: &str, after: i64) -> Result<Vec<LogLine>, Error>;
+
+    /// A schedule's state: created with `first_run` as its next run if the store has none, or
+    /// if it was computed for another `spec` (the file changed the expression or time zone).
+    async fn sync_schedule(
+        &self,
+        name: &str,
+        spec: &str,
+        first_run: DateTime<Utc>,
+    ) -> Result<State, Error>;
+
+    async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error>;
+
+    /// Carries out `decision` for the run due at `due`, in one transaction and only if the
+    /// schedule's next run is still `due` (`false`: another scheduler claimed it): records the
+    /// skipped runs (one continuing the newest record of the same reason grows it), moves the
+    /// next run on and queues `build`, the run it starts.
+    async fn claim_scheduled_run(
+        &self,
+        name: &str,
+        due: DateTime<Utc>,
+        decision: &Decision,
+        build: Option<&QueuedBuild>,
+    ) -> Result<bool, Error>;
+
+    /// Queues a run started by hand, which becomes the schedule's last run.
+    async fn queue_schedule_run(
+        &self,
+        name: &str,
+        scheduled_time: DateTime<Utc>,
+        build: &QueuedBuild,
+    ) -> Result<(), Error>;
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error>;
+
+    /// Keeps why starting the due run failed (`None` once it has not).
+    async fn set_schedule_error(&self, name: &str, error: Option<&str>) -> Result<(), Error>;
+
+    /// A schedule's newest skipped-run records first.
+    async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error>;
 }
 
 impl SqliteStore {
@@ -254,6 +311,25 @@ impl SqliteStore {
     async fn write(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static>), Error> {
         let turn = self.writer.clone().lock_owned().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// Changes a schedule's state with `sql` (`$1` the value, `$2` the schedule's name).
+    async fn set_schedule<'q, T>(
+        &self,
+        sql: &'static str,
+        name: &'q str,
+        value: T,
+    ) -> Result<(), Error>
+    where
+        T: sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + 'q,
+    {
+        let (_turn, mut tx) = self.write().await?;
+        sqlx::query(sql)
+            .bind(value)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -491,7 +567,7 @@ impl Store for SqliteStore {
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
         let row = sqlx::query(
-            "SELECT id, trigger_name, delivery_id, source, substitutions, request FROM builds \
+            "SELECT id, trigger_name, schedule_name, delivery_id, source, substitutions, request FROM builds \
              WHERE id = $1 AND request IS NOT NULL",
         )
         .bind(id)
@@ -500,6 +576,7 @@ impl Store for SqliteStore {
         Ok(row.map(|row| QueuedBuild {
             id: row.get("id"),
             trigger: row.get("trigger_name"),
+            schedule: row.get("schedule_name"),
             delivery: row.get("delivery_id"),
             source: parse_json(row.get("source")),
             substitutions: parse_json(row.get("substitutions")),
@@ -537,13 +614,14 @@ impl Store for SqliteStore {
     async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM builds WHERE ($1 IS NULL OR status = $1) \
-             AND ($2 IS NULL OR trigger_name = $2) \
+             AND ($2 IS NULL OR trigger_name = $2) AND ($5 IS NULL OR schedule_name = $5) \
              ORDER BY create_time DESC, id LIMIT $3 OFFSET $4",
         )
         .bind(query.status.map(Status::as_str))
         .bind(&query.trigger)
         .bind(i64::from(query.limit))
         .bind(i64::from(query.offset))
+        .bind(&query.schedule)
         .fetch_all(&self.pool)
         .await?;
         let mut builds = Vec::with_capacity(ids.len());
@@ -580,6 +658,7 @@ impl Store for SqliteStore {
             start_time: row.get::<Option<i64>, _>("start_time").map(time),
             finish_time: row.get::<Option<i64>, _>("finish_time").map(time),
             trigger: row.get("trigger_name"),
+            schedule: row.get("schedule_name"),
             source: parse_json(row.get("source")),
             substitutions: parse_json(row.get("substitutions")),
             plan: parse_json(row.get("plan")),
@@ -611,9 +690,176 @@ impl Store for SqliteStore {
             })
             .collect())
     }
+
+    async fn sync_schedule(
+        &self,
+        name: &str,
+        spec: &str,
+        first_run: DateTime<Utc>,
+    ) -> Result<State, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        sqlx::query(
+            "INSERT INTO schedules (name, spec, next_run) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, next_run = excluded.next_run, \
+             last_error = NULL WHERE schedules.spec <> excluded.spec",
+        )
+        .bind(name)
+        .bind(spec)
+        .bind(first_run.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        let state = read_schedule(&mut *tx, name).await?;
+        tx.commit().await?;
+        state.ok_or(Error::RowNotFound)
+    }
+
+    async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error> {
+        read_schedule(&self.pool, name).await
+    }
+
+    async fn claim_scheduled_run(
+        &self,
+        name: &str,
+        due: DateTime<Utc>,
+        decision: &Decision,
+        build: Option<&QueuedBuild>,
+    ) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let claimed = sqlx::query(
+            "UPDATE schedules SET next_run = $1, last_error = NULL WHERE name = $2 AND next_run = $3",
+        )
+        .bind(decision.next_run.timestamp_millis())
+        .bind(name)
+        .bind(due.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let now = Utc::now().timestamp_millis();
+        for skipped in &decision.skipped {
+            // The newest record grows while the same reason goes on and nothing ran since.
+            let grown = sqlx::query(
+                "UPDATE skipped_runs SET last_time = $1, count = MIN(count + $2, $3), record_time = $4 \
+                 WHERE seq = (SELECT MAX(seq) FROM skipped_runs WHERE schedule = $5) AND reason = $6 \
+                 AND last_time >= COALESCE((SELECT last_scheduled FROM schedules WHERE name = $5), 0)",
+            )
+            .bind(skipped.last.timestamp_millis())
+            .bind(i64::from(skipped.count))
+            .bind(i64::from(MAX_COUNTED))
+            .bind(now)
+            .bind(name)
+            .bind(&skipped.reason)
+            .execute(&mut *tx)
+            .await?;
+            if grown.rows_affected() == 0 {
+                sqlx::query(
+                    "INSERT INTO skipped_runs (schedule, first_time, last_time, count, reason, record_time) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(name)
+                .bind(skipped.first.timestamp_millis())
+                .bind(skipped.last.timestamp_millis())
+                .bind(i64::from(skipped.count))
+                .bind(&skipped.reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let (Some(scheduled_time), Some(build)) = (decision.start, build) {
+            start_run(&mut tx, name, scheduled_time, build).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn queue_schedule_run(
+        &self,
+        name: &str,
+        scheduled_time: DateTime<Utc>,
+        build: &QueuedBuild,
+    ) -> Result<(), Error> {
+        let (_turn, mut tx) = self.write().await?;
+        start_run(&mut tx, name, scheduled_time, build).await?;
+        tx.commit().await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
+        let sql = "UPDATE schedules SET paused = $1 WHERE name = $2";
+        self.set_schedule(sql, name, paused).await
+    }
+
+    async fn set_schedule_error(&self, name: &str, error: Option<&str>) -> Result<(), Error> {
+        let sql = "UPDATE schedules SET last_error = $1 WHERE name = $2";
+        self.set_schedule(sql, name, error).await
+    }
+
+    async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error> {
+        let rows = sqlx::query(
+            "SELECT first_time, last_time, count, reason, record_time FROM skipped_runs \
+             WHERE schedule = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| SkippedRun {
+                skipped: Skipped {
+                    first: instant(row.get("first_time")),
+                    last: instant(row.get("last_time")),
+                    count: row.get::<i64, _>("count") as u32,
+                    reason: row.get("reason"),
+                },
+                record_time: instant(row.get("record_time")),
+            })
+            .collect())
+    }
 }
 
 type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
+
+/// Queues a schedule's run and makes it the schedule's last run.
+async fn start_run(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    scheduled_time: DateTime<Utc>,
+    build: &QueuedBuild,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE schedules SET last_scheduled = $1, last_build_id = $2 WHERE name = $3")
+        .bind(scheduled_time.timestamp_millis())
+        .bind(&build.id)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    queue(tx, std::slice::from_ref(build)).await
+}
+
+async fn read_schedule<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    name: &str,
+) -> Result<Option<State>, Error> {
+    let row = sqlx::query("SELECT * FROM schedules WHERE name = $1")
+        .bind(name)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|row| {
+        let last_build: Option<String> = row.get("last_build_id");
+        let last_scheduled: Option<i64> = row.get("last_scheduled");
+        State {
+            next_run: instant(row.get("next_run")),
+            spec: row.get("spec"),
+            last_run: last_build.zip(last_scheduled).map(|(build, at)| LastRun {
+                scheduled_time: instant(at),
+                build,
+            }),
+            paused: row.get("paused"),
+            last_error: row.get("last_error"),
+        }
+    }))
+}
 
 async fn set_step(
     tx: &mut Transaction<'_>,
@@ -661,8 +907,8 @@ async fn insert_steps(
 async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), Error> {
     for build in builds {
         sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, delivery_id, request) \
-             VALUES ($1, $2, $3, $4, $5, 'null', $6, $7, $8)",
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, delivery_id, request, schedule_name) \
+             VALUES ($1, $2, $3, $4, $5, 'null', $6, $7, $8, $9)",
         )
         .bind(&build.id)
         .bind(Status::Queued.as_str())
@@ -672,6 +918,7 @@ async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), E
         .bind(&build.trigger)
         .bind(&build.delivery)
         .bind(build.request.to_string())
+        .bind(&build.schedule)
         .execute(&mut **tx)
         .await?;
     }
@@ -737,4 +984,8 @@ fn millis(time: SystemTime) -> i64 {
 
 fn time(millis: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64)
+}
+
+fn instant(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }

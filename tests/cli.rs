@@ -432,3 +432,57 @@ fn triggers_test_says_whether_a_real_delivery_builds_and_with_what() {
         "{stderr}"
     );
 }
+
+#[test]
+fn schedules_preview_prints_fire_times_in_utc_and_local_time_without_a_server() {
+    let here = dir(&[]);
+    let preview = |args: &[&str]| {
+        let mut all = vec!["schedules", "preview"];
+        all.extend(args);
+        run(here.path(), &all)
+    };
+    let (code, stdout, stderr) = preview(&[
+        "30 2 * * *",
+        "--time-zone",
+        "America/New_York",
+        "--from",
+        "2024-03-09T00:00:00Z",
+        "--count",
+        "2",
+    ]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert_eq!(
+        stdout,
+        "UTC                     LOCAL (America/New_York)\n\
+         2024-03-09T07:30:00Z    2024-03-09T02:30:00-05:00\n\
+         2024-03-10T07:00:00Z    2024-03-10T03:00:00-04:00\n"
+    );
+    let (code, stdout, _) = preview(&[
+        "0 3 * * MON",
+        "--time-zone",
+        "Europe/Berlin",
+        "--from",
+        "2024-10-21T00:00:00Z",
+        "--count",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["runs"][0]["local"], "2024-10-21T03:00:00+02:00");
+    assert_eq!(report["runs"][1]["utc"], "2024-10-28T02:00:00Z");
+
+    let (code, _, stderr) = preview(&["0 25 * * *"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "error: invalid cron expression: hour: 25 is out of range 0-23\n  0 25 * * *\n    ^\n"
+    );
+    let (code, _, stderr) = preview(&["0 3 * * *", "--time-zone", "Europe/Berln"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("did you mean \"Europe/Berlin\""),
+        "{stderr}"
+    );
+}

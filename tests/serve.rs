@@ -13,72 +13,19 @@ use tempfile::TempDir;
 
 mod common;
 
+use common::Repository;
+
 const SECRET: &str = "It's a Secret to Everybody";
 const TOKEN: &str = "api-token";
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// A repository "acme/app", served from a bare repository that the server fetches through its
-/// `--git-url-rewrite`, with a working clone to commit and push from.
-struct Repository {
-    root: TempDir,
-}
-
-impl Repository {
-    fn new() -> Self {
-        let root = TempDir::new().unwrap();
-        let repository = Self { root };
-        repository.git(&["init", "-q", "--bare", "github/acme/app.git"]);
-        repository.git(&["clone", "-q", "github/acme/app.git", "work"]);
-        repository
-    }
-
-    fn mirrors(&self) -> PathBuf {
-        self.root.path().join("github")
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        self.git_in(self.root.path(), args)
-    }
-
-    fn git_in(&self, dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Commits and pushes to main the app the triggers build: `CONFIG` and its `version.txt`.
-    fn commit_app(&self) -> String {
-        self.commit(
-            &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
-            "c",
-            "main",
-        )
-    }
-
-    /// Writes `files` (path, contents) into the working clone, commits them with `message` and
-    /// pushes `refspec`; returns the commit.
-    fn commit(&self, files: &[(&str, &str)], message: &str, refspec: &str) -> String {
-        let work = self.root.path().join("work");
-        for (path, contents) in files {
-            let path = work.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, contents).unwrap();
-        }
-        self.git_in(&work, &["add", "-A"]);
-        self.git_in(&work, &["commit", "-q", "--allow-empty", "-m", message]);
-        self.git_in(&work, &["push", "-q", "-f", "origin", refspec]);
-        self.git_in(&work, &["rev-parse", "HEAD"])
-    }
+/// Commits and pushes to main the app the triggers build: `CONFIG` and its `version.txt`.
+fn commit_app(repository: &Repository) -> String {
+    repository.commit(
+        &[("cloudbuild.yaml", CONFIG), ("version.txt", "v")],
+        "c",
+        "main",
+    )
 }
 
 /// The status code and JSON answer of a `curl -w '\n%{http_code}'` request.
@@ -527,6 +474,20 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     );
 }
 
+/// Starts `builder serve`, which must refuse to start (exit 1); returns what it said.
+fn refused_start(data: &Path, triggers: &Path) -> String {
+    let out = Command::cargo_bin("builder")
+        .unwrap()
+        .env("BUILDER_DATA_DIR", data)
+        .env("BUILDER_WEBHOOK_SECRET", SECRET)
+        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+        .arg(triggers)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_trigger_file_with_a_bad_pattern_stops_the_server_with_its_location() {
     let triggers = TempDir::new().unwrap();
@@ -536,16 +497,7 @@ fn a_trigger_file_with_a_bad_pattern_stops_the_server_with_its_location() {
     )
     .unwrap();
     let data = TempDir::new().unwrap();
-    let out = Command::cargo_bin("builder")
-        .unwrap()
-        .env("BUILDER_DATA_DIR", data.path())
-        .env("BUILDER_WEBHOOK_SECRET", SECRET)
-        .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
-        .arg(triggers.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(data.path(), triggers.path());
     assert!(
         stderr.contains("bad.yaml:3:17: includedFiles[0]: glob"),
         "{stderr}"
@@ -557,7 +509,7 @@ fn a_build_accepted_before_a_crash_runs_once_after_the_restart() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let commit = repository.commit_app();
+    let commit = commit_app(&repository);
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
 
     // Builds are only queued by this server; it is killed right after the answer.
@@ -631,7 +583,7 @@ fn the_api_cancels_retries_and_runs_triggers_with_the_token() {
     let repository = Repository::new();
     let triggers = triggers();
     let data = TempDir::new().unwrap();
-    let main = repository.commit_app();
+    let main = commit_app(&repository);
     let slow_config =
         "steps:\n- name: builder/busybox\n  args: [sh, -c, 'echo started; sleep 600']\n";
     let slow = repository.commit(&[("cloudbuild.yaml", slow_config)], "slow", "HEAD:slow");
@@ -737,7 +689,7 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("trigger:3:"), "{message}");
 
-    let commit = repository.commit_app();
+    let commit = commit_app(&repository);
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
     let (_, receipt) = server.deliver("push", "t-1", &body, &sign(&body));
     let id = receipt["builds"][0].as_str().unwrap().to_string();
@@ -855,7 +807,7 @@ fn the_cli_submits_follows_and_manages_through_the_server() {
         out.trim(),
         "imported: pushes to branches matching \"^main$\" of acme/app"
     );
-    repository.commit_app();
+    commit_app(&repository);
     let (code, run) = cli(
         &server,
         &["triggers", "run", "imported", "--branch", "main"],
@@ -929,6 +881,10 @@ fn settings_come_from_a_file_with_flags_first() {
             &triggers.path().display().to_string(),
         )
         .replace(
+            "/etc/builder/schedules",
+            &data.path().join("schedules").display().to_string(),
+        )
+        .replace(
             "/etc/builder/webhook-secret",
             &secret_file.display().to_string(),
         )
@@ -949,7 +905,8 @@ fn settings_come_from_a_file_with_flags_first() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        first.contains("listening on http://127.0.0.1:") && first.contains("(5 triggers)"),
+        first.contains("listening on http://127.0.0.1:")
+            && first.contains("(5 triggers, 0 schedules)"),
         "{first}"
     );
     assert!(
@@ -969,5 +926,101 @@ fn settings_come_from_a_file_with_flags_first() {
         String::from_utf8_lossy(&out.stderr).contains("maxBuilds"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A config that shows what a scheduled run gets: its schedule's name, the date of its time
+/// (a dynamic substitution, as trigger builds have them) and the schedule's substitutions.
+const SCHEDULED_CONFIG: &str = "steps:\n- name: builder/busybox\n  \
+    args: [echo, '$_SCHEDULE_NAME ${_SCHEDULED_TIME:0:10} $_GREETING $BRANCH_NAME']\n";
+
+#[test]
+fn a_schedule_due_within_the_test_builds_on_the_engine_and_is_managed_from_the_cli() {
+    let repository = Repository::new();
+    let triggers = triggers();
+    let data = TempDir::new().unwrap();
+    repository.commit(&[("cloudbuild.yaml", SCHEDULED_CONFIG)], "c", "main");
+    // The default schedules directory: DATA_DIR/schedules.
+    let schedules = data.path().join("schedules");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("every-minute.yaml"),
+        "name: every-minute\nschedule: '* * * * *'\ntrigger: main\nbranch: main\n\
+         concurrencyPolicy: Forbid\nsubstitutions: {_GREETING: scheduled}\n",
+    )
+    .unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let (code, out) = cli(&server, &["schedules", "list"]);
+    assert!(
+        code == 0 && out.starts_with("every-minute: * * * * * (UTC), next "),
+        "{out}"
+    );
+
+    // Due at the next minute: its build runs on the engine.
+    let start = Instant::now();
+    let id = loop {
+        let builds = server.get("/v1/builds?schedule=every-minute")["builds"].clone();
+        if let Some(id) = builds[0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(start.elapsed() < DEADLINE, "the schedule did not fire");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "SUCCESS", "{build}");
+    assert_eq!(build["schedule"], "every-minute");
+    let scheduled_time = build["substitutions"]["_SCHEDULED_TIME"].as_str().unwrap();
+    assert!(scheduled_time.ends_with(":00Z"), "{scheduled_time}");
+    assert_eq!(
+        server.log(&id),
+        [format!(
+            "every-minute {} scheduled main",
+            &scheduled_time[..10]
+        )]
+    );
+    let (_, described) = cli(&server, &["schedules", "describe", "every-minute"]);
+    let described: Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["lastRun"]["build"], id.as_str(), "{described}");
+    assert_eq!(described["lastRun"]["scheduledTime"], scheduled_time);
+
+    // Paused from the CLI, with the token only; run now all the same.
+    assert_eq!(
+        server.post("/v1/schedules/every-minute/pause", "", "").0,
+        401
+    );
+    let (code, out) = cli(&server, &["schedules", "pause", "every-minute"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&server, &["schedules", "list"]);
+    assert!(out.trim_end().ends_with("(paused)"), "{out}");
+    let (code, out) = cli(&server, &["schedules", "run-now", "every-minute"]);
+    assert_eq!(code, 0, "{out}");
+    let manual = out.lines().next().unwrap().to_string();
+    assert_eq!(server.finished(&manual)["status"], "SUCCESS");
+    let (code, out) = cli(&server, &["schedules", "resume", "every-minute"]);
+    assert!(code == 0 && !out.contains("(paused)"), "{out}");
+    assert_eq!(
+        server.request("DELETE", "/v1/triggers/main", "", TOKEN).0,
+        409,
+        "a trigger that a schedule runs stays"
+    );
+}
+
+#[test]
+fn a_schedule_naming_no_trigger_stops_the_server_with_its_location() {
+    let triggers = triggers();
+    let data = TempDir::new().unwrap();
+    let schedules = data.path().join("schedules");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("nightly.yaml"),
+        "name: nightly\nschedule: 0 2 * * *\ntrigger: mainn\nbranch: main\n",
+    )
+    .unwrap();
+    let stderr = refused_start(data.path(), triggers.path());
+    assert!(
+        stderr.contains(
+            "nightly.yaml:3:10: trigger: no trigger \"mainn\" on this server; did you mean \"main\"?"
+        ),
+        "{stderr}"
     );
 }

@@ -17,6 +17,7 @@ use crate::local;
 use crate::plan::{self, Context, Inputs};
 use crate::registry::{self, Registries};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::schedule::{self, Cron, Times};
 use crate::source;
 use crate::store::{SqliteStore, Store as _};
 use crate::submit;
@@ -104,6 +105,43 @@ enum Command {
     /// Pipeline templates as versioned OCI artifacts in a registry.
     #[command(subcommand)]
     Templates(templates::TemplatesCommand),
+    /// Cron schedules that run triggers.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// The next times a unix-cron expression fires, in UTC and in a time zone; needs no server.
+    Preview(PreviewArgs),
+    /// The server's schedules, with their next and last runs (needs --server).
+    List,
+    /// One schedule, with the runs it skipped and why (needs --server).
+    Describe { name: String },
+    /// Start a run now, whatever the schedule's time, policies or pause (needs --server).
+    RunNow { name: String },
+    /// Skip the schedule's runs, recording them as skipped, until it is resumed (needs --server).
+    Pause { name: String },
+    /// Resume a paused schedule; the runs missed meanwhile do not start (needs --server).
+    Resume { name: String },
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    /// Five fields: minute hour day-of-month month day-of-week, e.g. "0 3 * * MON".
+    expression: String,
+    /// The IANA time zone the expression is read in.
+    #[arg(long, default_value = "UTC", value_name = "TZ")]
+    time_zone: String,
+    /// Fire times after this time (RFC 3339) [default: now].
+    #[arg(long, value_name = "RFC3339")]
+    from: Option<String>,
+    /// How many fire times.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    count: usize,
+    /// Print JSON instead of text.
+    #[arg(long, value_enum)]
+    format: Option<JsonFormat>,
 }
 
 #[derive(Subcommand)]
@@ -141,7 +179,7 @@ struct TriggerTestArgs {
     changed_files: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long, value_enum)]
-    format: Option<TestFormat>,
+    format: Option<JsonFormat>,
 }
 
 #[derive(Args)]
@@ -162,7 +200,7 @@ struct TriggerRunArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum TestFormat {
+enum JsonFormat {
     Json,
 }
 
@@ -297,6 +335,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Triggers(command) => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::triggers(command, c))
         }
+        Command::Schedules(SchedulesCommand::Preview(args)) => preview_schedule(&args),
+        Command::Schedules(command) => {
+            remote::client(cli.server, cli.token_file).and_then(|c| remote::schedules(command, c))
+        }
         Command::Serve(args) => {
             serve::serve(args, cli.data_dir, cli.aliases, cli.registry.settings())
         }
@@ -427,6 +469,50 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
                 println!("  {key}={value}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the next fire times of an expression; a bad expression is shown with a caret under the
+/// field at fault.
+fn preview_schedule(args: &PreviewArgs) -> Result<ExitCode> {
+    let cron = match Cron::parse(&args.expression) {
+        Ok(cron) => cron,
+        Err(e) => {
+            eprintln!(
+                "error: invalid cron expression: {e}\n  {}\n  {}^",
+                args.expression,
+                " ".repeat(e.offset)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let zone = schedule::time_zone(&args.time_zone).map_err(anyhow::Error::msg)?;
+    let from = match &args.from {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .with_context(|| {
+                format!("--from {text:?}: expected RFC 3339, e.g. 2024-03-10T00:00:00Z")
+            })?
+            .to_utc(),
+        None => chrono::Utc::now(),
+    };
+    let runs: Vec<Times> = cron
+        .upcoming(zone, from)
+        .take(args.count)
+        .map(|at| Times::of(at, zone))
+        .collect();
+    if args.format.is_some() {
+        let report = serde_json::json!({
+            "schedule": cron.to_string(),
+            "timeZone": zone.name(),
+            "runs": runs,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<22}  LOCAL ({})", "UTC", zone.name());
+    for run in runs {
+        println!("{:<22}  {}", run.utc, run.local);
     }
     Ok(ExitCode::SUCCESS)
 }

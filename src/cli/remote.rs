@@ -1,15 +1,15 @@
-//! The commands that are requests to `builder serve` (`--server URL`): builds, triggers, and
-//! `submit`, printed as their local counterparts print.
+//! The commands that are requests to `builder serve` (`--server URL`): builds, triggers,
+//! schedules, and `submit`, printed as their local counterparts print.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{
-    BuildsCommand, SubmitArgs, TriggersCommand, print_builds, print_step, print_summary, secret,
-    step_label,
+    BuildsCommand, SchedulesCommand, SubmitArgs, TriggersCommand, print_builds, print_step,
+    print_summary, secret, step_label,
 };
 use crate::client::{Client, Progress};
 use crate::source;
@@ -111,6 +111,69 @@ pub(super) fn triggers(command: TriggersCommand, client: Client) -> Result<ExitC
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+pub(super) fn schedules(command: SchedulesCommand, client: Client) -> Result<ExitCode> {
+    block_on(async {
+        match command {
+            SchedulesCommand::List => {
+                for schedule in client.schedules().await? {
+                    println!("{}", schedule_line(&schedule));
+                }
+            }
+            SchedulesCommand::Describe { name } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&client.schedule(&name).await?)?
+                );
+            }
+            SchedulesCommand::RunNow { name } => {
+                let id = client.run_schedule(&name).await?;
+                eprintln!("Created build [{id}].");
+                println!("{id}");
+            }
+            SchedulesCommand::Pause { name } => {
+                client.pause_schedule(&name, true).await?;
+                eprintln!("Paused schedule [{name}].");
+            }
+            SchedulesCommand::Resume { name } => {
+                let schedule = client.pause_schedule(&name, false).await?;
+                eprintln!("Resumed schedule [{name}].");
+                println!("{}", schedule_line(&schedule));
+            }
+            SchedulesCommand::Preview(_) => unreachable!("`schedules preview` runs here"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `NAME: EXPR (ZONE), next UTC (LOCAL), last SCHEDULED build ID STATUS`, and whether it is
+/// suspended or paused.
+fn schedule_line(schedule: &Value) -> String {
+    let text = |value: &Value| value.as_str().unwrap_or("-").to_string();
+    let mut line = format!(
+        "{}: {} ({}), next {} ({})",
+        text(&schedule["name"]),
+        text(&schedule["schedule"]),
+        text(&schedule["timeZone"]),
+        text(&schedule["nextRun"]["utc"]),
+        text(&schedule["nextRun"]["local"]),
+    );
+    let last = &schedule["lastRun"];
+    if !last.is_null() {
+        line += &format!(
+            ", last {} build {} {}",
+            text(&last["scheduledTime"]),
+            text(&last["build"]),
+            text(&last["status"])
+        );
+    }
+    for (field, word) in [("suspend", "suspended"), ("paused", "paused")] {
+        if schedule[field] == true {
+            line += &format!(" ({word})");
+        }
+    }
+    line
 }
 
 /// `builder submit --server`: the source packed as a local submit packs it, uploaded; the build

@@ -1,6 +1,6 @@
 //! `builder serve`: its settings, from flags and the environment first, then a settings file
 //! (`--config FILE`, the same settings in camelCase), then defaults; and the process around the
-//! service: the store, the engine, the listener, graceful shutdown.
+//! service: the store, the engine, the listener, the scheduler, graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use super::{default_data_dir, interrupt, secret};
 use crate::alias::Aliases;
 use crate::registry::{self, Registries};
 use crate::runtime::DockerRuntime;
-use crate::service::{self, Service, TriggerFiles};
+use crate::service::{self, Schedules, Service, SystemClock, TriggerFiles};
 use crate::source::git::Rewrites;
 use crate::store::SqliteStore;
 use crate::{api, store};
@@ -22,7 +22,7 @@ use crate::{api, store};
 #[derive(Args)]
 pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
-    /// `aliases`, `triggers`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
+    /// `aliases`, `triggers`, `schedules`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
     /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
     /// `insecureRegistries`, `registryCas`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
@@ -34,6 +34,10 @@ pub(super) struct ServeArgs {
     /// triggers created through the API are written there too [default: DATA_DIR/triggers].
     #[arg(long, value_name = "DIR")]
     triggers: Option<PathBuf>,
+    /// Directory of schedule files (YAML or JSON; see configs/schedules): cron schedules that run
+    /// triggers [default: DATA_DIR/schedules].
+    #[arg(long, value_name = "DIR")]
+    schedules: Option<PathBuf>,
     /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
@@ -68,6 +72,7 @@ struct SettingsFile {
     data_dir: Option<PathBuf>,
     aliases: Option<PathBuf>,
     triggers: Option<PathBuf>,
+    schedules: Option<PathBuf>,
     webhook_secret_file: Option<PathBuf>,
     api_token_file: Option<PathBuf>,
     #[serde(default)]
@@ -120,6 +125,13 @@ pub(super) fn serve(
         .unwrap_or_else(|| data_dir.join("triggers"));
     let (triggers, warnings) = TriggerFiles::load(&triggers_dir).map_err(anyhow::Error::msg)?;
     eprint!("{warnings}");
+    let schedules_dir = args
+        .schedules
+        .or(file.schedules)
+        .unwrap_or_else(|| data_dir.join("schedules"));
+    let (schedules, warnings) =
+        Schedules::load(&schedules_dir, &triggers.all()).map_err(anyhow::Error::msg)?;
+    eprint!("{warnings}");
     let rewrites = args
         .git_url_rewrites
         .iter()
@@ -161,28 +173,36 @@ pub(super) fn serve(
             .await
             .with_context(|| format!("cannot open the store {}", store_path.display()))?;
         let runtime = DockerRuntime::connect().await?;
-        let count = triggers.all().len();
+        let count = format!(
+            "{} triggers, {} schedules",
+            triggers.all().len(),
+            schedules.len()
+        );
         let service = Arc::new(Service::new(
             Arc::new(store),
             Arc::new(runtime),
             triggers,
+            schedules,
+            Arc::new(SystemClock),
             settings,
         ));
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         eprintln!(
-            "builder serve: listening on http://{} ({count} triggers)",
+            "builder serve: listening on http://{} ({count})",
             listener.local_addr()?
         );
         let shutdown = tokio_util::sync::CancellationToken::new();
         let queue = tokio::spawn(service.clone().run(shutdown.clone()));
+        let scheduler = tokio::spawn(service.clone().run_schedules(shutdown.clone()));
         api::serve(listener, service, async {
             interrupt().await;
             eprintln!("builder serve: shutting down; cancelling running builds");
         })
         .await?;
         shutdown.cancel();
+        scheduler.await?;
         queue.await?;
         Ok(ExitCode::SUCCESS)
     })

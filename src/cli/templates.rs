@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{TestFormat, parse_pair};
+use super::{JsonFormat, parse_pair};
 use crate::build::rfc3339;
 use crate::config::model::{DEFAULT_TEMPLATE_LIMIT, DEFAULT_VERSION_REGEX};
 use crate::image;
@@ -27,7 +27,7 @@ pub(super) enum TemplatesCommand {
         repository: String,
         /// Print JSON instead of a table.
         #[arg(long, value_enum)]
-        format: Option<TestFormat>,
+        format: Option<JsonFormat>,
     },
     /// The exact bytes pushed as REPOSITORY:VERSION (or any of its tags).
     Pull {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::duration;
 use super::model::*;
-use super::tree::{Node, Value};
+use super::tree::{self, Node, Value};
 use crate::diag::{Diagnostics, FieldPath, snake_case};
 
 /// Reads a whole config. The root must be a mapping.
@@ -229,6 +229,34 @@ fn template_push(f: &mut Fields) -> TemplatePush {
         annotations: f.string_map("annotations"),
         allow_version_overwrite: f.bool("allowVersionOverwrite").unwrap_or(false),
         max_size_bytes: f.integer("maxSizeBytes"),
+    }
+}
+
+/// Reads a document that is one mapping (a trigger file, a schedule file) with `read`, every
+/// problem at its line and column. `Err` holds the diagnostics when there are errors; `Ok` carries
+/// the warnings.
+pub(crate) fn document<T>(
+    bytes: &[u8],
+    read: impl FnOnce(&mut Fields) -> T,
+) -> Result<(T, Diagnostics), Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let text = String::from_utf8_lossy(bytes);
+    let root = match tree::parse(text.strip_prefix('\u{feff}').unwrap_or(&text)) {
+        Ok(root) => root,
+        Err(e) => {
+            diagnostics.error_at(&FieldPath::root(), e.pos, e.message);
+            return Err(diagnostics);
+        }
+    };
+    let value = Fields::of(&root, FieldPath::root(), &mut diagnostics).map(|mut f| {
+        let value = read(&mut f);
+        f.finish();
+        value
+    });
+    diagnostics.locate(&root);
+    match value {
+        Some(value) if !diagnostics.has_errors() => Ok((value, diagnostics)),
+        _ => Err(diagnostics),
     }
 }
 
@@ -495,7 +523,7 @@ impl<'a, 'd> Fields<'a, 'd> {
             .collect()
     }
 
-    fn enumeration(
+    pub(crate) fn enumeration(
         &mut self,
         name: &'static str,
         allowed: &[&'static str],

@@ -42,8 +42,11 @@ use crate::store::{
 use crate::substitute::Values;
 use crate::triggers::{self, BuildSource, Skip, Trigger};
 use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
+pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
 
+mod files;
+mod schedules;
 mod trigger_files;
 
 /// How the service is set up.
@@ -195,6 +198,11 @@ pub struct Service {
     store: Arc<dyn Store>,
     runtime: Arc<dyn ContainerRuntime>,
     triggers: TriggerFiles,
+    schedules: Schedules,
+    /// The scheduler's time.
+    clock: Arc<dyn Clock>,
+    /// When schedules whose run failed to start are tried again.
+    retries: schedules::Retries,
     settings: Settings,
     /// Woken when builds are queued or deliveries wait for their changed files.
     work: Notify,
@@ -248,6 +256,8 @@ impl Service {
         store: Arc<dyn Store>,
         runtime: Arc<dyn ContainerRuntime>,
         triggers: TriggerFiles,
+        schedules: Schedules,
+        clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {
         let (recorder, queue) = mpsc::unbounded_channel();
@@ -256,6 +266,9 @@ impl Service {
             store,
             runtime,
             triggers,
+            schedules,
+            clock,
+            retries: Default::default(),
             settings,
             work: Notify::new(),
             // A previous run may have left some.
@@ -301,7 +314,14 @@ impl Service {
         self.triggers.put(bytes, replacing)
     }
 
+    /// Deletes a trigger that no schedule runs.
     pub fn delete_trigger(&self, name: &str) -> Result<(), Failed> {
+        if let Some(schedule) = self.schedule_running(name) {
+            return Err(Failed::Conflict(format!(
+                "schedule {:?} runs trigger {name:?}",
+                schedule.name
+            )));
+        }
         self.triggers.delete(name)
     }
 
@@ -347,6 +367,17 @@ impl Service {
     /// or tag's head or of a commit, with extra substitutions. File filters and `disabled` do not
     /// apply to manual runs.
     pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
+        let build = self.manual_build(name, run).await?;
+        self.store
+            .queue_builds(std::slice::from_ref(&build))
+            .await?;
+        self.work.notify_one();
+        Ok(build.id)
+    }
+
+    /// The build a manual run of trigger `name` queues (the branch or tag resolved to its
+    /// commit in the repository), not queued yet.
+    async fn manual_build(&self, name: &str, run: ManualRun) -> Result<QueuedBuild, Failed> {
         let trigger = &self.trigger(name)?;
         let github = trigger.github.as_ref().ok_or_else(|| {
             Failed::Invalid(format!("trigger {name:?} names no GitHub repository"))
@@ -388,12 +419,7 @@ impl Service {
         check_user_keys(&run.substitutions)?;
         let mut trigger = trigger.clone();
         trigger.substitutions.extend(run.substitutions);
-        let build = self.queued_build(&trigger, &repository, git_ref.as_ref(), &commit, None);
-        self.store
-            .queue_builds(std::slice::from_ref(&build))
-            .await?;
-        self.work.notify_one();
-        Ok(build.id)
+        Ok(self.queued_build(&trigger, &repository, git_ref.as_ref(), &commit, None))
     }
 
     /// Keeps an uploaded source archive (a tar.gz as `builder submit` packs it) for a build to
@@ -432,6 +458,7 @@ impl Service {
             substitutions: serde_json::json!(submission.substitutions),
             request: serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?,
             trigger: None,
+            schedule: None,
             delivery: None,
             id,
         };
@@ -579,6 +606,7 @@ impl Service {
         QueuedBuild {
             id: uuid::Uuid::new_v4().to_string(),
             trigger: Some(trigger.name.clone()),
+            schedule: None,
             delivery: delivery.map(str::to_string),
             source: serde_json::json!({
                 "kind": "github",

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::Failed;
+use super::{Failed, files};
 use crate::triggers::{self, Trigger};
 
 /// The triggers in a directory; reads see a consistent snapshot while the API changes them.
@@ -43,37 +43,11 @@ impl TriggerFiles {
     /// Loads every trigger file (`*.yaml`, `*.yml`, `*.json`) of `dir`, creating it if missing.
     /// `Err` holds the problems of all the files that have any; `Ok` carries the warnings.
     pub fn load(dir: &Path) -> Result<(Self, String), String> {
-        let at = |e: std::io::Error| format!("{}: {e}", dir.display());
-        std::fs::create_dir_all(dir).map_err(at)?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(at)?
-            .filter_map(|entry| Some(entry.ok()?.path()))
-            .filter(|path| {
-                let extension = path.extension().and_then(|e| e.to_str());
-                matches!(extension, Some("yaml" | "yml" | "json"))
-            })
+        let (loaded, warnings) = files::load_dir(dir, triggers::load, |t: &Trigger| &t.name)?;
+        let entries = loaded
+            .into_iter()
+            .map(|(file, trigger)| Entry { file, trigger })
             .collect();
-        files.sort();
-        let (mut entries, mut warnings, mut errors) =
-            (Vec::<Entry>::new(), String::new(), String::new());
-        for file in files {
-            let name = file.display().to_string();
-            let bytes = std::fs::read(&file).map_err(|e| format!("{name}: {e}"))?;
-            match triggers::load(&bytes) {
-                Ok((trigger, found)) => {
-                    warnings += &found.render(&name);
-                    if entries.iter().any(|e| e.trigger.name == trigger.name) {
-                        errors +=
-                            &format!("{name}: name: another file defines {:?}\n", trigger.name);
-                    }
-                    entries.push(Entry { file, trigger });
-                }
-                Err(found) => errors += &found.render(&name),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
         let files = Self {
             dir: dir.to_path_buf(),
             loaded: RwLock::new(Triggers(Arc::new(entries))),
@@ -118,7 +92,7 @@ impl TriggerFiles {
             (Some(name), None) => return Err(Failed::NotFound(format!("no trigger {name:?}"))),
             (Some(_), Some(index)) => loaded.0[index].file.clone(),
         };
-        write_atomically(&file, bytes)?;
+        files::write_atomically(&file, bytes)?;
         let mut entries = loaded.0.as_ref().clone();
         let entry = Entry {
             file,
@@ -147,11 +121,4 @@ impl TriggerFiles {
         *loaded = Triggers(Arc::new(entries));
         Ok(())
     }
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Failed> {
-    let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", file.display()));
-    let partial = file.with_extension("partial");
-    std::fs::write(&partial, bytes).map_err(failed)?;
-    std::fs::rename(&partial, file).map_err(failed)
 }

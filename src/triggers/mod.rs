@@ -7,8 +7,7 @@ use std::fmt;
 
 use regex::Regex;
 
-use crate::config::decode::Fields;
-use crate::config::tree;
+use crate::config::decode::{self, Fields};
 use crate::config::{self, BuildConfig, validate};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::glob::Glob;
@@ -305,39 +304,11 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 /// Reads a trigger file (YAML or JSON). `Err` holds the diagnostics when it is not a usable
 /// trigger; `Ok` carries the warnings.
 pub fn load(bytes: &[u8]) -> Result<(Trigger, Diagnostics), Diagnostics> {
-    let mut diagnostics = Diagnostics::default();
-    let text = String::from_utf8_lossy(bytes);
-    let root = match tree::parse(text.strip_prefix('\u{feff}').unwrap_or(&text)) {
-        Ok(root) => root,
-        Err(e) => {
-            diagnostics.error_at(&FieldPath::root(), e.pos, e.message);
-            return Err(diagnostics);
-        }
-    };
-    let trigger = Fields::of(&root, FieldPath::root(), &mut diagnostics).map(|mut f| {
-        let trigger = trigger(&mut f);
-        f.finish();
-        trigger
-    });
-    diagnostics.locate(&root);
-    match trigger {
-        Some(trigger) if !diagnostics.has_errors() => Ok((trigger, diagnostics)),
-        _ => Err(diagnostics),
-    }
+    decode::document(bytes, trigger)
 }
 
 fn trigger(f: &mut Fields) -> Trigger {
-    let name = f.string("name").unwrap_or_default();
-    if !is_trigger_name(&name) {
-        let path = f.path().key("name");
-        f.diagnostics().error(
-            &path,
-            format!(
-                "trigger name {name:?}: 1 to 64 letters, digits and dashes, starting and ending \
-                 with a letter or digit"
-            ),
-        );
-    }
+    let name = name(f, "trigger");
     for &field in METADATA {
         f.take(field);
     }
@@ -364,14 +335,27 @@ fn trigger(f: &mut Fields) -> Trigger {
     }
 }
 
-/// Cloud Build's rule for trigger names.
-fn is_trigger_name(name: &str) -> bool {
+/// The `name` of a `kind` of resource (a trigger, a schedule), checked against Cloud Build's rule
+/// for trigger names.
+pub(crate) fn name(f: &mut Fields, kind: &str) -> String {
+    let name = f.string("name").unwrap_or_default();
     let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    (1..=64).contains(&name.len())
+    let valid = (1..=64).contains(&name.len())
         && valid_chars
         && ends(name.chars().next())
-        && ends(name.chars().last())
+        && ends(name.chars().last());
+    if !valid {
+        let path = f.path().key("name");
+        f.diagnostics().error(
+            &path,
+            format!(
+                "{kind} name {name:?}: 1 to 64 letters, digits and dashes, starting and ending \
+                 with a letter or digit"
+            ),
+        );
+    }
+    name
 }
 
 fn globs(f: &mut Fields, field: &'static str) -> Vec<Glob> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests; each test crate uses some of them.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
@@ -119,4 +119,47 @@ pub fn build_id(stdout: &str) -> String {
         .find(|l| l.starts_with("ID: "))
         .expect("a summary with the build id");
     line["ID: ".len()..].to_string()
+}
+
+/// A repository "acme/app", served from a bare repository that the server fetches through its
+/// `--git-url-rewrite`, with a working clone to commit and push from.
+pub struct Repository {
+    pub root: TempDir,
+}
+
+impl Repository {
+    pub fn new() -> Self {
+        let root = TempDir::new().unwrap();
+        let repository = Self { root };
+        repository.git(&["init", "-q", "--bare", "github/acme/app.git"]);
+        repository.git(&["clone", "-q", "github/acme/app.git", "work"]);
+        repository
+    }
+
+    pub fn mirrors(&self) -> PathBuf {
+        self.root.path().join("github")
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        self.git_in(self.root.path(), args)
+    }
+
+    pub fn git_in(&self, dir: &Path, args: &[&str]) -> String {
+        git(dir, args)
+    }
+
+    /// Writes `files` (path, contents) into the working clone, commits them with `message` and
+    /// pushes `refspec`; returns the commit.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str, refspec: &str) -> String {
+        let work = self.root.path().join("work");
+        for (path, contents) in files {
+            let path = work.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        self.git_in(&work, &["add", "-A"]);
+        self.git_in(&work, &["commit", "-q", "--allow-empty", "-m", message]);
+        self.git_in(&work, &["push", "-q", "-f", "origin", refspec]);
+        self.git_in(&work, &["rev-parse", "HEAD"])
+    }
 }
