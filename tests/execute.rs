@@ -448,7 +448,7 @@ async fn cancel_stops_the_push() {
     assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
     assert_eq!(
         outcome.failure.as_deref(),
-        Some("the build was cancelled while pushing images")
+        Some("the build was cancelled while pushing results")
     );
 }
 
