@@ -962,11 +962,13 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
                 ),
             ));
         }
+        let failed = |e: String| (Status::Failure, format!("templates[{i}]: {e}"));
+        let regex = templates::version_regex(&target.version_regex).map_err(failed)?;
         let versions = files
             .iter()
-            .map(|f| templates::version_of(&f.file, &target.version_regex))
+            .map(|f| templates::version_of(&f.file, &regex))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| (Status::Failure, format!("templates[{i}]: {e}")))?;
+            .map_err(failed)?;
         let newest = versions
             .iter()
             .max_by(|a, b| templates::compare_versions(a, b))

@@ -137,9 +137,9 @@ pub fn version_regex(text: &str) -> Result<Regex, String> {
 }
 
 /// The version a file name carries: the first capture group of `regex`, searched in the name.
-pub fn version_of(file: &str, regex: &str) -> Result<String, String> {
+pub fn version_of(file: &str, regex: &Regex) -> Result<String, String> {
     let name = file.rsplit('/').next().unwrap_or(file);
-    let found = version_regex(regex)?
+    let found = regex
         .captures(name)
         .and_then(|c| c.get(1))
         .map(|m| m.as_str().to_string())
@@ -329,19 +329,20 @@ mod tests {
 
     #[test]
     fn versions_come_from_file_names() {
+        let default = version_regex(DEFAULT_VERSION_REGEX).unwrap();
         assert_eq!(
-            version_of("dist/training-pipeline_v1.2.3.yaml", DEFAULT_VERSION_REGEX),
+            version_of("dist/training-pipeline_v1.2.3.yaml", &default),
             Ok("1.2.3".into())
         );
         assert_eq!(
-            version_of("inference_v0.10.0.json", DEFAULT_VERSION_REGEX),
+            version_of("inference_v0.10.0.json", &default),
             Ok("0.10.0".into())
         );
-        let error = version_of("dist/training-pipeline.yaml", DEFAULT_VERSION_REGEX).unwrap_err();
+        let error = version_of("dist/training-pipeline.yaml", &default).unwrap_err();
         assert!(error.starts_with("dist/training-pipeline.yaml: the file name carries no version"));
         assert!(error.contains(DEFAULT_VERSION_REGEX), "{error}");
         // The directory is not searched, only the name.
-        assert!(version_of("v_v1.0.0.yaml/x.yaml", DEFAULT_VERSION_REGEX).is_err());
+        assert!(version_of("v_v1.0.0.yaml/x.yaml", &default).is_err());
         assert!(
             version_regex("_v.*")
                 .unwrap_err()

@@ -131,7 +131,8 @@ async fn push(args: PushArgs, registries: &Registries) -> Result<ExitCode> {
                 .version_regex
                 .as_deref()
                 .unwrap_or(DEFAULT_VERSION_REGEX);
-            templates::version_of(&name, regex).map_err(anyhow::Error::msg)?
+            let regex = templates::version_regex(regex).map_err(anyhow::Error::msg)?;
+            templates::version_of(&name, &regex).map_err(anyhow::Error::msg)?
         }
     };
     for tag in std::iter::once(&version).chain(&args.tags) {

@@ -213,14 +213,15 @@ impl Registries {
         });
         let mut certificates = self.inner.certificates.clone();
         certificates.extend(engine_certificates(host));
+        let insecure = self.is_insecure(host);
         let config = |protocol| ClientConfig {
             protocol,
-            accept_invalid_certificates: self.is_insecure(host),
+            accept_invalid_certificates: insecure,
             extra_root_certificates: certificates.clone(),
             ..ClientConfig::default()
         };
         let mut client = Client::new(config(ClientProtocol::Https));
-        if self.is_insecure(host) && !answers(&client, host).await {
+        if insecure && !answers(&client, host).await {
             client = Client::new(config(ClientProtocol::Http));
         }
         let connection = Arc::new(Connection {
@@ -241,7 +242,7 @@ impl Registries {
     ) -> Result<PushedTemplate, RegistryError> {
         let (host, path) = split(upload.repository)?;
         let connection = self.connect(host).await?;
-        let at = |tag: &str| Reference::with_tag(host.to_string(), path.to_string(), tag.into());
+        let at = |tag: &str| reference(host, path, tag);
         let versioned = at(upload.version);
         let content_digest = templates::digest(&upload.content);
         let existing = connection.manifest(&versioned).await?;
@@ -292,7 +293,7 @@ impl Registries {
         let listed = connection
             .client
             .list_tags(
-                &Reference::with_tag(host.into(), path.into(), "latest".into()),
+                &reference(host, path, "latest"),
                 &connection.auth,
                 None,
                 None,
@@ -301,8 +302,8 @@ impl Registries {
             .map_err(|e| connection.error(e, repository))?;
         let mut versions: BTreeMap<String, TemplateVersion> = BTreeMap::new();
         for tag in listed.tags {
-            let reference = Reference::with_tag(host.into(), path.into(), tag.clone());
-            let Some((bytes, digest)) = connection.manifest(&reference).await? else {
+            let Some((bytes, digest)) = connection.manifest(&reference(host, path, &tag)).await?
+            else {
                 continue;
             };
             let Some(stored) = templates::stored(&bytes) else {
@@ -334,7 +335,7 @@ impl Registries {
     ) -> Result<Bytes, RegistryError> {
         let (host, path) = split(repository)?;
         let connection = self.connect(host).await?;
-        let reference = Reference::with_tag(host.into(), path.into(), version.into());
+        let reference = reference(host, path, version);
         let name = format!("{repository}:{version}");
         let (bytes, _) = connection
             .manifest(&reference)
@@ -384,17 +385,16 @@ impl Connection {
         reference: &Reference,
         upload: &TemplateUpload<'_>,
     ) -> Result<(Bytes, String), RegistryError> {
-        let blobs = [
-            (Bytes::from_static(templates::EMPTY_JSON)),
+        let name = reference.whole();
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| self.error(e, &name))?;
+        for blob in [
+            Bytes::from_static(templates::EMPTY_JSON),
             upload.content.clone(),
-        ];
-        for blob in blobs {
+        ] {
             let digest = templates::digest(&blob);
-            let name = reference.whole();
-            self.client
-                .auth(reference, &self.auth, RegistryOperation::Push)
-                .await
-                .map_err(|e| self.error(e, &name))?;
             let exists = self
                 .client
                 .blob_exists(reference, &digest)
@@ -508,7 +508,7 @@ impl Connection {
 
 /// Whether the registry answers over HTTPS at all (any HTTP status counts).
 async fn answers(client: &Client, host: &str) -> bool {
-    let probe = Reference::with_tag(host.into(), "probe".into(), "latest".into());
+    let probe = reference(host, "probe", "latest");
     !matches!(
         client
             .auth(&probe, &OciAuth::Anonymous, RegistryOperation::Pull)
@@ -557,13 +557,18 @@ fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text = format!("{text}: {cause}");
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
         }
-        source = std::error::Error::source(source.expect("checked"));
+        source = cause.source();
     }
     text
+}
+
+/// `host/path:tag`.
+fn reference(host: &str, path: &str, tag: &str) -> Reference {
+    Reference::with_tag(host.into(), path.into(), tag.into())
 }
 
 #[cfg(test)]
