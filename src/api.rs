@@ -30,6 +30,8 @@ const MAX_DELIVERY: usize = 25 * 1024 * 1024;
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
 /// How often a followed log looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// The most lines a followed log reads at once: a long log streams in pieces.
+const FOLLOW_PAGE: u32 = 5000;
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// Serves on `listener` until `shutdown` resolves, finishing the requests in flight.
@@ -157,10 +159,12 @@ struct BuildFilter {
     status: Option<String>,
     trigger: Option<String>,
     schedule: Option<String>,
+    branch: Option<String>,
     #[serde(default = "default_limit")]
     limit: u32,
     #[serde(default)]
     offset: u32,
+    before: Option<String>,
 }
 
 fn default_limit() -> u32 {
@@ -180,8 +184,10 @@ async fn list_builds(
         status,
         trigger: filter.trigger,
         schedule: filter.schedule,
+        branch: filter.branch,
         limit: filter.limit,
         offset: filter.offset,
+        before: filter.before,
     };
     respond(
         service
@@ -245,7 +251,7 @@ async fn build_log(
     }
     respond(
         service
-            .log(&id, query.after)
+            .log(&id, query.after, None)
             .await
             .map(|(lines, build)| json!({ "lines": lines, "finished": build.status.is_final() })),
     )
@@ -267,7 +273,7 @@ fn follow(
         async move {
             let (mut after, mut announced) = state?;
             loop {
-                let (lines, build) = match service.log(&id, after).await {
+                let (lines, build) = match service.log(&id, after, Some(FOLLOW_PAGE)).await {
                     Ok(log) => log,
                     Err(failed) => {
                         let data = json!({ "error": failed.to_string() }).to_string();

@@ -562,7 +562,7 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                 loop {
                     // Read the status first: lines written before it was final are then all read.
                     let finished = !stream || find(build.id.clone()).await?.status.is_final();
-                    for line in store.logs(&build.id, seen).await? {
+                    for line in store.logs(&build.id, seen, None).await? {
                         println!("{}: {}", step_label(&steps, line.step), line.text);
                         seen = line.seq;
                     }

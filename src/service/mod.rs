@@ -291,9 +291,15 @@ impl Service {
 
     /// The build's log lines after `after` (0: all), and the build as it was just before they
     /// were read: if it had finished, no line follows these.
-    pub async fn log(&self, id: &str, after: i64) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+    /// A build's log lines after `after`: the first `limit` of them, or all.
+    pub async fn log(
+        &self,
+        id: &str,
+        after: i64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
         let build = self.build(id).await?;
-        Ok((self.store.logs(&build.id, after).await?, build))
+        Ok((self.store.logs(&build.id, after, limit).await?, build))
     }
 
     pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
