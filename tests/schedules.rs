@@ -320,7 +320,7 @@ async fn wait_for(service: &Service, id: &str, status: Status) -> BuildRecord {
 /// Waits until `id`'s step has started (its first line is logged).
 async fn started(service: &Service, id: &str) {
     let start = Instant::now();
-    while service.log(id, 0).await.unwrap().0.is_empty() {
+    while service.log(id, 0, Some(1)).await.unwrap().0.is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "build {id} did not start"
