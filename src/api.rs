@@ -1,6 +1,7 @@
-//! The HTTP face of `builder serve` (axum): `POST /webhooks/github` and the JSON API under `/v1`
-//! (its OpenAPI document at `/openapi.json`). Handlers only translate between HTTP and
-//! [`Service`] calls: status codes, headers, bodies, and the API token of mutating requests.
+//! The HTTP face of `builder serve` (axum): `POST /webhooks/github`, the JSON API under `/v1`
+//! (its OpenAPI document at `/openapi.json`) and the web console at `/` ([`crate::console`]).
+//! Handlers only translate between HTTP and [`Service`] calls: status codes, headers, bodies,
+//! and the API token of mutating requests (and of reads, if the server says so).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,7 +76,39 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/schedules/{name}/run", post(run_schedule))
         .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
         .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            guard_reads,
+        ))
+        .merge(crate::console::router())
         .with_state(service)
+}
+
+/// Refuses the API's reads without the token when the server says reads need it. The console's
+/// session cookie counts too: its script follows logs through this API.
+async fn guard_reads(
+    State(service): State<Arc<Service>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reading = request.method() == axum::http::Method::GET;
+    let reads_api = request.uri().path().starts_with("/v1/");
+    if reading && reads_api {
+        let headers = request.headers();
+        let token = bearer_token(headers).or_else(|| crate::console::session_token(headers));
+        if !service.may_read(token.as_deref()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "reading needs the API token on this server: `Authorization: Bearer TOKEN`",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.to_string())
 }
 
 async fn github_delivery(
@@ -137,13 +170,8 @@ impl FromRequestParts<Arc<Service>> for Authorized {
         parts: &mut Parts,
         service: &Arc<Service>,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(token) if service.authorizes(token) => Ok(Authorized),
+        match bearer_token(&parts.headers) {
+            Some(token) if service.authorizes(&token) => Ok(Authorized),
             _ => Err(error(
                 StatusCode::UNAUTHORIZED,
                 "this request needs the API token: `Authorization: Bearer TOKEN` \

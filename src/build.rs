@@ -38,19 +38,19 @@ impl Status {
         }
     }
 
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Working,
+        Status::Success,
+        Status::Failure,
+        Status::InternalError,
+        Status::Timeout,
+        Status::Cancelled,
+        Status::Expired,
+    ];
+
     pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Queued,
-            Status::Working,
-            Status::Success,
-            Status::Failure,
-            Status::InternalError,
-            Status::Timeout,
-            Status::Cancelled,
-            Status::Expired,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

@@ -101,6 +101,7 @@ impl Setup {
             registries: Registries::new(&registry::Settings::default()).unwrap(),
             secrets_dir: None,
             api_token: None,
+            reads_need_token: false,
         };
         let service = Service::new(
             Arc::new(store.clone()),

@@ -24,7 +24,7 @@ pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
     /// `aliases`, `triggers`, `schedules`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
     /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
-    /// `insecureRegistries`, `registryCas`); flags and the environment win.
+    /// `insecureRegistries`, `registryCas`, `readsNeedToken`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -62,6 +62,10 @@ pub(super) struct ServeArgs {
     /// Where builds, deliveries and logs are kept: `sqlite://PATH` [default: DATA_DIR/builds.db].
     #[arg(long, env = "BUILDER_STORE", value_name = "URL")]
     store: Option<String>,
+    /// Reading (the console's pages and the API's GET requests) needs the API token too; by
+    /// default anyone who reaches the server may read, and only actions need the token.
+    #[arg(long)]
+    reads_need_token: bool,
 }
 
 /// The settings file.
@@ -86,6 +90,8 @@ struct SettingsFile {
     insecure_registries: Vec<String>,
     #[serde(default)]
     registry_cas: Vec<PathBuf>,
+    #[serde(default)]
+    reads_need_token: bool,
 }
 
 pub(super) fn serve(
@@ -119,6 +125,13 @@ pub(super) fn serve(
         &args.api_token_file.or(file.api_token_file),
         "BUILDER_API_TOKEN",
     )?;
+    let reads_need_token = args.reads_need_token || file.reads_need_token;
+    if reads_need_token && api_token.is_empty() {
+        anyhow::bail!(
+            "reads need the API token, and there is none: pass --api-token-file FILE or set \
+             BUILDER_API_TOKEN"
+        );
+    }
     let triggers_dir = args
         .triggers
         .or(file.triggers)
@@ -167,6 +180,7 @@ pub(super) fn serve(
         secrets_dir: args.secrets_dir.or(file.secrets_dir),
         api_token: (!api_token.is_empty())
             .then(|| String::from_utf8_lossy(&api_token).into_owned()),
+        reads_need_token,
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let store = SqliteStore::open(&store_path)

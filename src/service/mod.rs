@@ -62,6 +62,8 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// The token that mutating API requests must carry; none refuses them.
     pub api_token: Option<String>,
+    /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
+    pub reads_need_token: bool,
 }
 
 /// A delivery as it arrived: its headers and raw body.
@@ -489,6 +491,11 @@ impl Service {
             .api_token
             .as_ref()
             .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
+    }
+
+    /// Whether a request that presents `token` (or none) may read.
+    pub fn may_read(&self, token: Option<&str>) -> bool {
+        !self.settings.reads_need_token || token.is_some_and(|token| self.authorizes(token))
     }
 
     pub fn triggers(&self) -> Triggers {

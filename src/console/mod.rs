@@ -1,0 +1,542 @@
+//! The web console of `builder serve`, at `/`: server-rendered pages over the same [`Service`]
+//! calls as the JSON API (builds, a build and its live log, triggers, schedules, deliveries) and
+//! forms for its actions. Handlers translate between HTTP and the service; [`pages`] renders,
+//! escaping every value by construction. The one script, `console.js`, follows logs over the
+//! API's server-sent events and refreshes the parts of a page that are still running.
+//!
+//! Actions need the API token: the login form keeps it in a cookie that scripts cannot read
+//! (`HttpOnly`) and that other sites' pages never send (`SameSite=Strict`, which is also what
+//! stops cross-site form posts). Every response carries a Content-Security-Policy that allows
+//! nothing but this server's own script and style.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+use crate::build::Status;
+use crate::service::{BuildQuery, Failed, ManualRun, Service};
+use crate::substitute::Values;
+
+mod pages;
+
+/// The cookie that carries the API token after logging in.
+const SESSION_COOKIE: &str = "builder_session";
+/// Builds on one page of the list.
+const PAGE_SIZE: u32 = 50;
+/// Recent builds shown on a trigger's page.
+const RECENT_BUILDS: u32 = 10;
+const DELIVERIES_SHOWN: u32 = 100;
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
+/// The console's routes, with the security headers on every response.
+pub fn router() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/", get(builds))
+        .route("/builds/{id}", get(build))
+        .route("/builds/{id}/cancel", post(cancel))
+        .route("/builds/{id}/retry", post(retry))
+        .route("/triggers", get(triggers))
+        .route("/triggers/{name}", get(trigger))
+        .route("/triggers/{name}/run", post(run_trigger))
+        .route("/schedules", get(schedules))
+        .route("/schedules/{name}", get(schedule))
+        .route("/schedules/{name}/{action}", post(schedule_action))
+        .route("/deliveries", get(deliveries))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/assets/console.css", get(stylesheet))
+        .route("/assets/console.js", get(script))
+        .layer(axum::middleware::map_response(secure))
+}
+
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = |headers: &mut HeaderMap, name, value| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY,
+    );
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "same-origin");
+    response
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    let css = include_str!("console.css");
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], css)
+}
+
+async fn script() -> impl IntoResponse {
+    let js = include_str!("console.js");
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+}
+
+/// The API token the session cookie carries, if any.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .find_map(|cookie| {
+            let (name, value) = cookie.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then(|| URL_SAFE_NO_PAD.decode(value).ok())?
+        })
+        .and_then(|token| String::from_utf8(token).ok())
+}
+
+/// Who is asking: whether they logged in with the API token, and the page they asked for.
+struct Visitor {
+    logged_in: bool,
+    path: String,
+}
+
+impl Visitor {
+    fn of(service: &Service, headers: &HeaderMap, path: String) -> Self {
+        let token = session_token(headers);
+        Visitor {
+            logged_in: token.is_some_and(|token| service.authorizes(&token)),
+            path,
+        }
+    }
+
+    /// May read pages, or is sent to the login form first.
+    fn reading(self, service: &Service) -> Result<Self, Response> {
+        if self.logged_in || service.may_read(None) {
+            Ok(self)
+        } else {
+            Err(self.to_login())
+        }
+    }
+
+    /// May act, or is sent to the login form first.
+    fn acting(self) -> Result<Self, Response> {
+        if self.logged_in {
+            Ok(self)
+        } else {
+            Err(self.to_login())
+        }
+    }
+
+    fn to_login(&self) -> Response {
+        let next = url_encode(&self.path);
+        Redirect::to(&format!("/login?next={next}")).into_response()
+    }
+}
+
+/// A handler's answer; `Err` when the visitor is sent to log in first.
+type Answer = Result<Response, Response>;
+
+/// A page, or the page that says what went wrong.
+fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Answer {
+    Ok(match result {
+        Ok(markup) => markup.into_response(),
+        Err(failed) => problem(visitor, failed),
+    })
+}
+
+fn problem(visitor: &Visitor, failed: Failed) -> Response {
+    let status = match failed {
+        Failed::NotFound(_) => StatusCode::NOT_FOUND,
+        Failed::Invalid(_) => StatusCode::BAD_REQUEST,
+        Failed::Conflict(_) => StatusCode::CONFLICT,
+        Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, pages::problem(visitor, &failed.to_string())).into_response()
+}
+
+/// After an action: on to `location`, or the page that says why it failed.
+fn then_to(visitor: &Visitor, result: Result<String, Failed>) -> Answer {
+    Ok(match result {
+        Ok(location) => Redirect::to(&location).into_response(),
+        Err(failed) => problem(visitor, failed),
+    })
+}
+
+/// The builds list's filters, as its form sends them (empty fields are no filter).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct BuildFilter {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    trigger: String,
+    #[serde(default)]
+    branch: String,
+    #[serde(default)]
+    before: String,
+}
+
+impl BuildFilter {
+    fn query(&self) -> Result<BuildQuery, Failed> {
+        let given = |value: &String| Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        let status = match given(&self.status) {
+            Some(status) => Some(
+                Status::parse(&status)
+                    .ok_or_else(|| Failed::Invalid(format!("no such status: {status}")))?,
+            ),
+            None => None,
+        };
+        Ok(BuildQuery {
+            status,
+            trigger: given(&self.trigger),
+            branch: given(&self.branch),
+            before: given(&self.before),
+            // One more than a page tells whether there is a next page.
+            limit: PAGE_SIZE + 1,
+            ..BuildQuery::default()
+        })
+    }
+
+    /// The list's address with these filters and `before` for paging.
+    fn link(&self, before: Option<&str>) -> String {
+        let pairs = [
+            ("status", self.status.as_str()),
+            ("trigger", self.trigger.as_str()),
+            ("branch", self.branch.as_str()),
+            ("before", before.unwrap_or_default()),
+        ];
+        let query: Vec<String> = pairs
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| format!("{name}={}", url_encode(value)))
+            .collect();
+        if query.is_empty() {
+            "/".into()
+        } else {
+            format!("/?{}", query.join("&"))
+        }
+    }
+}
+
+async fn builds(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Query(filter): Query<BuildFilter>,
+) -> Answer {
+    let visitor =
+        Visitor::of(&service, &headers, filter.link(Some(&filter.before))).reading(&service)?;
+    let result = async {
+        let mut builds = service.builds(&filter.query()?).await?;
+        let older = (builds.len() > PAGE_SIZE as usize).then(|| {
+            builds.truncate(PAGE_SIZE as usize);
+            filter.link(builds.last().map(|b| b.id.as_str()))
+        });
+        let triggers: Vec<String> = service.triggers().iter().map(|t| t.name.clone()).collect();
+        Ok(pages::builds(&visitor, &filter, &triggers, &builds, older))
+    }
+    .await;
+    page(&visitor, result)
+}
+
+async fn build(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let visitor = Visitor::of(&service, &headers, format!("/builds/{}", url_encode(&id)))
+        .reading(&service)?;
+    let result = service.build(&id).await.map(|b| pages::build(&visitor, &b));
+    page(&visitor, result)
+}
+
+async fn cancel(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let path = format!("/builds/{}", url_encode(&id));
+    let visitor = Visitor::of(&service, &headers, path.clone()).acting()?;
+    then_to(&visitor, service.cancel(&id).await.map(|()| path))
+}
+
+async fn retry(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let visitor =
+        Visitor::of(&service, &headers, format!("/builds/{}", url_encode(&id))).acting()?;
+    let retried = service.retry(&id).await;
+    then_to(&visitor, retried.map(|id| format!("/builds/{id}")))
+}
+
+async fn triggers(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
+    let visitor = Visitor::of(&service, &headers, "/triggers".into()).reading(&service)?;
+    let triggers: Vec<_> = service.triggers().iter().map(|t| t.summary()).collect();
+    Ok(pages::triggers(&visitor, &triggers).into_response())
+}
+
+async fn trigger(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    let visitor = Visitor::of(
+        &service,
+        &headers,
+        format!("/triggers/{}", url_encode(&name)),
+    )
+    .reading(&service)?;
+    let result = async {
+        let trigger = service.trigger(&name)?.summary();
+        let query = BuildQuery {
+            trigger: Some(name.clone()),
+            limit: RECENT_BUILDS,
+            ..BuildQuery::default()
+        };
+        let builds = service.builds(&query).await?;
+        Ok(pages::trigger(&visitor, &trigger, &builds))
+    }
+    .await;
+    page(&visitor, result)
+}
+
+/// The run form of a trigger's page.
+#[derive(Deserialize)]
+struct RunForm {
+    /// `branch`, `tag` or `commit`.
+    kind: String,
+    value: String,
+    /// `KEY=VALUE` lines.
+    #[serde(default)]
+    substitutions: String,
+}
+
+impl RunForm {
+    fn run(self) -> Result<ManualRun, Failed> {
+        let mut substitutions = Values::new();
+        for line in self.substitutions.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line.split_once('=').ok_or_else(|| {
+                Failed::Invalid(format!("substitution {line:?}: expected KEY=VALUE"))
+            })?;
+            substitutions.insert(key.trim().to_string(), value.to_string());
+        }
+        let value = Some(self.value.trim().to_string());
+        let mut run = ManualRun {
+            substitutions,
+            ..ManualRun::default()
+        };
+        match self.kind.as_str() {
+            "branch" => run.branch = value,
+            "tag" => run.tag = value,
+            "commit" => run.commit = value,
+            other => return Err(Failed::Invalid(format!("no such kind of run: {other}"))),
+        }
+        Ok(run)
+    }
+}
+
+async fn run_trigger(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<RunForm>,
+) -> Answer {
+    let visitor = Visitor::of(
+        &service,
+        &headers,
+        format!("/triggers/{}", url_encode(&name)),
+    )
+    .acting()?;
+    let result = match form.run() {
+        Ok(run) => service.run_trigger(&name, run).await,
+        Err(failed) => Err(failed),
+    };
+    then_to(&visitor, result.map(|id| format!("/builds/{id}")))
+}
+
+async fn schedules(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
+    let visitor = Visitor::of(&service, &headers, "/schedules".into()).reading(&service)?;
+    let result = service.schedules().await;
+    page(&visitor, result.map(|s| pages::schedules(&visitor, &s)))
+}
+
+async fn schedule(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    let visitor = Visitor::of(
+        &service,
+        &headers,
+        format!("/schedules/{}", url_encode(&name)),
+    )
+    .reading(&service)?;
+    let result = service.schedule(&name).await;
+    page(&visitor, result.map(|s| pages::schedule(&visitor, &s)))
+}
+
+/// `run`, `pause` or `resume` a schedule.
+async fn schedule_action(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Answer {
+    let path = format!("/schedules/{}", url_encode(&name));
+    let visitor = Visitor::of(&service, &headers, path.clone()).acting()?;
+    let result = match action.as_str() {
+        "run" => service
+            .run_schedule(&name)
+            .await
+            .map(|id| format!("/builds/{id}")),
+        "pause" | "resume" => service
+            .pause_schedule(&name, action == "pause")
+            .await
+            .map(|_| path),
+        _ => Err(Failed::NotFound(format!("no such action: {action}"))),
+    };
+    then_to(&visitor, result)
+}
+
+async fn deliveries(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
+    let visitor = Visitor::of(&service, &headers, "/deliveries".into()).reading(&service)?;
+    let result = service.deliveries(DELIVERIES_SHOWN).await;
+    page(&visitor, result.map(|d| pages::deliveries(&visitor, &d)))
+}
+
+#[derive(Deserialize)]
+struct Next {
+    #[serde(default)]
+    next: String,
+}
+
+impl Next {
+    /// Where to go after logging in: a path of this server, never another site.
+    fn path(&self) -> String {
+        let local = self.next.starts_with('/') && !self.next.starts_with("//");
+        if local { self.next.clone() } else { "/".into() }
+    }
+}
+
+async fn login_form(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Query(next): Query<Next>,
+) -> Response {
+    let visitor = Visitor::of(&service, &headers, next.path());
+    pages::login(&visitor, None).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    #[serde(flatten)]
+    next: Next,
+}
+
+async fn login(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let visitor = Visitor::of(&service, &headers, form.next.path());
+    let token = form.token.trim();
+    if !service.authorizes(token) {
+        let page = pages::login(&visitor, Some("That is not the server's API token."));
+        return (StatusCode::UNAUTHORIZED, page).into_response();
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        URL_SAFE_NO_PAD.encode(token)
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&visitor.path)).into_response()
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// Percent-encodes everything but unreserved characters, for a query value or a path segment.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        let value = format!(
+            "a=1; {SESSION_COOKIE}={}; b=2",
+            URL_SAFE_NO_PAD.encode("t0k=n")
+        );
+        headers.insert(header::COOKIE, value.parse().unwrap());
+        assert_eq!(session_token(&headers).as_deref(), Some("t0k=n"));
+        assert_eq!(session_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn logging_in_never_sends_elsewhere() {
+        let next = |next: &str| Next { next: next.into() }.path();
+        assert_eq!(next("/builds/1?x=2"), "/builds/1?x=2");
+        assert_eq!(next("//evil.example/"), "/");
+        assert_eq!(next("https://evil.example/"), "/");
+    }
+
+    #[test]
+    fn filters_link_back_to_themselves() {
+        let filter = BuildFilter {
+            branch: "feature/<x> & y".into(),
+            status: "FAILURE".into(),
+            ..BuildFilter::default()
+        };
+        assert_eq!(
+            filter.link(Some("abc")),
+            "/?status=FAILURE&branch=feature%2F%3Cx%3E%20%26%20y&before=abc"
+        );
+        assert_eq!(BuildFilter::default().link(None), "/");
+        assert!(matches!(
+            BuildFilter {
+                status: "DONE".into(),
+                ..BuildFilter::default()
+            }
+            .query(),
+            Err(Failed::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_run_form_is_a_manual_run() {
+        let form = RunForm {
+            kind: "tag".into(),
+            value: " v1.2 ".into(),
+            substitutions: "_A=1\n\n_B = x=y\n".into(),
+        };
+        let run = form.run().unwrap();
+        assert_eq!(run.tag.as_deref(), Some("v1.2"));
+        assert_eq!(run.substitutions["_A"], "1");
+        assert_eq!(run.substitutions["_B"], " x=y");
+        let bad = RunForm {
+            kind: "branch".into(),
+            value: "main".into(),
+            substitutions: "_A".into(),
+        };
+        assert!(matches!(bad.run(), Err(Failed::Invalid(_))));
+    }
+}
