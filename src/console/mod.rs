@@ -117,7 +117,7 @@ impl Visitor {
     }
 
     /// May read pages, or is sent to the login form first.
-    fn reading(self, service: &Service) -> Result<Self, Response> {
+    fn reading(self, service: &Service) -> Result<Self, Redirect> {
         if self.logged_in || service.may_read(None) {
             Ok(self)
         } else {
@@ -126,7 +126,7 @@ impl Visitor {
     }
 
     /// May act, or is sent to the login form first.
-    fn acting(self) -> Result<Self, Response> {
+    fn acting(self) -> Result<Self, Redirect> {
         if self.logged_in {
             Ok(self)
         } else {
@@ -134,14 +134,13 @@ impl Visitor {
         }
     }
 
-    fn to_login(&self) -> Response {
-        let next = url_encode(&self.path);
-        Redirect::to(&format!("/login?next={next}")).into_response()
+    fn to_login(&self) -> Redirect {
+        Redirect::to(&format!("/login?next={}", url_encode(&self.path)))
     }
 }
 
 /// A handler's answer; `Err` when the visitor is sent to log in first.
-type Answer = Result<Response, Response>;
+type Answer = Result<Response, Redirect>;
 
 /// A page, or the page that says what went wrong.
 fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Answer {
