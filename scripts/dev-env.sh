@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts the engines builder needs on this machine, idempotently:
-# Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, and a local
+# Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, Chromium for the console's tests, and a local
 # busybox base image and the standard builders (nothing can be pulled from the internet here).
 # Usage: scripts/dev-env.sh            (as root; safe to run again)
 # Env:   BUILDER_DATA_DIR  where the registry keeps its storage (default ~/.local/share/builder)
@@ -28,6 +28,10 @@ install_packages() {
   # The registry tests run a registry with htpasswd auth over TLS (scripts/auth-registry.sh).
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v openssl >/dev/null || missing+=(openssl)
+  # The console's tests drive Debian's Chromium headless through chromedriver (tests/console.rs).
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  dpkg -s fonts-liberation >/dev/null 2>&1 || missing+=(fonts-liberation)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq

@@ -286,7 +286,7 @@ async fn build_log(
 }
 
 /// A build's progress as server-sent events: `step` events when a step starts and when it ends
-/// (data `{step, id, status, detail}`), `line` events between them (their `id` is the line's sequence
+/// (data `{step, id, name, status, detail}`), `line` events between them (their `id` is the line's sequence
 /// number, so a client can resume with `after`; data `{step, stream, text}`), and one `end`
 /// event with the build's status and failure.
 fn follow(
@@ -312,7 +312,8 @@ fn follow(
                 announced.resize(build.steps.len(), Status::Queued);
                 let step_event = |step: &StepRecord, status: Status, detail: &Option<String>| {
                     let data = json!({
-                        "step": step.index, "id": step.id, "status": status, "detail": detail
+                        "step": step.index, "id": step.id, "name": step.name, "status": status,
+                        "detail": detail
                     });
                     Ok(Event::default().event("step").data(data.to_string()))
                 };
@@ -335,7 +336,10 @@ fn follow(
                     }
                 }
                 after = lines.last().map_or(after, |line| line.seq);
-                if build.status.is_final() {
+                // The status was read before the lines: a final build whose lines fit in this
+                // read has no more to send.
+                let caught_up = lines.len() < FOLLOW_PAGE as usize;
+                if build.status.is_final() && caught_up {
                     let data = json!({"status": build.status, "failure": build.failure});
                     events.push(Ok(Event::default().event("end").data(data.to_string())));
                     return Some((events, None));

@@ -93,6 +93,28 @@ function xterm256(n) {
   return `rgb(${level(Math.floor(c / 36))}, ${level(Math.floor(c / 6) % 6)}, ${level(c % 6)})`;
 }
 
+// The log pane of step `step`, made if the page has none yet (the build had no plan yet when
+// the page was rendered).
+function logPane(section, step, label, name) {
+  const existing = document.getElementById("log-" + step);
+  if (existing) return existing;
+  const details = document.createElement("details");
+  details.className = "log";
+  details.open = true;
+  details.dataset.step = step;
+  const summary = document.createElement("summary");
+  const code = document.createElement("code");
+  code.textContent = name;
+  summary.append(label + " ", code);
+  const pre = document.createElement("pre");
+  pre.id = "log-" + step;
+  details.append(summary, pre);
+  const later = [...section.querySelectorAll("details.log")]
+    .find((pane) => Number(pane.dataset.step) > step);
+  section.insertBefore(details, later ?? null);
+  return pre;
+}
+
 // Follows a build's log over the API's server-sent events and renders it step by step.
 function followLog(section) {
   const pending = []; // lines received, not yet on the page
@@ -112,8 +134,7 @@ function followLog(section) {
       fragments.get(line.step).append(element);
     }
     for (const [step, fragment] of fragments) {
-      const pre = document.getElementById("log-" + step);
-      if (!pre) continue;
+      const pre = logPane(section, step, "#" + step, "");
       const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       pre.append(fragment);
       pre.dataset.lines = pre.childElementCount;
@@ -134,6 +155,10 @@ function followLog(section) {
       lastSeq = Number(event.lastEventId) || lastSeq;
       pending.push(JSON.parse(event.data));
       schedule();
+    });
+    source.addEventListener("step", (event) => {
+      const step = JSON.parse(event.data);
+      logPane(section, step.step, step.id ?? "#" + step.step, step.name);
     });
     source.addEventListener("end", () => {
       ended = true;

@@ -319,7 +319,7 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
         h2 { "Logs" }
         section.logs id="logs" data-log={ "/v1/builds/" (build.id) "/log?follow=true" } {
             @for step in &build.steps {
-                details.log open {
+                details.log open data-step=(step.index) {
                     summary { (step_label(step)) " " code { (step.name) } }
                     pre id={ "log-" (step.index) } {}
                 }

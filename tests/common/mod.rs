@@ -7,6 +7,8 @@ use std::process::Command;
 use assert_cmd::cargo::CommandCargoExt;
 use tempfile::TempDir;
 
+pub mod server;
+
 /// The local registry `scripts/dev-env.sh` starts.
 pub const REGISTRY: &str = "127.0.0.1:5000";
 

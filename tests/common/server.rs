@@ -1,0 +1,245 @@
+//! A real `builder serve` for the tests that drive it: started on a free port with the webhook
+//! secret and the API token below, requests through curl, and GitHub push payloads from
+//! `webhooks/` signed as GitHub signs them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+pub const TOKEN: &str = "api-token";
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The status code and JSON answer of a `curl -w '\n%{http_code}'` request.
+pub fn status_and_answer(out: &std::process::Output) -> (u16, Value) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(answer).unwrap_or(Value::Null),
+    )
+}
+
+/// A running `builder serve`, stopped when dropped (see its `Drop`).
+pub struct Server {
+    child: Child,
+    pub url: String,
+    /// Where the server's stderr goes.
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &Path, triggers: &Path, mirrors: &Path, max_builds: u32) -> Self {
+        Self::start_with(data, triggers, mirrors, max_builds, &[])
+    }
+
+    /// A server started with `extra` arguments too.
+    pub fn start_with(
+        data: &Path,
+        triggers: &Path,
+        mirrors: &Path,
+        max_builds: u32,
+        extra: &[&str],
+    ) -> Self {
+        let mut child = Command::cargo_bin("builder")
+            .unwrap()
+            .env("BUILDER_DATA_DIR", data)
+            .env("BUILDER_WEBHOOK_SECRET", SECRET)
+            .env("BUILDER_API_TOKEN", TOKEN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--triggers"])
+            .arg(triggers)
+            .arg("--git-url-rewrite")
+            .arg(format!("https://github.com/={}/", mirrors.display()))
+            .args(["--max-concurrent-builds", &max_builds.to_string()])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                Some(
+                    line.split("listening on ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .to_string(),
+                )
+            })
+            .expect("the server says where it listens");
+        // Keep draining stderr so the server never blocks on it; kept for a failing test.
+        let log = data.join("server.log");
+        let mut file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Self { child, url, log }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// POSTs a delivery; returns the status code and the JSON answer.
+    pub fn deliver(&self, event: &str, id: &str, body: &[u8], signature: &str) -> (u16, Value) {
+        let body_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(body_file.path(), body).unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+            .args(["-H", "Content-Type: application/json"])
+            .args(["-H", &format!("X-GitHub-Event: {event}")])
+            .args(["-H", &format!("X-GitHub-Delivery: {id}")])
+            .args(["-H", &format!("X-Hub-Signature-256: {signature}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", body_file.path().display()))
+            .arg(format!("{}/webhooks/github", self.url))
+            .output()
+            .unwrap();
+        status_and_answer(&out)
+    }
+
+    /// POSTs `body` to `path` with `token`; returns the status code and the JSON answer.
+    pub fn post(&self, path: &str, body: &str, token: &str) -> (u16, Value) {
+        self.request("POST", path, body, token)
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+                "--data-binary",
+                body,
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap();
+        status_and_answer(&out)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{}{path}", self.url)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The build once it has finished.
+    pub fn finished(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let build = self.get(&format!("/v1/builds/{id}"));
+            if !matches!(build["status"].as_str(), Some("QUEUED" | "WORKING")) {
+                return build;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "build {id} did not finish: {build}\nserver log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The delivery's record once every trigger has decided.
+    pub fn decided(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let deliveries = self.get("/v1/deliveries");
+            let found = deliveries["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == id && d["verified"] == true)
+                .cloned();
+            if let Some(delivery) = found.filter(|d| d["pending"] == false) {
+                return delivery;
+            }
+            assert!(start.elapsed() < DEADLINE, "delivery {id} not decided");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self, id: &str) -> Vec<String> {
+        let log = self.get(&format!("/v1/builds/{id}/log"));
+        log["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A test's server is stopped as an operator stops it (SIGTERM), so that it cancels its builds
+/// and removes their containers; killed only if it does not end in time.
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Already ended (killed on purpose): its pid may be another process's by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real push payload from `webhooks/`, rewritten to say that `refname` of acme/app moved from
+/// `before` to `after` with `message`.
+pub fn push_payload(refname: &str, before: &str, after: &str, message: &str) -> Vec<u8> {
+    let mut payload: Value = serde_json::from_slice(include_bytes!(
+        "../../webhooks/github/push/branch-update.json"
+    ))
+    .unwrap();
+    payload["ref"] = json!(refname);
+    payload["before"] = json!(before);
+    payload["after"] = json!(after);
+    payload["created"] = json!(before == ZERO);
+    payload["deleted"] = json!(after == ZERO);
+    payload["head_commit"]["id"] = json!(after);
+    payload["head_commit"]["message"] = json!(message);
+    let repository = &mut payload["repository"];
+    repository["name"] = json!("app");
+    repository["full_name"] = json!("acme/app");
+    repository["owner"]["login"] = json!("acme");
+    repository["owner"]["name"] = json!("acme");
+    repository["clone_url"] = json!("https://github.com/acme/app.git");
+    serde_json::to_vec(&payload).unwrap()
+}
+
+pub const ZERO: &str = "0000000000000000000000000000000000000000";
+
+pub fn sign(body: &[u8]) -> String {
+    builder::webhooks::sign(SECRET.as_bytes(), body)
+}

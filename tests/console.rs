@@ -1,0 +1,410 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (chromedriver) by fantoccini, against a real `builder serve` whose builds are started by
+//! signed GitHub deliveries and run on the real engine. Screenshots of the pages go to
+//! `target/screenshots/` for a reviewer to look at.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+mod common;
+
+use common::Repository;
+use common::server::{DEADLINE, Server, TOKEN, ZERO, push_payload, sign};
+
+/// Chromium as the issue prescribes it here: headless, as root, and quiet on a closed network.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--window-size=1280,1000",
+];
+
+/// A headless Chromium behind its own chromedriver; both end when dropped.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: TempDir,
+    /// The console's address.
+    base: String,
+}
+
+impl Browser {
+    async fn open(server: &Server) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (scripts/dev-env.sh installs Debian's chromium-driver)");
+        let profile = TempDir::new().unwrap();
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let capabilities = json!({
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let client = eventually("chromedriver to start a session", || async {
+            ClientBuilder::native()
+                .capabilities(capabilities.clone())
+                .connect(&webdriver)
+                .await
+                .ok()
+        })
+        .await;
+        Self {
+            client,
+            driver,
+            _profile: profile,
+            base: server.url.clone(),
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap();
+    }
+
+    /// The value of a JavaScript expression on the current page.
+    async fn eval(&self, expression: &str) -> Value {
+        let script = format!("return {expression};");
+        self.client.execute(&script, vec![]).await.unwrap()
+    }
+
+    async fn text(&self, selector: &str) -> String {
+        let expression = format!(
+            "document.querySelector({})?.textContent ?? ''",
+            json!(selector)
+        );
+        self.eval(&expression).await.as_str().unwrap().to_string()
+    }
+
+    async fn log_in(&self) {
+        self.goto("/login").await;
+        let script = "document.querySelector('input[name=token]').value = arguments[0];\
+                      document.querySelector('form.login').submit();";
+        self.client
+            .execute(script, vec![json!(TOKEN)])
+            .await
+            .unwrap();
+        eventually("the login to land on the builds page", || async {
+            (self.eval("location.pathname").await == "/").then_some(())
+        })
+        .await;
+    }
+
+    /// Saves what the page looks like as `target/screenshots/NAME.png`.
+    async fn screenshot(&self, name: &str) {
+        let dir = screenshots();
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Nothing a push or a log put on the page ran as a script: the page's only script is the
+    /// console's own, and the title is the page's.
+    async fn assert_no_injected_script(&self) {
+        assert_eq!(
+            self.eval("[...document.scripts].map(s => s.src)").await,
+            json!([format!("{}/assets/console.js", self.base)])
+        );
+        let title = self.eval("document.title").await;
+        assert!(title.as_str().unwrap().ends_with(" · builder"), "{title}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
+}
+
+/// Polls `check` until it gives a value, for at most [`DEADLINE`].
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A trigger file `NAME.yaml` for pushes to branches of acme/app matching `branch`.
+fn trigger(dir: &Path, name: &str, branch: &str) {
+    let yaml = format!(
+        "name: {name}\nfilename: cloudbuild.yaml\n\
+         github: {{owner: acme, name: app, push: {{branch: '{branch}'}}}}\n"
+    );
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
+}
+
+/// Pushes `config` to `branch` of acme/app and delivers the push, signed; returns the delivery's
+/// answer.
+fn push(server: &Server, repository: &Repository, branch: &str, config: &str) -> Value {
+    let commit = repository.commit(
+        &[("cloudbuild.yaml", config)],
+        "change",
+        &format!("HEAD:refs/heads/{branch}"),
+    );
+    let body = push_payload(&format!("refs/heads/{branch}"), ZERO, &commit, "change");
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let (status, answer) = server.deliver("push", &delivery, &body, &sign(&body));
+    assert!(status == 200 || status == 202, "{status} {answer}");
+    answer
+}
+
+fn containers_of(build: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=builder.build={build}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A step that says hello (with a script tag and colours), then runs until cancelled.
+const LONG_RUNNING: &str = r#"steps:
+- id: talk
+  name: builder/busybox
+  args: ['sh', '-c', 'echo first line; echo "<script>document.title=1</script>"; printf "\033[32mgreen\033[0m\n"; sleep 300']
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pushed_build_shows_up_logs_live_and_is_cancelled_from_its_page() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    trigger(triggers.path(), "every-branch", ".*");
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let browser = Browser::open(&server).await;
+    browser.log_in().await;
+
+    let branch = "feature/<script>document.title=2</script>";
+    let answer = push(&server, &repository, branch, LONG_RUNNING);
+    let id = answer["builds"][0].as_str().unwrap().to_string();
+
+    // The list shows the build by itself (it refreshes while builds run), its branch as text.
+    browser.goto("/").await;
+    let row = format!("#builds a[href='/builds/{id}']");
+    eventually("the build in the list", || async {
+        (!browser.text(&row).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(browser.text("#builds .branch").await, branch);
+    browser.assert_no_injected_script().await;
+    browser.screenshot("builds").await;
+
+    // The build page shows the step's lines while it still runs.
+    browser.goto(&format!("/builds/{id}")).await;
+    eventually("the first log line while the step runs", || async {
+        browser
+            .text("#log-0")
+            .await
+            .contains("first line")
+            .then_some(())
+    })
+    .await;
+    let build = server.get(&format!("/v1/builds/{id}"));
+    assert_eq!(build["steps"][0]["status"], "WORKING", "{build}");
+    eventually("every line", || async {
+        browser.text("#log-0").await.contains("green").then_some(())
+    })
+    .await;
+    let log = browser.text("#log-0").await;
+    assert!(log.contains("<script>document.title=1</script>"), "{log}");
+    assert_eq!(browser.text("#log-0 .fg-green").await, "green");
+    browser.assert_no_injected_script().await;
+    browser.screenshot("build-running").await;
+
+    // Cancel from the page: the build ends CANCELLED and leaves no container.
+    browser
+        .eval("document.getElementById('cancel').click()")
+        .await;
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "CANCELLED", "{build}");
+    eventually("the build's containers to be gone", || async {
+        containers_of(&id).is_empty().then_some(())
+    })
+    .await;
+    eventually("the page to show the cancelled build", || async {
+        browser
+            .text("#summary .status")
+            .await
+            .contains("CANCELLED")
+            .then_some(())
+    })
+    .await;
+    browser.screenshot("build-cancelled").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_of_100000_lines_streams_onto_the_page() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    trigger(triggers.path(), "main", "^main$");
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 1);
+    let config = "steps:\n- name: builder/busybox\n  args: ['seq', '1', '100000']\n";
+    let answer = push(&server, &repository, "main", config);
+    let id = answer["builds"][0].as_str().unwrap().to_string();
+    assert_eq!(server.finished(&id)["status"], "SUCCESS");
+
+    let browser = Browser::open(&server).await;
+    browser.goto(&format!("/builds/{id}")).await;
+    eventually("all 100,000 lines on the page", || async {
+        let lines = browser
+            .eval("document.getElementById('log-0').childElementCount")
+            .await;
+        (lines == 100_000).then_some(())
+    })
+    .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('log-0').lastChild.textContent")
+            .await,
+        "100000"
+    );
+    // The log pane is scrolled to its end.
+    let at_end = "(p => p.scrollTop + p.clientHeight >= p.scrollHeight - 4)\
+                  (document.getElementById('log-0'))";
+    assert_eq!(browser.eval(at_end).await, true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deliveries_page_explains_a_push_that_started_nothing() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    trigger(triggers.path(), "main", "^main$");
+    let schedules = data.path().join("schedules");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("nightly.yaml"),
+        "name: nightly\nschedule: 0 3 * * *\ntimeZone: Europe/Berlin\ntrigger: main\nbranch: main\n",
+    )
+    .unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 0);
+    let answer = push(&server, &repository, "docs", "steps: []\n");
+    assert_eq!(answer["builds"], json!([]), "{answer}");
+
+    let browser = Browser::open(&server).await;
+    browser.goto("/deliveries").await;
+    let explained = browser.text("table.deliveries tbody tr").await;
+    assert!(
+        explained.contains("push of branch docs to acme/app"),
+        "{explained}"
+    );
+    assert!(explained.contains("No trigger fired."), "{explained}");
+    assert!(
+        explained.contains("main: did not fire: the ref does not match \"^main$\""),
+        "{explained}"
+    );
+    browser.screenshot("deliveries").await;
+
+    browser.goto("/triggers").await;
+    let rule = browser.text("main table").await;
+    assert!(
+        rule.contains("pushes to branches matching \"^main$\" of acme/app"),
+        "{rule}"
+    );
+    browser.screenshot("triggers").await;
+    browser.goto("/schedules").await;
+    let schedule = browser.text("main table tbody").await;
+    assert!(
+        schedule.contains("0 3 * * *") && schedule.contains("Europe/Berlin"),
+        "{schedule}"
+    );
+    browser.screenshot("schedules").await;
+}
+
+/// Not in the browser: the headers and the read setting, as any client sees them.
+#[test]
+fn pages_carry_a_content_security_policy_and_reads_can_need_the_token() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let server = Server::start_with(
+        data.path(),
+        triggers.path(),
+        &repository.mirrors(),
+        0,
+        &["--reads-need-token"],
+    );
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-i"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl(&[&format!("{}/", server.url)]);
+    assert!(page.starts_with("HTTP/1.1 303"), "{page}");
+    assert!(page.contains("location: /login?next=%2F"), "{page}");
+    assert!(page.contains("content-security-policy: default-src 'none'; script-src 'self'"));
+    let api = curl(&[&format!("{}/v1/builds", server.url)]);
+    assert!(api.starts_with("HTTP/1.1 401"), "{api}");
+
+    let wrong = curl(&["-d", "token=nope&next=/", &format!("{}/login", server.url)]);
+    assert!(
+        wrong.starts_with("HTTP/1.1 401") && !wrong.contains("set-cookie"),
+        "{wrong}"
+    );
+    let login = curl(&[
+        "-d",
+        &format!("token={TOKEN}&next=/triggers"),
+        &format!("{}/login", server.url),
+    ]);
+    assert!(login.contains("location: /triggers"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("; HttpOnly") && cookie.contains("; SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = curl(&[
+        "-H",
+        &format!("Cookie: {session}"),
+        &format!("{}/", server.url),
+    ]);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let api = curl(&[
+        "-H",
+        &format!("Cookie: {session}"),
+        &format!("{}/v1/builds", server.url),
+    ]);
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+}
