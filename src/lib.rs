@@ -7,7 +7,6 @@ pub mod build;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod console;
 pub mod diag;
 pub mod execute;
 pub mod gate;

@@ -24,7 +24,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("sqlx", "src/store.rs"),
     ("granit_parser", "src/config/tree.rs"),
     ("hmac", "src/webhooks.rs"),
-    ("axum", "src/api.rs"),
+    ("axum", "src/api/"),
     ("hyper_util", "src/client.rs"),
     ("git2", "src/source/git.rs"),
     ("oci_client", "src/registry/mod.rs"),
@@ -71,7 +71,7 @@ const LAYERS: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
-        &["src/api.rs"],
+        &["src/api/"],
         &[
             "crate::store",
             "crate::execute",

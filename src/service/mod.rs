@@ -35,10 +35,8 @@ use crate::registry::Registries;
 use crate::runtime::ContainerRuntime;
 use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
-pub use crate::store::{BuildQuery, StepRecord};
-use crate::store::{
-    BuildRecord, DeliveryRecord, LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult,
-};
+pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
+use crate::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
 use crate::substitute::Values;
 use crate::triggers::{self, BuildSource, Skip, Trigger};
 use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};

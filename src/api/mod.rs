@@ -1,5 +1,5 @@
 //! The HTTP face of `builder serve` (axum): `POST /webhooks/github`, the JSON API under `/v1`
-//! (its OpenAPI document at `/openapi.json`) and the web console at `/` ([`crate::console`]).
+//! (its OpenAPI document at `/openapi.json`) and the web console at `/` ([`console`]).
 //! Handlers only translate between HTTP and [`Service`] calls: status codes, headers, bodies,
 //! and the API token of mutating requests (and of reads, if the server says so).
 
@@ -34,6 +34,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// The most lines a followed log reads at once: a long log streams in pieces.
 const FOLLOW_PAGE: u32 = 5000;
 const OPENAPI: &str = include_str!("openapi.json");
+
+mod console;
 
 /// Serves on `listener` until `shutdown` resolves, finishing the requests in flight.
 pub async fn serve(
@@ -80,7 +82,7 @@ fn router(service: Arc<Service>) -> Router {
             service.clone(),
             guard_reads,
         ))
-        .merge(crate::console::router())
+        .merge(console::router())
         .with_state(service)
 }
 
@@ -95,7 +97,7 @@ async fn guard_reads(
     let reads_api = request.uri().path().starts_with("/v1/");
     if reading && reads_api {
         let headers = request.headers();
-        let token = bearer_token(headers).or_else(|| crate::console::session_token(headers));
+        let token = bearer_token(headers).or_else(|| console::session_token(headers));
         if !service.may_read(token.as_deref()) {
             return error(
                 StatusCode::UNAUTHORIZED,

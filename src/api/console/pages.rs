@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use super::{BuildFilter, Visitor, url_encode};
 use crate::build::Status;
-use crate::service::ScheduleView;
-use crate::store::{BuildRecord, DeliveryRecord, StepRecord};
+use crate::service::{BuildRecord, DeliveryRecord, ScheduleView, StepRecord};
 
 /// Indentation levels the steps list shows (deeper steps share the last).
 const MAX_DEPTH: usize = 8;

@@ -1,0 +1,284 @@
+//! The console's speed: the builds page's first and a deep page with 10,000 builds in the store,
+//! against the HTTP floor (`/healthz`) and the JSON API's same page in the same run; and a
+//! 100,000-line log in headless Chromium: how long until every line is on the page, how long
+//! the page stops answering at worst while it renders, against the log's own transfer time.
+//!
+//! `cargo bench --bench console` (needs what scripts/dev-env.sh installs: the engine for the
+//! log's build, Chromium and chromedriver). Sizes: BUILDS (10000), LINES (100000), ROUNDS (200).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fantoccini::ClientBuilder;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-token";
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `builder serve` on a free port over `data`, running at most `builds` builds at once.
+fn serve(data: &std::path::Path, builds: usize) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_builder"))
+        .env("BUILDER_DATA_DIR", data)
+        .env("BUILDER_WEBHOOK_SECRET", "secret")
+        .env("BUILDER_API_TOKEN", TOKEN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-concurrent-builds",
+        ])
+        .arg(builds.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let url = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            Some(
+                line.split("listening on ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .expect("the server's address");
+    (child, url)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+async fn request(http: &Http, method: &str, url: &str, body: Option<Value>) -> (u16, Bytes) {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(
+            body.map(|b| b.to_string().into()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let response = http.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+async fn submit(http: &Http, url: &str, config: &str) -> String {
+    let (status, body) = request(
+        http,
+        "POST",
+        &format!("{url}/v1/builds"),
+        Some(json!({"config": config})),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    answer["build"].as_str().unwrap().to_string()
+}
+
+fn median_and_p95(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 95 / 100])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let (builds, lines, rounds) = (
+        size("BUILDS", 10_000),
+        size("LINES", 100_000),
+        size("ROUNDS", 200),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+
+    // The log: a real build that prints LINES lines.
+    let (server, url) = serve(data.path(), 1);
+    let config = format!("steps:\n- name: builder/busybox\n  args: ['seq', '1', '{lines}']\n");
+    let log_build = submit(&http, &url, &config).await;
+    loop {
+        let (_, body) = request(&http, "GET", &format!("{url}/v1/builds/{log_build}"), None).await;
+        let build: Value = serde_json::from_slice(&body).unwrap();
+        match build["status"].as_str() {
+            Some("QUEUED" | "WORKING") => tokio::time::sleep(Duration::from_millis(200)).await,
+            Some("SUCCESS") => break,
+            other => panic!("the log's build ended {other:?}"),
+        }
+    }
+    stop(server);
+
+    // BUILDS builds more, queued and never run.
+    let (server, url) = serve(data.path(), 0);
+    let seeding = Instant::now();
+    let mut ids = Vec::with_capacity(builds);
+    for _ in 0..builds {
+        ids.push(
+            submit(
+                &http,
+                &url,
+                "steps:\n- name: builder/busybox\n  args: ['true']\n",
+            )
+            .await,
+        );
+    }
+    eprintln!(
+        "seeded {builds} builds in {:.1}s",
+        seeding.elapsed().as_secs_f64()
+    );
+    let deep = &ids[50];
+    let cases = [
+        ("GET /healthz (HTTP floor)", "/healthz".to_string()),
+        (
+            "GET /v1/builds?limit=50 (API, first page)",
+            "/v1/builds?limit=50".into(),
+        ),
+        ("GET / (console, first page)", "/".into()),
+        (
+            "GET /?before=… (console, last page)",
+            format!("/?before={deep}"),
+        ),
+        (
+            "GET /?status=FAILURE (console, no match)",
+            "/?status=FAILURE".into(),
+        ),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (case, (_, path)) in cases.iter().enumerate() {
+            let start = Instant::now();
+            let (status, _) = request(&http, "GET", &format!("{url}{path}"), None).await;
+            times[case].push(start.elapsed());
+            assert_eq!(status, 200, "{path}");
+        }
+    }
+    println!("\nbuilds pages, {builds} builds in the store, {rounds} rounds interleaved\n");
+    println!("{:<46} {:>10} {:>10}", "case", "median", "p95");
+    for ((name, _), times) in cases.iter().zip(times) {
+        let (median, p95) = median_and_p95(times);
+        println!("{name:<46} {:>10} {:>10}", ms(median), ms(p95));
+    }
+
+    // The log's own transfer: the followed stream read to its end, without rendering.
+    let start = Instant::now();
+    let (_, body) = request(
+        &http,
+        "GET",
+        &format!("{url}/v1/builds/{log_build}/log?follow=true"),
+        None,
+    )
+    .await;
+    let transfer = start.elapsed();
+    assert!(String::from_utf8_lossy(&body).contains("event: end"));
+
+    let (driver, webdriver) = chromedriver();
+    let capabilities = json!({"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1280,1000",
+        format!("--user-data-dir={}", data.path().join("chromium").display()),
+    ]}});
+    let Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    let browser = loop {
+        match ClientBuilder::native()
+            .capabilities(capabilities.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(browser) => break browser,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let count = "return document.getElementById('log-0')?.childElementCount ?? 0";
+    // A script's round trip on an idle page: the floor of the responsiveness figure.
+    browser.goto(&format!("{url}/triggers")).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        browser.execute("return 1", vec![]).await.unwrap();
+        idle.push(start.elapsed());
+    }
+    let start = Instant::now();
+    browser
+        .goto(&format!("{url}/builds/{log_build}"))
+        .await
+        .unwrap();
+    let loaded = start.elapsed();
+    let mut worst = Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let shown = browser.execute(count, vec![]).await.unwrap();
+        worst = worst.max(asked.elapsed());
+        if shown.as_u64() == Some(lines as u64) {
+            break;
+        }
+    }
+    let all_shown = start.elapsed();
+    println!("\na log of {lines} lines in headless Chromium\n");
+    println!(
+        "{:<46} {:>10}",
+        "the log's stream read to its end (floor)",
+        ms(transfer)
+    );
+    println!(
+        "{:<46} {:>10}",
+        "build page loaded (WebDriver goto)",
+        ms(loaded)
+    );
+    println!("{:<46} {:>10}", "every line on the page", ms(all_shown));
+    println!(
+        "{:<46} {:>10}",
+        "script round trip, idle page (median)",
+        ms(median_and_p95(idle).0)
+    );
+    println!(
+        "{:<46} {:>10}",
+        "script round trip while rendering (worst)",
+        ms(worst)
+    );
+    browser.close().await.unwrap();
+    stop(driver);
+    stop(server);
+}
+
+fn chromedriver() -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (scripts/dev-env.sh installs it)");
+    (driver, format!("http://127.0.0.1:{port}"))
+}
