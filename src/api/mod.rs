@@ -150,15 +150,17 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn respond<T: serde::Serialize>(result: Result<T, Failed>) -> Response {
     match result {
         Ok(value) => axum::Json(value).into_response(),
-        Err(failed) => {
-            let status = match failed {
-                Failed::NotFound(_) => StatusCode::NOT_FOUND,
-                Failed::Invalid(_) => StatusCode::BAD_REQUEST,
-                Failed::Conflict(_) => StatusCode::CONFLICT,
-                Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            error(status, failed.to_string())
-        }
+        Err(failed) => error(status_of(&failed), failed.to_string()),
+    }
+}
+
+/// The status code of a failed service call, for the API and the console alike.
+fn status_of(failed: &Failed) -> StatusCode {
+    match failed {
+        Failed::NotFound(_) => StatusCode::NOT_FOUND,
+        Failed::Invalid(_) => StatusCode::BAD_REQUEST,
+        Failed::Conflict(_) => StatusCode::CONFLICT,
+        Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -151,13 +151,8 @@ fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Answer {
 }
 
 fn problem(visitor: &Visitor, failed: Failed) -> Response {
-    let status = match failed {
-        Failed::NotFound(_) => StatusCode::NOT_FOUND,
-        Failed::Invalid(_) => StatusCode::BAD_REQUEST,
-        Failed::Conflict(_) => StatusCode::CONFLICT,
-        Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, pages::problem(visitor, &failed.to_string())).into_response()
+    let page = pages::problem(visitor, &failed.to_string());
+    (super::status_of(&failed), page).into_response()
 }
 
 /// After an action: on to `location`, or the page that says why it failed.

@@ -135,8 +135,9 @@ fn repository(build: &BuildRecord) -> &str {
     }
 }
 
-fn builds_table(builds: &[BuildRecord]) -> Markup {
-    let live = builds.iter().any(|b| !b.status.is_final());
+/// A table of builds; refreshed while any runs, or always if `newest` (new builds show up).
+fn builds_table(builds: &[BuildRecord], newest: bool) -> Markup {
+    let live = newest || builds.iter().any(|b| !b.status.is_final());
     html! {
         table.builds id="builds" data-live[live] {
             thead { tr {
@@ -188,7 +189,7 @@ pub(super) fn builds(
             label { "Branch " input type="text" name="branch" value=(filter.branch); }
             button type="submit" { "Filter" }
         }
-        (builds_table(builds))
+        (builds_table(builds, filter.before.is_empty()))
         nav.pages {
             @if !filter.before.is_empty() { a href=(filter.link(None)) { "← Newest" } }
             @if let Some(older) = older { a href=(older) { "Older →" } }
@@ -381,7 +382,7 @@ pub(super) fn trigger(visitor: &Visitor, trigger: &Value, builds: &[BuildRecord]
             button type="submit" { "Run" }
         }
         h2 { "Recent builds" }
-        (builds_table(builds))
+        (builds_table(builds, true))
         p { a href={ "/?trigger=" (url_encode(name)) } { "All builds of this trigger" } }
     };
     layout(visitor, &format!("Trigger {name}"), content)
