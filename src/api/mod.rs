@@ -266,6 +266,9 @@ struct LogQuery {
     /// Follow the log as server-sent events until the build ends.
     #[serde(default)]
     follow: bool,
+    /// Followed lines come as one `lines` event per read rather than one `line` event each.
+    #[serde(default)]
+    batched: bool,
 }
 
 async fn build_log(
@@ -275,7 +278,7 @@ async fn build_log(
 ) -> Response {
     if query.follow {
         return match service.build(&id).await {
-            Ok(build) => Sse::new(follow(service, build.id, query.after))
+            Ok(build) => Sse::new(follow(service, build.id, query.after, query.batched))
                 .keep_alive(KeepAlive::default())
                 .into_response(),
             Err(failed) => respond::<()>(Err(failed)),
@@ -292,11 +295,14 @@ async fn build_log(
 /// A build's progress as server-sent events: `step` events when a step starts and when it ends
 /// (data `{step, id, name, status, detail}`), `line` events between them (their `id` is the line's sequence
 /// number, so a client can resume with `after`; data `{step, stream, text}`), and one `end`
-/// event with the build's status and failure.
+/// event with the build's status and failure. `batched`: the lines of each read as one `lines`
+/// event instead (data `[{seq, step, stream, text}]`, its `id` the last line's number): a browser
+/// dispatches each event as a task, and a long log's backlog is otherwise hundreds of thousands.
 fn follow(
     service: Arc<Service>,
     id: String,
     after: i64,
+    batched: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // The last status announced for each step.
     let announced: Vec<Status> = Vec::new();
@@ -328,10 +334,18 @@ fn follow(
                         events.push(step_event(step, Status::Working, &None));
                     }
                 }
-                for line in &lines {
-                    let data = json!({"step": line.step, "stream": line.stream, "text": line.text});
-                    let event = Event::default().event("line").id(line.seq.to_string());
-                    events.push(Ok(event.data(data.to_string())));
+                match lines.last() {
+                    Some(last) if batched => {
+                        let event = Event::default().event("lines").id(last.seq.to_string());
+                        events.push(Ok(event.data(json!(lines).to_string())));
+                    }
+                    _ => {
+                        for line in &lines {
+                            let data = json!({"step": line.step, "stream": line.stream, "text": line.text});
+                            let event = Event::default().event("line").id(line.seq.to_string());
+                            events.push(Ok(event.data(data.to_string())));
+                        }
+                    }
                 }
                 for (step, seen) in build.steps.iter().zip(&mut announced) {
                     if !seen.is_final() && step.result.status.is_final() {

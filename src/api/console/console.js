@@ -4,9 +4,9 @@
 
 // How often parts of a page that still change are fetched again.
 const REFRESH_MS = 2000;
-// The most log lines put on the page in one frame: a long log renders in pieces and the page
-// stays responsive while it streams.
-const LINES_PER_FRAME = 2000;
+// How long one frame may spend turning log lines into elements: a long log renders in pieces
+// and the page stays responsive while it streams.
+const FRAME_BUDGET_MS = 8;
 
 // Fetches the page again and swaps each part marked data-live for its new version, until the
 // server renders none so marked.
@@ -31,30 +31,52 @@ function refreshLiveParts() {
 const ANSI_SEQUENCE = /\x1b\[([0-9;?]*)([A-Za-z])/g;
 const COLOURS = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
 
-// The spans of one log line: text with its SGR colours and weights as classes and styles;
-// other escape sequences (cursor moves) are dropped.
-function renderLine(text, state) {
-  const line = document.createElement("div");
-  let at = 0;
+// The lines of one step that one frame puts on the page, as one element: runs of plain text as
+// single text nodes, only styled parts as spans. Few nodes keep a long log cheap to lay out.
+class Chunk {
+  constructor() {
+    this.element = document.createElement("div");
+    this.text = "";
+    this.lines = 0;
+  }
+
+  plain(text) {
+    this.text += text;
+  }
+
+  styled(text, className, colour) {
+    this.settle();
+    const span = document.createElement("span");
+    span.className = className;
+    if (colour) span.style.color = colour;
+    span.textContent = text;
+    this.element.append(span);
+  }
+
+  settle() {
+    if (this.text) this.element.append(this.text);
+    this.text = "";
+  }
+}
+
+// Adds a log line to `chunk` with its SGR colours and weights (carried in `state` from line to
+// line); other escape sequences (cursor moves) are dropped.
+function renderLine(chunk, text, stderr, state) {
   const emit = (part) => {
     if (!part) return;
-    if (!state.classes.length && !state.colour) {
-      line.append(part);
-      return;
-    }
-    const span = document.createElement("span");
-    span.className = state.classes.join(" ");
-    if (state.colour) span.style.color = state.colour;
-    span.textContent = part;
-    line.append(span);
+    const classes = stderr ? [...state.classes, "stderr"] : state.classes;
+    if (!classes.length && !state.colour) chunk.plain(part);
+    else chunk.styled(part, classes.join(" "), state.colour);
   };
+  let at = 0;
   for (const match of text.matchAll(ANSI_SEQUENCE)) {
     emit(text.slice(at, match.index));
     at = match.index + match[0].length;
     if (match[2] === "m") applySgr(match[1], state);
   }
   emit(text.slice(at));
-  return line;
+  chunk.plain("\n");
+  chunk.lines++;
 }
 
 function applySgr(parameters, state) {
@@ -123,24 +145,27 @@ function followLog(section) {
 
   const flush = () => {
     scheduled = false;
-    const touched = new Set();
-    const batch = pending.splice(0, LINES_PER_FRAME);
-    const fragments = new Map();
-    for (const line of batch) {
+    const chunks = new Map();
+    const started = performance.now();
+    let taken = 0;
+    while (taken < pending.length && (taken % 256 || performance.now() - started < FRAME_BUDGET_MS)) {
+      const line = pending[taken++];
       if (!colourState.has(line.step)) colourState.set(line.step, { classes: [], colour: null });
-      const element = renderLine(line.text, colourState.get(line.step));
-      if (line.stream === "stderr") element.className = "stderr";
-      if (!fragments.has(line.step)) fragments.set(line.step, document.createDocumentFragment());
-      fragments.get(line.step).append(element);
+      if (!chunks.has(line.step)) chunks.set(line.step, new Chunk());
+      const stderr = line.stream === "stderr";
+      renderLine(chunks.get(line.step), line.text, stderr, colourState.get(line.step));
     }
-    for (const [step, fragment] of fragments) {
+    pending.splice(0, taken);
+    const atEnd = new Set();
+    for (const [step, chunk] of chunks) {
       const pre = logPane(section, step, "#" + step, "");
-      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-      pre.append(fragment);
-      pre.dataset.lines = pre.childElementCount;
-      if (atEnd) touched.add(pre);
+      if (pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4) atEnd.add(pre);
+      chunk.settle();
+      pre.append(chunk.element);
+      pre.dataset.lines = Number(pre.dataset.lines ?? 0) + chunk.lines;
     }
-    for (const pre of touched) pre.scrollTop = pre.scrollHeight;
+    // Read all, then write all: one layout per frame.
+    for (const pre of atEnd) pre.scrollTop = pre.scrollHeight;
     if (pending.length) schedule();
   };
   const schedule = () => {
@@ -151,9 +176,9 @@ function followLog(section) {
     const url = new URL(section.dataset.log, location.href);
     url.searchParams.set("after", lastSeq);
     source = new EventSource(url);
-    source.addEventListener("line", (event) => {
+    source.addEventListener("lines", (event) => {
       lastSeq = Number(event.lastEventId) || lastSeq;
-      pending.push(JSON.parse(event.data));
+      for (const line of JSON.parse(event.data)) pending.push(line);
       schedule();
     });
     source.addEventListener("step", (event) => {

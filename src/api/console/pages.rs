@@ -317,7 +317,7 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
             }
         }
         h2 { "Logs" }
-        section.logs id="logs" data-log={ "/v1/builds/" (build.id) "/log?follow=true" } {
+        section.logs id="logs" data-log={ "/v1/builds/" (build.id) "/log?follow=true&batched=true" } {
             @for step in &build.steps {
                 details.log open data-step=(step.index) {
                     summary { (step_label(step)) " " code { (step.name) } }
