@@ -222,7 +222,7 @@ start_builder() { # start_builder CASE TRIGGERS_DIR
     sleep 0.1
   done
   [ -n "$addr" ] || { cat "$log" >&2; die "builder serve ($1) did not listen within 30 s"; }
-  grep -q "($N triggers)" "$log" || { cat "$log" >&2; die "builder serve ($1) did not load $N triggers"; }
+  grep -q "($N triggers, " "$log" || { cat "$log" >&2; die "builder serve ($1) did not load $N triggers"; }
   url[$1]="http://$addr/webhooks/github"
 }
 start_webhook() {
