@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::build::Status;
 use crate::service::StepRecord;
@@ -37,14 +39,20 @@ const OPENAPI: &str = include_str!("openapi.json");
 
 mod console;
 
-/// Serves on `listener` until `shutdown` resolves, finishing the requests in flight.
+/// Serves on `listener` until `shutdown` resolves, finishing the requests in flight; followed
+/// logs end then too (a browser tab left open on a running build would hold the server up).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
+    let stopping = CancellationToken::new();
+    let stop = stopping.clone();
+    axum::serve(listener, router(service).layer(Extension(stopping)))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
         .await
 }
 
@@ -93,7 +101,8 @@ async fn guard_reads(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let reading = request.method() == axum::http::Method::GET;
+    let method = request.method();
+    let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
     let reads_api = request.uri().path().starts_with("/v1/");
     if reading && reads_api {
         let headers = request.headers();
@@ -273,14 +282,18 @@ struct LogQuery {
 
 async fn build_log(
     State(service): State<Arc<Service>>,
+    Extension(stopping): Extension<CancellationToken>,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Response {
     if query.follow {
         return match service.build(&id).await {
-            Ok(build) => Sse::new(follow(service, build.id, query.after, query.batched))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
+            Ok(build) => Sse::new(
+                follow(service, build.id, query.after, query.batched)
+                    .take_until(stopping.cancelled_owned()),
+            )
+            .keep_alive(KeepAlive::default())
+            .into_response(),
             Err(failed) => respond::<()>(Err(failed)),
         };
     }

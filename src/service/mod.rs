@@ -38,7 +38,7 @@ use crate::source::git::{Mirror, Rewrites};
 pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
 use crate::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
 use crate::substitute::Values;
-use crate::triggers::{self, BuildSource, Skip, Trigger};
+use crate::triggers::{self, BuildSource, Trigger};
 use crate::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
@@ -538,10 +538,11 @@ impl Service {
         };
         let mut accepted = record(true, summary(push));
         let mut pending = false;
-        for trigger in self.triggers.all().iter() {
+        // Only the triggers of the pushed repository are worth a line in its record.
+        let triggers = self.triggers.all();
+        let repository = &push.repository;
+        for trigger in triggers.of_repository(&repository.owner, &repository.name) {
             match trigger.fires_on_ref(push) {
-                // Only the triggers of the pushed repository are worth a line in its record.
-                Err(Skip::OtherRepository | Skip::NotGitHub) => {}
                 Err(skip) => accepted.results.push(skipped(trigger, skip)),
                 Ok(()) if trigger.has_file_filters() => pending = true,
                 Ok(()) => {
@@ -702,7 +703,9 @@ impl Service {
             let changed = self.changed_files(&push).await;
             let mut results = delivery.results;
             let mut builds = Vec::new();
-            for trigger in self.triggers.all().iter() {
+            let triggers = self.triggers.all();
+            let repository = &push.repository;
+            for trigger in triggers.of_repository(&repository.owner, &repository.name) {
                 if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
                     continue;
                 }

@@ -22,6 +22,8 @@ function refreshLiveParts() {
           if (replacement) part.replaceWith(document.importNode(replacement, true));
         }
       }
+    } catch {
+      // The server is away for a moment: try again at the next turn.
     } finally {
       refreshLiveParts();
     }
@@ -100,16 +102,20 @@ function applySgr(parameters, state) {
       const name = COLOURS[code % 10] + (code >= 100 ? "-bright" : "");
       state.classes = [...without("bg-"), "bg-" + name];
     } else if (code === 49) state.classes = without("bg-");
-    else if (code === 38 && codes[i + 1] === 5) {
-      state.colour = xterm256(codes[i + 2]); i += 2;
-    } else if (code === 38 && codes[i + 1] === 2) {
-      state.colour = `rgb(${codes[i + 2]}, ${codes[i + 3]}, ${codes[i + 4]})`; i += 4;
+    else if ((code === 38 || code === 48) && codes[i + 1] === 5) {
+      // 256 colours: the first 16 as the classes above, the rest as a style.
+      const n = codes[i + 2], prefix = code === 38 ? "fg-" : "bg-";
+      if (n < 16) state.classes = [...without(prefix), prefix + COLOURS[n % 8] + (n >= 8 ? "-bright" : "")];
+      else if (code === 38) state.colour = xterm256(n);
+      i += 2;
+    } else if ((code === 38 || code === 48) && codes[i + 1] === 2) {
+      if (code === 38) state.colour = `rgb(${codes[i + 2]}, ${codes[i + 3]}, ${codes[i + 4]})`;
+      i += 4;
     }
   }
 }
 
 function xterm256(n) {
-  if (n < 16) return null;
   if (n >= 232) { const v = 8 + (n - 232) * 10; return `rgb(${v}, ${v}, ${v})`; }
   const c = n - 16, level = (x) => (x === 0 ? 0 : 55 + x * 40);
   return `rgb(${level(Math.floor(c / 36))}, ${level(Math.floor(c / 6) % 6)}, ${level(c % 6)})`;
@@ -117,17 +123,25 @@ function xterm256(n) {
 
 // The log pane of step `step`, made if the page has none yet (the build had no plan yet when
 // the page was rendered).
+// A pane made for a line that came before its step's event is labelled when the event comes.
 function logPane(section, step, label, name) {
   const existing = document.getElementById("log-" + step);
-  if (existing) return existing;
-  const details = document.createElement("details");
-  details.className = "log";
-  details.open = true;
-  details.dataset.step = step;
+  const pane = existing?.parentElement;
+  if (existing && !(name && pane.dataset.unlabelled)) return existing;
   const summary = document.createElement("summary");
   const code = document.createElement("code");
   code.textContent = name;
   summary.append(label + " ", code);
+  if (existing) {
+    pane.querySelector("summary").replaceWith(summary);
+    delete pane.dataset.unlabelled;
+    return existing;
+  }
+  const details = document.createElement("details");
+  details.className = "log";
+  details.open = true;
+  details.dataset.step = step;
+  if (!name) details.dataset.unlabelled = "true";
   const pre = document.createElement("pre");
   pre.id = "log-" + step;
   details.append(summary, pre);
@@ -190,8 +204,17 @@ function followLog(section) {
       source.close();
       section.dataset.ended = "true";
     });
-    source.addEventListener("error", () => {
+    source.addEventListener("error", (event) => {
       source.close();
+      if (event.data) {
+        // The server's answer, not a dropped connection: say it and stop.
+        ended = true;
+        const problem = document.createElement("p");
+        problem.className = "error";
+        problem.textContent = JSON.parse(event.data).error;
+        section.prepend(problem);
+        return;
+      }
       // The server closed the stream or went away: resume after the last line received.
       if (!ended) setTimeout(open, 1000);
     });

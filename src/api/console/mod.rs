@@ -105,6 +105,8 @@ pub fn session_token(headers: &HeaderMap) -> Option<String> {
 struct Visitor {
     logged_in: bool,
     path: String,
+    /// The request came from one of this server's pages (or says nothing of where it came from).
+    same_origin: bool,
 }
 
 impl Visitor {
@@ -113,6 +115,7 @@ impl Visitor {
         Visitor {
             logged_in: token.is_some_and(|token| service.authorizes(&token)),
             path,
+            same_origin: same_origin(headers),
         }
     }
 
@@ -125,9 +128,10 @@ impl Visitor {
         }
     }
 
-    /// May act, or is sent to the login form first.
+    /// May act, or is sent to the login form first. A form posted from another origin (another
+    /// port of this host, a sibling subdomain: `SameSite` lets those through) never acts.
     fn acting(self) -> Result<Self, Redirect> {
-        if self.logged_in {
+        if self.logged_in && self.same_origin {
             Ok(self)
         } else {
             Err(self.to_login())
@@ -413,7 +417,11 @@ struct Next {
 impl Next {
     /// Where to go after logging in: a path of this server, never another site.
     fn path(&self) -> String {
-        let local = self.next.starts_with('/') && !self.next.starts_with("//");
+        // Browsers read `\` as `/` and drop tabs and newlines: `/\host` is `//host`.
+        let odd = |c: char| c == '\\' || c.is_whitespace() || c.is_control();
+        let local = self.next.starts_with('/')
+            && !self.next.starts_with("//")
+            && !self.next.chars().any(odd);
         if local { self.next.clone() } else { "/".into() }
     }
 }
@@ -457,6 +465,22 @@ async fn logout() -> Response {
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
+/// Whether a request's `Origin`, which browsers send with every form post, is this server.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host),
+        (Some(_), None) => false,
+    }
+}
+
 /// Percent-encodes everything but unreserved characters, for a query value or a path segment.
 fn url_encode(text: &str) -> String {
     text.bytes()
@@ -491,6 +515,24 @@ mod tests {
         assert_eq!(next("/builds/1?x=2"), "/builds/1?x=2");
         assert_eq!(next("//evil.example/"), "/");
         assert_eq!(next("https://evil.example/"), "/");
+        assert_eq!(next("/\\evil.example"), "/");
+        assert_eq!(next("/\t/evil.example"), "/");
+    }
+
+    #[test]
+    fn forms_act_only_from_this_origin() {
+        let headers = |origin: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, origin.parse().unwrap());
+            }
+            headers
+        };
+        assert!(same_origin(&headers(Some("http://127.0.0.1:8080"))));
+        assert!(same_origin(&headers(None)));
+        assert!(!same_origin(&headers(Some("http://127.0.0.1:9090"))));
+        assert!(!same_origin(&headers(Some("null"))));
     }
 
     #[test]

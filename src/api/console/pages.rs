@@ -135,11 +135,15 @@ fn repository(build: &BuildRecord) -> &str {
     }
 }
 
-/// A table of builds; refreshed while any runs, or always if `newest` (new builds show up).
-fn builds_table(builds: &[BuildRecord], newest: bool) -> Markup {
-    let live = newest || builds.iter().any(|b| !b.status.is_final());
+/// Whether a list of builds is refreshed: while any runs, or always if `newest` (new builds show
+/// up).
+fn live(builds: &[BuildRecord], newest: bool) -> bool {
+    newest || builds.iter().any(|b| !b.status.is_final())
+}
+
+fn builds_table(builds: &[BuildRecord]) -> Markup {
     html! {
-        table.builds id="builds" data-live[live] {
+        table.builds {
             thead { tr {
                 th { "Status" } th { "Build" } th { "Started by" } th { "Repository" }
                 th { "Branch or tag" } th { "Commit" } th { "Started" } th { "Duration" }
@@ -189,10 +193,13 @@ pub(super) fn builds(
             label { "Branch " input type="text" name="branch" value=(filter.branch); }
             button type="submit" { "Filter" }
         }
-        (builds_table(builds, filter.before.is_empty()))
-        nav.pages {
-            @if !filter.before.is_empty() { a href=(filter.link(None)) { "← Newest" } }
-            @if let Some(older) = older { a href=(older) { "Older →" } }
+        // The paging links are refreshed with the list they page.
+        div id="builds" data-live[live(builds, filter.before.is_empty())] {
+            (builds_table(builds))
+            nav.pages {
+                @if !filter.before.is_empty() { a href=(filter.link(None)) { "← Newest" } }
+                @if let Some(older) = older { a href=(older) { "Older →" } }
+            }
         }
     };
     layout(visitor, "Builds", content)
@@ -382,7 +389,7 @@ pub(super) fn trigger(visitor: &Visitor, trigger: &Value, builds: &[BuildRecord]
             button type="submit" { "Run" }
         }
         h2 { "Recent builds" }
-        (builds_table(builds, true))
+        div id="builds" data-live[live(builds, true)] { (builds_table(builds)) }
         p { a href={ "/?trigger=" (url_encode(name)) } { "All builds of this trigger" } }
     };
     layout(visitor, &format!("Trigger {name}"), content)
@@ -547,6 +554,7 @@ mod tests {
         let visitor = Visitor {
             logged_in: false,
             path: "/\"><script>".into(),
+            same_origin: true,
         };
         let page = problem(&visitor, "<script>alert(1)</script>").into_string();
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
