@@ -273,6 +273,34 @@ async fn a_pushed_build_shows_up_logs_live_and_is_cancelled_from_its_page() {
     browser.screenshot("build-cancelled").await;
 }
 
+/// A log followed while its build runs (a browser tab left open) does not hold up a stopping
+/// server: the stream ends, the build is cancelled, the server exits.
+#[test]
+fn stopping_the_server_ends_followed_logs() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    trigger(triggers.path(), "main", "^main$");
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 1);
+    let answer = push(&server, &repository, "main", LONG_RUNNING);
+    let id = answer["builds"][0].as_str().unwrap().to_string();
+    let url = format!("{}/v1/builds/{id}/log?follow=true&batched=true", server.url);
+    let mut follower = Command::new("curl")
+        .args(["-sN", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stream = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("first line") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stream, &mut line).unwrap() > 0);
+    }
+    // The step sleeps for 300 s: only an ended stream lets the server exit before.
+    assert!(server.stop().success());
+    assert!(follower.wait().unwrap().success());
+    assert!(containers_of(&id).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_of_100000_lines_streams_onto_the_page() {
     let repository = Repository::new();

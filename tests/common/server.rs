@@ -95,6 +95,22 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// Stops the server as an operator does (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// POSTs a delivery; returns the status code and the JSON answer.
     pub fn deliver(&self, event: &str, id: &str, body: &[u8], signature: &str) -> (u16, Value) {
         let body_file = tempfile::NamedTempFile::new().unwrap();
