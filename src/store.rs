@@ -457,30 +457,54 @@ impl Store for SqliteStore {
     }
 
     async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
-        let (_turn, mut tx) = self.write().await?;
-        let mut recorded = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let inserted = sqlx::query(
-                "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            )
-            .bind(&delivery.id)
-            .bind(&delivery.event)
-            .bind(millis(SystemTime::now()))
-            .bind(delivery.verified)
-            .bind(&delivery.summary)
-            .bind(if delivery.payload.is_some() { PENDING } else { DONE })
-            .bind(&delivery.payload)
-            .bind(json(&delivery.results))
-            .execute(&mut *tx)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                recorded.push(Recorded::Duplicate);
-                continue;
-            }
-            queue(&mut tx, &delivery.builds).await?;
-            recorded.push(Recorded::New);
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
         }
+        let (_turn, mut tx) = self.write().await?;
+        // One statement for all the deliveries and one for their builds: each statement is a
+        // round trip to SQLite's thread, and the writer holds every waiting request meanwhile.
+        let now = millis(SystemTime::now());
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) ",
+        );
+        insert.push_values(deliveries, |mut row, delivery| {
+            let state = if delivery.payload.is_some() {
+                PENDING
+            } else {
+                DONE
+            };
+            row.push_bind(&delivery.id)
+                .push_bind(&delivery.event)
+                .push_bind(now)
+                .push_bind(delivery.verified)
+                .push_bind(&delivery.summary)
+                .push_bind(state)
+                .push_bind(&delivery.payload)
+                .push_bind(json(&delivery.results));
+        });
+        insert.push(" ON CONFLICT DO NOTHING RETURNING id");
+        let mut inserted: HashMap<String, usize> = HashMap::new();
+        for row in insert.build().fetch_all(&mut *tx).await? {
+            *inserted.entry(row.get("id")).or_default() += 1;
+        }
+        // Rows go in in order: of a repeated id, the first ones went in, the later ones conflicted.
+        let recorded: Vec<Recorded> = deliveries
+            .iter()
+            .map(|delivery| match inserted.get_mut(&delivery.id) {
+                Some(count) if *count > 0 => {
+                    *count -= 1;
+                    Recorded::New
+                }
+                _ => Recorded::Duplicate,
+            })
+            .collect();
+        let builds: Vec<QueuedBuild> = deliveries
+            .iter()
+            .zip(&recorded)
+            .filter(|(_, recorded)| **recorded == Recorded::New)
+            .flat_map(|(delivery, _)| delivery.builds.iter().cloned())
+            .collect();
+        queue(&mut tx, &builds).await?;
         tx.commit().await?;
         Ok(recorded)
     }
@@ -908,24 +932,39 @@ async fn insert_steps(
     Ok(())
 }
 
+/// Builds one statement inserts at most: SQLite takes at most 32,766 values in one.
+const BUILDS_PER_INSERT: usize = 1000;
+
 async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), Error> {
-    for build in builds {
-        sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, delivery_id, request, schedule_name) \
-             VALUES ($1, $2, $3, $4, $5, 'null', $6, $7, $8, $9)",
-        )
-        .bind(&build.id)
-        .bind(Status::Queued.as_str())
-        .bind(millis(SystemTime::now()))
-        .bind(build.source.to_string())
-        .bind(build.substitutions.to_string())
-        .bind(&build.trigger)
-        .bind(&build.delivery)
-        .bind(build.request.to_string())
-        .bind(&build.schedule)
-        .execute(&mut **tx)
-        .await?;
+    let now = millis(SystemTime::now());
+    for builds in builds.chunks(BUILDS_PER_INSERT) {
+        queue_chunk(tx, builds, now).await?;
     }
+    Ok(())
+}
+
+async fn queue_chunk(
+    tx: &mut Transaction<'_>,
+    builds: &[QueuedBuild],
+    now: i64,
+) -> Result<(), Error> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
+         delivery_id, request, schedule_name) ",
+    );
+    insert.push_values(builds, |mut row, build| {
+        row.push_bind(&build.id)
+            .push_bind(Status::Queued.as_str())
+            .push_bind(now)
+            .push_bind(build.source.to_string())
+            .push_bind(build.substitutions.to_string())
+            .push_bind("null")
+            .push_bind(&build.trigger)
+            .push_bind(&build.delivery)
+            .push_bind(build.request.to_string())
+            .push_bind(&build.schedule);
+    });
+    insert.build().execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -1113,6 +1152,46 @@ mod tests {
                 assert!(!plan.iter().any(scans_or_sorts), "{query:?}: {plan:?}");
             }
         }
+    }
+
+    fn delivery(id: &str, verified: bool, builds: Vec<QueuedBuild>) -> NewDelivery {
+        NewDelivery {
+            id: id.into(),
+            event: "push".into(),
+            verified,
+            summary: String::new(),
+            payload: None,
+            results: Vec::new(),
+            builds,
+        }
+    }
+
+    /// A batch is written in one statement per table; a verified id seen before, in the store or
+    /// earlier in the same batch, is a duplicate and queues nothing.
+    #[tokio::test]
+    async fn a_batch_of_deliveries_queues_the_builds_of_new_ones_only() {
+        let (_dir, store) = store().await;
+        let first = store
+            .record_deliveries(&[
+                delivery("a", true, vec![queued("t", "main")]),
+                delivery("a", true, vec![queued("t", "main")]),
+                delivery("forged", false, vec![]),
+                delivery("forged", false, vec![]),
+            ])
+            .await
+            .unwrap();
+        use Recorded::{Duplicate, New};
+        assert_eq!(first, [New, Duplicate, New, New]);
+        let again = store
+            .record_deliveries(&[
+                delivery("b", true, vec![queued("t", "main"), queued("u", "main")]),
+                delivery("a", true, vec![queued("t", "main")]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(again, [New, Duplicate]);
+        let builds = store.list_builds(&BuildQuery::default()).await.unwrap();
+        assert_eq!(builds.len(), 3);
     }
 
     #[tokio::test]
