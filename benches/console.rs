@@ -8,21 +8,23 @@
 //! `cargo test --all-targets` runs it too, without `--bench`: then at small sizes (100, 1000,
 //! 5), as a check that it still works.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fantoccini::ClientBuilder;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 
-const TOKEN: &str = "bench-token";
+// The tests' harness: a real `builder serve`, a headless Chromium.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::browser::Browser;
+use common::server::{Server, TOKEN};
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -33,51 +35,11 @@ fn size(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `builder serve` on a free port over `data`, running at most `builds` builds at once.
-fn serve(data: &std::path::Path, builds: usize) -> (Stopped, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_builder"))
-        .env("BUILDER_DATA_DIR", data)
-        .env("BUILDER_WEBHOOK_SECRET", "secret")
-        .env("BUILDER_API_TOKEN", TOKEN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-concurrent-builds",
-        ])
-        .arg(builds.to_string())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = stderr
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            Some(
-                line.split("listening on ")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .to_string(),
-            )
-        })
-        .expect("the server's address");
-    // Keep reading what it says, so that it never writes to a closed pipe.
-    std::thread::spawn(move || stderr.for_each(drop));
-    (Stopped(child), url)
-}
-
-/// A process stopped with SIGTERM, its process group with it, when dropped (also on a panic).
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let _ = self.0.wait();
-    }
+/// `builder serve` over `data` without triggers, running at most `builds` builds at once.
+fn serve(data: &TempDir, builds: u32) -> Server {
+    let triggers = data.path().join("triggers");
+    std::fs::create_dir_all(&triggers).unwrap();
+    Server::start(data.path(), &triggers, data.path(), builds)
 }
 
 async fn request(http: &Http, method: &str, url: &str, body: Option<Value>) -> (u16, Bytes) {
@@ -132,7 +94,8 @@ async fn main() {
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
 
     // The log: a real build that prints LINES lines.
-    let (server, url) = serve(data.path(), 1);
+    let server = serve(&data, 1);
+    let url = server.url.clone();
     let config = format!("steps:\n- name: builder/busybox\n  args: ['seq', '1', '{lines}']\n");
     let log_build = submit(&http, &url, &config).await;
     loop {
@@ -147,7 +110,8 @@ async fn main() {
     drop(server);
 
     // BUILDS builds more, queued and never run.
-    let (_server, url) = serve(data.path(), 0);
+    let server = serve(&data, 0);
+    let url = server.url.clone();
     let seeding = Instant::now();
     let mut ids = Vec::with_capacity(builds);
     for _ in 0..builds {
@@ -209,55 +173,35 @@ async fn main() {
     let transfer = start.elapsed();
     assert!(String::from_utf8_lossy(&body).contains("event: end"));
 
-    let (_driver, webdriver) = chromedriver();
-    let capabilities = json!({"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1280,1000",
-        format!("--user-data-dir={}", data.path().join("chromium").display()),
-    ]}});
-    let Value::Object(capabilities) = capabilities else {
-        unreachable!()
-    };
-    let browser = loop {
-        match ClientBuilder::native()
-            .capabilities(capabilities.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(browser) => break browser,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let browser = Browser::open(&server).await;
     let count = "return Number(document.getElementById('log-0')?.dataset.lines ?? 0)";
     // A script's round trip on an idle page: the floor of the responsiveness figure.
-    browser.goto(&format!("{url}/triggers")).await.unwrap();
+    browser.goto("/triggers").await;
+    let page = &browser.client;
     let mut idle = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        browser.execute("return 1", vec![]).await.unwrap();
+        page.execute("return 1", vec![]).await.unwrap();
         idle.push(start.elapsed());
     }
     let start = Instant::now();
-    browser
-        .goto(&format!("{url}/builds/{log_build}"))
-        .await
-        .unwrap();
+    browser.goto(&format!("/builds/{log_build}")).await;
     let loaded = start.elapsed();
     // Tasks over 50 ms on the page's main thread from here on, as the Long Tasks API reports them.
     let observe = "window.longTasks = []; new PerformanceObserver(list => window.longTasks.push(\
                    ...list.getEntries().map(e => e.duration))).observe({type: 'longtask', buffered: true})";
-    browser.execute(observe, vec![]).await.unwrap();
+    page.execute(observe, vec![]).await.unwrap();
     let mut worst = Duration::ZERO;
     loop {
         let asked = Instant::now();
-        let shown = browser.execute(count, vec![]).await.unwrap();
+        let shown = page.execute(count, vec![]).await.unwrap();
         worst = worst.max(asked.elapsed());
         if shown.as_u64() == Some(lines as u64) {
             break;
         }
     }
     let all_shown = start.elapsed();
-    let long_tasks = browser
+    let long_tasks = page
         .execute("return window.longTasks", vec![])
         .await
         .unwrap();
@@ -278,21 +222,4 @@ async fn main() {
         long_tasks.len().to_string(),
     );
     row("the longest of them", ms(longest));
-    browser.close().await.unwrap();
-}
-
-fn chromedriver() -> (Stopped, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("chromedriver (scripts/dev-env.sh installs it)");
-    (Stopped(driver), format!("http://127.0.0.1:{port}"))
 }

@@ -6,27 +6,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{build_id, builder, describe, source, submit, submit_command};
+use common::{build_id, builder, describe, leftovers, source, submit, submit_command};
 use tempfile::TempDir;
 
 mod common;
-
-/// Containers, volumes and networks that still carry the build's label.
-fn leftovers(id: &str) -> String {
-    let filter = format!("label=builder.build={id}");
-    ["ps -aq", "volume ls -q", "network ls -q"]
-        .iter()
-        .map(|list| {
-            let mut args: Vec<&str> = list.split(' ').collect();
-            args.extend(["--filter", &filter]);
-            let out = Command::new("docker").args(&args).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim()
-        .to_string()
-}
 
 /// Starts a submit and reads its stdout until a step prints `ready` (within 60 s); returns the
 /// child and the build id.

@@ -7,6 +7,7 @@ use std::process::Command;
 use assert_cmd::cargo::CommandCargoExt;
 use tempfile::TempDir;
 
+pub mod browser;
 pub mod server;
 
 /// The local registry `scripts/dev-env.sh` starts.
@@ -164,4 +165,21 @@ impl Repository {
         self.git_in(&work, &["push", "-q", "-f", "origin", refspec]);
         self.git_in(&work, &["rev-parse", "HEAD"])
     }
+}
+
+/// Containers, volumes and networks that still carry the build's label.
+pub fn leftovers(id: &str) -> String {
+    let filter = format!("label=builder.build={id}");
+    ["ps -aq", "volume ls -q", "network ls -q"]
+        .iter()
+        .map(|list| {
+            let mut args: Vec<&str> = list.split(' ').collect();
+            args.extend(["--filter", &filter]);
+            let out = Command::new("docker").args(&args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim()
+        .to_string()
 }

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -119,39 +120,61 @@ impl Visitor {
         }
     }
 
-    /// May read pages, or is sent to the login form first.
-    fn reading(self, service: &Service) -> Result<Self, Redirect> {
-        if self.logged_in || service.may_read(None) {
-            Ok(self)
-        } else {
-            Err(self.to_login())
-        }
-    }
-
-    /// May act, or is sent to the login form first. A form posted from another origin (another
-    /// port of this host, a sibling subdomain: `SameSite` lets those through) never acts.
-    fn acting(self) -> Result<Self, Redirect> {
-        if self.logged_in && self.same_origin {
-            Ok(self)
-        } else {
-            Err(self.to_login())
-        }
-    }
-
     fn to_login(&self) -> Redirect {
         Redirect::to(&format!("/login?next={}", url_encode(&self.path)))
     }
 }
 
-/// A handler's answer; `Err` when the visitor is sent to log in first.
-type Answer = Result<Response, Redirect>;
+/// A visitor who may read the page asked for; others are sent to the login form first.
+struct Reader(Visitor);
+
+impl FromRequestParts<Arc<Service>> for Reader {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Redirect> {
+        let page = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let visitor = Visitor::of(service, &parts.headers, page.to_string());
+        if visitor.logged_in || service.may_read(None) {
+            Ok(Reader(visitor))
+        } else {
+            Err(visitor.to_login())
+        }
+    }
+}
+
+/// A visitor who may act; others are sent to the login form first, to come back to the page
+/// the action belongs to (`/builds/ID` for `/builds/ID/cancel`). A form posted from another
+/// origin (another port of this host, a sibling subdomain: `SameSite` lets those through)
+/// never acts.
+struct Actor(Visitor);
+
+impl FromRequestParts<Arc<Service>> for Actor {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Redirect> {
+        let action = parts.uri.path();
+        let page = action.rsplit_once('/').map_or("/", |(page, _)| page);
+        let visitor = Visitor::of(service, &parts.headers, page.to_string());
+        if visitor.logged_in && visitor.same_origin {
+            Ok(Actor(visitor))
+        } else {
+            Err(visitor.to_login())
+        }
+    }
+}
 
 /// A page, or the page that says what went wrong.
-fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Answer {
-    Ok(match result {
+fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Response {
+    match result {
         Ok(markup) => markup.into_response(),
         Err(failed) => problem(visitor, failed),
-    })
+    }
 }
 
 fn problem(visitor: &Visitor, failed: Failed) -> Response {
@@ -159,12 +182,13 @@ fn problem(visitor: &Visitor, failed: Failed) -> Response {
     (super::status_of(&failed), page).into_response()
 }
 
-/// After an action: on to `location`, or the page that says why it failed.
-fn then_to(visitor: &Visitor, result: Result<String, Failed>) -> Answer {
-    Ok(match result {
-        Ok(location) => Redirect::to(&location).into_response(),
+/// After an action: on to `location` (the action's page if `None`), or the page that says why
+/// it failed.
+fn then_to(visitor: &Visitor, result: Result<Option<String>, Failed>) -> Response {
+    match result {
+        Ok(location) => Redirect::to(location.as_deref().unwrap_or(&visitor.path)).into_response(),
         Err(failed) => problem(visitor, failed),
-    })
+    }
 }
 
 /// The builds list's filters, as its form sends them (empty fields are no filter).
@@ -224,11 +248,9 @@ impl BuildFilter {
 
 async fn builds(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Reader(visitor): Reader,
     Query(filter): Query<BuildFilter>,
-) -> Answer {
-    let visitor =
-        Visitor::of(&service, &headers, filter.link(Some(&filter.before))).reading(&service)?;
+) -> Response {
     let result = async {
         let mut builds = service.builds(&filter.query()?).await?;
         let older = (builds.len() > PAGE_SIZE as usize).then(|| {
@@ -244,53 +266,40 @@ async fn builds(
 
 async fn build(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Reader(visitor): Reader,
     Path(id): Path<String>,
-) -> Answer {
-    let visitor = Visitor::of(&service, &headers, format!("/builds/{}", url_encode(&id)))
-        .reading(&service)?;
+) -> Response {
     let result = service.build(&id).await.map(|b| pages::build(&visitor, &b));
     page(&visitor, result)
 }
 
 async fn cancel(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Actor(visitor): Actor,
     Path(id): Path<String>,
-) -> Answer {
-    let path = format!("/builds/{}", url_encode(&id));
-    let visitor = Visitor::of(&service, &headers, path.clone()).acting()?;
-    then_to(&visitor, service.cancel(&id).await.map(|()| path))
+) -> Response {
+    then_to(&visitor, service.cancel(&id).await.map(|()| None))
 }
 
 async fn retry(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Actor(visitor): Actor,
     Path(id): Path<String>,
-) -> Answer {
-    let visitor =
-        Visitor::of(&service, &headers, format!("/builds/{}", url_encode(&id))).acting()?;
+) -> Response {
     let retried = service.retry(&id).await;
-    then_to(&visitor, retried.map(|id| format!("/builds/{id}")))
+    then_to(&visitor, retried.map(|id| Some(format!("/builds/{id}"))))
 }
 
-async fn triggers(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
-    let visitor = Visitor::of(&service, &headers, "/triggers".into()).reading(&service)?;
+async fn triggers(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
     let triggers: Vec<_> = service.triggers().iter().map(|t| t.summary()).collect();
-    Ok(pages::triggers(&visitor, &triggers).into_response())
+    pages::triggers(&visitor, &triggers).into_response()
 }
 
 async fn trigger(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Reader(visitor): Reader,
     Path(name): Path<String>,
-) -> Answer {
-    let visitor = Visitor::of(
-        &service,
-        &headers,
-        format!("/triggers/{}", url_encode(&name)),
-    )
-    .reading(&service)?;
+) -> Response {
     let result = async {
         let trigger = service.trigger(&name)?.summary();
         let query = BuildQuery {
@@ -342,40 +351,27 @@ impl RunForm {
 
 async fn run_trigger(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Actor(visitor): Actor,
     Path(name): Path<String>,
     Form(form): Form<RunForm>,
-) -> Answer {
-    let visitor = Visitor::of(
-        &service,
-        &headers,
-        format!("/triggers/{}", url_encode(&name)),
-    )
-    .acting()?;
+) -> Response {
     let result = match form.run() {
         Ok(run) => service.run_trigger(&name, run).await,
         Err(failed) => Err(failed),
     };
-    then_to(&visitor, result.map(|id| format!("/builds/{id}")))
+    then_to(&visitor, result.map(|id| Some(format!("/builds/{id}"))))
 }
 
-async fn schedules(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
-    let visitor = Visitor::of(&service, &headers, "/schedules".into()).reading(&service)?;
+async fn schedules(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
     let result = service.schedules().await;
     page(&visitor, result.map(|s| pages::schedules(&visitor, &s)))
 }
 
 async fn schedule(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Reader(visitor): Reader,
     Path(name): Path<String>,
-) -> Answer {
-    let visitor = Visitor::of(
-        &service,
-        &headers,
-        format!("/schedules/{}", url_encode(&name)),
-    )
-    .reading(&service)?;
+) -> Response {
     let result = service.schedule(&name).await;
     page(&visitor, result.map(|s| pages::schedule(&visitor, &s)))
 }
@@ -383,27 +379,24 @@ async fn schedule(
 /// `run`, `pause` or `resume` a schedule.
 async fn schedule_action(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    Actor(visitor): Actor,
     Path((name, action)): Path<(String, String)>,
-) -> Answer {
-    let path = format!("/schedules/{}", url_encode(&name));
-    let visitor = Visitor::of(&service, &headers, path.clone()).acting()?;
+) -> Response {
     let result = match action.as_str() {
         "run" => service
             .run_schedule(&name)
             .await
-            .map(|id| format!("/builds/{id}")),
+            .map(|id| Some(format!("/builds/{id}"))),
         "pause" | "resume" => service
             .pause_schedule(&name, action == "pause")
             .await
-            .map(|_| path),
+            .map(|_| None),
         _ => Err(Failed::NotFound(format!("no such action: {action}"))),
     };
     then_to(&visitor, result)
 }
 
-async fn deliveries(State(service): State<Arc<Service>>, headers: HeaderMap) -> Answer {
-    let visitor = Visitor::of(&service, &headers, "/deliveries".into()).reading(&service)?;
+async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
     let result = service.deliveries(DELIVERIES_SHOWN).await;
     page(&visitor, result.map(|d| pages::deliveries(&visitor, &d)))
 }
