@@ -78,6 +78,12 @@ impl Aliases {
         }
         (written.to_string(), Via::Written)
     }
+
+    /// Where `image` is pushed: the image a registry mirror names for it, if one matches (the
+    /// aliases are for running images, not for pushing them).
+    pub fn mirror(&self, image: &str) -> Option<String> {
+        best(&self.mirrors, &normal(image)).map(|(_, target)| target)
+    }
 }
 
 fn parse(text: &str, what: &str) -> Result<File, String> {

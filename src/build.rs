@@ -77,6 +77,10 @@ pub struct StepResult {
     /// Why the step failed, in a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The first 50 KiB the step wrote to `$BUILDER_OUTPUT/output`. Records show it as Cloud
+    /// Build does, in the build's `buildStepOutputs`.
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
 }
 
 impl StepResult {
@@ -88,6 +92,7 @@ impl StepResult {
             end_time: None,
             image_digest: None,
             detail: None,
+            output: None,
         }
     }
 }
@@ -129,8 +134,13 @@ pub mod rfc3339 {
 /// An image of `images:` as pushed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushedImage {
+    /// The name as `images:` writes it (Cloud Build's `results.images[].name`).
     pub name: String,
     pub digest: String,
+    /// Where it was pushed, when a registry mirror sent it elsewhere than its name
+    /// (`gcr.io/p/app` to `localhost:5000/p/app:latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_to: Option<String>,
 }
 
 /// How a build ended.

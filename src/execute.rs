@@ -22,7 +22,6 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, PushedImage, Status, StepResult, rfc3339};
-use crate::gate;
 use crate::logs::{LineAssembler, Masker};
 use crate::plan::{BUILDER_OUTPUT, HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
 use crate::registry::{Registries, RegistryError, TemplateUpload};
@@ -31,6 +30,7 @@ use crate::runtime::{
     RuntimeError, Stdin,
 };
 use crate::templates::{self, Found, Provenance, PushedTemplate};
+use crate::{gate, image};
 
 /// Label carried by every resource of a build, with the build id as value.
 pub const BUILD_LABEL: &str = "builder.build";
@@ -46,6 +46,12 @@ const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// creation behind the running steps, few enough that a long build does not create all its
 /// containers up front.
 const CREATE_AHEAD: usize = 2;
+/// The command of the containers builder creates only to reach a build's volumes through the
+/// engine's archive API. They are never started, but the engine refuses to create a container
+/// without a command, and many images (`docker import`, `FROM scratch`, distroless) have none.
+const NEVER_STARTED: &str = "/builder/never-started";
+/// How much of a step's `$BUILDER_OUTPUT/output` its results keep, as on Cloud Build.
+pub const STEP_OUTPUT_LIMIT: usize = 50 * 1024;
 
 /// One build to run.
 pub struct Run {
@@ -74,6 +80,8 @@ pub enum Event {
         step: usize,
         result: StepResult,
     },
+    /// The results are being pushed: once, before the first image or template.
+    PushStarted,
     PushingTemplate {
         file: String,
         reference: String,
@@ -118,7 +126,10 @@ pub async fn execute(
     if outcome.status == Status::Success {
         let stopped = |status: Status, why: &str| (status, format!("{why} while pushing results"));
         let push = async {
-            outcome.images = push_images(&context, &run.build.images).await?;
+            if !run.build.images.is_empty() || !run.build.templates.is_empty() {
+                context.emit(Event::PushStarted);
+            }
+            outcome.images = push_images(&context, &run.build).await?;
             outcome.templates = push_templates(&context, &run).await?;
             Ok(())
         };
@@ -180,14 +191,49 @@ impl StepContext {
         labels
     }
 
-    /// Makes a step image local, pulling it with its registry's credentials.
-    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+    /// The image a step runs, if it is local. As on Cloud Build, an image the engine has under
+    /// the step's written name runs as is (an earlier step may have built it); only then do the
+    /// aliases and mirrors count.
+    async fn local_step_image(
+        &self,
+        step: &ResolvedStep,
+    ) -> Result<Option<(String, ImageInfo)>, RuntimeError> {
+        for image in [&step.name, &step.image] {
+            if let Some(info) = self.runtime.local_image(image).await? {
+                return Ok(Some((image.clone(), info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The image a step runs, made local: pulled through its alias or mirror, with its
+    /// registry's credentials, when the engine has neither it nor the written name.
+    async fn step_image(&self, step: &ResolvedStep) -> Result<(String, ImageInfo), RuntimeError> {
+        if let Some(found) = self.local_step_image(step).await? {
+            return Ok(found);
+        }
         let auth = self
             .registries
-            .engine_auth(image)
+            .engine_auth(&step.image)
             .await
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        self.runtime.ensure_image(image, auth.as_ref()).await
+        let info = self
+            .runtime
+            .ensure_image(&step.image, auth.as_ref())
+            .await?;
+        Ok((step.image.clone(), info))
+    }
+
+    /// A container made only to reach the build's volumes through, never started.
+    fn volume_access(&self, what: &str, image: String, mounts: Vec<Mount>) -> ContainerSpec {
+        ContainerSpec {
+            name: self.name(what),
+            image,
+            entrypoint: Some(vec![NEVER_STARTED.to_string()]),
+            mounts,
+            labels: self.labels(None),
+            ..ContainerSpec::default()
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -225,20 +271,27 @@ async fn prepare_volumes(context: &StepContext, run: &Run) -> Result<(), String>
     // Each build volume, and where the seed container mounts it.
     let user_volumes = run.build.steps.iter().flat_map(|s| &s.volumes);
     let gate = gate::available().then(|| ("gate".to_string(), gate::DIR.to_string()));
+    let outputs =
+        (0..run.build.steps.len()).map(|i| (outputs_volume(i), format!("{BUILDER_OUTPUT}/{i}")));
     let volumes: BTreeMap<String, String> = [
         ("workspace".to_string(), WORKSPACE.to_string()),
         ("home".to_string(), HOME.to_string()),
     ]
     .into_iter()
     .chain(gate)
+    .chain(outputs)
     .chain(user_volumes.map(|v| (user_volume(&v.name), format!("/builder/volumes/{}", v.name))))
     .collect();
-    for volume in volumes.keys() {
-        runtime
-            .create_volume(&context.name(volume), &labels)
-            .await
-            .map_err(|e| format!("preparing the build: {e}"))?;
-    }
+    let created = futures_util::future::join_all(volumes.keys().map(|volume| {
+        let name = context.name(volume);
+        let labels = &labels;
+        async move { runtime.create_volume(&name, labels).await }
+    }))
+    .await;
+    created
+        .into_iter()
+        .collect::<Result<(), _>>()
+        .map_err(|e| format!("preparing the build: {e}"))?;
     let archive = seed_archive(run.workspace.as_deref(), volumes.values())
         .map_err(|e| format!("packing the workspace: {e}"))?;
     // The engine copies files into a volume only through a container that mounts it; it is
@@ -250,16 +303,11 @@ async fn prepare_volumes(context: &StepContext, run: &Run) -> Result<(), String>
     else {
         return Ok(());
     };
-    let seed = ContainerSpec {
-        name: context.name("seed"),
-        image,
-        mounts: volumes
-            .iter()
-            .map(|(volume, path)| volume_mount(&context.name(volume), path))
-            .collect(),
-        labels: labels.clone(),
-        ..ContainerSpec::default()
-    };
+    let mounts = volumes
+        .iter()
+        .map(|(volume, path)| volume_mount(&context.name(volume), path))
+        .collect();
+    let seed = context.volume_access("seed", image, mounts);
     let seeding = async {
         runtime.create_container(&seed).await?;
         runtime.upload(&seed.name, "/", archive).await?;
@@ -270,15 +318,16 @@ async fn prepare_volumes(context: &StepContext, run: &Run) -> Result<(), String>
         .map_err(|e| format!("filling /workspace: {e}"))
 }
 
-/// The first step image that is local or can be pulled; a missing one is the step's failure to
-/// report, not the build's preparation's.
+/// The first step image that is local or can be pulled, for a container that only reaches the
+/// build's volumes; a missing one is the step's failure to report, not the build's
+/// preparation's.
 async fn seed_image(
     context: &StepContext,
     build: &ResolvedBuild,
 ) -> Result<Option<String>, RuntimeError> {
     for step in &build.steps {
-        match context.ensure_image(&step.image).await {
-            Ok(_) => return Ok(Some(step.image.clone())),
+        match context.step_image(step).await {
+            Ok((image, _)) => return Ok(Some(image)),
             Err(RuntimeError::ImageNotFound { .. }) => continue,
             Err(e) => return Err(e),
         }
@@ -324,6 +373,12 @@ fn append_dir(archive: &mut tar::Builder<Vec<u8>>, path: &str) -> io::Result<()>
 /// The suffix of the engine volume that backs a config's named volume.
 fn user_volume(name: &str) -> String {
     format!("volume-{name}")
+}
+
+/// The suffix of the engine volume that is step `index`'s `$BUILDER_OUTPUT`: a volume rather
+/// than a tmpfs, so that what the step wrote can still be read once it has exited.
+fn outputs_volume(index: usize) -> String {
+    format!("step-{index}-outputs")
 }
 
 fn volume_mount(volume: &str, target: &str) -> Mount {
@@ -533,6 +588,26 @@ async fn run_step(
     {
         output.abort();
     }
+    if ended.is_ok() {
+        result.output = step_output(context, index, &name).await;
+    }
+    let ended = match ended {
+        Ok((code, digest)) if code != 0 => {
+            let code = match missing_interpreter(context, step, &name).await {
+                Some(why) => {
+                    context.emit(Event::Line {
+                        step: index,
+                        stream: LogStream::Stderr,
+                        text: why,
+                    });
+                    NOT_EXECUTABLE
+                }
+                None => code,
+            };
+            Ok((code, digest))
+        }
+        ended => ended,
+    };
     let _ = context.runtime.remove_container(&name).await;
     match ended {
         Ok((code, digest)) => {
@@ -556,6 +631,9 @@ async fn run_step(
 
 /// A step's container, created (and, if `held`, started at the gate) from an image.
 struct Created {
+    /// The image's name: the step's written name or its alias (see
+    /// [`StepContext::local_step_image`]).
+    image: String,
     image_id: String,
     digest: Option<String>,
     held: Option<Stdin>,
@@ -572,9 +650,14 @@ fn stopped() -> (Status, String) {
     )
 }
 
-/// How a runtime error ends a step: a missing image is the config's failure, the rest ours.
+/// The exit code of a step whose command cannot run, as a shell and `docker run` give it.
+const NOT_EXECUTABLE: i64 = 127;
+
+/// How a runtime error ends a step: a missing image or a command that cannot run is the
+/// config's failure, the rest ours.
 fn step_error(e: RuntimeError) -> (Status, String) {
     match e {
+        RuntimeError::NotExecutable { detail } => (Status::Failure, detail),
         RuntimeError::ImageNotFound { .. } => (
             Status::Failure,
             format!(
@@ -615,21 +698,21 @@ async fn create(
     stop: &CancellationToken,
 ) -> Result<Option<Created>, (Status, String)> {
     let runtime = &context.runtime;
-    let image = if ahead {
-        match runtime.local_image(&step.image).await.map_err(step_error)? {
-            Some(image) => image,
+    let (image_name, image) = if ahead {
+        match context.local_step_image(step).await.map_err(step_error)? {
+            Some(found) => found,
             None => return Ok(None),
         }
     } else {
         // A pull may take long and is safe to abandon. The container requests are not: one
         // dropped in flight may still create the container, unseen by the step's removal.
         tokio::select! {
-            image = context.ensure_image(&step.image) => image.map_err(step_error)?,
+            found = context.step_image(step) => found.map_err(step_error)?,
             () = stop.cancelled() => return Err(stopped()),
         }
     };
     let name = context.step_name(index);
-    let mut spec = container_spec(context, index, step, &name);
+    let mut spec = container_spec(context, index, step, &name, &image_name);
     // Ahead of its turn, the container is started too, held at the gate until then.
     let command = gate::command(spec.entrypoint.as_deref(), &spec.args, &image);
     let hold = ahead && gate::available() && !command.is_empty();
@@ -659,6 +742,7 @@ async fn create(
         None
     };
     Ok(Some(Created {
+        image: image_name,
         image_id: image.id,
         digest: image.digest,
         held,
@@ -682,8 +766,10 @@ async fn created_for_start(
     };
     let runtime = &context.runtime;
     if let Some(created) = creation.await.unwrap_or_else(|_| Err(lost()))? {
-        let current = runtime.local_image(&step.image).await.map_err(step_error)?;
-        if current.is_some_and(|image| image.id == created.image_id) {
+        let current = context.local_step_image(step).await.map_err(step_error)?;
+        if current
+            .is_some_and(|(name, image)| name == created.image && image.id == created.image_id)
+        {
             return Ok(created);
         }
         runtime
@@ -717,7 +803,18 @@ async fn start_and_wait(
                 format!("releasing the step's container: {e}"),
             )
         })?,
-        None => runtime.start_container(name).await.map_err(step_error)?,
+        None => match runtime.start_container(name).await {
+            // As a held step's gate does, and `docker run`: the step's failure, exit code 127.
+            Err(RuntimeError::NotExecutable { detail }) => {
+                context.emit(Event::Line {
+                    step: index,
+                    stream: LogStream::Stderr,
+                    text: detail,
+                });
+                return Ok((NOT_EXECUTABLE, created.digest));
+            }
+            started => started.map_err(step_error)?,
+        },
     }
     // Forwarded while the step runs, so its lines are seen live, even if it is stopped.
     *output = Some(tokio::spawn(forward_output(context, index, name)));
@@ -736,6 +833,78 @@ async fn start_and_wait(
     };
     let code = waited?.map_err(step_error)?;
     Ok((code, created.digest))
+}
+
+/// What the step wrote to `$BUILDER_OUTPUT/output`, its first [`STEP_OUTPUT_LIMIT`] bytes, read
+/// through its exited container (Cloud Build's `results.buildStepOutputs`). `None` when it
+/// wrote nothing there; a failed read is said in the step's log.
+async fn step_output(context: &StepContext, step: usize, container: &str) -> Option<Vec<u8>> {
+    let archive = context
+        .runtime
+        .download(container, BUILDER_OUTPUT)
+        .map_err(io::Error::other);
+    let archive = SyncIoBridge::new(StreamReader::new(archive));
+    let read = tokio::task::spawn_blocking(move || output_file(archive))
+        .await
+        .map_err(io::Error::other)
+        .and_then(|read| read);
+    read.unwrap_or_else(|e| {
+        context.emit(Event::Line {
+            step,
+            stream: LogStream::Stderr,
+            text: format!("[builder] reading the step's $BUILDER_OUTPUT/output failed: {e}"),
+        });
+        None
+    })
+}
+
+/// The first [`STEP_OUTPUT_LIMIT`] bytes of `outputs/output` in an archive of
+/// `$BUILDER_OUTPUT`; the rest of the archive is not read.
+fn output_file(archive: impl io::Read) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type().is_file() && *entry.path()? == *Path::new("outputs/output") {
+            let mut output = Vec::new();
+            entry
+                .take(STEP_OUTPUT_LIMIT as u64)
+                .read_to_end(&mut output)?;
+            return Ok(Some(output));
+        }
+    }
+    Ok(None)
+}
+
+/// Why a failed script step could not start, when the interpreter its `#!` line names is not in
+/// its image: the engine says only "no such file or directory", of the script.
+async fn missing_interpreter(
+    context: &StepContext,
+    step: &ResolvedStep,
+    container: &str,
+) -> Option<String> {
+    let interpreter = step.script.as_deref().and_then(interpreter)?;
+    match context
+        .runtime
+        .download(container, interpreter)
+        .next()
+        .await
+    {
+        Some(Ok(_)) => None,
+        _ => Some(format!(
+            "the script's interpreter {interpreter:?} (its #! line) is not in the step's image \
+             {:?}",
+            step.name
+        )),
+    }
+}
+
+/// The absolute path of the interpreter a script's `#!` line names.
+fn interpreter(script: &str) -> Option<&str> {
+    let line = script.strip_prefix("#!")?.lines().next()?;
+    line.split_whitespace()
+        .next()
+        .filter(|path| path.starts_with('/'))
 }
 
 /// Where a step's `script` is written in its container.
@@ -768,6 +937,7 @@ fn container_spec(
     index: usize,
     step: &ResolvedStep,
     name: &str,
+    image: &str,
 ) -> ContainerSpec {
     let mut mounts = vec![
         volume_mount(&context.name("workspace"), WORKSPACE),
@@ -777,13 +947,8 @@ fn container_spec(
             target: DOCKER_SOCKET.to_string(),
             read_only: false,
         },
-        // Writable by any user, like /tmp. The mount adds nothing measurable to the start, where
-        // uploading the directory into the created container cost ~50 ms a step.
-        Mount {
-            source: MountSource::Tmpfs { mode: 0o1777 },
-            target: BUILDER_OUTPUT.to_string(),
-            read_only: false,
-        },
+        // Writable by any user: the seed container gave the volume's root mode 0777.
+        volume_mount(&context.name(&outputs_volume(index)), BUILDER_OUTPUT),
     ];
     mounts.extend(
         step.volumes
@@ -803,7 +968,7 @@ fn container_spec(
     };
     ContainerSpec {
         name: name.to_string(),
-        image: step.image.clone(),
+        image: image.to_string(),
         entrypoint,
         args: step.args.clone(),
         env,
@@ -866,14 +1031,18 @@ fn forward_output(
 /// How many times a push that the registry refused or dropped is tried, as Cloud Build retries.
 const PUSH_ATTEMPTS: u32 = 3;
 
-/// Pushes `images:` once every step succeeded: all must exist before any is pushed. An error
-/// carries the build's status: FAILURE for the config's images and registries, INTERNAL_ERROR
-/// for our engine.
-async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<PushedImage>, Failed> {
+/// Pushes `images:` once every step succeeded: all must exist before any is pushed. An image a
+/// registry mirror sends elsewhere is tagged with the mirror's name and pushed there, recorded
+/// under its written name. An error carries the build's status: FAILURE for the config's images
+/// and registries, INTERNAL_ERROR for our engine.
+async fn push_images(
+    context: &StepContext,
+    build: &ResolvedBuild,
+) -> Result<Vec<PushedImage>, Failed> {
     let runtime = &context.runtime;
     let ours = |e: RuntimeError| (Status::InternalError, e.to_string());
     let mut missing = Vec::new();
-    for image in images {
+    for image in &build.images {
         if runtime.local_image(image).await.map_err(ours)?.is_none() {
             missing.push(image.clone());
         }
@@ -887,43 +1056,59 @@ async fn push_images(context: &StepContext, images: &[String]) -> Result<Vec<Pus
         ));
     }
     let mut pushed = Vec::new();
-    for image in images {
+    for image in &build.images {
+        let target = build.push_to.get(image).unwrap_or(image);
         context.emit(Event::Pushing {
-            image: image.clone(),
+            image: target.clone(),
         });
-        let auth = context
-            .registries
-            .engine_auth(image)
-            .await
-            .map_err(failure)?;
-        let mut attempt = 1;
-        let digest = loop {
-            match runtime.push_image(image, auth.as_ref()).await {
-                Ok(digest) => break digest,
-                Err(RuntimeError::PushFailed { .. }) if attempt < PUSH_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e @ RuntimeError::PushFailed { .. }) => {
-                    return Err((
-                        Status::Failure,
-                        format!(
-                            "{e}; check that the image's registry is running and reachable \
-                             (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
-                        ),
-                    ));
-                }
-                Err(e) => return Err(ours(e)),
-            }
-        };
-        let image = PushedImage {
-            name: image.clone(),
-            digest,
-        };
-        context.emit(Event::Pushed(image.clone()));
-        pushed.push(image);
+        if target != image {
+            runtime.tag_image(image, target).await.map_err(ours)?;
+        }
+        let digest = push_image(context, target).await?;
+        let pushed_to = (target != image).then(|| target.clone());
+        // As on Cloud Build, a name without a tag is recorded both as written and as `:latest`.
+        let latest = (!image::has_tag_or_digest(image)).then(|| format!("{image}:latest"));
+        for name in std::iter::once(image.clone()).chain(latest) {
+            let image = PushedImage {
+                name,
+                digest: digest.clone(),
+                pushed_to: pushed_to.clone(),
+            };
+            context.emit(Event::Pushed(image.clone()));
+            pushed.push(image);
+        }
     }
     Ok(pushed)
+}
+
+/// Pushes one local tag with its registry's credentials, retrying what the registry refused or
+/// dropped; returns its digest.
+async fn push_image(context: &StepContext, image: &str) -> Result<String, Failed> {
+    let auth = context
+        .registries
+        .engine_auth(image)
+        .await
+        .map_err(failure)?;
+    let mut attempt = 1;
+    loop {
+        match context.runtime.push_image(image, auth.as_ref()).await {
+            Ok(digest) => return Ok(digest),
+            Err(RuntimeError::PushFailed { .. }) if attempt < PUSH_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e @ RuntimeError::PushFailed { .. }) => {
+                return Err((
+                    Status::Failure,
+                    format!(
+                        "{e}; check that the image's registry is running and reachable \
+                         (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
+                    ),
+                ));
+            }
+            Err(e) => return Err((Status::InternalError, e.to_string())),
+        }
+    }
 }
 
 /// A failed push: the build's status and why.
@@ -1010,16 +1195,15 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
 async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Found>>, Failed> {
     let runtime = &context.runtime;
     let ours = |e: RuntimeError| (Status::InternalError, format!("reading /workspace: {e}"));
-    let reader = ContainerSpec {
-        name: context.name("templates"),
-        image: run.build.steps[0].image.clone(),
-        mounts: vec![Mount {
-            read_only: true,
-            ..volume_mount(&context.name("workspace"), WORKSPACE)
-        }],
-        labels: context.labels(None),
-        ..ContainerSpec::default()
-    };
+    let image = seed_image(context, &run.build)
+        .await
+        .map_err(ours)?
+        .ok_or_else(|| ours(RuntimeError::Invalid("no step image is local".to_string())))?;
+    let mounts = vec![Mount {
+        read_only: true,
+        ..volume_mount(&context.name("workspace"), WORKSPACE)
+    }];
+    let reader = context.volume_access("templates", image, mounts);
     runtime.create_container(&reader).await.map_err(ours)?;
     let archive = runtime
         .download(&reader.name, WORKSPACE)

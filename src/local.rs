@@ -129,7 +129,8 @@ async fn record_event(
             store.append_logs(build_id, &std::mem::take(lines)).await?;
             store.update_step(build_id, step, &result).await?;
         }
-        Event::Pushing { .. }
+        Event::PushStarted
+        | Event::Pushing { .. }
         | Event::Pushed(_)
         | Event::PushingTemplate { .. }
         | Event::PushedTemplate(_) => {}

@@ -53,6 +53,10 @@ pub struct Inputs {
 pub struct ResolvedBuild {
     pub steps: Vec<ResolvedStep>,
     pub images: Vec<String>,
+    /// Where the `images` a registry mirror sends elsewhere are pushed (`gcr.io/p/app` →
+    /// `localhost:5000/p/app:latest`); the others are pushed under their own names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub push_to: BTreeMap<String, String>,
     pub tags: Vec<String>,
     /// Build timeout in seconds.
     pub timeout: f64,
@@ -76,7 +80,8 @@ pub struct ResolvedStep {
     pub id: Option<String>,
     /// The image as the config names it (substituted).
     pub name: String,
-    /// The image that runs: `name` through the image aliases.
+    /// The image that runs when the engine has none named `name` (an earlier step may build
+    /// one): `name` through the image aliases and registry mirrors.
     pub image: String,
     pub args: Vec<String>,
     /// The whole environment the container gets, `KEY=VALUE`, sorted by key; secrets excluded.
@@ -628,9 +633,14 @@ impl Draft {
                 }
             })
             .collect();
+        let push_to = images
+            .iter()
+            .filter_map(|image| Some((image.clone(), aliases.mirror(image)?)))
+            .collect();
         ResolvedBuild {
             steps,
             images,
+            push_to,
             tags,
             timeout: config
                 .timeout

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -60,6 +61,10 @@ pub struct BuildRecord {
     pub templates: Vec<PushedTemplate>,
     pub failure: Option<String>,
     pub steps: Vec<StepRecord>,
+    /// What each step wrote to `$BUILDER_OUTPUT/output`, base64, at the step's index (empty for
+    /// the others): Cloud Build's `results.buildStepOutputs`.
+    #[serde(default)]
+    pub build_step_outputs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -896,8 +901,8 @@ async fn set_step(
     result: &StepResult,
 ) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6 \
-         WHERE build_id = $7 AND idx = $8",
+        "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6, \
+         output = $7 WHERE build_id = $8 AND idx = $9",
     )
     .bind(result.status.as_str())
     .bind(result.exit_code)
@@ -905,6 +910,7 @@ async fn set_step(
     .bind(result.end_time.map(millis))
     .bind(&result.image_digest)
     .bind(&result.detail)
+    .bind(&result.output)
     .bind(id)
     .bind(index as i64)
     .execute(&mut **tx)
@@ -1029,6 +1035,13 @@ fn build_record(row: &SqliteRow, steps: Vec<StepRecord>) -> BuildRecord {
         images: serde_json::from_str(row.get("images")).unwrap_or_default(),
         templates: serde_json::from_str(row.get("templates")).unwrap_or_default(),
         failure: row.get("failure"),
+        build_step_outputs: steps
+            .iter()
+            .map(|step| {
+                let output = step.result.output.as_deref().unwrap_or_default();
+                base64::engine::general_purpose::STANDARD.encode(output)
+            })
+            .collect(),
         steps,
     }
 }
@@ -1045,6 +1058,7 @@ fn step_record(row: &SqliteRow) -> StepRecord {
             end_time: row.get::<Option<i64>, _>("finish_time").map(time),
             image_digest: row.get("image_digest"),
             detail: row.get("detail"),
+            output: row.get("output"),
         },
     }
 }

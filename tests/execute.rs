@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use builder::build::{Outcome, Status};
+use builder::alias::Aliases;
+use builder::build::{Outcome, PushedImage, Status};
 use builder::execute::{BUILD_LABEL, Event, Run, execute};
 use builder::plan::{Inputs, resolve};
 use builder::registry::{Registries, Settings};
@@ -62,6 +63,8 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
             ("BUILD_ID".to_string(), id.clone()),
             ("PROJECT_ID".to_string(), "test-project".to_string()),
         ]),
+        // The shipped table, as a user gets it.
+        aliases: Aliases::load(None).expect("the shipped alias table"),
         ..Inputs::default()
     };
     let build = match resolve(&loaded.config, &inputs) {
@@ -760,4 +763,221 @@ async fn networks_created_at_once_end_up_one() {
     runtime.sweep(BUILD_LABEL, &id).await.expect("sweep");
     let left = runtime.labelled(BUILD_LABEL, &id).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// An image with neither CMD nor ENTRYPOINT, as `docker import` (or `FROM scratch`) makes it:
+/// Debian's static busybox and a few of its applets.
+fn image_without_command() -> &'static str {
+    const IMAGE: &str = "builder-test/no-command:latest";
+    static IMPORTED: std::sync::Once = std::sync::Once::new();
+    IMPORTED.call_once(|| {
+        let root = tempfile::TempDir::new().unwrap();
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in ["sh", "true", "echo", "mkdir", "sleep", "head", "cat"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let mut tar = Command::new("tar")
+            .args(["-C", root.path().to_str().unwrap(), "-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let imported = Command::new("docker")
+            .args(["import", "-c", "ENV PATH=/bin", "-", IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+        assert!(imported.status.success(), "{imported:?}");
+    });
+    let config = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Cmd}} {{json .Config.Entrypoint}}",
+        IMAGE,
+    ]);
+    assert_eq!(config, "null null", "{IMAGE} has a command");
+    IMAGE
+}
+
+/// Nothing builder creates on its own behalf depends on a step image's command: the container
+/// that fills the workspace, the ones held ahead of their turn, the one that reads templates.
+#[tokio::test]
+async fn step_images_without_a_command_run() {
+    let image = image_without_command();
+    let repository = format!("{REGISTRY}/test/{}", unique("no-command"));
+    let yaml = format!(
+        r#"
+steps:
+- name: {image}
+  args: [sh, -c, 'sleep 1; mkdir -p dist; echo "kind: Pipeline" > dist/t_v1.0.0.yaml']
+- name: {image}
+  args: [cat, dist/t_v1.0.0.yaml]
+templates:
+- paths: ['dist/*.yaml']
+  repository: {repository}
+"#
+    );
+    let (outcome, events) = run("no-command", &yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 1), ["kind: Pipeline"]);
+    assert_eq!(outcome.templates.len(), 1, "{outcome:?}");
+}
+
+/// A command the image does not have is the step's FAILURE with exit code 127, whether the step
+/// starts with the build or was held ahead of its turn; a step that names no command for an
+/// image without one fails too.
+#[tokio::test]
+async fn a_missing_executable_fails_the_step_wherever_it_sits() {
+    for (yaml, step) in [
+        ("steps: [{name: builder/busybox, args: [no-such-tool]}]", 0),
+        (
+            "steps:\n- {name: builder/busybox, args: [sleep, '1']}\n- {name: builder/busybox, args: [no-such-tool]}",
+            1,
+        ),
+    ] {
+        let (outcome, events) = run("missing-executable", yaml).await;
+        assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+        let result = &outcome.steps[step];
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Failure, Some(127)),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            lines(&events, step),
+            [r#"exec: "no-such-tool": executable file not found in $PATH"#]
+        );
+    }
+    let yaml = format!("steps: [{{name: {}}}]", image_without_command());
+    let (outcome, _) = run("no-command-at-all", &yaml).await;
+    assert_eq!(outcome.status, Status::Failure, "{outcome:?}");
+    let detail = outcome.steps[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("no ENTRYPOINT and no CMD"), "{detail}");
+}
+
+/// A script whose `#!` interpreter is not in the image names the interpreter, first or held.
+#[tokio::test]
+async fn a_script_with_a_missing_interpreter_names_it() {
+    let script = "'#!/usr/bin/env bash\n echo never'";
+    for (yaml, step) in [
+        (
+            format!("steps: [{{name: builder/busybox, script: {script}}}]"),
+            0,
+        ),
+        (
+            format!(
+                "steps:\n- {{name: builder/busybox, args: [sleep, '1']}}\n- {{name: builder/busybox, script: {script}}}"
+            ),
+            1,
+        ),
+    ] {
+        let (outcome, events) = run("missing-interpreter", &yaml).await;
+        let result = &outcome.steps[step];
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Failure, Some(127)),
+            "{outcome:?}"
+        );
+        let said = lines(&events, step);
+        assert!(
+            said.iter()
+                .any(|l| l.contains(r#"interpreter "/usr/bin/env""#)),
+            "{said:?}"
+        );
+    }
+}
+
+/// As on Cloud Build, an image the engine has under the step's written name runs before any
+/// alias or mirror is consulted: `gcr.io/P/tool`, tagged by an earlier step, is not fetched
+/// from the mirror `localhost:5000/P/tool`.
+#[tokio::test]
+async fn a_written_name_the_engine_has_runs_before_its_mirror() {
+    let tool = format!("gcr.io/test-project/{}", unique("tool"));
+    let yaml = format!(
+        r#"
+steps:
+- name: gcr.io/cloud-builders/docker
+  args: [tag, 'builder/busybox:latest', '{tool}']
+- name: '{tool}'
+  args: [echo, ran]
+"#
+    );
+    let (outcome, events) = run("written-name", &yaml).await;
+    docker(&["rmi", &tool]);
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(lines(&events, 1), ["ran"]);
+}
+
+/// `images:` of a mirrored registry are pushed through the mirror (`gcr.io/P/app` to
+/// `localhost:5000/P/app`), recorded under their written name with where they went; a name
+/// without a tag is also recorded as `:latest`, as Cloud Build does. PUSH is said once.
+#[tokio::test]
+async fn images_are_pushed_through_the_mirrors() {
+    let app = unique("mirrored");
+    let written = format!("gcr.io/test-project/{app}");
+    let tagged = format!("gcr.io/test-project/{app}:v1");
+    let yaml = format!(
+        r#"
+steps:
+- name: gcr.io/cloud-builders/docker
+  args: [tag, 'builder/busybox:latest', '{written}']
+- name: gcr.io/cloud-builders/docker
+  args: [tag, 'builder/busybox:latest', '{tagged}']
+images: ['{written}', '{tagged}']
+"#
+    );
+    let (outcome, events) = run("mirrored-push", &yaml).await;
+    docker(&["rmi", &written, &tagged]);
+    docker(&["rmi", &format!("localhost:5000/test-project/{app}:latest")]);
+    docker(&["rmi", &format!("localhost:5000/test-project/{app}:v1")]);
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let repository = format!("test-project/{app}");
+    let latest = registry_digest(&repository, "latest").expect("pushed to the mirror");
+    let v1 = registry_digest(&repository, "v1").expect("pushed to the mirror");
+    let pushed = |name: &str, digest: &str, to: &str| PushedImage {
+        name: name.to_string(),
+        digest: digest.to_string(),
+        pushed_to: Some(format!("localhost:5000/{repository}:{to}")),
+    };
+    assert_eq!(
+        outcome.images,
+        [
+            pushed(&written, &latest, "latest"),
+            pushed(&format!("{written}:latest"), &latest, "latest"),
+            pushed(&tagged, &v1, "v1"),
+        ]
+    );
+    let push_phases = events.iter().filter(|e| **e == Event::PushStarted).count();
+    assert_eq!(push_phases, 1, "{events:?}");
+}
+
+/// What a step writes to `$BUILDER_OUTPUT/output` is kept at its index, its first 50 KiB; steps
+/// that write nothing keep nothing.
+#[tokio::test]
+async fn step_outputs_are_kept_at_their_index() {
+    let yaml = r#"
+steps:
+- name: builder/busybox
+  script: |
+    echo -n '{"revision": 3}' > $BUILDER_OUTPUT/output
+- name: builder/busybox
+  args: ['true']
+- name: builder/busybox
+  script: head -c 60000 /dev/zero > $BUILDER_OUTPUT/output
+"#;
+    let (outcome, _) = run("step-outputs", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let outputs: Vec<Option<usize>> = outcome
+        .steps
+        .iter()
+        .map(|s| s.output.as_ref().map(Vec::len))
+        .collect();
+    assert_eq!(outputs, [Some(15), None, Some(50 * 1024)]);
+    assert_eq!(
+        outcome.steps[0].output.as_deref(),
+        Some(&br#"{"revision": 3}"#[..])
+    );
 }

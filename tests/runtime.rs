@@ -523,6 +523,31 @@ async fn ensure_image_finds_local_images_and_names_missing_ones() {
 }
 
 #[tokio::test]
+async fn a_tag_names_the_same_local_image_and_a_missing_image_is_not_found() {
+    let harness = Harness::new("tag").await;
+    let runtime = &harness.runtime;
+    let tag = format!("builder-test/tagged:{}", harness.id);
+    runtime.tag_image(BUSYBOX, &tag).await.expect("tagged");
+    let (original, tagged) = (
+        runtime.local_image(BUSYBOX).await.unwrap().expect("local"),
+        runtime.local_image(&tag).await.unwrap().expect("tagged"),
+    );
+    std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .output()
+        .expect("docker rmi");
+    assert_eq!(original.id, tagged.id);
+    let error = runtime
+        .tag_image("builder-test/never-made:1", &tag)
+        .await
+        .expect_err("missing");
+    assert!(
+        matches!(&error, RuntimeError::ImageNotFound { image, .. } if image == "builder-test/never-made:1"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn push_returns_the_digest_the_registry_serves_and_pulls_find_it() {
     let harness = Harness::new("push").await;
     let runtime = &harness.runtime;

@@ -857,10 +857,11 @@ fn print_event(ids: &[Option<String>], event: &Event) {
         Event::StepFinished { step, result } => {
             print_step(ids, *step, result.status, result.detail.as_deref())
         }
-        Event::Pushing { image } => println!("PUSH\nPushing {image}"),
+        Event::PushStarted => println!("PUSH"),
+        Event::Pushing { image } => println!("Pushing {image}"),
         Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
         Event::PushingTemplate { file, reference } => {
-            println!("PUSH\nPushing template {file} to {reference}")
+            println!("Pushing template {file} to {reference}")
         }
         Event::PushedTemplate(template) => println!(
             "{}:{}: digest: {}{}",

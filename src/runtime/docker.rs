@@ -32,7 +32,7 @@ use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
     PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -362,11 +362,12 @@ impl ContainerRuntime for DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map(drop)
-            .map_err(|error| {
-                engine_error(
+            .map_err(|error| match not_executable(&error) {
+                Some(detail) => RuntimeError::NotExecutable { detail },
+                None => engine_error(
                     format_args!("creating container {:?} from {:?}", spec.name, spec.image),
                     error,
-                )
+                ),
             })
     }
 
@@ -404,7 +405,10 @@ impl ContainerRuntime for DockerRuntime {
         self.docker
             .start_container(name, None)
             .await
-            .map_err(|error| engine_error(format_args!("starting container {name:?}"), error))
+            .map_err(|error| match not_executable(&error) {
+                Some(detail) => RuntimeError::NotExecutable { detail },
+                None => engine_error(format_args!("starting container {name:?}"), error),
+            })
     }
 
     async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError> {
@@ -541,6 +545,23 @@ impl ContainerRuntime for DockerRuntime {
         self.list_labelled(&label).await.map_err(|error| {
             engine_error(format_args!("listing resources labelled {label}"), error)
         })
+    }
+
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<(), RuntimeError> {
+        let target = Reference::parse(tag)?;
+        let options = TagImageOptionsBuilder::default()
+            .repo(target.repository)
+            .tag(target.tag)
+            .build();
+        match self.docker.tag_image(image, Some(options)).await {
+            Err(error) if has_status(&error, 404) => Err(RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                detail: "there is no local image by that name to tag".to_owned(),
+            }),
+            tagged => tagged.map_err(|error| {
+                engine_error(format_args!("tagging image {image:?} as {tag:?}"), error)
+            }),
+        }
     }
 
     async fn push_image(
@@ -850,6 +871,24 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The reason, when the engine refused to create or start a container because its command
+/// cannot run: none given to an image that has none, or runc's `exec: "bash": executable file
+/// not found in $PATH` (also `stat …: no such file or directory` and `permission denied`).
+fn not_executable(error: &BollardError) -> Option<String> {
+    let BollardError::DockerResponseServerError { message, .. } = error else {
+        return None;
+    };
+    if message.contains("No command specified") {
+        return Some(
+            "the image has no command (no ENTRYPOINT and no CMD) and the step gives none; \
+             set the step's `entrypoint` or `args`"
+                .to_owned(),
+        );
+    }
+    let exec = &message[message.find("exec: ")?..];
+    Some(exec.strip_suffix(": unknown").unwrap_or(exec).to_owned())
+}
+
 fn engine_error(context: impl fmt::Display, error: BollardError) -> RuntimeError {
     match unreachable(&error) {
         Some(detail) => RuntimeError::EngineUnavailable { detail },
@@ -865,6 +904,29 @@ mod tests {
         let parsed = Reference::parse(image).ok();
         let parsed = parsed.map(|reference| (reference.repository, reference.tag));
         assert_eq!(parsed, expect, "{image}");
+    }
+
+    #[test]
+    fn a_command_that_cannot_run_is_told_apart_from_other_refusals() {
+        let refused = |message: &str| BollardError::DockerResponseServerError {
+            status_code: 400,
+            message: message.to_owned(),
+        };
+        assert_eq!(
+            not_executable(&refused(
+                "failed to create shim task: OCI runtime create failed: runc create failed: \
+                 unable to start container process: exec: \"bash\": executable file not found \
+                 in $PATH: unknown"
+            ))
+            .as_deref(),
+            Some("exec: \"bash\": executable file not found in $PATH")
+        );
+        assert!(
+            not_executable(&refused("No command specified"))
+                .unwrap()
+                .contains("no ENTRYPOINT and no CMD")
+        );
+        assert_eq!(not_executable(&refused("conflict: name in use")), None);
     }
 
     #[test]

@@ -157,6 +157,11 @@ pub enum RuntimeError {
     ImageNotFound { image: String, detail: String },
     /// The registry refused or failed a push, or the push reported no digest.
     PushFailed { image: String, detail: String },
+    /// The container's command cannot be run: it is not in the image, is not executable, or
+    /// there is none (an image without ENTRYPOINT and CMD, and no command given). `detail` is the
+    /// engine's reason, as `exec: "bash": executable file not found in $PATH`. This is the
+    /// step's failure, as `docker run` makes it on Cloud Build, not the engine's.
+    NotExecutable { detail: String },
     /// The caller passed something the engine cannot express (a malformed image reference, a
     /// non-UTF-8 bind path); retrying will not help.
     Invalid(String),
@@ -178,6 +183,7 @@ impl fmt::Display for RuntimeError {
             Self::PushFailed { image, detail } => {
                 write!(f, "pushing image {image:?} failed: {detail}")
             }
+            Self::NotExecutable { detail } => f.write_str(detail),
             Self::Invalid(message) | Self::Engine(message) => f.write_str(message),
         }
     }
@@ -241,7 +247,8 @@ pub trait ContainerRuntime: Send + Sync {
     /// Creates a bridge network, or keeps the existing one of that name (with its labels).
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError>;
 
-    /// Creates, but does not start, a container. Its image must be local.
+    /// Creates, but does not start, a container. Its image must be local. A spec with no
+    /// entrypoint and no args, of an image with neither, is [`RuntimeError::NotExecutable`].
     async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
 
     /// Extracts the tar archive `tar` into the existing directory `path` of a created (not
@@ -263,7 +270,8 @@ pub trait ContainerRuntime: Send + Sync {
         path: &str,
     ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
 
-    /// Starts a created container.
+    /// Starts a created container. A command that is not in the image or not executable is
+    /// [`RuntimeError::NotExecutable`]; the container is then created but never ran.
     async fn start_container(&self, name: &str) -> Result<(), RuntimeError>;
 
     /// The stdin of a container created with `stdin_open`; there is one writer per container.
@@ -304,6 +312,11 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Lists the containers (in any state), volumes and networks labelled `key=value`.
     async fn labelled(&self, key: &str, value: &str) -> Result<Resources, RuntimeError>;
+
+    /// Gives the local image `image` the further name `tag` (`name[:tag]`, default tag
+    /// `latest`), moving that name if another image had it. A missing `image` is
+    /// [`RuntimeError::ImageNotFound`].
+    async fn tag_image(&self, image: &str, tag: &str) -> Result<(), RuntimeError>;
 
     /// Pushes the local tag `image` (`name[:tag]`, default tag `latest`) to its registry and
     /// returns the manifest digest (`sha256:…`) the registry reported for it.

@@ -308,11 +308,27 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
                 }
             }
         }
-        @if !build.images.is_empty() || !build.templates.is_empty() {
+        @let outputs: Vec<_> = build.steps.iter()
+            .filter_map(|step| Some((step, step.result.output.as_deref()?)))
+            .collect();
+        @if !build.images.is_empty() || !build.templates.is_empty() || !outputs.is_empty() {
             h2 { "Results" }
             table.results {
                 @for image in &build.images {
-                    tr { td { "image" } td { code { (image.name) } } td.digest { (image.digest) } }
+                    tr {
+                        td { "image" }
+                        td {
+                            code { (image.name) }
+                            @if let Some(place) = &image.pushed_to { " (pushed to " code { (place) } ")" }
+                        }
+                        td.digest { (image.digest) }
+                    }
+                }
+                @for (step, output) in &outputs {
+                    tr {
+                        td { "output of " (step_label(step)) }
+                        td colspan="2" { pre.output { (String::from_utf8_lossy(output)) } }
+                    }
                 }
                 @for template in &build.templates {
                     tr {
