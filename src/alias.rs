@@ -22,9 +22,25 @@ const DEFAULT_TABLE: &str = include_str!("../builders/aliases.yaml");
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    aliases: BTreeMap<String, String>,
+    aliases: BTreeMap<String, Target>,
     #[serde(default)]
     mirrors: BTreeMap<String, String>,
+}
+
+/// What an alias maps a name to: an image, or an image with the version of the tool it has
+/// (`{image: builder/python:latest, version: '3.11'}`), so that a step that asks for another
+/// version (`python:3.12`) is told what it really runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum Target {
+    Image(String),
+    Versioned { image: String, version: String },
+}
+
+impl From<String> for Target {
+    fn from(image: String) -> Self {
+        Target::Image(image)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +48,7 @@ struct Rule {
     pattern: String,
     matcher: Regex,
     target: String,
+    version: Option<String>,
 }
 
 /// A loaded alias table. `Aliases::default()` maps nothing.
@@ -39,6 +56,15 @@ struct Rule {
 pub struct Aliases {
     aliases: Vec<Rule>,
     mirrors: Vec<Rule>,
+}
+
+/// The image that runs for a written name, how it was found, and what the user should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub image: String,
+    pub via: Via,
+    /// Set when the written name asks for a version other than the one the alias's image has.
+    pub version_mismatch: Option<String>,
 }
 
 /// How a written image name became the image that runs.
@@ -62,21 +88,34 @@ impl Aliases {
             table.mirrors.extend(user.mirrors);
         }
         Ok(Aliases {
-            aliases: rules(&table.aliases)?,
-            mirrors: rules(&table.mirrors)?,
+            aliases: rules(table.aliases)?,
+            mirrors: rules(table.mirrors)?,
         })
     }
 
     /// The image to run for `written`, and how it was found.
-    pub fn resolve(&self, written: &str) -> (String, Via) {
+    pub fn resolve(&self, written: &str) -> Resolved {
         let name = normal(written);
         if let Some((rule, image)) = best(&self.aliases, &name) {
-            return (image, Via::Alias(rule.pattern.clone()));
+            let version_mismatch = rule
+                .version
+                .as_deref()
+                .and_then(|version| version_mismatch(written, &image, version));
+            return Resolved {
+                image,
+                via: Via::Alias(rule.pattern.clone()),
+                version_mismatch,
+            };
         }
-        if let Some((rule, image)) = best(&self.mirrors, &name) {
-            return (image, Via::Mirror(rule.pattern.clone()));
+        let (image, via) = match best(&self.mirrors, &name) {
+            Some((rule, image)) => (image, Via::Mirror(rule.pattern.clone())),
+            None => (written.to_string(), Via::Written),
+        };
+        Resolved {
+            image,
+            via,
+            version_mismatch: None,
         }
-        (written.to_string(), Via::Written)
     }
 
     /// Where `image` is pushed: the image a registry mirror names for it, if one matches (the
@@ -90,11 +129,15 @@ fn parse(text: &str, what: &str) -> Result<File, String> {
     serde_saphyr::from_str(text).map_err(|e| format!("{what}: {e}"))
 }
 
-fn rules(entries: &BTreeMap<String, String>) -> Result<Vec<Rule>, String> {
+fn rules(entries: BTreeMap<String, impl Into<Target>>) -> Result<Vec<Rule>, String> {
     entries
-        .iter()
+        .into_iter()
         .map(|(pattern, target)| {
-            let pattern = normal(pattern);
+            let (target, version) = match target.into() {
+                Target::Image(image) => (image, None),
+                Target::Versioned { image, version } => (image, Some(version)),
+            };
+            let pattern = normal(&pattern);
             let captures = pattern
                 .split('*')
                 .map(regex::escape)
@@ -105,7 +148,8 @@ fn rules(entries: &BTreeMap<String, String>) -> Result<Vec<Rule>, String> {
             Ok(Rule {
                 pattern,
                 matcher,
-                target: target.clone(),
+                target,
+                version,
             })
         })
         .collect()
@@ -126,6 +170,33 @@ fn best<'a>(rules: &'a [Rule], name: &str) -> Option<(&'a Rule, String)> {
         image += part;
     }
     Some((rule, image))
+}
+
+/// Why `written` is not what `image` (of tool version `version`) runs, when the written tag
+/// starts with another version: `python:3.12-slim` against 3.11. Versions agree when one is
+/// the other's leading components (`3` and `3.11`, `3.11` and `3.11.4`); a tag without a
+/// version (`latest`, `slim`) asks for none.
+fn version_mismatch(written: &str, image: &str, version: &str) -> Option<String> {
+    let tag = normal(written).rsplit_once(':')?.1.to_string();
+    let asked: String = tag
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let asked = asked.trim_end_matches('.');
+    let within = |short: &str, long: &str| {
+        long == short
+            || long
+                .strip_prefix(short)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    if asked.is_empty() || within(asked, version) || within(version, asked) {
+        return None;
+    }
+    Some(format!(
+        "{written:?} runs {image}, which has version {version}, not {asked}; to run {asked}, map \
+         the name to an image of your own with an image alias (--aliases FILE or \
+         BUILDER_ALIASES, over builders/aliases.yaml)"
+    ))
 }
 
 /// `ubuntu` → `ubuntu:latest`; `docker.io/library/ubuntu:22.04` → `ubuntu:22.04`. Patterns are
@@ -150,8 +221,8 @@ mod tests {
     fn table(yaml: &str) -> Aliases {
         let file = parse(yaml, "test").unwrap();
         Aliases {
-            aliases: rules(&file.aliases).unwrap(),
-            mirrors: rules(&file.mirrors).unwrap(),
+            aliases: rules(file.aliases).unwrap(),
+            mirrors: rules(file.mirrors).unwrap(),
         }
     }
 
@@ -162,8 +233,9 @@ mod tests {
              mirrors:\n  'gcr.io/*': 'localhost:5000/*'\n  '*-docker.pkg.dev/*': 'localhost:5000/*'\n",
         );
         let check = |written: &str, image: &str, via: Via| {
+            let resolved = aliases.resolve(written);
             assert_eq!(
-                aliases.resolve(written),
+                (resolved.image, resolved.via),
                 (image.to_string(), via),
                 "{written}"
             )
@@ -203,10 +275,35 @@ mod tests {
     }
 
     #[test]
+    fn a_versioned_alias_names_the_version_a_step_asks_for_and_does_not_get() {
+        let aliases = table(
+            "aliases:\n  'python:3*': {image: builder/python:latest, version: '3.11'}\n  python: builder/python:latest\n",
+        );
+        let mismatch = |written: &str| aliases.resolve(written).version_mismatch;
+        for agreeing in [
+            "python:3",
+            "python:3.11",
+            "python:3.11-slim",
+            "python:3.11.4",
+            "python",
+        ] {
+            assert_eq!(mismatch(agreeing), None, "{agreeing}");
+        }
+        let told = mismatch("python:3.12-slim").expect("3.12 is not 3.11");
+        assert!(
+            told.starts_with(
+                r#""python:3.12-slim" runs builder/python:latest, which has version 3.11, not 3.12;"#
+            ),
+            "{told}"
+        );
+        assert!(mismatch("python:3.1").is_some(), "3.1 is not 3.11");
+    }
+
+    #[test]
     fn the_default_table_loads_and_a_user_file_overrides_it() {
         let defaults = Aliases::load(None).unwrap();
         assert_eq!(
-            defaults.resolve("gcr.io/cloud-builders/docker").0,
+            defaults.resolve("gcr.io/cloud-builders/docker").image,
             "builder/docker:latest"
         );
         let dir = tempfile::TempDir::new().unwrap();
@@ -218,7 +315,7 @@ mod tests {
         .unwrap();
         let user = Aliases::load(Some(&file)).unwrap();
         assert_eq!(
-            user.resolve("gcr.io/cloud-builders/docker").0,
+            user.resolve("gcr.io/cloud-builders/docker").image,
             "my/docker:1"
         );
         std::fs::write(&file, "alias: {}\n").unwrap();

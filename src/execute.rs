@@ -796,6 +796,17 @@ async fn start_and_wait(
 ) -> Result<(i64, Option<String>), (Status, String)> {
     let runtime = &context.runtime;
     let created = created_for_start(context, index, step, creation, stop).await?;
+    if let Some(warning) = step
+        .image_warning
+        .as_ref()
+        .filter(|_| created.image != step.name)
+    {
+        context.emit(Event::Line {
+            step: index,
+            stream: LogStream::Stderr,
+            text: format!("[builder] warning: {warning}"),
+        });
+    }
     match created.held {
         Some(stdin) => gate::release(stdin).await.map_err(|e| {
             (

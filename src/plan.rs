@@ -83,6 +83,9 @@ pub struct ResolvedStep {
     /// The image that runs when the engine has none named `name` (an earlier step may build
     /// one): `name` through the image aliases and registry mirrors.
     pub image: String,
+    /// What the user should know of `image`: it has another version than `name` asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_warning: Option<String>,
     pub args: Vec<String>,
     /// The whole environment the container gets, `KEY=VALUE`, sorted by key; secrets excluded.
     pub env: Vec<String>,
@@ -603,9 +606,11 @@ impl Draft {
                     diagnostics.error(&root.key("steps").index(i).key("dir"), message);
                     WORKSPACE.to_string()
                 });
+                let resolved = aliases.resolve(&draft.name);
                 ResolvedStep {
                     id: step.id.clone(),
-                    image: aliases.resolve(&draft.name).0,
+                    image: resolved.image,
+                    image_warning: resolved.version_mismatch,
                     name: draft.name,
                     args: draft.args,
                     env: environment(automap.then_some(&values), &self.global_env, &draft.env),

@@ -181,6 +181,24 @@ fn unreadable_configs_give_one_located_error() {
     }
 }
 
+/// `python:3.X` runs Debian's Python whatever X is: resolving says so where the step names it.
+#[test]
+fn resolve_warns_of_a_python_version_that_does_not_run() {
+    let yaml = "steps:\n- name: python:3.11\n- name: 'python:3.12-slim'\n";
+    let dir = dir(&[("cloudbuild.yaml", yaml.as_bytes())]);
+    let (code, stdout, stderr) = run(dir.path(), &["config", "resolve", "cloudbuild.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "cloudbuild.yaml:3:9: warning: steps[1].name: \"python:3.12-slim\" runs \
+             builder/python:latest, which has version 3.11, not 3.12;"
+        ) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let build: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(build["steps"][0].get("imageWarning"), None);
+}
+
 #[test]
 fn resolve_prints_the_build_as_json() {
     let build = resolve_json(
@@ -197,6 +215,7 @@ fn resolve_prints_the_build_as_json() {
         [
             "images",
             "options",
+            "pushTo",
             "steps",
             "substitutions",
             "tags",
@@ -221,6 +240,10 @@ fn resolve_prints_the_build_as_json() {
     assert_eq!(build["steps"][1]["timeout"], 60.0);
     assert_eq!(build["steps"][1]["dependencies"], json!([]));
     assert_eq!(build["images"], json!(["gcr.io/p/app"]));
+    assert_eq!(
+        build["pushTo"],
+        json!({"gcr.io/p/app": "localhost:5000/p/app:latest"})
+    );
     assert_eq!(build["tags"], json!(["ci"]));
     assert_eq!(build["timeout"], 3600.0);
     assert_eq!(

@@ -981,3 +981,19 @@ steps:
         Some(&br#"{"revision": 3}"#[..])
     );
 }
+
+/// A step asking for another Python than the stand-in has is warned in its log, before it runs.
+#[tokio::test]
+async fn a_python_version_that_does_not_run_is_warned_in_the_log() {
+    let yaml = "steps: [{name: 'python:3.12-slim', args: [python3, -c, 'print(42)']}]";
+    let (outcome, events) = run("python-version", yaml).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let said = lines(&events, 0);
+    assert!(
+        said[0].starts_with(
+            r#"[builder] warning: "python:3.12-slim" runs builder/python:latest, which has version 3.11"#
+        ),
+        "{said:?}"
+    );
+    assert_eq!(said[1..], ["42"]);
+}

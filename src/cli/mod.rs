@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::alias::Aliases;
 use crate::build::Status;
 use crate::config::{Loaded, duration};
+use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Event;
 use crate::local;
 use crate::plan::{self, Context, Inputs};
@@ -380,6 +381,22 @@ fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
     };
     match plan::resolve(&loaded.config, &inputs) {
         Ok(build) => {
+            let mut warnings = Diagnostics::default();
+            for (i, step) in build.steps.iter().enumerate() {
+                if let Some(warning) = &step.image_warning {
+                    warnings.warning(
+                        &FieldPath::root().key("steps").index(i).key("name"),
+                        warning,
+                    );
+                }
+            }
+            // Loading printed its own diagnostics already.
+            loaded.diagnostics = Default::default();
+            loaded.add(warnings);
+            eprint!(
+                "{}",
+                loaded.diagnostics.render(&args.file.display().to_string())
+            );
             let out = match args.format {
                 Format::Json => serde_json::to_string_pretty(&build)? + "\n",
                 Format::Yaml => serde_saphyr::to_string(&build)?,
