@@ -1,10 +1,14 @@
 //! Each builder's README example is a build config; each must run, through the default image
 //! aliases, against the real engine (the images come from `builders/build.sh`); and the aliases
-//! themselves, as `builder config resolve` shows them.
+//! themselves, as `builder config resolve` shows them. Then the behaviours of the images the
+//! builders stand in for that real configs rely on, each through a real `builder submit`.
 
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
+use common::{registry_digest, source, submit_command};
+
+mod common;
 
 /// The first ```yaml block of a README.
 fn example(readme: &str) -> Option<String> {
@@ -112,4 +116,167 @@ fn resolve_shows_the_written_name_and_the_image_that_runs() {
             pair("my/own:2", "builder/shell:latest"),
         ]
     );
+}
+
+/// Submits `config` with `files` as its source, through the shipped alias table only; returns
+/// whether the build succeeded and everything it printed (the steps' lines are on stdout).
+fn build(config: &str, files: &[(&str, &str)]) -> (bool, String) {
+    let data = tempfile::TempDir::new().unwrap();
+    let dir = source(config, files);
+    let out = submit_command(data.path(), dir.path())
+        .env_remove("BUILDER_ALIASES")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let succeeded = out.status.success() && printed.contains("STATUS: SUCCESS");
+    (succeeded, printed)
+}
+
+/// Asserts that the build succeeded and printed each of `expected`.
+fn assert_succeeds_printing(config: &str, files: &[(&str, &str)], expected: &[&str]) {
+    let (succeeded, printed) = build(config, files);
+    assert!(succeeded, "the build failed:\n{config}\n{printed}");
+    for line in expected {
+        assert!(printed.contains(line), "no `{line}` in:\n{printed}");
+    }
+}
+
+/// A value no earlier run of a test can have left behind (in the registry, say).
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// gcr.io/cloud-builders/docker is Ubuntu with bash and make: configs run bash in it as the
+/// entrypoint and as a script's interpreter through /usr/bin/env, and run make.
+#[test]
+fn the_docker_builder_runs_bash_scripts_and_make() {
+    let config = "steps:
+- name: gcr.io/cloud-builders/docker
+  entrypoint: bash
+  args: [-c, 'words=(bash entrypoint); echo \"$${words[*]} ok\"']
+- name: gcr.io/cloud-builders/docker
+  script: |
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [[ -x /usr/bin/docker ]] && echo \"env-bash script ok\"
+- name: gcr.io/cloud-builders/docker
+  entrypoint: make
+  args: [greet]
+";
+    let makefile = "greet:\n\t@echo \"make $(MAKE_VERSION) ok\"\n";
+    assert_succeeds_printing(
+        config,
+        &[("Makefile", makefile)],
+        &["bash entrypoint ok", "env-bash script ok", "make 4"],
+    );
+}
+
+/// `docker buildx create --use` succeeds, and `buildx build --push` builds on the engine and
+/// pushes each tag: the image is then in the registry.
+#[test]
+fn buildx_build_push_puts_the_image_in_the_registry() {
+    let tag = unique();
+    let repository = "builders-test/buildx";
+    let config = format!(
+        "steps:
+- name: gcr.io/cloud-builders/docker
+  args: [buildx, create, --use, --name, multi, --driver, docker-container, --bootstrap]
+- name: gcr.io/cloud-builders/docker
+  script: |
+    #!/usr/bin/env bash
+    set -euo pipefail
+    platform=\"$(docker version -f '{{{{.Server.Os}}}}/{{{{.Server.Arch}}}}')\"
+    docker buildx build --platform \"$platform\" -t localhost:5000/{repository}:{tag} \\
+      --build-arg MARK={tag} --push .
+- name: localhost:5000/{repository}:{tag}
+  args: [cat, /mark]
+"
+    );
+    let dockerfile = "FROM builder/busybox:latest\nARG MARK\nRUN echo \"mark $MARK\" > /mark\n";
+    assert_succeeds_printing(
+        &config,
+        &[("Dockerfile", dockerfile)],
+        &["multi", &format!("mark {tag}")],
+    );
+    assert!(
+        registry_digest(repository, &tag).is_some(),
+        "{repository}:{tag} is not in the registry"
+    );
+}
+
+/// What buildx cannot do on the engine's builder is refused before anything runs, naming the
+/// flag and why.
+#[test]
+fn buildx_refuses_what_it_cannot_do_naming_the_flag() {
+    let step = |args: &str| {
+        format!("- name: gcr.io/cloud-builders/docker\n  allowFailure: true\n  args: {args}\n")
+    };
+    let config = format!(
+        "steps:\n{}{}{}",
+        step("[buildx, build, --platform, 'linux/amd64,linux/arm64', -t, x, .]"),
+        step("[buildx, build, --cache-to, 'type=inline', -t, x, .]"),
+        step("[buildx, build, --frobnicate, -t, x, .]"),
+    );
+    let (_, printed) = build(&config, &[("Dockerfile", "FROM builder/busybox:latest\n")]);
+    for refusal in [
+        "--platform linux/amd64,linux/arm64: several platforms need a multi-platform builder",
+        "--cache-to: the engine's build cannot export its cache",
+        "unknown flag --frobnicate",
+    ] {
+        assert!(printed.contains(refusal), "no `{refusal}` in:\n{printed}");
+    }
+    // Each refused step failed, rather than building something else.
+    assert_eq!(
+        printed.matches("exited with non-zero status: 1").count(),
+        3,
+        "{printed}"
+    );
+}
+
+/// The bash image's entrypoint runs `bash ARGS` when the first arg is an option, and ARGS as a
+/// command otherwise.
+#[test]
+fn the_bash_image_takes_bash_options_or_a_command() {
+    let config = "steps:
+- name: bash
+  args: ['-c', 'echo \"bash -c ok in $${BASH_VERSION%%.*}\"']
+- name: bash:5.2
+  args: [echo, command ok]
+";
+    assert_succeeds_printing(config, &[], &["bash -c ok in 5", "command ok"]);
+}
+
+/// alpine and busybox run busybox's ash, which knows `[[ ]]` (Debian's dash does not).
+#[test]
+fn alpine_and_busybox_run_an_ash_that_knows_double_brackets() {
+    let config = "steps:
+- name: alpine
+  entrypoint: sh
+  args: ['-c', '[[ \"$(echo a b)\" == \"a b\" ]] && echo alpine brackets ok']
+- name: busybox:1.36
+  args: [sh, -c, '[[ -d /workspace ]] && echo busybox brackets ok']
+";
+    assert_succeeds_printing(config, &[], &["alpine brackets ok", "busybox brackets ok"]);
+}
+
+/// `apk` cannot install anything offline; it fails saying how to map alpine to an image of the
+/// user's own.
+#[test]
+fn apk_fails_naming_the_alias_setting() {
+    let (succeeded, printed) = build(
+        "steps:\n- name: alpine:3.19\n  args: [apk, add, --no-cache, curl]\n",
+        &[],
+    );
+    assert!(!succeeded, "apk add succeeded:\n{printed}");
+    for hint in ["--aliases FILE", "BUILDER_ALIASES", "'alpine:*':"] {
+        assert!(printed.contains(hint), "no `{hint}` in:\n{printed}");
+    }
 }
