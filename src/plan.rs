@@ -35,6 +35,16 @@ pub enum Context {
     Trigger,
 }
 
+/// The built-ins this machine supplies to every build, whoever starts it: the build's id, the
+/// project (`--project`, `BUILDER_PROJECT`) and `local` as the region the build runs in.
+pub fn machine_built_ins(project_id: &str, build_id: &str) -> Values {
+    Values::from([
+        ("BUILD_ID".to_string(), build_id.to_string()),
+        ("PROJECT_ID".to_string(), project_id.to_string()),
+        ("LOCATION".to_string(), "local".to_string()),
+    ])
+}
+
 /// The values one build supplies besides its config.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {

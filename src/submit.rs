@@ -94,11 +94,7 @@ pub fn check(request: &Request) -> Result<Checked, Refused> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let inputs = Inputs {
         context: Context::Manual,
-        built_ins: Values::from([
-            ("BUILD_ID".to_string(), build_id.clone()),
-            ("PROJECT_ID".to_string(), request.project_id.clone()),
-            ("LOCATION".to_string(), "local".to_string()),
-        ]),
+        built_ins: plan::machine_built_ins(&request.project_id, &build_id),
         overrides: request.substitutions.clone(),
         aliases: request.aliases.clone(),
     };

@@ -232,6 +232,40 @@ fn resolve_prints_the_build_as_json() {
     assert_eq!(build["substitutions"]["BRANCH_NAME"], "");
 }
 
+/// `$PROJECT_ID` is the project `builder submit` would run under: `--project`, else
+/// `BUILDER_PROJECT`, else `local` (issue 14, point 6).
+#[test]
+fn resolve_knows_the_project_as_submit_does() {
+    let yaml = "steps: [{name: 'gcr.io/$PROJECT_ID/tool', args: ['$LOCATION']}]\n\
+                images: ['gcr.io/$PROJECT_ID/app']\n";
+    let dir = dir(&[("cloudbuild.yaml", yaml.as_bytes())]);
+    for (flag, variable, project) in [
+        (None, None, "local"),
+        (None, Some("from-env"), "from-env"),
+        (Some("from-flag"), Some("from-env"), "from-flag"),
+    ] {
+        let mut command = cargo_bin_cmd!("builder");
+        command
+            .current_dir(dir.path())
+            .args(["config", "resolve", "cloudbuild.yaml"])
+            .env_remove("BUILDER_PROJECT");
+        if let Some(flag) = flag {
+            command.args(["--project", flag]);
+        }
+        if let Some(variable) = variable {
+            command.env("BUILDER_PROJECT", variable);
+        }
+        let output = command.output().expect("builder runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!((output.status.code(), stderr.as_ref()), (Some(0), ""));
+        let build: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+        assert_eq!(build["images"], json!([format!("gcr.io/{project}/app")]));
+        assert_eq!(build["steps"][0]["name"], format!("gcr.io/{project}/tool"));
+        assert_eq!(build["steps"][0]["args"], json!(["local"]));
+        assert_eq!(build["substitutions"]["PROJECT_ID"], project);
+    }
+}
+
 #[test]
 fn resolve_prints_the_same_build_as_yaml() {
     let yaml = "steps:\n- {name: ubuntu, args: ['$_A', '0123'], env: ['X=true']}\n\

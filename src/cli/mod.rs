@@ -255,6 +255,8 @@ struct ResolveArgs {
     /// `--builtin BRANCH_NAME=main --builtin COMMIT_SHA=…`.
     #[arg(long = "builtin", value_name = "KEY=VALUE", value_parser = parse_pair)]
     built_ins: Vec<(String, String)>,
+    #[command(flatten)]
+    project: ProjectArgs,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
 }
@@ -307,6 +309,14 @@ struct SubmitArgs {
     /// Directory of local secret values for availableSecrets.secretManager (see README).
     #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    project: ProjectArgs,
+}
+
+/// The project builds belong to, shared by the commands that resolve a config as this machine
+/// runs it.
+#[derive(Args)]
+struct ProjectArgs {
     /// The value of $PROJECT_ID.
     #[arg(long, env = "BUILDER_PROJECT", default_value = "local")]
     project: String,
@@ -374,7 +384,11 @@ fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
     }
     let inputs = Inputs {
         context: args.context,
-        built_ins: args.built_ins.iter().cloned().collect(),
+        // `config resolve` runs no build, so `$BUILD_ID` stays empty unless `--builtin` sets it.
+        built_ins: plan::machine_built_ins(&args.project.project, "")
+            .into_iter()
+            .chain(args.built_ins.iter().cloned())
+            .collect(),
         overrides: args.substitutions.substitutions.clone().unwrap_or_default(),
         aliases,
     };
@@ -712,7 +726,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
         substitutions: args.substitutions.substitutions.unwrap_or_default(),
         timeout: args.timeout,
         secrets_dir: args.secrets_dir,
-        project_id: args.project,
+        project_id: args.project.project,
     }
 }
 
