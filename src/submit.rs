@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::alias::Aliases;
 use crate::config::{self, BuildConfig};
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Run;
 use crate::plan::{self, Context, Inputs, ResolvedBuild};
 use crate::registry::Registries;
@@ -188,12 +188,13 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
         }
     };
     let timeout = request.timeout;
-    let loaded = plan::load_with(&bytes, |config| {
+    let mut loaded = plan::load_with(&bytes, |config| {
         if timeout.is_some() {
             config.timeout = timeout;
         }
     })
     .map_err(|d| Refused::Invalid(d.render(&file)))?;
+    loaded.add(check_source(&loaded.config, request.source.is_some()));
     let rendered = loaded.diagnostics.render(&file);
     if loaded.diagnostics.has_errors() {
         return Err(Refused::Invalid(rendered));
@@ -206,6 +207,18 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
         },
         rendered,
     ))
+}
+
+/// gcloud refuses a config that names its own `source` unless nothing is uploaded (spec §1).
+fn check_source(config: &BuildConfig, uploads: bool) -> Diagnostics {
+    let mut diagnostics = Diagnostics::default();
+    if config.source && uploads {
+        diagnostics.error(
+            &FieldPath::root().key("source"),
+            "config cannot specify source without the flag --no-source",
+        );
+    }
+    diagnostics
 }
 
 /// gcloud's one-step build for `--tag` (spec §8), as a config.
@@ -238,4 +251,23 @@ fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(TempDir, ArchiveSum
         .map_err(|e| Refused::Other(format!("cannot create a workspace: {e}")))?;
     source::unpack(archive.as_slice(), workspace.path()).map_err(failed)?;
     Ok((workspace, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_a_source_needs_no_source() {
+        let loaded = plan::load(b"steps: [{name: ubuntu}]\nsource: {storageSource: {bucket: b}}\n")
+            .expect("a config");
+        assert!(!loaded.diagnostics.has_errors());
+        let mut refused = check_source(&loaded.config, true);
+        refused.locate(&loaded.tree);
+        assert_eq!(
+            refused.render("c.yaml"),
+            "c.yaml:2:9: source: config cannot specify source without the flag --no-source\n"
+        );
+        assert!(!check_source(&loaded.config, false).has_errors());
+    }
 }

@@ -76,10 +76,13 @@ fn validate_exits_0_or_1_with_diagnostics_on_stderr() {
         (
             &["invalid.yaml"],
             1,
-            "invalid.yaml:2:9: steps[0].name: invalid image name \"Ubuntu\" contains uppercase letters\n\
-             invalid.yaml:3:13: steps[0].waitFor[0]: unknown step id \"build\"\n\
-             invalid.yaml:4:9: steps[0].env[0]: the Env entry \"NOEQ\" must be of the form \"KEY=VALUE\"\n\
-             invalid.yaml:5:10: timeout: a build timeout is at most 24h (86400s)\n",
+            "invalid.yaml:2:9: steps[0].name: invalid build step name \"Ubuntu\" (image names are \
+             lower case; only the tag may have upper case letters)\n\
+             invalid.yaml:3:13: steps[0].waitFor[0]: build step #0 depends on \"build\", which has \
+             not been defined\n\
+             invalid.yaml:4:9: steps[0].env[0]: build step #0: the Env entry \"NOEQ\" must be of \
+             the form \"KEY=VALUE\"\n\
+             invalid.yaml:5:10: timeout: timeout exceeds the timeout limit of 24h0m0s\n",
         ),
         (
             &["shell.yaml"],
@@ -139,12 +142,15 @@ fn unreadable_configs_give_one_located_error() {
         (
             "list.yaml",
             b"- name: ubuntu\n",
-            "1:1: a build config must be a mapping, found a list".into(),
+            "1:1: Could not parse as a dictionary: a build config must be a mapping, found a list"
+                .into(),
         ),
         (
             "scalar.yaml",
             b"cloudbuild\n",
-            "1:1: a build config must be a mapping, found a scalar".into(),
+            "1:1: Could not parse as a dictionary: a build config must be a mapping, found a \
+             scalar"
+                .into(),
         ),
         (
             "huge.yaml",
@@ -358,11 +364,12 @@ fn resolve_errors_exit_1_with_diagnostics() {
         (
             &["plain.yaml", "--substitutions", "PROJECT_ID=p"],
             "plain.yaml:1:1: substitutions: substitution key \"PROJECT_ID\" does not respect \
-             format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution\n",
+             format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitutions\n",
         ),
         (
             &["invalid.yaml"],
-            "invalid.yaml:1:8: steps: config must list at least one step\n",
+            "invalid.yaml:1:8: steps: config must list at least one step or specify remote_config \
+             (builder reads no remote_config: list the steps)\n",
         ),
     ] {
         let mut all = vec!["config", "resolve"];

@@ -52,7 +52,7 @@ const REJECTED: &[(&str, &str)] = &[
     ),
     (
         "GoogleCloudPlatform__mlops-on-gcp__immersion__kubeflow_pipelines__cicd__labs__cloudbuild_vertex.yaml",
-        "steps[0].name: required",
+        "steps[0].name: build step 0 must specify name",
     ),
     // A KMS secret defined but used by no step: Cloud Build's `defined without being used`.
     (
@@ -92,7 +92,7 @@ const REJECTED: &[(&str, &str)] = &[
     // An input to tfjs's own config generator, not a config: it carries the generator's field.
     (
         "tensorflow__tfjs__scripts__cloudbuild_general_config.yml",
-        "waitedForByPackages: unknown field",
+        "waitedForByPackages: unused: unknown field",
     ),
 ];
 

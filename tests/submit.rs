@@ -201,6 +201,20 @@ fn invalid_configs_and_missing_secrets_are_refused_before_anything_runs() {
     let out = submit(data.path(), dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("set BUILDER_SECRET_ABSENT_PW"));
+    // gcloud's rule: a config that names its own source takes no upload.
+    let dir = source(
+        "steps:\n- name: builder/busybox\nsource: {storageSource: {bucket: b, object: o}}\n",
+        &[],
+    );
+    let out = submit(data.path(), dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "cloudbuild.yaml:3:9: source: config cannot specify source without the flag --no-source"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -265,7 +279,10 @@ fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
     );
     let out = submit(data.path(), dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the default build timeout"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("must be <= build timeout 1h0m0s (the default build timeout")
+    );
     let out = submit(data.path(), dir.path(), &["--timeout", "3h"]);
     assert!(
         out.status.success(),
@@ -274,7 +291,10 @@ fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
     );
     let out = submit(data.path(), dir.path(), &["--timeout", "48h"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a build timeout is at most 24h"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("timeout exceeds the timeout limit of 24h0m0s")
+    );
 }
 
 #[test]
