@@ -527,3 +527,46 @@ fn schedules_preview_prints_fire_times_in_utc_and_local_time_without_a_server() 
         "{stderr}"
     );
 }
+
+/// A reader that stops reading (`builder builds list | head`) ends a command quietly with exit 0,
+/// instead of a panic on the closed pipe (issue 14, point 11).
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let bin = assert_cmd::cargo::cargo_bin!("builder");
+    let data = tempfile::tempdir().expect("temporary directory");
+    let dir = dir(&[("cloudbuild.yaml", b"steps: [{name: ubuntu}]\n")]);
+    for args in [
+        &["builds", "list"][..],
+        &["config", "resolve", "cloudbuild.yaml"],
+        &["schedules", "preview", "* * * * *", "--count", "3"],
+    ] {
+        // The read end is gone before the command starts: its first write meets a closed pipe.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = std::process::Command::new(bin)
+            .current_dir(dir.path())
+            .env("BUILDER_DATA_DIR", data.path())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("builder runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            (output.status.code(), stderr.as_ref()),
+            (Some(0), ""),
+            "{args:?}"
+        );
+    }
+    // As a shell runs it: `head` leaves after one line of many.
+    let output = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"set -o pipefail; "$0" schedules preview '* * * * *' --count 100000 | head -n 1"#,
+        ])
+        .arg(bin)
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!((output.status.code(), stderr.as_ref()), (Some(0), ""));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("UTC"));
+}

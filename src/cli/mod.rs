@@ -24,6 +24,14 @@ use crate::submit;
 use crate::substitute::Values;
 use crate::{triggers, webhooks};
 
+/// `println!` that returns the write's error instead of panicking on it (see [`output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+mod output;
 mod remote;
 mod serve;
 mod templates;
@@ -355,6 +363,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if output::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -398,7 +407,7 @@ fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
                 Format::Json => serde_json::to_string_pretty(&build)? + "\n",
                 Format::Yaml => serde_saphyr::to_string(&build)?,
             };
-            print!("{out}");
+            output::write(out.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(diagnostics) => {
@@ -471,16 +480,16 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
             "builtIns": built_ins,
             "substitutions": built_ins.as_ref().map(|_| &trigger.substitutions),
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     match (reason, built_ins) {
-        (Some(reason), _) => println!("trigger {:?} does not build: {reason}", trigger.name),
+        (Some(reason), _) => outln!("trigger {:?} does not build: {reason}", trigger.name)?,
         (None, built_ins) => {
-            println!("trigger {:?} builds", trigger.name);
+            outln!("trigger {:?} builds", trigger.name)?;
             let values = built_ins.iter().flatten().chain(&trigger.substitutions);
             for (key, value) in values {
-                println!("  {key}={value}");
+                outln!("  {key}={value}")?;
             }
         }
     }
@@ -521,12 +530,12 @@ fn preview_schedule(args: &PreviewArgs) -> Result<ExitCode> {
             "timeZone": zone.name(),
             "runs": runs,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<22}  LOCAL ({})", "UTC", zone.name());
+    outln!("{:<22}  LOCAL ({})", "UTC", zone.name())?;
     for run in runs {
-        println!("{:<22}  {}", run.utc, run.local);
+        outln!("{:<22}  {}", run.utc, run.local)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -564,10 +573,10 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     limit,
                     ..Default::default()
                 };
-                print_builds(&store.list_builds(&query).await?);
+                print_builds(&store.list_builds(&query).await?)?;
             }
             BuildsCommand::Describe { id } => {
-                println!("{}", serde_json::to_string_pretty(&find(id).await?)?);
+                outln!("{}", serde_json::to_string_pretty(&find(id).await?)?)?;
             }
             BuildsCommand::Log { id, stream } => {
                 let build = find(id).await?;
@@ -577,7 +586,7 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     // Read the status first: lines written before it was final are then all read.
                     let finished = !stream || find(build.id.clone()).await?.status.is_final();
                     for line in store.logs(&build.id, seen, None).await? {
-                        println!("{}: {}", step_label(&steps, line.step), line.text);
+                        outln!("{}: {}", step_label(&steps, line.step), line.text)?;
                         seen = line.seq;
                     }
                     if finished {
@@ -598,55 +607,61 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
 }
 
 /// One line per build, newest first.
-fn print_builds(builds: &[crate::store::BuildRecord]) {
-    println!(
+fn print_builds(builds: &[crate::store::BuildRecord]) -> Result<()> {
+    outln!(
         "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
-        "ID", "CREATE_TIME", "DURATION", "STATUS"
-    );
+        "ID",
+        "CREATE_TIME",
+        "DURATION",
+        "STATUS"
+    )?;
     for build in builds {
         let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
-        println!(
+        outln!(
             "{:<36}  {:<20}  {:>9}  {:<14}  {}",
             build.id,
             timestamp(build.create_time),
             duration_between(build.start_time, build.finish_time),
             build.status,
             images.join(",")
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// How `submit` ends, as gcloud prints it; the exit code follows the status.
-fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> ExitCode {
-    println!("DONE\n{}", "-".repeat(80));
+fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> Result<ExitCode> {
+    outln!("DONE\n{}", "-".repeat(80))?;
     if let Some(failure) = &build.failure {
-        println!("ERROR: {failure}");
+        outln!("ERROR: {failure}")?;
     }
-    println!(
+    outln!(
         "ID: {}\nSTATUS: {}\nDURATION: {}",
         build.id,
         build.status,
         duration_between(build.start_time, build.finish_time)
-    );
+    )?;
     for image in &build.images {
-        println!("IMAGE: {} {}", image.name, image.digest);
+        outln!("IMAGE: {} {}", image.name, image.digest)?;
     }
     for template in &build.templates {
-        println!(
+        outln!(
             "TEMPLATE: {}:{} {}",
-            template.repository, template.version, template.digest
-        );
+            template.repository,
+            template.version,
+            template.digest
+        )?;
     }
     if build.status == Status::Timeout {
         eprintln!(
             "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
         );
     }
-    match build.status {
+    Ok(match build.status {
         Status::Success => ExitCode::SUCCESS,
         _ if interrupted => ExitCode::from(130),
         _ => ExitCode::from(1),
-    }
+    })
 }
 
 fn timestamp(time: std::time::SystemTime) -> String {
@@ -686,7 +701,7 @@ fn submit(
         let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
         eprintln!("{}", listing.rules);
         for file in listing.files {
-            println!("{file}");
+            outln!("{file}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -786,7 +801,7 @@ fn submit_detached(
     })?;
     eprintln!("Created build [{build_id}].");
     eprintln!("Follow it with: builder builds log --stream {build_id}");
-    println!("{build_id}");
+    outln!("{build_id}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -831,25 +846,33 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         }
     });
     eprintln!("Created build [{build_id}].");
-    println!("starting build \"{build_id}\"\n\nBUILD");
+    outln!("starting build \"{build_id}\"\n\nBUILD")?;
+    // Once output fails (its reader went away) printing stops, but the build runs to its end:
+    // stopping halfway would leave its containers to the next submit.
+    let mut printed = Ok(());
     let outcome = local::run(
         &store,
         &running,
         Arc::new(runtime),
         prepared,
         cancel,
-        |event| print_event(&ids, event),
+        |event| {
+            if printed.is_ok() {
+                printed = print_event(&ids, event);
+            }
+        },
     )
     .await?;
+    printed?;
     let build = store
         .get_build(&build_id)
         .await?
         .context("the build's record vanished")?;
     debug_assert_eq!(build.status, outcome.status);
-    Ok(print_summary(
+    print_summary(
         &build,
         interrupted.load(std::sync::atomic::Ordering::SeqCst),
-    ))
+    )
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM; false if neither can be watched.
@@ -864,19 +887,19 @@ async fn interrupt() -> bool {
     }
 }
 
-fn print_event(ids: &[Option<String>], event: &Event) {
+fn print_event(ids: &[Option<String>], event: &Event) -> Result<()> {
     match event {
         Event::StepStarted { step } => print_step(ids, *step, Status::Working, None),
-        Event::Line { step, text, .. } => println!("{}: {text}", step_label(ids, *step)),
+        Event::Line { step, text, .. } => outln!("{}: {text}", step_label(ids, *step)),
         Event::StepFinished { step, result } => {
             print_step(ids, *step, result.status, result.detail.as_deref())
         }
-        Event::Pushing { image } => println!("PUSH\nPushing {image}"),
-        Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
+        Event::Pushing { image } => outln!("PUSH\nPushing {image}"),
+        Event::Pushed(image) => outln!("{}: digest: {}", image.name, image.digest),
         Event::PushingTemplate { file, reference } => {
-            println!("PUSH\nPushing template {file} to {reference}")
+            outln!("PUSH\nPushing template {file} to {reference}")
         }
-        Event::PushedTemplate(template) => println!(
+        Event::PushedTemplate(template) => outln!(
             "{}:{}: digest: {}{}",
             template.repository,
             template.tags.join(","),
@@ -891,12 +914,17 @@ fn print_event(ids: &[Option<String>], event: &Event) {
 }
 
 /// A step's start (`Working`) or end, as Cloud Build prints them.
-fn print_step(ids: &[Option<String>], step: usize, status: Status, detail: Option<&str>) {
+fn print_step(
+    ids: &[Option<String>],
+    step: usize,
+    status: Status,
+    detail: Option<&str>,
+) -> Result<()> {
     let label = step_label(ids, step);
     match (status, detail) {
-        (Status::Working, _) => println!("Starting {label}"),
-        (Status::Success, _) | (_, None) => println!("Finished {label}"),
-        (status, Some(detail)) => println!("Finished {label} ({status}: {detail})"),
+        (Status::Working, _) => outln!("Starting {label}"),
+        (Status::Success, _) | (_, None) => outln!("Finished {label}"),
+        (status, Some(detail)) => outln!("Finished {label} ({status}: {detail})"),
     }
 }
 
