@@ -14,7 +14,12 @@ mod common;
 /// Starts a submit and reads its stdout until a step prints `ready` (within 60 s); returns the
 /// child and the build id.
 fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
-    let mut child = submit_command(data_dir, source)
+    start_command_until_ready(submit_command(data_dir, source))
+}
+
+/// [`start_until_ready`] for a submit command prepared by the caller.
+fn start_command_until_ready(mut command: Command) -> (Child, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -313,4 +318,72 @@ fn a_running_build_is_left_alone_by_another_submit() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert_eq!(leftovers(&id), "");
+}
+
+/// The workspace directories in `parent`.
+fn workspaces(parent: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("builder-workspace-")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A submit killed with SIGKILL leaves its workspace directory; the next submit removes it, and
+/// not the workspace of a submit still running (issue 14, point 11).
+#[test]
+fn a_killed_submits_workspace_is_removed_by_the_next_submit() {
+    let data = TempDir::new().unwrap();
+    // The submits' own temporary directory, so that only theirs are looked at.
+    let tmp = TempDir::new().unwrap();
+    let dir = source(WAIT_FOREVER, &[]);
+    let in_tmp = |mut command: Command| {
+        command.env("TMPDIR", tmp.path());
+        command
+    };
+    let (mut running, running_id) =
+        start_command_until_ready(in_tmp(submit_command(data.path(), dir.path())));
+    let running_workspace = workspaces(tmp.path());
+    assert_eq!(running_workspace.len(), 1);
+    let (mut killed, killed_id) =
+        start_command_until_ready(in_tmp(submit_command(data.path(), dir.path())));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let left: Vec<_> = workspaces(tmp.path())
+        .into_iter()
+        .filter(|w| !running_workspace.contains(w))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed submit's workspace should still be there"
+    );
+
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    let out = in_tmp(submit_command(data.path(), quick.path()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Removed workspace {}", left[0].display())),
+        "{stderr}"
+    );
+    assert_eq!(workspaces(tmp.path()), running_workspace);
+    assert_eq!(leftovers(&killed_id), "");
+
+    Command::new("kill")
+        .args(["-INT", &running.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(running.wait().unwrap().code(), Some(130));
+    assert_eq!(workspaces(tmp.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(leftovers(&running_id), "");
 }

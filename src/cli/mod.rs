@@ -717,6 +717,12 @@ fn submit(
         }
     };
     eprint!("{}", prepared.warnings);
+    for dir in &prepared.swept {
+        eprintln!(
+            "Removed workspace {}, left by a submit that ended.",
+            dir.display()
+        );
+    }
     if let Some(uploaded) = &prepared.uploaded {
         eprintln!(
             "Creating temporary archive of {} file(s) totalling {} before compression.",
