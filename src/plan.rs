@@ -14,7 +14,7 @@ use crate::alias::Aliases;
 use crate::config::model::{
     BuildConfig, DEFAULT_TEMPLATE_LIMIT, DEFAULT_VERSION_REGEX, SubstitutionOption, Volume,
 };
-use crate::config::validate::{self, check_image, clean, clean_tags};
+use crate::config::validate::{self, check_image, check_step_name, clean, clean_tags};
 use crate::config::{self, Loaded};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::glob::Glob;
@@ -33,6 +33,16 @@ pub enum Context {
     #[default]
     Manual,
     Trigger,
+}
+
+/// The built-ins this machine supplies to every build, whoever starts it: the build's id, the
+/// project (`--project`, `BUILDER_PROJECT`) and `local` as the region the build runs in.
+pub fn machine_built_ins(project_id: &str, build_id: &str) -> Values {
+    Values::from([
+        ("BUILD_ID".to_string(), build_id.to_string()),
+        ("PROJECT_ID".to_string(), project_id.to_string()),
+        ("LOCATION".to_string(), "local".to_string()),
+    ])
 }
 
 /// The values one build supplies besides its config.
@@ -172,17 +182,11 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
             .flat_map(|v| substitute::references(v, dynamic))
             .map(|r| r.key)
             .collect();
-        for key in user.keys() {
-            if !fields.used.contains(key) && !used_in_values.contains(key) {
-                diagnostics.error(
-                    &FieldPath::root().key("substitutions").key(key),
-                    format!(
-                        "key {key:?} in the substitution data is not matched in the template \
-                         (remove it, or set options.substitutionOption: ALLOW_LOOSE)"
-                    ),
-                );
-            }
-        }
+        let unused: Vec<&String> = user
+            .keys()
+            .filter(|key| !fields.used.contains(*key) && !used_in_values.contains(*key))
+            .collect();
+        report_unused(&unused, &mut diagnostics);
     }
     check_substituted(&build, &mut diagnostics);
     let options = ResolvedOptions {
@@ -199,6 +203,27 @@ pub fn resolve(config: &BuildConfig, inputs: &Inputs) -> Result<ResolvedBuild, D
         return Err(diagnostics);
     }
     Ok(build)
+}
+
+/// The one error Cloud Build gives for user substitutions no field uses: its messages for each
+/// key joined by `;`. It points at the key when there is one, else at `substitutions`.
+fn report_unused(keys: &[&String], diagnostics: &mut Diagnostics) {
+    let path = FieldPath::root().key("substitutions");
+    let path = match keys {
+        [] => return,
+        [key] => path.key(key),
+        _ => path,
+    };
+    let message = keys
+        .iter()
+        .map(|key| format!("key {key:?} in the substitution data is not matched in the template"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let them = if keys.len() == 1 { "it" } else { "them" };
+    diagnostics.error(
+        &path,
+        format!("{message} (remove {them}, or set options.substitutionOption: ALLOW_LOOSE)"),
+    );
 }
 
 /// Loads a config as `builder config validate` judges it: parsed, decoded, validated, and its
@@ -252,7 +277,7 @@ fn split_inputs(
             diagnostics.error(
                 &path,
                 format!(
-                    "substitution key {key:?} does not respect format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution"
+                    "substitution key {key:?} does not respect format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitutions"
                 ),
             );
         }
@@ -486,7 +511,7 @@ struct DraftStep {
 fn check_substituted(build: &Draft, diagnostics: &mut Diagnostics) {
     let root = FieldPath::root();
     for (i, step) in build.steps.iter().enumerate() {
-        check_image(
+        check_step_name(
             &root.key("steps").index(i).key("name"),
             &step.name,
             diagnostics,
@@ -712,4 +737,64 @@ fn dependencies(index: usize, wait_for: &[String], ids: &BTreeMap<&str, usize>) 
     waits.sort_unstable();
     waits.dedup();
     waits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rendered errors of resolving `yaml` as a manual build with these `--substitutions`.
+    fn errors(yaml: &str, overrides: &[(&str, &str)]) -> String {
+        let loaded = load(yaml.as_bytes()).expect("a config");
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let inputs = Inputs {
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Inputs::default()
+        };
+        let mut diagnostics = resolve(&loaded.config, &inputs).expect_err("errors");
+        diagnostics.locate(&loaded.tree);
+        diagnostics.render("c.yaml")
+    }
+
+    #[test]
+    fn unused_substitutions_are_one_error_joined_by_semicolons() {
+        assert_eq!(
+            errors(
+                "steps: [{name: a}]\nsubstitutions: {_A: x, _B: y}\n",
+                &[("_C", "z")]
+            ),
+            "c.yaml:2:16: substitutions: key \"_A\" in the substitution data is not matched in \
+             the template;key \"_B\" in the substitution data is not matched in the template;\
+             key \"_C\" in the substitution data is not matched in the template (remove them, \
+             or set options.substitutionOption: ALLOW_LOOSE)\n"
+        );
+        assert_eq!(
+            errors(
+                "steps: [{name: a, args: [$_A]}]\nsubstitutions: {_A: x, _B: y}\n",
+                &[]
+            ),
+            "c.yaml:2:28: substitutions._B: key \"_B\" in the substitution data is not matched \
+             in the template (remove it, or set options.substitutionOption: ALLOW_LOOSE)\n"
+        );
+    }
+
+    #[test]
+    fn substituted_values_are_judged_in_cloud_builds_words() {
+        assert_eq!(
+            errors("steps: [{name: a}]\n", &[("PROJECT_ID", "p")]),
+            "c.yaml:1:1: substitutions: substitution key \"PROJECT_ID\" does not respect format \
+             \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitutions\n"
+        );
+        assert_eq!(
+            errors(
+                "steps: [{name: $_STEP}]\nsubstitutions: {_STEP: x}\n",
+                &[("_STEP", "gcr.io/p/Tool")]
+            ),
+            "c.yaml:1:16: steps[0].name: invalid build step name \"gcr.io/p/Tool\" (image names \
+             are lower case; only the tag may have upper case letters)\n"
+        );
+    }
 }

@@ -2,8 +2,14 @@
 //! packed by the upload rules (`.gcloudignore`), unpacked into a fresh workspace the way a server
 //! receives an upload, the config is resolved as a manual build, and secrets are looked up
 //! locally. The result is a [`Run`] for the executor.
+//!
+//! A workspace directory's process holds a lock on its `lock` file for as long as it uses it. The
+//! operating system releases the lock however the process ends, so a workspace whose lock can be
+//! taken was left by a process that died (SIGKILL runs no destructor); the next submit removes it.
+//! Process ids would not do: they are reused, and differ between PID namespaces.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +17,7 @@ use tempfile::TempDir;
 
 use crate::alias::Aliases;
 use crate::config::{self, BuildConfig};
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Run;
 use crate::plan::{self, Context, Inputs, ResolvedBuild};
 use crate::registry::Registries;
@@ -49,7 +55,9 @@ pub struct Prepared {
     /// Where the source came from, for the build's record.
     pub source: serde_json::Value,
     pub warnings: String,
-    _workspace: Option<TempDir>,
+    /// Workspaces left by submits whose process died, removed before this one was made.
+    pub swept: Vec<PathBuf>,
+    _workspace: Option<Workspace>,
 }
 
 /// Why a submission was refused before anything ran.
@@ -94,11 +102,7 @@ pub fn check(request: &Request) -> Result<Checked, Refused> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let inputs = Inputs {
         context: Context::Manual,
-        built_ins: Values::from([
-            ("BUILD_ID".to_string(), build_id.clone()),
-            ("PROJECT_ID".to_string(), request.project_id.clone()),
-            ("LOCATION".to_string(), "local".to_string()),
-        ]),
+        built_ins: plan::machine_built_ins(&request.project_id, &build_id),
         overrides: request.substitutions.clone(),
         aliases: request.aliases.clone(),
     };
@@ -123,6 +127,7 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
         secrets,
         warnings,
     } = check(&request)?;
+    let swept = sweep_workspaces(&std::env::temp_dir());
     let (workspace, uploaded) = match &request.source {
         Some(dir) => {
             let (workspace, summary) = upload(dir, request.ignore_file.as_deref())?;
@@ -144,12 +149,13 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
         run: Run {
             build_id,
             build,
-            workspace: workspace.as_ref().map(|w| w.path().to_path_buf()),
+            workspace: workspace.as_ref().map(Workspace::source),
             secrets,
             registries: request.registries.clone(),
         },
         uploaded,
         warnings,
+        swept,
         _workspace: workspace,
     })
 }
@@ -192,12 +198,13 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
         }
     };
     let timeout = request.timeout;
-    let loaded = plan::load_with(&bytes, |config| {
+    let mut loaded = plan::load_with(&bytes, |config| {
         if timeout.is_some() {
             config.timeout = timeout;
         }
     })
     .map_err(|d| Refused::Invalid(d.render(&file)))?;
+    loaded.add(check_source(&loaded.config, request.source.is_some()));
     let rendered = loaded.diagnostics.render(&file);
     if loaded.diagnostics.has_errors() {
         return Err(Refused::Invalid(rendered));
@@ -210,6 +217,18 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
         },
         rendered,
     ))
+}
+
+/// gcloud refuses a config that names its own `source` unless nothing is uploaded (spec §1).
+fn check_source(config: &BuildConfig, uploads: bool) -> Diagnostics {
+    let mut diagnostics = Diagnostics::default();
+    if config.source && uploads {
+        diagnostics.error(
+            &FieldPath::root().key("source"),
+            "config cannot specify source without the flag --no-source",
+        );
+    }
+    diagnostics
 }
 
 /// gcloud's one-step build for `--tag` (spec §8), as a config.
@@ -225,7 +244,7 @@ pub fn tag_config(image: &str) -> String {
 }
 
 /// Packs the source as an upload and unpacks it into a fresh directory, as a server would.
-fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(TempDir, ArchiveSummary), Refused> {
+fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(Workspace, ArchiveSummary), Refused> {
     let failed = |e: source::SourceError| Refused::Other(e.to_string());
     if !dir.is_dir() {
         return Err(Refused::Other(format!(
@@ -236,10 +255,106 @@ fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(TempDir, ArchiveSum
     let listing = source::list_files(dir, ignore_file).map_err(failed)?;
     let mut archive = Vec::new();
     let summary = source::pack(dir, &listing.files, &mut archive).map_err(failed)?;
-    let workspace = tempfile::Builder::new()
-        .prefix("builder-workspace-")
-        .tempdir()
+    let workspace = Workspace::create(&std::env::temp_dir())
         .map_err(|e| Refused::Other(format!("cannot create a workspace: {e}")))?;
-    source::unpack(archive.as_slice(), workspace.path()).map_err(failed)?;
+    source::unpack(archive.as_slice(), &workspace.source()).map_err(failed)?;
     Ok((workspace, summary))
+}
+
+const WORKSPACE_PREFIX: &str = "builder-workspace-";
+const WORKSPACE_LOCK: &str = "lock";
+
+/// `PARENT/builder-workspace-XXXX/`: the upload in `source/` (which becomes `/workspace`, so the
+/// lock cannot live there) and the `lock` this process holds while it exists (see the module
+/// doc). Dropping it removes the directory.
+struct Workspace {
+    dir: TempDir,
+    _lock: File,
+}
+
+impl Workspace {
+    fn create(parent: &Path) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(WORKSPACE_PREFIX)
+            .tempdir_in(parent)?;
+        // Locked before it takes its name, so that a sweep never finds it unlocked.
+        let staging = dir.path().join("lock.new");
+        let lock = File::create(&staging)?;
+        lock.lock()?;
+        std::fs::rename(&staging, dir.path().join(WORKSPACE_LOCK))?;
+        std::fs::create_dir(dir.path().join("source"))?;
+        Ok(Self { dir, _lock: lock })
+    }
+
+    fn source(&self) -> PathBuf {
+        self.dir.path().join("source")
+    }
+}
+
+/// Removes the workspaces in `parent` whose process died, and returns them. A workspace without a
+/// `lock` is still being made (or not builder's); one that cannot be opened or removed belongs to
+/// another user, whose next submit sweeps it: neither stops this submit.
+fn sweep_workspaces(parent: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for entry in entries.flatten() {
+        let is_workspace = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(WORKSPACE_PREFIX));
+        let dir = entry.path();
+        let Some(lock) = is_workspace
+            .then(|| File::open(dir.join(WORKSPACE_LOCK)).ok())
+            .flatten()
+        else {
+            continue;
+        };
+        // Held while removing, so that two sweeps never both remove it.
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&dir).is_ok() {
+            swept.push(dir);
+        }
+    }
+    swept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_workspaces_whose_lock_is_free_are_swept() {
+        let parent = TempDir::new().unwrap();
+        let live = Workspace::create(parent.path()).unwrap();
+        let dead = Workspace::create(parent.path()).unwrap();
+        let dead_dir = dead.dir.path().to_path_buf();
+        // A process that died: its directory stays, its lock is released.
+        std::mem::forget(dead.dir);
+        drop(dead._lock);
+        let unlocked_stranger = parent.path().join("builder-workspace-no-lock");
+        std::fs::create_dir(&unlocked_stranger).unwrap();
+        assert_eq!(
+            sweep_workspaces(parent.path()),
+            std::slice::from_ref(&dead_dir)
+        );
+        assert!(!dead_dir.exists());
+        assert!(live.source().is_dir());
+        assert!(unlocked_stranger.is_dir());
+        assert_eq!(sweep_workspaces(parent.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_config_with_a_source_needs_no_source() {
+        let loaded = plan::load(b"steps: [{name: ubuntu}]\nsource: {storageSource: {bucket: b}}\n")
+            .expect("a config");
+        assert!(!loaded.diagnostics.has_errors());
+        let mut refused = check_source(&loaded.config, true);
+        refused.locate(&loaded.tree);
+        assert_eq!(
+            refused.render("c.yaml"),
+            "c.yaml:2:9: source: config cannot specify source without the flag --no-source\n"
+        );
+        assert!(!check_source(&loaded.config, false).has_errors());
+    }
 }

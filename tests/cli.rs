@@ -76,10 +76,13 @@ fn validate_exits_0_or_1_with_diagnostics_on_stderr() {
         (
             &["invalid.yaml"],
             1,
-            "invalid.yaml:2:9: steps[0].name: invalid image name \"Ubuntu\" contains uppercase letters\n\
-             invalid.yaml:3:13: steps[0].waitFor[0]: unknown step id \"build\"\n\
-             invalid.yaml:4:9: steps[0].env[0]: the Env entry \"NOEQ\" must be of the form \"KEY=VALUE\"\n\
-             invalid.yaml:5:10: timeout: a build timeout is at most 24h (86400s)\n",
+            "invalid.yaml:2:9: steps[0].name: invalid build step name \"Ubuntu\" (image names are \
+             lower case; only the tag may have upper case letters)\n\
+             invalid.yaml:3:13: steps[0].waitFor[0]: build step #0 depends on \"build\", which has \
+             not been defined\n\
+             invalid.yaml:4:9: steps[0].env[0]: build step #0: the Env entry \"NOEQ\" must be of \
+             the form \"KEY=VALUE\"\n\
+             invalid.yaml:5:10: timeout: timeout exceeds the timeout limit of 24h0m0s\n",
         ),
         (
             &["shell.yaml"],
@@ -139,12 +142,15 @@ fn unreadable_configs_give_one_located_error() {
         (
             "list.yaml",
             b"- name: ubuntu\n",
-            "1:1: a build config must be a mapping, found a list".into(),
+            "1:1: Could not parse as a dictionary: a build config must be a mapping, found a list"
+                .into(),
         ),
         (
             "scalar.yaml",
             b"cloudbuild\n",
-            "1:1: a build config must be a mapping, found a scalar".into(),
+            "1:1: Could not parse as a dictionary: a build config must be a mapping, found a \
+             scalar"
+                .into(),
         ),
         (
             "huge.yaml",
@@ -255,6 +261,40 @@ fn resolve_prints_the_build_as_json() {
     assert_eq!(build["substitutions"]["BRANCH_NAME"], "");
 }
 
+/// `$PROJECT_ID` is the project `builder submit` would run under: `--project`, else
+/// `BUILDER_PROJECT`, else `local` (issue 14, point 6).
+#[test]
+fn resolve_knows_the_project_as_submit_does() {
+    let yaml = "steps: [{name: 'gcr.io/$PROJECT_ID/tool', args: ['$LOCATION']}]\n\
+                images: ['gcr.io/$PROJECT_ID/app']\n";
+    let dir = dir(&[("cloudbuild.yaml", yaml.as_bytes())]);
+    for (flag, variable, project) in [
+        (None, None, "local"),
+        (None, Some("from-env"), "from-env"),
+        (Some("from-flag"), Some("from-env"), "from-flag"),
+    ] {
+        let mut command = cargo_bin_cmd!("builder");
+        command
+            .current_dir(dir.path())
+            .args(["config", "resolve", "cloudbuild.yaml"])
+            .env_remove("BUILDER_PROJECT");
+        if let Some(flag) = flag {
+            command.args(["--project", flag]);
+        }
+        if let Some(variable) = variable {
+            command.env("BUILDER_PROJECT", variable);
+        }
+        let output = command.output().expect("builder runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!((output.status.code(), stderr.as_ref()), (Some(0), ""));
+        let build: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+        assert_eq!(build["images"], json!([format!("gcr.io/{project}/app")]));
+        assert_eq!(build["steps"][0]["name"], format!("gcr.io/{project}/tool"));
+        assert_eq!(build["steps"][0]["args"], json!(["local"]));
+        assert_eq!(build["substitutions"]["PROJECT_ID"], project);
+    }
+}
+
 #[test]
 fn resolve_prints_the_same_build_as_yaml() {
     let yaml = "steps:\n- {name: ubuntu, args: ['$_A', '0123'], env: ['X=true']}\n\
@@ -347,11 +387,12 @@ fn resolve_errors_exit_1_with_diagnostics() {
         (
             &["plain.yaml", "--substitutions", "PROJECT_ID=p"],
             "plain.yaml:1:1: substitutions: substitution key \"PROJECT_ID\" does not respect \
-             format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution\n",
+             format \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitutions\n",
         ),
         (
             &["invalid.yaml"],
-            "invalid.yaml:1:8: steps: config must list at least one step\n",
+            "invalid.yaml:1:8: steps: config must list at least one step or specify remote_config \
+             (builder reads no remote_config: list the steps)\n",
         ),
     ] {
         let mut all = vec!["config", "resolve"];
@@ -508,4 +549,47 @@ fn schedules_preview_prints_fire_times_in_utc_and_local_time_without_a_server() 
         stderr.contains("did you mean \"Europe/Berlin\""),
         "{stderr}"
     );
+}
+
+/// A reader that stops reading (`builder builds list | head`) ends a command quietly with exit 0,
+/// instead of a panic on the closed pipe (issue 14, point 11).
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let bin = assert_cmd::cargo::cargo_bin!("builder");
+    let data = tempfile::tempdir().expect("temporary directory");
+    let dir = dir(&[("cloudbuild.yaml", b"steps: [{name: ubuntu}]\n")]);
+    for args in [
+        &["builds", "list"][..],
+        &["config", "resolve", "cloudbuild.yaml"],
+        &["schedules", "preview", "* * * * *", "--count", "3"],
+    ] {
+        // The read end is gone before the command starts: its first write meets a closed pipe.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = std::process::Command::new(bin)
+            .current_dir(dir.path())
+            .env("BUILDER_DATA_DIR", data.path())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("builder runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            (output.status.code(), stderr.as_ref()),
+            (Some(0), ""),
+            "{args:?}"
+        );
+    }
+    // As a shell runs it: `head` leaves after one line of many.
+    let output = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"set -o pipefail; "$0" schedules preview '* * * * *' --count 100000 | head -n 1"#,
+        ])
+        .arg(bin)
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!((output.status.code(), stderr.as_ref()), (Some(0), ""));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("UTC"));
 }

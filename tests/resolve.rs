@@ -190,7 +190,7 @@ fn overriding_built_ins() {
     let refused = |key: &str, at: &str| {
         format!(
             "{FILE}:{at}: substitutions: substitution key \"{key}\" does not respect format \
-             \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitution"
+             \"^_[A-Z0-9_]+$\" and is not an overridable built-in substitutions"
         )
     };
     table(vec![
@@ -391,7 +391,12 @@ fn must_match_and_allow_loose() {
         (
             defines_ab,
             manual(&[]),
-            Want::Errors(vec![unused("2:21", "_A"), unused("2:28", "_B")]),
+            // Cloud Build's one message for them all, its parts joined by `;`.
+            errors(&[
+                "cloudbuild.yaml:2:16: substitutions: key \"_A\" in the substitution data is \
+                 not matched in the template;key \"_B\" in the substitution data is not matched \
+                 in the template (remove them, or set options.substitutionOption: ALLOW_LOOSE)",
+            ]),
         ),
         // A key only given with --substitutions must be used too.
         (
@@ -442,7 +447,9 @@ fn checks_after_substitution() {
             "steps: [{name: 'gcr.io/p/app:$BRANCH_NAME'}]\n",
             on_branch(),
             errors(&[
-                "cloudbuild.yaml:1:16: steps[0].name: invalid image name \"gcr.io/p/app:feature/x\"",
+                "cloudbuild.yaml:1:16: steps[0].name: invalid build step name \
+                 \"gcr.io/p/app:feature/x\" (not an image reference: \
+                 [HOST[:PORT]/]PATH[:TAG][@DIGEST])",
             ]),
         ),
         (
@@ -463,7 +470,8 @@ fn checks_after_substitution() {
             "steps: [{name: '$_IMAGE'}]\nsubstitutions: {_IMAGE: gcr.io/p/App}\n",
             manual(&[]),
             errors(&[
-                "cloudbuild.yaml:1:16: steps[0].name: invalid image name \"gcr.io/p/App\" contains uppercase letters",
+                "cloudbuild.yaml:1:16: steps[0].name: invalid build step name \"gcr.io/p/App\" \
+                 (image names are lower case; only the tag may have upper case letters)",
             ]),
         ),
         (
@@ -880,15 +888,17 @@ fn dependencies() {
             "steps: [{name: a, id: build}, {name: b, waitFor: [buld]}]",
             manual(&[]),
             errors(&[
-                "cloudbuild.yaml:1:51: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?",
+                "cloudbuild.yaml:1:51: steps[1].waitFor[0]: build step #1 depends on \"buld\", \
+                 which has not been defined; did you mean \"build\"?",
             ]),
         ),
         (
             "steps: [{name: a, waitFor: [later]}, {name: b, id: later}]",
             manual(&[]),
             errors(&[
-                "cloudbuild.yaml:1:29: steps[0].waitFor[0]: step id \"later\" is defined after \
-                      this step; a step can only wait for earlier steps",
+                "cloudbuild.yaml:1:29: steps[0].waitFor[0]: build step #0 depends on \"later\", \
+                 which has not been defined (it is the id of a later step; a step can only wait \
+                 for earlier steps)",
             ]),
         ),
     ]);
@@ -932,14 +942,17 @@ fn timeouts() {
             "steps: [{name: a, timeout: 2h}]",
             manual(&[]),
             errors(&[
-                "cloudbuild.yaml:1:28: steps[0].timeout: longer than the default build \
-                      timeout (3600s); raise the build's `timeout`",
+                "cloudbuild.yaml:1:28: steps[0].timeout: invalid .timeout in build step #0: \
+                 build step timeout 2h0m0s must be <= build timeout 1h0m0s (the default build \
+                 timeout; set the build's `timeout`)",
             ]),
         ),
         (
             "steps: [{name: a}]\ntimeout: 86401s",
             manual(&[]),
-            errors(&["cloudbuild.yaml:2:10: timeout: a build timeout is at most 24h (86400s)"]),
+            errors(&[
+                "cloudbuild.yaml:2:10: timeout: timeout exceeds the timeout limit of 24h0m0s",
+            ]),
         ),
     ]);
 }

@@ -14,7 +14,12 @@ mod common;
 /// Starts a submit and reads its stdout until a step prints `ready` (within 60 s); returns the
 /// child and the build id.
 fn start_until_ready(data_dir: &Path, source: &Path) -> (Child, String) {
-    let mut child = submit_command(data_dir, source)
+    start_command_until_ready(submit_command(data_dir, source))
+}
+
+/// [`start_until_ready`] for a submit command prepared by the caller.
+fn start_command_until_ready(mut command: Command) -> (Child, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -201,6 +206,20 @@ fn invalid_configs_and_missing_secrets_are_refused_before_anything_runs() {
     let out = submit(data.path(), dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("set BUILDER_SECRET_ABSENT_PW"));
+    // gcloud's rule: a config that names its own source takes no upload.
+    let dir = source(
+        "steps:\n- name: builder/busybox\nsource: {storageSource: {bucket: b, object: o}}\n",
+        &[],
+    );
+    let out = submit(data.path(), dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "cloudbuild.yaml:3:9: source: config cannot specify source without the flag --no-source"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -265,7 +284,10 @@ fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
     );
     let out = submit(data.path(), dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the default build timeout"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("must be <= build timeout 1h0m0s (the default build timeout")
+    );
     let out = submit(data.path(), dir.path(), &["--timeout", "3h"]);
     assert!(
         out.status.success(),
@@ -274,7 +296,10 @@ fn the_timeout_flag_is_judged_as_if_the_config_said_it() {
     );
     let out = submit(data.path(), dir.path(), &["--timeout", "48h"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a build timeout is at most 24h"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("timeout exceeds the timeout limit of 24h0m0s")
+    );
 }
 
 #[test]
@@ -293,4 +318,72 @@ fn a_running_build_is_left_alone_by_another_submit() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert_eq!(leftovers(&id), "");
+}
+
+/// The workspace directories in `parent`.
+fn workspaces(parent: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("builder-workspace-")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A submit killed with SIGKILL leaves its workspace directory; the next submit removes it, and
+/// not the workspace of a submit still running (issue 14, point 11).
+#[test]
+fn a_killed_submits_workspace_is_removed_by_the_next_submit() {
+    let data = TempDir::new().unwrap();
+    // The submits' own temporary directory, so that only theirs are looked at.
+    let tmp = TempDir::new().unwrap();
+    let dir = source(WAIT_FOREVER, &[]);
+    let in_tmp = |mut command: Command| {
+        command.env("TMPDIR", tmp.path());
+        command
+    };
+    let (mut running, running_id) =
+        start_command_until_ready(in_tmp(submit_command(data.path(), dir.path())));
+    let running_workspace = workspaces(tmp.path());
+    assert_eq!(running_workspace.len(), 1);
+    let (mut killed, killed_id) =
+        start_command_until_ready(in_tmp(submit_command(data.path(), dir.path())));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let left: Vec<_> = workspaces(tmp.path())
+        .into_iter()
+        .filter(|w| !running_workspace.contains(w))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed submit's workspace should still be there"
+    );
+
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    let out = in_tmp(submit_command(data.path(), quick.path()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Removed workspace {}", left[0].display())),
+        "{stderr}"
+    );
+    assert_eq!(workspaces(tmp.path()), running_workspace);
+    assert_eq!(leftovers(&killed_id), "");
+
+    Command::new("kill")
+        .args(["-INT", &running.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(running.wait().unwrap().code(), Some(130));
+    assert_eq!(workspaces(tmp.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(leftovers(&running_id), "");
 }

@@ -25,6 +25,14 @@ use crate::submit;
 use crate::substitute::Values;
 use crate::{triggers, webhooks};
 
+/// `println!` that returns the write's error instead of panicking on it (see [`output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+mod output;
 mod remote;
 mod serve;
 mod templates;
@@ -256,6 +264,8 @@ struct ResolveArgs {
     /// `--builtin BRANCH_NAME=main --builtin COMMIT_SHA=…`.
     #[arg(long = "builtin", value_name = "KEY=VALUE", value_parser = parse_pair)]
     built_ins: Vec<(String, String)>,
+    #[command(flatten)]
+    project: ProjectArgs,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
 }
@@ -308,6 +318,14 @@ struct SubmitArgs {
     /// Directory of local secret values for availableSecrets.secretManager (see README).
     #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    project: ProjectArgs,
+}
+
+/// The project builds belong to, shared by the commands that resolve a config as this machine
+/// runs it.
+#[derive(Args)]
+struct ProjectArgs {
     /// The value of $PROJECT_ID.
     #[arg(long, env = "BUILDER_PROJECT", default_value = "local")]
     project: String,
@@ -346,6 +364,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if output::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -375,7 +394,11 @@ fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
     }
     let inputs = Inputs {
         context: args.context,
-        built_ins: args.built_ins.iter().cloned().collect(),
+        // `config resolve` runs no build, so `$BUILD_ID` stays empty unless `--builtin` sets it.
+        built_ins: plan::machine_built_ins(&args.project.project, "")
+            .into_iter()
+            .chain(args.built_ins.iter().cloned())
+            .collect(),
         overrides: args.substitutions.substitutions.clone().unwrap_or_default(),
         aliases,
     };
@@ -401,7 +424,7 @@ fn resolve(args: &ResolveArgs, aliases: Aliases) -> Result<ExitCode> {
                 Format::Json => serde_json::to_string_pretty(&build)? + "\n",
                 Format::Yaml => serde_saphyr::to_string(&build)?,
             };
-            print!("{out}");
+            output::write(out.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(diagnostics) => {
@@ -474,16 +497,16 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
             "builtIns": built_ins,
             "substitutions": built_ins.as_ref().map(|_| &trigger.substitutions),
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     match (reason, built_ins) {
-        (Some(reason), _) => println!("trigger {:?} does not build: {reason}", trigger.name),
+        (Some(reason), _) => outln!("trigger {:?} does not build: {reason}", trigger.name)?,
         (None, built_ins) => {
-            println!("trigger {:?} builds", trigger.name);
+            outln!("trigger {:?} builds", trigger.name)?;
             let values = built_ins.iter().flatten().chain(&trigger.substitutions);
             for (key, value) in values {
-                println!("  {key}={value}");
+                outln!("  {key}={value}")?;
             }
         }
     }
@@ -524,12 +547,12 @@ fn preview_schedule(args: &PreviewArgs) -> Result<ExitCode> {
             "timeZone": zone.name(),
             "runs": runs,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<22}  LOCAL ({})", "UTC", zone.name());
+    outln!("{:<22}  LOCAL ({})", "UTC", zone.name())?;
     for run in runs {
-        println!("{:<22}  {}", run.utc, run.local);
+        outln!("{:<22}  {}", run.utc, run.local)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -567,10 +590,10 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     limit,
                     ..Default::default()
                 };
-                print_builds(&store.list_builds(&query).await?);
+                print_builds(&store.list_builds(&query).await?)?;
             }
             BuildsCommand::Describe { id } => {
-                println!("{}", serde_json::to_string_pretty(&find(id).await?)?);
+                outln!("{}", serde_json::to_string_pretty(&find(id).await?)?)?;
             }
             BuildsCommand::Log { id, stream } => {
                 let build = find(id).await?;
@@ -580,7 +603,7 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     // Read the status first: lines written before it was final are then all read.
                     let finished = !stream || find(build.id.clone()).await?.status.is_final();
                     for line in store.logs(&build.id, seen, None).await? {
-                        println!("{}: {}", step_label(&steps, line.step), line.text);
+                        outln!("{}: {}", step_label(&steps, line.step), line.text)?;
                         seen = line.seq;
                     }
                     if finished {
@@ -601,55 +624,61 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
 }
 
 /// One line per build, newest first.
-fn print_builds(builds: &[crate::store::BuildRecord]) {
-    println!(
+fn print_builds(builds: &[crate::store::BuildRecord]) -> Result<()> {
+    outln!(
         "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
-        "ID", "CREATE_TIME", "DURATION", "STATUS"
-    );
+        "ID",
+        "CREATE_TIME",
+        "DURATION",
+        "STATUS"
+    )?;
     for build in builds {
         let images: Vec<&str> = build.images.iter().map(|i| i.name.as_str()).collect();
-        println!(
+        outln!(
             "{:<36}  {:<20}  {:>9}  {:<14}  {}",
             build.id,
             timestamp(build.create_time),
             duration_between(build.start_time, build.finish_time),
             build.status,
             images.join(",")
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// How `submit` ends, as gcloud prints it; the exit code follows the status.
-fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> ExitCode {
-    println!("DONE\n{}", "-".repeat(80));
+fn print_summary(build: &crate::store::BuildRecord, interrupted: bool) -> Result<ExitCode> {
+    outln!("DONE\n{}", "-".repeat(80))?;
     if let Some(failure) = &build.failure {
-        println!("ERROR: {failure}");
+        outln!("ERROR: {failure}")?;
     }
-    println!(
+    outln!(
         "ID: {}\nSTATUS: {}\nDURATION: {}",
         build.id,
         build.status,
         duration_between(build.start_time, build.finish_time)
-    );
+    )?;
     for image in &build.images {
-        println!("IMAGE: {} {}", image.name, image.digest);
+        outln!("IMAGE: {} {}", image.name, image.digest)?;
     }
     for template in &build.templates {
-        println!(
+        outln!(
             "TEMPLATE: {}:{} {}",
-            template.repository, template.version, template.digest
-        );
+            template.repository,
+            template.version,
+            template.digest
+        )?;
     }
     if build.status == Status::Timeout {
         eprintln!(
             "Your build timed out. Use the [--timeout=DURATION] flag to change the timeout threshold."
         );
     }
-    match build.status {
+    Ok(match build.status {
         Status::Success => ExitCode::SUCCESS,
         _ if interrupted => ExitCode::from(130),
         _ => ExitCode::from(1),
-    }
+    })
 }
 
 fn timestamp(time: std::time::SystemTime) -> String {
@@ -689,7 +718,7 @@ fn submit(
         let listing = source::list_files(&args.source, args.ignore_file.as_deref())?;
         eprintln!("{}", listing.rules);
         for file in listing.files {
-            println!("{file}");
+            outln!("{file}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -705,6 +734,12 @@ fn submit(
         }
     };
     eprint!("{}", prepared.warnings);
+    for dir in &prepared.swept {
+        eprintln!(
+            "Removed workspace {}, left by a submit that ended.",
+            dir.display()
+        );
+    }
     if let Some(uploaded) = &prepared.uploaded {
         eprintln!(
             "Creating temporary archive of {} file(s) totalling {} before compression.",
@@ -729,7 +764,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
         substitutions: args.substitutions.substitutions.unwrap_or_default(),
         timeout: args.timeout,
         secrets_dir: args.secrets_dir,
-        project_id: args.project,
+        project_id: args.project.project,
     }
 }
 
@@ -789,7 +824,7 @@ fn submit_detached(
     })?;
     eprintln!("Created build [{build_id}].");
     eprintln!("Follow it with: builder builds log --stream {build_id}");
-    println!("{build_id}");
+    outln!("{build_id}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -834,25 +869,33 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         }
     });
     eprintln!("Created build [{build_id}].");
-    println!("starting build \"{build_id}\"\n\nBUILD");
+    outln!("starting build \"{build_id}\"\n\nBUILD")?;
+    // Once output fails (its reader went away) printing stops, but the build runs to its end:
+    // stopping halfway would leave its containers to the next submit.
+    let mut printed = Ok(());
     let outcome = local::run(
         &store,
         &running,
         Arc::new(runtime),
         prepared,
         cancel,
-        |event| print_event(&ids, event),
+        |event| {
+            if printed.is_ok() {
+                printed = print_event(&ids, event);
+            }
+        },
     )
     .await?;
+    printed?;
     let build = store
         .get_build(&build_id)
         .await?
         .context("the build's record vanished")?;
     debug_assert_eq!(build.status, outcome.status);
-    Ok(print_summary(
+    print_summary(
         &build,
         interrupted.load(std::sync::atomic::Ordering::SeqCst),
-    ))
+    )
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM; false if neither can be watched.
@@ -867,20 +910,20 @@ async fn interrupt() -> bool {
     }
 }
 
-fn print_event(ids: &[Option<String>], event: &Event) {
+fn print_event(ids: &[Option<String>], event: &Event) -> Result<()> {
     match event {
         Event::StepStarted { step } => print_step(ids, *step, Status::Working, None),
-        Event::Line { step, text, .. } => println!("{}: {text}", step_label(ids, *step)),
+        Event::Line { step, text, .. } => outln!("{}: {text}", step_label(ids, *step)),
         Event::StepFinished { step, result } => {
             print_step(ids, *step, result.status, result.detail.as_deref())
         }
-        Event::PushStarted => println!("PUSH"),
-        Event::Pushing { image } => println!("Pushing {image}"),
-        Event::Pushed(image) => println!("{}: digest: {}", image.name, image.digest),
+        Event::PushStarted => outln!("PUSH"),
+        Event::Pushing { image } => outln!("Pushing {image}"),
+        Event::Pushed(image) => outln!("{}: digest: {}", image.name, image.digest),
         Event::PushingTemplate { file, reference } => {
-            println!("Pushing template {file} to {reference}")
+            outln!("Pushing template {file} to {reference}")
         }
-        Event::PushedTemplate(template) => println!(
+        Event::PushedTemplate(template) => outln!(
             "{}:{}: digest: {}{}",
             template.repository,
             template.tags.join(","),
@@ -895,12 +938,17 @@ fn print_event(ids: &[Option<String>], event: &Event) {
 }
 
 /// A step's start (`Working`) or end, as Cloud Build prints them.
-fn print_step(ids: &[Option<String>], step: usize, status: Status, detail: Option<&str>) {
+fn print_step(
+    ids: &[Option<String>],
+    step: usize,
+    status: Status,
+    detail: Option<&str>,
+) -> Result<()> {
     let label = step_label(ids, step);
     match (status, detail) {
-        (Status::Working, _) => println!("Starting {label}"),
-        (Status::Success, _) | (_, None) => println!("Finished {label}"),
-        (status, Some(detail)) => println!("Finished {label} ({status}: {detail})"),
+        (Status::Working, _) => outln!("Starting {label}"),
+        (Status::Success, _) | (_, None) => outln!("Finished {label}"),
+        (status, Some(detail)) => outln!("Finished {label} ({status}: {detail})"),
     }
 }
 

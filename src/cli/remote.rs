@@ -30,18 +30,18 @@ fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
 pub(super) fn builds(command: BuildsCommand, client: Client) -> Result<ExitCode> {
     block_on(async {
         match command {
-            BuildsCommand::List { limit } => print_builds(&client.builds(limit).await?),
+            BuildsCommand::List { limit } => print_builds(&client.builds(limit).await?)?,
             BuildsCommand::Describe { id } => {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&client.build(&id).await?)?
-                );
+                )?;
             }
             BuildsCommand::Log { id, stream: false } => {
                 let build = client.build(&id).await?;
                 let ids: Vec<_> = build.steps.iter().map(|s| s.id.clone()).collect();
                 for line in client.log(&build.id).await? {
-                    println!("{}: {}", step_label(&ids, line.step), line.text);
+                    outln!("{}: {}", step_label(&ids, line.step), line.text)?;
                 }
             }
             BuildsCommand::Log { id, stream: true } => {
@@ -54,7 +54,7 @@ pub(super) fn builds(command: BuildsCommand, client: Client) -> Result<ExitCode>
             BuildsCommand::Retry { id } => {
                 let retry = client.retry(&id).await?;
                 eprintln!("Created build [{retry}], a retry of [{id}].");
-                println!("{retry}");
+                outln!("{retry}")?;
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -71,18 +71,18 @@ pub(super) fn triggers(command: TriggersCommand, client: Client) -> Result<ExitC
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{}{disabled}: {}",
                         trigger["name"].as_str().unwrap_or_default(),
                         trigger["rule"].as_str().unwrap_or_default()
-                    );
+                    )?;
                 }
             }
             TriggersCommand::Describe { name } => {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&client.trigger(&name).await?)?
-                );
+                )?;
             }
             TriggersCommand::Run(args) => {
                 let run = json!({
@@ -93,7 +93,7 @@ pub(super) fn triggers(command: TriggersCommand, client: Client) -> Result<ExitC
                 });
                 let id = client.run_trigger(&args.name, &run).await?;
                 eprintln!("Created build [{id}].");
-                println!("{id}");
+                outln!("{id}")?;
             }
             TriggersCommand::Import { file } => {
                 let bytes = std::fs::read(&file)
@@ -105,7 +105,7 @@ pub(super) fn triggers(command: TriggersCommand, client: Client) -> Result<ExitC
                 for warning in answer["warnings"].as_array().into_iter().flatten() {
                     eprintln!("{}", warning.as_str().unwrap_or_default());
                 }
-                println!("{}", answer["trigger"]["name"].as_str().unwrap_or_default());
+                outln!("{}", answer["trigger"]["name"].as_str().unwrap_or_default())?;
             }
             TriggersCommand::Test(_) => unreachable!("`triggers test` runs here"),
         }
@@ -118,19 +118,19 @@ pub(super) fn schedules(command: SchedulesCommand, client: Client) -> Result<Exi
         match command {
             SchedulesCommand::List => {
                 for schedule in client.schedules().await? {
-                    println!("{}", schedule_line(&schedule));
+                    outln!("{}", schedule_line(&schedule))?;
                 }
             }
             SchedulesCommand::Describe { name } => {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&client.schedule(&name).await?)?
-                );
+                )?;
             }
             SchedulesCommand::RunNow { name } => {
                 let id = client.run_schedule(&name).await?;
                 eprintln!("Created build [{id}].");
-                println!("{id}");
+                outln!("{id}")?;
             }
             SchedulesCommand::Pause { name } => {
                 client.pause_schedule(&name, true).await?;
@@ -139,7 +139,7 @@ pub(super) fn schedules(command: SchedulesCommand, client: Client) -> Result<Exi
             SchedulesCommand::Resume { name } => {
                 let schedule = client.pause_schedule(&name, false).await?;
                 eprintln!("Resumed schedule [{name}].");
-                println!("{}", schedule_line(&schedule));
+                outln!("{}", schedule_line(&schedule))?;
             }
             SchedulesCommand::Preview(_) => unreachable!("`schedules preview` runs here"),
         }
@@ -212,12 +212,12 @@ pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
             .await?;
         eprintln!("Created build [{id}].");
         if args.detach {
-            println!("{id}");
+            outln!("{id}")?;
             return Ok(ExitCode::SUCCESS);
         }
-        println!("starting build \"{id}\"\n\nBUILD");
+        outln!("starting build \"{id}\"\n\nBUILD")?;
         let build = follow(&client, &id).await?;
-        Ok(print_summary(&build, false))
+        print_summary(&build, false)
     })
 }
 
@@ -225,6 +225,8 @@ pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
 async fn follow(client: &Client, id: &str) -> Result<crate::store::BuildRecord> {
     // Each step's id, learnt from its start, which comes before its lines.
     let mut ids: Vec<Option<String>> = Vec::new();
+    // Printing stops at the first failed write; the build is followed to its end regardless.
+    let mut printed = Ok(());
     let build = client
         .follow(id, |seen| match seen {
             Progress::Step {
@@ -237,10 +239,17 @@ async fn follow(client: &Client, id: &str) -> Result<crate::store::BuildRecord> 
                     ids.resize(step + 1, None);
                 }
                 ids[step] = id;
-                print_step(&ids, step, status, detail.as_deref());
+                if printed.is_ok() {
+                    printed = print_step(&ids, step, status, detail.as_deref());
+                }
             }
-            Progress::Line { step, text } => println!("{}: {text}", step_label(&ids, step)),
+            Progress::Line { step, text } => {
+                if printed.is_ok() {
+                    printed = outln!("{}: {text}", step_label(&ids, step));
+                }
+            }
         })
         .await?;
+    printed?;
     Ok(build)
 }

@@ -2,7 +2,6 @@
 //! to the registry (no server), with the same rules as a build's `templates:`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,18 +74,18 @@ pub(super) fn run(command: TemplatesCommand, registries: Registries) -> Result<E
             check_repository(&repository)?;
             let versions = runtime.block_on(registries.list_templates(&repository))?;
             if format.is_some() {
-                println!("{}", serde_json::to_string_pretty(&versions)?);
+                outln!("{}", serde_json::to_string_pretty(&versions)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:<16} {:<24} {:<73} CREATED", "VERSION", "TAGS", "DIGEST");
+            outln!("{:<16} {:<24} {:<73} CREATED", "VERSION", "TAGS", "DIGEST")?;
             for version in versions {
-                println!(
+                outln!(
                     "{:<16} {:<24} {:<73} {}",
                     version.version,
                     version.tags.join(","),
                     version.digest,
                     version.created.as_deref().unwrap_or("-")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -104,7 +103,7 @@ pub(super) fn run(command: TemplatesCommand, registries: Registries) -> Result<E
             match output {
                 Some(path) => std::fs::write(&path, &bytes)
                     .with_context(|| format!("cannot write {}", path.display()))?,
-                None => std::io::stdout().write_all(&bytes)?,
+                None => super::output::write(&bytes)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -162,12 +161,12 @@ async fn push(args: PushArgs, registries: &Registries) -> Result<ExitCode> {
     } else {
         "unchanged"
     };
-    println!(
+    outln!(
         "{}:{} {what}: digest {}",
         pushed.repository,
         pushed.tags.join(","),
         pushed.digest
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,9 @@ use super::model::*;
 use super::tree::{self, Node, Value};
 use crate::diag::{Diagnostics, FieldPath, snake_case};
 
+/// The largest disk a build may ask for, in GB (spec §2.3, the schema documentation).
+pub const MAX_DISK_SIZE_GB: i64 = 4000;
+
 /// Reads a whole config. The root must be a mapping.
 pub fn build_config(root: &Node, diagnostics: &mut Diagnostics) -> BuildConfig {
     let Some(mut fields) = Fields::of(root, FieldPath::root(), diagnostics) else {
@@ -39,9 +42,38 @@ pub fn build_config(root: &Node, diagnostics: &mut Diagnostics) -> BuildConfig {
         logs_bucket: fields.unsupported_string("logsBucket", "build logs stay on this machine"),
         service_account: fields
             .unsupported_string("serviceAccount", "steps run with the engine's credentials"),
+        source: source(&mut fields),
     };
     fields.finish();
     config
+}
+
+/// Whether the config names a `source` to build (Cloud Build's `Source`: one of these kinds).
+/// Its contents are not read: builder fetches no such source.
+fn source(f: &mut Fields) -> bool {
+    const KINDS: &[&str] = &[
+        "storageSource",
+        "repoSource",
+        "gitSource",
+        "storageSourceManifest",
+        "connectedRepository",
+        "developerConnectConfig",
+    ];
+    let named = f
+        .object("source", |s| {
+            for kind in KINDS {
+                s.take(kind);
+            }
+        })
+        .is_some();
+    if named {
+        f.warn_unsupported(
+            "source",
+            "builder fetches no Cloud Storage or repository source; `builder submit --no-source` \
+             runs with an empty /workspace",
+        );
+    }
+    named
 }
 
 fn step(f: &mut Fields) -> Step {
@@ -119,10 +151,12 @@ fn options(f: &mut Fields) -> Options {
         &["NONE", "SHA256", "MD5", "SHA512"],
         "no source provenance hashes are computed",
     );
-    f.unsupported_scalar("diskSizeGb", HOST_ONLY);
+    f.unsupported_integer("diskSizeGb", 0..=MAX_DISK_SIZE_GB, HOST_ONLY);
     f.unsupported_scalar("workerPool", HOST_ONLY);
     f.unsupported_scalar("pubsubTopic", "no Pub/Sub notifications are sent");
-    f.unsupported_scalar("enableStructuredLogging", "logs are kept by builder");
+    if f.bool("enableStructuredLogging").is_some() {
+        f.warn_unsupported("enableStructuredLogging", "logs are kept by builder");
+    }
     let pool_name = f.object("pool", |pool| pool.string("name")).flatten();
     if pool_name.is_some() {
         f.warn_unsupported("pool", HOST_ONLY);
@@ -277,7 +311,10 @@ impl<'a, 'd> Fields<'a, 'd> {
     ) -> Option<Self> {
         if !matches!(node.value, Value::Map(_)) {
             let message = if path == FieldPath::root() {
-                format!("a build config must be a mapping, found {}", node.kind())
+                format!(
+                    "Could not parse as a dictionary: a build config must be a mapping, found {}",
+                    node.kind()
+                )
             } else {
                 format!("expected a mapping, found {}", node.kind())
             };
@@ -574,6 +611,35 @@ impl<'a, 'd> Fields<'a, 'd> {
         }
     }
 
+    /// Checks an accepted-but-ignored integer field (written as a number or a string, as the
+    /// API's int64 is) against the range Cloud Build accepts, then warns that it is ignored.
+    fn unsupported_integer(
+        &mut self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<i64>,
+        why: &str,
+    ) {
+        let Some((node, path)) = self.take(name) else {
+            return;
+        };
+        let Some(value) = self.integer_at(node, &path) else {
+            return;
+        };
+        if range.contains(&value) {
+            self.warn_unsupported(name, why);
+        } else {
+            self.diagnostics.error_at(
+                &path,
+                node.pos,
+                format!(
+                    "{name} {value} is out of range: Cloud Build accepts {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+
     pub(crate) fn unsupported_scalar(&mut self, name: &'static str, why: &str) {
         if self.string(name).is_some() {
             self.warn_unsupported(name, why);
@@ -620,7 +686,7 @@ impl<'a, 'd> Fields<'a, 'd> {
                 self.diagnostics.error_at(
                     &self.path.key(text),
                     key.pos,
-                    format!("unknown field{}", hint(text, &self.known)),
+                    format!("unused: unknown field{}", hint(text, &self.known)),
                 );
             }
         }
@@ -676,9 +742,9 @@ mod tests {
         let (_, out) = decode("steps:\n- name: a\n  waitfor: [b]\n  argz: [x]\nstep: []\n");
         assert_eq!(
             out,
-            "c.yaml:3:3: steps[0].waitfor: unknown field; did you mean \"waitFor\"?\n\
-             c.yaml:4:3: steps[0].argz: unknown field; did you mean \"args\"?\n\
-             c.yaml:5:1: step: unknown field; did you mean \"steps\"?\n"
+            "c.yaml:3:3: steps[0].waitfor: unused: unknown field; did you mean \"waitFor\"?\n\
+             c.yaml:4:3: steps[0].argz: unused: unknown field; did you mean \"args\"?\n\
+             c.yaml:5:1: step: unused: unknown field; did you mean \"steps\"?\n"
         );
     }
 
@@ -702,6 +768,50 @@ mod tests {
         assert!(lines[2].starts_with("c.yaml:5:12: options.logging: unknown value \"LOUD\""));
     }
 
+    /// Accepted-but-ignored fields whose values Cloud Build bounds are bounded here too.
+    #[test]
+    fn ignored_fields_are_range_checked() {
+        let (_, out) = decode(
+            "steps: [{name: a}]\noptions:\n  diskSizeGb: '4000'\n  enableStructuredLogging: true\n",
+        );
+        assert!(
+            out.contains("c.yaml:3:15: warning: options.diskSizeGb: not honoured"),
+            "{out}"
+        );
+        assert!(
+            out.contains("warning: options.enableStructuredLogging: not honoured"),
+            "{out}"
+        );
+        let (_, out) = decode(
+            "steps: [{name: a}]\noptions:\n  diskSizeGb: 4001\n  enableStructuredLogging: sure\n",
+        );
+        assert_eq!(
+            out,
+            "c.yaml:3:15: options.diskSizeGb: diskSizeGb 4001 is out of range: Cloud Build \
+             accepts 0 to 4000\n\
+             c.yaml:4:28: options.enableStructuredLogging: expected true or false, found \"sure\"\n"
+        );
+        let (_, out) = decode("steps: [{name: a}]\noptions: {diskSizeGb: -1}\n");
+        assert!(out.contains("diskSizeGb -1 is out of range"), "{out}");
+        let (_, out) = decode("steps: [{name: a}]\noptions: {diskSizeGb: 200GB}\n");
+        assert!(
+            out.contains("expected an integer, found \"200GB\""),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_source_is_read_and_warned_about() {
+        let (config, out) = decode("steps: [{name: a}]\nsource: {repoSource: {repoName: r}}\n");
+        assert!(config.source);
+        assert!(
+            out.starts_with("c.yaml:2:9: warning: source: not honoured"),
+            "{out}"
+        );
+        let (_, out) = decode("steps: [{name: a}]\nsource: {s3: {}}\n");
+        assert!(out.contains("source.s3: unused: unknown field"), "{out}");
+    }
+
     #[test]
     fn wrong_shapes_are_reported_and_reading_goes_on() {
         let (config, out) =
@@ -723,7 +833,7 @@ mod tests {
         let (_, out) = decode("- a\n- b\n");
         assert_eq!(
             out,
-            "c.yaml:1:1: a build config must be a mapping, found a list\n"
+            "c.yaml:1:1: Could not parse as a dictionary: a build config must be a mapping, found a list\n"
         );
     }
 }

@@ -61,6 +61,25 @@ pub fn format(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
 }
 
+/// Go's `time.Duration` text (`24h0m0s`, `1h30m0s`, `45m0s`, `1.5s`), in which Cloud Build's
+/// timeout errors name durations. Below a second Go switches to `ms`; timeouts that short are
+/// written here in seconds (`0.5s`).
+pub fn go_format(duration: Duration) -> String {
+    let total = duration.as_secs();
+    let (hours, minutes, seconds) = (total / 3600, total / 60 % 60, total % 60);
+    let seconds = match duration.subsec_nanos() {
+        0 => seconds.to_string(),
+        nanos => format!("{seconds}.{nanos:09}")
+            .trim_end_matches('0')
+            .to_string(),
+    };
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m{seconds}s"),
+        _ => format!("{hours}h{minutes}m{seconds}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +110,19 @@ mod tests {
         }
         assert_eq!(format(Duration::from_secs(600)), "600s");
         assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn go_text_as_cloud_build_prints_it() {
+        for (seconds, text) in [
+            (86400.0, "24h0m0s"),
+            (5400.0, "1h30m0s"),
+            (2700.0, "45m0s"),
+            (60.5, "1m0.5s"),
+            (1.5, "1.5s"),
+            (0.0, "0s"),
+        ] {
+            assert_eq!(go_format(Duration::from_secs_f64(seconds)), text);
+        }
     }
 }

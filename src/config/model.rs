@@ -21,6 +21,9 @@ pub struct BuildConfig {
     pub templates: Vec<TemplatePush>,
     pub logs_bucket: Option<String>,
     pub service_account: Option<String>,
+    /// Whether the config names a `source` (Cloud Storage, a repository) for the service to
+    /// fetch: gcloud accepts that only with `--no-source`, and builder fetches nothing.
+    pub source: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

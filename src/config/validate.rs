@@ -13,6 +13,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::decode::hint;
+use super::duration;
 use super::model::*;
 use crate::diag::{Diagnostics, FieldPath};
 use crate::{image, templates};
@@ -43,6 +44,12 @@ static VOLUME_NAME: LazyLock<Regex> =
 pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let root = FieldPath::root();
     check_steps(config, diagnostics);
+    check_env(
+        &root.key("options").key("env"),
+        &config.options.env,
+        "invalid .options.env field: ",
+        diagnostics,
+    );
     check_timeouts(config, diagnostics);
     check_volumes(config, diagnostics);
     check_substitution_keys(
@@ -69,8 +76,11 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
             check_image(&images.index(i), name, diagnostics);
         }
     }
-    if config.images.len() > MAX_IMAGES {
-        diagnostics.error(&root.key("images"), format!("at most {MAX_IMAGES} images"));
+    if image_list.len() > MAX_IMAGES {
+        diagnostics.error(
+            &images,
+            format!("cannot specify more than {MAX_IMAGES} images to build"),
+        );
     }
     // Templated tags are checked after substitution; blanking them (rather than filtering them
     // out) keeps the indices, so each error points at the tag it is about.
@@ -91,13 +101,17 @@ pub fn validate(config: &BuildConfig, diagnostics: &mut Diagnostics) {
 fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let steps_path = FieldPath::root().key("steps");
     if config.steps.is_empty() {
-        diagnostics.error(&steps_path, "config must list at least one step");
+        diagnostics.error(
+            &steps_path,
+            "config must list at least one step or specify remote_config (builder reads no \
+             remote_config: list the steps)",
+        );
     }
     if config.steps.len() > MAX_STEPS {
         diagnostics.error(
             &steps_path,
             format!(
-                "{} steps; a build has at most {MAX_STEPS}",
+                "cannot specify more than {MAX_STEPS} build steps (found {})",
                 config.steps.len()
             ),
         );
@@ -110,16 +124,22 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         .collect();
     for (i, step) in config.steps.iter().enumerate() {
         let path = steps_path.index(i);
+        let label = step_label(i, step);
         if step.name.is_empty() {
             diagnostics.error(
                 &path.key("name"),
-                "required: the builder image the step runs",
+                format!("build step {i} must specify name (the builder image the step runs)"),
             );
         } else if !step.name.contains('$') {
-            check_image(&path.key("name"), &step.name, diagnostics);
+            check_step_name(&path.key("name"), &step.name, diagnostics);
         }
-        check_lengths(&path, step, diagnostics);
-        check_env(&path.key("env"), &step.env, diagnostics);
+        check_lengths(&path, i, step, diagnostics);
+        check_env(
+            &path.key("env"),
+            &step.env,
+            &format!("{label}: "),
+            diagnostics,
+        );
         if step.script.is_some() {
             for (field, set) in [
                 ("args", !step.args.is_empty()),
@@ -145,44 +165,60 @@ fn check_steps(config: &BuildConfig, diagnostics: &mut Diagnostics) {
             if wait == "-" || ids.contains_key(wait.as_str()) {
                 continue;
             }
-            let message = if all_ids.contains(&wait.as_str()) {
-                format!(
-                    "step id {wait:?} is defined after this step; a step can only wait for earlier steps"
-                )
+            let why = if all_ids.contains(&wait.as_str()) {
+                " (it is the id of a later step; a step can only wait for earlier steps)".into()
             } else {
                 let earlier: Vec<&str> = ids.keys().copied().collect();
-                format!("unknown step id {wait:?}{}", hint(wait, &earlier))
+                hint(wait, &earlier)
             };
-            diagnostics.error(&path.key("waitFor").index(j), message);
+            diagnostics.error(
+                &path.key("waitFor").index(j),
+                format!("{label} depends on {wait:?}, which has not been defined{why}"),
+            );
         }
         if let Some(id) = step.id.as_deref() {
             if id == "-" {
                 diagnostics.error(
                     &path.key("id"),
-                    "`-` is reserved (it means the build's start)",
+                    format!(
+                        "{label}: the ID cannot be \"-\" which is reserved as a dependency for \
+                         build steps that should run first"
+                    ),
                 );
             } else if let Some(first) = ids.insert(id, i) {
                 diagnostics.error(
                     &path.key("id"),
-                    format!("id {id:?} is already used by steps[{first}]"),
+                    format!("{label}: the ID is not unique (steps[{first}] has it too)"),
                 );
             }
         }
     }
 }
 
-fn check_lengths(path: &FieldPath, step: &Step, diagnostics: &mut Diagnostics) {
+/// `build step #2 - "build"`, or `build step #2` for a step without an id: how Cloud Build names
+/// a step in its errors.
+fn step_label(index: usize, step: &Step) -> String {
+    match &step.id {
+        Some(id) => format!("build step #{index} - {id:?}"),
+        None => format!("build step #{index}"),
+    }
+}
+
+fn check_lengths(path: &FieldPath, i: usize, step: &Step, diagnostics: &mut Diagnostics) {
     if step.args.len() > MAX_ARGS {
         diagnostics.error(
             &path.key("args"),
-            format!("{} args; a step has at most {MAX_ARGS}", step.args.len()),
+            format!(
+                "build step {i} too many args (max: {MAX_ARGS}; found {})",
+                step.args.len()
+            ),
         );
     }
     for (j, arg) in step.args.iter().enumerate() {
         if arg.len() > MAX_ARG_LEN {
             diagnostics.error(
                 &path.key("args").index(j),
-                format!("longer than {MAX_ARG_LEN} characters"),
+                format!("build step {i} arg {j} too long (max: {MAX_ARG_LEN})"),
             );
         }
     }
@@ -190,27 +226,31 @@ fn check_lengths(path: &FieldPath, step: &Step, diagnostics: &mut Diagnostics) {
         if value.is_some_and(|v| v.len() > MAX_FIELD_LEN) {
             diagnostics.error(
                 &path.key(field),
-                format!("longer than {MAX_FIELD_LEN} characters"),
+                format!("build step {i} {field} too long (max: {MAX_FIELD_LEN})"),
             );
         }
     }
 }
 
-/// `KEY=VALUE` entries of `env` and `options.env`.
-fn check_env(path: &FieldPath, env: &[String], diagnostics: &mut Diagnostics) {
+/// `KEY=VALUE` entries of `env` and `options.env`; `whose` starts each message as Cloud Build
+/// starts it (`build step #0: `, `invalid .options.env field: `).
+fn check_env(path: &FieldPath, env: &[String], whose: &str, diagnostics: &mut Diagnostics) {
     if env.len() > MAX_ENV {
-        diagnostics.error(path, format!("{} entries; at most {MAX_ENV}", env.len()));
+        diagnostics.error(
+            path,
+            format!("{whose}too many envs (max: {MAX_ENV}; found {})", env.len()),
+        );
     }
     for (i, entry) in env.iter().enumerate() {
         if !entry.contains('=') {
             diagnostics.error(
                 &path.index(i),
-                format!("the Env entry {entry:?} must be of the form \"KEY=VALUE\""),
+                format!("{whose}the Env entry {entry:?} must be of the form \"KEY=VALUE\""),
             );
         } else if entry.len() > MAX_ENV_LEN {
             diagnostics.error(
                 &path.index(i),
-                format!("longer than {MAX_ENV_LEN} characters"),
+                format!("{whose}env {i} too long (max: {MAX_ENV_LEN})"),
             );
         }
     }
@@ -221,21 +261,26 @@ fn check_timeouts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     if build_timeout > MAX_TIMEOUT {
         diagnostics.error(
             &FieldPath::root().key("timeout"),
-            "a build timeout is at most 24h (86400s)",
+            format!(
+                "timeout exceeds the timeout limit of {}",
+                duration::go_format(MAX_TIMEOUT)
+            ),
         );
     }
     for (i, step) in config.steps.iter().enumerate() {
-        if step.timeout.is_some_and(|t| t > build_timeout) {
-            let source = if config.timeout.is_some() {
-                "the build's"
+        if let Some(timeout) = step.timeout.filter(|t| *t > build_timeout) {
+            let hint = if config.timeout.is_some() {
+                "raise the build's `timeout`"
             } else {
-                "the default build"
+                "the default build timeout; set the build's `timeout`"
             };
             diagnostics.error(
                 &FieldPath::root().key("steps").index(i).key("timeout"),
                 format!(
-                    "longer than {source} timeout ({}s); raise the build's `timeout`",
-                    build_timeout.as_secs_f64()
+                    "invalid .timeout in build step #{i}: build step timeout {} must be <= build \
+                     timeout {} ({hint})",
+                    duration::go_format(timeout),
+                    duration::go_format(build_timeout)
                 ),
             );
         }
@@ -246,6 +291,12 @@ fn check_timeouts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
 fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     let global_path = FieldPath::root().key("options").key("volumes");
     check_volume_list(&global_path, &config.options.volumes, diagnostics);
+    let global_paths: BTreeSet<String> = config
+        .options
+        .volumes
+        .iter()
+        .map(|v| clean(&v.path))
+        .collect();
     if !config.options.volumes.is_empty() && config.steps.len() < 2 {
         diagnostics.error(
             &global_path,
@@ -258,16 +309,25 @@ fn check_volumes(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         check_volume_list(&path, &step.volumes, diagnostics);
         for (j, volume) in step.volumes.iter().enumerate() {
             users.entry(&volume.name).or_default().push(i);
-            for global in &config.options.volumes {
-                if global.name == volume.name || clean(&global.path) == clean(&volume.path) {
-                    diagnostics.error(
-                        &path.index(j),
-                        format!(
-                            "clashes with the global volume {:?} at {:?}",
-                            global.name, global.path
-                        ),
-                    );
-                }
+            let label = step_label(i, step);
+            if config.options.volumes.iter().any(|g| g.name == volume.name) {
+                diagnostics.error(
+                    &path.index(j).key("name"),
+                    format!(
+                        "{label}: volume name {:?} conflicts with global volume",
+                        volume.name
+                    ),
+                );
+            }
+            // Compared cleaned, unlike Cloud Build: `/g/` and `/g` are one mount point.
+            if global_paths.contains(&clean(&volume.path)) {
+                diagnostics.error(
+                    &path.index(j).key("path"),
+                    format!(
+                        "{label}: volume path {:?} conflicts with global volume",
+                        volume.path
+                    ),
+                );
             }
         }
     }
@@ -322,13 +382,16 @@ fn check_volume_list(path: &FieldPath, volumes: &[Volume], diagnostics: &mut Dia
         if !names.insert(&volume.name) {
             diagnostics.error(
                 &path.key("name"),
-                format!("volume {:?} is listed twice", volume.name),
+                format!(
+                    "volume name {:?} is defined in more than one volume entry",
+                    volume.name
+                ),
             );
         }
-        if !paths.insert(cleaned) {
+        if !paths.insert(cleaned.clone()) {
             diagnostics.error(
                 &path.key("path"),
-                format!("path {:?} is mounted twice", volume.path),
+                format!("volume path {cleaned:?} is defined in more than one volume entry"),
             );
         }
     }
@@ -366,7 +429,7 @@ pub fn check_substitution_keys(
         diagnostics.error(
             path,
             format!(
-                "{} substitutions; at most {MAX_SUBSTITUTIONS}",
+                "number of substitutions {} exceeded (max: {MAX_SUBSTITUTIONS})",
                 substitutions.len()
             ),
         );
@@ -381,13 +444,18 @@ pub fn check_substitution_keys(
         } else if key.len() > MAX_SUBSTITUTION_KEY_LEN {
             diagnostics.error(
                 &path,
-                format!("key longer than {MAX_SUBSTITUTION_KEY_LEN} bytes"),
+                format!("substitution key {key:?} too long (max: {MAX_SUBSTITUTION_KEY_LEN})"),
             );
         }
         if value.len() > MAX_SUBSTITUTION_VALUE_LEN {
+            // Cloud Build quotes the whole value; its start is enough to recognise it.
+            let start: String = value.chars().take(40).collect();
             diagnostics.error(
                 &path,
-                format!("value longer than {MAX_SUBSTITUTION_VALUE_LEN} bytes"),
+                format!(
+                    "substitution value \"{}…\" too long (max: {MAX_SUBSTITUTION_VALUE_LEN})",
+                    start.escape_debug()
+                ),
             );
         }
     }
@@ -415,13 +483,9 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
             diagnostics.error(&path, format!("secret {i} defines no secretEnvs"));
         }
         for (name, value) in &secret.secret_env {
-            if value.len() > MAX_SECRET_VALUE_LEN {
-                diagnostics.error(
-                    &path.key("secretEnv").key(name),
-                    format!("secretEnv value for {name:?} cannot exceed {MAX_SECRET_VALUE_LEN}B"),
-                );
-            }
-            defined.push((name.clone(), path.key("secretEnv").key(name)));
+            let path = path.key("secretEnv").key(name);
+            check_secret_value(&path, name, value, diagnostics);
+            defined.push((name.clone(), path));
         }
     }
     let available = root.key("availableSecrets");
@@ -446,8 +510,10 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
     for (i, secret) in config.available_secrets.inline.iter().enumerate() {
         let path = available.key("inline").index(i);
-        for name in secret.env_map.keys() {
-            defined.push((name.clone(), path.key("envMap").key(name)));
+        for (name, value) in &secret.env_map {
+            let path = path.key("envMap").key(name);
+            check_secret_value(&path, name, value, diagnostics);
+            defined.push((name.clone(), path));
         }
     }
     if defined.len() > MAX_SECRET_VALUES {
@@ -535,6 +601,17 @@ fn check_secrets(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     }
 }
 
+/// A KMS-encrypted value (`secrets`, `availableSecrets.inline`): builder cannot decrypt it, but
+/// Cloud Build bounds its size, so a config it refuses is refused here too.
+fn check_secret_value(path: &FieldPath, name: &str, value: &str, diagnostics: &mut Diagnostics) {
+    if value.len() > MAX_SECRET_VALUE_LEN {
+        diagnostics.error(
+            path,
+            format!("secretEnv value for {name:?} cannot exceed {MAX_SECRET_VALUE_LEN}B"),
+        );
+    }
+}
+
 /// `projects/*/secrets/*/versions/*`, the secret's name and version in Secret Manager's
 /// character set (which also keeps them from naming a path outside the local secrets directory).
 pub fn is_secret_version(name: &str) -> bool {
@@ -575,7 +652,9 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         return;
     };
     let path = path.key("objects");
-    if !objects.location.starts_with("gs://") && !objects.location.contains('$') {
+    if objects.location.is_empty() {
+        diagnostics.error(&path.key("location"), ".artifacts.location field is empty");
+    } else if !objects.location.starts_with("gs://") && !objects.location.contains('$') {
         diagnostics.error(
             &path.key("location"),
             format!(
@@ -590,7 +669,10 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
     if objects.paths.len() > MAX_ARTIFACT_PATHS {
         diagnostics.error(
             &path.key("paths"),
-            format!("at most {MAX_ARTIFACT_PATHS} paths"),
+            format!(
+                ".artifacts.paths field has length {}, but cannot specify more than {MAX_ARTIFACT_PATHS}",
+                objects.paths.len()
+            ),
         );
     }
     let mut seen = BTreeSet::new();
@@ -604,7 +686,7 @@ fn check_artifacts(config: &BuildConfig, diagnostics: &mut Diagnostics) {
         if !seen.insert(p) {
             diagnostics.error(
                 &path.key("paths").index(i),
-                format!("duplicate path {p:?}; remove duplicates"),
+                format!(".artifacts.paths field has duplicate paths; remove duplicates [{p}]"),
             );
         }
     }
@@ -648,6 +730,18 @@ pub fn check_image(path: &FieldPath, name: &str, diagnostics: &mut Diagnostics) 
     }
 }
 
+/// A step's `name` after substitution: an image reference, in Cloud Build's words for a step.
+pub fn check_step_name(path: &FieldPath, name: &str, diagnostics: &mut Diagnostics) {
+    if image::validate(name).is_err() {
+        let why = if image::validate(&name.to_ascii_lowercase()).is_ok() {
+            "image names are lower case; only the tag may have upper case letters"
+        } else {
+            "not an image reference: [HOST[:PORT]/]PATH[:TAG][@DIGEST]"
+        };
+        diagnostics.error(path, format!("invalid build step name {name:?} ({why})"));
+    }
+}
+
 /// Build tags after substitution: empty ones dropped, duplicates removed (the first kept), the
 /// rest checked against Cloud Build's format.
 pub fn clean_tags(tags: &[String], path: &FieldPath, diagnostics: &mut Diagnostics) -> Vec<String> {
@@ -665,7 +759,10 @@ pub fn clean_tags(tags: &[String], path: &FieldPath, diagnostics: &mut Diagnosti
         kept.push(tag.clone());
     }
     if kept.len() > MAX_TAGS {
-        diagnostics.error(path, format!("{} tags; at most {MAX_TAGS}", kept.len()));
+        diagnostics.error(
+            path,
+            format!("number of tags {} exceeded (max: {MAX_TAGS})", kept.len()),
+        );
     }
     kept
 }
@@ -698,40 +795,108 @@ mod tests {
     }
 
     #[test]
-    fn step_rules() {
+    fn step_rules_in_cloud_builds_words() {
         assert_eq!(
             check("steps: []\n"),
-            "c.yaml:1:8: steps: config must list at least one step\n"
+            "c.yaml:1:8: steps: config must list at least one step or specify remote_config \
+             (builder reads no remote_config: list the steps)\n"
         );
         assert_eq!(
             check("steps:\n- {name: a, id: build}\n- name: b\n  waitFor: [buld]\n"),
-            "c.yaml:4:13: steps[1].waitFor[0]: unknown step id \"buld\"; did you mean \"build\"?\n"
+            "c.yaml:4:13: steps[1].waitFor[0]: build step #1 depends on \"buld\", which has not \
+             been defined; did you mean \"build\"?\n"
         );
         assert_eq!(
-            check("steps:\n- {name: a, waitFor: [later]}\n- {name: b, id: later}\n"),
-            "c.yaml:2:23: steps[0].waitFor[0]: step id \"later\" is defined after this step; a step can only wait for earlier steps\n"
+            check("steps:\n- {name: a, id: first, waitFor: [later]}\n- {name: b, id: later}\n"),
+            "c.yaml:2:34: steps[0].waitFor[0]: build step #0 - \"first\" depends on \"later\", \
+             which has not been defined (it is the id of a later step; a step can only wait for \
+             earlier steps)\n"
         );
         let out = check(
             "steps:\n- {name: a, id: x}\n- {name: b, id: x}\n- {name: c, id: '-'}\n\
-             - {name: d, script: echo, args: [x]}\n- {name: 'Bad', env: [NOEQ], allowExitCodes: [256]}\n",
+             - {name: d, script: echo, args: [x]}\n- {name: 'Bad', env: [NOEQ], allowExitCodes: [256]}\n\
+             - {args: [x]}\n",
         );
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 6, "{out}");
-        assert!(lines[0].contains("steps[1].id: id \"x\" is already used by steps[0]"));
-        assert!(lines[1].contains("steps[2].id: `-` is reserved"));
+        assert_eq!(lines.len(), 7, "{out}");
+        assert!(lines[0].contains(
+            "steps[1].id: build step #1 - \"x\": the ID is not unique (steps[0] has it too)"
+        ));
+        assert!(lines[1].contains(
+            "steps[2].id: build step #2 - \"-\": the ID cannot be \"-\" which is reserved as a \
+             dependency for build steps that should run first"
+        ));
         assert!(lines[2].contains("steps[3].args: a step with `script` cannot also set"));
-        assert!(lines[3].contains("steps[4].name: invalid image name \"Bad\" contains uppercase"));
-        assert!(lines[4].contains("the Env entry \"NOEQ\" must be of the form"));
+        assert!(lines[3].contains(
+            "steps[4].name: invalid build step name \"Bad\" (image names are lower case"
+        ));
+        assert!(lines[4].contains(
+            "steps[4].env[0]: build step #4: the Env entry \"NOEQ\" must be of the form \"KEY=VALUE\""
+        ));
         assert!(lines[5].contains("exit code 256 is out of range"));
+        assert!(lines[6].contains(
+            "c.yaml:7:3: steps[5].name: build step 5 must specify name (the builder image the step runs)"
+        ));
+        assert!(check("steps: [{name: 'gcr.io/:broken'}]\n").contains(
+            "steps[0].name: invalid build step name \"gcr.io/:broken\" (not an image reference"
+        ));
     }
 
     #[test]
-    fn timeouts() {
-        assert!(check("steps: [{name: a}]\ntimeout: 25h\n").contains("at most 24h"));
-        assert!(check("steps: [{name: a}]\ntimeout: 24h\n").is_empty());
+    fn limits_in_cloud_builds_words() {
+        let many = |n: usize, item: &str| vec![item; n].join(", ");
+        let out = check(&format!(
+            "steps:\n- name: a\n  args: [{}]\n  env: [{}]\n  dir: {}\n- {{name: b, args: [{}]}}\n\
+             options: {{env: [{}, NOEQ]}}\nimages: [{}]\n",
+            many(101, "x"),
+            many(101, "A=1"),
+            "d".repeat(1001),
+            "y".repeat(10_001),
+            many(101, "B=2"),
+            many(101, "gcr.io/p/app"),
+        ));
+        for expected in [
+            "c.yaml:3:9: steps[0].args: build step 0 too many args (max: 100; found 101)",
+            "c.yaml:4:8: steps[0].env: build step #0: too many envs (max: 100; found 101)",
+            "c.yaml:5:8: steps[0].dir: build step 0 dir too long (max: 1000)",
+            "c.yaml:6:20: steps[1].args[0]: build step 1 arg 0 too long (max: 10000)",
+            "c.yaml:7:16: options.env: invalid .options.env field: too many envs (max: 100; found 102)",
+            "options.env[101]: invalid .options.env field: the Env entry \"NOEQ\" must be of the form",
+            "c.yaml:8:9: images: cannot specify more than 100 images to build",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        let steps = many(301, "{name: a}");
         assert!(
-            check("steps: [{name: a, timeout: 2h}]\n")
-                .contains("longer than the default build timeout (3600s)")
+            check(&format!("steps: [{steps}]\n"))
+                .contains("steps: cannot specify more than 300 build steps (found 301)")
+        );
+        let tags = (0..65)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            check(&format!("steps: [{{name: a}}]\ntags: [{tags}]\n"))
+                .contains("tags: number of tags 65 exceeded (max: 64)")
+        );
+    }
+
+    #[test]
+    fn timeouts_in_cloud_builds_words() {
+        assert_eq!(
+            check("steps: [{name: a}]\ntimeout: 25h\n"),
+            "c.yaml:2:10: timeout: timeout exceeds the timeout limit of 24h0m0s\n"
+        );
+        assert!(check("steps: [{name: a}]\ntimeout: 24h\n").is_empty());
+        assert_eq!(
+            check("steps: [{name: a, timeout: 2h}]\n"),
+            "c.yaml:1:28: steps[0].timeout: invalid .timeout in build step #0: build step timeout \
+             2h0m0s must be <= build timeout 1h0m0s (the default build timeout; set the build's \
+             `timeout`)\n"
+        );
+        assert!(
+            check("steps: [{name: a, timeout: 2h}]\ntimeout: 90m\n")
+                .contains("must be <= build timeout 1h30m0s (raise the build's `timeout`)")
         );
         assert!(check("steps: [{name: a, timeout: 2h}]\ntimeout: 3h\n").is_empty());
     }
@@ -740,7 +905,7 @@ mod tests {
     fn volume_rules() {
         let out = check(
             "steps:\n- name: a\n  volumes: [{name: x, path: rel}, {name: ok, path: /workspace}, {name: ok, path: /cloudbuild/a}]\n\
-             - {name: b, volumes: [{name: ok, path: /a}, {name: g1, path: /g}]}\n\
+             - {name: b, volumes: [{name: ok, path: /a}, {name: g1, path: /g}, {name: ok2, path: /a/}]}\n\
              options: {volumes: [{name: g1, path: /g}]}\n",
         );
         for expected in [
@@ -748,8 +913,10 @@ mod tests {
             "path \"rel\" is not valid, must be absolute",
             "path \"/workspace\" is reserved",
             "cannot start with /cloudbuild/",
-            "volume \"ok\" is listed twice",
-            "clashes with the global volume \"g1\"",
+            "steps[0].volumes[2].name: volume name \"ok\" is defined in more than one volume entry",
+            "steps[1].volumes[1].name: build step #1: volume name \"g1\" conflicts with global volume",
+            "steps[1].volumes[1].path: build step #1: volume path \"/g\" conflicts with global volume",
+            "steps[1].volumes[2].path: volume path \"/a\" is defined in more than one volume entry",
             "Volume \"x\" is only used by one step",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
@@ -773,6 +940,24 @@ mod tests {
         assert!(out.contains("substitutions._lower:"));
         assert!(out.contains("substitutions._:"));
         assert!(out.contains("tags[0]: invalid build tag \"feature/x\""));
+        let keys: String = (0..201).map(|i| format!("_K{i}: v, ")).collect();
+        let out = check(&format!(
+            "steps: [{{name: a}}]\nsubstitutions: {{{keys}_{}: v, _LONG: {}}}\n",
+            "K".repeat(100),
+            "v".repeat(4001)
+        ));
+        for expected in [
+            "c.yaml:2:16: substitutions: number of substitutions 203 exceeded (max: 200)",
+            "too long (max: 100)",
+            "substitutions._LONG: substitution value \"vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv…\" \
+             too long (max: 4000)",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(out.contains(&format!(
+            "substitution key \"_{}\" too long",
+            "K".repeat(100)
+        )));
         let mut diagnostics = Diagnostics::default();
         let tags = ["a", "", "b", "a"].map(String::from);
         assert_eq!(
@@ -803,6 +988,17 @@ mod tests {
         }
         assert!(check("steps: [{name: a, secretEnv: [K]}]\nsecrets: [{kmsKeyName: k, secretEnv: {K: abc}}]\n")
             .contains("warning: secrets: KMS-encrypted secrets cannot be decrypted"));
+        // Ignored, but bounded as Cloud Build bounds it.
+        let out = check(&format!(
+            "steps: [{{name: a, secretEnv: [K]}}]\navailableSecrets: {{inline: [{{kmsKeyName: k, envMap: {{K: {}}}}}]}}\n",
+            "c".repeat(65537)
+        ));
+        assert!(
+            out.contains(
+                "availableSecrets.inline[0].envMap.K: secretEnv value for \"K\" cannot exceed 65536B"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -823,8 +1019,20 @@ mod tests {
         for expected in [
             "cannot specify different .images and .artifacts.images",
             "Google Cloud Storage URLs must begin with 'gs://'",
-            "duplicate path \"a\"",
+            "c.yaml:5:42: artifacts.objects.paths[1]: .artifacts.paths field has duplicate paths; \
+             remove duplicates [a]",
             "contains whitespace",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        let paths = vec!["p"; 101].join(", ");
+        let out = check(&format!(
+            "steps: [{{name: a}}]\nartifacts: {{objects: {{location: '', paths: [{paths}]}}}}\n"
+        ));
+        for expected in [
+            "artifacts.objects.location: .artifacts.location field is empty",
+            "artifacts.objects.paths: .artifacts.paths field has length 101, but cannot specify \
+             more than 100",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }

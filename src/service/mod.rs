@@ -924,9 +924,7 @@ impl Service {
     /// The build `recipe` resolves to as build `id`.
     fn resolve(&self, id: &str, recipe: Recipe) -> Result<plan::ResolvedBuild, String> {
         let mut built_ins = recipe.built_ins;
-        built_ins.insert("BUILD_ID".into(), id.to_string());
-        built_ins.insert("PROJECT_ID".into(), self.settings.project.clone());
-        built_ins.insert("LOCATION".into(), "local".into());
+        built_ins.extend(plan::machine_built_ins(&self.settings.project, id));
         let inputs = Inputs {
             context: recipe.context,
             built_ins,
