@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use builder::alias::Aliases;
 use builder::build::{Outcome, Status};
+use builder::pipeline::Machine;
 use builder::registry::{self, Registries};
 use builder::runtime::DockerRuntime;
 use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
@@ -93,13 +94,15 @@ impl Setup {
         );
         let settings = Settings {
             data_dir: self.data.path().to_path_buf(),
-            project: "test".into(),
+            machine: Machine {
+                project: "test".into(),
+                aliases: Aliases::load(None).unwrap(),
+                registries: Registries::new(&registry::Settings::default()).unwrap(),
+                secrets_dir: None,
+            },
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
             max_concurrent_builds: max_builds,
-            aliases: Aliases::load(None).unwrap(),
-            registries: Registries::new(&registry::Settings::default()).unwrap(),
-            secrets_dir: None,
             api_token: None,
             reads_need_token: false,
         };

@@ -55,7 +55,7 @@ const LAYERS: &[(&[&str], &[&str])] = &[
             "crate::execute",
             "crate::store",
             "crate::cli",
-            "crate::local",
+            "crate::pipeline",
             "crate::submit",
             "tokio::",
             "std::fs",
@@ -66,7 +66,18 @@ const LAYERS: &[(&[&str], &[&str])] = &[
         &[
             "crate::store",
             "crate::cli",
-            "crate::local",
+            "crate::pipeline",
+            "crate::submit",
+        ],
+    ),
+    // The pipeline serves both `submit` and the server: it knows neither, nor the edges.
+    (
+        &["src/pipeline/"],
+        &[
+            "crate::cli",
+            "crate::api",
+            "crate::client",
+            "crate::service",
             "crate::submit",
         ],
     ),

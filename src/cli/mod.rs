@@ -14,7 +14,7 @@ use crate::build::Status;
 use crate::config::{Loaded, duration};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Event;
-use crate::local;
+use crate::pipeline;
 use crate::plan::{self, Context, Inputs};
 use crate::registry::{self, Registries};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
@@ -752,8 +752,12 @@ fn submit(
 
 fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> submit::Request {
     submit::Request {
-        aliases,
-        registries,
+        machine: pipeline::Machine {
+            project: args.project.project,
+            aliases,
+            secrets_dir: args.secrets_dir,
+            registries,
+        },
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
         ignore_file: args.ignore_file,
@@ -763,8 +767,6 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
         },
         substitutions: args.substitutions.substitutions.unwrap_or_default(),
         timeout: args.timeout,
-        secrets_dir: args.secrets_dir,
-        project_id: args.project.project,
     }
 }
 
@@ -837,7 +839,7 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = data_dir.join("running");
-    for id in local::recover(&store, &running, &runtime)
+    for id in pipeline::recover(&store, &running, &runtime)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -873,11 +875,12 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     // Once output fails (its reader went away) printing stops, but the build runs to its end:
     // stopping halfway would leave its containers to the next submit.
     let mut printed = Ok(());
-    let outcome = local::run(
+    let outcome = pipeline::run(
         &store,
         &running,
         Arc::new(runtime),
-        prepared,
+        &prepared.source,
+        prepared.run,
         cancel,
         |event| {
             if printed.is_ok() {

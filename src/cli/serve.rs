@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{default_data_dir, interrupt, secret};
 use crate::alias::Aliases;
+use crate::pipeline::Machine;
 use crate::registry::{self, Registries};
 use crate::runtime::DockerRuntime;
 use crate::service::{self, Schedules, Service, SystemClock, TriggerFiles};
@@ -165,19 +166,21 @@ pub(super) fn serve(
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let settings = service::Settings {
         data_dir,
-        project: args
-            .project
-            .or(file.project)
-            .unwrap_or_else(|| "local".into()),
+        machine: Machine {
+            project: args
+                .project
+                .or(file.project)
+                .unwrap_or_else(|| "local".into()),
+            aliases,
+            secrets_dir: args.secrets_dir.or(file.secrets_dir),
+            registries,
+        },
         webhook_secret,
         rewrites: Rewrites::new(rewrites),
         max_concurrent_builds: args
             .max_concurrent_builds
             .or(file.max_concurrent_builds)
             .unwrap_or(2),
-        aliases,
-        registries,
-        secrets_dir: args.secrets_dir.or(file.secrets_dir),
         api_token: (!api_token.is_empty())
             .then(|| String::from_utf8_lossy(&api_token).into_owned()),
         reads_need_token,

@@ -24,16 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::alias::Aliases;
 use crate::build::{Outcome, Status};
-use crate::config::BuildConfig;
-use crate::config::tree::Node;
 use crate::execute::Run;
-use crate::local::{self, RunningLock};
-use crate::plan::{self, Context, Inputs};
-use crate::registry::Registries;
+use crate::pipeline::{self, Machine, Reading, Recipe, RunningLock};
+use crate::plan::Context;
 use crate::runtime::ContainerRuntime;
-use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
 pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
 use crate::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
@@ -50,14 +45,11 @@ mod trigger_files;
 /// How the service is set up.
 pub struct Settings {
     pub data_dir: PathBuf,
-    /// The value of `$PROJECT_ID`.
-    pub project: String,
+    /// What this machine adds to every build: `$PROJECT_ID`, aliases, secrets, registries.
+    pub machine: Machine,
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
-    pub aliases: Aliases,
-    pub registries: Registries,
-    pub secrets_dir: Option<PathBuf>,
     /// The token that mutating API requests must carry; none refuses them.
     pub api_token: Option<String>,
     /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
@@ -181,17 +173,6 @@ pub struct Submission {
 
 fn default_config_name() -> String {
     "cloudbuild.yaml".into()
-}
-
-/// What a build resolves from, once its source is in the workspace.
-struct Recipe {
-    config: BuildConfig,
-    tree: Option<Node>,
-    /// The config's name, for messages.
-    file: String,
-    context: Context,
-    built_ins: Values,
-    overrides: Values,
 }
 
 pub struct Service {
@@ -457,8 +438,9 @@ impl Service {
             overrides: submission.substitutions.clone(),
         };
         // Resolved now only to refuse a bad config before it is queued.
-        let recipe = self.upload_recipe(&request).map_err(Failed::Invalid)?;
-        self.resolve(&id, recipe).map_err(Failed::Invalid)?;
+        let invalid = |refused: pipeline::Refused| Failed::Invalid(refused.to_string());
+        let recipe = upload_recipe(&request).map_err(invalid)?;
+        pipeline::resolve(&id, &recipe, &self.settings.machine).map_err(invalid)?;
         let build = QueuedBuild {
             source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
             substitutions: serde_json::json!(submission.substitutions),
@@ -649,7 +631,9 @@ impl Service {
     /// running builds are cancelled and waited for.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let running = self.settings.data_dir.join("running");
-        if let Err(e) = local::recover(self.store.as_ref(), &running, self.runtime.as_ref()).await {
+        if let Err(e) =
+            pipeline::recover(self.store.as_ref(), &running, self.runtime.as_ref()).await
+        {
             eprintln!("builder serve: closing builds of a previous run failed: {e}");
         }
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
@@ -778,7 +762,7 @@ impl Service {
                 self.fail(id, Status::Expired, failure).await;
             }
             Ok(run) => {
-                let recorded = local::record(
+                let recorded = pipeline::record(
                     self.store.as_ref(),
                     self.runtime.clone(),
                     run,
@@ -808,8 +792,8 @@ impl Service {
         (waited > queue_ttl?).then_some(waited)
     }
 
-    /// Puts the build's source into `workspace` and resolves its config: a trigger build's
-    /// commit, or a submitted build's upload.
+    /// Puts the build's source into `workspace` and plans the build: a trigger build's commit, or
+    /// a submitted build's upload.
     async fn prepare(
         &self,
         id: &str,
@@ -827,25 +811,17 @@ impl Service {
                         .map_err(|e| format!("the uploaded source is gone: {e}"))?;
                     crate::source::unpack(archive, workspace).map_err(|e| e.to_string())?;
                 }
-                self.upload_recipe(&request)?
+                upload_recipe(&request).map_err(|e| e.to_string())?
             }
         };
-        let build = self.resolve(id, recipe)?;
-        let secrets =
-            secrets::resolve(&build.secrets, self.settings.secrets_dir.as_deref(), |k| {
-                std::env::var(k).ok()
-            })?;
+        let mut run =
+            pipeline::plan(id, &recipe, &self.settings.machine).map_err(|e| e.to_string())?;
+        run.workspace = Some(workspace.to_path_buf());
         self.store
-            .set_plan(id, &build)
+            .set_plan(id, &run.build)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Run {
-            build_id: id.to_string(),
-            build,
-            workspace: Some(workspace.to_path_buf()),
-            secrets,
-            registries: self.settings.registries.clone(),
-        })
+        Ok(run)
     }
 
     /// Checks out a trigger build's commit into `workspace`, and reads its trigger's config.
@@ -874,69 +850,46 @@ impl Service {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("fetching the source failed: {e}"))?;
-        let (config, tree, file) = config_of(trigger, workspace)?;
         let mut built_ins = built_ins.clone();
-        if matches!(trigger.build, BuildSource::Autodetect) {
-            built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
-        }
-        Ok(Recipe {
-            config,
-            tree,
+        let recipe = |file: String, built_ins: Values| Reading {
             file,
             context: Context::Trigger,
             built_ins,
             overrides: overrides.clone(),
-        })
-    }
-
-    /// A submitted build's config, checked.
-    fn upload_recipe(&self, request: &Request) -> Result<Recipe, String> {
-        let Request::Upload {
-            config,
-            config_name,
-            overrides,
-            ..
-        } = request
-        else {
-            unreachable!("only uploads carry their config");
+            timeout: None,
+            // gcloud's refusal of a config's own `source` is for uploads it makes.
+            uploads: false,
         };
-        let loaded = plan::load(config.as_bytes()).map_err(|d| d.render(config_name))?;
-        if loaded.diagnostics.has_errors() {
-            return Err(loaded.diagnostics.render(config_name));
-        }
-        if !loaded.config.secrets.is_empty() || !loaded.config.available_secrets.inline.is_empty() {
-            return Err(
-                "KMS-encrypted secrets (`secrets`, `availableSecrets.inline`) are not \
-                        supported here; use availableSecrets.secretManager"
-                    .into(),
-            );
-        }
-        Ok(Recipe {
-            config: loaded.config,
-            tree: Some(loaded.tree),
-            file: config_name.clone(),
-            context: Context::Manual,
-            built_ins: Values::new(),
-            overrides: overrides.clone(),
-        })
-    }
-
-    /// The build `recipe` resolves to as build `id`.
-    fn resolve(&self, id: &str, recipe: Recipe) -> Result<plan::ResolvedBuild, String> {
-        let mut built_ins = recipe.built_ins;
-        built_ins.extend(plan::machine_built_ins(&self.settings.project, id));
-        let inputs = Inputs {
-            context: recipe.context,
-            built_ins,
-            overrides: recipe.overrides,
-            aliases: self.settings.aliases.clone(),
-        };
-        plan::resolve(&recipe.config, &inputs).map_err(|mut diagnostics| {
-            if let Some(tree) = &recipe.tree {
-                diagnostics.locate(tree);
+        match &trigger.build {
+            BuildSource::Inline(config) => Ok(Recipe {
+                config: (**config).clone(),
+                tree: None,
+                file: format!("trigger {}", trigger.name),
+                context: Context::Trigger,
+                built_ins,
+                overrides: overrides.clone(),
+                warnings: String::new(),
+            }),
+            BuildSource::File(path) => {
+                let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
+                    format!("cannot read the build config {path} in the commit: {e}")
+                })?;
+                Recipe::load(&bytes, recipe(path.clone(), built_ins)).map_err(|e| e.to_string())
             }
-            diagnostics.render(&recipe.file)
-        })
+            // Cloud Build's autodetection: the first config file the commit has.
+            BuildSource::Autodetect => {
+                let (bytes, file) = ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
+                    .into_iter()
+                    .find_map(|name| {
+                        Some((std::fs::read(workspace.join(name)).ok()?, name.to_string()))
+                    })
+                    .ok_or(
+                        "the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json",
+                    )?;
+                built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
+                Recipe::load(&bytes, recipe(file, built_ins)).map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// Ends a build that never got to run its steps.
@@ -961,36 +914,26 @@ fn check_user_keys(substitutions: &Values) -> Result<(), Failed> {
     }
 }
 
-/// A trigger's build config, checked: its inline `build`, or the file read from the commit
-/// (with its tree, to locate later problems); and its name for messages.
-fn config_of(
-    trigger: &Trigger,
-    workspace: &Path,
-) -> Result<(BuildConfig, Option<Node>, String), String> {
-    let (bytes, file) = match &trigger.build {
-        BuildSource::Inline(config) => {
-            return Ok((
-                (**config).clone(),
-                None,
-                format!("trigger {}", trigger.name),
-            ));
-        }
-        BuildSource::File(path) => {
-            let bytes = std::fs::read(workspace.join(path))
-                .map_err(|e| format!("cannot read the build config {path} in the commit: {e}"))?;
-            (bytes, path.clone())
-        }
-        // Cloud Build's autodetection: the first config file the commit has.
-        BuildSource::Autodetect => ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
-            .into_iter()
-            .find_map(|name| Some((std::fs::read(workspace.join(name)).ok()?, name.to_string())))
-            .ok_or("the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json")?,
+/// A submitted build's config, checked as a manual build's.
+fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
+    let Request::Upload {
+        upload,
+        config,
+        config_name,
+        overrides,
+    } = request
+    else {
+        unreachable!("only uploads carry their config");
     };
-    let loaded = plan::load(&bytes).map_err(|d| d.render(&file))?;
-    if loaded.diagnostics.has_errors() {
-        return Err(loaded.diagnostics.render(&file));
-    }
-    Ok((loaded.config, Some(loaded.tree), file))
+    let reading = Reading {
+        file: config_name.clone(),
+        context: Context::Manual,
+        built_ins: Values::new(),
+        overrides: overrides.clone(),
+        timeout: None,
+        uploads: upload.is_some(),
+    };
+    Recipe::load(config.as_bytes(), reading)
 }
 
 fn skipped(trigger: &Trigger, skip: triggers::Skip) -> TriggerResult {

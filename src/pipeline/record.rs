@@ -1,6 +1,6 @@
-//! Running builds on this machine's engine from the command line: a prepared build is recorded,
-//! executed and its events recorded as they happen; builds whose process died mid-build are
-//! swept and closed at the next start.
+//! Running a planned build on this machine's engine and recording it as it goes, for `builder
+//! submit` and the server alike: its events are recorded as they happen and its outcome at the
+//! end; builds whose process died mid-build are swept and closed at the next start.
 //!
 //! A running build's process holds an exclusive lock on `<running>/<id>.lock` for as long as it
 //! runs. The operating system releases it when the process ends, however it ends, so a lock that
@@ -17,22 +17,22 @@ use crate::build::{Outcome, Status, StepResult};
 use crate::execute::{self, BUILD_LABEL, Event};
 use crate::runtime::{ContainerRuntime, LogStream};
 use crate::store::{self, Store};
-use crate::submit::Prepared;
 
-/// Runs a prepared build to its end, recording it; `show` sees every event first.
+/// Records a new build from `source` and runs it to its end, recording it; `show` sees every
+/// event first.
 pub async fn run(
     store: &dyn Store,
     running: &Path,
     runtime: Arc<dyn ContainerRuntime>,
-    prepared: Prepared,
+    source: &serde_json::Value,
+    run: execute::Run,
     cancel: CancellationToken,
     show: impl FnMut(&Event),
 ) -> Result<Outcome, store::Error> {
-    let run = prepared.run;
     // Taken before the record exists, so no other process ever sees the build unlocked.
     let lock = RunningLock::take(running, &run.build_id).map_err(store::Error::Io)?;
     store
-        .create_build(&run.build_id, &prepared.source, &run.build)
+        .create_build(&run.build_id, source, &run.build)
         .await?;
     store.start_build(&run.build_id).await?;
     let outcome = record(store, runtime, run, cancel, show).await;
