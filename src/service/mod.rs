@@ -774,7 +774,13 @@ impl Service {
                     eprintln!("builder serve: recording build {id} failed: {e}");
                 }
             }
-            Err(failure) => self.fail(id, Status::Failure, failure).await,
+            Err(unprepared) => {
+                let status = match unprepared {
+                    Unprepared::Store(_) => Status::InternalError,
+                    _ => Status::Failure,
+                };
+                self.fail(id, status, unprepared.to_string()).await
+            }
         }
         let _ = std::fs::remove_dir_all(&workspace);
         self.running.lock().expect("running builds").remove(id);
@@ -799,33 +805,32 @@ impl Service {
         id: &str,
         request: serde_json::Value,
         workspace: &Path,
-    ) -> Result<Run, String> {
-        let request: Request = serde_json::from_value(request)
-            .map_err(|e| format!("the queued build's request is unreadable: {e}"))?;
+    ) -> Result<Run, Unprepared> {
+        let request: Request = serde_json::from_value(request).map_err(Unprepared::Request)?;
         let recipe = match &request {
             Request::Push { .. } => self.checkout(&request, workspace).await?,
             Request::Upload { upload, .. } => {
-                std::fs::create_dir_all(workspace).map_err(|e| e.to_string())?;
+                let source = |e: &dyn std::fmt::Display| Unprepared::Source(e.to_string());
+                std::fs::create_dir_all(workspace).map_err(|e| source(&e))?;
                 if let Some(upload) = upload {
                     let archive = std::fs::File::open(self.upload_path(upload))
-                        .map_err(|e| format!("the uploaded source is gone: {e}"))?;
-                    crate::source::unpack(archive, workspace).map_err(|e| e.to_string())?;
+                        .map_err(|e| source(&format_args!("the uploaded source is gone: {e}")))?;
+                    crate::source::unpack(archive, workspace).map_err(|e| source(&e))?;
                 }
-                upload_recipe(&request).map_err(|e| e.to_string())?
+                upload_recipe(&request)?
             }
         };
-        let mut run =
-            pipeline::plan(id, &recipe, &self.settings.machine).map_err(|e| e.to_string())?;
+        let mut run = pipeline::plan(id, &recipe, &self.settings.machine)?;
         run.workspace = Some(workspace.to_path_buf());
         self.store
             .set_plan(id, &run.build)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Unprepared::Store)?;
         Ok(run)
     }
 
     /// Checks out a trigger build's commit into `workspace`, and reads its trigger's config.
-    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, String> {
+    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, Unprepared> {
         let Request::Push {
             trigger,
             clone_url,
@@ -836,10 +841,11 @@ impl Service {
         else {
             unreachable!("only pushes are checked out");
         };
+        let source = Unprepared::Source;
         let trigger = &self
             .triggers
             .get(trigger)
-            .map_err(|_| format!("trigger {trigger:?} no longer exists"))?;
+            .map_err(|_| source(format!("trigger {trigger:?} no longer exists")))?;
         let (url, cache) = (clone_url.clone(), self.settings.data_dir.join("git"));
         let rewrites = self.settings.rewrites.clone();
         let (commit, dest) = (commit.clone(), workspace.to_path_buf());
@@ -848,8 +854,8 @@ impl Service {
             mirror.checkout(&commit, &dest)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("fetching the source failed: {e}"))?;
+        .map_err(|e| source(e.to_string()))?
+        .map_err(|e| source(format!("fetching the source failed: {e}")))?;
         let mut built_ins = built_ins.clone();
         let recipe = |file: String, built_ins: Values| Reading {
             file,
@@ -872,9 +878,11 @@ impl Service {
             }),
             BuildSource::File(path) => {
                 let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
-                    format!("cannot read the build config {path} in the commit: {e}")
+                    source(format!(
+                        "cannot read the build config {path} in the commit: {e}"
+                    ))
                 })?;
-                Recipe::load(&bytes, recipe(path.clone(), built_ins)).map_err(|e| e.to_string())
+                Ok(Recipe::load(&bytes, recipe(path.clone(), built_ins))?)
             }
             // Cloud Build's autodetection: the first config file the commit has.
             BuildSource::Autodetect => {
@@ -883,11 +891,14 @@ impl Service {
                     .find_map(|name| {
                         Some((std::fs::read(workspace.join(name)).ok()?, name.to_string()))
                     })
-                    .ok_or(
-                        "the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json",
-                    )?;
+                    .ok_or_else(|| {
+                        source(
+                            "the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json"
+                                .into(),
+                        )
+                    })?;
                 built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
-                Recipe::load(&bytes, recipe(file, built_ins)).map_err(|e| e.to_string())
+                Ok(Recipe::load(&bytes, recipe(file, built_ins))?)
             }
         }
     }
@@ -911,6 +922,35 @@ fn check_user_keys(substitutions: &Values) -> Result<(), Failed> {
             "substitution key {key:?} does not respect format ^_[A-Z0-9_]+$"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Why a claimed build could not be made ready to run; the build ends with it, never running.
+#[derive(Debug)]
+enum Unprepared {
+    /// Its queued request is not one this version reads.
+    Request(serde_json::Error),
+    /// Its source: the commit, the upload, the config file in it.
+    Source(String),
+    /// Its config or secrets.
+    Refused(pipeline::Refused),
+    Store(crate::store::Error),
+}
+
+impl std::fmt::Display for Unprepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unprepared::Request(e) => write!(f, "the queued build's request is unreadable: {e}"),
+            Unprepared::Source(message) => f.write_str(message),
+            Unprepared::Refused(refused) => refused.fmt(f),
+            Unprepared::Store(e) => write!(f, "recording the build's plan failed: {e}"),
+        }
+    }
+}
+
+impl From<pipeline::Refused> for Unprepared {
+    fn from(refused: pipeline::Refused) -> Self {
+        Unprepared::Refused(refused)
     }
 }
 
