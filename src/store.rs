@@ -187,6 +187,39 @@ pub struct QueuedBuild {
     pub request: serde_json::Value,
 }
 
+/// A process's claim on the builds it runs: who it is, and how long a claim lasts unless it is
+/// renewed. A build whose claim ran out is anyone's to close, on any machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub duration: Duration,
+}
+
+impl Lease {
+    fn until(&self) -> i64 {
+        millis(SystemTime::now() + self.duration)
+    }
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still held, renewed; the build is to be stopped if a cancel was asked for.
+    Held { cancel_requested: bool },
+    /// Finished, or taken over by another process (which closes it): stop running it.
+    Lost,
+}
+
+/// A build that was started and is not finished, with who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub id: String,
+    /// `None` for a build recorded before builds had holders.
+    pub holder: Option<String>,
+    /// Whether its holder's claim ran out.
+    pub expired: bool,
+}
+
 /// A run a schedule skipped, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,15 +235,35 @@ pub struct SkippedRun {
 /// builds, completing a pending delivery) is one atomic statement or transaction here.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Records a new build as QUEUED, with every step QUEUED.
+    /// Records a new build to be run at once by `lease`'s holder: QUEUED, with every step
+    /// QUEUED, and held from the start so that no other process takes it for abandoned.
     async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
+        lease: &Lease,
     ) -> Result<(), Error>;
 
+    /// Marks a build its holder created as WORKING.
     async fn start_build(&self, id: &str) -> Result<(), Error>;
+
+    /// Extends the holder's claim on a running build by its duration, and tells whether a cancel
+    /// was asked for; [`Renewal::Lost`] when the build is finished or no longer the holder's.
+    async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error>;
+
+    /// Asks a WORKING build's holder to stop it (it sees this at its next renewal); `false` if
+    /// the build is not WORKING.
+    async fn request_cancel(&self, id: &str) -> Result<bool, Error>;
+
+    /// Makes `lease`'s holder the holder of an unfinished build, if it is still held by
+    /// `previous` (compare-and-set: of processes closing abandoned builds, one wins each).
+    async fn take_over(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error>;
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error>;
 
@@ -224,9 +277,9 @@ pub trait Store: Send + Sync {
     /// Records how the build ended: its status, every step's result, pushed images, failure.
     async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error>;
 
-    /// Ids of the builds that were started and not finished: running ones, and builds recorded
-    /// to be run at once (not queued for the service) that never ran.
-    async fn unfinished_builds(&self) -> Result<Vec<String>, Error>;
+    /// The builds that were started and not finished: running ones, and builds recorded to be
+    /// run at once (not queued for the service) that never ran.
+    async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error>;
 
     /// Records deliveries and queues their builds, all in one transaction (one write to disk for
     /// all of them). A verified delivery whose id is already recorded changes nothing: a
@@ -248,9 +301,12 @@ pub trait Store: Send + Sync {
     /// The newest deliveries first.
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error>;
 
-    /// Takes the oldest queued build to run it: it is WORKING from now on. Returns its id and
-    /// what it is to run.
-    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error>;
+    /// Takes the oldest queued build for `lease`'s holder to run: it is WORKING and held from
+    /// now on. Returns its id and what it is to run.
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+    ) -> Result<Option<(String, serde_json::Value)>, Error>;
 
     /// Queues builds (a retry, a manual run).
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
@@ -374,11 +430,12 @@ impl Store for SqliteStore {
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
+        lease: &Lease,
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, holder, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(Status::Queued.as_str())
@@ -386,6 +443,8 @@ impl Store for SqliteStore {
         .bind(source.to_string())
         .bind(json(&plan.substitutions))
         .bind(json(plan))
+        .bind(&lease.holder)
+        .bind(lease.until())
         .execute(&mut *tx)
         .await?;
         insert_steps(&mut tx, id, plan).await?;
@@ -401,6 +460,61 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await
+    }
+
+    async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let renewed: Option<bool> = sqlx::query_scalar(
+            "UPDATE builds SET lease_until = $1 WHERE id = $2 AND holder = $3 AND status IN ($4, $5) \
+             RETURNING cancel_requested != 0",
+        )
+        .bind(lease.until())
+        .bind(id)
+        .bind(&lease.holder)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(match renewed {
+            Some(cancel_requested) => Renewal::Held { cancel_requested },
+            None => Renewal::Lost,
+        })
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated =
+            sqlx::query("UPDATE builds SET cancel_requested = 1 WHERE id = $1 AND status = $2")
+                .bind(id)
+                .bind(Status::Working.as_str())
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE builds SET holder = $1, lease_until = $2 \
+             WHERE id = $3 AND holder IS $4 AND status IN ($5, $6)",
+        )
+        .bind(&lease.holder)
+        .bind(lease.until())
+        .bind(id)
+        .bind(previous)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
@@ -451,14 +565,24 @@ impl Store for SqliteStore {
         tx.commit().await
     }
 
-    async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM builds WHERE status = $1 OR (status = $2 AND request IS NULL)",
+    async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, holder, COALESCE(lease_until < $1, 1) AS expired FROM builds \
+             WHERE status = $2 OR (status = $3 AND request IS NULL)",
         )
+        .bind(millis(SystemTime::now()))
         .bind(Status::Working.as_str())
         .bind(Status::Queued.as_str())
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Unfinished {
+                id: row.get("id"),
+                holder: row.get("holder"),
+                expired: row.get("expired"),
+            })
+            .collect())
     }
 
     async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
@@ -579,16 +703,21 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+    ) -> Result<Option<(String, serde_json::Value)>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let row = sqlx::query(
-            "UPDATE builds SET status = $1, start_time = $2 WHERE id = \
-             (SELECT id FROM builds WHERE status = $3 AND request IS NOT NULL \
+            "UPDATE builds SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
+             (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL \
               ORDER BY create_time, id LIMIT 1) \
              RETURNING id, request",
         )
         .bind(Status::Working.as_str())
         .bind(millis(SystemTime::now()))
+        .bind(&lease.holder)
+        .bind(lease.until())
         .bind(Status::Queued.as_str())
         .fetch_optional(&mut *tx)
         .await?;
@@ -1116,6 +1245,80 @@ mod tests {
             substitutions: serde_json::json!({"BRANCH_NAME": branch}),
             request: serde_json::json!({}),
         }
+    }
+
+    fn lease(holder: &str, seconds: u64) -> Lease {
+        Lease {
+            holder: holder.into(),
+            duration: Duration::from_secs(seconds),
+        }
+    }
+
+    /// The queue's protocol between processes: a claim is its holder's until it runs out; only
+    /// the holder renews it; a cancel reaches the holder at its renewal; of two processes taking
+    /// an abandoned build over, one wins.
+    #[tokio::test]
+    async fn leases_hold_builds_for_their_holder_until_they_run_out() {
+        let (_dir, store) = store().await;
+        let build = queued("t", "main");
+        store
+            .queue_builds(std::slice::from_ref(&build))
+            .await
+            .unwrap();
+        let (a, b) = (lease("a", 30), lease("b", 30));
+        let (claimed, _) = store.claim_queued(&a).await.unwrap().expect("queued");
+        assert_eq!(claimed, build.id);
+        assert_eq!(store.claim_queued(&b).await.unwrap(), None);
+        let held = Renewal::Held {
+            cancel_requested: false,
+        };
+        assert_eq!(store.renew_lease(&build.id, &a).await.unwrap(), held);
+        assert_eq!(
+            store.renew_lease(&build.id, &b).await.unwrap(),
+            Renewal::Lost
+        );
+        let unfinished = |expired| Unfinished {
+            id: build.id.clone(),
+            holder: Some("a".into()),
+            expired,
+        };
+        assert_eq!(
+            store.unfinished_builds().await.unwrap(),
+            [unfinished(false)]
+        );
+
+        assert!(store.request_cancel(&build.id).await.unwrap());
+        assert_eq!(
+            store.renew_lease(&build.id, &a).await.unwrap(),
+            Renewal::Held {
+                cancel_requested: true
+            }
+        );
+
+        // A renewal that gives no time left: the claim has run out.
+        store.renew_lease(&build.id, &lease("a", 0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.unfinished_builds().await.unwrap(), [unfinished(true)]);
+        assert!(store.take_over(&build.id, Some("a"), &b).await.unwrap());
+        assert!(
+            !store
+                .take_over(&build.id, Some("a"), &lease("c", 30))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.renew_lease(&build.id, &a).await.unwrap(),
+            Renewal::Lost
+        );
+
+        let outcome = Outcome::ended(Status::InternalError, Vec::new(), None);
+        store.finish_build(&build.id, &outcome).await.unwrap();
+        assert_eq!(
+            store.renew_lease(&build.id, &b).await.unwrap(),
+            Renewal::Lost
+        );
+        assert!(!store.request_cancel(&build.id).await.unwrap());
+        assert_eq!(store.unfinished_builds().await.unwrap(), []);
     }
 
     /// Each filter of the builds list, and the page after a build, is read from an index in

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use builder::alias::Aliases;
 use builder::build::{Outcome, Status};
-use builder::pipeline::Machine;
+use builder::pipeline::{Lease, Machine};
 use builder::registry::{self, Registries};
 use builder::runtime::DockerRuntime;
 use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
@@ -278,7 +278,11 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
     let first = builds(&service, "forbid").await[0].id.clone();
     // Still queued at 11:00, working (a worker took it) at 12:00: both runs are skipped.
     tick(&setup, &service, "2024-03-11T11:00:00Z").await;
-    let (claimed, _) = store.claim_queued().await.unwrap().unwrap();
+    let worker = Lease {
+        holder: "a worker".into(),
+        duration: Duration::from_secs(30),
+    };
+    let (claimed, _) = store.claim_queued(&worker).await.unwrap().unwrap();
     assert_eq!(claimed, first);
     tick(&setup, &service, "2024-03-11T12:00:00Z").await;
     assert_eq!(builds(&service, "forbid").await.len(), 1);

@@ -838,8 +838,10 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = data_dir.join("running");
-    for id in pipeline::recover(&store, &running, &runtime)
+    let holders = data_dir.join(pipeline::HOLDERS);
+    let holder = pipeline::Holder::take(&holders)?;
+    let lease = holder.lease();
+    for id in pipeline::recover(&store, &holders, &lease, &runtime)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -877,7 +879,7 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     let mut printed = Ok(());
     let outcome = pipeline::run(
         &store,
-        &running,
+        &lease,
         Arc::new(runtime),
         &prepared.source,
         prepared.run,

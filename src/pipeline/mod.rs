@@ -21,7 +21,11 @@ use crate::registry::Registries;
 use crate::secrets;
 use crate::substitute::Values;
 
-pub use record::{RunningLock, record, recover, run};
+pub use crate::store::Lease;
+pub use record::{Holder, held, record, recover, run};
+
+/// The directory under a data directory where the holders of running builds keep their locks.
+pub const HOLDERS: &str = "holders";
 
 /// What this machine adds to every build it prepares.
 #[derive(Clone)]

@@ -1,48 +1,144 @@
 //! Running a planned build on this machine's engine and recording it as it goes, for `builder
 //! submit` and the server alike: its events are recorded as they happen and its outcome at the
-//! end; builds whose process died mid-build are swept and closed at the next start.
+//! end; builds whose process died mid-build are swept and closed.
 //!
-//! A running build's process holds an exclusive lock on `<running>/<id>.lock` for as long as it
-//! runs. The operating system releases it when the process ends, however it ends, so a lock that
-//! can be taken marks a build whose process died (unlike process ids, which are reused and differ
-//! between PID namespaces).
+//! # Who runs a build
+//!
+//! A build is held by one process, its [`Holder`], through a [`Lease`] in the store that the
+//! holder renews every [`HEARTBEAT`]; renewing also reads whether a cancel was asked for, so a
+//! cancel from any process or machine stops the build within a heartbeat. A build whose lease
+//! has run out ([`LEASE`] without a renewal) is abandoned, whichever machine held it, and any
+//! process closes it. A holder also keeps an exclusive lock on `<holders>/<id>.lock` for as long
+//! as it lives; the operating system releases it however the process ends, so on the holder's
+//! own machine a build whose holder died is closed at once, without waiting for its lease (and
+//! process ids, which are reused and differ between PID namespaces, play no part).
 
 use std::fs::{File, TryLockError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, Status, StepResult};
 use crate::execute::{self, BUILD_LABEL, Event};
 use crate::runtime::{ContainerRuntime, LogStream};
-use crate::store::{self, Store};
+use crate::store::{self, Lease, Renewal, Store};
 
-/// Records a new build from `source` and runs it to its end, recording it; `show` sees every
-/// event first.
+/// How long a claim on a build lasts without a renewal: long enough for a busy machine to miss
+/// several heartbeats, short enough that another machine takes an abandoned build over soon.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a holder renews its leases, and so how soon it sees a cancel.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// This process as the holder of the builds it runs (see the module doc). Dropping it releases
+/// its lock and removes the file.
+pub struct Holder {
+    id: String,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Holder {
+    /// A new holder with a new id, its lock file in `dir`.
+    pub fn take(dir: &Path) -> std::io::Result<Holder> {
+        std::fs::create_dir_all(dir)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = dir.join(format!("{id}.lock"));
+        // Locked before it takes its name, so that a sweep never finds it unlocked.
+        let staging = dir.join(format!("{id}.lock.new"));
+        let lock = File::create(&staging)?;
+        lock.lock()?;
+        std::fs::rename(&staging, &path)?;
+        Ok(Holder {
+            id,
+            path,
+            _lock: lock,
+        })
+    }
+
+    pub fn lease(&self) -> Lease {
+        Lease {
+            holder: self.id.clone(),
+            duration: LEASE,
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The lock of `holder`, taken, when it is a holder of this machine (its file is in `dir`) whose
+/// process has ended; held while its builds are closed, so that two processes never both do it.
+fn ended_holder(dir: &Path, holder: &str) -> std::io::Result<Option<File>> {
+    match File::open(dir.join(format!("{holder}.lock"))) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records a new build from `source`, held by `lease`'s holder, and runs it to its end,
+/// recording it; `show` sees every event first.
 pub async fn run(
     store: &dyn Store,
-    running: &Path,
+    lease: &Lease,
     runtime: Arc<dyn ContainerRuntime>,
     source: &serde_json::Value,
     run: execute::Run,
     cancel: CancellationToken,
     show: impl FnMut(&Event),
 ) -> Result<Outcome, store::Error> {
-    // Taken before the record exists, so no other process ever sees the build unlocked.
-    let lock = RunningLock::take(running, &run.build_id).map_err(store::Error::Io)?;
     store
-        .create_build(&run.build_id, source, &run.build)
+        .create_build(&run.build_id, source, &run.build, lease)
         .await?;
     store.start_build(&run.build_id).await?;
-    let outcome = record(store, runtime, run, cancel, show).await;
-    drop(lock);
-    outcome
+    let build_id = run.build_id.clone();
+    let recorded = record(store, runtime, run, cancel.clone(), show);
+    held(store, &build_id, lease, &cancel, recorded).await
+}
+
+/// Runs `work` on a build while keeping its lease: renewed every [`HEARTBEAT`] until `work` ends.
+/// A cancel asked for through the store, or the lease lost (another process closed the build),
+/// cancels `cancel`. A renewal that fails is tried again at the next beat: the lease outlasts
+/// several.
+pub async fn held<T>(
+    store: &dyn Store,
+    build_id: &str,
+    lease: &Lease,
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> T {
+    let renewals = async {
+        let mut beats = tokio::time::interval(HEARTBEAT);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beats.tick().await;
+            match store.renew_lease(build_id, lease).await {
+                Ok(Renewal::Held {
+                    cancel_requested: true,
+                })
+                | Ok(Renewal::Lost) => cancel.cancel(),
+                Ok(Renewal::Held { .. }) | Err(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        never = renewals => never,
+    }
 }
 
 /// Executes a build whose record exists (and is WORKING), recording its events as they happen
-/// and its outcome at the end; `show` sees every event first. The caller holds its
-/// [`RunningLock`].
+/// and its outcome at the end; `show` sees every event first. Its holder keeps its lease
+/// meanwhile ([`held`]).
 pub async fn record(
     store: &dyn Store,
     runtime: Arc<dyn ContainerRuntime>,
@@ -76,29 +172,6 @@ pub async fn record(
     let finished = store.finish_build(&build_id, &outcome).await;
     logs.and(finished)?;
     Ok(outcome)
-}
-
-/// The lock a running build's process holds on `<running>/<id>.lock` (see the module doc);
-/// dropping it removes the file and releases the lock.
-pub struct RunningLock {
-    path: std::path::PathBuf,
-    _file: File,
-}
-
-impl RunningLock {
-    pub fn take(running: &Path, build_id: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(running)?;
-        let path = running.join(format!("{build_id}.lock"));
-        let file = File::create(&path)?;
-        file.lock()?;
-        Ok(Self { path, _file: file })
-    }
-}
-
-impl Drop for RunningLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// Writes what an event changes in the record. Log lines are written as soon as a burst of them
@@ -138,33 +211,39 @@ async fn record_event(
     Ok(())
 }
 
-/// Closes builds left unfinished by a process that no longer runs: removes their containers,
-/// volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
+/// Closes builds left unfinished by a process that no longer runs: those whose lease ran out,
+/// and those whose holder on this machine (its lock file in `holders`) has ended. Removes their
+/// containers, volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
 pub async fn recover(
     store: &dyn Store,
-    running: &Path,
+    holders: &Path,
+    lease: &Lease,
     runtime: &dyn ContainerRuntime,
 ) -> Result<Vec<String>, String> {
     let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
     let mut recovered = Vec::new();
-    for id in unfinished {
-        let lock_path = running.join(format!("{id}.lock"));
-        // Held while the build is swept and closed, so that two processes never both do it.
-        let lock = match File::open(&lock_path) {
-            Ok(file) => match file.try_lock() {
-                Ok(()) => Some(file),
-                Err(TryLockError::WouldBlock) => continue,
-                Err(TryLockError::Error(e)) => return Err(format!("{}: {e}", lock_path.display())),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", lock_path.display())),
+    for build in unfinished {
+        let ended = match &build.holder {
+            Some(holder) => {
+                ended_holder(holders, holder).map_err(|e| format!("{}: {e}", holders.display()))?
+            }
+            None => None,
         };
+        let abandoned = build.expired || ended.is_some();
+        if !abandoned
+            || !store
+                .take_over(&build.id, build.holder.as_deref(), lease)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            continue;
+        }
         runtime
-            .sweep(BUILD_LABEL, &id)
+            .sweep(BUILD_LABEL, &build.id)
             .await
             .map_err(|e| e.to_string())?;
         let steps = store
-            .get_build(&id)
+            .get_build(&build.id)
             .await
             .map_err(|e| e.to_string())?
             .map(|b| b.steps.into_iter().map(|s| close(s.result)).collect())
@@ -172,12 +251,13 @@ pub async fn recover(
         let failure = "the process running this build ended before the build did";
         let outcome = Outcome::ended(Status::InternalError, steps, Some(failure.into()));
         store
-            .finish_build(&id, &outcome)
+            .finish_build(&build.id, &outcome)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&lock_path);
-        drop(lock);
-        recovered.push(id);
+        if let (Some(holder), Some(_lock)) = (&build.holder, ended) {
+            let _ = std::fs::remove_file(holders.join(format!("{holder}.lock")));
+        }
+        recovered.push(build.id);
     }
     Ok(recovered)
 }

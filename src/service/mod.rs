@@ -15,10 +15,9 @@
 //!   swept and closed as INTERNAL_ERROR at the next start (as `builder submit` does), queued ones
 //!   run then.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -26,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, Status};
 use crate::execute::Run;
-use crate::pipeline::{self, Machine, Reading, Recipe, RunningLock};
+use crate::pipeline::{self, Machine, Reading, Recipe};
 use crate::plan::Context;
 use crate::runtime::ContainerRuntime;
 use crate::source::git::{Mirror, Rewrites};
@@ -189,14 +188,15 @@ pub struct Service {
     work: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
-    /// Cancel tokens of the builds running in this process.
-    running: Mutex<HashMap<String, CancellationToken>>,
     /// Deliveries on their way to the store (see [`write_deliveries`]).
     recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
 }
 
 /// Where a delivery's writer learns how it was written.
 type Written = oneshot::Sender<Result<Recorded, String>>;
+
+/// How often the queue looks for builds that other processes queued or abandoned.
+const QUEUE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The most deliveries written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -254,7 +254,6 @@ impl Service {
             work: Notify::new(),
             // A previous run may have left some.
             pending: AtomicBool::new(true),
-            running: Mutex::new(HashMap::new()),
             recorder,
         }
     }
@@ -312,21 +311,21 @@ impl Service {
         self.triggers.delete(name)
     }
 
-    /// Cancels a build: a queued one never runs, a running one is stopped (its status becomes
-    /// CANCELLED when its steps have stopped).
+    /// Cancels a build: a queued one never runs, a running one is stopped by its holder, in
+    /// whichever process or machine, within a heartbeat (its status becomes CANCELLED when its
+    /// steps have stopped).
     pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
         let build = self.build(id).await?;
-        if let Some(token) = self.running.lock().expect("running builds").get(&build.id) {
-            token.cancel();
+        if self.store.cancel_queued(&build.id).await?
+            || self.store.request_cancel(&build.id).await?
+        {
             return Ok(());
         }
-        if build.status == Status::Queued && self.store.cancel_queued(&build.id).await? {
-            return Ok(());
-        }
-        Err(Failed::Conflict(match build.status {
-            Status::Working => format!("build {} runs in another process", build.id),
-            status => format!("build {} is already {status}", build.id),
-        }))
+        let build = self.build(id).await?;
+        Err(Failed::Conflict(format!(
+            "build {} is already {}",
+            build.id, build.status
+        )))
     }
 
     /// Queues a new build of what a triggered build ran: the same commit and substitutions.
@@ -630,24 +629,38 @@ impl Service {
     /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown,
     /// running builds are cancelled and waited for.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let running = self.settings.data_dir.join("running");
-        if let Err(e) =
-            pipeline::recover(self.store.as_ref(), &running, self.runtime.as_ref()).await
-        {
-            eprintln!("builder serve: closing builds of a previous run failed: {e}");
-        }
+        let holders = self.settings.data_dir.join(pipeline::HOLDERS);
+        let holder = match pipeline::Holder::take(&holders) {
+            Ok(holder) => holder,
+            Err(e) => {
+                eprintln!(
+                    "builder serve: cannot hold builds ({}): {e}",
+                    holders.display()
+                );
+                return;
+            }
+        };
+        let lease = holder.lease();
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
         let mut builds = tokio::task::JoinSet::new();
         loop {
+            // Builds abandoned by a process that ended, here or on another machine.
+            if let Err(e) =
+                pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
+                    .await
+            {
+                eprintln!("builder serve: closing abandoned builds failed: {e}");
+            }
             if self.pending.swap(false, Ordering::SeqCst) {
                 self.decide_pending().await;
             }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
-                match self.store.claim_queued().await {
+                match self.store.claim_queued(&lease).await {
                     Ok(Some((id, request))) => {
                         let service = self.clone();
+                        let (lease, cancel) = (lease.clone(), shutdown.child_token());
                         builds.spawn(async move {
-                            service.run_build(&id, request).await;
+                            service.run_build(&id, request, &lease, cancel).await;
                             drop(slot);
                         });
                     }
@@ -658,16 +671,18 @@ impl Service {
                     }
                 }
             }
+            // Woken by this process's work; the tick finds what other processes queued or
+            // abandoned.
             tokio::select! {
                 () = self.work.notified() => {}
                 Some(_) = builds.join_next() => {}
+                () = tokio::time::sleep(QUEUE_TICK) => {}
                 () = shutdown.cancelled() => break,
             }
         }
-        for token in self.running.lock().expect("running builds").values() {
-            token.cancel();
-        }
+        // Every running build's cancel is a child of `shutdown`.
         while builds.join_next().await.is_some() {}
+        drop(holder);
     }
 
     /// Decides the triggers of every pending delivery from the changed files of its push.
@@ -741,17 +756,24 @@ impl Service {
 
     /// Runs a claimed build: its commit checked out, its config resolved, its steps executed and
     /// recorded. Whatever fails, the build ends with a status and a reason.
-    async fn run_build(&self, id: &str, request: serde_json::Value) {
-        let running = self.settings.data_dir.join("running");
-        let lock = match RunningLock::take(&running, id) {
-            Ok(lock) => lock,
-            Err(e) => return self.fail(id, Status::InternalError, e.to_string()).await,
-        };
-        let cancel = CancellationToken::new();
-        self.running
-            .lock()
-            .expect("running builds")
-            .insert(id.to_string(), cancel.clone());
+    async fn run_build(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+        lease: &pipeline::Lease,
+        cancel: CancellationToken,
+    ) {
+        let run = self.prepare_and_record(id, request, cancel.clone());
+        pipeline::held(self.store.as_ref(), id, lease, &cancel, run).await;
+    }
+
+    /// [`run_build`](Self::run_build)'s work, while its lease is kept.
+    async fn prepare_and_record(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+        cancel: CancellationToken,
+    ) {
         let workspace = self.settings.data_dir.join("workspaces").join(id);
         match self.prepare(id, request, &workspace).await {
             Ok(run) if let Some(waited) = self.expired(id, run.build.queue_ttl).await => {
@@ -783,8 +805,6 @@ impl Service {
             }
         }
         let _ = std::fs::remove_dir_all(&workspace);
-        self.running.lock().expect("running builds").remove(id);
-        drop(lock);
     }
 
     /// How long the build waited in the queue, if that is longer than its `queue_ttl` (seconds).
