@@ -24,7 +24,43 @@ use crate::runtime::LogStream;
 use crate::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 use crate::templates::PushedTemplate;
 
-pub type Error = sqlx::Error;
+/// Why the store could not do what was asked: the store's own words, whatever database is
+/// behind it.
+#[derive(Debug)]
+pub enum Error {
+    /// The database refused or failed a statement, or could not be reached.
+    Database(sqlx::Error),
+    /// The store's directory cannot be made.
+    Io(std::io::Error),
+    /// A record that must exist does not.
+    Missing(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Database(e) => write!(f, "the store's database: {e}"),
+            Error::Io(e) => write!(f, "the store's files: {e}"),
+            Error::Missing(what) => write!(f, "the store has no {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::Missing(_) => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
 
 /// The database's file name in the data directory.
 pub const DATABASE: &str = "builds.db";
@@ -398,7 +434,7 @@ impl SqliteStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -415,7 +451,10 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(sqlx::Error::from)?;
         Ok(SqliteStore {
             pool,
             writer: Arc::default(),
@@ -448,7 +487,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_steps(&mut tx, id, plan).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn start_build(&self, id: &str) -> Result<(), Error> {
@@ -459,7 +498,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error> {
@@ -520,7 +559,7 @@ impl Store for SqliteStore {
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         set_step(&mut tx, id, index, result).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn append_logs(
@@ -545,7 +584,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
@@ -562,7 +601,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error> {
@@ -728,7 +767,7 @@ impl Store for SqliteStore {
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         queue(&mut tx, builds).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
@@ -774,7 +813,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         insert_steps(&mut tx, id, plan).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
@@ -872,7 +911,7 @@ impl Store for SqliteStore {
         .await?;
         let state = read_schedule(&mut *tx, name).await?;
         tx.commit().await?;
-        state.ok_or(Error::RowNotFound)
+        state.ok_or(Error::Missing("schedule it has just written"))
     }
 
     async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error> {
@@ -944,7 +983,7 @@ impl Store for SqliteStore {
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         start_run(&mut tx, name, scheduled_time, build).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
@@ -1043,8 +1082,8 @@ async fn set_step(
     .bind(id)
     .bind(index as i64)
     .execute(&mut **tx)
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 async fn insert_steps(
