@@ -6,7 +6,8 @@
 //! This is the only module that speaks SQL. Times are stored as unix milliseconds.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +71,9 @@ pub const DATABASE: &str = "builds.db";
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Arc<Mutex<()>>,
+    /// The database's path, and the file (device, inode) that was opened there.
+    path: PathBuf,
+    file: (u64, u64),
 }
 
 /// A build as recorded (and as the API serves it).
@@ -405,6 +409,11 @@ pub trait Store: Send + Sync {
 
     /// A schedule's newest skipped-run records first.
     async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error>;
+
+    /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
+    /// database file that was removed (or replaced) under it, and everything written from then
+    /// on is lost with the process: a server must stop instead.
+    async fn check(&self) -> Result<(), Error>;
 }
 
 impl SqliteStore {
@@ -455,15 +464,41 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(sqlx::Error::from)?;
+        let file = identity(path).map_err(Error::Io)?;
         Ok(SqliteStore {
             pool,
             writer: Arc::default(),
+            path: path.to_path_buf(),
+            file,
         })
     }
 }
 
+/// The error of a database file that is no longer the one the store opened.
+fn moved(path: &Path, what: &str) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "the database {} was {what} while the store had it open",
+        path.display()
+    )))
+}
+
+/// The file at `path`: its device and inode.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn check(&self) -> Result<(), Error> {
+        match identity(&self.path) {
+            Ok(file) if file == self.file => Ok(()),
+            Ok(_) => Err(moved(&self.path, "replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(moved(&self.path, "removed")),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
     async fn create_build(
         &self,
         id: &str,

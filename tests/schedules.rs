@@ -361,7 +361,7 @@ async fn replace_cancels_the_running_build_and_starts_the_new_run() {
     assert_eq!(runs.len(), 2);
     started(&service, &runs[1].id).await;
     shutdown.cancel();
-    queue.await.unwrap();
+    queue.await.unwrap().unwrap();
     wait_for(&service, &runs[1].id, Status::Cancelled).await;
     for build in [&first, &runs[1].id] {
         let left = std::process::Command::new("docker")

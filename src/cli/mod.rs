@@ -35,6 +35,7 @@ macro_rules! outln {
 mod output;
 mod remote;
 mod serve;
+mod supervise;
 mod templates;
 
 #[derive(Parser)]

@@ -16,12 +16,14 @@
 //!   run then.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::build::{Outcome, Status};
 use crate::execute::Run;
@@ -190,16 +192,20 @@ pub struct Service {
     pending: AtomicBool,
     /// Deliveries on their way to the store (see [`write_deliveries`]).
     recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
+    /// The task that writes them, until the process takes it to watch.
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Where a delivery's writer learns how it was written.
 type Written = oneshot::Sender<Result<Recorded, String>>;
 
-/// How often the queue looks for builds that other processes queued or abandoned.
-const QUEUE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The most deliveries written in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How often the queue looks at the store without being woken: builds other processes queued
+/// or abandoned are found, a claim that failed is tried again, and a store that is gone is
+/// noticed (see [`Store::check`]) even on an idle server.
+const TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
 /// one before it was being written: one write to disk for all of them, so that durably recording
@@ -242,7 +248,7 @@ impl Service {
         settings: Settings,
     ) -> Self {
         let (recorder, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_deliveries(store.clone(), queue));
+        let writer = tokio::spawn(write_deliveries(store.clone(), queue));
         Self {
             store,
             runtime,
@@ -255,7 +261,15 @@ impl Service {
             // A previous run may have left some.
             pending: AtomicBool::new(true),
             recorder,
+            writer: Mutex::new(Some(writer)),
         }
+    }
+
+    /// The task that writes deliveries (see [`write_deliveries`]), for the process to watch:
+    /// without it no delivery is recorded, so its end must end the server. It ends once the
+    /// service is dropped. Given once; `None` after.
+    pub fn delivery_writer(&self) -> Option<JoinHandle<()>> {
+        self.writer.lock().expect("delivery writer").take()
     }
 
     pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
@@ -484,6 +498,22 @@ impl Service {
     /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
     /// the builds it queues. Answers without waiting for any fetch or build.
     pub async fn receive(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+        let span = info_span!(
+            "delivery",
+            delivery_id = incoming.delivery,
+            event = incoming.event
+        );
+        let taken = self.take(incoming).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &taken {
+            Ok(receipt) => debug!(?receipt, "delivery taken"),
+            Err(Rejection::Unavailable(e)) => error!(error = %e, "delivery not recorded"),
+            Err(rejection) => info!(%rejection, "delivery refused"),
+        }
+        taken
+    }
+
+    async fn take(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
         let delivery_id = incoming
             .delivery
             .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Delivery header".into()))?;
@@ -626,30 +656,31 @@ impl Service {
     }
 
     /// Runs until `shutdown`: decides pending deliveries and runs queued builds, at most
-    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown,
-    /// running builds are cancelled and waited for.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown, or
+    /// once the store is gone (the error), running builds are cancelled and waited for.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::store::Error> {
         let holders = self.settings.data_dir.join(pipeline::HOLDERS);
-        let holder = match pipeline::Holder::take(&holders) {
-            Ok(holder) => holder,
-            Err(e) => {
-                eprintln!(
-                    "builder serve: cannot hold builds ({}): {e}",
-                    holders.display()
-                );
-                return;
-            }
-        };
+        let holder = pipeline::Holder::take(&holders).map_err(crate::store::Error::Io)?;
         let lease = holder.lease();
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
         let mut builds = tokio::task::JoinSet::new();
-        loop {
+        // Every running build's cancel is a child of this.
+        let stopping = shutdown.child_token();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            if let Err(e) = self.store.check().await {
+                break Err(e);
+            }
             // Builds abandoned by a process that ended, here or on another machine.
             if let Err(e) =
                 pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
                     .await
             {
-                eprintln!("builder serve: closing abandoned builds failed: {e}");
+                error!(error = %e, "closing abandoned builds failed");
             }
             if self.pending.swap(false, Ordering::SeqCst) {
                 self.decide_pending().await;
@@ -658,15 +689,20 @@ impl Service {
                 match self.store.claim_queued(&lease).await {
                     Ok(Some((id, request))) => {
                         let service = self.clone();
-                        let (lease, cancel) = (lease.clone(), shutdown.child_token());
-                        builds.spawn(async move {
-                            service.run_build(&id, request, &lease, cancel).await;
-                            drop(slot);
-                        });
+                        let span = build_span(&id, &request);
+                        let (lease, cancel) = (lease.clone(), stopping.child_token());
+                        builds.spawn(
+                            async move {
+                                info!("build started");
+                                service.run_build(&id, request, &lease, cancel).await;
+                                drop(slot);
+                            }
+                            .instrument(span),
+                        );
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        eprintln!("builder serve: reading the queue failed: {e}");
+                        warn!(error = %e, "reading the queue failed; trying again");
                         break;
                     }
                 }
@@ -675,14 +711,20 @@ impl Service {
             // abandoned.
             tokio::select! {
                 () = self.work.notified() => {}
-                Some(_) = builds.join_next() => {}
-                () = tokio::time::sleep(QUEUE_TICK) => {}
-                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                Some(joined) = builds.join_next() => {
+                    // The panic itself was logged in the build's span; the queue goes on.
+                    if let Err(e) = joined {
+                        error!(error = %e, "a build's task failed");
+                    }
+                }
+                () = shutdown.cancelled() => break Ok(()),
             }
-        }
-        // Every running build's cancel is a child of `shutdown`.
+        };
+        stopping.cancel();
         while builds.join_next().await.is_some() {}
         drop(holder);
+        ended
     }
 
     /// Decides the triggers of every pending delivery from the changed files of its push.
@@ -690,7 +732,7 @@ impl Service {
         let pending = match self.store.pending_deliveries().await {
             Ok(pending) => pending,
             Err(e) => {
-                eprintln!("builder serve: reading pending deliveries failed: {e}");
+                warn!(error = %e, "reading pending deliveries failed");
                 return;
             }
         };
@@ -730,10 +772,7 @@ impl Service {
                 .complete_delivery(&delivery.id, &results, &builds)
                 .await
             {
-                eprintln!(
-                    "builder serve: recording delivery {} failed: {e}",
-                    delivery.id
-                );
+                error!(delivery_id = %delivery.id, error = %e, "recording the delivery's builds failed");
             }
         }
     }
@@ -792,8 +831,9 @@ impl Service {
                     |_| {},
                 )
                 .await;
-                if let Err(e) = recorded {
-                    eprintln!("builder serve: recording build {id} failed: {e}");
+                match recorded {
+                    Ok(outcome) => info!(status = %outcome.status, "build finished"),
+                    Err(e) => error!(error = %e, "recording the build failed"),
                 }
             }
             Err(unprepared) => {
@@ -925,11 +965,18 @@ impl Service {
 
     /// Ends a build that never got to run its steps.
     async fn fail(&self, id: &str, status: Status, failure: String) {
+        info!(%status, %failure, "build finished before its steps");
         let outcome = Outcome::ended(status, Vec::new(), Some(failure));
         if let Err(e) = self.store.finish_build(id, &outcome).await {
-            eprintln!("builder serve: recording build {id} failed: {e}");
+            error!(error = %e, "recording the build failed");
         }
     }
+}
+
+/// The span of a claimed build's work: its id, and its trigger if one queued it.
+fn build_span(id: &str, request: &serde_json::Value) -> tracing::Span {
+    let trigger = request.get("trigger").and_then(serde_json::Value::as_str);
+    info_span!("build", build_id = %id, trigger)
 }
 
 /// Refuses substitution keys that are not user keys (`_NAME`).
