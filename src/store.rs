@@ -452,10 +452,15 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(Error::Io)?;
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // Created by a connection of its own: the pool's connections must never create it, or a
+        // database removed under the store would come back empty on the next connection.
+        sqlx::Connection::close(
+            sqlx::ConnectOptions::connect(&options.clone().create_if_missing(true)).await?,
+        )
+        .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

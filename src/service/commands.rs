@@ -1,0 +1,221 @@
+//! The queries and commands the API serves: builds and their logs, deliveries, triggers, and
+//! builds asked for by hand (a trigger's run, a retry, a submitted upload).
+
+use std::path::PathBuf;
+
+use super::*;
+
+impl Service {
+    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
+        Ok(self.store.list_builds(query).await?)
+    }
+
+    pub async fn build(&self, id: &str) -> Result<BuildRecord, Failed> {
+        self.store
+            .get_build(id)
+            .await?
+            .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
+    }
+
+    /// The build's log lines after `after` (0: all), and the build as it was just before they
+    /// were read: if it had finished, no line follows these.
+    /// A build's log lines after `after`: the first `limit` of them, or all.
+    pub async fn log(
+        &self,
+        id: &str,
+        after: i64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+        let build = self.build(id).await?;
+        Ok((self.store.logs(&build.id, after, limit).await?, build))
+    }
+
+    pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
+        Ok(self.store.list_deliveries(limit).await?)
+    }
+
+    pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {
+        self.triggers.get(name)
+    }
+
+    /// Creates a trigger from a trigger file (YAML or JSON), or replaces the one named
+    /// `replacing`; returns it with its warnings.
+    pub fn put_trigger(
+        &self,
+        bytes: &[u8],
+        replacing: Option<&str>,
+    ) -> Result<(Trigger, String), Failed> {
+        self.triggers.put(bytes, replacing)
+    }
+
+    /// Deletes a trigger that no schedule runs.
+    pub fn delete_trigger(&self, name: &str) -> Result<(), Failed> {
+        if let Some(schedule) = self.schedule_running(name) {
+            return Err(Failed::Conflict(format!(
+                "schedule {:?} runs trigger {name:?}",
+                schedule.name
+            )));
+        }
+        self.triggers.delete(name)
+    }
+
+    /// Cancels a build: a queued one never runs, a running one is stopped by its holder, in
+    /// whichever process or machine, within a heartbeat (its status becomes CANCELLED when its
+    /// steps have stopped).
+    pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
+        let build = self.build(id).await?;
+        if self.store.cancel_queued(&build.id).await?
+            || self.store.request_cancel(&build.id).await?
+        {
+            return Ok(());
+        }
+        let build = self.build(id).await?;
+        Err(Failed::Conflict(format!(
+            "build {} is already {}",
+            build.id, build.status
+        )))
+    }
+
+    /// Queues a new build of what a triggered build ran: the same commit and substitutions.
+    pub async fn retry(&self, id: &str) -> Result<String, Failed> {
+        let build = self.build(id).await?;
+        let original = self.store.queued_request(&build.id).await?.ok_or_else(|| {
+            Failed::Conflict(format!(
+                "build {} was not started by a trigger; submit its source again",
+                build.id
+            ))
+        })?;
+        let retry = QueuedBuild {
+            id: uuid::Uuid::new_v4().to_string(),
+            delivery: None,
+            ..original
+        };
+        self.store
+            .queue_builds(std::slice::from_ref(&retry))
+            .await?;
+        self.work.notify_one();
+        Ok(retry.id)
+    }
+
+    /// Queues a build of a trigger by hand, as `gcloud builds triggers run` does: of a branch's
+    /// or tag's head or of a commit, with extra substitutions. File filters and `disabled` do not
+    /// apply to manual runs.
+    pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
+        let build = self.manual_build(name, run).await?;
+        self.store
+            .queue_builds(std::slice::from_ref(&build))
+            .await?;
+        self.work.notify_one();
+        Ok(build.id)
+    }
+
+    /// The build a manual run of trigger `name` queues (the branch or tag resolved to its
+    /// commit in the repository), not queued yet.
+    pub(super) async fn manual_build(
+        &self,
+        name: &str,
+        run: ManualRun,
+    ) -> Result<QueuedBuild, Failed> {
+        let trigger = &self.trigger(name)?;
+        let github = trigger.github.as_ref().ok_or_else(|| {
+            Failed::Invalid(format!("trigger {name:?} names no GitHub repository"))
+        })?;
+        let (git_ref, reference) = match (&run.branch, &run.tag, &run.commit) {
+            (Some(branch), None, None) => (
+                Some(GitRef::Branch(branch.clone())),
+                format!("refs/heads/{branch}"),
+            ),
+            (None, Some(tag), None) => (Some(GitRef::Tag(tag.clone())), format!("refs/tags/{tag}")),
+            (None, None, Some(commit)) => (None, commit.clone()),
+            _ => {
+                return Err(Failed::Invalid(
+                    "give exactly one of branch, tag or commit".into(),
+                ));
+            }
+        };
+        let repository = Repository {
+            owner: github.owner.clone(),
+            name: github.name.clone(),
+            full_name: format!("{}/{}", github.owner, github.name),
+            clone_url: format!("https://github.com/{}/{}.git", github.owner, github.name),
+        };
+        let url = repository.clone_url.clone();
+        let cache = self.settings.data_dir.join("git");
+        let rewrites = self.settings.rewrites.clone();
+        let commit = tokio::task::spawn_blocking(move || {
+            Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
+        })
+        .await
+        .map_err(|e| Failed::Internal(e.to_string()))?
+        .map_err(|e| Failed::Invalid(e.to_string()))?
+        .ok_or_else(|| {
+            Failed::Invalid(format!(
+                "{} has no such branch or tag",
+                repository.full_name
+            ))
+        })?;
+        check_user_keys(&run.substitutions)?;
+        let mut trigger = trigger.clone();
+        trigger.substitutions.extend(run.substitutions);
+        Ok(self.queued_build(&trigger, &repository, git_ref.as_ref(), &commit, None))
+    }
+
+    /// Keeps an uploaded source archive (a tar.gz as `builder submit` packs it) for a build to
+    /// come; returns its id.
+    pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.settings.data_dir.join("uploads");
+        let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", dir.display()));
+        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
+        tokio::fs::write(dir.join(format!("{id}.tar.gz")), archive)
+            .await
+            .map_err(failed)?;
+        Ok(id)
+    }
+
+    /// Queues a submitted build, after checking its config and substitutions as a manual
+    /// build's (every problem located in the config's text).
+    pub async fn submit(&self, submission: Submission) -> Result<String, Failed> {
+        if let Some(upload) = &submission.upload
+            && (uuid::Uuid::parse_str(upload).is_err() || !self.upload_path(upload).is_file())
+        {
+            return Err(Failed::Invalid(format!("no upload {upload:?}")));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = Request::Upload {
+            upload: submission.upload.clone(),
+            config: submission.config,
+            config_name: submission.config_name,
+            overrides: submission.substitutions.clone(),
+        };
+        // Resolved now only to refuse a bad config before it is queued.
+        let invalid = |refused: pipeline::Refused| Failed::Invalid(refused.to_string());
+        let recipe = upload_recipe(&request).map_err(invalid)?;
+        pipeline::resolve(&id, &recipe, &self.settings.machine).map_err(invalid)?;
+        let build = QueuedBuild {
+            source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
+            substitutions: serde_json::json!(submission.substitutions),
+            request: serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?,
+            trigger: None,
+            schedule: None,
+            delivery: None,
+            id,
+        };
+        self.store
+            .queue_builds(std::slice::from_ref(&build))
+            .await?;
+        self.work.notify_one();
+        Ok(build.id)
+    }
+
+    pub(super) fn upload_path(&self, upload: &str) -> PathBuf {
+        self.settings
+            .data_dir
+            .join("uploads")
+            .join(format!("{upload}.tar.gz"))
+    }
+
+    pub fn triggers(&self) -> Triggers {
+        self.triggers.all()
+    }
+}

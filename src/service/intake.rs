@@ -1,0 +1,311 @@
+//! Taking GitHub deliveries: checking their signature, deciding which triggers they fire,
+//! recording them with their builds in one transaction before answering, and deciding later the
+//! triggers that wait for a push's changed files.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use super::*;
+
+/// Writes deliveries as they come, each transaction taking every delivery that arrived while the
+/// one before it was being written: one write to disk for all of them, so that durably recording
+/// each delivery before answering it does not cost one disk write each.
+pub(super) async fn write_deliveries(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<(NewDelivery, Written)>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (deliveries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.record_deliveries(&deliveries).await {
+            Ok(recorded) => {
+                for (waiter, recorded) in waiting.into_iter().zip(recorded) {
+                    let _ = waiter.send(Ok(recorded));
+                }
+            }
+            Err(e) => {
+                for waiter in waiting {
+                    let _ = waiter.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn skipped(trigger: &Trigger, skip: triggers::Skip) -> TriggerResult {
+    TriggerResult {
+        trigger: trigger.name.clone(),
+        build_id: None,
+        reason: Some(skip.to_string()),
+    }
+}
+
+fn queued(trigger: &Trigger, build: &QueuedBuild) -> TriggerResult {
+    TriggerResult {
+        trigger: trigger.name.clone(),
+        build_id: Some(build.id.clone()),
+        reason: None,
+    }
+}
+
+/// "push of branch main to acme/app (1a2b3c4)".
+fn summary(push: &Push) -> String {
+    let kind = match push.git_ref.kind() {
+        webhooks::RefKind::Branch => "branch",
+        webhooks::RefKind::Tag => "tag",
+    };
+    let what = if push.is_deletion() {
+        "deletion"
+    } else {
+        "push"
+    };
+    format!(
+        "{what} of {kind} {} to {} ({})",
+        push.git_ref.name(),
+        push.repository.full_name,
+        &push.commit()[..7.min(push.commit().len())]
+    )
+}
+
+/// A delivery as it arrived: its headers and raw body.
+pub struct Incoming<'a> {
+    pub event: Option<&'a str>,
+    pub delivery: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// How a delivery was taken.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Receipt {
+    /// Recorded; `builds` were queued, and `pending` says whether triggers with file filters
+    /// are still to decide.
+    Accepted { builds: Vec<String>, pending: bool },
+    /// This delivery was already received.
+    Duplicate,
+    /// A ping, or an event that starts no build; recorded.
+    Ignored { reason: String },
+}
+
+/// Why a delivery was refused; nothing was queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// Not from GitHub (or not signed with our secret): recorded as rejected.
+    Unauthorized(SignatureError),
+    BadRequest(String),
+    /// The record could not be written; GitHub will redeliver.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized(e) => write!(f, "{e}"),
+            Self::BadRequest(message) | Self::Unavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Where a delivery's writer learns how it was written.
+pub(super) type Written = oneshot::Sender<Result<Recorded, String>>;
+
+/// The most deliveries written in one transaction.
+const MAX_BATCH: usize = 256;
+
+impl Service {
+    /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
+    /// the builds it queues. Answers without waiting for any fetch or build.
+    pub async fn receive(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+        let span = info_span!(
+            "delivery",
+            delivery_id = incoming.delivery,
+            event = incoming.event
+        );
+        let taken = self.take(incoming).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &taken {
+            Ok(receipt) => debug!(?receipt, "delivery taken"),
+            Err(Rejection::Unavailable(e)) => error!(error = %e, "delivery not recorded"),
+            Err(rejection) => info!(%rejection, "delivery refused"),
+        }
+        taken
+    }
+
+    async fn take(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+        let delivery_id = incoming
+            .delivery
+            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Delivery header".into()))?;
+        let event = incoming
+            .event
+            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Event header".into()))?;
+        let record = |verified, summary: String| NewDelivery {
+            id: delivery_id.to_string(),
+            event: event.to_string(),
+            verified,
+            summary,
+            payload: None,
+            results: Vec::new(),
+            builds: Vec::new(),
+        };
+        if let Err(e) = webhooks::verify(
+            &self.settings.webhook_secret,
+            incoming.body,
+            incoming.signature,
+        ) {
+            self.record_later(record(false, e.to_string()));
+            return Err(Rejection::Unauthorized(e));
+        }
+        let delivery = webhooks::parse(event, incoming.body)
+            .map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        let push = match triggers::push_of(&delivery) {
+            Ok(push) => push,
+            Err(skip) => {
+                let reason = skip.to_string();
+                self.record_later(record(true, reason.clone()));
+                return Ok(Receipt::Ignored { reason });
+            }
+        };
+        let mut accepted = record(true, summary(push));
+        let mut pending = false;
+        // Only the triggers of the pushed repository are worth a line in its record.
+        let triggers = self.triggers.all();
+        let repository = &push.repository;
+        for trigger in triggers.of_repository(&repository.owner, &repository.name) {
+            match trigger.fires_on_ref(push) {
+                Err(skip) => accepted.results.push(skipped(trigger, skip)),
+                Ok(()) if trigger.has_file_filters() => pending = true,
+                Ok(()) => {
+                    let build = self.pushed_build(trigger, push, delivery_id);
+                    accepted.results.push(queued(trigger, &build));
+                    accepted.builds.push(build);
+                }
+            }
+        }
+        accepted.payload = pending.then(|| incoming.body.to_vec());
+        let builds: Vec<String> = accepted.builds.iter().map(|b| b.id.clone()).collect();
+        if builds.is_empty() && !pending {
+            self.record_later(accepted);
+            return Ok(Receipt::Accepted { builds, pending });
+        }
+        match self.record(accepted).await? {
+            Recorded::New => {
+                if pending {
+                    self.pending.store(true, Ordering::SeqCst);
+                }
+                if pending || !builds.is_empty() {
+                    self.work.notify_one();
+                }
+                Ok(Receipt::Accepted { builds, pending })
+            }
+            Recorded::Duplicate => Ok(Receipt::Duplicate),
+        }
+    }
+
+    /// Hands a delivery that queues nothing to the recorder without waiting for it to be written:
+    /// its record is for people to read, and losing the last few to a crash loses no build.
+    fn record_later(&self, delivery: NewDelivery) {
+        let (written, _) = oneshot::channel();
+        let _ = self.recorder.send((delivery, written));
+    }
+
+    /// Hands a delivery to the recorder and waits until it is written (see [`write_deliveries`]).
+    async fn record(&self, delivery: NewDelivery) -> Result<Recorded, Rejection> {
+        let stopped = || Rejection::Unavailable("the service is stopping".into());
+        let (sender, written) = oneshot::channel();
+        self.recorder
+            .send((delivery, sender))
+            .map_err(|_| stopped())?;
+        written
+            .await
+            .map_err(|_| stopped())?
+            .map_err(Rejection::Unavailable)
+    }
+
+    /// The build `push` queues for `trigger`.
+    fn pushed_build(&self, trigger: &Trigger, push: &Push, delivery: &str) -> QueuedBuild {
+        let commit = push.commit();
+        self.queued_build(
+            trigger,
+            &push.repository,
+            Some(&push.git_ref),
+            commit,
+            Some(delivery),
+        )
+    }
+
+    /// Decides the triggers of every pending delivery from the changed files of its push.
+    pub(super) async fn decide_pending(&self) {
+        let pending = match self.store.pending_deliveries().await {
+            Ok(pending) => pending,
+            Err(e) => {
+                warn!(error = %e, "reading pending deliveries failed");
+                return;
+            }
+        };
+        for delivery in pending {
+            let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload)
+            else {
+                continue;
+            };
+            let changed = self.changed_files(&push).await;
+            let mut results = delivery.results;
+            let mut builds = Vec::new();
+            let triggers = self.triggers.all();
+            let repository = &push.repository;
+            for trigger in triggers.of_repository(&repository.owner, &repository.name) {
+                if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
+                    continue;
+                }
+                let decision = match &changed {
+                    Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
+                    Err(e) => Err(format!("the push's changed files are unknown: {e}")),
+                };
+                match decision {
+                    Ok(()) => {
+                        let build = self.pushed_build(trigger, &push, &delivery.id);
+                        results.push(queued(trigger, &build));
+                        builds.push(build);
+                    }
+                    Err(reason) => results.push(TriggerResult {
+                        trigger: trigger.name.clone(),
+                        build_id: None,
+                        reason: Some(reason),
+                    }),
+                }
+            }
+            if let Err(e) = self
+                .store
+                .complete_delivery(&delivery.id, &results, &builds)
+                .await
+            {
+                error!(delivery_id = %delivery.id, error = %e, "recording the delivery's builds failed");
+            }
+        }
+    }
+
+    async fn changed_files(&self, push: &Push) -> Result<Vec<String>, String> {
+        let url = push.repository.clone_url.clone();
+        let cache = self.settings.data_dir.join("git");
+        let rewrites = self.settings.rewrites.clone();
+        let (before, after) = (push.before.clone(), push.after.clone());
+        tokio::task::spawn_blocking(move || {
+            let mirror = Mirror::update(&cache, &url, &rewrites).map_err(|e| e.to_string())?;
+            let changed = mirror
+                .changed_files(&before, &after)
+                .map_err(|e| e.to_string())?;
+            Ok(changed.files)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
