@@ -103,8 +103,6 @@ impl Setup {
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
             max_concurrent_builds: max_builds,
-            api_token: None,
-            reads_need_token: false,
         };
         let service = Service::new(
             Arc::new(store.clone()),

@@ -44,11 +44,16 @@ mod console;
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = CancellationToken::new();
     let stop = stopping.clone();
-    axum::serve(listener, router(service).layer(Extension(stopping)))
+    let state = Served {
+        service,
+        access: Arc::new(access),
+    };
+    axum::serve(listener, router(state).layer(Extension(stopping)))
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();
@@ -56,7 +61,50 @@ pub async fn serve(
         .await
 }
 
-fn router(service: Arc<Service>) -> Router {
+/// Who may do what on this server: the API token that mutating requests (and the console's
+/// login) must carry, and whether reads need it too. The service knows nothing of it.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
+    pub reads_need_token: bool,
+}
+
+impl Access {
+    /// Whether `token` is the API token; compared in constant time (through digests of both).
+    pub fn authorizes(&self, token: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        self.token
+            .as_ref()
+            .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
+    }
+
+    /// Whether a request that presents `token` (or none) may read.
+    pub fn may_read(&self, token: Option<&str>) -> bool {
+        !self.reads_need_token || token.is_some_and(|token| self.authorizes(token))
+    }
+}
+
+/// What the handlers are given: the service, and who may use it.
+#[derive(Clone)]
+struct Served {
+    service: Arc<Service>,
+    access: Arc<Access>,
+}
+
+impl axum::extract::FromRef<Served> for Arc<Service> {
+    fn from_ref(served: &Served) -> Self {
+        served.service.clone()
+    }
+}
+
+impl axum::extract::FromRef<Served> for Arc<Access> {
+    fn from_ref(served: &Served) -> Self {
+        served.access.clone()
+    }
+}
+
+fn router(state: Served) -> Router {
     Router::new()
         .route("/webhooks/github", post(github_delivery))
         .layer(DefaultBodyLimit::max(MAX_DELIVERY))
@@ -87,17 +135,17 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
         .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
         .route_layer(axum::middleware::from_fn_with_state(
-            service.clone(),
+            state.access.clone(),
             guard_reads,
         ))
         .merge(console::router())
-        .with_state(service)
+        .with_state(state)
 }
 
 /// Refuses the API's reads without the token when the server says reads need it. The console's
 /// session cookie counts too: its script follows logs through this API.
 async fn guard_reads(
-    State(service): State<Arc<Service>>,
+    State(access): State<Arc<Access>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -107,7 +155,7 @@ async fn guard_reads(
     if reading && reads_api {
         let headers = request.headers();
         let token = bearer_token(headers).or_else(|| console::session_token(headers));
-        if !service.may_read(token.as_deref()) {
+        if !access.may_read(token.as_deref()) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "reading needs the API token on this server: `Authorization: Bearer TOKEN`",
@@ -180,15 +228,15 @@ fn status_of(failed: &Failed) -> StatusCode {
 /// A mutating request that carried the API token (`Authorization: Bearer TOKEN`).
 struct Authorized;
 
-impl FromRequestParts<Arc<Service>> for Authorized {
+impl FromRequestParts<Served> for Authorized {
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        service: &Arc<Service>,
+        served: &Served,
     ) -> Result<Self, Self::Rejection> {
         match bearer_token(&parts.headers) {
-            Some(token) if service.authorizes(&token) => Ok(Authorized),
+            Some(token) if served.access.authorizes(&token) => Ok(Authorized),
             _ => Err(error(
                 StatusCode::UNAUTHORIZED,
                 "this request needs the API token: `Authorization: Bearer TOKEN` \

@@ -202,8 +202,9 @@ pub(super) fn serve(
             .max_concurrent_builds
             .or(file.max_concurrent_builds)
             .unwrap_or(2),
-        api_token: (!api_token.is_empty())
-            .then(|| String::from_utf8_lossy(&api_token).into_owned()),
+    };
+    let access = api::Access {
+        token: (!api_token.is_empty()).then(|| String::from_utf8_lossy(&api_token).into_owned()),
         reads_need_token,
     };
     start_log(log_format)?;
@@ -250,7 +251,7 @@ pub(super) fn serve(
         // delivery writer ends when it goes.
         tasks.spawn("http server", {
             let stop = shutdown.clone().cancelled_owned();
-            async move { Ok(api::serve(listener, service, stop).await?) }
+            async move { Ok(api::serve(listener, service, access, stop).await?) }
         });
         let mut failed = tokio::select! {
             _ = interrupt() => {

@@ -59,10 +59,6 @@ pub struct Settings {
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
-    /// The token that mutating API requests must carry; none refuses them.
-    pub api_token: Option<String>,
-    /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
-    pub reads_need_token: bool,
 }
 
 /// Why a request of the API failed.
@@ -158,7 +154,7 @@ pub struct Service {
     work: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
-    /// Deliveries on their way to the store (see [`write_deliveries`]).
+    /// Deliveries on their way to the store (see `intake::write_deliveries`).
     recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
     /// The task that writes them, until the process takes it to watch.
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -191,25 +187,11 @@ impl Service {
         }
     }
 
-    /// The task that writes deliveries (see [`write_deliveries`]), for the process to watch:
+    /// The task that writes deliveries (see `intake::write_deliveries`), for the process to watch:
     /// without it no delivery is recorded, so its end must end the server. It ends once the
     /// service is dropped. Given once; `None` after.
     pub fn delivery_writer(&self) -> Option<JoinHandle<()>> {
         self.writer.lock().expect("delivery writer").take()
-    }
-
-    /// Whether `token` is the API token; compared in constant time (through digests of both).
-    pub fn authorizes(&self, token: &str) -> bool {
-        use sha2::{Digest, Sha256};
-        self.settings
-            .api_token
-            .as_ref()
-            .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
-    }
-
-    /// Whether a request that presents `token` (or none) may read.
-    pub fn may_read(&self, token: Option<&str>) -> bool {
-        !self.settings.reads_need_token || token.is_some_and(|token| self.authorizes(token))
     }
 
     /// A build of `commit` for `trigger`, reached through `git_ref` (none for a commit run by

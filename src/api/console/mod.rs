@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
+use super::{Access, Served};
 use crate::build::Status;
 use crate::service::{BuildQuery, Failed, ManualRun, Service};
 use crate::substitute::Values;
@@ -40,7 +41,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
 /// The console's routes, with the security headers on every response.
-pub fn router() -> Router<Arc<Service>> {
+pub(super) fn router() -> Router<Served> {
     Router::new()
         .route("/", get(builds))
         .route("/builds/{id}", get(build))
@@ -111,10 +112,10 @@ struct Visitor {
 }
 
 impl Visitor {
-    fn of(service: &Service, headers: &HeaderMap, path: String) -> Self {
+    fn of(access: &Access, headers: &HeaderMap, path: String) -> Self {
         let token = session_token(headers);
         Visitor {
-            logged_in: token.is_some_and(|token| service.authorizes(&token)),
+            logged_in: token.is_some_and(|token| access.authorizes(&token)),
             path,
             same_origin: same_origin(headers),
         }
@@ -128,16 +129,13 @@ impl Visitor {
 /// A visitor who may read the page asked for; others are sent to the login form first.
 struct Reader(Visitor);
 
-impl FromRequestParts<Arc<Service>> for Reader {
+impl FromRequestParts<Served> for Reader {
     type Rejection = Redirect;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        service: &Arc<Service>,
-    ) -> Result<Self, Redirect> {
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Redirect> {
         let page = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let visitor = Visitor::of(service, &parts.headers, page.to_string());
-        if visitor.logged_in || service.may_read(None) {
+        let visitor = Visitor::of(&served.access, &parts.headers, page.to_string());
+        if visitor.logged_in || served.access.may_read(None) {
             Ok(Reader(visitor))
         } else {
             Err(visitor.to_login())
@@ -151,16 +149,13 @@ impl FromRequestParts<Arc<Service>> for Reader {
 /// never acts.
 struct Actor(Visitor);
 
-impl FromRequestParts<Arc<Service>> for Actor {
+impl FromRequestParts<Served> for Actor {
     type Rejection = Redirect;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        service: &Arc<Service>,
-    ) -> Result<Self, Redirect> {
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Redirect> {
         let action = parts.uri.path();
         let page = action.rsplit_once('/').map_or("/", |(page, _)| page);
-        let visitor = Visitor::of(service, &parts.headers, page.to_string());
+        let visitor = Visitor::of(&served.access, &parts.headers, page.to_string());
         if visitor.logged_in && visitor.same_origin {
             Ok(Actor(visitor))
         } else {
@@ -420,11 +415,11 @@ impl Next {
 }
 
 async fn login_form(
-    State(service): State<Arc<Service>>,
+    State(access): State<Arc<Access>>,
     headers: HeaderMap,
     Query(next): Query<Next>,
 ) -> Response {
-    let visitor = Visitor::of(&service, &headers, next.path());
+    let visitor = Visitor::of(&access, &headers, next.path());
     pages::login(&visitor, None).into_response()
 }
 
@@ -436,13 +431,13 @@ struct LoginForm {
 }
 
 async fn login(
-    State(service): State<Arc<Service>>,
+    State(access): State<Arc<Access>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let visitor = Visitor::of(&service, &headers, form.next.path());
+    let visitor = Visitor::of(&access, &headers, form.next.path());
     let token = form.token.trim();
-    if !service.authorizes(token) {
+    if !access.authorizes(token) {
         let page = pages::login(&visitor, Some("That is not the server's API token."));
         return (StatusCode::UNAUTHORIZED, page).into_response();
     }
