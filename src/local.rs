@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, Status, StepResult};
-use crate::execute::{self, BUILD_LABEL, Event};
-use crate::runtime::{ContainerRuntime, LogStream};
+use crate::execute::{self, Event};
+use crate::runtime::{Backend, LogStream};
 use crate::store::{self, Store};
 use crate::submit::Prepared;
 
@@ -23,7 +23,7 @@ use crate::submit::Prepared;
 pub async fn run(
     store: &dyn Store,
     running: &Path,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     prepared: Prepared,
     cancel: CancellationToken,
     show: impl FnMut(&Event),
@@ -45,7 +45,7 @@ pub async fn run(
 /// [`RunningLock`].
 pub async fn record(
     store: &dyn Store,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     run: execute::Run,
     cancel: CancellationToken,
     mut show: impl FnMut(&Event),
@@ -143,7 +143,7 @@ async fn record_event(
 pub async fn recover(
     store: &dyn Store,
     running: &Path,
-    runtime: &dyn ContainerRuntime,
+    runtime: &dyn Backend,
 ) -> Result<Vec<String>, String> {
     let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
     let mut recovered = Vec::new();
@@ -159,10 +159,7 @@ pub async fn recover(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("{}: {e}", lock_path.display())),
         };
-        runtime
-            .sweep(BUILD_LABEL, &id)
-            .await
-            .map_err(|e| e.to_string())?;
+        runtime.sweep(&id).await.map_err(|e| e.to_string())?;
         let steps = store
             .get_build(&id)
             .await

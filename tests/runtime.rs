@@ -1,4 +1,4 @@
-//! Integration tests of `DockerRuntime` against the real engine and the registry on 127.0.0.1:5000
+//! Integration tests of the Docker backend against the real engine and the registry on 127.0.0.1:5000
 //! (both started by `scripts/dev-env.sh`). Each test labels what it creates with its own value of
 //! `builder.test` and ends by checking that nothing carrying that label is left.
 
@@ -7,10 +7,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use builder::runtime::{
-    ContainerRuntime, ContainerSpec, DockerRuntime, Labels, LogChunk, LogStream, Mount,
-    MountSource, Resources, RuntimeError,
-};
+use builder::runtime::docker::engine::{ContainerSpec, Engine, Labels, Mount, MountSource};
+use builder::runtime::{LogChunk, LogStream, Resources, RuntimeError};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
@@ -21,7 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// One test's engine connection and unique id (used in names and as its label value).
 struct Harness {
-    runtime: DockerRuntime,
+    runtime: Engine,
     id: String,
 }
 
@@ -43,7 +41,7 @@ impl Harness {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let runtime = DockerRuntime::connect()
+        let runtime = Engine::connect()
             .await
             .expect("Docker engine (run scripts/dev-env.sh as root)");
         Self { runtime, id }
@@ -184,7 +182,7 @@ async fn ping_reports_the_engine_version() {
 
 #[tokio::test]
 async fn a_missing_engine_says_how_to_start_one() {
-    let error = DockerRuntime::connect_to("unix:///nonexistent/docker.sock")
+    let error = Engine::connect_to("unix:///nonexistent/docker.sock")
         .await
         .expect_err("no engine there");
     assert!(
@@ -349,7 +347,7 @@ async fn a_tmpfs_mount_is_empty_has_its_mode_and_is_writable_by_any_user() {
     harness.assert_no_leaks().await;
 }
 
-/// Pins the engine behaviour that `ContainerRuntime::upload` documents: the mode of an archive's
+/// Pins the engine behaviour that `Engine::upload` documents: the mode of an archive's
 /// `./` entry is not applied to the target directory.
 #[tokio::test]
 async fn the_engine_ignores_the_archive_root_entry() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use builder::alias::Aliases;
 use builder::build::{Outcome, Status};
 use builder::registry::{self, Registries};
-use builder::runtime::DockerRuntime;
+use builder::runtime::DockerBackend;
 use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
 use builder::source::git::Rewrites;
 use builder::store::{BuildRecord, SqliteStore, Store};
@@ -105,7 +105,7 @@ impl Setup {
         };
         let service = Service::new(
             Arc::new(store.clone()),
-            Arc::new(DockerRuntime::connect().await.unwrap()),
+            Arc::new(DockerBackend::connect().await.unwrap()),
             triggers,
             schedules,
             self.clock.clone(),

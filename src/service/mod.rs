@@ -32,7 +32,7 @@ use crate::execute::Run;
 use crate::local::{self, RunningLock};
 use crate::plan::{self, Context, Inputs};
 use crate::registry::Registries;
-use crate::runtime::ContainerRuntime;
+use crate::runtime::Backend;
 use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
 pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
@@ -196,7 +196,7 @@ struct Recipe {
 
 pub struct Service {
     store: Arc<dyn Store>,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     triggers: TriggerFiles,
     schedules: Schedules,
     /// The scheduler's time.
@@ -254,7 +254,7 @@ async fn write_deliveries(
 impl Service {
     pub fn new(
         store: Arc<dyn Store>,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtime: Arc<dyn Backend>,
         triggers: TriggerFiles,
         schedules: Schedules,
         clock: Arc<dyn Clock>,
