@@ -31,7 +31,7 @@ use crate::templates::{self, Found, Provenance, PushedTemplate};
 
 /// How long a stopped step may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// How long a step's output may take to end once its container has stopped.
+/// How long a step's output may take to end once the step has stopped.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// How many steps may be created ahead of their start at once: enough to hide creation behind the
 /// running steps, few enough that a long build does not create all its steps up front.

@@ -251,7 +251,8 @@ impl std::error::Error for RuntimeError {}
 /// * Stop and removals are idempotent and safe in any state, including for a step never
 ///   created, and after a failed `setup_build`.
 /// * Outcomes are not errors: a non-zero exit code is `Ok(code)`. A command that cannot run
-///   is [`RuntimeError::NotExecutable`], from `start_step`; a step image that cannot be had is
+///   is [`RuntimeError::NotExecutable`] from `start_step`, or, for a step started ahead, exit
+///   code 127 with the reason in its output; a step image that cannot be had is
 ///   [`RuntimeError::ImageNotFound`].
 /// * Nothing here bounds how long a step may run: timeouts and cancels are the executor's
 ///   (`wait_step` under a timeout, then `stop_step`).
