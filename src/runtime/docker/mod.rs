@@ -30,7 +30,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use self::engine::{ContainerSpec, Engine, ImageInfo, Labels, Mount, MountSource, Stdin};
-use super::{Backend, BuildSpec, LogChunk, Resources, RuntimeError, StepImage};
+use super::{Backend, BuildSpec, LogChunk, Resources, RuntimeError, StepImage, StepSpec};
 
 /// Label carried by every resource of a build, with the build id as value.
 pub const BUILD_LABEL: &str = "builder.build";
@@ -72,8 +72,7 @@ impl DockerBackend {
         Ok(Self::on(Engine::connect_to(host).await?))
     }
 
-    /// The backend on `engine`.
-    pub fn on(engine: Engine) -> Self {
+    fn on(engine: Engine) -> Self {
         Self {
             engine,
             builds: Arc::default(),
@@ -250,7 +249,8 @@ impl Backend for DockerBackend {
                 image.name
             ))
         })?;
-        let mut spec = container_spec(&build.spec, step, &image.name)?;
+        let step_spec = step_spec(&build, step)?;
+        let mut spec = container_spec(&build.spec, step, step_spec, &image.name);
         let name = spec.name.clone();
         // Ahead of its turn, the container is started too, held at the gate until then.
         let command = gate::command(spec.entrypoint.as_deref(), &spec.args, &info);
@@ -265,9 +265,10 @@ impl Backend for DockerBackend {
             });
         }
         self.engine.create_container(&spec).await?;
-        if let Some(script) = &step_spec(&build, step)?.script {
-            let archive = script_file(step, script)
-                .map_err(|e| RuntimeError::Engine(format!("writing the step's script: {e}")))?;
+        if let Some(script) = &step_spec.script {
+            // Packing a file in memory: this cannot fail short of running out of memory.
+            let archive =
+                script_file(step, script).map_err(|e| RuntimeError::Engine(e.to_string()))?;
             self.engine.upload(&name, "/", archive).await?;
         }
         if hold {
@@ -336,8 +337,8 @@ impl Backend for DockerBackend {
     }
 
     async fn missing_command(&self, build: &str, step: usize) -> Option<String> {
-        let spec = self.build(build).ok()?;
-        let spec = spec.spec.steps.get(step)?;
+        let known = self.build(build).ok()?;
+        let spec = known.spec.steps.get(step)?;
         let interpreter = spec.script.as_deref().and_then(interpreter)?;
         // The engine says only "no such file or directory", of the script.
         match self
@@ -435,7 +436,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn step_spec(build: &Build, step: usize) -> Result<&super::StepSpec, RuntimeError> {
+fn step_spec(build: &Build, step: usize) -> Result<&StepSpec, RuntimeError> {
     build.spec.steps.get(step).ok_or_else(|| {
         RuntimeError::Invalid(format!("build {:?} has no step {step}", build.spec.id))
     })
@@ -573,15 +574,8 @@ fn script_file(index: usize, script: &str) -> io::Result<Vec<u8>> {
     archive.into_inner()
 }
 
-/// The container of step `index`, running `image`.
-fn container_spec(
-    build: &BuildSpec,
-    index: usize,
-    image: &str,
-) -> Result<ContainerSpec, RuntimeError> {
-    let step = build.steps.get(index).ok_or_else(|| {
-        RuntimeError::Invalid(format!("build {:?} has no step {index}", build.id))
-    })?;
+/// The container of step `index` of `build`, `step`, running `image`.
+fn container_spec(build: &BuildSpec, index: usize, step: &StepSpec, image: &str) -> ContainerSpec {
     let id = &build.id;
     let mut mounts = vec![
         volume_mount(&name(id, "workspace"), &build.workspace),
@@ -604,7 +598,7 @@ fn container_spec(
         (None, Some(entrypoint)) => Some(vec![entrypoint.clone()]),
         (None, None) => None,
     };
-    Ok(ContainerSpec {
+    ContainerSpec {
         name: step_name(id, index),
         image: image.to_string(),
         entrypoint,
@@ -618,5 +612,5 @@ fn container_spec(
         // engine, and privileged containers are refused by engines in user namespaces.
         privileged: false,
         ..ContainerSpec::default()
-    })
+    }
 }
