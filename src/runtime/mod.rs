@@ -56,8 +56,9 @@ impl fmt::Debug for BuildSpec {
     }
 }
 
-/// One step: an image and the command to run in it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One step: an image and the command to run in it. `Debug` shows the names of its environment
+/// variables only: their values include secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct StepSpec {
     /// The image as the config names it: it runs if the backend has an image of that name (an
     /// earlier step may have built it), as on Cloud Build.
@@ -73,12 +74,30 @@ pub struct StepSpec {
     /// Arguments after the entrypoint. Empty means the image's default command.
     pub args: Vec<String>,
     /// `KEY=value` entries, added to the image's environment (an entry here wins); secrets
-    /// included, so a backend never logs them.
+    /// included, so a backend never logs the values.
     pub env: Vec<String>,
     /// Absolute working directory; empty means the image's.
     pub dir: String,
     /// The build's named volumes this step mounts: shared with every step that names them.
     pub volumes: Vec<Volume>,
+}
+
+impl fmt::Debug for StepSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: Vec<&str> = (self.env.iter())
+            .map(|entry| entry.split_once('=').map_or(entry.as_str(), |(key, _)| key))
+            .collect();
+        f.debug_struct("StepSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
+            .field("script", &self.script)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("dir", &self.dir)
+            .field("volumes", &self.volumes)
+            .finish()
+    }
 }
 
 /// A named volume of the build, and where a step sees it.
@@ -119,7 +138,7 @@ pub enum LogStream {
     Stderr,
 }
 
-/// A piece of a container's output, exactly as the engine framed it: not a line. Frames split long
+/// A piece of a step's output, exactly as the backend framed it: not a line. Frames split long
 /// lines (at 16 KiB) and need not end in `\n`, so callers assemble lines per stream themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogChunk {
@@ -365,4 +384,20 @@ pub trait Backend: Send + Sync {
 
     /// What of the build `build` exists on the backend: empty once it is torn down or swept.
     async fn leftovers(&self, build: &str) -> Result<Resources, RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepSpec;
+
+    #[test]
+    fn a_steps_debug_shows_its_environment_names_not_their_values() {
+        let step = StepSpec {
+            env: vec!["TOKEN=s3cr3t".to_string(), "EMPTY".to_string()],
+            ..StepSpec::default()
+        };
+        let shown = format!("{step:?}");
+        assert!(shown.contains(r#"env: ["TOKEN", "EMPTY"]"#), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
 }
