@@ -216,7 +216,7 @@ start_builder() { # start_builder CASE TRIGGERS_DIR
     "$BUILDER" serve --listen 127.0.0.1:0 --triggers "$2" --max-concurrent-builds 0 2>"$log" &
   p=$!; pids+=("$p"); pid[$1]=$p
   for _ in $(seq 1 300); do
-    addr="$(sed -n 's|^builder serve: listening on http://\([^ ]*\) .*|\1|p' "$log")"
+    addr="$(sed -n 's|.* listening on http://\([^ ]*\) .*|\1|p' "$log")"
     [ -n "$addr" ] && break
     kill -0 "$p" 2>/dev/null || { cat "$log" >&2; die "builder serve ($1) exited at start"; }
     sleep 0.1
@@ -454,7 +454,8 @@ for c in "${cases[@]}"; do
     echo "UNEXPECTED answers for ${label[$c]}: ${other[$c]} (status:count per run: ${codes[$c]})"; status=1
   fi
 done
-routine="^builder serve: (listening on|shutting down)"
+# The log's routine lines: start, stop, and the refusal of the one forged delivery above.
+routine=" INFO (builder::cli::serve: (listening on|shutting down)|delivery\\{.*\\}: builder::service: delivery refused)"
 for c in builder_nomatch builder_queue; do
   extra_lines="$(grep -Evc "$routine" "$tmp/serve-$c.log" || true)"
   if [ "$extra_lines" -gt 0 ]; then

@@ -6,7 +6,8 @@
 //! This is the only module that speaks SQL. Times are stored as unix milliseconds.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +25,43 @@ use crate::runtime::LogStream;
 use crate::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 use crate::templates::PushedTemplate;
 
-pub type Error = sqlx::Error;
+/// Why the store could not do what was asked: the store's own words, whatever database is
+/// behind it.
+#[derive(Debug)]
+pub enum Error {
+    /// The database refused or failed a statement, or could not be reached.
+    Database(sqlx::Error),
+    /// The store's directory cannot be made.
+    Io(std::io::Error),
+    /// A record that must exist does not.
+    Missing(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Database(e) => write!(f, "the store's database: {e}"),
+            Error::Io(e) => write!(f, "the store's files: {e}"),
+            Error::Missing(what) => write!(f, "the store has no {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::Missing(_) => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
 
 /// The database's file name in the data directory.
 pub const DATABASE: &str = "builds.db";
@@ -34,6 +71,9 @@ pub const DATABASE: &str = "builds.db";
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Arc<Mutex<()>>,
+    /// The database's path, and the file (device, inode) that was opened there.
+    path: PathBuf,
+    file: (u64, u64),
 }
 
 /// A build as recorded (and as the API serves it).
@@ -187,6 +227,39 @@ pub struct QueuedBuild {
     pub request: serde_json::Value,
 }
 
+/// A process's claim on the builds it runs: who it is, and how long a claim lasts unless it is
+/// renewed. A build whose claim ran out is anyone's to close, on any machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub duration: Duration,
+}
+
+impl Lease {
+    fn until(&self) -> i64 {
+        millis(SystemTime::now() + self.duration)
+    }
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still held, renewed; the build is to be stopped if a cancel was asked for.
+    Held { cancel_requested: bool },
+    /// Finished, or taken over by another process (which closes it): stop running it.
+    Lost,
+}
+
+/// A build that was started and is not finished, with who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub id: String,
+    /// `None` for a build recorded before builds had holders.
+    pub holder: Option<String>,
+    /// Whether its holder's claim ran out.
+    pub expired: bool,
+}
+
 /// A run a schedule skipped, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,15 +275,35 @@ pub struct SkippedRun {
 /// builds, completing a pending delivery) is one atomic statement or transaction here.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Records a new build as QUEUED, with every step QUEUED.
+    /// Records a new build to be run at once by `lease`'s holder: QUEUED, with every step
+    /// QUEUED, and held from the start so that no other process takes it for abandoned.
     async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
+        lease: &Lease,
     ) -> Result<(), Error>;
 
+    /// Marks a build its holder created as WORKING.
     async fn start_build(&self, id: &str) -> Result<(), Error>;
+
+    /// Extends the holder's claim on a running build by its duration, and tells whether a cancel
+    /// was asked for; [`Renewal::Lost`] when the build is finished or no longer the holder's.
+    async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error>;
+
+    /// Asks a WORKING build's holder to stop it (it sees this at its next renewal); `false` if
+    /// the build is not WORKING.
+    async fn request_cancel(&self, id: &str) -> Result<bool, Error>;
+
+    /// Makes `lease`'s holder the holder of an unfinished build, if it is still held by
+    /// `previous` (compare-and-set: of processes closing abandoned builds, one wins each).
+    async fn take_over(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error>;
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error>;
 
@@ -224,9 +317,9 @@ pub trait Store: Send + Sync {
     /// Records how the build ended: its status, every step's result, pushed images, failure.
     async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error>;
 
-    /// Ids of the builds that were started and not finished: running ones, and builds recorded
-    /// to be run at once (not queued for the service) that never ran.
-    async fn unfinished_builds(&self) -> Result<Vec<String>, Error>;
+    /// The builds that were started and not finished: running ones, and builds recorded to be
+    /// run at once (not queued for the service) that never ran.
+    async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error>;
 
     /// Records deliveries and queues their builds, all in one transaction (one write to disk for
     /// all of them). A verified delivery whose id is already recorded changes nothing: a
@@ -248,9 +341,12 @@ pub trait Store: Send + Sync {
     /// The newest deliveries first.
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error>;
 
-    /// Takes the oldest queued build to run it: it is WORKING from now on. Returns its id and
-    /// what it is to run.
-    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error>;
+    /// Takes the oldest queued build for `lease`'s holder to run: it is WORKING and held from
+    /// now on. Returns its id and what it is to run.
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+    ) -> Result<Option<(String, serde_json::Value)>, Error>;
 
     /// Queues builds (a retry, a manual run).
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
@@ -313,6 +409,11 @@ pub trait Store: Send + Sync {
 
     /// A schedule's newest skipped-run records first.
     async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error>;
+
+    /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
+    /// database file that was removed (or replaced) under it, and everything written from then
+    /// on is lost with the process: a server must stop instead.
+    async fn check(&self) -> Result<(), Error>;
 }
 
 impl SqliteStore {
@@ -342,7 +443,7 @@ impl SqliteStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -359,26 +460,56 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(sqlx::Error::from)?;
+        let file = identity(path).map_err(Error::Io)?;
         Ok(SqliteStore {
             pool,
             writer: Arc::default(),
+            path: path.to_path_buf(),
+            file,
         })
     }
 }
 
+/// The error of a database file that is no longer the one the store opened.
+fn moved(path: &Path, what: &str) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "the database {} was {what} while the store had it open",
+        path.display()
+    )))
+}
+
+/// The file at `path`: its device and inode.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn check(&self) -> Result<(), Error> {
+        match identity(&self.path) {
+            Ok(file) if file == self.file => Ok(()),
+            Ok(_) => Err(moved(&self.path, "replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(moved(&self.path, "removed")),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
     async fn create_build(
         &self,
         id: &str,
         source: &serde_json::Value,
         plan: &ResolvedBuild,
+        lease: &Lease,
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, holder, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(Status::Queued.as_str())
@@ -386,10 +517,12 @@ impl Store for SqliteStore {
         .bind(source.to_string())
         .bind(json(&plan.substitutions))
         .bind(json(plan))
+        .bind(&lease.holder)
+        .bind(lease.until())
         .execute(&mut *tx)
         .await?;
         insert_steps(&mut tx, id, plan).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn start_build(&self, id: &str) -> Result<(), Error> {
@@ -400,13 +533,68 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
+    }
+
+    async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let renewed: Option<bool> = sqlx::query_scalar(
+            "UPDATE builds SET lease_until = $1 WHERE id = $2 AND holder = $3 AND status IN ($4, $5) \
+             RETURNING cancel_requested != 0",
+        )
+        .bind(lease.until())
+        .bind(id)
+        .bind(&lease.holder)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(match renewed {
+            Some(cancel_requested) => Renewal::Held { cancel_requested },
+            None => Renewal::Lost,
+        })
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated =
+            sqlx::query("UPDATE builds SET cancel_requested = 1 WHERE id = $1 AND status = $2")
+                .bind(id)
+                .bind(Status::Working.as_str())
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE builds SET holder = $1, lease_until = $2 \
+             WHERE id = $3 AND holder IS $4 AND status IN ($5, $6)",
+        )
+        .bind(&lease.holder)
+        .bind(lease.until())
+        .bind(id)
+        .bind(previous)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         set_step(&mut tx, id, index, result).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn append_logs(
@@ -431,7 +619,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
@@ -448,17 +636,27 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
-    async fn unfinished_builds(&self) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM builds WHERE status = $1 OR (status = $2 AND request IS NULL)",
+    async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, holder, COALESCE(lease_until < $1, 1) AS expired FROM builds \
+             WHERE status = $2 OR (status = $3 AND request IS NULL)",
         )
+        .bind(millis(SystemTime::now()))
         .bind(Status::Working.as_str())
         .bind(Status::Queued.as_str())
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Unfinished {
+                id: row.get("id"),
+                holder: row.get("holder"),
+                expired: row.get("expired"),
+            })
+            .collect())
     }
 
     async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
@@ -579,16 +777,21 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn claim_queued(&self) -> Result<Option<(String, serde_json::Value)>, Error> {
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+    ) -> Result<Option<(String, serde_json::Value)>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let row = sqlx::query(
-            "UPDATE builds SET status = $1, start_time = $2 WHERE id = \
-             (SELECT id FROM builds WHERE status = $3 AND request IS NOT NULL \
+            "UPDATE builds SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
+             (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL \
               ORDER BY create_time, id LIMIT 1) \
              RETURNING id, request",
         )
         .bind(Status::Working.as_str())
         .bind(millis(SystemTime::now()))
+        .bind(&lease.holder)
+        .bind(lease.until())
         .bind(Status::Queued.as_str())
         .fetch_optional(&mut *tx)
         .await?;
@@ -599,7 +802,7 @@ impl Store for SqliteStore {
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         queue(&mut tx, builds).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
@@ -645,7 +848,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         insert_steps(&mut tx, id, plan).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
@@ -743,7 +946,7 @@ impl Store for SqliteStore {
         .await?;
         let state = read_schedule(&mut *tx, name).await?;
         tx.commit().await?;
-        state.ok_or(Error::RowNotFound)
+        state.ok_or(Error::Missing("schedule it has just written"))
     }
 
     async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error> {
@@ -815,7 +1018,7 @@ impl Store for SqliteStore {
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
         start_run(&mut tx, name, scheduled_time, build).await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
@@ -914,8 +1117,8 @@ async fn set_step(
     .bind(id)
     .bind(index as i64)
     .execute(&mut **tx)
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 async fn insert_steps(
@@ -1116,6 +1319,80 @@ mod tests {
             substitutions: serde_json::json!({"BRANCH_NAME": branch}),
             request: serde_json::json!({}),
         }
+    }
+
+    fn lease(holder: &str, seconds: u64) -> Lease {
+        Lease {
+            holder: holder.into(),
+            duration: Duration::from_secs(seconds),
+        }
+    }
+
+    /// The queue's protocol between processes: a claim is its holder's until it runs out; only
+    /// the holder renews it; a cancel reaches the holder at its renewal; of two processes taking
+    /// an abandoned build over, one wins.
+    #[tokio::test]
+    async fn leases_hold_builds_for_their_holder_until_they_run_out() {
+        let (_dir, store) = store().await;
+        let build = queued("t", "main");
+        store
+            .queue_builds(std::slice::from_ref(&build))
+            .await
+            .unwrap();
+        let (a, b) = (lease("a", 30), lease("b", 30));
+        let (claimed, _) = store.claim_queued(&a).await.unwrap().expect("queued");
+        assert_eq!(claimed, build.id);
+        assert_eq!(store.claim_queued(&b).await.unwrap(), None);
+        let held = Renewal::Held {
+            cancel_requested: false,
+        };
+        assert_eq!(store.renew_lease(&build.id, &a).await.unwrap(), held);
+        assert_eq!(
+            store.renew_lease(&build.id, &b).await.unwrap(),
+            Renewal::Lost
+        );
+        let unfinished = |expired| Unfinished {
+            id: build.id.clone(),
+            holder: Some("a".into()),
+            expired,
+        };
+        assert_eq!(
+            store.unfinished_builds().await.unwrap(),
+            [unfinished(false)]
+        );
+
+        assert!(store.request_cancel(&build.id).await.unwrap());
+        assert_eq!(
+            store.renew_lease(&build.id, &a).await.unwrap(),
+            Renewal::Held {
+                cancel_requested: true
+            }
+        );
+
+        // A renewal that gives no time left: the claim has run out.
+        store.renew_lease(&build.id, &lease("a", 0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.unfinished_builds().await.unwrap(), [unfinished(true)]);
+        assert!(store.take_over(&build.id, Some("a"), &b).await.unwrap());
+        assert!(
+            !store
+                .take_over(&build.id, Some("a"), &lease("c", 30))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.renew_lease(&build.id, &a).await.unwrap(),
+            Renewal::Lost
+        );
+
+        let outcome = Outcome::ended(Status::InternalError, Vec::new(), None);
+        store.finish_build(&build.id, &outcome).await.unwrap();
+        assert_eq!(
+            store.renew_lease(&build.id, &b).await.unwrap(),
+            Renewal::Lost
+        );
+        assert!(!store.request_cancel(&build.id).await.unwrap());
+        assert_eq!(store.unfinished_builds().await.unwrap(), []);
     }
 
     /// Each filter of the builds list, and the page after a build, is read from an index in

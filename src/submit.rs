@@ -8,20 +8,15 @@
 //! taken was left by a process that died (SIGKILL runs no destructor); the next submit removes it.
 //! Process ids would not do: they are reused, and differ between PID namespaces.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::alias::Aliases;
-use crate::config::{self, BuildConfig};
-use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Run;
-use crate::plan::{self, Context, Inputs, ResolvedBuild};
-use crate::registry::Registries;
-use crate::secrets;
+use crate::pipeline::{self, Machine, Reading};
+use crate::plan::Context;
 use crate::source::{self, ArchiveSummary};
 use crate::substitute::Values;
 
@@ -42,10 +37,7 @@ pub struct Request {
     pub recipe: Recipe,
     pub substitutions: Values,
     pub timeout: Option<Duration>,
-    pub secrets_dir: Option<PathBuf>,
-    pub project_id: String,
-    pub aliases: Aliases,
-    pub registries: Registries,
+    pub machine: Machine,
 }
 
 /// A build ready to run. The workspace directory lives as long as this value.
@@ -63,70 +55,42 @@ pub struct Prepared {
 /// Why a submission was refused before anything ran.
 #[derive(Debug)]
 pub enum Refused {
-    /// Config problems, rendered one per line with their locations.
-    Invalid(String),
-    Other(String),
+    /// The build itself: its config or its secrets.
+    Build(pipeline::Refused),
+    /// Its source or its config file cannot be read.
+    Source(String),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Invalid(diagnostics) => f.write_str(diagnostics.trim_end()),
-            Refused::Other(message) => f.write_str(message),
+            Refused::Build(refused) => refused.fmt(f),
+            Refused::Source(message) => f.write_str(message),
         }
     }
 }
 
-/// What `submit` refuses before anything is uploaded or run: the config, its plan for a manual
-/// build, and its secrets.
-pub struct Checked {
-    pub build_id: String,
-    pub build: ResolvedBuild,
-    pub secrets: BTreeMap<String, String>,
-    pub warnings: String,
+impl From<pipeline::Refused> for Refused {
+    fn from(refused: pipeline::Refused) -> Self {
+        Refused::Build(refused)
+    }
 }
 
-pub fn check(request: &Request) -> Result<Checked, Refused> {
-    let (named, warnings) = recipe(request)?;
-    let config = &named.config;
-    if !config.secrets.is_empty() || !config.available_secrets.inline.is_empty() {
-        return Err(Refused::Other(
-            "KMS-encrypted secrets (`secrets`, `availableSecrets.inline`) are not supported here: \
-             builder cannot decrypt them; use availableSecrets.secretManager with a local secret"
-                .into(),
-        ));
-    }
+/// What `submit` refuses before anything is uploaded or run: the config, its plan for a manual
+/// build, and its secrets. Returns the run (its workspace not set yet) and the config's warnings.
+pub fn check(request: &Request) -> Result<(Run, String), Refused> {
     let build_id = request
         .build_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let inputs = Inputs {
-        context: Context::Manual,
-        built_ins: plan::machine_built_ins(&request.project_id, &build_id),
-        overrides: request.substitutions.clone(),
-        aliases: request.aliases.clone(),
-    };
-    let build = plan::resolve(config, &inputs).map_err(|d| invalid(&named, d))?;
-    let secret_values = secrets::resolve(&build.secrets, request.secrets_dir.as_deref(), |key| {
-        std::env::var(key).ok()
-    })
-    .map_err(Refused::Other)?;
-    Ok(Checked {
-        build_id,
-        build,
-        secrets: secret_values,
-        warnings,
-    })
+    let recipe = recipe(request)?;
+    let run = pipeline::plan(&build_id, &recipe, &request.machine)?;
+    Ok((run, recipe.warnings))
 }
 
 /// [`check`], then the upload of the source into a fresh workspace.
 pub fn prepare(request: Request) -> Result<Prepared, Refused> {
-    let Checked {
-        build_id,
-        build,
-        secrets,
-        warnings,
-    } = check(&request)?;
+    let (mut run, warnings) = check(&request)?;
     let swept = sweep_workspaces(&std::env::temp_dir());
     let (workspace, uploaded) = match &request.source {
         Some(dir) => {
@@ -144,15 +108,10 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
         }),
         _ => serde_json::json!({"kind": "none"}),
     };
+    run.workspace = workspace.as_ref().map(Workspace::source);
     Ok(Prepared {
         source,
-        run: Run {
-            build_id,
-            build,
-            workspace: workspace.as_ref().map(Workspace::source),
-            secrets,
-            registries: request.registries.clone(),
-        },
+        run,
         uploaded,
         warnings,
         swept,
@@ -160,24 +119,12 @@ pub fn prepare(request: Request) -> Result<Prepared, Refused> {
     })
 }
 
-/// A loaded config and its rendered file name.
-struct Named {
-    config: BuildConfig,
-    tree: config::tree::Node,
-    file: String,
-}
-
-fn invalid(named: &Named, mut diagnostics: Diagnostics) -> Refused {
-    diagnostics.locate(&named.tree);
-    Refused::Invalid(diagnostics.render(&named.file))
-}
-
-/// The config to run and its rendered warnings.
-fn recipe(request: &Request) -> Result<(Named, String), Refused> {
+/// The config file, or `--tag`'s, read as a manual build's recipe.
+fn recipe(request: &Request) -> Result<pipeline::Recipe, Refused> {
     let (bytes, file) = match &request.recipe {
         Recipe::Config(path) => {
             let bytes = std::fs::read(path).map_err(|e| {
-                Refused::Other(format!(
+                Refused::Source(format!(
                     "cannot read the build config {}: {e}",
                     path.display()
                 ))
@@ -190,45 +137,22 @@ fn recipe(request: &Request) -> Result<(Named, String), Refused> {
                 .as_ref()
                 .is_some_and(|dir| dir.join("Dockerfile").is_file());
             if !has_dockerfile {
-                return Err(Refused::Other(
+                return Err(Refused::Source(
                     "Dockerfile required when specifying --tag".into(),
                 ));
             }
             (tag_config(image).into_bytes(), "--tag".to_string())
         }
     };
-    let timeout = request.timeout;
-    let mut loaded = plan::load_with(&bytes, |config| {
-        if timeout.is_some() {
-            config.timeout = timeout;
-        }
-    })
-    .map_err(|d| Refused::Invalid(d.render(&file)))?;
-    loaded.add(check_source(&loaded.config, request.source.is_some()));
-    let rendered = loaded.diagnostics.render(&file);
-    if loaded.diagnostics.has_errors() {
-        return Err(Refused::Invalid(rendered));
-    }
-    Ok((
-        Named {
-            config: loaded.config,
-            tree: loaded.tree,
-            file,
-        },
-        rendered,
-    ))
-}
-
-/// gcloud refuses a config that names its own `source` unless nothing is uploaded (spec §1).
-fn check_source(config: &BuildConfig, uploads: bool) -> Diagnostics {
-    let mut diagnostics = Diagnostics::default();
-    if config.source && uploads {
-        diagnostics.error(
-            &FieldPath::root().key("source"),
-            "config cannot specify source without the flag --no-source",
-        );
-    }
-    diagnostics
+    let reading = Reading {
+        file,
+        context: Context::Manual,
+        built_ins: Values::new(),
+        overrides: request.substitutions.clone(),
+        timeout: request.timeout,
+        uploads: request.source.is_some(),
+    };
+    Ok(pipeline::Recipe::load(&bytes, reading)?)
 }
 
 /// gcloud's one-step build for `--tag` (spec §8), as a config.
@@ -245,9 +169,9 @@ pub fn tag_config(image: &str) -> String {
 
 /// Packs the source as an upload and unpacks it into a fresh directory, as a server would.
 fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(Workspace, ArchiveSummary), Refused> {
-    let failed = |e: source::SourceError| Refused::Other(e.to_string());
+    let failed = |e: source::SourceError| Refused::Source(e.to_string());
     if !dir.is_dir() {
-        return Err(Refused::Other(format!(
+        return Err(Refused::Source(format!(
             "could not find source [{}]",
             dir.display()
         )));
@@ -256,7 +180,7 @@ fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(Workspace, ArchiveS
     let mut archive = Vec::new();
     let summary = source::pack(dir, &listing.files, &mut archive).map_err(failed)?;
     let workspace = Workspace::create(&std::env::temp_dir())
-        .map_err(|e| Refused::Other(format!("cannot create a workspace: {e}")))?;
+        .map_err(|e| Refused::Source(format!("cannot create a workspace: {e}")))?;
     source::unpack(archive.as_slice(), &workspace.source()).map_err(failed)?;
     Ok((workspace, summary))
 }
@@ -342,19 +266,5 @@ mod tests {
         assert!(live.source().is_dir());
         assert!(unlocked_stranger.is_dir());
         assert_eq!(sweep_workspaces(parent.path()), Vec::<PathBuf>::new());
-    }
-
-    #[test]
-    fn a_config_with_a_source_needs_no_source() {
-        let loaded = plan::load(b"steps: [{name: ubuntu}]\nsource: {storageSource: {bucket: b}}\n")
-            .expect("a config");
-        assert!(!loaded.diagnostics.has_errors());
-        let mut refused = check_source(&loaded.config, true);
-        refused.locate(&loaded.tree);
-        assert_eq!(
-            refused.render("c.yaml"),
-            "c.yaml:2:9: source: config cannot specify source without the flag --no-source\n"
-        );
-        assert!(!check_source(&loaded.config, false).has_errors());
     }
 }

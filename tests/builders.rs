@@ -267,6 +267,17 @@ fn alpine_and_busybox_run_an_ash_that_knows_double_brackets() {
     assert_succeeds_printing(config, &[], &["alpine brackets ok", "busybox brackets ok"]);
 }
 
+/// A `python:3.X` step that runs `python3.X` by name runs Debian's Python, warned of it.
+#[test]
+fn a_python_step_naming_its_interpreter_runs_warned() {
+    let config = "steps:
+- name: python:3.8-slim
+  entrypoint: python3.8
+  args: [-c, 'import sys; print(\"major\", sys.version_info[0])']
+";
+    assert_succeeds_printing(config, &[], &["major 3", "which has version 3.11, not 3.8"]);
+}
+
 /// `apk` cannot install anything offline; it fails saying how to map alpine to an image of the
 /// user's own.
 #[test]

@@ -342,6 +342,8 @@ fn not_a_valid_built_in() {
         ("$BAR}FOO", "BAR"),
         // Greedy: `BRANCH_NAME_` is not `BRANCH_NAME` followed by `_`.
         ("$BRANCH_NAME_$COMMIT_SHA", "BRANCH_NAME_"),
+        // The step's output directory is an environment variable, not a substitution.
+        ("$BUILDER_OUTPUT/output", "BUILDER_OUTPUT"),
     ] {
         let want = Want::Errors(vec![line("1:31", key)]);
         check(&scan(template), &manual(&[]), &want);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use builder::alias::Aliases;
 use builder::build::{Outcome, Status};
+use builder::pipeline::{Lease, Machine};
 use builder::registry::{self, Registries};
 use builder::runtime::DockerBackend;
 use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
@@ -93,13 +94,15 @@ impl Setup {
         );
         let settings = Settings {
             data_dir: self.data.path().to_path_buf(),
-            project: "test".into(),
+            machine: Machine {
+                project: "test".into(),
+                aliases: Aliases::load(None).unwrap(),
+                registries: Registries::new(&registry::Settings::default()).unwrap(),
+                secrets_dir: None,
+            },
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
             max_concurrent_builds: max_builds,
-            aliases: Aliases::load(None).unwrap(),
-            registries: Registries::new(&registry::Settings::default()).unwrap(),
-            secrets_dir: None,
             api_token: None,
             reads_need_token: false,
         };
@@ -275,7 +278,11 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
     let first = builds(&service, "forbid").await[0].id.clone();
     // Still queued at 11:00, working (a worker took it) at 12:00: both runs are skipped.
     tick(&setup, &service, "2024-03-11T11:00:00Z").await;
-    let (claimed, _) = store.claim_queued().await.unwrap().unwrap();
+    let worker = Lease {
+        holder: "a worker".into(),
+        duration: Duration::from_secs(30),
+    };
+    let (claimed, _) = store.claim_queued(&worker).await.unwrap().unwrap();
     assert_eq!(claimed, first);
     tick(&setup, &service, "2024-03-11T12:00:00Z").await;
     assert_eq!(builds(&service, "forbid").await.len(), 1);
@@ -354,7 +361,7 @@ async fn replace_cancels_the_running_build_and_starts_the_new_run() {
     assert_eq!(runs.len(), 2);
     started(&service, &runs[1].id).await;
     shutdown.cancel();
-    queue.await.unwrap();
+    queue.await.unwrap().unwrap();
     wait_for(&service, &runs[1].id, Status::Cancelled).await;
     for build in [&first, &runs[1].id] {
         let left = std::process::Command::new("docker")

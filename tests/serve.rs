@@ -607,6 +607,47 @@ fn the_cli_submits_follows_and_manages_through_the_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("API token"));
 }
 
+/// A store removed under a running server (an operator's `rm`, a volume unmounted) would be
+/// written on to no end, as SQLite writes to a removed file: the server stops instead, with a
+/// failure and its log (as JSON here) naming the task that found the store gone.
+#[test]
+fn a_server_whose_store_is_removed_stops_with_a_failure_naming_the_task() {
+    let triggers = self::triggers();
+    let data = TempDir::new().unwrap();
+    let server = Server::start_with(
+        data.path(),
+        triggers.path(),
+        data.path(),
+        0,
+        &["--log-format", "json"],
+    );
+    for file in ["builds.db", "builds.db-wal", "builds.db-shm"] {
+        std::fs::remove_file(data.path().join(file)).unwrap();
+    }
+    let log = server.log.clone();
+    assert_eq!(server.exited().code(), Some(1));
+    // The log is copied from the server's stderr by a thread that may not have caught up yet.
+    let start = Instant::now();
+    let failure = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let failure = text
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .find(|line| line["level"] == "ERROR");
+        if let Some(failure) = failure {
+            break failure;
+        }
+        assert!(start.elapsed() < DEADLINE, "no error logged:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(failure["task"], "queue", "{failure}");
+    let error = failure["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("builds.db was removed while the store had it open"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn a_build_that_waits_in_the_queue_longer_than_its_queue_ttl_expires() {
     let repository = Repository::new();

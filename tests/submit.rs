@@ -181,6 +181,52 @@ fn a_build_whose_process_died_is_cleaned_up_by_the_next_start() {
     assert_eq!(leftovers(&id), "");
 }
 
+/// A build held by a process of another machine (its holder has no lock file here) is left
+/// alone while its lease lasts, and closed by the next start once the lease has run out.
+#[test]
+fn a_build_held_elsewhere_is_closed_only_once_its_lease_runs_out() {
+    use builder::store::{DATABASE, Lease, SqliteStore, Store as _};
+    let data = TempDir::new().unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let elsewhere = |seconds| Lease {
+        holder: "a process of another machine".into(),
+        duration: Duration::from_secs(seconds),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime.block_on(async {
+        let store = SqliteStore::open(&data.path().join(DATABASE))
+            .await
+            .unwrap();
+        let plan = builder::plan::resolve(
+            &builder::config::load(b"steps: [{name: builder/busybox}]")
+                .unwrap()
+                .config,
+            &Default::default(),
+        )
+        .unwrap();
+        let source = serde_json::json!({"kind": "none"});
+        store
+            .create_build(&id, &source, &plan, &elsewhere(30))
+            .await
+            .unwrap();
+        store.start_build(&id).await.unwrap();
+        store
+    });
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    let cleaned = format!("Cleaned up build [{id}]");
+    let out = submit(data.path(), quick.path(), &[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&cleaned));
+    assert_eq!(describe(data.path(), &id)["status"], "WORKING");
+
+    runtime.block_on(async {
+        store.renew_lease(&id, &elsewhere(0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    });
+    let out = submit(data.path(), quick.path(), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&cleaned));
+    assert_eq!(describe(data.path(), &id)["status"], "INTERNAL_ERROR");
+}
+
 #[test]
 fn an_unreachable_engine_says_what_to_run() {
     let data = TempDir::new().unwrap();

@@ -163,13 +163,17 @@ fn respond<T: serde::Serialize>(result: Result<T, Failed>) -> Response {
     }
 }
 
-/// The status code of a failed service call, for the API and the console alike.
+/// The status code of a failed service call, for the API and the console alike. Both answer
+/// every failure through here, so this is where an internal one is logged, once.
 fn status_of(failed: &Failed) -> StatusCode {
     match failed {
         Failed::NotFound(_) => StatusCode::NOT_FOUND,
         Failed::Invalid(_) => StatusCode::BAD_REQUEST,
         Failed::Conflict(_) => StatusCode::CONFLICT,
-        Failed::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Failed::Internal(error) => {
+            tracing::error!(%error, "request failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::build::Status;
 use crate::config::{Loaded, duration};
 use crate::diag::{Diagnostics, FieldPath};
 use crate::execute::Event;
-use crate::local;
+use crate::pipeline;
 use crate::plan::{self, Context, Inputs};
 use crate::registry::{self, Registries};
 use crate::runtime::{Backend, DockerBackend};
@@ -35,6 +35,7 @@ macro_rules! outln {
 mod output;
 mod remote;
 mod serve;
+mod supervise;
 mod templates;
 
 #[derive(Parser)]
@@ -752,8 +753,12 @@ fn submit(
 
 fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> submit::Request {
     submit::Request {
-        aliases,
-        registries,
+        machine: pipeline::Machine {
+            project: args.project.project,
+            aliases,
+            secrets_dir: args.secrets_dir,
+            registries,
+        },
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
         ignore_file: args.ignore_file,
@@ -763,8 +768,6 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
         },
         substitutions: args.substitutions.substitutions.unwrap_or_default(),
         timeout: args.timeout,
-        secrets_dir: args.secrets_dir,
-        project_id: args.project.project,
     }
 }
 
@@ -836,8 +839,10 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = data_dir.join("running");
-    for id in local::recover(&store, &running, &runtime)
+    let holders = data_dir.join(pipeline::HOLDERS);
+    let holder = pipeline::Holder::take(&holders)?;
+    let lease = holder.lease();
+    for id in pipeline::recover(&store, &holders, &lease, &runtime)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -873,11 +878,12 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     // Once output fails (its reader went away) printing stops, but the build runs to its end:
     // stopping halfway would leave its containers to the next submit.
     let mut printed = Ok(());
-    let outcome = local::run(
+    let outcome = pipeline::run(
         &store,
-        &running,
+        &lease,
         Arc::new(runtime),
-        prepared,
+        &prepared.source,
+        prepared.run,
         cancel,
         |event| {
             if printed.is_ok() {

@@ -1,17 +1,24 @@
 //! `builder serve`: its settings, from flags and the environment first, then a settings file
 //! (`--config FILE`, the same settings in camelCase), then defaults; and the process around the
-//! service: the store, the engine, the listener, the scheduler, graceful shutdown.
+//! service: its log, the store, the engine, the listener, its supervised tasks (see
+//! [`super::supervise`]), graceful shutdown.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
 
+use super::supervise::Supervisor;
 use super::{default_data_dir, interrupt, secret};
 use crate::alias::Aliases;
+use crate::pipeline::Machine;
 use crate::registry::{self, Registries};
 use crate::runtime::DockerBackend;
 use crate::service::{self, Schedules, Service, SystemClock, TriggerFiles};
@@ -24,7 +31,7 @@ pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
     /// `aliases`, `triggers`, `schedules`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
     /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
-    /// `insecureRegistries`, `registryCas`, `readsNeedToken`); flags and the environment win.
+    /// `insecureRegistries`, `registryCas`, `readsNeedToken`, `logFormat`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -66,6 +73,19 @@ pub(super) struct ServeArgs {
     /// default anyone who reaches the server may read, and only actions need the token.
     #[arg(long)]
     reads_need_token: bool,
+    /// How the server's log on stderr is written: `text` for people, `json` (one object a line)
+    /// for machines; `RUST_LOG` filters it (e.g. `builder=debug`) [default: text, at `info`].
+    #[arg(long, value_enum, env = "BUILDER_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+/// How the server writes its log.
+#[derive(Debug, Default, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The settings file.
@@ -92,6 +112,7 @@ struct SettingsFile {
     registry_cas: Vec<PathBuf>,
     #[serde(default)]
     reads_need_token: bool,
+    log_format: Option<LogFormat>,
 }
 
 pub(super) fn serve(
@@ -125,6 +146,7 @@ pub(super) fn serve(
         &args.api_token_file.or(file.api_token_file),
         "BUILDER_API_TOKEN",
     )?;
+    let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     let reads_need_token = args.reads_need_token || file.reads_need_token;
     if reads_need_token && api_token.is_empty() {
         anyhow::bail!(
@@ -165,23 +187,26 @@ pub(super) fn serve(
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let settings = service::Settings {
         data_dir,
-        project: args
-            .project
-            .or(file.project)
-            .unwrap_or_else(|| "local".into()),
+        machine: Machine {
+            project: args
+                .project
+                .or(file.project)
+                .unwrap_or_else(|| "local".into()),
+            aliases,
+            secrets_dir: args.secrets_dir.or(file.secrets_dir),
+            registries,
+        },
         webhook_secret,
         rewrites: Rewrites::new(rewrites),
         max_concurrent_builds: args
             .max_concurrent_builds
             .or(file.max_concurrent_builds)
             .unwrap_or(2),
-        aliases,
-        registries,
-        secrets_dir: args.secrets_dir.or(file.secrets_dir),
         api_token: (!api_token.is_empty())
             .then(|| String::from_utf8_lossy(&api_token).into_owned()),
         reads_need_token,
     };
+    start_log(log_format)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let store = SqliteStore::open(&store_path)
             .await
@@ -203,23 +228,76 @@ pub(super) fn serve(
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        eprintln!(
-            "builder serve: listening on http://{} ({count})",
-            listener.local_addr()?
-        );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let queue = tokio::spawn(service.clone().run(shutdown.clone()));
-        let scheduler = tokio::spawn(service.clone().run_schedules(shutdown.clone()));
-        api::serve(listener, service, async {
-            interrupt().await;
-            eprintln!("builder serve: shutting down; cancelling running builds");
-        })
-        .await?;
+        info!("listening on http://{} ({count})", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let writer = service
+            .delivery_writer()
+            .expect("a new service has its delivery writer");
+        tasks.spawn("delivery writer", async { Ok(writer.await?) });
+        tasks.spawn("queue", {
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            async move { Ok(service.run(shutdown).await?) }
+        });
+        tasks.spawn("scheduler", {
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            async move {
+                service.run_schedules(shutdown).await;
+                Ok(())
+            }
+        });
+        // The server holds the last reference to the service once the others have ended: the
+        // delivery writer ends when it goes.
+        tasks.spawn("http server", {
+            let stop = shutdown.clone().cancelled_owned();
+            async move { Ok(api::serve(listener, service, stop).await?) }
+        });
+        let mut failed = tokio::select! {
+            _ = interrupt() => {
+                info!("shutting down; cancelling running builds");
+                false
+            }
+            Some((task, ended)) = tasks.next() => {
+                let error = ended.err().map(|e| e.to_string());
+                error!(task, error, "a task of the server ended; stopping the server");
+                true
+            }
+        };
         shutdown.cancel();
-        scheduler.await?;
-        queue.await?;
-        Ok(ExitCode::SUCCESS)
+        while let Some((task, ended)) = tasks.next().await {
+            if let Err(e) = ended {
+                error!(task, error = %e, "a task of the server failed while stopping");
+                failed = true;
+            }
+        }
+        Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
+}
+
+/// Sends the server's log (`tracing`) to stderr in `format`, filtered by `RUST_LOG` (`info`
+/// without it). A panic is logged as an error too, in the span it happened in (a build's, a
+/// delivery's), so that a JSON log holds it whole.
+fn start_log(format: LogFormat) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::builder()
+            .parse(&directives)
+            .with_context(|| format!("RUST_LOG={directives:?}"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => log.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot start the log: {e}"))?;
+    std::panic::set_hook(Box::new(|panic| error!(%panic, "panicked")));
+    Ok(())
 }
 
 /// The SQLite database a store URL names; the only kind of store so far.

@@ -15,25 +15,21 @@
 //!   swept and closed as INTERNAL_ERROR at the next start (as `builder submit` does), queued ones
 //!   run then.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
-use crate::alias::Aliases;
 use crate::build::{Outcome, Status};
-use crate::config::BuildConfig;
-use crate::config::tree::Node;
 use crate::execute::Run;
-use crate::local::{self, RunningLock};
-use crate::plan::{self, Context, Inputs};
-use crate::registry::Registries;
+use crate::pipeline::{self, Machine, Reading, Recipe};
+use crate::plan::Context;
 use crate::runtime::Backend;
-use crate::secrets;
 use crate::source::git::{Mirror, Rewrites};
 pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
 use crate::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
@@ -50,14 +46,11 @@ mod trigger_files;
 /// How the service is set up.
 pub struct Settings {
     pub data_dir: PathBuf,
-    /// The value of `$PROJECT_ID`.
-    pub project: String,
+    /// What this machine adds to every build: `$PROJECT_ID`, aliases, secrets, registries.
+    pub machine: Machine,
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
-    pub aliases: Aliases,
-    pub registries: Registries,
-    pub secrets_dir: Option<PathBuf>,
     /// The token that mutating API requests must carry; none refuses them.
     pub api_token: Option<String>,
     /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
@@ -183,17 +176,6 @@ fn default_config_name() -> String {
     "cloudbuild.yaml".into()
 }
 
-/// What a build resolves from, once its source is in the workspace.
-struct Recipe {
-    config: BuildConfig,
-    tree: Option<Node>,
-    /// The config's name, for messages.
-    file: String,
-    context: Context,
-    built_ins: Values,
-    overrides: Values,
-}
-
 pub struct Service {
     store: Arc<dyn Store>,
     runtime: Arc<dyn Backend>,
@@ -208,10 +190,10 @@ pub struct Service {
     work: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
-    /// Cancel tokens of the builds running in this process.
-    running: Mutex<HashMap<String, CancellationToken>>,
     /// Deliveries on their way to the store (see [`write_deliveries`]).
     recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
+    /// The task that writes them, until the process takes it to watch.
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Where a delivery's writer learns how it was written.
@@ -219,6 +201,11 @@ type Written = oneshot::Sender<Result<Recorded, String>>;
 
 /// The most deliveries written in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How often the queue looks at the store without being woken: builds other processes queued
+/// or abandoned are found, a claim that failed is tried again, and a store that is gone is
+/// noticed (see [`Store::check`]) even on an idle server.
+const TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
 /// one before it was being written: one write to disk for all of them, so that durably recording
@@ -261,7 +248,7 @@ impl Service {
         settings: Settings,
     ) -> Self {
         let (recorder, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_deliveries(store.clone(), queue));
+        let writer = tokio::spawn(write_deliveries(store.clone(), queue));
         Self {
             store,
             runtime,
@@ -273,9 +260,16 @@ impl Service {
             work: Notify::new(),
             // A previous run may have left some.
             pending: AtomicBool::new(true),
-            running: Mutex::new(HashMap::new()),
             recorder,
+            writer: Mutex::new(Some(writer)),
         }
+    }
+
+    /// The task that writes deliveries (see [`write_deliveries`]), for the process to watch:
+    /// without it no delivery is recorded, so its end must end the server. It ends once the
+    /// service is dropped. Given once; `None` after.
+    pub fn delivery_writer(&self) -> Option<JoinHandle<()>> {
+        self.writer.lock().expect("delivery writer").take()
     }
 
     pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
@@ -331,21 +325,21 @@ impl Service {
         self.triggers.delete(name)
     }
 
-    /// Cancels a build: a queued one never runs, a running one is stopped (its status becomes
-    /// CANCELLED when its steps have stopped).
+    /// Cancels a build: a queued one never runs, a running one is stopped by its holder, in
+    /// whichever process or machine, within a heartbeat (its status becomes CANCELLED when its
+    /// steps have stopped).
     pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
         let build = self.build(id).await?;
-        if let Some(token) = self.running.lock().expect("running builds").get(&build.id) {
-            token.cancel();
+        if self.store.cancel_queued(&build.id).await?
+            || self.store.request_cancel(&build.id).await?
+        {
             return Ok(());
         }
-        if build.status == Status::Queued && self.store.cancel_queued(&build.id).await? {
-            return Ok(());
-        }
-        Err(Failed::Conflict(match build.status {
-            Status::Working => format!("build {} runs in another process", build.id),
-            status => format!("build {} is already {status}", build.id),
-        }))
+        let build = self.build(id).await?;
+        Err(Failed::Conflict(format!(
+            "build {} is already {}",
+            build.id, build.status
+        )))
     }
 
     /// Queues a new build of what a triggered build ran: the same commit and substitutions.
@@ -457,8 +451,9 @@ impl Service {
             overrides: submission.substitutions.clone(),
         };
         // Resolved now only to refuse a bad config before it is queued.
-        let recipe = self.upload_recipe(&request).map_err(Failed::Invalid)?;
-        self.resolve(&id, recipe).map_err(Failed::Invalid)?;
+        let invalid = |refused: pipeline::Refused| Failed::Invalid(refused.to_string());
+        let recipe = upload_recipe(&request).map_err(invalid)?;
+        pipeline::resolve(&id, &recipe, &self.settings.machine).map_err(invalid)?;
         let build = QueuedBuild {
             source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
             substitutions: serde_json::json!(submission.substitutions),
@@ -503,6 +498,22 @@ impl Service {
     /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
     /// the builds it queues. Answers without waiting for any fetch or build.
     pub async fn receive(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+        let span = info_span!(
+            "delivery",
+            delivery_id = incoming.delivery,
+            event = incoming.event
+        );
+        let taken = self.take(incoming).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &taken {
+            Ok(receipt) => debug!(?receipt, "delivery taken"),
+            Err(Rejection::Unavailable(e)) => error!(error = %e, "delivery not recorded"),
+            Err(rejection) => info!(%rejection, "delivery refused"),
+        }
+        taken
+    }
+
+    async fn take(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
         let delivery_id = incoming
             .delivery
             .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Delivery header".into()))?;
@@ -645,45 +656,75 @@ impl Service {
     }
 
     /// Runs until `shutdown`: decides pending deliveries and runs queued builds, at most
-    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown,
-    /// running builds are cancelled and waited for.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let running = self.settings.data_dir.join("running");
-        if let Err(e) = local::recover(self.store.as_ref(), &running, self.runtime.as_ref()).await {
-            eprintln!("builder serve: closing builds of a previous run failed: {e}");
-        }
+    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown, or
+    /// once the store is gone (the error), running builds are cancelled and waited for.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::store::Error> {
+        let holders = self.settings.data_dir.join(pipeline::HOLDERS);
+        let holder = pipeline::Holder::take(&holders).map_err(crate::store::Error::Io)?;
+        let lease = holder.lease();
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
         let mut builds = tokio::task::JoinSet::new();
-        loop {
+        // Every running build's cancel is a child of this.
+        let stopping = shutdown.child_token();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            if let Err(e) = self.store.check().await {
+                break Err(e);
+            }
+            // Builds abandoned by a process that ended, here or on another machine.
+            if let Err(e) =
+                pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
+                    .await
+            {
+                error!(error = %e, "closing abandoned builds failed");
+            }
             if self.pending.swap(false, Ordering::SeqCst) {
                 self.decide_pending().await;
             }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
-                match self.store.claim_queued().await {
+                match self.store.claim_queued(&lease).await {
                     Ok(Some((id, request))) => {
                         let service = self.clone();
-                        builds.spawn(async move {
-                            service.run_build(&id, request).await;
-                            drop(slot);
-                        });
+                        let span = build_span(&id, &request);
+                        let (lease, cancel) = (lease.clone(), stopping.child_token());
+                        builds.spawn(
+                            async move {
+                                info!("build started");
+                                service.run_build(&id, request, &lease, cancel).await;
+                                drop(slot);
+                            }
+                            .instrument(span),
+                        );
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        eprintln!("builder serve: reading the queue failed: {e}");
+                        warn!(error = %e, "reading the queue failed; trying again");
                         break;
                     }
                 }
             }
+            // Woken by this process's work; the tick finds what other processes queued or
+            // abandoned.
             tokio::select! {
                 () = self.work.notified() => {}
-                Some(_) = builds.join_next() => {}
-                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                Some(joined) = builds.join_next() => {
+                    // The panic itself was logged in the build's span; the queue goes on.
+                    if let Err(e) = joined {
+                        error!(error = %e, "a build's task failed");
+                    }
+                }
+                () = shutdown.cancelled() => break Ok(()),
             }
-        }
-        for token in self.running.lock().expect("running builds").values() {
-            token.cancel();
-        }
+        };
+        stopping.cancel();
         while builds.join_next().await.is_some() {}
+        drop(holder);
+        ended
     }
 
     /// Decides the triggers of every pending delivery from the changed files of its push.
@@ -691,7 +732,7 @@ impl Service {
         let pending = match self.store.pending_deliveries().await {
             Ok(pending) => pending,
             Err(e) => {
-                eprintln!("builder serve: reading pending deliveries failed: {e}");
+                warn!(error = %e, "reading pending deliveries failed");
                 return;
             }
         };
@@ -731,10 +772,7 @@ impl Service {
                 .complete_delivery(&delivery.id, &results, &builds)
                 .await
             {
-                eprintln!(
-                    "builder serve: recording delivery {} failed: {e}",
-                    delivery.id
-                );
+                error!(delivery_id = %delivery.id, error = %e, "recording the delivery's builds failed");
             }
         }
     }
@@ -757,17 +795,24 @@ impl Service {
 
     /// Runs a claimed build: its commit checked out, its config resolved, its steps executed and
     /// recorded. Whatever fails, the build ends with a status and a reason.
-    async fn run_build(&self, id: &str, request: serde_json::Value) {
-        let running = self.settings.data_dir.join("running");
-        let lock = match RunningLock::take(&running, id) {
-            Ok(lock) => lock,
-            Err(e) => return self.fail(id, Status::InternalError, e.to_string()).await,
-        };
-        let cancel = CancellationToken::new();
-        self.running
-            .lock()
-            .expect("running builds")
-            .insert(id.to_string(), cancel.clone());
+    async fn run_build(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+        lease: &pipeline::Lease,
+        cancel: CancellationToken,
+    ) {
+        let run = self.prepare_and_record(id, request, cancel.clone());
+        pipeline::held(self.store.as_ref(), id, lease, &cancel, run).await;
+    }
+
+    /// [`run_build`](Self::run_build)'s work, while its lease is kept.
+    async fn prepare_and_record(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+        cancel: CancellationToken,
+    ) {
         let workspace = self.settings.data_dir.join("workspaces").join(id);
         match self.prepare(id, request, &workspace).await {
             Ok(run) if let Some(waited) = self.expired(id, run.build.queue_ttl).await => {
@@ -778,7 +823,7 @@ impl Service {
                 self.fail(id, Status::Expired, failure).await;
             }
             Ok(run) => {
-                let recorded = local::record(
+                let recorded = pipeline::record(
                     self.store.as_ref(),
                     self.runtime.clone(),
                     run,
@@ -786,15 +831,20 @@ impl Service {
                     |_| {},
                 )
                 .await;
-                if let Err(e) = recorded {
-                    eprintln!("builder serve: recording build {id} failed: {e}");
+                match recorded {
+                    Ok(outcome) => info!(status = %outcome.status, "build finished"),
+                    Err(e) => error!(error = %e, "recording the build failed"),
                 }
             }
-            Err(failure) => self.fail(id, Status::Failure, failure).await,
+            Err(unprepared) => {
+                let status = match unprepared {
+                    Unprepared::Store(_) => Status::InternalError,
+                    _ => Status::Failure,
+                };
+                self.fail(id, status, unprepared.to_string()).await
+            }
         }
         let _ = std::fs::remove_dir_all(&workspace);
-        self.running.lock().expect("running builds").remove(id);
-        drop(lock);
     }
 
     /// How long the build waited in the queue, if that is longer than its `queue_ttl` (seconds).
@@ -808,48 +858,39 @@ impl Service {
         (waited > queue_ttl?).then_some(waited)
     }
 
-    /// Puts the build's source into `workspace` and resolves its config: a trigger build's
-    /// commit, or a submitted build's upload.
+    /// Puts the build's source into `workspace` and plans the build: a trigger build's commit, or
+    /// a submitted build's upload.
     async fn prepare(
         &self,
         id: &str,
         request: serde_json::Value,
         workspace: &Path,
-    ) -> Result<Run, String> {
-        let request: Request = serde_json::from_value(request)
-            .map_err(|e| format!("the queued build's request is unreadable: {e}"))?;
+    ) -> Result<Run, Unprepared> {
+        let request: Request = serde_json::from_value(request).map_err(Unprepared::Request)?;
         let recipe = match &request {
             Request::Push { .. } => self.checkout(&request, workspace).await?,
             Request::Upload { upload, .. } => {
-                std::fs::create_dir_all(workspace).map_err(|e| e.to_string())?;
+                let source = |e: &dyn std::fmt::Display| Unprepared::Source(e.to_string());
+                std::fs::create_dir_all(workspace).map_err(|e| source(&e))?;
                 if let Some(upload) = upload {
                     let archive = std::fs::File::open(self.upload_path(upload))
-                        .map_err(|e| format!("the uploaded source is gone: {e}"))?;
-                    crate::source::unpack(archive, workspace).map_err(|e| e.to_string())?;
+                        .map_err(|e| source(&format_args!("the uploaded source is gone: {e}")))?;
+                    crate::source::unpack(archive, workspace).map_err(|e| source(&e))?;
                 }
-                self.upload_recipe(&request)?
+                upload_recipe(&request)?
             }
         };
-        let build = self.resolve(id, recipe)?;
-        let secrets =
-            secrets::resolve(&build.secrets, self.settings.secrets_dir.as_deref(), |k| {
-                std::env::var(k).ok()
-            })?;
+        let mut run = pipeline::plan(id, &recipe, &self.settings.machine)?;
+        run.workspace = Some(workspace.to_path_buf());
         self.store
-            .set_plan(id, &build)
+            .set_plan(id, &run.build)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(Run {
-            build_id: id.to_string(),
-            build,
-            workspace: Some(workspace.to_path_buf()),
-            secrets,
-            registries: self.settings.registries.clone(),
-        })
+            .map_err(Unprepared::Store)?;
+        Ok(run)
     }
 
     /// Checks out a trigger build's commit into `workspace`, and reads its trigger's config.
-    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, String> {
+    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, Unprepared> {
         let Request::Push {
             trigger,
             clone_url,
@@ -860,10 +901,11 @@ impl Service {
         else {
             unreachable!("only pushes are checked out");
         };
+        let source = Unprepared::Source;
         let trigger = &self
             .triggers
             .get(trigger)
-            .map_err(|_| format!("trigger {trigger:?} no longer exists"))?;
+            .map_err(|_| source(format!("trigger {trigger:?} no longer exists")))?;
         let (url, cache) = (clone_url.clone(), self.settings.data_dir.join("git"));
         let rewrites = self.settings.rewrites.clone();
         let (commit, dest) = (commit.clone(), workspace.to_path_buf());
@@ -872,80 +914,69 @@ impl Service {
             mirror.checkout(&commit, &dest)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("fetching the source failed: {e}"))?;
-        let (config, tree, file) = config_of(trigger, workspace)?;
+        .map_err(|e| source(e.to_string()))?
+        .map_err(|e| source(format!("fetching the source failed: {e}")))?;
         let mut built_ins = built_ins.clone();
-        if matches!(trigger.build, BuildSource::Autodetect) {
-            built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
-        }
-        Ok(Recipe {
-            config,
-            tree,
+        let recipe = |file: String, built_ins: Values| Reading {
             file,
             context: Context::Trigger,
             built_ins,
             overrides: overrides.clone(),
-        })
-    }
-
-    /// A submitted build's config, checked.
-    fn upload_recipe(&self, request: &Request) -> Result<Recipe, String> {
-        let Request::Upload {
-            config,
-            config_name,
-            overrides,
-            ..
-        } = request
-        else {
-            unreachable!("only uploads carry their config");
+            timeout: None,
+            // gcloud's refusal of a config's own `source` is for uploads it makes.
+            uploads: false,
         };
-        let loaded = plan::load(config.as_bytes()).map_err(|d| d.render(config_name))?;
-        if loaded.diagnostics.has_errors() {
-            return Err(loaded.diagnostics.render(config_name));
-        }
-        if !loaded.config.secrets.is_empty() || !loaded.config.available_secrets.inline.is_empty() {
-            return Err(
-                "KMS-encrypted secrets (`secrets`, `availableSecrets.inline`) are not \
-                        supported here; use availableSecrets.secretManager"
-                    .into(),
-            );
-        }
-        Ok(Recipe {
-            config: loaded.config,
-            tree: Some(loaded.tree),
-            file: config_name.clone(),
-            context: Context::Manual,
-            built_ins: Values::new(),
-            overrides: overrides.clone(),
-        })
-    }
-
-    /// The build `recipe` resolves to as build `id`.
-    fn resolve(&self, id: &str, recipe: Recipe) -> Result<plan::ResolvedBuild, String> {
-        let mut built_ins = recipe.built_ins;
-        built_ins.extend(plan::machine_built_ins(&self.settings.project, id));
-        let inputs = Inputs {
-            context: recipe.context,
-            built_ins,
-            overrides: recipe.overrides,
-            aliases: self.settings.aliases.clone(),
-        };
-        plan::resolve(&recipe.config, &inputs).map_err(|mut diagnostics| {
-            if let Some(tree) = &recipe.tree {
-                diagnostics.locate(tree);
+        match &trigger.build {
+            BuildSource::Inline(config) => Ok(Recipe {
+                config: (**config).clone(),
+                tree: None,
+                file: format!("trigger {}", trigger.name),
+                context: Context::Trigger,
+                built_ins,
+                overrides: overrides.clone(),
+                warnings: String::new(),
+            }),
+            BuildSource::File(path) => {
+                let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
+                    source(format!(
+                        "cannot read the build config {path} in the commit: {e}"
+                    ))
+                })?;
+                Ok(Recipe::load(&bytes, recipe(path.clone(), built_ins))?)
             }
-            diagnostics.render(&recipe.file)
-        })
+            // Cloud Build's autodetection: the first config file the commit has.
+            BuildSource::Autodetect => {
+                let (bytes, file) = ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
+                    .into_iter()
+                    .find_map(|name| {
+                        Some((std::fs::read(workspace.join(name)).ok()?, name.to_string()))
+                    })
+                    .ok_or_else(|| {
+                        source(
+                            "the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json"
+                                .into(),
+                        )
+                    })?;
+                built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
+                Ok(Recipe::load(&bytes, recipe(file, built_ins))?)
+            }
+        }
     }
 
     /// Ends a build that never got to run its steps.
     async fn fail(&self, id: &str, status: Status, failure: String) {
+        info!(%status, %failure, "build finished before its steps");
         let outcome = Outcome::ended(status, Vec::new(), Some(failure));
         if let Err(e) = self.store.finish_build(id, &outcome).await {
-            eprintln!("builder serve: recording build {id} failed: {e}");
+            error!(error = %e, "recording the build failed");
         }
     }
+}
+
+/// The span of a claimed build's work: its id, and its trigger if one queued it.
+fn build_span(id: &str, request: &serde_json::Value) -> tracing::Span {
+    let trigger = request.get("trigger").and_then(serde_json::Value::as_str);
+    info_span!("build", build_id = %id, trigger)
 }
 
 /// Refuses substitution keys that are not user keys (`_NAME`).
@@ -961,36 +992,55 @@ fn check_user_keys(substitutions: &Values) -> Result<(), Failed> {
     }
 }
 
-/// A trigger's build config, checked: its inline `build`, or the file read from the commit
-/// (with its tree, to locate later problems); and its name for messages.
-fn config_of(
-    trigger: &Trigger,
-    workspace: &Path,
-) -> Result<(BuildConfig, Option<Node>, String), String> {
-    let (bytes, file) = match &trigger.build {
-        BuildSource::Inline(config) => {
-            return Ok((
-                (**config).clone(),
-                None,
-                format!("trigger {}", trigger.name),
-            ));
+/// Why a claimed build could not be made ready to run; the build ends with it, never running.
+#[derive(Debug)]
+enum Unprepared {
+    /// Its queued request is not one this version reads.
+    Request(serde_json::Error),
+    /// Its source: the commit, the upload, the config file in it.
+    Source(String),
+    /// Its config or secrets.
+    Refused(pipeline::Refused),
+    Store(crate::store::Error),
+}
+
+impl std::fmt::Display for Unprepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unprepared::Request(e) => write!(f, "the queued build's request is unreadable: {e}"),
+            Unprepared::Source(message) => f.write_str(message),
+            Unprepared::Refused(refused) => refused.fmt(f),
+            Unprepared::Store(e) => write!(f, "recording the build's plan failed: {e}"),
         }
-        BuildSource::File(path) => {
-            let bytes = std::fs::read(workspace.join(path))
-                .map_err(|e| format!("cannot read the build config {path} in the commit: {e}"))?;
-            (bytes, path.clone())
-        }
-        // Cloud Build's autodetection: the first config file the commit has.
-        BuildSource::Autodetect => ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
-            .into_iter()
-            .find_map(|name| Some((std::fs::read(workspace.join(name)).ok()?, name.to_string())))
-            .ok_or("the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json")?,
-    };
-    let loaded = plan::load(&bytes).map_err(|d| d.render(&file))?;
-    if loaded.diagnostics.has_errors() {
-        return Err(loaded.diagnostics.render(&file));
     }
-    Ok((loaded.config, Some(loaded.tree), file))
+}
+
+impl From<pipeline::Refused> for Unprepared {
+    fn from(refused: pipeline::Refused) -> Self {
+        Unprepared::Refused(refused)
+    }
+}
+
+/// A submitted build's config, checked as a manual build's.
+fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
+    let Request::Upload {
+        upload,
+        config,
+        config_name,
+        overrides,
+    } = request
+    else {
+        unreachable!("only uploads carry their config");
+    };
+    let reading = Reading {
+        file: config_name.clone(),
+        context: Context::Manual,
+        built_ins: Values::new(),
+        overrides: overrides.clone(),
+        timeout: None,
+        uploads: upload.is_some(),
+    };
+    Recipe::load(config.as_bytes(), reading)
 }
 
 fn skipped(trigger: &Trigger, skip: triggers::Skip) -> TriggerResult {

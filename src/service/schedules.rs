@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
 
 use super::{Failed, ManualRun, Service, Triggers, files};
 use crate::build::Status;
@@ -203,7 +204,9 @@ impl Service {
         for schedule in self.schedules.iter() {
             match self.evaluate(schedule, now).await {
                 Ok(next) => wake = wake.min(next),
-                Err(e) => eprintln!("builder serve: schedule {}: {e}", schedule.name),
+                Err(e) => {
+                    error!(schedule = %schedule.name, error = %e, "evaluating the schedule failed")
+                }
             }
         }
         wake
@@ -239,7 +242,7 @@ impl Service {
                 Err(failed) => {
                     // Tried again later, until the run is superseded or past its deadline.
                     let error = failed.to_string();
-                    eprintln!("builder serve: schedule {name}: starting its run failed: {error}");
+                    warn!(schedule = %name, %error, "starting the schedule's run failed; trying again");
                     self.store.set_schedule_error(name, Some(&error)).await?;
                     self.retries
                         .lock()
@@ -260,7 +263,7 @@ impl Service {
                 && let Err(failed) = self.cancel(previous).await
             {
                 let error = format!("replacing build {previous} failed: {failed}");
-                eprintln!("builder serve: schedule {name}: {error}");
+                error!(schedule = %name, %error, "replacing the schedule's last build failed");
                 self.store.set_schedule_error(name, Some(&error)).await?;
             }
             if build.is_some() {

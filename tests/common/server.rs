@@ -96,11 +96,16 @@ impl Server {
     }
 
     /// Stops the server as an operator does (SIGTERM) and waits for it to exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
+        self.exited()
+    }
+
+    /// Waits for the server to exit by itself.
+    pub fn exited(mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

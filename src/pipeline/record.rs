@@ -1,0 +1,271 @@
+//! Running a planned build on this machine's engine and recording it as it goes, for `builder
+//! submit` and the server alike: its events are recorded as they happen and its outcome at the
+//! end; builds whose process died mid-build are swept and closed.
+//!
+//! # Who runs a build
+//!
+//! A build is held by one process, its [`Holder`], through a [`Lease`] in the store that the
+//! holder renews every [`HEARTBEAT`]; renewing also reads whether a cancel was asked for, so a
+//! cancel from any process or machine stops the build within a heartbeat. A build whose lease
+//! has run out ([`LEASE`] without a renewal) is abandoned, whichever machine held it, and any
+//! process closes it. A holder also keeps an exclusive lock on `<holders>/<id>.lock` for as long
+//! as it lives; the operating system releases it however the process ends, so on the holder's
+//! own machine a build whose holder died is closed at once, without waiting for its lease (and
+//! process ids, which are reused and differ between PID namespaces, play no part).
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{Outcome, Status, StepResult};
+use crate::execute::{self, Event};
+use crate::runtime::{Backend, LogStream};
+use crate::store::{self, Lease, Renewal, Store};
+
+/// How long a claim on a build lasts without a renewal: long enough for a busy machine to miss
+/// several heartbeats, short enough that another machine takes an abandoned build over soon.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a holder renews its leases, and so how soon it sees a cancel.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// This process as the holder of the builds it runs (see the module doc). Dropping it releases
+/// its lock and removes the file.
+pub struct Holder {
+    id: String,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Holder {
+    /// A new holder with a new id, its lock file in `dir`.
+    pub fn take(dir: &Path) -> std::io::Result<Holder> {
+        std::fs::create_dir_all(dir)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = dir.join(format!("{id}.lock"));
+        // Locked before it takes its name, so that a sweep never finds it unlocked.
+        let staging = dir.join(format!("{id}.lock.new"));
+        let lock = File::create(&staging)?;
+        lock.lock()?;
+        std::fs::rename(&staging, &path)?;
+        Ok(Holder {
+            id,
+            path,
+            _lock: lock,
+        })
+    }
+
+    pub fn lease(&self) -> Lease {
+        Lease {
+            holder: self.id.clone(),
+            duration: LEASE,
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The lock of `holder`, taken, when it is a holder of this machine (its file is in `dir`) whose
+/// process has ended; held while its builds are closed, so that two processes never both do it.
+fn ended_holder(dir: &Path, holder: &str) -> std::io::Result<Option<File>> {
+    match File::open(dir.join(format!("{holder}.lock"))) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records a new build from `source`, held by `lease`'s holder, and runs it to its end,
+/// recording it; `show` sees every event first.
+pub async fn run(
+    store: &dyn Store,
+    lease: &Lease,
+    runtime: Arc<dyn Backend>,
+    source: &serde_json::Value,
+    run: execute::Run,
+    cancel: CancellationToken,
+    show: impl FnMut(&Event),
+) -> Result<Outcome, store::Error> {
+    store
+        .create_build(&run.build_id, source, &run.build, lease)
+        .await?;
+    store.start_build(&run.build_id).await?;
+    let build_id = run.build_id.clone();
+    let recorded = record(store, runtime, run, cancel.clone(), show);
+    held(store, &build_id, lease, &cancel, recorded).await
+}
+
+/// Runs `work` on a build while keeping its lease: renewed every [`HEARTBEAT`] until `work` ends.
+/// A cancel asked for through the store, or the lease lost (another process closed the build),
+/// cancels `cancel`. A renewal that fails is tried again at the next beat: the lease outlasts
+/// several.
+pub async fn held<T>(
+    store: &dyn Store,
+    build_id: &str,
+    lease: &Lease,
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> T {
+    let renewals = async {
+        let mut beats = tokio::time::interval(HEARTBEAT);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beats.tick().await;
+            match store.renew_lease(build_id, lease).await {
+                Ok(Renewal::Held {
+                    cancel_requested: true,
+                })
+                | Ok(Renewal::Lost) => cancel.cancel(),
+                Ok(Renewal::Held { .. }) | Err(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        never = renewals => never,
+    }
+}
+
+/// Executes a build whose record exists (and is WORKING), recording its events as they happen
+/// and its outcome at the end; `show` sees every event first. Its holder keeps its lease
+/// meanwhile ([`held`]).
+pub async fn record(
+    store: &dyn Store,
+    runtime: Arc<dyn Backend>,
+    run: execute::Run,
+    cancel: CancellationToken,
+    mut show: impl FnMut(&Event),
+) -> Result<Outcome, store::Error> {
+    let build_id = run.build_id.clone();
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let execution = tokio::spawn(execute::execute(runtime, run, events, cancel));
+    // A failing write must not abandon the build: its containers are only removed when
+    // `execute` runs to its end, so events are drained whatever happens to the record.
+    let mut recording: Result<(), store::Error> = Ok(());
+    let mut lines = Vec::new();
+    while let Some(event) = received.recv().await {
+        show(&event);
+        if recording.is_ok() {
+            recording =
+                record_event(store, &build_id, event, &mut lines, received.is_empty()).await;
+        }
+    }
+    let outcome = execution.await.unwrap_or_else(|e| {
+        let failure = format!("the build's task failed: {e}");
+        Outcome::ended(Status::InternalError, Vec::new(), Some(failure))
+    });
+    // The outcome is recorded even if a write failed before: no build is left WORKING.
+    let logs = match recording {
+        Ok(()) => store.append_logs(&build_id, &lines).await,
+        failed => failed,
+    };
+    let finished = store.finish_build(&build_id, &outcome).await;
+    logs.and(finished)?;
+    Ok(outcome)
+}
+
+/// Writes what an event changes in the record. Log lines are written as soon as a burst of them
+/// ends (`idle`), so followers see them live.
+async fn record_event(
+    store: &dyn Store,
+    build_id: &str,
+    event: Event,
+    lines: &mut Vec<(usize, LogStream, String)>,
+    idle: bool,
+) -> Result<(), store::Error> {
+    match event {
+        Event::Line { step, stream, text } => {
+            lines.push((step, stream, text));
+            if idle {
+                store.append_logs(build_id, &std::mem::take(lines)).await?;
+            }
+        }
+        Event::StepStarted { step } => {
+            let working = StepResult {
+                status: Status::Working,
+                start_time: Some(std::time::SystemTime::now()),
+                ..StepResult::queued()
+            };
+            store.update_step(build_id, step, &working).await?;
+        }
+        Event::StepFinished { step, result } => {
+            store.append_logs(build_id, &std::mem::take(lines)).await?;
+            store.update_step(build_id, step, &result).await?;
+        }
+        Event::PushStarted
+        | Event::Pushing { .. }
+        | Event::Pushed(_)
+        | Event::PushingTemplate { .. }
+        | Event::PushedTemplate(_) => {}
+    }
+    Ok(())
+}
+
+/// Closes builds left unfinished by a process that no longer runs: those whose lease ran out,
+/// and those whose holder on this machine (its lock file in `holders`) has ended. Removes their
+/// containers, volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
+pub async fn recover(
+    store: &dyn Store,
+    holders: &Path,
+    lease: &Lease,
+    runtime: &dyn Backend,
+) -> Result<Vec<String>, String> {
+    let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
+    let mut recovered = Vec::new();
+    for build in unfinished {
+        let ended = match &build.holder {
+            Some(holder) => {
+                ended_holder(holders, holder).map_err(|e| format!("{}: {e}", holders.display()))?
+            }
+            None => None,
+        };
+        let abandoned = build.expired || ended.is_some();
+        if !abandoned
+            || !store
+                .take_over(&build.id, build.holder.as_deref(), lease)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            continue;
+        }
+        runtime.sweep(&build.id).await.map_err(|e| e.to_string())?;
+        let steps = store
+            .get_build(&build.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|b| b.steps.into_iter().map(|s| close(s.result)).collect())
+            .unwrap_or_default();
+        let failure = "the process running this build ended before the build did";
+        let outcome = Outcome::ended(Status::InternalError, steps, Some(failure.into()));
+        store
+            .finish_build(&build.id, &outcome)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (Some(holder), Some(_lock)) = (&build.holder, ended) {
+            let _ = std::fs::remove_file(holders.join(format!("{holder}.lock")));
+        }
+        recovered.push(build.id);
+    }
+    Ok(recovered)
+}
+
+/// A step that was running when its process died did not finish.
+fn close(result: StepResult) -> StepResult {
+    match result.status {
+        Status::Working => StepResult {
+            status: Status::InternalError,
+            ..result
+        },
+        _ => result,
+    }
+}
