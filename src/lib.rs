@@ -9,7 +9,6 @@ pub mod client;
 pub mod config;
 pub mod diag;
 pub mod execute;
-pub mod gate;
 pub mod glob;
 pub mod image;
 pub mod logs;

@@ -14,10 +14,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use builder::alias::Aliases;
 use builder::build::{Outcome, PushedImage, Status};
-use builder::execute::{BUILD_LABEL, Event, Run, execute};
+use builder::execute::{Event, Run, execute};
 use builder::plan::{Inputs, resolve};
 use builder::registry::{Registries, Settings};
-use builder::runtime::{ContainerRuntime, DockerRuntime, LogStream};
+use builder::runtime::docker::BUILD_LABEL;
+use builder::runtime::docker::engine::Engine;
+use builder::runtime::{Backend, DockerBackend, LogStream};
 use builder::substitute::Values;
 use common::{REGISTRY, registry_digest};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -35,7 +37,7 @@ const SLEEP: &str = "trap 'exit 143' TERM; sleep 600 & wait";
 /// A build under way, with the events seen so far.
 struct Running {
     id: String,
-    runtime: Arc<DockerRuntime>,
+    runtime: Arc<DockerBackend>,
     outcome: JoinHandle<Outcome>,
     events: UnboundedReceiver<Event>,
     seen: Vec<Event>,
@@ -80,7 +82,7 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
     };
     adjust(&mut run);
     let runtime = Arc::new(
-        DockerRuntime::connect()
+        DockerBackend::connect()
             .await
             .expect("Docker engine (run scripts/dev-env.sh as root)"),
     );
@@ -153,7 +155,7 @@ impl Running {
         while let Some(event) = self.events.recv().await {
             self.seen.push(event);
         }
-        let left = self.runtime.labelled(BUILD_LABEL, &self.id).await.unwrap();
+        let left = self.runtime.leftovers(&self.id).await.unwrap();
         assert!(left.is_empty(), "build {} leaked {left:?}", self.id);
         let named = docker(&["ps", "-aq", "--filter", &format!("name=-{}-", self.id)]);
         assert_eq!(named, "", "containers named after build {}", self.id);
@@ -752,7 +754,7 @@ async fn the_workspace_is_seeded_from_a_directory() {
 #[tokio::test]
 async fn networks_created_at_once_end_up_one() {
     let id = unique("network");
-    let runtime = DockerRuntime::connect().await.expect("Docker engine");
+    let runtime = Engine::connect().await.expect("Docker engine");
     let labels = BTreeMap::from([(BUILD_LABEL.to_string(), id.clone())]);
     let creations = (0..6).map(|_| runtime.create_network(&id, &labels));
     for created in futures_util::future::join_all(creations).await {

@@ -1,16 +1,20 @@
-//! Integration tests of `DockerRuntime` against the real engine and the registry on 127.0.0.1:5000
-//! (both started by `scripts/dev-env.sh`). Each test labels what it creates with its own value of
-//! `builder.test` and ends by checking that nothing carrying that label is left.
+//! Integration tests of the Docker backend against the real engine and the registry on 127.0.0.1:5000
+//! (both started by `scripts/dev-env.sh`), in two parts:
+//! * the conformance suite of the `Backend` contract ([`conformance`]): each check takes any
+//!   backend, so a second one runs the same checks by adding its own `#[tokio::test]`s; here
+//!   they run against `DockerBackend`, each under a build id of its own, and end by checking
+//!   that the build left nothing behind;
+//! * the engine API the Docker backend is built of ([`Engine`]): each test labels what it
+//!   creates with its own value of `builder.test` and ends by checking that nothing carrying that
+//!   label is left.
 
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use builder::runtime::{
-    ContainerRuntime, ContainerSpec, DockerRuntime, Labels, LogChunk, LogStream, Mount,
-    MountSource, Resources, RuntimeError,
-};
+use builder::runtime::docker::engine::{ContainerSpec, Engine, Labels, Mount, MountSource};
+use builder::runtime::{DockerBackend, LogChunk, LogStream, Resources, RuntimeError};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
@@ -21,7 +25,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// One test's engine connection and unique id (used in names and as its label value).
 struct Harness {
-    runtime: DockerRuntime,
+    runtime: Engine,
     id: String,
 }
 
@@ -43,7 +47,7 @@ impl Harness {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let runtime = DockerRuntime::connect()
+        let runtime = Engine::connect()
             .await
             .expect("Docker engine (run scripts/dev-env.sh as root)");
         Self { runtime, id }
@@ -174,6 +178,418 @@ impl Drop for Tags {
     }
 }
 
+/// The `Backend` contract, as checks over any backend. Step images are `builder/busybox`
+/// (`scripts/dev-env.sh` makes it); a backend under test must have it at hand.
+mod conformance {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use builder::runtime::{
+        Backend, BuildSpec, Credentials, RegistryAuth, Resources, RuntimeError, StepImage,
+        StepSpec, Volume,
+    };
+    use futures_util::TryStreamExt;
+
+    use super::{BUSYBOX, split, within};
+
+    /// Anonymous access to every registry.
+    struct Anonymous;
+
+    #[async_trait::async_trait]
+    impl Credentials for Anonymous {
+        async fn auth(&self, _image: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
+            Ok(None)
+        }
+    }
+
+    /// A step of `builder/busybox` running `script` in the workspace, its `HOME` the build's
+    /// (as the plan sets it).
+    pub fn script(script: &str) -> StepSpec {
+        StepSpec {
+            name: BUSYBOX.to_owned(),
+            image: BUSYBOX.to_owned(),
+            script: Some(script.to_owned()),
+            env: vec!["HOME=/builder/home".to_owned()],
+            dir: "/workspace".to_owned(),
+            ..StepSpec::default()
+        }
+    }
+
+    pub fn build(id: &str, source: Option<PathBuf>, steps: Vec<StepSpec>) -> BuildSpec {
+        BuildSpec {
+            id: id.to_owned(),
+            source,
+            workspace: "/workspace".to_owned(),
+            home: "/builder/home".to_owned(),
+            outputs: "/builder/outputs".to_owned(),
+            steps,
+            credentials: Arc::new(Anonymous),
+        }
+    }
+
+    /// What a step printed and how it ended.
+    pub struct Ran {
+        pub code: i64,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    /// Chooses step `step`'s image (fetching it), creates and starts the step, follows it while
+    /// waiting for it, and removes it.
+    pub async fn run(backend: &dyn Backend, build: &str, step: usize) -> Ran {
+        let image = backend.step_image(build, step, true).await.expect("image");
+        let image = image.expect("an image, fetched if need be");
+        backend
+            .create_step(build, step, &image, false)
+            .await
+            .expect("create");
+        let ran = started(backend, build, step).await;
+        backend.remove_step(build, step).await.expect("remove");
+        ran
+    }
+
+    /// Starts the created step `step`, follows it while waiting for it.
+    pub async fn started(backend: &dyn Backend, build: &str, step: usize) -> Ran {
+        backend.start_step(build, step).await.expect("start");
+        let (code, chunks) = within(
+            "the step's end",
+            futures_util::future::join(
+                backend.wait_step(build, step),
+                backend.step_logs(build, step).try_collect::<Vec<_>>(),
+            ),
+        )
+        .await;
+        let (stdout, stderr) = split(&chunks.expect("logs"));
+        Ran {
+            code: code.expect("wait"),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub async fn torn_down(backend: &dyn Backend, build: &str) {
+        backend.teardown_build(build).await.expect("teardown");
+        let left = backend.leftovers(build).await.expect("leftovers");
+        assert_eq!(left, Resources::default(), "left behind by {build}");
+    }
+
+    /// Steps share the workspace (filled from the source), the home directory and named
+    /// volumes; output keeps its streams apart, a last line without a newline included; the
+    /// exit code is an outcome; a step's output file and the workspace can be read back.
+    pub async fn a_build_shares_its_workspace_and_reads_back(backend: &dyn Backend, id: &str) {
+        let source = tempfile::tempdir().expect("source dir");
+        std::fs::write(source.path().join("in.txt"), "from the source\n").expect("source file");
+        let cache = vec![Volume {
+            name: "cache".to_owned(),
+            path: "/cache".to_owned(),
+        }];
+        let first = StepSpec {
+            volumes: cache.clone(),
+            ..script(
+                "cat in.txt; echo oops >&2; echo made > made.txt; echo home > \"$HOME/h\"
+                 echo cached > /cache/c; printf 0123456789 > /builder/outputs/output
+                 printf 'no newline'; exit 3",
+            )
+        };
+        let second = StepSpec {
+            volumes: cache,
+            ..script("cat made.txt \"$HOME/h\" /cache/c")
+        };
+        let spec = build(id, Some(source.path().to_owned()), vec![first, second]);
+        backend.setup_build(&spec).await.expect("setup");
+        let image = backend.step_image(id, 0, true).await.unwrap().unwrap();
+        backend.create_step(id, 0, &image, false).await.unwrap();
+        let ran = started(backend, id, 0).await;
+        assert_eq!(ran.code, 3);
+        assert_eq!(ran.stdout, "from the source\nno newline");
+        assert_eq!(ran.stderr, "oops\n");
+        // Readable after the exit, until the removal.
+        let output = backend.step_output(id, 0, 4).await.expect("output");
+        assert_eq!(output.as_deref(), Some(&b"0123"[..]));
+        backend.remove_step(id, 0).await.expect("remove");
+        let ran = run(backend, id, 1).await;
+        assert_eq!((ran.code, ran.stdout.as_str()), (0, "made\nhome\ncached\n"));
+
+        let archive: Vec<u8> = backend
+            .read_workspace(id)
+            .await
+            .expect("workspace")
+            .map_ok(|chunk| chunk.to_vec())
+            .try_concat()
+            .await
+            .expect("archive");
+        let mut names = Vec::new();
+        for entry in tar::Archive::new(&archive[..]).entries().expect("tar") {
+            names.push(
+                entry
+                    .unwrap()
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        assert!(
+            names.contains(&"workspace/made.txt".to_owned()),
+            "{names:?}"
+        );
+        torn_down(backend, id).await;
+    }
+
+    /// A step created ahead does not run its command until started; then it runs as if it
+    /// had been started at once.
+    pub async fn a_step_created_ahead_waits_for_its_start(backend: &dyn Backend, id: &str) {
+        let held = StepSpec {
+            args: vec!["held".to_owned()],
+            ..script("touch ran; echo \"$1 in $(pwd)\"")
+        };
+        let steps = vec![held, script("ls ran")];
+        backend
+            .setup_build(&build(id, None, steps))
+            .await
+            .expect("setup");
+        let image = backend.step_image(id, 0, false).await.expect("image");
+        let image: StepImage = image.expect("builder/busybox is at hand");
+        backend
+            .create_step(id, 0, &image, true)
+            .await
+            .expect("create ahead");
+        assert_eq!(
+            run(backend, id, 1).await.code,
+            1,
+            "step 0 ran before its start"
+        );
+        let ran = started(backend, id, 0).await;
+        assert_eq!((ran.code, ran.stdout.as_str()), (0, "held in /workspace\n"));
+        backend.remove_step(id, 0).await.expect("remove");
+        assert_eq!(run(backend, id, 1).await.code, 0);
+        torn_down(backend, id).await;
+    }
+
+    /// A step that names its written image runs it when the backend has it, else its fallback;
+    /// a fallback not at hand is `None` without fetching and `ImageNotFound` with.
+    pub async fn the_written_name_wins_over_the_fallback(backend: &dyn Backend, id: &str) {
+        let absent = format!("localhost:5000/absent/{id}:1");
+        let steps = vec![
+            StepSpec {
+                name: absent.clone(),
+                ..script("true")
+            },
+            StepSpec {
+                image: absent.clone(),
+                ..script("true")
+            },
+            StepSpec {
+                name: absent.clone(),
+                image: absent.clone(),
+                ..script("true")
+            },
+        ];
+        backend
+            .setup_build(&build(id, None, steps))
+            .await
+            .expect("setup");
+        let chosen = |step| async move {
+            let image = backend.step_image(id, step, false).await.expect("image");
+            image.map(|image| image.name)
+        };
+        assert_eq!(chosen(0).await.as_deref(), Some(BUSYBOX));
+        assert_eq!(chosen(1).await.as_deref(), Some(BUSYBOX));
+        assert_eq!(chosen(2).await, None);
+        let error = backend.step_image(id, 2, true).await.expect_err("absent");
+        assert!(
+            matches!(&error, RuntimeError::ImageNotFound { image, .. } if *image == absent),
+            "{error:?}"
+        );
+        torn_down(backend, id).await;
+    }
+
+    /// A stopped step ends (SIGTERM first); stop and removal are safe in any state, for steps
+    /// never created too.
+    pub async fn stop_and_removal_are_safe_in_any_state(backend: &dyn Backend, id: &str) {
+        let steps = vec![script(
+            "trap 'echo terminated; exit 7' TERM; echo ready; sleep 1000 & wait",
+        )];
+        backend
+            .setup_build(&build(id, None, steps))
+            .await
+            .expect("setup");
+        let grace = Duration::from_secs(600);
+        backend
+            .stop_step(id, 0, grace)
+            .await
+            .expect("stop, never created");
+        backend
+            .remove_step(id, 0)
+            .await
+            .expect("remove, never created");
+        let image = backend.step_image(id, 0, true).await.unwrap().unwrap();
+        backend
+            .create_step(id, 0, &image, false)
+            .await
+            .expect("create");
+        backend.start_step(id, 0).await.expect("start");
+        let mut logs = backend.step_logs(id, 0);
+        let mut stdout = String::new();
+        within("ready", async {
+            while !stdout.contains("ready\n") {
+                let chunk = logs.try_next().await.expect("logs").expect("output");
+                stdout.push_str(std::str::from_utf8(&chunk.bytes).expect("utf-8"));
+            }
+        })
+        .await;
+        // A grace longer than the deadline: finishing in time means SIGTERM alone ended it.
+        within("stop", backend.stop_step(id, 0, grace))
+            .await
+            .expect("stop");
+        assert_eq!(backend.wait_step(id, 0).await, Ok(7));
+        backend.stop_step(id, 0, grace).await.expect("stop, exited");
+        backend.remove_step(id, 0).await.expect("remove");
+        backend.remove_step(id, 0).await.expect("remove again");
+        torn_down(backend, id).await;
+        backend.teardown_build(id).await.expect("teardown again");
+    }
+
+    /// A command that cannot run fails the step as `docker run` does, started at once or ahead;
+    /// a script's missing interpreter is named.
+    pub async fn a_command_that_cannot_run_is_the_steps_failure(backend: &dyn Backend, id: &str) {
+        let missing = StepSpec {
+            args: vec!["no-such-tool".to_owned()],
+            script: None,
+            ..script("")
+        };
+        let interpreter = script("#!/usr/bin/env bash\necho never");
+        let steps = vec![missing.clone(), missing, interpreter];
+        backend
+            .setup_build(&build(id, None, steps))
+            .await
+            .expect("setup");
+        let image = backend.step_image(id, 0, true).await.unwrap().unwrap();
+        backend
+            .create_step(id, 0, &image, false)
+            .await
+            .expect("create");
+        let error = backend.start_step(id, 0).await.expect_err("not executable");
+        assert!(
+            matches!(&error, RuntimeError::NotExecutable { detail } if detail.contains("no-such-tool")),
+            "{error:?}"
+        );
+        backend.remove_step(id, 0).await.expect("remove");
+        backend
+            .create_step(id, 1, &image, true)
+            .await
+            .expect("create ahead");
+        let ran = started(backend, id, 1).await;
+        assert_eq!(ran.code, 127);
+        assert!(ran.stderr.contains("no-such-tool"), "{}", ran.stderr);
+        backend.remove_step(id, 1).await.expect("remove");
+        backend
+            .create_step(id, 2, &image, false)
+            .await
+            .expect("create");
+        let code = match backend.start_step(id, 2).await {
+            Ok(()) => backend.wait_step(id, 2).await.expect("wait"),
+            Err(RuntimeError::NotExecutable { .. }) => 127,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_ne!(code, 0);
+        let why = backend.missing_command(id, 2).await.unwrap_or_default();
+        assert!(why.contains(r#"interpreter "/usr/bin/env""#), "{why}");
+        backend.remove_step(id, 2).await.expect("remove");
+        torn_down(backend, id).await;
+    }
+
+    /// A setup that fails (its source cannot be read) is torn down like any other.
+    pub async fn a_failed_setup_is_torn_down(backend: &dyn Backend, id: &str) {
+        let source = PathBuf::from(format!("/nonexistent/{id}"));
+        let spec = build(id, Some(source), vec![script("true")]);
+        let error = backend.setup_build(&spec).await.expect_err("no source");
+        assert!(matches!(error, RuntimeError::Source(_)), "{error:?}");
+        torn_down(backend, id).await;
+    }
+
+    /// A build whose process died (a fresh backend knows nothing of it) is swept by its id.
+    pub async fn a_build_left_by_a_dead_process_is_swept(
+        dead: &dyn Backend,
+        fresh: &dyn Backend,
+        id: &str,
+    ) {
+        dead.setup_build(&build(id, None, vec![script("sleep 1000")]))
+            .await
+            .expect("setup");
+        let image = dead.step_image(id, 0, true).await.unwrap().unwrap();
+        dead.create_step(id, 0, &image, true)
+            .await
+            .expect("create ahead");
+        dead.start_step(id, 0).await.expect("start");
+        let swept = within("sweep", fresh.sweep(id)).await.expect("sweep");
+        assert!(
+            !swept.containers.is_empty() && !swept.volumes.is_empty(),
+            "{swept:?}"
+        );
+        assert_eq!(fresh.leftovers(id).await.unwrap(), Resources::default());
+        assert_eq!(fresh.sweep(id).await.unwrap(), Resources::default());
+        // What the dead process still knows of the build is its own; its teardown is safe.
+        torn_down(dead, id).await;
+    }
+}
+
+async fn docker_backend() -> DockerBackend {
+    DockerBackend::connect()
+        .await
+        .expect("Docker engine (run scripts/dev-env.sh as root)")
+}
+
+/// A build id unique to this test and process.
+fn build_id(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("conformance-{test}-{}-{n}", std::process::id())
+}
+
+#[tokio::test]
+async fn docker_backend_shares_its_workspace_and_reads_back() {
+    let backend = docker_backend().await;
+    conformance::a_build_shares_its_workspace_and_reads_back(&backend, &build_id("share")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_holds_a_step_created_ahead_until_its_start() {
+    let backend = docker_backend().await;
+    conformance::a_step_created_ahead_waits_for_its_start(&backend, &build_id("ahead")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_prefers_the_written_name() {
+    let backend = docker_backend().await;
+    conformance::the_written_name_wins_over_the_fallback(&backend, &build_id("name")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_stops_and_removes_in_any_state() {
+    let backend = docker_backend().await;
+    conformance::stop_and_removal_are_safe_in_any_state(&backend, &build_id("stop")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_fails_a_command_that_cannot_run() {
+    let backend = docker_backend().await;
+    conformance::a_command_that_cannot_run_is_the_steps_failure(&backend, &build_id("exec")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_tears_down_a_failed_setup() {
+    let backend = docker_backend().await;
+    conformance::a_failed_setup_is_torn_down(&backend, &build_id("failed-setup")).await;
+}
+
+#[tokio::test]
+async fn docker_backend_sweeps_a_dead_process_build() {
+    let (dead, fresh) = (docker_backend().await, docker_backend().await);
+    conformance::a_build_left_by_a_dead_process_is_swept(&dead, &fresh, &build_id("sweep")).await;
+}
+
 #[tokio::test]
 async fn ping_reports_the_engine_version() {
     let harness = Harness::new("ping").await;
@@ -184,7 +600,7 @@ async fn ping_reports_the_engine_version() {
 
 #[tokio::test]
 async fn a_missing_engine_says_how_to_start_one() {
-    let error = DockerRuntime::connect_to("unix:///nonexistent/docker.sock")
+    let error = Engine::connect_to("unix:///nonexistent/docker.sock")
         .await
         .expect_err("no engine there");
     assert!(
@@ -349,7 +765,7 @@ async fn a_tmpfs_mount_is_empty_has_its_mode_and_is_writable_by_any_user() {
     harness.assert_no_leaks().await;
 }
 
-/// Pins the engine behaviour that `ContainerRuntime::upload` documents: the mode of an archive's
+/// Pins the engine behaviour that `Engine::upload` documents: the mode of an archive's
 /// `./` entry is not applied to the target directory.
 #[tokio::test]
 async fn the_engine_ignores_the_archive_root_entry() {

@@ -12,7 +12,7 @@ use builder::alias::Aliases;
 use builder::build::{Outcome, Status};
 use builder::pipeline::{Lease, Machine};
 use builder::registry::{self, Registries};
-use builder::runtime::DockerRuntime;
+use builder::runtime::DockerBackend;
 use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
 use builder::source::git::Rewrites;
 use builder::store::{BuildRecord, SqliteStore, Store};
@@ -106,7 +106,7 @@ impl Setup {
         };
         let service = Service::new(
             Arc::new(store.clone()),
-            Arc::new(DockerRuntime::connect().await.unwrap()),
+            Arc::new(DockerBackend::connect().await.unwrap()),
             triggers,
             schedules,
             self.clock.clone(),

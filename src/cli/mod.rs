@@ -17,7 +17,7 @@ use crate::execute::Event;
 use crate::pipeline;
 use crate::plan::{self, Context, Inputs};
 use crate::registry::{self, Registries};
-use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::runtime::{Backend, DockerBackend};
 use crate::schedule::{self, Cron, Times};
 use crate::source;
 use crate::store::{SqliteStore, Store as _};
@@ -835,7 +835,7 @@ fn submit_detached(
 /// it in the store.
 async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<ExitCode> {
     let store = open_store(data_dir).await?;
-    let runtime = DockerRuntime::connect()
+    let runtime = DockerBackend::connect()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -20,7 +20,7 @@ use super::{default_data_dir, interrupt, secret};
 use crate::alias::Aliases;
 use crate::pipeline::Machine;
 use crate::registry::{self, Registries};
-use crate::runtime::DockerRuntime;
+use crate::runtime::DockerBackend;
 use crate::service::{self, Schedules, Service, SystemClock, TriggerFiles};
 use crate::source::git::Rewrites;
 use crate::store::SqliteStore;
@@ -212,7 +212,7 @@ pub(super) fn serve(
         let store = SqliteStore::open(&store_path)
             .await
             .with_context(|| format!("cannot open the store {}", store_path.display()))?;
-        let runtime = DockerRuntime::connect().await?;
+        let runtime = DockerBackend::connect().await?;
         let count = format!(
             "{} triggers, {} schedules",
             triggers.all().len(),

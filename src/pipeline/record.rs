@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{Outcome, Status, StepResult};
-use crate::execute::{self, BUILD_LABEL, Event};
-use crate::runtime::{ContainerRuntime, LogStream};
+use crate::execute::{self, Event};
+use crate::runtime::{Backend, LogStream};
 use crate::store::{self, Lease, Renewal, Store};
 
 /// How long a claim on a build lasts without a renewal: long enough for a busy machine to miss
@@ -90,7 +90,7 @@ fn ended_holder(dir: &Path, holder: &str) -> std::io::Result<Option<File>> {
 pub async fn run(
     store: &dyn Store,
     lease: &Lease,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     source: &serde_json::Value,
     run: execute::Run,
     cancel: CancellationToken,
@@ -141,7 +141,7 @@ pub async fn held<T>(
 /// meanwhile ([`held`]).
 pub async fn record(
     store: &dyn Store,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     run: execute::Run,
     cancel: CancellationToken,
     mut show: impl FnMut(&Event),
@@ -218,7 +218,7 @@ pub async fn recover(
     store: &dyn Store,
     holders: &Path,
     lease: &Lease,
-    runtime: &dyn ContainerRuntime,
+    runtime: &dyn Backend,
 ) -> Result<Vec<String>, String> {
     let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
     let mut recovered = Vec::new();
@@ -238,10 +238,7 @@ pub async fn recover(
         {
             continue;
         }
-        runtime
-            .sweep(BUILD_LABEL, &build.id)
-            .await
-            .map_err(|e| e.to_string())?;
+        runtime.sweep(&build.id).await.map_err(|e| e.to_string())?;
         let steps = store
             .get_build(&build.id)
             .await

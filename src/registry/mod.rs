@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::image;
-use crate::runtime::RegistryAuth;
+use crate::runtime::{self, RegistryAuth, RuntimeError};
 use crate::templates::{self, Provenance, PushedTemplate};
 pub use credentials::{Credential, DockerConfig};
 
@@ -151,6 +151,16 @@ pub struct TemplateVersion {
     pub digest: String,
     pub created: Option<String>,
     pub file: Option<String>,
+}
+
+/// The credentials a backend asks for when it pulls a step image or pushes an image.
+#[async_trait::async_trait]
+impl runtime::Credentials for Registries {
+    async fn auth(&self, image: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
+        self.engine_auth(image)
+            .await
+            .map_err(|e| RuntimeError::Credentials(e.to_string()))
+    }
 }
 
 impl Registries {

@@ -1,82 +1,131 @@
-//! Container runtime: the seam between the executor and the container engine.
+//! The runtime seam: how the executor runs one build's steps on a backend.
 //!
-//! [`ContainerRuntime`] is a small async trait whose doc comments are the lifecycle contract every
-//! implementation keeps and every caller may rely on. Its vocabulary ([`ContainerSpec`],
-//! [`LogChunk`], [`RuntimeError`], …) is plain data, so no engine types leak out of this module.
-//! [`docker::DockerRuntime`] is the implementation on the Docker Engine API.
+//! [`Backend`] is a step-level trait, after woodpecker's (`SetupWorkflow`, `StartStep`,
+//! `WaitStep`, `TailStep`, `DestroyStep`, `DestroyWorkflow`): the executor says *what* runs (a
+//! build of steps, each an image with a command) and *when* (the step graph, timeouts, cancels);
+//! a backend decides *how* (containers, volumes, networks, how to hold a step started ahead, how
+//! to read files back). Its doc comments are the lifecycle contract every backend keeps and the
+//! executor relies on; `tests/runtime.rs` checks it against [`DockerBackend`], and the
+//! executor's own tests check that the executor keeps its side with a fake backend.
+//!
+//! The vocabulary ([`BuildSpec`], [`StepSpec`], [`LogChunk`], [`RuntimeError`], …) is plain data,
+//! so no engine types leak out of this module.
 
 pub mod docker;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-pub use docker::DockerRuntime;
+pub use docker::DockerBackend;
 
-/// Labels on containers, volumes and networks; sorted so specs compare and print deterministically.
-pub type Labels = BTreeMap<String, String>;
+/// One build, as a backend sets it up: its steps are all known up front, so that the backend
+/// can prepare what they share (the workspace, volumes, a network) in one go.
+#[derive(Clone)]
+pub struct BuildSpec {
+    /// Unique among the builds a backend ever sees; every later call names the build by it.
+    pub id: String,
+    /// A directory whose contents become the workspace; `None` starts it empty.
+    pub source: Option<PathBuf>,
+    /// Where the workspace is in every step (`/workspace`): shared by all steps, filled from
+    /// `source`, readable with [`Backend::read_workspace`].
+    pub workspace: String,
+    /// Where the home directory is in every step (`/builder/home`), shared by all steps.
+    pub home: String,
+    /// Where each step finds a directory of its own (`/builder/outputs`), whose `output` file
+    /// [`Backend::step_output`] reads once the step has exited.
+    pub outputs: String,
+    /// The steps, addressed by their index in every step call.
+    pub steps: Vec<StepSpec>,
+    /// Credentials for the registries step images come from and images are pushed to; asked
+    /// only when a registry is actually contacted.
+    pub credentials: Arc<dyn Credentials>,
+}
 
-/// How long a log stream keeps draining, with no output arriving, after its container has exited.
-///
-/// The engine normally closes a followed log stream when the container exits, but it has been seen
-/// to stay open (fussybeaver/bollard#251); this bound is what keeps [`ContainerRuntime::logs`]
-/// from hanging in that case.
-pub const LOG_DRAIN_IDLE: Duration = Duration::from_secs(2);
+impl fmt::Debug for BuildSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildSpec")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
 
-/// Everything needed to create one container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerSpec {
-    /// Engine-wide unique name; every later call addresses the container by it.
+/// One step: an image and the command to run in it. `Debug` shows the names of its environment
+/// variables only: their values include secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StepSpec {
+    /// The image as the config names it: it runs if the backend has an image of that name (an
+    /// earlier step may have built it), as on Cloud Build.
     pub name: String,
-    /// Image reference; it must already be local (see [`ContainerRuntime::ensure_image`]).
+    /// The image that runs otherwise (the alias or mirror the plan resolved), fetched if need be.
     pub image: String,
-    /// Replaces the image's entrypoint when set. As with `docker run --entrypoint`, the image's
-    /// default command is then dropped too, so only `args` follow it.
-    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's entrypoint (and, as with `docker run --entrypoint`, its default
+    /// command). Ignored when there is a `script`.
+    pub entrypoint: Option<String>,
+    /// A script run as the step's command: an executable file, its `#!` line its interpreter
+    /// (`/bin/sh` without one), with `args` after it.
+    pub script: Option<String>,
     /// Arguments after the entrypoint. Empty means the image's default command.
     pub args: Vec<String>,
-    /// `KEY=value` entries, added to the image's environment (an entry here wins).
+    /// `KEY=value` entries, added to the image's environment (an entry here wins); secrets
+    /// included, so a backend never logs the values.
     pub env: Vec<String>,
-    /// Absolute working directory; empty means the image's. The engine creates it if missing,
-    /// owned by root, so a non-root step can only write there if a parent was made writable.
-    pub working_dir: String,
-    /// `uid`, `uid:gid` or a user name known to the image; `None` runs as the image's user.
-    pub user: Option<String>,
-    pub mounts: Vec<Mount>,
-    /// Network to join; `None` is the engine's default bridge.
-    pub network: Option<String>,
-    pub labels: Labels,
-    /// Full privileges, needed by steps that drive the engine through its socket.
-    pub privileged: bool,
-    /// Gives the container a stdin that [`ContainerRuntime::attach_stdin`] writes to; otherwise
-    /// its stdin is empty, as with `docker run` without `-i`.
-    pub stdin_open: bool,
+    /// Absolute working directory; empty means the image's.
+    pub dir: String,
+    /// The build's named volumes this step mounts: shared with every step that names them.
+    pub volumes: Vec<Volume>,
 }
 
-/// A volume or host directory mounted into a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub source: MountSource,
-    /// Absolute path inside the container.
-    pub target: String,
-    pub read_only: bool,
+impl fmt::Debug for StepSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: Vec<&str> = (self.env.iter())
+            .map(|entry| entry.split_once('=').map_or(entry.as_str(), |(key, _)| key))
+            .collect();
+        f.debug_struct("StepSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
+            .field("script", &self.script)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("dir", &self.dir)
+            .field("volumes", &self.volumes)
+            .finish()
+    }
 }
 
+/// A named volume of the build, and where a step sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MountSource {
-    /// A named volume made by [`ContainerRuntime::create_volume`], mounted as it is: the engine
-    /// does not copy the image's files at `target` into it, even when it is empty.
-    Volume(String),
-    /// An existing host path (a directory, or a socket such as `/var/run/docker.sock`).
-    Bind(PathBuf),
-    /// A new, empty in-memory filesystem private to the container and gone with it, its root
-    /// directory with permission bits `mode` (e.g. `0o1777`). The engine mounts it `noexec`,
-    /// `nosuid` and `nodev`, with no size limit beyond its default (half the host's memory).
-    Tmpfs { mode: u32 },
+pub struct Volume {
+    pub name: String,
+    /// Absolute path inside the step.
+    pub path: String,
+}
+
+/// The image a step runs, as [`Backend::step_image`] chose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepImage {
+    /// The step's written name or its fallback image.
+    pub name: String,
+    /// What identifies the image's content (Docker: its local id): two look-ups with the same
+    /// `name` and `id` found the same image.
+    pub id: String,
+    /// The manifest digest its registry recorded for it; `None` for images that were only built
+    /// or imported locally.
+    pub digest: Option<String>,
+}
+
+/// Registry credentials, asked for by image reference.
+#[async_trait::async_trait]
+pub trait Credentials: Send + Sync {
+    /// The credentials for `image`'s registry; `None` for anonymous access.
+    async fn auth(&self, image: &str) -> Result<Option<RegistryAuth>, RuntimeError>;
 }
 
 /// Which output stream a [`LogChunk`] came from.
@@ -89,7 +138,7 @@ pub enum LogStream {
     Stderr,
 }
 
-/// A piece of a container's output, exactly as the engine framed it: not a line. Frames split long
+/// A piece of a step's output, exactly as the backend framed it: not a line. Frames split long
 /// lines (at 16 KiB) and need not end in `\n`, so callers assemble lines per stream themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogChunk {
@@ -116,24 +165,7 @@ impl fmt::Debug for RegistryAuth {
     }
 }
 
-/// A local image, as [`ContainerRuntime::ensure_image`] found or pulled it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// Local image id (`sha256:…`, the config digest).
-    pub id: String,
-    /// Manifest digest (`sha256:…`) the image's repository recorded for it; `None` for images that
-    /// were only built or imported locally and never pulled from or pushed to that repository.
-    pub digest: Option<String>,
-    /// The image's default entrypoint and command (either may be empty).
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-}
-
-/// The writing end of a container's stdin. Shutting it down (or dropping it) ends the stdin: the
-/// container reads end-of-file after what was written.
-pub type Stdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
-
-/// Names of labelled engine resources, by kind, sorted.
+/// Names of a backend's resources (containers, volumes, networks), by kind, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub containers: Vec<String>,
@@ -162,9 +194,14 @@ pub enum RuntimeError {
     /// engine's reason, as `exec: "bash": executable file not found in $PATH`. This is the
     /// step's failure, as `docker run` makes it on Cloud Build, not the engine's.
     NotExecutable { detail: String },
-    /// The caller passed something the engine cannot express (a malformed image reference, a
-    /// non-UTF-8 bind path); retrying will not help.
+    /// The caller passed something the backend cannot express (a malformed image reference, a
+    /// non-UTF-8 bind path, a build that was not set up); retrying will not help.
     Invalid(String),
+    /// The build's source directory could not be read into the workspace.
+    Source(String),
+    /// The credentials for a registry could not be found (a helper failed, a config file is
+    /// malformed); the text is the registry module's.
+    Credentials(String),
     /// The engine refused a request or failed while serving it; the text says which and why.
     Engine(String),
 }
@@ -184,145 +221,183 @@ impl fmt::Display for RuntimeError {
                 write!(f, "pushing image {image:?} failed: {detail}")
             }
             Self::NotExecutable { detail } => f.write_str(detail),
-            Self::Invalid(message) | Self::Engine(message) => f.write_str(message),
+            Self::Invalid(message)
+            | Self::Source(message)
+            | Self::Credentials(message)
+            | Self::Engine(message) => f.write_str(message),
         }
     }
 }
 
 impl std::error::Error for RuntimeError {}
 
-/// Runs build steps as containers on a container engine.
+/// Runs one build's steps on a backend (a container engine, a cluster).
 ///
-/// # Lifecycle of a step container
+/// # Lifecycle
 ///
-/// 1. [`ensure_image`](Self::ensure_image): creation never pulls.
-/// 2. [`create_volume`](Self::create_volume) / [`create_network`](Self::create_network) for what
-///    the spec refers to.
-/// 3. [`create_container`](Self::create_container), then optionally [`upload`](Self::upload) to
-///    seed a volume it mounts (a created container already has its volumes attached).
-/// 4. [`start_container`](Self::start_container). A container created with `stdin_open` may get
-///    its [`attach_stdin`](Self::attach_stdin) writer before or after its start.
-/// 5. [`logs`](Self::logs) and [`wait_container`](Self::wait_container), concurrently. The log
-///    stream ends on its own once the container has exited, so awaiting it after `wait` returns is
-///    bounded (see [`LOG_DRAIN_IDLE`]).
-/// 6. [`remove_container`](Self::remove_container), always: after success, failure, a failed
-///    create or start, or [`stop_container`](Self::stop_container). Containers are never
-///    auto-removed, so the exit code stays readable until this call.
+/// ```text
+/// setup_build ─► for each step, in the executor's order, several at once:
+///                  step_image ─► create_step ─► start_step ─► step_logs ∥ wait_step
+///                  ─► step_output, missing_command ─► remove_step
+///                  (stop_step at any point after create_step; remove_step always)
+///            ─► read_workspace, image_exists, push_image (results of a successful build)
+///            ─► teardown_build, always
+/// ```
 ///
-/// When the build ends, [`remove_network`](Self::remove_network) and
-/// [`remove_volume`](Self::remove_volume) (after every container using them is removed).
+/// 1. [`setup_build`](Self::setup_build) once, before any step call. Whether it succeeds or
+///    fails, [`teardown_build`](Self::teardown_build) follows.
+/// 2. A step is created once its turn is near: [`step_image`](Self::step_image) chooses (and
+///    fetches) its image, [`create_step`](Self::create_step) creates what runs it. With `ahead`,
+///    the steps it waits for are still running: the backend may then already start it, *held*
+///    before its command, so that [`start_step`](Self::start_step) only has to release it.
+///    At its turn, a step created ahead is checked against `step_image` again (an earlier step
+///    may have rebuilt its image) and created anew, after `remove_step`, if that changed.
+/// 3. [`start_step`](Self::start_step) at its turn, then [`step_logs`](Self::step_logs) and
+///    [`wait_step`](Self::wait_step) concurrently. The logs end on their own once the step has
+///    exited and its output is drained.
+/// 4. Once it exited, [`step_output`](Self::step_output) and, for a non-zero exit,
+///    [`missing_command`](Self::missing_command) may read what it left.
+/// 5. [`remove_step`](Self::remove_step), always: after an exit, a failed create or start, or
+///    [`stop_step`](Self::stop_step). Steps created ahead whose turn never came may be left to
+///    `teardown_build`.
+/// 6. [`teardown_build`](Self::teardown_build), always, last: it removes everything the build
+///    made, including what step calls abandoned midway made.
 ///
-/// # Rules every implementation keeps
+/// # Rules every backend keeps
 ///
-/// * Names are chosen by the caller and must be unique on the engine (put the build id in them);
-///   every call addresses a resource by name.
-/// * Labels passed at creation are stored on the resource, so [`sweep`](Self::sweep) can find
-///   leftovers after a crash. Give every resource the build's label.
-/// * Stop and removals are idempotent and safe in any state, including for missing resources.
-///   Run them on a path a build's cancellation cannot reach.
-/// * Outcomes are not errors: a non-zero exit code is `Ok(code)`.
-/// * Nothing here bounds how long a container may run; step timeouts are the caller's
-///   (`tokio::time::timeout` around `wait_container`, then `stop_container`).
-/// * Dropping a returned future or stream abandons only the request, never the container.
+/// * Every resource a build makes can be found by the build's id, so [`sweep`](Self::sweep)
+///   removes a build's leftovers after a crash, from another process.
+/// * Stop and removals are idempotent and safe in any state, including for a step never
+///   created, and after a failed `setup_build`.
+/// * Outcomes are not errors: a non-zero exit code is `Ok(code)`. A command that cannot run
+///   is [`RuntimeError::NotExecutable`] from `start_step`, or, for a step started ahead, exit
+///   code 127 with the reason in its output; a step image that cannot be had is
+///   [`RuntimeError::ImageNotFound`].
+/// * Nothing here bounds how long a step may run: timeouts and cancels are the executor's
+///   (`wait_step` under a timeout, then `stop_step`).
+/// * Dropping a returned future or stream abandons only the request, never the step; the
+///   executor runs `create_step` to its end, so that a step is never created after its removal.
 #[async_trait::async_trait]
-pub trait ContainerRuntime: Send + Sync {
-    /// Checks that the engine answers; returns its version for the logs.
+pub trait Backend: Send + Sync {
+    /// Checks that the backend answers; returns its version for the logs.
     async fn ping(&self) -> Result<String, RuntimeError>;
 
-    /// The local image `image`, if the engine has it; never pulls.
-    async fn local_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError>;
+    /// Makes what the build's steps share: the workspace (filled from `source`), the home
+    /// directory, the named volumes, each step's output directory, a network of the build's
+    /// own.
+    async fn setup_build(&self, build: &BuildSpec) -> Result<(), RuntimeError>;
 
-    /// Makes `image` local: when present returns its info; otherwise pulls it (with `auth` if
-    /// given), then returns its info. `name`, `name:tag` and `name@sha256:…` are accepted, with
-    /// `latest` as the default tag and an optional `host:port/` registry prefix.
-    async fn ensure_image(
+    /// The image step `step` would run if it were created now: its written name if the backend
+    /// has that image, else its fallback image. With `fetch`, a fallback that is not at hand is
+    /// fetched (pulled, with the build's credentials); without, it is `Ok(None)`. Safe to
+    /// abandon.
+    async fn step_image(
         &self,
-        image: &str,
-        auth: Option<&RegistryAuth>,
-    ) -> Result<ImageInfo, RuntimeError>;
+        build: &str,
+        step: usize,
+        fetch: bool,
+    ) -> Result<Option<StepImage>, RuntimeError>;
 
-    /// Creates a named volume, or keeps the existing one of that name (with its labels).
-    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError>;
-
-    /// Creates a bridge network, or keeps the existing one of that name (with its labels).
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError>;
-
-    /// Creates, but does not start, a container. Its image must be local. A spec with no
-    /// entrypoint and no args, of an image with neither, is [`RuntimeError::NotExecutable`].
-    async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
-
-    /// Extracts the tar archive `tar` into the existing directory `path` of a created (not
-    /// necessarily started) container, through its mounts.
-    ///
-    /// Entries keep the mode and owner recorded in the archive, except the archive's root entry
-    /// (`./`): the engine skips it, so `path` keeps its own mode. To set the mode of the directory
-    /// itself (e.g. to make a volume's root writable for non-root steps), extract into its parent
-    /// with the directory as a named entry: upload to `/` an archive holding `workspace/` (mode
-    /// 0777) followed by `workspace/…`.
-    async fn upload(&self, container: &str, path: &str, tar: Vec<u8>) -> Result<(), RuntimeError>;
-
-    /// The tar archive of `path` in a created (not necessarily started) container, read through
-    /// its mounts: the inverse of [`upload`](Self::upload). The archive's entries are named
-    /// after `path`'s last component (`workspace/dist/t.yaml` for `/workspace`).
-    fn download(
+    /// Creates what runs step `step` from `image` (as `step_image` returned it), not started;
+    /// with `ahead`, possibly started and held before its command (see the lifecycle). A step
+    /// that names no command, of an image with none, is [`RuntimeError::NotExecutable`].
+    async fn create_step(
         &self,
-        container: &str,
-        path: &str,
-    ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
+        build: &str,
+        step: usize,
+        image: &StepImage,
+        ahead: bool,
+    ) -> Result<(), RuntimeError>;
 
-    /// Starts a created container. A command that is not in the image or not executable is
-    /// [`RuntimeError::NotExecutable`]; the container is then created but never ran.
-    async fn start_container(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Runs the created step's command: starts it, or releases it if it is held. A command that
+    /// is not in the image or not executable is [`RuntimeError::NotExecutable`].
+    async fn start_step(&self, build: &str, step: usize) -> Result<(), RuntimeError>;
 
-    /// The stdin of a container created with `stdin_open`; there is one writer per container.
-    async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError>;
+    /// The started step's output from its start, stdout and stderr kept apart, as the backend
+    /// framed it (not lines). Nothing is lost at the end, not even a last line without a
+    /// newline; the stream ends once the step has exited and its output is drained.
+    fn step_logs(
+        &self,
+        build: &str,
+        step: usize,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
 
-    /// The container's output from its start, stdout and stderr kept apart.
-    ///
-    /// Call it after [`start_container`](Self::start_container) returned (before that there is
-    /// nothing to follow) and before removal; calling it after the container exited still yields
-    /// everything it wrote. Output arrives while the container runs, and none is lost at its end,
-    /// not even a last line without a newline. The stream ends once the container has exited and
-    /// its output is drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the
-    /// exit.
-    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
+    /// Waits, without a time limit, until the started step has exited; returns its exit code
+    /// (137: it was killed).
+    async fn wait_step(&self, build: &str, step: usize) -> Result<i64, RuntimeError>;
 
-    /// Waits, without a time limit, until the started container is not running and returns its
-    /// exit code (non-zero is not an error; 137 means it was killed).
-    async fn wait_container(&self, name: &str) -> Result<i64, RuntimeError>;
+    /// Asks the step to end (SIGTERM), and ends it (SIGKILL) if it still runs after `grace`.
+    /// Returns once it no longer runs.
+    async fn stop_step(
+        &self,
+        build: &str,
+        step: usize,
+        grace: Duration,
+    ) -> Result<(), RuntimeError>;
 
-    /// Sends SIGTERM, and SIGKILL if the container still runs after `grace`. Returns once it has
-    /// stopped. Safe on a created, exited or missing container.
-    async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// The first `limit` bytes of the `output` file in the exited step's output directory;
+    /// `None` when it wrote none.
+    async fn step_output(
+        &self,
+        build: &str,
+        step: usize,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RuntimeError>;
 
-    /// Removes a container in any state (a running one is killed, without grace) with its
-    /// anonymous volumes. A missing container is `Ok`.
-    async fn remove_container(&self, name: &str) -> Result<(), RuntimeError>;
+    /// After a non-zero exit: why the step's command could not run, when the backend can tell
+    /// more than the exit code does (127 is also a command's own). Docker: the interpreter a
+    /// script's `#!` line names is not in the image.
+    async fn missing_command(&self, build: &str, step: usize) -> Option<String>;
 
-    /// Removes a volume no container uses any more. A missing volume is `Ok`.
-    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Removes the step, running or not. A step never created is `Ok`.
+    async fn remove_step(&self, build: &str, step: usize) -> Result<(), RuntimeError>;
 
-    /// Removes a network no container is attached to any more. A missing network is `Ok`.
-    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
+    /// A tar archive of the workspace as the steps left it, its entries under the workspace's
+    /// directory name (`workspace/dist/t.yaml`). Once per build, after its last step: what the
+    /// backend makes to read it is removed by `teardown_build`.
+    async fn read_workspace(
+        &self,
+        build: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError>;
 
-    /// Removes every container, then network, then volume labelled `key=value`, the crash sweep.
-    /// Returns what it removed. When some removals fail it still attempts the rest, then returns
-    /// an error naming the failures; calling it again is safe.
-    async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError>;
+    /// Whether the backend has the image `image` (built by a step, or fetched).
+    async fn image_exists(&self, build: &str, image: &str) -> Result<bool, RuntimeError>;
 
-    /// Lists the containers (in any state), volumes and networks labelled `key=value`.
-    async fn labelled(&self, key: &str, value: &str) -> Result<Resources, RuntimeError>;
-
-    /// Gives the local image `image` the further name `tag` (`name[:tag]`, default tag
-    /// `latest`), moving that name if another image had it. A missing `image` is
-    /// [`RuntimeError::ImageNotFound`].
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<(), RuntimeError>;
-
-    /// Pushes the local tag `image` (`name[:tag]`, default tag `latest`) to its registry and
-    /// returns the manifest digest (`sha256:…`) the registry reported for it.
+    /// Pushes the image `image` to the registry of `target` (`image` itself, or the name a
+    /// registry mirror gives it) with the build's credentials; returns the manifest digest the
+    /// registry reported. A push the registry refused or dropped is
+    /// [`RuntimeError::PushFailed`]: trying again may help.
     async fn push_image(
         &self,
+        build: &str,
         image: &str,
-        auth: Option<&RegistryAuth>,
+        target: &str,
     ) -> Result<String, RuntimeError>;
+
+    /// Removes everything of the build and forgets it. When some removals fail it still
+    /// attempts the rest, then returns an error naming the failures.
+    async fn teardown_build(&self, build: &str) -> Result<(), RuntimeError>;
+
+    /// Removes every leftover of the build `build`, whichever process made it (a build whose
+    /// process died); returns what it removed. Calling it again is safe.
+    async fn sweep(&self, build: &str) -> Result<Resources, RuntimeError>;
+
+    /// What of the build `build` exists on the backend: empty once it is torn down or swept.
+    async fn leftovers(&self, build: &str) -> Result<Resources, RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepSpec;
+
+    #[test]
+    fn a_steps_debug_shows_its_environment_names_not_their_values() {
+        let step = StepSpec {
+            env: vec!["TOKEN=s3cr3t".to_string(), "EMPTY".to_string()],
+            ..StepSpec::default()
+        };
+        let shown = format!("{step:?}");
+        assert!(shown.contains(r#"env: ["TOKEN", "EMPTY"]"#), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
 }

@@ -31,7 +31,7 @@ use crate::build::{Outcome, Status};
 use crate::execute::Run;
 use crate::pipeline::{self, Machine, Reading, Recipe};
 use crate::plan::Context;
-use crate::runtime::ContainerRuntime;
+use crate::runtime::Backend;
 use crate::source::git::{Mirror, Rewrites};
 pub use crate::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
 use crate::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
@@ -142,7 +142,7 @@ fn default_config_name() -> String {
 
 pub struct Service {
     store: Arc<dyn Store>,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtime: Arc<dyn Backend>,
     triggers: TriggerFiles,
     schedules: Schedules,
     /// The scheduler's time.
@@ -163,7 +163,7 @@ pub struct Service {
 impl Service {
     pub fn new(
         store: Arc<dyn Store>,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtime: Arc<dyn Backend>,
         triggers: TriggerFiles,
         schedules: Schedules,
         clock: Arc<dyn Clock>,

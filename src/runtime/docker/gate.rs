@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::runtime::{ImageInfo, Stdin};
+use super::engine::{ImageInfo, Stdin};
 
 /// Where the host's static busybox is (Debian's `busybox-static`, installed by
 /// `scripts/dev-env.sh`). Without one, containers are created ahead but not started.

@@ -1,4 +1,6 @@
-//! [`ContainerRuntime`] on the Docker Engine API, through bollard: the only file that uses bollard.
+//! The Docker engine's container-level API, through bollard: the only file that uses bollard.
+//! [`Engine`] is what the Docker backend ([`super::DockerBackend`]) is built of; its methods'
+//! doc comments are the contract that backend relies on, and `tests/runtime.rs` checks them.
 //!
 //! Engine behaviours this file works around, each noted where it is handled:
 //! * bollard's default API version is newer than older engines (Debian's 20.10 speaks 1.41), so
@@ -14,11 +16,11 @@
 //!   name fails, so an existing network is looked up before creating one, and duplicates made by
 //!   callers racing past that look-up are removed again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
@@ -39,18 +41,126 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
-use super::{
-    ContainerRuntime, ContainerSpec, ImageInfo, LOG_DRAIN_IDLE, Labels, LogChunk, LogStream,
-    MountSource, RegistryAuth, Resources, RuntimeError, Stdin,
-};
+use crate::runtime::{LogChunk, LogStream, RegistryAuth, Resources, RuntimeError};
 
-/// A [`ContainerRuntime`] talking to one Docker engine.
+/// Labels on containers, volumes and networks; sorted so specs compare and print deterministically.
+pub type Labels = BTreeMap<String, String>;
+
+/// How long a log stream keeps draining, with no output arriving, after its container has exited.
+///
+/// The engine normally closes a followed log stream when the container exits, but it has been seen
+/// to stay open (fussybeaver/bollard#251); this bound is what keeps [`Engine::logs`]
+/// from hanging in that case.
+pub const LOG_DRAIN_IDLE: Duration = Duration::from_secs(2);
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Engine-wide unique name; every later call addresses the container by it.
+    pub name: String,
+    /// Image reference; it must already be local (see [`Engine::ensure_image`]).
+    pub image: String,
+    /// Replaces the image's entrypoint when set. As with `docker run --entrypoint`, the image's
+    /// default command is then dropped too, so only `args` follow it.
+    pub entrypoint: Option<Vec<String>>,
+    /// Arguments after the entrypoint. Empty means the image's default command.
+    pub args: Vec<String>,
+    /// `KEY=value` entries, added to the image's environment (an entry here wins).
+    pub env: Vec<String>,
+    /// Absolute working directory; empty means the image's. The engine creates it if missing,
+    /// owned by root, so a non-root step can only write there if a parent was made writable.
+    pub working_dir: String,
+    /// `uid`, `uid:gid` or a user name known to the image; `None` runs as the image's user.
+    pub user: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// Network to join; `None` is the engine's default bridge.
+    pub network: Option<String>,
+    pub labels: Labels,
+    /// Full privileges, needed by steps that drive the engine through its socket.
+    pub privileged: bool,
+    /// Gives the container a stdin that [`Engine::attach_stdin`] writes to; otherwise
+    /// its stdin is empty, as with `docker run` without `-i`.
+    pub stdin_open: bool,
+}
+
+/// A volume or host directory mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: MountSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A named volume made by [`Engine::create_volume`], mounted as it is: the engine
+    /// does not copy the image's files at `target` into it, even when it is empty.
+    Volume(String),
+    /// An existing host path (a directory, or a socket such as `/var/run/docker.sock`).
+    Bind(PathBuf),
+    /// A new, empty in-memory filesystem private to the container and gone with it, its root
+    /// directory with permission bits `mode` (e.g. `0o1777`). The engine mounts it `noexec`,
+    /// `nosuid` and `nodev`, with no size limit beyond its default (half the host's memory).
+    Tmpfs { mode: u32 },
+}
+
+/// A local image, as [`Engine::ensure_image`] found or pulled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Local image id (`sha256:…`, the config digest).
+    pub id: String,
+    /// Manifest digest (`sha256:…`) the image's repository recorded for it; `None` for images that
+    /// were only built or imported locally and never pulled from or pushed to that repository.
+    pub digest: Option<String>,
+    /// The image's default entrypoint and command (either may be empty).
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// The writing end of a container's stdin. Shutting it down (or dropping it) ends the stdin: the
+/// container reads end-of-file after what was written.
+pub type Stdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// One Docker engine, as the Docker backend uses it: containers, volumes, networks, images.
+///
+/// # Lifecycle of a step container
+///
+/// 1. [`ensure_image`](Self::ensure_image): creation never pulls.
+/// 2. [`create_volume`](Self::create_volume) / [`create_network`](Self::create_network) for what
+///    the spec refers to.
+/// 3. [`create_container`](Self::create_container), then optionally [`upload`](Self::upload) to
+///    seed a volume it mounts (a created container already has its volumes attached).
+/// 4. [`start_container`](Self::start_container). A container created with `stdin_open` may get
+///    its [`attach_stdin`](Self::attach_stdin) writer before or after its start.
+/// 5. [`logs`](Self::logs) and [`wait_container`](Self::wait_container), concurrently. The log
+///    stream ends on its own once the container has exited, so awaiting it after `wait` returns is
+///    bounded (see [`LOG_DRAIN_IDLE`]).
+/// 6. [`remove_container`](Self::remove_container), always: after success, failure, a failed
+///    create or start, or [`stop_container`](Self::stop_container). Containers are never
+///    auto-removed, so the exit code stays readable until this call.
+///
+/// When the build ends, [`remove_network`](Self::remove_network) and
+/// [`remove_volume`](Self::remove_volume) (after every container using them is removed).
+///
+/// # Rules
+///
+/// * Names are chosen by the caller and must be unique on the engine (put the build id in them);
+///   every call addresses a resource by name.
+/// * Labels passed at creation are stored on the resource, so [`sweep`](Self::sweep) can find
+///   leftovers after a crash. Give every resource the build's label.
+/// * Stop and removals are idempotent and safe in any state, including for missing resources.
+///   Run them on a path a build's cancellation cannot reach.
+/// * Outcomes are not errors: a non-zero exit code is `Ok(code)`.
+/// * Nothing here bounds how long a container may run; step timeouts are the caller's
+///   (`tokio::time::timeout` around `wait_container`, then `stop_container`).
+/// * Dropping a returned future or stream abandons only the request, never the container.
 #[derive(Debug, Clone)]
-pub struct DockerRuntime {
+pub struct Engine {
     docker: Docker,
 }
 
-impl DockerRuntime {
+impl Engine {
     /// Connects to the engine named by `DOCKER_HOST`, or the local socket `/var/run/docker.sock`.
     pub async fn connect() -> Result<Self, RuntimeError> {
         Self::negotiate(Docker::connect_with_defaults()).await
@@ -174,9 +284,9 @@ impl DockerRuntime {
     }
 }
 
-#[async_trait]
-impl ContainerRuntime for DockerRuntime {
-    async fn ping(&self) -> Result<String, RuntimeError> {
+impl Engine {
+    /// Checks that the engine answers; returns its version for the logs.
+    pub async fn ping(&self) -> Result<String, RuntimeError> {
         let version = self
             .docker
             .version()
@@ -189,7 +299,8 @@ impl ContainerRuntime for DockerRuntime {
         ))
     }
 
-    async fn local_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+    /// The local image `image`, if the engine has it; never pulls.
+    pub async fn local_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         let reference = Reference::parse(image)?;
         match self.inspect_image(image, reference.repository).await {
             Ok(info) => Ok(Some(info)),
@@ -201,7 +312,10 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn ensure_image(
+    /// Makes `image` local: when present returns its info; otherwise pulls it (with `auth` if
+    /// given), then returns its info. `name`, `name:tag` and `name@sha256:…` are accepted, with
+    /// `latest` as the default tag and an optional `host:port/` registry prefix.
+    pub async fn ensure_image(
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
@@ -240,7 +354,8 @@ impl ContainerRuntime for DockerRuntime {
             })
     }
 
-    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
+    /// Creates a named volume, or keeps the existing one of that name (with its labels).
+    pub async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
         let request = VolumeCreateRequest {
             name: Some(name.to_owned()),
             labels: Some(to_map(labels)),
@@ -254,7 +369,8 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|error| engine_error(format_args!("creating volume {name:?}"), error))
     }
 
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
+    /// Creates a bridge network, or keeps the existing one of that name (with its labels).
+    pub async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), RuntimeError> {
         let context = format!("creating network {name:?}");
         let failed = |error| engine_error(&context, error);
         if self.networks_named(name).await.map_err(failed)?.is_empty() {
@@ -282,7 +398,9 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
-    async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    /// Creates, but does not start, a container. Its image must be local. A spec with no
+    /// entrypoint and no args, of an image with neither, is [`RuntimeError::NotExecutable`].
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let labels = to_map(&spec.labels);
         let mounts = spec
             .mounts
@@ -371,7 +489,20 @@ impl ContainerRuntime for DockerRuntime {
             })
     }
 
-    async fn upload(&self, container: &str, path: &str, tar: Vec<u8>) -> Result<(), RuntimeError> {
+    /// Extracts the tar archive `tar` into the existing directory `path` of a created (not
+    /// necessarily started) container, through its mounts.
+    ///
+    /// Entries keep the mode and owner recorded in the archive, except the archive's root entry
+    /// (`./`): the engine skips it, so `path` keeps its own mode. To set the mode of the directory
+    /// itself (e.g. to make a volume's root writable for non-root steps), extract into its parent
+    /// with the directory as a named entry: upload to `/` an archive holding `workspace/` (mode
+    /// 0777) followed by `workspace/…`.
+    pub async fn upload(
+        &self,
+        container: &str,
+        path: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), RuntimeError> {
         let options = UploadToContainerOptionsBuilder::default()
             .path(path)
             .build();
@@ -386,7 +517,10 @@ impl ContainerRuntime for DockerRuntime {
             })
     }
 
-    fn download(
+    /// The tar archive of `path` in a created (not necessarily started) container, read through
+    /// its mounts: the inverse of [`upload`](Self::upload). The archive's entries are named
+    /// after `path`'s last component (`workspace/dist/t.yaml` for `/workspace`).
+    pub fn download(
         &self,
         container: &str,
         path: &str,
@@ -401,7 +535,9 @@ impl ContainerRuntime for DockerRuntime {
             .boxed()
     }
 
-    async fn start_container(&self, name: &str) -> Result<(), RuntimeError> {
+    /// Starts a created container. A command that is not in the image or not executable is
+    /// [`RuntimeError::NotExecutable`]; the container is then created but never ran.
+    pub async fn start_container(&self, name: &str) -> Result<(), RuntimeError> {
         self.docker
             .start_container(name, None)
             .await
@@ -411,7 +547,8 @@ impl ContainerRuntime for DockerRuntime {
             })
     }
 
-    async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError> {
+    /// The stdin of a container created with `stdin_open`; there is one writer per container.
+    pub async fn attach_stdin(&self, name: &str) -> Result<Stdin, RuntimeError> {
         let options = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stream(true)
@@ -427,7 +564,15 @@ impl ContainerRuntime for DockerRuntime {
         Ok(attached.input)
     }
 
-    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+    /// The container's output from its start, stdout and stderr kept apart.
+    ///
+    /// Call it after [`start_container`](Self::start_container) returned (before that there is
+    /// nothing to follow) and before removal; calling it after the container exited still yields
+    /// everything it wrote. Output arrives while the container runs, and none is lost at its end,
+    /// not even a last line without a newline. The stream ends once the container has exited and
+    /// its output is drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the
+    /// exit.
+    pub fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(true)
@@ -459,7 +604,9 @@ impl ContainerRuntime for DockerRuntime {
         stream::unfold(follow, Follow::next).boxed()
     }
 
-    async fn wait_container(&self, name: &str) -> Result<i64, RuntimeError> {
+    /// Waits, without a time limit, until the started container is not running and returns its
+    /// exit code (non-zero is not an error; 137 means it was killed).
+    pub async fn wait_container(&self, name: &str) -> Result<i64, RuntimeError> {
         match self.docker.wait_container(name, None).next().await {
             Some(Ok(response)) => Ok(response.status_code),
             // bollard turns a non-zero exit into an error; for us it is the step's outcome.
@@ -474,7 +621,9 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+    /// Sends SIGTERM, and SIGKILL if the container still runs after `grace`. Returns once it has
+    /// stopped. Safe on a created, exited or missing container.
+    pub async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
         // SIGTERM first so the step can clean up. The engine's own stop would do this too, but
         // it answers only once the container is gone, which bollard's 120 s request timeout cuts
         // short for long grace periods; timing the grace here has no such limit.
@@ -490,7 +639,9 @@ impl ContainerRuntime for DockerRuntime {
         self.wait_container(name).await.map(drop)
     }
 
-    async fn remove_container(&self, name: &str) -> Result<(), RuntimeError> {
+    /// Removes a container in any state (a running one is killed, without grace) with its
+    /// anonymous volumes. A missing container is `Ok`.
+    pub async fn remove_container(&self, name: &str) -> Result<(), RuntimeError> {
         // `v` also removes anonymous volumes (an image's VOLUME lines), which carry no labels
         // and would otherwise leak.
         let options = RemoveContainerOptionsBuilder::default()
@@ -501,18 +652,23 @@ impl ContainerRuntime for DockerRuntime {
         gone(removed, format_args!("removing container {name:?}"))
     }
 
-    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+    /// Removes a volume no container uses any more. A missing volume is `Ok`.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         let options = RemoveVolumeOptionsBuilder::default().build();
         let removed = self.docker.remove_volume(name, Some(options)).await;
         gone(removed, format_args!("removing volume {name:?}"))
     }
 
-    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+    /// Removes a network no container is attached to any more. A missing network is `Ok`.
+    pub async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
         let removed = self.docker.remove_network(name).await;
         gone(removed, format_args!("removing network {name:?}"))
     }
 
-    async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
+    /// Removes every container, then network, then volume labelled `key=value`, the crash sweep.
+    /// Returns what it removed. When some removals fail it still attempts the rest, then returns
+    /// an error naming the failures; calling it again is safe.
+    pub async fn sweep(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
         let found = self.labelled(key, value).await?;
         let (mut failures, mut network_failures) = (Vec::new(), Vec::new());
         // Containers first: they hold the networks and volumes. Each kind at once.
@@ -540,14 +696,18 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn labelled(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
+    /// Lists the containers (in any state), volumes and networks labelled `key=value`.
+    pub async fn labelled(&self, key: &str, value: &str) -> Result<Resources, RuntimeError> {
         let label = format!("{key}={value}");
         self.list_labelled(&label).await.map_err(|error| {
             engine_error(format_args!("listing resources labelled {label}"), error)
         })
     }
 
-    async fn tag_image(&self, image: &str, tag: &str) -> Result<(), RuntimeError> {
+    /// Gives the local image `image` the further name `tag` (`name[:tag]`, default tag
+    /// `latest`), moving that name if another image had it. A missing `image` is
+    /// [`RuntimeError::ImageNotFound`].
+    pub async fn tag_image(&self, image: &str, tag: &str) -> Result<(), RuntimeError> {
         let target = Reference::parse(tag)?;
         let options = TagImageOptionsBuilder::default()
             .repo(target.repository)
@@ -564,7 +724,9 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn push_image(
+    /// Pushes the local tag `image` (`name[:tag]`, default tag `latest`) to its registry and
+    /// returns the manifest digest (`sha256:…`) the registry reported for it.
+    pub async fn push_image(
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
@@ -633,7 +795,7 @@ impl ContainerRuntime for DockerRuntime {
 
 type LogOutputs = BoxStream<'static, Result<LogOutput, BollardError>>;
 
-/// State of one [`ContainerRuntime::logs`] stream.
+/// State of one [`Engine::logs`] stream.
 ///
 /// A followed log stream can end without the container's last output when that does not end in
 /// a newline (moby#43860, seen on 20.10). So once the followed stream is over and the container

@@ -1,0 +1,616 @@
+//! The Docker backend: a build's steps as containers on one Docker engine ([`engine::Engine`]).
+//!
+//! What a build is made of here, all labelled `builder.build=<id>` and named after the build:
+//! * volumes for the workspace, the home directory, each named volume, each step's output
+//!   directory (a volume rather than a tmpfs, so that it can be read once the step has exited),
+//!   and the gate's shell;
+//! * a network of the build's own, and the shared `cloudbuild` network that nested
+//!   `docker build --network=cloudbuild` names (labelled `builder.shared`, kept for all builds);
+//! * a container per step, with the engine's socket mounted so that steps can drive the engine;
+//! * containers made only to reach the volumes through the engine's archive API (filling the
+//!   workspace, reading it back), created from a step image with a command of builder's own and
+//!   never started, so that images without CMD or ENTRYPOINT work.
+//!
+//! A step created ahead of its turn is started at the [`gate`], which holds it before its
+//! command until [`Backend::start_step`] releases it.
+
+pub mod engine;
+pub mod gate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use self::engine::{ContainerSpec, Engine, ImageInfo, Labels, Mount, MountSource, Stdin};
+use super::{Backend, BuildSpec, LogChunk, Resources, RuntimeError, StepImage, StepSpec};
+
+/// Label carried by every resource of a build, with the build id as value.
+pub const BUILD_LABEL: &str = "builder.build";
+/// Label carried by a step's container, with the step's index as value.
+const STEP_LABEL: &str = "builder.step";
+/// The network Cloud Build steps can name in nested `docker build --network=cloudbuild`.
+const SHARED_NETWORK: &str = "cloudbuild";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// The command of the containers made only to reach a build's volumes through the engine's
+/// archive API. They are never started, but the engine refuses to create a container without a
+/// command, and many images (`docker import`, `FROM scratch`, distroless) have none.
+const NEVER_STARTED: &str = "/builder/never-started";
+
+/// A [`Backend`] on one Docker engine.
+#[derive(Clone)]
+pub struct DockerBackend {
+    engine: Engine,
+    /// The builds set up and not torn down yet, by id.
+    builds: Arc<Mutex<HashMap<String, Arc<Build>>>>,
+}
+
+/// What the backend keeps of a build between calls.
+struct Build {
+    spec: BuildSpec,
+    /// What [`Backend::step_image`] found, by image id, for [`Backend::create_step`].
+    images: Mutex<HashMap<String, ImageInfo>>,
+    /// The stdin of each step held at the gate, until its release.
+    held: Mutex<HashMap<usize, Stdin>>,
+}
+
+impl DockerBackend {
+    /// Connects to the engine named by `DOCKER_HOST`, or the local socket `/var/run/docker.sock`.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        Ok(Self::on(Engine::connect().await?))
+    }
+
+    /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port` or `http://…`).
+    pub async fn connect_to(host: &str) -> Result<Self, RuntimeError> {
+        Ok(Self::on(Engine::connect_to(host).await?))
+    }
+
+    fn on(engine: Engine) -> Self {
+        Self {
+            engine,
+            builds: Arc::default(),
+        }
+    }
+
+    fn build(&self, build: &str) -> Result<Arc<Build>, RuntimeError> {
+        lock(&self.builds)
+            .get(build)
+            .cloned()
+            .ok_or_else(|| RuntimeError::Invalid(format!("build {build:?} is not set up")))
+    }
+
+    /// The image a step runs, if it is local: as on Cloud Build, an image the engine has under
+    /// the step's written name runs as is (an earlier step may have built it); only then do the
+    /// aliases and mirrors count.
+    async fn local_step_image(
+        &self,
+        build: &Build,
+        step: usize,
+    ) -> Result<Option<StepImage>, RuntimeError> {
+        let spec = step_spec(build, step)?;
+        for image in [&spec.name, &spec.image] {
+            if let Some(info) = self.engine.local_image(image).await? {
+                return Ok(Some(build.remember(image, info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The image step `step` runs, made local: pulled through its alias or mirror, with its
+    /// registry's credentials, when the engine has neither it nor the written name.
+    async fn fetch_step_image(
+        &self,
+        build: &Build,
+        step: usize,
+    ) -> Result<StepImage, RuntimeError> {
+        if let Some(found) = self.local_step_image(build, step).await? {
+            return Ok(found);
+        }
+        let image = &step_spec(build, step)?.image;
+        let auth = build.spec.credentials.auth(image).await?;
+        let info = self.engine.ensure_image(image, auth.as_ref()).await?;
+        Ok(build.remember(image, info))
+    }
+
+    /// The first step image that is local or can be pulled, for a container that only reaches
+    /// the build's volumes; a missing one is the step's failure to report, not the build's.
+    async fn volume_image(&self, build: &Build) -> Result<Option<String>, RuntimeError> {
+        for step in 0..build.spec.steps.len() {
+            match self.fetch_step_image(build, step).await {
+                Ok(image) => return Ok(Some(image.name)),
+                Err(RuntimeError::ImageNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates the build's networks and volumes, makes every volume writable by any user and
+    /// fills the workspace. The networks are created meanwhile: nothing before the first step
+    /// needs them.
+    async fn setup(&self, build: &Build) -> Result<(), RuntimeError> {
+        let id = &build.spec.id;
+        let networks = async {
+            let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
+            self.engine.create_network(SHARED_NETWORK, &shared).await?;
+            self.engine
+                .create_network(&name(id, "network"), &labels(id, None))
+                .await
+        };
+        // Both run to their end even when one fails: a container request dropped in flight could
+        // still create its container after the teardown has looked.
+        let (networks, volumes) = tokio::join!(networks, self.setup_volumes(build));
+        networks.map_err(|e| RuntimeError::Engine(format!("preparing the build: {e}")))?;
+        volumes
+    }
+
+    /// Creates the build's volumes, makes every one writable by any user and fills the
+    /// workspace.
+    async fn setup_volumes(&self, build: &Build) -> Result<(), RuntimeError> {
+        let spec = &build.spec;
+        let labels = labels(&spec.id, None);
+        // Each build volume, and where the seed container mounts it.
+        let user_volumes = spec.steps.iter().flat_map(|s| &s.volumes);
+        let gate = gate::available().then(|| ("gate".to_string(), gate::DIR.to_string()));
+        let outputs =
+            (0..spec.steps.len()).map(|i| (outputs_volume(i), format!("{}/{i}", spec.outputs)));
+        let volumes: BTreeMap<String, String> = [
+            ("workspace".to_string(), spec.workspace.clone()),
+            ("home".to_string(), spec.home.clone()),
+        ]
+        .into_iter()
+        .chain(gate)
+        .chain(outputs)
+        .chain(user_volumes.map(|v| (user_volume(&v.name), format!("/builder/volumes/{}", v.name))))
+        .collect();
+        let created = futures_util::future::join_all(volumes.keys().map(|volume| {
+            let name = name(&spec.id, volume);
+            let labels = &labels;
+            async move { self.engine.create_volume(&name, labels).await }
+        }))
+        .await;
+        created
+            .into_iter()
+            .collect::<Result<(), _>>()
+            .map_err(|e| RuntimeError::Engine(format!("preparing the build: {e}")))?;
+        let archive = seed_archive(spec.source.as_deref(), volumes.values())
+            .map_err(|e| RuntimeError::Source(format!("packing the workspace: {e}")))?;
+        let filling = |e| RuntimeError::Engine(format!("filling /workspace: {e}"));
+        // The engine copies files into a volume only through a container that mounts it; it is
+        // created, never started, so any local image will do: the first step image there is.
+        // With none, no step can run either, and the steps report the missing images.
+        let Some(image) = self.volume_image(build).await.map_err(filling)? else {
+            return Ok(());
+        };
+        let mounts = volumes
+            .iter()
+            .map(|(volume, path)| volume_mount(&name(&spec.id, volume), path))
+            .collect();
+        let seed = volume_access(&spec.id, "seed", image, mounts);
+        let seeding = async {
+            self.engine.create_container(&seed).await?;
+            self.engine.upload(&seed.name, "/", archive).await?;
+            self.engine.remove_container(&seed.name).await
+        };
+        seeding.await.map_err(filling)
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        self.engine.ping().await
+    }
+
+    async fn setup_build(&self, spec: &BuildSpec) -> Result<(), RuntimeError> {
+        let build = Arc::new(Build {
+            spec: spec.clone(),
+            images: Mutex::default(),
+            held: Mutex::default(),
+        });
+        // Known before anything is made, so that a teardown after a failed setup finds it.
+        lock(&self.builds).insert(spec.id.clone(), build.clone());
+        self.setup(&build).await
+    }
+
+    async fn step_image(
+        &self,
+        build: &str,
+        step: usize,
+        fetch: bool,
+    ) -> Result<Option<StepImage>, RuntimeError> {
+        let build = self.build(build)?;
+        if fetch {
+            self.fetch_step_image(&build, step).await.map(Some)
+        } else {
+            self.local_step_image(&build, step).await
+        }
+    }
+
+    async fn create_step(
+        &self,
+        build: &str,
+        step: usize,
+        image: &StepImage,
+        ahead: bool,
+    ) -> Result<(), RuntimeError> {
+        let build = self.build(build)?;
+        let info = lock(&build.images).get(&image.id).cloned();
+        let info = info.ok_or_else(|| {
+            RuntimeError::Invalid(format!(
+                "image {:?} was not chosen by step_image",
+                image.name
+            ))
+        })?;
+        let step_spec = step_spec(&build, step)?;
+        let mut spec = container_spec(&build.spec, step, step_spec, &image.name);
+        let name = spec.name.clone();
+        // Ahead of its turn, the container is started too, held at the gate until then.
+        let command = gate::command(spec.entrypoint.as_deref(), &spec.args, &info);
+        let hold = ahead && gate::available() && !command.is_empty();
+        if hold {
+            spec.entrypoint = Some(gate::held(command));
+            spec.args = Vec::new();
+            spec.stdin_open = true;
+            spec.mounts.push(Mount {
+                read_only: true,
+                ..volume_mount(&self::name(&build.spec.id, "gate"), gate::DIR)
+            });
+        }
+        self.engine.create_container(&spec).await?;
+        if let Some(script) = &step_spec.script {
+            // Packing a file in memory: this cannot fail short of running out of memory.
+            let archive =
+                script_file(step, script).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+            self.engine.upload(&name, "/", archive).await?;
+        }
+        if hold {
+            let stdin = self.engine.attach_stdin(&name).await?;
+            self.engine.start_container(&name).await?;
+            lock(&build.held).insert(step, stdin);
+        }
+        Ok(())
+    }
+
+    async fn start_step(&self, build: &str, step: usize) -> Result<(), RuntimeError> {
+        let held = lock(&self.build(build)?.held).remove(&step);
+        match held {
+            Some(stdin) => gate::release(stdin)
+                .await
+                .map_err(|e| RuntimeError::Engine(format!("releasing the step's container: {e}"))),
+            None => self.engine.start_container(&step_name(build, step)).await,
+        }
+    }
+
+    fn step_logs(
+        &self,
+        build: &str,
+        step: usize,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        self.engine.logs(&step_name(build, step))
+    }
+
+    async fn wait_step(&self, build: &str, step: usize) -> Result<i64, RuntimeError> {
+        self.engine.wait_container(&step_name(build, step)).await
+    }
+
+    async fn stop_step(
+        &self,
+        build: &str,
+        step: usize,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        self.engine
+            .stop_container(&step_name(build, step), grace)
+            .await
+    }
+
+    async fn step_output(
+        &self,
+        build: &str,
+        step: usize,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let outputs = self.build(build)?.spec.outputs.clone();
+        // The archive's entries are named after the directory's last component.
+        let file = Path::new(outputs.trim_end_matches('/'))
+            .file_name()
+            .map(|dir| Path::new(dir).join("output"))
+            .unwrap_or_default();
+        let archive = self
+            .engine
+            .download(&step_name(build, step), &outputs)
+            .map_err(io::Error::other);
+        let archive = SyncIoBridge::new(StreamReader::new(archive));
+        tokio::task::spawn_blocking(move || output_file(archive, &file, limit))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|read| read)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))
+    }
+
+    async fn missing_command(&self, build: &str, step: usize) -> Option<String> {
+        let known = self.build(build).ok()?;
+        let spec = known.spec.steps.get(step)?;
+        let interpreter = spec.script.as_deref().and_then(interpreter)?;
+        // The engine says only "no such file or directory", of the script.
+        match self
+            .engine
+            .download(&step_name(build, step), interpreter)
+            .next()
+            .await
+        {
+            Some(Ok(_)) => None,
+            _ => Some(format!(
+                "the script's interpreter {interpreter:?} (its #! line) is not in the step's \
+                 image {:?}",
+                spec.name
+            )),
+        }
+    }
+
+    async fn remove_step(&self, build: &str, step: usize) -> Result<(), RuntimeError> {
+        if let Ok(known) = self.build(build) {
+            // An unreleased gate lets its container end without running the step's command.
+            lock(&known.held).remove(&step);
+        }
+        self.engine.remove_container(&step_name(build, step)).await
+    }
+
+    async fn read_workspace(
+        &self,
+        build: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError> {
+        let known = self.build(build)?;
+        let image = self
+            .volume_image(&known)
+            .await?
+            .ok_or_else(|| RuntimeError::Invalid("no step image is local".to_string()))?;
+        let workspace = &known.spec.workspace;
+        let mounts = vec![Mount {
+            read_only: true,
+            ..volume_mount(&name(build, "workspace"), workspace)
+        }];
+        // Removed with the build by its teardown: the stream's reader may stop before its end.
+        let reader = volume_access(build, "templates", image, mounts);
+        self.engine.create_container(&reader).await?;
+        Ok(self.engine.download(&reader.name, workspace))
+    }
+
+    async fn image_exists(&self, _build: &str, image: &str) -> Result<bool, RuntimeError> {
+        Ok(self.engine.local_image(image).await?.is_some())
+    }
+
+    async fn push_image(
+        &self,
+        build: &str,
+        image: &str,
+        target: &str,
+    ) -> Result<String, RuntimeError> {
+        let credentials = self.build(build)?.spec.credentials.clone();
+        if target != image {
+            self.engine.tag_image(image, target).await?;
+        }
+        let auth = credentials.auth(target).await?;
+        self.engine.push_image(target, auth.as_ref()).await
+    }
+
+    async fn teardown_build(&self, build: &str) -> Result<(), RuntimeError> {
+        // Dropped first: an unreleased gate's stdin ends, so its container ends on its own.
+        lock(&self.builds).remove(build);
+        self.sweep(build).await.map(drop)
+    }
+
+    async fn sweep(&self, build: &str) -> Result<Resources, RuntimeError> {
+        self.engine.sweep(BUILD_LABEL, build).await
+    }
+
+    async fn leftovers(&self, build: &str) -> Result<Resources, RuntimeError> {
+        self.engine.labelled(BUILD_LABEL, build).await
+    }
+}
+
+impl Build {
+    /// Keeps what an image look-up found, for creating the step's container from it.
+    fn remember(&self, name: &str, info: ImageInfo) -> StepImage {
+        let image = StepImage {
+            name: name.to_string(),
+            id: info.id.clone(),
+            digest: info.digest.clone(),
+        };
+        lock(&self.images).insert(info.id.clone(), info);
+        image
+    }
+}
+
+/// The maps here are only held for an insert or a removal, which cannot leave them
+/// inconsistent, so a panic elsewhere while one was held does not make it unusable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn step_spec(build: &Build, step: usize) -> Result<&StepSpec, RuntimeError> {
+    build.spec.steps.get(step).ok_or_else(|| {
+        RuntimeError::Invalid(format!("build {:?} has no step {step}", build.spec.id))
+    })
+}
+
+/// The engine-wide name of a build's resource.
+fn name(build: &str, what: &str) -> String {
+    format!("builder-{build}-{what}")
+}
+
+/// The container of step `step`; every step call finds it by this name.
+fn step_name(build: &str, step: usize) -> String {
+    name(build, &format!("step-{step}"))
+}
+
+fn labels(build: &str, step: Option<usize>) -> Labels {
+    let mut labels = Labels::from([(BUILD_LABEL.to_string(), build.to_string())]);
+    if let Some(step) = step {
+        labels.insert(STEP_LABEL.to_string(), step.to_string());
+    }
+    labels
+}
+
+/// The suffix of the engine volume that backs a config's named volume.
+fn user_volume(name: &str) -> String {
+    format!("volume-{name}")
+}
+
+/// The suffix of the engine volume that is step `index`'s output directory.
+fn outputs_volume(index: usize) -> String {
+    format!("step-{index}-outputs")
+}
+
+fn volume_mount(volume: &str, target: &str) -> Mount {
+    Mount {
+        source: MountSource::Volume(volume.to_string()),
+        target: target.to_string(),
+        read_only: false,
+    }
+}
+
+/// A container made only to reach the build's volumes through, never started.
+fn volume_access(build: &str, what: &str, image: String, mounts: Vec<Mount>) -> ContainerSpec {
+    ContainerSpec {
+        name: name(build, what),
+        image,
+        entrypoint: Some(vec![NEVER_STARTED.to_string()]),
+        mounts,
+        labels: labels(build, None),
+        ..ContainerSpec::default()
+    }
+}
+
+/// A tar for `/` of the seed container: the directory's contents under `workspace/`, the gate's
+/// shell (when the gate is available, its volume is among the mount points), then each
+/// volume's mount point as a directory entry with mode 0777, so that builders running as any
+/// user can write to `/workspace`, `HOME` and the named volumes (the engine applies a named
+/// directory entry's mode to the volume's root). Last, because the contents start with an entry
+/// for the directory itself, with its own mode (0700 for a temporary directory). Symlinks are
+/// stored, not followed.
+fn seed_archive<'a>(
+    dir: Option<&Path>,
+    mount_points: impl IntoIterator<Item = &'a String>,
+) -> io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    if let Some(dir) = dir {
+        archive.append_dir_all("workspace", dir)?;
+    }
+    if gate::available() {
+        gate::append_shell(&mut archive)?;
+    }
+    for path in mount_points {
+        append_dir(&mut archive, path)?;
+    }
+    archive.into_inner()
+}
+
+/// Appends the absolute directory `path` as an entry with mode 0777.
+fn append_dir(archive: &mut tar::Builder<Vec<u8>>, path: &str) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o777);
+    header.set_size(0);
+    let name = format!("{}/", path.trim_matches('/'));
+    archive.append_data(&mut header, name, io::empty())
+}
+
+/// The first `limit` bytes of the regular file `file` in an archive; the rest of the archive is
+/// not read.
+fn output_file(archive: impl io::Read, file: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type().is_file() && *entry.path()? == *file {
+            let mut output = Vec::new();
+            entry.take(limit as u64).read_to_end(&mut output)?;
+            return Ok(Some(output));
+        }
+    }
+    Ok(None)
+}
+
+/// The absolute path of the interpreter a script's `#!` line names.
+fn interpreter(script: &str) -> Option<&str> {
+    let line = script.strip_prefix("#!")?.lines().next()?;
+    line.split_whitespace()
+        .next()
+        .filter(|path| path.starts_with('/'))
+}
+
+/// Where a step's `script` is written in its container.
+fn script_path(index: usize) -> String {
+    format!("/builder/scripts/step-{index}")
+}
+
+/// The step's script as a tar for `/` holding one executable file (without a shebang it runs
+/// with `/bin/sh`, as on Cloud Build).
+fn script_file(index: usize, script: &str) -> io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let body = if script.starts_with("#!") {
+        script.to_string()
+    } else {
+        format!("#!/bin/sh\n{script}")
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o755);
+    header.set_size(body.len() as u64);
+    archive.append_data(
+        &mut header,
+        script_path(index).trim_start_matches('/'),
+        body.as_bytes(),
+    )?;
+    archive.into_inner()
+}
+
+/// The container of step `index` of `build`, `step`, running `image`.
+fn container_spec(build: &BuildSpec, index: usize, step: &StepSpec, image: &str) -> ContainerSpec {
+    let id = &build.id;
+    let mut mounts = vec![
+        volume_mount(&name(id, "workspace"), &build.workspace),
+        volume_mount(&name(id, "home"), &build.home),
+        Mount {
+            source: MountSource::Bind(PathBuf::from(DOCKER_SOCKET)),
+            target: DOCKER_SOCKET.to_string(),
+            read_only: false,
+        },
+        // Writable by any user: the seed container gave the volume's root mode 0777.
+        volume_mount(&name(id, &outputs_volume(index)), &build.outputs),
+    ];
+    mounts.extend(
+        step.volumes
+            .iter()
+            .map(|v| volume_mount(&name(id, &user_volume(&v.name)), &v.path)),
+    );
+    let entrypoint = match (&step.script, &step.entrypoint) {
+        (Some(_), _) => Some(vec![script_path(index)]),
+        (None, Some(entrypoint)) => Some(vec![entrypoint.clone()]),
+        (None, None) => None,
+    };
+    ContainerSpec {
+        name: step_name(id, index),
+        image: image.to_string(),
+        entrypoint,
+        args: step.args.clone(),
+        env: step.env.clone(),
+        working_dir: step.dir.clone(),
+        mounts,
+        network: Some(name(id, "network")),
+        labels: labels(id, Some(index)),
+        // Cloud Build runs steps privileged; here the mounted socket is what lets steps use the
+        // engine, and privileged containers are refused by engines in user namespaces.
+        privileged: false,
+        ..ContainerSpec::default()
+    }
+}
