@@ -109,6 +109,7 @@ pub async fn execute(
         () = cancel.cancelled() => conclude(&run.build, queued(&run.build), Some(Stop::Cancelled)),
         () = sleep_until(deadline) => conclude(&run.build, queued(&run.build), Some(Stop::BuildTimeout)),
     };
+    read_step_outputs(&context, &mut outcome).await;
     if outcome.status == Status::Success {
         let stopped = |status: Status, why: &str| (status, format!("{why} while pushing results"));
         let push = async {
@@ -129,15 +130,19 @@ pub async fn execute(
             outcome.failure = Some(detail);
         }
     }
-    // A failed cleanup is reported beside the build's own outcome, never instead of it.
     if let Err(e) = backend.teardown_build(&run.build_id).await {
         let cleanup = format!("cleaning up the build's containers and volumes failed: {e}");
-        outcome.failure = Some(match outcome.failure.take() {
-            Some(failure) => format!("{failure}; then {cleanup}"),
-            None => cleanup,
-        });
+        add_failure(&mut outcome, cleanup);
     }
     outcome
+}
+
+/// Says `what` went wrong beside the build's own outcome, never instead of it.
+fn add_failure(outcome: &mut Outcome, what: String) {
+    outcome.failure = Some(match outcome.failure.take() {
+        Some(failure) => format!("{failure}; then {what}"),
+        None => what,
+    });
 }
 
 fn internal_error(run: &Run, detail: String) -> Outcome {
@@ -404,9 +409,6 @@ async fn run_step(
     {
         output.abort();
     }
-    if ended.is_ok() {
-        result.output = step_output(context, index).await;
-    }
     let ended = match ended {
         Ok((code, digest)) if code != 0 => match backend.missing_command(build, index).await {
             Some(why) => {
@@ -605,22 +607,28 @@ async fn start_and_wait(
     Ok((code, created.digest))
 }
 
-/// What the step wrote to `$BUILDER_OUTPUT/output`, its first [`STEP_OUTPUT_LIMIT`] bytes
-/// (Cloud Build's `results.buildStepOutputs`). `None` when it wrote nothing there; a failed read
-/// is said in the step's log.
-async fn step_output(context: &StepContext, step: usize) -> Option<Vec<u8>> {
-    let read = context
+/// What each step that ran wrote to `$BUILDER_OUTPUT/output`, its first [`STEP_OUTPUT_LIMIT`]
+/// bytes (Cloud Build's `results.buildStepOutputs`), read once the steps have ended so that
+/// nothing is read between two steps. A failed read is said beside the build's outcome.
+async fn read_step_outputs(context: &StepContext, outcome: &mut Outcome) {
+    if outcome.steps.iter().all(|step| step.exit_code.is_none()) {
+        return;
+    }
+    match context
         .backend
-        .step_output(&context.build_id, step, STEP_OUTPUT_LIMIT)
-        .await;
-    read.unwrap_or_else(|e| {
-        context.emit(Event::Line {
-            step,
-            stream: LogStream::Stderr,
-            text: format!("[builder] reading the step's $BUILDER_OUTPUT/output failed: {e}"),
-        });
-        None
-    })
+        .step_outputs(&context.build_id, STEP_OUTPUT_LIMIT)
+        .await
+    {
+        Ok(outputs) => {
+            for (step, output) in outcome.steps.iter_mut().zip(outputs) {
+                step.output = output;
+            }
+        }
+        Err(e) => add_failure(
+            outcome,
+            format!("reading the steps' $BUILDER_OUTPUT failed: {e}"),
+        ),
+    }
 }
 
 /// Streams a started step's output as masked lines; the future ends with the output.

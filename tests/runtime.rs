@@ -304,12 +304,12 @@ mod conformance {
         assert_eq!(ran.code, 3);
         assert_eq!(ran.stdout, "from the source\nno newline");
         assert_eq!(ran.stderr, "oops\n");
-        // Readable after the exit, until the removal.
-        let output = backend.step_output(id, 0, 4).await.expect("output");
-        assert_eq!(output.as_deref(), Some(&b"0123"[..]));
         backend.remove_step(id, 0).await.expect("remove");
         let ran = run(backend, id, 1).await;
         assert_eq!((ran.code, ran.stdout.as_str()), (0, "made\nhome\ncached\n"));
+        // Each step's output file, its first bytes, readable once the steps have ended.
+        let outputs = backend.step_outputs(id, 4).await.expect("outputs");
+        assert_eq!(outputs, [Some(b"0123".to_vec()), None]);
 
         let archive: Vec<u8> = backend
             .read_workspace(id)

@@ -30,7 +30,7 @@ enum Call {
     Logs(usize),
     Wait(usize),
     Stop(usize),
-    Output(usize),
+    Outputs,
     MissingCommand(usize),
     Remove(usize),
     ReadWorkspace,
@@ -189,14 +189,13 @@ impl Backend for Fake {
         Ok(())
     }
 
-    async fn step_output(
+    async fn step_outputs(
         &self,
         _build: &str,
-        step: usize,
         _limit: usize,
-    ) -> Result<Option<Vec<u8>>, RuntimeError> {
-        self.record(Call::Output(step));
-        Ok(None)
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+        self.record(Call::Outputs);
+        Ok(Vec::new())
     }
 
     async fn missing_command(&self, _build: &str, step: usize) -> Option<String> {
@@ -305,15 +304,26 @@ fn check_protocol(
             }
             // Safe in any state, by the contract.
             Call::Stop(_) => {}
-            Call::Output(step) | Call::MissingCommand(step) => {
-                // The executor reads what a step left once it waited for it to exit.
+            Call::MissingCommand(step) => {
+                // The executor asks why a step failed once it waited for it to exit.
                 if phase[step] != Phase::Started && phase[step] != Phase::Exited {
                     return broke("read before it ran");
                 }
                 phase[step] = Phase::Exited;
-                exited[step] = true;
             }
-            Call::Remove(step) => phase[step] = Phase::Absent,
+            Call::Remove(step) => {
+                if matches!(phase[step], Phase::Started | Phase::Exited) {
+                    exited[step] = true;
+                }
+                phase[step] = Phase::Absent;
+            }
+            Call::Outputs => {
+                let running =
+                    |(step, p): (usize, &Phase)| *p == Phase::Started && !panicked.contains(&step);
+                if phase.iter().enumerate().any(running) {
+                    return broke("step outputs read while a step still runs");
+                }
+            }
             Call::ReadWorkspace | Call::ImageExists | Call::Push => {
                 if phase.iter().any(|p| *p != Phase::Absent) {
                     return broke("results read while a step still exists");
@@ -406,18 +416,18 @@ images: [app]
         .iter()
         .rposition(|c| matches!(c, Call::Remove(_)))
         .unwrap();
-    assert!(last_removal < push, "{calls:?}");
+    let outputs = calls
+        .iter()
+        .position(|c| *c == Call::Outputs)
+        .expect("read");
+    assert!(last_removal < outputs && outputs < push, "{calls:?}");
     for step in 0..5 {
-        let of_step = |c: &&Call| matches!(c, Call::Start(s) | Call::Wait(s) | Call::Output(s) | Call::Remove(s) if *s == step);
+        let of_step =
+            |c: &&Call| matches!(c, Call::Start(s) | Call::Wait(s) | Call::Remove(s) if *s == step);
         let lifecycle: Vec<_> = calls.iter().filter(of_step).copied().collect();
         assert_eq!(
             lifecycle,
-            [
-                Call::Start(step),
-                Call::Wait(step),
-                Call::Output(step),
-                Call::Remove(step)
-            ]
+            [Call::Start(step), Call::Wait(step), Call::Remove(step)]
         );
     }
 }

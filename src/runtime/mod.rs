@@ -37,7 +37,7 @@ pub struct BuildSpec {
     /// Where the home directory is in every step (`/builder/home`), shared by all steps.
     pub home: String,
     /// Where each step finds a directory of its own (`/builder/outputs`), whose `output` file
-    /// [`Backend::step_output`] reads once the step has exited.
+    /// [`Backend::step_outputs`] reads once the build's steps have ended.
     pub outputs: String,
     /// The steps, addressed by their index in every step call.
     pub steps: Vec<StepSpec>,
@@ -238,8 +238,9 @@ impl std::error::Error for RuntimeError {}
 /// ```text
 /// setup_build ─► for each step, in the executor's order, several at once:
 ///                  step_image ─► create_step ─► start_step ─► step_logs ∥ wait_step
-///                  ─► step_output, missing_command ─► remove_step
+///                  ─► missing_command ─► remove_step
 ///                  (stop_step at any point after create_step; remove_step always)
+///            ─► step_outputs (once some step ran)
 ///            ─► read_workspace, image_exists, push_image (results of a successful build)
 ///            ─► teardown_build, always
 /// ```
@@ -255,8 +256,9 @@ impl std::error::Error for RuntimeError {}
 /// 3. [`start_step`](Self::start_step) at its turn, then [`step_logs`](Self::step_logs) and
 ///    [`wait_step`](Self::wait_step) concurrently. The logs end on their own once the step has
 ///    exited and its output is drained.
-/// 4. Once it exited, [`step_output`](Self::step_output) and, for a non-zero exit,
-///    [`missing_command`](Self::missing_command) may read what it left.
+/// 4. Once it exited with a non-zero code, [`missing_command`](Self::missing_command) may say
+///    why. What the steps left in their output directories is read once they have all ended
+///    ([`step_outputs`](Self::step_outputs)): nothing is read between two steps.
 /// 5. [`remove_step`](Self::remove_step), always: after an exit, a failed create or start, or
 ///    [`stop_step`](Self::stop_step). Steps created ahead whose turn never came may be left to
 ///    `teardown_build`.
@@ -335,14 +337,15 @@ pub trait Backend: Send + Sync {
         grace: Duration,
     ) -> Result<(), RuntimeError>;
 
-    /// The first `limit` bytes of the `output` file in the exited step's output directory;
-    /// `None` when it wrote none.
-    async fn step_output(
+    /// What each step left in its output directory: the first `limit` bytes of its `output`
+    /// file, at the step's index (`None`: it wrote none, or never ran). Once per build, after
+    /// its steps have ended: what the backend makes to read them is removed by
+    /// `teardown_build`.
+    async fn step_outputs(
         &self,
         build: &str,
-        step: usize,
         limit: usize,
-    ) -> Result<Option<Vec<u8>>, RuntimeError>;
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError>;
 
     /// After a non-zero exit: why the step's command could not run, when the backend can tell
     /// more than the exit code does (127 is also a command's own). Docker: the interpreter a

@@ -312,24 +312,31 @@ impl Backend for DockerBackend {
             .await
     }
 
-    async fn step_output(
+    async fn step_outputs(
         &self,
         build: &str,
-        step: usize,
         limit: usize,
-    ) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let outputs = self.build(build)?.spec.outputs.clone();
-        // The archive's entries are named after the directory's last component.
-        let file = Path::new(outputs.trim_end_matches('/'))
-            .file_name()
-            .map(|dir| Path::new(dir).join("output"))
-            .unwrap_or_default();
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+        let known = self.build(build)?;
+        let steps = known.spec.steps.len();
+        let Some(image) = self.volume_image(&known).await? else {
+            return Ok(vec![None; steps]);
+        };
+        // Every step's output volume, at `/outputs/INDEX`, read in one archive.
+        let mounts = (0..steps)
+            .map(|i| Mount {
+                read_only: true,
+                ..volume_mount(&name(build, &outputs_volume(i)), &format!("/outputs/{i}"))
+            })
+            .collect();
+        let reader = volume_access(build, "outputs", image, mounts);
+        self.engine.create_container(&reader).await?;
         let archive = self
             .engine
-            .download(&step_name(build, step), &outputs)
+            .download(&reader.name, "/outputs")
             .map_err(io::Error::other);
         let archive = SyncIoBridge::new(StreamReader::new(archive));
-        tokio::task::spawn_blocking(move || output_file(archive, &file, limit))
+        tokio::task::spawn_blocking(move || output_files(archive, steps, limit))
             .await
             .map_err(io::Error::other)
             .and_then(|read| read)
@@ -525,20 +532,32 @@ fn append_dir(archive: &mut tar::Builder<Vec<u8>>, path: &str) -> io::Result<()>
     archive.append_data(&mut header, name, io::empty())
 }
 
-/// The first `limit` bytes of the regular file `file` in an archive; the rest of the archive is
-/// not read.
-fn output_file(archive: impl io::Read, file: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+/// The first `limit` bytes of each step's `outputs/INDEX/output` in an archive of every step's
+/// output directory, by index.
+fn output_files(
+    archive: impl io::Read,
+    steps: usize,
+    limit: usize,
+) -> io::Result<Vec<Option<Vec<u8>>>> {
     use std::io::Read;
+    let mut outputs = vec![None; steps];
     let mut archive = tar::Archive::new(archive);
     for entry in archive.entries()? {
         let entry = entry?;
-        if entry.header().entry_type().is_file() && *entry.path()? == *file {
+        let path = entry.path()?.into_owned();
+        let index = match path.iter().map(|c| c.to_str()).collect::<Vec<_>>()[..] {
+            [Some("outputs"), Some(index), Some("output")] => index.parse::<usize>().ok(),
+            _ => None,
+        };
+        if let Some(slot) = index.and_then(|i| outputs.get_mut(i))
+            && entry.header().entry_type().is_file()
+        {
             let mut output = Vec::new();
             entry.take(limit as u64).read_to_end(&mut output)?;
-            return Ok(Some(output));
+            *slot = Some(output);
         }
     }
-    Ok(None)
+    Ok(outputs)
 }
 
 /// The absolute path of the interpreter a script's `#!` line names.
