@@ -69,14 +69,18 @@ impl Service {
         let stopping = shutdown.child_token();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Abandoned builds are looked for at the start and then on the tick only: the queue
+        // wakes for every delivery that queues a build, and the look reads every unfinished one.
+        let mut recovery_due = true;
         let ended = loop {
             if let Err(e) = self.store.check().await {
                 break Err(e);
             }
             // Builds abandoned by a process that ended, here or on another machine.
-            if let Err(e) =
-                pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
-                    .await
+            if std::mem::take(&mut recovery_due)
+                && let Err(e) =
+                    pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
+                        .await
             {
                 error!(error = %e, "closing abandoned builds failed");
             }
@@ -109,7 +113,7 @@ impl Service {
             // abandoned.
             tokio::select! {
                 () = self.work.notified() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick() => recovery_due = true,
                 Some(joined) = builds.join_next() => {
                     // The panic itself was logged in the build's span; the queue goes on.
                     if let Err(e) = joined {
