@@ -37,7 +37,7 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// running steps, few enough that a long build does not create all its steps up front.
 const CREATE_AHEAD: usize = 2;
 /// How much of a step's `$BUILDER_OUTPUT/output` its results keep, as on Cloud Build.
-pub const STEP_OUTPUT_LIMIT: usize = 50 * 1024;
+const STEP_OUTPUT_LIMIT: usize = 50 * 1024;
 
 /// One build to run.
 pub struct Run {
