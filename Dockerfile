@@ -4,7 +4,7 @@
 #   cargo build --release && docker build -t builder:latest .
 #   docker run --rm -v /var/run/docker.sock:/var/run/docker.sock builder:latest --help
 FROM builder/debian:latest
-# busybox-static: the shell that holds steps started ahead of their turn (src/gate.rs); libssl3:
+# busybox-static: the shell that holds steps started ahead of their turn (src/adapters/runtime/docker/gate.rs); libssl3:
 # git2 fetches over https with OpenSSL.
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends busybox-static libssl3 ca-certificates >/dev/null \

@@ -1,9 +1,9 @@
-//! The `builder` binary: see [`builder::cli`].
+//! The `builder` binary: see [`builder::edges::cli`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    builder::cli::run(builder::cli::Cli::parse())
+    builder::edges::cli::run(builder::edges::cli::Cli::parse())
 }

@@ -150,7 +150,7 @@ fn pipeline_templates_are_compiled_pushed_with_their_version_and_pulled_back_byt
 #[test]
 fn the_pipeline_templates_trigger_fires_only_when_the_template_sources_change() {
     let text = std::fs::read("configs/triggers/pipeline-templates.yaml").unwrap();
-    let (trigger, _) = builder::triggers::load(&text).unwrap();
+    let (trigger, _) = builder::core::triggers::load(&text).unwrap();
     let fires = |file: &str| trigger.files_fire(&[file.to_string()]).is_ok();
     for source in [
         "pipeline.py",
@@ -242,7 +242,7 @@ fn dashboard_revisions_replace_each_other_only_when_healthy() {
 #[test]
 fn every_trigger_example_loads() {
     let (triggers, warnings) =
-        builder::service::TriggerFiles::load(Path::new("configs/triggers")).unwrap();
+        builder::pipeline::service::TriggerFiles::load(Path::new("configs/triggers")).unwrap();
     assert_eq!(warnings, "");
     let mut names: Vec<_> = triggers.all().iter().map(|t| t.name.clone()).collect();
     names.sort();

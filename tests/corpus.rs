@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use builder::plan;
+use builder::core::plan;
 
 /// Where the shared data lives: `BUILDER_SHARED_DIR` if set, else `../shared` beside the
 /// checkout (where the team's worktrees have it).

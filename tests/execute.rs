@@ -12,15 +12,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use builder::alias::Aliases;
-use builder::build::{Outcome, PushedImage, Status};
-use builder::execute::{Event, Run, execute};
-use builder::plan::{Inputs, resolve};
-use builder::registry::{Registries, Settings};
-use builder::runtime::docker::BUILD_LABEL;
-use builder::runtime::docker::engine::Engine;
-use builder::runtime::{Backend, DockerBackend, LogStream};
-use builder::substitute::Values;
+use builder::adapters::registry::{Registries, Settings};
+use builder::adapters::runtime::docker::BUILD_LABEL;
+use builder::adapters::runtime::docker::engine::Engine;
+use builder::adapters::runtime::{Backend, DockerBackend, LogStream};
+use builder::core::alias::Aliases;
+use builder::core::build::{Outcome, PushedImage, Status};
+use builder::core::plan::{Inputs, resolve};
+use builder::core::substitute::Values;
+use builder::pipeline::execute::{Event, Run, execute};
 use common::{REGISTRY, registry_digest};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
@@ -54,7 +54,7 @@ fn unique(test: &str) -> String {
 /// Loads, validates and resolves `yaml`, lets `adjust` fill in the run, and starts it.
 async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running {
     let id = unique(test);
-    let loaded = builder::config::load(yaml.as_bytes()).expect("a YAML document");
+    let loaded = builder::core::config::load(yaml.as_bytes()).expect("a YAML document");
     assert!(
         !loaded.diagnostics.has_errors(),
         "{}",

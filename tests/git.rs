@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 
-use builder::source::git::{ChangeRule, ChangedFiles, GitError, Mirror, Rewrites};
+use builder::adapters::source::git::{ChangeRule, ChangedFiles, GitError, Mirror, Rewrites};
 use common::git;
 use tempfile::TempDir;
 

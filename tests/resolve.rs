@@ -9,9 +9,9 @@
 //! resolved build, or the exact error lines, rendered `FILE:LINE:COL: FIELD.PATH: message`.
 //! Proptests at the end check that loading and resolving never panic.
 
-use builder::config;
-use builder::plan::{self, Context, Inputs};
-use builder::substitute::Values;
+use builder::core::config;
+use builder::core::plan::{self, Context, Inputs};
+use builder::core::substitute::Values;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -72,7 +72,7 @@ fn trigger(built_ins: &[(&str, &str)], overrides: &[(&str, &str)]) -> Inputs {
 
 /// Loads and resolves `yaml`: the build as JSON, or the rendered error lines.
 fn resolve(yaml: &str, inputs: &Inputs) -> Result<Value, Vec<String>> {
-    let rendered = |diagnostics: &builder::diag::Diagnostics| -> Vec<String> {
+    let rendered = |diagnostics: &builder::core::diag::Diagnostics| -> Vec<String> {
         diagnostics.errors().map(|d| d.render(FILE)).collect()
     };
     let loaded = config::load(yaml.as_bytes()).map_err(|d| rendered(&d))?;

@@ -13,8 +13,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use builder::runtime::docker::engine::{ContainerSpec, Engine, Labels, Mount, MountSource};
-use builder::runtime::{DockerBackend, LogChunk, LogStream, Resources, RuntimeError};
+use builder::adapters::runtime::docker::engine::{
+    ContainerSpec, Engine, Labels, Mount, MountSource,
+};
+use builder::adapters::runtime::{DockerBackend, LogChunk, LogStream, Resources, RuntimeError};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
@@ -185,7 +187,7 @@ mod conformance {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use builder::runtime::{
+    use builder::adapters::runtime::{
         Backend, BuildSpec, Credentials, RegistryAuth, Resources, RuntimeError, StepImage,
         StepSpec, Volume,
     };

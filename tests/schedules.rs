@@ -8,14 +8,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use builder::alias::Aliases;
-use builder::build::{Outcome, Status};
+use builder::adapters::registry::{self, Registries};
+use builder::adapters::runtime::DockerBackend;
+use builder::adapters::source::git::Rewrites;
+use builder::adapters::store::{BuildRecord, SqliteStore, Store};
+use builder::core::alias::Aliases;
+use builder::core::build::{Outcome, Status};
+use builder::pipeline::service::{
+    BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles,
+};
 use builder::pipeline::{Lease, Machine};
-use builder::registry::{self, Registries};
-use builder::runtime::DockerBackend;
-use builder::service::{BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles};
-use builder::source::git::Rewrites;
-use builder::store::{BuildRecord, SqliteStore, Store};
 use chrono::{DateTime, TimeDelta, Utc};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;

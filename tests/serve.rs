@@ -181,7 +181,7 @@ fn forged_and_malformed_deliveries_queue_nothing() {
     let commit = repository.commit(&[("cloudbuild.yaml", CONFIG)], "c", "main");
     let body = push_payload("refs/heads/main", ZERO, &commit, "c");
 
-    let forged = builder::webhooks::sign(b"not the secret", &body);
+    let forged = builder::core::webhooks::sign(b"not the secret", &body);
     let (code, answer) = server.deliver("push", "f-1", &body, &forged);
     assert_eq!(code, 401, "{answer}");
     let mut tampered = body.clone();

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use builder::store::{DATABASE, SqliteStore, Store};
+use builder::adapters::store::{DATABASE, SqliteStore, Store};
 
 mod store_contract;
 

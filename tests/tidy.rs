@@ -3,7 +3,7 @@
 //! lists, no rule reaches up a layer (ARCHITECTURE.md), and no debugging leftovers ship.
 //!
 //! Paths are read with `syn`, not matched as text: `use` trees (nested braces, `self`, `super`,
-//! `crate`, globs), paths in code, types and attributes (`crate::store::Error`,
+//! `crate`, globs), paths in code, types and attributes (`crate::adapters::store::Error`,
 //! `sqlx::query(…)`), and `a::b` sequences inside macro bodies (`tokio::select!`), all resolved to
 //! the crate root.
 
@@ -42,158 +42,198 @@ enum Layer {
 
 use Layer::{Adapter, Core, Edge, Pipeline};
 
-/// Every module (a file's module belongs to the longest one that contains it), its layer, and
-/// the other modules it may use: ARCHITECTURE.md's module table.
-const RULES: &[(&str, Layer, &[&str])] = &[
-    // lib.rs declares the modules; main.rs calls `builder::cli`, the library as an outside crate.
-    ("", Edge, &[]),
+/// Every module (a file's module belongs to the longest one that contains it) and the other
+/// modules it may use: ARCHITECTURE.md's module table. A module's layer is its folder.
+const RULES: &[(&str, &[&str])] = &[
+    // lib.rs declares the modules; main.rs calls `builder::edges::cli`, the library as an outside crate.
+    ("", &[]),
+    // The layers' roots declare their modules.
+    ("core", &[]),
+    ("adapters", &[]),
+    ("edges", &[]),
     // Locating a field path in a config's tree.
-    ("diag", Core, &["config"]),
-    ("config", Core, &["diag", "image", "templates"]),
-    ("substitute", Core, &[]),
+    ("core::diag", &["core::config"]),
     (
-        "plan",
-        Core,
+        "core::config",
+        &["core::diag", "core::image", "core::templates"],
+    ),
+    ("core::substitute", &[]),
+    (
+        "core::plan",
         &[
-            "alias",
-            "config",
-            "diag",
-            "glob",
-            "image",
-            "substitute",
-            "templates",
+            "core::alias",
+            "core::config",
+            "core::diag",
+            "core::glob",
+            "core::image",
+            "core::substitute",
+            "core::templates",
         ],
     ),
-    ("image", Core, &[]),
-    ("alias", Core, &[]),
-    ("build", Core, &["templates"]),
-    ("glob", Core, &[]),
-    ("templates", Core, &["config", "glob"]),
+    ("core::image", &[]),
+    ("core::alias", &[]),
+    ("core::build", &["core::templates"]),
+    ("core::glob", &[]),
+    ("core::templates", &["core::config", "core::glob"]),
     (
-        "triggers",
-        Core,
-        &["config", "diag", "glob", "plan", "substitute", "webhooks"],
+        "core::triggers",
+        &[
+            "core::config",
+            "core::diag",
+            "core::glob",
+            "core::plan",
+            "core::substitute",
+            "core::webhooks",
+        ],
     ),
-    ("schedule", Core, &["config", "diag", "triggers"]),
-    ("webhooks", Core, &[]),
-    ("logs", Core, &[]),
+    (
+        "core::schedule",
+        &["core::config", "core::diag", "core::triggers"],
+    ),
+    ("core::webhooks", &[]),
+    ("core::logs", &[]),
     // The seam re-exports its Docker backend.
-    ("runtime", Adapter, &["runtime::docker"]),
+    ("adapters::runtime", &["adapters::runtime::docker"]),
     // Its own row, so that the executor, which may use `runtime`, cannot reach into it.
-    ("runtime::docker", Adapter, &["runtime"]),
-    ("source", Adapter, &[]),
+    ("adapters::runtime::docker", &["adapters::runtime"]),
+    ("adapters::source", &[]),
     // `Credentials` and `RegistryAuth`: what a backend pulls and pushes images with.
-    ("registry", Adapter, &["image", "runtime", "templates"]),
+    (
+        "adapters::registry",
+        &["core::image", "adapters::runtime", "core::templates"],
+    ),
     // `LogStream`, which stream a log line came from.
     (
-        "store",
-        Adapter,
-        &["build", "plan", "runtime", "schedule", "templates"],
-    ),
-    ("secrets", Adapter, &["plan"]),
-    (
-        "execute",
-        Pipeline,
+        "adapters::store",
         &[
-            "build",
-            "image",
-            "logs",
-            "plan",
-            "registry",
-            "runtime",
-            "templates",
+            "core::build",
+            "core::plan",
+            "adapters::runtime",
+            "core::schedule",
+            "core::templates",
+        ],
+    ),
+    ("adapters::secrets", &["core::plan"]),
+    (
+        "pipeline::execute",
+        &[
+            "core::build",
+            "core::image",
+            "core::logs",
+            "core::plan",
+            "adapters::registry",
+            "adapters::runtime",
+            "core::templates",
         ],
     ),
     // The executor's protocol tests on a fake backend (a file, so checked): builds from configs.
     (
-        "execute::protocol",
-        Pipeline,
-        &["build", "config", "execute", "plan", "registry", "runtime"],
-    ),
-    (
-        "submit",
-        Pipeline,
-        &["execute", "pipeline", "plan", "source", "substitute"],
-    ),
-    (
-        "pipeline",
-        Pipeline,
+        "pipeline::execute::protocol",
         &[
-            "alias",
-            "build",
-            "config",
-            "diag",
-            "execute",
-            "plan",
-            "registry",
-            "runtime",
-            "secrets",
-            "store",
-            "substitute",
+            "core::build",
+            "core::config",
+            "pipeline::execute",
+            "core::plan",
+            "adapters::registry",
+            "adapters::runtime",
         ],
     ),
     (
-        "service",
-        Pipeline,
+        "pipeline::submit",
         &[
-            "alias",
-            "build",
-            "config",
-            "diag",
-            "execute",
+            "pipeline::execute",
             "pipeline",
-            "plan",
-            "registry",
-            "runtime",
-            "schedule",
-            "secrets",
-            "source",
-            "store",
-            "substitute",
-            "triggers",
-            "webhooks",
+            "core::plan",
+            "adapters::source",
+            "core::substitute",
+        ],
+    ),
+    (
+        "pipeline",
+        &[
+            "core::alias",
+            "core::build",
+            "core::config",
+            "core::diag",
+            "pipeline::execute",
+            "core::plan",
+            "adapters::registry",
+            "adapters::runtime",
+            "adapters::secrets",
+            "adapters::store",
+            "core::substitute",
+        ],
+    ),
+    (
+        "pipeline::service",
+        &[
+            "core::alias",
+            "core::build",
+            "core::config",
+            "core::diag",
+            "pipeline::execute",
+            "pipeline",
+            "core::plan",
+            "adapters::registry",
+            "adapters::runtime",
+            "core::schedule",
+            "adapters::secrets",
+            "adapters::source",
+            "adapters::store",
+            "core::substitute",
+            "core::triggers",
+            "core::webhooks",
         ],
     ),
     // Not `store`: the service's answers only (it still re-exports the store's rows, see
     // EXCEPTIONS).
     (
-        "api",
-        Edge,
-        &["build", "schedule", "service", "substitute", "webhooks"],
-    ),
-    ("client", Edge, &["build", "substitute"]),
-    (
-        "cli",
-        Edge,
+        "edges::api",
         &[
-            "alias",
-            "api",
-            "build",
-            "client",
-            "config",
-            "diag",
-            "execute",
-            "image",
+            "core::build",
+            "core::schedule",
+            "pipeline::service",
+            "core::substitute",
+            "core::webhooks",
+        ],
+    ),
+    ("edges::client", &["core::build", "core::substitute"]),
+    (
+        "edges::cli",
+        &[
+            "core::alias",
+            "edges::api",
+            "core::build",
+            "edges::client",
+            "core::config",
+            "core::diag",
+            "pipeline::execute",
+            "core::image",
             "pipeline",
-            "plan",
-            "registry",
-            "runtime",
-            "schedule",
-            "service",
-            "source",
-            "store",
-            "submit",
-            "substitute",
-            "templates",
-            "triggers",
-            "webhooks",
+            "core::plan",
+            "adapters::registry",
+            "adapters::runtime",
+            "core::schedule",
+            "pipeline::service",
+            "adapters::source",
+            "adapters::store",
+            "pipeline::submit",
+            "core::substitute",
+            "core::templates",
+            "core::triggers",
+            "core::webhooks",
         ],
     ),
     // The commands that go to a server know its API, not its store.
     (
-        "cli::remote",
-        Edge,
-        &["cli", "client", "source", "submit", "triggers"],
+        "edges::cli::remote",
+        &[
+            "edges::cli",
+            "edges::client",
+            "adapters::source",
+            "pipeline::submit",
+            "core::triggers",
+        ],
     ),
 ];
 
@@ -201,31 +241,31 @@ const RULES: &[(&str, Layer, &[&str])] = &[
 /// why, and what removes it). One that is no longer used fails the test, to be struck off.
 const EXCEPTIONS: &[(&str, &str, &str)] = &[
     (
-        "client",
-        "store",
+        "edges::client",
+        "adapters::store",
         "the SQL row `BuildRecord` is the API's wire type; issue 15 (2. API wire types apart)",
     ),
     (
-        "cli::remote",
-        "store",
+        "edges::cli::remote",
+        "adapters::store",
         "the SQL row `BuildRecord` is the API's wire type; issue 15 (2. API wire types apart)",
     ),
 ];
 
 /// Outside crates that only one module may use.
 const OWNERS: &[(&str, &str)] = &[
-    ("bollard", "runtime::docker::engine"),
-    ("sqlx", "store"),
-    ("granit_parser", "config::tree"),
-    ("hmac", "webhooks"),
-    ("axum", "api"),
-    ("maud", "api::console"),
-    ("hyper", "client"),
-    ("hyper_util", "client"),
-    ("git2", "source::git"),
-    ("oci_client", "registry"),
-    ("chrono_tz", "schedule"),
-    ("tracing_subscriber", "cli::serve"),
+    ("bollard", "adapters::runtime::docker::engine"),
+    ("sqlx", "adapters::store"),
+    ("granit_parser", "core::config::tree"),
+    ("hmac", "core::webhooks"),
+    ("axum", "edges::api"),
+    ("maud", "edges::api::console"),
+    ("hyper", "edges::client"),
+    ("hyper_util", "edges::client"),
+    ("git2", "adapters::source::git"),
+    ("oci_client", "adapters::registry"),
+    ("chrono_tz", "core::schedule"),
+    ("tracing_subscriber", "edges::cli::serve"),
 ];
 
 /// What the pure core may not use: tasks, and the file system, network and processes.
@@ -238,29 +278,37 @@ const IMPURE: &[&[&str]] = &[
 ];
 
 /// Core modules that read one file, as their row in ARCHITECTURE.md says.
-const READS: &[(&str, &str)] = &[("alias", "reads the alias table it is given")];
+const READS: &[(&str, &str)] = &[("core::alias", "reads the alias table it is given")];
 
 /// The rule a module belongs to: the longest rule that contains it.
-fn rule_of(module: &[String]) -> Option<&'static (&'static str, Layer, &'static [&'static str])> {
+fn rule_of(module: &[String]) -> Option<&'static (&'static str, &'static [&'static str])> {
     RULES
         .iter()
-        .filter(|(name, _, _)| {
+        .filter(|(name, _)| {
             let name: Vec<&str> = name.split("::").filter(|s| !s.is_empty()).collect();
             module.len() >= name.len() && module.iter().zip(&name).all(|(a, b)| a == b)
         })
-        .max_by_key(|(name, _, _)| name.len())
+        .max_by_key(|(name, _)| name.len())
 }
 
+/// A module's layer: the folder under `src/` it sits in; the crate root is an edge.
 fn layer_of(name: &str) -> Layer {
-    RULES.iter().find(|(n, _, _)| *n == name).unwrap().1
+    match name.split("::").next().unwrap() {
+        "core" => Core,
+        "adapters" => Adapter,
+        "pipeline" => Pipeline,
+        "edges" | "" => Edge,
+        folder => panic!("{name}: src/{folder} is not a layer"),
+    }
 }
 
 #[test]
 fn every_rule_keeps_to_its_layer_and_below() {
-    for (name, layer, uses) in RULES {
+    for (name, uses) in RULES {
+        let layer = layer_of(name);
         for used in *uses {
             assert!(
-                layer_of(used) <= *layer,
+                layer_of(used) <= layer,
                 "{name} ({layer:?}) may use {used} ({:?}), a layer above",
                 layer_of(used)
             );
@@ -288,7 +336,7 @@ fn modules_follow_the_architecture() {
         }
         let module = module_of(&file);
         let module_name = module.join("::");
-        let Some((rule, layer, uses)) = rule_of(&module) else {
+        let Some((rule, uses)) = rule_of(&module) else {
             problems.push(format!("{name}: module {module_name} has no rule in RULES"));
             continue;
         };
@@ -305,12 +353,12 @@ fn modules_follow_the_architecture() {
                 let impure = IMPURE
                     .iter()
                     .any(|p| p.len() <= path.len() && p.iter().zip(&path).all(|(a, b)| a == b));
-                if *layer == Core && impure && !READS.iter().any(|(m, _)| m == rule) {
+                if layer_of(rule) == Core && impure && !READS.iter().any(|(m, _)| m == rule) {
                     problems.push(format!("{at}: {rule} is in the pure core"));
                 }
                 continue;
             }
-            let Some((used, _, _)) = rule_of(&path[1..]) else {
+            let Some((used, _)) = rule_of(&path[1..]) else {
                 problems.push(format!("{at}: names no module that has a rule"));
                 continue;
             };
@@ -521,12 +569,12 @@ fn paths_of(file: &Path, text: &str, crates: &BTreeSet<String>) -> Vec<(Vec<Stri
 
 #[test]
 fn paths_are_resolved_from_use_trees_code_and_macros() {
-    let text = "use crate::{store::{self, Store}, build as b};\n\
-                use super::super::plan::*;\n\
+    let text = "use crate::{adapters::store::{self, Store}, core::build as b};\n\
+                use super::super::super::core::plan::*;\n\
                 mod tests { use super::Thing; }\n\
-                fn f() { let e: crate::runtime::Error = sqlx::query(); tokio::select! { _ = crate::logs::mask() => {} } }\n";
+                fn f() { let e: crate::adapters::runtime::Error = sqlx::query(); tokio::select! { _ = crate::core::logs::mask() => {} } }\n";
     let crates = BTreeSet::from(["sqlx".to_string(), "tokio".to_string()]);
-    let paths: BTreeSet<String> = paths_of(Path::new("src/service/schedules.rs"), text, &crates)
+    let paths: BTreeSet<String> = paths_of(Path::new("src/pipeline/service/schedules.rs"), text, &crates)
         .into_iter()
         .map(|(path, line)| format!("{line}: {}", path.join("::")))
         .collect();
@@ -534,15 +582,15 @@ fn paths_are_resolved_from_use_trees_code_and_macros() {
         paths,
         BTreeSet::from(
             [
-                "1: crate::store",
-                "1: crate::store::Store",
-                "1: crate::build",
-                "2: crate::plan",
-                "3: crate::service::schedules::Thing",
-                "4: crate::runtime::Error",
+                "1: crate::adapters::store",
+                "1: crate::adapters::store::Store",
+                "1: crate::core::build",
+                "2: crate::core::plan",
+                "3: crate::pipeline::service::schedules::Thing",
+                "4: crate::adapters::runtime::Error",
                 "4: sqlx::query",
                 "4: tokio::select",
-                "4: crate::logs::mask",
+                "4: crate::core::logs::mask",
             ]
             .map(String::from)
         )

@@ -6,22 +6,29 @@
 //! Where the source comes from (an upload, a commit) and where the recipe's config is read from
 //! (a file, `--tag`, a trigger) is the caller's; every rule about what a build may be, and the
 //! words for refusing it, are here, once.
+//!
+//! The layer's other modules drive it: [`execute`] runs a plan on a runtime backend, [`submit`]
+//! prepares `builder submit`'s source and recipe, [`service`] runs the server's intake, queue,
+//! schedules and commands.
 
+pub mod execute;
 pub mod record;
+pub mod service;
+pub mod submit;
 
 use std::path::PathBuf;
 
-use crate::alias::Aliases;
-use crate::config::BuildConfig;
-use crate::config::tree::Node;
-use crate::diag::{Diagnostics, FieldPath};
-use crate::execute::Run;
-use crate::plan::{self, Context, Inputs, ResolvedBuild};
-use crate::registry::Registries;
-use crate::secrets;
-use crate::substitute::Values;
+use crate::adapters::registry::Registries;
+use crate::adapters::secrets;
+use crate::core::alias::Aliases;
+use crate::core::config::BuildConfig;
+use crate::core::config::tree::Node;
+use crate::core::diag::{Diagnostics, FieldPath};
+use crate::core::plan::{self, Context, Inputs, ResolvedBuild};
+use crate::core::substitute::Values;
+use crate::pipeline::execute::Run;
 
-pub use crate::store::Lease;
+pub use crate::adapters::store::Lease;
 pub use record::{Holder, held, record, recover, run};
 
 /// The directory under a data directory where the holders of running builds keep their locks.

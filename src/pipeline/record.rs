@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{Outcome, Status, StepResult};
-use crate::execute::{self, Event};
-use crate::runtime::{Backend, LogStream};
-use crate::store::{self, Lease, Renewal, Store};
+use crate::adapters::runtime::{Backend, LogStream};
+use crate::adapters::store::{self, Lease, Renewal, Store};
+use crate::core::build::{Outcome, Status, StepResult};
+use crate::pipeline::execute::{self, Event};
 
 /// How long a claim on a build lasts without a renewal: long enough for a busy machine to miss
 /// several heartbeats, short enough that another machine takes an abandoned build over soon.

@@ -262,5 +262,5 @@ pub fn push_payload(refname: &str, before: &str, after: &str, message: &str) -> 
 pub const ZERO: &str = "0000000000000000000000000000000000000000";
 
 pub fn sign(body: &[u8]) -> String {
-    builder::webhooks::sign(SECRET.as_bytes(), body)
+    builder::core::webhooks::sign(SECRET.as_bytes(), body)
 }

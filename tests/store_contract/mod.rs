@@ -1,4 +1,4 @@
-//! The store's contract, as every implementation of `builder::store::Store` must keep it: each
+//! The store's contract, as every implementation of `builder::adapters::store::Store` must keep it: each
 //! function here takes a fresh, empty store and checks one part of the contract through the
 //! trait alone. `tests/store.rs` runs them on the embedded SQLite store; a second store (the
 //! PostgreSQL one several machines share) runs the same functions unchanged, from a test file of
@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
-use builder::build::{Outcome, PushedImage, Status, StepResult};
-use builder::plan::ResolvedBuild;
-use builder::runtime::LogStream;
-use builder::schedule::Decision;
-use builder::store::{
+use builder::adapters::runtime::LogStream;
+use builder::adapters::store::{
     BuildQuery, Lease, NewDelivery, QueuedBuild, Recorded, Renewal, Store, TriggerResult,
     Unfinished,
 };
+use builder::core::build::{Outcome, PushedImage, Status, StepResult};
+use builder::core::plan::ResolvedBuild;
+use builder::core::schedule::Decision;
 use chrono::{DateTime, Utc};
 
 fn lease(holder: &str, seconds: u64) -> Lease {
@@ -28,8 +28,8 @@ fn plan(steps: usize) -> ResolvedBuild {
         "steps:\n{}",
         "- name: builder/busybox\n".repeat(steps.max(1))
     );
-    let loaded = builder::config::load(yaml.as_bytes()).expect("a config");
-    builder::plan::resolve(&loaded.config, &Default::default()).expect("a plan")
+    let loaded = builder::core::config::load(yaml.as_bytes()).expect("a config");
+    builder::core::plan::resolve(&loaded.config, &Default::default()).expect("a plan")
 }
 
 fn queued(id: &str, trigger: &str) -> QueuedBuild {

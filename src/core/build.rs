@@ -1,0 +1,172 @@
+//! What a build is after it is planned: its status and each step's, as Cloud Build names them,
+//! and the results it records (pushed images with digests, builder image digests).
+
+use std::time::SystemTime;
+
+use crate::core::templates::PushedTemplate;
+use serde::{Deserialize, Serialize};
+
+/// Build and step statuses (Cloud Build's `Build.Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Queued,
+    Working,
+    Success,
+    Failure,
+    InternalError,
+    Timeout,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Working)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "QUEUED",
+            Status::Working => "WORKING",
+            Status::Success => "SUCCESS",
+            Status::Failure => "FAILURE",
+            Status::InternalError => "INTERNAL_ERROR",
+            Status::Timeout => "TIMEOUT",
+            Status::Cancelled => "CANCELLED",
+            Status::Expired => "EXPIRED",
+        }
+    }
+
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Working,
+        Status::Success,
+        Status::Failure,
+        Status::InternalError,
+        Status::Timeout,
+        Status::Cancelled,
+        Status::Expired,
+    ];
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// How one step ended (or that it never started: `Queued`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepResult {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339")]
+    pub start_time: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339")]
+    pub end_time: Option<SystemTime>,
+    /// Digest of the builder image the step ran, when the engine knows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Why the step failed, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The first 50 KiB the step wrote to `$BUILDER_OUTPUT/output`. Records show it as Cloud
+    /// Build does, in the build's `buildStepOutputs`.
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+}
+
+impl StepResult {
+    pub fn queued() -> Self {
+        Self {
+            status: Status::Queued,
+            exit_code: None,
+            start_time: None,
+            end_time: None,
+            image_digest: None,
+            detail: None,
+            output: None,
+        }
+    }
+}
+
+/// Times as RFC 3339 text, as Cloud Build's API writes them.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn format(time: SystemTime) -> String {
+        DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => serializer.serialize_str(&format(*time)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(SystemTime::from)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
+/// An image of `images:` as pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedImage {
+    /// The name as `images:` writes it (Cloud Build's `results.images[].name`).
+    pub name: String,
+    pub digest: String,
+    /// Where it was pushed, when a registry mirror sent it elsewhere than its name
+    /// (`gcr.io/p/app` to `localhost:5000/p/app:latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_to: Option<String>,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub status: Status,
+    pub steps: Vec<StepResult>,
+    pub images: Vec<PushedImage>,
+    /// `templates:` as pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PushedTemplate>,
+    /// Why the build did not succeed, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl Outcome {
+    /// A build that ended with nothing pushed.
+    pub fn ended(status: Status, steps: Vec<StepResult>, failure: Option<String>) -> Self {
+        Self {
+            status,
+            steps,
+            images: Vec::new(),
+            templates: Vec::new(),
+            failure,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The pure core: configs, substitution, planning, triggers, schedules, webhooks and the words
+//! of a build's outcome. Values in, values out: no engine, no network, no process, and no file
+//! but the tables a module's row in ARCHITECTURE.md names.
+
+pub mod alias;
+pub mod build;
+pub mod config;
+pub mod diag;
+pub mod glob;
+pub mod image;
+pub mod logs;
+pub mod plan;
+pub mod schedule;
+pub mod substitute;
+pub mod templates;
+pub mod triggers;
+pub mod webhooks;

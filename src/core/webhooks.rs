@@ -1,0 +1,689 @@
+//! GitHub webhook deliveries: whether one really comes from GitHub (its `X-Hub-Signature-256`),
+//! and what it asks for (a ping, a push to a branch or tag, or an event that starts no build).
+//! The server passes in the headers and the raw body; nothing here does I/O.
+//!
+//! The contract is verify, then parse: [`verify`] must accept a body before [`parse`] reads it,
+//! so that nothing an unauthenticated sender wrote is ever interpreted.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use sha2::Sha256;
+
+/// The header carrying GitHub's signature of the body.
+pub const SIGNATURE_HEADER: &str = "X-Hub-Signature-256";
+
+const SIGNATURE_PREFIX: &str = "sha256=";
+
+/// The SHA GitHub gives for the side of a push where the ref does not exist: `before` of a created
+/// ref, `after` of a deleted one.
+pub const NULL_SHA: &str = "0000000000000000000000000000000000000000";
+
+/// Cloud Build documents these markers in lowercase only, so `[Skip CI]` does not skip: a build
+/// that runs when unwanted costs less than one silently skipped.
+const SKIP_CI_MARKERS: [&str; 2] = ["[skip ci]", "[ci skip]"];
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The `X-Hub-Signature-256` value GitHub sends with `body`: `sha256=` and the lowercase hex
+/// HMAC-SHA256 of the body under `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let digest = mac(secret, body).finalize().into_bytes();
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{SIGNATURE_PREFIX}{hex}")
+}
+
+/// Checks that `signature` (the `X-Hub-Signature-256` header) signs `body` under `secret`.
+/// `body` must be the bytes exactly as received: the signature covers them, not their JSON.
+///
+/// The comparison takes the same time wherever the signatures differ, so a sender cannot find the
+/// right one byte by byte. Hex digits are accepted in either case: GitHub sends lowercase, and the
+/// digest they spell is the same.
+pub fn verify(secret: &[u8], body: &[u8], signature: Option<&str>) -> Result<(), SignatureError> {
+    let signature = signature.ok_or(SignatureError::Missing)?;
+    let digest = signature
+        .strip_prefix(SIGNATURE_PREFIX)
+        .and_then(decode_digest)
+        .ok_or(SignatureError::Malformed)?;
+    mac(secret, body)
+        .verify_slice(&digest)
+        .map_err(|_| SignatureError::Mismatch)
+}
+
+fn mac(secret: &[u8], body: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac
+}
+
+/// The 32 bytes that 64 hex digits spell, or `None` for anything else.
+fn decode_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |byte: u8| char::from(byte).to_digit(16);
+    let mut digest = [0; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+    }
+    Some(digest)
+}
+
+/// Why a delivery is refused before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    /// No signature: the webhook has no secret on GitHub, or the request is not from GitHub.
+    Missing,
+    /// The header is not `sha256=` followed by 64 hex digits.
+    Malformed,
+    /// The signature is not the body's under our secret: the secrets differ, or the body was
+    /// forged or altered on the way.
+    Mismatch,
+}
+
+impl fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => write!(
+                f,
+                "no {SIGNATURE_HEADER} header: give the webhook on GitHub the secret builder has"
+            ),
+            Self::Malformed => write!(
+                f,
+                "the {SIGNATURE_HEADER} header is not \"{SIGNATURE_PREFIX}\" followed by 64 hex \
+                 digits"
+            ),
+            Self::Mismatch => write!(
+                f,
+                "the {SIGNATURE_HEADER} header does not sign this body: the webhook's secret on \
+                 GitHub is not the one builder has, or the body was altered"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SignatureError {}
+
+/// What a verified delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// GitHub trying out a new webhook.
+    Ping(Ping),
+    /// A branch or tag was created, moved or deleted.
+    Push(Push),
+    /// A push to a ref that is neither a branch nor a tag (`refs/notes/…`): nothing to build.
+    PushToOtherRef { ref_name: String },
+    /// Any other event (`pull_request`, `create`, `issues`…): only pushes start builds.
+    Ignored { event: String },
+}
+
+/// GitHub's first delivery to a new webhook. What it carries varies with the kind of hook (a
+/// repository's, an organization's, an app's), hence every field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Ping {
+    pub zen: Option<String>,
+    pub hook_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub repository: Repository,
+    pub git_ref: GitRef,
+    /// The commit the ref pointed to, [`NULL_SHA`] if the push created it.
+    pub before: String,
+    /// The commit the ref points to now, [`NULL_SHA`] if the push deleted it.
+    pub after: String,
+    pub created: bool,
+    pub deleted: bool,
+    /// The push rewrote history: `before` is not an ancestor of `after`.
+    pub forced: bool,
+    /// `None` when the push deleted the ref.
+    pub head_commit: Option<HeadCommit>,
+}
+
+impl Push {
+    /// The head commit asks for no build: its message contains `[skip ci]` or `[ci skip]`,
+    /// written in lowercase.
+    pub fn skips_ci(&self) -> bool {
+        self.head_commit.as_ref().is_some_and(|commit| {
+            SKIP_CI_MARKERS
+                .iter()
+                .any(|marker| commit.message.contains(marker))
+        })
+    }
+
+    /// The commit to build: the head commit, since the `after` of an annotated tag's push is the
+    /// tag object, not the commit it tags.
+    pub fn commit(&self) -> &str {
+        self.head_commit
+            .as_ref()
+            .map_or(&self.after, |commit| &commit.id)
+    }
+
+    /// The push removed the ref, so there is no commit to build. The null `after` is checked as
+    /// well as the flag: building it would fail whatever the flag says.
+    pub fn is_deletion(&self) -> bool {
+        self.deleted || self.after == NULL_SHA
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// The login of the user or organization that owns the repository.
+    pub owner: String,
+    pub name: String,
+    /// `owner/name`.
+    pub full_name: String,
+    pub clone_url: String,
+}
+
+/// The pushed ref by its short name (`main`, `feature/login`, `v1.2.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Branch,
+    Tag,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitRef {
+    Branch(String),
+    Tag(String),
+}
+
+impl GitRef {
+    pub fn kind(&self) -> RefKind {
+        match self {
+            Self::Branch(_) => RefKind::Branch,
+            Self::Tag(_) => RefKind::Tag,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Branch(name) | Self::Tag(name) => name,
+        }
+    }
+
+    /// `refs/heads/NAME` or `refs/tags/NAME`; `None` for any other ref.
+    fn from_full_name(full_name: &str) -> Option<Self> {
+        if let Some(branch) = full_name.strip_prefix("refs/heads/") {
+            Some(Self::Branch(branch.to_string()))
+        } else {
+            full_name
+                .strip_prefix("refs/tags/")
+                .map(|tag| Self::Tag(tag.to_string()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HeadCommit {
+    pub id: String,
+    pub message: String,
+}
+
+/// Why a verified delivery cannot be read. The server answers 400 with the message, which GitHub
+/// shows in the webhook's recent deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The body is not JSON, typically a webhook set to send `application/x-www-form-urlencoded`.
+    NotJson { event: String, detail: String },
+    /// The body is JSON, but lacks a field builder needs or has one of the wrong type or form.
+    Invalid { event: String, detail: String },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotJson { event, detail } => write!(
+                f,
+                "{event} payload is not JSON ({detail}): set the webhook's content type to \
+                 application/json"
+            ),
+            Self::Invalid { event, detail } => write!(f, "{event} payload: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Reads a delivery that [`verify`] accepted; `event` is its `X-GitHub-Event` header. Every body
+/// must be JSON, whatever the event, so that a misconfigured webhook is told so.
+pub fn parse(event: &str, body: &[u8]) -> Result<Delivery, ParseError> {
+    match event {
+        "ping" => read(event, body).map(Delivery::Ping),
+        "push" => push(read(event, body)?).map_err(|detail| ParseError::Invalid {
+            event: event.to_string(),
+            detail,
+        }),
+        _ => {
+            read::<IgnoredAny>(event, body)?;
+            Ok(Delivery::Ignored {
+                event: event.to_string(),
+            })
+        }
+    }
+}
+
+fn read<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, ParseError> {
+    serde_json::from_slice(body).map_err(|error| {
+        let event = event.to_string();
+        let detail = error.to_string();
+        if error.is_data() {
+            ParseError::Invalid { event, detail }
+        } else {
+            ParseError::NotJson { event, detail }
+        }
+    })
+}
+
+/// The fields of a push payload that builder reads; serde ignores the rest.
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    full_ref: String,
+    before: String,
+    after: String,
+    created: bool,
+    deleted: bool,
+    forced: bool,
+    repository: RepositoryPayload,
+    head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize)]
+struct RepositoryPayload {
+    owner: OwnerPayload,
+    name: String,
+    full_name: String,
+    clone_url: String,
+}
+
+/// Push payloads name the owner by `name` as well as `login`; other events by `login` only.
+#[derive(Deserialize)]
+struct OwnerPayload {
+    login: Option<String>,
+    name: Option<String>,
+}
+
+fn push(payload: PushPayload) -> Result<Delivery, String> {
+    let head_commit_id = payload
+        .head_commit
+        .as_ref()
+        .map(|commit| commit.id.as_str());
+    for (field, sha) in [
+        ("before", Some(payload.before.as_str())),
+        ("after", Some(payload.after.as_str())),
+        ("head_commit.id", head_commit_id),
+    ] {
+        // The server hands these to git: anything but a SHA could be read as an option.
+        if sha.is_some_and(|sha| !is_commit_sha(sha)) {
+            return Err(format!(
+                "field `{field}` is not a commit SHA (40 lowercase hex digits)"
+            ));
+        }
+    }
+    let Some(git_ref) = GitRef::from_full_name(&payload.full_ref) else {
+        return Ok(Delivery::PushToOtherRef {
+            ref_name: payload.full_ref,
+        });
+    };
+    let RepositoryPayload {
+        owner,
+        name,
+        full_name,
+        clone_url,
+    } = payload.repository;
+    let owner = owner
+        .login
+        .or(owner.name)
+        .ok_or("missing field `repository.owner.login`")?;
+    Ok(Delivery::Push(Push {
+        repository: Repository {
+            owner,
+            name,
+            full_name,
+            clone_url,
+        },
+        git_ref,
+        before: payload.before,
+        after: payload.after,
+        created: payload.created,
+        deleted: payload.deleted,
+        forced: payload.forced,
+        head_commit: payload.head_commit,
+    }))
+}
+
+fn is_commit_sha(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const PING: &[u8] = include_bytes!("../../webhooks/github/ping/ping.json");
+    const BRANCH_UPDATE: &[u8] = include_bytes!("../../webhooks/github/push/branch-update.json");
+    const BRANCH_CREATED: &[u8] = include_bytes!("../../webhooks/github/push/branch-created.json");
+    const BRANCH_FORCED: &[u8] = include_bytes!("../../webhooks/github/push/branch-forced.json");
+    const BRANCH_DELETED: &[u8] = include_bytes!("../../webhooks/github/push/branch-deleted.json");
+    const TAG_CREATED: &[u8] = include_bytes!("../../webhooks/github/push/tag-created.json");
+    const TAG_DELETED: &[u8] = include_bytes!("../../webhooks/github/push/tag-deleted.json");
+    const PULL_REQUEST_OPENED: &[u8] =
+        include_bytes!("../../webhooks/github/pull_request/opened.json");
+    const CREATE_TAG: &[u8] = include_bytes!("../../webhooks/github/create/tag.json");
+    const DELETE_BRANCH: &[u8] = include_bytes!("../../webhooks/github/delete/branch.json");
+
+    fn read_push(body: &[u8]) -> Push {
+        match parse("push", body) {
+            Ok(Delivery::Push(push)) => push,
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    /// `fixture` as JSON, changed by `change`.
+    fn edited(fixture: &[u8], change: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut payload = serde_json::from_slice(fixture).unwrap();
+        change(&mut payload);
+        serde_json::to_vec(&payload).unwrap()
+    }
+
+    fn push_error(body: &[u8]) -> String {
+        parse("push", body).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn signs_and_verifies_as_github_does() {
+        // The example in GitHub's "Validating webhook deliveries".
+        let secret = b"It's a Secret to Everybody";
+        let signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(sign(secret, b"Hello, World!"), signature);
+        assert_eq!(verify(secret, b"Hello, World!", Some(signature)), Ok(()));
+        let uppercase = format!("sha256={}", signature["sha256=".len()..].to_uppercase());
+        assert_eq!(verify(secret, b"Hello, World!", Some(&uppercase)), Ok(()));
+
+        // `openssl dgst -sha256 -hmac builder-webhook-secret` over the fixture's bytes.
+        let signature = "sha256=8e4e9730cc2a76df2f4f2ae52875cbe5625afedeace990c39e6b8b5d53ee2b54";
+        assert_eq!(sign(b"builder-webhook-secret", BRANCH_UPDATE), signature);
+        assert_eq!(
+            verify(b"builder-webhook-secret", BRANCH_UPDATE, Some(signature)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn rejects_altered_bodies_and_other_secrets() {
+        let signature = sign(b"secret", BRANCH_UPDATE);
+        let mut altered = BRANCH_UPDATE.to_vec();
+        altered.push(b'\n');
+        assert_eq!(
+            verify(b"secret", &altered, Some(&signature)),
+            Err(SignatureError::Mismatch)
+        );
+        let reformatted = edited(BRANCH_UPDATE, |_| {});
+        assert_eq!(
+            verify(b"secret", &reformatted, Some(&signature)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"other", BRANCH_UPDATE, Some(&signature)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"", BRANCH_UPDATE, Some(&signature)),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn rejects_missing_and_malformed_signatures() {
+        assert_eq!(verify(b"secret", b"{}", None), Err(SignatureError::Missing));
+        let digits = &sign(b"secret", b"{}")["sha256=".len()..];
+        for header in [
+            String::new(),
+            "sha256=".to_string(),
+            digits.to_string(),
+            format!("sha1={digits}"),
+            format!("SHA256={digits}"),
+            format!("sha256= {digits}"),
+            format!("sha256={}", &digits[1..]),
+            format!("sha256={digits}0"),
+            format!("sha256={}", "g".repeat(64)),
+            format!("sha256=+{}", &digits[1..]),
+            // 64 bytes, but not 64 digits.
+            format!("sha256={}", "é".repeat(32)),
+        ] {
+            assert_eq!(
+                verify(b"secret", b"{}", Some(&header)),
+                Err(SignatureError::Malformed),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            SignatureError::Missing.to_string(),
+            "no X-Hub-Signature-256 header: give the webhook on GitHub the secret builder has"
+        );
+    }
+
+    #[test]
+    fn reads_a_branch_update() {
+        let push = read_push(BRANCH_UPDATE);
+        assert_eq!(
+            push,
+            Push {
+                repository: Repository {
+                    owner: "Codertocat".into(),
+                    name: "Hello-World".into(),
+                    full_name: "Codertocat/Hello-World".into(),
+                    clone_url: "https://github.com/Codertocat/Hello-World.git".into(),
+                },
+                git_ref: GitRef::Branch("master".into()),
+                before: "a10867b14bb761a232cd80139fbd4c0d33264240".into(),
+                after: "199eddf46df50de8d02e99bf1c5fdb4101338224".into(),
+                created: false,
+                deleted: false,
+                forced: false,
+                head_commit: Some(HeadCommit {
+                    id: "199eddf46df50de8d02e99bf1c5fdb4101338224".into(),
+                    message: "Update README".into(),
+                }),
+            }
+        );
+        assert!(!push.skips_ci());
+        assert!(!push.is_deletion());
+    }
+
+    #[test]
+    fn reads_created_forced_and_deleted_branches() {
+        let created = read_push(BRANCH_CREATED);
+        assert_eq!(created.git_ref, GitRef::Branch("feature-branch".into()));
+        assert!(created.created && !created.is_deletion());
+        assert_eq!(created.before, NULL_SHA);
+
+        let forced = read_push(BRANCH_FORCED);
+        assert!(forced.forced && !forced.created && !forced.is_deletion());
+        assert_eq!(forced.repository.owner, "jessesuen");
+
+        let deleted = read_push(BRANCH_DELETED);
+        assert_eq!(deleted.git_ref, GitRef::Branch("feature-branch".into()));
+        assert!(deleted.deleted && deleted.is_deletion());
+        assert_eq!(deleted.after, NULL_SHA);
+        assert_eq!(deleted.head_commit, None);
+        assert!(!deleted.skips_ci());
+
+        let unflagged = read_push(&edited(BRANCH_DELETED, |p| p["deleted"] = json!(false)));
+        assert!(unflagged.is_deletion());
+    }
+
+    #[test]
+    fn reads_tag_pushes() {
+        let created = read_push(TAG_CREATED);
+        assert_eq!(created.git_ref, GitRef::Tag("v0.0.1".into()));
+        assert!(created.created && !created.is_deletion());
+        assert_eq!(
+            created.head_commit.map(|commit| commit.id),
+            Some(created.after)
+        );
+
+        let deleted = read_push(TAG_DELETED);
+        assert_eq!(deleted.git_ref, GitRef::Tag("v0.0.1".into()));
+        assert!(deleted.is_deletion());
+    }
+
+    #[test]
+    fn keeps_slashes_in_short_names() {
+        let body = edited(BRANCH_UPDATE, |p| {
+            p["ref"] = json!("refs/heads/feature/a/b")
+        });
+        assert_eq!(
+            read_push(&body).git_ref,
+            GitRef::Branch("feature/a/b".into())
+        );
+        let body = edited(TAG_CREATED, |p| {
+            p["ref"] = json!("refs/tags/release/v1.2.0")
+        });
+        assert_eq!(
+            read_push(&body).git_ref,
+            GitRef::Tag("release/v1.2.0".into())
+        );
+    }
+
+    #[test]
+    fn pushes_to_other_refs_build_nothing() {
+        for ref_name in ["refs/notes/commits", "refs/pull/1/head", "main"] {
+            let body = edited(BRANCH_UPDATE, |p| p["ref"] = json!(ref_name));
+            assert_eq!(
+                parse("push", &body),
+                Ok(Delivery::PushToOtherRef {
+                    ref_name: ref_name.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn skips_ci_for_lowercase_markers_in_the_head_commit() {
+        let with_message = |message: &str| {
+            read_push(&edited(BRANCH_UPDATE, |p| {
+                p["head_commit"]["message"] = json!(message)
+            }))
+        };
+        assert!(with_message("Update README [skip ci]").skips_ci());
+        assert!(with_message("[ci skip] Update README").skips_ci());
+        assert!(with_message("Update README\n\nDocs only. [skip ci]").skips_ci());
+        assert!(!with_message("Update README [Skip CI]").skips_ci());
+        assert!(!with_message("Update README, skip ci").skips_ci());
+        assert!(!with_message("Update README [skip-ci]").skips_ci());
+    }
+
+    #[test]
+    fn reads_pings() {
+        assert_eq!(
+            parse("ping", PING),
+            Ok(Delivery::Ping(Ping {
+                zen: Some("Non-blocking is better than blocking.".into()),
+                hook_id: Some(149673431),
+            }))
+        );
+        assert_eq!(
+            parse("ping", b"{}"),
+            Ok(Delivery::Ping(Ping {
+                zen: None,
+                hook_id: None
+            }))
+        );
+    }
+
+    #[test]
+    fn ignores_other_events_but_requires_json() {
+        for (event, body) in [
+            ("pull_request", PULL_REQUEST_OPENED),
+            ("create", CREATE_TAG),
+            ("delete", DELETE_BRANCH),
+            ("issues", b"[]".as_slice()),
+        ] {
+            assert_eq!(
+                parse(event, body),
+                Ok(Delivery::Ignored {
+                    event: event.into()
+                })
+            );
+        }
+        let form = parse("pull_request", b"payload=%7B%7D").unwrap_err();
+        assert!(matches!(form, ParseError::NotJson { .. }), "{form:?}");
+        assert!(
+            form.to_string()
+                .starts_with("pull_request payload is not JSON (expected value at line 1")
+        );
+        assert!(
+            form.to_string()
+                .ends_with("set the webhook's content type to application/json")
+        );
+    }
+
+    #[test]
+    fn names_what_a_push_lacks_or_gets_wrong() {
+        let without_ref = edited(BRANCH_UPDATE, |p| {
+            p.as_object_mut().unwrap().remove("ref");
+        });
+        assert!(push_error(&without_ref).starts_with("push payload: missing field `ref`"));
+
+        let without_clone_url = edited(BRANCH_UPDATE, |p| {
+            p["repository"].as_object_mut().unwrap().remove("clone_url");
+        });
+        assert!(
+            push_error(&without_clone_url).starts_with("push payload: missing field `clone_url`")
+        );
+
+        let without_owner = edited(BRANCH_UPDATE, |p| p["repository"]["owner"] = json!({}));
+        assert_eq!(
+            push_error(&without_owner),
+            "push payload: missing field `repository.owner.login`"
+        );
+        let owner_by_name = edited(BRANCH_UPDATE, |p| {
+            p["repository"]["owner"] = json!({"name": "Codertocat"})
+        });
+        assert_eq!(read_push(&owner_by_name).repository.owner, "Codertocat");
+
+        for (field, change) in [
+            ("after", json!({"after": "HEAD"})),
+            ("after", json!({"after": "--upload-pack=touch /tmp/x"})),
+            (
+                "before",
+                json!({"before": "A10867B14BB761A232CD80139FBD4C0D33264240"}),
+            ),
+            (
+                "head_commit.id",
+                json!({"head_commit": {"id": "199edd", "message": ""}}),
+            ),
+        ] {
+            let body = edited(BRANCH_UPDATE, |p| {
+                p.as_object_mut()
+                    .unwrap()
+                    .extend(change.as_object().unwrap().clone())
+            });
+            assert_eq!(
+                push_error(&body),
+                format!(
+                    "push payload: field `{field}` is not a commit SHA (40 lowercase hex digits)"
+                )
+            );
+        }
+
+        let created_as_text = edited(BRANCH_UPDATE, |p| p["created"] = json!("yes"));
+        let error = parse("push", &created_as_text).unwrap_err();
+        assert!(matches!(error, ParseError::Invalid { .. }), "{error:?}");
+        assert!(error.to_string().contains("expected a boolean"));
+
+        let truncated = &BRANCH_UPDATE[..BRANCH_UPDATE.len() / 2];
+        assert!(matches!(
+            parse("push", truncated),
+            Err(ParseError::NotJson { .. })
+        ));
+    }
+}

@@ -1,0 +1,566 @@
+//! The web console of `builder serve`, at `/`: server-rendered pages over the same [`Service`]
+//! calls as the JSON API (builds, a build and its live log, triggers, schedules, deliveries) and
+//! forms for its actions. Handlers translate between HTTP and the service; [`pages`] renders,
+//! escaping every value by construction. The one script, `console.js`, follows logs over the
+//! API's server-sent events and refreshes the parts of a page that are still running.
+//!
+//! Actions need the API token: the login form keeps it in a cookie that scripts cannot read
+//! (`HttpOnly`) and that other sites' pages never send (`SameSite=Strict`, which is also what
+//! stops cross-site form posts). Every response carries a Content-Security-Policy that allows
+//! nothing but this server's own script and style.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+use super::{Access, Served};
+use crate::core::build::Status;
+use crate::core::substitute::Values;
+use crate::pipeline::service::{BuildQuery, Failed, ManualRun, Service};
+
+mod pages;
+
+/// The cookie that carries the API token after logging in.
+const SESSION_COOKIE: &str = "builder_session";
+/// Builds on one page of the list.
+const PAGE_SIZE: u32 = 50;
+/// Recent builds shown on a trigger's page.
+const RECENT_BUILDS: u32 = 10;
+const DELIVERIES_SHOWN: u32 = 100;
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
+/// The console's routes, with the security headers on every response.
+pub(super) fn router() -> Router<Served> {
+    Router::new()
+        .route("/", get(builds))
+        .route("/builds/{id}", get(build))
+        .route("/builds/{id}/cancel", post(cancel))
+        .route("/builds/{id}/retry", post(retry))
+        .route("/triggers", get(triggers))
+        .route("/triggers/{name}", get(trigger))
+        .route("/triggers/{name}/run", post(run_trigger))
+        .route("/schedules", get(schedules))
+        .route("/schedules/{name}", get(schedule))
+        .route("/schedules/{name}/{action}", post(schedule_action))
+        .route("/deliveries", get(deliveries))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/assets/console.css", get(stylesheet))
+        .route("/assets/console.js", get(script))
+        .layer(axum::middleware::map_response(secure))
+}
+
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = |headers: &mut HeaderMap, name, value| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY,
+    );
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "same-origin");
+    response
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    let css = include_str!("console.css");
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], css)
+}
+
+async fn script() -> impl IntoResponse {
+    let js = include_str!("console.js");
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+}
+
+/// The API token the session cookie carries, if any.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .find_map(|cookie| {
+            let (name, value) = cookie.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then(|| URL_SAFE_NO_PAD.decode(value).ok())?
+        })
+        .and_then(|token| String::from_utf8(token).ok())
+}
+
+/// Who is asking: whether they logged in with the API token, and the page they asked for.
+struct Visitor {
+    logged_in: bool,
+    path: String,
+    /// The request came from one of this server's pages (or says nothing of where it came from).
+    same_origin: bool,
+}
+
+impl Visitor {
+    fn of(access: &Access, headers: &HeaderMap, path: String) -> Self {
+        let token = session_token(headers);
+        Visitor {
+            logged_in: token.is_some_and(|token| access.authorizes(&token)),
+            path,
+            same_origin: same_origin(headers),
+        }
+    }
+
+    fn to_login(&self) -> Redirect {
+        Redirect::to(&format!("/login?next={}", url_encode(&self.path)))
+    }
+}
+
+/// A visitor who may read the page asked for; others are sent to the login form first.
+struct Reader(Visitor);
+
+impl FromRequestParts<Served> for Reader {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Redirect> {
+        let page = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let visitor = Visitor::of(&served.access, &parts.headers, page.to_string());
+        if visitor.logged_in || served.access.may_read(None) {
+            Ok(Reader(visitor))
+        } else {
+            Err(visitor.to_login())
+        }
+    }
+}
+
+/// A visitor who may act; others are sent to the login form first, to come back to the page
+/// the action belongs to (`/builds/ID` for `/builds/ID/cancel`). A form posted from another
+/// origin (another port of this host, a sibling subdomain: `SameSite` lets those through)
+/// never acts.
+struct Actor(Visitor);
+
+impl FromRequestParts<Served> for Actor {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Redirect> {
+        let action = parts.uri.path();
+        let page = action.rsplit_once('/').map_or("/", |(page, _)| page);
+        let visitor = Visitor::of(&served.access, &parts.headers, page.to_string());
+        if visitor.logged_in && visitor.same_origin {
+            Ok(Actor(visitor))
+        } else {
+            Err(visitor.to_login())
+        }
+    }
+}
+
+/// A page, or the page that says what went wrong.
+fn page(visitor: &Visitor, result: Result<maud::Markup, Failed>) -> Response {
+    match result {
+        Ok(markup) => markup.into_response(),
+        Err(failed) => problem(visitor, failed),
+    }
+}
+
+fn problem(visitor: &Visitor, failed: Failed) -> Response {
+    let page = pages::problem(visitor, &failed.to_string());
+    (super::status_of(&failed), page).into_response()
+}
+
+/// After an action: on to `location` (the action's page if `None`), or the page that says why
+/// it failed.
+fn then_to(visitor: &Visitor, result: Result<Option<String>, Failed>) -> Response {
+    match result {
+        Ok(location) => Redirect::to(location.as_deref().unwrap_or(&visitor.path)).into_response(),
+        Err(failed) => problem(visitor, failed),
+    }
+}
+
+/// The builds list's filters, as its form sends them (empty fields are no filter).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct BuildFilter {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    trigger: String,
+    #[serde(default)]
+    branch: String,
+    #[serde(default)]
+    before: String,
+}
+
+impl BuildFilter {
+    fn query(&self) -> Result<BuildQuery, Failed> {
+        let given = |value: &String| Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        let status = match given(&self.status) {
+            Some(status) => Some(
+                Status::parse(&status)
+                    .ok_or_else(|| Failed::Invalid(format!("no such status: {status}")))?,
+            ),
+            None => None,
+        };
+        Ok(BuildQuery {
+            status,
+            trigger: given(&self.trigger),
+            branch: given(&self.branch),
+            before: given(&self.before),
+            // One more than a page tells whether there is a next page.
+            limit: PAGE_SIZE + 1,
+            ..BuildQuery::default()
+        })
+    }
+
+    /// The list's address with these filters and `before` for paging.
+    fn link(&self, before: Option<&str>) -> String {
+        let pairs = [
+            ("status", self.status.as_str()),
+            ("trigger", self.trigger.as_str()),
+            ("branch", self.branch.as_str()),
+            ("before", before.unwrap_or_default()),
+        ];
+        let query: Vec<String> = pairs
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| format!("{name}={}", url_encode(value)))
+            .collect();
+        if query.is_empty() {
+            "/".into()
+        } else {
+            format!("/?{}", query.join("&"))
+        }
+    }
+}
+
+async fn builds(
+    State(service): State<Arc<Service>>,
+    Reader(visitor): Reader,
+    Query(filter): Query<BuildFilter>,
+) -> Response {
+    let result = async {
+        let mut builds = service.builds(&filter.query()?).await?;
+        let older = (builds.len() > PAGE_SIZE as usize).then(|| {
+            builds.truncate(PAGE_SIZE as usize);
+            filter.link(builds.last().map(|b| b.id.as_str()))
+        });
+        let triggers: Vec<String> = service.triggers().iter().map(|t| t.name.clone()).collect();
+        Ok(pages::builds(&visitor, &filter, &triggers, &builds, older))
+    }
+    .await;
+    page(&visitor, result)
+}
+
+async fn build(
+    State(service): State<Arc<Service>>,
+    Reader(visitor): Reader,
+    Path(id): Path<String>,
+) -> Response {
+    let result = service.build(&id).await.map(|b| pages::build(&visitor, &b));
+    page(&visitor, result)
+}
+
+async fn cancel(
+    State(service): State<Arc<Service>>,
+    Actor(visitor): Actor,
+    Path(id): Path<String>,
+) -> Response {
+    then_to(&visitor, service.cancel(&id).await.map(|()| None))
+}
+
+async fn retry(
+    State(service): State<Arc<Service>>,
+    Actor(visitor): Actor,
+    Path(id): Path<String>,
+) -> Response {
+    let retried = service.retry(&id).await;
+    then_to(&visitor, retried.map(|id| Some(format!("/builds/{id}"))))
+}
+
+async fn triggers(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let triggers: Vec<_> = service.triggers().iter().map(|t| t.summary()).collect();
+    pages::triggers(&visitor, &triggers).into_response()
+}
+
+async fn trigger(
+    State(service): State<Arc<Service>>,
+    Reader(visitor): Reader,
+    Path(name): Path<String>,
+) -> Response {
+    let result = async {
+        let trigger = service.trigger(&name)?.summary();
+        let query = BuildQuery {
+            trigger: Some(name.clone()),
+            limit: RECENT_BUILDS,
+            ..BuildQuery::default()
+        };
+        let builds = service.builds(&query).await?;
+        Ok(pages::trigger(&visitor, &trigger, &builds))
+    }
+    .await;
+    page(&visitor, result)
+}
+
+/// The run form of a trigger's page.
+#[derive(Deserialize)]
+struct RunForm {
+    /// `branch`, `tag` or `commit`.
+    kind: String,
+    value: String,
+    /// `KEY=VALUE` lines.
+    #[serde(default)]
+    substitutions: String,
+}
+
+impl RunForm {
+    fn run(self) -> Result<ManualRun, Failed> {
+        let mut substitutions = Values::new();
+        for line in self.substitutions.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line.split_once('=').ok_or_else(|| {
+                Failed::Invalid(format!("substitution {line:?}: expected KEY=VALUE"))
+            })?;
+            substitutions.insert(key.trim().to_string(), value.to_string());
+        }
+        let value = Some(self.value.trim().to_string());
+        let mut run = ManualRun {
+            substitutions,
+            ..ManualRun::default()
+        };
+        match self.kind.as_str() {
+            "branch" => run.branch = value,
+            "tag" => run.tag = value,
+            "commit" => run.commit = value,
+            other => return Err(Failed::Invalid(format!("no such kind of run: {other}"))),
+        }
+        Ok(run)
+    }
+}
+
+async fn run_trigger(
+    State(service): State<Arc<Service>>,
+    Actor(visitor): Actor,
+    Path(name): Path<String>,
+    Form(form): Form<RunForm>,
+) -> Response {
+    let result = match form.run() {
+        Ok(run) => service.run_trigger(&name, run).await,
+        Err(failed) => Err(failed),
+    };
+    then_to(&visitor, result.map(|id| Some(format!("/builds/{id}"))))
+}
+
+async fn schedules(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let result = service.schedules().await;
+    page(&visitor, result.map(|s| pages::schedules(&visitor, &s)))
+}
+
+async fn schedule(
+    State(service): State<Arc<Service>>,
+    Reader(visitor): Reader,
+    Path(name): Path<String>,
+) -> Response {
+    let result = service.schedule(&name).await;
+    page(&visitor, result.map(|s| pages::schedule(&visitor, &s)))
+}
+
+/// `run`, `pause` or `resume` a schedule.
+async fn schedule_action(
+    State(service): State<Arc<Service>>,
+    Actor(visitor): Actor,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let result = match action.as_str() {
+        "run" => service
+            .run_schedule(&name)
+            .await
+            .map(|id| Some(format!("/builds/{id}"))),
+        "pause" | "resume" => service
+            .pause_schedule(&name, action == "pause")
+            .await
+            .map(|_| None),
+        _ => Err(Failed::NotFound(format!("no such action: {action}"))),
+    };
+    then_to(&visitor, result)
+}
+
+async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let result = service.deliveries(DELIVERIES_SHOWN).await;
+    page(&visitor, result.map(|d| pages::deliveries(&visitor, &d)))
+}
+
+#[derive(Deserialize)]
+struct Next {
+    #[serde(default)]
+    next: String,
+}
+
+impl Next {
+    /// Where to go after logging in: a path of this server, never another site.
+    fn path(&self) -> String {
+        // Browsers read `\` as `/` and drop tabs and newlines: `/\host` is `//host`.
+        let odd = |c: char| c == '\\' || c.is_whitespace() || c.is_control();
+        let local = self.next.starts_with('/')
+            && !self.next.starts_with("//")
+            && !self.next.chars().any(odd);
+        if local { self.next.clone() } else { "/".into() }
+    }
+}
+
+async fn login_form(
+    State(access): State<Arc<Access>>,
+    headers: HeaderMap,
+    Query(next): Query<Next>,
+) -> Response {
+    let visitor = Visitor::of(&access, &headers, next.path());
+    pages::login(&visitor, None).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    #[serde(flatten)]
+    next: Next,
+}
+
+async fn login(
+    State(access): State<Arc<Access>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let visitor = Visitor::of(&access, &headers, form.next.path());
+    let token = form.token.trim();
+    if !access.authorizes(token) {
+        let page = pages::login(&visitor, Some("That is not the server's API token."));
+        return (StatusCode::UNAUTHORIZED, page).into_response();
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        URL_SAFE_NO_PAD.encode(token)
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&visitor.path)).into_response()
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// Whether a request's `Origin`, which browsers send with every form post, is this server.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host),
+        (Some(_), None) => false,
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a query value or a path segment.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        let value = format!(
+            "a=1; {SESSION_COOKIE}={}; b=2",
+            URL_SAFE_NO_PAD.encode("t0k=n")
+        );
+        headers.insert(header::COOKIE, value.parse().unwrap());
+        assert_eq!(session_token(&headers).as_deref(), Some("t0k=n"));
+        assert_eq!(session_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn logging_in_never_sends_elsewhere() {
+        let next = |next: &str| Next { next: next.into() }.path();
+        assert_eq!(next("/builds/1?x=2"), "/builds/1?x=2");
+        assert_eq!(next("//evil.example/"), "/");
+        assert_eq!(next("https://evil.example/"), "/");
+        assert_eq!(next("/\\evil.example"), "/");
+        assert_eq!(next("/\t/evil.example"), "/");
+    }
+
+    #[test]
+    fn forms_act_only_from_this_origin() {
+        let headers = |origin: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, origin.parse().unwrap());
+            }
+            headers
+        };
+        assert!(same_origin(&headers(Some("http://127.0.0.1:8080"))));
+        assert!(same_origin(&headers(None)));
+        assert!(!same_origin(&headers(Some("http://127.0.0.1:9090"))));
+        assert!(!same_origin(&headers(Some("null"))));
+    }
+
+    #[test]
+    fn filters_link_back_to_themselves() {
+        let filter = BuildFilter {
+            branch: "feature/<x> & y".into(),
+            status: "FAILURE".into(),
+            ..BuildFilter::default()
+        };
+        assert_eq!(
+            filter.link(Some("abc")),
+            "/?status=FAILURE&branch=feature%2F%3Cx%3E%20%26%20y&before=abc"
+        );
+        assert_eq!(BuildFilter::default().link(None), "/");
+        assert!(matches!(
+            BuildFilter {
+                status: "DONE".into(),
+                ..BuildFilter::default()
+            }
+            .query(),
+            Err(Failed::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_run_form_is_a_manual_run() {
+        let form = RunForm {
+            kind: "tag".into(),
+            value: " v1.2 ".into(),
+            substitutions: "_A=1\n\n_B = x=y\n".into(),
+        };
+        let run = form.run().unwrap();
+        assert_eq!(run.tag.as_deref(), Some("v1.2"));
+        assert_eq!(run.substitutions["_A"], "1");
+        assert_eq!(run.substitutions["_B"], " x=y");
+        let bad = RunForm {
+            kind: "branch".into(),
+            value: "main".into(),
+            substitutions: "_A".into(),
+        };
+        assert!(matches!(bad.run(), Err(Failed::Invalid(_))));
+    }
+}

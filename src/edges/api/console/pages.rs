@@ -1,0 +1,580 @@
+//! The console's pages as HTML (maud escapes every value it inserts). Parts that still change are
+//! marked `data-live` with an id: `console.js` fetches the page again and swaps them until the
+//! server renders them without the mark.
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+use super::{BuildFilter, Visitor, url_encode};
+use crate::core::build::Status;
+use crate::pipeline::service::{BuildRecord, DeliveryRecord, ScheduleView, StepRecord};
+
+/// Indentation levels the steps list shows (deeper steps share the last).
+const MAX_DEPTH: usize = 8;
+
+fn layout(visitor: &Visitor, title: &str, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · builder" }
+                link rel="stylesheet" href="/assets/console.css";
+                script src="/assets/console.js" defer {}
+            }
+            body {
+                nav {
+                    a.brand href="/" { "builder" }
+                    a href="/" { "Builds" }
+                    a href="/triggers" { "Triggers" }
+                    a href="/schedules" { "Schedules" }
+                    a href="/deliveries" { "Deliveries" }
+                    span.spacer {}
+                    @if visitor.logged_in {
+                        form.inline method="post" action="/logout" {
+                            button.link type="submit" { "Log out" }
+                        }
+                    } @else {
+                        a href={ "/login?next=" (url_encode(&visitor.path)) } { "Log in" }
+                    }
+                }
+                main { h1 { (title) } (content) }
+            }
+        }
+    }
+}
+
+pub(super) fn problem(visitor: &Visitor, message: &str) -> Markup {
+    layout(
+        visitor,
+        "Something went wrong",
+        html! { p.error { (message) } p { a href=(visitor.path) { "Back" } } },
+    )
+}
+
+pub(super) fn login(visitor: &Visitor, error: Option<&str>) -> Markup {
+    let content = html! {
+        @if let Some(error) = error { p.error { (error) } }
+        p { "Actions (cancel, retry, run) need the server's API token." }
+        form.login method="post" action="/login" {
+            input type="hidden" name="next" value=(visitor.path);
+            label { "API token " input type="password" name="token" autocomplete="current-password" required; }
+            button type="submit" { "Log in" }
+        }
+    };
+    layout(visitor, "Log in", content)
+}
+
+fn status_badge(status: Status) -> Markup {
+    html! { span class={ "status " (status.as_str().to_lowercase()) } { (status.as_str()) } }
+}
+
+fn time(at: SystemTime) -> Markup {
+    let at = DateTime::<Utc>::from(at);
+    html! { time datetime=(at.to_rfc3339()) { (at.format("%Y-%m-%d %H:%M:%S")) } }
+}
+
+fn optional_time(at: Option<SystemTime>) -> Markup {
+    html! { @if let Some(at) = at { (time(at)) } @else { "—" } }
+}
+
+/// From `start` to `end`, or to now while it runs.
+fn duration(start: Option<SystemTime>, end: Option<SystemTime>) -> String {
+    let Some(start) = start else {
+        return String::new();
+    };
+    let end = end.unwrap_or_else(SystemTime::now);
+    let seconds = end.duration_since(start).unwrap_or_default().as_secs_f64();
+    match seconds {
+        s if s < 60.0 => format!("{s:.1}s"),
+        s if s < 3600.0 => format!("{}m {:02}s", (s / 60.0) as u64, s as u64 % 60),
+        s => format!("{}h {:02}m", (s / 3600.0) as u64, (s as u64 % 3600) / 60),
+    }
+}
+
+fn text<'v>(value: &'v Value, key: &str) -> &'v str {
+    value[key].as_str().unwrap_or_default()
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(7)]
+}
+
+/// What started a build: its schedule, its trigger, or a person (`builder submit`).
+fn origin(build: &BuildRecord) -> Markup {
+    html! {
+        @if let Some(schedule) = &build.schedule {
+            "schedule " a href={ "/schedules/" (url_encode(schedule)) } { (schedule) }
+        } @else if let Some(trigger) = &build.trigger {
+            "trigger " a href={ "/triggers/" (url_encode(trigger)) } { (trigger) }
+        } @else {
+            "manual"
+        }
+    }
+}
+
+/// The branch or tag a build built.
+fn reference(build: &BuildRecord) -> Markup {
+    let branch = text(&build.substitutions, "BRANCH_NAME");
+    let tag = text(&build.substitutions, "TAG_NAME");
+    html! {
+        @if !branch.is_empty() { span.branch { (branch) } }
+        @else if !tag.is_empty() { "tag " span.tag { (tag) } }
+    }
+}
+
+fn repository(build: &BuildRecord) -> &str {
+    match text(&build.source, "kind") {
+        "github" => text(&build.source, "repository"),
+        "upload" => "upload",
+        _ => "",
+    }
+}
+
+/// Whether a list of builds is refreshed: while any runs, or always if `newest` (new builds show
+/// up).
+fn live(builds: &[BuildRecord], newest: bool) -> bool {
+    newest || builds.iter().any(|b| !b.status.is_final())
+}
+
+fn builds_table(builds: &[BuildRecord]) -> Markup {
+    html! {
+        table.builds {
+            thead { tr {
+                th { "Status" } th { "Build" } th { "Started by" } th { "Repository" }
+                th { "Branch or tag" } th { "Commit" } th { "Started" } th { "Duration" }
+            } }
+            tbody {
+                @for build in builds {
+                    tr {
+                        td { (status_badge(build.status)) }
+                        td.id { a href={ "/builds/" (build.id) } { (short(&build.id)) } }
+                        td { (origin(build)) }
+                        td { (repository(build)) }
+                        td { (reference(build)) }
+                        td.commit { (short(text(&build.source, "commit"))) }
+                        td { (optional_time(build.start_time)) }
+                        td { (duration(build.start_time, build.finish_time)) }
+                    }
+                }
+                @if builds.is_empty() { tr { td.empty colspan="8" { "No builds." } } }
+            }
+        }
+    }
+}
+
+pub(super) fn builds(
+    visitor: &Visitor,
+    filter: &BuildFilter,
+    triggers: &[String],
+    builds: &[BuildRecord],
+    older: Option<String>,
+) -> Markup {
+    let content = html! {
+        form.filters method="get" action="/" {
+            label { "Status " select name="status" {
+                option value="" { "any" }
+                @for status in Status::ALL {
+                    option value=(status.as_str()) selected[filter.status == status.as_str()] {
+                        (status.as_str())
+                    }
+                }
+            } }
+            label { "Trigger " select name="trigger" {
+                option value="" { "any" }
+                @for trigger in triggers {
+                    option value=(trigger) selected[&filter.trigger == trigger] { (trigger) }
+                }
+            } }
+            label { "Branch " input type="text" name="branch" value=(filter.branch); }
+            button type="submit" { "Filter" }
+        }
+        // The paging links are refreshed with the list they page.
+        div id="builds" data-live[live(builds, filter.before.is_empty())] {
+            (builds_table(builds))
+            nav.pages {
+                @if !filter.before.is_empty() { a href=(filter.link(None)) { "← Newest" } }
+                @if let Some(older) = older { a href=(older) { "Older →" } }
+            }
+        }
+    };
+    layout(visitor, "Builds", content)
+}
+
+/// The steps' depths in the `waitFor` graph: 0 for a step that waits for nothing, else one more
+/// than the deepest step it waits for.
+fn depths(dependencies: &[Vec<usize>]) -> Vec<usize> {
+    let mut depths: Vec<usize> = Vec::with_capacity(dependencies.len());
+    for waits in dependencies {
+        let depth = waits
+            .iter()
+            .filter_map(|&d| depths.get(d))
+            .map(|d| d + 1)
+            .max();
+        depths.push(depth.unwrap_or(0));
+    }
+    depths
+}
+
+fn step_label(step: &StepRecord) -> String {
+    match &step.id {
+        Some(id) => id.clone(),
+        None => format!("#{}", step.index),
+    }
+}
+
+/// What a step waited for, in words.
+fn waits_for(index: usize, waits: &[usize], steps: &[StepRecord]) -> String {
+    if waits.is_empty() {
+        return "starts at once".into();
+    }
+    if index > 0 && waits.iter().copied().eq(0..index) {
+        return "after every step before it".into();
+    }
+    let labels: Vec<String> = waits
+        .iter()
+        .filter_map(|&d| steps.get(d))
+        .map(step_label)
+        .collect();
+    format!("after {}", labels.join(", "))
+}
+
+pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
+    let plan_steps = build.plan["steps"].as_array();
+    let dependencies: Vec<Vec<usize>> = build
+        .steps
+        .iter()
+        .map(|step| {
+            let waits = plan_steps
+                .and_then(|s| s.get(step.index))
+                .map(|s| &s["dependencies"]);
+            waits
+                .and_then(Value::as_array)
+                .map(|w| {
+                    w.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let depths = depths(&dependencies);
+    let running = !build.status.is_final();
+    let content = html! {
+        section.summary id="summary" data-live[running] {
+            p { (status_badge(build.status)) " " code { (build.id) } }
+            @if let Some(failure) = &build.failure { p.error { (failure) } }
+            dl {
+                dt { "Started by" } dd { (origin(build)) }
+                @if !repository(build).is_empty() { dt { "Repository" } dd { (repository(build)) } }
+                @if build.substitutions["BRANCH_NAME"] != "" || build.substitutions["TAG_NAME"] != "" {
+                    dt { "Branch or tag" } dd { (reference(build)) }
+                }
+                @if let Some(commit) = build.source["commit"].as_str() { dt { "Commit" } dd.commit { (commit) } }
+                dt { "Created" } dd { (time(build.create_time)) }
+                dt { "Started" } dd { (optional_time(build.start_time)) }
+                dt { "Finished" } dd { (optional_time(build.finish_time)) }
+                dt { "Duration" } dd { (duration(build.start_time, build.finish_time)) }
+            }
+            div.actions {
+                @if running {
+                    form method="post" action={ "/builds/" (build.id) "/cancel" } {
+                        button.danger type="submit" id="cancel" { "Cancel" }
+                    }
+                } @else {
+                    form method="post" action={ "/builds/" (build.id) "/retry" } {
+                        button type="submit" id="retry" { "Retry" }
+                    }
+                }
+            }
+        }
+        h2 { "Steps" }
+        ol.steps id="steps" data-live[running] {
+            @for (step, (waits, depth)) in build.steps.iter().zip(dependencies.iter().zip(&depths)) {
+                li class={ "step depth-" (depth.min(&MAX_DEPTH)) } {
+                    (status_badge(step.result.status))
+                    " " strong { (step_label(step)) } " " code { (step.name) }
+                    span.waits { (waits_for(step.index, waits, &build.steps)) }
+                    span.timing {
+                        (duration(step.result.start_time, step.result.end_time))
+                        @if let Some(code) = step.result.exit_code { " · exit " (code) }
+                    }
+                    @if let Some(detail) = &step.result.detail { div.detail { (detail) } }
+                }
+            }
+        }
+        @let outputs: Vec<_> = build.steps.iter()
+            .filter_map(|step| Some((step, step.result.output.as_deref()?)))
+            .collect();
+        @if !build.images.is_empty() || !build.templates.is_empty() || !outputs.is_empty() {
+            h2 { "Results" }
+            table.results {
+                @for image in &build.images {
+                    tr {
+                        td { "image" }
+                        td {
+                            code { (image.name) }
+                            @if let Some(place) = &image.pushed_to { " (pushed to " code { (place) } ")" }
+                        }
+                        td.digest { (image.digest) }
+                    }
+                }
+                @for (step, output) in &outputs {
+                    tr {
+                        td { "output of " (step_label(step)) }
+                        td colspan="2" { pre.output { (String::from_utf8_lossy(output)) } }
+                    }
+                }
+                @for template in &build.templates {
+                    tr {
+                        td { "template" }
+                        td { code { (template.repository) ":" (template.version) } " (" (template.file) ")" }
+                        td.digest { (template.digest) }
+                    }
+                }
+            }
+        }
+        h2 { "Logs" }
+        section.logs id="logs" data-log={ "/v1/builds/" (build.id) "/log?follow=true&batched=true" } {
+            @for step in &build.steps {
+                details.log open data-step=(step.index) {
+                    summary { (step_label(step)) " " code { (step.name) } }
+                    pre id={ "log-" (step.index) } {}
+                }
+            }
+        }
+        @if let Some(substitutions) = build.substitutions.as_object().filter(|s| !s.is_empty()) {
+            h2 { "Substitutions" }
+            table.substitutions {
+                @for (key, value) in substitutions {
+                    tr { td { code { (key) } } td { (value.as_str().unwrap_or_default()) } }
+                }
+            }
+        }
+    };
+    layout(visitor, &format!("Build {}", short(&build.id)), content)
+}
+
+pub(super) fn triggers(visitor: &Visitor, triggers: &[Value]) -> Markup {
+    let content = html! {
+        table {
+            thead { tr { th { "Trigger" } th { "Fires on" } th { "Config" } } }
+            tbody {
+                @for trigger in triggers {
+                    tr {
+                        td { a href={ "/triggers/" (url_encode(text(trigger, "name"))) } { (text(trigger, "name")) }
+                             @if trigger["disabled"] == true { " " span.status.cancelled { "DISABLED" } } }
+                        td { (text(trigger, "rule")) }
+                        td { code { (text(trigger, "config")) } }
+                    }
+                }
+                @if triggers.is_empty() { tr { td.empty colspan="3" { "No triggers." } } }
+            }
+        }
+    };
+    layout(visitor, "Triggers", content)
+}
+
+pub(super) fn trigger(visitor: &Visitor, trigger: &Value, builds: &[BuildRecord]) -> Markup {
+    let name = text(trigger, "name");
+    let content = html! {
+        @if !text(trigger, "description").is_empty() { p { (text(trigger, "description")) } }
+        dl {
+            dt { "Fires on" } dd { (text(trigger, "rule")) }
+            dt { "Config" } dd { code { (text(trigger, "config")) } }
+            @if trigger["disabled"] == true { dt { "Disabled" } dd { "yes: pushes do not fire it; runs by hand still do" } }
+            @if let Some(substitutions) = trigger["substitutions"].as_object().filter(|s| !s.is_empty()) {
+                dt { "Substitutions" }
+                dd { @for (key, value) in substitutions { code { (key) "=" (value.as_str().unwrap_or_default()) } " " } }
+            }
+        }
+        h2 { "Run" }
+        form.run method="post" action={ "/triggers/" (url_encode(name)) "/run" } {
+            select name="kind" {
+                option value="branch" { "branch" }
+                option value="tag" { "tag" }
+                option value="commit" { "commit" }
+            }
+            input type="text" name="value" placeholder="main" required;
+            textarea name="substitutions" rows="3" placeholder="_KEY=value, one per line" {}
+            button type="submit" { "Run" }
+        }
+        h2 { "Recent builds" }
+        div id="builds" data-live[live(builds, true)] { (builds_table(builds)) }
+        p { a href={ "/?trigger=" (url_encode(name)) } { "All builds of this trigger" } }
+    };
+    layout(visitor, &format!("Trigger {name}"), content)
+}
+
+fn target(view: &ScheduleView) -> String {
+    use crate::core::schedule::Target;
+    match &view.schedule.target {
+        Target::Branch(branch) => format!("branch {branch}"),
+        Target::Tag(tag) => format!("tag {tag}"),
+        Target::Commit(commit) => format!("commit {}", short(commit)),
+    }
+}
+
+fn schedule_state(view: &ScheduleView) -> Markup {
+    html! {
+        @if view.schedule.suspend { span.status.cancelled { "SUSPENDED" } }
+        @else if view.paused { span.status.cancelled { "PAUSED" } }
+        @else { span.status.success { "ACTIVE" } }
+    }
+}
+
+fn last_run(view: &ScheduleView) -> Markup {
+    html! {
+        @if let Some(last) = &view.last_run {
+            (last.run.scheduled_time.format("%Y-%m-%d %H:%M UTC")) " "
+            a href={ "/builds/" (last.run.build) } { (short(&last.run.build)) } " "
+            @if let Some(status) = last.status { (status_badge(status)) }
+        } @else { "never" }
+    }
+}
+
+pub(super) fn schedules(visitor: &Visitor, schedules: &[ScheduleView]) -> Markup {
+    let content = html! {
+        table {
+            thead { tr {
+                th { "Schedule" } th { "When" } th { "Runs" } th { "State" } th { "Next run" } th { "Last run" }
+            } }
+            tbody {
+                @for view in schedules {
+                    tr {
+                        td { a href={ "/schedules/" (url_encode(&view.schedule.name)) } { (view.schedule.name) } }
+                        td { code { (view.schedule.cron) } " " (view.schedule.time_zone) }
+                        td { "trigger " (view.schedule.trigger) " on " (target(view)) }
+                        td { (schedule_state(view)) }
+                        td { (view.next_run.local) }
+                        td { (last_run(view)) }
+                    }
+                }
+                @if schedules.is_empty() { tr { td.empty colspan="6" { "No schedules." } } }
+            }
+        }
+    };
+    layout(visitor, "Schedules", content)
+}
+
+pub(super) fn schedule(visitor: &Visitor, view: &ScheduleView) -> Markup {
+    let name = url_encode(&view.schedule.name);
+    let content = html! {
+        @if !view.schedule.description.is_empty() { p { (view.schedule.description) } }
+        dl {
+            dt { "When" } dd { code { (view.schedule.cron) } " in " (view.schedule.time_zone) }
+            dt { "Runs" } dd { "trigger " a href={ "/triggers/" (url_encode(&view.schedule.trigger)) } { (view.schedule.trigger) } " on " (target(view)) }
+            dt { "State" } dd { (schedule_state(view)) }
+            dt { "Next run" } dd { (view.next_run.local) " (" (view.next_run.utc) ")" }
+            dt { "Last run" } dd { (last_run(view)) }
+            @if let Some(error) = &view.last_error { dt { "Last error" } dd.error { (error) } }
+        }
+        div.actions {
+            @if view.paused {
+                form method="post" action={ "/schedules/" (name) "/resume" } { button type="submit" { "Resume" } }
+            } @else {
+                form method="post" action={ "/schedules/" (name) "/pause" } { button type="submit" { "Pause" } }
+            }
+            form method="post" action={ "/schedules/" (name) "/run" } { button type="submit" { "Run now" } }
+        }
+        h2 { "Skipped runs" }
+        table {
+            thead { tr { th { "Runs" } th { "Scheduled from" } th { "to" } th { "Why" } } }
+            tbody {
+                @for skipped in view.skipped_runs.iter().flatten() {
+                    tr {
+                        td { (skipped.skipped.count) }
+                        td { (skipped.skipped.first.format("%Y-%m-%d %H:%M UTC")) }
+                        td { (skipped.skipped.last.format("%Y-%m-%d %H:%M UTC")) }
+                        td { (skipped.skipped.reason) }
+                    }
+                }
+                @if view.skipped_runs.as_ref().is_none_or(Vec::is_empty) { tr { td.empty colspan="4" { "None." } } }
+            }
+        }
+    };
+    layout(
+        visitor,
+        &format!("Schedule {}", view.schedule.name),
+        content,
+    )
+}
+
+pub(super) fn deliveries(visitor: &Visitor, deliveries: &[DeliveryRecord]) -> Markup {
+    let content = html! {
+        p { "The newest webhook deliveries, and what each trigger made of them." }
+        table.deliveries {
+            thead { tr { th { "Received" } th { "Event" } th { "Delivery" } th { "Verified" } th { "What it was and what it started" } } }
+            tbody {
+                @for delivery in deliveries {
+                    tr {
+                        td { (time(delivery.receive_time)) }
+                        td { (delivery.event) }
+                        td.id { (delivery.id) }
+                        td { @if delivery.verified { "yes" } @else { span.status.failure { "REJECTED" } } }
+                        td {
+                            p { (delivery.summary) }
+                            @if delivery.pending { p { "Triggers with file filters are still deciding." } }
+                            @if delivery.verified && !delivery.pending && delivery.results.iter().all(|r| r.build_id.is_none()) {
+                                p.error { "No trigger fired." }
+                            }
+                            ul.results {
+                                @for result in &delivery.results {
+                                    li {
+                                        a href={ "/triggers/" (url_encode(&result.trigger)) } { (result.trigger) } ": "
+                                        @if let Some(build) = &result.build_id {
+                                            "started " a href={ "/builds/" (build) } { (short(build)) }
+                                        } @else if let Some(reason) = &result.reason {
+                                            "did not fire: " (reason)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if deliveries.is_empty() { tr { td.empty colspan="5" { "No deliveries yet." } } }
+            }
+        }
+    };
+    layout(visitor, "Deliveries", content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_is_one_more_than_the_deepest_step_waited_for() {
+        // 0 and 1 start at once, 2 waits for 0, 3 for 1 and 2.
+        assert_eq!(depths(&[vec![], vec![], vec![0], vec![1, 2]]), [0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn durations_read_like_a_clock() {
+        let start = SystemTime::UNIX_EPOCH;
+        let after = |s| Some(start + std::time::Duration::from_secs_f64(s));
+        assert_eq!(duration(Some(start), after(2.25)), "2.2s");
+        assert_eq!(duration(Some(start), after(125.0)), "2m 05s");
+        assert_eq!(duration(Some(start), after(7260.0)), "2h 01m");
+        assert_eq!(duration(None, None), "");
+    }
+
+    #[test]
+    fn values_from_pushes_are_text() {
+        let visitor = Visitor {
+            logged_in: false,
+            path: "/\"><script>".into(),
+            same_origin: true,
+        };
+        let page = problem(&visitor, "<script>alert(1)</script>").into_string();
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!page.contains("<script>alert"));
+        assert!(!page.contains("\"><script>"));
+    }
+}

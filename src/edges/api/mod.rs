@@ -1,0 +1,575 @@
+//! The HTTP face of `builder serve` (axum): `POST /webhooks/github`, the JSON API under `/v1`
+//! (its OpenAPI document at `/openapi.json`) and the web console at `/` ([`console`]).
+//! Handlers only translate between HTTP and [`Service`] calls: status codes, headers, bodies,
+//! and the API token of mutating requests (and of reads, if the server says so).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::build::Status;
+use crate::pipeline::service::StepRecord;
+use crate::pipeline::service::{
+    BuildQuery, Failed, Incoming, ManualRun, Receipt, Rejection, Service, Submission,
+};
+
+/// GitHub caps webhook payloads at 25 MB.
+const MAX_DELIVERY: usize = 25 * 1024 * 1024;
+/// The largest source archive `builder submit --server` may upload.
+const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
+/// How often a followed log looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// The most lines a followed log reads at once: a long log streams in pieces.
+const FOLLOW_PAGE: u32 = 5000;
+const OPENAPI: &str = include_str!("openapi.json");
+
+mod console;
+
+/// Serves on `listener` until `shutdown` resolves, finishing the requests in flight; followed
+/// logs end then too (a browser tab left open on a running build would hold the server up).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    access: Access,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stopping = CancellationToken::new();
+    let stop = stopping.clone();
+    let state = Served {
+        service,
+        access: Arc::new(access),
+    };
+    axum::serve(listener, router(state).layer(Extension(stopping)))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await
+}
+
+/// Who may do what on this server: the API token that mutating requests (and the console's
+/// login) must carry, and whether reads need it too. The service knows nothing of it.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
+    pub reads_need_token: bool,
+}
+
+impl Access {
+    /// Whether `token` is the API token; compared in constant time (through digests of both).
+    pub fn authorizes(&self, token: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        self.token
+            .as_ref()
+            .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
+    }
+
+    /// Whether a request that presents `token` (or none) may read.
+    pub fn may_read(&self, token: Option<&str>) -> bool {
+        !self.reads_need_token || token.is_some_and(|token| self.authorizes(token))
+    }
+}
+
+/// What the handlers are given: the service, and who may use it.
+#[derive(Clone)]
+struct Served {
+    service: Arc<Service>,
+    access: Arc<Access>,
+}
+
+impl axum::extract::FromRef<Served> for Arc<Service> {
+    fn from_ref(served: &Served) -> Self {
+        served.service.clone()
+    }
+}
+
+impl axum::extract::FromRef<Served> for Arc<Access> {
+    fn from_ref(served: &Served) -> Self {
+        served.access.clone()
+    }
+}
+
+fn router(state: Served) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(github_delivery))
+        .layer(DefaultBodyLimit::max(MAX_DELIVERY))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .route("/v1/builds", get(list_builds).post(submit_build))
+        .route(
+            "/v1/uploads",
+            post(upload_source).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/v1/builds/{id}", get(get_build))
+        .route("/v1/builds/{id}/log", get(build_log))
+        .route("/v1/builds/{id}/cancel", post(cancel_build))
+        .route("/v1/builds/{id}/retry", post(retry_build))
+        .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/triggers", get(list_triggers).post(create_trigger))
+        .route(
+            "/v1/triggers/{name}",
+            get(get_trigger).put(replace_trigger).delete(delete_trigger),
+        )
+        .route("/v1/triggers/{name}/run", post(run_trigger))
+        .route("/v1/schedules", get(list_schedules))
+        .route("/v1/schedules/{name}", get(get_schedule))
+        .route("/v1/schedules/{name}/run", post(run_schedule))
+        .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
+        .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            guard_reads,
+        ))
+        .merge(console::router())
+        .with_state(state)
+}
+
+/// Refuses the API's reads without the token when the server says reads need it. The console's
+/// session cookie counts too: its script follows logs through this API.
+async fn guard_reads(
+    State(access): State<Arc<Access>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method();
+    let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let reads_api = request.uri().path().starts_with("/v1/");
+    if reading && reads_api {
+        let headers = request.headers();
+        let token = bearer_token(headers).or_else(|| console::session_token(headers));
+        if !access.may_read(token.as_deref()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "reading needs the API token on this server: `Authorization: Bearer TOKEN`",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.to_string())
+}
+
+async fn github_delivery(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let incoming = Incoming {
+        event: header("X-GitHub-Event"),
+        delivery: header("X-GitHub-Delivery"),
+        signature: header(crate::core::webhooks::SIGNATURE_HEADER),
+        body: &body,
+    };
+    match service.receive(incoming).await {
+        Ok(receipt @ Receipt::Accepted { .. }) => {
+            (StatusCode::ACCEPTED, axum::Json(receipt)).into_response()
+        }
+        Ok(receipt) => (StatusCode::OK, axum::Json(receipt)).into_response(),
+        Err(rejection) => {
+            let status = match rejection {
+                Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+                Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, rejection.to_string())
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message.into()}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// A service answer as an HTTP response.
+fn respond<T: serde::Serialize>(result: Result<T, Failed>) -> Response {
+    match result {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(failed) => error(status_of(&failed), failed.to_string()),
+    }
+}
+
+/// The status code of a failed service call, for the API and the console alike. Both answer
+/// every failure through here, so this is where an internal one is logged, once.
+fn status_of(failed: &Failed) -> StatusCode {
+    match failed {
+        Failed::NotFound(_) => StatusCode::NOT_FOUND,
+        Failed::Invalid(_) => StatusCode::BAD_REQUEST,
+        Failed::Conflict(_) => StatusCode::CONFLICT,
+        Failed::Internal(error) => {
+            tracing::error!(%error, "request failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// A mutating request that carried the API token (`Authorization: Bearer TOKEN`).
+struct Authorized;
+
+impl FromRequestParts<Served> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        served: &Served,
+    ) -> Result<Self, Self::Rejection> {
+        match bearer_token(&parts.headers) {
+            Some(token) if served.access.authorizes(&token) => Ok(Authorized),
+            _ => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "this request needs the API token: `Authorization: Bearer TOKEN` \
+                 (the server's --api-token-file or BUILDER_API_TOKEN)",
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildFilter {
+    status: Option<String>,
+    trigger: Option<String>,
+    schedule: Option<String>,
+    branch: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: u32,
+    #[serde(default)]
+    offset: u32,
+    before: Option<String>,
+}
+
+fn default_limit() -> u32 {
+    50
+}
+
+async fn list_builds(
+    State(service): State<Arc<Service>>,
+    Query(filter): Query<BuildFilter>,
+) -> Response {
+    let status = match filter.status.as_deref().map(Status::parse) {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "unknown status"),
+        Some(status) => status,
+        None => None,
+    };
+    let query = BuildQuery {
+        status,
+        trigger: filter.trigger,
+        schedule: filter.schedule,
+        branch: filter.branch,
+        limit: filter.limit,
+        offset: filter.offset,
+        before: filter.before,
+    };
+    respond(
+        service
+            .builds(&query)
+            .await
+            .map(|builds| json!({ "builds": builds })),
+    )
+}
+
+async fn upload_source(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    body: Bytes,
+) -> Response {
+    respond(
+        service
+            .upload(&body)
+            .await
+            .map(|id| json!({ "upload": id })),
+    )
+}
+
+async fn submit_build(State(service): State<Arc<Service>>, _: Authorized, body: Bytes) -> Response {
+    let submission: Submission = match serde_json::from_slice(&body) {
+        Ok(submission) => submission,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("build request: {e}")),
+    };
+    respond(
+        service
+            .submit(submission)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
+}
+
+async fn get_build(State(service): State<Arc<Service>>, Path(id): Path<String>) -> Response {
+    respond(service.build(&id).await)
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    after: i64,
+    /// Follow the log as server-sent events until the build ends.
+    #[serde(default)]
+    follow: bool,
+    /// Followed lines come as one `lines` event per read rather than one `line` event each.
+    #[serde(default)]
+    batched: bool,
+}
+
+async fn build_log(
+    State(service): State<Arc<Service>>,
+    Extension(stopping): Extension<CancellationToken>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    if query.follow {
+        return match service.build(&id).await {
+            Ok(build) => Sse::new(
+                follow(service, build.id, query.after, query.batched)
+                    .take_until(stopping.cancelled_owned()),
+            )
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+            Err(failed) => respond::<()>(Err(failed)),
+        };
+    }
+    respond(
+        service
+            .log(&id, query.after, None)
+            .await
+            .map(|(lines, build)| json!({ "lines": lines, "finished": build.status.is_final() })),
+    )
+}
+
+/// A build's progress as server-sent events: `step` events when a step starts and when it ends
+/// (data `{step, id, name, status, detail}`), `line` events between them (their `id` is the line's sequence
+/// number, so a client can resume with `after`; data `{step, stream, text}`), and one `end`
+/// event with the build's status and failure. `batched`: the lines of each read as one `lines`
+/// event instead (data `[{seq, step, stream, text}]`, its `id` the last line's number): a browser
+/// dispatches each event as a task, and a long log's backlog is otherwise hundreds of thousands.
+fn follow(
+    service: Arc<Service>,
+    id: String,
+    after: i64,
+    batched: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    // The last status announced for each step.
+    let announced: Vec<Status> = Vec::new();
+    futures_util::stream::unfold(Some((after, announced)), move |state| {
+        let (service, id) = (service.clone(), id.clone());
+        async move {
+            let (mut after, mut announced) = state?;
+            loop {
+                let (lines, build) = match service.log(&id, after, Some(FOLLOW_PAGE)).await {
+                    Ok(log) => log,
+                    Err(failed) => {
+                        let data = json!({ "error": failed.to_string() }).to_string();
+                        let end = Event::default().event("error").data(data);
+                        return Some((vec![Ok(end)], None));
+                    }
+                };
+                announced.resize(build.steps.len(), Status::Queued);
+                let step_event = |step: &StepRecord, status: Status, detail: &Option<String>| {
+                    let data = json!({
+                        "step": step.index, "id": step.id, "name": step.name, "status": status,
+                        "detail": detail
+                    });
+                    Ok(Event::default().event("step").data(data.to_string()))
+                };
+                let mut events = Vec::new();
+                for (step, seen) in build.steps.iter().zip(&mut announced) {
+                    if *seen == Status::Queued && step.result.status != Status::Queued {
+                        *seen = Status::Working;
+                        events.push(step_event(step, Status::Working, &None));
+                    }
+                }
+                match lines.last() {
+                    Some(last) if batched => {
+                        let event = Event::default().event("lines").id(last.seq.to_string());
+                        events.push(Ok(event.data(json!(lines).to_string())));
+                    }
+                    _ => {
+                        for line in &lines {
+                            let data = json!({"step": line.step, "stream": line.stream, "text": line.text});
+                            let event = Event::default().event("line").id(line.seq.to_string());
+                            events.push(Ok(event.data(data.to_string())));
+                        }
+                    }
+                }
+                for (step, seen) in build.steps.iter().zip(&mut announced) {
+                    if !seen.is_final() && step.result.status.is_final() {
+                        *seen = step.result.status;
+                        events.push(step_event(step, *seen, &step.result.detail));
+                    }
+                }
+                after = lines.last().map_or(after, |line| line.seq);
+                // The status was read before the lines: a final build whose lines fit in this
+                // read has no more to send.
+                let caught_up = lines.len() < FOLLOW_PAGE as usize;
+                if build.status.is_final() && caught_up {
+                    let data = json!({"status": build.status, "failure": build.failure});
+                    events.push(Ok(Event::default().event("end").data(data.to_string())));
+                    return Some((events, None));
+                }
+                if !events.is_empty() {
+                    return Some((events, Some((after, announced))));
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    })
+    .flat_map(futures_util::stream::iter)
+}
+
+async fn cancel_build(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(id): Path<String>,
+) -> Response {
+    respond(
+        service
+            .cancel(&id)
+            .await
+            .map(|()| json!({ "cancelled": id })),
+    )
+}
+
+async fn retry_build(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(id): Path<String>,
+) -> Response {
+    respond(service.retry(&id).await.map(|id| json!({ "build": id })))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+async fn list_deliveries(
+    State(service): State<Arc<Service>>,
+    Query(page): Query<Limit>,
+) -> Response {
+    respond(
+        service
+            .deliveries(page.limit)
+            .await
+            .map(|deliveries| json!({ "deliveries": deliveries })),
+    )
+}
+
+async fn list_triggers(State(service): State<Arc<Service>>) -> Response {
+    let triggers: Vec<_> = service.triggers().iter().map(|t| t.summary()).collect();
+    axum::Json(json!({ "triggers": triggers })).into_response()
+}
+
+async fn get_trigger(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    respond(service.trigger(&name).map(|t| t.summary()))
+}
+
+/// A trigger file's bytes (YAML or JSON) in; the trigger and its warnings out.
+fn put_trigger(service: &Service, body: &[u8], replacing: Option<&str>) -> Response {
+    respond(service.put_trigger(body, replacing).map(|(trigger, warnings)| {
+        json!({ "trigger": trigger.summary(), "warnings": warnings.lines().collect::<Vec<_>>() })
+    }))
+}
+
+async fn create_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    body: Bytes,
+) -> Response {
+    put_trigger(&service, &body, None)
+}
+
+async fn replace_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    put_trigger(&service, &body, Some(&name))
+}
+
+async fn delete_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        service
+            .delete_trigger(&name)
+            .map(|()| json!({ "deleted": name })),
+    )
+}
+
+async fn run_trigger(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let run: ManualRun = match serde_json::from_slice(&body) {
+        Ok(run) => run,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("run request: {e}")),
+    };
+    respond(
+        service
+            .run_trigger(&name, run)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
+}
+
+async fn list_schedules(State(service): State<Arc<Service>>) -> Response {
+    respond(
+        service
+            .schedules()
+            .await
+            .map(|schedules| json!({ "schedules": schedules })),
+    )
+}
+
+async fn get_schedule(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    respond(service.schedule(&name).await)
+}
+
+async fn run_schedule(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        service
+            .run_schedule(&name)
+            .await
+            .map(|id| json!({ "build": id })),
+    )
+}
+
+/// `POST /v1/schedules/NAME/pause` (`PAUSED`) and `/resume`.
+async fn pause_schedule<const PAUSED: bool>(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Response {
+    respond(service.pause_schedule(&name, PAUSED).await)
+}
