@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use builder::adapters::registry::{self, Registries};
 use builder::adapters::runtime::DockerBackend;
 use builder::adapters::source::git::Rewrites;
-use builder::adapters::store::{BuildRecord, SqliteStore, Store};
+use builder::adapters::store::{BuildRecord, Builds as _, Queue as _, SqliteStore};
 use builder::core::alias::Aliases;
 use builder::core::build::{Outcome, Status};
 use builder::pipeline::service::{

@@ -574,10 +574,14 @@ fn paths_are_resolved_from_use_trees_code_and_macros() {
                 mod tests { use super::Thing; }\n\
                 fn f() { let e: crate::adapters::runtime::Error = sqlx::query(); tokio::select! { _ = crate::core::logs::mask() => {} } }\n";
     let crates = BTreeSet::from(["sqlx".to_string(), "tokio".to_string()]);
-    let paths: BTreeSet<String> = paths_of(Path::new("src/pipeline/service/schedules.rs"), text, &crates)
-        .into_iter()
-        .map(|(path, line)| format!("{line}: {}", path.join("::")))
-        .collect();
+    let paths: BTreeSet<String> = paths_of(
+        Path::new("src/pipeline/service/schedules.rs"),
+        text,
+        &crates,
+    )
+    .into_iter()
+    .map(|(path, line)| format!("{line}: {}", path.join("::")))
+    .collect();
     assert_eq!(
         paths,
         BTreeSet::from(

@@ -13,7 +13,7 @@ use builder::adapters::store::{
 };
 use builder::core::build::{Outcome, PushedImage, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
-use builder::core::schedule::Decision;
+use builder::core::schedule::{Decision, Skipped};
 use chrono::{DateTime, Utc};
 
 fn lease(holder: &str, seconds: u64) -> Lease {
@@ -342,4 +342,99 @@ pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(changed.spec, "30 * * * * UTC");
+}
+
+/// A schedule's other state: skipped runs are recorded with the run they were claimed with, the
+/// newest record of a reason growing while nothing ran since; a run started by hand becomes the
+/// last run; pause and the last error are kept until changed.
+pub async fn a_schedule_keeps_its_skipped_runs_pause_and_error(store: &dyn Store) {
+    let hour = |h: u32| time(&format!("2024-03-11T{h:02}:00:00Z"));
+    store
+        .sync_schedule("hourly", "0 * * * * UTC", hour(9))
+        .await
+        .unwrap();
+    let skip = |due: DateTime<Utc>| Decision {
+        start: None,
+        replace: None,
+        skipped: vec![Skipped {
+            first: due,
+            last: due,
+            count: 1,
+            reason: "the last run is still running".into(),
+        }],
+        next_run: due + chrono::Duration::hours(1),
+    };
+    for due in [hour(9), hour(10)] {
+        assert!(
+            store
+                .claim_scheduled_run("hourly", due, &skip(due), None)
+                .await
+                .unwrap()
+        );
+    }
+    let runs = store.skipped_runs("hourly", 10).await.unwrap();
+    let seen: Vec<_> = runs
+        .iter()
+        .map(|r| (r.skipped.first, r.skipped.last, r.skipped.count))
+        .collect();
+    assert_eq!(seen, [(hour(9), hour(10), 2)], "one record grown");
+
+    let by_hand = time("2024-03-11T10:30:00Z");
+    store
+        .queue_schedule_run("hourly", by_hand, &queued("s-hand", "t"))
+        .await
+        .unwrap();
+    assert!(store.get_build("s-hand").await.unwrap().is_some());
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    let last = state.last_run.expect("a last run");
+    assert_eq!(
+        (last.build.as_str(), last.scheduled_time),
+        ("s-hand", by_hand)
+    );
+    assert_eq!(state.next_run, hour(11), "a run by hand moves no next run");
+    assert!(
+        store
+            .claim_scheduled_run("hourly", hour(11), &skip(hour(11)), None)
+            .await
+            .unwrap()
+    );
+    let runs = store.skipped_runs("hourly", 10).await.unwrap();
+    let seen: Vec<_> = runs
+        .iter()
+        .map(|r| (r.skipped.first, r.skipped.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [(hour(11), 1), (hour(9), 2)],
+        "a new record after a run"
+    );
+    assert_eq!(store.skipped_runs("hourly", 1).await.unwrap().len(), 1);
+
+    store.set_schedule_paused("hourly", true).await.unwrap();
+    store
+        .set_schedule_error("hourly", Some("no trigger t"))
+        .await
+        .unwrap();
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!(
+        (state.paused, state.last_error.as_deref()),
+        (true, Some("no trigger t"))
+    );
+    store.set_schedule_paused("hourly", false).await.unwrap();
+    store.set_schedule_error("hourly", None).await.unwrap();
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!((state.paused, state.last_error), (false, None));
+    assert!(store.schedule_state("other").await.unwrap().is_none());
 }
