@@ -11,9 +11,10 @@ use builder::adapters::store::{
     BuildQuery, Lease, NewDelivery, QueuedBuild, Recorded, Renewal, Store, TriggerResult,
     Unfinished,
 };
-use builder::core::build::{Outcome, PushedImage, Status, StepResult};
+use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
 use builder::core::schedule::{Decision, Skipped};
+use builder::core::substitute::Values;
 use chrono::{DateTime, Utc};
 
 fn lease(holder: &str, seconds: u64) -> Lease {
@@ -39,8 +40,13 @@ fn queued(id: &str, trigger: &str) -> QueuedBuild {
         schedule: None,
         delivery: None,
         source: serde_json::json!({"kind": "none"}),
-        substitutions: serde_json::json!({"BRANCH_NAME": "main"}),
-        request: serde_json::json!({"kind": "test", "id": id}),
+        substitutions: Values::from([("BRANCH_NAME".into(), "main".into())]),
+        request: Request::Upload {
+            upload: None,
+            config: format!("# the config of {id}"),
+            config_name: "cloudbuild.yaml".into(),
+            overrides: Values::new(),
+        },
     }
 }
 
@@ -164,15 +170,15 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
         .await
         .unwrap();
     let (a, b) = (lease("a", 30), lease("b", 30));
-    let (first, request) = store.claim_queued(&a).await.unwrap().expect("queued");
-    assert_eq!(first, "q-1");
-    assert_eq!(request, serde_json::json!({"kind": "test", "id": "q-1"}));
+    let first = store.claim_queued(&a).await.unwrap().expect("queued");
+    assert_eq!(first.id, "q-1");
+    assert_eq!(first.request.unwrap(), queued("q-1", "t").request);
     assert!(
         !store.cancel_queued("q-1").await.unwrap(),
         "claimed already"
     );
     assert!(store.cancel_queued("q-2").await.unwrap());
-    assert_eq!(store.claim_queued(&b).await.unwrap(), None);
+    assert!(store.claim_queued(&b).await.unwrap().is_none());
     let build = store.get_build("q-2").await.unwrap().expect("recorded");
     assert_eq!(build.status, Status::Cancelled);
     let again = store

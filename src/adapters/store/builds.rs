@@ -14,6 +14,7 @@ use super::{
 };
 use crate::core::build::{Outcome, PushedImage, Status, StepResult};
 use crate::core::plan::ResolvedBuild;
+use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
 
 /// A build as recorded (and as the API serves it).
@@ -34,7 +35,7 @@ pub struct BuildRecord {
     #[serde(default)]
     pub schedule: Option<String>,
     pub source: serde_json::Value,
-    pub substitutions: serde_json::Value,
+    pub substitutions: Values,
     pub plan: serde_json::Value,
     pub images: Vec<PushedImage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -336,7 +337,7 @@ fn build_record(row: &SqliteRow, steps: Vec<StepRecord>) -> BuildRecord {
         trigger: row.get("trigger_name"),
         schedule: row.get("schedule_name"),
         source: parse_json(row.get("source")),
-        substitutions: parse_json(row.get("substitutions")),
+        substitutions: serde_json::from_str(row.get("substitutions")).unwrap_or_default(),
         plan: parse_json(row.get("plan")),
         images: serde_json::from_str(row.get("images")).unwrap_or_default(),
         templates: serde_json::from_str(row.get("templates")).unwrap_or_default(),

@@ -32,7 +32,7 @@ pub use deliveries::{
 };
 pub use logs::{LogLine, Logs};
 use queue::queue;
-pub use queue::{Lease, Queue, QueuedBuild, Renewal, Unfinished};
+pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 pub use schedules::{Schedules, SkippedRun};
 
 /// Why the store could not do what was asked: the store's own words, whatever database is
@@ -45,6 +45,11 @@ pub enum Error {
     Io(std::io::Error),
     /// A record that must exist does not.
     Missing(&'static str),
+    /// A value the store keeps as JSON cannot be read back (another version wrote it).
+    Unreadable {
+        what: &'static str,
+        error: serde_json::Error,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -53,6 +58,9 @@ impl std::fmt::Display for Error {
             Error::Database(e) => write!(f, "the store's database: {e}"),
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
+            Error::Unreadable { what, error } => {
+                write!(f, "the store's {what} is unreadable: {error}")
+            }
         }
     }
 }
@@ -63,6 +71,7 @@ impl std::error::Error for Error {
             Error::Database(e) => Some(e),
             Error::Io(e) => Some(e),
             Error::Missing(_) => None,
+            Error::Unreadable { error, .. } => Some(error),
         }
     }
 }
@@ -216,6 +225,8 @@ fn instant(millis: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod test_support {
     use super::*;
+    use crate::core::build::Request;
+    use crate::core::substitute::Values;
 
     pub(super) async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -230,8 +241,13 @@ mod test_support {
             schedule: None,
             delivery: None,
             source: serde_json::json!({"kind": "none"}),
-            substitutions: serde_json::json!({"BRANCH_NAME": branch}),
-            request: serde_json::json!({}),
+            substitutions: Values::from([("BRANCH_NAME".into(), branch.into())]),
+            request: Request::Upload {
+                upload: None,
+                config: String::new(),
+                config_name: "cloudbuild.yaml".into(),
+                overrides: Values::new(),
+            },
         }
     }
 

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Error, SqliteStore, Transaction, millis, parse_json};
-use crate::core::build::Status;
+use super::{Error, SqliteStore, Transaction, json, millis, parse_json};
+use crate::core::build::{Request, Status};
+use crate::core::substitute::Values;
 
 /// A build the service queues: recorded QUEUED with what it is to run, its plan resolved when
 /// it starts.
@@ -19,8 +20,17 @@ pub struct QueuedBuild {
     pub schedule: Option<String>,
     pub delivery: Option<String>,
     pub source: serde_json::Value,
-    pub substitutions: serde_json::Value,
-    pub request: serde_json::Value,
+    pub substitutions: Values,
+    pub request: Request,
+}
+
+/// A build claimed from the queue, WORKING and held by its claimer from now on.
+#[derive(Debug)]
+pub struct Claimed {
+    pub id: String,
+    /// What it is to run, or why it cannot be read (another version of builder queued it): the
+    /// claimer ends the build with that reason.
+    pub request: Result<Request, serde_json::Error>,
 }
 
 /// A process's claim on the builds it runs: who it is, and how long a claim lasts unless it is
@@ -90,11 +100,8 @@ pub trait Queue: Send + Sync {
     async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error>;
 
     /// Takes the oldest queued build for `lease`'s holder to run: it is WORKING and held from
-    /// now on. Returns its id and what it is to run.
-    async fn claim_queued(
-        &self,
-        lease: &Lease,
-    ) -> Result<Option<(String, serde_json::Value)>, Error>;
+    /// now on.
+    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error>;
 
     /// Queues builds (a retry, a manual run).
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
@@ -184,10 +191,7 @@ impl Queue for SqliteStore {
             .collect())
     }
 
-    async fn claim_queued(
-        &self,
-        lease: &Lease,
-    ) -> Result<Option<(String, serde_json::Value)>, Error> {
+    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let row = sqlx::query(
             "UPDATE builds SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
@@ -203,7 +207,10 @@ impl Queue for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(row.map(|row| (row.get("id"), parse_json(row.get("request")))))
+        Ok(row.map(|row| Claimed {
+            id: row.get("id"),
+            request: serde_json::from_str(row.get("request")),
+        }))
     }
 
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
@@ -220,14 +227,20 @@ impl Queue for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| QueuedBuild {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let unreadable = |what| move |error| Error::Unreadable { what, error };
+        Ok(Some(QueuedBuild {
             id: row.get("id"),
             trigger: row.get("trigger_name"),
             schedule: row.get("schedule_name"),
             delivery: row.get("delivery_id"),
             source: parse_json(row.get("source")),
-            substitutions: parse_json(row.get("substitutions")),
-            request: parse_json(row.get("request")),
+            substitutions: serde_json::from_str(row.get("substitutions"))
+                .map_err(unreadable("build's substitutions"))?,
+            request: serde_json::from_str(row.get("request"))
+                .map_err(unreadable("queued build's request"))?,
         }))
     }
 
@@ -272,11 +285,11 @@ async fn queue_chunk(
             .push_bind(Status::Queued.as_str())
             .push_bind(now)
             .push_bind(build.source.to_string())
-            .push_bind(build.substitutions.to_string())
+            .push_bind(json(&build.substitutions))
             .push_bind("null")
             .push_bind(&build.trigger)
             .push_bind(&build.delivery)
-            .push_bind(build.request.to_string())
+            .push_bind(json(&build.request))
             .push_bind(&build.schedule);
     });
     insert.build().execute(&mut **tx).await?;
@@ -302,9 +315,9 @@ mod tests {
             .await
             .unwrap();
         let (a, b) = (lease("a", 30), lease("b", 30));
-        let (claimed, _) = store.claim_queued(&a).await.unwrap().expect("queued");
-        assert_eq!(claimed, build.id);
-        assert_eq!(store.claim_queued(&b).await.unwrap(), None);
+        let claimed = store.claim_queued(&a).await.unwrap().expect("queued");
+        assert_eq!(claimed.id, build.id);
+        assert!(store.claim_queued(&b).await.unwrap().is_none());
         let held = Renewal::Held {
             cancel_requested: false,
         };
