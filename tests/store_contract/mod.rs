@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    BuildQuery, Lease, NewDelivery, QueuedBuild, Recorded, Renewal, Store, TriggerResult,
-    Unfinished,
+    BuildQuery, Lease, NewDelivery, QueuedBuild, REJECTED_KEPT, Recorded, Renewal, Store,
+    TriggerResult, Unfinished,
 };
 use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
@@ -248,6 +248,7 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
         id: id.into(),
         event: "push".into(),
         verified: true,
+        digest: Some(format!("body of {id}")),
         summary: format!("push {id}"),
         payload: payload.map(<[u8]>::to_vec),
         results: Vec::new(),
@@ -303,6 +304,55 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
 
 /// Schedules: a schedule's state starts at its first run and is kept while its spec is; a run
 /// is claimed once, by compare-and-set on its time, with the build it starts.
+/// Deliveries from strangers: a signed body replayed under a new id queues nothing, and of
+/// rejected deliveries only the newest are kept, while all are counted.
+pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
+    let delivery = |id: &str, verified: bool, builds: Vec<QueuedBuild>| NewDelivery {
+        id: id.into(),
+        event: "push".into(),
+        verified,
+        digest: verified.then(|| "the same body".to_string()),
+        summary: String::new(),
+        payload: None,
+        results: Vec::new(),
+        builds,
+    };
+    let first = store
+        .record_deliveries(&[delivery("r-1", true, vec![queued("r-1-build", "t")])])
+        .await
+        .unwrap();
+    let replay = store
+        .record_deliveries(&[delivery("r-2", true, vec![queued("r-2-build", "t")])])
+        .await
+        .unwrap();
+    assert_eq!(
+        (first, replay),
+        (vec![Recorded::New], vec![Recorded::Duplicate])
+    );
+    assert!(store.get_build("r-2-build").await.unwrap().is_none());
+
+    let forged: Vec<NewDelivery> = (0..REJECTED_KEPT + 5)
+        .map(|i| delivery(&format!("forged-{i}"), false, Vec::new()))
+        .collect();
+    for batch in forged.chunks(300) {
+        store.record_deliveries(batch).await.unwrap();
+    }
+    assert_eq!(
+        store.rejected_deliveries().await.unwrap(),
+        u64::from(REJECTED_KEPT + 5)
+    );
+    let listed = store.list_deliveries(REJECTED_KEPT + 100).await.unwrap();
+    let kept: Vec<&str> = listed
+        .iter()
+        .filter(|d| !d.verified)
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(kept.len(), REJECTED_KEPT as usize);
+    assert_eq!(kept[0], format!("forged-{}", REJECTED_KEPT + 4));
+    assert!(!kept.contains(&"forged-4"));
+    assert!(listed.iter().any(|d| d.id == "r-1"));
+}
+
 pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
     let (nine, ten) = (time("2024-03-11T09:00:00Z"), time("2024-03-11T10:00:00Z"));
     let state = store

@@ -13,6 +13,12 @@ use super::{Error, QueuedBuild, SqliteStore, json, millis, queue, required_rfc33
 const PENDING: &str = "PENDING";
 const DONE: &str = "DONE";
 
+/// How many rejected deliveries are kept, the newest: a sample to show why senders are refused,
+/// while [`Deliveries::rejected_deliveries`] counts them all.
+pub const REJECTED_KEPT: u32 = 1000;
+/// The counter of rejected deliveries in the `counters` table.
+const REJECTED: &str = "rejected_deliveries";
+
 /// A webhook delivery to record. With a `payload` it is recorded PENDING: some triggers wait for
 /// the push's changed files (see [`Deliveries::complete_delivery`]).
 #[derive(Debug, Clone)]
@@ -20,6 +26,8 @@ pub struct NewDelivery {
     pub id: String,
     pub event: String,
     pub verified: bool,
+    /// The SHA-256 of a verified delivery's body (see [`Recorded::Duplicate`]).
+    pub digest: Option<String>,
     pub summary: String,
     pub payload: Option<Vec<u8>>,
     pub results: Vec<TriggerResult>,
@@ -41,7 +49,7 @@ pub struct TriggerResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     New,
-    /// A verified delivery with this id was already recorded.
+    /// A verified delivery with this id, or with this body, was already recorded.
     Duplicate,
 }
 
@@ -70,8 +78,11 @@ pub struct DeliveryRecord {
 /// Webhook deliveries. A caller may rely on:
 ///
 /// - a delivery is recorded with the builds it queues in one transaction: both or neither;
-/// - a verified delivery id is recorded once: a redelivery, in the store or earlier in the same
-///   batch, is [`Recorded::Duplicate`] and queues nothing;
+/// - a verified delivery id, and a verified body digest, is recorded once: a redelivery or a
+///   replay, in the store or earlier in the same batch, is [`Recorded::Duplicate`] and queues
+///   nothing;
+/// - of rejected (unverified) deliveries only the newest [`REJECTED_KEPT`] are kept, and all are
+///   counted;
 /// - a pending delivery (recorded with a payload) is completed at most once, and its builds are
 ///   queued with its completion.
 #[async_trait::async_trait]
@@ -95,6 +106,9 @@ pub trait Deliveries: Send + Sync {
 
     /// The newest deliveries first.
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error>;
+
+    /// How many rejected deliveries were ever recorded, kept or not.
+    async fn rejected_deliveries(&self) -> Result<u64, Error>;
 }
 
 #[async_trait::async_trait]
@@ -108,7 +122,8 @@ impl Deliveries for SqliteStore {
         // round trip to SQLite's thread, and the writer holds every waiting request meanwhile.
         let now = millis(SystemTime::now());
         let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (id, event, receive_time, verified, summary, state, payload, results) ",
+            "INSERT INTO deliveries \
+             (id, event, receive_time, verified, digest, summary, state, payload, results) ",
         );
         insert.push_values(deliveries, |mut row, delivery| {
             let state = if delivery.payload.is_some() {
@@ -120,6 +135,7 @@ impl Deliveries for SqliteStore {
                 .push_bind(&delivery.event)
                 .push_bind(now)
                 .push_bind(delivery.verified)
+                .push_bind(&delivery.digest)
                 .push_bind(&delivery.summary)
                 .push_bind(state)
                 .push_bind(&delivery.payload)
@@ -148,8 +164,34 @@ impl Deliveries for SqliteStore {
             .flat_map(|(delivery, _)| delivery.builds.iter().cloned())
             .collect();
         queue(&mut tx, &builds).await?;
+        let rejected = deliveries.iter().filter(|d| !d.verified).count();
+        if rejected > 0 {
+            sqlx::query(
+                "INSERT INTO counters (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            )
+            .bind(REJECTED)
+            .bind(rejected as i64)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM deliveries WHERE verified = 0 AND seq < \
+                 (SELECT seq FROM deliveries WHERE verified = 0 ORDER BY seq DESC LIMIT 1 OFFSET $1)",
+            )
+            .bind(REJECTED_KEPT - 1)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    async fn rejected_deliveries(&self) -> Result<u64, Error> {
+        let count: Option<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
+            .bind(REJECTED)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(count.unwrap_or(0).try_into().unwrap_or(0))
     }
 
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
@@ -230,6 +272,7 @@ mod tests {
             id: id.into(),
             event: "push".into(),
             verified,
+            digest: verified.then(|| format!("body of {id}")),
             summary: String::new(),
             payload: None,
             results: Vec::new(),

@@ -28,7 +28,8 @@ use crate::core::build::Status;
 
 pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
 pub use deliveries::{
-    Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, Recorded, TriggerResult,
+    Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
+    TriggerResult,
 };
 pub use logs::{LogLine, Logs};
 use queue::queue;

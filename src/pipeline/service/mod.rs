@@ -35,7 +35,7 @@ use crate::core::build::{Outcome, Request, Status};
 use crate::core::plan::Context;
 use crate::core::substitute::Values;
 use crate::core::triggers::{self, BuildSource, Trigger};
-use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
+use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::pipeline::execute::Run;
 use crate::pipeline::{self, Machine, Reading, Recipe};
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
@@ -48,7 +48,7 @@ mod queue;
 mod schedules;
 mod trigger_files;
 
-pub use intake::{Incoming, Receipt, Rejection};
+pub use intake::{Admitted, Headers, Receipt, Rejection};
 use intake::{Written, write_deliveries};
 
 /// How the service is set up.
@@ -132,7 +132,7 @@ pub struct Service {
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
     /// Deliveries on their way to the store (see `intake::write_deliveries`).
-    recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
+    recorder: mpsc::Sender<(NewDelivery, Written)>,
     /// The task that writes them, until the process takes it to watch.
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -146,7 +146,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {
-        let (recorder, queue) = mpsc::unbounded_channel();
+        let (recorder, queue) = mpsc::channel(intake::MAX_WAITING);
         let writer = tokio::spawn(write_deliveries(store.clone(), queue));
         Self {
             store,
