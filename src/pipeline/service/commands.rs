@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use super::*;
 
 impl Service {
-    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
-        Ok(self.store.list_builds(query).await?)
+    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<wire::Build>, Failed> {
+        let builds = self.store.list_builds(query).await?;
+        Ok(builds.into_iter().map(wire::Build::from).collect())
     }
 
-    pub async fn build(&self, id: &str) -> Result<BuildRecord, Failed> {
-        self.store
-            .get_build(id)
-            .await?
+    pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
+        let build = self.store.get_build(id).await?;
+        build
+            .map(wire::Build::from)
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
     }
 
@@ -25,13 +26,15 @@ impl Service {
         id: &str,
         after: i64,
         limit: Option<u32>,
-    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+    ) -> Result<(Vec<wire::LogLine>, wire::Build), Failed> {
         let build = self.build(id).await?;
-        Ok((self.store.logs(&build.id, after, limit).await?, build))
+        let lines = self.store.logs(&build.id, after, limit).await?;
+        Ok((lines.into_iter().map(wire::LogLine::from).collect(), build))
     }
 
-    pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
-        Ok(self.store.list_deliveries(limit).await?)
+    pub async fn deliveries(&self, limit: u32) -> Result<Vec<wire::Delivery>, Failed> {
+        let deliveries = self.store.list_deliveries(limit).await?;
+        Ok(deliveries.into_iter().map(wire::Delivery::from).collect())
     }
 
     pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {

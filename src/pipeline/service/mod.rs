@@ -29,13 +29,14 @@ use tokio::task::JoinHandle;
 
 use crate::adapters::runtime::Backend;
 use crate::adapters::source::git::{Mirror, Rewrites};
-pub use crate::adapters::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
-use crate::adapters::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
+pub use crate::adapters::store::BuildQuery;
+use crate::adapters::store::{NewDelivery, QueuedBuild, Recorded, Store};
 use crate::core::build::{Outcome, Request, Status};
 use crate::core::plan::Context;
 use crate::core::substitute::Values;
-use crate::core::triggers::{self, BuildSource, Trigger};
+use crate::core::triggers::{self, BuildSource, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
+use crate::core::wire;
 use crate::pipeline::execute::Run;
 use crate::pipeline::{self, Machine, Reading, Recipe};
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
@@ -45,6 +46,7 @@ mod commands;
 mod files;
 mod intake;
 mod queue;
+mod rows;
 mod schedules;
 mod trigger_files;
 
