@@ -149,7 +149,7 @@ impl Service {
             Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
         })
         .await
-        .map_err(|e| Failed::Internal(e.to_string()))?
+        .map_err(|e| Failed::Internal(Internal::Task(e)))?
         .map_err(|e| Failed::Invalid(e.to_string()))?
         .ok_or_else(|| {
             Failed::Invalid(format!(
@@ -168,11 +168,13 @@ impl Service {
     pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.settings.data_dir.join("uploads");
-        let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", dir.display()));
-        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
-        tokio::fs::write(dir.join(format!("{id}.tar.gz")), archive)
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(failed)?;
+            .map_err(Failed::file(&dir))?;
+        let file = dir.join(format!("{id}.tar.gz"));
+        tokio::fs::write(&file, archive)
+            .await
+            .map_err(Failed::file(&dir))?;
         Ok(id)
     }
 

@@ -51,8 +51,7 @@ pub(super) fn load_dir<T>(
 }
 
 pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Failed> {
-    let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", file.display()));
     let partial = file.with_extension("partial");
-    std::fs::write(&partial, bytes).map_err(failed)?;
-    std::fs::rename(&partial, file).map_err(failed)
+    std::fs::write(&partial, bytes).map_err(Failed::file(file))?;
+    std::fs::rename(&partial, file).map_err(Failed::file(file))
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::{Failed, ManualRun, Service, Triggers, files};
+use super::{Failed, Internal, ManualRun, Service, Triggers, files};
 use crate::adapters::store::{QueuedBuild, SkippedRun};
 use crate::core::build::Status;
 use crate::core::schedule::{self, LastRun, Schedule, State, Target, Times};
@@ -281,7 +281,9 @@ impl Service {
             Some(state) if state.spec == spec => Ok(state),
             _ => {
                 let first = schedule.first_run(self.clock.now()).ok_or_else(|| {
-                    Failed::Internal(format!("schedule {:?} has no next run", schedule.name))
+                    Failed::Internal(Internal::NoNextRun {
+                        schedule: schedule.name.clone(),
+                    })
                 })?;
                 Ok(self
                     .store
