@@ -20,6 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info_span};
 
 use crate::adapters::registry::{Registries, RegistryError, TemplateUpload};
 use crate::adapters::runtime::{
@@ -260,9 +261,13 @@ async fn run_steps(
                     });
                     let (context, step, token) =
                         (context.clone(), step.clone(), stop_steps.clone());
-                    let task = running.spawn(async move {
-                        (i, run_step(&context, i, &step, creation, token).await)
-                    });
+                    // Inside the build's span, if the caller runs it in one: a panic in a
+                    // step's task is logged with the step.
+                    let span = info_span!("step", step = i, step_id = step.id.as_deref());
+                    let task = running.spawn(
+                        async move { (i, run_step(&context, i, &step, creation, token).await) }
+                            .instrument(span),
+                    );
                     step_of_task.insert(task.id(), i);
                 }
             }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::*;
+use crate::adapters::store::PendingDelivery;
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
 /// one before it was being written: one write to disk for all of them, so that durably recording
@@ -253,43 +254,49 @@ impl Service {
             }
         };
         for delivery in pending {
-            let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload)
-            else {
+            let span = info_span!("delivery", delivery_id = %delivery.id, event = %delivery.event);
+            self.decide(delivery).instrument(span).await;
+        }
+    }
+
+    /// Decides a pending delivery's file-filtered triggers from its push's changed files, and
+    /// queues their builds with that decision.
+    async fn decide(&self, delivery: PendingDelivery) {
+        let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload) else {
+            return;
+        };
+        let changed = self.changed_files(&push).await;
+        let mut results = delivery.results;
+        let mut builds = Vec::new();
+        let triggers = self.triggers.all();
+        let repository = &push.repository;
+        for trigger in triggers.of_repository(&repository.owner, &repository.name) {
+            if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
                 continue;
+            }
+            let decision = match &changed {
+                Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
+                Err(e) => Err(format!("the push's changed files are unknown: {e}")),
             };
-            let changed = self.changed_files(&push).await;
-            let mut results = delivery.results;
-            let mut builds = Vec::new();
-            let triggers = self.triggers.all();
-            let repository = &push.repository;
-            for trigger in triggers.of_repository(&repository.owner, &repository.name) {
-                if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
-                    continue;
+            match decision {
+                Ok(()) => {
+                    let build = self.pushed_build(trigger, &push, &delivery.id);
+                    results.push(queued(trigger, &build));
+                    builds.push(build);
                 }
-                let decision = match &changed {
-                    Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
-                    Err(e) => Err(format!("the push's changed files are unknown: {e}")),
-                };
-                match decision {
-                    Ok(()) => {
-                        let build = self.pushed_build(trigger, &push, &delivery.id);
-                        results.push(queued(trigger, &build));
-                        builds.push(build);
-                    }
-                    Err(reason) => results.push(TriggerResult {
-                        trigger: trigger.name.clone(),
-                        build_id: None,
-                        reason: Some(reason),
-                    }),
-                }
+                Err(reason) => results.push(TriggerResult {
+                    trigger: trigger.name.clone(),
+                    build_id: None,
+                    reason: Some(reason),
+                }),
             }
-            if let Err(e) = self
-                .store
-                .complete_delivery(&delivery.id, &results, &builds)
-                .await
-            {
-                error!(delivery_id = %delivery.id, error = %e, "recording the delivery's builds failed");
-            }
+        }
+        if let Err(e) = self
+            .store
+            .complete_delivery(&delivery.id, &results, &builds)
+            .await
+        {
+            error!(error = %e, "recording the delivery's builds failed");
         }
     }
 
