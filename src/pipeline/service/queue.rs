@@ -275,7 +275,7 @@ impl Service {
                 warnings: String::new(),
             }),
             BuildSource::File(path) => {
-                let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
+                let bytes = read_in_checkout(workspace, path).map_err(|e| {
                     source(format!(
                         "cannot read the build config {path} in the commit: {e}"
                     ))
@@ -287,7 +287,7 @@ impl Service {
                 let (bytes, file) = ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
                     .into_iter()
                     .find_map(|name| {
-                        Some((std::fs::read(workspace.join(name)).ok()?, name.to_string()))
+                        Some((read_in_checkout(workspace, name).ok()?, name.to_string()))
                     })
                     .ok_or_else(|| {
                         source(
@@ -308,5 +308,44 @@ impl Service {
         if let Err(e) = self.store.finish_build(id, &outcome).await {
             error!(error = %e, "recording the build failed");
         }
+    }
+}
+
+/// Reads a file of a checkout, refusing one that resolves outside it: the commit is the pusher's,
+/// and a `cloudbuild.yaml` that is a symlink to `/etc/…` or to the server's own files would
+/// otherwise be read, and shown in errors, with the server's rights.
+fn read_in_checkout(checkout: &Path, file: &str) -> std::io::Result<Vec<u8>> {
+    let root = checkout.canonicalize()?;
+    let resolved = root.join(file).canonicalize()?;
+    if !resolved.starts_with(&root) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it resolves to a path outside the commit",
+        ));
+    }
+    std::fs::read(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_that_links_out_of_the_checkout_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "token").unwrap();
+        let checkout = tempfile::tempdir().unwrap();
+        let root = checkout.path();
+        std::fs::write(root.join("real.yaml"), "steps: []").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("cloudbuild.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink("real.yaml", root.join("inside.yaml")).unwrap();
+        let error = read_in_checkout(root, "cloudbuild.yaml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "it resolves to a path outside the commit"
+        );
+        assert!(read_in_checkout(root, "../secret").is_err());
+        assert_eq!(read_in_checkout(root, "inside.yaml").unwrap(), b"steps: []");
     }
 }

@@ -107,7 +107,12 @@ fn substitution<'b>(build: &'b Build, key: &str) -> &'b str {
 }
 
 fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(7)]
+    // Seven characters, not bytes: a schedule's `commit` is whatever its file says.
+    let end = commit
+        .char_indices()
+        .nth(7)
+        .map_or(commit.len(), |(at, _)| at);
+    &commit[..end]
 }
 
 /// What started a build: its schedule, its trigger, or a person (`builder submit`).
@@ -561,6 +566,13 @@ mod tests {
     fn depth_is_one_more_than_the_deepest_step_waited_for() {
         // 0 and 1 start at once, 2 waits for 0, 3 for 1 and 2.
         assert_eq!(depths(&[vec![], vec![], vec![0], vec![1, 2]]), [0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_commit_is_shortened_to_seven_characters_not_bytes() {
+        assert_eq!(short("0123456789abcdef"), "0123456");
+        assert_eq!(short("héllo wörld"), "héllo w");
+        assert_eq!(short("ééé"), "ééé");
     }
 
     #[test]
