@@ -91,11 +91,13 @@ const RULES: &[(&str, &[&str])] = &[
         &["core::config", "core::diag", "core::triggers"],
     ),
     ("core::webhooks", &[]),
-    // The API's JSON is made of the core's words for a build's outcome, triggers and values.
+    // The API's JSON is made of the core's words for a build's outcome, triggers, schedules and
+    // values.
     (
         "core::wire",
         &[
             "core::build",
+            "core::schedule",
             "core::substitute",
             "core::templates",
             "core::triggers",

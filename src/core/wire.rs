@@ -1,13 +1,16 @@
-//! The API's JSON: builds, their steps and log lines, and webhook deliveries, as `builder serve`
+//! The API's JSON: builds, their steps and log lines, webhook deliveries and a schedule's skipped
+//! runs, as `builder serve`
 //! serves them and its client reads them. These are not the store's rows: the service turns rows
 //! into these, so the database and the API change apart. Names and optional fields follow Cloud
 //! Build's `Build` resource (camelCase, times as RFC 3339 text).
 
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::build::{PushedImage, Status, StepResult};
+use crate::core::schedule::Skipped;
 use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
 use crate::core::triggers::TriggerResult;
@@ -88,6 +91,15 @@ pub struct Delivery {
     /// Some triggers still wait for the push's changed files.
     pub pending: bool,
     pub results: Vec<TriggerResult>,
+}
+
+/// A run a schedule skipped (or several in a row, for one reason), and when that was recorded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedRun {
+    #[serde(flatten)]
+    pub skipped: Skipped,
+    pub record_time: DateTime<Utc>,
 }
 
 /// A time that is always there, as RFC 3339 text.

@@ -2,7 +2,7 @@
 //! its client and the console never see a row.
 
 use crate::adapters::runtime::LogStream;
-use crate::adapters::store::{BuildRecord, DeliveryRecord, LogLine, StepRecord};
+use crate::adapters::store::{BuildRecord, DeliveryRecord, LogLine, SkippedRun, StepRecord};
 use crate::core::wire;
 
 impl From<BuildRecord> for wire::Build {
@@ -62,6 +62,15 @@ impl From<DeliveryRecord> for wire::Delivery {
             summary: delivery.summary,
             pending: delivery.pending,
             results: delivery.results,
+        }
+    }
+}
+
+impl From<SkippedRun> for wire::SkippedRun {
+    fn from(run: SkippedRun) -> Self {
+        Self {
+            skipped: run.skipped,
+            record_time: run.record_time,
         }
     }
 }
