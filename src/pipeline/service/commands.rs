@@ -174,7 +174,7 @@ impl Service {
         let file = dir.join(format!("{id}.tar.gz"));
         tokio::fs::write(&file, archive)
             .await
-            .map_err(Failed::file(&dir))?;
+            .map_err(Failed::file(&file))?;
         Ok(id)
     }
 

@@ -50,7 +50,7 @@ mod rows;
 mod schedules;
 mod trigger_files;
 
-pub use intake::{Incoming, Receipt, Rejection};
+pub use intake::{Incoming, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
 
 /// How the service is set up.
