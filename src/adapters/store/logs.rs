@@ -1,12 +1,12 @@
 //! The logs aggregate: a build's log lines, numbered in the order they were appended.
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Error, SqliteStore};
 use crate::adapters::runtime::LogStream;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A line of a build's log as recorded.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
     pub seq: i64,
     pub step: usize,

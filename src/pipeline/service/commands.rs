@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use super::*;
 
 impl Service {
-    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
-        Ok(self.store.list_builds(query).await?)
+    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<wire::Build>, Failed> {
+        let builds = self.store.list_builds(query).await?;
+        Ok(builds.into_iter().map(wire::Build::from).collect())
     }
 
-    pub async fn build(&self, id: &str) -> Result<BuildRecord, Failed> {
-        self.store
-            .get_build(id)
-            .await?
+    pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
+        let build = self.store.get_build(id).await?;
+        build
+            .map(wire::Build::from)
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
     }
 
@@ -25,13 +26,15 @@ impl Service {
         id: &str,
         after: i64,
         limit: Option<u32>,
-    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+    ) -> Result<(Vec<wire::LogLine>, wire::Build), Failed> {
         let build = self.build(id).await?;
-        Ok((self.store.logs(&build.id, after, limit).await?, build))
+        let lines = self.store.logs(&build.id, after, limit).await?;
+        Ok((lines.into_iter().map(wire::LogLine::from).collect(), build))
     }
 
-    pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
-        Ok(self.store.list_deliveries(limit).await?)
+    pub async fn deliveries(&self, limit: u32) -> Result<Vec<wire::Delivery>, Failed> {
+        let deliveries = self.store.list_deliveries(limit).await?;
+        Ok(deliveries.into_iter().map(wire::Delivery::from).collect())
     }
 
     pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {
@@ -146,7 +149,7 @@ impl Service {
             Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
         })
         .await
-        .map_err(|e| Failed::Internal(e.to_string()))?
+        .map_err(|e| Failed::Internal(Internal::Task(e)))?
         .map_err(|e| Failed::Invalid(e.to_string()))?
         .ok_or_else(|| {
             Failed::Invalid(format!(
@@ -165,11 +168,13 @@ impl Service {
     pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.settings.data_dir.join("uploads");
-        let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", dir.display()));
-        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
-        tokio::fs::write(dir.join(format!("{id}.tar.gz")), archive)
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(failed)?;
+            .map_err(Failed::file(&dir))?;
+        let file = dir.join(format!("{id}.tar.gz"));
+        tokio::fs::write(&file, archive)
+            .await
+            .map_err(Failed::file(&file))?;
         Ok(id)
     }
 
