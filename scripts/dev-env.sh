@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts the engines builder needs on this machine, idempotently:
-# Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, Chromium for the console's tests, and a local
-# busybox base image and the standard builders (nothing can be pulled from the internet here).
+# Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, Chromium for the console's tests, Debian's
+# PostgreSQL (its `main` cluster, with a role `builder` the store's tests use), and a local busybox base image
+# and the standard builders (nothing can be pulled from the internet here).
 # Usage: scripts/dev-env.sh            (as root; safe to run again)
 # Env:   BUILDER_DATA_DIR  where the registry keeps its storage (default ~/.local/share/builder)
 set -euo pipefail
@@ -32,6 +33,8 @@ install_packages() {
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
   dpkg -s fonts-liberation >/dev/null 2>&1 || missing+=(fonts-liberation)
+  # The store's PostgreSQL dialect is tested on Debian's server (tests/store.rs).
+  compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq
@@ -75,6 +78,29 @@ YAML
   wait_for "registry" curl -fsS "http://$registry_addr/v2/"
 }
 
+# Debian's cluster `main` of the newest installed PostgreSQL (made if the package's install did not
+# make it), started if it is down, with a role `builder` (password `builder`) that may create the
+# fresh databases the tests use: BUILDER_TEST_POSTGRES's default,
+# postgres://builder:builder@127.0.0.1:5432/postgres.
+start_postgres() {
+  local version port status
+  version="$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -1 | cut -d/ -f5)"
+  if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" { found = 1 } END { exit !found }'; then
+    log "creating PostgreSQL $version cluster main"
+    pg_createcluster "$version" main >/dev/null
+  fi
+  read -r port status < <(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" { print $3, $4 }')
+  if [ "$status" != online ]; then
+    log "starting PostgreSQL $version main on port $port (log: /var/log/postgresql/postgresql-$version-main.log)"
+    pg_ctlcluster "$version" main start
+  fi
+  wait_for "postgresql" pg_isready -q -h 127.0.0.1 -p "$port"
+  if ! runuser -u postgres -- psql -p "$port" -qtAc "SELECT 1 FROM pg_roles WHERE rolname = 'builder'" | grep -q 1; then
+    runuser -u postgres -- psql -p "$port" -qc "CREATE ROLE builder LOGIN CREATEDB PASSWORD 'builder'"
+  fi
+  [ "$port" = 5432 ] || log "PostgreSQL listens on $port: set BUILDER_TEST_POSTGRES=postgres://builder:builder@127.0.0.1:$port/postgres"
+}
+
 import_base_image() {
   if docker image inspect "$base_image" >/dev/null 2>&1; then return; fi
   log "importing $base_image from busybox-static"
@@ -97,6 +123,7 @@ mkdir -p "$data_dir"
 install_packages
 start_dockerd
 start_registry
+start_postgres
 import_base_image
 "$(dirname "$0")/../builders/build.sh"
-log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, base image $base_image"
+log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, postgresql $(pg_lsclusters -h | awk '$2 == "main" { print $1 ":" $3 }' | tail -1), base image $base_image"

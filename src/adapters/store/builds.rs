@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use sqlx::{QueryBuilder, Row, Sqlite, sqlite::SqliteRow};
+use sqlx::{Database, Encode, QueryBuilder, Row, Type};
 
-use super::{Error, Lease, SqliteStore, Transaction, json, millis, parse_json, status, time};
+use super::{
+    Columns, Error, Lease, SqliteStore, Transaction, json, millis, parse_json, status, time,
+};
 use crate::core::build::{Outcome, PushedImage, Status, StepResult};
 use crate::core::plan::ResolvedBuild;
 use crate::core::substitute::Values;
@@ -76,6 +78,21 @@ impl Default for BuildQuery {
     }
 }
 
+/// Statements both dialects share.
+pub(super) const CREATE_BUILD: &str = "INSERT INTO builds \
+     (id, status, create_time, source, substitutions, plan, holder, lease_until) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const START_BUILD: &str = "UPDATE builds SET status = $1, start_time = $2 WHERE id = $3";
+pub(super) const FINISH_BUILD: &str = "UPDATE builds SET status = $1, finish_time = $2, \
+     images = $3, templates = $4, failure = $5 WHERE id = $6";
+pub(super) const SET_PLAN: &str = "UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3";
+pub(super) const STEPS_OF_BUILD: &str = "SELECT * FROM steps WHERE build_id = $1 ORDER BY idx";
+pub(super) const SET_STEP: &str = "UPDATE steps SET status = $1, exit_code = $2, \
+     start_time = $3, finish_time = $4, image_digest = $5, detail = $6, output = $7 \
+     WHERE build_id = $8 AND idx = $9";
+pub(super) const INSERT_STEP: &str =
+    "INSERT INTO steps (build_id, idx, step_id, name, status) VALUES ($1, $2, $3, $4, $5)";
+
 /// A build's record through its life. A build is created by the process that runs it at once
 /// ([`Builds::create_build`], held by that process's lease) or queued ([`super::Queue`]) and given
 /// its plan when it is claimed ([`Builds::set_plan`]); it is then started, its steps are updated as
@@ -126,27 +143,24 @@ impl Builds for SqliteStore {
         lease: &Lease,
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
-        sqlx::query(
-            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, holder, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(id)
-        .bind(Status::Queued.as_str())
-        .bind(millis(SystemTime::now()))
-        .bind(source.to_string())
-        .bind(json(&plan.substitutions))
-        .bind(json(plan))
-        .bind(&lease.holder)
-        .bind(lease.until())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(CREATE_BUILD)
+            .bind(id)
+            .bind(Status::Queued.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(source.to_string())
+            .bind(json(&plan.substitutions))
+            .bind(json(plan))
+            .bind(&lease.holder)
+            .bind(lease.until())
+            .execute(&mut *tx)
+            .await?;
         insert_steps(&mut tx, id, plan).await?;
         Ok(tx.commit().await?)
     }
 
     async fn start_build(&self, id: &str) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
-        sqlx::query("UPDATE builds SET status = $1, start_time = $2 WHERE id = $3")
+        sqlx::query(START_BUILD)
             .bind(Status::Working.as_str())
             .bind(millis(SystemTime::now()))
             .bind(id)
@@ -166,7 +180,7 @@ impl Builds for SqliteStore {
         for (index, result) in outcome.steps.iter().enumerate() {
             set_step(&mut tx, id, index, result).await?;
         }
-        sqlx::query("UPDATE builds SET status = $1, finish_time = $2, images = $3, templates = $4, failure = $5 WHERE id = $6")
+        sqlx::query(FINISH_BUILD)
             .bind(outcome.status.as_str())
             .bind(millis(SystemTime::now()))
             .bind(json(&outcome.images))
@@ -180,7 +194,7 @@ impl Builds for SqliteStore {
 
     async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
-        sqlx::query("UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3")
+        sqlx::query(SET_PLAN)
             .bind(json(plan))
             .bind(json(&plan.substitutions))
             .bind(id)
@@ -191,12 +205,11 @@ impl Builds for SqliteStore {
     }
 
     async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
-        let rows = select_builds("SELECT *", query)
+        let rows = select_builds(SQLITE_BRANCH, "SELECT *", query)
             .build()
             .fetch_all(&self.pool)
             .await?;
         let ids: Vec<String> = rows.iter().map(|row| row.get("id")).collect();
-        let mut steps: HashMap<String, Vec<StepRecord>> = HashMap::new();
         let step_rows = sqlx::query(
             "SELECT * FROM steps WHERE build_id IN (SELECT value FROM json_each($1)) \
              ORDER BY build_id, idx",
@@ -204,17 +217,7 @@ impl Builds for SqliteStore {
         .bind(json(&ids))
         .fetch_all(&self.pool)
         .await?;
-        for row in &step_rows {
-            let build: String = row.get("build_id");
-            steps.entry(build).or_default().push(step_record(row));
-        }
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let id: String = row.get("id");
-                build_record(row, steps.remove(&id).unwrap_or_default())
-            })
-            .collect())
+        Ok(build_records(&rows, &step_rows))
     }
 
     async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, Error> {
@@ -226,12 +229,10 @@ impl Builds for SqliteStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let row = match rows.as_slice() {
-            [row] => row,
-            [first, _] if first.get::<String, _>("id") == id => first,
-            _ => return Ok(None),
+        let Some(row) = by_prefix(&rows, id) else {
+            return Ok(None);
         };
-        let steps = sqlx::query("SELECT * FROM steps WHERE build_id = $1 ORDER BY idx")
+        let steps = sqlx::query(STEPS_OF_BUILD)
             .bind(row.get::<String, _>("id"))
             .fetch_all(&self.pool)
             .await?
@@ -248,21 +249,18 @@ async fn set_step(
     index: usize,
     result: &StepResult,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE steps SET status = $1, exit_code = $2, start_time = $3, finish_time = $4, image_digest = $5, detail = $6, \
-         output = $7 WHERE build_id = $8 AND idx = $9",
-    )
-    .bind(result.status.as_str())
-    .bind(result.exit_code)
-    .bind(result.start_time.map(millis))
-    .bind(result.end_time.map(millis))
-    .bind(&result.image_digest)
-    .bind(&result.detail)
-    .bind(&result.output)
-    .bind(id)
-    .bind(index as i64)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(SET_STEP)
+        .bind(result.status.as_str())
+        .bind(result.exit_code)
+        .bind(result.start_time.map(millis))
+        .bind(result.end_time.map(millis))
+        .bind(&result.image_digest)
+        .bind(&result.detail)
+        .bind(&result.output)
+        .bind(id)
+        .bind(index as i64)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -272,41 +270,49 @@ async fn insert_steps(
     plan: &ResolvedBuild,
 ) -> Result<(), Error> {
     for (index, step) in plan.steps.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO steps (build_id, idx, step_id, name, status) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(index as i64)
-        .bind(&step.id)
-        .bind(&step.name)
-        .bind(Status::Queued.as_str())
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(INSERT_STEP)
+            .bind(id)
+            .bind(index as i64)
+            .bind(&step.id)
+            .bind(&step.name)
+            .bind(Status::Queued.as_str())
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
 
-/// The builds `query` selects, newest first: only the filters it gives, so that SQLite serves
-/// them from their index (migration 0006).
-fn select_builds(columns: &str, query: &BuildQuery) -> QueryBuilder<Sqlite> {
+/// A build's branch in SQLite, as its index (migration 0006) has it.
+const SQLITE_BRANCH: &str = "json_extract(substitutions, '$.BRANCH_NAME')";
+
+/// The builds `query` selects, newest first: only the filters it gives, so that the database
+/// serves them from their index (`branch` is the dialect's expression of a build's branch, as
+/// its index has it).
+pub(super) fn select_builds<DB>(branch: &str, columns: &str, query: &BuildQuery) -> QueryBuilder<DB>
+where
+    DB: Database<Arguments: Default>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
     let mut sql = QueryBuilder::new(columns);
     sql.push(" FROM builds WHERE true");
     if let Some(status) = query.status {
         sql.push(" AND status = ").push_bind(status.as_str());
     }
     if let Some(trigger) = &query.trigger {
-        sql.push(" AND trigger_name = ").push_bind(trigger);
+        sql.push(" AND trigger_name = ").push_bind(trigger.as_str());
     }
     if let Some(schedule) = &query.schedule {
-        sql.push(" AND schedule_name = ").push_bind(schedule);
+        sql.push(" AND schedule_name = ")
+            .push_bind(schedule.as_str());
     }
-    if let Some(branch) = &query.branch {
-        sql.push(" AND json_extract(substitutions, '$.BRANCH_NAME') = ")
-            .push_bind(branch);
+    if let Some(wanted) = &query.branch {
+        sql.push(format!(" AND {branch} = "))
+            .push_bind(wanted.as_str());
     }
     if let Some(before) = &query.before {
         sql.push(" AND (create_time, id) < (SELECT create_time, id FROM builds WHERE id = ")
-            .push_bind(before)
+            .push_bind(before.as_str())
             .push(")");
     }
     sql.push(" ORDER BY create_time DESC, id DESC LIMIT ")
@@ -316,21 +322,47 @@ fn select_builds(columns: &str, query: &BuildQuery) -> QueryBuilder<Sqlite> {
     sql
 }
 
-fn build_record(row: &SqliteRow, steps: Vec<StepRecord>) -> BuildRecord {
+/// Builds' records from their rows and their steps' rows (in build and index order).
+pub(super) fn build_records(rows: &[impl Columns], step_rows: &[impl Columns]) -> Vec<BuildRecord> {
+    let mut steps: HashMap<String, Vec<StepRecord>> = HashMap::new();
+    for row in step_rows {
+        let build: String = row.column("build_id");
+        steps.entry(build).or_default().push(step_record(row));
+    }
+    rows.iter()
+        .map(|row| {
+            let id: String = row.column("id");
+            build_record(row, steps.remove(&id).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The build whose id is `id` or starts with it, of the (at most two) rows a lookup by prefix
+/// found, the exact id first: `None` if there is none, or two.
+pub(super) fn by_prefix<'r, R: Columns>(rows: &'r [R], id: &str) -> Option<&'r R> {
+    match rows {
+        [row] => Some(row),
+        [first, _] if first.column::<String>("id") == id => Some(first),
+        _ => None,
+    }
+}
+
+pub(super) fn build_record(row: &impl Columns, steps: Vec<StepRecord>) -> BuildRecord {
     BuildRecord {
-        id: row.get("id"),
-        status: status(row.get("status")),
-        create_time: time(row.get("create_time")),
-        start_time: row.get::<Option<i64>, _>("start_time").map(time),
-        finish_time: row.get::<Option<i64>, _>("finish_time").map(time),
-        trigger: row.get("trigger_name"),
-        schedule: row.get("schedule_name"),
-        source: parse_json(row.get("source")),
-        substitutions: serde_json::from_str(row.get("substitutions")).unwrap_or_default(),
-        plan: parse_json(row.get("plan")),
-        images: serde_json::from_str(row.get("images")).unwrap_or_default(),
-        templates: serde_json::from_str(row.get("templates")).unwrap_or_default(),
-        failure: row.get("failure"),
+        id: row.column("id"),
+        status: status(row.column("status")),
+        create_time: time(row.column("create_time")),
+        start_time: row.column::<Option<i64>>("start_time").map(time),
+        finish_time: row.column::<Option<i64>>("finish_time").map(time),
+        trigger: row.column("trigger_name"),
+        schedule: row.column("schedule_name"),
+        source: parse_json(row.column("source")),
+        substitutions: serde_json::from_str(&row.column::<String>("substitutions"))
+            .unwrap_or_default(),
+        plan: parse_json(row.column("plan")),
+        images: serde_json::from_str(&row.column::<String>("images")).unwrap_or_default(),
+        templates: serde_json::from_str(&row.column::<String>("templates")).unwrap_or_default(),
+        failure: row.column("failure"),
         build_step_outputs: steps
             .iter()
             .map(|step| {
@@ -342,19 +374,19 @@ fn build_record(row: &SqliteRow, steps: Vec<StepRecord>) -> BuildRecord {
     }
 }
 
-fn step_record(row: &SqliteRow) -> StepRecord {
+pub(super) fn step_record(row: &impl Columns) -> StepRecord {
     StepRecord {
-        index: row.get::<i64, _>("idx") as usize,
-        id: row.get("step_id"),
-        name: row.get("name"),
+        index: row.column::<i64>("idx") as usize,
+        id: row.column("step_id"),
+        name: row.column("name"),
         result: StepResult {
-            status: status(row.get("status")),
-            exit_code: row.get("exit_code"),
-            start_time: row.get::<Option<i64>, _>("start_time").map(time),
-            end_time: row.get::<Option<i64>, _>("finish_time").map(time),
-            image_digest: row.get("image_digest"),
-            detail: row.get("detail"),
-            output: row.get("output"),
+            status: status(row.column("status")),
+            exit_code: row.column("exit_code"),
+            start_time: row.column::<Option<i64>>("start_time").map(time),
+            end_time: row.column::<Option<i64>>("finish_time").map(time),
+            image_digest: row.column("image_digest"),
+            detail: row.column("detail"),
+            output: row.column("output"),
         },
     }
 }
@@ -398,14 +430,16 @@ mod tests {
                     ..filter.clone()
                 },
             ] {
-                let plan: Vec<String> = select_builds("EXPLAIN QUERY PLAN SELECT *", &query)
-                    .build()
-                    .fetch_all(&store.pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|row| row.get("detail"))
-                    .collect();
+                let explain = "EXPLAIN QUERY PLAN SELECT *";
+                let plan: Vec<String> =
+                    select_builds::<sqlx::Sqlite>(SQLITE_BRANCH, explain, &query)
+                        .build()
+                        .fetch_all(&store.pool)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|row| row.get("detail"))
+                        .collect();
                 let scans_or_sorts = |step: &String| {
                     step.contains("TEMP B-TREE")
                         || (step.starts_with("SCAN builds") && !step.contains("INDEX"))

@@ -4,20 +4,20 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Database, Encode, QueryBuilder, Row, Sqlite, Type};
 
-use super::{Error, QueuedBuild, SqliteStore, json, millis, queue, time};
+use super::{Columns, Error, QueuedBuild, SqliteStore, json, millis, queue, time};
 use crate::core::triggers::TriggerResult;
 
 /// Delivery states.
-const PENDING: &str = "PENDING";
-const DONE: &str = "DONE";
+pub(super) const PENDING: &str = "PENDING";
+pub(super) const DONE: &str = "DONE";
 
 /// How many rejected deliveries are kept, the newest: a sample to show why senders are refused,
 /// while [`Deliveries::rejected_deliveries`] counts them all.
 pub const REJECTED_KEPT: u32 = 1000;
 /// The counter of rejected deliveries in the `counters` table.
-const REJECTED: &str = "rejected_deliveries";
+pub(super) const REJECTED: &str = "rejected_deliveries";
 
 /// A webhook delivery to record. With a `payload` it is recorded PENDING: some triggers wait for
 /// the push's changed files (see [`Deliveries::complete_delivery`]).
@@ -99,6 +99,15 @@ pub trait Deliveries: Send + Sync {
     async fn rejected_deliveries(&self) -> Result<u64, Error>;
 }
 
+/// Statements both dialects share.
+pub(super) const COUNT_REJECTED: &str = "INSERT INTO counters (name, value) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value";
+pub(super) const REJECTED_COUNT: &str = "SELECT value FROM counters WHERE name = $1";
+pub(super) const PENDING_DELIVERIES: &str =
+    "SELECT id, event, payload, results FROM deliveries WHERE state = $1 ORDER BY seq";
+pub(super) const LIST_DELIVERIES: &str = "SELECT id, event, receive_time, verified, summary, \
+     state, results FROM deliveries ORDER BY seq DESC LIMIT $1";
+
 #[async_trait::async_trait]
 impl Deliveries for SqliteStore {
     async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
@@ -108,60 +117,22 @@ impl Deliveries for SqliteStore {
         let (_turn, mut tx) = self.write().await?;
         // One statement for all the deliveries and one for their builds: each statement is a
         // round trip to SQLite's thread, and the writer holds every waiting request meanwhile.
-        let now = millis(SystemTime::now());
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries \
-             (id, event, receive_time, verified, digest, summary, state, payload, results) ",
-        );
-        insert.push_values(deliveries, |mut row, delivery| {
-            let state = if delivery.payload.is_some() {
-                PENDING
-            } else {
-                DONE
-            };
-            row.push_bind(&delivery.id)
-                .push_bind(&delivery.event)
-                .push_bind(now)
-                .push_bind(delivery.verified)
-                .push_bind(&delivery.digest)
-                .push_bind(&delivery.summary)
-                .push_bind(state)
-                .push_bind(&delivery.payload)
-                .push_bind(json(&delivery.results));
-        });
-        insert.push(" ON CONFLICT DO NOTHING RETURNING id");
-        let mut inserted: HashMap<String, usize> = HashMap::new();
-        for row in insert.build().fetch_all(&mut *tx).await? {
-            *inserted.entry(row.get("id")).or_default() += 1;
-        }
-        // Rows go in in order: of a repeated id, the first ones went in, the later ones conflicted.
-        let recorded: Vec<Recorded> = deliveries
+        let inserted: Vec<String> = insert_deliveries::<Sqlite>(deliveries)
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
             .iter()
-            .map(|delivery| match inserted.get_mut(&delivery.id) {
-                Some(count) if *count > 0 => {
-                    *count -= 1;
-                    Recorded::New
-                }
-                _ => Recorded::Duplicate,
-            })
+            .map(|row| row.get("id"))
             .collect();
-        let builds: Vec<QueuedBuild> = deliveries
-            .iter()
-            .zip(&recorded)
-            .filter(|(_, recorded)| **recorded == Recorded::New)
-            .flat_map(|(delivery, _)| delivery.builds.iter().cloned())
-            .collect();
+        let (recorded, builds) = recorded(deliveries, inserted);
         queue(&mut tx, &builds).await?;
         let rejected = deliveries.iter().filter(|d| !d.verified).count();
         if rejected > 0 {
-            sqlx::query(
-                "INSERT INTO counters (name, value) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            )
-            .bind(REJECTED)
-            .bind(rejected as i64)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(COUNT_REJECTED)
+                .bind(REJECTED)
+                .bind(rejected as i64)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "DELETE FROM deliveries WHERE verified = 0 AND seq < \
                  (SELECT seq FROM deliveries WHERE verified = 0 ORDER BY seq DESC LIMIT 1 OFFSET $1)",
@@ -175,29 +146,19 @@ impl Deliveries for SqliteStore {
     }
 
     async fn rejected_deliveries(&self) -> Result<u64, Error> {
-        let count: Option<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
+        let count: Option<i64> = sqlx::query_scalar(REJECTED_COUNT)
             .bind(REJECTED)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(count.unwrap_or(0).try_into().unwrap_or(0))
+        Ok(rejected_count(count))
     }
 
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, event, payload, results FROM deliveries WHERE state = $1 ORDER BY seq",
-        )
-        .bind(PENDING)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| PendingDelivery {
-                id: row.get("id"),
-                event: row.get("event"),
-                payload: row.get("payload"),
-                results: serde_json::from_str(row.get("results")).unwrap_or_default(),
-            })
-            .collect())
+        let rows = sqlx::query(PENDING_DELIVERIES)
+            .bind(PENDING)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(pending_delivery).collect())
     }
 
     async fn complete_delivery(
@@ -226,25 +187,103 @@ impl Deliveries for SqliteStore {
     }
 
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, event, receive_time, verified, summary, state, results FROM deliveries \
-             ORDER BY seq DESC LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| DeliveryRecord {
-                id: row.get("id"),
-                event: row.get("event"),
-                receive_time: time(row.get("receive_time")),
-                verified: row.get("verified"),
-                summary: row.get("summary"),
-                pending: row.get::<String, _>("state") == PENDING,
-                results: serde_json::from_str(row.get("results")).unwrap_or_default(),
-            })
-            .collect())
+        let rows = sqlx::query(LIST_DELIVERIES)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(delivery_record).collect())
+    }
+}
+
+/// The statement that records `deliveries`, returning the id of each one that went in (a
+/// verified one whose id or body is recorded already conflicts and does not).
+pub(super) fn insert_deliveries<DB>(deliveries: &[NewDelivery]) -> QueryBuilder<DB>
+where
+    DB: Database<Arguments: Default>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
+{
+    let now = millis(SystemTime::now());
+    let mut insert = QueryBuilder::<DB>::new(
+        "INSERT INTO deliveries \
+         (id, event, receive_time, verified, digest, summary, state, payload, results) ",
+    );
+    insert.push_values(deliveries, |mut row, delivery| {
+        let state = if delivery.payload.is_some() {
+            PENDING
+        } else {
+            DONE
+        };
+        row.push_bind(delivery.id.as_str())
+            .push_bind(delivery.event.as_str())
+            .push_bind(now)
+            .push_bind(delivery.verified)
+            .push_bind(delivery.digest.clone())
+            .push_bind(delivery.summary.as_str())
+            .push_bind(state)
+            .push_bind(delivery.payload.clone())
+            .push_bind(json(&delivery.results));
+    });
+    insert.push(" ON CONFLICT DO NOTHING RETURNING id");
+    insert
+}
+
+/// What became of each of `deliveries`, given the ids of those that went in, and the builds of
+/// the new ones, to queue.
+pub(super) fn recorded(
+    deliveries: &[NewDelivery],
+    inserted: Vec<String>,
+) -> (Vec<Recorded>, Vec<QueuedBuild>) {
+    let mut inserted_ids: HashMap<String, usize> = HashMap::new();
+    for id in inserted {
+        *inserted_ids.entry(id).or_default() += 1;
+    }
+    // Rows go in in order: of a repeated id, the first ones went in, the later ones conflicted.
+    let recorded: Vec<Recorded> = deliveries
+        .iter()
+        .map(|delivery| match inserted_ids.get_mut(&delivery.id) {
+            Some(count) if *count > 0 => {
+                *count -= 1;
+                Recorded::New
+            }
+            _ => Recorded::Duplicate,
+        })
+        .collect();
+    let builds = deliveries
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, recorded)| **recorded == Recorded::New)
+        .flat_map(|(delivery, _)| delivery.builds.iter().cloned())
+        .collect();
+    (recorded, builds)
+}
+
+pub(super) fn rejected_count(count: Option<i64>) -> u64 {
+    count.unwrap_or(0).try_into().unwrap_or(0)
+}
+
+pub(super) fn pending_delivery(row: &impl Columns) -> PendingDelivery {
+    PendingDelivery {
+        id: row.column("id"),
+        event: row.column("event"),
+        payload: row.column("payload"),
+        results: serde_json::from_str(&row.column::<String>("results")).unwrap_or_default(),
+    }
+}
+
+pub(super) fn delivery_record(row: &impl Columns) -> DeliveryRecord {
+    DeliveryRecord {
+        id: row.column("id"),
+        event: row.column("event"),
+        receive_time: time(row.column("receive_time")),
+        verified: row.column("verified"),
+        summary: row.column("summary"),
+        pending: row.column::<String>("state") == PENDING,
+        results: serde_json::from_str(&row.column::<String>("results")).unwrap_or_default(),
     }
 }
 

@@ -1,8 +1,6 @@
 //! The logs aggregate: a build's log lines, numbered in the order they were appended.
 
-use sqlx::Row;
-
-use super::{Error, SqliteStore};
+use super::{Columns, Error, SqliteStore};
 use crate::adapters::runtime::LogStream;
 
 /// A line of a build's log as recorded.
@@ -31,6 +29,15 @@ pub trait Logs: Send + Sync {
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error>;
 }
 
+/// Statements both dialects share.
+pub(super) const NEXT_LINE: &str =
+    "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1";
+pub(super) const INSERT_LINE: &str =
+    "INSERT INTO log_lines (build_id, seq, step, stream, text) VALUES ($1, $2, $3, $4, $5)";
+/// A build's lines after `$2`, the first `$3` of them.
+pub(super) const LINES: &str = "SELECT seq, step, stream, text FROM log_lines \
+     WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
 #[async_trait::async_trait]
 impl Logs for SqliteStore {
     async fn append_logs(
@@ -39,14 +46,12 @@ impl Logs for SqliteStore {
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
-        let next: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let next: i64 = sqlx::query_scalar(NEXT_LINE)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         for (offset, (step, stream, text)) in lines.iter().enumerate() {
-            sqlx::query("INSERT INTO log_lines (build_id, seq, step, stream, text) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query(INSERT_LINE)
                 .bind(id)
                 .bind(next + offset as i64)
                 .bind(*step as i64)
@@ -59,32 +64,30 @@ impl Logs for SqliteStore {
     }
 
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, step, stream, text FROM log_lines WHERE build_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3",
-        )
-        .bind(id)
-        .bind(after)
-        .bind(limit.map_or(-1, i64::from))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| LogLine {
-                seq: row.get("seq"),
-                step: row.get::<i64, _>("step") as usize,
-                stream: if row.get::<String, _>("stream") == "stderr" {
-                    LogStream::Stderr
-                } else {
-                    LogStream::Stdout
-                },
-                text: row.get("text"),
-            })
-            .collect())
+        let rows = sqlx::query(LINES)
+            .bind(id)
+            .bind(after)
+            .bind(limit.map_or(-1, i64::from))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(log_line).collect())
     }
 }
 
-fn stream_name(stream: LogStream) -> &'static str {
+pub(super) fn log_line(row: &impl Columns) -> LogLine {
+    LogLine {
+        seq: row.column("seq"),
+        step: row.column::<i64>("step") as usize,
+        stream: if row.column::<String>("stream") == "stderr" {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        },
+        text: row.column("text"),
+    }
+}
+
+pub(super) fn stream_name(stream: LogStream) -> &'static str {
     match stream {
         LogStream::Stdout => "stdout",
         LogStream::Stderr => "stderr",

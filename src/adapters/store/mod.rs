@@ -1,15 +1,18 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
 //! lines, and the service's queue, webhook deliveries and schedules, behind one trait per
 //! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`]) that [`Store`]
-//! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, so
-//! builds can be listed, described and their logs read after the fact, and nothing accepted is
-//! lost.
+//! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, or by
+//! [`PostgresStore`] in a PostgreSQL database that several servers and machines share, so builds
+//! can be listed, described and their logs read after the fact, and nothing accepted is lost.
 //!
-//! This is the only module that speaks SQL. Times are stored as unix milliseconds.
+//! This is the only module that speaks SQL. Both dialects keep the same columns (times as unix
+//! milliseconds, structured values as JSON text), so rows are read by the same code
+//! ([`Columns`]); each dialect writes its own statements where the two differ.
 
 mod builds;
 mod deliveries;
 mod logs;
+mod postgres;
 mod queue;
 mod schedules;
 
@@ -21,7 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::migrate::MigrateError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{Postgres, Row as _, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::core::build::Status;
@@ -31,6 +38,7 @@ pub use deliveries::{
     Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
 };
 pub use logs::{LogLine, Logs};
+pub use postgres::PostgresStore;
 use queue::queue;
 pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 pub use schedules::{Schedules, SkippedRun};
@@ -41,6 +49,11 @@ pub use schedules::{Schedules, SkippedRun};
 pub enum Error {
     /// The database refused or failed a statement, or could not be reached.
     Database(sqlx::Error),
+    /// The database server at `url` (its password left out) cannot be reached or refused us.
+    Unreachable { url: String, error: sqlx::Error },
+    /// The database was migrated by a newer builder than this one: this one does not know its
+    /// migration `version` and would misread what the newer one writes.
+    NewerSchema { version: i64, description: String },
     /// The store's directory cannot be made.
     Io(std::io::Error),
     /// A record that must exist does not.
@@ -56,6 +69,15 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Database(e) => write!(f, "the store's database: {e}"),
+            Error::Unreachable { url, error } => write!(f, "the database {url}: {error}"),
+            Error::NewerSchema {
+                version,
+                description,
+            } => write!(
+                f,
+                "the database has migration {version} ({description}), which this builder does \
+                 not know: a newer builder migrated it; run that version"
+            ),
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
             Error::Unreadable { what, error } => {
@@ -68,9 +90,9 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Database(e) => Some(e),
+            Error::Database(e) | Error::Unreachable { error: e, .. } => Some(e),
             Error::Io(e) => Some(e),
-            Error::Missing(_) => None,
+            Error::Missing(_) | Error::NewerSchema { .. } => None,
             Error::Unreadable { error, .. } => Some(error),
         }
     }
@@ -97,7 +119,7 @@ pub struct SqliteStore {
 
 /// Where builds, their steps and logs, and the service's deliveries are kept: every aggregate,
 /// and whether the store is still the one opened. [`SqliteStore`] is the embedded default; a
-/// PostgreSQL store will implement it for servers that share the work. Every change that must
+/// [`PostgresStore`] is for servers and machines that share the work. Every change that must
 /// happen once (claiming a queued build, recording a delivery with its builds, completing a
 /// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
 #[async_trait::async_trait]
@@ -138,10 +160,16 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(sqlx::Error::from)?;
+        if let Some(version) = newer_schema(sqlx::migrate!("migrations/sqlite").run(&pool).await)? {
+            let description = sqlx::query_scalar(APPLIED_MIGRATION)
+                .bind(version)
+                .fetch_one(&pool)
+                .await?;
+            return Err(Error::NewerSchema {
+                version,
+                description,
+            });
+        }
         let file = identity(path).map_err(Error::Io)?;
         Ok(SqliteStore {
             pool,
@@ -149,6 +177,55 @@ impl SqliteStore {
             path: path.to_path_buf(),
             file,
         })
+    }
+}
+
+/// The description of an applied migration (`$1` its version), in sqlx's own table.
+const APPLIED_MIGRATION: &str = "SELECT description FROM _sqlx_migrations WHERE version = $1";
+
+/// The version of a migration the database has and the binary does not (a newer builder
+/// migrated it), from running the binary's migrations; other failures are the database's.
+fn newer_schema(migrated: Result<(), MigrateError>) -> Result<Option<i64>, Error> {
+    match migrated {
+        Ok(()) => Ok(None),
+        Err(MigrateError::VersionMissing(version)) => Ok(Some(version)),
+        Err(e) => Err(Error::Database(e.into())),
+    }
+}
+
+/// A row of either dialect, read by the code both share: a column's value by its name. Both
+/// dialects' columns decode to the same Rust types (a boolean is SQLite's integer or
+/// PostgreSQL's boolean), so a record is made from a row in one place.
+trait Columns {
+    fn column<T>(&self, name: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite>
+            + sqlx::Type<Sqlite>
+            + for<'r> sqlx::Decode<'r, Postgres>
+            + sqlx::Type<Postgres>;
+}
+
+impl Columns for SqliteRow {
+    fn column<T>(&self, name: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite>
+            + sqlx::Type<Sqlite>
+            + for<'r> sqlx::Decode<'r, Postgres>
+            + sqlx::Type<Postgres>,
+    {
+        self.get(name)
+    }
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn column<T>(&self, name: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite>
+            + sqlx::Type<Sqlite>
+            + for<'r> sqlx::Decode<'r, Postgres>
+            + sqlx::Type<Postgres>,
+    {
+        self.get(name)
     }
 }
 

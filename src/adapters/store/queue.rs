@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Sqlite, Type};
 
-use super::{Error, SqliteStore, Transaction, json, millis, parse_json};
+use super::{Columns, Error, SqliteStore, Transaction, json, millis, parse_json};
 use crate::core::build::{Request, Status};
 use crate::core::substitute::Values;
 
@@ -114,36 +114,49 @@ pub trait Queue: Send + Sync {
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error>;
 }
 
+/// Statements both dialects share.
+pub(super) const RENEW_LEASE: &str = "UPDATE builds SET lease_until = $1 \
+     WHERE id = $2 AND holder = $3 AND status IN ($4, $5) RETURNING cancel_requested";
+pub(super) const REQUEST_CANCEL: &str =
+    "UPDATE builds SET cancel_requested = TRUE WHERE id = $1 AND status = $2";
+pub(super) const TAKE_OVER: &str = "UPDATE builds SET holder = $1, lease_until = $2 \
+     WHERE id = $3 AND holder IS NOT DISTINCT FROM $4 AND status IN ($5, $6)";
+pub(super) const UNFINISHED: &str = "SELECT id, holder, COALESCE(lease_until < $1, TRUE) AS expired \
+     FROM builds WHERE status = $2 OR (status = $3 AND request IS NULL)";
+/// The claim of the oldest queued build, without its end: `)` on SQLite, whose one writer
+/// claims at a time; PostgreSQL's claimers skip the rows others have locked.
+pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
+     SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
+     (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL \
+     ORDER BY create_time, id LIMIT 1";
+pub(super) const QUEUED_REQUEST: &str = "SELECT id, trigger_name, schedule_name, delivery_id, \
+     source, substitutions, request FROM builds WHERE id = $1 AND request IS NOT NULL";
+pub(super) const CANCEL_QUEUED: &str =
+    "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4";
+
 #[async_trait::async_trait]
 impl Queue for SqliteStore {
     async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let renewed: Option<bool> = sqlx::query_scalar(
-            "UPDATE builds SET lease_until = $1 WHERE id = $2 AND holder = $3 AND status IN ($4, $5) \
-             RETURNING cancel_requested != 0",
-        )
-        .bind(lease.until())
-        .bind(id)
-        .bind(&lease.holder)
-        .bind(Status::Queued.as_str())
-        .bind(Status::Working.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let renewed: Option<bool> = sqlx::query_scalar(RENEW_LEASE)
+            .bind(lease.until())
+            .bind(id)
+            .bind(&lease.holder)
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(match renewed {
-            Some(cancel_requested) => Renewal::Held { cancel_requested },
-            None => Renewal::Lost,
-        })
+        Ok(renewal(renewed))
     }
 
     async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let updated =
-            sqlx::query("UPDATE builds SET cancel_requested = 1 WHERE id = $1 AND status = $2")
-                .bind(id)
-                .bind(Status::Working.as_str())
-                .execute(&mut *tx)
-                .await?;
+        let updated = sqlx::query(REQUEST_CANCEL)
+            .bind(id)
+            .bind(Status::Working.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
@@ -155,50 +168,34 @@ impl Queue for SqliteStore {
         lease: &Lease,
     ) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let updated = sqlx::query(
-            "UPDATE builds SET holder = $1, lease_until = $2 \
-             WHERE id = $3 AND holder IS $4 AND status IN ($5, $6)",
-        )
-        .bind(&lease.holder)
-        .bind(lease.until())
-        .bind(id)
-        .bind(previous)
-        .bind(Status::Queued.as_str())
-        .bind(Status::Working.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let updated = sqlx::query(TAKE_OVER)
+            .bind(&lease.holder)
+            .bind(lease.until())
+            .bind(id)
+            .bind(previous)
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
 
     async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, holder, COALESCE(lease_until < $1, 1) AS expired FROM builds \
-             WHERE status = $2 OR (status = $3 AND request IS NULL)",
-        )
-        .bind(millis(SystemTime::now()))
-        .bind(Status::Working.as_str())
-        .bind(Status::Queued.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Unfinished {
-                id: row.get("id"),
-                holder: row.get("holder"),
-                expired: row.get("expired"),
-            })
-            .collect())
+        let rows = sqlx::query(UNFINISHED)
+            .bind(millis(SystemTime::now()))
+            .bind(Status::Working.as_str())
+            .bind(Status::Queued.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(unfinished).collect())
     }
 
     async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let row = sqlx::query(
-            "UPDATE builds SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
-             (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL \
-              ORDER BY create_time, id LIMIT 1) \
-             RETURNING id, request",
-        )
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{CLAIM_QUEUED}) RETURNING id, request"
+        )))
         .bind(Status::Working.as_str())
         .bind(millis(SystemTime::now()))
         .bind(&lease.holder)
@@ -207,10 +204,7 @@ impl Queue for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(row.map(|row| Claimed {
-            id: row.get("id"),
-            request: serde_json::from_str(row.get("request")),
-        }))
+        Ok(row.as_ref().map(claimed))
     }
 
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
@@ -220,80 +214,106 @@ impl Queue for SqliteStore {
     }
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
-        let row = sqlx::query(
-            "SELECT id, trigger_name, schedule_name, delivery_id, source, substitutions, request FROM builds \
-             WHERE id = $1 AND request IS NOT NULL",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let unreadable = |what| move |error| Error::Unreadable { what, error };
-        Ok(Some(QueuedBuild {
-            id: row.get("id"),
-            trigger: row.get("trigger_name"),
-            schedule: row.get("schedule_name"),
-            delivery: row.get("delivery_id"),
-            source: parse_json(row.get("source")),
-            substitutions: serde_json::from_str(row.get("substitutions"))
-                .map_err(unreadable("build's substitutions"))?,
-            request: serde_json::from_str(row.get("request"))
-                .map_err(unreadable("queued build's request"))?,
-        }))
+        let row = sqlx::query(QUEUED_REQUEST)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(queued_build).transpose()
     }
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let updated = sqlx::query(
-            "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4",
-        )
-        .bind(Status::Cancelled.as_str())
-        .bind(millis(SystemTime::now()))
-        .bind(id)
-        .bind(Status::Queued.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let updated = sqlx::query(CANCEL_QUEUED)
+            .bind(Status::Cancelled.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(id)
+            .bind(Status::Queued.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
 }
 
-/// Builds one statement inserts at most: SQLite takes at most 32,766 values in one.
-const BUILDS_PER_INSERT: usize = 1000;
+/// What a renewal's statement returned: whether a cancel was asked for, if it renewed.
+pub(super) fn renewal(renewed: Option<bool>) -> Renewal {
+    match renewed {
+        Some(cancel_requested) => Renewal::Held { cancel_requested },
+        None => Renewal::Lost,
+    }
+}
+
+pub(super) fn unfinished(row: &impl Columns) -> Unfinished {
+    Unfinished {
+        id: row.column("id"),
+        holder: row.column("holder"),
+        expired: row.column("expired"),
+    }
+}
+
+pub(super) fn claimed(row: &impl Columns) -> Claimed {
+    Claimed {
+        id: row.column("id"),
+        request: serde_json::from_str(&row.column::<String>("request")),
+    }
+}
+
+pub(super) fn queued_build(row: &impl Columns) -> Result<QueuedBuild, Error> {
+    let unreadable = |what| move |error| Error::Unreadable { what, error };
+    Ok(QueuedBuild {
+        id: row.column("id"),
+        trigger: row.column("trigger_name"),
+        schedule: row.column("schedule_name"),
+        delivery: row.column("delivery_id"),
+        source: parse_json(row.column("source")),
+        substitutions: serde_json::from_str(&row.column::<String>("substitutions"))
+            .map_err(unreadable("build's substitutions"))?,
+        request: serde_json::from_str(&row.column::<String>("request"))
+            .map_err(unreadable("queued build's request"))?,
+    })
+}
+
+/// Builds one statement inserts at most: SQLite takes at most 32,766 values in one (PostgreSQL
+/// 65,535).
+pub(super) const BUILDS_PER_INSERT: usize = 1000;
 
 pub(super) async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), Error> {
     let now = millis(SystemTime::now());
     for builds in builds.chunks(BUILDS_PER_INSERT) {
-        queue_chunk(tx, builds, now).await?;
+        insert_queued::<Sqlite>(builds, now)
+            .build()
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
 
-async fn queue_chunk(
-    tx: &mut Transaction<'_>,
-    builds: &[QueuedBuild],
-    now: i64,
-) -> Result<(), Error> {
-    let mut insert = QueryBuilder::<Sqlite>::new(
+/// The statement that queues `builds` (at most [`BUILDS_PER_INSERT`]), created at `now`.
+pub(super) fn insert_queued<DB>(builds: &[QueuedBuild], now: i64) -> QueryBuilder<DB>
+where
+    DB: Database<Arguments: Default>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let mut insert = QueryBuilder::<DB>::new(
         "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
          delivery_id, request, schedule_name) ",
     );
     insert.push_values(builds, |mut row, build| {
-        row.push_bind(&build.id)
+        row.push_bind(build.id.as_str())
             .push_bind(Status::Queued.as_str())
             .push_bind(now)
             .push_bind(build.source.to_string())
             .push_bind(json(&build.substitutions))
             .push_bind("null")
-            .push_bind(&build.trigger)
-            .push_bind(&build.delivery)
+            .push_bind(build.trigger.clone())
+            .push_bind(build.delivery.clone())
             .push_bind(json(&build.request))
-            .push_bind(&build.schedule);
+            .push_bind(build.schedule.clone());
     });
-    insert.build().execute(&mut **tx).await?;
-    Ok(())
+    insert
 }
 
 #[cfg(test)]

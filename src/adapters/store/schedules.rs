@@ -2,9 +2,9 @@
 //! the runs it skipped.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::AssertSqlSafe;
 
-use super::{Error, QueuedBuild, SqliteStore, Transaction, instant, queue};
+use super::{Columns, Error, QueuedBuild, SqliteStore, Transaction, instant, queue};
 use crate::core::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 
 /// A run a schedule skipped, as recorded.
@@ -62,6 +62,35 @@ pub trait Schedules: Send + Sync {
     async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error>;
 }
 
+/// Statements both dialects share.
+pub(super) const SYNC_SCHEDULE: &str = "INSERT INTO schedules (name, spec, next_run) \
+     VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
+     next_run = excluded.next_run, last_error = NULL WHERE schedules.spec <> excluded.spec";
+pub(super) const SCHEDULE: &str = "SELECT * FROM schedules WHERE name = $1";
+pub(super) const CLAIM_RUN: &str = "UPDATE schedules SET next_run = $1, last_error = NULL \
+     WHERE name = $2 AND next_run = $3";
+pub(super) const INSERT_SKIPPED: &str = "INSERT INTO skipped_runs \
+     (schedule, first_time, last_time, count, reason, record_time) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const START_RUN: &str =
+    "UPDATE schedules SET last_scheduled = $1, last_build_id = $2 WHERE name = $3";
+pub(super) const SET_PAUSED: &str = "UPDATE schedules SET paused = $1 WHERE name = $2";
+pub(super) const SET_ERROR: &str = "UPDATE schedules SET last_error = $1 WHERE name = $2";
+pub(super) const SKIPPED_RUNS: &str = "SELECT first_time, last_time, count, reason, record_time \
+     FROM skipped_runs WHERE schedule = $1 ORDER BY seq DESC LIMIT $2";
+
+/// The statement that grows the newest skipped-run record, if it continues the same reason and
+/// nothing ran since; `least` is the dialect's function of the smaller of two values (a name of
+/// the store's own, never input, so the statement is safe to run).
+pub(super) fn grow_skipped(least: &str) -> String {
+    format!(
+        "UPDATE skipped_runs SET last_time = $1, count = {least}(count + $2, $3), \
+         record_time = $4 WHERE seq = (SELECT MAX(seq) FROM skipped_runs WHERE schedule = $5) \
+         AND reason = $6 \
+         AND last_time >= COALESCE((SELECT last_scheduled FROM schedules WHERE name = $5), 0)"
+    )
+}
+
 impl SqliteStore {
     /// Changes a schedule's state with `sql` (`$1` the value, `$2` the schedule's name).
     async fn set_schedule<'q, T>(
@@ -92,16 +121,12 @@ impl Schedules for SqliteStore {
         first_run: DateTime<Utc>,
     ) -> Result<State, Error> {
         let (_turn, mut tx) = self.write().await?;
-        sqlx::query(
-            "INSERT INTO schedules (name, spec, next_run) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, next_run = excluded.next_run, \
-             last_error = NULL WHERE schedules.spec <> excluded.spec",
-        )
-        .bind(name)
-        .bind(spec)
-        .bind(first_run.timestamp_millis())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(SYNC_SCHEDULE)
+            .bind(name)
+            .bind(spec)
+            .bind(first_run.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
         let state = read_schedule(&mut *tx, name).await?;
         tx.commit().await?;
         state.ok_or(Error::Missing("schedule it has just written"))
@@ -119,46 +144,37 @@ impl Schedules for SqliteStore {
         build: Option<&QueuedBuild>,
     ) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let claimed = sqlx::query(
-            "UPDATE schedules SET next_run = $1, last_error = NULL WHERE name = $2 AND next_run = $3",
-        )
-        .bind(decision.next_run.timestamp_millis())
-        .bind(name)
-        .bind(due.timestamp_millis())
-        .execute(&mut *tx)
-        .await?;
+        let claimed = sqlx::query(CLAIM_RUN)
+            .bind(decision.next_run.timestamp_millis())
+            .bind(name)
+            .bind(due.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
         if claimed.rows_affected() == 0 {
             return Ok(false);
         }
         let now = Utc::now().timestamp_millis();
         for skipped in &decision.skipped {
             // The newest record grows while the same reason goes on and nothing ran since.
-            let grown = sqlx::query(
-                "UPDATE skipped_runs SET last_time = $1, count = MIN(count + $2, $3), record_time = $4 \
-                 WHERE seq = (SELECT MAX(seq) FROM skipped_runs WHERE schedule = $5) AND reason = $6 \
-                 AND last_time >= COALESCE((SELECT last_scheduled FROM schedules WHERE name = $5), 0)",
-            )
-            .bind(skipped.last.timestamp_millis())
-            .bind(i64::from(skipped.count))
-            .bind(i64::from(MAX_COUNTED))
-            .bind(now)
-            .bind(name)
-            .bind(&skipped.reason)
-            .execute(&mut *tx)
-            .await?;
-            if grown.rows_affected() == 0 {
-                sqlx::query(
-                    "INSERT INTO skipped_runs (schedule, first_time, last_time, count, reason, record_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(name)
-                .bind(skipped.first.timestamp_millis())
+            let grown = sqlx::query(AssertSqlSafe(grow_skipped("MIN")))
                 .bind(skipped.last.timestamp_millis())
                 .bind(i64::from(skipped.count))
-                .bind(&skipped.reason)
+                .bind(i64::from(MAX_COUNTED))
                 .bind(now)
+                .bind(name)
+                .bind(&skipped.reason)
                 .execute(&mut *tx)
                 .await?;
+            if grown.rows_affected() == 0 {
+                sqlx::query(INSERT_SKIPPED)
+                    .bind(name)
+                    .bind(skipped.first.timestamp_millis())
+                    .bind(skipped.last.timestamp_millis())
+                    .bind(i64::from(skipped.count))
+                    .bind(&skipped.reason)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         if let (Some(scheduled_time), Some(build)) = (decision.start, build) {
@@ -180,36 +196,20 @@ impl Schedules for SqliteStore {
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
-        let sql = "UPDATE schedules SET paused = $1 WHERE name = $2";
-        self.set_schedule(sql, name, paused).await
+        self.set_schedule(SET_PAUSED, name, paused).await
     }
 
     async fn set_schedule_error(&self, name: &str, error: Option<&str>) -> Result<(), Error> {
-        let sql = "UPDATE schedules SET last_error = $1 WHERE name = $2";
-        self.set_schedule(sql, name, error).await
+        self.set_schedule(SET_ERROR, name, error).await
     }
 
     async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error> {
-        let rows = sqlx::query(
-            "SELECT first_time, last_time, count, reason, record_time FROM skipped_runs \
-             WHERE schedule = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(name)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| SkippedRun {
-                skipped: Skipped {
-                    first: instant(row.get("first_time")),
-                    last: instant(row.get("last_time")),
-                    count: row.get::<i64, _>("count") as u32,
-                    reason: row.get("reason"),
-                },
-                record_time: instant(row.get("record_time")),
-            })
-            .collect())
+        let rows = sqlx::query(SKIPPED_RUNS)
+            .bind(name)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(skipped_run).collect())
     }
 }
 
@@ -220,7 +220,7 @@ async fn start_run(
     scheduled_time: DateTime<Utc>,
     build: &QueuedBuild,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE schedules SET last_scheduled = $1, last_build_id = $2 WHERE name = $3")
+    sqlx::query(START_RUN)
         .bind(scheduled_time.timestamp_millis())
         .bind(&build.id)
         .bind(name)
@@ -233,22 +233,36 @@ async fn read_schedule<'e>(
     executor: impl sqlx::SqliteExecutor<'e>,
     name: &str,
 ) -> Result<Option<State>, Error> {
-    let row = sqlx::query("SELECT * FROM schedules WHERE name = $1")
+    let row = sqlx::query(SCHEDULE)
         .bind(name)
         .fetch_optional(executor)
         .await?;
-    Ok(row.map(|row| {
-        let last_build: Option<String> = row.get("last_build_id");
-        let last_scheduled: Option<i64> = row.get("last_scheduled");
-        State {
-            next_run: instant(row.get("next_run")),
-            spec: row.get("spec"),
-            last_run: last_build.zip(last_scheduled).map(|(build, at)| LastRun {
-                scheduled_time: instant(at),
-                build,
-            }),
-            paused: row.get("paused"),
-            last_error: row.get("last_error"),
-        }
-    }))
+    Ok(row.as_ref().map(schedule_state))
+}
+
+pub(super) fn schedule_state(row: &impl Columns) -> State {
+    let last_build: Option<String> = row.column("last_build_id");
+    let last_scheduled: Option<i64> = row.column("last_scheduled");
+    State {
+        next_run: instant(row.column("next_run")),
+        spec: row.column("spec"),
+        last_run: last_build.zip(last_scheduled).map(|(build, at)| LastRun {
+            scheduled_time: instant(at),
+            build,
+        }),
+        paused: row.column("paused"),
+        last_error: row.column("last_error"),
+    }
+}
+
+pub(super) fn skipped_run(row: &impl Columns) -> SkippedRun {
+    SkippedRun {
+        skipped: Skipped {
+            first: instant(row.column("first_time")),
+            last: instant(row.column("last_time")),
+            count: row.column::<i64>("count") as u32,
+            reason: row.column("reason"),
+        },
+        record_time: instant(row.column("record_time")),
+    }
 }

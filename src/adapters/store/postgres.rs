@@ -1,0 +1,664 @@
+//! [`PostgresStore`]: the store in a PostgreSQL database that several servers and machines
+//! share. The aggregates' contracts are SQLite's, and so are the rows (read by the same code) and
+//! most statements; what differs is how changes that must happen once are made so: SQLite has
+//! one writer at a time, PostgreSQL locks rows. The queue's claim skips the builds other claimers
+//! hold locked (`FOR UPDATE SKIP LOCKED`), so claimers on many machines neither wait on each other
+//! nor take the same build; a compare-and-set (taking a build over, claiming a scheduled run,
+//! completing a delivery) is an UPDATE whose condition PostgreSQL checks again on the row's
+//! newest version once a concurrent writer commits, so one of them wins.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use sqlx::Row as _;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+
+use super::builds::{self, BuildQuery, BuildRecord, Builds};
+use super::deliveries::{self, Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, Recorded};
+use super::logs::{self, LogLine, Logs};
+use super::queue::{self, Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+use super::schedules::{self, Schedules, SkippedRun};
+use super::{APPLIED_MIGRATION, Error, Store, json, millis, newer_schema};
+use crate::adapters::runtime::LogStream;
+use crate::core::build::{Outcome, Status, StepResult};
+use crate::core::plan::ResolvedBuild;
+use crate::core::schedule::{Decision, MAX_COUNTED, State};
+use crate::core::triggers::TriggerResult;
+
+type Transaction = sqlx::Transaction<'static, Postgres>;
+
+/// The identity of the database a connection is in: another database made under the same name
+/// (dropped and created again) has another.
+const THIS_DATABASE: &str = "SELECT oid FROM pg_database WHERE datname = current_database()";
+
+/// The store in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// The database that was opened (see [`THIS_DATABASE`]).
+    database: Oid,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`) and
+    /// brings its schema up to date; refuses a database a newer builder migrated further.
+    pub async fn open(url: &str) -> Result<PostgresStore, Error> {
+        let unreachable = |error| Error::Unreachable {
+            url: without_password(url),
+            error,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(unreachable)?;
+        // The pool connects at once, so an unreachable server fails the start, not a request.
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(unreachable)?;
+        // sqlx takes an advisory lock for the migrations: servers starting together take turns.
+        let migrated = sqlx::migrate!("migrations/postgres").run(&pool).await;
+        if let Some(version) = newer_schema(migrated)? {
+            let description = sqlx::query_scalar(APPLIED_MIGRATION)
+                .bind(version)
+                .fetch_one(&pool)
+                .await?;
+            return Err(Error::NewerSchema {
+                version,
+                description,
+            });
+        }
+        let database = sqlx::query_scalar(THIS_DATABASE).fetch_one(&pool).await?;
+        Ok(PostgresStore { pool, database })
+    }
+
+    async fn write(&self) -> Result<Transaction, Error> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// `url` without its password (in its user part or a `password` parameter), to name it in
+/// errors and logs.
+fn without_password(url: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let head = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split_once(':').map_or(user, |(name, _)| name);
+                    format!("{scheme}://{user}@{host}{path}")
+                }
+                None => head.to_string(),
+            }
+        }
+        None => head.to_string(),
+    };
+    let kept: Vec<&str> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|parameter| !parameter.starts_with("password="))
+        .collect();
+    if kept.is_empty() {
+        head
+    } else {
+        format!("{head}?{}", kept.join("&"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    /// Fails once the database is not the one opened (dropped, or made again under its name), or
+    /// cannot be reached.
+    async fn check(&self) -> Result<(), Error> {
+        let database: Option<Oid> = sqlx::query_scalar(THIS_DATABASE)
+            .fetch_optional(&self.pool)
+            .await?;
+        match database {
+            Some(database) if database == self.database => Ok(()),
+            _ => Err(Error::Missing("database it opened: it was dropped")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Builds for PostgresStore {
+    async fn create_build(
+        &self,
+        id: &str,
+        source: &serde_json::Value,
+        plan: &ResolvedBuild,
+        lease: &Lease,
+    ) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        sqlx::query(builds::CREATE_BUILD)
+            .bind(id)
+            .bind(Status::Queued.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(source.to_string())
+            .bind(json(&plan.substitutions))
+            .bind(json(plan))
+            .bind(&lease.holder)
+            .bind(lease.until())
+            .execute(&mut *tx)
+            .await?;
+        insert_steps(&mut tx, id, plan).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn start_build(&self, id: &str) -> Result<(), Error> {
+        sqlx::query(builds::START_BUILD)
+            .bind(Status::Working.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        set_step(&mut tx, id, index, result).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        for (index, result) in outcome.steps.iter().enumerate() {
+            set_step(&mut tx, id, index, result).await?;
+        }
+        sqlx::query(builds::FINISH_BUILD)
+            .bind(outcome.status.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(json(&outcome.images))
+            .bind(json(&outcome.templates))
+            .bind(&outcome.failure)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        sqlx::query(builds::SET_PLAN)
+            .bind(json(plan))
+            .bind(json(&plan.substitutions))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_steps(&mut tx, id, plan).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error> {
+        let rows = builds::select_builds::<Postgres>(BRANCH, "SELECT *", query)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|row| row.get("id")).collect();
+        let step_rows =
+            sqlx::query("SELECT * FROM steps WHERE build_id = ANY($1) ORDER BY build_id, idx")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(builds::build_records(&rows, &step_rows))
+    }
+
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, Error> {
+        // A prefix is a range of the primary key, which sorts by bytes (COLLATE "C").
+        let rows = sqlx::query(
+            "SELECT * FROM builds WHERE id >= $1 AND id < $1 || chr(1114111) \
+             ORDER BY id = $1 DESC LIMIT 2",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(row) = builds::by_prefix(&rows, id) else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(builds::STEPS_OF_BUILD)
+            .bind(row.get::<String, _>("id"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(builds::step_record)
+            .collect();
+        Ok(Some(builds::build_record(row, steps)))
+    }
+}
+
+/// A build's branch, as its index (migration 0001) has it.
+const BRANCH: &str = "((substitutions::jsonb) ->> 'BRANCH_NAME')";
+
+async fn set_step(
+    tx: &mut Transaction,
+    id: &str,
+    index: usize,
+    result: &StepResult,
+) -> Result<(), Error> {
+    sqlx::query(builds::SET_STEP)
+        .bind(result.status.as_str())
+        .bind(result.exit_code)
+        .bind(result.start_time.map(millis))
+        .bind(result.end_time.map(millis))
+        .bind(&result.image_digest)
+        .bind(&result.detail)
+        .bind(&result.output)
+        .bind(id)
+        .bind(index as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_steps(tx: &mut Transaction, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+    for (index, step) in plan.steps.iter().enumerate() {
+        sqlx::query(builds::INSERT_STEP)
+            .bind(id)
+            .bind(index as i64)
+            .bind(&step.id)
+            .bind(&step.name)
+            .bind(Status::Queued.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Logs for PostgresStore {
+    async fn append_logs(
+        &self,
+        id: &str,
+        lines: &[(usize, LogStream, String)],
+    ) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        // Appends to one build take turns on its row, so that each numbers its lines after the
+        // last one's (SQLite's appends take turns as its writes do).
+        sqlx::query("SELECT 1 FROM builds WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let next: i64 = sqlx::query_scalar(logs::NEXT_LINE)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        for (offset, (step, stream, text)) in lines.iter().enumerate() {
+            sqlx::query(logs::INSERT_LINE)
+                .bind(id)
+                .bind(next + offset as i64)
+                .bind(*step as i64)
+                .bind(logs::stream_name(*stream))
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
+    async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
+        // LIMIT NULL is no limit.
+        let rows = sqlx::query(logs::LINES)
+            .bind(id)
+            .bind(after)
+            .bind(limit.map(i64::from))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(logs::log_line).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for PostgresStore {
+    async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<Renewal, Error> {
+        let renewed: Option<bool> = sqlx::query_scalar(queue::RENEW_LEASE)
+            .bind(lease.until())
+            .bind(id)
+            .bind(&lease.holder)
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(queue::renewal(renewed))
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
+        let updated = sqlx::query(queue::REQUEST_CANCEL)
+            .bind(id)
+            .bind(Status::Working.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let updated = sqlx::query(queue::TAKE_OVER)
+            .bind(&lease.holder)
+            .bind(lease.until())
+            .bind(id)
+            .bind(previous)
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error> {
+        let rows = sqlx::query(queue::UNFINISHED)
+            .bind(millis(SystemTime::now()))
+            .bind(Status::Working.as_str())
+            .bind(Status::Queued.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(queue::unfinished).collect())
+    }
+
+    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error> {
+        let claim = format!(
+            "{} FOR UPDATE SKIP LOCKED) RETURNING id, request",
+            queue::CLAIM_QUEUED
+        );
+        let row = sqlx::query(AssertSqlSafe(claim))
+            .bind(Status::Working.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(&lease.holder)
+            .bind(lease.until())
+            .bind(Status::Queued.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(queue::claimed))
+    }
+
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        queue_in(&mut tx, builds).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
+        let row = sqlx::query(queue::QUEUED_REQUEST)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(queue::queued_build).transpose()
+    }
+
+    async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
+        let updated = sqlx::query(queue::CANCEL_QUEUED)
+            .bind(Status::Cancelled.as_str())
+            .bind(millis(SystemTime::now()))
+            .bind(id)
+            .bind(Status::Queued.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+}
+
+/// Queues `builds` in a transaction.
+async fn queue_in(tx: &mut Transaction, builds: &[QueuedBuild]) -> Result<(), Error> {
+    let now = millis(SystemTime::now());
+    for builds in builds.chunks(queue::BUILDS_PER_INSERT) {
+        let mut insert: QueryBuilder<Postgres> = queue::insert_queued(builds, now);
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Deliveries for PostgresStore {
+    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let inserted: Vec<String> = deliveries::insert_deliveries::<Postgres>(deliveries)
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.get("id"))
+            .collect();
+        let (recorded, builds) = deliveries::recorded(deliveries, inserted);
+        queue_in(&mut tx, &builds).await?;
+        let rejected = deliveries.iter().filter(|d| !d.verified).count();
+        if rejected > 0 {
+            sqlx::query(deliveries::COUNT_REJECTED)
+                .bind(deliveries::REJECTED)
+                .bind(rejected as i64)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "DELETE FROM deliveries WHERE NOT verified AND seq < \
+                 (SELECT seq FROM deliveries WHERE NOT verified ORDER BY seq DESC LIMIT 1 OFFSET $1)",
+            )
+            .bind(i64::from(deliveries::REJECTED_KEPT - 1))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
+        let rows = sqlx::query(deliveries::PENDING_DELIVERIES)
+            .bind(deliveries::PENDING)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(deliveries::pending_delivery).collect())
+    }
+
+    async fn complete_delivery(
+        &self,
+        id: &str,
+        results: &[TriggerResult],
+        builds: &[QueuedBuild],
+    ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
+             WHERE id = $3 AND verified AND state = $4",
+        )
+        .bind(deliveries::DONE)
+        .bind(json(results))
+        .bind(id)
+        .bind(deliveries::PENDING)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        queue_in(&mut tx, builds).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
+        let rows = sqlx::query(deliveries::LIST_DELIVERIES)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(deliveries::delivery_record).collect())
+    }
+
+    async fn rejected_deliveries(&self) -> Result<u64, Error> {
+        let count: Option<i64> = sqlx::query_scalar(deliveries::REJECTED_COUNT)
+            .bind(deliveries::REJECTED)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(deliveries::rejected_count(count))
+    }
+}
+
+#[async_trait::async_trait]
+impl Schedules for PostgresStore {
+    async fn sync_schedule(
+        &self,
+        name: &str,
+        spec: &str,
+        first_run: DateTime<Utc>,
+    ) -> Result<State, Error> {
+        let mut tx = self.write().await?;
+        sqlx::query(schedules::SYNC_SCHEDULE)
+            .bind(name)
+            .bind(spec)
+            .bind(first_run.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(schedules::SCHEDULE)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref()
+            .map(schedules::schedule_state)
+            .ok_or(Error::Missing("schedule it has just written"))
+    }
+
+    async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error> {
+        let row = sqlx::query(schedules::SCHEDULE)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(schedules::schedule_state))
+    }
+
+    async fn claim_scheduled_run(
+        &self,
+        name: &str,
+        due: DateTime<Utc>,
+        decision: &Decision,
+        build: Option<&QueuedBuild>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let claimed = sqlx::query(schedules::CLAIM_RUN)
+            .bind(decision.next_run.timestamp_millis())
+            .bind(name)
+            .bind(due.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let now = Utc::now().timestamp_millis();
+        let grow = schedules::grow_skipped("LEAST");
+        for skipped in &decision.skipped {
+            let grown = sqlx::query(AssertSqlSafe(grow.clone()))
+                .bind(skipped.last.timestamp_millis())
+                .bind(i64::from(skipped.count))
+                .bind(i64::from(MAX_COUNTED))
+                .bind(now)
+                .bind(name)
+                .bind(&skipped.reason)
+                .execute(&mut *tx)
+                .await?;
+            if grown.rows_affected() == 0 {
+                sqlx::query(schedules::INSERT_SKIPPED)
+                    .bind(name)
+                    .bind(skipped.first.timestamp_millis())
+                    .bind(skipped.last.timestamp_millis())
+                    .bind(i64::from(skipped.count))
+                    .bind(&skipped.reason)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if let (Some(scheduled_time), Some(build)) = (decision.start, build) {
+            start_run(&mut tx, name, scheduled_time, build).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn queue_schedule_run(
+        &self,
+        name: &str,
+        scheduled_time: DateTime<Utc>,
+        build: &QueuedBuild,
+    ) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        start_run(&mut tx, name, scheduled_time, build).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
+        sqlx::query(schedules::SET_PAUSED)
+            .bind(paused)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_schedule_error(&self, name: &str, error: Option<&str>) -> Result<(), Error> {
+        sqlx::query(schedules::SET_ERROR)
+            .bind(error)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn skipped_runs(&self, name: &str, limit: u32) -> Result<Vec<SkippedRun>, Error> {
+        let rows = sqlx::query(schedules::SKIPPED_RUNS)
+            .bind(name)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(schedules::skipped_run).collect())
+    }
+}
+
+/// Queues a schedule's run and makes it the schedule's last run.
+async fn start_run(
+    tx: &mut Transaction,
+    name: &str,
+    scheduled_time: DateTime<Utc>,
+    build: &QueuedBuild,
+) -> Result<(), Error> {
+    sqlx::query(schedules::START_RUN)
+        .bind(scheduled_time.timestamp_millis())
+        .bind(&build.id)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    queue_in(tx, std::slice::from_ref(build)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_url_is_named_without_its_password() {
+        for (url, named) in [
+            (
+                "postgres://builder:s3cr@t@db.example:5432/builds",
+                "postgres://builder@db.example:5432/builds",
+            ),
+            (
+                "postgres://builder@db/builds",
+                "postgres://builder@db/builds",
+            ),
+            (
+                "postgres://db/builds?user=b&password=x&sslmode=require",
+                "postgres://db/builds?user=b&sslmode=require",
+            ),
+            ("postgres://u:p@db", "postgres://u@db"),
+        ] {
+            assert_eq!(without_password(url), named, "{url}");
+        }
+    }
+}
