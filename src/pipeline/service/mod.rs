@@ -44,12 +44,14 @@ pub use trigger_files::{TriggerFiles, Triggers};
 mod commands;
 mod files;
 mod intake;
+mod kfp;
 mod queue;
 mod schedules;
 mod trigger_files;
 
 pub use intake::{Incoming, Receipt, Rejection};
 use intake::{Written, write_deliveries};
+pub use kfp::{KfpRepository, Listing};
 
 /// How the service is set up.
 pub struct Settings {
@@ -59,6 +61,9 @@ pub struct Settings {
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
+    /// `HOST[:PORT]/PATH`: where the KFP registry API keeps packages, one OCI repository each
+    /// (`PATH/{project}/{repository}/{package}`); `None` serves no KFP API.
+    pub kfp_registry: Option<String>,
 }
 
 /// Why a request of the API failed.
