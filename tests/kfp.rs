@@ -384,6 +384,33 @@ fn a_template_a_build_pushed_is_a_kfp_version_whose_version_tag_stays() {
         "print(reader.get_tag('built-pipeline', 'latest')['version'])",
     );
     assert!(!latest.ends_with(&expected_digest(expected)), "{latest}");
+
+    // The console's Templates page: the package, its versions with their tags, the build that
+    // pushed one, and links that download through the KFP API.
+    let page = Command::new("curl")
+        .args(["-sf", &format!("{}/templates", server.url)])
+        .output()
+        .unwrap();
+    let page = String::from_utf8(page.stdout).unwrap();
+    assert!(page.contains("ml/pipelines: built-pipeline"), "{page}");
+    assert!(
+        page.contains(&format!("href=\"/builds/{build}\"")),
+        "{page}"
+    );
+    let download = format!(
+        "/kfp/ml/pipelines/built-pipeline/sha256:{}",
+        expected_digest(expected)
+    );
+    assert!(page.contains(&format!("href=\"{download}\"")), "{page}");
+    assert!(
+        page.contains("href=\"/kfp/ml/pipelines/built-pipeline/1.0.0\""),
+        "{page}"
+    );
+    let downloaded = Command::new("curl")
+        .args(["-sf", &format!("{}{download}", server.url)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(downloaded.stdout).unwrap(), expected);
     server.stop();
 }
 

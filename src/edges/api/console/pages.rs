@@ -12,6 +12,9 @@ use super::{BuildFilter, Visitor, url_encode};
 use crate::core::build::Status;
 use crate::pipeline::service::{BuildRecord, DeliveryRecord, ScheduleView, StepRecord};
 
+mod templates;
+pub(super) use templates::templates;
+
 /// Indentation levels the steps list shows (deeper steps share the last).
 const MAX_DEPTH: usize = 8;
 
@@ -33,6 +36,7 @@ fn layout(visitor: &Visitor, title: &str, content: Markup) -> Markup {
                     a href="/triggers" { "Triggers" }
                     a href="/schedules" { "Schedules" }
                     a href="/deliveries" { "Deliveries" }
+                    a href="/templates" { "Templates" }
                     span.spacer {}
                     @if visitor.logged_in {
                         form.inline method="post" action="/logout" {
