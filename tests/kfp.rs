@@ -421,7 +421,7 @@ fn expected_digest(content: &str) -> String {
 }
 
 #[test]
-fn reads_follow_the_servers_read_policy() {
+fn reads_follow_the_servers_read_policy_and_the_examples_consumer_downloads_by_tag() {
     let data = TempDir::new().unwrap();
     let root = format!("{REGISTRY}/test/kfp-{}", uuid::Uuid::new_v4().simple());
     let server = serve(data.path(), &root, &["--reads-need-token"]);
@@ -432,5 +432,37 @@ fn reads_follow_the_servers_read_policy() {
         "{refusal}"
     );
     assert_eq!(ok(&host, "print(client.list_packages())"), "[]");
+
+    // The example workflow's consumer, given the token, downloads what `templates` pushed to the
+    // repository its build pushes to.
+    let dir = TempDir::new().unwrap();
+    let spec = dir.path().join("training-pipeline_v1.0.0.yaml");
+    std::fs::write(&spec, "pipelineInfo:\n  name: training-pipeline\n").unwrap();
+    let pushed = builder(data.path())
+        .args(["templates", "push"])
+        .arg(&spec)
+        .args(["--tag", "latest", "--repository"])
+        .arg(format!("{root}/ml/pipelines/training-pipeline"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let out = dir.path().join("downloaded.yaml");
+    let consumer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/pipeline-templates/consumer/download.py");
+    let downloaded = Command::new(python())
+        .arg(consumer)
+        .arg("1.0.0")
+        .arg(&out)
+        .env("KFP_REGISTRY", &host)
+        .env("BUILDER_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(downloaded.status.success(), "{}", text(&downloaded));
+    assert!(
+        text(&downloaded).contains("training-pipeline 1.0.0 (sha256:"),
+        "{}",
+        text(&downloaded)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&spec).unwrap());
     server.stop();
 }
