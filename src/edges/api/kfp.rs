@@ -5,24 +5,25 @@
 //! the API token as a bearer token. A refusal's message is in the JSON body and also in the
 //! status line, because `requests`' `HTTPError`, all the SDK shows, quotes only the status line.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{Access, Served, bearer_token, console, error, status_of};
+use super::{Served, bearer_token, console, error, status_of};
 use crate::core::kfp::{self, Done, TagRequest};
 use crate::core::templates::MAX_FILE_BYTES;
-use crate::pipeline::service::{Failed, KfpRepository, Service};
+use crate::pipeline::service::{Failed, KfpRepository};
 
 /// Room for the form's boundaries and headers around a template of the largest size, so that a
 /// file just over it is refused with the template limit's message rather than the body's.
 const FORM_OVERHEAD: u64 = 1 << 20;
+/// What a delete answers; `delete_package` and `delete_version` read `done`.
+const DONE: Done = Done { done: true };
 /// The longest message a status line carries; the body has all of it.
 const REASON_LENGTH: usize = 400;
 
@@ -94,50 +95,73 @@ fn json<T: serde::Serialize>(result: Result<T, Failed>) -> Response {
     }
 }
 
-/// The repository a request names, if the request may do what it asks: a write needs the API
-/// token, a read what the server's read policy says (the console's session counts, for its
-/// download links).
-fn repository<'a>(
-    service: &'a Service,
-    access: &Access,
-    headers: &HeaderMap,
-    (project, repository): (&str, &str),
-    writing: bool,
-) -> Result<KfpRepository<'a>, Refused> {
-    let token = bearer_token(headers);
-    if writing && !token.as_deref().is_some_and(|t| access.authorizes(t)) {
-        return Err(Refused(
-            StatusCode::UNAUTHORIZED,
-            "changing a KFP repository needs the API token: RegistryClient(host, \
-             auth=kfp.registry.ApiAuth(TOKEN)), sent as Authorization: Bearer TOKEN"
-                .into(),
-        ));
+/// The repository a read names, if the server's read policy lets the request read (the
+/// console's session counts, for its download links).
+struct Reading(KfpRepository);
+
+/// The repository a write names, if the request carries the API token.
+struct Writing(KfpRepository);
+
+impl FromRequestParts<Served> for Reading {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Refused> {
+        let token = bearer_token(&parts.headers).or_else(|| console::session_token(&parts.headers));
+        if !served.access.may_read(token.as_deref()) {
+            return Err(Refused(
+                StatusCode::UNAUTHORIZED,
+                "reading needs the API token on this server: RegistryClient(host, \
+                 auth=kfp.registry.ApiAuth(TOKEN))"
+                    .into(),
+            ));
+        }
+        repository(parts, served).await.map(Reading)
     }
-    let token = token.or_else(|| console::session_token(headers));
-    if !access.may_read(token.as_deref()) {
-        return Err(Refused(
-            StatusCode::UNAUTHORIZED,
-            "reading needs the API token on this server: RegistryClient(host, \
-             auth=kfp.registry.ApiAuth(TOKEN))"
-                .into(),
-        ));
+}
+
+impl FromRequestParts<Served> for Writing {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Refused> {
+        let token = bearer_token(&parts.headers);
+        if !token.is_some_and(|t| served.access.authorizes(&t)) {
+            return Err(Refused(
+                StatusCode::UNAUTHORIZED,
+                "changing a KFP repository needs the API token: RegistryClient(host, \
+                 auth=kfp.registry.ApiAuth(TOKEN)), sent as Authorization: Bearer TOKEN"
+                    .into(),
+            ));
+        }
+        repository(parts, served).await.map(Writing)
     }
-    service
-        .kfp(project, repository)
+}
+
+/// The parts of a request's path: its repository, and what in it the request is about.
+#[derive(Deserialize)]
+struct At {
+    project: String,
+    repository: String,
+    #[serde(default)]
+    package: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    reference: String,
+}
+
+async fn repository(parts: &mut Parts, served: &Served) -> Result<KfpRepository, Refused> {
+    let Path(at) = Path::<At>::from_request_parts(parts, served)
+        .await
+        .map_err(|e| Refused(StatusCode::BAD_REQUEST, e.body_text()))?;
+    served
+        .service
+        .kfp(&at.project, &at.repository)
         .map_err(|failed| Refused(status_of(&failed), failed.to_string()))
 }
 
-async fn upload(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let kfp = match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => kfp,
-        Err(refused) => return refused.into_response(),
-    };
+async fn upload(Writing(kfp): Writing, headers: HeaderMap, body: Bytes) -> Response {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -162,108 +186,36 @@ async fn upload(
     }
 }
 
-async fn list_packages(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(
-            kfp.packages()
-                .await
-                .map(|packages| serde_json::json!({ "packages": packages })),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn list_packages(Reading(kfp): Reading) -> Response {
+    let packages = kfp.packages().await;
+    json(packages.map(|packages| serde_json::json!({ "packages": packages })))
 }
 
-async fn get_package(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(kfp.package(&package).await),
-        Err(refused) => refused.into_response(),
-    }
+async fn get_package(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    json(kfp.package(&at.package).await)
 }
 
-async fn delete_package(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => json(
-            kfp.delete_package(&package)
-                .await
-                .map(|()| Done { done: true }),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn delete_package(Writing(kfp): Writing, Path(at): Path<At>) -> Response {
+    json(kfp.delete_package(&at.package).await.map(|()| DONE))
 }
 
-async fn list_versions(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(
-            kfp.versions(&package)
-                .await
-                .map(|versions| serde_json::json!({ "versions": versions })),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn list_versions(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    let versions = kfp.versions(&at.package).await;
+    json(versions.map(|versions| serde_json::json!({ "versions": versions })))
 }
 
-async fn get_version(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, version)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(kfp.get_version(&package, &version).await),
-        Err(refused) => refused.into_response(),
-    }
+async fn get_version(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    json(kfp.get_version(&at.package, &at.version).await)
 }
 
-async fn delete_version(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, version)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => json(
-            kfp.delete_version(&package, &version)
-                .await
-                .map(|()| Done { done: true }),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn delete_version(Writing(kfp): Writing, Path(at): Path<At>) -> Response {
+    let deleted = kfp.delete_version(&at.package, &at.version).await;
+    json(deleted.map(|()| DONE))
 }
 
-async fn list_tags(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(
-            kfp.tags(&package)
-                .await
-                .map(|tags| serde_json::json!({ "tags": tags })),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn list_tags(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    let tags = kfp.tags(&at.package).await;
+    json(tags.map(|tags| serde_json::json!({ "tags": tags })))
 }
 
 #[derive(Deserialize)]
@@ -284,87 +236,48 @@ fn tag_request(body: &[u8]) -> Result<TagRequest, Refused> {
     })
 }
 
+/// Creating (`tag` from the query) or updating (from the path) a tag.
+async fn set_tag(
+    kfp: KfpRepository,
+    package: &str,
+    tag: &str,
+    body: &[u8],
+    creating: bool,
+) -> Response {
+    match tag_request(body) {
+        Ok(request) => json(kfp.set_tag(package, tag, &request.version, creating).await),
+        Err(refused) => refused.into_response(),
+    }
+}
+
 async fn create_tag(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package)): Path<(String, String, String)>,
+    Writing(kfp): Writing,
+    Path(at): Path<At>,
     Query(query): Query<CreateTag>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let kfp = match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => kfp,
-        Err(refused) => return refused.into_response(),
-    };
-    match tag_request(&body) {
-        Ok(request) => json(
-            kfp.set_tag(&package, &query.tag_id, &request.version, true)
-                .await,
-        ),
-        Err(refused) => refused.into_response(),
-    }
+    set_tag(kfp, &at.package, &query.tag_id, &body, true).await
 }
 
-async fn get_tag(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, tag)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => json(kfp.tag(&package, &tag).await),
-        Err(refused) => refused.into_response(),
-    }
+async fn update_tag(Writing(kfp): Writing, Path(at): Path<At>, body: Bytes) -> Response {
+    set_tag(kfp, &at.package, &at.tag, &body, false).await
 }
 
-async fn update_tag(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, tag)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let kfp = match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => kfp,
-        Err(refused) => return refused.into_response(),
-    };
-    match tag_request(&body) {
-        Ok(request) => json(kfp.set_tag(&package, &tag, &request.version, false).await),
-        Err(refused) => refused.into_response(),
-    }
+async fn get_tag(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    json(kfp.tag(&at.package, &at.tag).await)
 }
 
-async fn delete_tag(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, tag)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match repository(&service, &access, &headers, (&project, &repo), true) {
-        Ok(kfp) => json(
-            kfp.delete_tag(&package, &tag)
-                .await
-                .map(|()| Done { done: true }),
-        ),
-        Err(refused) => refused.into_response(),
-    }
+async fn delete_tag(Writing(kfp): Writing, Path(at): Path<At>) -> Response {
+    json(kfp.delete_tag(&at.package, &at.tag).await.map(|()| DONE))
 }
 
-async fn download(
-    State(service): State<Arc<Service>>,
-    State(access): State<Arc<Access>>,
-    Path((project, repo, package, reference)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let kfp = match repository(&service, &access, &headers, (&project, &repo), false) {
-        Ok(kfp) => kfp,
-        Err(refused) => return refused.into_response(),
-    };
-    match kfp.download(&package, &reference).await {
+async fn download(Reading(kfp): Reading, Path(at): Path<At>) -> Response {
+    match kfp.download(&at.package, &at.reference).await {
         Ok(bytes) => {
             let name = format!(
-                "attachment; filename=\"{package}_{}.yaml\"",
-                reference.trim_start_matches(kfp::VERSION_PREFIX)
+                "attachment; filename=\"{}_{}.yaml\"",
+                at.package,
+                at.reference.trim_start_matches(kfp::VERSION_PREFIX)
             );
             (
                 [

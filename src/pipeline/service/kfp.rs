@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::{Failed, Service};
-use crate::adapters::registry::{RegistryError, TemplateUpload};
+use crate::adapters::registry::{Registries, RegistryError, TemplateUpload};
 use crate::core::kfp::{self, Refusal, Version, wire};
 use crate::core::templates::{self, Provenance, Tagged};
 
@@ -20,8 +20,8 @@ pub struct Listing {
 }
 
 /// One KFP repository (`/kfp/{project}/{repository}`) of the server.
-pub struct KfpRepository<'a> {
-    service: &'a Service,
+pub struct KfpRepository {
+    registries: Registries,
     /// `{root}/{project}/{repository}`, the OCI repositories of its packages under it.
     base: String,
 }
@@ -59,12 +59,12 @@ impl Service {
     }
 
     /// The KFP repository `project/repository`.
-    pub fn kfp(&self, project: &str, repository: &str) -> Result<KfpRepository<'_>, Failed> {
+    pub fn kfp(&self, project: &str, repository: &str) -> Result<KfpRepository, Failed> {
         let root = self.kfp_root()?;
         kfp::check_name("project", project)?;
         kfp::check_name("repository", repository)?;
         Ok(KfpRepository {
-            service: self,
+            registries: self.settings.machine.registries.clone(),
             base: format!("{root}/{project}/{repository}"),
         })
     }
@@ -93,7 +93,7 @@ impl Service {
     }
 }
 
-impl KfpRepository<'_> {
+impl KfpRepository {
     fn oci(&self, package: &str) -> Result<String, Failed> {
         kfp::check_name("package", package)?;
         Ok(format!("{}/{package}", self.base))
@@ -101,7 +101,7 @@ impl KfpRepository<'_> {
 
     /// The tags of a package; none when its repository does not exist.
     async fn tags_of(&self, package: &str) -> Result<Vec<Tagged>, Failed> {
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         match registries.template_tags(&self.oci(package)?).await {
             Err(RegistryError::NotFound(_)) => Ok(Vec::new()),
             found => Ok(found?),
@@ -159,7 +159,7 @@ impl KfpRepository<'_> {
         for tag in &tags {
             kfp::may_move(tag, &version, &tagged)?;
         }
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         let reference = match kfp::versions(&tagged)
             .into_iter()
             .find(|v| v.digest == version)
@@ -201,7 +201,7 @@ impl KfpRepository<'_> {
     }
 
     pub async fn packages(&self) -> Result<Vec<wire::Package>, Failed> {
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         let mut packages = Vec::new();
         for oci in registries.repositories(&self.base).await? {
             let Some(package) = oci.strip_prefix(&format!("{}/", self.base)) else {
@@ -230,7 +230,7 @@ impl KfpRepository<'_> {
             kfp::may_delete(&entry.tag, &tagged)?;
         }
         let repository = self.oci(package)?;
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         for entry in &tagged {
             registries.remove_tag(&repository, &entry.tag).await?;
         }
@@ -261,7 +261,7 @@ impl KfpRepository<'_> {
         let version = self.version(package, &versions, digest)?;
         kfp::may_delete_version(version)?;
         let repository = self.oci(package)?;
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         for entry in tagged.iter().filter(|t| t.stored.content == digest) {
             registries.remove_tag(&repository, &entry.tag).await?;
         }
@@ -319,7 +319,7 @@ impl KfpRepository<'_> {
         kfp::may_move(tag, &digest, &tagged)?;
         if current.is_none_or(|t| t.stored.content != digest) {
             let repository = self.oci(package)?;
-            let registries = &self.service.settings.machine.registries;
+            let registries = &self.registries;
             registries
                 .copy_tag(&repository, &version.reference, tag)
                 .await?;
@@ -338,7 +338,7 @@ impl KfpRepository<'_> {
         }
         kfp::may_delete(tag, &tagged)?;
         let repository = self.oci(package)?;
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         registries.remove_tag(&repository, tag).await?;
         tracing::info!(%repository, %tag, "KFP tag deleted");
         Ok(())
@@ -355,7 +355,7 @@ impl KfpRepository<'_> {
             kfp::check_tag(version_or_tag)?;
             version_or_tag.to_string()
         };
-        let registries = &self.service.settings.machine.registries;
+        let registries = &self.registries;
         let bytes = registries
             .pull_template(&self.oci(package)?, &reference)
             .await
