@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::*;
+use crate::adapters::store::Claimed;
 
 /// The span of a claimed build's work: its id, and its trigger if one queued it.
-fn build_span(id: &str, request: &serde_json::Value) -> tracing::Span {
-    let trigger = request.get("trigger").and_then(serde_json::Value::as_str);
-    info_span!("build", build_id = %id, trigger)
+fn build_span(claimed: &Claimed) -> tracing::Span {
+    let trigger = claimed.request.as_ref().ok().and_then(Request::trigger);
+    info_span!("build", build_id = %claimed.id, trigger)
 }
 
 /// Why a claimed build could not be made ready to run; the build ends with it, never running.
@@ -89,13 +90,14 @@ impl Service {
             }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
                 match self.store.claim_queued(&lease).await {
-                    Ok(Some((id, request))) => {
+                    Ok(Some(claimed)) => {
                         let service = self.clone();
-                        let span = build_span(&id, &request);
+                        let span = build_span(&claimed);
                         let (lease, cancel) = (lease.clone(), stopping.child_token());
                         builds.spawn(
                             async move {
                                 info!("build started");
+                                let Claimed { id, request } = claimed;
                                 service.run_build(&id, request, &lease, cancel).await;
                                 drop(slot);
                             }
@@ -134,7 +136,7 @@ impl Service {
     async fn run_build(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         lease: &pipeline::Lease,
         cancel: CancellationToken,
     ) {
@@ -146,7 +148,7 @@ impl Service {
     async fn prepare_and_record(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         cancel: CancellationToken,
     ) {
         let workspace = self.settings.data_dir.join("workspaces").join(id);
@@ -199,10 +201,10 @@ impl Service {
     async fn prepare(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         workspace: &Path,
     ) -> Result<Run, Unprepared> {
-        let request: Request = serde_json::from_value(request).map_err(Unprepared::Request)?;
+        let request = request.map_err(Unprepared::Request)?;
         let recipe = match &request {
             Request::Push { .. } => self.checkout(&request, workspace).await?,
             Request::Upload { upload, .. } => {

@@ -104,6 +104,11 @@ fn text<'v>(value: &'v Value, key: &str) -> &'v str {
     value[key].as_str().unwrap_or_default()
 }
 
+/// A build's substitution, empty if it has none of that name.
+fn substitution<'b>(build: &'b BuildRecord, key: &str) -> &'b str {
+    build.substitutions.get(key).map_or("", String::as_str)
+}
+
 fn short(commit: &str) -> &str {
     // Seven characters, not bytes: a schedule's `commit` is whatever its file says.
     let end = commit
@@ -128,8 +133,10 @@ fn origin(build: &BuildRecord) -> Markup {
 
 /// The branch or tag a build built.
 fn reference(build: &BuildRecord) -> Markup {
-    let branch = text(&build.substitutions, "BRANCH_NAME");
-    let tag = text(&build.substitutions, "TAG_NAME");
+    let (branch, tag) = (
+        substitution(build, "BRANCH_NAME"),
+        substitution(build, "TAG_NAME"),
+    );
     html! {
         @if !branch.is_empty() { span.branch { (branch) } }
         @else if !tag.is_empty() { "tag " span.tag { (tag) } }
@@ -281,7 +288,7 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
             dl {
                 dt { "Started by" } dd { (origin(build)) }
                 @if !repository(build).is_empty() { dt { "Repository" } dd { (repository(build)) } }
-                @if build.substitutions["BRANCH_NAME"] != "" || build.substitutions["TAG_NAME"] != "" {
+                @if !substitution(build, "BRANCH_NAME").is_empty() || !substitution(build, "TAG_NAME").is_empty() {
                     dt { "Branch or tag" } dd { (reference(build)) }
                 }
                 @if let Some(commit) = build.source["commit"].as_str() { dt { "Commit" } dd.commit { (commit) } }
@@ -357,11 +364,11 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
                 }
             }
         }
-        @if let Some(substitutions) = build.substitutions.as_object().filter(|s| !s.is_empty()) {
+        @if !build.substitutions.is_empty() {
             h2 { "Substitutions" }
             table.substitutions {
-                @for (key, value) in substitutions {
-                    tr { td { code { (key) } } td { (value.as_str().unwrap_or_default()) } }
+                @for (key, value) in &build.substitutions {
+                    tr { td { code { (key) } } td { (value) } }
                 }
             }
         }
