@@ -310,6 +310,13 @@ fn kfps_registry_client_uploads_lists_downloads_and_tags_over_the_template_store
         "{refusal}"
     );
     std::fs::remove_file(&big).unwrap();
+
+    // A package goes with all its versions and tags.
+    assert_eq!(
+        ok(&host, "print(client.delete_package('hello-pipeline'))"),
+        "True"
+    );
+    assert_eq!(ok(&host, "print(reader.list_packages())"), "[]");
     server.stop();
 }
 
