@@ -106,6 +106,7 @@ impl Setup {
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
             max_concurrent_builds: max_builds,
+            kfp_registry: None,
         };
         let service = Service::new(
             Arc::new(store.clone()),

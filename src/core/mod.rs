@@ -8,6 +8,7 @@ pub mod config;
 pub mod diag;
 pub mod glob;
 pub mod image;
+pub mod kfp;
 pub mod logs;
 pub mod plan;
 pub mod schedule;

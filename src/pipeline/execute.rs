@@ -796,6 +796,7 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
             .get("REPO_FULL_NAME")
             .filter(|v| !v.is_empty())
             .map(|name| format!("https://github.com/{name}")),
+        build: Some(run.build_id.clone()),
     };
     let mut pushed = Vec::new();
     for (i, (target, files)) in targets.iter().zip(found).enumerate() {

@@ -38,6 +38,7 @@ const FOLLOW_PAGE: u32 = 5000;
 const OPENAPI: &str = include_str!("openapi.json");
 
 mod console;
+mod kfp;
 
 /// Serves on `listener` until `shutdown` resolves, finishing the requests in flight; followed
 /// logs end then too (a browser tab left open on a running build would hold the server up).
@@ -138,6 +139,7 @@ fn router(state: Served) -> Router {
             guard_reads,
         ))
         .merge(console::router())
+        .merge(kfp::router())
         .with_state(state)
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::adapters::registry::RegistryError;
 use crate::adapters::runtime::Backend;
 use crate::adapters::source::git::{Mirror, Rewrites};
 pub use crate::adapters::store::BuildQuery;
@@ -45,6 +46,7 @@ pub use trigger_files::{TriggerFiles, Triggers};
 mod commands;
 mod files;
 mod intake;
+mod kfp;
 mod queue;
 mod rows;
 mod schedules;
@@ -52,6 +54,7 @@ mod trigger_files;
 
 pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
+pub use kfp::{KfpRepository, Listing};
 
 /// How the service is set up.
 pub struct Settings {
@@ -61,6 +64,9 @@ pub struct Settings {
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
+    /// `HOST[:PORT]/PATH`: where the KFP registry API keeps packages, one OCI repository each
+    /// (`PATH/{project}/{repository}/{package}`); `None` serves no KFP API.
+    pub kfp_registry: Option<String>,
 }
 
 /// Why a request of the API failed.
@@ -100,6 +106,8 @@ pub enum Internal {
     NoNextRun {
         schedule: String,
     },
+    /// The registry that keeps templates answered what the API cannot pass on as the caller's.
+    Registry(RegistryError),
 }
 
 impl std::fmt::Display for Internal {
@@ -109,6 +117,7 @@ impl std::fmt::Display for Internal {
             Internal::File { path, error } => write!(f, "{}: {error}", path.display()),
             Internal::Task(e) => e.fmt(f),
             Internal::NoNextRun { schedule } => write!(f, "schedule {schedule:?} has no next run"),
+            Internal::Registry(e) => e.fmt(f),
         }
     }
 }
@@ -120,6 +129,7 @@ impl std::error::Error for Internal {
             Internal::File { error, .. } => Some(error),
             Internal::Task(e) => Some(e),
             Internal::NoNextRun { .. } => None,
+            Internal::Registry(e) => Some(e),
         }
     }
 }
