@@ -92,8 +92,11 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     ("core::webhooks", &[]),
     ("core::logs", &[]),
-    // The seam re-exports its Docker backend.
-    ("adapters::runtime", &["adapters::runtime::docker"]),
+    // The seam re-exports its Docker backend, and `LogStream`, the logs' word for a stream.
+    (
+        "adapters::runtime",
+        &["adapters::runtime::docker", "core::logs"],
+    ),
     // Its own row, so that the executor, which may use `runtime`, cannot reach into it.
     ("adapters::runtime::docker", &["adapters::runtime"]),
     ("adapters::source", &[]),
@@ -266,6 +269,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("oci_client", "adapters::registry"),
     ("chrono_tz", "core::schedule"),
     ("tracing_subscriber", "edges::cli::serve"),
+    // Log chunks are compressed and read back in one place.
+    ("zstd", "core::logs"),
 ];
 
 /// What the pure core may not use: tasks, and the file system, network and processes.
@@ -574,10 +579,14 @@ fn paths_are_resolved_from_use_trees_code_and_macros() {
                 mod tests { use super::Thing; }\n\
                 fn f() { let e: crate::adapters::runtime::Error = sqlx::query(); tokio::select! { _ = crate::core::logs::mask() => {} } }\n";
     let crates = BTreeSet::from(["sqlx".to_string(), "tokio".to_string()]);
-    let paths: BTreeSet<String> = paths_of(Path::new("src/pipeline/service/schedules.rs"), text, &crates)
-        .into_iter()
-        .map(|(path, line)| format!("{line}: {}", path.join("::")))
-        .collect();
+    let paths: BTreeSet<String> = paths_of(
+        Path::new("src/pipeline/service/schedules.rs"),
+        text,
+        &crates,
+    )
+    .into_iter()
+    .map(|(path, line)| format!("{line}: {}", path.join("::")))
+    .collect();
     assert_eq!(
         paths,
         BTreeSet::from(

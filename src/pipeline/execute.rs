@@ -644,7 +644,7 @@ fn forward_output(context: &StepContext, step: usize) -> impl Future<Output = ()
             let _ = events.send(Event::Line {
                 step,
                 stream,
-                text: masker.mask(&text),
+                text: masker.mask(text),
             });
         };
         while let Some(chunk) = chunks.next().await {
