@@ -12,6 +12,7 @@
 //! schedules and commands.
 
 pub mod execute;
+pub mod live;
 pub mod record;
 pub mod service;
 pub mod submit;

@@ -164,6 +164,7 @@ impl Service {
                     self.runtime.clone(),
                     run,
                     cancel,
+                    Some(&self.live),
                     |_| {},
                 )
                 .await;
