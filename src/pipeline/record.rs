@@ -221,6 +221,7 @@ fn far_future() -> Instant {
 /// A build's lines not stored yet, and which of them its live log has.
 struct Pending<'a> {
     lines: Vec<(usize, LogStream, String)>,
+    /// The size of `lines` as printed.
     bytes: usize,
     /// The number the next line gets: a build is recorded once, by its holder, from line 1.
     next_seq: i64,
@@ -246,7 +247,8 @@ impl<'a> Pending<'a> {
     fn add(&mut self, step: usize, stream: LogStream, text: String) {
         self.since.get_or_insert_with(Instant::now);
         self.next_seq += 1;
-        self.bytes += text.len();
+        // Each line counts its newline too: a flood of empty lines makes chunks as well.
+        self.bytes += text.len() + 1;
         self.lines.push((step, stream, text));
     }
 
