@@ -25,6 +25,9 @@ use crate::pipeline;
 use crate::pipeline::execute::Event;
 use crate::pipeline::submit;
 
+/// The most log lines `builds log` reads and prints at once.
+const LOG_PAGE: u32 = 10_000;
+
 /// `println!` that returns the write's error instead of panicking on it (see [`output`]).
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -603,9 +606,20 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                 loop {
                     // Read the status first: lines written before it was final are then all read.
                     let finished = !stream || find(build.id.clone()).await?.status.is_final();
-                    for line in store.logs(&build.id, seen, None).await? {
-                        outln!("{}: {}", step_label(&steps, line.step), line.text)?;
-                        seen = line.seq;
+                    // A page at a time, each printed in one write: a log of millions of lines
+                    // is neither held in memory nor written a line per call.
+                    loop {
+                        let lines = store.logs(&build.id, seen, Some(LOG_PAGE)).await?;
+                        let mut page = String::new();
+                        for line in &lines {
+                            let label = step_label(&steps, line.step);
+                            page.extend([label.as_str(), ": ", &line.text, "\n"]);
+                        }
+                        output::write(page.as_bytes())?;
+                        seen = lines.last().map_or(seen, |line| line.seq);
+                        if lines.len() < LOG_PAGE as usize {
+                            break;
+                        }
                     }
                     if finished {
                         break;
