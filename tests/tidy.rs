@@ -105,11 +105,12 @@ const RULES: &[(&str, &[&str])] = &[
         "adapters::registry",
         &["core::image", "adapters::runtime", "core::templates"],
     ),
-    // `LogStream`, which stream a log line came from.
+    // `LogStream`, which stream a log line came from; the chunks a log is stored in.
     (
         "adapters::store",
         &[
             "core::build",
+            "core::logs",
             "core::plan",
             "adapters::runtime",
             "core::schedule",

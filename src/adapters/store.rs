@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Row, Sqlite, sqlite::SqliteRow};
@@ -21,6 +22,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::adapters::runtime::LogStream;
 use crate::core::build::{Outcome, PushedImage, Status, StepResult};
+use crate::core::logs::{self, ChunkError};
 use crate::core::plan::ResolvedBuild;
 use crate::core::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 use crate::core::templates::PushedTemplate;
@@ -35,6 +37,8 @@ pub enum Error {
     Io(std::io::Error),
     /// A record that must exist does not.
     Missing(&'static str),
+    /// A log's chunk cannot be written or read back.
+    Log(ChunkError),
 }
 
 impl std::fmt::Display for Error {
@@ -43,6 +47,7 @@ impl std::fmt::Display for Error {
             Error::Database(e) => write!(f, "the store's database: {e}"),
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
+            Error::Log(e) => write!(f, "the store's logs: {e}"),
         }
     }
 }
@@ -52,6 +57,7 @@ impl std::error::Error for Error {
         match self {
             Error::Database(e) => Some(e),
             Error::Io(e) => Some(e),
+            Error::Log(e) => Some(e),
             Error::Missing(_) => None,
         }
     }
@@ -307,7 +313,8 @@ pub trait Store: Send + Sync {
 
     async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error>;
 
-    /// Appends log lines of a build, numbering them after the ones already stored.
+    /// Appends log lines of a build, numbering them after the ones already stored; they are
+    /// stored as one compressed chunk, so a caller appends many at once.
     async fn append_logs(
         &self,
         id: &str,
@@ -607,23 +614,29 @@ impl Store for SqliteStore {
         id: &str,
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        // Compressed before this process's turn to write, which it holds as short as it can.
+        let chunk = logs::encode_chunk(lines.iter().map(|(s, o, t)| (*s, *o, t.as_str())))
+            .map_err(Error::Log)?;
         let (_turn, mut tx) = self.write().await?;
         let next: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1",
+            "SELECT COALESCE((SELECT first_seq + lines FROM log_chunks WHERE build_id = $1 \
+             ORDER BY first_seq DESC LIMIT 1), 1)",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        for (offset, (step, stream, text)) in lines.iter().enumerate() {
-            sqlx::query("INSERT INTO log_lines (build_id, seq, step, stream, text) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(next + offset as i64)
-                .bind(*step as i64)
-                .bind(stream_name(*stream))
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sqlx::query(
+            "INSERT INTO log_chunks (build_id, first_seq, lines, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(next)
+        .bind(lines.len() as i64)
+        .bind(chunk)
+        .execute(&mut *tx)
+        .await?;
         Ok(tx.commit().await?)
     }
 
@@ -908,28 +921,47 @@ impl Store for SqliteStore {
     }
 
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
+        let limit = limit.map_or(usize::MAX, |limit| limit as usize);
         let rows = sqlx::query(
             "SELECT seq, step, stream, text FROM log_lines WHERE build_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
         .bind(id)
         .bind(after)
-        .bind(limit.map_or(-1, i64::from))
+        .bind(i64::try_from(limit).unwrap_or(-1))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| LogLine {
-                seq: row.get("seq"),
-                step: row.get::<i64, _>("step") as usize,
-                stream: if row.get::<String, _>("stream") == "stderr" {
-                    LogStream::Stderr
-                } else {
-                    LogStream::Stdout
+        // A build has rows there only if it was logged before chunks, and then only there.
+        if !rows.is_empty() {
+            return Ok(rows.iter().map(line_row).collect());
+        }
+        // From the chunk that holds line `after + 1`, read chunk by chunk until the page is full.
+        let mut chunks = sqlx::query(
+            "SELECT first_seq, data FROM log_chunks WHERE build_id = $1 AND first_seq >= \
+             COALESCE((SELECT first_seq FROM log_chunks WHERE build_id = $1 AND first_seq <= $2 \
+             ORDER BY first_seq DESC LIMIT 1), 0) ORDER BY first_seq",
+        )
+        .bind(id)
+        .bind(after + 1)
+        .fetch(&self.pool);
+        let mut page = Vec::new();
+        while page.len() < limit
+            && let Some(row) = chunks.try_next().await?
+        {
+            let first: i64 = row.get("first_seq");
+            let lines = logs::decode_chunk(row.get("data")).map_err(Error::Log)?;
+            let skip = usize::try_from(after + 1 - first).unwrap_or(0);
+            let wanted = limit - page.len();
+            page.extend(lines.into_iter().enumerate().skip(skip).take(wanted).map(
+                |(i, (step, stream, text))| LogLine {
+                    seq: first + i as i64,
+                    step,
+                    stream,
+                    text,
                 },
-                text: row.get("text"),
-            })
-            .collect())
+            ));
+        }
+        Ok(page)
     }
 
     async fn sync_schedule(
@@ -1271,10 +1303,16 @@ fn step_record(row: &SqliteRow) -> StepRecord {
     }
 }
 
-fn stream_name(stream: LogStream) -> &'static str {
-    match stream {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
+fn line_row(row: &sqlx::sqlite::SqliteRow) -> LogLine {
+    LogLine {
+        seq: row.get("seq"),
+        step: row.get::<i64, _>("step") as usize,
+        stream: if row.get::<String, _>("stream") == "stderr" {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        },
+        text: row.get("text"),
     }
 }
 
