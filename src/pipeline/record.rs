@@ -88,6 +88,21 @@ fn ended_holder(dir: &Path, holder: &str) -> std::io::Result<Option<File>> {
     }
 }
 
+/// Who sees a build's events as it is recorded (`builder submit` prints them): each event
+/// first, then the end of each burst of events, when what it gathered is due.
+pub trait Onlooker {
+    fn event(&mut self, event: &Event);
+
+    /// No event is waiting: a burst has ended.
+    fn idle(&mut self) {}
+}
+
+impl<F: FnMut(&Event)> Onlooker for F {
+    fn event(&mut self, event: &Event) {
+        self(event)
+    }
+}
+
 /// Records a new build from `source`, held by `lease`'s holder, and runs it to its end,
 /// recording it; `show` sees every event first.
 pub async fn run(
@@ -97,7 +112,7 @@ pub async fn run(
     source: &serde_json::Value,
     run: execute::Run,
     cancel: CancellationToken,
-    show: impl FnMut(&Event),
+    show: &mut impl Onlooker,
 ) -> Result<Outcome, store::Error> {
     store
         .create_build(&run.build_id, source, &run.build, lease)
@@ -158,7 +173,7 @@ pub async fn record(
     run: execute::Run,
     cancel: CancellationToken,
     live: Option<&LiveLogs>,
-    mut show: impl FnMut(&Event),
+    show: &mut impl Onlooker,
 ) -> Result<Outcome, store::Error> {
     let build_id = run.build_id.clone();
     let log = live.map(|live| live.start(&build_id, run.build.steps.len()));
@@ -175,6 +190,7 @@ pub async fn record(
             Err(TryRecvError::Empty) => {
                 // A burst of lines has ended: its followers see it now.
                 lines.publish();
+                show.idle();
                 let due = lines.due();
                 tokio::select! {
                     event = received.recv() => match event {
@@ -190,7 +206,7 @@ pub async fn record(
                 }
             }
         };
-        show(&event);
+        show.event(&event);
         if recording.is_ok() {
             recording = record_event(store, &build_id, event, &mut lines).await;
         }

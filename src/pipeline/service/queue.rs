@@ -165,7 +165,7 @@ impl Service {
                     run,
                     cancel,
                     Some(&self.live),
-                    |_| {},
+                    &mut |_: &pipeline::execute::Event| {},
                 )
                 .await;
                 match recorded {
