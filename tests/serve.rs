@@ -888,7 +888,19 @@ fn issue_22_a_long_log_is_followed_and_read_back_whole_and_in_order() {
         lines.remove(at);
     };
     apart(&mut followed);
-    assert!(followed == expected, "the followed log differs");
+    let differs = |lines: &[String]| {
+        let at = lines.iter().zip(&expected).position(|(a, b)| a != b);
+        format!(
+            "{} lines, not {}; first difference at {at:?}",
+            lines.len(),
+            expected.len()
+        )
+    };
+    assert!(
+        followed == expected,
+        "the followed log: {}",
+        differs(&followed)
+    );
     let log = server.get(&format!("/v1/builds/{id}/log"));
     let lines = log["lines"].as_array().unwrap();
     let stderr: Vec<&Value> = lines.iter().filter(|l| l["stream"] == "stderr").collect();
@@ -904,7 +916,7 @@ fn issue_22_a_long_log_is_followed_and_read_back_whole_and_in_order() {
         .map(|l| l["text"].as_str().unwrap().to_string())
         .collect();
     apart(&mut texts);
-    assert!(texts == expected, "the stored log differs");
+    assert!(texts == expected, "the stored log: {}", differs(&texts));
     // Paging by line number reads across chunks.
     let page = server.get(&format!("/v1/builds/{id}/log?after=99990"));
     assert_eq!(page["lines"][0]["seq"], 99_991);

@@ -15,9 +15,15 @@ use tokio::sync::watch;
 use crate::adapters::store::LogLine;
 use crate::core::build::Status;
 
-/// The text a running build's ring keeps beyond its lines not stored yet: enough for a follower
+/// The memory a running build's ring keeps beyond its lines not stored yet: enough for a follower
 /// that is a few seconds behind a fast step, little beside the build's own memory.
 pub const RING_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a line costs in the ring: its text and its place (a million short lines are mostly the
+/// latter).
+fn cost(line: &LogLine) -> usize {
+    line.text.capacity() + std::mem::size_of::<LogLine>()
+}
 
 /// The running builds' live logs, by build id.
 #[derive(Default)]
@@ -63,7 +69,7 @@ pub type StepState = (Status, Option<String>);
 
 struct Ring {
     lines: VecDeque<LogLine>,
-    /// The text of `lines`.
+    /// What `lines` cost ([`cost`]).
     bytes: usize,
     /// The number of the last line stored: lines up to it may leave the ring.
     stored: i64,
@@ -105,7 +111,7 @@ impl LiveLog {
     pub fn push(&self, lines: impl IntoIterator<Item = LogLine>) {
         self.change(|ring| {
             for line in lines {
-                ring.bytes += line.text.len();
+                ring.bytes += cost(&line);
                 ring.lines.push_back(line);
             }
             ring.evict();
@@ -143,8 +149,9 @@ impl LiveLog {
         let ring = lock(&self.state);
         let first = ring.lines.front().map_or(ring.stored + 1, |line| line.seq);
         let lines = (after + 1 >= first).then(|| {
-            let skip = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
-            ring.lines.iter().skip(skip).take(limit).cloned().collect()
+            let skip = usize::try_from(after + 1 - first)
+                .map_or(ring.lines.len(), |skip| skip.min(ring.lines.len()));
+            ring.lines.range(skip..).take(limit).cloned().collect()
         });
         Snapshot {
             lines,
@@ -161,7 +168,7 @@ impl Ring {
             && let Some(front) = self.lines.front()
             && front.seq <= self.stored
         {
-            self.bytes -= front.text.len();
+            self.bytes -= cost(front);
             self.lines.pop_front();
         }
     }
@@ -211,7 +218,7 @@ mod tests {
     #[test]
     fn only_stored_lines_leave_a_full_ring() {
         let log = LiveLogs::default().start("b", 1);
-        let big = "y".repeat(RING_BYTES / 2);
+        let big = "y".repeat(RING_BYTES / 2 - std::mem::size_of::<LogLine>());
         log.push((1..=4).map(|seq| line(seq, &big)));
         // Nothing stored yet: nothing leaves, however full.
         assert_eq!(seqs(&log.read(0, 10)), Some(vec![1, 2, 3, 4]));

@@ -185,7 +185,12 @@ pub async fn record(
     let mut lines = Pending::new(log.as_deref());
     loop {
         let event = match received.try_recv() {
-            Ok(event) => event,
+            // Taken without waiting, so the task yields now and then for the others (the
+            // step's output among them) while a long burst is recorded.
+            Ok(event) => {
+                tokio::task::consume_budget().await;
+                event
+            }
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 // A burst of lines has ended: its followers see it now.
