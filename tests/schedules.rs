@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use builder::adapters::registry::{self, Registries};
 use builder::adapters::runtime::DockerBackend;
 use builder::adapters::source::git::Rewrites;
-use builder::adapters::store::{BuildRecord, SqliteStore, Store};
+use builder::adapters::store::{BuildRecord, Builds as _, Queue as _, SqliteStore};
 use builder::core::alias::Aliases;
 use builder::core::build::{Outcome, Status};
 use builder::pipeline::service::{
@@ -141,12 +141,7 @@ async fn scheduled_times(service: &Service, schedule: &str) -> Vec<String> {
     builds(service, schedule)
         .await
         .iter()
-        .map(|b| {
-            b.substitutions["_SCHEDULED_TIME"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|b| b.substitutions["_SCHEDULED_TIME"].clone())
         .collect()
 }
 
@@ -282,8 +277,8 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
         holder: "a worker".into(),
         duration: Duration::from_secs(30),
     };
-    let (claimed, _) = store.claim_queued(&worker).await.unwrap().unwrap();
-    assert_eq!(claimed, first);
+    let claimed = store.claim_queued(&worker).await.unwrap().unwrap();
+    assert_eq!(claimed.id, first);
     tick(&setup, &service, "2024-03-11T12:00:00Z").await;
     assert_eq!(builds(&service, "forbid").await.len(), 1);
     let reason = format!(

@@ -2,7 +2,7 @@
 //! `webhooks/`) rewritten to name a repository served from a local bare git repository, signed
 //! with the webhook secret as GitHub signs them, and builds that run on the real engine.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -224,6 +224,38 @@ fn forged_and_malformed_deliveries_queue_nothing() {
         server.finished(id)["status"],
         "FAILURE",
         "the commit has no version.txt"
+    );
+
+    // The same signed body under a new id is a replay: the id is not signed.
+    let (code, answer) = server.deliver("push", "f-1-replayed", &body, &sign(&body));
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("duplicate")),
+        "{answer}"
+    );
+    // Headers longer than GitHub's are refused, and not kept.
+    let (code, answer) = server.deliver("push", &"x".repeat(65), &body, &sign(&body));
+    assert_eq!(code, 400, "{answer}");
+    // Without a signature the body is not waited for: the answer comes before it is sent.
+    let mut raw = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        raw,
+        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: f-7\r\nContent-Length: 20000000\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0; 12];
+    raw.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    assert_eq!(
+        server.get("/v1/deliveries")["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["id"].as_str().is_some_and(|id| id.len() > 64))
+            .count(),
+        0
     );
 
     // Over GitHub's 25 MB: refused before anything reads it.
@@ -493,6 +525,10 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     assert!(triggers.path().join("api.yaml").is_file());
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
     assert_eq!(server.get("/v1/triggers/api")["disabled"], true);
+    // A push of another commit: the same body again would be a replay, which queues nothing
+    // whatever the triggers say.
+    let commit = commit_app(&repository);
+    let body = push_payload("refs/heads/main", ZERO, &commit, "c");
     let (_, receipt) = server.deliver("push", "t-2", &body, &sign(&body));
     assert_eq!(receipt["builds"], json!([]));
     assert_eq!(

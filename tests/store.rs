@@ -35,6 +35,16 @@ async fn deliveries_queue_their_builds_once() {
 }
 
 #[tokio::test]
+async fn replays_and_rejections_are_bounded() {
+    on_a_fresh_store(store_contract::replays_and_rejections_are_bounded).await;
+}
+
+#[tokio::test]
 async fn a_scheduled_run_is_claimed_once() {
     on_a_fresh_store(store_contract::a_scheduled_run_is_claimed_once).await;
+}
+
+#[tokio::test]
+async fn a_schedule_keeps_its_skipped_runs_pause_and_error() {
+    on_a_fresh_store(store_contract::a_schedule_keeps_its_skipped_runs_pause_and_error).await;
 }

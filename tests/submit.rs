@@ -185,7 +185,7 @@ fn a_build_whose_process_died_is_cleaned_up_by_the_next_start() {
 /// alone while its lease lasts, and closed by the next start once the lease has run out.
 #[test]
 fn a_build_held_elsewhere_is_closed_only_once_its_lease_runs_out() {
-    use builder::adapters::store::{DATABASE, Lease, SqliteStore, Store as _};
+    use builder::adapters::store::{Builds as _, DATABASE, Lease, Queue as _, SqliteStore};
     let data = TempDir::new().unwrap();
     let id = uuid::Uuid::new_v4().to_string();
     let elsewhere = |seconds| Lease {

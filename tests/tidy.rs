@@ -72,7 +72,7 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     ("core::image", &[]),
     ("core::alias", &[]),
-    ("core::build", &["core::templates"]),
+    ("core::build", &["core::substitute", "core::templates"]),
     ("core::glob", &[]),
     ("core::templates", &["core::config", "core::glob"]),
     (
@@ -114,6 +114,7 @@ const RULES: &[(&str, &[&str])] = &[
             "core::plan",
             "adapters::runtime",
             "core::schedule",
+            "core::substitute",
             "core::templates",
         ],
     ),

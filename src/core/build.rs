@@ -1,10 +1,46 @@
-//! What a build is after it is planned: its status and each step's, as Cloud Build names them,
-//! and the results it records (pushed images with digests, builder image digests).
+//! What a build is: what a queued build is to run, its status and each step's once planned, as
+//! Cloud Build names them, and the results it records (pushed images with digests, builder image
+//! digests).
 
 use std::time::SystemTime;
 
+use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
 use serde::{Deserialize, Serialize};
+
+/// What a queued build is to run, kept in its record until it runs: the service queues it, the
+/// store keeps it, and the process that claims the build prepares it from this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Request {
+    /// A trigger's build of a commit.
+    #[serde(rename_all = "camelCase")]
+    Push {
+        trigger: String,
+        clone_url: String,
+        commit: String,
+        built_ins: Values,
+        overrides: Values,
+    },
+    /// `builder submit --server`: an uploaded source (or none) and the config's text.
+    #[serde(rename_all = "camelCase")]
+    Upload {
+        upload: Option<String>,
+        config: String,
+        config_name: String,
+        overrides: Values,
+    },
+}
+
+impl Request {
+    /// The trigger whose build this is.
+    pub fn trigger(&self) -> Option<&str> {
+        match self {
+            Request::Push { trigger, .. } => Some(trigger),
+            Request::Upload { .. } => None,
+        }
+    }
+}
 
 /// Build and step statuses (Cloud Build's `Build.Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,6 +93,11 @@ fn piece(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned() + CUT_MARK
 }
 
+/// Where `base64` (coreutils) wraps the lines it prints.
+const BASE64_COLUMNS: usize = 76;
+/// The shortest line of a wrapped base64 form that is masked.
+const MIN_WRAPPED_LEN: usize = 16;
+
 /// Replaces secret values, and their base64 forms, with [`MASK`].
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
@@ -104,12 +109,21 @@ impl Masker {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut patterns: Vec<String> = Vec::new();
         for secret in secrets {
-            // `echo "$S" | base64` encodes a trailing newline too.
-            for form in [
-                secret.trim_end_matches('\n').to_string(),
+            // `echo "$S" | base64` encodes a trailing newline too, and `base64` wraps its output
+            // at 76 columns: each line of the wrapped form is masked on its own, but for a last
+            // line too short to tell from other base64 (`Cg==`), which would garble logs.
+            let encoded = [
                 STANDARD.encode(secret),
                 STANDARD.encode(format!("{secret}\n")),
-            ] {
+            ];
+            let wrapped = encoded
+                .iter()
+                .filter(|form| form.len() > BASE64_COLUMNS)
+                .flat_map(|form| form.as_bytes().chunks(BASE64_COLUMNS))
+                .filter(|line| line.len() >= MIN_WRAPPED_LEN)
+                .map(|line| String::from_utf8_lossy(line).into_owned());
+            let plain = secret.trim_end_matches('\n').to_string();
+            for form in [plain].into_iter().chain(encoded.clone()).chain(wrapped) {
                 if form.len() >= MIN_MASKED_LEN && !patterns.contains(&form) {
                     patterns.push(form);
                 }
@@ -361,5 +375,27 @@ mod tests {
         assert_eq!(mask(&masker, "ab stays"), "ab stays");
         assert_eq!(mask(&masker, "> line two"), "> [MASKED]");
         assert_eq!(mask(&Masker::default(), "plain"), "plain");
+    }
+
+    #[test]
+    fn masks_base64_wrapped_at_76_columns() {
+        // What `echo "$S" | base64` prints for a 100-byte secret: a 76-column line, then the rest.
+        let secret = "s3cr3t-".repeat(15);
+        let encoded = STANDARD.encode(format!("{secret}\n"));
+        let masker = Masker::new([secret.as_str()]).unwrap();
+        let (first, rest) = encoded.split_at(76);
+        assert_eq!(masker.mask(first.to_string()), MASK);
+        assert_eq!(masker.mask(rest.to_string()), MASK);
+        let printf = STANDARD.encode(&secret);
+        assert_eq!(masker.mask(printf[..76].to_string()), MASK);
+        assert_eq!(masker.mask(printf[76..].to_string()), MASK);
+        // 58 bytes and a newline: the wrapped form's last line is four characters, left alone.
+        let short = "k".repeat(58);
+        let masker = Masker::new([short.as_str()]).unwrap();
+        let encoded = STANDARD.encode(format!("{short}\n"));
+        let tail = &encoded[76..];
+        assert_eq!(tail.len(), 4);
+        assert_eq!(masker.mask(encoded[..76].to_string()), MASK);
+        assert_eq!(masker.mask(tail.to_string()), tail);
     }
 }

@@ -14,6 +14,7 @@ use crate::core::alias::Aliases;
 use crate::core::config::model::{
     BuildConfig, DEFAULT_TEMPLATE_LIMIT, DEFAULT_VERSION_REGEX, SubstitutionOption, Volume,
 };
+use crate::core::config::tree::MAX_EXPANDED_BYTES;
 use crate::core::config::validate::{self, check_image, check_step_name, clean, clean_tags};
 use crate::core::config::{self, Loaded};
 use crate::core::diag::{Diagnostics, FieldPath};
@@ -312,6 +313,10 @@ pub fn derive_built_ins(built_ins: &mut Values) {
 struct Templates<'a> {
     dynamic: bool,
     values: &'a Values,
+    /// Bytes the substituted fields add up to so far: a build's fields together expand to at
+    /// most what its YAML may expand to, so that many fields each under their own limit cannot
+    /// exhaust memory either.
+    expanded: usize,
     references: Vec<(FieldPath, String)>,
     used: BTreeSet<String>,
     errors: Vec<(FieldPath, String)>,
@@ -322,6 +327,7 @@ impl<'a> Templates<'a> {
         Self {
             dynamic,
             values,
+            expanded: 0,
             references: Vec::new(),
             used: BTreeSet::new(),
             errors: Vec::new(),
@@ -333,8 +339,23 @@ impl<'a> Templates<'a> {
             self.used.insert(reference.key.clone());
             self.references.push((path.clone(), reference.key));
         }
+        if self.expanded > MAX_EXPANDED_BYTES {
+            // Refused once, at the field that crossed the limit; expanding the rest is wasted work.
+            return template.to_string();
+        }
         match substitute::expand(template, self.values, self.dynamic) {
-            Ok(expanded) => expanded,
+            Ok(expanded) => {
+                self.expanded += expanded.len();
+                if self.expanded > MAX_EXPANDED_BYTES {
+                    self.errors.push((
+                        path,
+                        format!(
+                            "the build's fields expand to more than {MAX_EXPANDED_BYTES} bytes"
+                        ),
+                    ));
+                }
+                expanded
+            }
             Err(e) => {
                 self.errors.push((path, e.to_string()));
                 template.to_string()
@@ -757,6 +778,28 @@ mod tests {
         let mut diagnostics = resolve(&loaded.config, &inputs).expect_err("errors");
         diagnostics.locate(&loaded.tree);
         diagnostics.render("c.yaml")
+    }
+
+    #[test]
+    fn a_build_expands_to_at_most_its_yaml_limit() {
+        // Ten steps of ten args, each arg 4,000 bytes × 250 = 1,000,000 bytes: every field under
+        // its own limit, but the ninth takes the build past 8 MiB, and only it is reported.
+        let args = format!("[{}]", vec!["$_A".repeat(250); 10].join(", "));
+        let steps: Vec<String> = (0..10)
+            .map(|_| format!("{{name: a, args: {args}}}"))
+            .collect();
+        let yaml = format!(
+            "steps: [{}]\nsubstitutions: {{_A: {}}}\n",
+            steps.join(", "),
+            "x".repeat(4000)
+        );
+        let errors = errors(&yaml, &[]);
+        assert_eq!(errors.lines().count(), 1, "{errors}");
+        assert!(
+            errors
+                .contains("steps[0].args[8]: the build's fields expand to more than 8388608 bytes"),
+            "{errors}"
+        );
     }
 
     #[test]

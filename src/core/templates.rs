@@ -71,15 +71,24 @@ pub struct Found {
     pub content: Vec<u8>,
 }
 
+/// The most a template file may hold whatever its target's `maxSizeBytes` says, and the most all
+/// the templates of a build may hold together: they are read into the server's memory, and the
+/// sizes come from the archive's headers, which the build's code wrote (a sparse file claims a
+/// terabyte in a few blocks).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
+
 /// Reads a tar of `/workspace` (its entries under `workspace/`, as the engine archives a
 /// directory) and keeps, for each target, the regular files its globs match, in path order. A
-/// matched file over its target's limit is an error that names it.
+/// matched file over its target's limit or [`MAX_FILE_BYTES`], or files together over
+/// [`MAX_TOTAL_BYTES`], are an error that names the file; sizes are checked before reading.
 pub fn collect(archive: impl Read, targets: &[Target]) -> Result<Vec<Vec<Found>>, String> {
     let globs = targets
         .iter()
         .map(|t| t.paths.iter().map(|p| Glob::new(p)).collect())
         .collect::<Result<Vec<Vec<Glob>>, String>>()?;
     let mut found = vec![Vec::new(); targets.len()];
+    let mut total: u64 = 0;
     let reading = |e: std::io::Error| format!("reading /workspace: {e}");
     let mut archive = tar::Archive::new(archive);
     for entry in archive.entries().map_err(reading)? {
@@ -108,7 +117,20 @@ pub fn collect(archive: impl Read, targets: &[Target]) -> Result<Vec<Vec<Found>>
                     target.max_size_bytes
                 ));
             }
+            if size > MAX_FILE_BYTES {
+                return Err(format!(
+                    "/workspace/{file} is {size} bytes, more than the {MAX_FILE_BYTES} bytes \
+                     this server reads for a template, whatever maxSizeBytes says"
+                ));
+            }
             if content.is_none() {
+                total += size;
+                if total > MAX_TOTAL_BYTES {
+                    return Err(format!(
+                        "/workspace/{file} takes the build's templates past the \
+                         {MAX_TOTAL_BYTES} bytes this server reads for one build"
+                    ));
+                }
                 let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                 entry.read_to_end(&mut bytes).map_err(reading)?;
                 content = Some(bytes);
@@ -365,6 +387,26 @@ mod tests {
             allow_version_overwrite: false,
             max_size_bytes,
         }
+    }
+
+    #[test]
+    fn a_size_claimed_by_an_archive_header_is_checked_before_reading() {
+        // A header that claims a terabyte (as a sparse file's does) and no data after it: refused
+        // by the server's ceiling before anything is allocated, whatever maxSizeBytes allows.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("workspace/dist/t_v1.0.0.yaml").unwrap();
+        header.set_size(1 << 40);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let error = collect(
+            header.as_bytes().as_slice(),
+            &[target(&["dist/*"], u64::MAX)],
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("is 1099511627776 bytes, more than the 67108864 bytes this server"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 /// The header carrying GitHub's signature of the body.
 pub const SIGNATURE_HEADER: &str = "X-Hub-Signature-256";
@@ -30,26 +30,56 @@ type HmacSha256 = Hmac<Sha256>;
 /// The `X-Hub-Signature-256` value GitHub sends with `body`: `sha256=` and the lowercase hex
 /// HMAC-SHA256 of the body under `secret`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let digest = mac(secret, body).finalize().into_bytes();
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{SIGNATURE_PREFIX}{hex}")
+    format!(
+        "{SIGNATURE_PREFIX}{}",
+        hex(&mac(secret, body).finalize().into_bytes())
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Checks that `signature` (the `X-Hub-Signature-256` header) signs `body` under `secret`.
 /// `body` must be the bytes exactly as received: the signature covers them, not their JSON.
-///
-/// The comparison takes the same time wherever the signatures differ, so a sender cannot find the
-/// right one byte by byte. Hex digits are accepted in either case: GitHub sends lowercase, and the
-/// digest they spell is the same.
 pub fn verify(secret: &[u8], body: &[u8], signature: Option<&str>) -> Result<(), SignatureError> {
-    let signature = signature.ok_or(SignatureError::Missing)?;
-    let digest = signature
-        .strip_prefix(SIGNATURE_PREFIX)
-        .and_then(decode_digest)
-        .ok_or(SignatureError::Malformed)?;
-    mac(secret, body)
-        .verify_slice(&digest)
-        .map_err(|_| SignatureError::Mismatch)
+    Signature::parse(signature)?.verify(secret, body)
+}
+
+/// An `X-Hub-Signature-256` header read before the body is: a request without one, or with one
+/// that cannot be a signature, is refused without reading a body of up to 25 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signature([u8; 32]);
+
+impl Signature {
+    /// Hex digits are accepted in either case: GitHub sends lowercase, and the digest they spell
+    /// is the same.
+    pub fn parse(header: Option<&str>) -> Result<Signature, SignatureError> {
+        header
+            .ok_or(SignatureError::Missing)?
+            .strip_prefix(SIGNATURE_PREFIX)
+            .and_then(decode_digest)
+            .map(Signature)
+            .ok_or(SignatureError::Malformed)
+    }
+
+    /// The comparison takes the same time wherever the signatures differ, so a sender cannot find
+    /// the right one byte by byte.
+    pub fn verify(&self, secret: &[u8], body: &[u8]) -> Result<(), SignatureError> {
+        mac(secret, body)
+            .verify_slice(&self.0)
+            .map_err(|_| SignatureError::Mismatch)
+    }
+}
+
+/// The longest `X-GitHub-Delivery` or `X-GitHub-Event` value taken: GitHub's are a 36-character
+/// GUID and event names of under 30; anything longer is not GitHub's, and would be stored.
+pub const MAX_HEADER_LEN: usize = 64;
+
+/// The SHA-256 of a delivery's body, in hex: what a replay under a new `X-GitHub-Delivery` id
+/// (which the signature does not cover) has in common with the delivery it copies.
+pub fn body_digest(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
 }
 
 fn mac(secret: &[u8], body: &[u8]) -> HmacSha256 {

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    BuildQuery, Lease, NewDelivery, QueuedBuild, Recorded, Renewal, Store, TriggerResult,
-    Unfinished,
+    BuildQuery, Lease, NewDelivery, QueuedBuild, REJECTED_KEPT, Recorded, Renewal, Store,
+    TriggerResult, Unfinished,
 };
-use builder::core::build::{Outcome, PushedImage, Status, StepResult};
+use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
-use builder::core::schedule::Decision;
+use builder::core::schedule::{Decision, Skipped};
+use builder::core::substitute::Values;
 use chrono::{DateTime, Utc};
 
 fn lease(holder: &str, seconds: u64) -> Lease {
@@ -39,8 +40,13 @@ fn queued(id: &str, trigger: &str) -> QueuedBuild {
         schedule: None,
         delivery: None,
         source: serde_json::json!({"kind": "none"}),
-        substitutions: serde_json::json!({"BRANCH_NAME": "main"}),
-        request: serde_json::json!({"kind": "test", "id": id}),
+        substitutions: Values::from([("BRANCH_NAME".into(), "main".into())]),
+        request: Request::Upload {
+            upload: None,
+            config: format!("# the config of {id}"),
+            config_name: "cloudbuild.yaml".into(),
+            overrides: Values::new(),
+        },
     }
 }
 
@@ -164,15 +170,15 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
         .await
         .unwrap();
     let (a, b) = (lease("a", 30), lease("b", 30));
-    let (first, request) = store.claim_queued(&a).await.unwrap().expect("queued");
-    assert_eq!(first, "q-1");
-    assert_eq!(request, serde_json::json!({"kind": "test", "id": "q-1"}));
+    let first = store.claim_queued(&a).await.unwrap().expect("queued");
+    assert_eq!(first.id, "q-1");
+    assert_eq!(first.request.unwrap(), queued("q-1", "t").request);
     assert!(
         !store.cancel_queued("q-1").await.unwrap(),
         "claimed already"
     );
     assert!(store.cancel_queued("q-2").await.unwrap());
-    assert_eq!(store.claim_queued(&b).await.unwrap(), None);
+    assert!(store.claim_queued(&b).await.unwrap().is_none());
     let build = store.get_build("q-2").await.unwrap().expect("recorded");
     assert_eq!(build.status, Status::Cancelled);
     let again = store
@@ -242,6 +248,7 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
         id: id.into(),
         event: "push".into(),
         verified: true,
+        digest: Some(format!("body of {id}")),
         summary: format!("push {id}"),
         payload: payload.map(<[u8]>::to_vec),
         results: Vec::new(),
@@ -297,6 +304,55 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
 
 /// Schedules: a schedule's state starts at its first run and is kept while its spec is; a run
 /// is claimed once, by compare-and-set on its time, with the build it starts.
+/// Deliveries from strangers: a signed body replayed under a new id queues nothing, and of
+/// rejected deliveries only the newest are kept, while all are counted.
+pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
+    let delivery = |id: &str, verified: bool, builds: Vec<QueuedBuild>| NewDelivery {
+        id: id.into(),
+        event: "push".into(),
+        verified,
+        digest: verified.then(|| "the same body".to_string()),
+        summary: String::new(),
+        payload: None,
+        results: Vec::new(),
+        builds,
+    };
+    let first = store
+        .record_deliveries(&[delivery("r-1", true, vec![queued("r-1-build", "t")])])
+        .await
+        .unwrap();
+    let replay = store
+        .record_deliveries(&[delivery("r-2", true, vec![queued("r-2-build", "t")])])
+        .await
+        .unwrap();
+    assert_eq!(
+        (first, replay),
+        (vec![Recorded::New], vec![Recorded::Duplicate])
+    );
+    assert!(store.get_build("r-2-build").await.unwrap().is_none());
+
+    let forged: Vec<NewDelivery> = (0..REJECTED_KEPT + 5)
+        .map(|i| delivery(&format!("forged-{i}"), false, Vec::new()))
+        .collect();
+    for batch in forged.chunks(300) {
+        store.record_deliveries(batch).await.unwrap();
+    }
+    assert_eq!(
+        store.rejected_deliveries().await.unwrap(),
+        u64::from(REJECTED_KEPT + 5)
+    );
+    let listed = store.list_deliveries(REJECTED_KEPT + 100).await.unwrap();
+    let kept: Vec<&str> = listed
+        .iter()
+        .filter(|d| !d.verified)
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(kept.len(), REJECTED_KEPT as usize);
+    assert_eq!(kept[0], format!("forged-{}", REJECTED_KEPT + 4));
+    assert!(!kept.contains(&"forged-4"));
+    assert!(listed.iter().any(|d| d.id == "r-1"));
+}
+
 pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
     let (nine, ten) = (time("2024-03-11T09:00:00Z"), time("2024-03-11T10:00:00Z"));
     let state = store
@@ -342,4 +398,99 @@ pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(changed.spec, "30 * * * * UTC");
+}
+
+/// A schedule's other state: skipped runs are recorded with the run they were claimed with, the
+/// newest record of a reason growing while nothing ran since; a run started by hand becomes the
+/// last run; pause and the last error are kept until changed.
+pub async fn a_schedule_keeps_its_skipped_runs_pause_and_error(store: &dyn Store) {
+    let hour = |h: u32| time(&format!("2024-03-11T{h:02}:00:00Z"));
+    store
+        .sync_schedule("hourly", "0 * * * * UTC", hour(9))
+        .await
+        .unwrap();
+    let skip = |due: DateTime<Utc>| Decision {
+        start: None,
+        replace: None,
+        skipped: vec![Skipped {
+            first: due,
+            last: due,
+            count: 1,
+            reason: "the last run is still running".into(),
+        }],
+        next_run: due + chrono::Duration::hours(1),
+    };
+    for due in [hour(9), hour(10)] {
+        assert!(
+            store
+                .claim_scheduled_run("hourly", due, &skip(due), None)
+                .await
+                .unwrap()
+        );
+    }
+    let runs = store.skipped_runs("hourly", 10).await.unwrap();
+    let seen: Vec<_> = runs
+        .iter()
+        .map(|r| (r.skipped.first, r.skipped.last, r.skipped.count))
+        .collect();
+    assert_eq!(seen, [(hour(9), hour(10), 2)], "one record grown");
+
+    let by_hand = time("2024-03-11T10:30:00Z");
+    store
+        .queue_schedule_run("hourly", by_hand, &queued("s-hand", "t"))
+        .await
+        .unwrap();
+    assert!(store.get_build("s-hand").await.unwrap().is_some());
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    let last = state.last_run.expect("a last run");
+    assert_eq!(
+        (last.build.as_str(), last.scheduled_time),
+        ("s-hand", by_hand)
+    );
+    assert_eq!(state.next_run, hour(11), "a run by hand moves no next run");
+    assert!(
+        store
+            .claim_scheduled_run("hourly", hour(11), &skip(hour(11)), None)
+            .await
+            .unwrap()
+    );
+    let runs = store.skipped_runs("hourly", 10).await.unwrap();
+    let seen: Vec<_> = runs
+        .iter()
+        .map(|r| (r.skipped.first, r.skipped.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [(hour(11), 1), (hour(9), 2)],
+        "a new record after a run"
+    );
+    assert_eq!(store.skipped_runs("hourly", 1).await.unwrap().len(), 1);
+
+    store.set_schedule_paused("hourly", true).await.unwrap();
+    store
+        .set_schedule_error("hourly", Some("no trigger t"))
+        .await
+        .unwrap();
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!(
+        (state.paused, state.last_error.as_deref()),
+        (true, Some("no trigger t"))
+    );
+    store.set_schedule_paused("hourly", false).await.unwrap();
+    store.set_schedule_error("hourly", None).await.unwrap();
+    let state = store
+        .schedule_state("hourly")
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!((state.paused, state.last_error), (false, None));
+    assert!(store.schedule_state("other").await.unwrap().is_none());
 }

@@ -19,6 +19,9 @@ pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes a document may expand to, counting every alias expansion.
 pub const MAX_NODES: usize = 200_000;
+/// Most bytes of scalar text a document may expand to, counting every alias expansion: an alias
+/// of a 1 MiB scalar is one node but a megabyte, so nodes alone do not bound memory.
+pub const MAX_EXPANDED_BYTES: usize = 2 * MAX_FILE_BYTES;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -40,6 +43,24 @@ pub enum Value {
 pub struct Scalar {
     pub text: String,
     pub quoted: bool,
+}
+
+/// How much of the document's limits a node uses.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    const ONE: Size = Size { nodes: 1, bytes: 0 };
+
+    fn add(self, other: Size) -> Size {
+        Size {
+            nodes: self.nodes + other.nodes,
+            bytes: self.bytes + other.bytes,
+        }
+    }
 }
 
 /// Why a document could not be turned into a tree.
@@ -82,11 +103,19 @@ impl Node {
         }
     }
 
-    fn size(&self) -> usize {
-        1 + match &self.value {
-            Value::Null | Value::Scalar(_) => 0,
-            Value::Seq(items) => items.iter().map(Node::size).sum(),
-            Value::Map(entries) => entries.iter().map(|(k, v)| k.size() + v.size()).sum(),
+    /// What this node costs when an alias repeats it: its nodes and its bytes of scalar text.
+    fn size(&self) -> Size {
+        match &self.value {
+            Value::Null => Size { nodes: 1, bytes: 0 },
+            Value::Scalar(scalar) => Size {
+                nodes: 1,
+                bytes: scalar.text.len(),
+            },
+            Value::Seq(items) => items.iter().map(Node::size).fold(Size::ONE, Size::add),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| k.size().add(v.size()))
+                .fold(Size::ONE, Size::add),
         }
     }
 }
@@ -179,7 +208,7 @@ enum Open {
 struct Builder {
     stack: Vec<Open>,
     anchors: HashMap<usize, Node>,
-    nodes: usize,
+    expanded: Size,
     documents: usize,
     root: Option<Node>,
 }
@@ -210,8 +239,9 @@ impl Builder {
                         quoted: style != ScalarStyle::Plain,
                     })
                 };
-                self.count(1, pos)?;
-                self.add(Node { pos, value }, anchor);
+                let node = Node { pos, value };
+                self.count(node.size(), pos)?;
+                self.add(node, anchor);
             }
             Event::Alias(anchor) => {
                 let Some(node) = self.anchors.get(&anchor) else {
@@ -220,12 +250,11 @@ impl Builder {
                         message: "alias to an unknown anchor".into(),
                     });
                 };
-                let node = Node {
-                    pos,
-                    value: node.value.clone(),
-                };
-                self.count(node.size(), pos)?;
-                self.add(node, 0);
+                // Counted before the copy is made: the limit is there to prevent that copy.
+                let size = node.size();
+                self.count(size, pos)?;
+                let value = self.anchors[&anchor].value.clone();
+                self.add(Node { pos, value }, 0);
             }
             Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
@@ -234,7 +263,7 @@ impl Builder {
                         message: format!("nesting is deeper than {MAX_DEPTH} levels"),
                     });
                 }
-                self.count(1, pos)?;
+                self.count(Size::ONE, pos)?;
                 self.stack.push(match event {
                     Event::SequenceStart(..) => Open::Seq {
                         pos,
@@ -284,17 +313,19 @@ impl Builder {
         Ok(())
     }
 
-    fn count(&mut self, nodes: usize, pos: Pos) -> Result<(), TreeError> {
-        self.nodes += nodes;
-        if self.nodes > MAX_NODES {
-            return Err(TreeError {
-                pos,
-                message: format!(
-                    "document expands to more than {MAX_NODES} nodes (an alias bomb?)"
-                ),
-            });
-        }
-        Ok(())
+    /// Counts a node into the document's expanded size, refusing the document past a limit.
+    fn count(&mut self, size: Size, pos: Pos) -> Result<(), TreeError> {
+        self.expanded = self.expanded.add(size);
+        let message = if self.expanded.nodes > MAX_NODES {
+            format!("document expands to more than {MAX_NODES} nodes (an alias bomb?)")
+        } else if self.expanded.bytes > MAX_EXPANDED_BYTES {
+            format!(
+                "document expands to more than {MAX_EXPANDED_BYTES} bytes of text (an alias bomb?)"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(TreeError { pos, message })
     }
 
     fn add(&mut self, node: Node, anchor: usize) {
@@ -426,5 +457,25 @@ mod tests {
         assert!(parse(&huge).unwrap_err().message.contains("limit"));
         assert!(parse("").unwrap_err().message.contains("empty"));
         assert!(parse("a: 1\n---\nb: 2\n").is_err());
+    }
+
+    #[test]
+    fn an_alias_of_a_long_scalar_counts_its_bytes() {
+        // A 1 MiB scalar and eight aliases of it: few nodes, but the seventh alias (at column 23)
+        // takes the text, keys included, past the 8 MiB limit.
+        let text = format!(
+            "a: &a {}\nb: [{}]\n",
+            "x".repeat(1 << 20),
+            ["*a"; 8].join(",")
+        );
+        let error = parse(&text).unwrap_err();
+        assert!(error.message.contains("bytes of text"), "{error:?}");
+        assert_eq!((error.pos.line, error.pos.col), (2, 23), "{error:?}");
+        let seven = format!(
+            "a: &a {}\nb: [{}]\n",
+            "x".repeat(1 << 20),
+            ["*a"; 6].join(",")
+        );
+        assert!(parse(&seven).is_ok());
     }
 }

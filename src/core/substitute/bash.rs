@@ -14,15 +14,13 @@
 //!   without one (`ß`) unchanged, as Go's `strings.ToUpper` does.
 //! * In arguments `\\`, `\/` and `\}` stand for `\`, `/` and `}` (drone escapes the first two).
 //! * `${v?msg}`, `${v:?msg}` and case patterns (`${v^^x}`) are rejected.
-//! * A `/` replacement may produce at most 1 MiB: replacements are the only operator that
-//!   multiplies text, and nesting them (`${A//x/${A//x/$A}}`) would otherwise exhaust memory.
+//! * A `/` replacement may produce at most a field's limit (1 MiB): replacements are the only
+//!   operator that multiplies text, and nesting them (`${A//x/${A//x/$A}}`) would otherwise
+//!   exhaust memory before the field's own check saw the result.
 
 use std::ops::Range;
 
-use super::{Escapes, ExpandError, Scanner, Word};
-
-/// Longest output of one replacement; far above any field limit, low enough to bound memory.
-const MAX_REPLACED_BYTES: usize = 1 << 20;
+use super::{Escapes, ExpandError, MAX_FIELD_BYTES, Scanner, Word};
 
 /// An operator following `${KEY`.
 #[derive(Debug)]
@@ -285,10 +283,10 @@ fn replace(
                 let (start, end) = (from + found.start, from + found.end);
                 out.extend(&s[from..start]);
                 out.push_str(with);
-                if out.len() > MAX_REPLACED_BYTES {
+                if out.len() > MAX_FIELD_BYTES {
                     return Err(ExpandError::new(
                         at,
-                        format!("replacement exceeds {MAX_REPLACED_BYTES} bytes"),
+                        format!("expands to more than {MAX_FIELD_BYTES} bytes"),
                     ));
                 }
                 // Only all-`*` patterns match "", and only once the rest is empty; still advance.

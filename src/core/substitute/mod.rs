@@ -44,6 +44,10 @@ pub const BUILT_INS: &[&str] = &[
 
 /// Longest value a substitution may resolve to (spec §2.3).
 const MAX_VALUE_BYTES: usize = 4000;
+/// Longest text one field may expand to. Cloud Build's own field limits are far below it (an arg
+/// is at most 10,000 characters); it is here so that a short template (`$_A$_A…`, `${_A//?/$_A}`)
+/// cannot make the expansion itself exhaust memory.
+pub const MAX_FIELD_BYTES: usize = 1 << 20;
 /// Deepest nesting of `${…}` inside operator arguments; bounds the parser's recursion.
 const MAX_DEPTH: usize = 32;
 
@@ -97,7 +101,7 @@ pub fn references(template: &str, dynamic: bool) -> Vec<Reference> {
 
 /// Expands a template in a single pass: `$$` → `$`, references → their value or `""` when the key
 /// is not in `values`; inserted values are not scanned again. Dynamic mode adds bash operators and
-/// fails on malformed operator syntax (or a replacement past 1 MiB); non-dynamic mode never fails.
+/// fails on malformed operator syntax; both modes fail when the text passes [`MAX_FIELD_BYTES`].
 pub fn expand(template: &str, values: &Values, dynamic: bool) -> Result<String, ExpandError> {
     eval(&Scanner::new(template, dynamic).template(), values)
 }
@@ -459,6 +463,13 @@ fn eval(pieces: &[Piece<'_>], values: &Values) -> Result<String, ExpandError> {
                         out.push_str(&op.apply(value, r.span.start, &word)?);
                     }
                 }
+                // Only references grow the text past the template's own length.
+                if out.len() > MAX_FIELD_BYTES {
+                    return Err(ExpandError::new(
+                        r.span.start,
+                        format!("expands to more than {MAX_FIELD_BYTES} bytes"),
+                    ));
+                }
             }
         }
     }
@@ -622,7 +633,19 @@ mod tests {
         check(&deep, 32 * 6, "nested more than 32 levels deep");
         let big = values(&[("_A", &"x".repeat(1000))]);
         let err = expand("${_A//x/${_A//x/${_A}}}", &big, true).expect_err("too big");
-        assert!(err.message.contains("replacement exceeds"), "{err}");
+        assert!(err.message.contains("expands to more than"), "{err}");
+    }
+
+    #[test]
+    fn a_field_expands_to_at_most_a_mebibyte_in_either_mode() {
+        let big = values(&[("_A", &"x".repeat(4000))]);
+        for dynamic in [false, true] {
+            let template = "$_A".repeat(300);
+            let err = expand(&template, &big, dynamic).expect_err("too big");
+            assert!(err.message.contains("more than 1048576 bytes"), "{err}");
+            assert_eq!(err.offset, 3 * 262, "{err}");
+            assert!(expand(&"$_A".repeat(262), &big, dynamic).is_ok());
+        }
     }
 
     #[test]

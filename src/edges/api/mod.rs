@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::build::Status;
 use crate::pipeline::service::StepRecord;
 use crate::pipeline::service::{
-    BuildQuery, Failed, Follower, Incoming, ManualRun, Receipt, Rejection, Service, Submission,
+    BuildQuery, Failed, Follower, Headers, ManualRun, Receipt, Rejection, Service, Submission,
 };
 
 /// GitHub caps webhook payloads at 25 MB.
@@ -104,7 +104,6 @@ impl axum::extract::FromRef<Served> for Arc<Access> {
 fn router(state: Served) -> Router {
     Router::new()
         .route("/webhooks/github", post(github_delivery))
-        .layer(DefaultBodyLimit::max(MAX_DELIVERY))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/openapi.json",
@@ -167,32 +166,46 @@ fn bearer_token(headers: &HeaderMap) -> Option<String> {
     Some(value.strip_prefix("Bearer ")?.to_string())
 }
 
+/// A GitHub delivery: its headers are judged before its body is read, so that a request that
+/// cannot be GitHub's costs no 25 MB buffer.
 async fn github_delivery(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let incoming = Incoming {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let admitted = service.admit(Headers {
         event: header("X-GitHub-Event"),
         delivery: header("X-GitHub-Delivery"),
         signature: header(crate::core::webhooks::SIGNATURE_HEADER),
-        body: &body,
+    });
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(rejection) => return rejected(rejection),
     };
-    match service.receive(incoming).await {
+    let body = match axum::body::to_bytes(body, MAX_DELIVERY).await {
+        Ok(body) => body,
+        Err(_) => {
+            let message = format!("the body is not readable or is over {MAX_DELIVERY} bytes");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, message);
+        }
+    };
+    match service.receive(admitted, &body).await {
         Ok(receipt @ Receipt::Accepted { .. }) => {
             (StatusCode::ACCEPTED, axum::Json(receipt)).into_response()
         }
         Ok(receipt) => (StatusCode::OK, axum::Json(receipt)).into_response(),
-        Err(rejection) => {
-            let status = match rejection {
-                Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-                Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(status, rejection.to_string())
-        }
+        Err(rejection) => rejected(rejection),
     }
+}
+
+fn rejected(rejection: Rejection) -> Response {
+    let status = match rejection {
+        Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, rejection.to_string())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

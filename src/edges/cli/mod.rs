@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::adapters::registry::{self, Registries};
 use crate::adapters::runtime::{Backend, DockerBackend};
 use crate::adapters::source;
-use crate::adapters::store::{SqliteStore, Store as _};
+use crate::adapters::store::{Builds as _, Logs as _, SqliteStore};
 use crate::core::alias::Aliases;
 use crate::core::build::Status;
 use crate::core::config::{Loaded, duration};

@@ -223,8 +223,8 @@ impl Service {
         pipeline::resolve(&id, &recipe, &self.settings.machine).map_err(invalid)?;
         let build = QueuedBuild {
             source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
-            substitutions: serde_json::json!(submission.substitutions),
-            request: serde_json::to_value(&request).map_err(|e| Failed::Internal(e.to_string()))?,
+            substitutions: submission.substitutions,
+            request,
             trigger: None,
             schedule: None,
             delivery: None,

@@ -15,7 +15,7 @@ use super::*;
 /// each delivery before answering it does not cost one disk write each.
 pub(super) async fn write_deliveries(
     store: Arc<dyn Store>,
-    mut queue: mpsc::UnboundedReceiver<(NewDelivery, Written)>,
+    mut queue: mpsc::Receiver<(NewDelivery, Written)>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -38,6 +38,20 @@ pub(super) async fn write_deliveries(
                 }
             }
         }
+    }
+}
+
+/// The record of a delivery refused for its signature: its headers are bounded by then.
+fn rejected(delivery: String, event: String, error: SignatureError) -> NewDelivery {
+    NewDelivery {
+        id: delivery,
+        event,
+        verified: false,
+        digest: None,
+        summary: error.to_string(),
+        payload: None,
+        results: Vec::new(),
+        builds: Vec::new(),
     }
 }
 
@@ -76,12 +90,19 @@ fn summary(push: &Push) -> String {
     )
 }
 
-/// A delivery as it arrived: its headers and raw body.
-pub struct Incoming<'a> {
+/// A delivery's headers, judged before its body is read (see [`Service::admit`]).
+pub struct Headers<'a> {
     pub event: Option<&'a str>,
     pub delivery: Option<&'a str>,
     pub signature: Option<&'a str>,
-    pub body: &'a [u8],
+}
+
+/// Headers that [`Service::admit`] let through: the body may be read and given to
+/// [`Service::receive`].
+pub struct Admitted {
+    delivery: String,
+    event: String,
+    signature: Signature,
 }
 
 /// How a delivery was taken.
@@ -121,17 +142,51 @@ pub(super) type Written = oneshot::Sender<Result<Recorded, String>>;
 
 /// The most deliveries written in one transaction.
 const MAX_BATCH: usize = 256;
+/// The most deliveries waiting for the writer. Beyond it a delivery that queues builds waits for
+/// room (its sender waits for its answer anyway), and a record that queues nothing is dropped:
+/// a flood of forged requests may not grow the server's memory.
+pub(super) const MAX_WAITING: usize = 4 * MAX_BATCH;
 
 impl Service {
-    /// Takes a delivery: verified over its raw body before anything reads it, then recorded with
-    /// the builds it queues. Answers without waiting for any fetch or build.
-    pub async fn receive(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
+    /// Judges a delivery's headers before its body is read: each present and of a length GitHub's
+    /// have, and a signature that can be one. A request without a signature is refused (and
+    /// counted as rejected) without reading a body of up to 25 MB.
+    pub fn admit(&self, headers: Headers<'_>) -> Result<Admitted, Rejection> {
+        let bounded = |value: Option<&str>, name: &str| match value {
+            None => Err(Rejection::BadRequest(format!("no {name} header"))),
+            Some(value) if value.len() > webhooks::MAX_HEADER_LEN => {
+                Err(Rejection::BadRequest(format!(
+                    "the {name} header is longer than {} bytes",
+                    webhooks::MAX_HEADER_LEN
+                )))
+            }
+            Some(value) => Ok(value.to_string()),
+        };
+        let delivery = bounded(headers.delivery, "X-GitHub-Delivery")?;
+        let event = bounded(headers.event, "X-GitHub-Event")?;
+        match Signature::parse(headers.signature) {
+            Ok(signature) => Ok(Admitted {
+                delivery,
+                event,
+                signature,
+            }),
+            Err(e) => {
+                info!(delivery_id = delivery, event, rejection = %e, "delivery refused");
+                self.record_later(rejected(delivery, event, e));
+                Err(Rejection::Unauthorized(e))
+            }
+        }
+    }
+
+    /// Takes an admitted delivery: verified over its raw body before anything reads it, then
+    /// recorded with the builds it queues. Answers without waiting for any fetch or build.
+    pub async fn receive(&self, admitted: Admitted, body: &[u8]) -> Result<Receipt, Rejection> {
         let span = info_span!(
             "delivery",
-            delivery_id = incoming.delivery,
-            event = incoming.event
+            delivery_id = admitted.delivery,
+            event = admitted.event
         );
-        let taken = self.take(incoming).instrument(span.clone()).await;
+        let taken = self.take(admitted, body).instrument(span.clone()).await;
         let _entered = span.enter();
         match &taken {
             Ok(receipt) => debug!(?receipt, "delivery taken"),
@@ -141,41 +196,39 @@ impl Service {
         taken
     }
 
-    async fn take(&self, incoming: Incoming<'_>) -> Result<Receipt, Rejection> {
-        let delivery_id = incoming
-            .delivery
-            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Delivery header".into()))?;
-        let event = incoming
-            .event
-            .ok_or_else(|| Rejection::BadRequest("no X-GitHub-Event header".into()))?;
-        let record = |verified, summary: String| NewDelivery {
+    async fn take(&self, admitted: Admitted, body: &[u8]) -> Result<Receipt, Rejection> {
+        let Admitted {
+            delivery,
+            event,
+            signature,
+        } = admitted;
+        if let Err(e) = signature.verify(&self.settings.webhook_secret, body) {
+            self.record_later(rejected(delivery, event, e));
+            return Err(Rejection::Unauthorized(e));
+        }
+        let (delivery_id, event) = (delivery.as_str(), event.as_str());
+        let digest = webhooks::body_digest(body);
+        let record = |summary: String| NewDelivery {
             id: delivery_id.to_string(),
             event: event.to_string(),
-            verified,
+            verified: true,
+            digest: Some(digest.clone()),
             summary,
             payload: None,
             results: Vec::new(),
             builds: Vec::new(),
         };
-        if let Err(e) = webhooks::verify(
-            &self.settings.webhook_secret,
-            incoming.body,
-            incoming.signature,
-        ) {
-            self.record_later(record(false, e.to_string()));
-            return Err(Rejection::Unauthorized(e));
-        }
-        let delivery = webhooks::parse(event, incoming.body)
-            .map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        let delivery =
+            webhooks::parse(event, body).map_err(|e| Rejection::BadRequest(e.to_string()))?;
         let push = match triggers::push_of(&delivery) {
             Ok(push) => push,
             Err(skip) => {
                 let reason = skip.to_string();
-                self.record_later(record(true, reason.clone()));
+                self.record_later(record(reason.clone()));
                 return Ok(Receipt::Ignored { reason });
             }
         };
-        let mut accepted = record(true, summary(push));
+        let mut accepted = record(summary(push));
         let mut pending = false;
         // Only the triggers of the pushed repository are worth a line in its record.
         let triggers = self.triggers.all();
@@ -191,7 +244,7 @@ impl Service {
                 }
             }
         }
-        accepted.payload = pending.then(|| incoming.body.to_vec());
+        accepted.payload = pending.then(|| body.to_vec());
         let builds: Vec<String> = accepted.builds.iter().map(|b| b.id.clone()).collect();
         if builds.is_empty() && !pending {
             self.record_later(accepted);
@@ -215,7 +268,9 @@ impl Service {
     /// its record is for people to read, and losing the last few to a crash loses no build.
     fn record_later(&self, delivery: NewDelivery) {
         let (written, _) = oneshot::channel();
-        let _ = self.recorder.send((delivery, written));
+        if self.recorder.try_send((delivery, written)).is_err() {
+            debug!("delivery record dropped: the writer is behind");
+        }
     }
 
     /// Hands a delivery to the recorder and waits until it is written (see [`write_deliveries`]).
@@ -224,6 +279,7 @@ impl Service {
         let (sender, written) = oneshot::channel();
         self.recorder
             .send((delivery, sender))
+            .await
             .map_err(|_| stopped())?;
         written
             .await

@@ -4,7 +4,7 @@
 //!
 //! One concern a file: `intake` takes deliveries, `queue` runs the queue, `commands`
 //! answers the API's queries and commands, `schedules` runs the schedules; this module holds
-//! the service they share and the requests a queued build keeps.
+//! the service they share and what the API asks of it (a submission, a trigger's run by hand).
 //!
 //! Nothing accepted is lost and nothing is built twice:
 //! * a delivery is recorded, with the builds of the triggers it fires, in one transaction before
@@ -31,11 +31,11 @@ use crate::adapters::runtime::Backend;
 use crate::adapters::source::git::{Mirror, Rewrites};
 pub use crate::adapters::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
 use crate::adapters::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
-use crate::core::build::{Outcome, Status};
+use crate::core::build::{Outcome, Request, Status};
 use crate::core::plan::Context;
 use crate::core::substitute::Values;
 use crate::core::triggers::{self, BuildSource, Trigger};
-use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, SignatureError};
+use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::pipeline::execute::Run;
 use crate::pipeline::live::{LiveLog, LiveLogs, Snapshot};
 use crate::pipeline::{self, Machine, Reading, Recipe};
@@ -50,7 +50,7 @@ mod queue;
 mod schedules;
 mod trigger_files;
 
-pub use intake::{Incoming, Receipt, Rejection};
+pub use intake::{Admitted, Headers, Receipt, Rejection};
 use intake::{Written, write_deliveries};
 
 /// How the service is set up.
@@ -101,29 +101,6 @@ pub struct ManualRun {
     pub substitutions: Values,
 }
 
-/// What a queued build runs, kept in its record until it runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-enum Request {
-    /// A trigger's build of a commit.
-    #[serde(rename_all = "camelCase")]
-    Push {
-        trigger: String,
-        clone_url: String,
-        commit: String,
-        built_ins: Values,
-        overrides: Values,
-    },
-    /// `builder submit --server`: an uploaded source (or none) and the config's text.
-    #[serde(rename_all = "camelCase")]
-    Upload {
-        upload: Option<String>,
-        config: String,
-        config_name: String,
-        overrides: Values,
-    },
-}
-
 /// `builder submit --server`'s request: the config's text, the substitutions, and the source
 /// uploaded before (`POST /v1/uploads`), if any.
 #[derive(Debug, Clone, Deserialize)]
@@ -157,7 +134,7 @@ pub struct Service {
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
     /// Deliveries on their way to the store (see `intake::write_deliveries`).
-    recorder: mpsc::UnboundedSender<(NewDelivery, Written)>,
+    recorder: mpsc::Sender<(NewDelivery, Written)>,
     /// The task that writes them, until the process takes it to watch.
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The logs of the builds this process runs, for their followers.
@@ -173,7 +150,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {
-        let (recorder, queue) = mpsc::unbounded_channel();
+        let (recorder, queue) = mpsc::channel(intake::MAX_WAITING);
         let writer = tokio::spawn(write_deliveries(store.clone(), queue));
         Self {
             store,
@@ -234,8 +211,8 @@ impl Service {
                 "ref": git_ref.map(GitRef::name),
                 "commit": commit,
             }),
-            substitutions: serde_json::json!(substitutions),
-            request: serde_json::to_value(&request).unwrap_or_default(),
+            substitutions,
+            request,
         }
     }
 }

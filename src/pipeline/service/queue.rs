@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::*;
+use crate::adapters::store::Claimed;
 
 /// The span of a claimed build's work: its id, and its trigger if one queued it.
-fn build_span(id: &str, request: &serde_json::Value) -> tracing::Span {
-    let trigger = request.get("trigger").and_then(serde_json::Value::as_str);
-    info_span!("build", build_id = %id, trigger)
+fn build_span(claimed: &Claimed) -> tracing::Span {
+    let trigger = claimed.request.as_ref().ok().and_then(Request::trigger);
+    info_span!("build", build_id = %claimed.id, trigger)
 }
 
 /// Why a claimed build could not be made ready to run; the build ends with it, never running.
@@ -89,13 +90,14 @@ impl Service {
             }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
                 match self.store.claim_queued(&lease).await {
-                    Ok(Some((id, request))) => {
+                    Ok(Some(claimed)) => {
                         let service = self.clone();
-                        let span = build_span(&id, &request);
+                        let span = build_span(&claimed);
                         let (lease, cancel) = (lease.clone(), stopping.child_token());
                         builds.spawn(
                             async move {
                                 info!("build started");
+                                let Claimed { id, request } = claimed;
                                 service.run_build(&id, request, &lease, cancel).await;
                                 drop(slot);
                             }
@@ -134,7 +136,7 @@ impl Service {
     async fn run_build(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         lease: &pipeline::Lease,
         cancel: CancellationToken,
     ) {
@@ -146,7 +148,7 @@ impl Service {
     async fn prepare_and_record(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         cancel: CancellationToken,
     ) {
         let workspace = self.settings.data_dir.join("workspaces").join(id);
@@ -200,10 +202,10 @@ impl Service {
     async fn prepare(
         &self,
         id: &str,
-        request: serde_json::Value,
+        request: Result<Request, serde_json::Error>,
         workspace: &Path,
     ) -> Result<Run, Unprepared> {
-        let request: Request = serde_json::from_value(request).map_err(Unprepared::Request)?;
+        let request = request.map_err(Unprepared::Request)?;
         let recipe = match &request {
             Request::Push { .. } => self.checkout(&request, workspace).await?,
             Request::Upload { upload, .. } => {
@@ -274,7 +276,7 @@ impl Service {
                 warnings: String::new(),
             }),
             BuildSource::File(path) => {
-                let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
+                let bytes = read_in_checkout(workspace, path).map_err(|e| {
                     source(format!(
                         "cannot read the build config {path} in the commit: {e}"
                     ))
@@ -286,7 +288,7 @@ impl Service {
                 let (bytes, file) = ["cloudbuild.yaml", "cloudbuild.yml", "cloudbuild.json"]
                     .into_iter()
                     .find_map(|name| {
-                        Some((std::fs::read(workspace.join(name)).ok()?, name.to_string()))
+                        Some((read_in_checkout(workspace, name).ok()?, name.to_string()))
                     })
                     .ok_or_else(|| {
                         source(
@@ -307,5 +309,44 @@ impl Service {
         if let Err(e) = self.store.finish_build(id, &outcome).await {
             error!(error = %e, "recording the build failed");
         }
+    }
+}
+
+/// Reads a file of a checkout, refusing one that resolves outside it: the commit is the pusher's,
+/// and a `cloudbuild.yaml` that is a symlink to `/etc/…` or to the server's own files would
+/// otherwise be read, and shown in errors, with the server's rights.
+fn read_in_checkout(checkout: &Path, file: &str) -> std::io::Result<Vec<u8>> {
+    let root = checkout.canonicalize()?;
+    let resolved = root.join(file).canonicalize()?;
+    if !resolved.starts_with(&root) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it resolves to a path outside the commit",
+        ));
+    }
+    std::fs::read(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_that_links_out_of_the_checkout_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "token").unwrap();
+        let checkout = tempfile::tempdir().unwrap();
+        let root = checkout.path();
+        std::fs::write(root.join("real.yaml"), "steps: []").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("cloudbuild.yaml"))
+            .unwrap();
+        std::os::unix::fs::symlink("real.yaml", root.join("inside.yaml")).unwrap();
+        let error = read_in_checkout(root, "cloudbuild.yaml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "it resolves to a path outside the commit"
+        );
+        assert!(read_in_checkout(root, "../secret").is_err());
+        assert_eq!(read_in_checkout(root, "inside.yaml").unwrap(), b"steps: []");
     }
 }

@@ -100,8 +100,18 @@ fn text<'v>(value: &'v Value, key: &str) -> &'v str {
     value[key].as_str().unwrap_or_default()
 }
 
+/// A build's substitution, empty if it has none of that name.
+fn substitution<'b>(build: &'b BuildRecord, key: &str) -> &'b str {
+    build.substitutions.get(key).map_or("", String::as_str)
+}
+
 fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(7)]
+    // Seven characters, not bytes: a schedule's `commit` is whatever its file says.
+    let end = commit
+        .char_indices()
+        .nth(7)
+        .map_or(commit.len(), |(at, _)| at);
+    &commit[..end]
 }
 
 /// What started a build: its schedule, its trigger, or a person (`builder submit`).
@@ -119,8 +129,10 @@ fn origin(build: &BuildRecord) -> Markup {
 
 /// The branch or tag a build built.
 fn reference(build: &BuildRecord) -> Markup {
-    let branch = text(&build.substitutions, "BRANCH_NAME");
-    let tag = text(&build.substitutions, "TAG_NAME");
+    let (branch, tag) = (
+        substitution(build, "BRANCH_NAME"),
+        substitution(build, "TAG_NAME"),
+    );
     html! {
         @if !branch.is_empty() { span.branch { (branch) } }
         @else if !tag.is_empty() { "tag " span.tag { (tag) } }
@@ -272,7 +284,7 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
             dl {
                 dt { "Started by" } dd { (origin(build)) }
                 @if !repository(build).is_empty() { dt { "Repository" } dd { (repository(build)) } }
-                @if build.substitutions["BRANCH_NAME"] != "" || build.substitutions["TAG_NAME"] != "" {
+                @if !substitution(build, "BRANCH_NAME").is_empty() || !substitution(build, "TAG_NAME").is_empty() {
                     dt { "Branch or tag" } dd { (reference(build)) }
                 }
                 @if let Some(commit) = build.source["commit"].as_str() { dt { "Commit" } dd.commit { (commit) } }
@@ -348,11 +360,11 @@ pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
                 }
             }
         }
-        @if let Some(substitutions) = build.substitutions.as_object().filter(|s| !s.is_empty()) {
+        @if !build.substitutions.is_empty() {
             h2 { "Substitutions" }
             table.substitutions {
-                @for (key, value) in substitutions {
-                    tr { td { code { (key) } } td { (value.as_str().unwrap_or_default()) } }
+                @for (key, value) in &build.substitutions {
+                    tr { td { code { (key) } } td { (value) } }
                 }
             }
         }
@@ -553,6 +565,13 @@ mod tests {
     fn depth_is_one_more_than_the_deepest_step_waited_for() {
         // 0 and 1 start at once, 2 waits for 0, 3 for 1 and 2.
         assert_eq!(depths(&[vec![], vec![], vec![0], vec![1, 2]]), [0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_commit_is_shortened_to_seven_characters_not_bytes() {
+        assert_eq!(short("0123456789abcdef"), "0123456");
+        assert_eq!(short("héllo wörld"), "héllo w");
+        assert_eq!(short("ééé"), "ééé");
     }
 
     #[test]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fuzzes every parser of untrusted input for a set time each and reports, per target, the
+# executions reached, the rate, the coverage and the crashes (a report, not a test; CI replays the
+# saved corpus as a test instead: tests/fuzz_corpus.rs).
+#
+# Targets (fuzz/targets.rs): config (load, decode, validate, resolve), substitute (scanning, bash
+# expansions, dynamic values), webhook (payload parsing, signature header), gcloudignore (rules
+# over a small tree), archive (unpacking an upload), trigger (trigger and schedule files).
+#
+# Each target starts from its saved corpus (fuzz/corpus/T, read only) and writes what it finds
+# to a scratch directory, so a run leaves the repository as it was. A crash is written to
+# fuzz/artifacts/T/ by libFuzzer; after fixing it, copy the input into fuzz/corpus/T so that the
+# replay test keeps it fixed.
+#
+# Usage:  bench/fuzz.sh [TARGET…]     (all targets when none is named)
+# Env:    S=60        seconds per target
+#         JOBS=1      libFuzzer workers per target (-fork)
+# Needs the nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
+# missing).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+S=${S:-60}
+JOBS=${JOBS:-1}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger)
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+cargo +nightly fuzz build -O
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+printf '%-14s %12s %10s %8s %8s %8s\n' target executions exec/s cov corpus crashes
+for t in "${targets[@]}"; do
+  mkdir -p "$scratch/$t" "artifacts/$t"
+  before=$(ls "artifacts/$t" | wc -l)
+  log="$scratch/$t.log"
+  set +e
+  cargo +nightly fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \
+    -max_total_time="$S" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
+  set -e
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
+  corpus=$(ls "$scratch/$t" | wc -l)
+  crashes=$(( $(ls "artifacts/$t" | wc -l) - before ))
+  printf '%-14s %12s %10s %8s %8s %8s\n' "$t" "${runs:-?}" "${rate:-?}" "${cov:-?}" "$corpus" "$crashes"
+  if [ "$crashes" -gt 0 ]; then
+    grep -m3 -E 'ERROR|panicked' "$log" | sed 's/^/    /'
+  fi
+done

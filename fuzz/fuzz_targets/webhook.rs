@@ -1,0 +1,7 @@
+//! Fuzzes `targets::webhook`.
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::webhook(data));

@@ -1,0 +1,266 @@
+//! The build record: every build's status, step results, substitutions, source, results and log
+//! lines, and the service's queue, webhook deliveries and schedules, behind one trait per
+//! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`]) that [`Store`]
+//! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, so
+//! builds can be listed, described and their logs read after the fact, and nothing accepted is
+//! lost.
+//!
+//! This is the only module that speaks SQL. Times are stored as unix milliseconds.
+
+mod builds;
+mod deliveries;
+mod logs;
+mod queue;
+mod schedules;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::core::build::Status;
+use crate::core::logs::ChunkError;
+
+pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
+pub use deliveries::{
+    Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
+    TriggerResult,
+};
+pub use logs::{LogLine, Logs};
+use queue::queue;
+pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+pub use schedules::{Schedules, SkippedRun};
+
+/// Why the store could not do what was asked: the store's own words, whatever database is
+/// behind it.
+#[derive(Debug)]
+pub enum Error {
+    /// The database refused or failed a statement, or could not be reached.
+    Database(sqlx::Error),
+    /// The store's directory cannot be made.
+    Io(std::io::Error),
+    /// A record that must exist does not.
+    Missing(&'static str),
+    /// A value the store keeps as JSON cannot be read back (another version wrote it).
+    Unreadable {
+        what: &'static str,
+        error: serde_json::Error,
+    },
+    /// A log's chunk cannot be written or read back.
+    Log(ChunkError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Database(e) => write!(f, "the store's database: {e}"),
+            Error::Io(e) => write!(f, "the store's files: {e}"),
+            Error::Missing(what) => write!(f, "the store has no {what}"),
+            Error::Log(e) => write!(f, "the store's logs: {e}"),
+            Error::Unreadable { what, error } => {
+                write!(f, "the store's {what} is unreadable: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::Log(e) => Some(e),
+            Error::Missing(_) => None,
+            Error::Unreadable { error, .. } => Some(error),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+/// The database's file name in the data directory.
+pub const DATABASE: &str = "builds.db";
+
+/// The store in an embedded SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: Arc<Mutex<()>>,
+    /// The database's path, and the file (device, inode) that was opened there.
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+/// Where builds, their steps and logs, and the service's deliveries are kept: every aggregate,
+/// and whether the store is still the one opened. [`SqliteStore`] is the embedded default; a
+/// PostgreSQL store will implement it for servers that share the work. Every change that must
+/// happen once (claiming a queued build, recording a delivery with its builds, completing a
+/// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
+#[async_trait::async_trait]
+pub trait Store: Builds + Logs + Queue + Deliveries + Schedules {
+    /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
+    /// database file that was removed (or replaced) under it, and everything written from then
+    /// on is lost with the process: a server must stop instead.
+    async fn check(&self) -> Result<(), Error>;
+}
+
+impl SqliteStore {
+    /// A transaction that writes, and this process's turn to write. Writers of one process take
+    /// turns here, in order, rather than in SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms)
+    /// between tries. The transaction takes the database's write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting up to the busy timeout for other processes: a deferred one that reads
+    /// first fails at once with SQLITE_BUSY when another connection wrote in between.
+    async fn write(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static>), Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // Created by a connection of its own: the pool's connections must never create it, or a
+        // database removed under the store would come back empty on the next connection.
+        sqlx::Connection::close(
+            sqlx::ConnectOptions::connect(&options.clone().create_if_missing(true)).await?,
+        )
+        .await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(sqlx::Error::from)?;
+        let file = identity(path).map_err(Error::Io)?;
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+/// The error of a database file that is no longer the one the store opened.
+fn moved(path: &Path, what: &str) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "the database {} was {what} while the store had it open",
+        path.display()
+    )))
+}
+
+/// The file at `path`: its device and inode.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn check(&self) -> Result<(), Error> {
+        match identity(&self.path) {
+            Ok(file) if file == self.file => Ok(()),
+            Ok(_) => Err(moved(&self.path, "replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(moved(&self.path, "removed")),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+}
+
+type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
+
+/// A time that is always there, as RFC 3339 text.
+mod required_rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::core::build::rfc3339::serialize(&Some(*time), serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        crate::core::build::rfc3339::deserialize(deserializer)?
+            .ok_or_else(|| serde::de::Error::custom("a time is required"))
+    }
+}
+
+/// Statuses are written only by this module, from [`Status::as_str`].
+fn status(text: String) -> Status {
+    Status::parse(&text).unwrap_or(Status::InternalError)
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn parse_json(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn time(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64)
+}
+
+fn instant(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod test_support {
+    use super::*;
+    use crate::core::build::Request;
+    use crate::core::substitute::Values;
+
+    pub(super) async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join(DATABASE)).await.unwrap();
+        (dir, store)
+    }
+
+    pub(super) fn queued(trigger: &str, branch: &str) -> QueuedBuild {
+        QueuedBuild {
+            id: uuid::Uuid::new_v4().to_string(),
+            trigger: Some(trigger.into()),
+            schedule: None,
+            delivery: None,
+            source: serde_json::json!({"kind": "none"}),
+            substitutions: Values::from([("BRANCH_NAME".into(), branch.into())]),
+            request: Request::Upload {
+                upload: None,
+                config: String::new(),
+                config_name: "cloudbuild.yaml".into(),
+                overrides: Values::new(),
+            },
+        }
+    }
+
+    pub(super) fn lease(holder: &str, seconds: u64) -> Lease {
+        Lease {
+            holder: holder.into(),
+            duration: Duration::from_secs(seconds),
+        }
+    }
+}
