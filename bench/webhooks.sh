@@ -4,8 +4,9 @@
 #
 # `wrk` drives, on loopback, a real GitHub push delivery (webhooks/github/push/branch-update.json,
 # Codertocat/Hello-World, refs/heads/master), signed with X-Hub-Signature-256, each request with a
-# new X-GitHub-Delivery id (a repeated id is a redelivery, which builder answers 200 and queues
-# nothing), at two servers loaded with N triggers or hooks:
+# new X-GitHub-Delivery id and a body of its own (a repeated id is a redelivery, and a repeated
+# body a replay, which builder answers 200 and queues nothing: the payload gets a nonce as its
+# first field), at two servers loaded with N triggers or hooks:
 #
 #   builder, no trigger matches   `builder serve` with N triggers that all miss the push (other
 #                                 repositories, and other branches of the pushed one): the
@@ -36,6 +37,7 @@
 # Env:    D=5 R=3 W=2            seconds per run, rounds, warm-up seconds per case
 #         C=16 T=2               wrk connections and threads
 #         N=1000                 triggers (builder) and hooks (webhook) loaded
+#         K=60000                signed bodies a run may send (each request's body is its own)
 #         BUILDER=target/release/builder   the binary to measure
 #         KEEP=1                 keep the temp dir (triggers, hooks, stores, logs, wrk outputs)
 # Exit status 0 unless a server failed, an unexpected answer came, or the store check failed;
@@ -44,7 +46,7 @@ set -euo pipefail
 export LC_ALL=C
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-D="${D:-5}" R="${R:-3}" W="${W:-2}" C="${C:-16}" T="${T:-2}" N="${N:-1000}"
+D="${D:-5}" R="${R:-3}" W="${W:-2}" C="${C:-16}" T="${T:-2}" N="${N:-1000}" K="${K:-60000}"
 BUILDER="${BUILDER:-$here/target/release/builder}"
 PAYLOAD="$here/webhooks/github/push/branch-update.json"
 SECRET="builder-bench-webhook-secret"
@@ -139,8 +141,26 @@ hook() { # hook ID REF
 signature="$(openssl dgst -sha256 -hmac "$SECRET" -r <"$PAYLOAD" | cut -d' ' -f1)"
 [[ "$signature" =~ ^[0-9a-f]{64}$ ]] || die "openssl gave no HMAC-SHA256 ('$signature')"
 
+# --- bodies: each request a push of its own ------------------------------------------------------
+# builder takes a signed body once whatever its delivery id (a replay under a new id queues
+# nothing), so every request carries the payload with a nonce of its own as its first field,
+# {"bench_nonce":"<12 hex>", …}, signed ahead: wrk's Lua has no HMAC. A run takes its nonces from
+# a range of its own; one that would need more than K stops with an error instead of replaying.
+signatures() { # signatures FIRST COUNT FILE: the signatures of nonces FIRST… one a line
+  python3 - "$PAYLOAD" "$SECRET" "$1" "$2" >"$3" <<'PY'
+import hashlib, hmac, sys
+payload, secret = open(sys.argv[1], "rb").read(), sys.argv[2].encode()
+first, count = int(sys.argv[3]), int(sys.argv[4])
+rest = payload[1:]
+for nonce in range(first, first + count):
+    body = b'{"bench_nonce":"%012x",' % nonce + rest
+    print(hmac.new(secret, body, hashlib.sha256).hexdigest())
+PY
+}
+
 # --- wrk's script: a new delivery id per request; answers counted by status ----------------------
-# Arguments: BODY_FILE SIGNATURE ID_PREFIX EXPECTED_STATUS IDS_FILE ("-": don't keep build ids).
+# Arguments: PAYLOAD SIGNATURES_FILE ID_PREFIX EXPECTED_STATUS IDS_FILE ("-": don't keep build
+# ids) FIRST_NONCE THREADS.
 # Delivery ids are shaped like GitHub's (UUIDs): PREFIX-THREAD-4000-8000-COUNTER, in hex.
 cat >"$tmp/deliver.lua" <<'LUA'
 local threads = {}
@@ -153,24 +173,33 @@ function setup(thread)
   thread:set("tid", #threads)
 end
 
+local rest, signatures, first, nthreads = "", {}, 0, 1
+
 function init(args)
   local f = assert(io.open(args[1], "rb"))
-  wrk.body = f:read("*a")
+  rest = f:read("*a"):sub(2)
   f:close()
+  for line in io.lines(args[2]) do signatures[#signatures + 1] = line end
+  first = tonumber(args[6])
+  nthreads = tonumber(args[7])
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["User-Agent"] = "GitHub-Hookshot/bench"
   wrk.headers["X-GitHub-Event"] = "push"
-  wrk.headers["X-Hub-Signature-256"] = "sha256=" .. args[2]
   prefix = string.format("%s-%04x-4000-8000-", args[3], tid)
   expected = tonumber(args[4])
   idsfile = args[5] or "-"
 end
 
+-- Thread t of T takes the run's nonces t-1, t-1+T, t-1+2T, …
 function request()
+  local k = (tid - 1) + counter * nthreads
   counter = counter + 1
+  local signature = signatures[k + 1]
+  if not signature then error("more requests than signed bodies: raise K") end
   wrk.headers["X-GitHub-Delivery"] = string.format("%s%012x", prefix, counter)
-  return wrk.format()
+  wrk.headers["X-Hub-Signature-256"] = "sha256=" .. signature
+  return wrk.format(nil, nil, nil, string.format('{"bench_nonce":"%012x",', first + k) .. rest)
 end
 
 function response(status, headers, body)
@@ -302,9 +331,10 @@ run() { # run CASE ROUND SECONDS: appends "CASE ROUND key=value..." to results u
   out="$tmp/wrk.$c.$round"
   [ "$c" = builder_queue ] && ids="$tmp/ids.$c.$round"
   before="$(cpu_ticks "${pid[$c]}")"
+  signatures $((run_seq * K)) "$K" "$tmp/signatures"
   wrk -t"$T" -c"$C" -d"${secs}s" --timeout 30s -s "$tmp/deliver.lua" "${url[$c]}" -- \
-    "$PAYLOAD" "$signature" "$(printf '%08x' "$((0xbe000000 + run_seq))")" "${expect[$c]}" "$ids" \
-    >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($c)"; }
+    "$PAYLOAD" "$tmp/signatures" "$(printf '%08x' "$((0xbe000000 + run_seq))")" "${expect[$c]}" \
+    "$ids" $((run_seq * K)) "$T" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($c)"; }
   grep -q '^RESULT ' "$out" || { cat "$out" >&2; die "wrk printed no result ($c)"; }
   kill -0 "${pid[$c]}" 2>/dev/null || die "the server of $c died during the run; see $tmp (KEEP=1 keeps it)"
   # Work a server deferred past its answers (webhook's commands still starting, builder's records

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use builder::adapters::registry::{self, Registries};
 use builder::adapters::runtime::DockerBackend;
 use builder::adapters::source::git::Rewrites;
-use builder::adapters::store::{BuildRecord, Builds as _, Queue as _, SqliteStore};
+use builder::adapters::store::{Builds as _, Queue as _, SqliteStore};
 use builder::core::alias::Aliases;
 use builder::core::build::{Outcome, Status};
+use builder::core::wire::Build;
 use builder::pipeline::service::{
     BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles,
 };
@@ -125,7 +126,7 @@ async fn tick(setup: &Setup, service: &Service, at: &str) {
 }
 
 /// The builds of `schedule`, oldest first.
-async fn builds(service: &Service, schedule: &str) -> Vec<BuildRecord> {
+async fn builds(service: &Service, schedule: &str) -> Vec<Build> {
     let query = BuildQuery {
         schedule: Some(schedule.into()),
         limit: 1000,
@@ -303,7 +304,7 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
 }
 
 /// Waits until `id` has `status`.
-async fn wait_for(service: &Service, id: &str, status: Status) -> BuildRecord {
+async fn wait_for(service: &Service, id: &str, status: Status) -> Build {
     let start = Instant::now();
     loop {
         let build = service.build(id).await.unwrap();

@@ -1,5 +1,5 @@
-//! The pure core: configs, substitution, planning, triggers, schedules, webhooks and the words
-//! of a build's outcome. Values in, values out: no engine, no network, no process, and no file
+//! The pure core: configs, substitution, planning, triggers, schedules, webhooks, the words
+//! of a build's outcome and the API's JSON. Values in, values out: no engine, no network, no process, and no file
 //! but the tables a module's row in ARCHITECTURE.md names.
 
 pub mod alias;
@@ -15,3 +15,4 @@ pub mod substitute;
 pub mod templates;
 pub mod triggers;
 pub mod webhooks;
+pub mod wire;

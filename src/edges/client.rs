@@ -1,6 +1,6 @@
 //! A client of `builder serve`'s API (plain HTTP), for the command line: builds and their logs,
-//! triggers, schedules, and submitting a source. Answers come back as the store's own record types, so the
-//! CLI prints a server's builds as it prints local ones.
+//! triggers, schedules, and submitting a source. Answers come back as the API's wire types
+//! (`core::wire`), which the CLI also prints local builds as.
 
 use std::fmt;
 
@@ -14,8 +14,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::adapters::store::{BuildRecord, LogLine};
 use crate::core::build::Status;
+use crate::core::wire::{Build, LogLine};
 
 pub struct Client {
     base: String,
@@ -139,7 +139,7 @@ impl Client {
             .map_err(|e| ClientError::Unexpected(format!("{name}: {e}")))
     }
 
-    pub async fn builds(&self, limit: u32) -> Result<Vec<BuildRecord>, ClientError> {
+    pub async fn builds(&self, limit: u32) -> Result<Vec<Build>, ClientError> {
         self.field(
             Method::GET,
             &format!("/v1/builds?limit={limit}"),
@@ -149,7 +149,7 @@ impl Client {
         .await
     }
 
-    pub async fn build(&self, id: &str) -> Result<BuildRecord, ClientError> {
+    pub async fn build(&self, id: &str) -> Result<Build, ClientError> {
         self.call(Method::GET, &format!("/v1/builds/{id}"), Vec::new())
             .await
     }
@@ -282,7 +282,7 @@ impl Client {
         &self,
         id: &str,
         mut seen: impl FnMut(Progress),
-    ) -> Result<BuildRecord, ClientError> {
+    ) -> Result<Build, ClientError> {
         let response = self
             .send(
                 Method::GET,

@@ -21,6 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info_span};
 
 use crate::adapters::registry::{Registries, RegistryError, TemplateUpload};
 use crate::adapters::runtime::{
@@ -115,7 +116,6 @@ pub async fn execute(
     };
     read_step_outputs(&context, &mut outcome).await;
     if outcome.status == Status::Success {
-        let stopped = |status: Status, why: &str| (status, format!("{why} while pushing results"));
         let push = async {
             if !run.build.images.is_empty() || !run.build.templates.is_empty() {
                 context.emit(Event::PushStarted);
@@ -126,12 +126,12 @@ pub async fn execute(
         };
         let pushed = tokio::select! {
             pushed = push => pushed,
-            () = cancel.cancelled() => Err(stopped(Status::Cancelled, "the build was cancelled")),
-            () = sleep_until(deadline) => Err(stopped(Status::Timeout, "the build timed out")),
+            () = cancel.cancelled() => Err(Ended::Cancelled("the build was cancelled while pushing results".into())),
+            () = sleep_until(deadline) => Err(Ended::Timeout("the build timed out while pushing results".into())),
         };
-        if let Err((status, detail)) = pushed {
-            outcome.status = status;
-            outcome.failure = Some(detail);
+        if let Err(ended) = pushed {
+            outcome.status = ended.status();
+            outcome.failure = Some(ended.into_detail());
         }
     }
     if let Err(e) = backend.teardown_build(&run.build_id).await {
@@ -263,9 +263,13 @@ async fn run_steps(
                     });
                     let (context, step, token) =
                         (context.clone(), step.clone(), stop_steps.clone());
-                    let task = running.spawn(async move {
-                        (i, run_step(&context, i, &step, creation, token).await)
-                    });
+                    // Inside the build's span, if the caller runs it in one: a panic in a
+                    // step's task is logged with the step.
+                    let span = info_span!("step", step = i, step_id = step.id.as_deref());
+                    let task = running.spawn(
+                        async move { (i, run_step(&context, i, &step, creation, token).await) }
+                            .instrument(span),
+                    );
                     step_of_task.insert(task.id(), i);
                 }
             }
@@ -447,9 +451,9 @@ async fn run_step(
                 result.detail = Some(format!("step exited with non-zero status: {code}"));
             }
         }
-        Err((status, detail)) => {
-            result.status = status;
-            result.detail = Some(detail);
+        Err(ended) => {
+            result.status = ended.status();
+            result.detail = Some(ended.into_detail());
         }
     }
     result.end_time = Some(SystemTime::now());
@@ -458,13 +462,10 @@ async fn run_step(
 
 /// The image a step was created from (`None`: not created ahead, because its image is not at
 /// hand yet), or why the step failed.
-type Creation = oneshot::Receiver<Result<Option<StepImage>, (Status, String)>>;
+type Creation = oneshot::Receiver<Result<Option<StepImage>, Ended>>;
 
-fn stopped() -> (Status, String) {
-    (
-        Status::Cancelled,
-        "stopped because the build stopped".to_string(),
-    )
+fn stopped() -> Ended {
+    Ended::Cancelled("stopped because the build stopped".to_string())
 }
 
 /// The exit code of a step whose command cannot run, as a shell and `docker run` give it.
@@ -472,17 +473,14 @@ const NOT_EXECUTABLE: i64 = 127;
 
 /// How a runtime error ends a step: a missing image or a command that cannot run is the
 /// config's failure, the rest ours.
-fn step_error(e: RuntimeError) -> (Status, String) {
+fn step_error(e: RuntimeError) -> Ended {
     match e {
-        RuntimeError::NotExecutable { detail } => (Status::Failure, detail),
-        RuntimeError::ImageNotFound { .. } => (
-            Status::Failure,
-            format!(
-                "{e}; to run a local image instead, map the name with an image alias \
+        RuntimeError::NotExecutable { detail } => Ended::Failure(detail),
+        RuntimeError::ImageNotFound { .. } => Ended::Failure(format!(
+            "{e}; to run a local image instead, map the name with an image alias \
                  (--aliases FILE or BUILDER_ALIASES, over builders/aliases.yaml)"
-            ),
-        ),
-        e => (Status::InternalError, e.to_string()),
+        )),
+        e => Ended::InternalError(e.to_string()),
     }
 }
 
@@ -510,7 +508,7 @@ async fn create(
     index: usize,
     ahead: bool,
     stop: &CancellationToken,
-) -> Result<Option<StepImage>, (Status, String)> {
+) -> Result<Option<StepImage>, Ended> {
     let (backend, build) = (&context.backend, context.build_id.as_str());
     let found = if ahead {
         backend.step_image(build, index, false).await
@@ -539,13 +537,8 @@ async fn created_for_start(
     index: usize,
     creation: Creation,
     stop: &CancellationToken,
-) -> Result<StepImage, (Status, String)> {
-    let lost = || {
-        (
-            Status::InternalError,
-            "the task creating the step failed".to_string(),
-        )
-    };
+) -> Result<StepImage, Ended> {
+    let lost = || Ended::InternalError("the task creating the step failed".to_string());
     let (backend, build) = (&context.backend, context.build_id.as_str());
     if let Some(created) = creation.await.unwrap_or_else(|_| Err(lost()))? {
         let current = backend
@@ -573,7 +566,7 @@ async fn start_and_wait(
     creation: Creation,
     stop: &CancellationToken,
     output: &mut Option<Output>,
-) -> Result<(i64, Option<String>), (Status, String)> {
+) -> Result<(i64, Option<String>), Ended> {
     let (backend, build) = (&context.backend, context.build_id.as_str());
     let created = created_for_start(context, index, creation, stop).await?;
     if let Some(warning) = step
@@ -610,10 +603,9 @@ async fn start_and_wait(
         )
         .await
         .map_err(|_| {
-            (
-                Status::Timeout,
-                format!("step timed out after {limit}s; raise the step's `timeout`"),
-            )
+            Ended::Timeout(format!(
+                "step timed out after {limit}s; raise the step's `timeout`"
+            ))
         }),
         None => Ok(backend.wait_step(build, index).await),
     };
@@ -705,9 +697,9 @@ const PUSH_ATTEMPTS: u32 = 3;
 async fn push_images(
     context: &StepContext,
     build: &ResolvedBuild,
-) -> Result<Vec<PushedImage>, Failed> {
+) -> Result<Vec<PushedImage>, Ended> {
     let (backend, id) = (&context.backend, context.build_id.as_str());
-    let ours = |e: RuntimeError| (Status::InternalError, e.to_string());
+    let ours = |e: RuntimeError| Ended::InternalError(e.to_string());
     let mut missing = Vec::new();
     for image in &build.images {
         if !backend.image_exists(id, image).await.map_err(ours)? {
@@ -715,12 +707,9 @@ async fn push_images(
         }
     }
     if !missing.is_empty() {
-        return Err((
-            Status::Failure,
-            format!(
-                "failed to find one or more images after execution of build steps: {missing:?}"
-            ),
-        ));
+        return Err(Ended::Failure(format!(
+            "failed to find one or more images after execution of build steps: {missing:?}"
+        )));
     }
     let mut pushed = Vec::new();
     for image in &build.images {
@@ -747,7 +736,7 @@ async fn push_images(
 
 /// Pushes `image` as `target` with its registry's credentials, retrying what the registry
 /// refused or dropped; returns its digest.
-async fn push_image(context: &StepContext, image: &str, target: &str) -> Result<String, Failed> {
+async fn push_image(context: &StepContext, image: &str, target: &str) -> Result<String, Ended> {
     let mut attempt = 1;
     loop {
         let pushed = context
@@ -761,32 +750,60 @@ async fn push_image(context: &StepContext, image: &str, target: &str) -> Result<
                 attempt += 1;
             }
             Err(e @ RuntimeError::PushFailed { .. }) => {
-                return Err((
-                    Status::Failure,
-                    format!(
-                        "{e}; check that the image's registry is running and reachable \
-                         (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
-                    ),
-                ));
+                return Err(Ended::Failure(format!(
+                    "{e}; check that the image's registry is running and reachable \
+                     (scripts/dev-env.sh starts one on 127.0.0.1:5000)"
+                )));
             }
             // The config's registries and their credentials.
-            Err(e @ RuntimeError::Credentials(_)) => return Err((Status::Failure, e.to_string())),
-            Err(e) => return Err((Status::InternalError, e.to_string())),
+            Err(e @ RuntimeError::Credentials(_)) => return Err(Ended::Failure(e.to_string())),
+            Err(e) => return Err(Ended::InternalError(e.to_string())),
         }
     }
 }
 
-/// A failed push: the build's status and why.
-type Failed = (Status, String);
+/// Why a step, or the push of a build's results, ended before it succeeded: the status it ends
+/// with, and why in a sentence for the record.
+#[derive(Debug)]
+enum Ended {
+    /// The config's doing: an image it names, a command that cannot run, its registries and
+    /// their credentials, its templates.
+    Failure(String),
+    /// builder's or its engine's.
+    InternalError(String),
+    Timeout(String),
+    /// Stopped by a cancel, or because the build stopped.
+    Cancelled(String),
+}
+
+impl Ended {
+    fn status(&self) -> Status {
+        match self {
+            Ended::Failure(_) => Status::Failure,
+            Ended::InternalError(_) => Status::InternalError,
+            Ended::Timeout(_) => Status::Timeout,
+            Ended::Cancelled(_) => Status::Cancelled,
+        }
+    }
+
+    fn into_detail(self) -> String {
+        match self {
+            Ended::Failure(detail)
+            | Ended::InternalError(detail)
+            | Ended::Timeout(detail)
+            | Ended::Cancelled(detail) => detail,
+        }
+    }
+}
 
 /// Registry errors are the config's: its registries, their credentials.
-fn failure(error: RegistryError) -> Failed {
-    (Status::Failure, error.to_string())
+fn failure(error: RegistryError) -> Ended {
+    Ended::Failure(error.to_string())
 }
 
 /// Pushes `templates:` once the images are pushed: the files of `/workspace` that each entry's
 /// globs match, each under the version its name carries. The tags move to the highest version.
-async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTemplate>, Failed> {
+async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTemplate>, Ended> {
     let targets = &run.build.templates;
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -804,15 +821,12 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
     let mut pushed = Vec::new();
     for (i, (target, files)) in targets.iter().zip(found).enumerate() {
         if files.is_empty() {
-            return Err((
-                Status::Failure,
-                format!(
-                    "templates[{i}].paths: no file of /workspace matches {:?}",
-                    target.paths
-                ),
-            ));
+            return Err(Ended::Failure(format!(
+                "templates[{i}].paths: no file of /workspace matches {:?}",
+                target.paths
+            )));
         }
-        let failed = |e: String| (Status::Failure, format!("templates[{i}]: {e}"));
+        let failed = |e: String| Ended::Failure(format!("templates[{i}]: {e}"));
         let regex = templates::version_regex(&target.version_regex).map_err(failed)?;
         let versions = files
             .iter()
@@ -856,8 +870,8 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
 }
 
 /// The files each template target matches, read from the backend's workspace.
-async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Found>>, Failed> {
-    let ours = |e: RuntimeError| (Status::InternalError, format!("reading /workspace: {e}"));
+async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Found>>, Ended> {
+    let ours = |e: RuntimeError| Ended::InternalError(format!("reading /workspace: {e}"));
     let archive = context
         .backend
         .read_workspace(&context.build_id)
@@ -870,8 +884,8 @@ async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Fou
         tokio::task::spawn_blocking(move || templates::collect(archive, &targets)).await;
     match collected {
         Ok(Ok(found)) => Ok(found),
-        Ok(Err(e)) => Err((Status::Failure, format!("templates: {e}"))),
-        Err(e) => Err((Status::InternalError, format!("reading /workspace: {e}"))),
+        Ok(Err(e)) => Err(Ended::Failure(format!("templates: {e}"))),
+        Err(e) => Err(Ended::InternalError(format!("reading /workspace: {e}"))),
     }
 }
 

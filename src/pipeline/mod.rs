@@ -30,7 +30,7 @@ use crate::core::substitute::Values;
 use crate::pipeline::execute::Run;
 
 pub use crate::adapters::store::Lease;
-pub use record::{Holder, Onlooker, held, record, recover, run};
+pub use record::{Holder, Onlooker, RecoverError, held, record, recover, run};
 
 /// The directory under a data directory where the holders of running builds keep their locks.
 pub const HOLDERS: &str = "holders";

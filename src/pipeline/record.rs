@@ -22,7 +22,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapters::runtime::{Backend, LogStream};
+use crate::adapters::runtime::{Backend, LogStream, RuntimeError};
 use crate::adapters::store::{self, Lease, LogLine, Renewal, Store};
 use crate::core::build::{Outcome, Status, StepResult};
 use crate::pipeline::execute::{self, Event};
@@ -356,6 +356,45 @@ async fn record_event(
     Ok(())
 }
 
+/// Why closing abandoned builds stopped short.
+#[derive(Debug)]
+pub enum RecoverError {
+    Store(store::Error),
+    /// The holders' lock files cannot be read.
+    Holders {
+        dir: PathBuf,
+        error: std::io::Error,
+    },
+    /// An abandoned build's containers, volumes and networks cannot be removed.
+    Sweep(RuntimeError),
+}
+
+impl std::fmt::Display for RecoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoverError::Store(e) => e.fmt(f),
+            RecoverError::Holders { dir, error } => write!(f, "{}: {error}", dir.display()),
+            RecoverError::Sweep(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RecoverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecoverError::Store(e) => Some(e),
+            RecoverError::Holders { error, .. } => Some(error),
+            RecoverError::Sweep(e) => Some(e),
+        }
+    }
+}
+
+impl From<store::Error> for RecoverError {
+    fn from(e: store::Error) -> Self {
+        RecoverError::Store(e)
+    }
+}
+
 /// Closes builds left unfinished by a process that no longer runs: those whose lease ran out,
 /// and those whose holder on this machine (its lock file in `holders`) has ended. Removes their
 /// containers, volumes and networks and records them as INTERNAL_ERROR. Returns their ids.
@@ -364,13 +403,16 @@ pub async fn recover(
     holders: &Path,
     lease: &Lease,
     runtime: &dyn Backend,
-) -> Result<Vec<String>, String> {
-    let unfinished = store.unfinished_builds().await.map_err(|e| e.to_string())?;
+) -> Result<Vec<String>, RecoverError> {
+    let unfinished = store.unfinished_builds().await?;
     let mut recovered = Vec::new();
     for build in unfinished {
         let ended = match &build.holder {
             Some(holder) => {
-                ended_holder(holders, holder).map_err(|e| format!("{}: {e}", holders.display()))?
+                ended_holder(holders, holder).map_err(|error| RecoverError::Holders {
+                    dir: holders.to_path_buf(),
+                    error,
+                })?
             }
             None => None,
         };
@@ -378,24 +420,22 @@ pub async fn recover(
         if !abandoned
             || !store
                 .take_over(&build.id, build.holder.as_deref(), lease)
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
         {
             continue;
         }
-        runtime.sweep(&build.id).await.map_err(|e| e.to_string())?;
+        runtime
+            .sweep(&build.id)
+            .await
+            .map_err(RecoverError::Sweep)?;
         let steps = store
             .get_build(&build.id)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .map(|b| b.steps.into_iter().map(|s| close(s.result)).collect())
             .unwrap_or_default();
         let failure = "the process running this build ended before the build did";
         let outcome = Outcome::ended(Status::InternalError, steps, Some(failure.into()));
-        store
-            .finish_build(&build.id, &outcome)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.finish_build(&build.id, &outcome).await?;
         if let (Some(holder), Some(_lock)) = (&build.holder, ended) {
             let _ = std::fs::remove_file(holders.join(format!("{holder}.lock")));
         }

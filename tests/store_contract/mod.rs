@@ -9,12 +9,13 @@ use std::time::Duration;
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
     BuildQuery, Lease, NewDelivery, QueuedBuild, REJECTED_KEPT, Recorded, Renewal, Store,
-    TriggerResult, Unfinished,
+    Unfinished,
 };
 use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
 use builder::core::schedule::{Decision, Skipped};
 use builder::core::substitute::Values;
+use builder::core::triggers::TriggerResult;
 use chrono::{DateTime, Utc};
 
 fn lease(holder: &str, seconds: u64) -> Lease {

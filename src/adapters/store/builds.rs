@@ -5,56 +5,45 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite, sqlite::SqliteRow};
 
-use super::{
-    Error, Lease, SqliteStore, Transaction, json, millis, parse_json, required_rfc3339, status,
-    time,
-};
+use super::{Error, Lease, SqliteStore, Transaction, json, millis, parse_json, status, time};
 use crate::core::build::{Outcome, PushedImage, Status, StepResult};
 use crate::core::plan::ResolvedBuild;
 use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
 
-/// A build as recorded (and as the API serves it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A build as recorded (the API serves it as a `wire::Build`).
+#[derive(Debug, Clone)]
 pub struct BuildRecord {
     pub id: String,
     pub status: Status,
-    #[serde(with = "required_rfc3339")]
     pub create_time: SystemTime,
-    #[serde(default, with = "crate::core::build::rfc3339")]
     pub start_time: Option<SystemTime>,
-    #[serde(default, with = "crate::core::build::rfc3339")]
     pub finish_time: Option<SystemTime>,
     /// The trigger that started it; `None` for `builder submit` builds.
     pub trigger: Option<String>,
     /// The schedule that started it.
-    #[serde(default)]
     pub schedule: Option<String>,
     pub source: serde_json::Value,
     pub substitutions: Values,
+    /// `null` until the build has a plan.
     pub plan: serde_json::Value,
     pub images: Vec<PushedImage>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<PushedTemplate>,
     pub failure: Option<String>,
     pub steps: Vec<StepRecord>,
     /// What each step wrote to `$BUILDER_OUTPUT/output`, base64, at the step's index (empty for
     /// the others): Cloud Build's `results.buildStepOutputs`.
-    #[serde(default)]
     pub build_step_outputs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A step of a build as recorded.
+#[derive(Debug, Clone)]
 pub struct StepRecord {
     pub index: usize,
     pub id: Option<String>,
     pub name: String,
-    #[serde(flatten)]
     pub result: StepResult,
 }
 

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Error, QueuedBuild, SqliteStore, json, millis, queue, required_rfc3339, time};
+use super::{Error, QueuedBuild, SqliteStore, json, millis, queue, time};
+use crate::core::triggers::TriggerResult;
 
 /// Delivery states.
 const PENDING: &str = "PENDING";
@@ -35,17 +35,6 @@ pub struct NewDelivery {
     pub builds: Vec<QueuedBuild>,
 }
 
-/// What one trigger made of a delivery: the build it queued, or why it queued none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TriggerResult {
-    pub trigger: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub build_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     New,
@@ -61,12 +50,11 @@ pub struct PendingDelivery {
     pub results: Vec<TriggerResult>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A delivery as recorded.
+#[derive(Debug, Clone)]
 pub struct DeliveryRecord {
     pub id: String,
     pub event: String,
-    #[serde(with = "required_rfc3339")]
     pub receive_time: SystemTime,
     pub verified: bool,
     pub summary: String,

@@ -4,14 +4,14 @@
 //! Builds logged before chunks (migration 0009) keep one row per line in `log_lines`.
 
 use futures_util::TryStreamExt as _;
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Error, SqliteStore};
 use crate::adapters::runtime::LogStream;
 use crate::core::logs;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A line of a build's log as recorded.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
     pub seq: i64,
     pub step: usize,

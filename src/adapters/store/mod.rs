@@ -30,7 +30,6 @@ use crate::core::logs::ChunkError;
 pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
 pub use deliveries::{
     Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
-    TriggerResult,
 };
 pub use logs::{LogLine, Logs};
 use queue::queue;
@@ -185,22 +184,6 @@ impl Store for SqliteStore {
 }
 
 type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
-
-/// A time that is always there, as RFC 3339 text.
-mod required_rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::core::build::rfc3339::serialize(&Some(*time), serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-        crate::core::build::rfc3339::deserialize(deserializer)?
-            .ok_or_else(|| serde::de::Error::custom("a time is required"))
-    }
-}
 
 /// Statuses are written only by this module, from [`Status::as_str`].
 fn status(text: String) -> Status {

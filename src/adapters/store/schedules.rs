@@ -2,17 +2,14 @@
 //! the runs it skipped.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::Row;
 
 use super::{Error, QueuedBuild, SqliteStore, Transaction, instant, queue};
 use crate::core::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 
 /// A run a schedule skipped, as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SkippedRun {
-    #[serde(flatten)]
     pub skipped: Skipped,
     pub record_time: DateTime<Utc>,
 }

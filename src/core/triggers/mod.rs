@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 
 use crate::core::config::decode::{self, Fields};
 use crate::core::config::{self, BuildConfig, validate};
@@ -14,6 +15,17 @@ use crate::core::glob::Glob;
 use crate::core::plan;
 use crate::core::substitute::Values;
 use crate::core::webhooks::{Delivery, GitRef, Push, RefKind, Repository};
+
+/// What one trigger made of a delivery: the build it queued, or why it queued none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerResult {
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
 
 /// A trigger as loaded: what it listens to, which files count, and the build it starts.
 #[derive(Debug, Clone)]

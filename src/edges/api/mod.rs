@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::build::Status;
-use crate::pipeline::service::StepRecord;
+use crate::core::wire;
 use crate::pipeline::service::{
     BuildQuery, Failed, Follower, Headers, ManualRun, Receipt, Rejection, Service, Submission,
 };
@@ -393,7 +393,7 @@ fn follow(
                     }
                 };
                 announced.resize(build.steps.len(), Status::Queued);
-                let step_event = |step: &StepRecord, status: Status, detail: &Option<String>| {
+                let step_event = |step: &wire::Step, status: Status, detail: &Option<String>| {
                     let data = json!({
                         "step": step.index, "id": step.id, "name": step.name, "status": status,
                         "detail": detail

@@ -20,7 +20,7 @@ use crate::core::diag::{Diagnostics, FieldPath};
 use crate::core::plan::{self, Context, Inputs};
 use crate::core::schedule::{self, Cron, Times};
 use crate::core::substitute::Values;
-use crate::core::{triggers, webhooks};
+use crate::core::{triggers, webhooks, wire};
 use crate::pipeline;
 use crate::pipeline::execute::Event;
 use crate::pipeline::submit;
@@ -594,10 +594,17 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     limit,
                     ..Default::default()
                 };
-                print_builds(&store.list_builds(&query).await?)?;
+                let builds = store.list_builds(&query).await?;
+                print_builds(
+                    &builds
+                        .into_iter()
+                        .map(wire::Build::from)
+                        .collect::<Vec<_>>(),
+                )?;
             }
             BuildsCommand::Describe { id } => {
-                outln!("{}", serde_json::to_string_pretty(&find(id).await?)?)?;
+                let build = wire::Build::from(find(id).await?);
+                outln!("{}", serde_json::to_string_pretty(&build)?)?;
             }
             BuildsCommand::Log { id, stream } => {
                 let build = find(id).await?;
@@ -639,7 +646,7 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
 }
 
 /// One line per build, newest first.
-fn print_builds(builds: &[crate::adapters::store::BuildRecord]) -> Result<()> {
+fn print_builds(builds: &[wire::Build]) -> Result<()> {
     outln!(
         "{:<36}  {:<20}  {:>9}  {:<14}  IMAGES",
         "ID",
@@ -662,10 +669,7 @@ fn print_builds(builds: &[crate::adapters::store::BuildRecord]) -> Result<()> {
 }
 
 /// How `submit` ends, as gcloud prints it; the exit code follows the status.
-fn print_summary(
-    build: &crate::adapters::store::BuildRecord,
-    interrupted: bool,
-) -> Result<ExitCode> {
+fn print_summary(build: &wire::Build, interrupted: bool) -> Result<ExitCode> {
     outln!("DONE\n{}", "-".repeat(80))?;
     if let Some(failure) = &build.failure {
         outln!("ERROR: {failure}")?;
@@ -917,7 +921,7 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .context("the build's record vanished")?;
     debug_assert_eq!(build.status, outcome.status);
     print_summary(
-        &build,
+        &wire::Build::from(build),
         interrupted.load(std::sync::atomic::Ordering::SeqCst),
     )
 }

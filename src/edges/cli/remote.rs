@@ -225,7 +225,7 @@ pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
 }
 
 /// Prints a build's progress as it runs, as a local build prints it; returns its record.
-async fn follow(client: &Client, id: &str) -> Result<crate::adapters::store::BuildRecord> {
+async fn follow(client: &Client, id: &str) -> Result<crate::core::wire::Build> {
     // Each step's id, learnt from its start, which comes before its lines.
     let mut ids: Vec<Option<String>> = Vec::new();
     // Printing stops at the first failed write; the build is followed to its end regardless.

@@ -16,7 +16,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 pub struct Follower {
     service: Arc<Service>,
     /// The build as it was when the follow began, its step statuses updated from the live log.
-    build: BuildRecord,
+    build: wire::Build,
     /// The build's live log once it runs in this process, and the follower's wake-up.
     live: Option<(Arc<LiveLog>, watch::Receiver<u64>)>,
     /// Whether the last read may have left lines behind (it was a full page), or was the first.
@@ -24,14 +24,15 @@ pub struct Follower {
 }
 
 impl Service {
-    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Failed> {
-        Ok(self.store.list_builds(query).await?)
+    pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<wire::Build>, Failed> {
+        let builds = self.store.list_builds(query).await?;
+        Ok(builds.into_iter().map(wire::Build::from).collect())
     }
 
-    pub async fn build(&self, id: &str) -> Result<BuildRecord, Failed> {
-        self.store
-            .get_build(id)
-            .await?
+    pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
+        let build = self.store.get_build(id).await?;
+        build
+            .map(wire::Build::from)
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
     }
 
@@ -43,9 +44,10 @@ impl Service {
         id: &str,
         after: i64,
         limit: Option<u32>,
-    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+    ) -> Result<(Vec<wire::LogLine>, wire::Build), Failed> {
         let build = self.build(id).await?;
-        Ok((self.store.logs(&build.id, after, limit).await?, build))
+        let lines = self.store.logs(&build.id, after, limit).await?;
+        Ok((lines.into_iter().map(wire::LogLine::from).collect(), build))
     }
 
     /// Follows a build's log: see [`Follower::next`].
@@ -59,8 +61,9 @@ impl Service {
         })
     }
 
-    pub async fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Failed> {
-        Ok(self.store.list_deliveries(limit).await?)
+    pub async fn deliveries(&self, limit: u32) -> Result<Vec<wire::Delivery>, Failed> {
+        let deliveries = self.store.list_deliveries(limit).await?;
+        Ok(deliveries.into_iter().map(wire::Delivery::from).collect())
     }
 
     pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {
@@ -175,7 +178,7 @@ impl Service {
             Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
         })
         .await
-        .map_err(|e| Failed::Internal(e.to_string()))?
+        .map_err(|e| Failed::Internal(Internal::Task(e)))?
         .map_err(|e| Failed::Invalid(e.to_string()))?
         .ok_or_else(|| {
             Failed::Invalid(format!(
@@ -194,11 +197,13 @@ impl Service {
     pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.settings.data_dir.join("uploads");
-        let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", dir.display()));
-        tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
-        tokio::fs::write(dir.join(format!("{id}.tar.gz")), archive)
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(failed)?;
+            .map_err(Failed::file(&dir))?;
+        let file = dir.join(format!("{id}.tar.gz"));
+        tokio::fs::write(&file, archive)
+            .await
+            .map_err(Failed::file(&file))?;
         Ok(id)
     }
 
@@ -258,7 +263,7 @@ impl Follower {
         &mut self,
         after: i64,
         limit: u32,
-    ) -> Result<(Vec<LogLine>, BuildRecord), Failed> {
+    ) -> Result<(Vec<wire::LogLine>, wire::Build), Failed> {
         loop {
             if self.live.is_none() {
                 if let Some(log) = self.service.live.get(&self.build.id) {
@@ -303,13 +308,14 @@ impl Follower {
             };
             self.more = lines.len() == limit as usize;
             update(&mut self.build, snapshot);
+            let lines = lines.into_iter().map(wire::LogLine::from).collect();
             return Ok((lines, self.build.clone()));
         }
     }
 }
 
 /// The build record with what its live log says of its steps and its end.
-fn update(build: &mut BuildRecord, snapshot: Snapshot) {
+fn update(build: &mut wire::Build, snapshot: Snapshot) {
     for (step, (status, detail)) in build.steps.iter_mut().zip(snapshot.steps) {
         step.result.status = status;
         step.result.detail = detail;

@@ -54,12 +54,12 @@ pub(super) fn load_dir<T>(
 /// Replaces `file` with `bytes` so that a crash leaves the old file or the new one, never a part:
 /// written beside it and synced, renamed over it, and the rename synced through the directory.
 pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Failed> {
-    let failed = |e: std::io::Error| Failed::Internal(format!("{}: {e}", file.display()));
     let partial = file.with_extension("partial");
-    let mut written = std::fs::File::create(&partial).map_err(failed)?;
-    written.write_all(bytes).map_err(failed)?;
-    written.sync_all().map_err(failed)?;
-    std::fs::rename(&partial, file).map_err(failed)?;
+    let failed = Failed::file(file);
+    let mut written = std::fs::File::create(&partial).map_err(&failed)?;
+    written.write_all(bytes).map_err(&failed)?;
+    written.sync_all().map_err(&failed)?;
+    std::fs::rename(&partial, file).map_err(&failed)?;
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|dir| dir.sync_all())

@@ -9,6 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::*;
+use crate::adapters::source::git::GitError;
+use crate::adapters::store::PendingDelivery;
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
 /// one before it was being written: one write to disk for all of them, so that durably recording
@@ -33,8 +35,9 @@ pub(super) async fn write_deliveries(
                 }
             }
             Err(e) => {
+                let e = Arc::new(e);
                 for waiter in waiting {
-                    let _ = waiter.send(Err(e.to_string()));
+                    let _ = waiter.send(Err(Unrecorded::Store(e.clone())));
                 }
             }
         }
@@ -119,26 +122,46 @@ pub enum Receipt {
 }
 
 /// Why a delivery was refused; nothing was queued.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Rejection {
     /// Not from GitHub (or not signed with our secret): recorded as rejected.
     Unauthorized(SignatureError),
     BadRequest(String),
     /// The record could not be written; GitHub will redeliver.
-    Unavailable(String),
+    Unavailable(Unrecorded),
 }
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unauthorized(e) => write!(f, "{e}"),
-            Self::BadRequest(message) | Self::Unavailable(message) => f.write_str(message),
+            Self::BadRequest(message) => f.write_str(message),
+            Self::Unavailable(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Why a delivery was not recorded.
+#[derive(Debug, Clone)]
+pub enum Unrecorded {
+    /// The service is shutting down: its delivery writer has stopped.
+    Stopping,
+    /// The store failed the batch the delivery was written in; every delivery of the batch
+    /// shares its error.
+    Store(Arc<store::Error>),
+}
+
+impl std::fmt::Display for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unrecorded::Stopping => f.write_str("the service is stopping"),
+            Unrecorded::Store(e) => e.fmt(f),
         }
     }
 }
 
 /// Where a delivery's writer learns how it was written.
-pub(super) type Written = oneshot::Sender<Result<Recorded, String>>;
+pub(super) type Written = oneshot::Sender<Result<Recorded, Unrecorded>>;
 
 /// The most deliveries written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -275,7 +298,7 @@ impl Service {
 
     /// Hands a delivery to the recorder and waits until it is written (see [`write_deliveries`]).
     async fn record(&self, delivery: NewDelivery) -> Result<Recorded, Rejection> {
-        let stopped = || Rejection::Unavailable("the service is stopping".into());
+        let stopped = || Rejection::Unavailable(Unrecorded::Stopping);
         let (sender, written) = oneshot::channel();
         self.recorder
             .send((delivery, sender))
@@ -309,59 +332,81 @@ impl Service {
             }
         };
         for delivery in pending {
-            let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload)
-            else {
-                continue;
-            };
-            let changed = self.changed_files(&push).await;
-            let mut results = delivery.results;
-            let mut builds = Vec::new();
-            let triggers = self.triggers.all();
-            let repository = &push.repository;
-            for trigger in triggers.of_repository(&repository.owner, &repository.name) {
-                if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
-                    continue;
-                }
-                let decision = match &changed {
-                    Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
-                    Err(e) => Err(format!("the push's changed files are unknown: {e}")),
-                };
-                match decision {
-                    Ok(()) => {
-                        let build = self.pushed_build(trigger, &push, &delivery.id);
-                        results.push(queued(trigger, &build));
-                        builds.push(build);
-                    }
-                    Err(reason) => results.push(TriggerResult {
-                        trigger: trigger.name.clone(),
-                        build_id: None,
-                        reason: Some(reason),
-                    }),
-                }
-            }
-            if let Err(e) = self
-                .store
-                .complete_delivery(&delivery.id, &results, &builds)
-                .await
-            {
-                error!(delivery_id = %delivery.id, error = %e, "recording the delivery's builds failed");
-            }
+            let span = info_span!("delivery", delivery_id = %delivery.id, event = %delivery.event);
+            self.decide(delivery).instrument(span).await;
         }
     }
 
-    async fn changed_files(&self, push: &Push) -> Result<Vec<String>, String> {
+    /// Decides a pending delivery's file-filtered triggers from its push's changed files, and
+    /// queues their builds with that decision.
+    async fn decide(&self, delivery: PendingDelivery) {
+        let Ok(Delivery::Push(push)) = webhooks::parse(&delivery.event, &delivery.payload) else {
+            return;
+        };
+        let changed = self.changed_files(&push).await;
+        let mut results = delivery.results;
+        let mut builds = Vec::new();
+        let triggers = self.triggers.all();
+        let repository = &push.repository;
+        for trigger in triggers.of_repository(&repository.owner, &repository.name) {
+            if !trigger.has_file_filters() || trigger.fires_on_ref(&push).is_err() {
+                continue;
+            }
+            let decision = match &changed {
+                Ok(files) => trigger.files_fire(files).map_err(|skip| skip.to_string()),
+                Err(e) => Err(format!("the push's changed files are unknown: {e}")),
+            };
+            match decision {
+                Ok(()) => {
+                    let build = self.pushed_build(trigger, &push, &delivery.id);
+                    results.push(queued(trigger, &build));
+                    builds.push(build);
+                }
+                Err(reason) => results.push(TriggerResult {
+                    trigger: trigger.name.clone(),
+                    build_id: None,
+                    reason: Some(reason),
+                }),
+            }
+        }
+        if let Err(e) = self
+            .store
+            .complete_delivery(&delivery.id, &results, &builds)
+            .await
+        {
+            error!(error = %e, "recording the delivery's builds failed");
+        }
+    }
+
+    async fn changed_files(&self, push: &Push) -> Result<Vec<String>, ChangesUnknown> {
         let url = push.repository.clone_url.clone();
         let cache = self.settings.data_dir.join("git");
         let rewrites = self.settings.rewrites.clone();
         let (before, after) = (push.before.clone(), push.after.clone());
         tokio::task::spawn_blocking(move || {
-            let mirror = Mirror::update(&cache, &url, &rewrites).map_err(|e| e.to_string())?;
-            let changed = mirror
-                .changed_files(&before, &after)
-                .map_err(|e| e.to_string())?;
-            Ok(changed.files)
+            let mirror = Mirror::update(&cache, &url, &rewrites)?;
+            Ok(mirror.changed_files(&before, &after)?.files)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(ChangesUnknown::Task)?
+        .map_err(ChangesUnknown::Git)
+    }
+}
+
+/// Why a push's changed files are unknown: its trigger results say so.
+#[derive(Debug)]
+enum ChangesUnknown {
+    /// The repository's mirror could not be updated or compared.
+    Git(GitError),
+    /// The blocking task that reads the mirror panicked or was cancelled.
+    Task(tokio::task::JoinError),
+}
+
+impl std::fmt::Display for ChangesUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangesUnknown::Git(e) => e.fmt(f),
+            ChangesUnknown::Task(e) => e.fmt(f),
+        }
     }
 }

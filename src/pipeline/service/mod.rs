@@ -19,7 +19,7 @@
 //!   swept and closed as INTERNAL_ERROR at the next start (as `builder submit` does), queued ones
 //!   run then.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -29,13 +29,14 @@ use tokio::task::JoinHandle;
 
 use crate::adapters::runtime::Backend;
 use crate::adapters::source::git::{Mirror, Rewrites};
-pub use crate::adapters::store::{BuildQuery, BuildRecord, DeliveryRecord, StepRecord};
-use crate::adapters::store::{LogLine, NewDelivery, QueuedBuild, Recorded, Store, TriggerResult};
+pub use crate::adapters::store::BuildQuery;
+use crate::adapters::store::{self, NewDelivery, QueuedBuild, Recorded, Store};
 use crate::core::build::{Outcome, Request, Status};
 use crate::core::plan::Context;
 use crate::core::substitute::Values;
-use crate::core::triggers::{self, BuildSource, Trigger};
+use crate::core::triggers::{self, BuildSource, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
+use crate::core::wire;
 use crate::pipeline::execute::Run;
 use crate::pipeline::live::{LiveLog, LiveLogs, Snapshot};
 use crate::pipeline::{self, Machine, Reading, Recipe};
@@ -47,10 +48,11 @@ mod commands;
 mod files;
 mod intake;
 mod queue;
+mod rows;
 mod schedules;
 mod trigger_files;
 
-pub use intake::{Admitted, Headers, Receipt, Rejection};
+pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
 
 /// How the service is set up.
@@ -71,22 +73,75 @@ pub enum Failed {
     Invalid(String),
     /// The resource is not in a state that allows it.
     Conflict(String),
-    Internal(String),
+    /// The service's own failure, not the request's: logged where it is answered.
+    Internal(Internal),
 }
 
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotFound(m) | Self::Invalid(m) | Self::Conflict(m) | Self::Internal(m) => {
-                f.write_str(m)
-            }
+            Self::NotFound(m) | Self::Invalid(m) | Self::Conflict(m) => f.write_str(m),
+            Self::Internal(e) => e.fmt(f),
         }
     }
 }
 
-impl From<crate::adapters::store::Error> for Failed {
-    fn from(e: crate::adapters::store::Error) -> Self {
-        Self::Internal(e.to_string())
+/// What failed inside the service, with its source.
+#[derive(Debug)]
+pub enum Internal {
+    Store(store::Error),
+    /// A file or directory the service keeps (an upload, a trigger file).
+    File {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A blocking task (updating a repository's mirror) panicked or was cancelled.
+    Task(tokio::task::JoinError),
+    /// A schedule whose expression has no run after now: its file was checked at load, so this
+    /// is not the caller's doing.
+    NoNextRun {
+        schedule: String,
+    },
+}
+
+impl std::fmt::Display for Internal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Internal::Store(e) => e.fmt(f),
+            Internal::File { path, error } => write!(f, "{}: {error}", path.display()),
+            Internal::Task(e) => e.fmt(f),
+            Internal::NoNextRun { schedule } => write!(f, "schedule {schedule:?} has no next run"),
+        }
+    }
+}
+
+impl std::error::Error for Internal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Internal::Store(e) => Some(e),
+            Internal::File { error, .. } => Some(error),
+            Internal::Task(e) => Some(e),
+            Internal::NoNextRun { .. } => None,
+        }
+    }
+}
+
+impl Failed {
+    /// A failure to read or write `path`, one of the service's own files.
+    fn file(path: &Path) -> impl Fn(std::io::Error) -> Failed {
+        let path = path.to_path_buf();
+        move |error| {
+            Failed::Internal(Internal::File {
+                path: path.clone(),
+                error,
+            })
+        }
+    }
+}
+
+impl From<store::Error> for Failed {
+    fn from(e: store::Error) -> Self {
+        Self::Internal(Internal::Store(e))
     }
 }
 

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::*;
+use crate::adapters::source::SourceError;
+use crate::adapters::source::git::GitError;
 use crate::adapters::store::Claimed;
 
 /// The span of a claimed build's work: its id, and its trigger if one queued it.
@@ -24,8 +26,25 @@ fn build_span(claimed: &Claimed) -> tracing::Span {
 enum Unprepared {
     /// Its queued request is not one this version reads.
     Request(serde_json::Error),
-    /// Its source: the commit, the upload, the config file in it.
-    Source(String),
+    /// Its workspace directory cannot be made.
+    Workspace(std::io::Error),
+    /// Its uploaded source is no longer kept.
+    UploadGone(std::io::Error),
+    /// Its uploaded source cannot be unpacked into the workspace.
+    Unpack(SourceError),
+    /// Its trigger was deleted after it was queued.
+    TriggerGone(String),
+    /// Its commit could not be fetched and checked out.
+    Fetch(GitError),
+    /// The blocking task that fetches the commit panicked or was cancelled.
+    Task(tokio::task::JoinError),
+    /// The config file its trigger names cannot be read from the commit.
+    Config {
+        path: String,
+        error: std::io::Error,
+    },
+    /// The commit has none of the config files autodetection looks for.
+    NoConfig,
     /// Its config or secrets.
     Refused(pipeline::Refused),
     Store(crate::adapters::store::Error),
@@ -35,7 +54,21 @@ impl std::fmt::Display for Unprepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unprepared::Request(e) => write!(f, "the queued build's request is unreadable: {e}"),
-            Unprepared::Source(message) => f.write_str(message),
+            Unprepared::Workspace(e) => e.fmt(f),
+            Unprepared::UploadGone(e) => write!(f, "the uploaded source is gone: {e}"),
+            Unprepared::Unpack(e) => e.fmt(f),
+            Unprepared::TriggerGone(trigger) => write!(f, "trigger {trigger:?} no longer exists"),
+            Unprepared::Fetch(e) => write!(f, "fetching the source failed: {e}"),
+            Unprepared::Task(e) => e.fmt(f),
+            Unprepared::Config { path, error } => {
+                write!(
+                    f,
+                    "cannot read the build config {path} in the commit: {error}"
+                )
+            }
+            Unprepared::NoConfig => {
+                f.write_str("the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json")
+            }
             Unprepared::Refused(refused) => refused.fmt(f),
             Unprepared::Store(e) => write!(f, "recording the build's plan failed: {e}"),
         }
@@ -209,12 +242,12 @@ impl Service {
         let recipe = match &request {
             Request::Push { .. } => self.checkout(&request, workspace).await?,
             Request::Upload { upload, .. } => {
-                let source = |e: &dyn std::fmt::Display| Unprepared::Source(e.to_string());
-                std::fs::create_dir_all(workspace).map_err(|e| source(&e))?;
+                std::fs::create_dir_all(workspace).map_err(Unprepared::Workspace)?;
                 if let Some(upload) = upload {
                     let archive = std::fs::File::open(self.upload_path(upload))
-                        .map_err(|e| source(&format_args!("the uploaded source is gone: {e}")))?;
-                    crate::adapters::source::unpack(archive, workspace).map_err(|e| source(&e))?;
+                        .map_err(Unprepared::UploadGone)?;
+                    crate::adapters::source::unpack(archive, workspace)
+                        .map_err(Unprepared::Unpack)?;
                 }
                 upload_recipe(&request)?
             }
@@ -240,11 +273,10 @@ impl Service {
         else {
             unreachable!("only pushes are checked out");
         };
-        let source = Unprepared::Source;
         let trigger = &self
             .triggers
             .get(trigger)
-            .map_err(|_| source(format!("trigger {trigger:?} no longer exists")))?;
+            .map_err(|_| Unprepared::TriggerGone(trigger.clone()))?;
         let (url, cache) = (clone_url.clone(), self.settings.data_dir.join("git"));
         let rewrites = self.settings.rewrites.clone();
         let (commit, dest) = (commit.clone(), workspace.to_path_buf());
@@ -253,8 +285,8 @@ impl Service {
             mirror.checkout(&commit, &dest)
         })
         .await
-        .map_err(|e| source(e.to_string()))?
-        .map_err(|e| source(format!("fetching the source failed: {e}")))?;
+        .map_err(Unprepared::Task)?
+        .map_err(Unprepared::Fetch)?;
         let mut built_ins = built_ins.clone();
         let recipe = |file: String, built_ins: Values| Reading {
             file,
@@ -276,11 +308,11 @@ impl Service {
                 warnings: String::new(),
             }),
             BuildSource::File(path) => {
-                let bytes = read_in_checkout(workspace, path).map_err(|e| {
-                    source(format!(
-                        "cannot read the build config {path} in the commit: {e}"
-                    ))
-                })?;
+                let bytes =
+                    read_in_checkout(workspace, path).map_err(|error| Unprepared::Config {
+                        path: path.clone(),
+                        error,
+                    })?;
                 Ok(Recipe::load(&bytes, recipe(path.clone(), built_ins))?)
             }
             // Cloud Build's autodetection: the first config file the commit has.
@@ -290,12 +322,7 @@ impl Service {
                     .find_map(|name| {
                         Some((read_in_checkout(workspace, name).ok()?, name.to_string()))
                     })
-                    .ok_or_else(|| {
-                        source(
-                            "the commit has no cloudbuild.yaml, cloudbuild.yml or cloudbuild.json"
-                                .into(),
-                        )
-                    })?;
+                    .ok_or(Unprepared::NoConfig)?;
                 built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
                 Ok(Recipe::load(&bytes, recipe(file, built_ins))?)
             }

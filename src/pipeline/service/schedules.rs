@@ -17,10 +17,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::{Failed, ManualRun, Service, Triggers, files};
-use crate::adapters::store::{QueuedBuild, SkippedRun};
+use super::{Failed, Internal, ManualRun, Service, Triggers, files};
+use crate::adapters::store::QueuedBuild;
 use crate::core::build::Status;
 use crate::core::schedule::{self, LastRun, Schedule, State, Target, Times};
+use crate::core::wire;
 
 /// Where the scheduler reads the time.
 pub trait Clock: Send + Sync {
@@ -92,7 +93,7 @@ pub struct ScheduleView {
     pub last_error: Option<String>,
     /// The newest records first; in a single schedule's description only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped_runs: Option<Vec<SkippedRun>>,
+    pub skipped_runs: Option<Vec<wire::SkippedRun>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,11 +133,11 @@ impl Service {
             None => None,
         };
         let skipped_runs = if with_skipped {
-            Some(
-                self.store
-                    .skipped_runs(&schedule.name, SKIPPED_SHOWN)
-                    .await?,
-            )
+            let runs = self
+                .store
+                .skipped_runs(&schedule.name, SKIPPED_SHOWN)
+                .await?;
+            Some(runs.into_iter().map(wire::SkippedRun::from).collect())
         } else {
             None
         };
@@ -281,7 +282,9 @@ impl Service {
             Some(state) if state.spec == spec => Ok(state),
             _ => {
                 let first = schedule.first_run(self.clock.now()).ok_or_else(|| {
-                    Failed::Internal(format!("schedule {:?} has no next run", schedule.name))
+                    Failed::Internal(Internal::NoNextRun {
+                        schedule: schedule.name.clone(),
+                    })
                 })?;
                 Ok(self
                     .store

@@ -155,8 +155,7 @@ impl TriggerFiles {
             .position(|e| e.trigger.name == name)
             .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))?;
         let file = &loaded.0.entries[index].file;
-        std::fs::remove_file(file)
-            .map_err(|e| Failed::Internal(format!("{}: {e}", file.display())))?;
+        std::fs::remove_file(file).map_err(Failed::file(file))?;
         let mut entries = loaded.0.entries.clone();
         entries.remove(index);
         *loaded = Triggers::new(entries);

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::{BuildFilter, Visitor, url_encode};
 use crate::core::build::Status;
-use crate::pipeline::service::{BuildRecord, DeliveryRecord, ScheduleView, StepRecord};
+use crate::core::wire::{Build, Delivery, Step};
+use crate::pipeline::service::ScheduleView;
 
 /// Indentation levels the steps list shows (deeper steps share the last).
 const MAX_DEPTH: usize = 8;
@@ -101,7 +102,7 @@ fn text<'v>(value: &'v Value, key: &str) -> &'v str {
 }
 
 /// A build's substitution, empty if it has none of that name.
-fn substitution<'b>(build: &'b BuildRecord, key: &str) -> &'b str {
+fn substitution<'b>(build: &'b Build, key: &str) -> &'b str {
     build.substitutions.get(key).map_or("", String::as_str)
 }
 
@@ -115,7 +116,7 @@ fn short(commit: &str) -> &str {
 }
 
 /// What started a build: its schedule, its trigger, or a person (`builder submit`).
-fn origin(build: &BuildRecord) -> Markup {
+fn origin(build: &Build) -> Markup {
     html! {
         @if let Some(schedule) = &build.schedule {
             "schedule " a href={ "/schedules/" (url_encode(schedule)) } { (schedule) }
@@ -128,7 +129,7 @@ fn origin(build: &BuildRecord) -> Markup {
 }
 
 /// The branch or tag a build built.
-fn reference(build: &BuildRecord) -> Markup {
+fn reference(build: &Build) -> Markup {
     let (branch, tag) = (
         substitution(build, "BRANCH_NAME"),
         substitution(build, "TAG_NAME"),
@@ -139,7 +140,7 @@ fn reference(build: &BuildRecord) -> Markup {
     }
 }
 
-fn repository(build: &BuildRecord) -> &str {
+fn repository(build: &Build) -> &str {
     match text(&build.source, "kind") {
         "github" => text(&build.source, "repository"),
         "upload" => "upload",
@@ -149,11 +150,11 @@ fn repository(build: &BuildRecord) -> &str {
 
 /// Whether a list of builds is refreshed: while any runs, or always if `newest` (new builds show
 /// up).
-fn live(builds: &[BuildRecord], newest: bool) -> bool {
+fn live(builds: &[Build], newest: bool) -> bool {
     newest || builds.iter().any(|b| !b.status.is_final())
 }
 
-fn builds_table(builds: &[BuildRecord]) -> Markup {
+fn builds_table(builds: &[Build]) -> Markup {
     html! {
         table.builds {
             thead { tr {
@@ -183,7 +184,7 @@ pub(super) fn builds(
     visitor: &Visitor,
     filter: &BuildFilter,
     triggers: &[String],
-    builds: &[BuildRecord],
+    builds: &[Build],
     older: Option<String>,
 ) -> Markup {
     let content = html! {
@@ -232,7 +233,7 @@ fn depths(dependencies: &[Vec<usize>]) -> Vec<usize> {
     depths
 }
 
-fn step_label(step: &StepRecord) -> String {
+fn step_label(step: &Step) -> String {
     match &step.id {
         Some(id) => id.clone(),
         None => format!("#{}", step.index),
@@ -240,7 +241,7 @@ fn step_label(step: &StepRecord) -> String {
 }
 
 /// What a step waited for, in words.
-fn waits_for(index: usize, waits: &[usize], steps: &[StepRecord]) -> String {
+fn waits_for(index: usize, waits: &[usize], steps: &[Step]) -> String {
     if waits.is_empty() {
         return "starts at once".into();
     }
@@ -255,7 +256,7 @@ fn waits_for(index: usize, waits: &[usize], steps: &[StepRecord]) -> String {
     format!("after {}", labels.join(", "))
 }
 
-pub(super) fn build(visitor: &Visitor, build: &BuildRecord) -> Markup {
+pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
     let plan_steps = build.plan["steps"].as_array();
     let dependencies: Vec<Vec<usize>> = build
         .steps
@@ -392,7 +393,7 @@ pub(super) fn triggers(visitor: &Visitor, triggers: &[Value]) -> Markup {
     layout(visitor, "Triggers", content)
 }
 
-pub(super) fn trigger(visitor: &Visitor, trigger: &Value, builds: &[BuildRecord]) -> Markup {
+pub(super) fn trigger(visitor: &Visitor, trigger: &Value, builds: &[Build]) -> Markup {
     let name = text(trigger, "name");
     let content = html! {
         @if !text(trigger, "description").is_empty() { p { (text(trigger, "description")) } }
@@ -517,7 +518,7 @@ pub(super) fn schedule(visitor: &Visitor, view: &ScheduleView) -> Markup {
     )
 }
 
-pub(super) fn deliveries(visitor: &Visitor, deliveries: &[DeliveryRecord]) -> Markup {
+pub(super) fn deliveries(visitor: &Visitor, deliveries: &[Delivery]) -> Markup {
     let content = html! {
         p { "The newest webhook deliveries, and what each trigger made of them." }
         table.deliveries {

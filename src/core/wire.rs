@@ -1,0 +1,119 @@
+//! The API's JSON: builds, their steps and log lines, webhook deliveries and a schedule's skipped
+//! runs, as `builder serve`
+//! serves them and its client reads them. These are not the store's rows: the service turns rows
+//! into these, so the database and the API change apart. Names and optional fields follow Cloud
+//! Build's `Build` resource (camelCase, times as RFC 3339 text).
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::core::build::{PushedImage, Status, StepResult};
+use crate::core::schedule::Skipped;
+use crate::core::substitute::Values;
+use crate::core::templates::PushedTemplate;
+use crate::core::triggers::TriggerResult;
+
+/// A build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    pub id: String,
+    pub status: Status,
+    #[serde(with = "required_rfc3339")]
+    pub create_time: SystemTime,
+    #[serde(default, with = "crate::core::build::rfc3339")]
+    pub start_time: Option<SystemTime>,
+    #[serde(default, with = "crate::core::build::rfc3339")]
+    pub finish_time: Option<SystemTime>,
+    /// The trigger that started it; `None` for `builder submit` builds.
+    pub trigger: Option<String>,
+    /// The schedule that started it.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Where its source came from: `kind` (`github`, `upload`, `none`) and what that kind has.
+    pub source: serde_json::Value,
+    pub substitutions: Values,
+    /// The resolved plan, once the build has one (`null` while it is queued).
+    pub plan: serde_json::Value,
+    pub images: Vec<PushedImage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PushedTemplate>,
+    pub failure: Option<String>,
+    pub steps: Vec<Step>,
+    /// What each step wrote to `$BUILDER_OUTPUT/output`, base64, at the step's index (empty for
+    /// the others): Cloud Build's `results.buildStepOutputs`.
+    #[serde(default)]
+    pub build_step_outputs: Vec<String>,
+}
+
+/// A step of a build, with how it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(flatten)]
+    pub result: StepResult,
+}
+
+/// A line a build's step wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its number in the build's log, from 1: a reader that follows a log asks for the lines
+    /// after the last one it has.
+    pub seq: i64,
+    pub step: usize,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// Which of a step's streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A webhook delivery as received, and what each trigger made of it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub id: String,
+    pub event: String,
+    #[serde(with = "required_rfc3339")]
+    pub receive_time: SystemTime,
+    pub verified: bool,
+    pub summary: String,
+    /// Some triggers still wait for the push's changed files.
+    pub pending: bool,
+    pub results: Vec<TriggerResult>,
+}
+
+/// A run a schedule skipped (or several in a row, for one reason), and when that was recorded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedRun {
+    #[serde(flatten)]
+    pub skipped: Skipped,
+    pub record_time: DateTime<Utc>,
+}
+
+/// A time that is always there, as RFC 3339 text.
+mod required_rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::core::build::rfc3339::serialize(&Some(*time), serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        crate::core::build::rfc3339::deserialize(deserializer)?
+            .ok_or_else(|| serde::de::Error::custom("a time is required"))
+    }
+}

@@ -1,0 +1,76 @@
+//! The store's rows as the API's JSON (`core::wire`): the service answers with these, so the API,
+//! its client and the console never see a row.
+
+use crate::adapters::runtime::LogStream;
+use crate::adapters::store::{BuildRecord, DeliveryRecord, LogLine, SkippedRun, StepRecord};
+use crate::core::wire;
+
+impl From<BuildRecord> for wire::Build {
+    fn from(build: BuildRecord) -> Self {
+        Self {
+            id: build.id,
+            status: build.status,
+            create_time: build.create_time,
+            start_time: build.start_time,
+            finish_time: build.finish_time,
+            trigger: build.trigger,
+            schedule: build.schedule,
+            source: build.source,
+            substitutions: build.substitutions,
+            plan: build.plan,
+            images: build.images,
+            templates: build.templates,
+            failure: build.failure,
+            steps: build.steps.into_iter().map(wire::Step::from).collect(),
+            build_step_outputs: build.build_step_outputs,
+        }
+    }
+}
+
+impl From<StepRecord> for wire::Step {
+    fn from(step: StepRecord) -> Self {
+        Self {
+            index: step.index,
+            id: step.id,
+            name: step.name,
+            result: step.result,
+        }
+    }
+}
+
+impl From<LogLine> for wire::LogLine {
+    fn from(line: LogLine) -> Self {
+        Self {
+            seq: line.seq,
+            step: line.step,
+            stream: match line.stream {
+                LogStream::Stdout => wire::Stream::Stdout,
+                LogStream::Stderr => wire::Stream::Stderr,
+            },
+            text: line.text,
+        }
+    }
+}
+
+impl From<DeliveryRecord> for wire::Delivery {
+    fn from(delivery: DeliveryRecord) -> Self {
+        Self {
+            id: delivery.id,
+            event: delivery.event,
+            receive_time: delivery.receive_time,
+            verified: delivery.verified,
+            summary: delivery.summary,
+            pending: delivery.pending,
+            results: delivery.results,
+        }
+    }
+}
+
+impl From<SkippedRun> for wire::SkippedRun {
+    fn from(run: SkippedRun) -> Self {
+        Self {
+            skipped: run.skipped,
+            record_time: run.record_time,
+        }
+    }
+}
