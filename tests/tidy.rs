@@ -105,8 +105,11 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("core::logs", &[]),
-    // The seam re-exports its Docker backend.
-    ("adapters::runtime", &["adapters::runtime::docker"]),
+    // The seam re-exports its Docker backend, and `LogStream`, the logs' word for a stream.
+    (
+        "adapters::runtime",
+        &["adapters::runtime::docker", "core::logs"],
+    ),
     // Its own row, so that the executor, which may use `runtime`, cannot reach into it.
     ("adapters::runtime::docker", &["adapters::runtime"]),
     ("adapters::source", &[]),
@@ -115,11 +118,12 @@ const RULES: &[(&str, &[&str])] = &[
         "adapters::registry",
         &["core::image", "adapters::runtime", "core::templates"],
     ),
-    // `LogStream`, which stream a log line came from.
+    // `LogStream`, which stream a log line came from; the chunks a log is stored in.
     (
         "adapters::store",
         &[
             "core::build",
+            "core::logs",
             "core::plan",
             "adapters::runtime",
             "core::schedule",
@@ -284,6 +288,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("reqwest", "adapters::registry"),
     ("chrono_tz", "core::schedule"),
     ("tracing_subscriber", "edges::cli::serve"),
+    // Log chunks are compressed and read back in one place.
+    ("zstd", "core::logs"),
 ];
 
 /// What the pure core may not use: tasks, and the file system, network and processes.

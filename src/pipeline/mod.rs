@@ -12,6 +12,7 @@
 //! schedules and commands.
 
 pub mod execute;
+pub mod live;
 pub mod record;
 pub mod service;
 pub mod submit;
@@ -29,7 +30,7 @@ use crate::core::substitute::Values;
 use crate::pipeline::execute::Run;
 
 pub use crate::adapters::store::Lease;
-pub use record::{Holder, RecoverError, held, record, recover, run};
+pub use record::{Holder, Onlooker, RecoverError, held, record, recover, run};
 
 /// The directory under a data directory where the holders of running builds keep their locks.
 pub const HOLDERS: &str = "holders";

@@ -128,15 +128,8 @@ pub trait Credentials: Send + Sync {
     async fn auth(&self, image: &str) -> Result<Option<RegistryAuth>, RuntimeError>;
 }
 
-/// Which output stream a [`LogChunk`] came from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
+/// Which output stream a [`LogChunk`] came from: the logs' own word for it.
+pub use crate::core::logs::LogStream;
 
 /// A piece of a step's output, exactly as the backend framed it: not a line. Frames split long
 /// lines (at 16 KiB) and need not end in `\n`, so callers assemble lines per stream themselves.

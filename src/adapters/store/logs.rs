@@ -1,9 +1,14 @@
-//! The logs aggregate: a build's log lines, numbered in the order they were appended.
+//! The logs aggregate: a build's log lines, numbered in the order they were appended, kept as
+//! compressed chunks of consecutive lines (`core::logs::encode_chunk`), each indexed by its first
+//! line's number and its line count, so that a page of lines reads only the chunks it spans.
+//! Builds logged before chunks (migration 0009) keep one row per line in `log_lines`.
 
+use futures_util::TryStreamExt as _;
 use sqlx::Row;
 
 use super::{Error, SqliteStore};
 use crate::adapters::runtime::LogStream;
+use crate::core::logs;
 
 /// A line of a build's log as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +24,8 @@ pub struct LogLine {
 /// so a reader that follows a build reads each line once by passing the last `seq` it saw.
 #[async_trait::async_trait]
 pub trait Logs: Send + Sync {
-    /// Appends log lines of a build, numbering them after the ones already stored.
+    /// Appends log lines of a build, numbering them after the ones already stored; they are
+    /// stored as one chunk, so a caller appends many at once.
     async fn append_logs(
         &self,
         id: &str,
@@ -38,55 +44,133 @@ impl Logs for SqliteStore {
         id: &str,
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        // Compressed before this process's turn to write, which it holds as short as it can.
+        let chunk = logs::encode_chunk(lines.iter().map(|(s, o, t)| (*s, *o, t.as_str())))
+            .map_err(Error::Log)?;
         let (_turn, mut tx) = self.write().await?;
         let next: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE build_id = $1",
+            "SELECT COALESCE((SELECT first_seq + lines FROM log_chunks WHERE build_id = $1 \
+             ORDER BY first_seq DESC LIMIT 1), 1)",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        for (offset, (step, stream, text)) in lines.iter().enumerate() {
-            sqlx::query("INSERT INTO log_lines (build_id, seq, step, stream, text) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(next + offset as i64)
-                .bind(*step as i64)
-                .bind(stream_name(*stream))
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sqlx::query(
+            "INSERT INTO log_chunks (build_id, first_seq, lines, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(next)
+        .bind(lines.len() as i64)
+        .bind(chunk)
+        .execute(&mut *tx)
+        .await?;
         Ok(tx.commit().await?)
     }
 
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
+        let limit = limit.map_or(usize::MAX, |limit| limit as usize);
         let rows = sqlx::query(
             "SELECT seq, step, stream, text FROM log_lines WHERE build_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
         .bind(id)
         .bind(after)
-        .bind(limit.map_or(-1, i64::from))
+        .bind(i64::try_from(limit).unwrap_or(-1))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| LogLine {
-                seq: row.get("seq"),
-                step: row.get::<i64, _>("step") as usize,
-                stream: if row.get::<String, _>("stream") == "stderr" {
-                    LogStream::Stderr
-                } else {
-                    LogStream::Stdout
+        // A build has rows there only if it was logged before chunks, and then only there.
+        if !rows.is_empty() {
+            return Ok(rows.iter().map(line_row).collect());
+        }
+        // From the chunk that holds line `after + 1`, read chunk by chunk until the page is full.
+        let mut chunks = sqlx::query(
+            "SELECT first_seq, data FROM log_chunks WHERE build_id = $1 AND first_seq >= \
+             COALESCE((SELECT first_seq FROM log_chunks WHERE build_id = $1 AND first_seq <= $2 \
+             ORDER BY first_seq DESC LIMIT 1), 0) ORDER BY first_seq",
+        )
+        .bind(id)
+        .bind(after + 1)
+        .fetch(&self.pool);
+        let mut page = Vec::new();
+        while page.len() < limit
+            && let Some(row) = chunks.try_next().await?
+        {
+            let first: i64 = row.get("first_seq");
+            let lines = logs::decode_chunk(row.get("data")).map_err(Error::Log)?;
+            let skip = usize::try_from(after + 1 - first).unwrap_or(0);
+            let wanted = limit - page.len();
+            page.extend(lines.into_iter().enumerate().skip(skip).take(wanted).map(
+                |(i, (step, stream, text))| LogLine {
+                    seq: first + i as i64,
+                    step,
+                    stream,
+                    text,
                 },
-                text: row.get("text"),
-            })
-            .collect())
+            ));
+        }
+        Ok(page)
     }
 }
 
-fn stream_name(stream: LogStream) -> &'static str {
-    match stream {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
+fn line_row(row: &sqlx::sqlite::SqliteRow) -> LogLine {
+    LogLine {
+        seq: row.get("seq"),
+        step: row.get::<i64, _>("step") as usize,
+        stream: if row.get::<String, _>("stream") == "stderr" {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        },
+        text: row.get("text"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::store::Queue as _;
+    use crate::adapters::store::test_support::{queued, store};
+
+    /// Lines are numbered across chunks, and a page starts in the chunk that holds its first
+    /// line, wherever that falls.
+    #[tokio::test]
+    async fn pages_by_line_number_across_chunks() {
+        let (_dir, store) = store().await;
+        let build = queued("t", "main");
+        store
+            .queue_builds(std::slice::from_ref(&build))
+            .await
+            .unwrap();
+        let id = build.id.as_str();
+        let chunk = |range: std::ops::RangeInclusive<i64>| -> Vec<(usize, LogStream, String)> {
+            range
+                .map(|i| (0, LogStream::Stdout, i.to_string()))
+                .collect()
+        };
+        store.append_logs(id, &chunk(1..=3)).await.unwrap();
+        store.append_logs(id, &[]).await.unwrap();
+        store.append_logs(id, &chunk(4..=10)).await.unwrap();
+        store.append_logs(id, &chunk(11..=11)).await.unwrap();
+        let page = |after: i64, limit: Option<u32>| {
+            let store = store.clone();
+            async move {
+                let lines = store.logs(id, after, limit).await.unwrap();
+                for line in &lines {
+                    assert_eq!(line.text, line.seq.to_string());
+                }
+                lines.iter().map(|l| l.seq).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(page(0, None).await, (1..=11).collect::<Vec<_>>());
+        assert_eq!(page(0, Some(2)).await, [1, 2]);
+        assert_eq!(page(2, Some(3)).await, [3, 4, 5]);
+        assert_eq!(page(3, Some(2)).await, [4, 5]);
+        assert_eq!(page(7, Some(10)).await, [8, 9, 10, 11]);
+        assert_eq!(page(10, None).await, [11]);
+        assert!(page(11, None).await.is_empty());
+        assert!(store.logs("other", 0, None).await.unwrap().is_empty());
     }
 }

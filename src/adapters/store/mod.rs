@@ -25,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::core::build::Status;
+use crate::core::logs::ChunkError;
 
 pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
 pub use deliveries::{
@@ -50,6 +51,8 @@ pub enum Error {
         what: &'static str,
         error: serde_json::Error,
     },
+    /// A log's chunk cannot be written or read back.
+    Log(ChunkError),
 }
 
 impl std::fmt::Display for Error {
@@ -58,6 +61,7 @@ impl std::fmt::Display for Error {
             Error::Database(e) => write!(f, "the store's database: {e}"),
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
+            Error::Log(e) => write!(f, "the store's logs: {e}"),
             Error::Unreadable { what, error } => {
                 write!(f, "the store's {what} is unreadable: {error}")
             }
@@ -70,6 +74,7 @@ impl std::error::Error for Error {
         match self {
             Error::Database(e) => Some(e),
             Error::Io(e) => Some(e),
+            Error::Log(e) => Some(e),
             Error::Missing(_) => None,
             Error::Unreadable { error, .. } => Some(error),
         }

@@ -39,7 +39,9 @@ use crate::core::triggers::{self, BuildSource, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::core::wire;
 use crate::pipeline::execute::Run;
+use crate::pipeline::live::{LiveLog, LiveLogs, Snapshot};
 use crate::pipeline::{self, Machine, Reading, Recipe};
+pub use commands::Follower;
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
 
@@ -200,6 +202,8 @@ pub struct Service {
     recorder: mpsc::Sender<(NewDelivery, Written)>,
     /// The task that writes them, until the process takes it to watch.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The logs of the builds this process runs, for their followers.
+    live: LiveLogs,
 }
 
 impl Service {
@@ -226,6 +230,7 @@ impl Service {
             pending: AtomicBool::new(true),
             recorder,
             writer: Mutex::new(Some(writer)),
+            live: LiveLogs::default(),
         }
     }
 

@@ -199,7 +199,8 @@ impl Service {
                     self.runtime.clone(),
                     run,
                     cancel,
-                    |_| {},
+                    Some(&self.live),
+                    &mut |_: &pipeline::execute::Event| {},
                 )
                 .await;
                 match recorded {
