@@ -227,6 +227,7 @@ mod conformance {
             outputs: "/builder/outputs".to_owned(),
             steps,
             credentials: Arc::new(Anonymous),
+            trusted: false,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct Run {
     pub secrets: BTreeMap<String, String>,
     /// Credentials and connections for pulling step images and pushing results.
     pub registries: Registries,
+    /// Whether the steps may reach the machine through the engine (a trusted trigger, or a
+    /// setting of `submit` or the server's).
+    pub trusted: bool,
 }
 
 /// What happens while a build runs, in order for each step.
@@ -193,6 +196,7 @@ fn build_spec(run: &Run) -> BuildSpec {
         outputs: BUILDER_OUTPUT.to_string(),
         steps: run.build.steps.iter().map(step).collect(),
         credentials: Arc::new(run.registries.clone()),
+        trusted: run.trusted,
     }
 }
 

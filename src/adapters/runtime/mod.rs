@@ -44,6 +44,9 @@ pub struct BuildSpec {
     /// Credentials for the registries step images come from and images are pushed to; asked
     /// only when a registry is actually contacted.
     pub credentials: Arc<dyn Credentials>,
+    /// Whether the steps may reach the machine through the engine (privileged containers, host
+    /// paths and namespaces, devices…); an untrusted build is kept to its own objects.
+    pub trusted: bool,
 }
 
 impl fmt::Debug for BuildSpec {
@@ -52,6 +55,7 @@ impl fmt::Debug for BuildSpec {
             .field("id", &self.id)
             .field("source", &self.source)
             .field("steps", &self.steps)
+            .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
 }

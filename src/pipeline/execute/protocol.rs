@@ -367,6 +367,7 @@ async fn run(
         workspace: None,
         secrets: BTreeMap::new(),
         registries: Registries::new(&Settings::default()).expect("registry settings"),
+        trusted: false,
     };
     let fake = Arc::new(fake);
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();

@@ -261,6 +261,7 @@ impl Service {
             timeout: None,
             // gcloud's refusal of a config's own `source` is for uploads it makes.
             uploads: false,
+            trusted: trigger.trusted,
         };
         match &trigger.build {
             BuildSource::Inline(config) => Ok(Recipe {
@@ -271,6 +272,7 @@ impl Service {
                 built_ins,
                 overrides: overrides.clone(),
                 warnings: String::new(),
+                trusted: trigger.trusted,
             }),
             BuildSource::File(path) => {
                 let bytes = std::fs::read(workspace.join(path)).map_err(|e| {
