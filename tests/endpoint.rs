@@ -298,3 +298,71 @@ fn the_endpoint_directory_is_gone_after_the_build() {
     let dir = std::env::temp_dir().join("builder-endpoints").join(&id);
     assert!(!Path::new(&dir).exists(), "{} is left", dir.display());
 }
+
+/// Untags `names` on the engine (the images stay under their other names).
+fn untag(names: &[&str]) {
+    for name in names {
+        let _ = docker(&["rmi", name]);
+    }
+}
+
+/// Real Dockerfiles name Docker Hub images; offline, they build from the aliases' images, also
+/// across stages, with `ARG`s and `-f`.
+#[test]
+fn dockerfiles_from_docker_hub_images_build_offline() {
+    let id = std::process::id();
+    let (one, two) = (
+        format!("endpoint-from-ubuntu:{id}"),
+        format!("endpoint-multistage:{id}"),
+    );
+    untag(&["ubuntu:22.04", "python:3.11-slim"]);
+    let config = docker_steps(&[&format!(
+        "printf 'FROM ubuntu:22.04\\nRUN echo built on ubuntu > /built\\n' > Dockerfile\n\
+         docker build -q -t {one} . >/dev/null\n\
+         docker run --rm {one} cat /built\n\
+         mkdir -p ci\n\
+         printf 'ARG PY=3.11\\nFROM python:$${{PY}}-slim AS base\\nRUN python3 -c \"print(42)\" > /answer\\n\
+         FROM base AS test\\nFROM builder/busybox\\nCOPY --from=base /answer /answer\\n' > ci/Dockerfile.multi\n\
+         docker build --pull -q -f ci/Dockerfile.multi -t {two} . >/dev/null\n\
+         docker run --rm {two} cat /answer"
+    )]);
+    let (stdout, _) = run(&config, &[]);
+    untag(&[&one, &two]);
+    assert!(stdout.contains("Step #0: built on ubuntu"), "{stdout}");
+    assert!(stdout.contains("Step #0: 42"), "{stdout}");
+    assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
+}
+
+/// An image a build pushed to `gcr.io/$PROJECT_ID/…` (through the registry mirror) is pulled
+/// back by name in a later build, from the mirror.
+#[test]
+fn images_pushed_to_gcr_are_pulled_back_through_the_mirror() {
+    let name = format!("endpoint-pull-{}", std::process::id());
+    let image = format!("gcr.io/local/{name}");
+    let mirrored = format!(
+        "{}/local/{name}",
+        common::REGISTRY.replace("127.0.0.1", "localhost")
+    );
+    let push = docker_steps(&[&format!(
+        "printf 'FROM builder/busybox\\nCMD [\"echo\", \"pulled {name}\"]\\n' > Dockerfile\n\
+         docker build -q -t gcr.io/$PROJECT_ID/{name} . >/dev/null\n\
+         docker push gcr.io/$PROJECT_ID/{name} | tail -1"
+    )]);
+    let (stdout, _) = run(&push, &[]);
+    assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
+    assert!(
+        common::registry_digest(&format!("local/{name}"), "latest").is_some(),
+        "not pushed through the mirror:\n{stdout}"
+    );
+    untag(&[&image, &mirrored]);
+    let pull = docker_steps(&[&format!(
+        "docker pull -q gcr.io/$PROJECT_ID/{name}\n\
+         docker run --rm gcr.io/$PROJECT_ID/{name}"
+    )]);
+    let (stdout, _) = run(&pull, &[]);
+    untag(&[&image, &mirrored]);
+    assert!(
+        stdout.contains(&format!("Step #0: pulled {name}")),
+        "{stdout}"
+    );
+}

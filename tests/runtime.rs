@@ -191,6 +191,7 @@ mod conformance {
         Backend, BuildSpec, Credentials, RegistryAuth, Resources, RuntimeError, StepImage,
         StepSpec, Volume,
     };
+    use builder::core::alias::Aliases;
     use futures_util::TryStreamExt;
 
     use super::{BUSYBOX, split, within};
@@ -228,6 +229,7 @@ mod conformance {
             steps,
             credentials: Arc::new(Anonymous),
             trusted: false,
+            aliases: Aliases::load(None).expect("the shipped alias table"),
         }
     }
 

@@ -72,6 +72,7 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     ("core::image", &[]),
     ("core::alias", &[]),
+    ("core::dockerfile", &[]),
     ("core::build", &["core::templates"]),
     ("core::glob", &[]),
     ("core::templates", &["core::config", "core::glob"]),
@@ -93,9 +94,17 @@ const RULES: &[(&str, &[&str])] = &[
     ("core::webhooks", &[]),
     ("core::logs", &[]),
     // The seam re-exports its Docker backend.
-    ("adapters::runtime", &["adapters::runtime::docker"]),
+    // `BuildSpec` carries the aliases the endpoint resolves images with.
+    (
+        "adapters::runtime",
+        &["adapters::runtime::docker", "core::alias"],
+    ),
     // Its own row, so that the executor, which may use `runtime`, cannot reach into it.
-    ("adapters::runtime::docker", &["adapters::runtime"]),
+    // The endpoint resolves what steps pull and build from as step images are resolved.
+    (
+        "adapters::runtime::docker",
+        &["adapters::runtime", "core::alias", "core::dockerfile"],
+    ),
     ("adapters::source", &[]),
     // `Credentials` and `RegistryAuth`: what a backend pulls and pushes images with.
     (
@@ -117,6 +126,7 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "pipeline::execute",
         &[
+            "core::alias",
             "core::build",
             "core::image",
             "core::logs",
@@ -130,6 +140,7 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "pipeline::execute::protocol",
         &[
+            "core::alias",
             "core::build",
             "core::config",
             "pipeline::execute",

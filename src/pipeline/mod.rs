@@ -187,6 +187,7 @@ pub fn plan(build_id: &str, recipe: &Recipe, machine: &Machine) -> Result<Run, R
         secrets,
         registries: machine.registries.clone(),
         trusted: recipe.trusted || machine.trusted,
+        aliases: machine.aliases.clone(),
     })
 }
 

@@ -113,6 +113,8 @@ impl DockerBackend {
             workspace: spec.workspace.clone(),
             workspace_volume: name(&spec.id, "workspace"),
             trusted: spec.trusted,
+            aliases: spec.aliases.clone(),
+            credentials: spec.credentials.clone(),
         };
         let socket = self.endpoints.join(&spec.id).join("docker.sock");
         let endpoint = Endpoint::start(socket, engine, scope).map_err(|e| {

@@ -10,6 +10,11 @@
 //!   volume driver options and other network drivers. A trusted build may do all of these.
 //! * **Rewritten.** A bind of the workspace becomes the build's workspace volume; the network
 //!   `cloudbuild` is the build's own network.
+//! * **Offline images.** `docker pull NAME` and `docker push NAME` go through the aliases and
+//!   mirrors as step images do, the image ending up under NAME; `docker build` first makes its
+//!   Dockerfile's images local the same way (read from the context as it streams by, see
+//!   [`Context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
+//!   session, which is passed through unread: their images are not resolved.
 //!
 //! Everything else passes through untouched and unbuffered, version prefixes (`/v1.41/…`)
 //! included: bodies stream both ways, and a request the engine upgrades (attach, exec, BuildKit's
@@ -18,28 +23,38 @@
 //! Each request gets its own connection to the engine: a Unix socket connects in microseconds,
 //! and a connection of its own is what lets an upgraded request keep it.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, BodyStream, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, error, warn};
+use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::BUILD_LABEL;
+use super::engine::Reference;
+use crate::adapters::runtime::Credentials;
+use crate::core::alias::{Aliases, Via};
+use crate::core::dockerfile;
 
 /// The largest JSON body judged here (a container's create request is a few KiB).
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -50,8 +65,12 @@ pub const CLOUDBUILD_NETWORK: &str = "cloudbuild";
 /// than a boxed error: hyper's bound on a boxed one trips the compiler's `Send` inference.)
 type Body = UnsyncBoxBody<Bytes, io::Error>;
 
+/// How much of a build context is held in memory while its Dockerfile is looked for; the rest
+/// goes to a temporary file until the Dockerfile is found.
+const CONTEXT_MEMORY: usize = 16 * 1024 * 1024;
+
 /// What the endpoint knows of its build.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Scope {
     /// The build's id: the value of its label.
     pub build: String,
@@ -63,6 +82,10 @@ pub struct Scope {
     pub workspace_volume: String,
     /// Whether the refused requests are allowed.
     pub trusted: bool,
+    /// What pulls, pushes and builds resolve image names with.
+    pub aliases: Aliases,
+    /// For the registries that aliases and mirrors send pulls and pushes to.
+    pub credentials: Arc<dyn Credentials>,
 }
 
 /// A running endpoint; dropping it stops it.
@@ -293,7 +316,7 @@ impl Proxy {
         }
     }
 
-    async fn route(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
+    async fn route(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Denial> {
         let path = api_path(request.uri().path()).trim_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').collect();
         let method = request.method().clone();
@@ -332,6 +355,11 @@ impl Proxy {
                 self.forward(request).await
             }
             ["build"] if post => self.build(request).await,
+            ["images", "create"] if post => self.pull(request).await,
+            ["images", name @ .., "push"] if post && !name.is_empty() => {
+                let name = name.join("/");
+                self.push(request, &name).await
+            }
             [
                 "plugins" | "swarm" | "services" | "nodes" | "secrets" | "configs",
                 ..,
@@ -549,7 +577,247 @@ impl Proxy {
             Some("" | "default" | "bridge" | "none" | "host") | None => {}
             Some(network) => self.own(Kind::Network, network).await?,
         }
+        let query = parts.uri.query();
+        // BuildKit's context and Dockerfile come through its session; a remote context is the
+        // engine's to fetch.
+        let buildkit = query_value(query, "version").as_deref() == Some("2");
+        let remote = query_value(query, "remote").is_some_and(|r| !r.is_empty());
+        if buildkit || remote {
+            return self.forward(Request::from_parts(parts, body)).await;
+        }
+        let name = query_value(query, "dockerfile").unwrap_or_else(|| "Dockerfile".into());
+        let build_args: BTreeMap<String, Option<String>> = query_value(query, "buildargs")
+            .filter(|args| !args.is_empty())
+            .map(|args| serde_json::from_str(&args))
+            .transpose()
+            .map_err(|e| Denial::Invalid(format!("invalid buildargs: {e}")))?
+            .unwrap_or_default();
+        let build_args = (build_args.into_iter())
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
+        let mut context = Context::new(body, &name);
+        let text = context.dockerfile().await?;
+        let Some(text) = text else {
+            info!(dockerfile = %name, "no Dockerfile in the build context: its images are not resolved");
+            return self
+                .forward(Request::from_parts(parts, context.into_body()))
+                .await;
+        };
+        let images = dockerfile::images(&text, &build_args)
+            .map_err(|e| Denial::Invalid(format!("reading {name}: {e}")))?;
+        let mut aliased = false;
+        for image in images {
+            aliased |= self.ensure(&image).await?;
+        }
+        if aliased {
+            // `--pull` would ask the internet again for what was just made local.
+            let query = without(parts.uri.query(), "pull");
+            parts.uri = with_query(parts.uri.path(), &query)?;
+        }
+        self.forward(Request::from_parts(parts, context.into_body()))
+            .await
+    }
+
+    /// Makes the Dockerfile's image `written` local under that name, through its alias or
+    /// mirror; `true` if it was one. An image the engine has, or that no alias or mirror names,
+    /// is left to the engine.
+    async fn ensure(&self, written: &str) -> Result<bool, Denial> {
+        if self.image_exists(written).await? {
+            return Ok(false);
+        }
+        let resolved = self.scope.aliases.resolve(written);
+        let reference = Reference::parse(written).map_err(|e| Denial::Invalid(e.to_string()))?;
+        if resolved.via == Via::Written || reference.is_digest() {
+            return Ok(false);
+        }
+        let image = resolved.image;
+        if !self.image_exists(&image).await? {
+            let pulled = self.pull_quietly(&image).await;
+            pulled.map_err(|detail| {
+                Denial::Engine(format!(
+                    "builder: the Dockerfile's image {written:?} is {image:?} here (image \
+                     aliases and mirrors), which could not be pulled: {detail}"
+                ))
+            })?;
+        }
+        self.tag(&image, written).await?;
+        info!(%written, %image, "a Dockerfile's image resolved");
+        Ok(true)
+    }
+
+    /// Pulls `image` with the build's credentials; the error the engine reported, if any.
+    async fn pull_quietly(&self, image: &str) -> Result<(), String> {
+        let reference = Reference::parse(image).map_err(|e| e.to_string())?;
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("fromImage", reference.repository)
+            .append_pair("tag", reference.tag)
+            .finish();
+        let request = Request::post(format!("/images/create?{query}"))
+            .header(header::HOST, "docker")
+            .body(full(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (mut parts, body) = request.into_parts();
+        self.authorize(&mut parts, image)
+            .await
+            .map_err(|d| format!("{d:?}"))?;
+        let response = self
+            .send(Request::from_parts(parts, body))
+            .await
+            .map_err(|d| format!("{d:?}"))?;
+        let status = response.status();
+        let progress = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        // The engine reports a failed pull as a JSON line with `error` after a 200.
+        let failure = progress.split(|b| *b == b'\n').find_map(|line| {
+            let line: Value = serde_json::from_slice(line).ok()?;
+            line.get("error")
+                .map(|e| e.as_str().unwrap_or_default().to_string())
+        });
+        match failure {
+            Some(error) => Err(error),
+            None if !status.is_success() => Err(String::from_utf8_lossy(&progress).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// `docker pull NAME`: a name the aliases or mirrors send elsewhere is pulled from there
+    /// (unless the engine has it) and tagged as NAME, as a step image is resolved. Every tag
+    /// (`-a`) and digests go as written.
+    async fn pull(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Denial> {
+        let query = request.uri().query();
+        let from = query_value(query, "fromImage").filter(|f| !f.is_empty());
+        let tag = query_value(query, "tag").unwrap_or_default();
+        let Some(from) = from.filter(|_| !tag.is_empty() && !tag.contains(':')) else {
+            return self.forward(request).await;
+        };
+        let written = format!("{from}:{tag}");
+        let resolved = self.scope.aliases.resolve(&written);
+        if resolved.via == Via::Written {
+            return self.forward(request).await;
+        }
+        let image = resolved.image;
+        if self.image_exists(&image).await? {
+            self.tag(&image, &written).await?;
+            let status = format!("Status: {written} is {image} here (image aliases and mirrors)");
+            return Ok(json_response(StatusCode::OK, &json!({ "status": status })));
+        }
+        let (mut parts, _) = request.into_parts();
+        let reference = Reference::parse(&image).map_err(|e| Denial::Invalid(e.to_string()))?;
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("fromImage", reference.repository)
+            .append_pair("tag", reference.tag)
+            .finish();
+        parts.uri = with_query(parts.uri.path(), &query)?;
+        self.authorize(&mut parts, &image).await?;
+        let response = self
+            .forward(Request::from_parts(parts, full(Bytes::new())))
+            .await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let proxy = self.clone();
+        let tagged = async move { proxy.tag_pulled(&image, &written).await };
+        Ok(response.map(|body| followed_by(body, tagged)))
+    }
+
+    /// After a pull's progress: the pulled image tagged as written, or the error line to add.
+    async fn tag_pulled(&self, image: &str, written: &str) -> Option<Bytes> {
+        let tagged = match self.image_exists(image).await {
+            Ok(true) => self.tag(image, written).await,
+            // The pull's progress has said why.
+            Ok(false) => Ok(()),
+            Err(denial) => Err(denial),
+        };
+        tagged.err().map(|denial| {
+            let message = format!("{denial:?}");
+            let line = json!({ "errorDetail": { "message": message }, "error": message });
+            Bytes::from(line.to_string() + "\n")
+        })
+    }
+
+    /// `docker push NAME`: a name a registry mirror sends elsewhere is tagged with the mirror's
+    /// name and pushed there, with the build's credentials, as the build's `images` are.
+    async fn push(&self, request: Request<Body>, name: &str) -> Result<Response<Body>, Denial> {
+        let tag = query_value(request.uri().query(), "tag").filter(|t| !t.is_empty());
+        let Some(tag) = tag else {
+            return self.forward(request).await;
+        };
+        let written = format!("{name}:{tag}");
+        let target = self.scope.aliases.mirror(&written);
+        let Some(target) = target.filter(|target| *target != written) else {
+            return self.forward(request).await;
+        };
+        self.tag(&written, &target).await?;
+        let reference = Reference::parse(&target).map_err(|e| Denial::Invalid(e.to_string()))?;
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let version = &path[..path.len() - api_path(path).len()];
+        let path = format!("{version}/images/{}/push", reference.repository);
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("tag", reference.tag)
+            .finish();
+        parts.uri = with_query(&path, &query)?;
+        self.authorize(&mut parts, &target).await?;
         self.forward(Request::from_parts(parts, body)).await
+    }
+
+    /// Sets the credentials for `image`'s registry on a pull or push request, replacing the
+    /// CLI's (which are for the name it was given).
+    async fn authorize(&self, parts: &mut Parts, image: &str) -> Result<(), Denial> {
+        let auth = self.scope.credentials.auth(image).await;
+        let auth = auth.map_err(|e| Denial::Engine(e.to_string()))?;
+        // Anonymous is `{}`: the engine refuses a push without the header.
+        let json = match auth {
+            Some(auth) => json!({
+                "username": auth.username,
+                "password": auth.password,
+                "serveraddress": auth.server,
+            }),
+            None => json!({}),
+        };
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(json.to_string());
+        let value =
+            header::HeaderValue::from_str(&encoded).map_err(|e| Denial::Invalid(e.to_string()))?;
+        parts.headers.insert("X-Registry-Auth", value);
+        Ok(())
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, Denial> {
+        let (status, answer) = self
+            .call(Method::GET, &format!("/images/{image}/json"), None)
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(false),
+            status if status.is_success() => Ok(true),
+            _ => Err(Denial::Engine(format!(
+                "looking up image {image:?}: {}",
+                message(&answer)
+            ))),
+        }
+    }
+
+    /// Tags the local `image` as `name`.
+    async fn tag(&self, image: &str, name: &str) -> Result<(), Denial> {
+        let reference = Reference::parse(name).map_err(|e| Denial::Invalid(e.to_string()))?;
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("repo", reference.repository)
+            .append_pair("tag", reference.tag)
+            .finish();
+        let (status, answer) = self
+            .call(Method::POST, &format!("/images/{image}/tag?{query}"), None)
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Denial::Engine(format!(
+                "tagging {image:?} as {name:?}: {}",
+                message(&answer)
+            )))
+        }
     }
 
     /// A request on the network `id` (`cloudbuild` is the build's): it must be the build's,
@@ -644,6 +912,309 @@ pub fn api_path(path: &str) -> &str {
             .split('.')
             .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
     if is_version { &rest[end..] } else { path }
+}
+
+/// `path?query` as a request target.
+fn with_query(path: &str, query: &str) -> Result<hyper::Uri, Denial> {
+    format!("{path}?{query}")
+        .parse()
+        .map_err(|e| Denial::Invalid(format!("{e}")))
+}
+
+/// The query without `key`.
+fn without(query: Option<&str>, key: &str) -> String {
+    let mut rewritten = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != key {
+            rewritten.append_pair(&k, &v);
+        }
+    }
+    rewritten.finish()
+}
+
+/// `body`, then what `last` adds (if anything) once it has ended.
+fn followed_by(body: Body, last: impl Future<Output = Option<Bytes>> + Send + 'static) -> Body {
+    let last = futures_util::stream::once(last)
+        .filter_map(|line| std::future::ready(line.map(|line| Ok(Frame::data(line)))));
+    StreamBody::new(BodyStream::new(body).chain(last)).boxed_unsync()
+}
+
+/// A build context (a tar stream) read up to its Dockerfile, and what was read kept to be sent
+/// on ahead of the rest: in memory up to [`CONTEXT_MEMORY`], in a temporary file beyond. The
+/// Docker CLI writes a context in the order of its directory walk, so a Dockerfile at the
+/// context's root comes early; one from elsewhere (`-f ../Dockerfile`, `-f -`) is added last.
+/// A compressed context (`docker build - < ctx.tar.gz`) is not read: its images are left
+/// to the engine.
+pub struct Context {
+    body: Body,
+    scan: TarScan,
+    memory: Vec<Bytes>,
+    held: usize,
+    spilled: Option<tokio::fs::File>,
+}
+
+impl Context {
+    fn new(body: Body, dockerfile: &str) -> Self {
+        Self {
+            body,
+            scan: TarScan::new(dockerfile),
+            memory: Vec::new(),
+            held: 0,
+            spilled: None,
+        }
+    }
+
+    /// Reads on until the Dockerfile is read; `None` if the context has none (or is no tar).
+    async fn dockerfile(&mut self) -> Result<Option<String>, Denial> {
+        let failed =
+            |e: &dyn std::fmt::Display| Denial::Invalid(format!("reading the build context: {e}"));
+        loop {
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| failed(&e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let scanned = self.scan.feed(&data);
+            self.keep(data).await.map_err(|e| failed(&e))?;
+            match scanned {
+                Scanned::More => {}
+                Scanned::Found(text) => return Ok(Some(String::from_utf8_lossy(&text).into())),
+                Scanned::Absent => return Ok(None),
+            }
+        }
+    }
+
+    async fn keep(&mut self, data: Bytes) -> io::Result<()> {
+        if self.spilled.is_none() && self.held + data.len() <= CONTEXT_MEMORY {
+            self.held += data.len();
+            self.memory.push(data);
+            return Ok(());
+        }
+        if self.spilled.is_none() {
+            let file = tokio::task::spawn_blocking(tempfile::tempfile)
+                .await
+                .map_err(io::Error::other)??;
+            self.spilled = Some(tokio::fs::File::from_std(file));
+        }
+        if let Some(file) = &mut self.spilled {
+            file.write_all(&data).await?;
+        }
+        Ok(())
+    }
+
+    /// The whole context again: what was read, then the rest as it comes.
+    fn into_body(self) -> Body {
+        let memory = futures_util::stream::iter(self.memory).map(|data| Ok(Frame::data(data)));
+        let spilled = futures_util::stream::iter(self.spilled)
+            .then(|mut file| async move {
+                file.flush().await?;
+                file.rewind().await?;
+                Ok::<_, io::Error>(ReaderStream::new(file))
+            })
+            .map(|file| match file {
+                Ok(chunks) => chunks.boxed(),
+                Err(e) => futures_util::stream::once(std::future::ready(Err(e))).boxed(),
+            })
+            .flatten()
+            .map(|data| data.map(Frame::data));
+        let rest = BodyStream::new(self.body);
+        StreamBody::new(memory.chain(spilled).chain(rest)).boxed_unsync()
+    }
+}
+
+/// Where a [`TarScan`] is in the archive.
+enum TarState {
+    /// Reading a 512-byte header.
+    Header(Vec<u8>),
+    /// Skipping an entry's data and padding.
+    Skip(u64),
+    /// Reading an entry's data (then skipping `padding`).
+    Read {
+        what: Wanted,
+        size: usize,
+        padding: u64,
+        data: Vec<u8>,
+    },
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Wanted {
+    /// A GNU long name for the next entry.
+    LongName,
+    /// PAX extended headers for the next entry (its `path`).
+    Pax,
+    Dockerfile,
+}
+
+/// What a [`TarScan`] found so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scanned {
+    More,
+    Found(Vec<u8>),
+    Absent,
+}
+
+/// Finds one file in a tar stream fed chunk by chunk, keeping only headers, long names and
+/// that file; bounded, and never panics on what it is fed.
+pub struct TarScan {
+    name: String,
+    state: TarState,
+    next_name: Option<Vec<u8>>,
+}
+
+impl TarScan {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: normal_path(name.as_bytes()),
+            state: TarState::Header(Vec::with_capacity(512)),
+            next_name: None,
+        }
+    }
+
+    pub fn feed(&mut self, mut input: &[u8]) -> Scanned {
+        while !input.is_empty() {
+            match &mut self.state {
+                TarState::Done => return Scanned::Absent,
+                TarState::Skip(left) => {
+                    let skipped = (*left).min(input.len() as u64);
+                    *left -= skipped;
+                    input = &input[skipped as usize..];
+                    if *left == 0 {
+                        self.state = TarState::Header(Vec::with_capacity(512));
+                    }
+                }
+                TarState::Header(block) => {
+                    let taken = (512 - block.len()).min(input.len());
+                    block.extend_from_slice(&input[..taken]);
+                    input = &input[taken..];
+                    if block.len() == 512 {
+                        let block = std::mem::take(block);
+                        self.state = self.header(&block);
+                    }
+                }
+                TarState::Read {
+                    what,
+                    size,
+                    padding,
+                    data,
+                } => {
+                    let taken = (*size - data.len()).min(input.len());
+                    data.extend_from_slice(&input[..taken]);
+                    input = &input[taken..];
+                    if data.len() == *size {
+                        let (what, padding, data) = (*what, *padding, std::mem::take(data));
+                        match what {
+                            Wanted::Dockerfile => {
+                                self.state = TarState::Done;
+                                return Scanned::Found(data);
+                            }
+                            Wanted::LongName => {
+                                let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+                                self.next_name = Some(data[..end].to_vec());
+                            }
+                            Wanted::Pax => {
+                                self.next_name = pax_path(&data).or(self.next_name.take())
+                            }
+                        }
+                        self.state = if padding == 0 {
+                            TarState::Header(Vec::with_capacity(512))
+                        } else {
+                            TarState::Skip(padding)
+                        };
+                    }
+                }
+            }
+        }
+        match self.state {
+            TarState::Done => Scanned::Absent,
+            _ => Scanned::More,
+        }
+    }
+
+    /// What follows the header `block`.
+    fn header(&mut self, block: &[u8]) -> TarState {
+        if block.iter().all(|b| *b == 0) {
+            return TarState::Done;
+        }
+        let header = tar::Header::from_byte_slice(block);
+        let stored = header.cksum().ok();
+        let computed = block
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(*b)
+                }
+            })
+            .sum::<u32>();
+        let Some(size) = header
+            .entry_size()
+            .ok()
+            .filter(|_| stored == Some(computed))
+        else {
+            return TarState::Done;
+        };
+        let padded = size.div_ceil(512).saturating_mul(512);
+        let kind = header.entry_type();
+        let name = self
+            .next_name
+            .take()
+            .unwrap_or_else(|| header.path_bytes().into_owned());
+        let wanted = if kind.is_gnu_longname() {
+            Some(Wanted::LongName)
+        } else if kind.is_pax_local_extensions() {
+            Some(Wanted::Pax)
+        } else if kind.is_file() && normal_path(&name) == self.name {
+            Some(Wanted::Dockerfile)
+        } else {
+            None
+        };
+        match wanted {
+            // Long names, headers and Dockerfiles are small; anything larger is no real one.
+            Some(what) if size <= dockerfile::LIMIT as u64 => TarState::Read {
+                what,
+                size: size as usize,
+                padding: padded - size,
+                data: Vec::new(),
+            },
+            Some(_) => TarState::Done,
+            None if padded == 0 => TarState::Header(Vec::with_capacity(512)),
+            None => TarState::Skip(padded),
+        }
+    }
+}
+
+/// A path in an archive as the build's `dockerfile` parameter names it: no `./` or `/` first.
+fn normal_path(path: &[u8]) -> String {
+    let path = String::from_utf8_lossy(path);
+    let mut path = path.as_ref();
+    loop {
+        let trimmed = path.trim_start_matches('/').trim_start_matches("./");
+        if trimmed == path {
+            return trimmed.to_string();
+        }
+        path = trimmed;
+    }
+}
+
+/// The `path` record of PAX extended headers (`LEN path=VALUE\n` records).
+fn pax_path(data: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let length: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        let record = rest.get(space + 1..length)?;
+        if let Some(value) = record.strip_prefix(b"path=") {
+            return Some(value.strip_suffix(b"\n").unwrap_or(value).to_vec());
+        }
+        rest = rest.get(length..)?;
+    }
+    None
 }
 
 /// The first value of `key` in a query string.
@@ -1048,6 +1619,16 @@ pub fn judge_volume(body: &mut Value, scope: &Scope) -> Result<(), Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::runtime::{RegistryAuth, RuntimeError};
+
+    struct Anonymous;
+
+    #[async_trait::async_trait]
+    impl Credentials for Anonymous {
+        async fn auth(&self, _: &str) -> Result<Option<RegistryAuth>, RuntimeError> {
+            Ok(None)
+        }
+    }
 
     fn scope(trusted: bool) -> Scope {
         Scope {
@@ -1056,7 +1637,54 @@ mod tests {
             workspace: "/workspace".into(),
             workspace_volume: "builder-b1-workspace".into(),
             trusted,
+            aliases: Aliases::default(),
+            credentials: Arc::new(Anonymous),
         }
+    }
+
+    /// A context as the CLI sends it: files, a long path (a GNU long name) and a PAX path.
+    fn context(dockerfile_path: &str) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            archive.append_data(&mut header, path, data).unwrap();
+        };
+        add("a.bin", &[7; 3000]);
+        add(&format!("{}/x", "long".repeat(40)), b"x");
+        add(dockerfile_path, b"FROM ubuntu:22.04\n");
+        add("z.txt", b"after");
+        archive.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_dockerfile_is_found_in_a_context_fed_in_any_chunks() {
+        let long = format!("{}/Dockerfile", "deep".repeat(30));
+        for (path, name) in [
+            ("Dockerfile", "Dockerfile"),
+            ("./sub/Dockerfile.ci", "sub/Dockerfile.ci"),
+            (long.as_str(), long.as_str()),
+        ] {
+            let archive = context(path);
+            for chunk in [1, 7, 511, 512, 4096, archive.len()] {
+                let mut scan = TarScan::new(name);
+                let found = archive
+                    .chunks(chunk)
+                    .map(|piece| scan.feed(piece))
+                    .find(|scanned| *scanned != Scanned::More);
+                assert_eq!(
+                    found,
+                    Some(Scanned::Found(b"FROM ubuntu:22.04\n".to_vec())),
+                    "{path} in chunks of {chunk}"
+                );
+            }
+        }
+        let mut scan = TarScan::new("Dockerfile");
+        assert_eq!(scan.feed(&context("Other")), Scanned::Absent);
+        // gzip's magic and anything else that is not a tar header.
+        let mut scan = TarScan::new("Dockerfile");
+        assert_eq!(scan.feed(&[0x1f, 0x8b, 8, 0].repeat(200)), Scanned::Absent);
     }
 
     #[test]
