@@ -211,14 +211,16 @@ fn a_container_on_cloudbuild_is_reachable_by_name_from_later_steps() {
              sh -c 'mkdir /www && echo served by db > /www/index.html && exec httpd -f -p 80 -h /www'",
             "curl -s --retry 20 --retry-connrefused --retry-delay 1 http://db/\n\
              docker run --rm --network cloudbuild builder/busybox wget -q -O- http://db/\n\
+             printf 'FROM builder/busybox\\nRUN wget -q -O- http://db/\\n' > Dockerfile\n\
+             docker build --no-cache --network cloudbuild . | grep 'served by'\n\
              docker network inspect cloudbuild --format 'inspected {{.Name}}'",
         ]),
         &[],
     );
     assert_eq!(
         stdout.matches("Step #1: served by db").count(),
-        2,
-        "{stdout}"
+        3,
+        "the step, a container and a nested build reach db:\n{stdout}"
     );
     assert!(
         stdout.contains(&format!("Step #1: inspected builder-{id}-network")),
@@ -323,13 +325,23 @@ fn dockerfiles_from_docker_hub_images_build_offline() {
          mkdir -p ci\n\
          printf 'ARG PY=3.11\\nFROM python:$${{PY}}-slim AS base\\nRUN python3 -c \"print(42)\" > /answer\\n\
          FROM base AS test\\nFROM builder/busybox\\nCOPY --from=base /answer /answer\\n' > ci/Dockerfile.multi\n\
-         docker build --pull -q -f ci/Dockerfile.multi -t {two} . >/dev/null\n\
-         docker run --rm {two} cat /answer"
+         docker build -q -f ci/Dockerfile.multi -t {two} . >/dev/null\n\
+         docker run --rm {two} cat /answer\n\
+         printf 'FROM gcr.io/$PROJECT_ID/never-pushed-{id}\\n' > Dockerfile.missing\n\
+         docker build -f Dockerfile.missing . 2>&1 || true"
     )]);
     let (stdout, _) = run(&config, &[]);
     untag(&[&one, &two]);
     assert!(stdout.contains("Step #0: built on ubuntu"), "{stdout}");
     assert!(stdout.contains("Step #0: 42"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "builder: the Dockerfile's image \"gcr.io/local/never-pushed-{id}\" is \
+             \"localhost:5000/local/never-pushed-{id}:latest\" here (image aliases and mirrors), \
+             which could not be pulled"
+        )),
+        "{stdout}"
+    );
     assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
 }
 

@@ -13,7 +13,7 @@
 //! * **Offline images.** `docker pull NAME` and `docker push NAME` go through the aliases and
 //!   mirrors as step images do, the image ending up under NAME; `docker build` first makes its
 //!   Dockerfile's images local the same way (read from the context as it streams by, see
-//!   [`Context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
+//!   [`super::context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
 //!   session, which is passed through unread: their images are not resolved.
 //!
 //! Everything else passes through untouched and unbuffered, version prefixes (`/v1.41/…`)
@@ -29,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -43,14 +43,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::BUILD_LABEL;
+use super::context::{Failure, Resolve, scanned};
 use super::engine::Reference;
 use crate::adapters::runtime::Credentials;
 use crate::core::alias::{Aliases, Via};
@@ -63,11 +62,7 @@ pub const CLOUDBUILD_NETWORK: &str = "cloudbuild";
 
 /// A body of either side: the other side's, streamed, or one made here. (`io::Error` rather
 /// than a boxed error: hyper's bound on a boxed one trips the compiler's `Send` inference.)
-type Body = UnsyncBoxBody<Bytes, io::Error>;
-
-/// How much of a build context is held in memory while its Dockerfile is looked for; the rest
-/// goes to a temporary file until the Dockerfile is found.
-const CONTEXT_MEMORY: usize = 16 * 1024 * 1024;
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// What the endpoint knows of its build.
 #[derive(Clone)]
@@ -118,6 +113,7 @@ impl Endpoint {
             scope,
             engine,
             stop: stop.clone(),
+            known: Default::default(),
         });
         let serving = tokio::spawn(accept(listener, proxy).instrument(span.clone()));
         let stopped = stop.clone();
@@ -295,6 +291,10 @@ struct Proxy {
     scope: Scope,
     engine: PathBuf,
     stop: CancellationToken,
+    /// Full ids of containers and execs known to be the build's (made through the endpoint, or
+    /// looked up): the CLI names what it made by id, and an id is never reused, so these need
+    /// no look-up (a `docker run` names its container four times).
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Proxy {
@@ -498,13 +498,42 @@ impl Proxy {
 
     /// Succeeds if `id` is the build's; otherwise the engine's answer for a missing object.
     async fn own(&self, kind: Kind, id: &str) -> Result<(), Denial> {
+        if kind == Kind::Container && self.is_known(id) {
+            return Ok(());
+        }
         match self.owned(kind, id).await? {
             Some(true) => Ok(()),
             _ => Err(kind.missing(id)),
         }
     }
 
+    fn is_known(&self, id: &str) -> bool {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known.contains(id)
+    }
+
+    /// Remembers the id in a create's answer (`{"Id": …}`) as the build's.
+    async fn remember(&self, response: Response<Body>) -> Result<Response<Body>, Denial> {
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        let limited = Limited::new(body, JSON_LIMIT).collect().await;
+        let bytes = limited
+            .map_err(|e| Denial::Engine(format!("reading the engine's answer: {e}")))?
+            .to_bytes();
+        let created: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Some(id) = created.get("Id").and_then(Value::as_str) {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            known.insert(id.to_string());
+        }
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+
     async fn own_exec(&self, id: &str) -> Result<(), Denial> {
+        if self.is_known(id) {
+            return Ok(());
+        }
         let (status, exec) = self
             .call(Method::GET, &format!("/exec/{id}/json"), None)
             .await?;
@@ -533,7 +562,8 @@ impl Proxy {
         let (parts, mut body) = json_request(request).await?;
         let named = judge_container(&mut body, &self.scope)?;
         self.check(&named).await?;
-        self.forward(rebuilt(parts, &body)).await
+        let created = self.forward(rebuilt(parts, &body)).await?;
+        self.remember(created).await
     }
 
     async fn create_exec(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
@@ -543,7 +573,8 @@ impl Proxy {
                 "privileged exec (docker exec --privileged, Privileged)",
             ));
         }
-        self.forward(rebuilt(parts, &body)).await
+        let created = self.forward(rebuilt(parts, &body)).await?;
+        self.remember(created).await
     }
 
     async fn create_network(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
@@ -558,8 +589,9 @@ impl Proxy {
         self.forward(rebuilt(parts, &body)).await
     }
 
-    /// `docker build`: its network judged as a container's (`cloudbuild` is the build's).
-    async fn build(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
+    /// `docker build`: its network judged as a container's (`cloudbuild` is the build's), and
+    /// its Dockerfile's images made local as it streams by ([`scanned`]).
+    async fn build(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Denial> {
         let (mut parts, body) = request.into_parts();
         let network = query_value(parts.uri.query(), "networkmode");
         match network.as_deref() {
@@ -592,43 +624,41 @@ impl Proxy {
             .transpose()
             .map_err(|e| Denial::Invalid(format!("invalid buildargs: {e}")))?
             .unwrap_or_default();
-        let build_args = (build_args.into_iter())
+        let build_args: BTreeMap<String, String> = (build_args.into_iter())
             .filter_map(|(name, value)| Some((name, value?)))
             .collect();
-        let mut context = Context::new(body, &name);
-        let text = context.dockerfile().await?;
-        let Some(text) = text else {
-            info!(dockerfile = %name, "no Dockerfile in the build context: its images are not resolved");
-            return self
-                .forward(Request::from_parts(parts, context.into_body()))
-                .await;
-        };
-        let images = dockerfile::images(&text, &build_args)
-            .map_err(|e| Denial::Invalid(format!("reading {name}: {e}")))?;
-        let mut aliased = false;
-        for image in images {
-            aliased |= self.ensure(&image).await?;
+        let proxy = self.clone();
+        let dockerfile = name.clone();
+        let resolve: Resolve = Box::new(move |text| {
+            Box::pin(async move {
+                let images = dockerfile::images(&text, &build_args)
+                    .map_err(|e| Denial::Invalid(format!("reading {dockerfile}: {e}")))?;
+                for image in images {
+                    proxy.ensure(&image).await?;
+                }
+                Ok(())
+            })
+        });
+        let failure = Failure::default();
+        let body = scanned(body, &name, resolve, failure.clone());
+        let answer = self.forward(Request::from_parts(parts, body)).await;
+        // A context cut short: the engine's answer (if any) is about that, not why.
+        match failure.take() {
+            Some(denial) => Err(denial),
+            None => answer,
         }
-        if aliased {
-            // `--pull` would ask the internet again for what was just made local.
-            let query = without(parts.uri.query(), "pull");
-            parts.uri = with_query(parts.uri.path(), &query)?;
-        }
-        self.forward(Request::from_parts(parts, context.into_body()))
-            .await
     }
 
     /// Makes the Dockerfile's image `written` local under that name, through its alias or
-    /// mirror; `true` if it was one. An image the engine has, or that no alias or mirror names,
-    /// is left to the engine.
-    async fn ensure(&self, written: &str) -> Result<bool, Denial> {
+    /// mirror. An image the engine has, or that no alias or mirror names, is left to the engine.
+    async fn ensure(&self, written: &str) -> Result<(), Denial> {
         if self.image_exists(written).await? {
-            return Ok(false);
+            return Ok(());
         }
         let resolved = self.scope.aliases.resolve(written);
         let reference = Reference::parse(written).map_err(|e| Denial::Invalid(e.to_string()))?;
         if resolved.via == Via::Written || reference.is_digest() {
-            return Ok(false);
+            return Ok(());
         }
         let image = resolved.image;
         if !self.image_exists(&image).await? {
@@ -642,7 +672,7 @@ impl Proxy {
         }
         self.tag(&image, written).await?;
         info!(%written, %image, "a Dockerfile's image resolved");
-        Ok(true)
+        Ok(())
     }
 
     /// Pulls `image` with the build's credentials; the error the engine reported, if any.
@@ -921,300 +951,11 @@ fn with_query(path: &str, query: &str) -> Result<hyper::Uri, Denial> {
         .map_err(|e| Denial::Invalid(format!("{e}")))
 }
 
-/// The query without `key`.
-fn without(query: Option<&str>, key: &str) -> String {
-    let mut rewritten = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k != key {
-            rewritten.append_pair(&k, &v);
-        }
-    }
-    rewritten.finish()
-}
-
 /// `body`, then what `last` adds (if anything) once it has ended.
 fn followed_by(body: Body, last: impl Future<Output = Option<Bytes>> + Send + 'static) -> Body {
     let last = futures_util::stream::once(last)
         .filter_map(|line| std::future::ready(line.map(|line| Ok(Frame::data(line)))));
     StreamBody::new(BodyStream::new(body).chain(last)).boxed_unsync()
-}
-
-/// A build context (a tar stream) read up to its Dockerfile, and what was read kept to be sent
-/// on ahead of the rest: in memory up to [`CONTEXT_MEMORY`], in a temporary file beyond. The
-/// Docker CLI writes a context in the order of its directory walk, so a Dockerfile at the
-/// context's root comes early; one from elsewhere (`-f ../Dockerfile`, `-f -`) is added last.
-/// A compressed context (`docker build - < ctx.tar.gz`) is not read: its images are left
-/// to the engine.
-pub struct Context {
-    body: Body,
-    scan: TarScan,
-    memory: Vec<Bytes>,
-    held: usize,
-    spilled: Option<tokio::fs::File>,
-}
-
-impl Context {
-    fn new(body: Body, dockerfile: &str) -> Self {
-        Self {
-            body,
-            scan: TarScan::new(dockerfile),
-            memory: Vec::new(),
-            held: 0,
-            spilled: None,
-        }
-    }
-
-    /// Reads on until the Dockerfile is read; `None` if the context has none (or is no tar).
-    async fn dockerfile(&mut self) -> Result<Option<String>, Denial> {
-        let failed =
-            |e: &dyn std::fmt::Display| Denial::Invalid(format!("reading the build context: {e}"));
-        loop {
-            let Some(frame) = self.body.frame().await else {
-                return Ok(None);
-            };
-            let frame = frame.map_err(|e| failed(&e))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let scanned = self.scan.feed(&data);
-            self.keep(data).await.map_err(|e| failed(&e))?;
-            match scanned {
-                Scanned::More => {}
-                Scanned::Found(text) => return Ok(Some(String::from_utf8_lossy(&text).into())),
-                Scanned::Absent => return Ok(None),
-            }
-        }
-    }
-
-    async fn keep(&mut self, data: Bytes) -> io::Result<()> {
-        if self.spilled.is_none() && self.held + data.len() <= CONTEXT_MEMORY {
-            self.held += data.len();
-            self.memory.push(data);
-            return Ok(());
-        }
-        if self.spilled.is_none() {
-            let file = tokio::task::spawn_blocking(tempfile::tempfile)
-                .await
-                .map_err(io::Error::other)??;
-            self.spilled = Some(tokio::fs::File::from_std(file));
-        }
-        if let Some(file) = &mut self.spilled {
-            file.write_all(&data).await?;
-        }
-        Ok(())
-    }
-
-    /// The whole context again: what was read, then the rest as it comes.
-    fn into_body(self) -> Body {
-        let memory = futures_util::stream::iter(self.memory).map(|data| Ok(Frame::data(data)));
-        let spilled = futures_util::stream::iter(self.spilled)
-            .then(|mut file| async move {
-                file.flush().await?;
-                file.rewind().await?;
-                Ok::<_, io::Error>(ReaderStream::new(file))
-            })
-            .map(|file| match file {
-                Ok(chunks) => chunks.boxed(),
-                Err(e) => futures_util::stream::once(std::future::ready(Err(e))).boxed(),
-            })
-            .flatten()
-            .map(|data| data.map(Frame::data));
-        let rest = BodyStream::new(self.body);
-        StreamBody::new(memory.chain(spilled).chain(rest)).boxed_unsync()
-    }
-}
-
-/// Where a [`TarScan`] is in the archive.
-enum TarState {
-    /// Reading a 512-byte header.
-    Header(Vec<u8>),
-    /// Skipping an entry's data and padding.
-    Skip(u64),
-    /// Reading an entry's data (then skipping `padding`).
-    Read {
-        what: Wanted,
-        size: usize,
-        padding: u64,
-        data: Vec<u8>,
-    },
-    Done,
-}
-
-#[derive(Clone, Copy)]
-enum Wanted {
-    /// A GNU long name for the next entry.
-    LongName,
-    /// PAX extended headers for the next entry (its `path`).
-    Pax,
-    Dockerfile,
-}
-
-/// What a [`TarScan`] found so far.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Scanned {
-    More,
-    Found(Vec<u8>),
-    Absent,
-}
-
-/// Finds one file in a tar stream fed chunk by chunk, keeping only headers, long names and
-/// that file; bounded, and never panics on what it is fed.
-pub struct TarScan {
-    name: String,
-    state: TarState,
-    next_name: Option<Vec<u8>>,
-}
-
-impl TarScan {
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: normal_path(name.as_bytes()),
-            state: TarState::Header(Vec::with_capacity(512)),
-            next_name: None,
-        }
-    }
-
-    pub fn feed(&mut self, mut input: &[u8]) -> Scanned {
-        while !input.is_empty() {
-            match &mut self.state {
-                TarState::Done => return Scanned::Absent,
-                TarState::Skip(left) => {
-                    let skipped = (*left).min(input.len() as u64);
-                    *left -= skipped;
-                    input = &input[skipped as usize..];
-                    if *left == 0 {
-                        self.state = TarState::Header(Vec::with_capacity(512));
-                    }
-                }
-                TarState::Header(block) => {
-                    let taken = (512 - block.len()).min(input.len());
-                    block.extend_from_slice(&input[..taken]);
-                    input = &input[taken..];
-                    if block.len() == 512 {
-                        let block = std::mem::take(block);
-                        self.state = self.header(&block);
-                    }
-                }
-                TarState::Read {
-                    what,
-                    size,
-                    padding,
-                    data,
-                } => {
-                    let taken = (*size - data.len()).min(input.len());
-                    data.extend_from_slice(&input[..taken]);
-                    input = &input[taken..];
-                    if data.len() == *size {
-                        let (what, padding, data) = (*what, *padding, std::mem::take(data));
-                        match what {
-                            Wanted::Dockerfile => {
-                                self.state = TarState::Done;
-                                return Scanned::Found(data);
-                            }
-                            Wanted::LongName => {
-                                let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-                                self.next_name = Some(data[..end].to_vec());
-                            }
-                            Wanted::Pax => {
-                                self.next_name = pax_path(&data).or(self.next_name.take())
-                            }
-                        }
-                        self.state = if padding == 0 {
-                            TarState::Header(Vec::with_capacity(512))
-                        } else {
-                            TarState::Skip(padding)
-                        };
-                    }
-                }
-            }
-        }
-        match self.state {
-            TarState::Done => Scanned::Absent,
-            _ => Scanned::More,
-        }
-    }
-
-    /// What follows the header `block`.
-    fn header(&mut self, block: &[u8]) -> TarState {
-        if block.iter().all(|b| *b == 0) {
-            return TarState::Done;
-        }
-        let header = tar::Header::from_byte_slice(block);
-        let stored = header.cksum().ok();
-        let computed = block
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u32::from(*b)
-                }
-            })
-            .sum::<u32>();
-        let Some(size) = header
-            .entry_size()
-            .ok()
-            .filter(|_| stored == Some(computed))
-        else {
-            return TarState::Done;
-        };
-        let padded = size.div_ceil(512).saturating_mul(512);
-        let kind = header.entry_type();
-        let name = self
-            .next_name
-            .take()
-            .unwrap_or_else(|| header.path_bytes().into_owned());
-        let wanted = if kind.is_gnu_longname() {
-            Some(Wanted::LongName)
-        } else if kind.is_pax_local_extensions() {
-            Some(Wanted::Pax)
-        } else if kind.is_file() && normal_path(&name) == self.name {
-            Some(Wanted::Dockerfile)
-        } else {
-            None
-        };
-        match wanted {
-            // Long names, headers and Dockerfiles are small; anything larger is no real one.
-            Some(what) if size <= dockerfile::LIMIT as u64 => TarState::Read {
-                what,
-                size: size as usize,
-                padding: padded - size,
-                data: Vec::new(),
-            },
-            Some(_) => TarState::Done,
-            None if padded == 0 => TarState::Header(Vec::with_capacity(512)),
-            None => TarState::Skip(padded),
-        }
-    }
-}
-
-/// A path in an archive as the build's `dockerfile` parameter names it: no `./` or `/` first.
-fn normal_path(path: &[u8]) -> String {
-    let path = String::from_utf8_lossy(path);
-    let mut path = path.as_ref();
-    loop {
-        let trimmed = path.trim_start_matches('/').trim_start_matches("./");
-        if trimmed == path {
-            return trimmed.to_string();
-        }
-        path = trimmed;
-    }
-}
-
-/// The `path` record of PAX extended headers (`LEN path=VALUE\n` records).
-fn pax_path(data: &[u8]) -> Option<Vec<u8>> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|b| *b == b' ')?;
-        let length: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        let record = rest.get(space + 1..length)?;
-        if let Some(value) = record.strip_prefix(b"path=") {
-            return Some(value.strip_suffix(b"\n").unwrap_or(value).to_vec());
-        }
-        rest = rest.get(length..)?;
-    }
-    None
 }
 
 /// The first value of `key` in a query string.
@@ -1640,51 +1381,6 @@ mod tests {
             aliases: Aliases::default(),
             credentials: Arc::new(Anonymous),
         }
-    }
-
-    /// A context as the CLI sends it: files, a long path (a GNU long name) and a PAX path.
-    fn context(dockerfile_path: &str) -> Vec<u8> {
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            archive.append_data(&mut header, path, data).unwrap();
-        };
-        add("a.bin", &[7; 3000]);
-        add(&format!("{}/x", "long".repeat(40)), b"x");
-        add(dockerfile_path, b"FROM ubuntu:22.04\n");
-        add("z.txt", b"after");
-        archive.into_inner().unwrap()
-    }
-
-    #[test]
-    fn the_dockerfile_is_found_in_a_context_fed_in_any_chunks() {
-        let long = format!("{}/Dockerfile", "deep".repeat(30));
-        for (path, name) in [
-            ("Dockerfile", "Dockerfile"),
-            ("./sub/Dockerfile.ci", "sub/Dockerfile.ci"),
-            (long.as_str(), long.as_str()),
-        ] {
-            let archive = context(path);
-            for chunk in [1, 7, 511, 512, 4096, archive.len()] {
-                let mut scan = TarScan::new(name);
-                let found = archive
-                    .chunks(chunk)
-                    .map(|piece| scan.feed(piece))
-                    .find(|scanned| *scanned != Scanned::More);
-                assert_eq!(
-                    found,
-                    Some(Scanned::Found(b"FROM ubuntu:22.04\n".to_vec())),
-                    "{path} in chunks of {chunk}"
-                );
-            }
-        }
-        let mut scan = TarScan::new("Dockerfile");
-        assert_eq!(scan.feed(&context("Other")), Scanned::Absent);
-        // gzip's magic and anything else that is not a tar header.
-        let mut scan = TarScan::new("Dockerfile");
-        assert_eq!(scan.feed(&[0x1f, 0x8b, 8, 0].repeat(200)), Scanned::Absent);
     }
 
     #[test]
