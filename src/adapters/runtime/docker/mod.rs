@@ -15,7 +15,6 @@
 //! A step created ahead of its turn is started at the [`gate`], which holds it before its
 //! command until [`Backend::start_step`] releases it.
 
-pub mod context;
 pub mod engine;
 pub mod gate;
 pub mod proxy;

@@ -13,7 +13,7 @@
 //! * **Offline images.** `docker pull NAME` and `docker push NAME` go through the aliases and
 //!   mirrors as step images do, the image ending up under NAME; `docker build` first makes its
 //!   Dockerfile's images local the same way (read from the context as it streams by, see
-//!   [`super::context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
+//!   [`context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
 //!   session, which is passed through unread: their images are not resolved.
 //!
 //! Everything else passes through untouched and unbuffered, version prefixes (`/v1.41/…`)
@@ -22,6 +22,8 @@
 //!
 //! Each request gets its own connection to the engine: a Unix socket connects in microseconds,
 //! and a connection of its own is what lets an upgraded request keep it.
+
+pub mod context;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,8 +50,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, warn};
 
+use self::context::{Failure, Resolve, scanned};
 use super::BUILD_LABEL;
-use super::context::{Failure, Resolve, scanned};
 use super::engine::Reference;
 use crate::adapters::runtime::Credentials;
 use crate::core::alias::{Aliases, Via};
@@ -57,6 +59,7 @@ use crate::core::dockerfile;
 
 /// The largest JSON body judged here (a container's create request is a few KiB).
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
+
 /// The network name Cloud Build steps use; it stands for the build's own network.
 pub const CLOUDBUILD_NETWORK: &str = "cloudbuild";
 
@@ -552,9 +555,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let label = format!("{BUILD_LABEL}={}", self.scope.build);
         let query = with_label_filter(parts.uri.query(), &label)?;
-        parts.uri = format!("{}?{query}", parts.uri.path())
-            .parse()
-            .map_err(|e| Denial::Invalid(format!("{e}")))?;
+        parts.uri = with_query(parts.uri.path(), &query)?;
         Ok(Request::from_parts(parts, body))
     }
 
@@ -597,9 +598,7 @@ impl Proxy {
         match network.as_deref() {
             Some(CLOUDBUILD_NETWORK) => {
                 let query = with_pair(parts.uri.query(), "networkmode", &self.scope.network);
-                parts.uri = format!("{}?{query}", parts.uri.path())
-                    .parse()
-                    .map_err(|e| Denial::Invalid(format!("{e}")))?;
+                parts.uri = with_query(parts.uri.path(), &query)?;
             }
             Some("host") if !self.scope.trusted => {
                 return Err(refused(

@@ -1,5 +1,5 @@
 //! A `docker build`'s context passed through to the engine while it is scanned for its
-//! Dockerfile, so that the endpoint ([`super::proxy`]) can make the Dockerfile's images local
+//! Dockerfile, so that the endpoint ([`super`]) can make the Dockerfile's images local
 //! before the engine builds.
 //!
 //! Nothing is held but one chunk: the engine's classic builder unpacks the whole context before
@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Frame;
 
-use super::proxy::{Body, Denial};
+use super::{Body, Denial};
 use crate::core::dockerfile;
 
 /// What resolves a found Dockerfile's images (its text in, done or why not out).
