@@ -378,3 +378,20 @@ fn images_pushed_to_gcr_are_pulled_back_through_the_mirror() {
         "{stdout}"
     );
 }
+
+/// BuildKit's session (`/session`, `/grpc`, upgraded) passes through; its Dockerfile is not
+/// read, so its images are not resolved, but a `docker pull` of them first (which is) lets it
+/// build offline.
+#[test]
+fn buildkit_builds_through_the_endpoint_from_pulled_images() {
+    let id = std::process::id();
+    let config = docker_steps(&[&format!(
+        "printf 'FROM debian:bookworm-slim\\nRUN echo buildkit-ran\\n' > Dockerfile\n\
+         docker pull -q debian:bookworm-slim\n\
+         DOCKER_BUILDKIT=1 docker build --progress=plain -t endpoint-buildkit:{id} . 2>&1 \
+         | grep -E '^#[0-9]+ [0-9.]+ buildkit-ran$' | grep -o 'buildkit-ran'"
+    )]);
+    let (stdout, _) = run(&config, &[]);
+    untag(&[&format!("endpoint-buildkit:{id}")]);
+    assert!(stdout.contains("Step #0: buildkit-ran"), "{stdout}");
+}
