@@ -388,8 +388,8 @@ fn buildkit_builds_through_the_endpoint_from_pulled_images() {
     let config = docker_steps(&[&format!(
         "printf 'FROM debian:bookworm-slim\\nRUN echo buildkit-ran\\n' > Dockerfile\n\
          docker pull -q debian:bookworm-slim\n\
-         DOCKER_BUILDKIT=1 docker build --progress=plain -t endpoint-buildkit:{id} . 2>&1 \
-         | grep -E '^#[0-9]+ [0-9.]+ buildkit-ran$' | grep -o 'buildkit-ran'"
+         DOCKER_BUILDKIT=1 docker build --no-cache --progress=plain -t endpoint-buildkit:{id} . 2>&1 \
+         | grep -E '^#[0-9]+ [0-9.]+ buildkit-ran$$' | grep -o 'buildkit-ran'"
     )]);
     let (stdout, _) = run(&config, &[]);
     untag(&[&format!("endpoint-buildkit:{id}")]);
