@@ -102,6 +102,7 @@ impl Setup {
                 aliases: Aliases::load(None).unwrap(),
                 registries: Registries::new(&registry::Settings::default()).unwrap(),
                 secrets_dir: None,
+                trusted: false,
             },
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),

@@ -6,6 +6,7 @@ pub mod alias;
 pub mod build;
 pub mod config;
 pub mod diag;
+pub mod dockerfile;
 pub mod glob;
 pub mod image;
 pub mod kfp;

@@ -27,6 +27,7 @@ use crate::adapters::registry::{Registries, RegistryError, TemplateUpload};
 use crate::adapters::runtime::{
     Backend, BuildSpec, LogStream, RuntimeError, StepImage, StepSpec, Volume,
 };
+use crate::core::alias::Aliases;
 use crate::core::build::{Outcome, PushedImage, Status, StepResult, rfc3339};
 use crate::core::image;
 use crate::core::logs::{LineAssembler, Masker};
@@ -54,6 +55,11 @@ pub struct Run {
     pub secrets: BTreeMap<String, String>,
     /// Credentials and connections for pulling step images and pushing results.
     pub registries: Registries,
+    /// Whether the steps may reach the machine through the engine (a trusted trigger, or a
+    /// setting of `submit` or the server's).
+    pub trusted: bool,
+    /// What the steps' own pulls, pushes and builds resolve image names with.
+    pub aliases: Aliases,
 }
 
 /// What happens while a build runs, in order for each step.
@@ -195,6 +201,8 @@ fn build_spec(run: &Run) -> BuildSpec {
         outputs: BUILDER_OUTPUT.to_string(),
         steps: run.build.steps.iter().map(step).collect(),
         credentials: Arc::new(run.registries.clone()),
+        trusted: run.trusted,
+        aliases: run.aliases.clone(),
     }
 }
 

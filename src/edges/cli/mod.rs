@@ -322,6 +322,10 @@ struct SubmitArgs {
     /// Directory of local secret values for availableSecrets.secretManager (see README).
     #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// Let the build's steps reach this machine through the engine: privileged containers,
+    /// host paths, host namespaces, devices, added capabilities (see README, "Security model").
+    #[arg(long)]
+    trusted: bool,
     #[command(flatten)]
     project: ProjectArgs,
 }
@@ -779,6 +783,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
             aliases,
             secrets_dir: args.secrets_dir,
             registries,
+            trusted: args.trusted,
         },
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),

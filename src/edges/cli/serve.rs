@@ -32,7 +32,8 @@ pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
     /// `aliases`, `triggers`, `schedules`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
     /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
-    /// `insecureRegistries`, `registryCas`, `readsNeedToken`, `logFormat`); flags and the environment win.
+    /// `insecureRegistries`, `registryCas`, `readsNeedToken`, `logFormat`, `trusted`); flags and
+    /// the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -83,6 +84,10 @@ pub(super) struct ServeArgs {
     /// for machines; `RUST_LOG` filters it (e.g. `builder=debug`) [default: text, at `info`].
     #[arg(long, value_enum, env = "BUILDER_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Every build this server runs may reach the machine through the engine (privileged
+    /// containers, host paths…); without it, only those of triggers marked `trusted: true`.
+    #[arg(long)]
+    trusted: bool,
 }
 
 /// How the server writes its log.
@@ -120,6 +125,8 @@ struct SettingsFile {
     reads_need_token: bool,
     kfp_registry: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    trusted: bool,
 }
 
 pub(super) fn serve(
@@ -210,6 +217,7 @@ pub(super) fn serve(
             aliases,
             secrets_dir: args.secrets_dir.or(file.secrets_dir),
             registries,
+            trusted: args.trusted || file.trusted,
         },
         webhook_secret,
         rewrites: Rewrites::new(rewrites),

@@ -313,6 +313,8 @@ fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
         overrides: overrides.clone(),
         timeout: None,
         uploads: upload.is_some(),
+        // Trust is the server's setting (`Machine::trusted`), never the uploader's.
+        trusted: false,
     };
     Recipe::load(config.as_bytes(), reading)
 }

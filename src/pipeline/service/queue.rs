@@ -296,6 +296,7 @@ impl Service {
             timeout: None,
             // gcloud's refusal of a config's own `source` is for uploads it makes.
             uploads: false,
+            trusted: trigger.trusted,
         };
         match &trigger.build {
             BuildSource::Inline(config) => Ok(Recipe {
@@ -306,6 +307,7 @@ impl Service {
                 built_ins,
                 overrides: overrides.clone(),
                 warnings: String::new(),
+                trusted: trigger.trusted,
             }),
             BuildSource::File(path) => {
                 let bytes =
