@@ -79,6 +79,8 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
         workspace: None,
         secrets: BTreeMap::new(),
         registries: Registries::new(&Settings::default()).expect("registry settings"),
+        trusted: false,
+        aliases: Aliases::load(None).expect("the shipped alias table"),
     };
     adjust(&mut run);
     let runtime = Arc::new(

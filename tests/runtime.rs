@@ -191,6 +191,7 @@ mod conformance {
         Backend, BuildSpec, Credentials, RegistryAuth, Resources, RuntimeError, StepImage,
         StepSpec, Volume,
     };
+    use builder::core::alias::Aliases;
     use futures_util::TryStreamExt;
 
     use super::{BUSYBOX, split, within};
@@ -227,6 +228,8 @@ mod conformance {
             outputs: "/builder/outputs".to_owned(),
             steps,
             credentials: Arc::new(Anonymous),
+            trusted: false,
+            aliases: Aliases::load(None).expect("the shipped alias table"),
         }
     }
 

@@ -102,10 +102,12 @@ impl Setup {
                 aliases: Aliases::load(None).unwrap(),
                 registries: Registries::new(&registry::Settings::default()).unwrap(),
                 secrets_dir: None,
+                trusted: false,
             },
             webhook_secret: b"secret".to_vec(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
             max_concurrent_builds: max_builds,
+            kfp_registry: None,
         };
         let service = Service::new(
             Arc::new(store.clone()),

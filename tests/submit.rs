@@ -433,3 +433,114 @@ fn a_killed_submits_workspace_is_removed_by_the_next_submit() {
     assert_eq!(workspaces(tmp.path()), Vec::<std::path::PathBuf>::new());
     assert_eq!(leftovers(&running_id), "");
 }
+
+/// Issue 22: a long log reads back from the store whole and in order, as `submit` printed it:
+/// stdout and stderr, a line past 256 KiB cut with its mark, a secret masked.
+#[test]
+fn issue_22_a_long_log_reads_back_as_it_was_printed() {
+    let data = TempDir::new().unwrap();
+    let config = r#"steps:
+- id: many
+  name: builder/busybox
+  script: |
+    seq 1 30000
+    echo to-stderr >&2
+    head -c 600000 /dev/zero | tr '\0' x
+    echo
+    echo "the secret is $SECRET_VALUE"
+  secretEnv: [SECRET_VALUE]
+availableSecrets:
+  secretManager:
+  - versionName: projects/p/secrets/value/versions/latest
+    env: SECRET_VALUE
+"#;
+    let dir = source(config, &[]);
+    let secrets = TempDir::new().unwrap();
+    std::fs::write(secrets.path().join("value"), "hunter22").unwrap();
+    let out = submit(
+        data.path(),
+        dir.path(),
+        &["--secrets-dir", secrets.path().to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = "Step #0 - \"many\": ";
+    let printed: Vec<&str> = stdout.lines().filter(|l| l.starts_with(prefix)).collect();
+    let id = build_id(&stdout);
+    let log = builder(data.path())
+        .args(["builds", "log", &id])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    let logged: Vec<&str> = log.lines().collect();
+    assert!(
+        logged == printed,
+        "the stored log differs from the printed one"
+    );
+    // The stderr line may come anywhere after the first stdout lines: the engine reads the
+    // streams apart.
+    let (stderr, stdout): (Vec<&str>, Vec<&str>) =
+        logged.iter().partition(|l| l.ends_with(": to-stderr"));
+    assert_eq!(stderr.len(), 1);
+    assert_eq!(stdout.len(), 30_000 + 3 + 1);
+    let numbers: Vec<String> = (1..=30_000).map(|i| format!("{prefix}{i}")).collect();
+    assert!(
+        stdout[..30_000] == numbers,
+        "the numbers are not whole and in order"
+    );
+    let cut = " [builder: line cut at 256 KiB, it goes on in the next line]";
+    let pieces: Vec<usize> = stdout[30_000..30_003]
+        .iter()
+        .map(|l| l.len() - prefix.len())
+        .collect();
+    assert_eq!(
+        pieces,
+        [
+            262_144 + cut.len(),
+            262_144 + cut.len(),
+            600_000 - 2 * 262_144
+        ]
+    );
+    assert!(stdout[30_000].ends_with(cut));
+    assert_eq!(stdout[30_003], format!("{prefix}the secret is [MASKED]"));
+}
+
+/// Issue 22: the log of a build whose `submit` was killed (SIGKILL) mid-step reads back whole
+/// up to its last stored line: a step's lines are stored within a second, while it still runs.
+#[test]
+fn issue_22_a_killed_submits_log_is_readable_up_to_its_last_stored_line() {
+    let data = TempDir::new().unwrap();
+    let config = "steps:\n- name: builder/busybox\n  script: |\n    seq 1 20000\n    echo ready\n    exec sleep 1000\n";
+    let dir = source(config, &[]);
+    let (mut child, id) = start_until_ready(data.path(), dir.path());
+    let log = || {
+        let out = builder(data.path())
+            .args(["builds", "log", &id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log().contains("Step #0: ready") {
+        assert!(
+            Instant::now() < deadline,
+            "the lines were not stored while the step ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let expected: Vec<String> = (1..=20_000)
+        .map(|i| format!("Step #0: {i}"))
+        .chain(["Step #0: ready".to_string()])
+        .collect();
+    assert!(log().lines().eq(expected.iter().map(String::as_str)));
+    // The next submit cleans up after the killed one.
+    let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
+    submit(data.path(), quick.path(), &[]);
+    assert_eq!(leftovers(&id), "");
+}

@@ -7,7 +7,7 @@ set -eu
 service=$1 image=$2 revision=$1-$3
 limit=60 # seconds the new revision has to become healthy
 
-docker run -d --name "$revision" --network cloudbuild -p 127.0.0.1::8080 \
+docker run -d --name "$revision" -p 127.0.0.1::8080 \
   --label builder.service="$service" --label builder.revision="$3" "$image" >/dev/null
 echo "started $revision from $image"
 

@@ -51,13 +51,15 @@ CREATE TABLE steps (
     PRIMARY KEY (build_id, idx)
 );
 
-CREATE TABLE log_lines (
-    build_id TEXT COLLATE "C" NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
-    seq      BIGINT NOT NULL,
-    step     BIGINT NOT NULL,
-    stream   TEXT NOT NULL,
-    text     TEXT NOT NULL,
-    PRIMARY KEY (build_id, seq)
+-- A build's log as compressed chunks of consecutive lines (`core::logs::encode_chunk`): the chunk
+-- at `first_seq` holds lines first_seq .. first_seq + lines - 1 (SQLite's migration 0009). There
+-- is no `log_lines`: no PostgreSQL store ever kept a row per line.
+CREATE TABLE log_chunks (
+    build_id  TEXT COLLATE "C" NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+    first_seq BIGINT NOT NULL,
+    lines     BIGINT NOT NULL,
+    data      BYTEA NOT NULL,
+    PRIMARY KEY (build_id, first_seq)
 );
 
 -- Deliveries as received. Verified ones are unique by id and by body (replays); rejected ones

@@ -11,10 +11,23 @@ pub const MIN_MASKED_LEN: usize = 4;
 pub const MASK: &str = "[MASKED]";
 
 /// The longest line kept whole: output without newlines (a progress bar, a binary) is cut into
-/// lines of this many bytes rather than held in memory.
+/// lines of at most this many bytes rather than held in memory.
 pub const MAX_LINE: usize = 256 * 1024;
+/// Ends each piece of a line cut at [`MAX_LINE`] but its last, so a reader knows the line goes on.
+pub const CUT_MARK: &str = " [builder: line cut at 256 KiB, it goes on in the next line]";
 
-/// Joins byte frames into lines (without their `\n` or `\r\n`). Invalid UTF-8 is replaced.
+/// Which of a step's streams a line came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Joins byte frames into lines (without their `\n` or `\r\n`). Invalid UTF-8 is replaced; a
+/// line longer than [`MAX_LINE`] is cut into pieces, each but the last ending in [`CUT_MARK`].
 #[derive(Debug, Default)]
 pub struct LineAssembler {
     partial: Vec<u8>,
@@ -22,31 +35,62 @@ pub struct LineAssembler {
 
 impl LineAssembler {
     /// The lines completed by `bytes`.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.partial.extend_from_slice(bytes);
-        let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            if self.partial.len() < MAX_LINE {
-                return Vec::new();
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, rest) = bytes.split_at(newline);
+            if self.partial.is_empty() {
+                complete(head, &mut lines);
+            } else {
+                self.partial.extend_from_slice(head);
+                complete(&std::mem::take(&mut self.partial), &mut lines);
             }
-            return vec![line(&std::mem::take(&mut self.partial))];
-        };
-        let rest = self.partial.split_off(last_newline + 1);
-        let complete = std::mem::replace(&mut self.partial, rest);
-        complete[..last_newline]
-            .split(|&b| b == b'\n')
-            .map(line)
-            .collect()
+            bytes = &rest[1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        // Only what goes past the limit is cut off: a line of exactly MAX_LINE bytes whose
+        // newline comes in the next frame stays whole.
+        let mut start = 0;
+        while self.partial.len() - start > MAX_LINE {
+            let cut = start + cut_point(&self.partial[start..]);
+            lines.push(piece(&self.partial[start..cut]));
+            start = cut;
+        }
+        self.partial.drain(..start);
+        lines
     }
 
-    /// The last line when the output did not end with a newline.
+    /// The last line when the output did not end with a newline (never longer than
+    /// [`MAX_LINE`]: `push` cuts what goes past it).
     pub fn finish(self) -> Option<String> {
-        (!self.partial.is_empty()).then(|| line(&self.partial))
+        let bytes = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
+        (!self.partial.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
     }
 }
 
-fn line(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    String::from_utf8_lossy(bytes).into_owned()
+/// A whole line, cut into pieces if it is too long.
+fn complete(mut bytes: &[u8], lines: &mut Vec<String>) {
+    bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    while bytes.len() > MAX_LINE {
+        let cut = cut_point(bytes);
+        lines.push(piece(&bytes[..cut]));
+        bytes = &bytes[cut..];
+    }
+    lines.push(String::from_utf8_lossy(bytes).into_owned());
+}
+
+/// Where to cut a line longer than [`MAX_LINE`]: at the limit, or just before it if a UTF-8
+/// character would be split there (the pieces stay readable), unless the bytes are not text.
+fn cut_point(bytes: &[u8]) -> usize {
+    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
+    (MAX_LINE - 3..=MAX_LINE)
+        .rev()
+        .find(|&i| !is_continuation(bytes[i]))
+        .unwrap_or(MAX_LINE)
+}
+
+fn piece(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned() + CUT_MARK
 }
 
 /// Where `base64` (coreutils) wraps the lines it prints.
@@ -103,12 +147,126 @@ impl Masker {
         })
     }
 
-    pub fn mask(&self, line: &str) -> String {
+    /// The line with every secret in it masked; the line itself when it holds none.
+    pub fn mask(&self, line: String) -> String {
         match &self.matcher {
-            Some(matcher) => matcher.replace_all(line, &vec![MASK; matcher.patterns_len()]),
-            None => line.to_string(),
+            Some(matcher) if matcher.is_match(&line) => {
+                matcher.replace_all(&line, &vec![MASK; matcher.patterns_len()])
+            }
+            _ => line,
         }
     }
+}
+
+/// The encoding of a chunk: a version byte, then the lines compressed as one zstd frame, each
+/// line its step (LEB128), its stream (one byte), its length (LEB128) and its UTF-8 bytes. A log
+/// is stored as such chunks of consecutive lines, so that it costs about its compressed size; the
+/// store keeps each chunk's first line number and line count beside it, to page without
+/// decompressing what is skipped.
+const CHUNK_VERSION: u8 = 1;
+/// zstd's default level: a chunk of `seq` output compresses ~20× at a few hundred MB/s.
+const CHUNK_LEVEL: i32 = 3;
+
+/// Why a stored chunk could not be read back.
+#[derive(Debug)]
+pub enum ChunkError {
+    /// Written by a newer builder, in an encoding this one does not know.
+    Version(u8),
+    /// The compressed bytes are damaged (or, writing, zstd had no memory).
+    Compression(std::io::Error),
+    /// The lines end in the middle of one.
+    Truncated,
+}
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkError::Version(v) => write!(f, "a log chunk of unknown version {v}"),
+            ChunkError::Compression(e) => write!(f, "a log chunk's compression: {e}"),
+            ChunkError::Truncated => f.write_str("a log chunk ends in the middle of a line"),
+        }
+    }
+}
+
+impl std::error::Error for ChunkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChunkError::Compression(e) => Some(e),
+            ChunkError::Version(_) | ChunkError::Truncated => None,
+        }
+    }
+}
+
+/// Lines (step, stream, text) as one compressed chunk. Fails only if zstd cannot get the
+/// memory it needs.
+pub fn encode_chunk<'a>(
+    lines: impl IntoIterator<Item = (usize, LogStream, &'a str)>,
+) -> Result<Vec<u8>, ChunkError> {
+    let mut raw = Vec::new();
+    for (step, stream, text) in lines {
+        put_varint(&mut raw, step as u64);
+        raw.push(match stream {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => 1,
+        });
+        put_varint(&mut raw, text.len() as u64);
+        raw.extend_from_slice(text.as_bytes());
+    }
+    let mut chunk = vec![CHUNK_VERSION];
+    zstd::stream::copy_encode(raw.as_slice(), &mut chunk, CHUNK_LEVEL)
+        .map_err(ChunkError::Compression)?;
+    Ok(chunk)
+}
+
+/// The lines of a chunk that [`encode_chunk`] made, in order.
+pub fn decode_chunk(chunk: &[u8]) -> Result<Vec<(usize, LogStream, String)>, ChunkError> {
+    let (&version, compressed) = chunk.split_first().ok_or(ChunkError::Truncated)?;
+    if version != CHUNK_VERSION {
+        return Err(ChunkError::Version(version));
+    }
+    let raw = zstd::stream::decode_all(compressed).map_err(ChunkError::Compression)?;
+    let mut rest = raw.as_slice();
+    let mut lines = Vec::new();
+    while !rest.is_empty() {
+        let step = take_varint(&mut rest)? as usize;
+        let (&stream, after) = rest.split_first().ok_or(ChunkError::Truncated)?;
+        rest = after;
+        let len = take_varint(&mut rest)? as usize;
+        if rest.len() < len {
+            return Err(ChunkError::Truncated);
+        }
+        let (text, after) = rest.split_at(len);
+        rest = after;
+        let stream = if stream == 1 {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        };
+        // Written from `&str`: lossy only for a chunk damaged under its checksum-less frame.
+        lines.push((step, stream, String::from_utf8_lossy(text).into_owned()));
+    }
+    Ok(lines)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, ChunkError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first().ok_or(ChunkError::Truncated)?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(ChunkError::Truncated)
 }
 
 #[cfg(test)]
@@ -123,21 +281,100 @@ mod tests {
         assert_eq!(assembler.push(b"ld\n\nlast"), ["world", ""]);
         assert_eq!(assembler.finish(), Some("last".to_string()));
         assert_eq!(LineAssembler::default().finish(), None);
+    }
+
+    #[test]
+    fn cuts_overlong_lines_with_a_mark() {
+        let cut = |pieces: &[String]| -> Vec<(usize, bool)> {
+            pieces
+                .iter()
+                .map(|p| match p.strip_suffix(CUT_MARK) {
+                    Some(piece) => (piece.len(), true),
+                    None => (p.len(), false),
+                })
+                .collect()
+        };
+        // Exactly at the limit, even across frames: whole.
+        let mut exact = LineAssembler::default();
+        assert!(exact.push(&vec![b'x'; MAX_LINE]).is_empty());
+        assert_eq!(cut(&exact.push(b"\n")), [(MAX_LINE, false)]);
+        // Past it, without a newline yet: cut as it comes, the rest kept for later.
         let mut long = LineAssembler::default();
-        assert_eq!(long.push(&vec![b'x'; MAX_LINE - 1]), Vec::<String>::new());
-        assert_eq!(long.push(b"yz").len(), 1);
-        assert_eq!(long.finish(), None);
+        assert!(long.push(&vec![b'x'; MAX_LINE - 1]).is_empty());
+        assert_eq!(cut(&long.push(b"yz")), [(MAX_LINE, true)]);
+        assert_eq!(long.finish().as_deref(), Some("z"));
+        // A long line within one frame.
+        let mut frame = vec![b'a'; 2 * MAX_LINE + 5];
+        frame.extend_from_slice(b"\r\nnext\n");
+        let lines = LineAssembler::default().push(&frame);
+        assert_eq!(
+            cut(&lines),
+            [(MAX_LINE, true), (MAX_LINE, true), (5, false), (4, false)]
+        );
+        // Never inside a character.
+        let mut text = vec![b'a'; MAX_LINE - 1];
+        text.extend_from_slice("é and more\n".as_bytes());
+        let lines = LineAssembler::default().push(&text);
+        assert_eq!(cut(&lines), [(MAX_LINE - 1, true), (11, false)]);
+        assert_eq!(lines[1], "é and more");
+    }
+
+    #[test]
+    fn masks_secrets_split_across_frames() {
+        let masker = Masker::new(["hunter22"]).unwrap();
+        let mut assembler = LineAssembler::default();
+        let mut lines = assembler.push(b"one\npw=hun");
+        lines.extend(assembler.push(b"ter22 two\nthree hunt"));
+        lines.extend(assembler.push(b"er22"));
+        lines.extend(assembler.finish());
+        let masked: Vec<String> = lines.into_iter().map(|l| masker.mask(l)).collect();
+        assert_eq!(masked, ["one", "pw=[MASKED] two", "three [MASKED]"]);
+    }
+
+    #[test]
+    fn chunks_read_back_their_lines() {
+        let lines = [
+            (0, LogStream::Stdout, String::new()),
+            (
+                1,
+                LogStream::Stderr,
+                "é \u{1b}[32mgreen\u{1b}[0m".to_string(),
+            ),
+            (300, LogStream::Stdout, "x".repeat(MAX_LINE)),
+        ];
+        let chunk = encode_chunk(lines.iter().map(|(s, o, t)| (*s, *o, t.as_str()))).unwrap();
+        assert_eq!(decode_chunk(&chunk).unwrap(), lines);
+        // Compressed: a long repetitive line costs next to nothing.
+        assert!(chunk.len() < 1024, "{}", chunk.len());
+        assert!(decode_chunk(&encode_chunk([]).unwrap()).unwrap().is_empty());
+
+        assert!(matches!(
+            decode_chunk(&[9, 1, 2]),
+            Err(ChunkError::Version(9))
+        ));
+        assert!(matches!(decode_chunk(&[]), Err(ChunkError::Truncated)));
+        assert!(matches!(
+            decode_chunk(&chunk[..chunk.len() - 3]),
+            Err(ChunkError::Compression(_))
+        ));
+        let cut_short = encode_chunk([(0, LogStream::Stdout, "abc")]).unwrap();
+        let mut raw = zstd::stream::decode_all(&cut_short[1..]).unwrap();
+        raw.pop();
+        let mut damaged = vec![CHUNK_VERSION];
+        damaged.extend(zstd::stream::encode_all(raw.as_slice(), 0).unwrap());
+        assert!(matches!(decode_chunk(&damaged), Err(ChunkError::Truncated)));
     }
 
     #[test]
     fn masks_values_and_their_base64() {
         let masker = Masker::new(["hunter22", "ab", "line one\nline two"]).unwrap();
-        assert_eq!(masker.mask("pw=hunter22!"), "pw=[MASKED]!");
-        assert_eq!(masker.mask(&STANDARD.encode("hunter22")), MASK);
-        assert_eq!(masker.mask(&STANDARD.encode("hunter22\n")), MASK);
-        assert_eq!(masker.mask("ab stays"), "ab stays");
-        assert_eq!(masker.mask("> line two"), "> [MASKED]");
-        assert_eq!(Masker::default().mask("plain"), "plain");
+        let mask = |masker: &Masker, line: &str| masker.mask(line.to_string());
+        assert_eq!(mask(&masker, "pw=hunter22!"), "pw=[MASKED]!");
+        assert_eq!(mask(&masker, &STANDARD.encode("hunter22")), MASK);
+        assert_eq!(mask(&masker, &STANDARD.encode("hunter22\n")), MASK);
+        assert_eq!(mask(&masker, "ab stays"), "ab stays");
+        assert_eq!(mask(&masker, "> line two"), "> [MASKED]");
+        assert_eq!(mask(&Masker::default(), "plain"), "plain");
     }
 
     #[test]
@@ -147,18 +384,18 @@ mod tests {
         let encoded = STANDARD.encode(format!("{secret}\n"));
         let masker = Masker::new([secret.as_str()]).unwrap();
         let (first, rest) = encoded.split_at(76);
-        assert_eq!(masker.mask(first), MASK);
-        assert_eq!(masker.mask(rest), MASK);
+        assert_eq!(masker.mask(first.to_string()), MASK);
+        assert_eq!(masker.mask(rest.to_string()), MASK);
         let printf = STANDARD.encode(&secret);
-        assert_eq!(masker.mask(&printf[..76]), MASK);
-        assert_eq!(masker.mask(&printf[76..]), MASK);
+        assert_eq!(masker.mask(printf[..76].to_string()), MASK);
+        assert_eq!(masker.mask(printf[76..].to_string()), MASK);
         // 58 bytes and a newline: the wrapped form's last line is four characters, left alone.
         let short = "k".repeat(58);
         let masker = Masker::new([short.as_str()]).unwrap();
         let encoded = STANDARD.encode(format!("{short}\n"));
         let tail = &encoded[76..];
         assert_eq!(tail.len(), 4);
-        assert_eq!(masker.mask(&encoded[..76]), MASK);
-        assert_eq!(masker.mask(tail), tail);
+        assert_eq!(masker.mask(encoded[..76].to_string()), MASK);
+        assert_eq!(masker.mask(tail.to_string()), tail);
     }
 }

@@ -33,6 +33,11 @@ pub const CREATED: &str = "org.opencontainers.image.created";
 pub const REVISION: &str = "org.opencontainers.image.revision";
 pub const SOURCE: &str = "org.opencontainers.image.source";
 pub const TITLE: &str = "org.opencontainers.image.title";
+/// The build that pushed a template, for the console's link to it.
+pub const BUILD: &str = "dev.builder.template.build";
+/// Set on a template a build pushed with `allowVersionOverwrite: true`: its version tag is no
+/// more fixed than the build said, so the KFP API may move or delete it too.
+pub const OVERWRITE: &str = "dev.builder.template.allow-version-overwrite";
 
 /// One `templates:` entry, substituted: the build pushes every file its globs match.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -247,6 +252,8 @@ pub struct Provenance {
     pub revision: Option<String>,
     /// The repository it was built from.
     pub source: Option<String>,
+    /// The build that pushed it.
+    pub build: Option<String>,
 }
 
 /// The manifest of one template, as the bytes to push (keys sorted, so equal inputs give equal
@@ -272,6 +279,7 @@ pub fn manifest(
     for (key, value) in [
         (REVISION, &provenance.revision),
         (SOURCE, &provenance.source),
+        (BUILD, &provenance.build),
     ] {
         if let Some(value) = value {
             annotations.insert(key.into(), value.clone());
@@ -304,6 +312,26 @@ pub struct Stored {
     pub file_name: Option<String>,
     pub version: Option<String>,
     pub created: Option<String>,
+    pub build: Option<String>,
+    /// Whether its version tag may move ([`OVERWRITE`]).
+    pub movable: bool,
+}
+
+/// One OCI tag of a template repository with the manifest it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub tag: String,
+    /// The manifest's digest.
+    pub manifest: String,
+    pub stored: Stored,
+}
+
+impl Tagged {
+    /// A build's version tag (the version its file name carried) stays where the build put it,
+    /// unless the build allowed its version to move (`allowVersionOverwrite`).
+    pub fn protected(&self) -> bool {
+        self.stored.version.as_deref() == Some(self.tag.as_str()) && !self.stored.movable
+    }
 }
 
 /// Reads a manifest pushed by [`manifest`]; anything else (an image, an index) is `None`.
@@ -340,6 +368,8 @@ pub fn stored(manifest: &[u8]) -> Option<Stored> {
             file_name: annotation(TITLE),
             version: annotation(VERSION),
             created: annotation(CREATED),
+            build: annotation(BUILD),
+            movable: annotation(OVERWRITE).is_some_and(|v| v == "true"),
         }
     })
 }
@@ -478,6 +508,7 @@ mod tests {
             created: "2026-11-23T10:00:00Z".into(),
             revision: Some("abc".into()),
             source: None,
+            build: Some("b-1".into()),
         };
         let extra = BTreeMap::from([("team".to_string(), "ml".to_string())]);
         let bytes = manifest(
@@ -503,6 +534,8 @@ mod tests {
         assert_eq!(read.content, digest(b"a: 1\n"));
         assert_eq!(read.version.as_deref(), Some("1.0.0"));
         assert_eq!(read.file_name.as_deref(), Some("t_v1.0.0.yaml"));
+        assert_eq!(read.build.as_deref(), Some("b-1"));
+        assert!(!read.movable);
 
         let legacy = manifest("t_v1.0.0.json", b"{}", "1.0.0", &provenance, &extra, true);
         let value: serde_json::Value = serde_json::from_slice(&legacy).unwrap();

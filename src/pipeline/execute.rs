@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -26,6 +27,7 @@ use crate::adapters::registry::{Registries, RegistryError, TemplateUpload};
 use crate::adapters::runtime::{
     Backend, BuildSpec, LogStream, RuntimeError, StepImage, StepSpec, Volume,
 };
+use crate::core::alias::Aliases;
 use crate::core::build::{Outcome, PushedImage, Status, StepResult, rfc3339};
 use crate::core::image;
 use crate::core::logs::{LineAssembler, Masker};
@@ -34,7 +36,8 @@ use crate::core::templates::{self, Found, Provenance, PushedTemplate};
 
 /// How long a stopped step may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// How long a step's output may take to end once the step has stopped.
+/// How long a step's output may stay idle once the step has stopped before it is given up: a
+/// long log may take the engine longer than this to deliver, and is read to its end.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
 /// How many steps may be created ahead of their start at once: enough to hide creation behind the
 /// running steps, few enough that a long build does not create all its steps up front.
@@ -52,6 +55,11 @@ pub struct Run {
     pub secrets: BTreeMap<String, String>,
     /// Credentials and connections for pulling step images and pushing results.
     pub registries: Registries,
+    /// Whether the steps may reach the machine through the engine (a trusted trigger, or a
+    /// setting of `submit` or the server's).
+    pub trusted: bool,
+    /// What the steps' own pulls, pushes and builds resolve image names with.
+    pub aliases: Aliases,
 }
 
 /// What happens while a build runs, in order for each step.
@@ -193,6 +201,8 @@ fn build_spec(run: &Run) -> BuildSpec {
         outputs: BUILDER_OUTPUT.to_string(),
         steps: run.build.steps.iter().map(step).collect(),
         credentials: Arc::new(run.registries.clone()),
+        trusted: run.trusted,
+        aliases: run.aliases.clone(),
     }
 }
 
@@ -407,13 +417,21 @@ async fn run_step(
         // Stopping is safe whatever state the step reached.
         let _ = backend.stop_step(build, index, STOP_GRACE).await;
     }
-    // The output ends once the step has exited; the bound is for a stop that failed.
-    if let Some(mut output) = output
-        && tokio::time::timeout(OUTPUT_DRAIN, &mut output)
+    // The output ends once the step has exited; the bound is for a stop that failed, and
+    // counts from the output's last progress.
+    if let Some((mut output, progress)) = output {
+        let mut seen = progress.load(Ordering::Relaxed);
+        while tokio::time::timeout(OUTPUT_DRAIN, &mut output)
             .await
             .is_err()
-    {
-        output.abort();
+        {
+            let now = progress.load(Ordering::Relaxed);
+            if now == seen {
+                output.abort();
+                break;
+            }
+            seen = now;
+        }
     }
     let ended = match ended {
         Ok((code, digest)) if code != 0 => match backend.missing_command(build, index).await {
@@ -555,7 +573,7 @@ async fn start_and_wait(
     step: &ResolvedStep,
     creation: Creation,
     stop: &CancellationToken,
-    output: &mut Option<JoinHandle<()>>,
+    output: &mut Option<Output>,
 ) -> Result<(i64, Option<String>), Ended> {
     let (backend, build) = (&context.backend, context.build_id.as_str());
     let created = created_for_start(context, index, creation, stop).await?;
@@ -583,7 +601,9 @@ async fn start_and_wait(
         started => started.map_err(step_error)?,
     }
     // Forwarded while the step runs, so its lines are seen live, even if it is stopped.
-    *output = Some(tokio::spawn(forward_output(context, index)));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let forwarding = tokio::spawn(forward_output(context, index, progress.clone()));
+    *output = Some((forwarding, progress));
     let waited = match step.timeout {
         Some(limit) => tokio::time::timeout(
             Duration::from_secs_f64(limit),
@@ -625,8 +645,16 @@ async fn read_step_outputs(context: &StepContext, outcome: &mut Outcome) {
     }
 }
 
-/// Streams a started step's output as masked lines; the future ends with the output.
-fn forward_output(context: &StepContext, step: usize) -> impl Future<Output = ()> + use<> {
+/// The task forwarding a step's output, and how many pieces of output it has read.
+type Output = (JoinHandle<()>, Arc<AtomicUsize>);
+
+/// Streams a started step's output as masked lines, counting the pieces read in `progress`; the
+/// future ends with the output.
+fn forward_output(
+    context: &StepContext,
+    step: usize,
+    progress: Arc<AtomicUsize>,
+) -> impl Future<Output = ()> + use<> {
     let mut chunks = context.backend.step_logs(&context.build_id, step);
     let events = context.events.clone();
     let masker = context.masker.clone();
@@ -636,10 +664,11 @@ fn forward_output(context: &StepContext, step: usize) -> impl Future<Output = ()
             let _ = events.send(Event::Line {
                 step,
                 stream,
-                text: masker.mask(&text),
+                text: masker.mask(text),
             });
         };
         while let Some(chunk) = chunks.next().await {
+            progress.fetch_add(1, Ordering::Relaxed);
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
@@ -796,6 +825,7 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
             .get("REPO_FULL_NAME")
             .filter(|v| !v.is_empty())
             .map(|name| format!("https://github.com/{name}")),
+        build: Some(run.build_id.clone()),
     };
     let mut pushed = Vec::new();
     for (i, (target, files)) in targets.iter().zip(found).enumerate() {

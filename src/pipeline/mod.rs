@@ -12,6 +12,7 @@
 //! schedules and commands.
 
 pub mod execute;
+pub mod live;
 pub mod record;
 pub mod service;
 pub mod submit;
@@ -29,7 +30,7 @@ use crate::core::substitute::Values;
 use crate::pipeline::execute::Run;
 
 pub use crate::adapters::store::Lease;
-pub use record::{Holder, RecoverError, held, record, recover, run};
+pub use record::{Holder, Onlooker, RecoverError, held, record, recover, run};
 
 /// The directory under a data directory where the holders of running builds keep their locks.
 pub const HOLDERS: &str = "holders";
@@ -43,6 +44,9 @@ pub struct Machine {
     /// Where local secrets are looked up (see [`secrets`]).
     pub secrets_dir: Option<PathBuf>,
     pub registries: Registries,
+    /// Every build here may reach the machine through the engine (`submit --trusted`, `serve
+    /// --trusted`); otherwise only a trusted trigger's may.
+    pub trusted: bool,
 }
 
 /// A checked config and what it resolves with.
@@ -59,6 +63,8 @@ pub struct Recipe {
     pub overrides: Values,
     /// The config's warnings, rendered with their locations.
     pub warnings: String,
+    /// Whether its build may reach the machine through the engine (see `execute::Run`).
+    pub trusted: bool,
 }
 
 /// Why a build was refused before anything ran.
@@ -92,6 +98,8 @@ pub struct Reading {
     pub timeout: Option<std::time::Duration>,
     /// Whether a source is uploaded with the build: then the config may not name its own.
     pub uploads: bool,
+    /// Whether the build may reach the machine through the engine (a trusted trigger's).
+    pub trusted: bool,
 }
 
 impl Recipe {
@@ -117,6 +125,7 @@ impl Recipe {
             built_ins: reading.built_ins,
             overrides: reading.overrides,
             warnings: rendered,
+            trusted: reading.trusted,
         })
     }
 }
@@ -178,6 +187,8 @@ pub fn plan(build_id: &str, recipe: &Recipe, machine: &Machine) -> Result<Run, R
         workspace: None,
         secrets,
         registries: machine.registries.clone(),
+        trusted: recipe.trusted || machine.trusted,
+        aliases: machine.aliases.clone(),
     })
 }
 

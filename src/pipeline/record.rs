@@ -18,12 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::runtime::{Backend, LogStream, RuntimeError};
-use crate::adapters::store::{self, Lease, Renewal, Store};
+use crate::adapters::store::{self, Lease, LogLine, Renewal, Store};
 use crate::core::build::{Outcome, Status, StepResult};
 use crate::pipeline::execute::{self, Event};
+use crate::pipeline::live::{LiveLog, LiveLogs};
 
 /// How long a claim on a build lasts without a renewal: long enough for a busy machine to miss
 /// several heartbeats, short enough that another machine takes an abandoned build over soon.
@@ -85,6 +88,21 @@ fn ended_holder(dir: &Path, holder: &str) -> std::io::Result<Option<File>> {
     }
 }
 
+/// Who sees a build's events as it is recorded (`builder submit` prints them): each event
+/// first, then the end of each burst of events, when what it gathered is due.
+pub trait Onlooker {
+    fn event(&mut self, event: &Event);
+
+    /// No event is waiting: a burst has ended.
+    fn idle(&mut self) {}
+}
+
+impl<F: FnMut(&Event)> Onlooker for F {
+    fn event(&mut self, event: &Event) {
+        self(event)
+    }
+}
+
 /// Records a new build from `source`, held by `lease`'s holder, and runs it to its end,
 /// recording it; `show` sees every event first.
 pub async fn run(
@@ -94,14 +112,14 @@ pub async fn run(
     source: &serde_json::Value,
     run: execute::Run,
     cancel: CancellationToken,
-    show: impl FnMut(&Event),
+    show: &mut impl Onlooker,
 ) -> Result<Outcome, store::Error> {
     store
         .create_build(&run.build_id, source, &run.build, lease)
         .await?;
     store.start_build(&run.build_id).await?;
     let build_id = run.build_id.clone();
-    let recorded = record(store, runtime, run, cancel.clone(), show);
+    let recorded = record(store, runtime, run, cancel.clone(), None, show);
     held(store, &build_id, lease, &cancel, recorded).await
 }
 
@@ -136,28 +154,66 @@ pub async fn held<T>(
     }
 }
 
+/// How much text a stored chunk of log holds: enough to compress well and to cost one write per
+/// thousands of short lines, little enough to page through cheaply.
+const CHUNK_BYTES: usize = 128 * 1024;
+/// How long a line may wait in memory before it is stored: after a crash, the log is readable up
+/// to the lines older than this.
+const STORE_WITHIN: Duration = Duration::from_secs(1);
+
 /// Executes a build whose record exists (and is WORKING), recording its events as they happen
-/// and its outcome at the end; `show` sees every event first. Its holder keeps its lease
-/// meanwhile ([`held`]).
+/// and its outcome at the end; `show` sees every event first, and `live` (the followers in this
+/// process) sees the lines and steps at once. Its holder keeps its lease meanwhile ([`held`]).
+///
+/// Lines are stored in chunks ([`CHUNK_BYTES`]), at the latest [`STORE_WITHIN`] after they
+/// came, and whenever a step ends.
 pub async fn record(
     store: &dyn Store,
     runtime: Arc<dyn Backend>,
     run: execute::Run,
     cancel: CancellationToken,
-    mut show: impl FnMut(&Event),
+    live: Option<&LiveLogs>,
+    show: &mut impl Onlooker,
 ) -> Result<Outcome, store::Error> {
     let build_id = run.build_id.clone();
+    let log = live.map(|live| live.start(&build_id, run.build.steps.len()));
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let execution = tokio::spawn(execute::execute(runtime, run, events, cancel));
     // A failing write must not abandon the build: its containers are only removed when
     // `execute` runs to its end, so events are drained whatever happens to the record.
     let mut recording: Result<(), store::Error> = Ok(());
-    let mut lines = Vec::new();
-    while let Some(event) = received.recv().await {
-        show(&event);
+    let mut lines = Pending::new(log.as_deref());
+    loop {
+        let event = match received.try_recv() {
+            // Taken without waiting, so the task yields now and then for the others (the
+            // step's output among them) while a long burst is recorded.
+            Ok(event) => {
+                tokio::task::consume_budget().await;
+                event
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // A burst of lines has ended: its followers see it now.
+                lines.publish();
+                show.idle();
+                let due = lines.due();
+                tokio::select! {
+                    event = received.recv() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                        if recording.is_ok() {
+                            recording = lines.store(store, &build_id).await;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        show.event(&event);
         if recording.is_ok() {
-            recording =
-                record_event(store, &build_id, event, &mut lines, received.is_empty()).await;
+            recording = record_event(store, &build_id, event, &mut lines).await;
         }
     }
     let outcome = execution.await.unwrap_or_else(|e| {
@@ -166,28 +222,111 @@ pub async fn record(
     });
     // The outcome is recorded even if a write failed before: no build is left WORKING.
     let logs = match recording {
-        Ok(()) => store.append_logs(&build_id, &lines).await,
+        Ok(()) => lines.store(store, &build_id).await,
         failed => failed,
     };
     let finished = store.finish_build(&build_id, &outcome).await;
+    if let (Some(live), Some(log)) = (live, &log) {
+        log.end((outcome.status, outcome.failure.clone()));
+        live.remove(&build_id);
+    }
     logs.and(finished)?;
     Ok(outcome)
 }
 
-/// Writes what an event changes in the record. Log lines are written as soon as a burst of them
-/// ends (`idle`), so followers see them live.
+/// An instant no flush waits for: the timer's branch is disabled then.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// A build's lines not stored yet, and which of them its live log has.
+struct Pending<'a> {
+    lines: Vec<(usize, LogStream, String)>,
+    /// The size of `lines` as printed.
+    bytes: usize,
+    /// The number the next line gets: a build is recorded once, by its holder, from line 1.
+    next_seq: i64,
+    /// When the oldest of `lines` came.
+    since: Option<Instant>,
+    live: Option<&'a LiveLog>,
+    /// How many of `lines` the live log has.
+    published: usize,
+}
+
+impl<'a> Pending<'a> {
+    fn new(live: Option<&'a LiveLog>) -> Self {
+        Pending {
+            lines: Vec::new(),
+            bytes: 0,
+            next_seq: 1,
+            since: None,
+            live,
+            published: 0,
+        }
+    }
+
+    fn add(&mut self, step: usize, stream: LogStream, text: String) {
+        self.since.get_or_insert_with(Instant::now);
+        self.next_seq += 1;
+        // Each line counts its newline too: a flood of empty lines makes chunks as well.
+        self.bytes += text.len() + 1;
+        self.lines.push((step, stream, text));
+    }
+
+    /// Whether enough has gathered to be stored as a chunk, or waited long enough.
+    fn full(&self) -> bool {
+        self.bytes >= CHUNK_BYTES || self.due().is_some_and(|due| due <= Instant::now())
+    }
+
+    /// When the lines must be stored at the latest.
+    fn due(&self) -> Option<Instant> {
+        Some(self.since? + STORE_WITHIN)
+    }
+
+    /// Gives the live log the lines it does not have yet.
+    fn publish(&mut self) {
+        let Some(live) = self.live else { return };
+        let first = self.next_seq - self.lines.len() as i64;
+        let new = self.lines[self.published..].iter().enumerate();
+        live.push(new.map(|(i, (step, stream, text))| LogLine {
+            seq: first + (self.published + i) as i64,
+            step: *step,
+            stream: *stream,
+            text: text.clone(),
+        }));
+        self.published = self.lines.len();
+    }
+
+    /// Stores the lines as a chunk.
+    async fn store(&mut self, store: &dyn Store, build_id: &str) -> Result<(), store::Error> {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        self.publish();
+        store.append_logs(build_id, &self.lines).await?;
+        if let Some(live) = self.live {
+            live.stored(self.next_seq - 1);
+        }
+        self.lines.clear();
+        self.bytes = 0;
+        self.since = None;
+        self.published = 0;
+        Ok(())
+    }
+}
+
+/// Writes what an event changes in the record, and tells the live log.
 async fn record_event(
     store: &dyn Store,
     build_id: &str,
     event: Event,
-    lines: &mut Vec<(usize, LogStream, String)>,
-    idle: bool,
+    lines: &mut Pending<'_>,
 ) -> Result<(), store::Error> {
     match event {
         Event::Line { step, stream, text } => {
-            lines.push((step, stream, text));
-            if idle {
-                store.append_logs(build_id, &std::mem::take(lines)).await?;
+            lines.add(step, stream, text);
+            if lines.full() {
+                lines.store(store, build_id).await?;
             }
         }
         Event::StepStarted { step } => {
@@ -197,10 +336,16 @@ async fn record_event(
                 ..StepResult::queued()
             };
             store.update_step(build_id, step, &working).await?;
+            if let Some(live) = lines.live {
+                live.set_step(step, (Status::Working, None));
+            }
         }
         Event::StepFinished { step, result } => {
-            store.append_logs(build_id, &std::mem::take(lines)).await?;
+            lines.store(store, build_id).await?;
             store.update_step(build_id, step, &result).await?;
+            if let Some(live) = lines.live {
+                live.set_step(step, (result.status, result.detail));
+            }
         }
         Event::PushStarted
         | Event::Pushing { .. }

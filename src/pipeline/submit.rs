@@ -151,6 +151,8 @@ fn recipe(request: &Request) -> Result<pipeline::Recipe, Refused> {
         overrides: request.substitutions.clone(),
         timeout: request.timeout,
         uploads: request.source.is_some(),
+        // `--trusted` is the machine's (`Machine::trusted`).
+        trusted: false,
     };
     Ok(pipeline::Recipe::load(&bytes, reading)?)
 }

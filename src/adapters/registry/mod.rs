@@ -5,6 +5,7 @@
 //! OCI artifacts over `oci-client` (its only user). The manifests themselves are `templates`'.
 
 pub mod credentials;
+mod tags;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -59,6 +60,10 @@ struct Connection {
     client: Client,
     auth: OciAuth,
     credential: Option<Credential>,
+    /// `http` or `https`, as `client` reaches the host.
+    scheme: &'static str,
+    /// For the one call `oci-client` lacks, deleting a manifest; trusts what `client` trusts.
+    http: reqwest::Client,
 }
 
 /// Why a registry operation failed. All are the build's FAILURE: the registry and its
@@ -231,14 +236,27 @@ impl Registries {
             ..ClientConfig::default()
         };
         let mut client = Client::new(config(ClientProtocol::Https));
+        let mut scheme = "https";
         if insecure && !answers(&client, host).await {
             client = Client::new(config(ClientProtocol::Http));
+            scheme = "http";
         }
+        let mut http = reqwest::Client::builder().danger_accept_invalid_certs(insecure);
+        for certificate in &certificates {
+            let pem = reqwest::Certificate::from_pem(&certificate.data)
+                .map_err(|e| RegistryError::Invalid(format!("a CA certificate: {e}")))?;
+            http = http.add_root_certificate(pem);
+        }
+        let http = http
+            .build()
+            .map_err(|e| RegistryError::Invalid(format!("an HTTP client for {host}: {e}")))?;
         let connection = Arc::new(Connection {
             host: host.to_string(),
             client,
             auth,
             credential,
+            scheme,
+            http,
         });
         connections.insert(host.to_string(), connection.clone());
         Ok(connection)
@@ -298,35 +316,19 @@ impl Registries {
         &self,
         repository: &str,
     ) -> Result<Vec<TemplateVersion>, RegistryError> {
-        let (host, path) = split(repository)?;
-        let connection = self.connect(host).await?;
-        let listed = connection
-            .client
-            .list_tags(
-                &reference(host, path, "latest"),
-                &connection.auth,
-                None,
-                None,
-            )
-            .await
-            .map_err(|e| connection.error(e, repository))?;
         let mut versions: BTreeMap<String, TemplateVersion> = BTreeMap::new();
-        for tag in listed.tags {
-            let Some((bytes, digest)) = connection.manifest(&reference(host, path, &tag)).await?
-            else {
-                continue;
-            };
-            let Some(stored) = templates::stored(&bytes) else {
-                continue;
-            };
-            let entry = versions.entry(digest.clone()).or_insert(TemplateVersion {
-                version: stored.version.unwrap_or_else(|| tag.clone()),
-                tags: Vec::new(),
-                digest,
-                created: stored.created,
-                file: stored.file_name,
-            });
-            entry.tags.push(tag);
+        for tagged in self.template_tags(repository).await? {
+            let stored = tagged.stored;
+            let entry = versions
+                .entry(tagged.manifest.clone())
+                .or_insert(TemplateVersion {
+                    version: stored.version.unwrap_or_else(|| tagged.tag.clone()),
+                    tags: Vec::new(),
+                    digest: tagged.manifest,
+                    created: stored.created,
+                    file: stored.file_name,
+                });
+            entry.tags.push(tagged.tag);
         }
         let mut versions: Vec<TemplateVersion> = versions.into_values().collect();
         for version in &mut versions {
@@ -418,13 +420,17 @@ impl Connection {
             }
         }
         let file_name = upload.file.rsplit('/').next().unwrap_or(upload.file);
+        let mut annotations = upload.annotations.clone();
+        if upload.allow_version_overwrite {
+            annotations.insert(templates::OVERWRITE.into(), "true".into());
+        }
         let manifest = |legacy| {
             Bytes::from(templates::manifest(
                 file_name,
                 &upload.content,
                 upload.version,
                 upload.provenance,
-                upload.annotations,
+                &annotations,
                 legacy,
             ))
         };

@@ -21,6 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
+use crate::core::alias::Aliases;
+
 pub use docker::DockerBackend;
 
 /// One build, as a backend sets it up: its steps are all known up front, so that the backend
@@ -44,6 +46,12 @@ pub struct BuildSpec {
     /// Credentials for the registries step images come from and images are pushed to; asked
     /// only when a registry is actually contacted.
     pub credentials: Arc<dyn Credentials>,
+    /// What the steps' own pulls, pushes and builds resolve image names with, as the plan
+    /// resolved the step images: `docker pull ubuntu` gets the alias, under the name written.
+    pub aliases: Aliases,
+    /// Whether the steps may reach the machine through the engine (privileged containers, host
+    /// paths and namespaces, devices…); an untrusted build is kept to its own objects.
+    pub trusted: bool,
 }
 
 impl fmt::Debug for BuildSpec {
@@ -52,6 +60,7 @@ impl fmt::Debug for BuildSpec {
             .field("id", &self.id)
             .field("source", &self.source)
             .field("steps", &self.steps)
+            .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
 }
@@ -128,15 +137,8 @@ pub trait Credentials: Send + Sync {
     async fn auth(&self, image: &str) -> Result<Option<RegistryAuth>, RuntimeError>;
 }
 
-/// Which output stream a [`LogChunk`] came from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
+/// Which output stream a [`LogChunk`] came from: the logs' own word for it.
+pub use crate::core::logs::LogStream;
 
 /// A piece of a step's output, exactly as the backend framed it: not a line. Frames split long
 /// lines (at 16 KiB) and need not end in `\n`, so callers assemble lines per stream themselves.

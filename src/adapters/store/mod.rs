@@ -32,6 +32,7 @@ use sqlx::{Postgres, Row as _, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::core::build::Status;
+use crate::core::logs::ChunkError;
 
 pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
 pub use deliveries::{
@@ -63,6 +64,8 @@ pub enum Error {
         what: &'static str,
         error: serde_json::Error,
     },
+    /// A log's chunk cannot be written or read back.
+    Log(ChunkError),
 }
 
 impl std::fmt::Display for Error {
@@ -80,6 +83,7 @@ impl std::fmt::Display for Error {
             ),
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
+            Error::Log(e) => write!(f, "the store's logs: {e}"),
             Error::Unreadable { what, error } => {
                 write!(f, "the store's {what} is unreadable: {error}")
             }
@@ -92,6 +96,7 @@ impl std::error::Error for Error {
         match self {
             Error::Database(e) | Error::Unreachable { error: e, .. } => Some(e),
             Error::Io(e) => Some(e),
+            Error::Log(e) => Some(e),
             Error::Missing(_) | Error::NewerSchema { .. } => None,
             Error::Unreadable { error, .. } => Some(error),
         }

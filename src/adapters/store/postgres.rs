@@ -277,39 +277,38 @@ impl Logs for PostgresStore {
         id: &str,
         lines: &[(usize, LogStream, String)],
     ) -> Result<(), Error> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let chunk = logs::encode(lines)?;
         let mut tx = self.write().await?;
         // Appends to one build take turns on its row, so that each numbers its lines after the
-        // last one's (SQLite's appends take turns as its writes do).
+        // last one's (on SQLite they take turns as every write does).
         sqlx::query("SELECT 1 FROM builds WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        let next: i64 = sqlx::query_scalar(logs::NEXT_LINE)
+        let next: i64 = sqlx::query_scalar(logs::NEXT_CHUNK)
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-        for (offset, (step, stream, text)) in lines.iter().enumerate() {
-            sqlx::query(logs::INSERT_LINE)
-                .bind(id)
-                .bind(next + offset as i64)
-                .bind(*step as i64)
-                .bind(logs::stream_name(*stream))
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sqlx::query(logs::INSERT_CHUNK)
+            .bind(id)
+            .bind(next)
+            .bind(lines.len() as i64)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await?;
         Ok(tx.commit().await?)
     }
 
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
-        // LIMIT NULL is no limit.
-        let rows = sqlx::query(logs::LINES)
+        let chunks = sqlx::query(logs::CHUNKS_FROM)
             .bind(id)
-            .bind(after)
-            .bind(limit.map(i64::from))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(logs::log_line).collect())
+            .bind(after + 1)
+            .fetch(&self.pool);
+        let limit = limit.map_or(usize::MAX, |limit| limit as usize);
+        logs::read_chunks(chunks, after, limit).await
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Trigger {
     /// Never fires on pushes; it can still be run by hand.
     pub disabled: bool,
     pub tags: Vec<String>,
+    /// Its builds may reach the machine through the engine (privileged containers, host paths
+    /// and namespaces…), as Woodpecker's trusted repositories; builder's own field, not gcloud's.
+    pub trusted: bool,
 }
 
 /// Where a triggered build's config comes from.
@@ -226,6 +229,7 @@ impl Trigger {
             "name": self.name,
             "description": self.description,
             "disabled": self.disabled,
+            "trusted": self.trusted,
             "rule": rule,
             "config": config,
             "substitutions": self.substitutions,
@@ -344,6 +348,7 @@ fn trigger(f: &mut Fields) -> Trigger {
         build: build_source(f),
         disabled: f.bool("disabled").unwrap_or(false),
         tags: f.strings("tags"),
+        trusted: f.bool("trusted").unwrap_or(false),
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
@@ -24,20 +23,19 @@ use tokio_util::sync::CancellationToken;
 use crate::core::build::Status;
 use crate::core::wire;
 use crate::pipeline::service::{
-    BuildQuery, Failed, Headers, ManualRun, Receipt, Rejection, Service, Submission,
+    BuildQuery, Failed, Follower, Headers, ManualRun, Receipt, Rejection, Service, Submission,
 };
 
 /// GitHub caps webhook payloads at 25 MB.
 const MAX_DELIVERY: usize = 25 * 1024 * 1024;
 /// The largest source archive `builder submit --server` may upload.
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
-/// How often a followed log looks for new lines.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// The most lines a followed log reads at once: a long log streams in pieces.
 const FOLLOW_PAGE: u32 = 5000;
 const OPENAPI: &str = include_str!("openapi.json");
 
 mod console;
+mod kfp;
 
 /// Serves on `listener` until `shutdown` resolves, finishing the requests in flight; followed
 /// logs end then too (a browser tab left open on a running build would hold the server up).
@@ -138,6 +136,7 @@ fn router(state: Served) -> Router {
             guard_reads,
         ))
         .merge(console::router())
+        .merge(kfp::router())
         .with_state(state)
 }
 
@@ -352,10 +351,9 @@ async fn build_log(
     Query(query): Query<LogQuery>,
 ) -> Response {
     if query.follow {
-        return match service.build(&id).await {
-            Ok(build) => Sse::new(
-                follow(service, build.id, query.after, query.batched)
-                    .take_until(stopping.cancelled_owned()),
+        return match service.follow(&id).await {
+            Ok(follower) => Sse::new(
+                follow(follower, query.after, query.batched).take_until(stopping.cancelled_owned()),
             )
             .keep_alive(KeepAlive::default())
             .into_response(),
@@ -377,19 +375,18 @@ async fn build_log(
 /// event instead (data `[{seq, step, stream, text}]`, its `id` the last line's number): a browser
 /// dispatches each event as a task, and a long log's backlog is otherwise hundreds of thousands.
 fn follow(
-    service: Arc<Service>,
-    id: String,
+    follower: Follower,
     after: i64,
     batched: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // The last status announced for each step.
     let announced: Vec<Status> = Vec::new();
-    futures_util::stream::unfold(Some((after, announced)), move |state| {
-        let (service, id) = (service.clone(), id.clone());
+    futures_util::stream::unfold(Some((follower, after, announced)), move |state| {
         async move {
-            let (mut after, mut announced) = state?;
+            let (mut follower, mut after, mut announced) = state?;
             loop {
-                let (lines, build) = match service.log(&id, after, Some(FOLLOW_PAGE)).await {
+                // Waits until there is something new.
+                let (lines, build) = match follower.next(after, FOLLOW_PAGE).await {
                     Ok(log) => log,
                     Err(failed) => {
                         let data = json!({ "error": failed.to_string() }).to_string();
@@ -441,9 +438,8 @@ fn follow(
                     return Some((events, None));
                 }
                 if !events.is_empty() {
-                    return Some((events, Some((after, announced))));
+                    return Some((events, Some((follower, after, announced))));
                 }
-                tokio::time::sleep(FOLLOW_POLL).await;
             }
         }
     })

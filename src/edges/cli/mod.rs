@@ -25,6 +25,9 @@ use crate::pipeline;
 use crate::pipeline::execute::Event;
 use crate::pipeline::submit;
 
+/// The most log lines `builds log` reads and prints at once.
+const LOG_PAGE: u32 = 10_000;
+
 /// `println!` that returns the write's error instead of panicking on it (see [`output`]).
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -319,6 +322,10 @@ struct SubmitArgs {
     /// Directory of local secret values for availableSecrets.secretManager (see README).
     #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// Let the build's steps reach this machine through the engine: privileged containers,
+    /// host paths, host namespaces, devices, added capabilities (see README, "Security model").
+    #[arg(long)]
+    trusted: bool,
     #[command(flatten)]
     project: ProjectArgs,
 }
@@ -610,9 +617,20 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                 loop {
                     // Read the status first: lines written before it was final are then all read.
                     let finished = !stream || find(build.id.clone()).await?.status.is_final();
-                    for line in store.logs(&build.id, seen, None).await? {
-                        outln!("{}: {}", step_label(&steps, line.step), line.text)?;
-                        seen = line.seq;
+                    // A page at a time, each printed in one write: a log of millions of lines
+                    // is neither held in memory nor written a line per call.
+                    loop {
+                        let lines = store.logs(&build.id, seen, Some(LOG_PAGE)).await?;
+                        let mut page = String::new();
+                        for line in &lines {
+                            let label = step_label(&steps, line.step);
+                            page.extend([label.as_str(), ": ", &line.text, "\n"]);
+                        }
+                        output::write(page.as_bytes())?;
+                        seen = lines.last().map_or(seen, |line| line.seq);
+                        if lines.len() < LOG_PAGE as usize {
+                            break;
+                        }
                     }
                     if finished {
                         break;
@@ -765,6 +783,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
             aliases,
             secrets_dir: args.secrets_dir,
             registries,
+            trusted: args.trusted,
         },
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
@@ -884,7 +903,11 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     outln!("starting build \"{build_id}\"\n\nBUILD")?;
     // Once output fails (its reader went away) printing stops, but the build runs to its end:
     // stopping halfway would leave its containers to the next submit.
-    let mut printed = Ok(());
+    let mut printer = Printer {
+        ids: &ids,
+        buffer: String::new(),
+        printed: Ok(()),
+    };
     let outcome = pipeline::run(
         &store,
         &lease,
@@ -892,14 +915,11 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         &prepared.source,
         prepared.run,
         cancel,
-        |event| {
-            if printed.is_ok() {
-                printed = print_event(&ids, event);
-            }
-        },
+        &mut printer,
     )
     .await?;
-    printed?;
+    printer.flush();
+    printer.printed?;
     let build = store
         .get_build(&build_id)
         .await?
@@ -923,20 +943,65 @@ async fn interrupt() -> bool {
     }
 }
 
-fn print_event(ids: &[Option<String>], event: &Event) -> Result<()> {
-    match event {
-        Event::StepStarted { step } => print_step(ids, *step, Status::Working, None),
-        Event::Line { step, text, .. } => outln!("{}: {text}", step_label(ids, *step)),
-        Event::StepFinished { step, result } => {
-            print_step(ids, *step, result.status, result.detail.as_deref())
+/// How much printed text `submit` gathers before it writes it: one write for many lines, so
+/// that a step printing millions of lines is not slowed down by a write each.
+const PRINT_BUFFER: usize = 64 * 1024;
+
+/// Prints a local build's events as Cloud Build does, a burst of them at a time.
+struct Printer<'a> {
+    ids: &'a [Option<String>],
+    buffer: String,
+    /// The first failed write: nothing is printed after it.
+    printed: Result<()>,
+}
+
+impl Printer<'_> {
+    fn flush(&mut self) {
+        if self.printed.is_ok() && !self.buffer.is_empty() {
+            self.printed = output::write(self.buffer.as_bytes());
         }
-        Event::PushStarted => outln!("PUSH"),
-        Event::Pushing { image } => outln!("Pushing {image}"),
-        Event::Pushed(image) => outln!("{}: digest: {}", image.name, image.digest),
+        self.buffer.clear();
+    }
+}
+
+impl pipeline::Onlooker for Printer<'_> {
+    fn event(&mut self, event: &Event) {
+        if self.printed.is_err() {
+            return;
+        }
+        event_text(self.ids, event, &mut self.buffer);
+        if self.buffer.len() >= PRINT_BUFFER {
+            self.flush();
+        }
+    }
+
+    fn idle(&mut self) {
+        self.flush();
+    }
+}
+
+/// An event's line as Cloud Build prints it, added to `out`.
+fn event_text(ids: &[Option<String>], event: &Event, out: &mut String) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = match event {
+        Event::StepStarted { step } => {
+            writeln!(out, "{}", step_text(ids, *step, Status::Working, None))
+        }
+        Event::Line { step, text, .. } => writeln!(out, "{}: {text}", step_label(ids, *step)),
+        Event::StepFinished { step, result } => writeln!(
+            out,
+            "{}",
+            step_text(ids, *step, result.status, result.detail.as_deref())
+        ),
+        Event::PushStarted => writeln!(out, "PUSH"),
+        Event::Pushing { image } => writeln!(out, "Pushing {image}"),
+        Event::Pushed(image) => writeln!(out, "{}: digest: {}", image.name, image.digest),
         Event::PushingTemplate { file, reference } => {
-            outln!("Pushing template {file} to {reference}")
+            writeln!(out, "Pushing template {file} to {reference}")
         }
-        Event::PushedTemplate(template) => outln!(
+        Event::PushedTemplate(template) => writeln!(
+            out,
             "{}:{}: digest: {}{}",
             template.repository,
             template.tags.join(","),
@@ -947,7 +1012,7 @@ fn print_event(ids: &[Option<String>], event: &Event) -> Result<()> {
                 " (unchanged)"
             }
         ),
-    }
+    };
 }
 
 /// A step's start (`Working`) or end, as Cloud Build prints them.
@@ -957,11 +1022,15 @@ fn print_step(
     status: Status,
     detail: Option<&str>,
 ) -> Result<()> {
+    outln!("{}", step_text(ids, step, status, detail))
+}
+
+fn step_text(ids: &[Option<String>], step: usize, status: Status, detail: Option<&str>) -> String {
     let label = step_label(ids, step);
     match (status, detail) {
-        (Status::Working, _) => outln!("Starting {label}"),
-        (Status::Success, _) | (_, None) => outln!("Finished {label}"),
-        (status, Some(detail)) => outln!("Finished {label} ({status}: {detail})"),
+        (Status::Working, _) => format!("Starting {label}"),
+        (Status::Success, _) | (_, None) => format!("Finished {label}"),
+        (status, Some(detail)) => format!("Finished {label} ({status}: {detail})"),
     }
 }
 

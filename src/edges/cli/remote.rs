@@ -179,6 +179,12 @@ fn schedule_line(schedule: &Value) -> String {
 /// `builder submit --server`: the source packed as a local submit packs it, uploaded; the build
 /// followed and summed up as a local submit prints it, with the same exit codes.
 pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
+    if args.trusted {
+        anyhow::bail!(
+            "--trusted is the server's to give: start it with `builder serve --trusted`, or mark \
+             a trigger `trusted: true`"
+        );
+    }
     let (config, config_name) = match &args.tag {
         Some(image) => (
             crate::pipeline::submit::tag_config(image),

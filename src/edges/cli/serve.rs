@@ -32,7 +32,8 @@ pub(super) struct ServeArgs {
     /// A settings file (YAML): any of the settings below in camelCase (`listen`, `dataDir`,
     /// `aliases`, `triggers`, `schedules`, `webhookSecretFile`, `apiTokenFile`, `gitUrlRewrites`,
     /// `maxConcurrentBuilds`, `secretsDir`, `project`, `store`, `registryConfig`,
-    /// `insecureRegistries`, `registryCas`, `readsNeedToken`, `logFormat`); flags and the environment win.
+    /// `insecureRegistries`, `registryCas`, `readsNeedToken`, `logFormat`, `trusted`); flags and
+    /// the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -74,10 +75,19 @@ pub(super) struct ServeArgs {
     /// default anyone who reaches the server may read, and only actions need the token.
     #[arg(long)]
     reads_need_token: bool,
+    /// Serve the KFP registry API (`/kfp/{project}/{repository}`, for kfp's `RegistryClient`)
+    /// over the template store at HOST[:PORT]/PATH: a package is the OCI repository
+    /// `PATH/{project}/{repository}/{package}`, the one `templates:` pushes to.
+    #[arg(long, env = "BUILDER_KFP_REGISTRY", value_name = "HOST[:PORT]/PATH")]
+    kfp_registry: Option<String>,
     /// How the server's log on stderr is written: `text` for people, `json` (one object a line)
     /// for machines; `RUST_LOG` filters it (e.g. `builder=debug`) [default: text, at `info`].
     #[arg(long, value_enum, env = "BUILDER_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Every build this server runs may reach the machine through the engine (privileged
+    /// containers, host paths…); without it, only those of triggers marked `trusted: true`.
+    #[arg(long)]
+    trusted: bool,
 }
 
 /// How the server writes its log.
@@ -113,7 +123,10 @@ struct SettingsFile {
     registry_cas: Vec<PathBuf>,
     #[serde(default)]
     reads_need_token: bool,
+    kfp_registry: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    trusted: bool,
 }
 
 pub(super) fn serve(
@@ -182,6 +195,14 @@ pub(super) fn serve(
         ca_files: [registry.ca_files, file.registry_cas].concat(),
     })
     .map_err(anyhow::Error::msg)?;
+    if let Some(root) = args.kfp_registry.as_ref().or(file.kfp_registry.as_ref())
+        && !root.trim_end_matches('/').contains('/')
+    {
+        anyhow::bail!(
+            "--kfp-registry {root:?}: name a path on the registry too, HOST[:PORT]/PATH \
+             (e.g. 127.0.0.1:5000/kfp)"
+        );
+    }
     let listen = args
         .listen
         .or(file.listen)
@@ -196,6 +217,7 @@ pub(super) fn serve(
             aliases,
             secrets_dir: args.secrets_dir.or(file.secrets_dir),
             registries,
+            trusted: args.trusted || file.trusted,
         },
         webhook_secret,
         rewrites: Rewrites::new(rewrites),
@@ -203,6 +225,10 @@ pub(super) fn serve(
             .max_concurrent_builds
             .or(file.max_concurrent_builds)
             .unwrap_or(2),
+        kfp_registry: args
+            .kfp_registry
+            .or(file.kfp_registry)
+            .map(|root| root.trim_end_matches('/').to_string()),
     };
     let access = api::Access {
         token: (!api_token.is_empty()).then(|| String::from_utf8_lossy(&api_token).into_owned()),

@@ -19,6 +19,7 @@ use crate::adapters::registry::{Registries, Settings};
 use crate::adapters::runtime::{
     Backend, BuildSpec, LogChunk, LogStream, Resources, RuntimeError, StepImage,
 };
+use crate::core::alias::Aliases;
 use crate::core::build::{Outcome, Status};
 use crate::core::plan::{Inputs, resolve};
 
@@ -367,6 +368,8 @@ async fn run(
         workspace: None,
         secrets: BTreeMap::new(),
         registries: Registries::new(&Settings::default()).expect("registry settings"),
+        trusted: false,
+        aliases: Aliases::default(),
     };
     let fake = Arc::new(fake);
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();

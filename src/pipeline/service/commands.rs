@@ -2,8 +2,26 @@
 //! builds asked for by hand (a trigger's run, a retry, a submitted upload).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::*;
+
+/// How often a followed log that is not running in this process (queued, or run by another
+/// process) is read again; a build running here wakes its followers itself.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// A follower of a build's log ([`Service::follow`]).
+pub struct Follower {
+    service: Arc<Service>,
+    /// The build as it was when the follow began, its step statuses updated from the live log.
+    build: wire::Build,
+    /// The build's live log once it runs in this process, and the follower's wake-up.
+    live: Option<(Arc<LiveLog>, watch::Receiver<u64>)>,
+    /// Whether the last read may have left lines behind (it was a full page), or was the first.
+    more: bool,
+}
 
 impl Service {
     pub async fn builds(&self, query: &BuildQuery) -> Result<Vec<wire::Build>, Failed> {
@@ -30,6 +48,17 @@ impl Service {
         let build = self.build(id).await?;
         let lines = self.store.logs(&build.id, after, limit).await?;
         Ok((lines.into_iter().map(wire::LogLine::from).collect(), build))
+    }
+
+    /// Follows a build's log: see [`Follower::next`].
+    pub async fn follow(self: &Arc<Self>, id: &str) -> Result<Follower, Failed> {
+        let build = self.build(id).await?;
+        Ok(Follower {
+            service: self.clone(),
+            build,
+            live: None,
+            more: true,
+        })
     }
 
     pub async fn deliveries(&self, limit: u32) -> Result<Vec<wire::Delivery>, Failed> {
@@ -222,5 +251,77 @@ impl Service {
 
     pub fn triggers(&self) -> Triggers {
         self.triggers.all()
+    }
+}
+
+impl Follower {
+    /// The lines after `after` (at most `limit`), and the build as it was just before they were
+    /// read (if it had finished, no line follows these); as [`Service::log`] answers, but waiting
+    /// until there is something new. A build running in this process is read from its live log,
+    /// and from the store only for lines that have left it; any other is read from the store.
+    pub async fn next(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<wire::LogLine>, wire::Build), Failed> {
+        loop {
+            if self.live.is_none() {
+                if let Some(log) = self.service.live.get(&self.build.id) {
+                    let changes = log.subscribe();
+                    // A queued build's steps are known once it has been claimed.
+                    self.build = self.service.build(&self.build.id).await?;
+                    self.live = Some((log, changes));
+                    self.more = true;
+                } else {
+                    if !std::mem::take(&mut self.more) {
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                    }
+                    // It may have started here meanwhile.
+                    if self.service.live.get(&self.build.id).is_some() {
+                        continue;
+                    }
+                    let (lines, build) =
+                        self.service.log(&self.build.id, after, Some(limit)).await?;
+                    self.more = lines.len() == limit as usize;
+                    self.build = build.clone();
+                    return Ok((lines, build));
+                }
+            }
+            let Some((log, changes)) = &mut self.live else {
+                continue;
+            };
+            if !std::mem::take(&mut self.more) {
+                // The sender lives as long as the log this follower holds.
+                let _ = changes.changed().await;
+            }
+            changes.borrow_and_update();
+            let snapshot = log.read(after, limit as usize);
+            let lines = match &snapshot.lines {
+                Some(lines) => lines.clone(),
+                // They have left the ring, so they are stored.
+                None => {
+                    self.service
+                        .store
+                        .logs(&self.build.id, after, Some(limit))
+                        .await?
+                }
+            };
+            self.more = lines.len() == limit as usize;
+            update(&mut self.build, snapshot);
+            let lines = lines.into_iter().map(wire::LogLine::from).collect();
+            return Ok((lines, self.build.clone()));
+        }
+    }
+}
+
+/// The build record with what its live log says of its steps and its end.
+fn update(build: &mut wire::Build, snapshot: Snapshot) {
+    for (step, (status, detail)) in build.steps.iter_mut().zip(snapshot.steps) {
+        step.result.status = status;
+        step.result.detail = detail;
+    }
+    if let Some((status, failure)) = snapshot.ended {
+        build.status = status;
+        build.failure = failure;
     }
 }

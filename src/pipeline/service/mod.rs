@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::adapters::registry::RegistryError;
 use crate::adapters::runtime::Backend;
 use crate::adapters::source::git::{Mirror, Rewrites};
 pub use crate::adapters::store::BuildQuery;
@@ -38,13 +39,16 @@ use crate::core::triggers::{self, BuildSource, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::core::wire;
 use crate::pipeline::execute::Run;
+use crate::pipeline::live::{LiveLog, LiveLogs, Snapshot};
 use crate::pipeline::{self, Machine, Reading, Recipe};
+pub use commands::Follower;
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
 
 mod commands;
 mod files;
 mod intake;
+mod kfp;
 mod queue;
 mod rows;
 mod schedules;
@@ -52,6 +56,7 @@ mod trigger_files;
 
 pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
+pub use kfp::{KfpRepository, Listing};
 
 /// How the service is set up.
 pub struct Settings {
@@ -61,6 +66,9 @@ pub struct Settings {
     pub webhook_secret: Vec<u8>,
     pub rewrites: Rewrites,
     pub max_concurrent_builds: usize,
+    /// `HOST[:PORT]/PATH`: where the KFP registry API keeps packages, one OCI repository each
+    /// (`PATH/{project}/{repository}/{package}`); `None` serves no KFP API.
+    pub kfp_registry: Option<String>,
 }
 
 /// Why a request of the API failed.
@@ -100,6 +108,8 @@ pub enum Internal {
     NoNextRun {
         schedule: String,
     },
+    /// The registry that keeps templates answered what the API cannot pass on as the caller's.
+    Registry(RegistryError),
 }
 
 impl std::fmt::Display for Internal {
@@ -109,6 +119,7 @@ impl std::fmt::Display for Internal {
             Internal::File { path, error } => write!(f, "{}: {error}", path.display()),
             Internal::Task(e) => e.fmt(f),
             Internal::NoNextRun { schedule } => write!(f, "schedule {schedule:?} has no next run"),
+            Internal::Registry(e) => e.fmt(f),
         }
     }
 }
@@ -120,6 +131,7 @@ impl std::error::Error for Internal {
             Internal::File { error, .. } => Some(error),
             Internal::Task(e) => Some(e),
             Internal::NoNextRun { .. } => None,
+            Internal::Registry(e) => Some(e),
         }
     }
 }
@@ -190,6 +202,8 @@ pub struct Service {
     recorder: mpsc::Sender<(NewDelivery, Written)>,
     /// The task that writes them, until the process takes it to watch.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The logs of the builds this process runs, for their followers.
+    live: LiveLogs,
 }
 
 impl Service {
@@ -216,6 +230,7 @@ impl Service {
             pending: AtomicBool::new(true),
             recorder,
             writer: Mutex::new(Some(writer)),
+            live: LiveLogs::default(),
         }
     }
 
@@ -298,6 +313,8 @@ fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
         overrides: overrides.clone(),
         timeout: None,
         uploads: upload.is_some(),
+        // Trust is the server's setting (`Machine::trusted`), never the uploader's.
+        trusted: false,
     };
     Recipe::load(config.as_bytes(), reading)
 }

@@ -199,7 +199,8 @@ impl Service {
                     self.runtime.clone(),
                     run,
                     cancel,
-                    |_| {},
+                    Some(&self.live),
+                    &mut |_: &pipeline::execute::Event| {},
                 )
                 .await;
                 match recorded {
@@ -295,6 +296,7 @@ impl Service {
             timeout: None,
             // gcloud's refusal of a config's own `source` is for uploads it makes.
             uploads: false,
+            trusted: trigger.trusted,
         };
         match &trigger.build {
             BuildSource::Inline(config) => Ok(Recipe {
@@ -305,6 +307,7 @@ impl Service {
                 built_ins,
                 overrides: overrides.clone(),
                 warnings: String::new(),
+                trusted: trigger.trusted,
             }),
             BuildSource::File(path) => {
                 let bytes =

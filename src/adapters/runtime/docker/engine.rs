@@ -872,17 +872,17 @@ impl Follow {
 
 /// An image reference split the way the engine's pull and push endpoints take it.
 #[derive(Debug)]
-struct Reference<'a> {
+pub(super) struct Reference<'a> {
     /// `[host[:port]/]path`, without tag or digest.
-    repository: &'a str,
+    pub(super) repository: &'a str,
     /// A tag, or a digest (`algorithm:hex`).
-    tag: &'a str,
+    pub(super) tag: &'a str,
 }
 
 impl<'a> Reference<'a> {
     /// Accepts `name`, `name:tag`, `name@digest` and `name:tag@digest` (the digest wins, as in
     /// the engine). The tag defaults to `latest`: an empty tag would pull every tag.
-    fn parse(image: &'a str) -> Result<Self, RuntimeError> {
+    pub(super) fn parse(image: &'a str) -> Result<Self, RuntimeError> {
         let invalid = |reason: &str| {
             RuntimeError::Invalid(format!("invalid image reference {image:?}: {reason}"))
         };
@@ -922,7 +922,7 @@ impl<'a> Reference<'a> {
         Ok(Self { repository, tag })
     }
 
-    fn is_digest(&self) -> bool {
+    pub(super) fn is_digest(&self) -> bool {
         self.tag.contains(':')
     }
 }

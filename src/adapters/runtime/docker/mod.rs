@@ -4,9 +4,10 @@
 //! * volumes for the workspace, the home directory, each named volume, each step's output
 //!   directory (a volume rather than a tmpfs, so that it can be read once the step has exited),
 //!   and the gate's shell;
-//! * a network of the build's own, and the shared `cloudbuild` network that nested
-//!   `docker build --network=cloudbuild` names (labelled `builder.shared`, kept for all builds);
-//! * a container per step, with the engine's socket mounted so that steps can drive the engine;
+//! * a network of the build's own, which steps join and which `--network cloudbuild` names in
+//!   what steps ask of the engine;
+//! * a container per step, with the build's own engine endpoint ([`proxy`]) mounted as
+//!   `/var/run/docker.sock`, so that steps drive the engine within the build's scope;
 //! * containers made only to reach the volumes through the engine's archive API (filling the
 //!   workspace, reading it back), created from a step image with a command of builder's own and
 //!   never started, so that images without CMD or ENTRYPOINT work.
@@ -16,6 +17,7 @@
 
 pub mod engine;
 pub mod gate;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -30,14 +32,14 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use self::engine::{ContainerSpec, Engine, ImageInfo, Labels, Mount, MountSource, Stdin};
+use self::proxy::{Endpoint, Scope};
 use super::{Backend, BuildSpec, LogChunk, Resources, RuntimeError, StepImage, StepSpec};
 
 /// Label carried by every resource of a build, with the build id as value.
 pub const BUILD_LABEL: &str = "builder.build";
 /// Label carried by a step's container, with the step's index as value.
 const STEP_LABEL: &str = "builder.step";
-/// The network Cloud Build steps can name in nested `docker build --network=cloudbuild`.
-const SHARED_NETWORK: &str = "cloudbuild";
+/// Where steps find the engine, and where the engine's own socket is unless `DOCKER_HOST` says.
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// The command of the containers made only to reach a build's volumes through the engine's
 /// archive API. They are never started, but the engine refuses to create a container without a
@@ -48,6 +50,11 @@ const NEVER_STARTED: &str = "/builder/never-started";
 #[derive(Clone)]
 pub struct DockerBackend {
     engine: Engine,
+    /// The engine's Unix socket, which the builds' endpoints forward to; `None` for an engine
+    /// reached over TCP, whose host could not mount an endpoint's socket.
+    engine_socket: Option<PathBuf>,
+    /// Where each build's endpoint has a directory of its own (root's only), named by its id.
+    endpoints: PathBuf,
     /// The builds set up and not torn down yet, by id.
     builds: Arc<Mutex<HashMap<String, Arc<Build>>>>,
 }
@@ -55,6 +62,8 @@ pub struct DockerBackend {
 /// What the backend keeps of a build between calls.
 struct Build {
     spec: BuildSpec,
+    /// The build's engine endpoint, from early in its setup to its teardown.
+    endpoint: Mutex<Option<Arc<Endpoint>>>,
     /// What [`Backend::step_image`] found, by image id, for [`Backend::create_step`].
     images: Mutex<HashMap<String, ImageInfo>>,
     /// The stdin of each step held at the gate, until its release.
@@ -64,19 +73,55 @@ struct Build {
 impl DockerBackend {
     /// Connects to the engine named by `DOCKER_HOST`, or the local socket `/var/run/docker.sock`.
     pub async fn connect() -> Result<Self, RuntimeError> {
-        Ok(Self::on(Engine::connect().await?))
+        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+        Ok(Self::on(Engine::connect().await?, &host))
     }
 
     /// Connects to the engine at `host` (`unix:///path`, `tcp://host:port` or `http://…`).
     pub async fn connect_to(host: &str) -> Result<Self, RuntimeError> {
-        Ok(Self::on(Engine::connect_to(host).await?))
+        Ok(Self::on(Engine::connect_to(host).await?, host))
     }
 
-    fn on(engine: Engine) -> Self {
+    fn on(engine: Engine, host: &str) -> Self {
+        let engine_socket = match host.strip_prefix("unix://") {
+            Some(path) => Some(PathBuf::from(path)),
+            None if host.is_empty() => Some(PathBuf::from(DOCKER_SOCKET)),
+            None => None,
+        };
         Self {
             engine,
+            engine_socket,
+            endpoints: std::env::temp_dir().join("builder-endpoints"),
             builds: Arc::default(),
         }
+    }
+
+    /// Starts the build's engine endpoint.
+    fn start_endpoint(&self, build: &Build) -> Result<(), RuntimeError> {
+        let spec = &build.spec;
+        let engine = self.engine_socket.clone().ok_or_else(|| {
+            RuntimeError::Invalid(
+                "steps reach the engine through an endpoint of their build's, a socket the \
+                 engine mounts into them: the engine must run on this machine, behind a Unix \
+                 socket (DOCKER_HOST=unix://…), not over TCP"
+                    .into(),
+            )
+        })?;
+        let scope = Scope {
+            build: spec.id.clone(),
+            network: name(&spec.id, "network"),
+            workspace: spec.workspace.clone(),
+            workspace_volume: name(&spec.id, "workspace"),
+            trusted: spec.trusted,
+            aliases: spec.aliases.clone(),
+            credentials: spec.credentials.clone(),
+        };
+        let socket = self.endpoints.join(&spec.id).join("docker.sock");
+        let endpoint = Endpoint::start(socket, engine, scope).map_err(|e| {
+            RuntimeError::Engine(format!("starting the build's engine endpoint: {e}"))
+        })?;
+        *lock(&build.endpoint) = Some(Arc::new(endpoint));
+        Ok(())
     }
 
     fn build(&self, build: &str) -> Result<Arc<Build>, RuntimeError> {
@@ -137,17 +182,13 @@ impl DockerBackend {
     /// needs them.
     async fn setup(&self, build: &Build) -> Result<(), RuntimeError> {
         let id = &build.spec.id;
-        let networks = async {
-            let shared = Labels::from([("builder.shared".to_string(), SHARED_NETWORK.to_string())]);
-            self.engine.create_network(SHARED_NETWORK, &shared).await?;
-            self.engine
-                .create_network(&name(id, "network"), &labels(id, None))
-                .await
-        };
+        self.start_endpoint(build)?;
+        let (network, labels) = (name(id, "network"), labels(id, None));
+        let network = self.engine.create_network(&network, &labels);
         // Both run to their end even when one fails: a container request dropped in flight could
         // still create its container after the teardown has looked.
-        let (networks, volumes) = tokio::join!(networks, self.setup_volumes(build));
-        networks.map_err(|e| RuntimeError::Engine(format!("preparing the build: {e}")))?;
+        let (network, volumes) = tokio::join!(network, self.setup_volumes(build));
+        network.map_err(|e| RuntimeError::Engine(format!("preparing the build: {e}")))?;
         volumes
     }
 
@@ -212,6 +253,7 @@ impl Backend for DockerBackend {
     async fn setup_build(&self, spec: &BuildSpec) -> Result<(), RuntimeError> {
         let build = Arc::new(Build {
             spec: spec.clone(),
+            endpoint: Mutex::default(),
             images: Mutex::default(),
             held: Mutex::default(),
         });
@@ -250,7 +292,12 @@ impl Backend for DockerBackend {
             ))
         })?;
         let step_spec = step_spec(&build, step)?;
-        let mut spec = container_spec(&build.spec, step, step_spec, &image.name);
+        let endpoint = lock(&build.endpoint).clone();
+        let socket = endpoint.as_ref().map(|e| e.socket().to_path_buf());
+        let socket = socket.ok_or_else(|| {
+            RuntimeError::Invalid(format!("build {:?} has no engine endpoint", build.spec.id))
+        })?;
+        let mut spec = container_spec(&build.spec, step, step_spec, &image.name, socket);
         let name = spec.name.clone();
         // Ahead of its turn, the container is started too, held at the gate until then.
         let command = gate::command(spec.entrypoint.as_deref(), &spec.args, &info);
@@ -298,7 +345,22 @@ impl Backend for DockerBackend {
     }
 
     async fn wait_step(&self, build: &str, step: usize) -> Result<i64, RuntimeError> {
-        self.engine.wait_container(&step_name(build, step)).await
+        let endpoint = self
+            .build(build)
+            .ok()
+            .and_then(|b| lock(&b.endpoint).clone());
+        let container = step_name(build, step);
+        let wait = self.engine.wait_container(&container);
+        let Some(endpoint) = endpoint else {
+            return wait.await;
+        };
+        // A step that uses the engine would hang or fail obscurely without its endpoint.
+        tokio::select! {
+            code = wait => code,
+            reason = endpoint.died() => Err(RuntimeError::Engine(format!(
+                "the build's engine endpoint (the step's /var/run/docker.sock) died: {reason}"
+            ))),
+        }
     }
 
     async fn stop_step(
@@ -416,6 +478,13 @@ impl Backend for DockerBackend {
     }
 
     async fn sweep(&self, build: &str) -> Result<Resources, RuntimeError> {
+        // A dead process's endpoint directory; its socket serves no one.
+        let dir = self.endpoints.join(build);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "removing an endpoint directory");
+        }
         self.engine.sweep(BUILD_LABEL, build).await
     }
 
@@ -594,13 +663,19 @@ fn script_file(index: usize, script: &str) -> io::Result<Vec<u8>> {
 }
 
 /// The container of step `index` of `build`, `step`, running `image`.
-fn container_spec(build: &BuildSpec, index: usize, step: &StepSpec, image: &str) -> ContainerSpec {
+fn container_spec(
+    build: &BuildSpec,
+    index: usize,
+    step: &StepSpec,
+    image: &str,
+    endpoint: PathBuf,
+) -> ContainerSpec {
     let id = &build.id;
     let mut mounts = vec![
         volume_mount(&name(id, "workspace"), &build.workspace),
         volume_mount(&name(id, "home"), &build.home),
         Mount {
-            source: MountSource::Bind(PathBuf::from(DOCKER_SOCKET)),
+            source: MountSource::Bind(endpoint),
             target: DOCKER_SOCKET.to_string(),
             read_only: false,
         },

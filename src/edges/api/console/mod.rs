@@ -54,6 +54,7 @@ pub(super) fn router() -> Router<Served> {
         .route("/schedules/{name}", get(schedule))
         .route("/schedules/{name}/{action}", post(schedule_action))
         .route("/deliveries", get(deliveries))
+        .route("/templates", get(templates))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/assets/console.css", get(stylesheet))
@@ -394,6 +395,11 @@ async fn schedule_action(
 async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
     let result = service.deliveries(DELIVERIES_SHOWN).await;
     page(&visitor, result.map(|d| pages::deliveries(&visitor, &d)))
+}
+
+async fn templates(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let result = service.kfp_catalog().await;
+    page(&visitor, result.map(|l| pages::templates(&visitor, &l)))
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,9 @@ use crate::core::build::Status;
 use crate::core::wire::{Build, Delivery, Step};
 use crate::pipeline::service::ScheduleView;
 
+mod templates;
+pub(super) use templates::templates;
+
 /// Indentation levels the steps list shows (deeper steps share the last).
 const MAX_DEPTH: usize = 8;
 
@@ -34,6 +37,7 @@ fn layout(visitor: &Visitor, title: &str, content: Markup) -> Markup {
                     a href="/triggers" { "Triggers" }
                     a href="/schedules" { "Schedules" }
                     a href="/deliveries" { "Deliveries" }
+                    a href="/templates" { "Templates" }
                     span.spacer {}
                     @if visitor.logged_in {
                         form.inline method="post" action="/logout" {
