@@ -21,7 +21,7 @@ use crate::adapters::registry::{self, Registries};
 use crate::adapters::runtime::DockerBackend;
 use crate::adapters::source::git::Rewrites;
 use crate::adapters::store;
-use crate::adapters::store::SqliteStore;
+use crate::adapters::store::{PostgresStore, SqliteStore, Store};
 use crate::core::alias::Aliases;
 use crate::edges::api;
 use crate::pipeline::Machine;
@@ -68,7 +68,8 @@ pub(super) struct ServeArgs {
     /// The value of $PROJECT_ID [default: local].
     #[arg(long, env = "BUILDER_PROJECT")]
     project: Option<String>,
-    /// Where builds, deliveries and logs are kept: `sqlite://PATH` [default: DATA_DIR/builds.db].
+    /// Where builds, deliveries and logs are kept: `sqlite://PATH` [default: DATA_DIR/builds.db],
+    /// or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, a database several servers share.
     #[arg(long, env = "BUILDER_STORE", value_name = "URL")]
     store: Option<String>,
     /// Reading (the console's pages and the API's GET requests) needs the API token too; by
@@ -188,7 +189,7 @@ pub(super) fn serve(
         .map(|pair| pair.parse())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("git URL rewrite: {e}"))?;
-    let store_path = store_path(args.store.or(file.store), &data_dir)?;
+    let store_url = store_url(args.store.or(file.store), &data_dir)?;
     let registries = Registries::new(&registry::Settings {
         docker_config: registry.docker_config.or(file.registry_config),
         insecure: [registry.insecure, file.insecure_registries].concat(),
@@ -236,9 +237,7 @@ pub(super) fn serve(
     };
     start_log(log_format)?;
     tokio::runtime::Runtime::new()?.block_on(async {
-        let store = SqliteStore::open(&store_path)
-            .await
-            .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+        let store = open_store(store_url).await?;
         let runtime = DockerBackend::connect().await?;
         let count = format!(
             "{} triggers, {} schedules",
@@ -246,7 +245,7 @@ pub(super) fn serve(
             schedules.len()
         );
         let service = Arc::new(Service::new(
-            Arc::new(store),
+            store,
             Arc::new(runtime),
             triggers,
             schedules,
@@ -328,15 +327,44 @@ fn start_log(format: LogFormat) -> Result<()> {
     Ok(())
 }
 
-/// The SQLite database a store URL names; the only kind of store so far.
-fn store_path(url: Option<String>, data_dir: &std::path::Path) -> Result<PathBuf> {
-    match url {
-        None => Ok(data_dir.join(store::DATABASE)),
-        Some(url) => match url.strip_prefix("sqlite://") {
-            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-            _ => anyhow::bail!(
-                "store {url:?}: expected sqlite://PATH (SQLite is the only store so far)"
-            ),
-        },
+/// The store a `store` setting names.
+enum StoreUrl {
+    Sqlite(PathBuf),
+    /// A `postgres://` (or `postgresql://`) URL, as PostgreSQL's clients take it.
+    Postgres(String),
+}
+
+/// The store a `store` setting names: `sqlite://PATH` (the default, `DATA_DIR/builds.db`) or a
+/// PostgreSQL URL.
+fn store_url(url: Option<String>, data_dir: &std::path::Path) -> Result<StoreUrl> {
+    let Some(url) = url else {
+        return Ok(StoreUrl::Sqlite(data_dir.join(store::DATABASE)));
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StoreUrl::Postgres(url));
     }
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
+        // Not echoed: a mistyped PostgreSQL URL may carry a password.
+        _ => anyhow::bail!(
+            "the store setting: expected sqlite://PATH or postgres://USER@HOST/DATABASE"
+        ),
+    }
+}
+
+/// Opens the store, bringing its schema up to date.
+async fn open_store(url: StoreUrl) -> Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Sqlite(path) => Arc::new(
+            SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("cannot open the store {}", path.display()))?,
+        ),
+        // The store's error names the server without its password.
+        StoreUrl::Postgres(url) => Arc::new(
+            PostgresStore::open(&url)
+                .await
+                .context("cannot open the store")?,
+        ),
+    })
 }
