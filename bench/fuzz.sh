@@ -5,7 +5,9 @@
 #
 # Targets (fuzz/targets.rs): config (load, decode, validate, resolve), substitute (scanning, bash
 # expansions, dynamic values), webhook (payload parsing, signature header), gcloudignore (rules
-# over a small tree), archive (unpacking an upload), trigger (trigger and schedule files).
+# over a small tree), archive (unpacking an upload), trigger (trigger and schedule files),
+# access (a request's Host against the allowlist, a console session cookie), logs (step output
+# into masked lines), github_report (what GitHub is told of a build).
 #
 # Each target starts from its saved corpus (fuzz/corpus/T, read only) and writes what it finds
 # to a scratch directory, so a run leaves the repository as it was. A crash is written to
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/../fuzz"
 S=${S:-60}
 JOBS=${JOBS:-1}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger)
+[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 cargo +nightly fuzz build -O
 scratch=$(mktemp -d)

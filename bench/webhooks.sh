@@ -17,6 +17,10 @@
 #   webhook, rule not satisfied   `webhook` with N hooks, each `and` of payload-hmac-sha256 over
 #                                 X-Hub-Signature-256 and a `value` match on the payload's `ref`,
 #                                 posted to a hook whose ref does not match; 200.
+#   builder on PostgreSQL, queues with --store postgres://…: the queueing case on a fresh database
+#                                 of that server (made and dropped by the script), so the ingest
+#                                 into the store several machines share is measured in the same
+#                                 run, against SQLite's and webhook's.
 #   webhook, rule satisfied       posted to the hook matching refs/heads/master: it answers 202
 #                                 (success-http-response-code) and runs `/bin/true` in the
 #                                 background (without include-command-output-in-response it does
@@ -30,7 +34,10 @@
 # 202 must be there, QUEUED, one build per delivery, and nothing but the requests in flight when
 # wrk stopped counting may be there besides.
 #
-# Usage:  bench/webhooks.sh            (after scripts/dev-env.sh and `cargo build --release`)
+# Usage:  bench/webhooks.sh [--store postgres://USER:PASSWORD@HOST:PORT/DATABASE]
+#         (after scripts/dev-env.sh and `cargo build --release`); with --store, DATABASE is where
+#         the script may CREATE and DROP a database of its own (the dev-env's server:
+#         postgres://builder:builder@127.0.0.1:5432/postgres).
 #         As root if wrk, webhook, sqlite3, openssl, curl, ss or pgrep are missing: they are
 #         installed from Debian's packages (apt-get) first. Docker must be reachable: `builder serve`
 #         connects to the engine at start, though no build runs here.
@@ -50,16 +57,18 @@ D="${D:-5}" R="${R:-3}" W="${W:-2}" C="${C:-16}" T="${T:-2}" N="${N:-1000}" K="$
 BUILDER="${BUILDER:-$here/target/release/builder}"
 PAYLOAD="$here/webhooks/github/push/branch-update.json"
 SECRET="builder-bench-webhook-secret"
+bench=webhooks.sh
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
 
-die() { echo "webhooks.sh: $*" >&2; exit 1; }
-case "${1:-}" in
-  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  "") ;;
-  *) die "no arguments (sizes come from D, R, W, C, T, N; see --help)" ;;
-esac
-for v in D R C T N; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
-done
+postgres=""
+if [ "${1:-}" = --store ]; then
+  [[ "${2:-}" == postgres://* ]] || die "--store takes a postgres:// URL"
+  postgres="$2"
+  shift 2
+fi
+only_help "D, R, W, C, T, N" "$@"
+positive_integers D R C T N
 [[ "$W" =~ ^[0-9]+$ ]] || die "W must be a whole number of seconds, not '$W'"
 [ "$N" -ge 2 ] || die "N must be at least 2 (one trigger matches in the queueing case)"
 [ "$N" -le 9999 ] || die "N must be at most 9999"
@@ -67,31 +76,22 @@ done
 [ -f "$PAYLOAD" ] || die "no payload at $PAYLOAD"
 
 # --- tools: Debian's packages, installed if missing (as scripts/dev-env.sh does) -----------------
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v webhook >/dev/null || missing+=(webhook)
-command -v sqlite3 >/dev/null || missing+=(sqlite3)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v curl >/dev/null || missing+=(curl)
-command -v ss >/dev/null || missing+=(iproute2)
-command -v pgrep >/dev/null || missing+=(procps)
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run this as root once (it installs them with apt-get), or install them"
-  echo "webhooks.sh: installing ${missing[*]} (apt-get)" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-[ -x "$BUILDER" ] || die "no binary at $BUILDER; run \`cargo build --release\` in $here"
-docker info >/dev/null 2>&1 ||
-  die "the Docker engine is not reachable, and \`builder serve\` connects to it at start (no build runs here); run scripts/dev-env.sh (as root)"
+need_tools wrk=wrk webhook=webhook sqlite3=sqlite3 openssl=openssl curl=curl ss=iproute2 pgrep=procps
+[ -z "$postgres" ] || need_tools psql=postgresql-client
+# No build runs here, but `builder serve` connects to the engine at start.
+need_engine
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/builder-bench-webhooks.XXXXXX")"
+# The PostgreSQL case's database: made fresh, dropped at the end.
+pg_db="builder_bench_webhooks_$$"
+pg_url="${postgres%/*}/$pg_db"
 pids=()
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -z "$postgres" ] || psql -q "$postgres" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true
   if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -239,20 +239,13 @@ LUA
 
 # --- servers -------------------------------------------------------------------------------------
 declare -A url pid expect label
-start_builder() { # start_builder CASE TRIGGERS_DIR
-  local log="$tmp/serve-$1.log" p addr=""
-  BUILDER_DATA_DIR="$tmp/data-$1" BUILDER_WEBHOOK_SECRET="$SECRET" \
-    "$BUILDER" serve --listen 127.0.0.1:0 --triggers "$2" --max-concurrent-builds 0 2>"$log" &
-  p=$!; pids+=("$p"); pid[$1]=$p
-  for _ in $(seq 1 300); do
-    addr="$(sed -n 's|.* listening on http://\([^ ]*\) .*|\1|p' "$log")"
-    [ -n "$addr" ] && break
-    kill -0 "$p" 2>/dev/null || { cat "$log" >&2; die "builder serve ($1) exited at start"; }
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { cat "$log" >&2; die "builder serve ($1) did not listen within 30 s"; }
-  grep -q "($N triggers, " "$log" || { cat "$log" >&2; die "builder serve ($1) did not load $N triggers"; }
-  url[$1]="http://$addr/webhooks/github"
+start_builder() { # start_builder CASE TRIGGERS_DIR [SERVE_ARGS...]
+  local log="$tmp/serve-$1.log" c="$1" triggers="$2"
+  shift 2
+  start_serve "$log" "$tmp/data-$c" --listen 127.0.0.1:0 --triggers "$triggers" --max-concurrent-builds 0 "$@"
+  pids+=("$serve_pid"); pid[$c]=$serve_pid
+  grep -q "($N triggers, " "$log" || { cat "$log" >&2; die "builder serve ($c) did not load $N triggers"; }
+  url[$c]="http://$serve_addr/webhooks/github"
 }
 start_webhook() {
   local log="$tmp/webhook.log" p port=""
@@ -272,14 +265,21 @@ start_webhook() {
 echo "builder webhook ingest benchmark: $N triggers/hooks, wrk -t$T -c$C, $R rounds x ${D}s per case, ${W}s warm-up" >&2
 start_builder builder_nomatch "$tmp/triggers-nomatch"
 start_builder builder_queue "$tmp/triggers-queue"
+cases=(builder_nomatch webhook_nomatch builder_queue webhook_match)
+if [ -n "$postgres" ]; then
+  psql -q "$postgres" -c "CREATE DATABASE $pg_db" >/dev/null || die "cannot create a database on $postgres"
+  start_builder builder_pg_queue "$tmp/triggers-queue" --store "$pg_url"
+  cases+=(builder_pg_queue)
+fi
 start_webhook
 pid[webhook_nomatch]=${pid[webhook]} pid[webhook_match]=${pid[webhook]}
-expect=([builder_nomatch]=202 [builder_queue]=202 [webhook_nomatch]=200 [webhook_match]=202)
+expect=([builder_nomatch]=202 [builder_queue]=202 [webhook_nomatch]=200 [webhook_match]=202 [builder_pg_queue]=202)
 label=(
   [builder_nomatch]="builder, matches no trigger"
   [webhook_nomatch]="webhook, rule not satisfied"
   [builder_queue]="builder, queues a build (durably)"
   [webhook_match]="webhook, rule satisfied (runs /bin/true)"
+  [builder_pg_queue]="builder on PostgreSQL, queues a build"
 )
 
 # --- one signed delivery each, and a forged one: both servers verify ------------------------------
@@ -291,17 +291,17 @@ post() { # post URL DELIVERY_ID SIGNATURE: prints "STATUS BODY"
 }
 forged="$(printf '%s' "$signature" | tr '0-9a-f' '1-9a-f0')"
 smoke=""
-for c in builder_nomatch builder_queue webhook_nomatch webhook_match; do
+for c in "${cases[@]}"; do
   got="$(post "${url[$c]}" "00000000-smoke-4000-8000-$c" "$signature")"
   case "$c:$got" in
     builder_nomatch:'202 {"result":"accepted","builds":[],'*) ;;
-    builder_queue:'202 {"result":"accepted","builds":["'*) ;;
+    builder_queue:'202 {"result":"accepted","builds":["'*|builder_pg_queue:'202 {"result":"accepted","builds":["'*) ;;
     webhook_nomatch:'200 Hook rules were not satisfied.'*) ;;
     webhook_match:'202 '*) ;;
     *) die "$c: a signed delivery got '$got', not the answer this benchmark counts" ;;
   esac
   # The smoke test's build counts among the answered ones in the store check.
-  [ "$c" = builder_queue ] && sed -n 's/.*"builds":\["\([^"]*\)".*/\1/p' "$tmp/post.out" >"$tmp/ids.builder_queue.smoke"
+  case "$c" in builder_queue|builder_pg_queue) sed -n 's/.*"builds":\["\([^"]*\)".*/\1/p' "$tmp/post.out" >"$tmp/ids.$c.smoke" ;; esac
   bad="$(post "${url[$c]}" "00000000-forged-4000-8000-$c" "$forged")"
   case "$c:$bad" in builder_*:401*|webhook_*:500*) ;; *) die "$c: a forged signature got '$bad'" ;; esac
   smoke+="${bad%% *}/"
@@ -329,7 +329,7 @@ run() { # run CASE ROUND SECONDS: appends "CASE ROUND key=value..." to results u
   local c="$1" round="$2" secs="$3" out ids="-" before after
   run_seq=$((run_seq + 1))
   out="$tmp/wrk.$c.$round"
-  [ "$c" = builder_queue ] && ids="$tmp/ids.$c.$round"
+  case "$c" in builder_queue|builder_pg_queue) ids="$tmp/ids.$c.$round" ;; esac
   before="$(cpu_ticks "${pid[$c]}")"
   signatures $((run_seq * K)) "$K" "$tmp/signatures"
   wrk -t"$T" -c"$C" -d"${secs}s" --timeout 30s -s "$tmp/deliver.lua" "${url[$c]}" -- \
@@ -346,8 +346,7 @@ run() { # run CASE ROUND SECONDS: appends "CASE ROUND key=value..." to results u
   echo "$c $round $(sed -n 's/^RESULT //p' "$out") cpu_ticks=$((after - before))" >>"$tmp/results"
 }
 
-cases=(builder_nomatch webhook_nomatch builder_queue webhook_match)
-load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+load_before="$(load_average)"
 bench_start="$(date +%s)"
 if [ "$W" -gt 0 ]; then
   echo "warm-up..." >&2
@@ -360,7 +359,7 @@ for ((round = 1; round <= R; round++)); do
   done
 done
 bench_end="$(date +%s)"
-load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+load_after="$(load_average)"
 
 # --- the store: every 202 durably queued ---------------------------------------------------------
 # The servers are stopped first (SIGTERM: builder finishes the requests in flight).
@@ -369,20 +368,19 @@ for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 pids=()
 db="$tmp/data-builder_queue/builds.db" db0="$tmp/data-builder_nomatch/builds.db"
 { [ -f "$db" ] && [ -f "$db0" ]; } || die "no store at $db or $db0"
-q() { sqlite3 -batch -noheader "$1" "$2"; }
 cat "$tmp"/ids.builder_queue.* | sort >"$tmp/answered"
-q "$db" "SELECT id FROM builds WHERE status = 'QUEUED' AND trigger_name = '$match_trigger' AND delivery_id IS NOT NULL" |
+sql "$db" "SELECT id FROM builds WHERE status = 'QUEUED' AND trigger_name = '$match_trigger' AND delivery_id IS NOT NULL" |
   sort >"$tmp/stored"
 answered="$(grep -c . "$tmp/answered" || true)"
 stored="$(grep -c . "$tmp/stored" || true)"
 lost="$(comm -23 "$tmp/answered" "$tmp/stored" | grep -c . || true)"
 extra="$(comm -13 "$tmp/answered" "$tmp/stored" | grep -c . || true)"
-builds_all="$(q "$db" "SELECT count(*) FROM builds")"
-deliveries="$(q "$db" "SELECT count(*) FROM deliveries WHERE verified = 1")"
-not_one="$(q "$db" "SELECT count(*) FROM deliveries d LEFT JOIN (SELECT delivery_id, count(*) AS n FROM builds GROUP BY delivery_id) b ON b.delivery_id = d.id WHERE d.verified = 1 AND coalesce(b.n, 0) != 1")"
-builds0="$(q "$db0" "SELECT count(*) FROM builds")"
-deliveries0="$(q "$db0" "SELECT count(*) FROM deliveries WHERE verified = 1")"
-journal="$(q "$db" "PRAGMA journal_mode")"
+builds_all="$(sql "$db" "SELECT count(*) FROM builds")"
+deliveries="$(sql "$db" "SELECT count(*) FROM deliveries WHERE verified = 1")"
+not_one="$(sql "$db" "SELECT count(*) FROM deliveries d LEFT JOIN (SELECT delivery_id, count(*) AS n FROM builds GROUP BY delivery_id) b ON b.delivery_id = d.id WHERE d.verified = 1 AND coalesce(b.n, 0) != 1")"
+builds0="$(sql "$db0" "SELECT count(*) FROM builds")"
+deliveries0="$(sql "$db0" "SELECT count(*) FROM deliveries WHERE verified = 1")"
+journal="$(sql "$db" "PRAGMA journal_mode")"
 runs_queue=$((R + (W > 0 ? 1 : 0)))
 in_flight_max=$((C * runs_queue))
 # Over all runs: 202s of the queueing server without a build id, and of the other one with one.
@@ -427,19 +425,17 @@ for c in "${cases[@]}"; do
 done
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
-if [ "$BUILDER" = "$here/target/release/builder" ]; then
-  what="builder $(git -C "$here" describe --always --dirty 2>/dev/null || echo "(no git)") (binary built $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))"
-else
-  what="builder $BUILDER (built $(date -u -r "$BUILDER" +%Y-%m-%dT%H:%MZ))"
-fi
+what="$(describe_binary)"
 echo
 printf 'builder webhook ingest vs webhook %s, %s, %s cores, load %s -> %s\n' \
   "$(webhook -version | awk '{ print $3 }')" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" "$load_before" "$load_after"
 printf '%s: %s triggers / hooks loaded; wrk %s, %s threads, %s connections; %s rounds x %s s per case, interleaved, after %s s warm-up\n' \
   "$what" "$N" \
   "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')" "$T" "$C" "$R" "$D" "$W"
-printf 'store: SQLite (%s journal) on %s; payload %s (%s bytes); wrong signature answered %s (builder, builder, webhook, webhook)\n' \
-  "$journal" "$(df -T "$tmp" | awk 'NR == 2 { print $2 }')" "${PAYLOAD#"$here"/}" "$(wc -c <"$PAYLOAD")" "$smoke"
+pg_note=""
+[ -z "$postgres" ] || pg_note=", and PostgreSQL $(psql -tAq "$postgres" -c 'SHOW server_version' | cut -d' ' -f1) at ${postgres#*@}"
+printf 'store: SQLite (%s journal) on %s%s; payload %s (%s bytes); wrong signature answered %s (%s)\n' \
+  "$journal" "$(df -T "$tmp" | awk 'NR == 2 { print $2 }')" "$pg_note" "${PAYLOAD#"$here"/}" "$(wc -c <"$PAYLOAD")" "$smoke" "${cases[*]}"
 echo
 line() { printf '%-42s %8s %15s %8s %8s %8s %8s %9s %6s %6s %8s\n' "$@"; }
 line "case" "req/s" "(min-max)" "p50 ms" "p99 ms" "p99 max" "max ms" "answers" "other" "CPU %" "CPU/req"
@@ -462,6 +458,10 @@ printf '%-64s %8s %8s %8s\n' "ratio builder / webhook, matching nothing (req/s)"
 printf '%-64s %8s %8s %8s\n' "ratio builder (durably queued) / webhook (command run), req/s" "$r_queue" ">= 1.00" "$(ok_rate "$r_queue" 1)"
 printf '%-64s %8s\n' "ratio of p99, builder / webhook, matching nothing" "$(calc '%.2f' "${p99[builder_nomatch]} / ${p99[webhook_nomatch]}")"
 printf '%-64s %8s\n' "ratio of p99, builder / webhook, queued / run" "$(calc '%.2f' "${p99[builder_queue]} / ${p99[webhook_match]}")"
+if [ -n "$postgres" ]; then
+  printf '%-64s %8s\n' "ratio builder on PostgreSQL / on SQLite, queued (req/s)" "$(calc '%.2f' "${rate[builder_pg_queue]} / ${rate[builder_queue]}")"
+  printf '%-64s %8s\n' "ratio builder on PostgreSQL (queued) / webhook (command run)" "$(calc '%.2f' "${rate[builder_pg_queue]} / ${rate[webhook_match]}")"
+fi
 
 echo
 status=0
@@ -479,14 +479,35 @@ if [ "$lost" -ne 0 ] || [ "$not_one" -ne 0 ] || [ "$extra" -gt "$in_flight_max" 
 else
   echo "  ok: every 202 that carried a build is a QUEUED build in the store, one per delivery"
 fi
+if [ -n "$postgres" ]; then
+  pg() { psql -tAq "$pg_url" -c "$1"; }
+  cat "$tmp"/ids.builder_pg_queue.* | sort >"$tmp/answered.pg"
+  pg "SELECT id FROM builds WHERE status = 'QUEUED' AND trigger_name = '$match_trigger' AND delivery_id IS NOT NULL" |
+    sort >"$tmp/stored.pg"
+  pg_answered="$(grep -c . "$tmp/answered.pg" || true)"
+  pg_lost="$(comm -23 "$tmp/answered.pg" "$tmp/stored.pg" | grep -c . || true)"
+  pg_extra="$(comm -13 "$tmp/answered.pg" "$tmp/stored.pg" | grep -c . || true)"
+  pg_not_one="$(pg "SELECT count(*) FROM deliveries d LEFT JOIN (SELECT delivery_id, count(*) AS n FROM builds GROUP BY delivery_id) b ON b.delivery_id = d.id WHERE d.verified AND coalesce(b.n, 0) != 1")"
+  echo "store check (builder on PostgreSQL, $(psql -tAq "$pg_url" -c 'SHOW server_version'), after SIGTERM):"
+  printf '  %-76s %s\n' "202 answers carrying a build id" "$pg_answered"
+  printf '  %-76s %s\n' "of these, QUEUED in the database with trigger $match_trigger and its delivery" "$((pg_answered - pg_lost))"
+  printf '  %-76s %s\n' "deliveries without exactly one build" "$pg_not_one"
+  printf '  %-76s %s\n' "queued but not counted by wrk: in flight when it stopped (<= $C x $runs_queue)" "$pg_extra"
+  if [ "$pg_lost" -ne 0 ] || [ "$pg_not_one" -ne 0 ] || [ "$pg_extra" -gt "$in_flight_max" ]; then
+    echo "  FAILED: not every accepted delivery is durably queued exactly once (see above)"; status=1
+  else
+    echo "  ok: every 202 that carried a build is a QUEUED build in the store, one per delivery"
+  fi
+fi
 for c in "${cases[@]}"; do
   if [ "${other[$c]}" -ne 0 ]; then
     echo "UNEXPECTED answers for ${label[$c]}: ${other[$c]} (status:count per run: ${codes[$c]})"; status=1
   fi
 done
 # The log's routine lines: start, stop, and the refusal of the one forged delivery above.
-routine=" INFO (builder::cli::serve: (listening on|shutting down)|delivery\\{.*\\}: builder::service: delivery refused)"
-for c in builder_nomatch builder_queue; do
+routine=" INFO (builder::edges::cli::serve: (listening on|shutting down)|delivery\\{.*\\}: builder::pipeline::service::intake: delivery refused)"
+for c in "${cases[@]}"; do
+  [[ "$c" == builder_* ]] || continue
   extra_lines="$(grep -Evc "$routine" "$tmp/serve-$c.log" || true)"
   if [ "$extra_lines" -gt 0 ]; then
     echo "builder serve ($c) wrote $extra_lines line(s) on stderr, e.g.:"; grep -Ev "$routine" "$tmp/serve-$c.log" | head -5 | sed 's/^/    /'

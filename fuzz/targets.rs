@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use builder::adapters::source;
-use builder::core::{plan, schedule, substitute, triggers, webhooks};
+use builder::core::{access, github, logs, plan, schedule, substitute, triggers, webhooks};
 
 /// A build config as a pusher writes it: loaded, decoded, validated and, if valid, resolved.
 pub fn config(data: &[u8]) {
@@ -35,16 +35,38 @@ pub fn substitute(data: &[u8]) {
     }
 }
 
-/// A delivery's body under each event builder reads (the first byte picks it), and its signature
-/// header checked against a body.
+/// A delivery's body under each event builder reads (the first byte picks it), decided by a
+/// pull-request trigger when it is a pull request or a comment, and its signature header checked
+/// against a body.
 pub fn webhook(data: &[u8]) {
-    const EVENTS: [&str; 5] = ["push", "ping", "pull_request", "create", "delete"];
+    const EVENTS: [&str; 7] = [
+        "push",
+        "ping",
+        "pull_request",
+        "create",
+        "delete",
+        "issue_comment",
+        "check_run",
+    ];
+    const TRIGGER: &[u8] = b"name: pr\nfilename: cloudbuild.yaml\ngithub: {owner: o, name: r, \
+        pullRequest: {branch: ^main$, commentControl: COMMENTS_ENABLED}}\n";
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
     let event = EVENTS[usize::from(pick) % EVENTS.len()];
     if let Ok(delivery) = webhooks::parse(event, body) {
         let _ = triggers::push_of(&delivery);
+        let (trigger, _) = triggers::load(TRIGGER).unwrap();
+        match &delivery {
+            webhooks::Delivery::PullRequest(event) => {
+                let _ = trigger.fires_on_pull_request(event);
+                let _ = trigger.pull_request_built_ins(&event.repository, &event.pull_request);
+            }
+            webhooks::Delivery::Comment(comment) => {
+                let _ = trigger.fires_on_comment(comment, None);
+            }
+            _ => {}
+        }
     }
     let _ = webhooks::verify(b"secret", body, std::str::from_utf8(data).ok());
 }
@@ -61,14 +83,102 @@ pub fn gcloudignore(data: &[u8]) {
     let _ = source::list_files(dir.path(), None);
 }
 
-/// An uploaded source archive unpacked into an empty workspace.
+/// An uploaded source archive measured as it arrives, and unpacked into an empty workspace.
 pub fn archive(data: &[u8]) {
+    let _ = source::measure(data, &source::Limits::default());
     let dir = tempfile::tempdir().unwrap();
-    let _ = source::unpack(data, dir.path());
+    let _ = source::unpack(data, dir.path(), &source::Limits::default());
 }
 
 /// A trigger file and a schedule file, as written through the API.
 pub fn trigger(data: &[u8]) {
     let _ = triggers::load(data);
     let _ = schedule::load(data, &["main"]);
+}
+
+/// A webhook trigger's request body (anyone who has the trigger's URL sends it): read as JSON,
+/// its values bound to substitutions by path, and a filter judged over them.
+pub fn webhook_trigger(data: &[u8]) {
+    use triggers::webhook;
+    let Ok(body) = webhook::read_body(data) else {
+        return;
+    };
+    let substitutions = [
+        ("_REF", "$(body.ref)"),
+        (
+            "_DEEP",
+            "$(body.a.b[0].c) and $(body[1])$(body.)$(body[x])$(body",
+        ),
+        ("_ALL", "$(body)"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let values = webhook::bind(&substitutions, &body);
+    let filter = webhook::Filter::compile(r#"_REF == "refs/heads/main" && _DEEP != "x""#).unwrap();
+    let _ = filter.admits(&values);
+}
+
+/// What a request to `builder serve` carries that the server reads before anything else: a
+/// `Host` header against the allowlist and a console session cookie against a key.
+pub fn access(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(list) = access::HostAllowlist::new(["builder.example.com:443"]) {
+        let _ = list.allows(&text);
+    }
+    let _ = access::HostAllowlist::new([text.as_ref()]);
+    let _ = access::SessionKey::derive(b"token").verify(&text, 1_000);
+}
+
+/// What GitHub is told of a build, from what a pusher and a build control: a payload's
+/// repository name on the first line, the build's failure on the second, its failed step's log
+/// lines after; every status's commit status and check run made (descriptions
+/// and outputs are cut by characters to GitHub's limits).
+pub fn github_report(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    let repo = github::Repo::parse(lines.next().unwrap_or_default()).unwrap_or(github::Repo {
+        owner: "o".into(),
+        name: "r".into(),
+    });
+    let failure = lines.next().map(str::to_string);
+    let step = github::FailedStep {
+        label: "step 0".into(),
+        lines: lines.map(str::to_string).collect(),
+    };
+    for status in builder::core::build::Status::ALL {
+        let report = github::Report {
+            repo: repo.clone(),
+            sha: "0".repeat(40),
+            build_id: "b".into(),
+            status,
+            context: github::context("t", "p"),
+            target_url: "https://ci/builds/b".into(),
+            failure: failure.clone(),
+            start_time: None,
+            finish_time: None,
+            failed_step: Some(step.clone()),
+        };
+        let _ = format!("{:?}", report.commit_status());
+        let _ = format!("{:?}", report.check_run(true));
+    }
+}
+
+/// A step's output as the engine frames it: the first byte picks the frame size, the next one the
+/// length of a secret taken from what follows; the rest is the output, assembled into masked
+/// lines (cut at 256 KiB, never inside the secret).
+pub fn logs(data: &[u8]) {
+    let [size, secret, rest @ ..] = data else {
+        return;
+    };
+    let (secret, output) = rest.split_at(usize::from(*secret).min(rest.len()));
+    let secret = String::from_utf8_lossy(secret);
+    let Ok(masker) = logs::Masker::new([secret.as_ref()]) else {
+        return;
+    };
+    let mut assembler = logs::LineAssembler::new(masker);
+    for frame in output.chunks(usize::from(*size).max(1)) {
+        let _ = assembler.push(frame);
+    }
+    let _ = assembler.finish();
 }

@@ -2,7 +2,8 @@
 # Installs and starts the engines builder needs on this machine, idempotently:
 # Debian's Docker engine, the CNCF registry on 127.0.0.1:5000, Chromium for the console's tests, Debian's
 # PostgreSQL (its `main` cluster, with a role `builder` the store's tests use), and a local busybox base image
-# and the standard builders (nothing can be pulled from the internet here).
+# and the standard builders (nothing can be pulled from the internet here), and a second engine
+# (scripts/second-engine.sh).
 # Usage: scripts/dev-env.sh            (as root; safe to run again)
 # Env:   BUILDER_DATA_DIR  where the registry keeps its storage (default ~/.local/share/builder)
 set -euo pipefail
@@ -26,7 +27,8 @@ install_packages() {
   command -v git >/dev/null || missing+=(git)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-  # The registry tests run a registry with htpasswd auth over TLS (scripts/auth-registry.sh).
+  # The registry tests run a registry with htpasswd auth over TLS (scripts/auth-registry.sh);
+  # tests/facing.rs serves HTTPS with a certificate openssl makes.
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v openssl >/dev/null || missing+=(openssl)
   # The console's tests drive Debian's Chromium headless through chromedriver (tests/console.rs).
@@ -128,4 +130,6 @@ start_registry
 start_postgres
 import_base_image
 "$(dirname "$0")/../builders/build.sh"
+# A second engine, for tests that run workers as if on two machines (tests/workers.rs).
+"$(dirname "$0")/second-engine.sh" >/dev/null
 log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, postgresql $(pg_lsclusters -h | awk '$2 == "main" { print $1 ":" $3 }' | tail -1), base image $base_image"

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/dev-env.sh
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"

@@ -430,6 +430,89 @@ fn usage_errors_exit_2() {
     }
 }
 
+/// A pull request held by comment control, then a non-writer's `/gcbrun` and a writer's, judged
+/// in order.
+#[test]
+fn triggers_test_explains_a_pull_request_and_its_comments_in_order() {
+    let trigger = b"name: prs\nfilename: cloudbuild.yaml\n\
+        github: {owner: bradrydzewski, name: drone-test-go, \
+        pullRequest: {branch: patch, commentControl: COMMENTS_ENABLED}}\n";
+    let comment = |login: &str, association: &str| {
+        serde_json::to_vec(&json!({
+            "action": "created",
+            "issue": {"number": 1, "pull_request": {"url": "https://api.github.com/x"}},
+            "comment": {"user": {"login": login}, "author_association": association,
+                        "body": "/gcbrun"},
+            "repository": {"owner": {"login": "bradrydzewski"}, "name": "drone-test-go",
+                           "full_name": "bradrydzewski/drone-test-go",
+                           "clone_url": "https://github.com/bradrydzewski/drone-test-go.git"}
+        }))
+        .unwrap()
+    };
+    let (stranger, owner) = (comment("drive-by", "NONE"), comment("brad", "OWNER"));
+    let dir = dir(&[
+        ("trigger.yaml", trigger.as_slice()),
+        ("stranger.json", stranger.as_slice()),
+        ("owner.json", owner.as_slice()),
+    ]);
+    let opened = std::fs::canonicalize("webhooks/github/pull_request/opened.json").unwrap();
+    let args = [
+        "triggers",
+        "test",
+        "--trigger",
+        "trigger.yaml",
+        "--event-type",
+        "pull_request",
+        "--event",
+        opened.to_str().unwrap(),
+        "--comment",
+        "stranger.json",
+        "--comment",
+        "owner.json",
+    ];
+    let (code, stdout, stderr) = run(dir.path(), &[&args[..], &["--format", "json"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["builds"], json!(false));
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("COMMENTS_ENABLED"),
+        "{report}"
+    );
+    let comments = report["comments"].as_array().unwrap();
+    assert_eq!(comments[0]["comment"], json!("stranger.json"));
+    assert_eq!(comments[0]["builds"], json!(false));
+    assert!(
+        comments[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write")
+    );
+    assert_eq!(comments[1]["builds"], json!(true));
+    assert_eq!(comments[1]["secrets"], json!(true));
+    assert_eq!(comments[1]["builtIns"]["_PR_NUMBER"], json!("1"));
+    assert_eq!(
+        comments[1]["builtIns"]["_BASE_BRANCH"],
+        json!("bradrydzewski-patch-1")
+    );
+    assert_eq!(comments[1]["builtIns"]["BRANCH_NAME"], json!("master"));
+
+    let (code, stdout, _) = run(dir.path(), &args);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("trigger \"prs\" does not build: commentControl is COMMENTS_ENABLED")
+    );
+    assert!(lines[1].starts_with(
+        "after comment stranger.json, trigger \"prs\" does not build: the /gcbrun comment is from drive-by (NONE)"
+    ));
+    assert_eq!(lines[2], "after comment owner.json, trigger \"prs\" builds");
+    assert!(lines.contains(&"  _PR_NUMBER=1"), "{stdout}");
+    assert_eq!(lines.last(), Some(&"  (it may read the trigger's secrets)"));
+}
+
 #[test]
 fn triggers_test_says_whether_a_real_delivery_builds_and_with_what() {
     let trigger = b"name: hello\nfilename: ci/cloudbuild.yaml\n\

@@ -163,3 +163,45 @@ fn validate(path: &Path, name: &str) -> Option<String> {
         .collect();
     (!errors.is_empty()).then_some(errors)
 }
+
+/// Every real `pull_request` and `issue_comment` delivery of the shared corpus
+/// (`corpus/github-webhooks/`) is read: a pull request's head, base and author, a comment's
+/// author and whether it is on a pull request. Events are told apart by their shape, as the
+/// files carry no `X-GitHub-Event`: a review or review comment also names its pull request.
+#[test]
+fn every_pull_request_and_comment_delivery_parses() {
+    use builder::core::webhooks::{self, Delivery};
+    let dir = shared_dir().join("corpus/github-webhooks");
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (set BUILDER_SHARED_DIR)", dir.display()));
+    let (mut pull_requests, mut comments) = (0, 0);
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let body = std::fs::read(&path).unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let has = |key: &str| payload.get(key).is_some_and(|v| !v.is_null());
+        let event = if has("pull_request") && !has("review") && !has("comment") {
+            "pull_request"
+        } else if has("issue") && has("comment") {
+            "issue_comment"
+        } else {
+            continue;
+        };
+        match webhooks::parse(event, &body) {
+            Ok(Delivery::PullRequest(event)) => {
+                pull_requests += 1;
+                let pull_request = &event.pull_request;
+                assert!(pull_request.number > 0, "{}", path.display());
+                assert_eq!(pull_request.head_sha.len(), 40, "{}", path.display());
+                assert!(!pull_request.base_branch.is_empty(), "{}", path.display());
+            }
+            Ok(Delivery::Comment(comment)) => {
+                comments += 1;
+                assert!(!comment.author.is_empty(), "{}", path.display());
+            }
+            other => panic!("{}: {other:?}", path.display()),
+        }
+    }
+    // The corpus as it is: 43 pull requests, 9 comments.
+    assert_eq!((pull_requests, comments), (43, 9));
+}

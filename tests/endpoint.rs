@@ -136,27 +136,40 @@ fn builds_never_see_each_others_containers_and_detached_ones_are_swept() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // On the engine, the name A gave is A's own (`builder-A.NAME`): B names it by its id.
     let start = Instant::now();
-    while !docker(&["inspect", &other]).status.success() {
+    let container = loop {
+        let found = docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("name=\\.{other}$"),
+        ]);
+        let found = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        if !found.is_empty() {
+            break found;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "A never ran {other}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     // Each command's output on lines of its own, `NAME: …`.
     let b_script = [
-        ("inspect", format!("docker inspect {other}")),
-        ("logs", format!("docker logs {other}")),
-        ("exec", format!("docker exec {other} true")),
-        ("rm", format!("docker rm -f {other}")),
+        ("inspect", format!("docker inspect {container}")),
+        ("named", format!("docker inspect {other}")),
+        ("logs", format!("docker logs {container}")),
+        ("exec", format!("docker exec {container} true")),
+        ("rm", format!("docker rm -f {container}")),
         (
             "connect",
-            format!("docker network connect cloudbuild {other}"),
+            format!("docker network connect cloudbuild {container}"),
         ),
         (
             "from",
-            format!("docker run --rm --volumes-from {other} builder/busybox true"),
+            format!("docker run --rm --volumes-from {container} builder/busybox true"),
         ),
     ]
     .iter()
@@ -178,17 +191,22 @@ fn builds_never_see_each_others_containers_and_detached_ones_are_swept() {
         "{b_out}"
     );
     assert!(
-        b_out.contains(&format!("inspect: Error: No such object: {other}")),
+        b_out.contains(&format!("inspect: Error: No such object: {container}")),
+        "{b_out}"
+    );
+    assert!(
+        b_out.contains(&format!("named: Error: No such object: {other}")),
         "{b_out}"
     );
     for name in ["logs", "exec", "connect", "from"] {
         let answered = b_out.lines().any(|l| {
-            l.contains(&format!("{name}: ")) && l.contains(&format!("No such container: {other}"))
+            l.contains(&format!("{name}: "))
+                && l.contains(&format!("No such container: {container}"))
         });
         assert!(answered, "{name} was not answered 404:\n{b_out}");
     }
     assert!(
-        docker(&["exec", &other, "touch", "/tmp/done"])
+        docker(&["exec", &container, "touch", "/tmp/done"])
             .status
             .success()
     );
@@ -198,9 +216,161 @@ fn builds_never_see_each_others_containers_and_detached_ones_are_swept() {
     let a_id = build_id(&a_out);
     assert_eq!(leftovers(&a_id), "");
     assert!(
-        !docker(&["inspect", &other]).status.success(),
+        !docker(&["inspect", &container]).status.success(),
         "{other} was left running"
     );
+}
+
+/// A build started by `submit`: its id as soon as it starts, and its whole stdout at its end.
+struct Started {
+    process: std::process::Child,
+    id: String,
+    output: std::thread::JoinHandle<String>,
+}
+
+fn start(data: &Path, source: &Path) -> Started {
+    use std::io::BufRead;
+    let mut process = submit_command(data, source)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = process.stdout.take().unwrap();
+    let (id_sender, id) = std::sync::mpsc::channel();
+    let output = std::thread::spawn(move || {
+        let mut output = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("starting build \"") {
+                let _ = id_sender.send(id.trim_end_matches('"').to_string());
+            }
+            output += &line;
+            output.push('\n');
+        }
+        output
+    });
+    let id = id.recv_timeout(Duration::from_secs(120)).unwrap();
+    Started {
+        process,
+        id,
+        output,
+    }
+}
+
+impl Started {
+    fn finish(mut self) -> String {
+        self.process.wait().unwrap();
+        self.output.join().unwrap()
+    }
+}
+
+/// Names are a build's own, as on Cloud Build, where each build has a VM: two builds at once
+/// each start a `db` on `cloudbuild`, and each reaches its own by that name.
+#[test]
+fn two_builds_at_once_each_run_their_own_db() {
+    let config = docker_steps(&[
+        "docker run -d --name db --network cloudbuild builder/busybox \
+         sh -c 'mkdir /www && echo served by the db of $BUILD_ID > /www/index.html && exec httpd -f -p 80 -h /www'",
+        // Waits until both builds' db run (the test then makes go-BUILD_ID, of this build).
+        "until docker inspect go-$BUILD_ID >/dev/null 2>&1; do sleep 0.2; done\n\
+         curl -s --retry 20 --retry-connrefused --retry-delay 1 http://db/\n\
+         docker inspect -f 'inspected {{.Name}}' db\n\
+         docker ps --filter name=^db$$ --format 'listed {{.Names}}'",
+    ]);
+    let data = TempDir::new().unwrap();
+    let src = source(&config, &[]);
+    let builds = [
+        start(data.path(), src.path()),
+        start(data.path(), src.path()),
+    ];
+    for build in &builds {
+        let label = format!("label=builder.build={}", build.id);
+        let start = Instant::now();
+        while docker(&["ps", "-q", "--filter", &label, "--filter", "name=\\.db$"])
+            .stdout
+            .is_empty()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "build {} never ran its db",
+                build.id
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for build in &builds {
+        let made = docker(&[
+            "create",
+            "--label",
+            &format!("builder.build={}", build.id),
+            "--name",
+            &format!("go-{}", build.id),
+            "builder/busybox",
+            "true",
+        ]);
+        assert!(made.status.success(), "{made:?}");
+    }
+    let ids: Vec<String> = builds.iter().map(|b| b.id.clone()).collect();
+    for (build, other) in builds.into_iter().zip(ids.iter().rev()) {
+        let id = build.id.clone();
+        let stdout = build.finish();
+        assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("Step #1: served by the db of {id}")),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(other.as_str()), "{stdout}");
+        assert!(stdout.contains("Step #1: inspected /db"), "{stdout}");
+        assert!(stdout.contains("Step #1: listed db"), "{stdout}");
+        assert_eq!(leftovers(&id), "", "build {id} left things behind");
+    }
+}
+
+/// A container is named by the name the build gave it in every request, and that name is free
+/// again once it is removed; builder's own containers stay out of reach.
+#[test]
+fn a_named_container_is_driven_and_removed_by_its_name() {
+    let (stdout, _) = run(
+        &docker_steps(&[
+            "docker run -d --name db builder/busybox sh -c 'echo db is up; exec sleep 600' >/dev/null\n\
+             until docker logs db 2>&1 | grep -q 'db is up'; do sleep 0.2; done\n\
+             docker logs db | sed 's/^/logs: /'\n\
+             docker exec db echo exec in db\n\
+             docker ps -a --filter name=^db$$ --format 'listed {{.Names}}'\n\
+             docker inspect -f 'inspected {{.Name}}' db\n\
+             docker kill db >/dev/null\n\
+             docker wait db | sed 's/^/waited: /'\n\
+             docker rm -f db | sed 's/^/removed: /'\n\
+             docker logs db 2>&1 | sed 's/^/gone: /'\n\
+             docker run --rm --name db builder/busybox echo db again\n\
+             docker inspect -f x builder-$BUILD_ID-seed 2>&1 | sed 's/^/seed: /'",
+        ]),
+        &[],
+    );
+    for line in [
+        "logs: db is up",
+        "exec in db",
+        "listed db",
+        "inspected /db",
+        "waited: 137",
+        "removed: db",
+        "gone: Error: No such container: db",
+        "db again",
+    ] {
+        assert!(
+            stdout.contains(&format!("Step #0: {line}")),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    // builder's own container of the build's volumes is not the steps' to touch.
+    assert!(
+        stdout.contains("Step #0: seed: Error: No such object: builder-"),
+        "{stdout}"
+    );
+    let engine_names = stdout
+        .lines()
+        .filter(|l| l.contains("builder-") && !l.contains("seed: "));
+    assert_eq!(engine_names.count(), 0, "{stdout}");
 }
 
 #[test]
@@ -322,6 +492,9 @@ fn dockerfiles_from_docker_hub_images_build_offline() {
         "printf 'FROM ubuntu:22.04\\nRUN echo built on ubuntu > /built\\n' > Dockerfile\n\
          docker build -q -t {one} . >/dev/null\n\
          docker run --rm {one} cat /built\n\
+         docker rmi ubuntu:22.04 >/dev/null\n\
+         docker build -q -t {one} . >/dev/null\n\
+         docker run --rm {one} cat /built\n\
          mkdir -p ci\n\
          printf 'ARG PY=3.11\\nFROM python:$${{PY}}-slim AS base\\nRUN python3 -c \"print(42)\" > /answer\\n\
          FROM base AS test\\nFROM builder/busybox\\nCOPY --from=base /answer /answer\\n' > ci/Dockerfile.multi\n\
@@ -332,7 +505,12 @@ fn dockerfiles_from_docker_hub_images_build_offline() {
     )]);
     let (stdout, _) = run(&config, &[]);
     untag(&[&one, &two]);
-    assert!(stdout.contains("Step #0: built on ubuntu"), "{stdout}");
+    // Twice: an image removed through the endpoint is resolved again.
+    assert_eq!(
+        stdout.matches("Step #0: built on ubuntu").count(),
+        2,
+        "{stdout}"
+    );
     assert!(stdout.contains("Step #0: 42"), "{stdout}");
     assert!(
         stdout.contains(&format!(

@@ -20,9 +20,8 @@ use builder::core::alias::Aliases;
 use builder::core::build::{Outcome, PushedImage, Status};
 use builder::core::plan::{Inputs, resolve};
 use builder::core::substitute::Values;
-use builder::pipeline::execute::{Event, Run, execute};
+use builder::pipeline::execute::{DEFAULT_LOG_LIMIT, Event, Received, Run, events, execute};
 use common::{REGISTRY, registry_digest};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +38,7 @@ struct Running {
     id: String,
     runtime: Arc<DockerBackend>,
     outcome: JoinHandle<Outcome>,
-    events: UnboundedReceiver<Event>,
+    events: Received,
     seen: Vec<Event>,
     cancel: CancellationToken,
 }
@@ -81,6 +80,7 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
         registries: Registries::new(&Settings::default()).expect("registry settings"),
         trusted: false,
         aliases: Aliases::load(None).expect("the shipped alias table"),
+        log_limit: DEFAULT_LOG_LIMIT,
     };
     adjust(&mut run);
     let runtime = Arc::new(
@@ -88,7 +88,7 @@ async fn start(test: &str, yaml: &str, adjust: impl FnOnce(&mut Run)) -> Running
             .await
             .expect("Docker engine (run scripts/dev-env.sh as root)"),
     );
-    let (sender, events) = unbounded_channel();
+    let (sender, events) = events();
     let cancel = CancellationToken::new();
     let outcome = tokio::spawn(execute(runtime.clone(), run, sender, cancel.clone()));
     Running {
@@ -150,10 +150,18 @@ impl Running {
 
     /// Waits for the outcome and all events, then checks that the build left nothing behind.
     async fn finish(mut self) -> (Outcome, Vec<Event>) {
-        let outcome = tokio::time::timeout(DEADLINE, &mut self.outcome)
-            .await
-            .expect("the build ends before the deadline")
-            .expect("execute does not panic");
+        // The events are read meanwhile: the executor waits for room for them.
+        let outcome = tokio::time::timeout(DEADLINE, async {
+            loop {
+                tokio::select! {
+                    outcome = &mut self.outcome => break outcome,
+                    Some(event) = self.events.recv() => self.seen.push(event),
+                }
+            }
+        })
+        .await
+        .expect("the build ends before the deadline")
+        .expect("execute does not panic");
         while let Some(event) = self.events.recv().await {
             self.seen.push(event);
         }

@@ -33,6 +33,11 @@ fn webhook() {
 }
 
 #[test]
+fn webhook_trigger() {
+    replay("webhook_trigger", targets::webhook_trigger);
+}
+
+#[test]
 fn gcloudignore() {
     replay("gcloudignore", targets::gcloudignore);
 }
@@ -45,4 +50,19 @@ fn archive() {
 #[test]
 fn trigger() {
     replay("trigger", targets::trigger);
+}
+
+#[test]
+fn access() {
+    replay("access", targets::access);
+}
+
+#[test]
+fn github_report() {
+    replay("github_report", targets::github_report);
+}
+
+#[test]
+fn logs() {
+    replay("logs", targets::logs);
 }

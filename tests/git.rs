@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 
-use builder::adapters::source::git::{ChangeRule, ChangedFiles, GitError, Mirror, Rewrites};
+use builder::adapters::source::git::{ChangeRule, ChangedFiles, GitError, Mirror, Rewrites, Watch};
 use common::git;
 use tempfile::TempDir;
 
@@ -80,7 +80,8 @@ impl Repo {
     }
 
     fn mirror(&self) -> Mirror {
-        Mirror::update(&self.cache(), URL, &self.rewrites()).expect("mirror updates")
+        Mirror::update(&self.cache(), URL, &self.rewrites(), &Watch::default())
+            .expect("mirror updates")
     }
 
     fn tracked_files(&self) -> Vec<String> {
@@ -239,7 +240,7 @@ fn concurrent_updates_of_one_mirror_both_succeed() {
             .map(|_| {
                 scope.spawn(|| {
                     start.wait();
-                    Mirror::update(&cache, &url, &Rewrites::default())
+                    Mirror::update(&cache, &url, &Rewrites::default(), &Watch::default())
                 })
             })
             .collect();

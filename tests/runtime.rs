@@ -559,6 +559,27 @@ async fn docker_backend_shares_its_workspace_and_reads_back() {
     conformance::a_build_shares_its_workspace_and_reads_back(&backend, &build_id("share")).await;
 }
 
+/// The build's network goes while its steps' outputs are read, off the teardown's path; the
+/// container that reads them is the one that filled the workspace.
+#[tokio::test]
+async fn docker_backend_removes_the_network_once_the_steps_are_over() {
+    use builder::adapters::runtime::Backend;
+    let backend = docker_backend().await;
+    let id = build_id("network");
+    let step = conformance::script("printf done > /builder/outputs/output");
+    let spec = conformance::build(&id, None, vec![step]);
+    backend.setup_build(&spec).await.expect("setup");
+    assert_eq!(conformance::run(&backend, &id, 0).await.code, 0);
+    let before = backend.leftovers(&id).await.expect("leftovers");
+    assert_eq!(before.networks.len(), 1, "{before:?}");
+    let outputs = backend.step_outputs(&id, 10).await.expect("outputs");
+    assert_eq!(outputs, [Some(b"done".to_vec())]);
+    let after = backend.leftovers(&id).await.expect("leftovers");
+    assert!(after.networks.is_empty(), "{after:?}");
+    assert_eq!(after.containers, [format!("builder-{id}-seed")]);
+    conformance::torn_down(&backend, &id).await;
+}
+
 #[tokio::test]
 async fn docker_backend_holds_a_step_created_ahead_until_its_start() {
     let backend = docker_backend().await;

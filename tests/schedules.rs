@@ -2,7 +2,7 @@
 //! real SqliteStore and a real git repository whose branch each run resolves: runs fire once at
 //! their local time across daylight-saving changes, policies decide against a still-queued or a
 //! still-running build, restarts and downtime neither repeat nor pile up runs, and two schedulers
-//! on one store start each run once.
+//! on one store (SQLite, and PostgreSQL as `serve` replicas share it) start each run once.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use builder::adapters::registry::{self, Registries};
 use builder::adapters::runtime::DockerBackend;
 use builder::adapters::source::git::Rewrites;
-use builder::adapters::store::{Builds as _, Queue as _, SqliteStore};
+use builder::adapters::store::{Builds as _, PostgresStore, Queue as _, SqliteStore, Store};
 use builder::core::alias::Aliases;
 use builder::core::build::{Outcome, Status};
 use builder::core::wire::Build;
+use builder::pipeline::execute::DEFAULT_LOG_LIMIT;
 use builder::pipeline::service::{
-    BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles,
+    BuildQuery, Clock, Failed, Schedules, Service, Settings, TriggerFiles, WorkerSettings,
 };
 use builder::pipeline::{Lease, Machine};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 use common::Repository;
+use common::postgres::on_a_fresh_database;
 
 /// A clock the test sets.
 struct TestClock(Mutex<DateTime<Utc>>);
@@ -84,11 +86,16 @@ impl Setup {
     }
 
     /// A service on this setup's files and store, as a fresh `builder serve` process would have
-    /// (a restart is a new one), running at most `max_builds` builds once its queue runs.
-    async fn service(&self, max_builds: usize) -> (Arc<Service>, SqliteStore) {
+    /// (a restart is a new one).
+    async fn service(&self) -> (Arc<Service>, SqliteStore) {
         let store = SqliteStore::open(&self.data.path().join("builds.db"))
             .await
             .unwrap();
+        (self.service_on(Arc::new(store.clone())).await, store)
+    }
+
+    /// A service on this setup's files and `store`.
+    async fn service_on(&self, store: Arc<dyn Store>) -> Arc<Service> {
         let (triggers, _) = TriggerFiles::load(self.triggers.path()).unwrap();
         let (schedules, _) = Schedules::load(self.schedules.path(), &triggers.all()).unwrap();
         let rewrite = format!(
@@ -103,21 +110,26 @@ impl Setup {
                 registries: Registries::new(&registry::Settings::default()).unwrap(),
                 secrets_dir: None,
                 trusted: false,
+                log_limit: DEFAULT_LOG_LIMIT,
             },
             webhook_secret: b"secret".to_vec(),
+            submit_secrets: Default::default(),
+            github: Default::default(),
             rewrites: Rewrites::new([rewrite.parse().unwrap()]),
-            max_concurrent_builds: max_builds,
+            fetch: Default::default(),
             kfp_registry: None,
+            reporting: None,
+            upload_limits: Default::default(),
         };
         let service = Service::new(
-            Arc::new(store.clone()),
+            store,
             Arc::new(DockerBackend::connect().await.unwrap()),
             triggers,
             schedules,
             self.clock.clone(),
             settings,
         );
-        (Arc::new(service), store)
+        Arc::new(service)
     }
 }
 
@@ -168,15 +180,16 @@ async fn skipped(service: &Service, schedule: &str) -> Vec<(String, String, u64,
     records
 }
 
-async fn finish(store: &SqliteStore, id: &str) {
+/// Ends a build `worker` holds, as its worker would.
+async fn finish(store: &SqliteStore, id: &str, worker: &Lease) {
     let outcome = Outcome::ended(Status::Success, Vec::new(), None);
-    store.finish_build(id, &outcome).await.unwrap();
+    store.finish_build(id, &outcome, worker).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_run_fires_once_at_its_time_and_its_build_carries_the_schedule() {
     let setup = Setup::new(QUICK, &[("hourly", "schedule: 0 * * * *\n")]);
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     let commit = setup.repository.git(&["-C", "work", "rev-parse", "HEAD"]);
 
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
@@ -228,7 +241,7 @@ async fn each_local_run_fires_once_across_both_daylight_saving_changes() {
             ("repeated-hour", &repeated_hour),
         ],
     );
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     // Every 10 minutes through the spring-forward (2024-03-10) and the fall-back (2024-11-03).
     for (start, days) in [("2024-03-09T04:00:00Z", 3), ("2024-11-02T04:00:00Z", 3)] {
         let mut at = utc(start);
@@ -270,7 +283,7 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
         QUICK,
         &[("forbid", "schedule: 0 * * * *\nconcurrencyPolicy: Forbid\n")],
     );
-    let (service, store) = setup.service(0).await;
+    let (service, store) = setup.service().await;
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     tick(&setup, &service, "2024-03-11T10:00:00Z").await;
     let first = builds(&service, "forbid").await[0].id.clone();
@@ -280,7 +293,7 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
         holder: "a worker".into(),
         duration: Duration::from_secs(30),
     };
-    let claimed = store.claim_queued(&worker).await.unwrap().unwrap();
+    let claimed = store.claim_queued(&worker, None).await.unwrap().unwrap();
     assert_eq!(claimed.id, first);
     tick(&setup, &service, "2024-03-11T12:00:00Z").await;
     assert_eq!(builds(&service, "forbid").await.len(), 1);
@@ -297,7 +310,7 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
         )]
     );
     // Once it has finished, the next run starts.
-    finish(&store, &first).await;
+    finish(&store, &first, &worker).await;
     tick(&setup, &service, "2024-03-11T13:00:00Z").await;
     assert_eq!(
         scheduled_times(&service, "forbid").await,
@@ -344,9 +357,16 @@ async fn replace_cancels_the_running_build_and_starts_the_new_run() {
             "schedule: 0 * * * *\nconcurrencyPolicy: Replace\n",
         )],
     );
-    let (service, _) = setup.service(1).await;
+    let (service, _) = setup.service().await;
     let shutdown = CancellationToken::new();
-    let queue = tokio::spawn(service.clone().run(shutdown.clone()));
+    let worker = WorkerSettings {
+        name: "test".into(),
+        pool: None,
+        max_concurrent_builds: 1,
+        lease: Duration::from_secs(30),
+        poll: builder::pipeline::service::TICK,
+    };
+    let queue = tokio::spawn(service.clone().run_worker(worker, shutdown.clone()));
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     tick(&setup, &service, "2024-03-11T10:00:00Z").await;
     let first = builds(&service, "replace").await[0].id.clone();
@@ -394,15 +414,15 @@ async fn replace_cancels_the_running_build_and_starts_the_new_run() {
 async fn a_restart_neither_repeats_nor_loses_a_run() {
     let setup = Setup::new(QUICK, &[("hourly", "schedule: 0 * * * *\n")]);
     {
-        let (service, _) = setup.service(0).await;
+        let (service, _) = setup.service().await;
         tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     }
     // Down over 10:00 for a few seconds: the new process starts the run.
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T10:00:04Z").await;
     drop(service);
     // Restarted again within the same hour: nothing starts twice.
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T10:00:09Z").await;
     tick(&setup, &service, "2024-03-11T10:40:00Z").await;
     tick(&setup, &service, "2024-03-11T11:00:00Z").await;
@@ -422,13 +442,13 @@ async fn downtime_within_the_starting_deadline_starts_the_latest_run_and_beyond_
             "schedule: 0 * * * *\nstartingDeadlineSeconds: 600\n",
         )],
     );
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     // Down until 13:05: 13:00 is 5 minutes late, within the deadline; 10:00 to 12:00 are skipped.
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T13:05:00Z").await;
     // Down until 16:20: 16:00 is 20 minutes late, past the deadline; nothing starts.
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T16:20:00Z").await;
     tick(&setup, &service, "2024-03-11T17:00:30Z").await;
     assert_eq!(
@@ -458,7 +478,7 @@ async fn downtime_within_the_starting_deadline_starts_the_latest_run_and_beyond_
 #[tokio::test]
 async fn a_machine_clock_that_jumps_starts_no_burst_of_runs() {
     let setup = Setup::new(QUICK, &[("minutely", "schedule: '* * * * *'\n")]);
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T09:30:30Z").await;
     tick(&setup, &service, "2024-03-11T09:31:00Z").await;
     // Three days ahead: one run, the 4000-odd minutes between recorded as skipped.
@@ -483,9 +503,29 @@ async fn a_machine_clock_that_jumps_starts_no_burst_of_runs() {
 #[tokio::test]
 async fn two_schedulers_on_one_store_start_each_run_once() {
     let setup = Setup::new(QUICK, &[("hourly", "schedule: 0 * * * *\n")]);
-    let (one, _) = setup.service(0).await;
-    let (two, _) = setup.service(0).await;
-    tick(&setup, &one, "2024-03-11T09:30:00Z").await;
+    let (one, _) = setup.service().await;
+    let (two, _) = setup.service().await;
+    each_run_starts_once(&setup, &one, &two).await;
+}
+
+/// The same on PostgreSQL, the store `serve` replicas share: two schedulers, each with its own
+/// connections, evaluating at the same moments, start each run once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_schedulers_on_postgres_start_each_run_once() {
+    on_a_fresh_database(|url| async move {
+        let setup = Setup::new(QUICK, &[("hourly", "schedule: 0 * * * *\n")]);
+        let store = || async { Arc::new(PostgresStore::open(&url).await.unwrap()) };
+        let one = setup.service_on(store().await).await;
+        let two = setup.service_on(store().await).await;
+        each_run_starts_once(&setup, &one, &two).await;
+    })
+    .await;
+}
+
+/// Two schedulers on one store evaluate an hourly schedule at the same moments, and after
+/// downtime: each run starts once, and the runs skipped meanwhile are recorded once.
+async fn each_run_starts_once(setup: &Setup, one: &Service, two: &Service) {
+    tick(setup, one, "2024-03-11T09:30:00Z").await;
     for hour in 10..16 {
         setup.set_time(&format!("2024-03-11T{hour}:00:01Z"));
         tokio::join!(one.evaluate_schedules(), two.evaluate_schedules());
@@ -493,10 +533,10 @@ async fn two_schedulers_on_one_store_start_each_run_once() {
     // Both after downtime: one run, one record of the skipped ones.
     setup.set_time("2024-03-11T19:00:02Z");
     tokio::join!(one.evaluate_schedules(), two.evaluate_schedules());
-    let times = scheduled_times(&one, "hourly").await;
+    let times = scheduled_times(one, "hourly").await;
     assert_eq!(times.len(), 7, "{times:?}");
     assert_eq!(times[6], "2024-03-11T19:00:00Z");
-    let records = skipped(&two, "hourly").await;
+    let records = skipped(two, "hourly").await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].2, 3);
 }
@@ -510,7 +550,7 @@ async fn paused_runs_are_skipped_and_recorded_and_run_now_starts_one_at_once() {
             ("off", "schedule: 0 * * * *\nsuspend: true\n"),
         ],
     );
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     service.pause_schedule("hourly", true).await.unwrap();
     for at in [
@@ -609,7 +649,7 @@ async fn a_run_whose_trigger_cannot_run_is_retried_then_skipped_with_the_error()
         "name: gone\nschedule: 0 * * * *\ntrigger: app\nbranch: gone\nstartingDeadlineSeconds: 120\n",
     )
     .unwrap();
-    let (service, _) = setup.service(0).await;
+    let (service, _) = setup.service().await;
     tick(&setup, &service, "2024-03-11T09:30:00Z").await;
     tick(&setup, &service, "2024-03-11T10:00:00Z").await;
     let view = serde_json::to_value(service.schedule("gone").await.unwrap()).unwrap();

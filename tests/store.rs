@@ -4,55 +4,24 @@
 //! drops it after. Then what only PostgreSQL is for: claimers on several connections at once.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 
+use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    DATABASE, Error, Lease, PostgresStore, Queue as _, QueuedBuild, SqliteStore, Store,
+    Change, DATABASE, Error, Lease, Logs as _, PostgresStore, Queue as _, QueuedBuild, SqliteStore,
+    Store,
 };
 use builder::core::build::Request;
-use futures_util::FutureExt as _;
-use sqlx::Connection as _;
 
+mod common;
 mod store_contract;
+
+use common::postgres::{migrated_by_a_newer_builder, on_a_fresh_database};
 
 async fn on_a_fresh_store<F: Future<Output = ()>>(check: impl FnOnce(&'static dyn Store) -> F) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join(DATABASE)).await.unwrap();
     // Leaked for the test's duration: the contract's functions borrow it across awaits.
     check(Box::leak(Box::new(store))).await;
-}
-
-/// The PostgreSQL server the tests use, as a URL to its `postgres` database.
-fn postgres_server() -> String {
-    std::env::var("BUILDER_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://builder:builder@127.0.0.1:5432/postgres".into())
-}
-
-/// A database of its own on the test server, dropped once `check` is done with its URL, whether
-/// it passed or panicked.
-async fn on_a_fresh_database<F: Future<Output = ()>>(check: impl FnOnce(String) -> F) {
-    let server = postgres_server();
-    let name = format!("builder_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("the test server {server} (scripts/dev-env.sh starts it): {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
-    let checked = AssertUnwindSafe(check(format!("{base}/{name}")))
-        .catch_unwind()
-        .await;
-    // FORCE ends the connections the store under test still holds.
-    let drop = format!("DROP DATABASE {name} WITH (FORCE)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    if let Err(panic) = checked {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 async fn on_a_fresh_postgres<F: Future<Output = ()>>(check: impl FnOnce(&'static dyn Store) -> F) {
@@ -90,10 +59,16 @@ on_both_stores!(
     a_build_is_recorded_as_it_runs,
     the_queue_hands_each_build_out_once_oldest_first,
     leases_hold_builds_until_they_run_out,
+    queued_builds_expire_past_their_ttl,
+    pools_hand_builds_to_their_own_workers,
     deliveries_queue_their_builds_once,
     replays_and_rejections_are_bounded,
+    the_latest_delivery_of_a_pull_request_is_kept,
     a_scheduled_run_is_claimed_once,
     a_schedule_keeps_its_skipped_runs_pause_and_error,
+    reports_follow_their_build_until_its_end_is_told,
+    retention_removes_what_is_old_and_finished_only,
+    an_upload_is_read_back_whole_in_chunks,
 );
 
 /// Claimers on connections of their own (as four machines would be) take 200 queued builds at
@@ -114,7 +89,11 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                     config: String::new(),
                     config_name: "cloudbuild.yaml".into(),
                     overrides: Default::default(),
+                    secrets: Default::default(),
                 },
+                pool: None,
+                queue_ttl: None,
+                report: false,
             })
             .collect();
         let queuer = PostgresStore::open(&url).await.unwrap();
@@ -128,7 +107,7 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                     duration: std::time::Duration::from_secs(30),
                 };
                 let mut claimed = Vec::new();
-                while let Some(build) = store.claim_queued(&lease).await.unwrap() {
+                while let Some(build) = store.claim_queued(&lease, None).await.unwrap() {
                     claimed.push(build.id);
                 }
                 claimed
@@ -141,6 +120,48 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
         claimed.sort();
         let queued: Vec<String> = builds.into_iter().map(|b| b.id).collect();
         assert_eq!(claimed, queued, "each build claimed once");
+    })
+    .await;
+}
+
+/// A listener on its own connection hears what another store sharing the database does, as it
+/// commits: a build queued (with its pool), then the build's moves and log lines; a lease's
+/// renewal tells nothing. SQLite tells nothing.
+#[tokio::test]
+async fn postgres_changes_are_told_to_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join(DATABASE)).await.unwrap();
+    assert!(sqlite.changes().await.unwrap().is_none());
+    on_a_fresh_database(|url| async move {
+        let (writer, listener) = (
+            PostgresStore::open(&url).await.unwrap(),
+            PostgresStore::open(&url).await.unwrap(),
+        );
+        let mut changes = listener.changes().await.unwrap().expect("PostgreSQL tells");
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(10), changes.next())
+                .await
+                .expect("a change within 10 s")
+                .unwrap()
+        };
+        let mut build = store_contract::queued("n-1", "t");
+        build.pool = Some("gpu".into());
+        writer.queue_builds(&[build]).await.unwrap();
+        assert_eq!(next().await, Change::Queued { pool: "gpu".into() });
+        assert_eq!(next().await, Change::Build { id: "n-1".into() });
+        let lease = store_contract::lease("w", 30);
+        writer
+            .claim_queued(&lease, Some("gpu"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next().await, Change::Build { id: "n-1".into() });
+        writer.renew_lease("n-1", &lease).await.unwrap();
+        writer
+            .append_logs("n-1", &[(0, LogStream::Stdout, "a line".into())], &lease)
+            .await
+            .unwrap();
+        assert_eq!(next().await, Change::Build { id: "n-1".into() });
     })
     .await;
 }
@@ -169,17 +190,7 @@ async fn postgres_unreachable_is_named_without_its_password() {
 #[tokio::test]
 async fn postgres_newer_schema_is_refused_naming_its_migration() {
     on_a_fresh_database(|url| async move {
-        drop(PostgresStore::open(&url).await.unwrap());
-        let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql(
-            "INSERT INTO _sqlx_migrations \
-             (version, description, success, checksum, execution_time) \
-             VALUES (9999, 'worker pools', TRUE, '\\x00', 0)",
-        )
-        .execute(&mut connection)
-        .await
-        .unwrap();
-        connection.close().await.unwrap();
+        migrated_by_a_newer_builder(&url, 9999, "worker pools").await;
         let error = PostgresStore::open(&url).await.err().expect("refused");
         assert!(
             matches!(&error, Error::NewerSchema { version: 9999, description } if description == "worker pools"),

@@ -209,7 +209,7 @@ fn a_build_held_elsewhere_is_closed_only_once_its_lease_runs_out() {
             .create_build(&id, &source, &plan, &elsewhere(30))
             .await
             .unwrap();
-        store.start_build(&id).await.unwrap();
+        store.start_build(&id, &elsewhere(30)).await.unwrap();
         store
     });
     let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
@@ -249,7 +249,7 @@ fn invalid_configs_and_missing_secrets_are_refused_before_anything_runs() {
     assert!(stderr.contains(":3:10: steps[0].args[0]: key in the template \"HOME\" is not a valid built-in substitution"), "{stderr}");
     let secret = "steps:\n- name: builder/busybox\n  secretEnv: [PW]\navailableSecrets:\n  secretManager:\n  - {versionName: projects/p/secrets/absent-pw/versions/1, env: PW}\n";
     let dir = source(secret, &[]);
-    let out = submit(data.path(), dir.path(), &[]);
+    let out = submit(data.path(), dir.path(), &["--secret", "absent-pw"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("set BUILDER_SECRET_ABSENT_PW"));
     // gcloud's rule: a config that names its own source takes no upload.
@@ -460,7 +460,12 @@ availableSecrets:
     let out = submit(
         data.path(),
         dir.path(),
-        &["--secrets-dir", secrets.path().to_str().unwrap()],
+        &[
+            "--secrets-dir",
+            secrets.path().to_str().unwrap(),
+            "--secret",
+            "value",
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -543,4 +548,143 @@ fn issue_22_a_killed_submits_log_is_readable_up_to_its_last_stored_line() {
     let quick = source("steps:\n- name: builder/busybox\n  args: ['true']\n", &[]);
     submit(data.path(), quick.path(), &[]);
     assert_eq!(leftovers(&id), "");
+}
+
+/// Runs `config` (secrets from `secrets`, a name and a value each) with `submit` and `extra`
+/// arguments; returns what it printed and the build's log as `builds log` reads it back, each
+/// a line a `Step #…` line, after checking that the build succeeded.
+fn logged(config: &str, secrets: &[(&str, &str)], extra: &[&str]) -> (Vec<String>, Vec<String>) {
+    let data = TempDir::new().unwrap();
+    let dir = source(config, &[]);
+    let values = TempDir::new().unwrap();
+    for (name, value) in secrets {
+        std::fs::write(values.path().join(name), value).unwrap();
+    }
+    let mut arguments = vec!["--secrets-dir", values.path().to_str().unwrap()];
+    for (name, _) in secrets {
+        arguments.extend(["--secret", name]);
+    }
+    arguments.extend(extra);
+    let out = submit(data.path(), dir.path(), &arguments);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps = |text: &str| -> Vec<String> {
+        (text.lines())
+            .filter(|l| l.starts_with("Step #"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let log = builder(data.path())
+        .args(["builds", "log", &build_id(&stdout)])
+        .output()
+        .unwrap();
+    (steps(&stdout), steps(&String::from_utf8_lossy(&log.stdout)))
+}
+
+/// Issue 22: a step's output is read from the engine once, as it is written. A burst that ends
+/// with the step's exit, on both streams, and a step that exits at once after a last line
+/// without a newline, are printed and logged whole, each line once and in order.
+#[test]
+fn issue_22_a_burst_at_the_exit_is_logged_whole_and_once() {
+    let config = r#"steps:
+- id: burst
+  name: builder/busybox
+  script: |
+    seq 1 100000
+    seq 1 1000 | sed 's/^/e/' >&2
+- id: at-once
+  name: builder/busybox
+  args: ['sh', '-c', 'printf last']
+"#;
+    let (printed, logged) = logged(config, &[], &[]);
+    assert!(
+        logged == printed,
+        "the stored log differs from the printed one"
+    );
+    let burst = "Step #0 - \"burst\": ";
+    let (stderr, stdout): (Vec<&str>, Vec<&str>) = (logged.iter())
+        .filter_map(|l| l.strip_prefix(burst))
+        .partition(|l| l.starts_with('e'));
+    let numbers: Vec<String> = (1..=100_000).map(|i| i.to_string()).collect();
+    assert!(stdout == numbers, "stdout is not whole, once and in order");
+    let errors: Vec<String> = (1..=1000).map(|i| format!("e{i}")).collect();
+    assert!(stderr == errors, "stderr is not whole, once and in order");
+    let at_once: Vec<&String> = (logged.iter())
+        .filter(|l| l.starts_with("Step #1"))
+        .collect();
+    assert_eq!(at_once, ["Step #1 - \"at-once\": last"]);
+}
+
+/// Issue 18: a build's log keeps its steps' output up to `--log-limit` bytes, then one line
+/// says where and why it was cut; the steps run on to their end, their output drained.
+#[test]
+fn issue_18_a_builds_log_stops_at_its_limit_and_its_steps_run_on() {
+    let config = r#"steps:
+- id: loud
+  name: builder/busybox
+  args: ['seq', '1', '100000']
+- id: after
+  name: builder/busybox
+  args: ['echo', 'past the limit']
+"#;
+    let (printed, logged) = logged(config, &[], &["--log-limit", "100000"]);
+    assert!(
+        logged == printed,
+        "the stored log differs from the printed one"
+    );
+    // What fits: lines of `seq` with their newlines, up to 100,000 bytes.
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for i in 1.. {
+        let line = i.to_string();
+        bytes += line.len() + 1;
+        if bytes > 100_000 {
+            break;
+        }
+        kept.push(format!("Step #0 - \"loud\": {line}"));
+    }
+    let (notice, lines) = logged.split_last().expect("a log");
+    assert!(lines == kept, "the log is not the output up to its limit");
+    assert!(
+        notice.starts_with("Step #0 - \"loud\": [builder] log truncated at 100000 bytes")
+            && notice.contains("--log-limit"),
+        "{notice}"
+    );
+}
+
+/// Issue 18: a secret printed across the cut of a line at 256 KiB is masked: the cut moves to
+/// just before it, so that it is whole in the next piece.
+#[test]
+fn issue_18_a_secret_across_a_line_cut_is_masked() {
+    let config = r#"steps:
+- id: long
+  name: builder/busybox
+  secretEnv: [SECRET_VALUE]
+  script: |
+    head -c 262140 /dev/zero | tr '\0' x
+    printf '%s and after\n' "$SECRET_VALUE"
+availableSecrets:
+  secretManager:
+  - versionName: projects/p/secrets/value/versions/latest
+    env: SECRET_VALUE
+"#;
+    let secret = "hunter22-across-the-cut";
+    let (printed, logged) = logged(config, &[("value", secret)], &[]);
+    assert!(
+        logged == printed,
+        "the stored log differs from the printed one"
+    );
+    let cut = " [builder: line cut at 256 KiB, it goes on in the next line]";
+    let prefix = "Step #0 - \"long\": ";
+    assert_eq!(logged.len(), 2);
+    assert!(
+        logged[0] == format!("{prefix}{}{cut}", "x".repeat(262_140)),
+        "the first piece ends before the secret"
+    );
+    assert_eq!(logged[1], format!("{prefix}[MASKED] and after"));
+    assert!(!logged.iter().any(|l| l.contains("hunter22")));
 }

@@ -7,6 +7,9 @@
 //!
 //! The directory is `--secrets-dir` or `BUILDER_SECRETS_DIR`. Values are used byte for byte, and
 //! must be UTF-8 text (they become environment variables).
+//!
+//! Which secrets a build may read is decided before (`core::plan::SecretScope`): this looks up
+//! only what a build was granted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +27,7 @@ pub fn resolve(
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for secret in secrets {
-        let (name, version) = name_and_version(&secret.version_name);
+        let (name, version) = secret.name_and_version();
         let variable = variable(name);
         let from_file = |path: &Path| {
             std::fs::read(path)
@@ -55,15 +58,6 @@ pub fn resolve(
         Ok(values)
     } else {
         Err(format!("secrets not usable: {}", missing.join("; ")))
-    }
-}
-
-/// `NAME` and `V` of `projects/P/secrets/NAME/versions/V`.
-fn name_and_version(version_name: &str) -> (&str, &str) {
-    let parts: Vec<&str> = version_name.split('/').collect();
-    match parts.as_slice() {
-        [_, _, _, name, _, version] => (name, version),
-        _ => (version_name, "latest"),
     }
 }
 

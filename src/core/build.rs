@@ -2,6 +2,7 @@
 //! Cloud Build names them, and the results it records (pushed images with digests, builder image
 //! digests).
 
+use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use crate::core::substitute::Values;
@@ -21,6 +22,15 @@ pub enum Request {
         commit: String,
         built_ins: Values,
         overrides: Values,
+        /// The secrets the build may read: its trigger's `secrets` when it was queued. A request
+        /// queued before builds had a scope has none: it may read no secret.
+        #[serde(default)]
+        secrets: BTreeSet<String>,
+        /// The build may read its trigger's secrets (and be trusted, if its trigger is): false
+        /// for a fork's pull request that no writer approved. Builds queued before this field
+        /// existed were all pushes, which may.
+        #[serde(default = "may")]
+        approved: bool,
     },
     /// `builder submit --server`: an uploaded source (or none) and the config's text.
     #[serde(rename_all = "camelCase")]
@@ -29,7 +39,14 @@ pub enum Request {
         config: String,
         config_name: String,
         overrides: Values,
+        /// The secrets the build may read: the server's `submitSecrets` when it was submitted.
+        #[serde(default)]
+        secrets: BTreeSet<String>,
     },
+}
+
+fn may() -> bool {
+    true
 }
 
 impl Request {

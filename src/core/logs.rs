@@ -26,71 +26,156 @@ pub enum LogStream {
     Stderr,
 }
 
-/// Joins byte frames into lines (without their `\n` or `\r\n`). Invalid UTF-8 is replaced; a
-/// line longer than [`MAX_LINE`] is cut into pieces, each but the last ending in [`CUT_MARK`].
+/// Joins byte frames into lines (without their `\n` or `\r\n`), masked. Invalid UTF-8 is
+/// replaced; a line longer than [`MAX_LINE`] is cut into pieces, each but the last ending in
+/// [`CUT_MARK`], and never inside a secret: each piece is masked on its own, so a cut moves to
+/// just before a secret that would straddle it.
 #[derive(Debug, Default)]
 pub struct LineAssembler {
     partial: Vec<u8>,
+    masker: Masker,
 }
 
 impl LineAssembler {
+    /// An assembler whose lines `masker` masks.
+    pub fn new(masker: Masker) -> Self {
+        LineAssembler {
+            partial: Vec::new(),
+            masker,
+        }
+    }
+
     /// The lines completed by `bytes`.
     pub fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
         while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
             let (head, rest) = bytes.split_at(newline);
             if self.partial.is_empty() {
-                complete(head, &mut lines);
+                self.complete(head, &mut lines);
             } else {
                 self.partial.extend_from_slice(head);
-                complete(&std::mem::take(&mut self.partial), &mut lines);
+                let partial = std::mem::take(&mut self.partial);
+                self.complete(&partial, &mut lines);
             }
             bytes = &rest[1..];
         }
         self.partial.extend_from_slice(bytes);
         // Only what goes past the limit is cut off: a line of exactly MAX_LINE bytes whose
-        // newline comes in the next frame stays whole.
+        // newline comes in the next frame stays whole. A cut waits until enough follows it to
+        // tell whether a secret straddles it.
+        let lookahead = self.masker.longest.saturating_sub(1);
         let mut start = 0;
-        while self.partial.len() - start > MAX_LINE {
-            let cut = start + cut_point(&self.partial[start..]);
-            lines.push(piece(&self.partial[start..cut]));
+        while self.partial.len() - start > MAX_LINE + lookahead {
+            let cut = start + self.cut_point(&self.partial[start..]);
+            lines.push(self.piece(&self.partial[start..cut]));
             start = cut;
         }
         self.partial.drain(..start);
         lines
     }
 
-    /// The last line when the output did not end with a newline (never longer than
-    /// [`MAX_LINE`]: `push` cuts what goes past it).
-    pub fn finish(self) -> Option<String> {
-        let bytes = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
-        (!self.partial.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
+    /// The last line when the output did not end with a newline, in pieces if it is too long.
+    pub fn finish(self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.partial.is_empty() {
+            self.complete(&self.partial, &mut lines);
+        }
+        lines
+    }
+
+    /// A whole line, cut into pieces if it is too long, masked.
+    fn complete(&self, mut bytes: &[u8], lines: &mut Vec<String>) {
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        while bytes.len() > MAX_LINE {
+            let cut = self.cut_point(bytes);
+            lines.push(self.piece(&bytes[..cut]));
+            bytes = &bytes[cut..];
+        }
+        lines.push(
+            self.masker
+                .mask(String::from_utf8_lossy(bytes).into_owned()),
+        );
+    }
+
+    /// Where to cut `bytes`, longer than [`MAX_LINE`]: at the limit, or just before it if a
+    /// UTF-8 character would be split there (the pieces stay readable), unless the bytes are not
+    /// text; and before a secret that would straddle the cut, unless the secret is longer than a
+    /// piece.
+    fn cut_point(&self, bytes: &[u8]) -> usize {
+        let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
+        let cut = (MAX_LINE - 3..=MAX_LINE)
+            .rev()
+            .find(|&i| !is_continuation(bytes[i]))
+            .unwrap_or(MAX_LINE);
+        match self.masker.straddling(bytes, cut) {
+            Some(secret) if secret > 0 => secret,
+            _ => cut,
+        }
+    }
+
+    fn piece(&self, bytes: &[u8]) -> String {
+        self.masker
+            .mask(String::from_utf8_lossy(bytes).into_owned())
+            + CUT_MARK
     }
 }
 
-/// A whole line, cut into pieces if it is too long.
-fn complete(mut bytes: &[u8], lines: &mut Vec<String>) {
-    bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    while bytes.len() > MAX_LINE {
-        let cut = cut_point(bytes);
-        lines.push(piece(&bytes[..cut]));
-        bytes = &bytes[cut..];
+/// How many bytes of output a build's log keeps unless told otherwise: 100 MiB, which real
+/// builds' logs stay far below, and which still bounds what one build can put in the store.
+pub const DEFAULT_LOG_LIMIT: u64 = 100 * 1024 * 1024;
+
+/// What a build's log keeps of its steps' lines: all of them until they would take it past its
+/// limit (counted as printed, each line with its newline); then one line that says so, and
+/// nothing after it.
+#[derive(Debug, Clone)]
+pub struct LogLimit {
+    limit: u64,
+    kept: u64,
+    reached: bool,
+}
+
+/// What becomes of one line under a [`LogLimit`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    Keep,
+    /// The line would go past the limit: in its place, this line says the log ends here.
+    Cut(String),
+    /// The limit was reached before.
+    Drop,
+}
+
+impl LogLimit {
+    pub fn new(limit: u64) -> Self {
+        LogLimit {
+            limit,
+            kept: 0,
+            reached: false,
+        }
     }
-    lines.push(String::from_utf8_lossy(bytes).into_owned());
-}
 
-/// Where to cut a line longer than [`MAX_LINE`]: at the limit, or just before it if a UTF-8
-/// character would be split there (the pieces stay readable), unless the bytes are not text.
-fn cut_point(bytes: &[u8]) -> usize {
-    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
-    (MAX_LINE - 3..=MAX_LINE)
-        .rev()
-        .find(|&i| !is_continuation(bytes[i]))
-        .unwrap_or(MAX_LINE)
-}
+    /// Whether the limit was reached: every further line is dropped.
+    pub fn reached(&self) -> bool {
+        self.reached
+    }
 
-fn piece(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned() + CUT_MARK
+    /// What becomes of `line`, counted in if it is kept.
+    pub fn admit(&mut self, line: &str) -> Admit {
+        if self.reached {
+            return Admit::Drop;
+        }
+        let cost = line.len() as u64 + 1;
+        if self.kept + cost <= self.limit {
+            self.kept += cost;
+            return Admit::Keep;
+        }
+        self.reached = true;
+        Admit::Cut(format!(
+            "[builder] log truncated at {} bytes: the build's log limit (`--log-limit`, \
+             `logLimit` in serve.yaml) was reached; the steps run on, but their further output \
+             is not kept",
+            self.limit
+        ))
+    }
 }
 
 /// Where `base64` (coreutils) wraps the lines it prints.
@@ -102,6 +187,8 @@ const MIN_WRAPPED_LEN: usize = 16;
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     matcher: Option<AhoCorasick>,
+    /// The length of the longest form masked, in bytes.
+    longest: usize,
 }
 
 impl Masker {
@@ -144,7 +231,22 @@ impl Masker {
             .map_err(|e| format!("cannot prepare secret masking: {e}"))?;
         Ok(Self {
             matcher: Some(matcher),
+            longest: patterns.iter().map(String::len).max().unwrap_or(0),
         })
+    }
+
+    /// Where a secret that straddles `cut` in `bytes` starts: one that begins before `cut` and
+    /// ends after it. `bytes` holds at least the longest secret's length after `cut`, when there
+    /// is that much.
+    fn straddling(&self, bytes: &[u8], cut: usize) -> Option<usize> {
+        let matcher = self.matcher.as_ref()?;
+        let from = cut.saturating_sub(self.longest);
+        let to = bytes.len().min(cut + self.longest);
+        matcher
+            .find_iter(&bytes[from..to])
+            .map(|found| (from + found.start(), from + found.end()))
+            .find(|&(start, end)| start < cut && cut < end)
+            .map(|(start, _)| start)
     }
 
     /// The line with every secret in it masked; the line itself when it holds none.
@@ -279,8 +381,8 @@ mod tests {
         assert_eq!(assembler.push(b"he"), Vec::<String>::new());
         assert_eq!(assembler.push(b"llo\r\nwor"), ["hello"]);
         assert_eq!(assembler.push(b"ld\n\nlast"), ["world", ""]);
-        assert_eq!(assembler.finish(), Some("last".to_string()));
-        assert_eq!(LineAssembler::default().finish(), None);
+        assert_eq!(assembler.finish(), ["last"]);
+        assert!(LineAssembler::default().finish().is_empty());
     }
 
     #[test]
@@ -302,7 +404,7 @@ mod tests {
         let mut long = LineAssembler::default();
         assert!(long.push(&vec![b'x'; MAX_LINE - 1]).is_empty());
         assert_eq!(cut(&long.push(b"yz")), [(MAX_LINE, true)]);
-        assert_eq!(long.finish().as_deref(), Some("z"));
+        assert_eq!(long.finish(), ["z"]);
         // A long line within one frame.
         let mut frame = vec![b'a'; 2 * MAX_LINE + 5];
         frame.extend_from_slice(b"\r\nnext\n");
@@ -322,13 +424,64 @@ mod tests {
     #[test]
     fn masks_secrets_split_across_frames() {
         let masker = Masker::new(["hunter22"]).unwrap();
-        let mut assembler = LineAssembler::default();
+        let mut assembler = LineAssembler::new(masker);
         let mut lines = assembler.push(b"one\npw=hun");
         lines.extend(assembler.push(b"ter22 two\nthree hunt"));
         lines.extend(assembler.push(b"er22"));
         lines.extend(assembler.finish());
-        let masked: Vec<String> = lines.into_iter().map(|l| masker.mask(l)).collect();
-        assert_eq!(masked, ["one", "pw=[MASKED] two", "three [MASKED]"]);
+        assert_eq!(lines, ["one", "pw=[MASKED] two", "three [MASKED]"]);
+    }
+
+    /// A secret that a cut at 256 KiB would split is moved whole into the next piece, whether
+    /// the line comes in one frame or in many, ends with a newline or not.
+    #[test]
+    fn cuts_never_split_a_secret() {
+        let secret = "hunter22-but-longer";
+        let masker = Masker::new([secret]).unwrap();
+        for before in [MAX_LINE - 5, MAX_LINE - secret.len() + 1, MAX_LINE - 1] {
+            let mut line = "x".repeat(before).into_bytes();
+            line.extend_from_slice(secret.as_bytes());
+            line.extend_from_slice(b" and after");
+            let masked = |frames: &mut dyn Iterator<Item = &[u8]>, newline: bool| {
+                let mut assembler = LineAssembler::new(masker.clone());
+                let mut lines: Vec<String> = frames.flat_map(|f| assembler.push(f)).collect();
+                if newline {
+                    lines.extend(assembler.push(b"\n"));
+                }
+                lines.extend(assembler.finish());
+                lines
+            };
+            for newline in [true, false] {
+                for frame in [line.len(), 16 * 1024, 7] {
+                    let lines = masked(&mut line.chunks(frame), newline);
+                    assert_eq!(lines.len(), 2, "{before} {frame}");
+                    assert_eq!(lines[0], format!("{}{CUT_MARK}", "x".repeat(before)));
+                    assert_eq!(lines[1], "[MASKED] and after");
+                }
+            }
+        }
+        // Without secrets, the cut stays at the limit.
+        let mut plain = LineAssembler::default();
+        let pieces = plain.push(&[b'y'; MAX_LINE + 1]);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(plain.finish(), ["y"]);
+    }
+
+    #[test]
+    fn a_log_keeps_lines_up_to_its_limit_then_says_where_it_was_cut() {
+        let mut limit = LogLimit::new(10);
+        assert_eq!(limit.admit("1234"), Admit::Keep);
+        assert_eq!(limit.admit("5678"), Admit::Keep);
+        assert!(!limit.reached());
+        let Admit::Cut(notice) = limit.admit("9") else {
+            panic!("not cut")
+        };
+        assert!(notice.contains("truncated at 10 bytes"), "{notice}");
+        assert!(notice.contains("--log-limit"), "{notice}");
+        assert!(limit.reached());
+        assert_eq!(limit.admit(""), Admit::Drop);
+        // Exactly at the limit, newline included: kept.
+        assert_eq!(LogLimit::new(5).admit("1234"), Admit::Keep);
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! of a build's outcome and the API's JSON. Values in, values out: no engine, no network, no process, and no file
 //! but the tables a module's row in ARCHITECTURE.md names.
 
+pub mod access;
 pub mod alias;
 pub mod build;
 pub mod config;
 pub mod diag;
 pub mod dockerfile;
+pub mod github;
 pub mod glob;
 pub mod image;
 pub mod kfp;
 pub mod logs;
 pub mod plan;
+pub mod retention;
 pub mod schedule;
 pub mod substitute;
 pub mod templates;

@@ -74,6 +74,10 @@ pub struct ResolvedBuild {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_ttl: Option<f64>,
     pub options: ResolvedOptions,
+    /// The pool of workers that runs the build: the last part of `options.pool.name`
+    /// (`projects/P/locations/L/workerPools/ID`, or a bare `ID`); `None` for the default pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretRef>,
     #[serde(skip_serializing_if = "Artifacts::is_empty")]
@@ -133,6 +137,96 @@ pub struct ResolvedOptions {
 pub struct SecretRef {
     pub env: String,
     pub version_name: String,
+}
+
+impl SecretRef {
+    /// `NAME` and `V` of its `projects/P/secrets/NAME/versions/V`. Planning refuses any other
+    /// form; one that got here anyway is its own NAME, at `latest`.
+    pub fn name_and_version(&self) -> (&str, &str) {
+        let parts: Vec<&str> = self.version_name.split('/').collect();
+        match parts.as_slice() {
+            [_, _, _, name, _, version] => (name, version),
+            _ => (&self.version_name, "latest"),
+        }
+    }
+}
+
+/// The Secret Manager secrets a build may read, by NAME (`projects/P/secrets/NAME/versions/V`,
+/// any project, any version), and what grants them. A build reads only what it was granted, so
+/// that whoever can push a config cannot name every secret on the machine (issue 17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretScope {
+    pub names: BTreeSet<String>,
+    pub grant: Grant,
+}
+
+/// What grants a build its secrets: the setting a refusal points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The `secrets` list of the trigger that queued the build (a push, a manual run, a
+    /// schedule).
+    Trigger(String),
+    /// `builder submit --secret NAME` on this machine.
+    Submit,
+    /// The server's `submitSecrets` setting, for builds submitted to it.
+    Server,
+}
+
+impl Grant {
+    /// How to grant secret `name`.
+    fn allowing(&self, name: &str) -> String {
+        match self {
+            Grant::Trigger(trigger) => {
+                format!("add {name} to `secrets` in trigger {trigger:?}")
+            }
+            Grant::Submit => format!("pass --secret {name} to builder submit"),
+            Grant::Server => format!(
+                "add {name} to the server's `submitSecrets` setting (builder serve \
+                 --submit-secret {name})"
+            ),
+        }
+    }
+}
+
+impl SecretScope {
+    /// A scope that grants nothing, with the setting that would.
+    pub fn none(grant: Grant) -> Self {
+        Self {
+            names: BTreeSet::new(),
+            grant,
+        }
+    }
+
+    /// An error at the `versionName` of each of a build's `secrets` (in the order of
+    /// `availableSecrets.secretManager`, as [`ResolvedBuild::secrets`]) that the scope does not
+    /// grant, naming the secret and the setting that grants it.
+    pub fn check(&self, secrets: &[SecretRef]) -> Diagnostics {
+        let mut diagnostics = Diagnostics::default();
+        let readable = if self.names.is_empty() {
+            "none".to_string()
+        } else {
+            self.names.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        for (i, secret) in secrets.iter().enumerate() {
+            let (name, _) = secret.name_and_version();
+            if !self.names.contains(name) {
+                let path = FieldPath::root()
+                    .key("availableSecrets")
+                    .key("secretManager")
+                    .index(i)
+                    .key("versionName");
+                diagnostics.error(
+                    &path,
+                    format!(
+                        "this build may not read secret {name:?} (it may read: {readable}); to \
+                         allow it, {}",
+                        self.grant.allowing(name)
+                    ),
+                );
+            }
+        }
+        diagnostics
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -407,7 +501,7 @@ impl<'a> Templates<'a> {
         }
         self.opt(root.key("logsBucket"), config.logs_bucket.as_ref());
         self.opt(root.key("serviceAccount"), config.service_account.as_ref());
-        self.opt(
+        let pool = self.opt(
             options.key("pool").key("name"),
             config.options.pool_name.as_ref(),
         );
@@ -446,6 +540,7 @@ impl<'a> Templates<'a> {
         Draft {
             templates,
             steps,
+            pool,
             global_env: self.list(&options.key("env"), &config.options.env),
             images: self.list(&root.key("images"), &config.images),
             artifact_images: self.list(&artifacts.key("images"), &config.artifacts.images),
@@ -518,6 +613,7 @@ struct Draft {
     objects_location: Option<String>,
     objects_paths: Vec<String>,
     secrets: Vec<SecretRef>,
+    pool: Option<String>,
 }
 
 struct DraftStep {
@@ -699,6 +795,7 @@ impl Draft {
                 .as_secs_f64(),
             queue_ttl: config.queue_ttl.map(|t| t.as_secs_f64()),
             options,
+            pool: self.pool.as_deref().and_then(pool_id).map(str::to_string),
             secrets: self.secrets,
             templates: self.templates,
             artifacts: Artifacts {
@@ -708,6 +805,13 @@ impl Draft {
             substitutions: values,
         }
     }
+}
+
+/// The pool a pool name means: its last `/`-separated part, so that Cloud Build's
+/// `projects/P/locations/L/workerPools/ID` and a worker's `--pool ID` name the same pool; `None`
+/// for an empty name (the default pool).
+pub fn pool_id(name: &str) -> Option<&str> {
+    name.rsplit('/').next().filter(|id| !id.is_empty())
 }
 
 /// A step's working directory: relative to `/workspace`, which it may not leave; absolute paths
@@ -764,8 +868,11 @@ fn dependencies(index: usize, wait_for: &[String], ids: &BTreeMap<&str, usize>) 
 mod tests {
     use super::*;
 
-    /// The rendered errors of resolving `yaml` as a manual build with these `--substitutions`.
-    fn errors(yaml: &str, overrides: &[(&str, &str)]) -> String {
+    /// `yaml` loaded, and resolved as a manual build with these `--substitutions`.
+    fn resolved(
+        yaml: &str,
+        overrides: &[(&str, &str)],
+    ) -> (Loaded, Result<ResolvedBuild, Diagnostics>) {
         let loaded = load(yaml.as_bytes()).expect("a config");
         assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
         let inputs = Inputs {
@@ -775,9 +882,37 @@ mod tests {
                 .collect(),
             ..Inputs::default()
         };
-        let mut diagnostics = resolve(&loaded.config, &inputs).expect_err("errors");
+        let build = resolve(&loaded.config, &inputs);
+        (loaded, build)
+    }
+
+    /// The rendered errors of resolving `yaml` as a manual build with these `--substitutions`.
+    fn errors(yaml: &str, overrides: &[(&str, &str)]) -> String {
+        let (loaded, build) = resolved(yaml, overrides);
+        let mut diagnostics = build.expect_err("errors");
         diagnostics.locate(&loaded.tree);
         diagnostics.render("c.yaml")
+    }
+
+    /// `options.pool.name` is substituted, and Cloud Build's full name and a bare id name the
+    /// same pool.
+    #[test]
+    fn a_builds_pool_is_the_last_part_of_its_substituted_name() {
+        let pool = |yaml: &str| {
+            let loaded = load(yaml.as_bytes()).expect("a config");
+            let inputs = Inputs {
+                overrides: [("_POOL".to_string(), "gpu".to_string())].into(),
+                ..Inputs::default()
+            };
+            resolve(&loaded.config, &inputs).expect("resolves").pool
+        };
+        let full = "steps: [{name: a}]\noptions: {pool: {name: projects/p/locations/l/workerPools/$_POOL}}\n";
+        assert_eq!(pool(full).as_deref(), Some("gpu"));
+        let bare = "steps: [{name: a}]\noptions: {pool: {name: $_POOL}}\n";
+        assert_eq!(pool(bare).as_deref(), Some("gpu"));
+        let options = "steps: [{name: a}]\noptions: {substitutionOption: ALLOW_LOOSE}\n";
+        assert_eq!(pool(options), None);
+        assert_eq!(pool_id("projects/p/locations/l/workerPools/"), None);
     }
 
     #[test]
@@ -821,6 +956,65 @@ mod tests {
             ),
             "c.yaml:2:28: substitutions._B: key \"_B\" in the substitution data is not matched \
              in the template (remove it, or set options.substitutionOption: ALLOW_LOOSE)\n"
+        );
+    }
+
+    /// The rendered refusals of `scope` for `yaml`'s secrets, resolved with `overrides`.
+    fn out_of_scope(yaml: &str, overrides: &[(&str, &str)], scope: &SecretScope) -> String {
+        let (loaded, build) = resolved(yaml, overrides);
+        let mut diagnostics = scope.check(&build.expect("a build").secrets);
+        diagnostics.locate(&loaded.tree);
+        diagnostics.render("c.yaml")
+    }
+
+    #[test]
+    fn a_build_reads_only_the_secrets_its_scope_names() {
+        let yaml = "steps: [{name: a, secretEnv: [A, B]}]\n\
+                    availableSecrets:\n  secretManager:\n\
+                    \x20 - {versionName: projects/p/secrets/db-pass/versions/2, env: A}\n\
+                    \x20 - {versionName: 'projects/p/secrets/$_OTHER/versions/latest', env: B}\n\
+                    substitutions: {_OTHER: token}\n";
+        let scope = |names: &[&str], grant: Grant| SecretScope {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            grant,
+        };
+        // Any project and version of a granted NAME.
+        let both = scope(&["db-pass", "token"], Grant::Submit);
+        assert_eq!(out_of_scope(yaml, &[], &both), "");
+        // The name is judged once substituted: an override cannot reach another secret.
+        assert_eq!(
+            out_of_scope(yaml, &[("_OTHER", "root-key")], &both),
+            "c.yaml:5:19: availableSecrets.secretManager[1].versionName: this build may not read \
+             secret \"root-key\" (it may read: db-pass, token); to allow it, pass --secret \
+             root-key to builder submit\n"
+        );
+        assert_eq!(
+            out_of_scope(
+                yaml,
+                &[],
+                &scope(&["token"], Grant::Trigger("release".into()))
+            ),
+            "c.yaml:4:19: availableSecrets.secretManager[0].versionName: this build may not read \
+             secret \"db-pass\" (it may read: token); to allow it, add db-pass to `secrets` in \
+             trigger \"release\"\n"
+        );
+        let refused = out_of_scope(yaml, &[], &SecretScope::none(Grant::Server));
+        assert_eq!(refused.lines().count(), 2, "{refused}");
+        assert!(
+            refused.contains(
+                "secret \"token\" (it may read: none); to allow it, add token to the server's \
+                 `submitSecrets` setting (builder serve --submit-secret token)"
+            ),
+            "{refused}"
+        );
+        // A build without secrets needs no grant.
+        assert_eq!(
+            out_of_scope(
+                "steps: [{name: a}]\n",
+                &[],
+                &SecretScope::none(Grant::Submit)
+            ),
+            ""
         );
     }
 

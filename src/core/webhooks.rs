@@ -1,5 +1,6 @@
 //! GitHub webhook deliveries: whether one really comes from GitHub (its `X-Hub-Signature-256`),
-//! and what it asks for (a ping, a push to a branch or tag, or an event that starts no build).
+//! and what it asks for (a ping, a push to a branch or tag, a pull request opened or updated, a
+//! comment on a pull request, or an event that starts no build).
 //! The server passes in the headers and the raw body; nothing here does I/O.
 //!
 //! The contract is verify, then parse: [`verify`] must accept a body before [`parse`] reads it,
@@ -8,8 +9,8 @@
 use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The header carrying GitHub's signature of the body.
@@ -70,6 +71,15 @@ impl Signature {
             .verify_slice(&self.0)
             .map_err(|_| SignatureError::Mismatch)
     }
+}
+
+/// Whether `given` is the secret `expected` (a webhook trigger's `secret` parameter), in a time
+/// that does not depend on where they differ: both are MACed under a key of their own and the
+/// MACs compared as GitHub signatures are.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    const KEY: &[u8] = b"builder webhook trigger secret";
+    let expected = mac(KEY, expected).finalize().into_bytes();
+    mac(KEY, given).verify_slice(&expected).is_ok()
 }
 
 /// The longest `X-GitHub-Delivery` or `X-GitHub-Event` value taken: GitHub's are a 36-character
@@ -146,8 +156,134 @@ pub enum Delivery {
     Push(Push),
     /// A push to a ref that is neither a branch nor a tag (`refs/notes/…`): nothing to build.
     PushToOtherRef { ref_name: String },
-    /// Any other event (`pull_request`, `create`, `issues`…): only pushes start builds.
+    /// Something happened to a pull request (`pull_request`): opened, pushed to, closed…
+    PullRequest(PullRequestEvent),
+    /// A comment on an issue or a pull request (`issue_comment`), read for `/gcbrun`.
+    Comment(Comment),
+    /// Something happened to a check run (`check_run`): a "Re-run" asks for it again.
+    CheckRun(CheckRunEvent),
+    /// Any other event (`create`, `issues`…): it starts no build.
     Ignored { event: String },
+}
+
+/// The `author_association` values of people who can write to the repository: their pull
+/// requests and their `/gcbrun` comments count as approved (Cloud Build's "owners and
+/// collaborators").
+const WRITERS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// Whether an `author_association` is one of a repository writer's.
+pub fn is_writer(author_association: &str) -> bool {
+    WRITERS.contains(&author_association)
+}
+
+/// The comment Cloud Build reads as a writer's approval to build a pull request.
+pub const GCBRUN: &str = "/gcbrun";
+
+/// A `pull_request` delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    /// `opened`, `synchronize`, `closed`…
+    pub action: String,
+    /// An `edited` delivery changed the base branch (its `changes.base`).
+    pub base_changed: bool,
+    /// The base repository, the one the pull request asks to merge into.
+    pub repository: Repository,
+    pub pull_request: PullRequest,
+}
+
+/// A pull request as its latest delivery describes it: what its builds and later `/gcbrun`
+/// comments need (a comment's delivery does not carry it, so the service keeps it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequest {
+    pub number: u64,
+    /// Its state is `open` (not closed or merged).
+    pub open: bool,
+    /// The login of who opened it.
+    pub author: String,
+    /// The author's relation to the base repository (`OWNER`, `CONTRIBUTOR`, `NONE`…).
+    pub author_association: String,
+    /// Its description (empty when it has none).
+    pub body: String,
+    pub head_branch: String,
+    pub head_sha: String,
+    /// `owner/name` of the repository the head branch is in; `None` once that fork is deleted.
+    pub head_repository: Option<String>,
+    /// The clone URL of that repository (empty once it is deleted).
+    pub head_repo_url: String,
+    pub base_branch: String,
+}
+
+impl PullRequest {
+    /// The head branch is in another repository than `base` (a fork), or in one since deleted.
+    pub fn is_fork(&self, base: &Repository) -> bool {
+        self.head_repository
+            .as_ref()
+            .is_none_or(|head| !head.eq_ignore_ascii_case(&base.full_name))
+    }
+
+    /// A repository writer opened it.
+    pub fn author_is_writer(&self) -> bool {
+        is_writer(&self.author_association)
+    }
+
+    /// Its author is a writer and its description asks for a build (`/gcbrun`).
+    pub fn approved_by_description(&self) -> bool {
+        self.author_is_writer() && self.body.contains(GCBRUN)
+    }
+
+    /// The ref GitHub keeps the head commit under in the base repository, forks' included.
+    pub fn head_ref(&self) -> String {
+        format!("refs/pull/{}/head", self.number)
+    }
+}
+
+/// An `issue_comment` delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    /// `created`, `edited` or `deleted`.
+    pub action: String,
+    pub repository: Repository,
+    /// The issue's or pull request's number.
+    pub number: u64,
+    /// The comment is on a pull request (GitHub's pull requests are issues too).
+    pub on_pull_request: bool,
+    pub author: String,
+    pub author_association: String,
+    pub body: String,
+}
+
+impl Comment {
+    /// The comment asks for a build: it contains `/gcbrun`.
+    pub fn asks_for_build(&self) -> bool {
+        self.body.contains(GCBRUN)
+    }
+
+    /// A repository writer wrote it.
+    pub fn by_writer(&self) -> bool {
+        is_writer(&self.author_association)
+    }
+}
+
+/// A `check_run` delivery (a GitHub App's): GitHub sends `rerequested` when someone with write
+/// access clicks "Re-run" on one of the app's check runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunEvent {
+    /// `created`, `completed`, `rerequested`, `requested_action`.
+    pub action: String,
+    pub repository: Repository,
+    /// The check run's id.
+    pub id: u64,
+    /// The id its app gave it when creating it: for builder's, the build's id.
+    pub external_id: Option<String>,
+    pub head_sha: String,
+}
+
+impl CheckRunEvent {
+    /// Someone asked for the check run to run again.
+    pub fn is_rerun(&self) -> bool {
+        self.action == "rerequested"
+    }
 }
 
 /// GitHub's first delivery to a new webhook. What it carries varies with the kind of hook (a
@@ -200,7 +336,7 @@ impl Push {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repository {
     /// The login of the user or organization that owns the repository.
     pub owner: String,
@@ -238,7 +374,7 @@ impl GitRef {
     }
 
     /// `refs/heads/NAME` or `refs/tags/NAME`; `None` for any other ref.
-    fn from_full_name(full_name: &str) -> Option<Self> {
+    pub fn from_full_name(full_name: &str) -> Option<Self> {
         if let Some(branch) = full_name.strip_prefix("refs/heads/") {
             Some(Self::Branch(branch.to_string()))
         } else {
@@ -285,16 +421,29 @@ impl std::error::Error for ParseError {}
 pub fn parse(event: &str, body: &[u8]) -> Result<Delivery, ParseError> {
     match event {
         "ping" => read(event, body).map(Delivery::Ping),
-        "push" => push(read(event, body)?).map_err(|detail| ParseError::Invalid {
-            event: event.to_string(),
-            detail,
-        }),
+        "push" => push(read(event, body)?).map_err(|detail| invalid(event, detail)),
+        "pull_request" => pull_request(read(event, body)?)
+            .map(Delivery::PullRequest)
+            .map_err(|detail| invalid(event, detail)),
+        "issue_comment" => comment(read(event, body)?)
+            .map(Delivery::Comment)
+            .map_err(|detail| invalid(event, detail)),
+        "check_run" => check_run(read(event, body)?)
+            .map(Delivery::CheckRun)
+            .map_err(|detail| invalid(event, detail)),
         _ => {
             read::<IgnoredAny>(event, body)?;
             Ok(Delivery::Ignored {
                 event: event.to_string(),
             })
         }
+    }
+}
+
+fn invalid(event: &str, detail: String) -> ParseError {
+    ParseError::Invalid {
+        event: event.to_string(),
+        detail,
     }
 }
 
@@ -339,6 +488,185 @@ struct OwnerPayload {
     name: Option<String>,
 }
 
+impl RepositoryPayload {
+    fn repository(self) -> Result<Repository, String> {
+        let owner = self
+            .owner
+            .login
+            .or(self.owner.name)
+            .ok_or("missing field `repository.owner.login`")?;
+        Ok(Repository {
+            owner,
+            name: self.name,
+            full_name: self.full_name,
+            clone_url: self.clone_url,
+        })
+    }
+}
+
+/// The fields of a `pull_request` payload that builder reads.
+#[derive(Deserialize)]
+struct PullRequestPayload {
+    action: String,
+    pull_request: PullRequestFields,
+    repository: RepositoryPayload,
+    #[serde(default)]
+    changes: Option<ChangesPayload>,
+}
+
+#[derive(Deserialize)]
+struct ChangesPayload {
+    base: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestFields {
+    number: u64,
+    state: String,
+    user: UserPayload,
+    /// Older payloads lack it: their author counts as no writer.
+    author_association: Option<String>,
+    body: Option<String>,
+    head: BranchPayload,
+    base: BranchPayload,
+}
+
+#[derive(Deserialize)]
+struct UserPayload {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct BranchPayload {
+    #[serde(rename = "ref")]
+    name: String,
+    sha: String,
+    /// `null` (or absent) once the fork it was in is deleted.
+    repo: Option<HeadRepositoryPayload>,
+}
+
+#[derive(Deserialize)]
+struct HeadRepositoryPayload {
+    full_name: String,
+    clone_url: String,
+}
+
+fn pull_request(payload: PullRequestPayload) -> Result<PullRequestEvent, String> {
+    let PullRequestFields {
+        number,
+        state,
+        user,
+        author_association,
+        body,
+        head,
+        base,
+    } = payload.pull_request;
+    for (field, sha) in [("head.sha", &head.sha), ("base.sha", &base.sha)] {
+        // The head commit is handed to git.
+        if !is_commit_sha(sha) {
+            return Err(format!(
+                "field `pull_request.{field}` is not a commit SHA (40 lowercase hex digits)"
+            ));
+        }
+    }
+    let (head_repository, head_repo_url) = match head.repo {
+        Some(repo) => (Some(repo.full_name), repo.clone_url),
+        None => (None, String::new()),
+    };
+    Ok(PullRequestEvent {
+        action: payload.action,
+        base_changed: payload
+            .changes
+            .is_some_and(|changes| changes.base.is_some()),
+        repository: payload.repository.repository()?,
+        pull_request: PullRequest {
+            number,
+            open: state == "open",
+            author: user.login,
+            author_association: author_association.unwrap_or_else(|| "NONE".into()),
+            body: body.unwrap_or_default(),
+            head_branch: head.name,
+            head_sha: head.sha,
+            head_repository,
+            head_repo_url,
+            base_branch: base.name,
+        },
+    })
+}
+
+/// The fields of an `issue_comment` payload that builder reads.
+#[derive(Deserialize)]
+struct CommentPayload {
+    action: String,
+    issue: IssuePayload,
+    comment: CommentFields,
+    repository: RepositoryPayload,
+}
+
+#[derive(Deserialize)]
+struct IssuePayload {
+    number: u64,
+    /// Present (with the pull request's URLs) when the issue is a pull request.
+    pull_request: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CommentFields {
+    user: UserPayload,
+    author_association: String,
+    body: String,
+}
+
+fn comment(payload: CommentPayload) -> Result<Comment, String> {
+    Ok(Comment {
+        action: payload.action,
+        repository: payload.repository.repository()?,
+        number: payload.issue.number,
+        on_pull_request: payload.issue.pull_request.is_some(),
+        author: payload.comment.user.login,
+        author_association: payload.comment.author_association,
+        body: payload.comment.body,
+    })
+}
+
+/// The fields of a `check_run` payload that builder reads.
+#[derive(Deserialize)]
+struct CheckRunPayload {
+    action: String,
+    check_run: CheckRunFields,
+    repository: RepositoryPayload,
+}
+
+#[derive(Deserialize)]
+struct CheckRunFields {
+    id: u64,
+    /// `null` for a check run created without one.
+    external_id: Option<String>,
+    head_sha: String,
+}
+
+fn check_run(payload: CheckRunPayload) -> Result<CheckRunEvent, String> {
+    let CheckRunFields {
+        id,
+        external_id,
+        head_sha,
+    } = payload.check_run;
+    // A re-run's commit is compared with the build's, never handed to git, but a check run is
+    // always of a commit: anything else is not GitHub's.
+    if !is_commit_sha(&head_sha) {
+        return Err(
+            "field `check_run.head_sha` is not a commit SHA (40 lowercase hex digits)".into(),
+        );
+    }
+    Ok(CheckRunEvent {
+        action: payload.action,
+        repository: payload.repository.repository()?,
+        id,
+        external_id: external_id.filter(|id| !id.is_empty()),
+        head_sha,
+    })
+}
+
 fn push(payload: PushPayload) -> Result<Delivery, String> {
     let head_commit_id = payload
         .head_commit
@@ -361,23 +689,8 @@ fn push(payload: PushPayload) -> Result<Delivery, String> {
             ref_name: payload.full_ref,
         });
     };
-    let RepositoryPayload {
-        owner,
-        name,
-        full_name,
-        clone_url,
-    } = payload.repository;
-    let owner = owner
-        .login
-        .or(owner.name)
-        .ok_or("missing field `repository.owner.login`")?;
     Ok(Delivery::Push(Push {
-        repository: Repository {
-            owner,
-            name,
-            full_name,
-            clone_url,
-        },
+        repository: payload.repository.repository()?,
         git_ref,
         before: payload.before,
         after: payload.after,
@@ -406,6 +719,8 @@ mod tests {
     const TAG_DELETED: &[u8] = include_bytes!("../../webhooks/github/push/tag-deleted.json");
     const PULL_REQUEST_OPENED: &[u8] =
         include_bytes!("../../webhooks/github/pull_request/opened.json");
+    const CHECK_RUN_RERUN: &[u8] =
+        include_bytes!("../../webhooks/github/check_run/rerequested.json");
     const CREATE_TAG: &[u8] = include_bytes!("../../webhooks/github/create/tag.json");
     const DELETE_BRANCH: &[u8] = include_bytes!("../../webhooks/github/delete/branch.json");
 
@@ -444,6 +759,14 @@ mod tests {
             verify(b"builder-webhook-secret", BRANCH_UPDATE, Some(signature)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_webhook_trigger_s_secret_is_the_same_or_not() {
+        assert!(same_secret(b"s3cr3t", b"s3cr3t"));
+        assert!(!same_secret(b"s3cr3", b"s3cr3t"));
+        assert!(!same_secret(b"", b"s3cr3t"));
+        assert!(!same_secret(b"S3CR3T", b"s3cr3t"));
     }
 
     #[test]
@@ -632,7 +955,6 @@ mod tests {
     #[test]
     fn ignores_other_events_but_requires_json() {
         for (event, body) in [
-            ("pull_request", PULL_REQUEST_OPENED),
             ("create", CREATE_TAG),
             ("delete", DELETE_BRANCH),
             ("issues", b"[]".as_slice()),
@@ -653,6 +975,108 @@ mod tests {
         assert!(
             form.to_string()
                 .ends_with("set the webhook's content type to application/json")
+        );
+    }
+
+    #[test]
+    fn reads_pull_requests_and_their_forks() {
+        let Ok(Delivery::PullRequest(event)) = parse("pull_request", PULL_REQUEST_OPENED) else {
+            panic!("a pull request");
+        };
+        assert_eq!(event.action, "opened");
+        assert!(!event.base_changed);
+        let pull_request = &event.pull_request;
+        assert_eq!(pull_request.number, 1);
+        assert_eq!(pull_request.head_branch, "master");
+        assert_eq!(pull_request.base_branch, "bradrydzewski-patch-1");
+        assert_eq!(pull_request.head_ref(), "refs/pull/1/head");
+        assert!(pull_request.open && pull_request.author_is_writer());
+        assert!(!pull_request.is_fork(&event.repository));
+
+        let forked = edited(PULL_REQUEST_OPENED, |p| {
+            p["action"] = json!("edited");
+            p["changes"] = json!({"base": {"ref": {"from": "main"}}});
+            p["pull_request"]["head"]["repo"] = Value::Null;
+            p["pull_request"]["body"] = Value::Null;
+            p["pull_request"]
+                .as_object_mut()
+                .unwrap()
+                .remove("author_association");
+        });
+        let Ok(Delivery::PullRequest(event)) = parse("pull_request", &forked) else {
+            panic!("a pull request");
+        };
+        assert!(event.base_changed);
+        assert!(event.pull_request.is_fork(&event.repository));
+        assert_eq!(event.pull_request.author_association, "NONE");
+        assert_eq!(event.pull_request.body, "");
+
+        let bad_sha = edited(PULL_REQUEST_OPENED, |p| {
+            p["pull_request"]["head"]["sha"] = json!("--upload-pack=x")
+        });
+        assert_eq!(
+            parse("pull_request", &bad_sha).unwrap_err().to_string(),
+            "pull_request payload: field `pull_request.head.sha` is not a commit SHA (40 \
+             lowercase hex digits)"
+        );
+    }
+
+    #[test]
+    fn reads_comments_and_whether_they_are_on_pull_requests() {
+        let issue = br#"{"action": "created", "issue": {"number": 4},
+            "comment": {"user": {"login": "x"}, "author_association": "NONE", "body": "/gcbrun"},
+            "repository": {"owner": {"login": "o"}, "name": "r", "full_name": "o/r",
+                           "clone_url": "https://github.com/o/r.git"}}"#;
+        let Ok(Delivery::Comment(comment)) = parse("issue_comment", issue) else {
+            panic!("a comment");
+        };
+        assert!(!comment.on_pull_request && comment.asks_for_build() && !comment.by_writer());
+        let on_pull_request = edited(issue, |p| {
+            p["issue"]["pull_request"] = json!({"url": "https://api.github.com/repos/o/r/pulls/4"});
+            p["comment"]["author_association"] = json!("COLLABORATOR");
+        });
+        let Ok(Delivery::Comment(comment)) = parse("issue_comment", &on_pull_request) else {
+            panic!("a comment");
+        };
+        assert!(comment.on_pull_request && comment.by_writer());
+        assert_eq!(
+            (comment.number, comment.repository.full_name.as_str()),
+            (4, "o/r")
+        );
+        assert!(matches!(
+            parse("issue_comment", b"{}"),
+            Err(ParseError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_a_check_run_s_re_run_with_the_id_its_app_gave_it() {
+        let Ok(Delivery::CheckRun(run)) = parse("check_run", CHECK_RUN_RERUN) else {
+            panic!("a check run");
+        };
+        // The example's app gave no external id: it names no build.
+        assert!(run.is_rerun());
+        assert_eq!(
+            (run.id, run.external_id.as_deref(), run.head_sha.as_str()),
+            (4, None, "d6fde92930d4715a2b49857d24b940956b26d2d3")
+        );
+        assert_eq!(run.repository.full_name, "github/hello-world");
+        let ours = edited(CHECK_RUN_RERUN, |p| {
+            p["check_run"]["external_id"] = json!("b-1");
+            p["action"] = json!("completed");
+        });
+        let Ok(Delivery::CheckRun(run)) = parse("check_run", &ours) else {
+            panic!("a check run");
+        };
+        assert_eq!(run.external_id.as_deref(), Some("b-1"));
+        assert!(!run.is_rerun());
+        let not_a_commit = edited(CHECK_RUN_RERUN, |p| {
+            p["check_run"]["head_sha"] = json!("--upload-pack=x");
+        });
+        assert_eq!(
+            parse("check_run", &not_a_commit).unwrap_err().to_string(),
+            "check_run payload: field `check_run.head_sha` is not a commit SHA (40 lowercase \
+             hex digits)"
         );
     }
 

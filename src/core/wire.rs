@@ -46,6 +46,33 @@ pub struct Build {
     /// the others): Cloud Build's `results.buildStepOutputs`.
     #[serde(default)]
     pub build_step_outputs: Vec<String>,
+    /// What GitHub was told of the build, for a build reported to it (shown with one build, not
+    /// in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubReport>,
+}
+
+/// What GitHub was told of a build: the status it last accepted, and the last attempt's failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GithubReport {
+    /// The build status GitHub last accepted (as a commit status: QUEUED and WORKING are
+    /// `pending`).
+    pub reported: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ReportFailure>,
+}
+
+/// A report that did not reach GitHub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportFailure {
+    /// The build status it was to report.
+    pub status: Status,
+    pub attempts: u32,
+    pub error: String,
+    /// Whether builder gave it up (after its retries, or at once when GitHub refused it).
+    pub lasting: bool,
 }
 
 /// A step of a build, with how it ran.

@@ -154,14 +154,21 @@ impl Client {
             .await
     }
 
-    pub async fn log(&self, id: &str) -> Result<Vec<LogLine>, ClientError> {
-        self.field(
-            Method::GET,
-            &format!("/v1/builds/{id}/log"),
-            Vec::new(),
-            "lines",
-        )
-        .await
+    /// A page of the build's log as stored now: the lines after line `after`, and the `after`
+    /// of the next page if there may be one.
+    pub async fn log_page(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> Result<(Vec<LogLine>, Option<i64>), ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            lines: Vec<LogLine>,
+            next: Option<i64>,
+        }
+        let path = format!("/v1/builds/{id}/log?after={after}");
+        let page: Page = self.call(Method::GET, &path, Vec::new()).await?;
+        Ok((page.lines, page.next))
     }
 
     pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {

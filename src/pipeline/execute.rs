@@ -10,13 +10,14 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -30,7 +31,9 @@ use crate::adapters::runtime::{
 use crate::core::alias::Aliases;
 use crate::core::build::{Outcome, PushedImage, Status, StepResult, rfc3339};
 use crate::core::image;
-use crate::core::logs::{LineAssembler, Masker};
+/// A build's log limit unless told otherwise (`Run::log_limit`).
+pub use crate::core::logs::DEFAULT_LOG_LIMIT;
+use crate::core::logs::{Admit, LineAssembler, LogLimit, Masker};
 use crate::core::plan::{BUILDER_OUTPUT, HOME, ResolvedBuild, ResolvedStep, WORKSPACE};
 use crate::core::templates::{self, Found, Provenance, PushedTemplate};
 
@@ -60,6 +63,8 @@ pub struct Run {
     pub trusted: bool,
     /// What the steps' own pulls, pushes and builds resolve image names with.
     pub aliases: Aliases,
+    /// How many bytes of its steps' output the build's log keeps (see [`LogLimit`]).
+    pub log_limit: u64,
 }
 
 /// What happens while a build runs, in order for each step.
@@ -94,7 +99,7 @@ pub enum Event {
 pub async fn execute(
     backend: Arc<dyn Backend>,
     run: Run,
-    events: UnboundedSender<Event>,
+    events: Events,
     cancel: CancellationToken,
 ) -> Outcome {
     let masker = match Masker::new(run.secrets.values().map(String::as_str)) {
@@ -106,6 +111,7 @@ pub async fn execute(
         build_id: run.build_id.clone(),
         events,
         masker,
+        log_limit: Arc::new(Mutex::new(LogLimit::new(run.log_limit))),
         registries: run.registries.clone(),
     });
     let spec = build_spec(&run);
@@ -124,7 +130,7 @@ pub async fn execute(
     if outcome.status == Status::Success {
         let push = async {
             if !run.build.images.is_empty() || !run.build.templates.is_empty() {
-                context.emit(Event::PushStarted);
+                context.emit(Event::PushStarted).await;
             }
             outcome.images = push_images(&context, &run.build).await?;
             outcome.templates = push_templates(&context, &run).await?;
@@ -210,15 +216,16 @@ fn build_spec(run: &Run) -> BuildSpec {
 struct StepContext {
     backend: Arc<dyn Backend>,
     build_id: String,
-    events: UnboundedSender<Event>,
+    events: Events,
     masker: Masker,
+    /// Shared by the steps: the limit is the build's.
+    log_limit: Arc<Mutex<LogLimit>>,
     registries: Registries,
 }
 
 impl StepContext {
-    fn emit(&self, event: Event) {
-        // A build runs to its end even when nobody listens any more.
-        let _ = self.events.send(event);
+    async fn emit(&self, event: Event) {
+        self.events.send(vec![event]).await;
     }
 }
 
@@ -310,7 +317,7 @@ async fn run_steps(
                 };
                 let slot = &mut results[i];
                 *slot = result;
-                context.emit(Event::StepFinished { step: i, result: slot.clone() });
+                context.emit(Event::StepFinished { step: i, result: slot.clone() }).await;
                 if !is_done(&build.steps[i], slot) && stopped.is_none() {
                     stopped = Some(Stop::StepFailed(i));
                     stop_steps.cancel();
@@ -407,7 +414,7 @@ async fn run_step(
         start_time: Some(SystemTime::now()),
         ..StepResult::queued()
     };
-    context.emit(Event::StepStarted { step: index });
+    context.emit(Event::StepStarted { step: index }).await;
     let mut output = None;
     let ended = tokio::select! {
         ended = start_and_wait(context, index, step, creation, &stop, &mut output) => ended,
@@ -436,11 +443,13 @@ async fn run_step(
     let ended = match ended {
         Ok((code, digest)) if code != 0 => match backend.missing_command(build, index).await {
             Some(why) => {
-                context.emit(Event::Line {
-                    step: index,
-                    stream: LogStream::Stderr,
-                    text: why,
-                });
+                context
+                    .emit(Event::Line {
+                        step: index,
+                        stream: LogStream::Stderr,
+                        text: why,
+                    })
+                    .await;
                 Ok((NOT_EXECUTABLE, digest))
             }
             None => Ok((code, digest)),
@@ -582,20 +591,24 @@ async fn start_and_wait(
         .as_ref()
         .filter(|_| created.name != step.name)
     {
-        context.emit(Event::Line {
-            step: index,
-            stream: LogStream::Stderr,
-            text: format!("[builder] warning: {warning}"),
-        });
+        context
+            .emit(Event::Line {
+                step: index,
+                stream: LogStream::Stderr,
+                text: format!("[builder] warning: {warning}"),
+            })
+            .await;
     }
     match backend.start_step(build, index).await {
         // As `docker run` makes it: the step's failure, exit code 127.
         Err(RuntimeError::NotExecutable { detail }) => {
-            context.emit(Event::Line {
-                step: index,
-                stream: LogStream::Stderr,
-                text: detail,
-            });
+            context
+                .emit(Event::Line {
+                    step: index,
+                    stream: LogStream::Stderr,
+                    text: detail,
+                })
+                .await;
             return Ok((NOT_EXECUTABLE, created.digest));
         }
         started => started.map_err(step_error)?,
@@ -648,8 +661,124 @@ async fn read_step_outputs(context: &StepContext, outcome: &mut Outcome) {
 /// The task forwarding a step's output, and how many pieces of output it has read.
 type Output = (JoinHandle<()>, Arc<AtomicUsize>);
 
+/// How many bytes of events may wait for their recorder: a step that prints faster than its lines
+/// are recorded is held up (the engine stops reading its output) rather than filling memory. In
+/// bytes, not events: 256 lines of 256 KiB are 64 MiB, 256 lines of `seq` 2 KiB. An event costs
+/// its text and its own size ([`cost`]), so a flood of empty lines is bounded too.
+pub const EVENTS_BYTES: usize = 1024 * 1024;
+
+/// The executor's side of its events' way to the recorder, bounded by [`EVENTS_BYTES`].
+#[derive(Clone)]
+pub struct Events {
+    sender: UnboundedSender<Event>,
+    /// The bytes events may still take: taken by the sender, given back once the recorder has
+    /// the events (no permit travels with an event).
+    room: Arc<Semaphore>,
+}
+
+/// The recorder's side: the events taken give their bytes back to the executor.
+pub struct Received {
+    receiver: UnboundedReceiver<Event>,
+    room: Arc<Semaphore>,
+    /// The bytes of the events taken not given back yet: given back by the eighth of the room,
+    /// and all before the recorder waits, so that a burst of short lines is not a semaphore
+    /// release (a lock) each.
+    owed: usize,
+}
+
+/// A channel for one build's events, bounded by [`EVENTS_BYTES`].
+pub fn events() -> (Events, Received) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(EVENTS_BYTES));
+    let events = Events {
+        sender,
+        room: room.clone(),
+    };
+    let received = Received {
+        receiver,
+        room,
+        owed: 0,
+    };
+    (events, received)
+}
+
+/// What an event takes of the room: its text and itself, at most all of it (a line longer than
+/// the room goes alone).
+fn cost(event: &Event) -> usize {
+    let text = match event {
+        Event::Line { text, .. } => text.len(),
+        _ => 0,
+    };
+    (text + std::mem::size_of::<Event>()).min(EVENTS_BYTES)
+}
+
+impl Events {
+    /// Sends `events` in order, each once there is room for it: as many at once as the room
+    /// takes, so that many short lines cost one wait. Stops quietly once the recorder is gone (a
+    /// build runs to its end even when nobody listens any more).
+    async fn send(&self, events: Vec<Event>) {
+        let mut events = events.into_iter();
+        loop {
+            let (mut count, mut bytes) = (0, 0);
+            for event in events.as_slice() {
+                let more = cost(event);
+                if count > 0 && bytes + more > EVENTS_BYTES {
+                    break;
+                }
+                (count, bytes) = (count + 1, bytes + more);
+            }
+            if count == 0 {
+                return;
+            }
+            // At most EVENTS_BYTES, which fits a u32.
+            let Ok(permit) = self.room.acquire_many(bytes as u32).await else {
+                return;
+            };
+            permit.forget();
+            for event in events.by_ref().take(count) {
+                if self.sender.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Received {
+    fn taken(&mut self, event: Event) -> Event {
+        self.owed += cost(&event);
+        if self.owed >= EVENTS_BYTES / 8 {
+            self.give_back();
+        }
+        event
+    }
+
+    fn give_back(&mut self) {
+        self.room.add_permits(std::mem::take(&mut self.owed));
+    }
+
+    /// The next event, waiting for it; `None` once the build's executor is done.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.give_back();
+        let event = self.receiver.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one waits.
+    pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
+        match self.receiver.try_recv() {
+            Ok(event) => Ok(self.taken(event)),
+            Err(e) => {
+                self.give_back();
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Streams a started step's output as masked lines, counting the pieces read in `progress`; the
-/// future ends with the output.
+/// future ends with the output. Once the build's log limit is reached, the output is still read
+/// to its end (the step is never held up by a full log) but no longer passed on.
 fn forward_output(
     context: &StepContext,
     step: usize,
@@ -658,39 +787,46 @@ fn forward_output(
     let mut chunks = context.backend.step_logs(&context.build_id, step);
     let events = context.events.clone();
     let masker = context.masker.clone();
+    let log_limit = context.log_limit.clone();
     async move {
         let mut assemblers: BTreeMap<LogStream, LineAssembler> = BTreeMap::new();
-        let send = |stream: LogStream, text: String| {
-            let _ = events.send(Event::Line {
-                step,
-                stream,
-                text: masker.mask(text),
-            });
+        let limit = || log_limit.lock().unwrap_or_else(PoisonError::into_inner);
+        // The lines the log keeps, as events.
+        let kept = |stream: LogStream, lines: Vec<String>| -> Vec<Event> {
+            let mut limit = limit();
+            let mut kept = Vec::with_capacity(lines.len());
+            for text in lines {
+                let (stream, text) = match limit.admit(&text) {
+                    Admit::Keep => (stream, text),
+                    Admit::Cut(notice) => (LogStream::Stderr, notice),
+                    Admit::Drop => break,
+                };
+                kept.push(Event::Line { step, stream, text });
+            }
+            kept
         };
+        let send = async |lines: Vec<Event>| events.send(lines).await;
         while let Some(chunk) = chunks.next().await {
             progress.fetch_add(1, Ordering::Relaxed);
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    send(
-                        LogStream::Stderr,
-                        format!("[builder] reading the step's output failed: {e}"),
-                    );
+                    let text = format!("[builder] reading the step's output failed: {e}");
+                    let stream = LogStream::Stderr;
+                    send(vec![Event::Line { step, stream, text }]).await;
                     break;
                 }
             };
-            for text in assemblers
-                .entry(chunk.stream)
-                .or_default()
-                .push(&chunk.bytes)
-            {
-                send(chunk.stream, text);
+            // Past the limit, the output is only drained.
+            if limit().reached() {
+                continue;
             }
+            let assembler = (assemblers.entry(chunk.stream))
+                .or_insert_with(|| LineAssembler::new(masker.clone()));
+            send(kept(chunk.stream, assembler.push(&chunk.bytes))).await;
         }
         for (stream, assembler) in assemblers {
-            if let Some(text) = assembler.finish() {
-                send(stream, text);
-            }
+            send(kept(stream, assembler.finish())).await;
         }
     }
 }
@@ -722,9 +858,11 @@ async fn push_images(
     let mut pushed = Vec::new();
     for image in &build.images {
         let target = build.push_to.get(image).unwrap_or(image);
-        context.emit(Event::Pushing {
-            image: target.clone(),
-        });
+        context
+            .emit(Event::Pushing {
+                image: target.clone(),
+            })
+            .await;
         let digest = push_image(context, image, target).await?;
         let pushed_to = (target != image).then(|| target.clone());
         // As on Cloud Build, a name without a tag is recorded both as written and as `:latest`.
@@ -735,7 +873,7 @@ async fn push_images(
                 digest: digest.clone(),
                 pushed_to: pushed_to.clone(),
             };
-            context.emit(Event::Pushed(image.clone()));
+            context.emit(Event::Pushed(image.clone())).await;
             pushed.push(image);
         }
     }
@@ -862,16 +1000,18 @@ async fn push_templates(context: &StepContext, run: &Run) -> Result<Vec<PushedTe
                 allow_version_overwrite: target.allow_version_overwrite,
                 provenance: &provenance,
             };
-            context.emit(Event::PushingTemplate {
-                file: file.file.clone(),
-                reference: format!("{}:{version}", target.repository),
-            });
+            context
+                .emit(Event::PushingTemplate {
+                    file: file.file.clone(),
+                    reference: format!("{}:{version}", target.repository),
+                })
+                .await;
             let template = context
                 .registries
                 .push_template(&upload)
                 .await
                 .map_err(failure)?;
-            context.emit(Event::PushedTemplate(template.clone()));
+            context.emit(Event::PushedTemplate(template.clone())).await;
             pushed.push(template);
         }
     }
@@ -900,3 +1040,67 @@ async fn workspace_files(context: &StepContext, run: &Run) -> Result<Vec<Vec<Fou
 
 #[cfg(test)]
 mod protocol;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(bytes: usize) -> Event {
+        Event::Line {
+            step: 0,
+            stream: LogStream::Stdout,
+            text: "x".repeat(bytes),
+        }
+    }
+
+    /// Events wait for their recorder by bytes, not by count: lines of 256 KiB hold the step up
+    /// once about a MiB of them waits, and each line taken makes room for the next.
+    #[tokio::test]
+    async fn events_waiting_are_bounded_by_bytes() {
+        let (events, mut received) = events();
+        let sending = tokio::spawn(async move {
+            events
+                .send((0..16).map(|_| line(256 * 1024)).collect())
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = received.receiver.len();
+        assert_eq!(
+            waiting,
+            EVENTS_BYTES / cost(&line(256 * 1024)),
+            "lines waiting"
+        );
+        assert!(!sending.is_finished());
+        for _ in 0..16 {
+            received.recv().await.expect("every line comes");
+        }
+        sending.await.unwrap();
+        // Short lines: many at once, bounded all the same.
+        let (events, received) = self::events();
+        let sending = tokio::spawn(async move {
+            events.send((0..100_000).map(|_| line(8)).collect()).await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = received.receiver.len();
+        assert_eq!(waiting, EVENTS_BYTES / cost(&line(8)), "lines waiting");
+        assert!(!sending.is_finished());
+    }
+
+    /// A line longer than the whole room still goes, alone.
+    #[tokio::test]
+    async fn a_line_longer_than_the_room_goes_alone() {
+        let (events, mut received) = events();
+        let sending = tokio::spawn(async move {
+            events
+                .send(vec![line(8), line(3 * EVENTS_BYTES), line(8)])
+                .await;
+        });
+        for expected in [8, 3 * EVENTS_BYTES, 8] {
+            match received.recv().await {
+                Some(Event::Line { text, .. }) => assert_eq!(text.len(), expected),
+                other => panic!("{other:?}"),
+            }
+        }
+        sending.await.unwrap();
+    }
+}

@@ -12,17 +12,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use crate::adapters::store::LogLine;
+use crate::adapters::store::{LogLine, page_take};
 use crate::core::build::Status;
 
 /// The memory a running build's ring keeps beyond its lines not stored yet: enough for a follower
 /// that is a few seconds behind a fast step, little beside the build's own memory.
 pub const RING_BYTES: usize = 4 * 1024 * 1024;
 
-/// What a line costs in the ring: its text and its place (a million short lines are mostly the
-/// latter).
+/// What a line costs in the ring: its text, its place, and the allocator's word and rounding of
+/// the text (a million short lines are mostly the latter two).
 fn cost(line: &LogLine) -> usize {
-    line.text.capacity() + std::mem::size_of::<LogLine>()
+    line.text.capacity().next_multiple_of(16) + 16 + std::mem::size_of::<LogLine>()
 }
 
 /// The running builds' live logs, by build id.
@@ -143,15 +143,16 @@ impl LiveLog {
         self.changed.subscribe()
     }
 
-    /// The lines after `after` (at most `limit`), the steps and whether the build ended, as one
-    /// consistent view.
+    /// The lines after `after` (a page of at most `limit`, as the store pages: [`page_take`]),
+    /// the steps and whether the build ended, as one consistent view.
     pub fn read(&self, after: i64, limit: usize) -> Snapshot {
         let ring = lock(&self.state);
         let first = ring.lines.front().map_or(ring.stored + 1, |line| line.seq);
         let lines = (after + 1 >= first).then(|| {
             let skip = usize::try_from(after + 1 - first)
                 .map_or(ring.lines.len(), |skip| skip.min(ring.lines.len()));
-            ring.lines.range(skip..).take(limit).cloned().collect()
+            let page = page_take(ring.lines.range(skip..).map(|l| l.text.as_str()), limit, 0);
+            ring.lines.range(skip..).take(page).cloned().collect()
         });
         Snapshot {
             lines,
@@ -215,16 +216,29 @@ mod tests {
         assert_eq!(log.read(5, 10).ended, Some((Status::Failure, None)));
     }
 
+    /// A follower's page from the ring is bounded by bytes as the store's pages are.
+    #[test]
+    fn a_page_of_long_lines_is_bounded_by_bytes() {
+        let log = LiveLogs::default().start("b", 1);
+        let long = "y".repeat(crate::adapters::store::PAGE_BYTES / 3 + 1);
+        log.push((1..=8).map(|seq| line(seq, &long)));
+        assert_eq!(seqs(&log.read(0, 5000)), Some(vec![1, 2, 3]));
+        assert_eq!(seqs(&log.read(3, 2)), Some(vec![4, 5]));
+        assert_eq!(seqs(&log.read(6, 5000)), Some(vec![7, 8]));
+    }
+
     #[test]
     fn only_stored_lines_leave_a_full_ring() {
         let log = LiveLogs::default().start("b", 1);
-        let big = "y".repeat(RING_BYTES / 2 - std::mem::size_of::<LogLine>());
+        let big = "y".repeat(RING_BYTES / 2 - std::mem::size_of::<LogLine>() - 32);
         log.push((1..=4).map(|seq| line(seq, &big)));
-        // Nothing stored yet: nothing leaves, however full.
-        assert_eq!(seqs(&log.read(0, 10)), Some(vec![1, 2, 3, 4]));
+        // Nothing stored yet: nothing leaves, however full (a page holds one such line).
+        assert_eq!(seqs(&log.read(0, 10)), Some(vec![1]));
+        assert_eq!(seqs(&log.read(3, 10)), Some(vec![4]));
         log.stored(3);
         // Down to the bound, the unstored line kept.
         assert_eq!(seqs(&log.read(0, 10)), None);
-        assert_eq!(seqs(&log.read(2, 10)), Some(vec![3, 4]));
+        assert_eq!(seqs(&log.read(2, 10)), Some(vec![3]));
+        assert_eq!(seqs(&log.read(3, 10)), Some(vec![4]));
     }
 }

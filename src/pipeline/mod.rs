@@ -25,12 +25,15 @@ use crate::core::alias::Aliases;
 use crate::core::config::BuildConfig;
 use crate::core::config::tree::Node;
 use crate::core::diag::{Diagnostics, FieldPath};
-use crate::core::plan::{self, Context, Inputs, ResolvedBuild};
+use crate::core::plan::{self, Context, Inputs, ResolvedBuild, SecretScope};
 use crate::core::substitute::Values;
 use crate::pipeline::execute::Run;
 
 pub use crate::adapters::store::Lease;
-pub use record::{Holder, Onlooker, RecoverError, held, record, recover, run};
+pub use record::{
+    HEARTBEAT, Holder, LEASE, Onlooker, RecoverError, check_name, default_name, held, holder_name,
+    record, recover, run, sweep_finished,
+};
 
 /// The directory under a data directory where the holders of running builds keep their locks.
 pub const HOLDERS: &str = "holders";
@@ -47,6 +50,8 @@ pub struct Machine {
     /// Every build here may reach the machine through the engine (`submit --trusted`, `serve
     /// --trusted`); otherwise only a trusted trigger's may.
     pub trusted: bool,
+    /// How many bytes of its steps' output a build's log keeps (`--log-limit`, `logLimit`).
+    pub log_limit: u64,
 }
 
 /// A checked config and what it resolves with.
@@ -65,6 +70,8 @@ pub struct Recipe {
     pub warnings: String,
     /// Whether its build may reach the machine through the engine (see `execute::Run`).
     pub trusted: bool,
+    /// The secrets its build may read.
+    pub secrets: SecretScope,
 }
 
 /// Why a build was refused before anything ran.
@@ -72,7 +79,8 @@ pub struct Recipe {
 pub enum Refused {
     /// The config's problems, rendered one per line with their locations.
     Invalid(String),
-    /// Secrets the config names that this machine does not have, or cannot decrypt.
+    /// Secrets the config names that this machine does not have, cannot decrypt, or that the
+    /// build may not read (outside its [`SecretScope`]).
     Secrets(String),
 }
 
@@ -100,6 +108,8 @@ pub struct Reading {
     pub uploads: bool,
     /// Whether the build may reach the machine through the engine (a trusted trigger's).
     pub trusted: bool,
+    /// The secrets the build may read.
+    pub secrets: SecretScope,
 }
 
 impl Recipe {
@@ -126,6 +136,7 @@ impl Recipe {
             overrides: reading.overrides,
             warnings: rendered,
             trusted: reading.trusted,
+            secrets: reading.secrets,
         })
     }
 }
@@ -143,7 +154,7 @@ fn check_source(config: &BuildConfig, uploads: bool) -> Diagnostics {
 }
 
 /// The build `recipe` resolves to as build `build_id` on `machine`: what is refused before a
-/// build is queued.
+/// build is queued, secrets outside the recipe's scope included.
 pub fn resolve(
     build_id: &str,
     recipe: &Recipe,
@@ -165,12 +176,21 @@ pub fn resolve(
         overrides: recipe.overrides.clone(),
         aliases: machine.aliases.clone(),
     };
-    plan::resolve(config, &inputs).map_err(|mut diagnostics| {
+    let located = |mut diagnostics: Diagnostics| {
         if let Some(tree) = &recipe.tree {
             diagnostics.locate(tree);
         }
-        Refused::Invalid(diagnostics.render(&recipe.file))
-    })
+        diagnostics.render(&recipe.file)
+    };
+    let build = plan::resolve(config, &inputs).map_err(|d| Refused::Invalid(located(d)))?;
+    // Judged on the substituted names: a substitution cannot reach another secret.
+    let out_of_scope = recipe.secrets.check(&build.secrets);
+    if out_of_scope.has_errors() {
+        return Err(Refused::Secrets(
+            located(out_of_scope).trim_end().to_string(),
+        ));
+    }
+    Ok(build)
 }
 
 /// The run `recipe` resolves to as build `build_id` on `machine` ([`resolve`]), with its secrets:
@@ -189,6 +209,7 @@ pub fn plan(build_id: &str, recipe: &Recipe, machine: &Machine) -> Result<Run, R
         registries: machine.registries.clone(),
         trusted: recipe.trusted || machine.trusted,
         aliases: machine.aliases.clone(),
+        log_limit: machine.log_limit,
     })
 }
 

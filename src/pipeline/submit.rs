@@ -1,13 +1,14 @@
 //! `builder submit`: what `gcloud builds submit` does, on this machine. The source directory is
 //! packed by the upload rules (`.gcloudignore`), unpacked into a fresh workspace the way a server
-//! receives an upload, the config is resolved as a manual build, and secrets are looked up
-//! locally. The result is a [`Run`] for the executor.
+//! receives an upload, the config is resolved as a manual build, and the secrets it was granted
+//! (`--secret NAME`) are looked up locally. The result is a [`Run`] for the executor.
 //!
 //! A workspace directory's process holds a lock on its `lock` file for as long as it uses it. The
 //! operating system releases the lock however the process ends, so a workspace whose lock can be
 //! taken was left by a process that died (SIGKILL runs no destructor); the next submit removes it.
 //! Process ids would not do: they are reused, and differ between PID namespaces.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::adapters::source::{self, ArchiveSummary};
-use crate::core::plan::Context;
+use crate::core::plan::{Context, Grant, SecretScope};
 use crate::core::substitute::Values;
 use crate::pipeline::execute::Run;
 use crate::pipeline::{self, Machine, Reading};
@@ -38,6 +39,8 @@ pub struct Request {
     pub substitutions: Values,
     pub timeout: Option<Duration>,
     pub machine: Machine,
+    /// The secrets the build may read (`--secret NAME`).
+    pub secrets: BTreeSet<String>,
 }
 
 /// A build ready to run. The workspace directory lives as long as this value.
@@ -153,6 +156,10 @@ fn recipe(request: &Request) -> Result<pipeline::Recipe, Refused> {
         uploads: request.source.is_some(),
         // `--trusted` is the machine's (`Machine::trusted`).
         trusted: false,
+        secrets: SecretScope {
+            names: request.secrets.clone(),
+            grant: Grant::Submit,
+        },
     };
     Ok(pipeline::Recipe::load(&bytes, reading)?)
 }
@@ -183,7 +190,12 @@ fn upload(dir: &Path, ignore_file: Option<&Path>) -> Result<(Workspace, ArchiveS
     let summary = source::pack(dir, &listing.files, &mut archive).map_err(failed)?;
     let workspace = Workspace::create(&std::env::temp_dir())
         .map_err(|e| Refused::Source(format!("cannot create a workspace: {e}")))?;
-    source::unpack(archive.as_slice(), &workspace.source()).map_err(failed)?;
+    // The archive was packed here, from the user's own files: no server limit applies.
+    let everything = source::Limits {
+        bytes: u64::MAX,
+        entries: u64::MAX,
+    };
+    source::unpack(archive.as_slice(), &workspace.source(), &everything).map_err(failed)?;
     Ok((workspace, summary))
 }
 

@@ -8,6 +8,8 @@ use assert_cmd::cargo::CommandCargoExt;
 use tempfile::TempDir;
 
 pub mod browser;
+pub mod github;
+pub mod postgres;
 pub mod server;
 
 /// The local registry `scripts/dev-env.sh` starts.
@@ -182,4 +184,28 @@ pub fn leftovers(id: &str) -> String {
         .join(" ")
         .trim()
         .to_string()
+}
+
+/// The docker CLI, talking to the engine at `host` (`None`: the default engine).
+pub fn docker_on(host: Option<&str>) -> Command {
+    let mut command = Command::new("docker");
+    match host {
+        Some(host) => command.args(["-H", host]),
+        None => command.env_remove("DOCKER_HOST"),
+    };
+    command
+}
+
+/// The second engine `scripts/second-engine.sh` starts (or finds running), as a `DOCKER_HOST`:
+/// its own data, containers, networks and bridge, as another machine's engine would be.
+pub fn second_engine() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/second-engine.sh");
+    let out = Command::new(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -118,20 +118,7 @@ impl Server {
 
     /// POSTs a delivery; returns the status code and the JSON answer.
     pub fn deliver(&self, event: &str, id: &str, body: &[u8], signature: &str) -> (u16, Value) {
-        let body_file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(body_file.path(), body).unwrap();
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
-            .args(["-H", "Content-Type: application/json"])
-            .args(["-H", &format!("X-GitHub-Event: {event}")])
-            .args(["-H", &format!("X-GitHub-Delivery: {id}")])
-            .args(["-H", &format!("X-Hub-Signature-256: {signature}")])
-            .arg("--data-binary")
-            .arg(format!("@{}", body_file.path().display()))
-            .arg(format!("{}/webhooks/github", self.url))
-            .output()
-            .unwrap();
-        status_and_answer(&out)
+        deliver_to(&self.url, event, id, body, signature)
     }
 
     /// POSTs `body` to `path` with `token`; returns the status code and the JSON answer.
@@ -157,13 +144,46 @@ impl Server {
         status_and_answer(&out)
     }
 
+    /// Runs `builder ARGS --server URL` with the API token; exit code and stdout (stderr
+    /// appended).
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::cargo_bin("builder")
+            .unwrap()
+            .env("BUILDER_API_TOKEN", TOKEN)
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap(), text)
+    }
+
     pub fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&self.get_text(path)).unwrap()
+    }
+
+    /// A page of the console, as text.
+    pub fn get_text(&self, path: &str) -> String {
         let out = Command::new("curl")
             .args(["-sf", &format!("{}{path}", self.url)])
             .output()
             .unwrap();
         assert!(out.status.success(), "GET {path}");
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The build's record once `done` holds for it.
+    pub fn build_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let build = self.get(&format!("/v1/builds/{id}"));
+            if done(&build) {
+                return build;
+            }
+            assert!(start.elapsed() < DEADLINE, "build {id}: {build}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The build once it has finished.
@@ -202,15 +222,45 @@ impl Server {
         }
     }
 
+    /// The build's log as stored, every page of it.
     pub fn log(&self, id: &str) -> Vec<String> {
-        let log = self.get(&format!("/v1/builds/{id}/log"));
-        log["lines"]
-            .as_array()
-            .unwrap()
+        self.log_lines(id)
             .iter()
-            .map(|l| l["text"].as_str().unwrap().to_string())
+            .map(|line| line["text"].as_str().unwrap().to_string())
             .collect()
     }
+
+    /// Every line of a build's log as the API gives them (`seq`, `step`, `stream`, `text`),
+    /// read a page at a time.
+    pub fn log_lines(&self, id: &str) -> Vec<Value> {
+        let mut lines = Vec::new();
+        let mut after = Some(0);
+        while let Some(from) = after {
+            let mut page = self.get(&format!("/v1/builds/{id}/log?after={from}"));
+            lines.append(page["lines"].as_array_mut().unwrap());
+            after = page["next"].as_i64();
+        }
+        lines
+    }
+}
+
+/// POSTs a delivery to the server at `url`; returns the status code (0: no answer) and the
+/// JSON answer.
+pub fn deliver_to(url: &str, event: &str, id: &str, body: &[u8], signature: &str) -> (u16, Value) {
+    let body_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body_file.path(), body).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", &format!("X-GitHub-Event: {event}")])
+        .args(["-H", &format!("X-GitHub-Delivery: {id}")])
+        .args(["-H", &format!("X-Hub-Signature-256: {signature}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.path().display()))
+        .arg(format!("{}/webhooks/github", url))
+        .output()
+        .unwrap();
+    status_and_answer(&out)
 }
 
 /// A test's server is stopped as an operator stops it (SIGTERM), so that it cancels its builds

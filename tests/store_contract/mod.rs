@@ -4,21 +4,23 @@
 //! PostgreSQL one several machines share) runs the same functions unchanged, from a test file of
 //! its own that includes this module and hands it its own fresh stores.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    BuildQuery, Lease, NewDelivery, QueuedBuild, REJECTED_KEPT, Recorded, Renewal, Store,
-    Unfinished,
+    BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
+    Recorded, Renewal, ReportFailure, ReportRecord, Store, UPLOAD_CHUNK_SIZE, Unfinished,
 };
 use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
+use builder::core::retention::{Pass, Removed};
 use builder::core::schedule::{Decision, Skipped};
 use builder::core::substitute::Values;
 use builder::core::triggers::TriggerResult;
+use builder::core::webhooks::PullRequest;
 use chrono::{DateTime, Utc};
 
-fn lease(holder: &str, seconds: u64) -> Lease {
+pub fn lease(holder: &str, seconds: u64) -> Lease {
     Lease {
         holder: holder.into(),
         duration: Duration::from_secs(seconds),
@@ -34,7 +36,7 @@ fn plan(steps: usize) -> ResolvedBuild {
     builder::core::plan::resolve(&loaded.config, &Default::default()).expect("a plan")
 }
 
-fn queued(id: &str, trigger: &str) -> QueuedBuild {
+pub fn queued(id: &str, trigger: &str) -> QueuedBuild {
     QueuedBuild {
         id: id.into(),
         trigger: Some(trigger.into()),
@@ -47,7 +49,12 @@ fn queued(id: &str, trigger: &str) -> QueuedBuild {
             config: format!("# the config of {id}"),
             config_name: "cloudbuild.yaml".into(),
             overrides: Values::new(),
+            // Kept with the build, so that whoever runs it grants the same.
+            secrets: ["db-pass".to_string()].into(),
         },
+        pool: None,
+        queue_ttl: None,
+        report: false,
     }
 }
 
@@ -78,7 +85,7 @@ pub async fn a_build_is_recorded_as_it_runs(store: &dyn Store) {
             .iter()
             .all(|s| s.result.status == Status::Queued)
     );
-    store.start_build("b-1").await.unwrap();
+    store.start_build("b-1", &submitter).await.unwrap();
     let build = store
         .get_build("b-")
         .await
@@ -93,7 +100,10 @@ pub async fn a_build_is_recorded_as_it_runs(store: &dyn Store) {
         status: Status::Working,
         ..StepResult::queued()
     };
-    store.update_step("b-1", 0, &working).await.unwrap();
+    store
+        .update_step("b-1", 0, &working, &submitter)
+        .await
+        .unwrap();
     let lines = |texts: &[&str]| -> Vec<(usize, LogStream, String)> {
         texts
             .iter()
@@ -101,10 +111,13 @@ pub async fn a_build_is_recorded_as_it_runs(store: &dyn Store) {
             .collect()
     };
     store
-        .append_logs("b-1", &lines(&["one", "two"]))
+        .append_logs("b-1", &lines(&["one", "two"]), &submitter)
         .await
         .unwrap();
-    store.append_logs("b-1", &lines(&["three"])).await.unwrap();
+    store
+        .append_logs("b-1", &lines(&["three"]), &submitter)
+        .await
+        .unwrap();
     let logged = store.logs("b-1", 0, None).await.unwrap();
     let numbered: Vec<(i64, &str)> = logged.iter().map(|l| (l.seq, l.text.as_str())).collect();
     assert_eq!(numbered, [(1, "one"), (2, "two"), (3, "three")]);
@@ -130,7 +143,10 @@ pub async fn a_build_is_recorded_as_it_runs(store: &dyn Store) {
             None,
         )
     };
-    store.finish_build("b-1", &outcome).await.unwrap();
+    store
+        .finish_build("b-1", &outcome, &submitter)
+        .await
+        .unwrap();
     let build = store.get_build("b-1").await.unwrap().expect("recorded");
     assert_eq!(build.status, Status::Success);
     assert!(build.finish_time.is_some());
@@ -171,7 +187,7 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
         .await
         .unwrap();
     let (a, b) = (lease("a", 30), lease("b", 30));
-    let first = store.claim_queued(&a).await.unwrap().expect("queued");
+    let first = store.claim_queued(&a, None).await.unwrap().expect("queued");
     assert_eq!(first.id, "q-1");
     assert_eq!(first.request.unwrap(), queued("q-1", "t").request);
     assert!(
@@ -179,7 +195,7 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
         "claimed already"
     );
     assert!(store.cancel_queued("q-2").await.unwrap());
-    assert!(store.claim_queued(&b).await.unwrap().is_none());
+    assert!(store.claim_queued(&b, None).await.unwrap().is_none());
     let build = store.get_build("q-2").await.unwrap().expect("recorded");
     assert_eq!(build.status, Status::Cancelled);
     let again = store
@@ -188,10 +204,167 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
         .unwrap()
         .expect("queued by the service");
     assert_eq!(again.trigger.as_deref(), Some("t"));
+    assert_eq!(again.request, queued("q-1", "t").request);
 
-    store.set_plan("q-1", &plan(3)).await.unwrap();
+    store.set_plan("q-1", &plan(3), &a).await.unwrap();
     let build = store.get_build("q-1").await.unwrap().expect("recorded");
     assert_eq!((build.status, build.steps.len()), (Status::Working, 3));
+}
+
+/// Pools: a claim takes only builds of its pool (the default pool's are `None`'s); a build its
+/// claimer gives back to the queue for another pool waits for that pool's workers, and only its
+/// holder may give it back.
+pub async fn pools_hand_builds_to_their_own_workers(store: &dyn Store) {
+    let in_pool = |id: &str, pool: Option<&str>| QueuedBuild {
+        pool: pool.map(str::to_string),
+        ..queued(id, "t")
+    };
+    store
+        .queue_builds(&[in_pool("p-1", Some("gpu")), in_pool("p-2", None)])
+        .await
+        .unwrap();
+    let (default, gpu) = (lease("default", 30), lease("gpu", 30));
+    assert_eq!(
+        store
+            .claim_queued(&default, None)
+            .await
+            .unwrap()
+            .expect("queued")
+            .id,
+        "p-2"
+    );
+    assert!(store.claim_queued(&default, None).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_queued(&gpu, Some("arm"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let again = store.queued_request("p-1").await.unwrap().expect("queued");
+    assert_eq!(again.pool.as_deref(), Some("gpu"));
+    assert_eq!(
+        store
+            .claim_queued(&gpu, Some("gpu"))
+            .await
+            .unwrap()
+            .expect("queued")
+            .id,
+        "p-1"
+    );
+
+    // p-2's config names the pool `arm`: given back, it waits for that pool's workers.
+    assert!(
+        !store.requeue("p-2", &gpu, Some("arm"), None).await.unwrap(),
+        "not its holder"
+    );
+    assert!(
+        store
+            .requeue("p-2", &default, Some("arm"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .requeue("p-2", &default, Some("arm"), None)
+            .await
+            .unwrap(),
+        "no longer held"
+    );
+    let build = store.get_build("p-2").await.unwrap().expect("recorded");
+    assert_eq!((build.status, build.start_time), (Status::Queued, None));
+    assert_eq!(
+        store.renew_lease("p-2", &default).await.unwrap(),
+        Renewal::Lost
+    );
+    assert!(store.claim_queued(&default, None).await.unwrap().is_none());
+    let arm = lease("arm", 30);
+    assert_eq!(
+        store
+            .claim_queued(&arm, Some("arm"))
+            .await
+            .unwrap()
+            .expect("queued")
+            .id,
+        "p-2"
+    );
+}
+
+/// Queue TTLs: a build still QUEUED past its TTL is expired, once, with the failure given, and
+/// is never claimed after; one within its TTL, or claimed in time, is not; a build
+/// given back to the queue for its pool gets its TTL counted from when it was first queued; a
+/// retry's request keeps the TTL.
+pub async fn queued_builds_expire_past_their_ttl(store: &dyn Store) {
+    let with_ttl = |id: &str, seconds: Option<u64>| QueuedBuild {
+        queue_ttl: seconds.map(Duration::from_secs),
+        ..queued(id, "t")
+    };
+    store
+        .queue_builds(&[
+            with_ttl("e-1", Some(60)),
+            with_ttl("e-2", None),
+            with_ttl("e-3", Some(3600)),
+            with_ttl("e-4", Some(60)),
+        ])
+        .await
+        .unwrap();
+    let retried = store.queued_request("e-1").await.unwrap().expect("queued");
+    assert_eq!(retried.queue_ttl, Some(Duration::from_secs(60)));
+    // e-1 is claimed in time (after a hand-back); e-2's config, read by its claimer, gives it
+    // 60 s for its pool; e-3 and e-4 wait.
+    let worker = &lease("w", 30);
+    let claim = |expected: &'static str| async move {
+        let claimed = store.claim_queued(worker, None).await.unwrap();
+        assert_eq!(claimed.expect("queued").id, expected);
+    };
+    claim("e-1").await;
+    let ttl = Some(Duration::from_secs(60));
+    assert!(store.requeue("e-1", worker, None, ttl).await.unwrap());
+    let now = SystemTime::now();
+    assert_eq!(
+        store.expire_queued(now, "too long").await.unwrap(),
+        Vec::<String>::new(),
+        "none is past its TTL yet"
+    );
+    claim("e-1").await;
+    claim("e-2").await;
+    let gpu = Some(Duration::from_secs(60));
+    assert!(
+        store
+            .requeue("e-2", worker, Some("gpu"), gpu)
+            .await
+            .unwrap()
+    );
+
+    let later = now + Duration::from_secs(61);
+    let mut expired = store.expire_queued(later, "too long").await.unwrap();
+    expired.sort();
+    assert_eq!(expired, ["e-2", "e-4"]);
+    assert!(
+        store
+            .expire_queued(later, "again")
+            .await
+            .unwrap()
+            .is_empty(),
+        "once"
+    );
+    for id in ["e-2", "e-4"] {
+        let build = store.get_build(id).await.unwrap().expect("recorded");
+        assert_eq!(build.status, Status::Expired);
+        assert_eq!(build.failure.as_deref(), Some("too long"));
+        assert!(build.finish_time.is_some());
+    }
+    assert!(
+        store
+            .claim_queued(&lease("gpu", 30), Some("gpu"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for (id, status) in [("e-1", Status::Working), ("e-3", Status::Queued)] {
+        let build = store.get_build(id).await.unwrap().expect("recorded");
+        assert_eq!(build.status, status, "{id}");
+    }
 }
 
 /// Leases: a claim is its holder's until it runs out; only the holder renews it; a cancel
@@ -200,7 +373,7 @@ pub async fn the_queue_hands_each_build_out_once_oldest_first(store: &dyn Store)
 pub async fn leases_hold_builds_until_they_run_out(store: &dyn Store) {
     store.queue_builds(&[queued("l-1", "t")]).await.unwrap();
     let (a, b) = (lease("a", 30), lease("b", 30));
-    store.claim_queued(&a).await.unwrap().expect("queued");
+    store.claim_queued(&a, None).await.unwrap().expect("queued");
     let held = |cancel_requested| Renewal::Held { cancel_requested };
     assert_eq!(store.renew_lease("l-1", &a).await.unwrap(), held(false));
     assert_eq!(store.renew_lease("l-1", &b).await.unwrap(), Renewal::Lost);
@@ -235,8 +408,32 @@ pub async fn leases_hold_builds_until_they_run_out(store: &dyn Store) {
         [unfinished("b", false)]
     );
 
+    // Taken over, the build is no longer written by its old holder: each write is refused
+    // whole, and the new holder's go through.
+    let not_held = |written: Result<(), Error>| match written {
+        Err(Error::NotHeld { build }) => assert_eq!(build, "l-1"),
+        other => panic!("a write without the lease: {other:?}"),
+    };
+    let line = [(0, LogStream::Stdout, "late".to_string())];
+    not_held(store.append_logs("l-1", &line, &a).await);
+    not_held(store.set_plan("l-1", &plan(1), &a).await);
+    store.set_plan("l-1", &plan(1), &b).await.unwrap();
+    not_held(store.update_step("l-1", 0, &StepResult::queued(), &a).await);
+    not_held(store.start_build("l-1", &a).await);
     let outcome = Outcome::ended(Status::InternalError, Vec::new(), None);
-    store.finish_build("l-1", &outcome).await.unwrap();
+    not_held(store.finish_build("l-1", &outcome, &a).await);
+    assert!(store.logs("l-1", 0, None).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get_build("l-1")
+            .await
+            .unwrap()
+            .expect("recorded")
+            .status,
+        Status::Working
+    );
+    store.finish_build("l-1", &outcome, &b).await.unwrap();
+    not_held(store.finish_build("l-1", &outcome, &b).await);
     assert_eq!(store.renew_lease("l-1", &b).await.unwrap(), Renewal::Lost);
     assert!(!store.request_cancel("l-1").await.unwrap());
     assert_eq!(store.unfinished_builds().await.unwrap(), []);
@@ -254,12 +451,16 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
         payload: payload.map(<[u8]>::to_vec),
         results: Vec::new(),
         builds,
+        pull_request: None,
     };
     let recorded = store
-        .record_deliveries(&[
-            delivery("d-1", vec![queued("d-1-build", "t")], None),
-            delivery("d-1", vec![queued("d-1-again", "t")], None),
-        ])
+        .record_deliveries(
+            &[
+                delivery("d-1", vec![queued("d-1-build", "t")], None),
+                delivery("d-1", vec![queued("d-1-again", "t")], None),
+            ],
+            0,
+        )
         .await
         .unwrap();
     assert_eq!(recorded, [Recorded::New, Recorded::Duplicate]);
@@ -267,7 +468,7 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
     assert!(store.get_build("d-1-again").await.unwrap().is_none());
 
     store
-        .record_deliveries(&[delivery("d-2", Vec::new(), Some(b"{}"))])
+        .record_deliveries(&[delivery("d-2", Vec::new(), Some(b"{}"))], 0)
         .await
         .unwrap();
     let pending = store.pending_deliveries().await.unwrap();
@@ -303,10 +504,65 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
     assert_eq!((d2.pending, d2.results.as_slice()), (false, &results[..]));
 }
 
+/// Pull requests: the one a new verified delivery describes is kept with it, replaced by the
+/// next delivery's, found by repository in any case; a redelivery or a forged delivery changes
+/// nothing.
+pub async fn the_latest_delivery_of_a_pull_request_is_kept(store: &dyn Store) {
+    let described = |head: char, open: bool| PullRequest {
+        number: 9,
+        open,
+        author: "someone".into(),
+        author_association: "CONTRIBUTOR".into(),
+        body: String::new(),
+        head_branch: "fix".into(),
+        head_sha: head.to_string().repeat(40),
+        head_repository: Some("someone/app".into()),
+        head_repo_url: "https://github.com/someone/app.git".into(),
+        base_branch: "main".into(),
+    };
+    let delivery = |id: &str, verified: bool, pull_request: PullRequest| NewDelivery {
+        id: id.into(),
+        event: "pull_request".into(),
+        verified,
+        digest: verified.then(|| format!("body of {id}")),
+        summary: String::new(),
+        payload: None,
+        results: Vec::new(),
+        builds: Vec::new(),
+        pull_request: Some(("Acme/App".into(), pull_request)),
+    };
+    assert_eq!(store.pull_request("acme/app", 9).await.unwrap(), None);
+    store
+        .record_deliveries(&[delivery("p-1", true, described('a', true))], 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pull_request("ACME/app", 9).await.unwrap(),
+        Some(described('a', true))
+    );
+    store
+        .record_deliveries(
+            &[
+                delivery("p-2", true, described('b', false)),
+                delivery("p-1", true, described('c', true)),
+                delivery("forged", false, described('d', true)),
+            ],
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pull_request("acme/app", 9).await.unwrap(),
+        Some(described('b', false))
+    );
+    assert_eq!(store.pull_request("acme/app", 10).await.unwrap(), None);
+    assert_eq!(store.pull_request("acme/other", 9).await.unwrap(), None);
+}
+
 /// Schedules: a schedule's state starts at its first run and is kept while its spec is; a run
 /// is claimed once, by compare-and-set on its time, with the build it starts.
 /// Deliveries from strangers: a signed body replayed under a new id queues nothing, and of
-/// rejected deliveries only the newest are kept, while all are counted.
+/// rejected deliveries only the newest are kept, while all are counted, those dropped unkept too.
 pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
     let delivery = |id: &str, verified: bool, builds: Vec<QueuedBuild>| NewDelivery {
         id: id.into(),
@@ -317,13 +573,14 @@ pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
         payload: None,
         results: Vec::new(),
         builds,
+        pull_request: None,
     };
     let first = store
-        .record_deliveries(&[delivery("r-1", true, vec![queued("r-1-build", "t")])])
+        .record_deliveries(&[delivery("r-1", true, vec![queued("r-1-build", "t")])], 0)
         .await
         .unwrap();
     let replay = store
-        .record_deliveries(&[delivery("r-2", true, vec![queued("r-2-build", "t")])])
+        .record_deliveries(&[delivery("r-2", true, vec![queued("r-2-build", "t")])], 0)
         .await
         .unwrap();
     assert_eq!(
@@ -336,7 +593,7 @@ pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
         .map(|i| delivery(&format!("forged-{i}"), false, Vec::new()))
         .collect();
     for batch in forged.chunks(300) {
-        store.record_deliveries(batch).await.unwrap();
+        store.record_deliveries(batch, 0).await.unwrap();
     }
     assert_eq!(
         store.rejected_deliveries().await.unwrap(),
@@ -352,6 +609,17 @@ pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
     assert_eq!(kept[0], format!("forged-{}", REJECTED_KEPT + 4));
     assert!(!kept.contains(&"forged-4"));
     assert!(listed.iter().any(|d| d.id == "r-1"));
+
+    // Rejections dropped unrecorded (the writer was behind) are counted, with a batch or alone.
+    store
+        .record_deliveries(&[delivery("forged-x", false, Vec::new())], 3)
+        .await
+        .unwrap();
+    assert_eq!(store.record_deliveries(&[], 2).await.unwrap(), []);
+    assert_eq!(
+        store.rejected_deliveries().await.unwrap(),
+        u64::from(REJECTED_KEPT + 5) + 1 + 3 + 2
+    );
 }
 
 pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
@@ -494,4 +762,259 @@ pub async fn a_schedule_keeps_its_skipped_runs_pause_and_error(store: &dyn Store
         .expect("synced");
     assert_eq!((state.paused, state.last_error), (false, None));
     assert!(store.schedule_state("other").await.unwrap().is_none());
+}
+
+/// Reports to GitHub: a build queued with `report` has one from its queueing; it is open while
+/// its status is not the one last reported and its retry time has come; a failure stays on
+/// record until a report is sent; a status given up is not open again, a new one is; the check
+/// run is kept; a final status reported closes it.
+pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store) {
+    let mut reported = queued("r-1", "t");
+    reported.report = true;
+    store
+        .queue_builds(&[reported, queued("r-2", "t")])
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let open = |status, reported, check_run, failing, attempts| OpenReport {
+        build_id: "r-1".into(),
+        status,
+        reported,
+        check_run,
+        failing,
+        attempts,
+    };
+    assert_eq!(
+        store.open_reports(now, 10).await.unwrap(),
+        [open(Status::Queued, None, None, None, 0)]
+    );
+    assert_eq!(store.report_of("r-2").await.unwrap(), None);
+    store
+        .report_sent("r-1", Status::Queued, Some(5))
+        .await
+        .unwrap();
+    assert_eq!(store.open_reports(now, 10).await.unwrap(), []);
+
+    let a = lease("a", 30);
+    let claimed = store.claim_queued(&a, None).await.unwrap();
+    assert_eq!(claimed.expect("queued").id, "r-1");
+    let working = open(Status::Working, Some(Status::Queued), Some(5), None, 0);
+    assert_eq!(store.open_reports(now, 10).await.unwrap(), [working]);
+
+    // A failure waits for its retry time, and is on record meanwhile.
+    let failure = ReportFailure {
+        status: Status::Working,
+        attempts: 1,
+        error: "GitHub answered 500".into(),
+        retry_at: Some(now + Duration::from_secs(60)),
+    };
+    store.report_failed("r-1", &failure).await.unwrap();
+    assert_eq!(store.open_reports(now, 10).await.unwrap(), []);
+    let later = now + Duration::from_secs(61);
+    assert_eq!(
+        store.open_reports(later, 10).await.unwrap(),
+        [open(
+            Status::Working,
+            Some(Status::Queued),
+            Some(5),
+            Some(Status::Working),
+            1
+        )]
+    );
+    assert_eq!(
+        store.report_of("r-1").await.unwrap(),
+        Some(ReportRecord {
+            reported: Some(Status::Queued),
+            failure: Some((Status::Working, 1, "GitHub answered 500".into(), false)),
+        })
+    );
+    // Given up: not open again for that status, open for the next.
+    let given_up = ReportFailure {
+        attempts: 2,
+        retry_at: None,
+        ..failure
+    };
+    store.report_failed("r-1", &given_up).await.unwrap();
+    assert_eq!(store.open_reports(later, 10).await.unwrap(), []);
+    let outcome = Outcome::ended(Status::Success, Vec::new(), None);
+    store.finish_build("r-1", &outcome, &a).await.unwrap();
+    assert_eq!(
+        store.open_reports(later, 10).await.unwrap(),
+        [open(
+            Status::Success,
+            Some(Status::Queued),
+            Some(5),
+            Some(Status::Working),
+            2
+        )]
+    );
+    store
+        .report_sent("r-1", Status::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.report_of("r-1").await.unwrap(),
+        Some(ReportRecord {
+            reported: Some(Status::Success),
+            failure: None,
+        })
+    );
+    assert_eq!(store.open_reports(later, 10).await.unwrap(), []);
+}
+
+/// Retention: finished builds older than the cut-off go with their steps, logs and reports, a
+/// batch at a time; queued and running builds stay however old; deliveries older than the
+/// cut-off go but pending ones; what the kept builds refer to is told; the newest passes are
+/// kept.
+pub async fn retention_removes_what_is_old_and_finished_only(store: &dyn Store) {
+    let a = lease("a", 30);
+    let mut old: Vec<QueuedBuild> = ["a-old-1", "a-old-2"].map(|id| queued(id, "t")).into();
+    for build in &mut old {
+        build.report = true;
+        build.source =
+            serde_json::json!({"kind": "upload", "upload": format!("{}-upload", build.id)});
+    }
+    store.queue_builds(&old).await.unwrap();
+    for build in &old {
+        let claimed = store.claim_queued(&a, None).await.unwrap().expect("queued");
+        assert_eq!(claimed.id, build.id);
+        let line = vec![(0, LogStream::Stdout, "a line".to_string())];
+        store.append_logs(&build.id, &line, &a).await.unwrap();
+        let outcome = Outcome::ended(Status::Success, Vec::new(), None);
+        store.finish_build(&build.id, &outcome, &a).await.unwrap();
+    }
+    let mut running = queued("b-running", "t");
+    running.source =
+        serde_json::json!({"kind": "github", "cloneUrl": "https://github.com/acme/app.git"});
+    let mut waiting = queued("c-queued", "t");
+    waiting.source = serde_json::json!({"kind": "upload", "upload": "c-upload"});
+    store.queue_builds(&[running, waiting]).await.unwrap();
+    let claimed = store.claim_queued(&a, None).await.unwrap().expect("queued");
+    assert_eq!(claimed.id, "b-running");
+
+    let references = store.references().await.unwrap();
+    assert_eq!(
+        references.unfinished,
+        ["b-running".to_string(), "c-queued".to_string()].into()
+    );
+    assert_eq!(
+        references.clone_urls,
+        ["https://github.com/acme/app.git".to_string()].into()
+    );
+
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(store.remove_builds(an_hour_ago, 10).await.unwrap(), 0);
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(store.remove_builds(later, 1).await.unwrap(), 1);
+    assert_eq!(store.remove_builds(later, 10).await.unwrap(), 1);
+    assert_eq!(store.remove_builds(later, 10).await.unwrap(), 0);
+    for id in ["a-old-1", "a-old-2"] {
+        assert!(store.get_build(id).await.unwrap().is_none(), "{id}");
+        assert!(store.logs(id, 0, None).await.unwrap().is_empty(), "{id}");
+        assert_eq!(store.report_of(id).await.unwrap(), None, "{id}");
+    }
+    for id in ["b-running", "c-queued"] {
+        assert!(store.get_build(id).await.unwrap().is_some(), "{id}");
+    }
+    // The queued build's upload stays; the old builds' went with them, as did one no build used.
+    for upload in ["a-old-1-upload", "c-upload", "unused-upload"] {
+        store.put_upload(upload, b"archive").await.unwrap();
+    }
+    assert_eq!(store.remove_uploads(an_hour_ago, 10).await.unwrap(), 0);
+    assert_eq!(store.remove_uploads(later, 1).await.unwrap(), 1);
+    assert_eq!(store.remove_uploads(later, 10).await.unwrap(), 1);
+    assert_eq!(store.remove_uploads(later, 10).await.unwrap(), 0);
+    assert!(store.upload_chunk("c-upload", 0).await.unwrap().is_some());
+    assert_eq!(store.upload_chunk("unused-upload", 0).await.unwrap(), None);
+
+    let delivery = |id: &str, verified: bool, payload: Option<&[u8]>| NewDelivery {
+        id: id.into(),
+        event: "push".into(),
+        verified,
+        digest: verified.then(|| format!("body of {id}")),
+        summary: String::new(),
+        payload: payload.map(<[u8]>::to_vec),
+        results: Vec::new(),
+        builds: Vec::new(),
+        pull_request: None,
+    };
+    store
+        .record_deliveries(
+            &[
+                delivery("done", true, None),
+                delivery("forged", false, None),
+                delivery("pending", true, Some(b"{}")),
+            ],
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.remove_deliveries(an_hour_ago, 10).await.unwrap(), 0);
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(store.remove_deliveries(later, 1).await.unwrap(), 1);
+    assert_eq!(store.remove_deliveries(later, 10).await.unwrap(), 1);
+    let left: Vec<String> = store
+        .list_deliveries(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(left, ["pending"]);
+    assert_eq!(store.rejected_deliveries().await.unwrap(), 1);
+
+    let pass = |builds: u64| Pass {
+        finished: SystemTime::UNIX_EPOCH + Duration::from_secs(builds),
+        took: Duration::from_millis(1500),
+        removed: Removed {
+            builds,
+            deliveries: 2,
+            uploads: 3,
+            workspaces: 4,
+            mirrors: 5,
+        },
+        error: (builds % 2 == 1).then(|| "the store's database: gone".to_string()),
+    };
+    let kept = u64::from(PASSES_KEPT);
+    for builds in 0..kept + 2 {
+        store.record_pass(&pass(builds)).await.unwrap();
+    }
+    let passes = store.retention_passes(1000).await.unwrap();
+    assert_eq!(passes.len() as u64, kept);
+    assert_eq!(passes[0], pass(kept + 1));
+    assert_eq!(passes.last(), Some(&pass(2)));
+}
+
+/// Uploads: an archive is read back whole, chunk by chunk from 0; an empty one is one empty
+/// chunk; builds are submitted over an upload that exists, any number of them (retries), and an
+/// unknown upload has no chunk and takes no build; an upload's id is taken once.
+pub async fn an_upload_is_read_back_whole_in_chunks(store: &dyn Store) {
+    let archive: Vec<u8> = (0..UPLOAD_CHUNK_SIZE * 2 + 10)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    store.put_upload("u-1", &archive).await.unwrap();
+    store.put_upload("u-empty", &[]).await.unwrap();
+    let mut read = Vec::new();
+    for seq in 0.. {
+        match store.upload_chunk("u-1", seq).await.unwrap() {
+            Some(chunk) => read.extend(chunk),
+            None => break,
+        }
+    }
+    assert_eq!(read.len(), archive.len());
+    assert!(read == archive, "the archive read back differs");
+    assert_eq!(
+        store.upload_chunk("u-empty", 0).await.unwrap(),
+        Some(vec![])
+    );
+    assert_eq!(store.upload_chunk("u-empty", 1).await.unwrap(), None);
+    assert_eq!(store.upload_chunk("u-none", 0).await.unwrap(), None);
+
+    assert!(store.attach_upload("u-1", "b-1").await.unwrap());
+    assert!(store.attach_upload("u-1", "b-2").await.unwrap());
+    assert!(!store.attach_upload("u-none", "b-3").await.unwrap());
+    assert!(matches!(
+        store.put_upload("u-1", b"again").await,
+        Err(Error::Database(_))
+    ));
 }

@@ -389,6 +389,10 @@ pub trait Backend: Send + Sync {
 
     /// What of the build `build` exists on the backend: empty once it is torn down or swept.
     async fn leftovers(&self, build: &str) -> Result<Resources, RuntimeError>;
+
+    /// The builds that have something on the backend (running, or left by a process that died),
+    /// whichever process made them, sorted.
+    async fn builds(&self) -> Result<Vec<String>, RuntimeError>;
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //!   checks;
 //! * every parent of an entry must be a real directory, and no entry replaces an existing path, so
 //!   nothing is ever written through a symlink;
-//! * devices, FIFOs and sparse files are refused.
+//! * devices, FIFOs and sparse files are refused;
+//! * at most [`Limits::entries`] entries and [`Limits::bytes`] bytes of file contents are
+//!   unpacked: a small upload must not fill the disk (a gzip of zeros compresses 1000 to 1).
 //!
 //! `pack` applies the same symlink rule, so a client hears about a link the server would refuse
 //! before uploading.
@@ -31,7 +33,7 @@ use std::{
 use flate2::{Compression, read::MultiGzDecoder, write::GzEncoder};
 use tar::{Archive, Builder, Entry, EntryType, Header};
 
-use super::{ArchiveSummary, PackSummary, SourceError, UnpackSummary};
+use super::{ArchiveSummary, Limit, Limits, PackSummary, SourceError, UnpackSummary};
 
 /// Writes a gzip'd tar of `files` (paths relative to `dir`, as [`super::list_files`] returns them)
 /// to `out`.
@@ -161,18 +163,23 @@ impl Read for ExactReader {
 }
 
 /// Unpacks a `.tar.gz` into `dest`, an existing empty directory, refusing any entry that could
-/// write outside it (see the module docs); the error names the entry. On any error, everything
-/// written under `dest` is removed.
+/// write outside it (see the module docs) and stopping at the first entry past `limits`; the
+/// error names the entry or the limit. On any error, everything written under `dest` is removed.
+/// Blocking: call it off the async threads.
 ///
 /// Permission bits are restored without setuid, setgid and sticky; directories always keep owner
 /// `rwx` so that the server can fill and later remove the workspace. Modification times are not
 /// restored (`pack` stores 0).
-pub fn unpack(archive: impl Read, dest: &Path) -> Result<UnpackSummary, SourceError> {
+pub fn unpack(
+    archive: impl Read,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<UnpackSummary, SourceError> {
     let mut existing = fs::read_dir(dest).map_err(|err| SourceError::io(dest, err))?;
     if existing.next().is_some() {
         return Err(SourceError::DestinationNotEmpty(dest.to_path_buf()));
     }
-    extract(archive, dest).map_err(|cause| match clear(dest) {
+    extract(archive, dest, limits).map_err(|cause| match clear(dest) {
         Ok(()) => cause,
         Err(source) => SourceError::Cleanup {
             cause: Box::new(cause),
@@ -182,18 +189,74 @@ pub fn unpack(archive: impl Read, dest: &Path) -> Result<UnpackSummary, SourceEr
     })
 }
 
-fn extract(archive: impl Read, dest: &Path) -> Result<ArchiveSummary, SourceError> {
-    let mut archive = Archive::new(MultiGzDecoder::new(archive));
+/// Reads a `.tar.gz` through to its end as [`unpack`] would, writing nothing, and stops at the
+/// first entry past `limits`: an upload is measured before it is kept, so that one too big is
+/// refused when it arrives rather than when its build starts. What it holds is only checked by
+/// [`unpack`]. Blocking, and as long as decompressing the archive: call it off the async threads.
+pub fn measure(archive: impl Read, limits: &Limits) -> Result<ArchiveSummary, SourceError> {
     let mut summary = ArchiveSummary::default();
+    each_entry(archive, limits, |entry, _| {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::Regular | EntryType::Continuous) {
+            within_bytes(entry.size(), &summary, limits)?;
+            summary.bytes += entry.size();
+        }
+        if !matches!(kind, EntryType::XGlobalHeader | EntryType::Directory) {
+            summary.files += 1;
+        }
+        Ok(())
+    })?;
+    Ok(summary)
+}
+
+fn extract(
+    archive: impl Read,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<ArchiveSummary, SourceError> {
+    let mut summary = ArchiveSummary::default();
+    each_entry(archive, limits, |entry, name| {
+        extract_entry(entry, name, dest, &mut summary, limits)
+    })?;
+    Ok(summary)
+}
+
+/// Calls `visit` with each entry of a `.tar.gz` and its name, refusing the entry past
+/// [`Limits::entries`] before its visit.
+fn each_entry<R: Read>(
+    archive: R,
+    limits: &Limits,
+    mut visit: impl FnMut(&mut Entry<'_, MultiGzDecoder<R>>, &str) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let mut archive = Archive::new(MultiGzDecoder::new(archive));
+    let mut entries = 0;
     for entry in archive
         .entries()
         .map_err(|err| SourceError::archive(None, err))?
     {
         let mut entry = entry.map_err(|err| SourceError::archive(None, err))?;
+        entries += 1;
+        if entries > limits.entries {
+            return Err(SourceError::LimitExceeded {
+                limit: Limit::Entries,
+                max: limits.entries,
+            });
+        }
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        extract_entry(&mut entry, &name, dest, &mut summary)?;
+        visit(&mut entry, &name)?;
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// Refuses a file of `size` bytes that would take the contents past [`Limits::bytes`].
+fn within_bytes(size: u64, summary: &ArchiveSummary, limits: &Limits) -> Result<(), SourceError> {
+    if size > limits.bytes - summary.bytes {
+        return Err(SourceError::LimitExceeded {
+            limit: Limit::Bytes,
+            max: limits.bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Validates one entry, then writes it.
@@ -202,6 +265,7 @@ fn extract_entry<R: Read>(
     name: &str,
     dest: &Path,
     summary: &mut ArchiveSummary,
+    limits: &Limits,
 ) -> Result<(), SourceError> {
     let reject = |reason: String| SourceError::unsafe_entry(name, reason);
     let rel = relative_path(&entry.path_bytes()).map_err(reject)?;
@@ -223,6 +287,9 @@ fn extract_entry<R: Read>(
         EntryType::Regular | EntryType::Continuous => {
             let mode = mode_of(entry, name)?;
             check_parents(dest, &rel, name, true)?;
+            // Checked before anything is written: `tar` reads exactly `entry.size()` bytes (the
+            // header's, or a pax override), never more.
+            within_bytes(entry.size(), summary, limits)?;
             summary.bytes += write_file(entry, name, &path, mode)?;
         }
         EntryType::Directory => {
@@ -486,7 +553,8 @@ mod tests {
         );
 
         let dest = TempDir::new().expect("temp dir");
-        let unpacked = unpack(archive.as_slice(), dest.path()).expect("unpacks");
+        let unpacked =
+            unpack(archive.as_slice(), dest.path(), &Limits::default()).expect("unpacks");
         assert_eq!(unpacked, packed);
         assert_eq!(
             list_files(dest.path(), None).expect("lists").files,
@@ -628,6 +696,7 @@ mod tests {
             unpack(
                 raw_archive(entries, &self.outside()).as_slice(),
                 &self.dest(),
+                &Limits::default(),
             )
         }
 
@@ -799,12 +868,69 @@ mod tests {
     #[test]
     fn unpack_needs_an_empty_destination() {
         let dest = tree(&[("already", "")]);
-        let err = unpack(raw_archive(&[], "").as_slice(), dest.path()).expect_err("not empty");
+        let err = unpack(
+            raw_archive(&[], "").as_slice(),
+            dest.path(),
+            &Limits::default(),
+        )
+        .expect_err("not empty");
         assert!(matches!(err, SourceError::DestinationNotEmpty(_)), "{err}");
         assert_eq!(
             names_in(dest.path()),
             BTreeSet::from(["already".to_owned()])
         );
+    }
+
+    /// `measure` refuses what `unpack` refuses for its limits, and counts what it unpacks.
+    #[test]
+    fn measure_and_unpack_stop_at_the_same_limits_and_name_them() {
+        let src = tree(&[("a", "12345"), ("b", "67890"), ("c", "x")]);
+        let (archive, _) = pack_names(src.path(), &["a", "b", "c"]).expect("packs");
+        let cases = [
+            (
+                Limits {
+                    bytes: 11,
+                    entries: 3,
+                },
+                None,
+            ),
+            (
+                Limits {
+                    bytes: 10,
+                    entries: 3,
+                },
+                Some("more than 10 bytes, the server's limit (maxUploadBytes)"),
+            ),
+            (
+                Limits {
+                    bytes: 11,
+                    entries: 2,
+                },
+                Some("more than 2 entries, the server's limit (maxUploadEntries)"),
+            ),
+        ];
+        for (limits, refused) in cases {
+            match (measure(archive.as_slice(), &limits), refused) {
+                (Ok(summary), None) => assert_eq!(
+                    summary,
+                    ArchiveSummary {
+                        files: 3,
+                        bytes: 11
+                    }
+                ),
+                (Err(err), Some(message)) => assert!(err.to_string().contains(message), "{err}"),
+                (result, _) => panic!("measure, {limits:?}: {result:?}"),
+            }
+            let dest = TempDir::new().expect("temp dir");
+            match (unpack(archive.as_slice(), dest.path(), &limits), refused) {
+                (Ok(summary), None) => assert_eq!(summary.bytes, 11),
+                (Err(err), Some(message)) => {
+                    assert!(err.to_string().contains(message), "{err}");
+                    assert!(names_in(dest.path()).is_empty());
+                }
+                (result, _) => panic!("{limits:?}: {result:?}"),
+            }
+        }
     }
 
     #[test]
@@ -826,7 +952,7 @@ mod tests {
         ];
         for input in inputs {
             let dest = TempDir::new().expect("temp dir");
-            let err = unpack(input, dest.path()).expect_err("bad archive");
+            let err = unpack(input, dest.path(), &Limits::default()).expect_err("bad archive");
             assert!(matches!(err, SourceError::Archive { .. }), "{err}");
             assert!(names_in(dest.path()).is_empty());
         }
@@ -916,7 +1042,7 @@ mod tests {
         ) {
             let input = if compress { gzip(&bytes) } else { bytes };
             let dest = TempDir::new().expect("temp dir");
-            if unpack(input.as_slice(), dest.path()).is_err() {
+            if unpack(input.as_slice(), dest.path(), &Limits::default()).is_err() {
                 prop_assert!(names_in(dest.path()).is_empty());
             }
         }

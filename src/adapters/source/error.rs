@@ -10,6 +10,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Which of [`super::Limits`] an archive went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Bytes,
+    Entries,
+}
+
 /// Why listing, packing or unpacking a source failed.
 #[derive(Debug)]
 pub enum SourceError {
@@ -28,6 +35,8 @@ pub enum SourceError {
         entry: Option<String>,
         source: io::Error,
     },
+    /// The archive unpacks to more than [`super::Limits`] allows.
+    LimitExceeded { limit: Limit, max: u64 },
     /// `unpack` needs an empty destination so that it can remove everything it wrote on failure.
     DestinationNotEmpty(PathBuf),
     /// Unpacking failed, and removing what it had written failed too.
@@ -82,6 +91,17 @@ impl fmt::Display for SourceError {
                 entry: None,
                 source,
             } => write!(f, "archive: {source}"),
+            SourceError::LimitExceeded { limit, max } => {
+                let (what, setting) = match limit {
+                    Limit::Bytes => ("bytes", "maxUploadBytes"),
+                    Limit::Entries => ("entries", "maxUploadEntries"),
+                };
+                write!(
+                    f,
+                    "the archive unpacks to more than {max} {what}, the server's limit \
+                     ({setting})"
+                )
+            }
             SourceError::DestinationNotEmpty(path) => {
                 write!(
                     f,

@@ -3,7 +3,9 @@
 //! out the pushed commit into a workspace. The only user of `git2`.
 //!
 //! Everything here blocks (git2 does network and disk I/O on the calling thread): async callers
-//! run it in `spawn_blocking`.
+//! run it in `spawn_blocking`, and watch a fetch through its [`Watch`]: git2 has no safe way to
+//! bound a fetch in time (its server timeouts are process-wide `unsafe` settings), so the fetch
+//! reports its progress there and stops when asked, at its next report.
 
 use std::{
     fmt, fs,
@@ -11,10 +13,16 @@ use std::{
     io,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
 use git2::{
-    AutotagOption, ErrorCode, FetchOptions, Oid, ProxyOptions, Repository, build::CheckoutBuilder,
+    AutotagOption, ErrorCode, FetchOptions, Oid, ProxyOptions, RemoteCallbacks, Repository,
+    build::CheckoutBuilder,
 };
 use sha2::{Digest, Sha256};
 
@@ -39,6 +47,8 @@ pub enum GitError {
     Io { path: PathBuf, source: io::Error },
     /// A git operation failed; `doing` says which, naming its URL, commits and paths.
     Git { doing: String, source: git2::Error },
+    /// The fetch of `url` was told to stop (see [`Watch::stop`]).
+    Stopped { url: String },
 }
 
 impl fmt::Display for GitError {
@@ -61,6 +71,7 @@ impl fmt::Display for GitError {
             ),
             GitError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             GitError::Git { doing, source } => write!(f, "{doing}: {}", source.message()),
+            GitError::Stopped { url } => write!(f, "the fetch of {url} was stopped"),
         }
     }
 }
@@ -130,6 +141,66 @@ impl Rewrites {
     }
 }
 
+/// A fetch as its watcher sees it: how far it got, whether it is done fetching, and a way to
+/// stop it. Cloned into the blocking task that fetches; the watcher keeps the other clone.
+#[derive(Debug, Clone, Default)]
+pub struct Watch(Arc<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Bumped by every report the fetch makes: bytes received, objects indexed, a line of the
+    /// server's progress.
+    progress: AtomicU64,
+    /// The fetch is over (whatever its outcome): what follows reads the mirror and waits on no
+    /// server.
+    fetched: AtomicBool,
+    stop: AtomicBool,
+    /// The mirror's lock while the fetch holds it: a stop releases it, so that a fetch stuck
+    /// on a server that never answers does not keep the next ones of the mirror waiting.
+    lock: std::sync::Mutex<Option<File>>,
+}
+
+impl Watch {
+    /// A number that changes whenever the fetch makes progress.
+    pub fn progress(&self) -> u64 {
+        self.0.progress.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fetch is over.
+    pub fn fetched(&self) -> bool {
+        self.0.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Asks the fetch to stop: it does at its next report (or its next look at the mirror's
+    /// lock), failing with [`GitError::Stopped`] or git's "cancelled". A fetch blocked on a
+    /// server that never answers makes no report: its thread stays blocked until the connection
+    /// ends, and its watcher has to give up on it.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+        self.release();
+    }
+
+    /// Releases the mirror's lock, if the fetch holds it (closing the file releases it).
+    fn release(&self) {
+        if let Ok(mut lock) = self.0.lock.lock() {
+            lock.take();
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.stop.load(Ordering::Relaxed)
+    }
+
+    /// Records progress; whether to go on.
+    fn report(&self) -> bool {
+        self.0.progress.fetch_add(1, Ordering::Relaxed);
+        !self.stopped()
+    }
+}
+
+/// How often a fetch waiting for its mirror's lock looks again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
 /// Which rule chose a push's changed files, for recording why a trigger did or did not fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeRule {
@@ -140,6 +211,9 @@ pub enum ChangeRule {
     /// Every file of `after`: `before` is not in the mirror (a force push replaced commits it
     /// never fetched), so there is nothing to compare with.
     BeforeUnknown,
+    /// A pull request's: the files that differ between its head and where it left its base
+    /// branch (their merge base), as GitHub's "Files changed" shows them.
+    MergeBase,
 }
 
 impl fmt::Display for ChangeRule {
@@ -149,6 +223,9 @@ impl fmt::Display for ChangeRule {
             ChangeRule::NewRef => "a new branch or tag: every file of the commit counts as changed",
             ChangeRule::BeforeUnknown => {
                 "the push's before commit was never fetched: every file of the commit counts as changed"
+            }
+            ChangeRule::MergeBase => {
+                "the files that differ between the pull request's head and its merge base with the base branch"
             }
         })
     }
@@ -173,7 +250,8 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Fetches every branch and tag of `url` (after `rewrites`) into its mirror under
+    /// Fetches every branch and tag of `url` (after `rewrites`), and the head of every pull
+    /// request (`refs/pull/N/head`, where GitHub keeps a fork's commits too), into its mirror under
     /// `cache_dir`, creating both as needed. `url` may be a local path, a `file://` URL or an
     /// `https://` URL (without authentication beyond what the URL itself carries). Branches and
     /// tags are force-updated and never pruned, and no object is ever removed, so a commit once
@@ -191,7 +269,15 @@ impl Mirror {
     /// it however the holder ends. Each update still fetches after waiting, since the push it is
     /// for may have landed after the other fetch began. Reading needs no lock: a fetch only adds
     /// objects and replaces refs atomically, and readers look commits up by id.
-    pub fn update(cache_dir: &Path, url: &str, rewrites: &Rewrites) -> Result<Mirror, GitError> {
+    ///
+    /// `watch` sees the fetch's progress and can stop it; waiting for the lock is not progress, so
+    /// that a fetch stuck behind another that never ends is given up too.
+    pub fn update(
+        cache_dir: &Path,
+        url: &str,
+        rewrites: &Rewrites,
+        watch: &Watch,
+    ) -> Result<Mirror, GitError> {
         let fetch_url = rewrites.apply(url);
         let name = mirror_name(&fetch_url);
         let path = cache_dir.join(&name);
@@ -209,12 +295,32 @@ impl Mirror {
         fs::create_dir_all(cache_dir).map_err(|err| GitError::io(cache_dir, err))?;
         let lock_path = cache_dir.join(format!("{name}.lock"));
         let lock = File::create(&lock_path).map_err(|err| GitError::io(&lock_path, err))?;
-        lock.lock().map_err(|err| GitError::io(&lock_path, err))?;
+        let stopped = || GitError::Stopped { url: url.clone() };
+        // Polled rather than blocking, so that a stopped fetch stops waiting too.
+        loop {
+            match lock.try_lock() {
+                Ok(()) if watch.stopped() => return Err(stopped()),
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if watch.stopped() => return Err(stopped()),
+                Err(fs::TryLockError::WouldBlock) => std::thread::sleep(LOCK_POLL),
+                Err(fs::TryLockError::Error(err)) => return Err(GitError::io(&lock_path, err)),
+            }
+        }
         // Initialising an existing repository leaves it as it is, and completes one whose
         // creation was interrupted.
-        let repo = Repository::init_bare(&path).map_err(git)?;
-        fetch(&repo, &fetch_url).map_err(git)?;
-        drop(lock);
+        if let Ok(mut held) = watch.0.lock.lock() {
+            *held = Some(lock);
+        }
+        let fetched = Repository::init_bare(&path).and_then(|repo| {
+            fetch(&repo, &fetch_url, watch)?;
+            Ok(repo)
+        });
+        watch.0.fetched.store(true, Ordering::Relaxed);
+        watch.release();
+        let repo = match fetched {
+            Err(_) if watch.stopped() => return Err(stopped()),
+            fetched => fetched.map_err(git)?,
+        };
         Ok(Mirror {
             repo,
             url,
@@ -251,10 +357,55 @@ impl Mirror {
                 Err(err) => return Err(git(err)),
             }
         };
-        let diff = self
+        let files = self.diff(old_tree.as_ref(), &new_tree).map_err(git)?;
+        Ok(ChangedFiles { files, rule })
+    }
+
+    /// The files a pull request changes: those that differ between `head` (a 40-hex commit id in
+    /// the mirror) and its merge base with branch `base` (`merge-base(base, head)..head`).
+    /// Without a merge base (unrelated histories), every file of `head`.
+    pub fn pull_request_files(&self, base: &str, head: &str) -> Result<ChangedFiles, GitError> {
+        let head_commit = self.commit(head)?;
+        let git = |source| GitError::Git {
+            doing: format!(
+                "comparing {head} with branch {base} of {}",
+                self.described()
+            ),
+            source,
+        };
+        let base_ref = format!("refs/heads/{base}");
+        let base_id = self
             .repo
-            .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)
-            .map_err(git)?;
+            .refname_to_id(&base_ref)
+            .map_err(|source| GitError::Git {
+                doing: format!("reading {base_ref} of {}", self.described()),
+                source,
+            })?;
+        let old_tree = match self.repo.merge_base(base_id, head_commit.id()) {
+            Ok(merge_base) => Some(
+                self.repo
+                    .find_commit(merge_base)
+                    .and_then(|commit| commit.tree())
+                    .map_err(git)?,
+            ),
+            Err(err) if err.code() == ErrorCode::NotFound => None,
+            Err(err) => return Err(git(err)),
+        };
+        let new_tree = head_commit.tree().map_err(git)?;
+        let files = self.diff(old_tree.as_ref(), &new_tree).map_err(git)?;
+        Ok(ChangedFiles {
+            files,
+            rule: ChangeRule::MergeBase,
+        })
+    }
+
+    /// The paths that differ between two trees (all of `new` without `old`), sorted, once each.
+    fn diff(
+        &self,
+        old: Option<&git2::Tree<'_>>,
+        new: &git2::Tree<'_>,
+    ) -> Result<Vec<String>, git2::Error> {
+        let diff = self.repo.diff_tree_to_tree(old, Some(new), None)?;
         let mut files: Vec<String> = diff
             .deltas()
             .flat_map(|delta| [delta.old_file().path_bytes(), delta.new_file().path_bytes()])
@@ -263,7 +414,7 @@ impl Mirror {
             .collect();
         files.sort_unstable();
         files.dedup();
-        Ok(ChangedFiles { files, rule })
+        Ok(files)
     }
 
     /// Creates at `dest` (an empty or new directory) a git repository holding `commit` (a 40-hex
@@ -365,17 +516,28 @@ fn described(url: &str, fetched_from: &str) -> String {
     }
 }
 
-/// Fetches every branch and tag of `url` into the bare `repo`, replacing what it had.
-fn fetch(repo: &Repository, url: &str) -> Result<(), git2::Error> {
+/// Fetches every branch and tag of `url`, and every pull request's head, into the bare `repo`,
+/// replacing what it had, reporting to `watch` and stopping when it says so.
+fn fetch(repo: &Repository, url: &str, watch: &Watch) -> Result<(), git2::Error> {
     let mut proxy = ProxyOptions::new();
     proxy.auto();
+    let mut callbacks = RemoteCallbacks::new();
+    let (transfer, sideband) = (watch.clone(), watch.clone());
+    callbacks
+        .transfer_progress(move |_| transfer.report())
+        .sideband_progress(move |_| sideband.report());
     let mut options = FetchOptions::new();
     options
         .proxy_options(proxy)
+        .remote_callbacks(callbacks)
         .download_tags(AutotagOption::None)
         .update_fetchhead(false);
     repo.remote_anonymous(url)?.fetch(
-        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+        &[
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+            "+refs/pull/*/head:refs/pull/*/head",
+        ],
         Some(&mut options),
         None,
     )
@@ -402,6 +564,53 @@ fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
         Some(at) => format!("{scheme}://{}", &rest[at + 1..]).into(),
         None => url.into(),
     }
+}
+
+/// The name of the directory `url` is mirrored in under `cache_dir`, once `rewrites` apply: how
+/// a caller tells the mirrors in use from the others.
+pub fn mirror_of(url: &str, rewrites: &Rewrites) -> String {
+    mirror_name(&rewrites.apply(url))
+}
+
+/// The mirrors in `cache_dir` (none if it does not exist), each with when it was last updated:
+/// its lock file's time, which every update rewrites, or else its directory's.
+pub fn mirrors(cache_dir: &Path) -> Result<Vec<(String, SystemTime)>, GitError> {
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(GitError::io(cache_dir, err)),
+    };
+    let mut mirrors = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|err| GitError::io(cache_dir, err))?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let (Some(name), true) = (file_name.to_str(), path.is_dir()) else {
+            continue;
+        };
+        let modified = fs::metadata(cache_dir.join(format!("{name}.lock")))
+            .or_else(|_| entry.metadata())
+            .and_then(|metadata| metadata.modified())
+            .map_err(|err| GitError::io(&path, err))?;
+        mirrors.push((name.to_string(), modified));
+    }
+    Ok(mirrors)
+}
+
+/// Removes the mirror `name` from `cache_dir` unless an update holds its lock: `false` then (it
+/// is in use; a later look may remove it). Its lock file stays: removed, a fetch that opened it
+/// before and one that made a new one after would both hold "the" lock of a new mirror.
+pub fn remove_mirror(cache_dir: &Path, name: &str) -> Result<bool, GitError> {
+    let lock_path = cache_dir.join(format!("{name}.lock"));
+    let lock = File::create(&lock_path).map_err(|err| GitError::io(&lock_path, err))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(fs::TryLockError::Error(err)) => return Err(GitError::io(&lock_path, err)),
+    }
+    let path = cache_dir.join(name);
+    fs::remove_dir_all(&path).map_err(|err| GitError::io(&path, err))?;
+    Ok(true)
 }
 
 /// The longest readable part of a mirror's directory name.
@@ -531,6 +740,33 @@ mod tests {
         for (url, expected) in cases {
             assert_eq!(without_credentials(url), expected, "{url}");
         }
+    }
+
+    /// A mirror an update holds (its lock taken, as `Mirror::update` takes it) stays; once free
+    /// it goes, and its lock file stays for the updates to come.
+    #[test]
+    fn a_mirror_is_removed_only_while_no_update_holds_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let name = mirror_of("https://github.com/acme/app.git", &rewrites(&[]));
+        Repository::init_bare(cache.path().join(&name)).unwrap();
+        std::fs::write(cache.path().join("stray-file"), "").unwrap();
+        let listed: Vec<String> = mirrors(cache.path())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(listed, std::slice::from_ref(&name));
+
+        let held = File::create(cache.path().join(format!("{name}.lock"))).unwrap();
+        held.lock().unwrap();
+        assert!(!remove_mirror(cache.path(), &name).unwrap());
+        assert!(cache.path().join(&name).is_dir());
+        drop(held);
+        assert!(remove_mirror(cache.path(), &name).unwrap());
+        assert!(!cache.path().join(&name).exists());
+        assert!(cache.path().join(format!("{name}.lock")).is_file());
+        assert!(mirrors(cache.path()).unwrap().is_empty());
+        assert!(mirrors(&cache.path().join("none")).unwrap().is_empty());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use archive::{pack, unpack};
-pub use error::SourceError;
+pub use archive::{measure, pack, unpack};
+pub use error::{Limit, SourceError};
 
 use ignore::Rules;
 
@@ -55,6 +55,26 @@ impl fmt::Display for IgnoreRules {
                 f.write_str("no .gcloudignore: using the default for git checkouts (ignores .git)")
             }
             IgnoreRules::Everything => f.write_str("no ignore file: uploading everything"),
+        }
+    }
+}
+
+/// How much an uploaded archive may unpack to: `builder serve`'s `maxUploadBytes` and
+/// `maxUploadEntries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of regular files' contents, in all.
+    pub bytes: u64,
+    /// Entries of any kind, directories included.
+    pub entries: u64,
+}
+
+impl Default for Limits {
+    /// 4 GiB in 100,000 entries: more than a source tree needs, less than fills a disk.
+    fn default() -> Self {
+        Limits {
+            bytes: 4 << 30,
+            entries: 100_000,
         }
     }
 }

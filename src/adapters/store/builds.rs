@@ -83,6 +83,11 @@ pub(super) const CREATE_BUILD: &str = "INSERT INTO builds \
      (id, status, create_time, source, substitutions, plan, holder, lease_until) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 pub(super) const START_BUILD: &str = "UPDATE builds SET status = $1, start_time = $2 WHERE id = $3";
+/// The fence of a holder's writes for a build: the build is unfinished and still the holder's.
+/// Run first in the write's transaction (PostgreSQL also locks the row, so that a take-over
+/// waits for the write, or the write for the take-over).
+pub(super) const FENCE: &str =
+    "SELECT 1 FROM builds WHERE id = $1 AND holder = $2 AND status IN ($3, $4)";
 pub(super) const FINISH_BUILD: &str = "UPDATE builds SET status = $1, finish_time = $2, \
      images = $3, templates = $4, failure = $5 WHERE id = $6";
 pub(super) const SET_PLAN: &str = "UPDATE builds SET plan = $1, substitutions = $2 WHERE id = $3";
@@ -101,7 +106,10 @@ pub(super) const INSERT_STEP: &str =
 /// - a created or planned build has one QUEUED step per step of its plan, at the plan's indexes;
 /// - [`Builds::get_build`] and [`Builds::list_builds`] see every write that returned before them;
 /// - [`Builds::finish_build`] writes every step's result and the build's end in one transaction;
-/// - lists are newest first (by creation time, then id) and stable across pages.
+/// - lists are newest first (by creation time, then id) and stable across pages;
+/// - every write for a build but its creation is fenced by the writer's [`Lease`]: it is
+///   refused ([`Error::NotHeld`]), writing nothing, unless the build is unfinished and held by
+///   that lease's holder, so that a process whose build was taken over writes no more of it.
 #[async_trait::async_trait]
 pub trait Builds: Send + Sync {
     /// Records a new build to be run at once by `lease`'s holder: QUEUED, with every step
@@ -115,16 +123,22 @@ pub trait Builds: Send + Sync {
     ) -> Result<(), Error>;
 
     /// Marks a build its holder created as WORKING.
-    async fn start_build(&self, id: &str) -> Result<(), Error>;
+    async fn start_build(&self, id: &str, lease: &Lease) -> Result<(), Error>;
 
     /// Records one step's result while the build runs.
-    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error>;
+    async fn update_step(
+        &self,
+        id: &str,
+        index: usize,
+        result: &StepResult,
+        lease: &Lease,
+    ) -> Result<(), Error>;
 
     /// Records how the build ended: its status, every step's result, pushed images, failure.
-    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error>;
+    async fn finish_build(&self, id: &str, outcome: &Outcome, lease: &Lease) -> Result<(), Error>;
 
     /// Records the plan a claimed build resolved to, with its steps QUEUED.
-    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error>;
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild, lease: &Lease) -> Result<(), Error>;
 
     /// The newest builds first, as `query` selects them.
     async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<BuildRecord>, Error>;
@@ -158,8 +172,9 @@ impl Builds for SqliteStore {
         Ok(tx.commit().await?)
     }
 
-    async fn start_build(&self, id: &str) -> Result<(), Error> {
+    async fn start_build(&self, id: &str, lease: &Lease) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         sqlx::query(START_BUILD)
             .bind(Status::Working.as_str())
             .bind(millis(SystemTime::now()))
@@ -169,14 +184,22 @@ impl Builds for SqliteStore {
         Ok(tx.commit().await?)
     }
 
-    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
+    async fn update_step(
+        &self,
+        id: &str,
+        index: usize,
+        result: &StepResult,
+        lease: &Lease,
+    ) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         set_step(&mut tx, id, index, result).await?;
         Ok(tx.commit().await?)
     }
 
-    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
+    async fn finish_build(&self, id: &str, outcome: &Outcome, lease: &Lease) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         for (index, result) in outcome.steps.iter().enumerate() {
             set_step(&mut tx, id, index, result).await?;
         }
@@ -192,8 +215,9 @@ impl Builds for SqliteStore {
         Ok(tx.commit().await?)
     }
 
-    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild, lease: &Lease) -> Result<(), Error> {
         let (_turn, mut tx) = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         sqlx::query(SET_PLAN)
             .bind(json(plan))
             .bind(json(&plan.substitutions))
@@ -241,6 +265,20 @@ impl Builds for SqliteStore {
             .collect();
         Ok(Some(build_record(row, steps)))
     }
+}
+
+/// Refuses a write for build `id` unless `lease`'s holder holds it, unfinished ([`FENCE`]).
+pub(super) async fn fence(tx: &mut Transaction<'_>, id: &str, lease: &Lease) -> Result<(), Error> {
+    let held = sqlx::query(FENCE)
+        .bind(id)
+        .bind(&lease.holder)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    held.map(drop).ok_or_else(|| Error::NotHeld {
+        build: id.to_string(),
+    })
 }
 
 async fn set_step(

@@ -1,5 +1,6 @@
 //! The deliveries aggregate: webhook deliveries as received, the trigger results they led to,
-//! and the ones still waiting for their push's changed files.
+//! the ones still waiting for their push's changed files, and the latest state of each pull
+//! request a delivery described.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -8,6 +9,7 @@ use sqlx::{Database, Encode, QueryBuilder, Row, Sqlite, Type};
 
 use super::{Columns, Error, QueuedBuild, SqliteStore, json, millis, queue, time};
 use crate::core::triggers::TriggerResult;
+use crate::core::webhooks::PullRequest;
 
 /// Delivery states.
 pub(super) const PENDING: &str = "PENDING";
@@ -33,6 +35,9 @@ pub struct NewDelivery {
     pub results: Vec<TriggerResult>,
     /// The builds it queues.
     pub builds: Vec<QueuedBuild>,
+    /// The pull request it describes, in its repository (`owner/name`): kept, replacing what an
+    /// earlier delivery said, for the `/gcbrun` comments that follow.
+    pub pull_request: Option<(String, PullRequest)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +77,20 @@ pub struct DeliveryRecord {
 /// - of rejected (unverified) deliveries only the newest [`REJECTED_KEPT`] are kept, and all are
 ///   counted;
 /// - a pending delivery (recorded with a payload) is completed at most once, and its builds are
-///   queued with its completion.
+///   queued with its completion;
+/// - the pull request a new verified delivery describes is kept with it, in the same
+///   transaction, replacing the one an earlier delivery described.
 #[async_trait::async_trait]
 pub trait Deliveries: Send + Sync {
     /// Records deliveries and queues their builds, all in one transaction (one write to disk for
     /// all of them). A verified delivery whose id is already recorded changes nothing: a
-    /// redelivery never queues a second build.
-    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error>;
+    /// redelivery never queues a second build. `dropped` rejected deliveries that were not kept
+    /// (the writer was behind) are counted with them.
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        dropped: u64,
+    ) -> Result<Vec<Recorded>, Error>;
 
     /// Deliveries whose triggers wait for the push's changed files, oldest first.
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error>;
@@ -97,6 +109,14 @@ pub trait Deliveries: Send + Sync {
 
     /// How many rejected deliveries were ever recorded, kept or not.
     async fn rejected_deliveries(&self) -> Result<u64, Error>;
+
+    /// Pull request `number` of `repository` (`owner/name`, in any case) as the latest delivery
+    /// that described it said.
+    async fn pull_request(
+        &self,
+        repository: &str,
+        number: u64,
+    ) -> Result<Option<PullRequest>, Error>;
 }
 
 /// Statements both dialects share.
@@ -105,32 +125,54 @@ pub(super) const COUNT_REJECTED: &str = "INSERT INTO counters (name, value) VALU
 pub(super) const REJECTED_COUNT: &str = "SELECT value FROM counters WHERE name = $1";
 pub(super) const PENDING_DELIVERIES: &str =
     "SELECT id, event, payload, results FROM deliveries WHERE state = $1 ORDER BY seq";
+pub(super) const KEEP_PULL_REQUEST: &str = "INSERT INTO pull_requests \
+     (repository, number, pull_request) VALUES ($1, $2, $3) ON CONFLICT (repository, number) \
+     DO UPDATE SET pull_request = excluded.pull_request";
+pub(super) const PULL_REQUEST: &str =
+    "SELECT pull_request FROM pull_requests WHERE repository = $1 AND number = $2";
 pub(super) const LIST_DELIVERIES: &str = "SELECT id, event, receive_time, verified, summary, \
      state, results FROM deliveries ORDER BY seq DESC LIMIT $1";
 
 #[async_trait::async_trait]
 impl Deliveries for SqliteStore {
-    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
-        if deliveries.is_empty() {
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        dropped: u64,
+    ) -> Result<Vec<Recorded>, Error> {
+        if deliveries.is_empty() && dropped == 0 {
             return Ok(Vec::new());
         }
         let (_turn, mut tx) = self.write().await?;
         // One statement for all the deliveries and one for their builds: each statement is a
         // round trip to SQLite's thread, and the writer holds every waiting request meanwhile.
-        let inserted: Vec<String> = insert_deliveries::<Sqlite>(deliveries)
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.get("id"))
-            .collect();
+        // A batch of nothing but a count of dropped rejections inserts no row.
+        let inserted: Vec<String> = if deliveries.is_empty() {
+            Vec::new()
+        } else {
+            insert_deliveries::<Sqlite>(deliveries)
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.get("id"))
+                .collect()
+        };
         let (recorded, builds) = recorded(deliveries, inserted);
         queue(&mut tx, &builds).await?;
-        let rejected = deliveries.iter().filter(|d| !d.verified).count();
-        if rejected > 0 {
+        for (repository, number, pull_request) in pull_requests(deliveries, &recorded) {
+            sqlx::query(KEEP_PULL_REQUEST)
+                .bind(repository)
+                .bind(number)
+                .bind(pull_request)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rejected = deliveries.iter().filter(|d| !d.verified).count() as u64;
+        if rejected + dropped > 0 {
             sqlx::query(COUNT_REJECTED)
                 .bind(REJECTED)
-                .bind(rejected as i64)
+                .bind(i64::try_from(rejected + dropped).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
@@ -159,6 +201,19 @@ impl Deliveries for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(pending_delivery).collect())
+    }
+
+    async fn pull_request(
+        &self,
+        repository: &str,
+        number: u64,
+    ) -> Result<Option<PullRequest>, Error> {
+        let text: Option<String> = sqlx::query_scalar(PULL_REQUEST)
+            .bind(repository.to_ascii_lowercase())
+            .bind(number as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        read_pull_request(text)
     }
 
     async fn complete_delivery(
@@ -262,6 +317,37 @@ pub(super) fn recorded(
     (recorded, builds)
 }
 
+/// The pull requests the new verified ones of `deliveries` describe, as rows of
+/// `pull_requests`: the repository in lowercase (GitHub's names are case-insensitive), the
+/// number, the JSON.
+pub(super) fn pull_requests<'d>(
+    deliveries: &'d [NewDelivery],
+    recorded: &'d [Recorded],
+) -> impl Iterator<Item = (String, i64, String)> + 'd {
+    deliveries
+        .iter()
+        .zip(recorded)
+        .filter(|(delivery, recorded)| delivery.verified && **recorded == Recorded::New)
+        .filter_map(|(delivery, _)| delivery.pull_request.as_ref())
+        .map(|(repository, pull_request)| {
+            (
+                repository.to_ascii_lowercase(),
+                pull_request.number as i64,
+                json(pull_request),
+            )
+        })
+}
+
+pub(super) fn read_pull_request(text: Option<String>) -> Result<Option<PullRequest>, Error> {
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|error| Error::Unreadable {
+            what: "pull request",
+            error,
+        })
+    })
+    .transpose()
+}
+
 pub(super) fn rejected_count(count: Option<i64>) -> u64 {
     count.unwrap_or(0).try_into().unwrap_or(0)
 }
@@ -304,6 +390,7 @@ mod tests {
             payload: None,
             results: Vec::new(),
             builds,
+            pull_request: None,
         }
     }
 
@@ -313,21 +400,27 @@ mod tests {
     async fn a_batch_of_deliveries_queues_the_builds_of_new_ones_only() {
         let (_dir, store) = store().await;
         let first = store
-            .record_deliveries(&[
-                delivery("a", true, vec![queued("t", "main")]),
-                delivery("a", true, vec![queued("t", "main")]),
-                delivery("forged", false, vec![]),
-                delivery("forged", false, vec![]),
-            ])
+            .record_deliveries(
+                &[
+                    delivery("a", true, vec![queued("t", "main")]),
+                    delivery("a", true, vec![queued("t", "main")]),
+                    delivery("forged", false, vec![]),
+                    delivery("forged", false, vec![]),
+                ],
+                0,
+            )
             .await
             .unwrap();
         use Recorded::{Duplicate, New};
         assert_eq!(first, [New, Duplicate, New, New]);
         let again = store
-            .record_deliveries(&[
-                delivery("b", true, vec![queued("t", "main"), queued("u", "main")]),
-                delivery("a", true, vec![queued("t", "main")]),
-            ])
+            .record_deliveries(
+                &[
+                    delivery("b", true, vec![queued("t", "main"), queued("u", "main")]),
+                    delivery("a", true, vec![queued("t", "main")]),
+                ],
+                0,
+            )
             .await
             .unwrap();
         assert_eq!(again, [New, Duplicate]);

@@ -6,7 +6,7 @@
 use futures_util::{Stream, TryStreamExt as _};
 use sqlx::Row;
 
-use super::{Columns, Error, SqliteStore};
+use super::{Columns, Error, Lease, SqliteStore};
 use crate::adapters::runtime::LogStream;
 use crate::core::logs;
 
@@ -25,16 +25,49 @@ pub struct LogLine {
 #[async_trait::async_trait]
 pub trait Logs: Send + Sync {
     /// Appends log lines of a build, numbering them after the ones already stored; they are
-    /// stored as one chunk, so a caller appends many at once.
+    /// stored as one chunk, so a caller appends many at once. Fenced by `lease`, as the writes of
+    /// [`super::Builds`] are.
     async fn append_logs(
         &self,
         id: &str,
         lines: &[(usize, LogStream, String)],
+        lease: &Lease,
     ) -> Result<(), Error>;
 
-    /// A build's log lines after `after` (0 for all), in order: the first `limit` of them, or
-    /// all.
+    /// A build's log lines after `after` (0 for all), in order: all of them, or a page of at most
+    /// `limit`, which ends early at the line that takes its text to [`PAGE_BYTES`] (so a page
+    /// costs about that much memory whatever its lines' length); [`page_full`] says whether
+    /// another may follow it.
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error>;
+}
+
+/// How much text a page of log lines holds, beyond its last line: a page of 5,000 lines cut at
+/// 256 KiB would be 1.3 GB, held several times over on its way to a follower (lines, JSON, the
+/// event).
+pub const PAGE_BYTES: usize = 1024 * 1024;
+
+/// Whether a page of lines (their texts) read with `limit` is full, by count or by
+/// [`PAGE_BYTES`]: more lines may follow it at once. A page that ends the log exactly there is
+/// full too, and the next read is empty.
+pub fn page_full<'a>(texts: impl ExactSizeIterator<Item = &'a str>, limit: usize) -> bool {
+    texts.len() >= limit || texts.map(str::len).sum::<usize>() >= PAGE_BYTES
+}
+
+/// How many of `texts` a page of at most `limit` lines takes: up to the one that takes it to
+/// [`PAGE_BYTES`], after `bytes` already in it.
+pub fn page_take<'a>(
+    texts: impl Iterator<Item = &'a str>,
+    limit: usize,
+    mut bytes: usize,
+) -> usize {
+    texts
+        .take(limit)
+        .take_while(|text| {
+            let room = bytes < PAGE_BYTES;
+            bytes += text.len();
+            room
+        })
+        .count()
 }
 
 #[async_trait::async_trait]
@@ -43,6 +76,7 @@ impl Logs for SqliteStore {
         &self,
         id: &str,
         lines: &[(usize, LogStream, String)],
+        lease: &Lease,
     ) -> Result<(), Error> {
         if lines.is_empty() {
             return Ok(());
@@ -50,6 +84,7 @@ impl Logs for SqliteStore {
         // Compressed before this process's turn to write, which it holds as short as it can.
         let chunk = encode(lines)?;
         let (_turn, mut tx) = self.write().await?;
+        super::builds::fence(&mut tx, id, lease).await?;
         let next: i64 = sqlx::query_scalar(NEXT_CHUNK)
             .bind(id)
             .fetch_one(&mut *tx)
@@ -65,14 +100,13 @@ impl Logs for SqliteStore {
     }
 
     async fn logs(&self, id: &str, after: i64, limit: Option<u32>) -> Result<Vec<LogLine>, Error> {
-        let limit = limit.map_or(usize::MAX, |limit| limit as usize);
         let rows = sqlx::query(
             "SELECT seq, step, stream, text FROM log_lines WHERE build_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
         .bind(id)
         .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(-1))
+        .bind(limit.map_or(-1, i64::from))
         .fetch_all(&self.pool)
         .await?;
         // A build has rows there only if it was logged before chunks, and then only there.
@@ -103,28 +137,39 @@ pub(super) fn encode(lines: &[(usize, LogStream, String)]) -> Result<Vec<u8>, Er
     logs::encode_chunk(lines.iter().map(|(s, o, t)| (*s, *o, t.as_str()))).map_err(Error::Log)
 }
 
-/// The lines after `after`, the first `limit` of them, from `chunks` ([`CHUNKS_FROM`]'s rows):
-/// read chunk by chunk until the page is full.
+/// The lines after `after` from `chunks` ([`CHUNKS_FROM`]'s rows): all of them, or a page of at
+/// most `limit` ([`Logs::logs`]), read chunk by chunk until the page is full.
 pub(super) async fn read_chunks<R: Columns>(
     chunks: impl Stream<Item = Result<R, sqlx::Error>>,
     after: i64,
-    limit: usize,
+    limit: Option<u32>,
 ) -> Result<Vec<LogLine>, Error> {
     let mut chunks = std::pin::pin!(chunks);
-    let mut page = Vec::new();
-    while page.len() < limit
+    let limit = limit.map(|limit| limit as usize);
+    let mut page: Vec<LogLine> = Vec::new();
+    let mut bytes = 0;
+    while limit.is_none_or(|limit| page.len() < limit && bytes < PAGE_BYTES)
         && let Some(row) = chunks.try_next().await?
     {
         let first: i64 = row.column("first_seq");
         let lines = logs::decode_chunk(&row.column::<Vec<u8>>("data")).map_err(Error::Log)?;
         let skip = usize::try_from(after + 1 - first).unwrap_or(0);
-        let wanted = limit - page.len();
+        let wanted = match limit {
+            Some(limit) => {
+                let texts = lines.iter().skip(skip).map(|(_, _, text)| text.as_str());
+                page_take(texts, limit - page.len(), bytes)
+            }
+            None => usize::MAX,
+        };
         page.extend(lines.into_iter().enumerate().skip(skip).take(wanted).map(
-            |(i, (step, stream, text))| LogLine {
-                seq: first + i as i64,
-                step,
-                stream,
-                text,
+            |(i, (step, stream, text))| {
+                bytes += text.len();
+                LogLine {
+                    seq: first + i as i64,
+                    step,
+                    stream,
+                    text,
+                }
             },
         ));
     }
@@ -148,7 +193,7 @@ fn line_row(row: &sqlx::sqlite::SqliteRow) -> LogLine {
 mod tests {
     use super::*;
     use crate::adapters::store::Queue as _;
-    use crate::adapters::store::test_support::{queued, store};
+    use crate::adapters::store::test_support::{lease, queued, store};
 
     /// Lines are numbered across chunks, and a page starts in the chunk that holds its first
     /// line, wherever that falls.
@@ -161,15 +206,16 @@ mod tests {
             .await
             .unwrap();
         let id = build.id.as_str();
+        let holder = lease("a", 30);
+        store.claim_queued(&holder, None).await.unwrap();
         let chunk = |range: std::ops::RangeInclusive<i64>| -> Vec<(usize, LogStream, String)> {
             range
                 .map(|i| (0, LogStream::Stdout, i.to_string()))
                 .collect()
         };
-        store.append_logs(id, &chunk(1..=3)).await.unwrap();
-        store.append_logs(id, &[]).await.unwrap();
-        store.append_logs(id, &chunk(4..=10)).await.unwrap();
-        store.append_logs(id, &chunk(11..=11)).await.unwrap();
+        for lines in [chunk(1..=3), Vec::new(), chunk(4..=10), chunk(11..=11)] {
+            store.append_logs(id, &lines, &holder).await.unwrap();
+        }
         let page = |after: i64, limit: Option<u32>| {
             let store = store.clone();
             async move {
@@ -188,5 +234,41 @@ mod tests {
         assert_eq!(page(10, None).await, [11]);
         assert!(page(11, None).await.is_empty());
         assert!(store.logs("other", 0, None).await.unwrap().is_empty());
+    }
+
+    /// A page of long lines ends at the line that takes it past PAGE_BYTES, within a chunk or
+    /// across chunks, and says it is full; all of them are still one read away without a limit.
+    #[tokio::test]
+    async fn a_page_of_long_lines_is_bounded_by_bytes() {
+        let (_dir, store) = store().await;
+        let build = queued("t", "main");
+        store
+            .queue_builds(std::slice::from_ref(&build))
+            .await
+            .unwrap();
+        let id = build.id.as_str();
+        let holder = lease("a", 30);
+        store.claim_queued(&holder, None).await.unwrap();
+        let long = "x".repeat(300 * 1024);
+        let lines = |n: usize| vec![(0, LogStream::Stdout, long.clone()); n];
+        // 5 lines in one chunk, then 5 in chunks of one.
+        store.append_logs(id, &lines(5), &holder).await.unwrap();
+        for _ in 0..5 {
+            store.append_logs(id, &lines(1), &holder).await.unwrap();
+        }
+        let mut after = 0;
+        let mut pages = Vec::new();
+        loop {
+            let page = store.logs(id, after, Some(1000)).await.unwrap();
+            let full = page_full(page.iter().map(|l| l.text.as_str()), 1000);
+            pages.push(page.iter().map(|l| l.seq).collect::<Vec<_>>());
+            after = page.last().map_or(after, |line| line.seq);
+            if !full {
+                break;
+            }
+        }
+        assert_eq!(pages, [vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]]);
+        assert_eq!(store.logs(id, 0, None).await.unwrap().len(), 10);
+        assert_eq!(store.logs(id, 2, Some(1)).await.unwrap()[0].seq, 3);
     }
 }

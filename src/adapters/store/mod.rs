@@ -1,6 +1,7 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
 //! lines, and the service's queue, webhook deliveries and schedules, behind one trait per
-//! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`]) that [`Store`]
+//! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`], [`Reports`],
+//! [`Retention`], [`Uploads`]) that [`Store`]
 //! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, or by
 //! [`PostgresStore`] in a PostgreSQL database that several servers and machines share, so builds
 //! can be listed, described and their logs read after the fact, and nothing accepted is lost.
@@ -14,7 +15,10 @@ mod deliveries;
 mod logs;
 mod postgres;
 mod queue;
+mod reports;
+mod retention;
 mod schedules;
+mod uploads;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -38,11 +42,14 @@ pub use builds::{BuildQuery, BuildRecord, Builds, StepRecord};
 pub use deliveries::{
     Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
 };
-pub use logs::{LogLine, Logs};
-pub use postgres::PostgresStore;
+pub use logs::{LogLine, Logs, PAGE_BYTES, page_full, page_take};
+pub use postgres::{Changes, PostgresStore};
 use queue::queue;
 pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+pub use reports::{OpenReport, ReportFailure, ReportRecord, Reports};
+pub use retention::{PASSES_KEPT, References, Retention};
 pub use schedules::{Schedules, SkippedRun};
+pub use uploads::{UPLOAD_CHUNK_SIZE, Uploads};
 
 /// Why the store could not do what was asked: the store's own words, whatever database is
 /// behind it.
@@ -66,6 +73,9 @@ pub enum Error {
     },
     /// A log's chunk cannot be written or read back.
     Log(ChunkError),
+    /// A write for a build by a process that no longer holds it (another process took it over
+    /// and closed it): refused, so that a build is never written by two processes.
+    NotHeld { build: String },
 }
 
 impl std::fmt::Display for Error {
@@ -84,9 +94,30 @@ impl std::fmt::Display for Error {
             Error::Io(e) => write!(f, "the store's files: {e}"),
             Error::Missing(what) => write!(f, "the store has no {what}"),
             Error::Log(e) => write!(f, "the store's logs: {e}"),
+            Error::NotHeld { build } => write!(
+                f,
+                "build {build} is no longer held by this process: another process took it over"
+            ),
             Error::Unreadable { what, error } => {
                 write!(f, "the store's {what} is unreadable: {error}")
             }
+        }
+    }
+}
+
+impl Error {
+    /// Whether the failure may pass by itself: the database server could not be reached in
+    /// time, was shutting down or starting, or lost the connection (SQLSTATE classes 08 and
+    /// 57P). Each write is one transaction, so a write that failed so was not made, unless only
+    /// its commit's answer was lost (a log chunk written again is then refused by its key rather
+    /// than doubled); it may be made again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            Error::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
         }
     }
 }
@@ -97,7 +128,7 @@ impl std::error::Error for Error {
             Error::Database(e) | Error::Unreachable { error: e, .. } => Some(e),
             Error::Io(e) => Some(e),
             Error::Log(e) => Some(e),
-            Error::Missing(_) | Error::NewerSchema { .. } => None,
+            Error::Missing(_) | Error::NewerSchema { .. } | Error::NotHeld { .. } => None,
             Error::Unreadable { error, .. } => Some(error),
         }
     }
@@ -128,11 +159,28 @@ pub struct SqliteStore {
 /// happen once (claiming a queued build, recording a delivery with its builds, completing a
 /// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
 #[async_trait::async_trait]
-pub trait Store: Builds + Logs + Queue + Deliveries + Schedules {
+pub trait Store:
+    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads
+{
     /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
     /// database file that was removed (or replaced) under it, and everything written from then
     /// on is lost with the process: a server must stop instead.
     async fn check(&self) -> Result<(), Error>;
+
+    /// The changes processes sharing the store make, told as they commit, on a connection of
+    /// their own; `None` for a store that tells none (SQLite: the processes of one machine, which
+    /// wake their own and poll for the others'). A change may be lost while the connection is
+    /// made again: who waits on them polls too, seldom.
+    async fn changes(&self) -> Result<Option<Changes>, Error>;
+}
+
+/// What a process sharing the store did, as [`Store::changes`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A build was queued, or queued again, for the workers of `pool` (`''`: the default pool).
+    Queued { pool: String },
+    /// A build's status or a step of it changed, or it has new log lines.
+    Build { id: String },
 }
 
 impl SqliteStore {
@@ -258,6 +306,10 @@ impl Store for SqliteStore {
             Err(e) => Err(Error::Io(e)),
         }
     }
+
+    async fn changes(&self) -> Result<Option<Changes>, Error> {
+        Ok(None)
+    }
 }
 
 type Transaction<'t> = sqlx::Transaction<'t, sqlx::Sqlite>;
@@ -313,7 +365,11 @@ mod test_support {
                 config: String::new(),
                 config_name: "cloudbuild.yaml".into(),
                 overrides: Values::new(),
+                secrets: Default::default(),
             },
+            pool: None,
+            queue_ttl: None,
+            report: false,
         }
     }
 
@@ -322,5 +378,22 @@ mod test_support {
             holder: holder.into(),
             duration: Duration::from_secs(seconds),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only failures that pass by themselves are transient: a store gone for good, a write
+    /// refused by its fence or a statement the database refused are not.
+    #[test]
+    fn transient_failures_are_the_connections() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(Error::Database(sqlx::Error::Io(io)).is_transient());
+        assert!(Error::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!Error::Missing("database it opened: it was dropped").is_transient());
+        assert!(!Error::NotHeld { build: "b".into() }.is_transient());
     }
 }

@@ -13,20 +13,25 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
 
 use super::builds::{self, BuildQuery, BuildRecord, Builds};
 use super::deliveries::{self, Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, Recorded};
 use super::logs::{self, LogLine, Logs};
 use super::queue::{self, Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+use super::reports::{self, OpenReport, ReportFailure, ReportRecord, Reports};
+use super::retention::{self, References, Retention};
 use super::schedules::{self, Schedules, SkippedRun};
-use super::{APPLIED_MIGRATION, Error, Store, json, millis, newer_schema};
+use super::uploads::{self, Uploads};
+use super::{APPLIED_MIGRATION, Change, Error, Store, json, millis, newer_schema};
 use crate::adapters::runtime::LogStream;
 use crate::core::build::{Outcome, Status, StepResult};
 use crate::core::plan::ResolvedBuild;
+use crate::core::retention::Pass;
 use crate::core::schedule::{Decision, MAX_COUNTED, State};
 use crate::core::triggers::TriggerResult;
+use crate::core::webhooks::PullRequest;
 
 type Transaction = sqlx::Transaction<'static, Postgres>;
 
@@ -123,6 +128,36 @@ impl Store for PostgresStore {
             _ => Err(Error::Missing("database it opened: it was dropped")),
         }
     }
+
+    async fn changes(&self) -> Result<Option<Changes>, Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([QUEUED, BUILD]).await?;
+        Ok(Some(Changes(listener)))
+    }
+}
+
+/// The channels the triggers of migration 0010 notify.
+const QUEUED: &str = "builder_queued";
+const BUILD: &str = "builder_build";
+
+/// The changes of a [`PostgresStore`], heard on a connection that LISTENs (see
+/// [`Store::changes`]).
+pub struct Changes(PgListener);
+
+impl Changes {
+    /// The next change; waits for one. A lost connection is made again here (what was notified
+    /// meanwhile is lost); an error means it could not be.
+    pub async fn next(&mut self) -> Result<Change, Error> {
+        loop {
+            let notification = self.0.recv().await?;
+            let payload = notification.payload().to_string();
+            match notification.channel() {
+                QUEUED => return Ok(Change::Queued { pool: payload }),
+                BUILD => return Ok(Change::Build { id: payload }),
+                _ => continue,
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -150,24 +185,34 @@ impl Builds for PostgresStore {
         Ok(tx.commit().await?)
     }
 
-    async fn start_build(&self, id: &str) -> Result<(), Error> {
+    async fn start_build(&self, id: &str, lease: &Lease) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         sqlx::query(builds::START_BUILD)
             .bind(Status::Working.as_str())
             .bind(millis(SystemTime::now()))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
-    async fn update_step(&self, id: &str, index: usize, result: &StepResult) -> Result<(), Error> {
+    async fn update_step(
+        &self,
+        id: &str,
+        index: usize,
+        result: &StepResult,
+        lease: &Lease,
+    ) -> Result<(), Error> {
         let mut tx = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         set_step(&mut tx, id, index, result).await?;
         Ok(tx.commit().await?)
     }
 
-    async fn finish_build(&self, id: &str, outcome: &Outcome) -> Result<(), Error> {
+    async fn finish_build(&self, id: &str, outcome: &Outcome, lease: &Lease) -> Result<(), Error> {
         let mut tx = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         for (index, result) in outcome.steps.iter().enumerate() {
             set_step(&mut tx, id, index, result).await?;
         }
@@ -183,8 +228,9 @@ impl Builds for PostgresStore {
         Ok(tx.commit().await?)
     }
 
-    async fn set_plan(&self, id: &str, plan: &ResolvedBuild) -> Result<(), Error> {
+    async fn set_plan(&self, id: &str, plan: &ResolvedBuild, lease: &Lease) -> Result<(), Error> {
         let mut tx = self.write().await?;
+        fence(&mut tx, id, lease).await?;
         sqlx::query(builds::SET_PLAN)
             .bind(json(plan))
             .bind(json(&plan.substitutions))
@@ -276,18 +322,16 @@ impl Logs for PostgresStore {
         &self,
         id: &str,
         lines: &[(usize, LogStream, String)],
+        lease: &Lease,
     ) -> Result<(), Error> {
         if lines.is_empty() {
             return Ok(());
         }
         let chunk = logs::encode(lines)?;
         let mut tx = self.write().await?;
-        // Appends to one build take turns on its row, so that each numbers its lines after the
-        // last one's (on SQLite they take turns as every write does).
-        sqlx::query("SELECT 1 FROM builds WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        // The fence locks the build's row: appends to one build take turns on it, so that each
+        // numbers its lines after the last one's (on SQLite they take turns as every write does).
+        fence(&mut tx, id, lease).await?;
         let next: i64 = sqlx::query_scalar(logs::NEXT_CHUNK)
             .bind(id)
             .fetch_one(&mut *tx)
@@ -307,7 +351,6 @@ impl Logs for PostgresStore {
             .bind(id)
             .bind(after + 1)
             .fetch(&self.pool);
-        let limit = limit.map_or(usize::MAX, |limit| limit as usize);
         logs::read_chunks(chunks, after, limit).await
     }
 }
@@ -363,7 +406,11 @@ impl Queue for PostgresStore {
         Ok(rows.iter().map(queue::unfinished).collect())
     }
 
-    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error> {
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+        pool: Option<&str>,
+    ) -> Result<Option<Claimed>, Error> {
         let claim = format!(
             "{} FOR UPDATE SKIP LOCKED) RETURNING id, request",
             queue::CLAIM_QUEUED
@@ -374,9 +421,41 @@ impl Queue for PostgresStore {
             .bind(&lease.holder)
             .bind(lease.until())
             .bind(Status::Queued.as_str())
+            .bind(pool.unwrap_or_default())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(queue::claimed))
+    }
+
+    async fn requeue(
+        &self,
+        id: &str,
+        lease: &Lease,
+        pool: Option<&str>,
+        queue_ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let updated = sqlx::query(queue::REQUEUE)
+            .bind(Status::Queued.as_str())
+            .bind(pool.unwrap_or_default())
+            .bind(id)
+            .bind(&lease.holder)
+            .bind(Status::Working.as_str())
+            .bind(queue_ttl.map(queue::ttl_millis))
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// A claim in flight holds its row locked (`FOR UPDATE SKIP LOCKED`): the expiry's UPDATE
+    /// waits for it and then finds the build no longer QUEUED, so one of them wins.
+    async fn expire_queued(&self, now: SystemTime, failure: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(queue::EXPIRE_QUEUED)
+            .bind(Status::Expired.as_str())
+            .bind(millis(now))
+            .bind(failure)
+            .bind(Status::Queued.as_str())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
@@ -405,6 +484,22 @@ impl Queue for PostgresStore {
     }
 }
 
+/// Refuses a write for build `id` unless `lease`'s holder holds it, unfinished
+/// (`builds::FENCE`), and locks the build's row until the write's transaction ends: a take-over
+/// waits for the write, or the write sees the take-over.
+async fn fence(tx: &mut Transaction, id: &str, lease: &Lease) -> Result<(), Error> {
+    let held = sqlx::query(AssertSqlSafe(format!("{} FOR UPDATE", builds::FENCE)))
+        .bind(id)
+        .bind(&lease.holder)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Working.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    held.map(drop).ok_or_else(|| Error::NotHeld {
+        build: id.to_string(),
+    })
+}
+
 /// Queues `builds` in a transaction.
 async fn queue_in(tx: &mut Transaction, builds: &[QueuedBuild]) -> Result<(), Error> {
     let now = millis(SystemTime::now());
@@ -412,30 +507,53 @@ async fn queue_in(tx: &mut Transaction, builds: &[QueuedBuild]) -> Result<(), Er
         let mut insert: QueryBuilder<Postgres> = queue::insert_queued(builds, now);
         insert.build().execute(&mut **tx).await?;
     }
+    for build in builds.iter().filter(|build| build.report) {
+        sqlx::query(reports::INSERT_REPORT)
+            .bind(build.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
 #[async_trait::async_trait]
 impl Deliveries for PostgresStore {
-    async fn record_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Vec<Recorded>, Error> {
-        if deliveries.is_empty() {
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        dropped: u64,
+    ) -> Result<Vec<Recorded>, Error> {
+        if deliveries.is_empty() && dropped == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.write().await?;
-        let inserted: Vec<String> = deliveries::insert_deliveries::<Postgres>(deliveries)
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.get("id"))
-            .collect();
+        // A batch of nothing but a count of dropped rejections inserts no row.
+        let inserted: Vec<String> = if deliveries.is_empty() {
+            Vec::new()
+        } else {
+            deliveries::insert_deliveries::<Postgres>(deliveries)
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.get("id"))
+                .collect()
+        };
         let (recorded, builds) = deliveries::recorded(deliveries, inserted);
         queue_in(&mut tx, &builds).await?;
-        let rejected = deliveries.iter().filter(|d| !d.verified).count();
-        if rejected > 0 {
+        for (repository, number, pull_request) in deliveries::pull_requests(deliveries, &recorded) {
+            sqlx::query(deliveries::KEEP_PULL_REQUEST)
+                .bind(repository)
+                .bind(number)
+                .bind(pull_request)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rejected = deliveries.iter().filter(|d| !d.verified).count() as u64;
+        if rejected + dropped > 0 {
             sqlx::query(deliveries::COUNT_REJECTED)
                 .bind(deliveries::REJECTED)
-                .bind(rejected as i64)
+                .bind(i64::try_from(rejected + dropped).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
@@ -448,6 +566,19 @@ impl Deliveries for PostgresStore {
         }
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    async fn pull_request(
+        &self,
+        repository: &str,
+        number: u64,
+    ) -> Result<Option<PullRequest>, Error> {
+        let text: Option<String> = sqlx::query_scalar(deliveries::PULL_REQUEST)
+            .bind(repository.to_ascii_lowercase())
+            .bind(number as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        deliveries::read_pull_request(text)
     }
 
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error> {
@@ -621,6 +752,137 @@ impl Schedules for PostgresStore {
 }
 
 /// Queues a schedule's run and makes it the schedule's last run.
+#[async_trait::async_trait]
+impl Reports for PostgresStore {
+    async fn open_reports(&self, now: SystemTime, limit: u32) -> Result<Vec<OpenReport>, Error> {
+        let rows = sqlx::query(reports::OPEN_REPORTS)
+            .bind(false)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(reports::open_report).collect())
+    }
+
+    async fn report_sent(
+        &self,
+        id: &str,
+        status: Status,
+        check_run: Option<u64>,
+    ) -> Result<(), Error> {
+        sqlx::query(reports::REPORT_SENT)
+            .bind(status.as_str())
+            .bind(check_run.map(|id| id as i64))
+            .bind(false)
+            .bind(status.is_final())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn report_failed(&self, id: &str, failure: &ReportFailure) -> Result<(), Error> {
+        let (lasting, next_attempt, done) = reports::failed_values(failure);
+        sqlx::query(reports::REPORT_FAILED)
+            .bind(failure.status.as_str())
+            .bind(i64::from(failure.attempts))
+            .bind(&failure.error)
+            .bind(lasting)
+            .bind(next_attempt)
+            .bind(done)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn report_of(&self, id: &str) -> Result<Option<ReportRecord>, Error> {
+        let row = sqlx::query(reports::REPORT_OF)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(reports::report_record))
+    }
+}
+
+/// PostgreSQL's expression for a field of a build's `source`.
+fn source_field(field: &str) -> String {
+    format!("((source::jsonb) ->> '{field}')")
+}
+
+#[async_trait::async_trait]
+impl Retention for PostgresStore {
+    async fn remove_builds(&self, before: SystemTime, limit: u32) -> Result<u64, Error> {
+        let removed = sqlx::query(retention::REMOVE_BUILDS)
+            .bind(millis(before))
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(removed.rows_affected())
+    }
+
+    async fn remove_deliveries(&self, before: SystemTime, limit: u32) -> Result<u64, Error> {
+        let removed = sqlx::query(retention::REMOVE_DELIVERIES)
+            .bind(millis(before))
+            .bind(deliveries::PENDING)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(removed.rows_affected())
+    }
+
+    async fn remove_uploads(&self, before: SystemTime, limit: u32) -> Result<u64, Error> {
+        let removed = sqlx::query(AssertSqlSafe(retention::remove_uploads(source_field)))
+            .bind(millis(before))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(removed.rows_affected())
+    }
+
+    async fn references(&self) -> Result<References, Error> {
+        let unfinished = sqlx::query_scalar(retention::UNFINISHED_IDS)
+            .bind(Status::Queued.as_str())
+            .bind(Status::Working.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        let distinct = |field| async move {
+            let query = retention::distinct_sources(source_field, field);
+            sqlx::query_scalar::<_, String>(AssertSqlSafe(query))
+                .fetch_all(&self.pool)
+                .await
+        };
+        Ok(References {
+            unfinished: unfinished.into_iter().collect(),
+            clone_urls: distinct("cloneUrl").await?.into_iter().collect(),
+        })
+    }
+
+    async fn record_pass(&self, pass: &Pass) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        let mut insert = sqlx::query(retention::RECORD_PASS);
+        for value in retention::pass_values(pass) {
+            insert = insert.bind(value);
+        }
+        insert.bind(&pass.error).execute(&mut *tx).await?;
+        sqlx::query(retention::FORGET_PASSES)
+            .bind(i64::from(retention::PASSES_KEPT))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn retention_passes(&self, limit: u32) -> Result<Vec<Pass>, Error> {
+        let rows = sqlx::query(retention::PASSES)
+            .bind(i64::from(limit.min(retention::PASSES_KEPT)))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(retention::pass).collect())
+    }
+}
+
 async fn start_run(
     tx: &mut Transaction,
     name: &str,
@@ -634,6 +896,47 @@ async fn start_run(
         .execute(&mut **tx)
         .await?;
     queue_in(tx, std::slice::from_ref(build)).await
+}
+
+#[async_trait::async_trait]
+impl Uploads for PostgresStore {
+    async fn put_upload(&self, id: &str, archive: &[u8]) -> Result<(), Error> {
+        let (create_time, size) = uploads::row(archive);
+        let mut tx = self.write().await?;
+        sqlx::query(uploads::INSERT_UPLOAD)
+            .bind(id)
+            .bind(create_time)
+            .bind(size)
+            .execute(&mut *tx)
+            .await?;
+        for (seq, data) in uploads::chunks(archive) {
+            sqlx::query(uploads::INSERT_CHUNK)
+                .bind(id)
+                .bind(seq)
+                .bind(data)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
+    async fn attach_upload(&self, id: &str, build: &str) -> Result<bool, Error> {
+        let attached = sqlx::query(uploads::ATTACH_UPLOAD)
+            .bind(build)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(attached == 1)
+    }
+
+    async fn upload_chunk(&self, id: &str, seq: i64) -> Result<Option<Vec<u8>>, Error> {
+        Ok(sqlx::query_scalar(uploads::UPLOAD_CHUNK)
+            .bind(id)
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,16 @@ pub struct QueuedBuild {
     pub source: serde_json::Value,
     pub substitutions: Values,
     pub request: Request,
+    /// The pool whose workers may run it (see `ResolvedBuild::pool`); `None` for the default
+    /// pool.
+    pub pool: Option<String>,
+    /// How long it may wait QUEUED before it is EXPIRED ([`Queue::expire_queued`]): its
+    /// `queueTtl`, when its config is known as it is queued (a submission's; a trigger's config
+    /// is read from its commit when it is claimed, see [`Queue::requeue`]).
+    pub queue_ttl: Option<Duration>,
+    /// Whether its statuses are to be reported to GitHub: it then has a report
+    /// ([`super::Reports`]) from the transaction that queues it.
+    pub report: bool,
 }
 
 /// A build claimed from the queue, WORKING and held by its claimer from now on.
@@ -75,7 +85,11 @@ pub struct Unfinished {
 ///   reports a cancel asked for since ([`Queue::request_cancel`]);
 /// - a build whose lease ran out is [`Unfinished::expired`], and [`Queue::take_over`] gives it to
 ///   one process only (compare-and-set on its holder);
-/// - a build cancelled while QUEUED is never claimed.
+/// - a build cancelled while QUEUED is never claimed;
+/// - a claim takes only builds of the claimer's pool, and [`Queue::requeue`] moves a claimed
+///   build to another pool, QUEUED again, only while its claimer holds it;
+/// - a build still QUEUED past its `queueTtl` is EXPIRED by [`Queue::expire_queued`], once, and
+///   is never claimed after (a claim and an expiry of one build: one wins).
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync {
     /// Extends the holder's claim on a running build by its duration, and tells whether a cancel
@@ -99,9 +113,29 @@ pub trait Queue: Send + Sync {
     /// run at once (not queued for the service) that never ran.
     async fn unfinished_builds(&self) -> Result<Vec<Unfinished>, Error>;
 
-    /// Takes the oldest queued build for `lease`'s holder to run: it is WORKING and held from
-    /// now on.
-    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error>;
+    /// Takes the oldest queued build of `pool` (`None`: the default pool) for `lease`'s holder
+    /// to run: it is WORKING and held from now on.
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+        pool: Option<&str>,
+    ) -> Result<Option<Claimed>, Error>;
+
+    /// Gives a build its holder claimed back to the queue, for the workers of `pool`: its
+    /// config names another pool than the one it was claimed from (a trigger's config is only
+    /// read from its commit), and may give it a `queue_ttl`, counted from when it was first
+    /// queued. `false` if `lease`'s holder no longer holds it.
+    async fn requeue(
+        &self,
+        id: &str,
+        lease: &Lease,
+        pool: Option<&str>,
+        queue_ttl: Option<Duration>,
+    ) -> Result<bool, Error>;
+
+    /// Ends EXPIRED the builds still QUEUED at `now` past their `queueTtl` (whose pool has no
+    /// worker, or none free in time), with `failure`; returns their ids.
+    async fn expire_queued(&self, now: SystemTime, failure: &str) -> Result<Vec<String>, Error>;
 
     /// Queues builds (a retry, a manual run).
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
@@ -127,10 +161,17 @@ pub(super) const UNFINISHED: &str = "SELECT id, holder, COALESCE(lease_until < $
 /// claims at a time; PostgreSQL's claimers skip the rows others have locked.
 pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
-     (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL \
+     (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL AND pool = $6 \
      ORDER BY create_time, id LIMIT 1";
+/// `$6`, the queue TTL in milliseconds, is NULL for none: NULL added to the creation time.
+pub(super) const REQUEUE: &str = "UPDATE builds SET status = $1, pool = $2, holder = NULL, \
+     lease_until = NULL, start_time = NULL, queue_deadline = create_time + $6 \
+     WHERE id = $3 AND holder = $4 AND status = $5";
+pub(super) const EXPIRE_QUEUED: &str = "UPDATE builds SET status = $1, finish_time = $2, \
+     failure = $3 WHERE status = $4 AND queue_deadline <= $2 RETURNING id";
 pub(super) const QUEUED_REQUEST: &str = "SELECT id, trigger_name, schedule_name, delivery_id, \
-     source, substitutions, request FROM builds WHERE id = $1 AND request IS NOT NULL";
+     source, substitutions, request, pool, queue_deadline - create_time AS queue_ttl \
+     FROM builds WHERE id = $1 AND request IS NOT NULL";
 pub(super) const CANCEL_QUEUED: &str =
     "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4";
 
@@ -191,7 +232,11 @@ impl Queue for SqliteStore {
         Ok(rows.iter().map(unfinished).collect())
     }
 
-    async fn claim_queued(&self, lease: &Lease) -> Result<Option<Claimed>, Error> {
+    async fn claim_queued(
+        &self,
+        lease: &Lease,
+        pool: Option<&str>,
+    ) -> Result<Option<Claimed>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "{CLAIM_QUEUED}) RETURNING id, request"
@@ -201,10 +246,45 @@ impl Queue for SqliteStore {
         .bind(&lease.holder)
         .bind(lease.until())
         .bind(Status::Queued.as_str())
+        .bind(pool.unwrap_or_default())
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(row.as_ref().map(claimed))
+    }
+
+    async fn requeue(
+        &self,
+        id: &str,
+        lease: &Lease,
+        pool: Option<&str>,
+        queue_ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated = sqlx::query(REQUEUE)
+            .bind(Status::Queued.as_str())
+            .bind(pool.unwrap_or_default())
+            .bind(id)
+            .bind(&lease.holder)
+            .bind(Status::Working.as_str())
+            .bind(queue_ttl.map(ttl_millis))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn expire_queued(&self, now: SystemTime, failure: &str) -> Result<Vec<String>, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let expired = sqlx::query_scalar(EXPIRE_QUEUED)
+            .bind(Status::Expired.as_str())
+            .bind(millis(now))
+            .bind(failure)
+            .bind(Status::Queued.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(expired)
     }
 
     async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
@@ -270,7 +350,19 @@ pub(super) fn queued_build(row: &impl Columns) -> Result<QueuedBuild, Error> {
             .map_err(unreadable("build's substitutions"))?,
         request: serde_json::from_str(&row.column::<String>("request"))
             .map_err(unreadable("queued build's request"))?,
+        pool: Some(row.column::<String>("pool")).filter(|pool| !pool.is_empty()),
+        queue_ttl: row
+            .column::<Option<i64>>("queue_ttl")
+            .map(|ttl| Duration::from_millis(ttl.max(0).unsigned_abs())),
+        // Whoever queues it again decides.
+        report: false,
     })
+}
+
+/// A queue TTL as the store keeps it, in milliseconds (saturated: a TTL past `i64::MAX` ms is
+/// forever for all purposes).
+pub(super) fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Builds one statement inserts at most: SQLite takes at most 32,766 values in one (PostgreSQL
@@ -285,6 +377,12 @@ pub(super) async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> R
             .execute(&mut **tx)
             .await?;
     }
+    for build in builds.iter().filter(|build| build.report) {
+        sqlx::query(super::reports::INSERT_REPORT)
+            .bind(build.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -296,10 +394,11 @@ where
     for<'t> String: Encode<'t, DB> + Type<DB>,
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
 {
     let mut insert = QueryBuilder::<DB>::new(
         "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
-         delivery_id, request, schedule_name) ",
+         delivery_id, request, schedule_name, pool, queue_deadline) ",
     );
     insert.push_values(builds, |mut row, build| {
         row.push_bind(build.id.as_str())
@@ -311,7 +410,13 @@ where
             .push_bind(build.trigger.clone())
             .push_bind(build.delivery.clone())
             .push_bind(json(&build.request))
-            .push_bind(build.schedule.clone());
+            .push_bind(build.schedule.clone())
+            .push_bind(build.pool.clone().unwrap_or_default())
+            .push_bind(
+                build
+                    .queue_ttl
+                    .map(|ttl| now.saturating_add(ttl_millis(ttl))),
+            );
     });
     insert
 }
@@ -335,9 +440,9 @@ mod tests {
             .await
             .unwrap();
         let (a, b) = (lease("a", 30), lease("b", 30));
-        let claimed = store.claim_queued(&a).await.unwrap().expect("queued");
+        let claimed = store.claim_queued(&a, None).await.unwrap().expect("queued");
         assert_eq!(claimed.id, build.id);
-        assert!(store.claim_queued(&b).await.unwrap().is_none());
+        assert!(store.claim_queued(&b, None).await.unwrap().is_none());
         let held = Renewal::Held {
             cancel_requested: false,
         };
@@ -381,7 +486,7 @@ mod tests {
         );
 
         let outcome = Outcome::ended(Status::InternalError, Vec::new(), None);
-        store.finish_build(&build.id, &outcome).await.unwrap();
+        store.finish_build(&build.id, &outcome, &b).await.unwrap();
         assert_eq!(
             store.renew_lease(&build.id, &b).await.unwrap(),
             Renewal::Lost

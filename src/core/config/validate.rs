@@ -616,18 +616,34 @@ fn check_secret_value(path: &FieldPath, name: &str, value: &str, diagnostics: &m
 /// character set (which also keeps them from naming a path outside the local secrets directory).
 pub fn is_secret_version(name: &str) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
-    let is_id = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
     parts.len() == 6
         && parts[0] == "projects"
         && !parts[1].is_empty()
         && parts[2] == "secrets"
-        && is_id(parts[3])
+        && is_secret_id(parts[3])
         && parts[4] == "versions"
-        && is_id(parts[5])
+        && is_secret_id(parts[5])
+}
+
+/// A secret's NAME as a grant lists it (a trigger's `secrets`, `--secret`, `submitSecrets`).
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    if is_secret_id(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a secret's name: write NAME of projects/P/secrets/NAME/versions/V \
+             (letters, digits, - and _)"
+        ))
+    }
+}
+
+/// A Secret Manager secret's id (the NAME of `projects/P/secrets/NAME/versions/V`), or a
+/// version's: letters, digits, `-` and `_`.
+fn is_secret_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn env_keys(env: &[String]) -> BTreeSet<&str> {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{Served, bearer_token, console, error, status_of};
+use super::{Served, bearer_token, error, status_of};
 use crate::core::kfp::{self, Done, TagRequest};
 use crate::core::templates::MAX_FILE_BYTES;
 use crate::pipeline::service::{Failed, KfpRepository};
@@ -106,8 +106,7 @@ impl FromRequestParts<Served> for Reading {
     type Rejection = Refused;
 
     async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Refused> {
-        let token = bearer_token(&parts.headers).or_else(|| console::session_token(&parts.headers));
-        if !served.access.may_read(token.as_deref()) {
+        if !served.access.may_read(&parts.headers) {
             return Err(Refused(
                 StatusCode::UNAUTHORIZED,
                 "reading needs the API token on this server: RegistryClient(host, \

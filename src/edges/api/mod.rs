@@ -1,25 +1,33 @@
 //! The HTTP face of `builder serve` (axum): `POST /webhooks/github`, the JSON API under `/v1`
 //! (its OpenAPI document at `/openapi.json`) and the web console at `/` ([`console`]).
 //! Handlers only translate between HTTP and [`Service`] calls: status codes, headers, bodies,
-//! and the API token of mutating requests (and of reads, if the server says so).
+//! and the API token of mutating requests (and of reads, if the server says so). What gets
+//! through is decided by `core::access` ([`Access`] applies it): the Host names the server
+//! answers to, console sessions, the login throttle, page sizes, the seats of log followers.
+//! Served over TLS ([`tls`]) when given a certificate.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::access::{FollowerSeats, HostAllowlist, LoginThrottle, SessionKey, page_limit};
 use crate::core::build::Status;
 use crate::core::wire;
 use crate::pipeline::service::{
@@ -32,43 +40,134 @@ const MAX_DELIVERY: usize = 25 * 1024 * 1024;
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
 /// The most lines a followed log reads at once: a long log streams in pieces.
 const FOLLOW_PAGE: u32 = 5000;
+/// The most lines one page of a log (`GET …/log` without `follow`) holds, and its default: a
+/// long log is read a page at a time, never whole into the server's memory.
+const LOG_PAGE: u32 = 5000;
 const OPENAPI: &str = include_str!("openapi.json");
 
 mod console;
 mod kfp;
+pub mod tls;
 
-/// Serves on `listener` until `shutdown` resolves, finishing the requests in flight; followed
-/// logs end then too (a browser tab left open on a running build would hold the server up).
+/// Failed logins a client may make within [`LOGIN_WINDOW`] before it must wait.
+const LOGIN_FAILURES: usize = 5;
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Clients whose failed logins are remembered at once (the throttle's memory bound).
+const LOGIN_CLIENTS: usize = 10_000;
+/// What a refused follower is told to wait before trying again.
+const FOLLOW_RETRY: &str = "5";
+
+/// Serves on `listener` (over TLS if `tls` is given) until `shutdown` resolves, finishing the
+/// requests in flight; followed logs end then too (a browser tab left open on a running build
+/// would hold the server up).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tls::Acceptor>,
     service: Arc<Service>,
-    access: Access,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = CancellationToken::new();
     let stop = stopping.clone();
     let state = Served {
         service,
-        access: Arc::new(access),
+        access: Arc::new(Access::new(settings, tls.is_some())),
     };
-    axum::serve(listener, router(state).layer(Extension(stopping)))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await
+    let app = router(state)
+        .layer(Extension(stopping))
+        .into_make_service_with_connect_info::<Client>();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    match tls {
+        Some(acceptor) => {
+            let listener = tls::Listener::new(listener, acceptor);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
-/// Who may do what on this server: the API token that mutating requests (and the console's
-/// login) must carry, and whether reads need it too. The service knows nothing of it.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
+/// The address a request came from, for the login throttle: the peer of the connection, which
+/// behind a proxy is the proxy.
+#[derive(Debug, Clone, Copy)]
+struct Client(SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Client {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Client(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tls::Listener>> for Client {
+    fn connect_info(stream: IncomingStream<'_, tls::Listener>) -> Self {
+        Client(*stream.remote_addr())
+    }
+}
+
+/// What the HTTP edge lets through, as `builder serve`'s settings say.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The API token that mutating requests (and the console's login) must carry.
     pub token: Option<String>,
     /// Reading builds, logs, triggers, schedules and deliveries needs the token too.
     pub reads_need_token: bool,
+    /// The names a request's `Host` may carry.
+    pub hosts: HostAllowlist,
+    /// How long a console session lasts after its login.
+    pub session_lifetime: Duration,
+    /// Logs followed at once on this server, and on one build.
+    pub max_followers: usize,
+    pub max_followers_per_build: usize,
+}
+
+/// Who may do what on this server, and how much: [`Settings`] and the state their decisions
+/// keep (failed logins, followers' seats). The service knows nothing of it.
+#[derive(Debug)]
+pub struct Access {
+    token: Option<String>,
+    reads_need_token: bool,
+    hosts: HostAllowlist,
+    /// The key of console sessions (none without a token: no one can log in).
+    sessions: Option<SessionKey>,
+    session_lifetime: Duration,
+    /// The session cookie says `Secure`: the server speaks TLS.
+    secure: bool,
+    logins: Mutex<LoginThrottle>,
+    seats: Arc<Mutex<FollowerSeats>>,
 }
 
 impl Access {
+    fn new(settings: Settings, secure: bool) -> Self {
+        Access {
+            sessions: settings
+                .token
+                .as_ref()
+                .map(|token| SessionKey::derive(token.as_bytes())),
+            token: settings.token,
+            reads_need_token: settings.reads_need_token,
+            hosts: settings.hosts,
+            session_lifetime: settings.session_lifetime,
+            secure,
+            logins: Mutex::new(LoginThrottle::new(
+                LOGIN_FAILURES,
+                LOGIN_WINDOW,
+                LOGIN_CLIENTS,
+            )),
+            seats: Arc::new(Mutex::new(FollowerSeats::new(
+                settings.max_followers,
+                settings.max_followers_per_build,
+            ))),
+        }
+    }
+
     /// Whether `token` is the API token; compared in constant time (through digests of both).
     pub fn authorizes(&self, token: &str) -> bool {
         use sha2::{Digest, Sha256};
@@ -77,10 +176,74 @@ impl Access {
             .is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(token))
     }
 
-    /// Whether a request that presents `token` (or none) may read.
-    pub fn may_read(&self, token: Option<&str>) -> bool {
-        !self.reads_need_token || token.is_some_and(|token| self.authorizes(token))
+    /// Whether a request with these headers may read: reads are open, or it carries the API
+    /// token or an open console session.
+    fn may_read(&self, headers: &HeaderMap) -> bool {
+        !self.reads_need_token
+            || bearer_token(headers).is_some_and(|token| self.authorizes(&token))
+            || self.in_session(headers)
     }
+
+    /// Whether the request carries a console session cookie that is still open.
+    fn in_session(&self, headers: &HeaderMap) -> bool {
+        let (Some(key), Some(cookie)) = (&self.sessions, console::session_cookie(headers)) else {
+            return false;
+        };
+        key.verify(&cookie, unix_now()).is_ok()
+    }
+
+    /// A new console session's cookie value and its lifetime.
+    fn open_session(&self) -> Option<(String, Duration)> {
+        let expires = unix_now().saturating_add(self.session_lifetime.as_secs());
+        let key = self.sessions.as_ref()?;
+        Some((key.issue(expires), self.session_lifetime))
+    }
+
+    /// `Err(wait)`: `client` failed to log in too often and must wait.
+    fn login_allowed(&self, client: SocketAddr) -> Result<(), Duration> {
+        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        logins.check(client.ip(), Instant::now())
+    }
+
+    /// Counts a login of `client` that gave a wrong token (`false`) or the right one.
+    fn login_tried(&self, client: SocketAddr, succeeded: bool) {
+        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        if succeeded {
+            logins.succeeded(client.ip());
+        } else {
+            logins.failed(client.ip(), Instant::now());
+        }
+    }
+
+    /// A follower's seat on `build`'s log, given back when dropped.
+    fn seat(&self, build: &str) -> Result<Seat, crate::core::access::NoSeat> {
+        let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        seats.take(build)?;
+        Ok(Seat {
+            seats: self.seats.clone(),
+            build: build.to_string(),
+        })
+    }
+}
+
+/// A follower's seat, held as long as its stream lives.
+struct Seat {
+    seats: Arc<Mutex<FollowerSeats>>,
+    build: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        seats.leave(&self.build);
+    }
+}
+
+/// Seconds since the Unix epoch (a clock before it reads as the epoch: every session expired).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// What the handlers are given: the service, and who may use it.
@@ -105,6 +268,7 @@ impl axum::extract::FromRef<Served> for Arc<Access> {
 fn router(state: Served) -> Router {
     Router::new()
         .route("/webhooks/github", post(github_delivery))
+        .route("/v1/webhooks/{trigger}", post(webhook_trigger))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/openapi.json",
@@ -137,7 +301,37 @@ fn router(state: Served) -> Router {
         ))
         .merge(console::router())
         .merge(kfp::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            guard_host,
+        ))
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is not one of this server's names (421), before anything
+/// else: a page that rebinds its own name to this server's address sends its name.
+async fn guard_host(
+    State(access): State<Arc<Access>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // HTTP/1.1 requires it; an absolute-form target's authority stands for it.
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(host) if access.hosts.allows(host) => next.run(request).await,
+        Some(host) => error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this server does not answer to the name {host:?}: add it to its allowedHosts \
+                 (--allowed-host NAME) if it is this server's"
+            ),
+        ),
+        None => error(StatusCode::BAD_REQUEST, "the request has no Host header"),
+    }
 }
 
 /// Refuses the API's reads without the token when the server says reads need it. The console's
@@ -150,15 +344,11 @@ async fn guard_reads(
     let method = request.method();
     let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
     let reads_api = request.uri().path().starts_with("/v1/");
-    if reading && reads_api {
-        let headers = request.headers();
-        let token = bearer_token(headers).or_else(|| console::session_token(headers));
-        if !access.may_read(token.as_deref()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "reading needs the API token on this server: `Authorization: Bearer TOKEN`",
-            );
-        }
+    if reading && reads_api && !access.may_read(request.headers()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "reading needs the API token on this server: `Authorization: Bearer TOKEN`",
+        );
     }
     next.run(request).await
 }
@@ -230,6 +420,7 @@ fn status_of(failed: &Failed) -> StatusCode {
         Failed::NotFound(_) => StatusCode::NOT_FOUND,
         Failed::Invalid(_) => StatusCode::BAD_REQUEST,
         Failed::Conflict(_) => StatusCode::CONFLICT,
+        Failed::Forbidden(_) => StatusCode::FORBIDDEN,
         Failed::Internal(error) => {
             tracing::error!(%error, "request failed");
             StatusCode::INTERNAL_SERVER_ERROR
@@ -285,12 +476,16 @@ async fn list_builds(
         Some(status) => status,
         None => None,
     };
+    let limit = match page_limit(filter.limit) {
+        Ok(limit) => limit,
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
     let query = BuildQuery {
         status,
         trigger: filter.trigger,
         schedule: filter.schedule,
         branch: filter.branch,
-        limit: filter.limit,
+        limit,
         offset: filter.offset,
         before: filter.before,
     };
@@ -307,12 +502,7 @@ async fn upload_source(
     _: Authorized,
     body: Bytes,
 ) -> Response {
-    respond(
-        service
-            .upload(&body)
-            .await
-            .map(|id| json!({ "upload": id })),
-    )
+    respond(service.upload(body).await.map(|id| json!({ "upload": id })))
 }
 
 async fn submit_build(State(service): State<Arc<Service>>, _: Authorized, body: Bytes) -> Response {
@@ -342,29 +532,67 @@ struct LogQuery {
     /// Followed lines come as one `lines` event per read rather than one `line` event each.
     #[serde(default)]
     batched: bool,
+    /// The most lines of a page (without `follow`): at most [`LOG_PAGE`], its default.
+    limit: Option<u32>,
 }
 
 async fn build_log(
     State(service): State<Arc<Service>>,
+    State(access): State<Arc<Access>>,
     Extension(stopping): Extension<CancellationToken>,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Response {
     if query.follow {
+        // The seat is taken first: a refused follower costs the store nothing.
+        let seat = match access.seat(&id) {
+            Ok(seat) => seat,
+            Err(no_seat) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, no_seat.to_string());
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static(FOLLOW_RETRY),
+                );
+                return response;
+            }
+        };
         return match service.follow(&id).await {
-            Ok(follower) => Sse::new(
-                follow(follower, query.after, query.batched).take_until(stopping.cancelled_owned()),
-            )
-            .keep_alive(KeepAlive::default())
-            .into_response(),
+            Ok(follower) => {
+                let events = follow(follower, query.after, query.batched)
+                    .take_until(stopping.cancelled_owned())
+                    // The seat goes back when the stream ends or its client goes.
+                    .map(move |event| {
+                        let _held = &seat;
+                        event
+                    });
+                Sse::new(events)
+                    .keep_alive(KeepAlive::default())
+                    .into_response()
+            }
             Err(failed) => respond::<()>(Err(failed)),
         };
     }
+    let limit = query.limit.unwrap_or(LOG_PAGE);
+    if limit > LOG_PAGE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "limit {limit} is over the most lines one page of a log holds, {LOG_PAGE}: page on with `after`"
+            ),
+        );
+    }
+    // `next`: a full page may have more after it, read with `after=next`.
     respond(
         service
-            .log(&id, query.after, None)
+            .log(&id, query.after, Some(limit))
             .await
-            .map(|(lines, build)| json!({ "lines": lines, "finished": build.status.is_final() })),
+            .map(|(lines, build)| {
+                let next = lines
+                    .last()
+                    .filter(|_| lines.len() == limit as usize)
+                    .map(|line| line.seq);
+                json!({ "lines": lines, "finished": build.status.is_final(), "next": next })
+            }),
     )
 }
 
@@ -431,7 +659,7 @@ fn follow(
                 after = lines.last().map_or(after, |line| line.seq);
                 // The status was read before the lines: a final build whose lines fit in this
                 // read has no more to send.
-                let caught_up = lines.len() < FOLLOW_PAGE as usize;
+                let caught_up = !follower.more();
                 if build.status.is_final() && caught_up {
                     let data = json!({"status": build.status, "failure": build.failure});
                     events.push(Ok(Event::default().event("end").data(data.to_string())));
@@ -477,9 +705,13 @@ async fn list_deliveries(
     State(service): State<Arc<Service>>,
     Query(page): Query<Limit>,
 ) -> Response {
+    let limit = match page_limit(page.limit) {
+        Ok(limit) => limit,
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
     respond(
         service
-            .deliveries(page.limit)
+            .deliveries(limit)
             .await
             .map(|deliveries| json!({ "deliveries": deliveries })),
     )
@@ -527,6 +759,28 @@ async fn delete_trigger(
         service
             .delete_trigger(&name)
             .map(|()| json!({ "deleted": name })),
+    )
+}
+
+/// A webhook trigger's query: Cloud Build's `key` (an API key there; the secret is what
+/// authenticates here, so it is not read) and the trigger's `secret`.
+#[derive(serde::Deserialize)]
+struct WebhookQuery {
+    secret: Option<String>,
+}
+
+/// A request to a webhook trigger (Cloud Build's `webhookConfig`): authenticated by the
+/// trigger's secret, not the API token, as senders outside (GitLab, a script) hold only that.
+async fn webhook_trigger(
+    State(service): State<Arc<Service>>,
+    Path(trigger): Path<String>,
+    Query(query): Query<WebhookQuery>,
+    body: Bytes,
+) -> Response {
+    respond(
+        service
+            .webhook(&trigger, query.secret.as_deref(), &body)
+            .await,
     )
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::registry::{self, Registries};
@@ -15,14 +15,14 @@ use crate::adapters::source;
 use crate::adapters::store::{Builds as _, Logs as _, SqliteStore};
 use crate::core::alias::Aliases;
 use crate::core::build::Status;
-use crate::core::config::{Loaded, duration};
+use crate::core::config::{Loaded, duration, validate};
 use crate::core::diag::{Diagnostics, FieldPath};
 use crate::core::plan::{self, Context, Inputs};
 use crate::core::schedule::{self, Cron, Times};
 use crate::core::substitute::Values;
 use crate::core::{triggers, webhooks, wire};
 use crate::pipeline;
-use crate::pipeline::execute::Event;
+use crate::pipeline::execute::{DEFAULT_LOG_LIMIT, Event};
 use crate::pipeline::submit;
 
 /// The most log lines `builds log` reads and prints at once.
@@ -111,7 +111,10 @@ enum Command {
     #[command(subcommand)]
     Builds(BuildsCommand),
     /// Run the build service: GitHub webhooks, triggers, the build queue and the API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Run builds on this machine's engine, claimed from the store that `builder serve`
+    /// queues them in (`--store postgres://…`), for one pool.
+    Worker(serve::WorkerArgs),
     /// Build triggers: what GitHub pushes start builds.
     #[command(subcommand)]
     Triggers(TriggersCommand),
@@ -187,9 +190,13 @@ struct TriggerTestArgs {
     /// The delivery's JSON body (e.g. one of webhooks/github/).
     #[arg(long, value_name = "PAYLOAD.json")]
     event: PathBuf,
-    /// A file the push changed, relative to the repository root (repeatable).
+    /// A file the push (or pull request) changed, relative to the repository root (repeatable).
     #[arg(long = "changed-file", value_name = "PATH")]
     changed_files: Vec<String>,
+    /// An `issue_comment` delivery on the pull request of `--event` (repeatable): each is judged
+    /// in order, as a `/gcbrun` that may build it.
+    #[arg(long = "comment", value_name = "ISSUE_COMMENT.json")]
+    comments: Vec<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, value_enum)]
     format: Option<JsonFormat>,
@@ -322,10 +329,19 @@ struct SubmitArgs {
     /// Directory of local secret values for availableSecrets.secretManager (see README).
     #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// A secret the build may read (repeatable): NAME of
+    /// `projects/P/secrets/NAME/versions/V` in availableSecrets.secretManager. A config naming
+    /// another secret is refused (see README, "Security model").
+    #[arg(long = "secret", value_name = "NAME", value_parser = parse_secret_name)]
+    secrets: Vec<String>,
     /// Let the build's steps reach this machine through the engine: privileged containers,
     /// host paths, host namespaces, devices, added capabilities (see README, "Security model").
     #[arg(long)]
     trusted: bool,
+    /// How many bytes of its steps' output the build's log keeps; past it, one line says where
+    /// the log was cut, and the steps run on unlogged. Of a build run here, not on `--server`.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LOG_LIMIT)]
+    log_limit: u64,
     #[command(flatten)]
     project: ProjectArgs,
 }
@@ -366,8 +382,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Schedules(command) => {
             remote::client(cli.server, cli.token_file).and_then(|c| remote::schedules(command, c))
         }
+        Command::Worker(args) => {
+            serve::worker(args, cli.data_dir, cli.aliases, cli.registry.settings())
+        }
         Command::Serve(args) => {
-            serve::serve(args, cli.data_dir, cli.aliases, cli.registry.settings())
+            serve::serve(*args, cli.data_dir, cli.aliases, cli.registry.settings())
         }
     };
     match result {
@@ -491,34 +510,122 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
     };
     let delivery = webhooks::parse(&args.event_type, &read(&args.event)?)
         .with_context(|| args.event.display().to_string())?;
-    let verdict = triggers::evaluate(&trigger, &delivery, &args.changed_files);
-    let built_ins = verdict
-        .as_ref()
-        .map(|push| trigger.built_ins(&push.repository, Some(&push.git_ref), push.commit()))
-        .ok();
-    let reason = verdict.as_ref().err().map(ToString::to_string);
+    let files = &args.changed_files;
+    let judged = |fired: Result<(Values, Option<bool>), triggers::Skip>| Verdict {
+        built_ins: fired.and_then(|values| trigger.files_fire(files).map(|()| values)),
+        substitutions: trigger.substitutions.clone(),
+    };
+    let (event, pull_request) = match &delivery {
+        webhooks::Delivery::PullRequest(event) => {
+            let fired = trigger.fires_on_pull_request(event).map(|approval| {
+                pull_request_values(&trigger, &event.repository, &event.pull_request, approval)
+            });
+            (judged(fired), Some(event))
+        }
+        other => {
+            let fired = triggers::push_of(other)
+                .and_then(|push| trigger.fires_on_ref(push).map(|()| push))
+                .map(|push| {
+                    let built_ins =
+                        trigger.built_ins(&push.repository, Some(&push.git_ref), push.commit());
+                    (built_ins, None)
+                });
+            (judged(fired), None)
+        }
+    };
+    let mut comments = Vec::new();
+    for file in &args.comments {
+        let Some(pull_request) = pull_request else {
+            bail!("--comment needs a pull request: --event-type pull_request");
+        };
+        let webhooks::Delivery::Comment(comment) = webhooks::parse("issue_comment", &read(file)?)
+            .with_context(|| file.display().to_string())?
+        else {
+            bail!("{}: not an issue_comment delivery", file.display());
+        };
+        let fired = trigger
+            .fires_on_comment(&comment, Some(&pull_request.pull_request))
+            .map(|approval| {
+                let repository = &pull_request.repository;
+                pull_request_values(&trigger, repository, &pull_request.pull_request, approval)
+            });
+        comments.push((file.display().to_string(), judged(fired)));
+    }
     if args.format.is_some() {
-        let report = serde_json::json!({
-            "trigger": trigger.name,
-            "builds": reason.is_none(),
-            "reason": reason,
-            "builtIns": built_ins,
-            "substitutions": built_ins.as_ref().map(|_| &trigger.substitutions),
-        });
+        let mut report = event.report();
+        report["trigger"] = trigger.name.clone().into();
+        if !comments.is_empty() {
+            let judged: Vec<_> = comments
+                .iter()
+                .map(|(file, verdict)| {
+                    let mut report = verdict.report();
+                    report["comment"] = file.clone().into();
+                    report
+                })
+                .collect();
+            report["comments"] = judged.into();
+        }
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    match (reason, built_ins) {
-        (Some(reason), _) => outln!("trigger {:?} does not build: {reason}", trigger.name)?,
-        (None, built_ins) => {
-            outln!("trigger {:?} builds", trigger.name)?;
-            let values = built_ins.iter().flatten().chain(&trigger.substitutions);
-            for (key, value) in values {
-                outln!("  {key}={value}")?;
-            }
-        }
+    event.print(&format!("trigger {:?}", trigger.name))?;
+    for (file, verdict) in &comments {
+        verdict.print(&format!("after comment {file}, trigger {:?}", trigger.name))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pull request build's values as `triggers test` shows them: the built-ins with the pull
+/// request's own (`_PR_NUMBER`…), and whether it may read the trigger's secrets.
+fn pull_request_values(
+    trigger: &triggers::Trigger,
+    repository: &webhooks::Repository,
+    pull_request: &webhooks::PullRequest,
+    approval: triggers::Approval,
+) -> (Values, Option<bool>) {
+    let (mut built_ins, values) = trigger.pull_request_built_ins(repository, pull_request);
+    built_ins.extend(values);
+    (built_ins, Some(approval.secrets))
+}
+
+/// What `triggers test` found for one event: the build's built-ins (and for a pull request,
+/// whether it may read the trigger's secrets), or why it does not build.
+struct Verdict {
+    built_ins: Result<(Values, Option<bool>), triggers::Skip>,
+    substitutions: Values,
+}
+
+impl Verdict {
+    fn report(&self) -> serde_json::Value {
+        let built_ins = self.built_ins.as_ref().ok();
+        let mut report = serde_json::json!({
+            "builds": built_ins.is_some(),
+            "reason": self.built_ins.as_ref().err().map(ToString::to_string),
+            "builtIns": built_ins.map(|(values, _)| values),
+            "substitutions": built_ins.map(|_| &self.substitutions),
+        });
+        if let Some((_, Some(secrets))) = built_ins {
+            report["secrets"] = (*secrets).into();
+        }
+        report
+    }
+
+    fn print(&self, what: &str) -> Result<()> {
+        match &self.built_ins {
+            Err(reason) => outln!("{what} does not build: {reason}")?,
+            Ok((built_ins, secrets)) => {
+                outln!("{what} builds")?;
+                for (key, value) in built_ins.iter().chain(&self.substitutions) {
+                    outln!("  {key}={value}")?;
+                }
+                if let Some(secrets) = secrets {
+                    let may = if *secrets { "may" } else { "may not" };
+                    outln!("  (it {may} read the trigger's secrets)")?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Prints the next fire times of an expression; a bad expression is shown with a caret under the
@@ -628,7 +735,8 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                         }
                         output::write(page.as_bytes())?;
                         seen = lines.last().map_or(seen, |line| line.seq);
-                        if lines.len() < LOG_PAGE as usize {
+                        let texts = lines.iter().map(|line| line.text.as_str());
+                        if !crate::adapters::store::page_full(texts, LOG_PAGE as usize) {
                             break;
                         }
                     }
@@ -784,6 +892,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
             secrets_dir: args.secrets_dir,
             registries,
             trusted: args.trusted,
+            log_limit: args.log_limit,
         },
         build_id: args.build_id,
         source: (!args.no_source).then_some(args.source),
@@ -794,6 +903,7 @@ fn request_of(args: SubmitArgs, aliases: Aliases, registries: Registries) -> sub
         },
         substitutions: args.substitutions.substitutions.unwrap_or_default(),
         timeout: args.timeout,
+        secrets: args.secrets.into_iter().collect(),
     }
 }
 
@@ -866,7 +976,7 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let holders = data_dir.join(pipeline::HOLDERS);
-    let holder = pipeline::Holder::take(&holders)?;
+    let holder = pipeline::Holder::take(&holders, &pipeline::default_name(), pipeline::LEASE)?;
     let lease = holder.lease();
     for id in pipeline::recover(&store, &holders, &lease, &runtime)
         .await
@@ -905,6 +1015,7 @@ async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<Exit
     // stopping halfway would leave its containers to the next submit.
     let mut printer = Printer {
         ids: &ids,
+        labels: (0..ids.len()).map(|step| step_label(&ids, step)).collect(),
         buffer: String::new(),
         printed: Ok(()),
     };
@@ -950,6 +1061,8 @@ const PRINT_BUFFER: usize = 64 * 1024;
 /// Prints a local build's events as Cloud Build does, a burst of them at a time.
 struct Printer<'a> {
     ids: &'a [Option<String>],
+    /// Each step's `Step #N - "id"`, made once: millions of lines print it.
+    labels: Vec<String>,
     buffer: String,
     /// The first failed write: nothing is printed after it.
     printed: Result<()>,
@@ -969,7 +1082,13 @@ impl pipeline::Onlooker for Printer<'_> {
         if self.printed.is_err() {
             return;
         }
-        event_text(self.ids, event, &mut self.buffer);
+        match event {
+            Event::Line { step, text, .. } if *step < self.labels.len() => {
+                let label = &self.labels[*step];
+                self.buffer.extend([label.as_str(), ": ", text, "\n"]);
+            }
+            _ => event_text(self.ids, event, &mut self.buffer),
+        }
         if self.buffer.len() >= PRINT_BUFFER {
             self.flush();
         }
@@ -1044,6 +1163,11 @@ fn human_bytes(bytes: u64) -> String {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text)
+}
+
+/// `--secret NAME`, `--submit-secret NAME`.
+fn parse_secret_name(text: &str) -> Result<String, String> {
+    validate::check_secret_name(text).map(|()| text.to_string())
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {

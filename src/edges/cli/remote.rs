@@ -40,8 +40,14 @@ pub(super) fn builds(command: BuildsCommand, client: Client) -> Result<ExitCode>
             BuildsCommand::Log { id, stream: false } => {
                 let build = client.build(&id).await?;
                 let ids: Vec<_> = build.steps.iter().map(|s| s.id.clone()).collect();
-                for line in client.log(&build.id).await? {
-                    outln!("{}: {}", step_label(&ids, line.step), line.text)?;
+                // Printed a page at a time: a long log is never whole in memory, here or there.
+                let mut after = Some(0);
+                while let Some(from) = after {
+                    let (lines, next) = client.log_page(&build.id, from).await?;
+                    for line in lines {
+                        outln!("{}: {}", step_label(&ids, line.step), line.text)?;
+                    }
+                    after = next;
                 }
             }
             BuildsCommand::Log { id, stream: true } => {
@@ -183,6 +189,12 @@ pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
         anyhow::bail!(
             "--trusted is the server's to give: start it with `builder serve --trusted`, or mark \
              a trigger `trusted: true`"
+        );
+    }
+    if let Some(name) = args.secrets.first() {
+        anyhow::bail!(
+            "--secret is the server's to give: the server lets submitted builds read the secrets \
+             of its `submitSecrets` setting (`builder serve --submit-secret {name}`)"
         );
     }
     let (config, config_name) = match &args.tag {

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, Run, execute};
+use super::{DEFAULT_LOG_LIMIT, Event, Run, execute};
 use crate::adapters::registry::{Registries, Settings};
 use crate::adapters::runtime::{
     Backend, BuildSpec, LogChunk, LogStream, Resources, RuntimeError, StepImage,
@@ -248,6 +248,10 @@ impl Backend for Fake {
         self.record(Call::Leftovers);
         Ok(Resources::default())
     }
+
+    async fn builds(&self) -> Result<Vec<String>, RuntimeError> {
+        unreachable!("the executor never lists builds")
+    }
 }
 
 /// Where a step is in its lifecycle, as the calls so far put it.
@@ -370,9 +374,10 @@ async fn run(
         registries: Registries::new(&Settings::default()).expect("registry settings"),
         trusted: false,
         aliases: Aliases::default(),
+        log_limit: DEFAULT_LOG_LIMIT,
     };
     let fake = Arc::new(fake);
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let (events, mut received) = super::events();
     let cancel = CancellationToken::new();
     let execution = tokio::spawn(execute(fake.clone(), run, events, cancel.clone()));
     while let Some(event) = received.recv().await {

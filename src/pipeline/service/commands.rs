@@ -1,16 +1,25 @@
 //! The queries and commands the API serves: builds and their logs, deliveries, triggers, and
 //! builds asked for by hand (a trigger's run, a retry, a submitted upload).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use bytes::Bytes;
 
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{broadcast, watch};
+
+use super::fetch::FetchFailed;
 use super::*;
+use crate::adapters::store::page_full;
 
 /// How often a followed log that is not running in this process (queued, or run by another
-/// process) is read again; a build running here wakes its followers itself.
+/// process) is read again when the store tells nothing of changes; a build running here wakes
+/// its followers itself.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// How often it is read again when the store tells its changes (see [`Service::listen`]): only
+/// for a change lost while the store's connection was made again.
+const FOLLOW_HEARD: Duration = Duration::from_secs(5);
 
 /// A follower of a build's log ([`Service::follow`]).
 pub struct Follower {
@@ -21,6 +30,8 @@ pub struct Follower {
     live: Option<(Arc<LiveLog>, watch::Receiver<u64>)>,
     /// Whether the last read may have left lines behind (it was a full page), or was the first.
     more: bool,
+    /// The builds other processes changed since the last read.
+    changed: broadcast::Receiver<String>,
 }
 
 impl Service {
@@ -29,11 +40,14 @@ impl Service {
         Ok(builds.into_iter().map(wire::Build::from).collect())
     }
 
+    /// A build, with what GitHub was told of it.
     pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
         let build = self.store.get_build(id).await?;
-        build
+        let mut build = build
             .map(wire::Build::from)
-            .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))
+            .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))?;
+        build.github = self.store.report_of(&build.id).await?.map(Into::into);
+        Ok(build)
     }
 
     /// The build's log lines after `after` (0: all), and the build as it was just before they
@@ -52,12 +66,15 @@ impl Service {
 
     /// Follows a build's log: see [`Follower::next`].
     pub async fn follow(self: &Arc<Self>, id: &str) -> Result<Follower, Failed> {
+        // Heard from before the first read, so that no change after it is missed.
+        let changed = self.changed.subscribe();
         let build = self.build(id).await?;
         Ok(Follower {
             service: self.clone(),
             build,
             live: None,
             more: true,
+            changed,
         })
     }
 
@@ -108,7 +125,8 @@ impl Service {
         )))
     }
 
-    /// Queues a new build of what a triggered build ran: the same commit and substitutions.
+    /// Queues a new build of what a triggered build ran: the same commit and substitutions, with
+    /// the secrets its grant gives now.
     pub async fn retry(&self, id: &str) -> Result<String, Failed> {
         let build = self.build(id).await?;
         let original = self.store.queued_request(&build.id).await?.ok_or_else(|| {
@@ -117,16 +135,42 @@ impl Service {
                 build.id
             ))
         })?;
-        let retry = QueuedBuild {
-            id: uuid::Uuid::new_v4().to_string(),
-            delivery: None,
-            ..original
-        };
+        let retry = self.retried(original, None);
         self.store
             .queue_builds(std::slice::from_ref(&retry))
             .await?;
-        self.work.notify_one();
+        self.wake();
         Ok(retry.id)
+    }
+
+    /// A new build of what `original` was queued to run, asked for by `delivery` (a check run's
+    /// re-run) or by hand, reported to GitHub as new builds are: under its trigger's context, on
+    /// its commit.
+    pub(super) fn retried(&self, original: QueuedBuild, delivery: Option<&str>) -> QueuedBuild {
+        let mut retry = QueuedBuild {
+            id: uuid::Uuid::new_v4().to_string(),
+            delivery: delivery.map(str::to_string),
+            report: self.settings.reporting.is_some(),
+            ..original
+        };
+        // A retry reads what its grant gives now, not what it gave the original: a secret taken
+        // off the trigger (or off `submitSecrets`) since is not read again. An unapproved fork's
+        // build stays without them.
+        match &mut retry.request {
+            Request::Push {
+                trigger,
+                secrets,
+                approved,
+                ..
+            } => {
+                *secrets = match self.triggers.get(trigger) {
+                    Ok(trigger) if *approved => trigger.secrets,
+                    _ => Default::default(),
+                }
+            }
+            Request::Upload { secrets, .. } => secrets.clone_from(&self.settings.submit_secrets),
+        }
+        retry
     }
 
     /// Queues a build of a trigger by hand, as `gcloud builds triggers run` does: of a branch's
@@ -137,7 +181,7 @@ impl Service {
         self.store
             .queue_builds(std::slice::from_ref(&build))
             .await?;
-        self.work.notify_one();
+        self.wake();
         Ok(build.id)
     }
 
@@ -165,53 +209,57 @@ impl Service {
                 ));
             }
         };
+        let url = trigger
+            .source_url(&self.settings.github, None)
+            .map_err(|skip| Failed::Invalid(format!("trigger {name:?}: {skip}")))?;
         let repository = Repository {
             owner: github.owner.clone(),
             name: github.name.clone(),
             full_name: format!("{}/{}", github.owner, github.name),
-            clone_url: format!("https://github.com/{}/{}.git", github.owner, github.name),
+            clone_url: url.clone(),
         };
-        let url = repository.clone_url.clone();
-        let cache = self.settings.data_dir.join("git");
-        let rewrites = self.settings.rewrites.clone();
-        let commit = tokio::task::spawn_blocking(move || {
-            Mirror::update(&cache, &url, &rewrites)?.resolve(&reference)
-        })
-        .await
-        .map_err(|e| Failed::Internal(Internal::Task(e)))?
-        .map_err(|e| Failed::Invalid(e.to_string()))?
-        .ok_or_else(|| {
-            Failed::Invalid(format!(
-                "{} has no such branch or tag",
-                repository.full_name
-            ))
-        })?;
+        // Tried once: the caller is waiting, and can ask again.
+        let commit = self
+            .read_mirror(&url, move |mirror| mirror.resolve(&reference))
+            .await
+            .map_err(|failed| match failed {
+                FetchFailed::Task(e) => Failed::Internal(Internal::Task(e)),
+                failed => Failed::Invalid(failed.to_string()),
+            })?
+            .ok_or_else(|| {
+                Failed::Invalid(format!(
+                    "{} has no such branch or tag",
+                    repository.full_name
+                ))
+            })?;
         check_user_keys(&run.substitutions)?;
         let mut trigger = trigger.clone();
         trigger.substitutions.extend(run.substitutions);
-        Ok(self.queued_build(&trigger, &repository, git_ref.as_ref(), &commit, None))
+        Ok(self.queued_build(&trigger, &repository, &url, git_ref.as_ref(), &commit, None))
     }
 
-    /// Keeps an uploaded source archive (a tar.gz as `builder submit` packs it) for a build to
-    /// come; returns its id.
-    pub async fn upload(&self, archive: &[u8]) -> Result<String, Failed> {
+    /// Keeps an uploaded source archive (a tar.gz as `builder submit` packs it) in the store for
+    /// a build to come, wherever it runs; returns its id. One that unpacks past the server's
+    /// limits (`maxUploadBytes`, `maxUploadEntries`), or is no tar.gz, is refused before it is
+    /// kept.
+    pub async fn upload(&self, archive: Bytes) -> Result<String, Failed> {
+        let (measured, limits) = (archive.clone(), self.settings.upload_limits);
+        // Decompressing is CPU-bound for as long as the archive is big: off the async threads.
+        resolving(move || crate::adapters::source::measure(measured.as_ref(), &limits))
+            .await
+            .map_err(|e| Failed::Internal(Internal::Task(e)))?
+            .map_err(|refused| Failed::Invalid(format!("the upload: {refused}")))?;
         let id = uuid::Uuid::new_v4().to_string();
-        let dir = self.settings.data_dir.join("uploads");
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(Failed::file(&dir))?;
-        let file = dir.join(format!("{id}.tar.gz"));
-        tokio::fs::write(&file, archive)
-            .await
-            .map_err(Failed::file(&file))?;
+        self.store.put_upload(&id, &archive).await?;
         Ok(id)
     }
 
     /// Queues a submitted build, after checking its config and substitutions as a manual
     /// build's (every problem located in the config's text).
     pub async fn submit(&self, submission: Submission) -> Result<String, Failed> {
+        let id = uuid::Uuid::new_v4().to_string();
         if let Some(upload) = &submission.upload
-            && (uuid::Uuid::parse_str(upload).is_err() || !self.upload_path(upload).is_file())
+            && !self.store.attach_upload(upload, &id).await?
         {
             return Err(Failed::Invalid(format!("no upload {upload:?}")));
         }
@@ -221,32 +269,32 @@ impl Service {
             config: submission.config,
             config_name: submission.config_name,
             overrides: submission.substitutions.clone(),
+            secrets: self.settings.submit_secrets.clone(),
         };
-        // Resolved now only to refuse a bad config before it is queued.
-        let invalid = |refused: pipeline::Refused| Failed::Invalid(refused.to_string());
-        let recipe = upload_recipe(&request).map_err(invalid)?;
-        pipeline::resolve(&id, &recipe, &self.settings.machine).map_err(invalid)?;
+        // Resolved now to refuse a bad config before it is queued, and for its pool.
+        let (build_id, machine) = (id.clone(), self.settings.machine.clone());
+        let (request, pool, queue_ttl) =
+            resolving(move || check_submission(&build_id, request, &machine))
+                .await
+                .map_err(|e| Failed::Internal(Internal::Task(e)))?
+                .map_err(|refused| Failed::Invalid(refused.to_string()))?;
         let build = QueuedBuild {
+            pool,
+            queue_ttl,
             source: serde_json::json!({"kind": "upload", "upload": submission.upload}),
             substitutions: submission.substitutions,
             request,
             trigger: None,
             schedule: None,
             delivery: None,
+            report: false,
             id,
         };
         self.store
             .queue_builds(std::slice::from_ref(&build))
             .await?;
-        self.work.notify_one();
+        self.wake();
         Ok(build.id)
-    }
-
-    pub(super) fn upload_path(&self, upload: &str) -> PathBuf {
-        self.settings
-            .data_dir
-            .join("uploads")
-            .join(format!("{upload}.tar.gz"))
     }
 
     pub fn triggers(&self) -> Triggers {
@@ -255,6 +303,12 @@ impl Service {
 }
 
 impl Follower {
+    /// Whether the last read was a full page, so more lines may follow it at once: a build that
+    /// had ended before that read has more lines to send only then.
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
     /// The lines after `after` (at most `limit`), and the build as it was just before they were
     /// read (if it had finished, no line follows these); as [`Service::log`] answers, but waiting
     /// until there is something new. A build running in this process is read from its live log,
@@ -274,7 +328,7 @@ impl Follower {
                     self.more = true;
                 } else {
                     if !std::mem::take(&mut self.more) {
-                        tokio::time::sleep(FOLLOW_POLL).await;
+                        self.until_changed().await;
                     }
                     // It may have started here meanwhile.
                     if self.service.live.get(&self.build.id).is_some() {
@@ -282,7 +336,7 @@ impl Follower {
                     }
                     let (lines, build) =
                         self.service.log(&self.build.id, after, Some(limit)).await?;
-                    self.more = lines.len() == limit as usize;
+                    self.more = page_full(lines.iter().map(|l| l.text.as_str()), limit as usize);
                     self.build = build.clone();
                     return Ok((lines, build));
                 }
@@ -306,11 +360,37 @@ impl Follower {
                         .await?
                 }
             };
-            self.more = lines.len() == limit as usize;
+            self.more = page_full(lines.iter().map(|l| l.text.as_str()), limit as usize);
             update(&mut self.build, snapshot);
             let lines = lines.into_iter().map(wire::LogLine::from).collect();
             return Ok((lines, self.build.clone()));
         }
+    }
+}
+
+impl Follower {
+    /// Waits until another process changed the build, as the store tells, or for the poll:
+    /// [`FOLLOW_HEARD`] while the store tells changes, [`FOLLOW_POLL`] otherwise.
+    async fn until_changed(&mut self) {
+        let poll = if self.service.hearing.load(Ordering::SeqCst) {
+            FOLLOW_HEARD
+        } else {
+            FOLLOW_POLL
+        };
+        let id = &self.build.id;
+        let changed = async {
+            loop {
+                match self.changed.recv().await {
+                    Ok(changed) if changed == *id => return,
+                    Ok(_) => {}
+                    // Some were missed: one may have been this build's.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // The service outlives its followers.
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(poll, changed).await;
     }
 }
 

@@ -2,7 +2,8 @@
 //! they fire, queueing those builds durably, and running the queue on the local engine, a bounded
 //! number of builds at once. The HTTP layer (`api`) only turns requests into these calls.
 //!
-//! One concern a file: `intake` takes deliveries, `queue` runs the queue, `commands`
+//! One concern a file: `intake` takes deliveries, `queue` runs the queue, `fetch` fetches
+//! repositories, `commands`
 //! answers the API's queries and commands, `schedules` runs the schedules; this module holds
 //! the service they share and what the API asks of it (a submission, a trigger's run by hand).
 //!
@@ -13,50 +14,66 @@
 //!   ping, another event, a push no trigger wants, a forged one) is answered at once and recorded
 //!   just after: a crash may lose its record, never a build;
 //! * triggers with `includedFiles`/`ignoredFiles` need the push's changed files, computed from the
-//!   repository after the answer: the delivery stays PENDING (with its body) until they are
-//!   decided, and its remaining builds are queued with that decision, in one transaction, once;
+//!   repository after the answer, each delivery on a task of its own (`fetch`: bounded in time,
+//!   retried): the delivery stays PENDING (with its body) until they are decided, and its
+//!   remaining builds are queued with that decision, in one transaction, once; a fetch that
+//!   failed every try completes it with each trigger's reason;
 //! * a build is claimed from the queue atomically; one that was running when the server died is
 //!   swept and closed as INTERNAL_ERROR at the next start (as `builder submit` does), queued ones
 //!   run then.
 
+use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::adapters::registry::RegistryError;
 use crate::adapters::runtime::Backend;
+use crate::adapters::source;
 use crate::adapters::source::git::{Mirror, Rewrites};
 pub use crate::adapters::store::BuildQuery;
 use crate::adapters::store::{self, NewDelivery, QueuedBuild, Recorded, Store};
 use crate::core::build::{Outcome, Request, Status};
-use crate::core::plan::Context;
+use crate::core::plan::{Context, Grant, SecretScope};
 use crate::core::substitute::Values;
-use crate::core::triggers::{self, BuildSource, Trigger, TriggerResult};
+use crate::core::triggers::{self, BuildSource, GitHubServer, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::core::wire;
 use crate::pipeline::execute::Run;
 use crate::pipeline::live::{LiveLog, LiveLogs, Snapshot};
 use crate::pipeline::{self, Machine, Reading, Recipe};
 pub use commands::Follower;
+use queue::CHANGES_WAITING;
+pub use queue::{TICK, WorkerSettings};
 pub use schedules::{Clock, LastRunView, ScheduleView, Schedules, SystemClock};
 pub use trigger_files::{TriggerFiles, Triggers};
 
 mod commands;
+mod fetch;
 mod files;
 mod intake;
 mod kfp;
 mod queue;
+mod reports;
+mod retention;
 mod rows;
 mod schedules;
 mod trigger_files;
+mod webhook_triggers;
 
+pub use fetch::FetchPolicy;
 pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
 pub use kfp::{KfpRepository, Listing};
+pub use reports::Reporting;
+pub use retention::Unfinished as RetentionStopped;
+pub use webhook_triggers::WebhookRun;
 
 /// How the service is set up.
 pub struct Settings {
@@ -64,11 +81,22 @@ pub struct Settings {
     /// What this machine adds to every build: `$PROJECT_ID`, aliases, secrets, registries.
     pub machine: Machine,
     pub webhook_secret: Vec<u8>,
+    /// The secrets builds submitted to the server (`builder submit --server`, `POST /v1/builds`)
+    /// may read: `submitSecrets`. A trigger's builds read its own list instead.
+    pub submit_secrets: BTreeSet<String>,
+    /// The GitHub server triggers' repositories are fetched from (see [`GitHubServer`]).
+    pub github: GitHubServer,
+    /// Applied to the URL derived from `github`, e.g. to fetch from local mirrors.
     pub rewrites: Rewrites,
-    pub max_concurrent_builds: usize,
+    /// How fetches of repositories are bounded and retried.
+    pub fetch: FetchPolicy,
     /// `HOST[:PORT]/PATH`: where the KFP registry API keeps packages, one OCI repository each
     /// (`PATH/{project}/{repository}/{package}`); `None` serves no KFP API.
     pub kfp_registry: Option<String>,
+    /// Where triggered builds are reported on GitHub; `None` reports nothing.
+    pub reporting: Option<Reporting>,
+    /// How much an uploaded source may unpack to.
+    pub upload_limits: source::Limits,
 }
 
 /// Why a request of the API failed.
@@ -79,6 +107,8 @@ pub enum Failed {
     Invalid(String),
     /// The resource is not in a state that allows it.
     Conflict(String),
+    /// The request does not carry what lets it through (a webhook trigger's secret).
+    Forbidden(String),
     /// The service's own failure, not the request's: logged where it is answered.
     Internal(Internal),
 }
@@ -86,7 +116,9 @@ pub enum Failed {
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotFound(m) | Self::Invalid(m) | Self::Conflict(m) => f.write_str(m),
+            Self::NotFound(m) | Self::Invalid(m) | Self::Conflict(m) | Self::Forbidden(m) => {
+                f.write_str(m)
+            }
             Self::Internal(e) => e.fmt(f),
         }
     }
@@ -194,16 +226,31 @@ pub struct Service {
     /// When schedules whose run failed to start are tried again.
     retries: schedules::Retries,
     settings: Settings,
-    /// Woken when builds are queued or deliveries wait for their changed files.
+    /// Woken when deliveries wait for their changed files.
     work: Notify,
+    /// Woken when builds are queued: this process's worker, if it has one, claims them.
+    queued: Notify,
+    /// Woken when builds are queued, start or end: the reporter has something to tell GitHub.
+    report_due: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
+    /// The pending deliveries being decided (see `intake::decide_pending`).
+    undecided: Mutex<HashSet<String>>,
     /// Deliveries on their way to the store (see `intake::write_deliveries`).
     recorder: mpsc::Sender<(NewDelivery, Written)>,
-    /// The task that writes them, until the process takes it to watch.
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Rejected deliveries dropped unrecorded while the writer was behind: counted with its
+    /// next batch, so that the count stays exact while the sample stays bounded.
+    dropped: Arc<AtomicU64>,
+    /// Where the task that writes them reads them, until a process that takes deliveries
+    /// starts it (a `builder worker` takes none).
+    deliveries: Mutex<Option<mpsc::Receiver<(NewDelivery, Written)>>>,
     /// The logs of the builds this process runs, for their followers.
     live: LiveLogs,
+    /// The builds other processes sharing the store changed, as it tells them (see
+    /// [`Service::listen`]): followers of builds run elsewhere wait on this.
+    changed: broadcast::Sender<String>,
+    /// Whether the store tells this process of changes now: followers then poll seldom.
+    hearing: AtomicBool,
 }
 
 impl Service {
@@ -215,8 +262,7 @@ impl Service {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {
-        let (recorder, queue) = mpsc::channel(intake::MAX_WAITING);
-        let writer = tokio::spawn(write_deliveries(store.clone(), queue));
+        let (recorder, deliveries) = mpsc::channel(intake::MAX_WAITING);
         Self {
             store,
             runtime,
@@ -226,27 +272,40 @@ impl Service {
             retries: Default::default(),
             settings,
             work: Notify::new(),
+            queued: Notify::new(),
+            report_due: Notify::new(),
             // A previous run may have left some.
             pending: AtomicBool::new(true),
+            undecided: Mutex::default(),
             recorder,
-            writer: Mutex::new(Some(writer)),
+            dropped: Arc::default(),
+            deliveries: Mutex::new(Some(deliveries)),
             live: LiveLogs::default(),
+            changed: broadcast::channel(CHANGES_WAITING).0,
+            hearing: AtomicBool::new(false),
         }
     }
 
-    /// The task that writes deliveries (see `intake::write_deliveries`), for the process to watch:
-    /// without it no delivery is recorded, so its end must end the server. It ends once the
-    /// service is dropped. Given once; `None` after.
+    /// Starts the task that writes deliveries (see `intake::write_deliveries`), for the process
+    /// to watch: without it no delivery is recorded, so its end must end the server. It ends
+    /// once the service is dropped. Started once; `None` after.
     pub fn delivery_writer(&self) -> Option<JoinHandle<()>> {
-        self.writer.lock().expect("delivery writer").take()
+        let deliveries = self.deliveries.lock().expect("delivery writer").take()?;
+        Some(tokio::spawn(write_deliveries(
+            self.store.clone(),
+            deliveries,
+            self.dropped.clone(),
+        )))
     }
 
-    /// A build of `commit` for `trigger`, reached through `git_ref` (none for a commit run by
-    /// hand), queued from `delivery` if one fired it.
+    /// A build of `commit` for `trigger`, fetched from `url` (its [`Trigger::source_url`]),
+    /// reached through `git_ref` (none for a commit run by hand), queued from `delivery` if one
+    /// fired it.
     fn queued_build(
         &self,
         trigger: &Trigger,
         repository: &Repository,
+        url: &str,
         git_ref: Option<&GitRef>,
         commit: &str,
         delivery: Option<&str>,
@@ -259,10 +318,12 @@ impl Service {
             .collect();
         let request = Request::Push {
             trigger: trigger.name.clone(),
-            clone_url: repository.clone_url.clone(),
+            clone_url: url.to_string(),
             commit: commit.to_string(),
             built_ins,
             overrides: trigger.substitutions.clone(),
+            secrets: trigger.secrets.clone(),
+            approved: true,
         };
         QueuedBuild {
             id: uuid::Uuid::new_v4().to_string(),
@@ -272,12 +333,17 @@ impl Service {
             source: serde_json::json!({
                 "kind": "github",
                 "repository": repository.full_name,
-                "cloneUrl": repository.clone_url,
+                "cloneUrl": url,
                 "ref": git_ref.map(GitRef::name),
                 "commit": commit,
             }),
             substitutions,
             request,
+            // Its config is read from the commit when it is claimed: a worker of the default
+            // pool reads it and gives it back to the queue for the pool it names.
+            pool: None,
+            queue_ttl: None,
+            report: self.settings.reporting.is_some(),
         }
     }
 }
@@ -295,6 +361,48 @@ fn check_user_keys(substitutions: &Values) -> Result<(), Failed> {
     }
 }
 
+/// The secrets a queued build may read, as its request carries them: its trigger's, or the
+/// server's for submissions, as they were when it was queued.
+fn secret_scope(request: &Request) -> SecretScope {
+    let (names, grant) = match request {
+        Request::Push {
+            trigger, secrets, ..
+        } => (secrets, Grant::Trigger(trigger.clone())),
+        Request::Upload { secrets, .. } => (secrets, Grant::Server),
+    };
+    SecretScope {
+        names: names.clone(),
+        grant,
+    }
+}
+
+/// Runs CPU-bound resolving (loading a config, expanding its aliases, substituting, planning) on
+/// the blocking pool: it takes as long as the config makes it, and a hostile config must hold one
+/// blocking thread, never the async threads that answer every other request.
+async fn resolving<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(work).await
+}
+
+/// A submission's request once its config resolves as build `build_id` on `machine`, and the
+/// pool it names.
+fn check_submission(
+    build_id: &str,
+    request: Request,
+    machine: &Machine,
+) -> Result<(Request, Option<String>, Option<Duration>), pipeline::Refused> {
+    let recipe = upload_recipe(&request)?;
+    let resolved = pipeline::resolve(build_id, &recipe, machine)?;
+    Ok((request, resolved.pool, queue_ttl(resolved.queue_ttl)))
+}
+
+/// A resolved build's `queueTtl` (seconds) as the queue keeps it; none if it is not a duration
+/// (validation refuses a negative one).
+fn queue_ttl(seconds: Option<f64>) -> Option<Duration> {
+    Duration::try_from_secs_f64(seconds?).ok()
+}
+
 /// A submitted build's config, checked as a manual build's.
 fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
     let Request::Upload {
@@ -302,6 +410,7 @@ fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
         config,
         config_name,
         overrides,
+        ..
     } = request
     else {
         unreachable!("only uploads carry their config");
@@ -315,6 +424,52 @@ fn upload_recipe(request: &Request) -> Result<Recipe, pipeline::Refused> {
         uploads: upload.is_some(),
         // Trust is the server's setting (`Machine::trusted`), never the uploader's.
         trusted: false,
+        secrets: secret_scope(request),
     };
     Recipe::load(config.as_bytes(), reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::registry::{self, Registries};
+    use crate::core::alias::Aliases;
+
+    /// Ordering, not time: on one async thread, the task that resolves is polled first; if it
+    /// resolved there, it would finish before the other request is even looked at.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_config_is_resolved_off_the_async_thread_while_others_are_answered() {
+        let machine = Machine {
+            project: "test".into(),
+            aliases: Aliases::load(None).unwrap(),
+            secrets_dir: None,
+            registries: Registries::new(&registry::Settings::default()).unwrap(),
+            trusted: false,
+            log_limit: crate::pipeline::execute::DEFAULT_LOG_LIMIT,
+        };
+        let step = "- name: builder/busybox\n  args: [echo, '${_A}${_A}${_A}']\n";
+        let request = Request::Upload {
+            upload: None,
+            config: format!("steps:\n{}substitutions: {{_A: abc}}\n", step.repeat(300)),
+            config_name: "cloudbuild.yaml".into(),
+            overrides: Values::new(),
+            secrets: Default::default(),
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let submit = tokio::spawn({
+            let order = order.clone();
+            async move {
+                let checked = resolving(move || check_submission("id", request, &machine)).await;
+                order.lock().unwrap().push("resolved");
+                checked
+            }
+        });
+        let other = tokio::spawn({
+            let order = order.clone();
+            async move { order.lock().unwrap().push("answered") }
+        });
+        other.await.unwrap();
+        submit.await.unwrap().unwrap().expect("the config resolves");
+        assert_eq!(*order.lock().unwrap(), ["answered", "resolved"]);
+    }
 }

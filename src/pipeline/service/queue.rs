@@ -2,18 +2,21 @@
 //! commit or upload, its plan) and running it through the pipeline, a bounded number at once;
 //! closing builds abandoned by processes that ended.
 
+use std::io::Seek as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
+use super::fetch::Exhausted;
+use super::intake::Decided;
 use super::*;
 use crate::adapters::source::SourceError;
-use crate::adapters::source::git::GitError;
-use crate::adapters::store::Claimed;
+use crate::adapters::store::{Change, Claimed};
 
 /// The span of a claimed build's work: its id, and its trigger if one queued it.
 fn build_span(claimed: &Claimed) -> tracing::Span {
@@ -28,15 +31,19 @@ enum Unprepared {
     Request(serde_json::Error),
     /// Its workspace directory cannot be made.
     Workspace(std::io::Error),
-    /// Its uploaded source is no longer kept.
-    UploadGone(std::io::Error),
+    /// Its uploaded source (this id) is not in the store.
+    UploadGone(String),
+    /// Its uploaded source could not be read from the store.
+    UploadUnread(crate::adapters::store::Error),
     /// Its uploaded source cannot be unpacked into the workspace.
     Unpack(SourceError),
     /// Its trigger was deleted after it was queued.
     TriggerGone(String),
+    /// Where its commit is fetched from is not its trigger's repository.
+    Source(String),
     /// Its commit could not be fetched and checked out.
-    Fetch(GitError),
-    /// The blocking task that fetches the commit panicked or was cancelled.
+    Fetch(Exhausted),
+    /// A blocking task of its preparation (unpacking, resolving) panicked or was cancelled.
     Task(tokio::task::JoinError),
     /// The config file its trigger names cannot be read from the commit.
     Config {
@@ -48,6 +55,12 @@ enum Unprepared {
     /// Its config or secrets.
     Refused(pipeline::Refused),
     Store(crate::adapters::store::Error),
+    /// Its config names another pool than the one it was claimed from: not a failure, the
+    /// build goes back to the queue for that pool's workers, with its config's `queueTtl`.
+    OtherPool {
+        pool: Option<String>,
+        queue_ttl: Option<std::time::Duration>,
+    },
 }
 
 impl std::fmt::Display for Unprepared {
@@ -55,11 +68,13 @@ impl std::fmt::Display for Unprepared {
         match self {
             Unprepared::Request(e) => write!(f, "the queued build's request is unreadable: {e}"),
             Unprepared::Workspace(e) => e.fmt(f),
-            Unprepared::UploadGone(e) => write!(f, "the uploaded source is gone: {e}"),
+            Unprepared::UploadGone(id) => write!(f, "the uploaded source {id} is gone"),
+            Unprepared::UploadUnread(e) => write!(f, "reading the uploaded source failed: {e}"),
             Unprepared::Unpack(e) => e.fmt(f),
-            Unprepared::TriggerGone(trigger) => write!(f, "trigger {trigger:?} no longer exists"),
-            Unprepared::Fetch(e) => write!(f, "fetching the source failed: {e}"),
             Unprepared::Task(e) => e.fmt(f),
+            Unprepared::TriggerGone(trigger) => write!(f, "trigger {trigger:?} no longer exists"),
+            Unprepared::Source(message) => f.write_str(message),
+            Unprepared::Fetch(e) => write!(f, "fetching the source failed: {e}"),
             Unprepared::Config { path, error } => {
                 write!(
                     f,
@@ -71,6 +86,13 @@ impl std::fmt::Display for Unprepared {
             }
             Unprepared::Refused(refused) => refused.fmt(f),
             Unprepared::Store(e) => write!(f, "recording the build's plan failed: {e}"),
+            Unprepared::OtherPool { pool, .. } => {
+                write!(
+                    f,
+                    "the build is for the pool {:?}",
+                    pool.as_deref().unwrap_or("")
+                )
+            }
         }
     }
 }
@@ -84,54 +106,265 @@ impl From<pipeline::Refused> for Unprepared {
 /// How often the queue looks at the store without being woken: builds other processes queued
 /// or abandoned are found, a claim that failed is tried again, and a store that is gone is
 /// noticed (see [`Store::check`]) even on an idle server.
-const TICK: std::time::Duration = std::time::Duration::from_secs(2);
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many changed builds wait for followers that have not read them yet; one that falls
+/// further behind reads its build again.
+pub(super) const CHANGES_WAITING: usize = 1024;
+
+/// The failure of a build that waited QUEUED past its `queueTtl`.
+const EXPIRED_IN_QUEUE: &str = "the build waited in the queue longer than its queueTtl: no \
+     worker of its pool took it in time";
+
+/// How a process runs builds: `builder serve`'s own worker and `builder worker` alike.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Who it is, in its leases and in the failure of a build it abandons (see
+    /// `pipeline::check_name`).
+    pub name: String,
+    /// The pool whose builds it claims (`options.pool.name`'s last part); `None`: the default
+    /// pool, builds that name none.
+    pub pool: Option<String>,
+    /// How many builds it runs at once; 0 runs none.
+    pub max_concurrent_builds: usize,
+    /// How long its claim on a build lasts unless renewed (every second): how soon another
+    /// process closes the builds of a worker that died.
+    pub lease: std::time::Duration,
+    /// How often it reads the queue when nothing woke it, and looks for abandoned builds.
+    pub poll: std::time::Duration,
+}
+
+/// How soon the store's changes are listened for again after its connection was lost.
+const HEAR_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Service {
-    /// Runs until `shutdown`: decides pending deliveries and runs queued builds, at most
-    /// `max_concurrent_builds` at once (0 queues builds without running any). On shutdown, or
-    /// once the store is gone (the error), running builds are cancelled and waited for.
-    pub async fn run(
+    /// Hears what other processes sharing the store do, as it tells them (PostgreSQL's
+    /// LISTEN/NOTIFY, see [`Store::changes`]), until `shutdown`: a build queued wakes this
+    /// process's worker, and a build changed wakes its followers here. With a store that tells
+    /// nothing (SQLite), waits for `shutdown`: the polls find others' work. While the store cannot
+    /// be reached (its server restarting, `store::Error::is_transient`) it tries again every
+    /// [`HEAR_AGAIN`], and followers poll meanwhile, as the rest of the process waits the outage
+    /// out; ends with any other error.
+    pub async fn listen(
         self: Arc<Self>,
         shutdown: CancellationToken,
     ) -> Result<(), crate::adapters::store::Error> {
+        let Some(mut changes) = self.store.changes().await? else {
+            shutdown.cancelled().await;
+            return Ok(());
+        };
+        self.hearing.store(true, Ordering::SeqCst);
+        let heard = loop {
+            let change = tokio::select! {
+                change = changes.next() => change,
+                () = shutdown.cancelled() => break Ok(()),
+            };
+            match change {
+                Ok(change) => {
+                    self.hearing.store(true, Ordering::SeqCst);
+                    match change {
+                        Change::Queued { .. } => self.queued.notify_one(),
+                        // No follower of it here is no error.
+                        Change::Build { id } => drop(self.changed.send(id)),
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    self.hearing.store(false, Ordering::SeqCst);
+                    warn!(error = %e, "hearing the store's changes failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(HEAR_AGAIN) => {}
+                        () = shutdown.cancelled() => break Ok(()),
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.hearing.store(false, Ordering::SeqCst);
+        heard
+    }
+
+    /// Runs the server's side of the queue until `shutdown`: decides pending deliveries, and
+    /// with `recover` (a server that runs no builds itself) closes builds abandoned by
+    /// processes that ended. Ends with the error once the store is gone.
+    pub async fn run(
+        self: Arc<Self>,
+        recover: bool,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::adapters::store::Error> {
         let holders = self.settings.data_dir.join(pipeline::HOLDERS);
-        let holder = pipeline::Holder::take(&holders).map_err(crate::adapters::store::Error::Io)?;
+        let holder = pipeline::Holder::take(&holders, &pipeline::default_name(), pipeline::LEASE)
+            .map_err(crate::adapters::store::Error::Io)?;
         let lease = holder.lease();
-        let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_builds));
-        let mut builds = tokio::task::JoinSet::new();
-        // Every running build's cancel is a child of this.
+        // Every deciding delivery's cancel is a child of this.
         let stopping = shutdown.child_token();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Abandoned builds are looked for at the start and then on the tick only: the queue
-        // wakes for every delivery that queues a build, and the look reads every unfinished one.
-        let mut recovery_due = true;
+        let mut recovery_due = recover;
+        let mut expiry_due = true;
+        // The tasks deciding pending deliveries, and whether some wait for one of them to end.
+        let mut deciding = tokio::task::JoinSet::new();
+        let mut more_pending = false;
         let ended = loop {
-            if let Err(e) = self.store.check().await {
+            if let Err(e) = self.store_gone().await {
                 break Err(e);
             }
-            // Builds abandoned by a process that ended, here or on another machine.
-            if std::mem::take(&mut recovery_due)
-                && let Err(e) =
-                    pipeline::recover(self.store.as_ref(), &holders, &lease, self.runtime.as_ref())
-                        .await
-            {
-                error!(error = %e, "closing abandoned builds failed");
+            if std::mem::take(&mut recovery_due) {
+                self.recover(&holders, &lease).await;
             }
+            if std::mem::take(&mut expiry_due) {
+                self.expire_queued().await;
+            }
+            // Decided on tasks of their own: a fetch never holds up the loop.
             if self.pending.swap(false, Ordering::SeqCst) {
-                self.decide_pending().await;
+                match self.decide_pending(&mut deciding, &stopping).await {
+                    Ok(left) => more_pending = left,
+                    Err(e) => {
+                        warn!(error = %e, "reading pending deliveries failed; trying again");
+                        more_pending = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.work.notified() => {}
+                _ = tick.tick() => {
+                    recovery_due = recover;
+                    expiry_due = true;
+                    if more_pending {
+                        self.pending.store(true, Ordering::SeqCst);
+                    }
+                }
+                Some(joined) = deciding.join_next() => {
+                    let stays = match joined {
+                        Ok(Decided::Pending) => true,
+                        Ok(Decided::Completed) => false,
+                        Err(e) => {
+                            error!(error = %e, "deciding a delivery failed");
+                            false
+                        }
+                    };
+                    if std::mem::take(&mut more_pending) {
+                        self.pending.store(true, Ordering::SeqCst);
+                    }
+                    // Decided again at the next tick, not at once: what failed may take a while.
+                    more_pending |= stays;
+                }
+                () = shutdown.cancelled() => break Ok(()),
+            }
+        };
+        stopping.cancel();
+        // Cancelled, they leave their deliveries PENDING for the next start.
+        while deciding.join_next().await.is_some() {}
+        drop(holder);
+        ended
+    }
+
+    /// The store's error once it is gone for good (its database dropped, its file removed): the
+    /// queue ends then. A store that cannot be reached for now (a PostgreSQL server restarting,
+    /// a network cut) is only warned of: the queue goes on trying at its tick, and running builds
+    /// retry their writes meanwhile.
+    async fn store_gone(&self) -> Result<(), crate::adapters::store::Error> {
+        match self.store.check().await {
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "the store cannot be reached; trying again");
+                Ok(())
+            }
+            checked => checked,
+        }
+    }
+
+    /// Ends EXPIRED the queued builds past their `queueTtl`. A claim checks the TTL of the build
+    /// it takes, but a build whose pool has no live worker is never claimed: the server's tick
+    /// expires it, on whichever replica comes first (the store's update happens once).
+    async fn expire_queued(&self) {
+        let expired = self
+            .store
+            .expire_queued(std::time::SystemTime::now(), EXPIRED_IN_QUEUE)
+            .await;
+        match expired {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => {
+                for id in ids {
+                    info!(build_id = %id, "the build expired in the queue");
+                }
+                self.report_due.notify_one();
+            }
+            Err(e) => warn!(error = %e, "expiring queued builds failed; trying again"),
+        }
+    }
+
+    /// Closes builds abandoned by processes that ended, here or on another machine.
+    async fn recover(&self, holders: &Path, lease: &pipeline::Lease) {
+        let recovered =
+            pipeline::recover(self.store.as_ref(), holders, lease, self.runtime.as_ref()).await;
+        match recovered {
+            Ok(ids) => {
+                for id in ids {
+                    info!(build_id = %id, "closed a build its process abandoned");
+                }
+            }
+            Err(e) => error!(error = %e, "closing abandoned builds failed"),
+        }
+    }
+
+    /// Runs queued builds of `worker`'s pool until `shutdown`, at most `max_concurrent_builds` at
+    /// once, on this machine's engine: `builder serve`'s worker, and `builder worker`'s. First
+    /// sweeps what builds that are over left on the engine (this worker's, if it died); on each
+    /// tick closes builds abandoned by processes that ended. On shutdown, or once the store is
+    /// gone (the error), running builds are cancelled and waited for.
+    pub async fn run_worker(
+        self: Arc<Self>,
+        worker: WorkerSettings,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::adapters::store::Error> {
+        let holders = self.settings.data_dir.join(pipeline::HOLDERS);
+        let holder = pipeline::Holder::take(&holders, &worker.name, worker.lease)
+            .map_err(crate::adapters::store::Error::Io)?;
+        let lease = holder.lease();
+        info!(worker = %worker.name, pool = worker.pool.as_deref().unwrap_or(""), "worker started");
+        self.recover(&holders, &lease).await;
+        match pipeline::sweep_finished(self.store.as_ref(), self.runtime.as_ref()).await {
+            Ok(swept) => {
+                for id in swept {
+                    info!(build_id = %id, "removed what a finished build left on the engine");
+                }
+            }
+            Err(e) => error!(error = %e, "sweeping the engine failed"),
+        }
+        let slots = Arc::new(Semaphore::new(worker.max_concurrent_builds));
+        let mut builds = tokio::task::JoinSet::new();
+        // Every running build's cancel is a child of this.
+        let stopping = shutdown.child_token();
+        let mut tick = tokio::time::interval(worker.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        // Abandoned builds are looked for on the tick only: the worker wakes for every build
+        // queued here, and the look reads every unfinished one.
+        let mut recovery_due = false;
+        let ended = loop {
+            if let Err(e) = self.store_gone().await {
+                break Err(e);
+            }
+            if std::mem::take(&mut recovery_due) {
+                self.recover(&holders, &lease).await;
             }
             while let Ok(slot) = slots.clone().try_acquire_owned() {
-                match self.store.claim_queued(&lease).await {
+                match self
+                    .store
+                    .claim_queued(&lease, worker.pool.as_deref())
+                    .await
+                {
                     Ok(Some(claimed)) => {
                         let service = self.clone();
                         let span = build_span(&claimed);
                         let (lease, cancel) = (lease.clone(), stopping.child_token());
+                        let pool = worker.pool.clone();
                         builds.spawn(
                             async move {
                                 info!("build started");
+                                service.report_due.notify_one();
                                 let Claimed { id, request } = claimed;
-                                service.run_build(&id, request, &lease, cancel).await;
+                                service.run_build(&id, request, &lease, pool, cancel).await;
+                                service.report_due.notify_one();
                                 drop(slot);
                             }
                             .instrument(span),
@@ -144,10 +377,10 @@ impl Service {
                     }
                 }
             }
-            // Woken by this process's work; the tick finds what other processes queued or
-            // abandoned.
+            // Woken by builds queued in this process, or by other processes through the store
+            // (`listen`); the tick finds what was queued unheard, or abandoned.
             tokio::select! {
-                () = self.work.notified() => {}
+                () = self.queued.notified() => {}
                 _ = tick.tick() => recovery_due = true,
                 Some(joined) = builds.join_next() => {
                     // The panic itself was logged in the build's span; the queue goes on.
@@ -171,9 +404,10 @@ impl Service {
         id: &str,
         request: Result<Request, serde_json::Error>,
         lease: &pipeline::Lease,
+        pool: Option<String>,
         cancel: CancellationToken,
     ) {
-        let run = self.prepare_and_record(id, request, cancel.clone());
+        let run = self.prepare_and_record(id, request, lease, pool, cancel.clone());
         pipeline::held(self.store.as_ref(), id, lease, &cancel, run).await;
     }
 
@@ -182,20 +416,44 @@ impl Service {
         &self,
         id: &str,
         request: Result<Request, serde_json::Error>,
+        lease: &pipeline::Lease,
+        pool: Option<String>,
         cancel: CancellationToken,
     ) {
-        let workspace = self.settings.data_dir.join("workspaces").join(id);
-        match self.prepare(id, request, &workspace).await {
+        let workspace = self
+            .settings
+            .data_dir
+            .join(super::retention::WORKSPACES)
+            .join(id);
+        match self
+            .prepare(id, request, &workspace, lease, pool.as_deref(), &cancel)
+            .await
+        {
+            Err(Unprepared::OtherPool { pool, queue_ttl }) => {
+                let requeued = self
+                    .store
+                    .requeue(id, lease, pool.as_deref(), queue_ttl)
+                    .await;
+                match requeued {
+                    Ok(true) => info!(
+                        pool = pool.as_deref().unwrap_or(""),
+                        "the build's config names another pool: queued for its workers"
+                    ),
+                    Ok(false) => warn!("the build was taken over before it could be queued again"),
+                    Err(e) => error!(error = %e, "queueing the build for its pool failed"),
+                }
+            }
             Ok(run) if let Some(waited) = self.expired(id, run.build.queue_ttl).await => {
                 let failure = format!(
                     "the build waited {waited:.0}s in the queue, longer than its queueTtl ({}s)",
                     run.build.queue_ttl.unwrap_or_default()
                 );
-                self.fail(id, Status::Expired, failure).await;
+                self.fail(id, lease, Status::Expired, failure).await;
             }
             Ok(run) => {
                 let recorded = pipeline::record(
                     self.store.as_ref(),
+                    lease,
                     self.runtime.clone(),
                     run,
                     cancel,
@@ -210,10 +468,13 @@ impl Service {
             }
             Err(unprepared) => {
                 let status = match unprepared {
-                    Unprepared::Store(_) => Status::InternalError,
+                    Unprepared::Store(_) | Unprepared::OtherPool { .. } => Status::InternalError,
+                    // A cancel during the fetch (asked for, or the server stopping) is a
+                    // cancel, whatever the fetch made of it.
+                    _ if cancel.is_cancelled() => Status::Cancelled,
                     _ => Status::Failure,
                 };
-                self.fail(id, status, unprepared.to_string()).await
+                self.fail(id, lease, status, unprepared.to_string()).await
             }
         }
         let _ = std::fs::remove_dir_all(&workspace);
@@ -237,38 +498,90 @@ impl Service {
         id: &str,
         request: Result<Request, serde_json::Error>,
         workspace: &Path,
+        lease: &pipeline::Lease,
+        pool: Option<&str>,
+        cancel: &CancellationToken,
     ) -> Result<Run, Unprepared> {
         let request = request.map_err(Unprepared::Request)?;
         let recipe = match &request {
-            Request::Push { .. } => self.checkout(&request, workspace).await?,
+            Request::Push { .. } => self.checkout(&request, workspace, cancel).await?,
             Request::Upload { upload, .. } => {
-                std::fs::create_dir_all(workspace).map_err(Unprepared::Workspace)?;
-                if let Some(upload) = upload {
-                    let archive = std::fs::File::open(self.upload_path(upload))
-                        .map_err(Unprepared::UploadGone)?;
-                    crate::adapters::source::unpack(archive, workspace)
-                        .map_err(Unprepared::Unpack)?;
-                }
-                upload_recipe(&request)?
+                let (dest, limits) = (workspace.to_path_buf(), self.settings.upload_limits);
+                let archive = match upload {
+                    Some(upload) => Some(self.fetch_upload(upload).await?),
+                    None => None,
+                };
+                // Unpacking is disk- and CPU-bound for as long as the archive is big: off the
+                // async threads, which answer requests meanwhile.
+                let request = request.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dest).map_err(Unprepared::Workspace)?;
+                    if let Some(archive) = archive {
+                        crate::adapters::source::unpack(archive, &dest, &limits)
+                            .map_err(Unprepared::Unpack)?;
+                    }
+                    upload_recipe(&request).map_err(Unprepared::Refused)
+                })
+                .await
+                .map_err(Unprepared::Task)??
             }
         };
-        let mut run = pipeline::plan(id, &recipe, &self.settings.machine)?;
+        let (build_id, machine) = (id.to_owned(), self.settings.machine.clone());
+        let mut run = resolving(move || pipeline::plan(&build_id, &recipe, &machine))
+            .await
+            .map_err(Unprepared::Task)??;
+        if run.build.pool.as_deref() != pool {
+            return Err(Unprepared::OtherPool {
+                pool: run.build.pool,
+                queue_ttl: queue_ttl(run.build.queue_ttl),
+            });
+        }
         run.workspace = Some(workspace.to_path_buf());
         self.store
-            .set_plan(id, &run.build)
+            .set_plan(id, &run.build, lease)
             .await
             .map_err(Unprepared::Store)?;
         Ok(run)
     }
 
+    /// The uploaded archive `upload`, copied from the store a chunk at a time into a file of this
+    /// machine's data directory that has no name (it goes with its last handle, however the
+    /// process ends), read from its start.
+    async fn fetch_upload(&self, upload: &str) -> Result<std::fs::File, Unprepared> {
+        let file = tempfile::tempfile_in(&self.settings.data_dir).map_err(Unprepared::Workspace)?;
+        let mut file = tokio::fs::File::from_std(file);
+        for seq in 0.. {
+            match self.store.upload_chunk(upload, seq).await {
+                Ok(Some(chunk)) => file
+                    .write_all(&chunk)
+                    .await
+                    .map_err(Unprepared::Workspace)?,
+                Ok(None) if seq == 0 => return Err(Unprepared::UploadGone(upload.to_string())),
+                Ok(None) => break,
+                Err(e) => return Err(Unprepared::UploadUnread(e)),
+            }
+        }
+        file.flush().await.map_err(Unprepared::Workspace)?;
+        let mut file = file.into_std().await;
+        file.rewind().map_err(Unprepared::Workspace)?;
+        Ok(file)
+    }
+
     /// Checks out a trigger build's commit into `workspace`, and reads its trigger's config.
-    async fn checkout(&self, request: &Request, workspace: &Path) -> Result<Recipe, Unprepared> {
+    async fn checkout(
+        &self,
+        request: &Request,
+        workspace: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Recipe, Unprepared> {
         let Request::Push {
             trigger,
             clone_url,
             commit,
             built_ins,
             overrides,
+            approved,
+            ..
         } = request
         else {
             unreachable!("only pushes are checked out");
@@ -277,17 +590,25 @@ impl Service {
             .triggers
             .get(trigger)
             .map_err(|_| Unprepared::TriggerGone(trigger.clone()))?;
-        let (url, cache) = (clone_url.clone(), self.settings.data_dir.join("git"));
-        let rewrites = self.settings.rewrites.clone();
+        // Fetched from where the trigger says now, which must be where it said when the build
+        // was queued (builds queued by an older version may carry a push's `clone_url`).
+        let url = trigger
+            .source_url(&self.settings.github, None)
+            .map_err(|skip| Unprepared::Source(skip.to_string()))?;
+        if *clone_url != url {
+            return Err(Unprepared::Source(format!(
+                "the build was queued to fetch {clone_url}, but its trigger's repository is {url} \
+                 now"
+            )));
+        }
         let (commit, dest) = (commit.clone(), workspace.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let mirror = Mirror::update(&cache, &url, &rewrites)?;
-            mirror.checkout(&commit, &dest)
-        })
-        .await
-        .map_err(Unprepared::Task)?
-        .map_err(Unprepared::Fetch)?;
+        let check_out = move |mirror: &Mirror| mirror.checkout(&commit, &dest);
+        self.read_mirror_retried(&url, check_out, cancel)
+            .await
+            .map_err(Unprepared::Fetch)?;
         let mut built_ins = built_ins.clone();
+        // Code no writer vouched for (a fork's pull request) does not get the machine either.
+        let trusted = trigger.trusted && *approved;
         let recipe = |file: String, built_ins: Values| Reading {
             file,
             context: Context::Trigger,
@@ -296,10 +617,11 @@ impl Service {
             timeout: None,
             // gcloud's refusal of a config's own `source` is for uploads it makes.
             uploads: false,
-            trusted: trigger.trusted,
+            trusted,
+            secrets: secret_scope(request),
         };
-        match &trigger.build {
-            BuildSource::Inline(config) => Ok(Recipe {
+        let recipe = match &trigger.build {
+            BuildSource::Inline(config) => Recipe {
                 config: (**config).clone(),
                 tree: None,
                 file: format!("trigger {}", trigger.name),
@@ -307,15 +629,19 @@ impl Service {
                 built_ins,
                 overrides: overrides.clone(),
                 warnings: String::new(),
-                trusted: trigger.trusted,
-            }),
+                trusted,
+                secrets: secret_scope(request),
+            },
             BuildSource::File(path) => {
                 let bytes =
                     read_in_checkout(workspace, path).map_err(|error| Unprepared::Config {
                         path: path.clone(),
                         error,
                     })?;
-                Ok(Recipe::load(&bytes, recipe(path.clone(), built_ins))?)
+                let reading = recipe(path.clone(), built_ins);
+                resolving(move || Recipe::load(&bytes, reading))
+                    .await
+                    .map_err(Unprepared::Task)??
             }
             // Cloud Build's autodetection: the first config file the commit has.
             BuildSource::Autodetect => {
@@ -326,16 +652,27 @@ impl Service {
                     })
                     .ok_or(Unprepared::NoConfig)?;
                 built_ins.insert("TRIGGER_BUILD_CONFIG_PATH".into(), file.clone());
-                Ok(Recipe::load(&bytes, recipe(file, built_ins))?)
+                let reading = recipe(file, built_ins);
+                resolving(move || Recipe::load(&bytes, reading))
+                    .await
+                    .map_err(Unprepared::Task)??
             }
+        };
+        if !approved && !recipe.config.available_secrets.secret_manager.is_empty() {
+            return Err(Unprepared::Refused(pipeline::Refused::Secrets(
+                "a pull request from a fork may not read the trigger's secrets \
+                 (availableSecrets) until a writer approves it with a /gcbrun comment"
+                    .into(),
+            )));
         }
+        Ok(recipe)
     }
 
     /// Ends a build that never got to run its steps.
-    async fn fail(&self, id: &str, status: Status, failure: String) {
+    async fn fail(&self, id: &str, lease: &pipeline::Lease, status: Status, failure: String) {
         info!(%status, %failure, "build finished before its steps");
         let outcome = Outcome::ended(status, Vec::new(), Some(failure));
-        if let Err(e) = self.store.finish_build(id, &outcome).await {
+        if let Err(e) = self.store.finish_build(id, &outcome, lease).await {
             error!(error = %e, "recording the build failed");
         }
     }

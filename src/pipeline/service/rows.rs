@@ -2,7 +2,9 @@
 //! its client and the console never see a row.
 
 use crate::adapters::runtime::LogStream;
-use crate::adapters::store::{BuildRecord, DeliveryRecord, LogLine, SkippedRun, StepRecord};
+use crate::adapters::store::{
+    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord,
+};
 use crate::core::wire;
 
 impl From<BuildRecord> for wire::Build {
@@ -23,6 +25,23 @@ impl From<BuildRecord> for wire::Build {
             failure: build.failure,
             steps: build.steps.into_iter().map(wire::Step::from).collect(),
             build_step_outputs: build.build_step_outputs,
+            github: None,
+        }
+    }
+}
+
+impl From<ReportRecord> for wire::GithubReport {
+    fn from(report: ReportRecord) -> Self {
+        Self {
+            reported: report.reported,
+            failure: report
+                .failure
+                .map(|(status, attempts, error, lasting)| wire::ReportFailure {
+                    status,
+                    attempts,
+                    error,
+                    lasting,
+                }),
         }
     }
 }

@@ -161,7 +161,7 @@ impl Service {
         self.store
             .queue_schedule_run(&schedule.name, now, &build)
             .await?;
-        self.work.notify_one();
+        self.wake();
         Ok(build.id)
     }
 
@@ -268,7 +268,7 @@ impl Service {
                 self.store.set_schedule_error(name, Some(&error)).await?;
             }
             if build.is_some() {
-                self.work.notify_one();
+                self.wake();
             }
         }
         Ok(decision.next_run)

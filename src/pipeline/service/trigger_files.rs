@@ -38,7 +38,10 @@ impl Triggers {
     fn new(entries: Vec<Entry>) -> Self {
         let mut by_repository: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
-            if let Some(github) = &entry.trigger.github {
+            // A webhook trigger's repository is what it builds, not what fires it.
+            if let Some(github) = &entry.trigger.github
+                && entry.trigger.webhook.is_none()
+            {
                 let key = repository_key(&github.owner, &github.name);
                 by_repository.entry(key).or_default().push(index);
             }

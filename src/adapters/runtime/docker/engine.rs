@@ -26,8 +26,8 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount as DockerMount, MountTmpfsOptions, MountType,
-    MountVolumeOptions, Network, NetworkCreateRequest, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummary, HostConfig, Mount as DockerMount, MountTmpfsOptions,
+    MountType, MountVolumeOptions, Network, NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -244,7 +244,12 @@ impl Engine {
         Ok(sorted(ids))
     }
 
-    async fn list_labelled(&self, label: &str) -> Result<Resources, BollardError> {
+    /// The containers (in any state), volumes and networks that pass the engine's `label`
+    /// filter (`key=value`, or `key` for any value).
+    async fn with_label(
+        &self,
+        label: &str,
+    ) -> Result<(Vec<ContainerSummary>, Vec<Volume>, Vec<Network>), BollardError> {
         let filters = HashMap::from([("label", vec![label])]);
         let containers = self
             .docker
@@ -254,11 +259,7 @@ impl Engine {
                     .filters(&filters)
                     .build(),
             ))
-            .await?
-            .into_iter()
-            .flat_map(|container| container.names.unwrap_or_default())
-            // The engine reports container names with a leading `/`.
-            .map(|name| name.trim_start_matches('/').to_owned());
+            .await?;
         let volumes = self
             .docker
             .list_volumes(Some(
@@ -268,18 +269,22 @@ impl Engine {
             ))
             .await?
             .volumes
+            .unwrap_or_default();
+        let networks = self.networks("label", label).await?;
+        Ok((containers, volumes, networks))
+    }
+
+    async fn list_labelled(&self, label: &str) -> Result<Resources, BollardError> {
+        let (containers, volumes, networks) = self.with_label(label).await?;
+        let containers = containers
             .into_iter()
-            .flatten()
-            .map(|volume| volume.name);
-        let networks = self
-            .networks("label", label)
-            .await?
-            .into_iter()
-            .filter_map(|network| network.name);
+            .flat_map(|container| container.names.unwrap_or_default())
+            // The engine reports container names with a leading `/`.
+            .map(|name| name.trim_start_matches('/').to_owned());
         Ok(Resources {
             containers: sorted(containers),
-            volumes: sorted(volumes),
-            networks: sorted(networks),
+            volumes: sorted(volumes.into_iter().map(|volume| volume.name)),
+            networks: sorted(networks.into_iter().filter_map(|network| network.name)),
         })
     }
 }
@@ -554,35 +559,81 @@ impl Engine {
             .stream(true)
             .build();
         // Nothing comes back on a stdin-only attach; the writer alone keeps the connection open.
-        let attached = self
-            .docker
-            .attach_container(name, Some(options))
-            .await
-            .map_err(|error| {
-                engine_error(format_args!("attaching to container {name:?}"), error)
-            })?;
-        Ok(attached.input)
+        Ok(self.attach(name, options).await?.input)
     }
 
-    /// The container's output from its start, stdout and stderr kept apart.
+    /// Attaches to a container's streams as `options` choose.
+    async fn attach(
+        &self,
+        name: &str,
+        options: bollard::query_parameters::AttachContainerOptions,
+    ) -> Result<bollard::container::AttachContainerResults, RuntimeError> {
+        self.docker
+            .attach_container(name, Some(options))
+            .await
+            .map_err(|error| engine_error(format_args!("attaching to container {name:?}"), error))
+    }
+
+    /// Attaches to the output of a created container, stdout and stderr kept apart: call it
+    /// before [`start_container`](Self::start_container) (the engine passes on only what is
+    /// written after the attach), or, for a container held at the gate, before its release. The
+    /// output comes as the container writes it, straight from the engine (as `docker run` gets
+    /// it), not read back from the engine's log file: each byte is read from the engine once.
+    ///
+    /// The stream ends once the container has exited and its output is drained, a last line
+    /// without a newline included. Should the attach break first (its connection fails, or it
+    /// ends while the container still runs), the rest is read from the engine's log, as
+    /// [`logs`](Self::logs) reads it, from where the attach stopped.
+    pub async fn attach_output(
+        &self,
+        name: &str,
+    ) -> Result<BoxStream<'static, Result<LogChunk, RuntimeError>>, RuntimeError> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        // The engine attaches before it answers, so nothing written after this call is missed.
+        let attached = self.attach(name, options).await?;
+        // Nothing is written to the container's stdin through this attach.
+        drop(attached.input);
+        let mut follow = self.follow(name);
+        follow.output = Some(attached.output);
+        follow.attached = true;
+        Ok(stream::unfold(follow, Follow::next).boxed())
+    }
+
+    /// The container's output from its start, stdout and stderr kept apart, read from the
+    /// engine's log.
     ///
     /// Call it after [`start_container`](Self::start_container) returned (before that there is
     /// nothing to follow) and before removal; calling it after the container exited still yields
     /// everything it wrote. Output arrives while the container runs, and none is lost at its end,
     /// not even a last line without a newline. The stream ends once the container has exited and
     /// its output is drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the
-    /// exit.
+    /// exit. The engine decodes its log file to serve it, which costs more than the output itself:
+    /// a container's output as it runs is [`attach_output`](Self::attach_output)'s.
     pub fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let docker = self.docker.clone();
-        let waited = name.to_owned();
-        let (reader, logged) = (self.docker.clone(), name.to_owned());
-        let follow = Follow {
-            output: Some(self.docker.logs(name, Some(options)).boxed()),
+        let mut follow = self.follow(name);
+        follow.output = follow.followed.take().map(|read| read());
+        stream::unfold(follow, Follow::next).boxed()
+    }
+
+    /// The state of a read of `name`'s output, its first read not begun.
+    fn follow(&self, name: &str) -> Follow {
+        let read = |follow: bool| {
+            let options = LogsOptionsBuilder::default()
+                .follow(follow)
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let (docker, name) = (self.docker.clone(), name.to_owned());
+            move || docker.logs(&name, Some(options)).boxed()
+        };
+        let (docker, waited) = (self.docker.clone(), name.to_owned());
+        Follow {
+            output: None,
+            attached: false,
             // Any answer, even an error such as "no such container", means no more output comes.
             exited: Some(
                 async move {
@@ -590,18 +641,12 @@ impl Engine {
                 }
                 .boxed(),
             ),
-            reread: Some(Box::new(move || {
-                let options = LogsOptionsBuilder::default()
-                    .stdout(true)
-                    .stderr(true)
-                    .build();
-                reader.logs(&logged, Some(options)).boxed()
-            })),
+            followed: Some(Box::new(read(true))),
+            reread: Some(Box::new(read(false))),
             delivered: [0; 2],
             skip: None,
             name: name.to_owned(),
-        };
-        stream::unfold(follow, Follow::next).boxed()
+        }
     }
 
     /// Waits, without a time limit, until the started container is not running and returns its
@@ -704,6 +749,26 @@ impl Engine {
         })
     }
 
+    /// The values the label `key` has on containers (in any state), volumes and networks: for
+    /// `builder.build`, the builds that have something on this engine.
+    pub async fn label_values(&self, key: &str) -> Result<Vec<String>, RuntimeError> {
+        let (containers, volumes, networks) = self.with_label(key).await.map_err(|error| {
+            engine_error(format_args!("listing resources labelled {key}"), error)
+        })?;
+        let containers = containers
+            .into_iter()
+            .filter_map(|container| container.labels?.remove(key));
+        let volumes = volumes
+            .into_iter()
+            .filter_map(|mut volume| volume.labels.remove(key));
+        let networks = networks
+            .into_iter()
+            .filter_map(|network| network.labels?.remove(key));
+        let mut builds = sorted(containers.chain(volumes).chain(networks));
+        builds.dedup();
+        Ok(builds)
+    }
+
     /// Gives the local image `image` the further name `tag` (`name[:tag]`, default tag
     /// `latest`), moving that name if another image had it. A missing `image` is
     /// [`RuntimeError::ImageNotFound`].
@@ -795,23 +860,40 @@ impl Engine {
 
 type LogOutputs = BoxStream<'static, Result<LogOutput, BollardError>>;
 
-/// State of one [`Engine::logs`] stream.
+/// How long an attach that ended waits for its container's exit before it counts as broken:
+/// the engine ends an attach once the container's output is closed, and records the exit only
+/// after it (2 s later on Docker 20.10, measured), so a bound near that would read many logs
+/// twice.
+const ATTACH_SETTLE: Duration = Duration::from_secs(10);
+
+/// State of one [`Engine::attach_output`] or [`Engine::logs`] stream: up to three reads of the
+/// same output, each passing on only what the ones before it had not delivered (counted in bytes
+/// per stream).
 ///
-/// A followed log stream can end without the container's last output when that does not end in
-/// a newline (moby#43860, seen on 20.10). So once the followed stream is over and the container
-/// has exited, the whole log is read again, without following, and only what the followed stream
-/// had not delivered is passed on, counted in bytes per stream. That second read costs as much
-/// as the first; for build steps' logs that is cheap next to losing their last line.
+/// 1. The attach, when there is one: the output as it is written. It normally ends with the
+///    container's output, and then nothing else is read.
+/// 2. The engine's log, followed: from the start if there was no attach, else once the attach
+///    broke. It follows the container's exit rather than trusting the stream to end
+///    (bollard#251).
+/// 3. The whole log, read again once the followed read is over and the container has exited: a
+///    followed log can end without the container's last output when that does not end in a
+///    newline (moby#43860, seen on 20.10). That read costs as much as the first; for build
+///    steps' logs that is cheap next to losing their last line, and an attach needs neither.
 struct Follow {
-    /// `None` once the stream has failed, so it ends after reporting the error.
+    /// The read under way; `None` once the stream has failed or ended.
     output: Option<LogOutputs>,
+    /// Whether `output` is the attach.
+    attached: bool,
     /// Resolves when the container is no longer running; `None` afterwards.
     exited: Option<BoxFuture<'static, ()>>,
+    /// Starts the followed read of the log; `None` once started.
+    followed: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
     /// Starts the read of the whole log after the exit; `None` once started.
     reread: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
     /// Bytes delivered so far, of stdout and of stderr.
     delivered: [usize; 2],
-    /// During the second read: bytes of stdout and stderr still to skip, as already delivered.
+    /// During a read after the first: bytes of stdout and stderr still to skip, as already
+    /// delivered.
     skip: Option<[usize; 2]>,
     name: String,
 }
@@ -821,6 +903,7 @@ impl Follow {
         loop {
             let output = self.output.as_mut()?;
             let item = match self.exited.as_mut() {
+                _ if self.attached => output.next().await,
                 Some(exited) => tokio::select! {
                     item = output.next() => item,
                     () = exited => {
@@ -835,21 +918,34 @@ impl Follow {
                     .ok()
                     .flatten(),
             };
-            let Some(item) = item else {
-                if let Some(exited) = self.exited.take() {
-                    exited.await;
-                }
-                let reread = self.reread.take()?;
-                self.output = Some(reread());
-                self.skip = Some(self.delivered);
-                continue;
-            };
             let (stream, mut bytes) = match item {
-                Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+                Some(Ok(LogOutput::StdErr { message })) => (LogStream::Stderr, message),
                 // Without a TTY the engine sends only stdout and stderr frames; anything else is
                 // output too, so it goes with stdout rather than being dropped.
-                Ok(other) => (LogStream::Stdout, other.into_bytes()),
-                Err(error) => {
+                Some(Ok(other)) => (LogStream::Stdout, other.into_bytes()),
+                None if self.attached => {
+                    if self.exited_after_attach().await {
+                        return None;
+                    }
+                    self.read_again(|follow| follow.followed.take());
+                    continue;
+                }
+                Some(Err(error)) if self.attached => {
+                    tracing::warn!(
+                        container = %self.name, error = %error,
+                        "the attach to a container's output broke; reading the rest from its log"
+                    );
+                    self.read_again(|follow| follow.followed.take());
+                    continue;
+                }
+                None => {
+                    if let Some(exited) = self.exited.take() {
+                        exited.await;
+                    }
+                    self.read_again(|follow| follow.reread.take());
+                    continue;
+                }
+                Some(Err(error)) => {
                     self.output = None;
                     let context = format!("reading the logs of container {:?}", self.name);
                     return Some((Err(engine_error(context, error)), self));
@@ -867,6 +963,30 @@ impl Follow {
             self.delivered[index] += bytes.len();
             return Some((Ok(LogChunk { stream, bytes }), self));
         }
+    }
+
+    /// Whether the container exited once its attach ended (the engine ends an attach when the
+    /// container's output is closed, which is at its exit unless the command closed its
+    /// stdout and stderr and went on running).
+    async fn exited_after_attach(&mut self) -> bool {
+        let Some(exited) = self.exited.as_mut() else {
+            return true;
+        };
+        let settled = tokio::time::timeout(ATTACH_SETTLE, exited).await.is_ok();
+        if settled {
+            self.exited = None;
+        }
+        settled
+    }
+
+    /// Starts the next read (`None` ends the stream), skipping what was delivered.
+    fn read_again(
+        &mut self,
+        next: impl FnOnce(&mut Self) -> Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
+    ) {
+        self.attached = false;
+        self.output = next(self).map(|read| read());
+        self.skip = Some(self.delivered);
     }
 }
 
@@ -1126,81 +1246,145 @@ mod tests {
         assert_eq!(pushed_digest("Pushed", "v1"), None);
     }
 
-    /// The engine cannot be made to keep a log stream open after the exit (bollard#251) on
-    /// demand, so this stands in a stream that never ends.
-    #[tokio::test(start_paused = true)]
-    async fn logs_end_after_the_exit_even_if_the_engine_keeps_the_stream_open() {
-        let frames = [
-            LogOutput::StdOut {
-                message: "out".into(),
-            },
-            LogOutput::StdErr {
-                message: "err".into(),
-            },
-        ];
-        let follow = Follow {
-            output: Some(
-                stream::iter(frames.map(Ok))
-                    .chain(stream::pending())
-                    .boxed(),
-            ),
-            exited: Some(std::future::ready(()).boxed()),
-            reread: None,
+    fn out(text: &'static str) -> Result<LogOutput, BollardError> {
+        Ok(LogOutput::StdOut {
+            message: text.into(),
+        })
+    }
+
+    fn err(text: &'static str) -> Result<LogOutput, BollardError> {
+        Ok(LogOutput::StdErr {
+            message: text.into(),
+        })
+    }
+
+    fn opens(
+        frames: Vec<Result<LogOutput, BollardError>>,
+    ) -> Option<Box<dyn FnOnce() -> LogOutputs + Send>> {
+        Some(Box::new(move || stream::iter(frames).boxed()))
+    }
+
+    /// A read of a container's output: `attach` when it has one, else the followed `log` first.
+    fn follow(
+        attach: Option<LogOutputs>,
+        exited: BoxFuture<'static, ()>,
+        log: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
+        whole_log: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
+    ) -> Follow {
+        let mut follow = Follow {
+            output: None,
+            attached: false,
+            exited: Some(exited),
+            followed: log,
+            reread: whole_log,
             delivered: [0; 2],
             skip: None,
             name: "step".to_owned(),
         };
-        let chunks: Vec<_> = stream::unfold(follow, Follow::next)
+        match attach {
+            Some(attach) => {
+                follow.output = Some(attach);
+                follow.attached = true;
+            }
+            None => follow.output = follow.followed.take().map(|read| read()),
+        }
+        follow
+    }
+
+    async fn read(follow: Follow) -> Vec<(LogStream, &'static str)> {
+        let chunks: Vec<LogChunk> = stream::unfold(follow, Follow::next)
             .try_collect()
             .await
             .expect("chunks");
-        let expected =
-            [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")].map(|(stream, text)| {
-                LogChunk {
-                    stream,
-                    bytes: text.into(),
-                }
-            });
-        assert_eq!(chunks, expected);
+        let text = |bytes: &Bytes| -> &'static str {
+            String::from_utf8(bytes.to_vec()).expect("utf-8").leak()
+        };
+        chunks
+            .iter()
+            .map(|chunk| (chunk.stream, text(&chunk.bytes)))
+            .collect()
+    }
+
+    /// The engine cannot be made to keep a log stream open after the exit (bollard#251) on
+    /// demand, so this stands in a stream that never ends.
+    #[tokio::test(start_paused = true)]
+    async fn logs_end_after_the_exit_even_if_the_engine_keeps_the_stream_open() {
+        let never_ends = Some(Box::new(|| {
+            stream::iter([out("out"), err("err")])
+                .chain(stream::pending())
+                .boxed()
+        }) as Box<dyn FnOnce() -> LogOutputs + Send>);
+        let done = std::future::ready(()).boxed();
+        let chunks = read(follow(None, done, never_ends, None)).await;
+        assert_eq!(
+            chunks,
+            [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")]
+        );
     }
 
     /// moby#43860: the followed stream ends without the last, unterminated line; the second read
     /// delivers what it missed, and nothing twice.
     #[tokio::test(start_paused = true)]
     async fn logs_catch_up_on_what_the_followed_stream_missed() {
-        let out = |text: &'static str| {
-            Ok(LogOutput::StdOut {
-                message: text.into(),
-            })
-        };
-        let err = |text: &'static str| {
-            Ok(LogOutput::StdErr {
-                message: text.into(),
-            })
-        };
-        let follow = Follow {
-            output: Some(stream::iter([out("a\n"), err("e")]).boxed()),
-            exited: Some(std::future::ready(()).boxed()),
-            reread: Some(Box::new(move || {
-                stream::iter([out("a\nla"), err("e"), out("st"), err("rr")]).boxed()
-            })),
-            delivered: [0; 2],
-            skip: None,
-            name: "step".to_owned(),
-        };
-        let chunks: Vec<_> = stream::unfold(follow, Follow::next)
-            .map_ok(|chunk| (chunk.stream, chunk.bytes))
-            .try_collect()
-            .await
-            .expect("chunks");
+        let followed = opens(vec![out("a\n"), err("e")]);
+        let whole = opens(vec![out("a\nla"), err("e"), out("st"), err("rr")]);
+        let done = std::future::ready(()).boxed();
+        let chunks = read(follow(None, done, followed, whole)).await;
+        assert_eq!(
+            chunks,
+            [
+                (LogStream::Stdout, "a\n"),
+                (LogStream::Stderr, "e"),
+                (LogStream::Stdout, "la"),
+                (LogStream::Stdout, "st"),
+                (LogStream::Stderr, "rr"),
+            ]
+        );
+    }
+
+    /// An attach that ends with the container's exit is the whole output: the log is not read.
+    #[tokio::test(start_paused = true)]
+    async fn an_attach_to_its_end_is_read_once() {
+        let attach = stream::iter([out("a\nlast"), err("e")]).boxed();
+        let unread = opens(vec![out("read again")]);
+        let done = std::future::ready(()).boxed();
+        let chunks = read(follow(Some(attach), done, unread, opens(vec![]))).await;
+        assert_eq!(
+            chunks,
+            [(LogStream::Stdout, "a\nlast"), (LogStream::Stderr, "e")]
+        );
+    }
+
+    /// An attach that breaks (an error, or an end while the container still runs) goes on from
+    /// the engine's log where it stopped, nothing twice and nothing lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_attach_goes_on_from_the_log() {
+        let log = || vec![out("a\npar"), err("e1"), out("tial\n"), err("e2")];
+        let broke = stream::iter([
+            out("a\npa"),
+            err("e"),
+            Err(BollardError::DockerStreamError {
+                error: "connection reset".to_owned(),
+            }),
+        ])
+        .boxed();
+        let done = std::future::ready(()).boxed();
+        let chunks = read(follow(Some(broke), done, opens(log()), opens(vec![]))).await;
         let expected = [
-            (LogStream::Stdout, "a\n"),
+            (LogStream::Stdout, "a\npa"),
             (LogStream::Stderr, "e"),
-            (LogStream::Stdout, "la"),
-            (LogStream::Stdout, "st"),
-            (LogStream::Stderr, "rr"),
-        ]
-        .map(|(stream, text)| (stream, bytes::Bytes::from(text)));
+            (LogStream::Stdout, "r"),
+            (LogStream::Stderr, "1"),
+            (LogStream::Stdout, "tial\n"),
+            (LogStream::Stderr, "e2"),
+        ];
+        assert_eq!(chunks, expected);
+
+        // Ended early: the container exits only later (its command had closed its output).
+        let ended = stream::iter([out("a\npa"), err("e")]).boxed();
+        let later = tokio::time::sleep(ATTACH_SETTLE * 3).boxed();
+        let whole = opens(log());
+        let chunks = read(follow(Some(ended), later, opens(log()), whole)).await;
         assert_eq!(chunks, expected);
     }
 

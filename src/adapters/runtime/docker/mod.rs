@@ -8,9 +8,11 @@
 //!   what steps ask of the engine;
 //! * a container per step, with the build's own engine endpoint ([`proxy`]) mounted as
 //!   `/var/run/docker.sock`, so that steps drive the engine within the build's scope;
-//! * containers made only to reach the volumes through the engine's archive API (filling the
-//!   workspace, reading it back), created from a step image with a command of builder's own and
-//!   never started, so that images without CMD or ENTRYPOINT work.
+//! * one container made only to reach the volumes through the engine's archive API (the seed:
+//!   it fills the workspace, and reads the outputs and the workspace back), created from a step
+//!   image with a command of builder's own and never started, so that images without CMD or
+//!   ENTRYPOINT work; it stays until the teardown, so that no step waits for its removal and
+//!   reading back needs no container of its own.
 //!
 //! A step created ahead of its turn is started at the [`gate`], which holds it before its
 //! command until [`Backend::start_step`] releases it.
@@ -22,6 +24,7 @@ pub mod proxy;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -39,6 +42,9 @@ use super::{Backend, BuildSpec, LogChunk, Resources, RuntimeError, StepImage, St
 pub const BUILD_LABEL: &str = "builder.build";
 /// Label carried by a step's container, with the step's index as value.
 const STEP_LABEL: &str = "builder.step";
+/// Label of the containers builder makes only to reach a build's volumes: the build's endpoint
+/// hides them from its steps, which could otherwise remove them (`docker rm -f $(docker ps -aq)`).
+const VOLUMES_LABEL: &str = "builder.volumes";
 /// Where steps find the engine, and where the engine's own socket is unless `DOCKER_HOST` says.
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// The command of the containers made only to reach a build's volumes through the engine's
@@ -68,7 +74,14 @@ struct Build {
     images: Mutex<HashMap<String, ImageInfo>>,
     /// The stdin of each step held at the gate, until its release.
     held: Mutex<HashMap<usize, Stdin>>,
+    /// Each step's output, attached before its command runs, until `step_logs` takes it.
+    attached: Mutex<HashMap<usize, Output>>,
+    /// Whether the seed container was made (it was not when no step image could be had).
+    seeded: std::sync::atomic::AtomicBool,
 }
+
+/// A step's output as [`Engine::attach_output`] streams it.
+type Output = BoxStream<'static, Result<LogChunk, RuntimeError>>;
 
 impl DockerBackend {
     /// Connects to the engine named by `DOCKER_HOST`, or the local socket `/var/run/docker.sock`.
@@ -234,13 +247,18 @@ impl DockerBackend {
             .iter()
             .map(|(volume, path)| volume_mount(&name(&spec.id, volume), path))
             .collect();
-        let seed = volume_access(&spec.id, "seed", image, mounts);
-        let seeding = async {
-            self.engine.create_container(&seed).await?;
-            self.engine.upload(&seed.name, "/", archive).await?;
-            self.engine.remove_container(&seed.name).await
-        };
-        seeding.await.map_err(filling)
+        let seed = volume_access(&spec.id, image, mounts);
+        self.engine.create_container(&seed).await.map_err(filling)?;
+        build.seeded.store(true, Ordering::Relaxed);
+        self.engine
+            .upload(&seed.name, "/", archive)
+            .await
+            .map_err(filling)
+    }
+
+    /// The seed container, which mounts every volume of the build, to read them back through.
+    fn seed(&self, build: &Build) -> Option<String> {
+        (build.seeded.load(Ordering::Relaxed)).then(|| seed_name(&build.spec.id))
     }
 }
 
@@ -256,6 +274,8 @@ impl Backend for DockerBackend {
             endpoint: Mutex::default(),
             images: Mutex::default(),
             held: Mutex::default(),
+            attached: Mutex::default(),
+            seeded: Default::default(),
         });
         // Known before anything is made, so that a teardown after a failed setup finds it.
         lock(&self.builds).insert(spec.id.clone(), build.clone());
@@ -320,19 +340,28 @@ impl Backend for DockerBackend {
         }
         if hold {
             let stdin = self.engine.attach_stdin(&name).await?;
+            let output = self.engine.attach_output(&name).await?;
             self.engine.start_container(&name).await?;
             lock(&build.held).insert(step, stdin);
+            lock(&build.attached).insert(step, output);
         }
         Ok(())
     }
 
     async fn start_step(&self, build: &str, step: usize) -> Result<(), RuntimeError> {
-        let held = lock(&self.build(build)?.held).remove(&step);
+        let known = self.build(build)?;
+        let held = lock(&known.held).remove(&step);
         match held {
             Some(stdin) => gate::release(stdin)
                 .await
                 .map_err(|e| RuntimeError::Engine(format!("releasing the step's container: {e}"))),
-            None => self.engine.start_container(&step_name(build, step)).await,
+            None => {
+                let name = step_name(build, step);
+                let output = self.engine.attach_output(&name).await?;
+                self.engine.start_container(&name).await?;
+                lock(&known.attached).insert(step, output);
+                Ok(())
+            }
         }
     }
 
@@ -341,7 +370,9 @@ impl Backend for DockerBackend {
         build: &str,
         step: usize,
     ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
-        self.engine.logs(&step_name(build, step))
+        let attached = (self.build(build).ok()).and_then(|b| lock(&b.attached).remove(&step));
+        // Read once from the attach; a second reader gets the output from the engine's log.
+        attached.unwrap_or_else(|| self.engine.logs(&step_name(build, step)))
     }
 
     async fn wait_step(&self, build: &str, step: usize) -> Result<i64, RuntimeError> {
@@ -380,29 +411,16 @@ impl Backend for DockerBackend {
         limit: usize,
     ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
         let known = self.build(build)?;
-        let steps = known.spec.steps.len();
-        let Some(image) = self.volume_image(&known).await? else {
-            return Ok(vec![None; steps]);
+        // The steps are over, and so is their network's use: it goes meanwhile, off the
+        // teardown's path. A container a step left on it keeps it there for the teardown.
+        let network = async {
+            let network = name(build, "network");
+            if let Err(e) = self.engine.remove_network(&network).await {
+                tracing::debug!(error = %e, "the build's network stays for its teardown");
+            }
         };
-        // Every step's output volume, at `/outputs/INDEX`, read in one archive.
-        let mounts = (0..steps)
-            .map(|i| Mount {
-                read_only: true,
-                ..volume_mount(&name(build, &outputs_volume(i)), &format!("/outputs/{i}"))
-            })
-            .collect();
-        let reader = volume_access(build, "outputs", image, mounts);
-        self.engine.create_container(&reader).await?;
-        let archive = self
-            .engine
-            .download(&reader.name, "/outputs")
-            .map_err(io::Error::other);
-        let archive = SyncIoBridge::new(StreamReader::new(archive));
-        tokio::task::spawn_blocking(move || output_files(archive, steps, limit))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|read| read)
-            .map_err(|e| RuntimeError::Engine(e.to_string()))
+        let (outputs, ()) = tokio::join!(self.read_outputs(&known, limit), network);
+        outputs
     }
 
     async fn missing_command(&self, build: &str, step: usize) -> Option<String> {
@@ -429,6 +447,7 @@ impl Backend for DockerBackend {
         if let Ok(known) = self.build(build) {
             // An unreleased gate lets its container end without running the step's command.
             lock(&known.held).remove(&step);
+            lock(&known.attached).remove(&step);
         }
         self.engine.remove_container(&step_name(build, step)).await
     }
@@ -438,19 +457,10 @@ impl Backend for DockerBackend {
         build: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError> {
         let known = self.build(build)?;
-        let image = self
-            .volume_image(&known)
-            .await?
+        let seed = self
+            .seed(&known)
             .ok_or_else(|| RuntimeError::Invalid("no step image is local".to_string()))?;
-        let workspace = &known.spec.workspace;
-        let mounts = vec![Mount {
-            read_only: true,
-            ..volume_mount(&name(build, "workspace"), workspace)
-        }];
-        // Removed with the build by its teardown: the stream's reader may stop before its end.
-        let reader = volume_access(build, "templates", image, mounts);
-        self.engine.create_container(&reader).await?;
-        Ok(self.engine.download(&reader.name, workspace))
+        Ok(self.engine.download(&seed, &known.spec.workspace))
     }
 
     async fn image_exists(&self, _build: &str, image: &str) -> Result<bool, RuntimeError> {
@@ -490,6 +500,38 @@ impl Backend for DockerBackend {
 
     async fn leftovers(&self, build: &str) -> Result<Resources, RuntimeError> {
         self.engine.labelled(BUILD_LABEL, build).await
+    }
+
+    async fn builds(&self) -> Result<Vec<String>, RuntimeError> {
+        self.engine.label_values(BUILD_LABEL).await
+    }
+}
+
+impl DockerBackend {
+    /// What each step left in its output directory, read from the seed container (which mounts
+    /// step INDEX's output volume at `OUTPUTS/INDEX`) in one archive.
+    async fn read_outputs(
+        &self,
+        build: &Build,
+        limit: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+        let steps = build.spec.steps.len();
+        let Some(seed) = self.seed(build) else {
+            return Ok(vec![None; steps]);
+        };
+        let outputs = build.spec.outputs.trim_end_matches('/');
+        // The archive's entries are under the directory's own name.
+        let top = outputs.rsplit('/').next().unwrap_or_default().to_string();
+        let archive = self
+            .engine
+            .download(&seed, outputs)
+            .map_err(io::Error::other);
+        let archive = SyncIoBridge::new(StreamReader::new(archive));
+        tokio::task::spawn_blocking(move || output_files(archive, &top, steps, limit))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|read| read)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))
     }
 }
 
@@ -554,14 +596,20 @@ fn volume_mount(volume: &str, target: &str) -> Mount {
     }
 }
 
-/// A container made only to reach the build's volumes through, never started.
-fn volume_access(build: &str, what: &str, image: String, mounts: Vec<Mount>) -> ContainerSpec {
+fn seed_name(build: &str) -> String {
+    name(build, "seed")
+}
+
+/// The seed container, made only to reach the build's volumes through, never started.
+fn volume_access(build: &str, image: String, mounts: Vec<Mount>) -> ContainerSpec {
+    let mut labels = labels(build, None);
+    labels.insert(VOLUMES_LABEL.to_string(), "seed".to_string());
     ContainerSpec {
-        name: name(build, what),
+        name: seed_name(build),
         image,
         entrypoint: Some(vec![NEVER_STARTED.to_string()]),
         mounts,
-        labels: labels(build, None),
+        labels,
         ..ContainerSpec::default()
     }
 }
@@ -601,10 +649,11 @@ fn append_dir(archive: &mut tar::Builder<Vec<u8>>, path: &str) -> io::Result<()>
     archive.append_data(&mut header, name, io::empty())
 }
 
-/// The first `limit` bytes of each step's `outputs/INDEX/output` in an archive of every step's
-/// output directory, by index.
+/// The first `limit` bytes of each step's `TOP/INDEX/output` in an archive of the directory
+/// `TOP` of every step's output directory, by index.
 fn output_files(
     archive: impl io::Read,
+    top: &str,
     steps: usize,
     limit: usize,
 ) -> io::Result<Vec<Option<Vec<u8>>>> {
@@ -615,7 +664,7 @@ fn output_files(
         let entry = entry?;
         let path = entry.path()?.into_owned();
         let index = match path.iter().map(|c| c.to_str()).collect::<Vec<_>>()[..] {
-            [Some("outputs"), Some(index), Some("output")] => index.parse::<usize>().ok(),
+            [Some(dir), Some(index), Some("output")] if dir == top => index.parse::<usize>().ok(),
             _ => None,
         };
         if let Some(slot) = index.and_then(|i| outputs.get_mut(i))

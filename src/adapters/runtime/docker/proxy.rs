@@ -24,6 +24,7 @@
 //! and a connection of its own is what lets an upgraded request keep it.
 
 pub mod context;
+pub mod names;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,7 +32,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -51,14 +52,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use self::context::{Failure, Resolve, scanned};
-use super::BUILD_LABEL;
+use self::names::Names;
 use super::engine::Reference;
+use super::{BUILD_LABEL, VOLUMES_LABEL, lock};
 use crate::adapters::runtime::Credentials;
 use crate::core::alias::{Aliases, Via};
 use crate::core::dockerfile;
 
 /// The largest JSON body judged here (a container's create request is a few KiB).
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
+/// The largest container list read here, to show the build's names in it (a container's
+/// entry is about 1 KiB).
+const LIST_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The network name Cloud Build steps use; it stands for the build's own network.
 pub const CLOUDBUILD_NETWORK: &str = "cloudbuild";
@@ -113,10 +118,12 @@ impl Endpoint {
         let (report, ended) = watch::channel(None);
         let span = tracing::info_span!("engine_endpoint", build_id = %scope.build);
         let proxy = Arc::new(Proxy {
+            names: Names::new(&scope.build),
             scope,
             engine,
             stop: stop.clone(),
             known: Default::default(),
+            local: Default::default(),
         });
         let serving = tokio::spawn(accept(listener, proxy).instrument(span.clone()));
         let stopped = stop.clone();
@@ -226,14 +233,15 @@ pub enum Denial {
 }
 
 impl Denial {
-    fn response(&self) -> Response<Body> {
+    /// The answer to the step, naming its containers as it did.
+    fn response(&self, names: &Names) -> Response<Body> {
         let (status, message) = match self {
             Denial::NotFound(message) => (StatusCode::NOT_FOUND, message),
             Denial::Refused(message) => (StatusCode::FORBIDDEN, message),
             Denial::Invalid(message) => (StatusCode::BAD_REQUEST, message),
             Denial::Engine(message) => (StatusCode::BAD_GATEWAY, message),
         };
-        json_response(status, &json!({ "message": message }))
+        json_response(status, &json!({ "message": names.unscoped(message) }))
     }
 }
 
@@ -292,12 +300,19 @@ pub struct Named {
 
 struct Proxy {
     scope: Scope,
+    /// The container names the build gave, scoped to it.
+    names: Names,
     engine: PathBuf,
     stop: CancellationToken,
     /// Full ids of containers and execs known to be the build's (made through the endpoint, or
     /// looked up): the CLI names what it made by id, and an id is never reused, so these need
     /// no look-up (a `docker run` names its container four times).
     known: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The Dockerfile images found or made local in this build, by the name written: a later
+    /// `docker build` from them needs no look-up. An inspect answers slowly while the engine
+    /// unpacks a context, and when the Dockerfile comes last in it the last chunk waits for
+    /// that answer. Emptied when a step removes an image through the endpoint.
+    local: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Proxy {
@@ -314,7 +329,7 @@ impl Proxy {
                     }
                     other => debug!(%method, %path, denial = ?other, "request denied"),
                 }
-                denial.response()
+                denial.response(&self.names)
             }
         }
     }
@@ -327,7 +342,8 @@ impl Proxy {
         let post = method == Method::POST;
         match segments.as_slice() {
             ["containers", "create"] if post => self.create_container(request).await,
-            ["containers", "json"] | ["networks"] | ["volumes"] | ["events"] if get => {
+            ["containers", "json"] if get => self.list_containers(request).await,
+            ["networks"] | ["volumes"] | ["events"] if get => {
                 self.forward(self.filtered(request)?).await
             }
             ["containers" | "networks" | "volumes", "prune"] if post => {
@@ -335,13 +351,7 @@ impl Proxy {
             }
             ["networks", "create"] if post => self.create_network(request).await,
             ["volumes", "create"] if post => self.create_volume(request).await,
-            ["containers", id, rest @ ..] => {
-                self.own(Kind::Container, id).await?;
-                if post && rest == ["exec"] {
-                    return self.create_exec(request).await;
-                }
-                self.forward(request).await
-            }
+            ["containers", id, rest @ ..] => self.container_request(request, id, rest).await,
             ["exec", id, ..] => {
                 self.own_exec(id).await?;
                 self.forward(request).await
@@ -352,12 +362,22 @@ impl Proxy {
                 self.forward(request).await
             }
             ["commit"] if post => {
-                let container = query_value(request.uri().query(), "container");
-                self.own(Kind::Container, &container.unwrap_or_default())
-                    .await?;
-                self.forward(request).await
+                let (mut parts, body) = request.into_parts();
+                let container = query_value(parts.uri.query(), "container").unwrap_or_default();
+                let engine = self.own_container(&container).await?;
+                let query = with_pair(parts.uri.query(), "container", &engine);
+                parts.uri = with_query(parts.uri.path(), &query)?;
+                self.forward(Request::from_parts(parts, body)).await
             }
             ["build"] if post => self.build(request).await,
+            ["images", ..] if method == Method::DELETE => {
+                self.forget_local_images();
+                self.forward(request).await
+            }
+            ["images", "prune"] if post => {
+                self.forget_local_images();
+                self.forward(request).await
+            }
             ["images", "create"] if post => self.pull(request).await,
             ["images", name @ .., "push"] if post && !name.is_empty() => {
                 let name = name.join("/");
@@ -496,7 +516,9 @@ impl Proxy {
         let label = labels
             .and_then(|l| l.get(BUILD_LABEL))
             .and_then(Value::as_str);
-        Ok(Some(label == Some(self.scope.build.as_str())))
+        // builder's own container of the build's volumes is not the steps'.
+        let builders = labels.and_then(|l| l.get(VOLUMES_LABEL)).is_some();
+        Ok(Some(label == Some(self.scope.build.as_str()) && !builders))
     }
 
     /// Succeeds if `id` is the build's; otherwise the engine's answer for a missing object.
@@ -511,14 +533,17 @@ impl Proxy {
     }
 
     fn is_known(&self, id: &str) -> bool {
-        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        known.contains(id)
+        lock(&self.known).contains(id)
     }
 
-    /// Remembers the id in a create's answer (`{"Id": …}`) as the build's.
-    async fn remember(&self, response: Response<Body>) -> Result<Response<Body>, Denial> {
+    /// Remembers the id in a create's answer (`{"Id": …}`) as the build's; the answer, and
+    /// the id if it was one.
+    async fn remember(
+        &self,
+        response: Response<Body>,
+    ) -> Result<(Response<Body>, Option<String>), Denial> {
         if !response.status().is_success() {
-            return Ok(response);
+            return Ok((response, None));
         }
         let (parts, body) = response.into_parts();
         let limited = Limited::new(body, JSON_LIMIT).collect().await;
@@ -526,11 +551,121 @@ impl Proxy {
             .map_err(|e| Denial::Engine(format!("reading the engine's answer: {e}")))?
             .to_bytes();
         let created: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if let Some(id) = created.get("Id").and_then(Value::as_str) {
-            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            known.insert(id.to_string());
+        let id = created
+            .get("Id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(id) = &id {
+            lock(&self.known).insert(id.clone());
         }
-        Ok(Response::from_parts(parts, full(bytes)))
+        Ok((Response::from_parts(parts, full(bytes)), id))
+    }
+
+    /// The engine's name for the container the build calls `reference`, if it is the build's;
+    /// otherwise the engine's answer for a missing one, in the build's words.
+    async fn own_container(&self, reference: &str) -> Result<String, Denial> {
+        let engine = self.names.engine(reference);
+        match self.own(Kind::Container, &engine).await {
+            Err(Denial::NotFound(_)) => Err(Kind::Container.missing(reference)),
+            owned => owned.map(|()| engine),
+        }
+    }
+
+    /// A request on the container `id` (as the build names it), which must be the build's:
+    /// sent with the engine's name for it, answered with the build's names.
+    async fn container_request(
+        &self,
+        request: Request<Body>,
+        id: &str,
+        rest: &[&str],
+    ) -> Result<Response<Body>, Denial> {
+        let engine = self.own_container(id).await?;
+        let (mut parts, body) = request.into_parts();
+        if engine != id {
+            parts.uri = with_segment(&parts.uri, "containers", id, &engine)?;
+        }
+        let request = Request::from_parts(parts, body);
+        let method = request.method().clone();
+        let answer = match (&method, rest) {
+            (&Method::POST, ["exec"]) => return self.create_exec(request).await,
+            (&Method::POST, ["rename"]) => {
+                let (mut parts, body) = request.into_parts();
+                let name = query_value(parts.uri.query(), "name").unwrap_or_default();
+                let query = with_pair(parts.uri.query(), "name", &self.names.scoped(&name));
+                parts.uri = with_query(parts.uri.path(), &query)?;
+                let answer = self.forward(Request::from_parts(parts, body)).await?;
+                if answer.status().is_success() {
+                    self.names.freed(id);
+                    self.names.gave(&name, None);
+                }
+                answer
+            }
+            _ => self.forward(request).await?,
+        };
+        let status = answer.status();
+        if status.is_success() {
+            if method == Method::DELETE && rest.is_empty() {
+                self.names.freed(id);
+            }
+            if method == Method::GET && rest == ["json"] {
+                return edited(answer, JSON_LIMIT, |c| self.names.inspected(c)).await;
+            }
+            return Ok(answer);
+        }
+        self.unscoped(answer).await
+    }
+
+    /// An engine's error answer with the build's names in its message.
+    async fn unscoped(&self, answer: Response<Body>) -> Result<Response<Body>, Denial> {
+        let status = answer.status();
+        if status.is_success() || status.is_informational() || status.is_redirection() {
+            return Ok(answer);
+        }
+        edited(answer, JSON_LIMIT, |error| {
+            if let Some(Value::String(message)) = error.get_mut("message") {
+                *message = self.names.unscoped(message);
+            }
+        })
+        .await
+    }
+
+    /// `docker ps`: the build's containers (its label as a filter), their names as the build
+    /// gave them, and `--filter name=…` applied to those names.
+    async fn list_containers(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
+        let (mut parts, body) = request.into_parts();
+        let label = format!("{BUILD_LABEL}={}", self.scope.build);
+        let mut names = Vec::new();
+        let query = with_filters(parts.uri.query(), |filters| {
+            add_filter(filters, "label", &label)?;
+            names = filter_values(filters.remove("name"))?;
+            for key in ["before", "since"] {
+                if let Some(values) = filters.remove(key) {
+                    for value in filter_values(Some(values))? {
+                        add_filter(filters, key, &self.names.engine(&value))?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let names = names
+            .iter()
+            .map(|name| {
+                regex::Regex::new(name)
+                    .map_err(|e| Denial::Invalid(format!("invalid filter 'name={name}': {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        parts.uri = with_query(parts.uri.path(), &query)?;
+        let answer = self.forward(Request::from_parts(parts, body)).await?;
+        if !answer.status().is_success() {
+            return self.unscoped(answer).await;
+        }
+        edited(answer, LIST_LIMIT, |list| {
+            if let Some(list) = list.as_array_mut() {
+                list.retain(|c| c.pointer(&format!("/Labels/{VOLUMES_LABEL}")).is_none());
+            }
+            self.names.listed(list, &names)
+        })
+        .await
     }
 
     async fn own_exec(&self, id: &str) -> Result<(), Denial> {
@@ -559,12 +694,25 @@ impl Proxy {
         Ok(Request::from_parts(parts, body))
     }
 
+    /// `docker create`/`run`: the body judged, a given name scoped to the build (and an alias
+    /// on its network, where the build's steps resolve it).
     async fn create_container(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
-        let (parts, mut body) = json_request(request).await?;
+        let (mut parts, mut body) = json_request(request).await?;
+        self.names.scope_references(&mut body);
         let named = judge_container(&mut body, &self.scope)?;
+        let name = query_value(parts.uri.query(), "name").filter(|name| !name.is_empty());
+        if let Some(name) = &name {
+            let query = with_pair(parts.uri.query(), "name", &self.names.scoped(name));
+            parts.uri = with_query(parts.uri.path(), &query)?;
+            names::aliased(&mut body, name.trim_start_matches('/'));
+        }
         self.check(&named).await?;
         let created = self.forward(rebuilt(parts, &body)).await?;
-        self.remember(created).await
+        let (created, id) = self.remember(created).await?;
+        if let (Some(name), Some(id)) = (&name, &id) {
+            self.names.gave(name, Some(id));
+        }
+        self.unscoped(created).await
     }
 
     async fn create_exec(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
@@ -575,7 +723,7 @@ impl Proxy {
             ));
         }
         let created = self.forward(rebuilt(parts, &body)).await?;
-        self.remember(created).await
+        self.remember(created).await.map(|(created, _)| created)
     }
 
     async fn create_network(&self, request: Request<Body>) -> Result<Response<Body>, Denial> {
@@ -651,7 +799,11 @@ impl Proxy {
     /// Makes the Dockerfile's image `written` local under that name, through its alias or
     /// mirror. An image the engine has, or that no alias or mirror names, is left to the engine.
     async fn ensure(&self, written: &str) -> Result<(), Denial> {
+        if lock(&self.local).contains(written) {
+            return Ok(());
+        }
         if self.image_exists(written).await? {
+            lock(&self.local).insert(written.to_string());
             return Ok(());
         }
         let resolved = self.scope.aliases.resolve(written);
@@ -671,7 +823,13 @@ impl Proxy {
         }
         self.tag(&image, written).await?;
         info!(%written, %image, "a Dockerfile's image resolved");
+        lock(&self.local).insert(written.to_string());
         Ok(())
+    }
+
+    /// An image removed by a step may be one a Dockerfile's `FROM` was found as.
+    fn forget_local_images(&self) {
+        lock(&self.local).clear();
     }
 
     /// Pulls `image` with the build's credentials; the error the engine reported, if any.
@@ -865,26 +1023,25 @@ impl Proxy {
         self.own(Kind::Network, network).await?;
         let (mut parts, body) = request.into_parts();
         if network != id {
-            let path = parts.uri.path().replacen(
-                &format!("/networks/{id}"),
-                &format!("/networks/{network}"),
-                1,
-            );
-            let query = parts
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            parts.uri = format!("{path}{query}")
-                .parse()
-                .map_err(|e| Denial::Invalid(format!("{e}")))?;
+            parts.uri = with_segment(&parts.uri, "networks", id, network)?;
         }
         if matches!(rest, ["connect" | "disconnect"]) {
-            let (parts, body) = json_request(Request::from_parts(parts, body)).await?;
+            let (parts, mut body) = json_request(Request::from_parts(parts, body)).await?;
             let container = body.get("Container").and_then(Value::as_str);
-            self.own(Kind::Container, container.unwrap_or_default())
-                .await?;
-            return self.forward(rebuilt(parts, &body)).await;
+            let container = container.unwrap_or_default().to_string();
+            let engine = self.own_container(&container).await?;
+            // A given name resolves on the networks a container joins later too.
+            let given = (self.names.given(&container)).or_else(|| self.names.name_of(&container));
+            if let Some(body) = body.as_object_mut() {
+                body.insert("Container".into(), Value::from(engine));
+                if let Some(name) = given.filter(|_| rest == ["connect"]) {
+                    let endpoint =
+                        (body.entry("EndpointConfig")).or_insert_with(|| Value::Object(Map::new()));
+                    names::alias(endpoint, &name);
+                }
+            }
+            let answer = self.forward(rebuilt(parts, &body)).await?;
+            return self.unscoped(answer).await;
         }
         self.forward(Request::from_parts(parts, body)).await
     }
@@ -967,6 +1124,15 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
 /// The query with `label` added to its `filters` (JSON: `{"label": ["k=v"]}`, or the older
 /// `{"label": {"k=v": true}}`); the engine ANDs label filters, so the user's still apply.
 pub fn with_label_filter(query: Option<&str>, label: &str) -> Result<String, Denial> {
+    with_filters(query, |filters| add_filter(filters, "label", label))
+}
+
+/// The query with its `filters` (JSON: `{"KEY": ["VALUE"]}`, or the older
+/// `{"KEY": {"VALUE": true}}`) changed by `edit`.
+fn with_filters(
+    query: Option<&str>,
+    edit: impl FnOnce(&mut Map<String, Value>) -> Result<(), Denial>,
+) -> Result<String, Denial> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -979,22 +1145,81 @@ pub fn with_label_filter(query: Option<&str>, label: &str) -> Result<String, Den
     let Some(filters_map) = filters.as_object_mut() else {
         return Err(Denial::Invalid("invalid filter: not an object".into()));
     };
-    match filters_map
-        .entry("label")
-        .or_insert_with(|| Value::Array(Vec::new()))
-    {
-        Value::Array(labels) => labels.push(Value::from(label)),
-        Value::Object(labels) => {
-            labels.insert(label.to_string(), Value::Bool(true));
-        }
-        _ => return Err(Denial::Invalid("invalid filter: label".into())),
-    }
+    edit(filters_map)?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs.iter().filter(|(k, _)| k != "filters") {
         query.append_pair(k, v);
     }
     query.append_pair("filters", &filters.to_string());
     Ok(query.finish())
+}
+
+/// Adds `value` to the filter `key`, in the form the query uses.
+fn add_filter(filters: &mut Map<String, Value>, key: &str, value: &str) -> Result<(), Denial> {
+    match filters
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        Value::Array(values) => values.push(Value::from(value)),
+        Value::Object(values) => {
+            values.insert(value.to_string(), Value::Bool(true));
+        }
+        _ => return Err(Denial::Invalid(format!("invalid filter: {key}"))),
+    }
+    Ok(())
+}
+
+/// The values of a filter taken out of `filters`, in either form.
+fn filter_values(filter: Option<Value>) -> Result<Vec<String>, Denial> {
+    let values = match filter {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(values)) => values,
+        Some(Value::Object(values)) => values.into_iter().map(|(k, _)| Value::from(k)).collect(),
+        Some(_) => return Err(Denial::Invalid("invalid filter: not a list".into())),
+    };
+    values
+        .into_iter()
+        .map(|value| match value {
+            Value::String(value) => Ok(value),
+            _ => Err(Denial::Invalid("invalid filter: not a string".into())),
+        })
+        .collect()
+}
+
+/// The request target with the path's object `from` (after `/KIND/`) named `to`.
+fn with_segment(uri: &hyper::Uri, kind: &str, from: &str, to: &str) -> Result<hyper::Uri, Denial> {
+    let path = uri
+        .path()
+        .replacen(&format!("/{kind}/{from}"), &format!("/{kind}/{to}"), 1);
+    match uri.query() {
+        Some(query) => with_query(&path, query),
+        None => path.parse().map_err(|e| Denial::Invalid(format!("{e}"))),
+    }
+}
+
+/// An engine's JSON answer (at most `limit`) changed by `edit`; one that is no JSON as it came.
+async fn edited(
+    answer: Response<Body>,
+    limit: usize,
+    edit: impl FnOnce(&mut Value),
+) -> Result<Response<Body>, Denial> {
+    let (mut parts, body) = answer.into_parts();
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| Denial::Engine(format!("reading the engine's answer: {e}")))?
+        .to_bytes();
+    let bytes = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut value) => {
+            edit(&mut value);
+            Bytes::from(value.to_string())
+        }
+        Err(_) => bytes,
+    };
+    // The length is the new body's own; hyper sets it.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    Ok(Response::from_parts(parts, full(bytes)))
 }
 
 /// The query with `key` set to `value`.

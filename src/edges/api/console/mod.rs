@@ -4,37 +4,39 @@
 //! escaping every value by construction. The one script, `console.js`, follows logs over the
 //! API's server-sent events and refreshes the parts of a page that are still running.
 //!
-//! Actions need the API token: the login form keeps it in a cookie that scripts cannot read
-//! (`HttpOnly`) and that other sites' pages never send (`SameSite=Strict`, which is also what
-//! stops cross-site form posts). Every response carries a Content-Security-Policy that allows
-//! nothing but this server's own script and style.
+//! Actions need the API token: the login form takes it and opens a session, a cookie that
+//! expires (`core::access::SessionKey`: never the token itself), that scripts cannot read
+//! (`HttpOnly`), that other sites' pages never send (`SameSite=Strict`, which is also what stops
+//! cross-site form posts) and that travels only over TLS when the server speaks it (`Secure`).
+//! Failed logins are throttled per client (429 with `Retry-After`). Every response carries a
+//! Content-Security-Policy that allows nothing but this server's own script and style.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::{Access, Served};
+use super::{Access, Client, Served};
 use crate::core::build::Status;
 use crate::core::substitute::Values;
 use crate::pipeline::service::{BuildQuery, Failed, ManualRun, Service};
 
 mod pages;
 
-/// The cookie that carries the API token after logging in.
+/// The cookie that carries a session after logging in.
 const SESSION_COOKIE: &str = "builder_session";
 /// Builds on one page of the list.
 const PAGE_SIZE: u32 = 50;
 /// Recent builds shown on a trigger's page.
 const RECENT_BUILDS: u32 = 10;
 const DELIVERIES_SHOWN: u32 = 100;
+/// The newest retention passes the deliveries page shows.
+const RETENTION_PASSES_SHOWN: u32 = 5;
 
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
@@ -90,8 +92,8 @@ async fn script() -> impl IntoResponse {
     )
 }
 
-/// The API token the session cookie carries, if any.
-pub fn session_token(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's value, if the request carries one.
+pub(super) fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -99,9 +101,8 @@ pub fn session_token(headers: &HeaderMap) -> Option<String> {
         .flat_map(|cookies| cookies.split(';'))
         .find_map(|cookie| {
             let (name, value) = cookie.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then(|| URL_SAFE_NO_PAD.decode(value).ok())?
+            (name == SESSION_COOKIE).then(|| value.to_string())
         })
-        .and_then(|token| String::from_utf8(token).ok())
 }
 
 /// Who is asking: whether they logged in with the API token, and the page they asked for.
@@ -114,9 +115,8 @@ struct Visitor {
 
 impl Visitor {
     fn of(access: &Access, headers: &HeaderMap, path: String) -> Self {
-        let token = session_token(headers);
         Visitor {
-            logged_in: token.is_some_and(|token| access.authorizes(&token)),
+            logged_in: access.in_session(headers),
             path,
             same_origin: same_origin(headers),
         }
@@ -136,7 +136,7 @@ impl FromRequestParts<Served> for Reader {
     async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Redirect> {
         let page = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let visitor = Visitor::of(&served.access, &parts.headers, page.to_string());
-        if visitor.logged_in || served.access.may_read(None) {
+        if visitor.logged_in || !served.access.reads_need_token {
             Ok(Reader(visitor))
         } else {
             Err(visitor.to_login())
@@ -393,8 +393,12 @@ async fn schedule_action(
 }
 
 async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
-    let result = service.deliveries(DELIVERIES_SHOWN).await;
-    page(&visitor, result.map(|d| pages::deliveries(&visitor, &d)))
+    let result = async {
+        let deliveries = service.deliveries(DELIVERIES_SHOWN).await?;
+        let passes = service.retention_passes(RETENTION_PASSES_SHOWN).await?;
+        Ok(pages::deliveries(&visitor, &deliveries, &passes))
+    };
+    page(&visitor, result.await)
 }
 
 async fn templates(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
@@ -438,25 +442,47 @@ struct LoginForm {
 
 async fn login(
     State(access): State<Arc<Access>>,
+    ConnectInfo(Client(client)): ConnectInfo<Client>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let visitor = Visitor::of(&access, &headers, form.next.path());
-    let token = form.token.trim();
-    if !access.authorizes(token) {
+    if let Err(wait) = access.login_allowed(client) {
+        // Whole seconds, rounded up: a client that waits as told is let in.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let message = format!("Too many wrong tokens from your address: try again in {seconds} s.");
+        let page = pages::login(&visitor, Some(&message));
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            page,
+        )
+            .into_response();
+    }
+    let right = access.authorizes(form.token.trim());
+    access.login_tried(client, right);
+    let session = right.then(|| access.open_session()).flatten();
+    let Some((session, lifetime)) = session else {
         let page = pages::login(&visitor, Some("That is not the server's API token."));
         return (StatusCode::UNAUTHORIZED, page).into_response();
-    }
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        URL_SAFE_NO_PAD.encode(token)
-    );
+    };
+    let cookie = session_cookie_header(&access, &session, lifetime.as_secs());
     ([(header::SET_COOKIE, cookie)], Redirect::to(&visitor.path)).into_response()
 }
 
-async fn logout() -> Response {
-    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+/// Ends the session in this browser. Sessions are stateless (`core::access::SessionKey`): a
+/// copy of the cookie taken before stays valid until it expires, or until the token changes.
+async fn logout(State(access): State<Arc<Access>>) -> Response {
+    let cookie = session_cookie_header(&access, "", 0);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// A `Set-Cookie` value for the session cookie: `value` for `max_age` seconds (0: removed).
+fn session_cookie_header(access: &Access, value: &str, max_age: u64) -> String {
+    let secure = if access.secure { "; Secure" } else { "" };
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    )
 }
 
 /// Whether a request's `Origin`, which browsers send with every form post, is this server.
@@ -494,13 +520,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        let value = format!(
-            "a=1; {SESSION_COOKIE}={}; b=2",
-            URL_SAFE_NO_PAD.encode("t0k=n")
-        );
+        let value = format!("a=1; {SESSION_COOKIE}=v1.9.x-y_z; b=2");
         headers.insert(header::COOKIE, value.parse().unwrap());
-        assert_eq!(session_token(&headers).as_deref(), Some("t0k=n"));
-        assert_eq!(session_token(&HeaderMap::new()), None);
+        assert_eq!(session_cookie(&headers).as_deref(), Some("v1.9.x-y_z"));
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::{BuildFilter, Visitor, url_encode};
 use crate::core::build::Status;
-use crate::core::wire::{Build, Delivery, Step};
+use crate::core::retention::Pass;
+use crate::core::wire::{Build, Delivery, GithubReport, Step};
 use crate::pipeline::service::ScheduleView;
 
 mod templates;
@@ -132,14 +133,21 @@ fn origin(build: &Build) -> Markup {
     }
 }
 
-/// The branch or tag a build built.
+/// The branch or tag a build built; for a pull request's, `#N head → base`.
 fn reference(build: &Build) -> Markup {
     let (branch, tag) = (
         substitution(build, "BRANCH_NAME"),
         substitution(build, "TAG_NAME"),
     );
+    let pull_request = &build.source["pullRequest"];
     html! {
-        @if !branch.is_empty() { span.branch { (branch) } }
+        @if let Some(number) = pull_request["number"].as_u64() {
+            span.pull-request {
+                "#" (number) " " span.branch { (text(pull_request, "headBranch")) }
+                " → " span.branch { (text(pull_request, "baseBranch")) }
+            }
+        }
+        @else if !branch.is_empty() { span.branch { (branch) } }
         @else if !tag.is_empty() { "tag " span.tag { (tag) } }
     }
 }
@@ -260,6 +268,24 @@ fn waits_for(index: usize, waits: &[usize], steps: &[Step]) -> String {
     format!("after {}", labels.join(", "))
 }
 
+/// What GitHub was told of a build: the status it shows, and a report that failed.
+fn github_report(report: &GithubReport) -> Markup {
+    html! {
+        @match report.reported {
+            Some(status) => { "reported " (status_badge(status)) }
+            None => { "not reported yet" }
+        }
+        @if let Some(failure) = &report.failure {
+            p.error {
+                "Reporting " (failure.status) " failed"
+                @if failure.lasting { " (given up after " (failure.attempts) " attempts)" }
+                @else { " (attempt " (failure.attempts) ", trying again)" }
+                ": " (failure.error)
+            }
+        }
+    }
+}
+
 pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
     let plan_steps = build.plan["steps"].as_array();
     let dependencies: Vec<Vec<usize>> = build
@@ -289,7 +315,9 @@ pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
             dl {
                 dt { "Started by" } dd { (origin(build)) }
                 @if !repository(build).is_empty() { dt { "Repository" } dd { (repository(build)) } }
-                @if !substitution(build, "BRANCH_NAME").is_empty() || !substitution(build, "TAG_NAME").is_empty() {
+                @if build.source["pullRequest"].is_object() {
+                    dt { "Pull request" } dd { (reference(build)) }
+                } @else if !substitution(build, "BRANCH_NAME").is_empty() || !substitution(build, "TAG_NAME").is_empty() {
                     dt { "Branch or tag" } dd { (reference(build)) }
                 }
                 @if let Some(commit) = build.source["commit"].as_str() { dt { "Commit" } dd.commit { (commit) } }
@@ -297,6 +325,7 @@ pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
                 dt { "Started" } dd { (optional_time(build.start_time)) }
                 dt { "Finished" } dd { (optional_time(build.finish_time)) }
                 dt { "Duration" } dd { (duration(build.start_time, build.finish_time)) }
+                @if let Some(github) = &build.github { dt { "On GitHub" } dd #github { (github_report(github)) } }
             }
             div.actions {
                 @if running {
@@ -522,7 +551,7 @@ pub(super) fn schedule(visitor: &Visitor, view: &ScheduleView) -> Markup {
     )
 }
 
-pub(super) fn deliveries(visitor: &Visitor, deliveries: &[Delivery]) -> Markup {
+pub(super) fn deliveries(visitor: &Visitor, deliveries: &[Delivery], passes: &[Pass]) -> Markup {
     let content = html! {
         p { "The newest webhook deliveries, and what each trigger made of them." }
         table.deliveries {
@@ -558,8 +587,35 @@ pub(super) fn deliveries(visitor: &Visitor, deliveries: &[Delivery]) -> Markup {
                 @if deliveries.is_empty() { tr { td.empty colspan="5" { "No deliveries yet." } } }
             }
         }
+        (retention(passes))
     };
     layout(visitor, "Deliveries", content)
+}
+
+/// What the newest retention passes removed (`builder serve --retain-days`).
+fn retention(passes: &[Pass]) -> Markup {
+    html! {
+        h2 { "Retention" }
+        p { "What the newest retention passes removed: old builds and deliveries, and uploads, workspaces and git mirrors nothing needs." }
+        table.retention {
+            thead { tr { th { "Finished" } th { "Took" } th { "Builds" } th { "Deliveries" } th { "Uploads" } th { "Workspaces" } th { "Mirrors" } th { "Stopped by" } } }
+            tbody {
+                @for pass in passes {
+                    tr {
+                        td { (time(pass.finished)) }
+                        td { (format!("{:.1}s", pass.took.as_secs_f64())) }
+                        td { (pass.removed.builds) }
+                        td { (pass.removed.deliveries) }
+                        td { (pass.removed.uploads) }
+                        td { (pass.removed.workspaces) }
+                        td { (pass.removed.mirrors) }
+                        td { @if let Some(error) = &pass.error { span.error { (error) } } @else { "—" } }
+                    }
+                }
+                @if passes.is_empty() { tr { td.empty colspan="8" { "No retention pass yet." } } }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -577,6 +633,24 @@ mod tests {
         assert_eq!(short("0123456789abcdef"), "0123456");
         assert_eq!(short("héllo wörld"), "héllo w");
         assert_eq!(short("ééé"), "ééé");
+    }
+
+    #[test]
+    fn pull_request_builds_read_number_head_and_base() {
+        let build: Build = serde_json::from_value(serde_json::json!({
+            "id": "b", "status": "QUEUED", "createTime": "2026-01-01T00:00:00Z",
+            "trigger": "prs", "plan": null, "images": [], "failure": null, "steps": [],
+            "source": {"kind": "github", "repository": "acme/app", "commit": "c",
+                       "pullRequest": {"number": 7, "headBranch": "fix<b>", "baseBranch": "main"}},
+            "substitutions": {"BRANCH_NAME": "fix<b>"},
+        }))
+        .unwrap();
+        let shown = reference(&build).into_string();
+        assert_eq!(
+            shown,
+            "<span class=\"pull-request\">#7 <span class=\"branch\">fix&lt;b&gt;</span> → \
+             <span class=\"branch\">main</span></span>"
+        );
     }
 
     #[test]

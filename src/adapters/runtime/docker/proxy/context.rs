@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Frame;
+use tracing::debug;
 
 use super::{Body, Denial};
 use crate::core::dockerfile;
@@ -120,14 +121,21 @@ impl Pass {
     }
 
     async fn resolved(&mut self) -> Result<(), Denial> {
-        match self.resolving.take() {
-            None => Ok(()),
-            Some(resolving) => resolving.await.unwrap_or_else(|e| {
-                Err(Denial::Engine(format!(
-                    "resolving the Dockerfile's images failed: {e}"
-                )))
-            }),
-        }
+        let Some(resolving) = self.resolving.take() else {
+            return Ok(());
+        };
+        // What the endpoint adds to a build whose Dockerfile comes late in its context.
+        let waiting = std::time::Instant::now();
+        let resolved = resolving.await.unwrap_or_else(|e| {
+            Err(Denial::Engine(format!(
+                "resolving the Dockerfile's images failed: {e}"
+            )))
+        });
+        debug!(
+            waited_ms = waiting.elapsed().as_millis(),
+            "the context's last chunk waited for the Dockerfile's images"
+        );
+        resolved
     }
 }
 

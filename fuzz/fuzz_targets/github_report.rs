@@ -1,0 +1,7 @@
+//! Fuzzes `targets::github_report`.
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::github_report(data));
