@@ -676,3 +676,78 @@ fn a_closed_stdout_ends_commands_quietly() {
     assert_eq!((output.status.code(), stderr.as_ref()), (Some(0), ""));
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("UTC"));
 }
+
+/// A request to a webhook trigger judged as the server judges it: its secret, its body's values
+/// bound to the substitutions, and its CEL filter over them.
+#[test]
+fn triggers_test_explains_a_webhook_request() {
+    let trigger = b"name: hook\nfilename: cloudbuild.yaml\n\
+        webhookConfig: {secret: projects/p/secrets/hook-secret/versions/1}\n\
+        sourceToBuild: {uri: 'https://github.com/acme/app', ref: refs/heads/main, repoType: GITHUB}\n\
+        substitutions: {_REF: $(body.ref), _WHO: $(body.user.name)}\n\
+        filter: _REF == \"refs/heads/main\"\n";
+    let main = br#"{"ref": "refs/heads/main", "user": {"name": "Ada"}}"#;
+    let tag = br#"{"ref": "refs/tags/v1", "user": {"name": "Ada"}}"#;
+    let dir = dir(&[
+        ("hook.yaml", trigger.as_slice()),
+        ("main.json", main.as_slice()),
+        ("tag.json", tag.as_slice()),
+        ("form.txt", b"a=1".as_slice()),
+    ]);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/hook-secret"), "s3cr3t").unwrap();
+    let test = |event: &str, extra: &[&str]| {
+        let mut args = vec![
+            "triggers",
+            "test",
+            "--trigger",
+            "hook.yaml",
+            "--event-type",
+            "webhook",
+            "--event",
+            event,
+            "--secrets-dir",
+            "secrets",
+        ];
+        args.extend(extra);
+        run(dir.path(), &args)
+    };
+
+    let (code, stdout, stderr) = test("main.json", &["--query", "secret=s3cr3t"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "trigger \"hook\" builds\n  BRANCH_NAME=main\n  REF_NAME=main\n  REPO_FULL_NAME=acme/app\n  \
+         REPO_NAME=app\n  TRIGGER_BUILD_CONFIG_PATH=cloudbuild.yaml\n  TRIGGER_NAME=hook\n  \
+         _REF=refs/heads/main\n  _WHO=Ada\n"
+    );
+    let (_, stdout, _) = test(
+        "tag.json",
+        &["--query", "secret=s3cr3t", "--format", "json"],
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["builds"], json!(false), "{report}");
+    assert_eq!(
+        report["reason"],
+        json!("the filter _REF == \"refs/heads/main\" is false")
+    );
+    for query in [&[][..], &["--query", "key=k", "--query", "secret=S3CR3T"]] {
+        let (code, stdout, _) = test("main.json", query);
+        assert_eq!(code, 0);
+        assert_eq!(
+            stdout,
+            "trigger \"hook\" does not build: the request's secret is not trigger \"hook\"'s\n"
+        );
+    }
+    let (code, _, stderr) = test("form.txt", &["--query", "secret=s3cr3t"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("form.txt: the body is not JSON"),
+        "{stderr}"
+    );
+    // Without the trigger's secret, the request cannot be judged.
+    std::fs::remove_file(dir.path().join("secrets/hook-secret")).unwrap();
+    let (code, _, stderr) = test("main.json", &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("BUILDER_SECRET_HOOK_SECRET"), "{stderr}");
+}

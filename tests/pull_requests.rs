@@ -239,6 +239,13 @@ fn fork_pull_requests_build_their_head_under_comment_control() {
     }
     let secret = build_id(&delivery, "secret");
     assert_eq!(server.log(&secret), ["read"]);
+    // prs and src had built this head already; the comment built it again.
+    for (trigger, earlier) in [("prs", &prs), ("src", &src)] {
+        assert_ne!(
+            build_id(&delivery, trigger),
+            earlier["id"].as_str().unwrap()
+        );
+    }
 
     // Editing the title, or closing, builds nothing.
     let body = pull_request("edited", &head, "CONTRIBUTOR");

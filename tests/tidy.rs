@@ -265,6 +265,7 @@ const RULES: &[(&str, &[&str])] = &[
             "core::retention",
             "adapters::runtime",
             "core::schedule",
+            "adapters::secrets",
             "pipeline::service",
             "adapters::source",
             "adapters::store",

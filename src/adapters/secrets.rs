@@ -61,6 +61,21 @@ pub fn resolve(
     }
 }
 
+/// The value of one secret version (`projects/P/secrets/NAME/versions/V`), looked up as a
+/// build's are: a webhook trigger's secret, say.
+pub fn value(
+    version_name: &str,
+    dir: Option<&Path>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let secret = SecretRef {
+        env: "secret".into(),
+        version_name: version_name.to_string(),
+    };
+    let mut values = resolve(std::slice::from_ref(&secret), dir, env)?;
+    Ok(values.remove(&secret.env).unwrap_or_default())
+}
+
 fn variable(name: &str) -> String {
     let name: String = name
         .chars()

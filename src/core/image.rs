@@ -10,7 +10,9 @@ use regex::Regex;
 static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
     let domain = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?";
     let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
-    let tag = r"(?::[\w][\w.-]{0,127})?";
+    // `\w` as Docker's grammar (Go's regexp) means it: ASCII. Unicode's would also make the
+    // compiled grammar megabytes.
+    let tag = r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?";
     let digest = r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?";
     Regex::new(&format!(
         "^{domain}{component}(?:/{component})*{tag}{digest}$"
@@ -81,6 +83,7 @@ mod tests {
         for invalid in [
             "gcr.io/:broken",
             "gcr.io/p/app:feature/x",
+            "gcr.io/p/app:café",
             "",
             "a b",
             "gcr.io/p/",

@@ -314,9 +314,11 @@ pub fn encode_chunk<'a>(
         put_varint(&mut raw, text.len() as u64);
         raw.extend_from_slice(text.as_bytes());
     }
-    let mut chunk = vec![CHUNK_VERSION];
-    zstd::stream::copy_encode(raw.as_slice(), &mut chunk, CHUNK_LEVEL)
-        .map_err(ChunkError::Compression)?;
+    // In one call, so that zstd sizes its context to the chunk rather than to the level's window.
+    let compressed = zstd::bulk::compress(&raw, CHUNK_LEVEL).map_err(ChunkError::Compression)?;
+    let mut chunk = Vec::with_capacity(1 + compressed.len());
+    chunk.push(CHUNK_VERSION);
+    chunk.extend_from_slice(&compressed);
     Ok(chunk)
 }
 

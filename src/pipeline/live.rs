@@ -16,8 +16,9 @@ use crate::adapters::store::{LogLine, page_take};
 use crate::core::build::Status;
 
 /// The memory a running build's ring keeps beyond its lines not stored yet: enough for a follower
-/// that is a few seconds behind a fast step, little beside the build's own memory.
-pub const RING_BYTES: usize = 4 * 1024 * 1024;
+/// a moment behind a fast step (one further behind reads the store), little beside the build's
+/// own memory.
+pub const RING_BYTES: usize = 1024 * 1024;
 
 /// What a line costs in the ring: its text, its place, and the allocator's word and rounding of
 /// the text (a million short lines are mostly the latter two).
@@ -232,13 +233,13 @@ mod tests {
         let log = LiveLogs::default().start("b", 1);
         let big = "y".repeat(RING_BYTES / 2 - std::mem::size_of::<LogLine>() - 32);
         log.push((1..=4).map(|seq| line(seq, &big)));
-        // Nothing stored yet: nothing leaves, however full (a page holds one such line).
-        assert_eq!(seqs(&log.read(0, 10)), Some(vec![1]));
+        // Nothing stored yet: nothing leaves, however full (a page ends past a MiB: three lines).
+        assert_eq!(seqs(&log.read(0, 10)), Some(vec![1, 2, 3]));
         assert_eq!(seqs(&log.read(3, 10)), Some(vec![4]));
         log.stored(3);
         // Down to the bound, the unstored line kept.
         assert_eq!(seqs(&log.read(0, 10)), None);
-        assert_eq!(seqs(&log.read(2, 10)), Some(vec![3]));
-        assert_eq!(seqs(&log.read(3, 10)), Some(vec![4]));
+        assert_eq!(seqs(&log.read(1, 10)), None);
+        assert_eq!(seqs(&log.read(2, 10)), Some(vec![3, 4]));
     }
 }

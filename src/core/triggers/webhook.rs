@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::Trigger;
 use crate::core::substitute::Values;
-use crate::core::webhooks::GitRef;
+use crate::core::webhooks::{self, GitRef, Repository};
 
 /// `webhookConfig` with the `sourceToBuild` it builds.
 #[derive(Debug, Clone)]
@@ -65,6 +66,74 @@ impl Filter {
             Ok(other) => Err(format!("it is {other:?}, not a boolean")),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Why a request to a webhook trigger builds nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The request's secret is missing or not the trigger's.
+    Forbidden(String),
+    /// The body is not JSON.
+    Invalid(String),
+    /// A request taken, that builds nothing: the trigger is disabled, or its filter is not true.
+    Skipped(String),
+}
+
+/// What a request with the query's `secret` and `body` makes `trigger` (whose webhook is
+/// `config`, and the value of whose secret version is `expected`) build: its substitutions,
+/// bound from the body; or why nothing. The server and `builder triggers test` both judge
+/// requests here.
+pub fn judge(
+    trigger: &Trigger,
+    config: &WebhookTrigger,
+    expected: &str,
+    secret: Option<&str>,
+    body: &[u8],
+) -> Result<Values, Refused> {
+    let name = &trigger.name;
+    if !secret.is_some_and(|given| webhooks::same_secret(given.as_bytes(), expected.as_bytes())) {
+        return Err(Refused::Forbidden(format!(
+            "the request's secret is not trigger {name:?}'s"
+        )));
+    }
+    if trigger.disabled {
+        return Err(Refused::Skipped(format!("trigger {name:?} is disabled")));
+    }
+    let body = read_body(body).map_err(Refused::Invalid)?;
+    let values = bind(&trigger.substitutions, &body);
+    let Some(filter) = &config.filter else {
+        return Ok(values);
+    };
+    match filter.admits(&values) {
+        Ok(true) => Ok(values),
+        Ok(false) => Err(Refused::Skipped(format!(
+            "the filter {} is false",
+            filter.source()
+        ))),
+        Err(e) => Err(Refused::Skipped(format!(
+            "the filter {} does not evaluate: {e}",
+            filter.source()
+        ))),
+    }
+}
+
+impl Trigger {
+    /// The built-ins of a build of the webhook's `sourceToBuild` known before a request comes:
+    /// its commit is the head of the ref when one does.
+    pub fn webhook_built_ins(&self, config: &WebhookTrigger) -> Values {
+        let (owner, name) = (self.github.as_ref())
+            .map(|github| (github.owner.clone(), github.name.clone()))
+            .unwrap_or_default();
+        let repository = Repository {
+            full_name: format!("{owner}/{name}"),
+            owner,
+            name,
+            clone_url: String::new(),
+        };
+        let mut built_ins = self.built_ins(&repository, Some(&config.git_ref), "");
+        built_ins.retain(|_, value| !value.is_empty());
+        built_ins
     }
 }
 
@@ -203,6 +272,56 @@ mod tests {
         assert!(not_a_boolean.unwrap_err().contains("not a boolean"));
         assert!(Filter::compile("_REF ==").is_err());
         assert!(Filter::compile(r#"_REF.startsWith("refs/tags/")"#).is_ok());
+    }
+
+    #[test]
+    fn a_request_is_judged_by_its_secret_then_its_body_then_the_filter() {
+        let yaml = "name: hook\nfilename: cloudbuild.yaml\n\
+            webhookConfig: {secret: projects/p/secrets/s/versions/1}\n\
+            sourceToBuild: {uri: 'https://github.com/acme/app', ref: refs/heads/main, repoType: GITHUB}\n\
+            substitutions: {_REF: $(body.ref)}\nfilter: _REF == \"refs/heads/main\"\n";
+        let (mut trigger, _) = crate::core::triggers::load(yaml.as_bytes()).expect("a trigger");
+        let config = trigger.webhook.clone().expect("a webhook trigger");
+        let main = br#"{"ref": "refs/heads/main"}"#;
+        let judged = |trigger: &Trigger, secret, body: &[u8]| {
+            judge(trigger, &config, "s3cr3t", secret, body)
+        };
+        assert_eq!(
+            judged(&trigger, Some("s3cr3t"), main),
+            Ok(values(&[("_REF", "refs/heads/main")]))
+        );
+        for secret in [None, Some(""), Some("S3CR3T")] {
+            assert!(matches!(
+                judged(&trigger, secret, main),
+                Err(Refused::Forbidden(_))
+            ));
+        }
+        assert!(matches!(
+            judged(&trigger, Some("s3cr3t"), b"a=1"),
+            Err(Refused::Invalid(_))
+        ));
+        assert_eq!(
+            judged(&trigger, Some("s3cr3t"), br#"{"ref": "refs/tags/v1"}"#),
+            Err(Refused::Skipped(
+                "the filter _REF == \"refs/heads/main\" is false".into()
+            ))
+        );
+        assert_eq!(
+            trigger.webhook_built_ins(&config),
+            values(&[
+                ("BRANCH_NAME", "main"),
+                ("REF_NAME", "main"),
+                ("REPO_FULL_NAME", "acme/app"),
+                ("REPO_NAME", "app"),
+                ("TRIGGER_BUILD_CONFIG_PATH", "cloudbuild.yaml"),
+                ("TRIGGER_NAME", "hook"),
+            ])
+        );
+        trigger.disabled = true;
+        assert_eq!(
+            judged(&trigger, Some("s3cr3t"), main),
+            Err(Refused::Skipped("trigger \"hook\" is disabled".into()))
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::registry::{self, Registries};
 use crate::adapters::runtime::{Backend, DockerBackend};
-use crate::adapters::source;
 use crate::adapters::store::{Builds as _, Logs as _, SqliteStore};
+use crate::adapters::{secrets, source};
 use crate::core::alias::Aliases;
 use crate::core::build::Status;
 use crate::core::config::{Loaded, duration, validate};
@@ -20,6 +20,7 @@ use crate::core::diag::{Diagnostics, FieldPath};
 use crate::core::plan::{self, Context, Inputs};
 use crate::core::schedule::{self, Cron, Times};
 use crate::core::substitute::Values;
+use crate::core::triggers::webhook::{self, Refused};
 use crate::core::{triggers, webhooks, wire};
 use crate::pipeline;
 use crate::pipeline::execute::{DEFAULT_LOG_LIMIT, Event};
@@ -174,8 +175,8 @@ enum TriggersCommand {
         /// The trigger file (YAML or JSON).
         file: PathBuf,
     },
-    /// Whether a GitHub delivery would fire a trigger, why or why not, and the substitutions its
-    /// build would get; runs nothing. Exit 0 either way, 1 for an invalid trigger or delivery.
+    /// Whether a GitHub delivery, or a request to a webhook trigger, would fire a trigger, why or
+    /// why not, and the substitutions its build would get; runs nothing. Exit 0 either way, 1 for an invalid trigger or delivery.
     Test(TriggerTestArgs),
 }
 
@@ -184,12 +185,19 @@ struct TriggerTestArgs {
     /// The trigger file (YAML or JSON, as `gcloud builds triggers export` writes it).
     #[arg(long, value_name = "FILE")]
     trigger: PathBuf,
-    /// The delivery's `X-GitHub-Event`.
+    /// The delivery's `X-GitHub-Event`, or `webhook` for a request to a webhook trigger's URL.
     #[arg(long, default_value = "push")]
     event_type: String,
-    /// The delivery's JSON body (e.g. one of webhooks/github/).
+    /// The delivery's JSON body (e.g. one of webhooks/github/), or the webhook request's.
     #[arg(long, value_name = "PAYLOAD.json")]
     event: PathBuf,
+    /// A query parameter of the webhook request (repeatable): `secret=VALUE` is checked against
+    /// the trigger's secret, read as secretEnv values are.
+    #[arg(long = "query", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    query: Vec<(String, String)>,
+    /// Directory of local secret values, for a webhook trigger's secret (see README).
+    #[arg(long, env = "BUILDER_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// A file the push (or pull request) changed, relative to the repository root (repeatable).
     #[arg(long = "changed-file", value_name = "PATH")]
     changed_files: Vec<String>,
@@ -494,11 +502,8 @@ fn secret(file: &Option<PathBuf>, variable: &str) -> Result<Vec<u8>> {
 }
 
 fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
-    let read = |file: &Path| {
-        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
-    };
     let name = args.trigger.display().to_string();
-    let trigger = match triggers::load(&read(&args.trigger)?) {
+    let trigger = match triggers::load(&read_input(&args.trigger)?) {
         Ok((trigger, warnings)) => {
             eprint!("{}", warnings.render(&name));
             trigger
@@ -508,49 +513,12 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let delivery = webhooks::parse(&args.event_type, &read(&args.event)?)
-        .with_context(|| args.event.display().to_string())?;
-    let files = &args.changed_files;
-    let judged = |fired: Result<(Values, Option<bool>), triggers::Skip>| Verdict {
-        built_ins: fired.and_then(|values| trigger.files_fire(files).map(|()| values)),
-        substitutions: trigger.substitutions.clone(),
+    let event = read_input(&args.event)?;
+    let (event, comments) = if args.event_type == "webhook" {
+        (test_webhook(args, &trigger, &event)?, Vec::new())
+    } else {
+        test_delivery(args, &trigger, &event)?
     };
-    let (event, pull_request) = match &delivery {
-        webhooks::Delivery::PullRequest(event) => {
-            let fired = trigger.fires_on_pull_request(event).map(|approval| {
-                pull_request_values(&trigger, &event.repository, &event.pull_request, approval)
-            });
-            (judged(fired), Some(event))
-        }
-        other => {
-            let fired = triggers::push_of(other)
-                .and_then(|push| trigger.fires_on_ref(push).map(|()| push))
-                .map(|push| {
-                    let built_ins =
-                        trigger.built_ins(&push.repository, Some(&push.git_ref), push.commit());
-                    (built_ins, None)
-                });
-            (judged(fired), None)
-        }
-    };
-    let mut comments = Vec::new();
-    for file in &args.comments {
-        let Some(pull_request) = pull_request else {
-            bail!("--comment needs a pull request: --event-type pull_request");
-        };
-        let webhooks::Delivery::Comment(comment) = webhooks::parse("issue_comment", &read(file)?)
-            .with_context(|| file.display().to_string())?
-        else {
-            bail!("{}: not an issue_comment delivery", file.display());
-        };
-        let fired = trigger
-            .fires_on_comment(&comment, Some(&pull_request.pull_request))
-            .map(|approval| {
-                let repository = &pull_request.repository;
-                pull_request_values(&trigger, repository, &pull_request.pull_request, approval)
-            });
-        comments.push((file.display().to_string(), judged(fired)));
-    }
     if args.format.is_some() {
         let mut report = event.report();
         report["trigger"] = trigger.name.clone().into();
@@ -575,6 +543,95 @@ fn test_trigger(args: &TriggerTestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn read_input(file: &Path) -> Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// What a GitHub delivery `event` (`--event-type`), then each `--comment` on it, would build.
+fn test_delivery(
+    args: &TriggerTestArgs,
+    trigger: &triggers::Trigger,
+    event: &[u8],
+) -> Result<(Verdict, Vec<(String, Verdict)>)> {
+    let delivery = webhooks::parse(&args.event_type, event)
+        .with_context(|| args.event.display().to_string())?;
+    let files = &args.changed_files;
+    let judged = |fired: Result<(Values, Option<bool>), triggers::Skip>| Verdict {
+        built_ins: (fired.and_then(|values| trigger.files_fire(files).map(|()| values)))
+            .map_err(|skip| skip.to_string()),
+        substitutions: trigger.substitutions.clone(),
+    };
+    let (event, pull_request) = match &delivery {
+        webhooks::Delivery::PullRequest(event) => {
+            let fired = trigger.fires_on_pull_request(event).map(|approval| {
+                pull_request_values(trigger, &event.repository, &event.pull_request, approval)
+            });
+            (judged(fired), Some(event))
+        }
+        other => {
+            let fired = triggers::push_of(other)
+                .and_then(|push| trigger.fires_on_ref(push).map(|()| push))
+                .map(|push| {
+                    let built_ins =
+                        trigger.built_ins(&push.repository, Some(&push.git_ref), push.commit());
+                    (built_ins, None)
+                });
+            (judged(fired), None)
+        }
+    };
+    let mut comments = Vec::new();
+    for file in &args.comments {
+        let Some(pull_request) = pull_request else {
+            bail!("--comment needs a pull request: --event-type pull_request");
+        };
+        let webhooks::Delivery::Comment(comment) =
+            webhooks::parse("issue_comment", &read_input(file)?)
+                .with_context(|| file.display().to_string())?
+        else {
+            bail!("{}: not an issue_comment delivery", file.display());
+        };
+        let fired = trigger
+            .fires_on_comment(&comment, Some(&pull_request.pull_request))
+            .map(|approval| {
+                let repository = &pull_request.repository;
+                pull_request_values(trigger, repository, &pull_request.pull_request, approval)
+            });
+        comments.push((file.display().to_string(), judged(fired)));
+    }
+    Ok((event, comments))
+}
+
+/// What a request to webhook trigger `trigger` with `--query` and body `event` would build: the
+/// server's own judgment, with the trigger's secret read here.
+fn test_webhook(
+    args: &TriggerTestArgs,
+    trigger: &triggers::Trigger,
+    event: &[u8],
+) -> Result<Verdict> {
+    let Some(config) = &trigger.webhook else {
+        bail!("trigger {:?} has no webhookConfig", trigger.name);
+    };
+    let expected = secrets::value(&config.secret, args.secrets_dir.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| anyhow::anyhow!("the trigger's webhook secret: {e}"))?;
+    let secret = (args.query.iter())
+        .find(|(key, _)| key == "secret")
+        .map(|(_, value)| value.as_str());
+    let (built_ins, substitutions) = match webhook::judge(trigger, config, &expected, secret, event)
+    {
+        Ok(values) => (Ok((trigger.webhook_built_ins(config), None)), values),
+        Err(Refused::Invalid(reason)) => bail!("{}: {reason}", args.event.display()),
+        Err(Refused::Forbidden(reason) | Refused::Skipped(reason)) => {
+            (Err(reason), trigger.substitutions.clone())
+        }
+    };
+    Ok(Verdict {
+        built_ins,
+        substitutions,
+    })
+}
+
 /// A pull request build's values as `triggers test` shows them: the built-ins with the pull
 /// request's own (`_PR_NUMBER`…), and whether it may read the trigger's secrets.
 fn pull_request_values(
@@ -591,7 +648,7 @@ fn pull_request_values(
 /// What `triggers test` found for one event: the build's built-ins (and for a pull request,
 /// whether it may read the trigger's secrets), or why it does not build.
 struct Verdict {
-    built_ins: Result<(Values, Option<bool>), triggers::Skip>,
+    built_ins: Result<(Values, Option<bool>), String>,
     substitutions: Values,
 }
 

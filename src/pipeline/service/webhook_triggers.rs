@@ -7,8 +7,7 @@ use tracing::info;
 
 use super::*;
 use crate::adapters::secrets;
-use crate::core::plan::SecretRef;
-use crate::core::triggers::webhook;
+use crate::core::triggers::webhook::{self, Refused};
 
 /// What a webhook request did: the build it queued, or why none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,34 +42,12 @@ impl Service {
             )));
         };
         let expected = self.webhook_secret(&config.secret)?;
-        if !secret.is_some_and(|given| webhooks::same_secret(given.as_bytes(), expected.as_bytes()))
-        {
-            return Err(Failed::Forbidden(format!(
-                "the request's secret is not trigger {name:?}'s"
-            )));
-        }
-        if trigger.disabled {
-            return Ok(WebhookRun::skipped(format!("trigger {name:?} is disabled")));
-        }
-        let body = webhook::read_body(body).map_err(Failed::Invalid)?;
-        let values = webhook::bind(&trigger.substitutions, &body);
-        if let Some(filter) = &config.filter {
-            match filter.admits(&values) {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Ok(WebhookRun::skipped(format!(
-                        "the filter {} is false",
-                        filter.source()
-                    )));
-                }
-                Err(e) => {
-                    return Ok(WebhookRun::skipped(format!(
-                        "the filter {} does not evaluate: {e}",
-                        filter.source()
-                    )));
-                }
-            }
-        }
+        let values = match webhook::judge(&trigger, config, &expected, secret, body) {
+            Ok(values) => values,
+            Err(Refused::Forbidden(reason)) => return Err(Failed::Forbidden(reason)),
+            Err(Refused::Invalid(reason)) => return Err(Failed::Invalid(reason)),
+            Err(Refused::Skipped(reason)) => return Ok(WebhookRun::skipped(reason)),
+        };
         let (branch, tag) = match &config.git_ref {
             GitRef::Branch(branch) => (Some(branch.clone()), None),
             GitRef::Tag(tag) => (None, Some(tag.clone())),
@@ -92,15 +69,8 @@ impl Service {
     /// (`BUILDER_SECRET_<NAME>`, then the secrets directory). Missing, it is the server's
     /// problem, not the sender's.
     fn webhook_secret(&self, version_name: &str) -> Result<String, Failed> {
-        let secret = SecretRef {
-            env: "secret".into(),
-            version_name: version_name.to_string(),
-        };
         let dir = self.settings.machine.secrets_dir.as_deref();
-        let mut values = secrets::resolve(std::slice::from_ref(&secret), dir, |name| {
-            std::env::var(name).ok()
-        })
-        .map_err(|e| Failed::Conflict(format!("the trigger's webhook secret: {e}")))?;
-        Ok(values.remove("secret").unwrap_or_default())
+        secrets::value(version_name, dir, |name| std::env::var(name).ok())
+            .map_err(|e| Failed::Conflict(format!("the trigger's webhook secret: {e}")))
     }
 }
