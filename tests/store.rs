@@ -67,6 +67,7 @@ on_both_stores!(
     a_scheduled_run_is_claimed_once,
     a_schedule_keeps_its_skipped_runs_pause_and_error,
     reports_follow_their_build_until_its_end_is_told,
+    reports_claimed_at_once_go_to_one_reporter_each,
     retention_removes_what_is_old_and_finished_only,
     an_upload_is_read_back_whole_in_chunks,
 );

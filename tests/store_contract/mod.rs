@@ -20,6 +20,9 @@ use builder::core::triggers::TriggerResult;
 use builder::core::webhooks::PullRequest;
 use chrono::{DateTime, Utc};
 
+/// How long the tests' report claims hold.
+const CLAIMED: Duration = Duration::from_secs(30);
+
 pub fn lease(holder: &str, seconds: u64) -> Lease {
     Lease {
         holder: holder.into(),
@@ -776,6 +779,7 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
         .await
         .unwrap();
     let now = SystemTime::now();
+    let claim = |at: SystemTime| store.claim_reports(at, at + CLAIMED, 10);
     let open = |status, reported, check_run, failing, attempts| OpenReport {
         build_id: "r-1".into(),
         status,
@@ -785,7 +789,7 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
         attempts,
     };
     assert_eq!(
-        store.open_reports(now, 10).await.unwrap(),
+        claim(now).await.unwrap(),
         [open(Status::Queued, None, None, None, 0)]
     );
     assert_eq!(store.report_of("r-2").await.unwrap(), None);
@@ -793,13 +797,17 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
         .report_sent("r-1", Status::Queued, Some(5))
         .await
         .unwrap();
-    assert_eq!(store.open_reports(now, 10).await.unwrap(), []);
+    assert_eq!(claim(now).await.unwrap(), []);
 
     let a = lease("a", 30);
     let claimed = store.claim_queued(&a, None).await.unwrap();
     assert_eq!(claimed.expect("queued").id, "r-1");
     let working = open(Status::Working, Some(Status::Queued), Some(5), None, 0);
-    assert_eq!(store.open_reports(now, 10).await.unwrap(), [working]);
+    assert_eq!(claim(now).await.unwrap(), std::slice::from_ref(&working));
+    // Claimed: no one gets it again before the claim's end, anyone after.
+    assert_eq!(claim(now).await.unwrap(), []);
+    let claim_ended = now + CLAIMED + Duration::from_secs(1);
+    assert_eq!(claim(claim_ended).await.unwrap(), [working]);
 
     // A failure waits for its retry time, and is on record meanwhile.
     let failure = ReportFailure {
@@ -809,10 +817,10 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
         retry_at: Some(now + Duration::from_secs(60)),
     };
     store.report_failed("r-1", &failure).await.unwrap();
-    assert_eq!(store.open_reports(now, 10).await.unwrap(), []);
+    assert_eq!(claim(now).await.unwrap(), []);
     let later = now + Duration::from_secs(61);
     assert_eq!(
-        store.open_reports(later, 10).await.unwrap(),
+        claim(later).await.unwrap(),
         [open(
             Status::Working,
             Some(Status::Queued),
@@ -835,11 +843,11 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
         ..failure
     };
     store.report_failed("r-1", &given_up).await.unwrap();
-    assert_eq!(store.open_reports(later, 10).await.unwrap(), []);
+    assert_eq!(claim(later).await.unwrap(), []);
     let outcome = Outcome::ended(Status::Success, Vec::new(), None);
     store.finish_build("r-1", &outcome, &a).await.unwrap();
     assert_eq!(
-        store.open_reports(later, 10).await.unwrap(),
+        claim(later).await.unwrap(),
         [open(
             Status::Success,
             Some(Status::Queued),
@@ -859,7 +867,38 @@ pub async fn reports_follow_their_build_until_its_end_is_told(store: &dyn Store)
             failure: None,
         })
     );
-    assert_eq!(store.open_reports(later, 10).await.unwrap(), []);
+    assert_eq!(claim(later).await.unwrap(), []);
+}
+
+/// Reporters claiming at once (replicas sharing the store) share the reports due out: each is
+/// given to one of them.
+pub async fn reports_claimed_at_once_go_to_one_reporter_each(store: &dyn Store) {
+    let builds: Vec<QueuedBuild> = (0..20)
+        .map(|i| {
+            let mut build = queued(&format!("c-{i:02}"), "t");
+            build.report = true;
+            build
+        })
+        .collect();
+    store.queue_builds(&builds).await.unwrap();
+    let now = SystemTime::now();
+    let claim = || store.claim_reports(now, now + CLAIMED, 7);
+    let mut claimed = Vec::new();
+    loop {
+        let (a, b, c) = tokio::join!(claim(), claim(), claim());
+        let round: Vec<String> = [a, b, c]
+            .into_iter()
+            .flat_map(|claimed| claimed.unwrap())
+            .map(|report| report.build_id)
+            .collect();
+        if round.is_empty() {
+            break;
+        }
+        claimed.extend(round);
+    }
+    claimed.sort();
+    let every: Vec<String> = (0..20).map(|i| format!("c-{i:02}")).collect();
+    assert_eq!(claimed, every);
 }
 
 /// Retention: finished builds older than the cut-off go with their steps, logs and reports, a

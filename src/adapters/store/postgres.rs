@@ -754,14 +754,31 @@ impl Schedules for PostgresStore {
 /// Queues a schedule's run and makes it the schedule's last run.
 #[async_trait::async_trait]
 impl Reports for PostgresStore {
-    async fn open_reports(&self, now: SystemTime, limit: u32) -> Result<Vec<OpenReport>, Error> {
+    async fn claim_reports(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<OpenReport>, Error> {
         let rows = sqlx::query(reports::OPEN_REPORTS)
             .bind(false)
             .bind(millis(now))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(reports::open_report).collect())
+        let mut claimed = Vec::new();
+        for report in rows.iter().map(reports::open_report) {
+            let claim = sqlx::query(reports::CLAIM_REPORT)
+                .bind(millis(until))
+                .bind(&report.build_id)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(report);
+            }
+        }
+        Ok(claimed)
     }
 
     async fn report_sent(

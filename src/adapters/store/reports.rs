@@ -47,15 +47,24 @@ pub struct ReportRecord {
 /// What GitHub was told of triggered builds. A caller may rely on:
 ///
 /// - a build queued with `report` has a report from the transaction that queued it;
-/// - [`Reports::open_reports`] returns a build while its status is not the one last reported,
+/// - [`Reports::claim_reports`] returns a build while its status is not the one last reported,
 ///   not given up, and its retry time has come; never once its final status is reported or
 ///   given up;
+/// - a report claimed is not returned again, to any caller, before the claim's end, unless its
+///   [`report_sent`](Reports::report_sent) or [`report_failed`](Reports::report_failed) came
+///   first: replicas sharing the store never send one report twice at once, and a report whose
+///   claimer died is sent by another after the claim's end;
 /// - [`Reports::report_sent`] clears the last failure, and keeps the check run when it is told
 ///   none.
 #[async_trait::async_trait]
 pub trait Reports: Send + Sync {
-    /// At most `limit` reports due at `now`, oldest build first.
-    async fn open_reports(&self, now: SystemTime, limit: u32) -> Result<Vec<OpenReport>, Error>;
+    /// At most `limit` reports due at `now`, oldest build first, each claimed until `until`.
+    async fn claim_reports(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<OpenReport>, Error>;
 
     /// GitHub accepted `status` for the build (and `check_run` reports it, if any).
     async fn report_sent(
@@ -78,6 +87,10 @@ pub(super) const OPEN_REPORTS: &str = "SELECT r.build_id, b.status, r.reported, 
      WHERE r.done = $1 AND r.next_attempt <= $2 AND r.reported IS DISTINCT FROM b.status \
      AND NOT (r.lasting AND r.failing = b.status) \
      ORDER BY b.create_time, b.id LIMIT $3";
+/// A claim, if the report is still due at `$3` (compare and set: of claimers reading it at once,
+/// one changes the row): it is not due before the claim's end `$1`.
+pub(super) const CLAIM_REPORT: &str = "UPDATE github_reports SET next_attempt = $1 \
+     WHERE build_id = $2 AND next_attempt <= $3";
 pub(super) const REPORT_SENT: &str = "UPDATE github_reports SET reported = $1, \
      check_run_id = COALESCE($2, check_run_id), failing = NULL, attempts = 0, error = NULL, \
      lasting = $3, next_attempt = 0, done = $4 WHERE build_id = $5";
@@ -128,14 +141,33 @@ pub(super) fn failed_values(failure: &ReportFailure) -> (bool, i64, bool) {
 
 #[async_trait::async_trait]
 impl Reports for SqliteStore {
-    async fn open_reports(&self, now: SystemTime, limit: u32) -> Result<Vec<OpenReport>, Error> {
+    async fn claim_reports(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<OpenReport>, Error> {
+        let (_turn, mut tx) = self.write().await?;
         let rows = sqlx::query(OPEN_REPORTS)
             .bind(false)
             .bind(millis(now))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        Ok(rows.iter().map(open_report).collect())
+        let mut claimed = Vec::new();
+        for report in rows.iter().map(open_report) {
+            let claim = sqlx::query(CLAIM_REPORT)
+                .bind(millis(until))
+                .bind(&report.build_id)
+                .bind(millis(now))
+                .execute(&mut *tx)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(report);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn report_sent(

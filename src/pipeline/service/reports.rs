@@ -4,6 +4,7 @@
 //! record. The reporter wakes when this process queues, starts or ends a build, and on a tick
 //! for what other processes did; it sends each build's current status when it differs from the
 //! one GitHub last accepted, so a build that moved on meanwhile is reported once, as it is now.
+//! It claims the reports it sends ([`CLAIM`]), so that replicas never send one twice at once.
 //! A failed report is tried again with a doubling delay; after [`ATTEMPTS`], or at once when
 //! GitHub refuses it (a bad token, a repository the App cannot reach), that status's report is
 //! given up and the failure stays on the build's record. The build's own outcome never depends
@@ -24,6 +25,9 @@ use crate::core::github::{self, FAILED_STEP_LINES, FailedStep, Repo, Report};
 const TICK: Duration = Duration::from_secs(1);
 /// How many reports one look takes at most.
 const BATCH: u32 = 100;
+/// How long the reports one look takes are this process's alone (replicas share the store): a
+/// process that dies with reports claimed delays them by this much.
+const CLAIM: Duration = Duration::from_secs(60);
 /// How many times a status's report is tried before it is given up.
 const ATTEMPTS: u32 = 5;
 /// The delay before the first retry; each next one is twice the last (1, 2, 4, 8 s).
@@ -51,11 +55,17 @@ impl Service {
             return;
         };
         loop {
-            match self.store.open_reports(SystemTime::now(), BATCH).await {
-                Ok(open) => {
-                    for report in open {
+            let now = SystemTime::now();
+            let claimed_until = now + CLAIM;
+            match self.store.claim_reports(now, claimed_until, BATCH).await {
+                Ok(claimed) => {
+                    for report in claimed {
                         if shutdown.is_cancelled() {
                             return;
+                        }
+                        // The rest may be another replica's by now: claimed again later.
+                        if SystemTime::now() >= claimed_until {
+                            break;
                         }
                         let span = info_span!("report", build_id = %report.build_id);
                         self.send(reporting, report).instrument(span).await;
