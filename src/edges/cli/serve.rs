@@ -57,8 +57,9 @@ pub(super) struct RunArgs {
     /// `leaseSeconds`, `pool`, `noListen`, `pollMs`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them);
-    /// triggers created through the API are written there too [default: DATA_DIR/triggers].
+    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them),
+    /// read at start; triggers created through the API are kept in the store
+    /// [default: DATA_DIR/triggers].
     #[arg(long, value_name = "DIR")]
     triggers: Option<PathBuf>,
     /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
@@ -133,7 +134,8 @@ pub(super) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Directory of schedule files (YAML or JSON; see configs/schedules): cron schedules that run
-    /// triggers [default: DATA_DIR/schedules].
+    /// triggers, read at start; schedules created through the API are kept in the store
+    /// [default: DATA_DIR/schedules].
     #[arg(long, value_name = "DIR")]
     schedules: Option<PathBuf>,
     /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).

@@ -588,6 +588,12 @@ impl Service {
         else {
             unreachable!("only pushes are checked out");
         };
+        // Created through another server's API a moment ago, maybe, and not read here yet.
+        if self.triggers.get(trigger).is_err()
+            && let Err(e) = self.reread_resources().await
+        {
+            warn!(error = %e, "reading the stored triggers failed");
+        }
         let trigger = &self
             .triggers
             .get(trigger)
