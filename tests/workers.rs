@@ -605,6 +605,9 @@ async fn triggers_and_schedules_created_through_one_replica_are_the_others_too()
             assert_eq!(code, 200, "{answer}");
             let shown = until_answered(&b, "/v1/schedules/nightly", 200);
             assert_eq!(shown["trigger"], "api", "{shown}");
+            let replaced = schedule.replace("0 3", "0 4");
+            let (code, answer) = b.request("PUT", "/v1/schedules/nightly", &replaced, TOKEN);
+            assert_eq!(code, 200, "{answer}");
             assert_eq!(
                 b.request("DELETE", "/v1/triggers/api", "", TOKEN).0,
                 409,

@@ -91,17 +91,20 @@ impl<T: Resource, S: Clone + From<Vec<T>>> Defined<T, S> {
         }
     }
 
-    /// Reads the store's resources of this kind again, each with `load`; one that does not load
-    /// (a schedule whose trigger was deleted meanwhile) is left out, logged.
+    /// Reads the store's resources of this kind again, each with `load`, unless the store has
+    /// the same as last time and `again` is false (what `load` checks them against changed);
+    /// returns whether they were loaded. One that does not load (a schedule whose trigger was
+    /// deleted meanwhile) is left out, logged.
     pub async fn reread(
         &self,
         store: &dyn Store,
         load: impl Fn(&[u8]) -> Result<(T, Diagnostics), Diagnostics>,
-    ) -> Result<(), store::Error> {
+        again: bool,
+    ) -> Result<bool, store::Error> {
         let mut stored = self.stored.lock().await;
         let rows = store.resources(T::KIND).await?;
-        if *stored == rows {
-            return Ok(());
+        if *stored == rows && !again {
+            return Ok(false);
         }
         let mut resources: Vec<T> = self.files.iter().map(|(_, r)| r.clone()).collect();
         for (name, body) in &rows {
@@ -120,7 +123,7 @@ impl<T: Resource, S: Clone + From<Vec<T>>> Defined<T, S> {
         }
         *self.loaded.write().expect("resources") = S::from(resources);
         *stored = rows;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -176,13 +179,16 @@ impl Service {
     }
 
     /// Reads the triggers and schedules the store keeps again, the triggers first: a schedule
-    /// must name one.
+    /// must name one, so the schedules are loaded again whenever the triggers were.
     pub async fn reread_resources(&self) -> Result<(), store::Error> {
-        self.triggers.reread_stored(&*self.store).await?;
+        let triggers_changed = self.triggers.reread_stored(&*self.store).await?;
         let triggers = self.triggers.all();
         let names: Vec<&str> = triggers.iter().map(|t| t.name.as_str()).collect();
         let load = |bytes: &[u8]| schedule::load(bytes, &names);
-        self.schedules.reread(&*self.store, load).await
+        self.schedules
+            .reread(&*self.store, load, triggers_changed)
+            .await?;
+        Ok(())
     }
 
     /// Reads the stored triggers and schedules again whenever the store tells they changed, and

@@ -80,9 +80,9 @@ impl TriggerFiles {
         Ok((Self::new(loaded), warnings))
     }
 
-    /// Reads the triggers the store keeps again (see `resources`).
-    pub async fn reread_stored(&self, store: &dyn Store) -> Result<(), store::Error> {
-        self.reread(store, triggers::load).await
+    /// Reads the triggers the store keeps again (see `resources`); whether they changed.
+    pub async fn reread_stored(&self, store: &dyn Store) -> Result<bool, store::Error> {
+        self.reread(store, triggers::load, false).await
     }
 
     pub fn get(&self, name: &str) -> Result<Trigger, Failed> {
