@@ -1,5 +1,6 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
-//! lines, and the service's queue, webhook deliveries and schedules, behind one trait per
+//! lines, and the service's queue, webhook deliveries, schedules' state and the triggers and
+//! schedules created through the API, behind one trait per
 //! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`], [`Reports`],
 //! [`Retention`], [`Uploads`], [`Resources`]) that [`Store`]
 //! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, or by
