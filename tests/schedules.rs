@@ -592,7 +592,7 @@ async fn paused_runs_are_skipped_and_recorded_and_run_now_starts_one_at_once() {
         Err(Failed::Conflict(_))
     ));
     assert!(matches!(
-        service.delete_trigger("app"),
+        service.delete_trigger("app").await,
         Err(Failed::Conflict(_))
     ));
     assert!(

@@ -157,11 +157,12 @@ fn a_triggered_build_reads_only_what_its_trigger_lists() {
     let repository = Repository::new();
     let commit = repository.commit(&[("cloudbuild.yaml", &config("db-pass"))], "c", "main");
     let triggers = TempDir::new().unwrap();
-    for (name, extra) in [("granted", "secrets: [db-pass]\n"), ("plain", "")] {
-        let path = triggers.path().join(format!("{name}.yaml"));
-        std::fs::write(path, trigger(name, extra)).unwrap();
-    }
     let (server, _dirs) = serve(&repository, triggers.path(), &[]);
+    // Created through the API, which replaces them below (a trigger file is the operator's).
+    for (name, extra) in [("granted", "secrets: [db-pass]\n"), ("plain", "")] {
+        let (code, answer) = server.post("/v1/triggers", &trigger(name, extra), TOKEN);
+        assert_eq!(code, 200, "{answer}");
+    }
     assert_eq!(
         server.get("/v1/triggers/granted")["secrets"],
         serde_json::json!(["db-pass"])
@@ -194,7 +195,7 @@ fn a_triggered_build_reads_only_what_its_trigger_lists() {
     assert_eq!(server.log(&build_of("plain")), Vec::<String>::new());
 
     // A retry reads what its trigger grants now: the secret taken off `granted` and given to
-    // `plain` (through the API, which rewrites their files).
+    // `plain` (through the API, which replaces them in the store).
     let retried = |name: &str, secrets: &str| {
         let path = format!("/v1/triggers/{name}");
         let replaced = server.request("PUT", &path, &trigger(name, secrets), TOKEN);

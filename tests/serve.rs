@@ -553,7 +553,7 @@ fn the_api_cancels_retries_and_runs_triggers_with_the_token() {
 }
 
 #[test]
-fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files() {
+fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_in_the_store() {
     let repository = Repository::new();
     let triggers = TempDir::new().unwrap();
     let data = TempDir::new().unwrap();
@@ -593,10 +593,28 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
     );
     server.kill();
 
-    // The files are the triggers: a restart finds the replaced one.
-    assert!(triggers.path().join("api.yaml").is_file());
+    // The store keeps them, not the triggers directory: a restart finds the replaced one.
+    assert!(!triggers.path().join("api.yaml").exists());
+    let fixed = triggers.path().join("fixed.yaml");
+    std::fs::write(&fixed, disabled.replace("name: api", "name: fixed")).unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
     assert_eq!(server.get("/v1/triggers/api")["disabled"], true);
+    // A file's trigger is the operator's: the API neither replaces nor deletes it.
+    for (method, body) in [
+        ("PUT", trigger.replace("name: api", "name: fixed")),
+        ("DELETE", "".into()),
+    ] {
+        let (code, answer) = server.request(method, "/v1/triggers/fixed", &body, TOKEN);
+        assert_eq!(code, 409, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "trigger \"fixed\" is defined by the file {}: change it there",
+                fixed.display()
+            )
+        );
+    }
     // A push of another commit: the same body again would be a replay, which queues nothing
     // whatever the triggers say.
     let commit = commit_app(&repository);
@@ -607,8 +625,9 @@ fn triggers_are_created_replaced_and_deleted_through_the_api_and_kept_as_files()
         server.request("DELETE", "/v1/triggers/api", "", TOKEN).0,
         200
     );
-    assert_eq!(server.get("/v1/triggers")["triggers"], json!([]));
-    assert!(!triggers.path().join("api.yaml").exists());
+    let listed = server.get("/v1/triggers")["triggers"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "fixed");
 }
 
 #[test]

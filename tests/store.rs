@@ -7,8 +7,8 @@ use std::future::Future;
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    Change, DATABASE, Error, Lease, Logs as _, PostgresStore, Queue as _, QueuedBuild, SqliteStore,
-    Store,
+    Change, DATABASE, Error, Lease, Logs as _, PostgresStore, Queue as _, QueuedBuild,
+    ResourceKind, ResourceWrite, Resources as _, SqliteStore, Store,
 };
 use builder::core::build::Request;
 
@@ -70,6 +70,7 @@ on_both_stores!(
     reports_claimed_at_once_go_to_one_reporter_each,
     retention_removes_what_is_old_and_finished_only,
     an_upload_is_read_back_whole_in_chunks,
+    resources_are_kept_by_kind_and_name,
 );
 
 /// Claimers on connections of their own (as four machines would be) take 200 queued builds at
@@ -127,7 +128,7 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
 
 /// A listener on its own connection hears what another store sharing the database does, as it
 /// commits: a build queued (with its pool), then the build's moves and log lines; a lease's
-/// renewal tells nothing. SQLite tells nothing.
+/// renewal tells nothing; then a trigger the API keeps created and deleted. SQLite tells nothing.
 #[tokio::test]
 async fn postgres_changes_are_told_to_listeners() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +164,13 @@ async fn postgres_changes_are_told_to_listeners() {
             .await
             .unwrap();
         assert_eq!(next().await, Change::Build { id: "n-1".into() });
+        let trigger = ResourceKind::Trigger;
+        let created = ResourceWrite::Create(b"name: t\n");
+        writer.write_resource(trigger, "t", created).await.unwrap();
+        assert_eq!(next().await, Change::Resources);
+        let deleted = ResourceWrite::Delete;
+        writer.write_resource(trigger, "t", deleted).await.unwrap();
+        assert_eq!(next().await, Change::Resources);
     })
     .await;
 }

@@ -4,8 +4,9 @@
 //! build ended INTERNAL_ERROR, naming it, once its lease runs out; a cancel asked of the server
 //! reaches the worker; a worker that comes back removes what it left on its engine; 200 builds
 //! run once each while a worker is killed in a loop; a replica killed mid-deliveries loses and
-//! repeats none; `queueTtl` expires a build no worker claims; a store unreachable, newer than the
-//! binary, or down for a while mid-build.
+//! repeats none; triggers and schedules created through one replica's API are the other's too;
+//! `queueTtl` expires a build no worker claims; a store unreachable, newer than the binary, or
+//! down for a while mid-build.
 //!
 //! Each process has a data directory of its own, as it would on a machine of its own. Workers
 //! run on the default engine or on the second engine `scripts/second-engine.sh` starts (its own
@@ -543,6 +544,90 @@ async fn a_replica_killed_while_deliveries_arrive_loses_and_repeats_none() {
                 assert_eq!(built, 1, "{id}'s commit built {built} times");
             }
             assert_eq!(builds.as_array().unwrap().len(), DELIVERIES);
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+}
+
+/// Waits until `replica` answers `GET path` with `code`: what another replica wrote reaches it
+/// through the store's notification, well before the 30 s re-read.
+fn until_answered(replica: &Server, path: &str, code: u16) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (got, answer) = replica.request("GET", path, "", TOKEN);
+        if got == code {
+            return answer;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "GET {path} is still {got}: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two `serve` replicas with nothing in common but the store (each its own data and triggers
+/// directory): a trigger created through one's API fires on a push delivered to the other, a
+/// schedule created on the first shows on the second, and what the second deletes is gone from
+/// the first. A trigger file is the operator's: the API changes it on neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_and_schedules_created_through_one_replica_are_the_others_too() {
+    on_a_fresh_database(|url| async move {
+        tokio::task::spawn_blocking(move || {
+            let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+            let file = "name: fixed\nfilename: cloudbuild.yaml\n\
+                        github: {owner: acme, name: other, push: {branch: ^main$}}\n";
+            std::fs::create_dir_all(dirs[1].path().join("triggers")).unwrap();
+            let fixed = dirs[1].path().join("triggers/fixed.yaml");
+            std::fs::write(&fixed, file).unwrap();
+            let [a, b] = [0, 1].map(|i| server(dirs[i].path(), &url));
+
+            let trigger = "name: api\nfilename: cloudbuild.yaml\n\
+                           github: {owner: acme, name: app, push: {branch: ^main$}}\n";
+            let (code, answer) = a.post("/v1/triggers", trigger, TOKEN);
+            assert_eq!(code, 200, "{answer}");
+            assert_eq!(
+                b.post("/v1/triggers", trigger, TOKEN).0,
+                409,
+                "created once"
+            );
+            until_answered(&b, "/v1/triggers/api", 200);
+            let body = push_payload("refs/heads/main", ZERO, &format!("{:040x}", 0xface), "c");
+            let (code, receipt) = b.deliver("push", "shared-1", &body, &sign(&body));
+            assert_eq!(code, 202, "{receipt}");
+            let build = receipt["builds"][0].as_str().expect("the trigger fired");
+            assert_eq!(a.get(&format!("/v1/builds/{build}"))["trigger"], "api");
+
+            let schedule = "name: nightly\nschedule: 0 3 * * *\ntrigger: api\nbranch: main\n";
+            let (code, answer) = a.post("/v1/schedules", schedule, TOKEN);
+            assert_eq!(code, 200, "{answer}");
+            let shown = until_answered(&b, "/v1/schedules/nightly", 200);
+            assert_eq!(shown["trigger"], "api", "{shown}");
+            let replaced = schedule.replace("0 3", "0 4");
+            let (code, answer) = b.request("PUT", "/v1/schedules/nightly", &replaced, TOKEN);
+            assert_eq!(code, 200, "{answer}");
+            assert_eq!(
+                b.request("DELETE", "/v1/triggers/api", "", TOKEN).0,
+                409,
+                "a trigger that a schedule runs stays"
+            );
+            assert_eq!(
+                b.request("DELETE", "/v1/schedules/nightly", "", TOKEN).0,
+                200
+            );
+            assert_eq!(b.request("DELETE", "/v1/triggers/api", "", TOKEN).0, 200);
+            until_answered(&a, "/v1/schedules/nightly", 404);
+            until_answered(&a, "/v1/triggers/api", 404);
+
+            // The file is the second replica's alone, and the API leaves it be.
+            let (code, answer) = b.request("DELETE", "/v1/triggers/fixed", "", TOKEN);
+            assert_eq!(code, 409, "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&fixed.display().to_string()), "{message}");
+            assert_eq!(a.request("GET", "/v1/triggers/fixed", "", TOKEN).0, 404);
+            assert!(fixed.is_file());
         })
         .await
         .unwrap();

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
     BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
-    Recorded, Renewal, ReportFailure, ReportRecord, Store, UPLOAD_CHUNK_SIZE, Unfinished,
+    Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
+    UPLOAD_CHUNK_SIZE, Unfinished,
 };
 use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
 use builder::core::plan::ResolvedBuild;
@@ -1056,4 +1057,34 @@ pub async fn an_upload_is_read_back_whole_in_chunks(store: &dyn Store) {
         store.put_upload("u-1", b"again").await,
         Err(Error::Database(_))
     ));
+}
+
+pub async fn resources_are_kept_by_kind_and_name(store: &dyn Store) {
+    use ResourceKind::{Schedule, Trigger};
+    use ResourceWrite::{Create, Delete, Replace};
+    let write = async |kind, name, write| store.write_resource(kind, name, write).await.unwrap();
+    assert!(store.resources(Trigger).await.unwrap().is_empty());
+    assert!(write(Trigger, "b", Create(b"name: b\n")).await);
+    assert!(write(Trigger, "a", Create(b"name: a\n")).await);
+    assert!(
+        !write(Trigger, "a", Create(b"again")).await,
+        "a name is created once"
+    );
+    // Kinds are apart: a schedule may share a trigger's name.
+    assert!(write(Schedule, "a", Create(b"s")).await);
+    assert!(write(Trigger, "a", Replace(b"name: a\n# 2\n")).await);
+    assert!(!write(Trigger, "none", Replace(b"x")).await);
+    let read = |name: &str, body: &[u8]| (name.to_string(), body.to_vec());
+    assert_eq!(
+        store.resources(Trigger).await.unwrap(),
+        [read("a", b"name: a\n# 2\n"), read("b", b"name: b\n")],
+        "in name order, as last written"
+    );
+    assert!(write(Trigger, "a", Delete).await);
+    assert!(!write(Trigger, "a", Delete).await);
+    assert_eq!(
+        store.resources(Trigger).await.unwrap(),
+        [read("b", b"name: b\n")]
+    );
+    assert_eq!(store.resources(Schedule).await.unwrap(), [read("a", b"s")]);
 }

@@ -1,7 +1,8 @@
 //! The build record: every build's status, step results, substitutions, source, results and log
-//! lines, and the service's queue, webhook deliveries and schedules, behind one trait per
+//! lines, and the service's queue, webhook deliveries, schedules' state and the triggers and
+//! schedules created through the API, behind one trait per
 //! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`], [`Reports`],
-//! [`Retention`], [`Uploads`]) that [`Store`]
+//! [`Retention`], [`Uploads`], [`Resources`]) that [`Store`]
 //! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, or by
 //! [`PostgresStore`] in a PostgreSQL database that several servers and machines share, so builds
 //! can be listed, described and their logs read after the fact, and nothing accepted is lost.
@@ -16,6 +17,7 @@ mod logs;
 mod postgres;
 mod queue;
 mod reports;
+mod resources;
 mod retention;
 mod schedules;
 mod uploads;
@@ -47,6 +49,7 @@ pub use postgres::{Changes, PostgresStore};
 use queue::queue;
 pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 pub use reports::{OpenReport, ReportFailure, ReportRecord, Reports};
+pub use resources::{ResourceKind, ResourceWrite, Resources};
 pub use retention::{PASSES_KEPT, References, Retention};
 pub use schedules::{Schedules, SkippedRun};
 pub use uploads::{UPLOAD_CHUNK_SIZE, Uploads};
@@ -160,7 +163,7 @@ pub struct SqliteStore {
 /// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
 #[async_trait::async_trait]
 pub trait Store:
-    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads
+    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads + Resources
 {
     /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
     /// database file that was removed (or replaced) under it, and everything written from then
@@ -181,6 +184,8 @@ pub enum Change {
     Queued { pool: String },
     /// A build's status or a step of it changed, or it has new log lines.
     Build { id: String },
+    /// A trigger or schedule the API keeps was created, replaced or deleted.
+    Resources,
 }
 
 impl SqliteStore {

@@ -21,6 +21,7 @@ use super::deliveries::{self, Deliveries, DeliveryRecord, NewDelivery, PendingDe
 use super::logs::{self, LogLine, Logs};
 use super::queue::{self, Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 use super::reports::{self, OpenReport, ReportFailure, ReportRecord, Reports};
+use super::resources::{self, ResourceKind, ResourceWrite, Resources};
 use super::retention::{self, References, Retention};
 use super::schedules::{self, Schedules, SkippedRun};
 use super::uploads::{self, Uploads};
@@ -131,14 +132,15 @@ impl Store for PostgresStore {
 
     async fn changes(&self) -> Result<Option<Changes>, Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([QUEUED, BUILD]).await?;
+        listener.listen_all([QUEUED, BUILD, RESOURCES]).await?;
         Ok(Some(Changes(listener)))
     }
 }
 
-/// The channels the triggers of migration 0010 notify.
+/// The channels the triggers of migrations 0010 and 0013 notify.
 const QUEUED: &str = "builder_queued";
 const BUILD: &str = "builder_build";
+const RESOURCES: &str = "builder_resources";
 
 /// The changes of a [`PostgresStore`], heard on a connection that LISTENs (see
 /// [`Store::changes`]).
@@ -154,6 +156,7 @@ impl Changes {
             match notification.channel() {
                 QUEUED => return Ok(Change::Queued { pool: payload }),
                 BUILD => return Ok(Change::Build { id: payload }),
+                RESOURCES => return Ok(Change::Resources),
                 _ => continue,
             }
         }
@@ -953,6 +956,24 @@ impl Uploads for PostgresStore {
             .bind(seq)
             .fetch_optional(&self.pool)
             .await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl Resources for PostgresStore {
+    async fn write_resource(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        write: ResourceWrite<'_>,
+    ) -> Result<bool, Error> {
+        let query = resources::write_statement::<Postgres>(kind, name, write);
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn resources(&self, kind: ResourceKind) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let query = sqlx::query_as(resources::RESOURCES).bind(kind.as_str());
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 

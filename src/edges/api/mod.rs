@@ -284,14 +284,27 @@ fn router(state: Served) -> Router {
         .route("/v1/builds/{id}/cancel", post(cancel_build))
         .route("/v1/builds/{id}/retry", post(retry_build))
         .route("/v1/deliveries", get(list_deliveries))
-        .route("/v1/triggers", get(list_triggers).post(create_trigger))
+        .route(
+            "/v1/triggers",
+            get(list_triggers).post(create::<TriggerFile>),
+        )
         .route(
             "/v1/triggers/{name}",
-            get(get_trigger).put(replace_trigger).delete(delete_trigger),
+            get(get_trigger)
+                .put(replace::<TriggerFile>)
+                .delete(delete::<TriggerFile>),
         )
         .route("/v1/triggers/{name}/run", post(run_trigger))
-        .route("/v1/schedules", get(list_schedules))
-        .route("/v1/schedules/{name}", get(get_schedule))
+        .route(
+            "/v1/schedules",
+            get(list_schedules).post(create::<ScheduleFile>),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(get_schedule)
+                .put(replace::<ScheduleFile>)
+                .delete(delete::<ScheduleFile>),
+        )
         .route("/v1/schedules/{name}/run", post(run_schedule))
         .route("/v1/schedules/{name}/pause", post(pause_schedule::<true>))
         .route("/v1/schedules/{name}/resume", post(pause_schedule::<false>))
@@ -726,40 +739,82 @@ async fn get_trigger(State(service): State<Arc<Service>>, Path(name): Path<Strin
     respond(service.trigger(&name).map(|t| t.summary()))
 }
 
-/// A trigger file's bytes (YAML or JSON) in; the trigger and its warnings out.
-fn put_trigger(service: &Service, body: &[u8], replacing: Option<&str>) -> Response {
-    respond(service.put_trigger(body, replacing).map(|(trigger, warnings)| {
-        json!({ "trigger": trigger.summary(), "warnings": warnings.lines().collect::<Vec<_>>() })
-    }))
+/// What the API creates, replaces and deletes from a file's bytes (YAML or JSON), as the
+/// operator's files hold them: a trigger or a schedule.
+trait FromFile {
+    /// Creates one, or replaces the one named `replacing`: its JSON and its warnings.
+    fn put(
+        service: &Service,
+        body: &[u8],
+        replacing: Option<&str>,
+    ) -> impl Future<Output = Result<serde_json::Value, Failed>> + Send;
+
+    fn delete(service: &Service, name: &str) -> impl Future<Output = Result<(), Failed>> + Send;
 }
 
-async fn create_trigger(
+struct TriggerFile;
+
+impl FromFile for TriggerFile {
+    async fn put(
+        service: &Service,
+        body: &[u8],
+        replacing: Option<&str>,
+    ) -> Result<serde_json::Value, Failed> {
+        let (trigger, warnings) = service.put_trigger(body, replacing).await?;
+        let warnings: Vec<_> = warnings.lines().collect();
+        Ok(json!({ "trigger": trigger.summary(), "warnings": warnings }))
+    }
+
+    async fn delete(service: &Service, name: &str) -> Result<(), Failed> {
+        service.delete_trigger(name).await
+    }
+}
+
+struct ScheduleFile;
+
+impl FromFile for ScheduleFile {
+    async fn put(
+        service: &Service,
+        body: &[u8],
+        replacing: Option<&str>,
+    ) -> Result<serde_json::Value, Failed> {
+        let (schedule, warnings) = service.put_schedule(body, replacing).await?;
+        let warnings: Vec<_> = warnings.lines().collect();
+        Ok(json!({ "schedule": schedule, "warnings": warnings }))
+    }
+
+    async fn delete(service: &Service, name: &str) -> Result<(), Failed> {
+        service.delete_schedule(name).await
+    }
+}
+
+/// `POST /v1/triggers`, `POST /v1/schedules`.
+async fn create<R: FromFile>(
     State(service): State<Arc<Service>>,
     _: Authorized,
     body: Bytes,
 ) -> Response {
-    put_trigger(&service, &body, None)
+    respond(R::put(&service, &body, None).await)
 }
 
-async fn replace_trigger(
+/// `PUT /v1/triggers/NAME`, `PUT /v1/schedules/NAME`.
+async fn replace<R: FromFile>(
     State(service): State<Arc<Service>>,
     _: Authorized,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    put_trigger(&service, &body, Some(&name))
+    respond(R::put(&service, &body, Some(&name)).await)
 }
 
-async fn delete_trigger(
+/// `DELETE /v1/triggers/NAME`, `DELETE /v1/schedules/NAME`.
+async fn delete<R: FromFile>(
     State(service): State<Arc<Service>>,
     _: Authorized,
     Path(name): Path<String>,
 ) -> Response {
-    respond(
-        service
-            .delete_trigger(&name)
-            .map(|()| json!({ "deleted": name })),
-    )
+    let deleted = R::delete(&service, &name).await;
+    respond(deleted.map(|()| json!({ "deleted": name })))
 }
 
 /// A webhook trigger's query: Cloud Build's `key` (an API key there; the secret is what

@@ -57,8 +57,9 @@ pub(super) struct RunArgs {
     /// `leaseSeconds`, `pool`, `noListen`, `pollMs`); flags and the environment win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them);
-    /// triggers created through the API are written there too [default: DATA_DIR/triggers].
+    /// Directory of trigger files (YAML or JSON, as `gcloud builds triggers export` writes them),
+    /// read at start; triggers created through the API are kept in the store
+    /// [default: DATA_DIR/triggers].
     #[arg(long, value_name = "DIR")]
     triggers: Option<PathBuf>,
     /// Fetch repositories whose clone URL starts with FROM from TO instead (repeatable), e.g.
@@ -133,7 +134,8 @@ pub(super) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Directory of schedule files (YAML or JSON; see configs/schedules): cron schedules that run
-    /// triggers [default: DATA_DIR/schedules].
+    /// triggers, read at start; schedules created through the API are kept in the store
+    /// [default: DATA_DIR/schedules].
     #[arg(long, value_name = "DIR")]
     schedules: Option<PathBuf>,
     /// File holding the GitHub webhook's secret (or set BUILDER_WEBHOOK_SECRET).
@@ -494,9 +496,6 @@ pub(super) fn serve(
         .schedules
         .or(file.schedules)
         .unwrap_or_else(|| data_dir.join("schedules"));
-    let (schedules, warnings) =
-        Schedules::load(&schedules_dir, &triggers.all()).map_err(anyhow::Error::msg)?;
-    eprint!("{warnings}");
     if let Some(root) = args.kfp_registry.as_ref().or(file.kfp_registry.as_ref())
         && !root.trim_end_matches('/').contains('/')
     {
@@ -564,12 +563,12 @@ pub(super) fn serve(
     start_log(log_format)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let store = open_store(store_url).await?;
+        // The stored triggers first: a schedule's file may name one.
+        triggers.reread_stored(&*store).await?;
+        let (schedules, warnings) =
+            Schedules::load(&schedules_dir, &triggers.all()).map_err(anyhow::Error::msg)?;
+        eprint!("{warnings}");
         let runtime = DockerBackend::connect().await?;
-        let count = format!(
-            "{} triggers, {} schedules",
-            triggers.all().len(),
-            schedules.len()
-        );
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -591,6 +590,12 @@ pub(super) fn serve(
             Arc::new(SystemClock),
             settings,
         ));
+        service.reread_resources().await?;
+        let count = format!(
+            "{} triggers, {} schedules",
+            service.triggers().len(),
+            service.schedule_count()
+        );
         let scheme = if tls.is_some() { "https" } else { "http" };
         info!("listening on {scheme}://{address} ({count})");
         let shutdown = CancellationToken::new();
@@ -602,6 +607,7 @@ pub(super) fn serve(
         if hear_store {
             listen_to_the_store(&mut tasks, &service, &shutdown);
         }
+        read_resources_again(&mut tasks, &service, &shutdown);
         // Without a worker of its own, the server closes the builds of workers that died.
         tasks.spawn("queue", {
             let (service, shutdown) = (service.clone(), shutdown.clone());
@@ -697,11 +703,14 @@ pub(super) fn worker(
             Arc::new(SystemClock),
             settings,
         ));
+        // A build's trigger may be one the API keeps.
+        service.reread_resources().await?;
         let shutdown = CancellationToken::new();
         let mut tasks = Supervisor::default();
         if hear_store {
             listen_to_the_store(&mut tasks, &service, &shutdown);
         }
+        read_resources_again(&mut tasks, &service, &shutdown);
         tasks.spawn("worker", {
             let shutdown = shutdown.clone();
             async move { Ok(service.run_worker(worker, shutdown).await?) }
@@ -719,6 +728,22 @@ fn listen_to_the_store(
     tasks.spawn("store listener", {
         let (service, shutdown) = (service.clone(), shutdown.clone());
         async move { Ok(service.listen(shutdown).await?) }
+    });
+}
+
+/// Reads the triggers and schedules the store keeps again when they change
+/// (`Service::run_resources`), on a task of its own.
+fn read_resources_again(
+    tasks: &mut Supervisor,
+    service: &Arc<Service>,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn("stored triggers and schedules", {
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        async move {
+            service.run_resources(shutdown).await;
+            Ok(())
+        }
     });
 }
 

@@ -88,24 +88,28 @@ impl Service {
     }
 
     /// Creates a trigger from a trigger file (YAML or JSON), or replaces the one named
-    /// `replacing`; returns it with its warnings.
-    pub fn put_trigger(
+    /// `replacing`, in the store (see `resources`); returns it with its warnings.
+    pub async fn put_trigger(
         &self,
         bytes: &[u8],
         replacing: Option<&str>,
     ) -> Result<(Trigger, String), Failed> {
-        self.triggers.put(bytes, replacing)
+        let (trigger, warnings) = triggers::load(bytes)
+            .map_err(|d| Failed::Invalid(d.render("trigger").trim_end().to_string()))?;
+        self.put_resource(&self.triggers, &trigger, bytes, replacing)
+            .await?;
+        Ok((trigger, warnings.render("trigger")))
     }
 
-    /// Deletes a trigger that no schedule runs.
-    pub fn delete_trigger(&self, name: &str) -> Result<(), Failed> {
+    /// Deletes a trigger the API created, that no schedule runs.
+    pub async fn delete_trigger(&self, name: &str) -> Result<(), Failed> {
         if let Some(schedule) = self.schedule_running(name) {
             return Err(Failed::Conflict(format!(
                 "schedule {:?} runs trigger {name:?}",
                 schedule.name
             )));
         }
-        self.triggers.delete(name)
+        self.delete_resource(&self.triggers, name).await
     }
 
     /// Cancels a build: a queued one never runs, a running one is stopped by its holder, in

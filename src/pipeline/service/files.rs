@@ -1,11 +1,8 @@
 //! Resources kept as files in one directory (triggers, schedules): one resource per `*.yaml`,
-//! `*.yml` or `*.json` file, read in file-name order with every problem at its line and column,
-//! and written atomically.
+//! `*.yml` or `*.json` file, read in file-name order with every problem at its line and column.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Failed;
 use crate::core::diag::Diagnostics;
 
 /// Loads every resource file of `dir` (created if missing) with `load`; `name` says what a
@@ -49,19 +46,4 @@ pub(super) fn load_dir<T>(
     } else {
         Err(errors)
     }
-}
-
-/// Replaces `file` with `bytes` so that a crash leaves the old file or the new one, never a part:
-/// written beside it and synced, renamed over it, and the rename synced through the directory.
-pub(super) fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Failed> {
-    let partial = file.with_extension("partial");
-    let failed = Failed::file(file);
-    let mut written = std::fs::File::create(&partial).map_err(&failed)?;
-    written.write_all(bytes).map_err(&failed)?;
-    written.sync_all().map_err(&failed)?;
-    std::fs::rename(&partial, file).map_err(&failed)?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(failed)
 }

@@ -4,7 +4,8 @@
 //!
 //! One concern a file: `intake` takes deliveries, `queue` runs the queue, `fetch` fetches
 //! repositories, `commands`
-//! answers the API's queries and commands, `schedules` runs the schedules; this module holds
+//! answers the API's queries and commands, `schedules` runs the schedules, `resources` keeps the
+//! triggers and schedules of the files and of the store; this module holds
 //! the service they share and what the API asks of it (a submission, a trigger's run by hand).
 //!
 //! Nothing accepted is lost and nothing is built twice:
@@ -24,7 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,6 +62,7 @@ mod intake;
 mod kfp;
 mod queue;
 mod reports;
+mod resources;
 mod retention;
 mod rows;
 mod schedules;
@@ -72,6 +74,7 @@ pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
 pub use kfp::{KfpRepository, Listing};
 pub use reports::Reporting;
+pub use resources::Defined;
 pub use retention::Unfinished as RetentionStopped;
 pub use webhook_triggers::WebhookRun;
 
@@ -128,11 +131,6 @@ impl std::fmt::Display for Failed {
 #[derive(Debug)]
 pub enum Internal {
     Store(store::Error),
-    /// A file or directory the service keeps (an upload, a trigger file).
-    File {
-        path: PathBuf,
-        error: std::io::Error,
-    },
     /// A blocking task (updating a repository's mirror) panicked or was cancelled.
     Task(tokio::task::JoinError),
     /// A schedule whose expression has no run after now: its file was checked at load, so this
@@ -148,7 +146,6 @@ impl std::fmt::Display for Internal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Internal::Store(e) => e.fmt(f),
-            Internal::File { path, error } => write!(f, "{}: {error}", path.display()),
             Internal::Task(e) => e.fmt(f),
             Internal::NoNextRun { schedule } => write!(f, "schedule {schedule:?} has no next run"),
             Internal::Registry(e) => e.fmt(f),
@@ -160,23 +157,9 @@ impl std::error::Error for Internal {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Internal::Store(e) => Some(e),
-            Internal::File { error, .. } => Some(error),
             Internal::Task(e) => Some(e),
             Internal::NoNextRun { .. } => None,
             Internal::Registry(e) => Some(e),
-        }
-    }
-}
-
-impl Failed {
-    /// A failure to read or write `path`, one of the service's own files.
-    fn file(path: &Path) -> impl Fn(std::io::Error) -> Failed {
-        let path = path.to_path_buf();
-        move |error| {
-            Failed::Internal(Internal::File {
-                path: path.clone(),
-                error,
-            })
         }
     }
 }
@@ -232,6 +215,8 @@ pub struct Service {
     queued: Notify,
     /// Woken when builds are queued, start or end: the reporter has something to tell GitHub.
     report_due: Notify,
+    /// Woken when the store tells that the triggers or schedules it keeps changed.
+    resources_changed: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
     pending: AtomicBool,
     /// The pending deliveries being decided (see `intake::decide_pending`).
@@ -274,6 +259,7 @@ impl Service {
             work: Notify::new(),
             queued: Notify::new(),
             report_due: Notify::new(),
+            resources_changed: Notify::new(),
             // A previous run may have left some.
             pending: AtomicBool::new(true),
             undecided: Mutex::default(),

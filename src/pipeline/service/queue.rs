@@ -140,7 +140,8 @@ const HEAR_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 impl Service {
     /// Hears what other processes sharing the store do, as it tells them (PostgreSQL's
     /// LISTEN/NOTIFY, see [`Store::changes`]), until `shutdown`: a build queued wakes this
-    /// process's worker, and a build changed wakes its followers here. With a store that tells
+    /// process's worker, a build changed wakes its followers here, and a stored trigger or
+    /// schedule changed has them read again (see [`Service::run_resources`]). With a store that tells
     /// nothing (SQLite), waits for `shutdown`: the polls find others' work. While the store cannot
     /// be reached (its server restarting, `store::Error::is_transient`) it tries again every
     /// [`HEAR_AGAIN`], and followers poll meanwhile, as the rest of the process waits the outage
@@ -166,6 +167,7 @@ impl Service {
                         Change::Queued { .. } => self.queued.notify_one(),
                         // No follower of it here is no error.
                         Change::Build { id } => drop(self.changed.send(id)),
+                        Change::Resources => self.resources_changed.notify_one(),
                     }
                 }
                 Err(e) if e.is_transient() => {
@@ -586,6 +588,12 @@ impl Service {
         else {
             unreachable!("only pushes are checked out");
         };
+        // Created through another server's API a moment ago, maybe, and not read here yet.
+        if self.triggers.get(trigger).is_err()
+            && let Err(e) = self.reread_resources().await
+        {
+            warn!(error = %e, "reading the stored triggers failed");
+        }
         let trigger = &self
             .triggers
             .get(trigger)

@@ -1,5 +1,6 @@
-//! The service's schedules: schedule files in one directory (`--schedules DIR`), the scheduler
-//! that starts their runs through the trigger-run path, and what the API shows of them.
+//! The service's schedules: schedule files in one directory (`--schedules DIR`) and those
+//! created through the API, kept in the store (see `resources`); the scheduler that starts their
+//! runs through the trigger-run path, and what the API shows of them.
 //!
 //! The scheduler reads the time from a [`Clock`] (the machine's in `builder serve`, one of their
 //! own in tests) and asks [`Schedule::decide`] what to do with each due run; the decision is
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use super::resources::Defined;
 use super::{Failed, Internal, ManualRun, Service, Triggers, files};
 use crate::adapters::store::QueuedBuild;
 use crate::core::build::Status;
@@ -44,9 +46,8 @@ const RETRY: TimeDelta = TimeDelta::seconds(60);
 /// How many skipped-run records a schedule's description shows.
 const SKIPPED_SHOWN: u32 = 20;
 
-/// The schedules of a directory, as loaded at start.
-#[derive(Clone, Default)]
-pub struct Schedules(Arc<Vec<Schedule>>);
+/// The schedules of the files and of the store.
+pub type Schedules = Defined<Schedule, Arc<Vec<Schedule>>>;
 
 impl Schedules {
     /// Loads every schedule file of `dir` (creating it if missing); each must name one of
@@ -56,25 +57,14 @@ impl Schedules {
         let names: Vec<&str> = triggers.iter().map(|t| t.name.as_str()).collect();
         let load = |bytes: &[u8]| schedule::load(bytes, &names);
         let (loaded, warnings) = files::load_dir(dir, load, |s: &Schedule| &s.name)?;
-        let schedules = loaded.into_iter().map(|(_, schedule)| schedule).collect();
-        Ok((Self(Arc::new(schedules)), warnings))
+        Ok((Self::new(loaded), warnings))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Schedule> {
-        self.0.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn get(&self, name: &str) -> Result<&Schedule, Failed> {
-        self.iter()
+    fn get(&self, name: &str) -> Result<Schedule, Failed> {
+        self.all()
+            .iter()
             .find(|s| s.name == name)
+            .cloned()
             .ok_or_else(|| Failed::NotFound(format!("no schedule {name:?}")))
     }
 }
@@ -109,15 +99,42 @@ impl Service {
     /// Every schedule, with its next and last run.
     pub async fn schedules(&self) -> Result<Vec<ScheduleView>, Failed> {
         let mut views = Vec::new();
-        for schedule in self.schedules.iter() {
+        for schedule in self.schedules.all().iter() {
             views.push(self.view(schedule, false).await?);
         }
         Ok(views)
     }
 
+    /// How many schedules there are, of the files and of the store.
+    pub fn schedule_count(&self) -> usize {
+        self.schedules.all().len()
+    }
+
     /// One schedule, with its skipped runs too.
     pub async fn schedule(&self, name: &str) -> Result<ScheduleView, Failed> {
-        self.view(self.schedules.get(name)?, true).await
+        self.view(&self.schedules.get(name)?, true).await
+    }
+
+    /// Creates a schedule from a schedule file (YAML or JSON) that names an existing trigger, or
+    /// replaces the one named `replacing`, in the store (see `resources`); returns it with its
+    /// warnings.
+    pub async fn put_schedule(
+        &self,
+        bytes: &[u8],
+        replacing: Option<&str>,
+    ) -> Result<(Schedule, String), Failed> {
+        let triggers = self.triggers.all();
+        let names: Vec<&str> = triggers.iter().map(|t| t.name.as_str()).collect();
+        let (schedule, warnings) = schedule::load(bytes, &names)
+            .map_err(|d| Failed::Invalid(d.render("schedule").trim_end().to_string()))?;
+        self.put_resource(&self.schedules, &schedule, bytes, replacing)
+            .await?;
+        Ok((schedule, warnings.render("schedule")))
+    }
+
+    /// Deletes a schedule the API created: its runs stop, and its builds stay.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), Failed> {
+        self.delete_resource(&self.schedules, name).await
     }
 
     async fn view(&self, schedule: &Schedule, with_skipped: bool) -> Result<ScheduleView, Failed> {
@@ -154,7 +171,7 @@ impl Service {
     /// Starts a run now, whatever the schedule's time, policies or pause (as `gcloud scheduler
     /// jobs run` does); it becomes the schedule's last run. Returns its build's id.
     pub async fn run_schedule(&self, name: &str) -> Result<String, Failed> {
-        let schedule = self.schedules.get(name)?;
+        let schedule = &self.schedules.get(name)?;
         self.schedule_state(schedule).await?;
         let now = self.clock.now();
         let build = self.scheduled_build(schedule, now).await?;
@@ -168,7 +185,7 @@ impl Service {
     /// Pauses a schedule (its runs are skipped, and recorded as such, until it is resumed), or
     /// resumes it: the runs missed meanwhile do not start.
     pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<ScheduleView, Failed> {
-        let schedule = self.schedules.get(name)?;
+        let schedule = &self.schedules.get(name)?;
         if !paused && schedule.suspend {
             return Err(Failed::Conflict(format!(
                 "schedule {name:?} is suspended in its file: set `suspend: false` there"
@@ -180,8 +197,9 @@ impl Service {
     }
 
     /// Whether a schedule runs the trigger named `trigger`.
-    pub(super) fn schedule_running(&self, trigger: &str) -> Option<&Schedule> {
-        self.schedules.iter().find(|s| s.trigger == trigger)
+    pub(super) fn schedule_running(&self, trigger: &str) -> Option<Schedule> {
+        let schedules = self.schedules.all();
+        schedules.iter().find(|s| s.trigger == trigger).cloned()
     }
 
     /// Runs the scheduler until `shutdown`: evaluates the schedules when the next run is due,
@@ -202,7 +220,7 @@ impl Service {
     pub async fn evaluate_schedules(&self) -> DateTime<Utc> {
         let now = self.clock.now();
         let mut wake = now + TimeDelta::from_std(POLL).unwrap_or_default();
-        for schedule in self.schedules.iter() {
+        for schedule in self.schedules.all().iter() {
             match self.evaluate(schedule, now).await {
                 Ok(next) => wake = wake.min(next),
                 Err(e) => {

@@ -1,20 +1,18 @@
-//! The service's triggers, kept as files in one directory (`--triggers DIR`), one trigger per
-//! file, so that files written by `gcloud builds triggers export` and triggers created through the
-//! API live side by side and survive restarts. The API writes whole files, each replaced
-//! atomically (written beside it, then renamed).
+//! The service's triggers: the files of one directory (`--triggers DIR`, one trigger per file,
+//! as `gcloud builds triggers export` writes them), read at start, and those created through the
+//! API, kept in the store (see `resources`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 
+use super::resources::Defined;
 use super::{Failed, files};
+use crate::adapters::store::{self, Store};
 use crate::core::triggers::{self, Trigger};
 
-/// The triggers in a directory; reads see a consistent snapshot while the API changes them.
-pub struct TriggerFiles {
-    dir: PathBuf,
-    loaded: RwLock<Triggers>,
-}
+/// The triggers of the files and of the store; reads see a consistent snapshot while they change.
+pub type TriggerFiles = Defined<Trigger, Triggers>;
 
 /// A snapshot of the triggers, cheap to take: every delivery is matched against one.
 #[derive(Clone, Default)]
@@ -22,25 +20,19 @@ pub struct Triggers(Arc<Snapshot>);
 
 #[derive(Default)]
 struct Snapshot {
-    entries: Vec<Entry>,
+    entries: Vec<Trigger>,
     /// The entries of each GitHub repository (`owner/name` in lower case, as GitHub compares
     /// them): a delivery is matched against its repository's triggers only.
     by_repository: HashMap<String, Vec<usize>>,
 }
 
-#[derive(Clone)]
-struct Entry {
-    file: PathBuf,
-    trigger: Trigger,
-}
-
-impl Triggers {
-    fn new(entries: Vec<Entry>) -> Self {
+impl From<Vec<Trigger>> for Triggers {
+    fn from(entries: Vec<Trigger>) -> Self {
         let mut by_repository: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
             // A webhook trigger's repository is what it builds, not what fires it.
-            if let Some(github) = &entry.trigger.github
-                && entry.trigger.webhook.is_none()
+            if let Some(github) = &entry.github
+                && entry.webhook.is_none()
             {
                 let key = repository_key(&github.owner, &github.name);
                 by_repository.entry(key).or_default().push(index);
@@ -51,18 +43,20 @@ impl Triggers {
             by_repository,
         }))
     }
+}
 
+impl Triggers {
     pub fn iter(&self) -> impl Iterator<Item = &Trigger> {
-        self.0.entries.iter().map(|e| &e.trigger)
+        self.0.entries.iter()
     }
 
-    /// The triggers of GitHub repository `owner/name`, in file order.
+    /// The triggers of GitHub repository `owner/name`, in file order, then the stored ones'.
     pub fn of_repository(&self, owner: &str, name: &str) -> impl Iterator<Item = &Trigger> {
         let indices = self.0.by_repository.get(&repository_key(owner, name));
         indices
             .into_iter()
             .flatten()
-            .map(|&index| &self.0.entries[index].trigger)
+            .map(|&index| &self.0.entries[index])
     }
 
     pub fn len(&self) -> usize {
@@ -83,20 +77,12 @@ impl TriggerFiles {
     /// `Err` holds the problems of all the files that have any; `Ok` carries the warnings.
     pub fn load(dir: &Path) -> Result<(Self, String), String> {
         let (loaded, warnings) = files::load_dir(dir, triggers::load, |t: &Trigger| &t.name)?;
-        let entries = loaded
-            .into_iter()
-            .map(|(file, trigger)| Entry { file, trigger })
-            .collect();
-        let files = Self {
-            dir: dir.to_path_buf(),
-            loaded: RwLock::new(Triggers::new(entries)),
-        };
-        Ok((files, warnings))
+        Ok((Self::new(loaded), warnings))
     }
 
-    /// The triggers as they are now.
-    pub fn all(&self) -> Triggers {
-        self.loaded.read().expect("triggers").clone()
+    /// Reads the triggers the store keeps again (see `resources`); whether they changed.
+    pub async fn reread_stored(&self, store: &dyn Store) -> Result<bool, store::Error> {
+        self.reread(store, triggers::load, false).await
     }
 
     pub fn get(&self, name: &str) -> Result<Trigger, Failed> {
@@ -105,64 +91,6 @@ impl TriggerFiles {
             .find(|t| t.name == name)
             .cloned()
             .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))
-    }
-
-    /// Creates a trigger from a trigger file's bytes (YAML or JSON), or replaces the trigger
-    /// `replacing` (which the file must still name). Returns it, with its rendered warnings.
-    pub fn put(&self, bytes: &[u8], replacing: Option<&str>) -> Result<(Trigger, String), Failed> {
-        let (trigger, warnings) = triggers::load(bytes)
-            .map_err(|d| Failed::Invalid(d.render("trigger").trim_end().to_string()))?;
-        let mut loaded = self.loaded.write().expect("triggers");
-        let existing = loaded
-            .0
-            .entries
-            .iter()
-            .position(|e| e.trigger.name == trigger.name);
-        let file = match (replacing, existing) {
-            (None, None) => self.dir.join(format!("{}.yaml", trigger.name)),
-            (None, Some(_)) => {
-                return Err(Failed::Conflict(format!(
-                    "trigger {:?} exists",
-                    trigger.name
-                )));
-            }
-            (Some(name), _) if name != trigger.name => {
-                return Err(Failed::Invalid(format!(
-                    "the file names trigger {:?}, not {name:?}",
-                    trigger.name
-                )));
-            }
-            (Some(name), None) => return Err(Failed::NotFound(format!("no trigger {name:?}"))),
-            (Some(_), Some(index)) => loaded.0.entries[index].file.clone(),
-        };
-        files::write_atomically(&file, bytes)?;
-        let mut entries = loaded.0.entries.clone();
-        let entry = Entry {
-            file,
-            trigger: trigger.clone(),
-        };
-        match existing {
-            Some(index) => entries[index] = entry,
-            None => entries.push(entry),
-        }
-        *loaded = Triggers::new(entries);
-        Ok((trigger, warnings.render("trigger")))
-    }
-
-    pub fn delete(&self, name: &str) -> Result<(), Failed> {
-        let mut loaded = self.loaded.write().expect("triggers");
-        let index = loaded
-            .0
-            .entries
-            .iter()
-            .position(|e| e.trigger.name == name)
-            .ok_or_else(|| Failed::NotFound(format!("no trigger {name:?}")))?;
-        let file = &loaded.0.entries[index].file;
-        std::fs::remove_file(file).map_err(Failed::file(file))?;
-        let mut entries = loaded.0.entries.clone();
-        entries.remove(index);
-        *loaded = Triggers::new(entries);
-        Ok(())
     }
 }
 
