@@ -370,6 +370,7 @@ mod test_support {
             pool: None,
             queue_ttl: None,
             report: false,
+            approval_required: false,
         }
     }
 
