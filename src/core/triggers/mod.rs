@@ -1667,6 +1667,27 @@ mod tests {
     }
 
     #[test]
+    fn approval_config_holds_builds_for_approval() {
+        assert!(!trigger(MAIN).approval_required);
+        let held = trigger(&format!(
+            "{MAIN}approvalConfig: {{approvalRequired: true}}\n"
+        ));
+        assert!(held.approval_required);
+        assert_eq!(held.summary()["approvalRequired"], true);
+        let (_, warnings) = load(format!("{MAIN}approvalConfig: {{}}\n").as_bytes()).unwrap();
+        assert_eq!(warnings.iter().count(), 0, "no longer unsupported");
+        let rendered = errors(&format!(
+            "{MAIN}approvalConfig: {{approvalRequired: maybe}}\n"
+        ));
+        assert!(
+            rendered.contains("approvalConfig.approvalRequired") && rendered.contains(":4:"),
+            "{rendered}"
+        );
+        let rendered = errors(&format!("{MAIN}approvalConfig: {{required: true}}\n"));
+        assert!(rendered.contains("approvalConfig.required"), "{rendered}");
+    }
+
+    #[test]
     fn a_trigger_lists_the_secrets_its_builds_may_read_by_name() {
         assert!(trigger(MAIN).secrets.is_empty());
         let listed = trigger(&format!("{MAIN}secrets: [db-pass, API_TOKEN]\n"));
