@@ -25,7 +25,9 @@ pub struct Submission<'a> {
     pub config_name: &'a str,
     pub substitutions: &'a crate::core::substitute::Values,
     pub upload: Option<&'a str>,
-    /// It waits PENDING until someone approves it.
+    /// It waits PENDING until someone approves it. Sent only when set, so that a server from
+    /// before approvals still takes other submissions.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub require_approval: bool,
 }
 
