@@ -25,8 +25,8 @@ pub struct References {
 
 /// Removing what is old. A caller may rely on:
 ///
-/// - [`Retention::remove_builds`] removes only finished builds (never a pending, queued or running one),
-///   and with a build its steps, log and report: none of them is found after;
+/// - [`Retention::remove_builds`] removes only finished builds (never a pending, queued or
+///   running one), and with a build its steps, log and report: none of them is found after;
 /// - each call removes at most `limit` rows in one transaction, and says how many it removed: a
 ///   caller repeats it until it removes fewer;
 /// - [`Retention::remove_deliveries`] never removes a pending delivery (its triggers wait for

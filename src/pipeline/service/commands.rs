@@ -108,9 +108,9 @@ impl Service {
         self.triggers.delete(name)
     }
 
-    /// Cancels a build: a pending or queued one never runs, a running one is stopped by its holder, in
-    /// whichever process or machine, within a heartbeat (its status becomes CANCELLED when its
-    /// steps have stopped).
+    /// Cancels a build: a pending or queued one never runs, a running one is stopped by its
+    /// holder, in whichever process or machine, within a heartbeat (its status becomes CANCELLED
+    /// when its steps have stopped).
     pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
         let build = self.build(id).await?;
         if self.store.cancel_queued(&build.id).await?
