@@ -113,6 +113,50 @@ async fn a_pushed_build_shows_up_logs_live_and_is_cancelled_from_its_page() {
     browser.screenshot("build-cancelled").await;
 }
 
+/// A build that waits for approval says who may decide, and is approved from its page with a
+/// comment: it runs, and its page shows who approved it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_build_is_approved_from_its_page() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    std::fs::write(
+        triggers.path().join("deploy.yaml"),
+        "name: deploy\nfilename: cloudbuild.yaml\n\
+         github: {owner: acme, name: app, push: {branch: '.*'}}\n\
+         approvalConfig: {approvalRequired: true}\n",
+    )
+    .unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let browser = Browser::open(&server).await;
+    browser.log_in().await;
+    let config = "steps:\n- name: builder/busybox\n  args: [echo, deployed]\n";
+    let answer = push(&server, &repository, "main", config);
+    let id = answer["builds"][0].as_str().unwrap().to_string();
+
+    browser.goto(&format!("/builds/{id}")).await;
+    assert!(browser.text("#summary .status").await.contains("PENDING"));
+    let approval = browser.text("#approval").await;
+    assert!(approval.contains("anyone with the API token"), "{approval}");
+    browser.screenshot("build-pending").await;
+    browser
+        .eval("document.querySelector('#decide input[name=comment]').value = 'looks good'")
+        .await;
+    browser
+        .eval("document.getElementById('approve').click()")
+        .await;
+    let build = server.finished(&id);
+    assert_eq!(build["status"], "SUCCESS", "{build}");
+    let result = &build["approval"]["result"];
+    assert_eq!(result["approverAccount"], "console", "{build}");
+    assert_eq!(result["comment"], "looks good", "{build}");
+    eventually("the page to show the approval", || async {
+        let approval = browser.text("#approval").await;
+        approval.contains("APPROVED by console").then_some(())
+    })
+    .await;
+    browser.screenshot("build-approved").await;
+}
+
 /// A log followed while its build runs (a browser tab left open) does not hold up a stopping
 /// server: the stream ends, the build is cancelled, the server exits.
 #[test]

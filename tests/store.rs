@@ -60,6 +60,7 @@ on_both_stores!(
     the_queue_hands_each_build_out_once_oldest_first,
     leases_hold_builds_until_they_run_out,
     queued_builds_expire_past_their_ttl,
+    pending_builds_wait_for_one_decision,
     pools_hand_builds_to_their_own_workers,
     deliveries_queue_their_builds_once,
     replays_and_rejections_are_bounded,
@@ -96,6 +97,7 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                 pool: None,
                 queue_ttl: None,
                 report: false,
+                approval_required: false,
             })
             .collect();
         let queuer = PostgresStore::open(&url).await.unwrap();

@@ -281,6 +281,7 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "edges::cli::remote",
         &[
+            "core::build",
             "edges::cli",
             "edges::client",
             "adapters::source",

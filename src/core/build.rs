@@ -63,6 +63,8 @@ impl Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
+    /// Waiting for a person's approval ([`Approval`]); no worker claims it.
+    Pending,
     Queued,
     Working,
     Success,
@@ -71,15 +73,18 @@ pub enum Status {
     Timeout,
     Cancelled,
     Expired,
+    /// Its approval was refused: it never runs.
+    Rejected,
 }
 
 impl Status {
     pub fn is_final(self) -> bool {
-        !matches!(self, Status::Queued | Status::Working)
+        !matches!(self, Status::Pending | Status::Queued | Status::Working)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Pending => "PENDING",
             Status::Queued => "QUEUED",
             Status::Working => "WORKING",
             Status::Success => "SUCCESS",
@@ -88,10 +93,12 @@ impl Status {
             Status::Timeout => "TIMEOUT",
             Status::Cancelled => "CANCELLED",
             Status::Expired => "EXPIRED",
+            Status::Rejected => "REJECTED",
         }
     }
 
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 10] = [
+        Status::Pending,
         Status::Queued,
         Status::Working,
         Status::Success,
@@ -100,6 +107,7 @@ impl Status {
         Status::Timeout,
         Status::Cancelled,
         Status::Expired,
+        Status::Rejected,
     ];
 
     pub fn parse(text: &str) -> Option<Status> {
@@ -110,6 +118,96 @@ impl Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(self.as_str())
+    }
+}
+
+/// A build that waits for a person's decision before it is queued (Cloud Build's
+/// `BuildApproval`): asked for by its trigger's `approvalConfig` or `submit --require-approval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub state: ApprovalState,
+    pub config: ApprovalConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ApprovalResult>,
+}
+
+/// Cloud Build's `BuildApproval.State`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Rejected,
+    /// The build was cancelled while it waited.
+    Cancelled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "PENDING",
+            ApprovalState::Approved => "APPROVED",
+            ApprovalState::Rejected => "REJECTED",
+            ApprovalState::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ApprovalState> {
+        [
+            ApprovalState::Pending,
+            ApprovalState::Approved,
+            ApprovalState::Rejected,
+            ApprovalState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Cloud Build's `ApprovalConfig`: who may approve is not configurable here (anyone with the API
+/// token may), so it says only that approval is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalConfig {
+    pub approval_required: bool,
+}
+
+/// Cloud Build's `ApprovalResult`: who decided, when, what, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalResult {
+    pub approver_account: String,
+    #[serde(with = "rfc3339::required")]
+    pub approval_time: SystemTime,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Cloud Build's `ApprovalResult.Decision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    /// The approval's state once this decision is made.
+    pub fn state(self) -> ApprovalState {
+        match self {
+            Decision::Approved => ApprovalState::Approved,
+            Decision::Rejected => ApprovalState::Rejected,
+        }
+    }
+
+    /// The build's status once this decision is made: queued for the workers, or ended.
+    pub fn status(self) -> Status {
+        match self {
+            Decision::Approved => Status::Queued,
+            Decision::Rejected => Status::Rejected,
+        }
     }
 }
 
@@ -181,6 +279,27 @@ pub mod rfc3339 {
                 .map_err(serde::de::Error::custom)
         })
         .transpose()
+    }
+
+    /// A time that is always there, as RFC 3339 text.
+    pub mod required {
+        use std::time::SystemTime;
+
+        use serde::{Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            time: &SystemTime,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            super::serialize(&Some(*time), serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<SystemTime, D::Error> {
+            super::deserialize(deserializer)?
+                .ok_or_else(|| serde::de::Error::custom("a time is required"))
+        }
     }
 }
 

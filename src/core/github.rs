@@ -77,25 +77,27 @@ pub enum Conclusion {
 
 /// The commit status of a build in `status`: GitHub has four states, so a build that did not
 /// run to its verdict (an internal error, a cancel, an expiry) is an `error`, as Cloud Build
-/// reports it; a timeout is a failure of the build.
+/// reports it; a timeout is a failure of the build, and so is a rejected approval (the change
+/// was refused, and a branch protection must not take it for a passing build).
 pub fn state(status: Status) -> State {
     match status {
-        Status::Queued | Status::Working => State::Pending,
+        Status::Pending | Status::Queued | Status::Working => State::Pending,
         Status::Success => State::Success,
-        Status::Failure | Status::Timeout => State::Failure,
+        Status::Failure | Status::Timeout | Status::Rejected => State::Failure,
         Status::InternalError | Status::Cancelled | Status::Expired => State::Error,
     }
 }
 
-/// The check run of a build in `status`: its status, and its conclusion once completed.
+/// The check run of a build in `status`: its status, and its conclusion once completed. A
+/// build waiting for approval is queued; a rejected one never ran, as a cancelled one.
 pub fn check(status: Status) -> (CheckStatus, Option<Conclusion>) {
     let conclusion = match status {
-        Status::Queued => return (CheckStatus::Queued, None),
+        Status::Pending | Status::Queued => return (CheckStatus::Queued, None),
         Status::Working => return (CheckStatus::InProgress, None),
         Status::Success => Conclusion::Success,
         Status::Failure | Status::InternalError => Conclusion::Failure,
         Status::Timeout => Conclusion::TimedOut,
-        Status::Cancelled | Status::Expired => Conclusion::Cancelled,
+        Status::Cancelled | Status::Expired | Status::Rejected => Conclusion::Cancelled,
     };
     (CheckStatus::Completed, Some(conclusion))
 }
@@ -108,6 +110,7 @@ pub fn context(trigger: &str, project: &str) -> String {
 /// What a build is, in the words GitHub shows beside the commit.
 fn headline(status: Status) -> &'static str {
     match status {
+        Status::Pending => "Waiting for approval",
         Status::Queued => "Queued",
         Status::Working => "Running",
         Status::Success => "Build successful",
@@ -116,6 +119,7 @@ fn headline(status: Status) -> &'static str {
         Status::Timeout => "Build timed out",
         Status::Cancelled => "Build cancelled",
         Status::Expired => "Build expired in the queue",
+        Status::Rejected => "Build rejected",
     }
 }
 
@@ -314,8 +318,13 @@ mod tests {
         assert_eq!(
             states,
             [
-                Pending, Pending, Success, Failure, Error, Failure, Error, Error
+                Pending, Pending, Pending, Success, Failure, Error, Failure, Error, Error, Failure
             ]
+        );
+        assert_eq!(check(Status::Pending), (CheckStatus::Queued, None));
+        assert_eq!(
+            check(Status::Rejected),
+            (CheckStatus::Completed, Some(Conclusion::Cancelled))
         );
         assert_eq!(check(Status::Queued), (CheckStatus::Queued, None));
         assert_eq!(check(Status::Working), (CheckStatus::InProgress, None));

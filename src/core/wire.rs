@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::build::{PushedImage, Status, StepResult};
+use crate::core::build::{Approval, PushedImage, Status, StepResult};
 use crate::core::schedule::Skipped;
 use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
@@ -21,7 +21,7 @@ use crate::core::triggers::TriggerResult;
 pub struct Build {
     pub id: String,
     pub status: Status,
-    #[serde(with = "required_rfc3339")]
+    #[serde(with = "crate::core::build::rfc3339::required")]
     pub create_time: SystemTime,
     #[serde(default, with = "crate::core::build::rfc3339")]
     pub start_time: Option<SystemTime>,
@@ -46,6 +46,9 @@ pub struct Build {
     /// the others): Cloud Build's `results.buildStepOutputs`.
     #[serde(default)]
     pub build_step_outputs: Vec<String>,
+    /// For a build that needs a person's approval: whether it has it, and the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
     /// What GitHub was told of the build, for a build reported to it (shown with one build, not
     /// in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +114,7 @@ pub enum Stream {
 pub struct Delivery {
     pub id: String,
     pub event: String,
-    #[serde(with = "required_rfc3339")]
+    #[serde(with = "crate::core::build::rfc3339::required")]
     pub receive_time: SystemTime,
     pub verified: bool,
     pub summary: String,
@@ -127,20 +130,4 @@ pub struct SkippedRun {
     #[serde(flatten)]
     pub skipped: Skipped,
     pub record_time: DateTime<Utc>,
-}
-
-/// A time that is always there, as RFC 3339 text.
-mod required_rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::core::build::rfc3339::serialize(&Some(*time), serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-        crate::core::build::rfc3339::deserialize(deserializer)?
-            .ok_or_else(|| serde::de::Error::custom("a time is required"))
-    }
 }

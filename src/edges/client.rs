@@ -14,8 +14,22 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::core::build::Status;
+use crate::core::build::{Decision, Status};
 use crate::core::wire::{Build, LogLine};
+
+/// A build to queue (`POST /v1/builds`): a config over an uploaded source (or none).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Submission<'a> {
+    pub config: &'a str,
+    pub config_name: &'a str,
+    pub substitutions: &'a crate::core::substitute::Values,
+    pub upload: Option<&'a str>,
+    /// It waits PENDING until someone approves it. Sent only when set, so that a server from
+    /// before approvals still takes other submissions.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_approval: bool,
+}
 
 pub struct Client {
     base: String,
@@ -260,25 +274,30 @@ impl Client {
             .await
     }
 
-    /// Queues a build of `config` over an uploaded source; returns its id.
-    pub async fn submit(
-        &self,
-        config: &str,
-        config_name: &str,
-        substitutions: &crate::core::substitute::Values,
-        upload: Option<&str>,
-    ) -> Result<String, ClientError> {
-        let request = json!({
-            "config": config,
-            "configName": config_name,
-            "substitutions": substitutions,
-            "upload": upload,
-        });
+    /// Queues a build; returns its id.
+    pub async fn submit(&self, submission: &Submission<'_>) -> Result<String, ClientError> {
         self.field(
             Method::POST,
             "/v1/builds",
-            request.to_string().into_bytes(),
+            serde_json::to_vec(submission).unwrap_or_default(),
             "build",
+        )
+        .await
+    }
+
+    /// Approves or rejects a PENDING build (`POST /v1/builds/ID:approve`, Cloud Build's body);
+    /// returns the build as decided.
+    pub async fn approve(
+        &self,
+        id: &str,
+        decision: Decision,
+        comment: Option<String>,
+    ) -> Result<Build, ClientError> {
+        let request = json!({"approvalResult": {"decision": decision, "comment": comment}});
+        self.call(
+            Method::POST,
+            &format!("/v1/builds/{id}:approve"),
+            request.to_string().into_bytes(),
         )
         .await
     }

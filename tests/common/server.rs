@@ -191,7 +191,10 @@ impl Server {
         let start = Instant::now();
         loop {
             let build = self.get(&format!("/v1/builds/{id}"));
-            if !matches!(build["status"].as_str(), Some("QUEUED" | "WORKING")) {
+            if !matches!(
+                build["status"].as_str(),
+                Some("PENDING" | "QUEUED" | "WORKING")
+            ) {
                 return build;
             }
             assert!(

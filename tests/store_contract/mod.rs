@@ -12,7 +12,10 @@ use builder::adapters::store::{
     Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
     UPLOAD_CHUNK_SIZE, Unfinished,
 };
-use builder::core::build::{Outcome, PushedImage, Request, Status, StepResult};
+use builder::core::build::Decision as Verdict;
+use builder::core::build::{
+    ApprovalResult, ApprovalState, Outcome, PushedImage, Request, Status, StepResult,
+};
 use builder::core::plan::ResolvedBuild;
 use builder::core::retention::{Pass, Removed};
 use builder::core::schedule::{Decision, Skipped};
@@ -59,6 +62,7 @@ pub fn queued(id: &str, trigger: &str) -> QueuedBuild {
         pool: None,
         queue_ttl: None,
         report: false,
+        approval_required: false,
     }
 }
 
@@ -369,6 +373,128 @@ pub async fn queued_builds_expire_past_their_ttl(store: &dyn Store) {
         let build = store.get_build(id).await.unwrap().expect("recorded");
         assert_eq!(build.status, status, "{id}");
     }
+}
+
+/// Approvals: a build that needs one waits PENDING, never claimed nor expired however long past
+/// its TTL; it is decided once (of two decisions at once, one is made), with who, when, what and
+/// why; approved, it is QUEUED with its TTL counted from the approval; rejected, it ends REJECTED
+/// and is never claimed; cancelled while PENDING, its approval is CANCELLED; a retry of it waits
+/// for approval again.
+pub async fn pending_builds_wait_for_one_decision(store: &dyn Store) {
+    let pending = |id: &str| QueuedBuild {
+        approval_required: true,
+        queue_ttl: Some(Duration::from_secs(60)),
+        ..queued(id, "t")
+    };
+    store
+        .queue_builds(&[
+            pending("a-0"),
+            pending("a-1"),
+            pending("a-2"),
+            pending("a-3"),
+        ])
+        .await
+        .unwrap();
+    let worker = &lease("w", 30);
+    assert!(store.claim_queued(worker, None).await.unwrap().is_none());
+    let long_after = SystemTime::now() + Duration::from_secs(3600);
+    assert!(
+        store
+            .expire_queued(long_after, "too long")
+            .await
+            .unwrap()
+            .is_empty(),
+        "a pending build does not expire"
+    );
+    let build = store.get_build("a-1").await.unwrap().expect("recorded");
+    assert_eq!(build.status, Status::Pending);
+    let approval = build.approval.expect("an approval");
+    assert_eq!(approval.state, ApprovalState::Pending);
+    assert!(approval.config.approval_required);
+    assert_eq!(approval.result, None);
+
+    // Approved an hour after it was queued: its TTL counts from then.
+    let decided = |decision, who: &str| ApprovalResult {
+        approver_account: who.into(),
+        approval_time: SystemTime::now() + Duration::from_secs(3600),
+        decision,
+        comment: Some(format!("{who} says so")),
+    };
+    let approved = decided(Verdict::Approved, "alice");
+    let refused = decided(Verdict::Rejected, "bob");
+    let (alice, bob) = tokio::join!(
+        store.decide_approval("a-0", &approved),
+        store.decide_approval("a-0", &refused),
+    );
+    let (alice, bob) = (alice.unwrap(), bob.unwrap());
+    assert!(alice != bob, "decided once: {alice} {bob}");
+    let build = store.get_build("a-0").await.unwrap().expect("recorded");
+    let winner = build.approval.and_then(|a| a.result).expect("a decision");
+    assert_eq!(winner.approver_account, if alice { "alice" } else { "bob" });
+    assert_eq!(build.status, winner.decision.status());
+
+    assert!(store.decide_approval("a-1", &approved).await.unwrap());
+    let build = store.get_build("a-1").await.unwrap().expect("recorded");
+    assert_eq!(build.status, Status::Queued);
+    let approval = build.approval.expect("an approval");
+    assert_eq!(approval.state, ApprovalState::Approved);
+    let result = approval.result.expect("a decision");
+    assert_eq!(result.approver_account, "alice");
+    assert_eq!(result.decision, Verdict::Approved);
+    assert_eq!(result.comment.as_deref(), Some("alice says so"));
+    let recorded = |time: SystemTime| time.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    assert_eq!(
+        recorded(result.approval_time).as_millis(),
+        recorded(approved.approval_time).as_millis()
+    );
+    let retried = store.queued_request("a-1").await.unwrap().expect("queued");
+    assert!(retried.approval_required, "a retry waits for approval too");
+    assert_eq!(retried.queue_ttl, Some(Duration::from_secs(60)));
+    let past_ttl = SystemTime::now() + Duration::from_secs(120);
+    assert!(
+        store
+            .expire_queued(past_ttl, "too long")
+            .await
+            .unwrap()
+            .is_empty(),
+        "the TTL counts from the approval"
+    );
+    assert!(
+        !store
+            .decide_approval("a-1", &decided(Verdict::Rejected, "bob"))
+            .await
+            .unwrap(),
+        "not PENDING any more"
+    );
+
+    let rejected = decided(Verdict::Rejected, "bob");
+    assert!(store.decide_approval("a-2", &rejected).await.unwrap());
+    let build = store.get_build("a-2").await.unwrap().expect("recorded");
+    assert_eq!(build.status, Status::Rejected);
+    assert!(build.finish_time.is_some());
+    assert_eq!(
+        build.approval.expect("an approval").state,
+        ApprovalState::Rejected
+    );
+
+    assert!(store.cancel_queued("a-3").await.unwrap());
+    let build = store.get_build("a-3").await.unwrap().expect("recorded");
+    assert_eq!(build.status, Status::Cancelled);
+    let approval = build.approval.expect("an approval");
+    assert_eq!(
+        (approval.state, approval.result),
+        (ApprovalState::Cancelled, None)
+    );
+    assert!(!store.decide_approval("a-3", &approved).await.unwrap());
+
+    let claimed = store.claim_queued(worker, None).await.unwrap();
+    assert_eq!(
+        claimed.expect("an approved build").id,
+        if alice { "a-0" } else { "a-1" }
+    );
+    store.queue_builds(&[queued("a-4", "t")]).await.unwrap();
+    let plain = store.get_build("a-4").await.unwrap().expect("recorded");
+    assert_eq!((plain.status, plain.approval), (Status::Queued, None));
 }
 
 /// Leases: a claim is its holder's until it runs out; only the holder renews it; a cancel

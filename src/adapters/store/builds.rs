@@ -10,7 +10,10 @@ use sqlx::{Database, Encode, QueryBuilder, Row, Type};
 use super::{
     Columns, Error, Lease, SqliteStore, Transaction, json, millis, parse_json, status, time,
 };
-use crate::core::build::{Outcome, PushedImage, Status, StepResult};
+use crate::core::build::{
+    Approval, ApprovalConfig, ApprovalResult, ApprovalState, Decision, Outcome, PushedImage,
+    Status, StepResult,
+};
 use crate::core::plan::ResolvedBuild;
 use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
@@ -38,6 +41,8 @@ pub struct BuildRecord {
     /// What each step wrote to `$BUILDER_OUTPUT/output`, base64, at the step's index (empty for
     /// the others): Cloud Build's `results.buildStepOutputs`.
     pub build_step_outputs: Vec<String>,
+    /// For a build that needs a person's approval: its state, and the decision once made.
+    pub approval: Option<Approval>,
 }
 
 /// A step of a build as recorded.
@@ -401,6 +406,7 @@ pub(super) fn build_record(row: &impl Columns, steps: Vec<StepRecord>) -> BuildR
         images: serde_json::from_str(&row.column::<String>("images")).unwrap_or_default(),
         templates: serde_json::from_str(&row.column::<String>("templates")).unwrap_or_default(),
         failure: row.column("failure"),
+        approval: approval(row),
         build_step_outputs: steps
             .iter()
             .map(|step| {
@@ -410,6 +416,31 @@ pub(super) fn build_record(row: &impl Columns, steps: Vec<StepRecord>) -> BuildR
             .collect(),
         steps,
     }
+}
+
+/// A build's approval, from its columns (migration 0023).
+fn approval(row: &impl Columns) -> Option<Approval> {
+    let state = ApprovalState::parse(&row.column::<Option<String>>("approval_state")?)?;
+    let decision = match state {
+        ApprovalState::Approved => Some(Decision::Approved),
+        ApprovalState::Rejected => Some(Decision::Rejected),
+        ApprovalState::Pending | ApprovalState::Cancelled => None,
+    };
+    let result = decision.and_then(|decision| {
+        Some(ApprovalResult {
+            approver_account: row.column("approver"),
+            approval_time: time(row.column::<Option<i64>>("approval_time")?),
+            decision,
+            comment: row.column("approval_comment"),
+        })
+    });
+    Some(Approval {
+        state,
+        config: ApprovalConfig {
+            approval_required: true,
+        },
+        result,
+    })
 }
 
 pub(super) fn step_record(row: &impl Columns) -> StepRecord {

@@ -375,6 +375,7 @@ mod test_support {
             pool: None,
             queue_ttl: None,
             report: false,
+            approval_required: false,
         }
     }
 

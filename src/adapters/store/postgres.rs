@@ -27,7 +27,7 @@ use super::schedules::{self, Schedules, SkippedRun};
 use super::uploads::{self, Uploads};
 use super::{APPLIED_MIGRATION, Change, Error, Store, json, millis, newer_schema};
 use crate::adapters::runtime::LogStream;
-use crate::core::build::{Outcome, Status, StepResult};
+use crate::core::build::{ApprovalResult, Outcome, Status, StepResult};
 use crate::core::plan::ResolvedBuild;
 use crate::core::retention::Pass;
 use crate::core::schedule::{Decision, MAX_COUNTED, State};
@@ -476,11 +476,16 @@ impl Queue for PostgresStore {
     }
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
-        let updated = sqlx::query(queue::CANCEL_QUEUED)
-            .bind(Status::Cancelled.as_str())
-            .bind(millis(SystemTime::now()))
-            .bind(id)
-            .bind(Status::Queued.as_str())
+        let updated = queue::cancel_queued::<Postgres>(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// One UPDATE whose condition (PENDING) PostgreSQL checks again on the row's newest version
+    /// once a concurrent decision commits: of two decisions at once, one is made.
+    async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error> {
+        let updated = queue::decide_approval::<Postgres>(id, result)
             .execute(&self.pool)
             .await?;
         Ok(updated.rows_affected() == 1)
@@ -838,6 +843,7 @@ impl Retention for PostgresStore {
             .bind(Status::Queued.as_str())
             .bind(Status::Working.as_str())
             .bind(i64::from(limit))
+            .bind(Status::Pending.as_str())
             .execute(&self.pool)
             .await?;
         Ok(removed.rows_affected())
@@ -866,6 +872,7 @@ impl Retention for PostgresStore {
         let unfinished = sqlx::query_scalar(retention::UNFINISHED_IDS)
             .bind(Status::Queued.as_str())
             .bind(Status::Working.as_str())
+            .bind(Status::Pending.as_str())
             .fetch_all(&self.pool)
             .await?;
         let distinct = |field| async move {

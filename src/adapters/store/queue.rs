@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Sqlite, Type};
 
 use super::{Columns, Error, SqliteStore, Transaction, json, millis, parse_json};
-use crate::core::build::{Request, Status};
+use crate::core::build::{ApprovalResult, ApprovalState, Request, Status};
 use crate::core::substitute::Values;
 
 /// A build the service queues: recorded QUEUED with what it is to run, its plan resolved when
@@ -32,6 +32,9 @@ pub struct QueuedBuild {
     /// Whether its statuses are to be reported to GitHub: it then has a report
     /// ([`super::Reports`]) from the transaction that queues it.
     pub report: bool,
+    /// It waits PENDING for a person's approval ([`Queue::decide_approval`]) before it is
+    /// QUEUED; its `queue_ttl` counts from the approval.
+    pub approval_required: bool,
 }
 
 /// A build claimed from the queue, WORKING and held by its claimer from now on.
@@ -89,7 +92,10 @@ pub struct Unfinished {
 /// - a claim takes only builds of the claimer's pool, and [`Queue::requeue`] moves a claimed
 ///   build to another pool, QUEUED again, only while its claimer holds it;
 /// - a build still QUEUED past its `queueTtl` is EXPIRED by [`Queue::expire_queued`], once, and
-///   is never claimed after (a claim and an expiry of one build: one wins).
+///   is never claimed after (a claim and an expiry of one build: one wins);
+/// - a PENDING build (one that waits for approval) is never claimed nor expired; it is decided
+///   once ([`Queue::decide_approval`], compare-and-set on PENDING), and its `queueTtl` counts
+///   from its approval.
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync {
     /// Extends the holder's claim on a running build by its duration, and tells whether a cancel
@@ -144,8 +150,14 @@ pub trait Queue: Send + Sync {
     /// that did not come from the queue (a local `builder submit`).
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error>;
 
-    /// Cancels a build that is still QUEUED; `false` if it is not (any more).
+    /// Cancels a build that is still QUEUED, or PENDING (its approval then CANCELLED too);
+    /// `false` if it is neither (any more).
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error>;
+
+    /// Decides a PENDING build's approval with `result`: approved, it is QUEUED (its `queueTtl`
+    /// counted from the decision's time); rejected, it ends REJECTED. `false`, deciding nothing,
+    /// if it is not PENDING (any more): of two decisions at once, one is made.
+    async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error>;
 }
 
 /// Statements both dialects share.
@@ -163,17 +175,27 @@ pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
      (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL AND pool = $6 \
      ORDER BY create_time, id LIMIT 1";
-/// `$6`, the queue TTL in milliseconds, is NULL for none: NULL added to the creation time.
+/// `$6`, the queue TTL in milliseconds, is NULL for none: NULL added to the time the build was
+/// queued (its approval's, if it waited for one).
 pub(super) const REQUEUE: &str = "UPDATE builds SET status = $1, pool = $2, holder = NULL, \
-     lease_until = NULL, start_time = NULL, queue_deadline = create_time + $6 \
+     lease_until = NULL, start_time = NULL, \
+     queue_deadline = COALESCE(approval_time, create_time) + $6 \
      WHERE id = $3 AND holder = $4 AND status = $5";
 pub(super) const EXPIRE_QUEUED: &str = "UPDATE builds SET status = $1, finish_time = $2, \
      failure = $3 WHERE status = $4 AND queue_deadline <= $2 RETURNING id";
 pub(super) const QUEUED_REQUEST: &str = "SELECT id, trigger_name, schedule_name, delivery_id, \
-     source, substitutions, request, pool, queue_deadline - create_time AS queue_ttl \
+     source, substitutions, request, pool, \
+     queue_deadline - COALESCE(approval_time, create_time) AS queue_ttl, \
+     approval_state IS NOT NULL AS approval_required \
      FROM builds WHERE id = $1 AND request IS NOT NULL";
-pub(super) const CANCEL_QUEUED: &str =
-    "UPDATE builds SET status = $1, finish_time = $2 WHERE id = $3 AND status = $4";
+/// `$4` QUEUED, `$5` PENDING (whose approval becomes `$6`, CANCELLED).
+pub(super) const CANCEL_QUEUED: &str = "UPDATE builds SET status = $1, finish_time = $2, \
+     approval_state = CASE WHEN status = $5 THEN $6 ELSE approval_state END \
+     WHERE id = $3 AND status IN ($4, $5)";
+/// The decision of a PENDING build (`$8`): the deadline moves by the time it waited for it.
+pub(super) const DECIDE_APPROVAL: &str = "UPDATE builds SET status = $1, approval_state = $2, \
+     approver = $3, approval_time = $4, approval_comment = $5, finish_time = $6, \
+     queue_deadline = $4 + (queue_deadline - create_time) WHERE id = $7 AND status = $8";
 
 #[async_trait::async_trait]
 impl Queue for SqliteStore {
@@ -303,16 +325,58 @@ impl Queue for SqliteStore {
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let updated = sqlx::query(CANCEL_QUEUED)
-            .bind(Status::Cancelled.as_str())
-            .bind(millis(SystemTime::now()))
-            .bind(id)
-            .bind(Status::Queued.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let updated = cancel_queued(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
+
+    async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let updated = decide_approval(id, result).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(updated.rows_affected() == 1)
+    }
+}
+
+/// [`CANCEL_QUEUED`] of build `id`, in either dialect.
+pub(super) fn cancel_queued<DB>(id: &str) -> sqlx::query::Query<'_, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(CANCEL_QUEUED)
+        .bind(Status::Cancelled.as_str())
+        .bind(millis(SystemTime::now()))
+        .bind(id)
+        .bind(Status::Queued.as_str())
+        .bind(Status::Pending.as_str())
+        .bind(ApprovalState::Cancelled.as_str())
+}
+
+/// [`DECIDE_APPROVAL`] of build `id` with `result`, in either dialect.
+pub(super) fn decide_approval<'q, DB>(
+    id: &'q str,
+    result: &'q ApprovalResult,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+{
+    let time = millis(result.approval_time);
+    let status = result.decision.status();
+    sqlx::query(DECIDE_APPROVAL)
+        .bind(status.as_str())
+        .bind(result.decision.state().as_str())
+        .bind(result.approver_account.as_str())
+        .bind(time)
+        .bind(result.comment.as_deref())
+        .bind(status.is_final().then_some(time))
+        .bind(id)
+        .bind(Status::Pending.as_str())
 }
 
 /// What a renewal's statement returned: whether a cancel was asked for, if it renewed.
@@ -356,6 +420,7 @@ pub(super) fn queued_build(row: &impl Columns) -> Result<QueuedBuild, Error> {
             .map(|ttl| Duration::from_millis(ttl.max(0).unsigned_abs())),
         // Whoever queues it again decides.
         report: false,
+        approval_required: row.column("approval_required"),
     })
 }
 
@@ -395,14 +460,20 @@ where
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
 {
     let mut insert = QueryBuilder::<DB>::new(
         "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
-         delivery_id, request, schedule_name, pool, queue_deadline) ",
+         delivery_id, request, schedule_name, pool, queue_deadline, approval_state) ",
     );
     insert.push_values(builds, |mut row, build| {
+        let (status, approval) = if build.approval_required {
+            (Status::Pending, Some(ApprovalState::Pending.as_str()))
+        } else {
+            (Status::Queued, None)
+        };
         row.push_bind(build.id.as_str())
-            .push_bind(Status::Queued.as_str())
+            .push_bind(status.as_str())
             .push_bind(now)
             .push_bind(build.source.to_string())
             .push_bind(json(&build.substitutions))
@@ -416,7 +487,8 @@ where
                 build
                     .queue_ttl
                     .map(|ttl| now.saturating_add(ttl_millis(ttl))),
-            );
+            )
+            .push_bind(approval);
     });
     insert
 }

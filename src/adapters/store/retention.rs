@@ -17,7 +17,7 @@ pub const PASSES_KEPT: u32 = 100;
 /// What the builds the store keeps refer to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct References {
-    /// The builds still queued or running.
+    /// The builds still waiting for approval, queued or running.
     pub unfinished: BTreeSet<String>,
     /// The repositories triggered builds fetch (their `cloneUrl`).
     pub clone_urls: BTreeSet<String>,
@@ -25,8 +25,8 @@ pub struct References {
 
 /// Removing what is old. A caller may rely on:
 ///
-/// - [`Retention::remove_builds`] removes only finished builds (never a queued or running one),
-///   and with a build its steps, log and report: none of them is found after;
+/// - [`Retention::remove_builds`] removes only finished builds (never a pending, queued or
+///   running one), and with a build its steps, log and report: none of them is found after;
 /// - each call removes at most `limit` rows in one transaction, and says how many it removed: a
 ///   caller repeats it until it removes fewer;
 /// - [`Retention::remove_deliveries`] never removes a pending delivery (its triggers wait for
@@ -62,10 +62,10 @@ pub trait Retention: Send + Sync {
 /// on it reads only old builds from the index on it, however many newer ones there are.
 pub(super) const REMOVE_BUILDS: &str = "DELETE FROM builds WHERE id IN (SELECT id FROM builds \
      WHERE create_time < $1 AND COALESCE(finish_time, create_time) < $1 \
-     AND status NOT IN ($2, $3) ORDER BY create_time LIMIT $4)";
+     AND status NOT IN ($2, $3, $5) ORDER BY create_time LIMIT $4)";
 pub(super) const REMOVE_DELIVERIES: &str = "DELETE FROM deliveries WHERE seq IN (SELECT seq \
      FROM deliveries WHERE receive_time < $1 AND state <> $2 ORDER BY seq LIMIT $3)";
-pub(super) const UNFINISHED_IDS: &str = "SELECT id FROM builds WHERE status IN ($1, $2)";
+pub(super) const UNFINISHED_IDS: &str = "SELECT id FROM builds WHERE status IN ($1, $2, $3)";
 pub(super) const RECORD_PASS: &str = "INSERT INTO retention_passes \
      (finish_time, took_ms, builds, deliveries, uploads, workspaces, mirrors, error) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -137,6 +137,7 @@ impl Retention for SqliteStore {
             .bind(Status::Queued.as_str())
             .bind(Status::Working.as_str())
             .bind(i64::from(limit))
+            .bind(Status::Pending.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -170,6 +171,7 @@ impl Retention for SqliteStore {
         let unfinished = sqlx::query_scalar(UNFINISHED_IDS)
             .bind(Status::Queued.as_str())
             .bind(Status::Working.as_str())
+            .bind(Status::Pending.as_str())
             .fetch_all(&self.pool)
             .await?;
         let distinct = |field| async move {

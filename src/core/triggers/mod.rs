@@ -59,6 +59,9 @@ pub struct Trigger {
     /// Requests to its webhook URL fire it (`webhookConfig`); its `github` is then the
     /// repository of its `sourceToBuild`, which no GitHub delivery fires.
     pub webhook: Option<WebhookTrigger>,
+    /// Its builds wait PENDING for a person's approval before they are queued
+    /// (`approvalConfig.approvalRequired`).
+    pub approval_required: bool,
 }
 
 /// Where a triggered build's config comes from.
@@ -557,6 +560,7 @@ impl Trigger {
             "description": self.description,
             "disabled": self.disabled,
             "trusted": self.trusted,
+            "approvalRequired": self.approval_required,
             "secrets": self.secrets,
             "rule": rule,
             "config": config,
@@ -650,7 +654,6 @@ const METADATA: &[&str] = &["id", "createTime", "resourceName"];
 /// Fields of exported triggers that builder reads but cannot honour, and why.
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("serviceAccount", "steps run with the engine's credentials"),
-    ("approvalConfig", "builds are not held for approval"),
     ("includeBuildLogs", "builds post no GitHub checks"),
     (
         "pubsubConfig",
@@ -703,6 +706,11 @@ fn trigger(f: &mut Fields) -> Trigger {
         tags: f.strings("tags"),
         trusted: f.bool("trusted").unwrap_or(false),
         secrets: secret_names(f),
+        approval_required: f
+            .object("approvalConfig", |f| {
+                f.bool("approvalRequired").unwrap_or(false)
+            })
+            .unwrap_or(false),
     }
 }
 
@@ -1656,6 +1664,27 @@ mod tests {
         );
         let rendered = errors(&format!("{MAIN}substitutions: {{ENV: x}}\n"));
         assert!(rendered.contains("substitutions.ENV"), "{rendered}");
+    }
+
+    #[test]
+    fn approval_config_holds_builds_for_approval() {
+        assert!(!trigger(MAIN).approval_required);
+        let held = trigger(&format!(
+            "{MAIN}approvalConfig: {{approvalRequired: true}}\n"
+        ));
+        assert!(held.approval_required);
+        assert_eq!(held.summary()["approvalRequired"], true);
+        let (_, warnings) = load(format!("{MAIN}approvalConfig: {{}}\n").as_bytes()).unwrap();
+        assert_eq!(warnings.iter().count(), 0, "no longer unsupported");
+        let rendered = errors(&format!(
+            "{MAIN}approvalConfig: {{approvalRequired: maybe}}\n"
+        ));
+        assert!(
+            rendered.contains("approvalConfig.approvalRequired") && rendered.contains(":4:"),
+            "{rendered}"
+        );
+        let rendered = errors(&format!("{MAIN}approvalConfig: {{required: true}}\n"));
+        assert!(rendered.contains("approvalConfig.required"), "{rendered}");
     }
 
     #[test]

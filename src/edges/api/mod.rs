@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::access::{FollowerSeats, HostAllowlist, LoginThrottle, SessionKey, page_limit};
-use crate::core::build::Status;
+use crate::core::build::{Decision, Status};
 use crate::core::wire;
 use crate::pipeline::service::{
     BuildQuery, Failed, Follower, Headers, ManualRun, Receipt, Rejection, Service, Submission,
@@ -279,7 +279,7 @@ fn router(state: Served) -> Router {
             "/v1/uploads",
             post(upload_source).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
-        .route("/v1/builds/{id}", get(get_build))
+        .route("/v1/builds/{id}", get(get_build).post(build_method))
         .route("/v1/builds/{id}/log", get(build_log))
         .route("/v1/builds/{id}/cancel", post(cancel_build))
         .route("/v1/builds/{id}/retry", post(retry_build))
@@ -697,6 +697,58 @@ async fn cancel_build(
             .cancel(&id)
             .await
             .map(|()| json!({ "cancelled": id })),
+    )
+}
+
+/// The approver of a decision made with the API token: the token has no name of its own.
+const API_APPROVER: &str = "api-token";
+
+/// Cloud Build's `ApproveBuildRequest`: `{"approvalResult": {"decision": …, "comment": …}}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApproveBuild {
+    approval_result: ApprovalAnswer,
+}
+
+#[derive(Deserialize)]
+struct ApprovalAnswer {
+    decision: Decision,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /v1/builds/ID:METHOD`, Cloud Build's custom methods on a build: `:approve` (which
+/// approves or rejects, as its body decides). A path segment holds the id and the method, so
+/// they are told apart here rather than by the router.
+async fn build_method(
+    State(service): State<Arc<Service>>,
+    _: Authorized,
+    Path(id_and_method): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(id) = id_and_method.strip_suffix(":approve") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no method {id_and_method:?}: POST /v1/builds/ID:approve"),
+        );
+    };
+    let request: ApproveBuild = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "an approval is {{\"approvalResult\": {{\"decision\": \"APPROVED\" or \
+                     \"REJECTED\", \"comment\": \"…\"}}}}: {e}"
+                ),
+            );
+        }
+    };
+    let answer = request.approval_result;
+    respond(
+        service
+            .decide_approval(id, answer.decision, API_APPROVER, answer.comment)
+            .await,
     )
 }
 

@@ -252,8 +252,23 @@ enum BuildsCommand {
         #[arg(long)]
         stream: bool,
     },
-    /// Cancel a queued or running build (needs --server).
+    /// Cancel a pending, queued or running build (needs --server).
     Cancel { id: String },
+    /// Approve a build that waits PENDING for approval: it is queued and runs (needs --server).
+    Approve {
+        id: String,
+        /// Why, recorded with the approval.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a build that waits PENDING for approval: it ends REJECTED and never runs (needs
+    /// --server).
+    Reject {
+        id: String,
+        /// Why, recorded with the rejection.
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// Queue a new build of what a triggered or submitted build ran (needs --server).
     Retry { id: String },
 }
@@ -328,6 +343,10 @@ struct SubmitArgs {
     /// Return once the build is checked and started; follow it with `builder builds log --stream ID`.
     #[arg(long = "async")]
     detach: bool,
+    /// Queue the build PENDING until someone approves it (`builder builds approve`); needs
+    /// --server.
+    #[arg(long)]
+    require_approval: bool,
     /// The id to give the build (used by `--async` to hand a build to a background process).
     #[arg(long, hide = true)]
     build_id: Option<String>,
@@ -803,10 +822,13 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-            BuildsCommand::Cancel { .. } | BuildsCommand::Retry { .. } => {
+            BuildsCommand::Cancel { .. }
+            | BuildsCommand::Retry { .. }
+            | BuildsCommand::Approve { .. }
+            | BuildsCommand::Reject { .. } => {
                 anyhow::bail!(
-                    "cancel and retry are requests to `builder serve`: pass --server URL \
-                     (Ctrl-C cancels a build that `builder submit` runs here)"
+                    "cancel, retry, approve and reject are requests to `builder serve`: pass \
+                     --server URL (Ctrl-C cancels a build that `builder submit` runs here)"
                 )
             }
         }
@@ -912,6 +934,12 @@ fn submit(
             outln!("{file}")?;
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.require_approval {
+        anyhow::bail!(
+            "--require-approval queues the build on `builder serve` for someone to approve: pass \
+             --server URL (a build submitted here runs at once)"
+        );
     }
     if args.detach {
         return submit_detached(args, aliases, registries, data_dir);

@@ -12,7 +12,8 @@ use super::{
     print_summary, secret, step_label,
 };
 use crate::adapters::source;
-use crate::edges::client::{Client, Progress};
+use crate::core::build::Decision;
+use crate::edges::client::{Client, Progress, Submission};
 
 pub(super) fn client(server: Option<String>, token_file: Option<PathBuf>) -> Result<Client> {
     let server = server.context(
@@ -56,6 +57,14 @@ pub(super) fn builds(command: BuildsCommand, client: Client) -> Result<ExitCode>
             BuildsCommand::Cancel { id } => {
                 client.cancel(&id).await?;
                 eprintln!("Cancelled build [{id}].");
+            }
+            BuildsCommand::Approve { id, comment } => {
+                let build = client.approve(&id, Decision::Approved, comment).await?;
+                eprintln!("Approved build [{}]: it is {}.", build.id, build.status);
+            }
+            BuildsCommand::Reject { id, comment } => {
+                let build = client.approve(&id, Decision::Rejected, comment).await?;
+                eprintln!("Rejected build [{}]: it is {}.", build.id, build.status);
             }
             BuildsCommand::Retry { id } => {
                 let retry = client.retry(&id).await?;
@@ -229,9 +238,18 @@ pub(super) fn submit(args: SubmitArgs, client: Client) -> Result<ExitCode> {
         };
         let substitutions = args.substitutions.substitutions.unwrap_or_default();
         let id = client
-            .submit(&config, &config_name, &substitutions, upload.as_deref())
+            .submit(&Submission {
+                config: &config,
+                config_name: &config_name,
+                substitutions: &substitutions,
+                upload: upload.as_deref(),
+                require_approval: args.require_approval,
+            })
             .await?;
         eprintln!("Created build [{id}].");
+        if args.require_approval {
+            eprintln!("It waits for approval: `builder builds approve {id}`.");
+        }
         if args.detach {
             outln!("{id}")?;
             return Ok(ExitCode::SUCCESS);

@@ -112,9 +112,9 @@ impl Service {
         self.delete_resource(&self.triggers, name).await
     }
 
-    /// Cancels a build: a queued one never runs, a running one is stopped by its holder, in
-    /// whichever process or machine, within a heartbeat (its status becomes CANCELLED when its
-    /// steps have stopped).
+    /// Cancels a build: a pending or queued one never runs, a running one is stopped by its
+    /// holder, in whichever process or machine, within a heartbeat (its status becomes CANCELLED
+    /// when its steps have stopped).
     pub async fn cancel(&self, id: &str) -> Result<(), Failed> {
         let build = self.build(id).await?;
         if self.store.cancel_queued(&build.id).await?
@@ -127,6 +127,37 @@ impl Service {
             "build {} is already {}",
             build.id, build.status
         )))
+    }
+
+    /// Decides a PENDING build's approval, as `approver` (who the request came from): approved,
+    /// it is queued for the workers, its `queueTtl` counted from now; rejected, it ends REJECTED
+    /// and never runs. A build that is not PENDING is a conflict naming its status.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        decision: Decision,
+        approver: &str,
+        comment: Option<String>,
+    ) -> Result<wire::Build, Failed> {
+        let build = self.build(id).await?;
+        let result = ApprovalResult {
+            approver_account: approver.to_string(),
+            approval_time: std::time::SystemTime::now(),
+            decision,
+            comment: comment.filter(|comment| !comment.is_empty()),
+        };
+        if !self.store.decide_approval(&build.id, &result).await? {
+            let build = self.build(id).await?;
+            return Err(Failed::Conflict(format!(
+                "build {} is {}, not PENDING: only a build waiting for approval is approved or \
+                 rejected",
+                build.id, build.status
+            )));
+        }
+        if decision == Decision::Approved {
+            self.wake();
+        }
+        self.build(&build.id).await
     }
 
     /// Queues a new build of what a triggered build ran: the same commit and substitutions, with
@@ -292,6 +323,7 @@ impl Service {
             schedule: None,
             delivery: None,
             report: false,
+            approval_required: submission.require_approval,
             id,
         };
         self.store

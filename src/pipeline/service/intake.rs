@@ -870,7 +870,7 @@ impl Service {
             return Ok(Vec::new());
         };
         let mut older = Vec::new();
-        for status in [Status::Queued, Status::Working] {
+        for status in [Status::Pending, Status::Queued, Status::Working] {
             let query = BuildQuery {
                 status: Some(status),
                 trigger: Some(name.to_string()),

@@ -40,7 +40,7 @@ use crate::adapters::source;
 use crate::adapters::source::git::{Mirror, Rewrites};
 pub use crate::adapters::store::BuildQuery;
 use crate::adapters::store::{self, NewDelivery, QueuedBuild, Recorded, Store};
-use crate::core::build::{Outcome, Request, Status};
+use crate::core::build::{ApprovalResult, Decision, Outcome, Request, Status};
 use crate::core::plan::{Context, Grant, SecretScope};
 use crate::core::substitute::Values;
 use crate::core::triggers::{self, BuildSource, GitHubServer, Trigger, TriggerResult};
@@ -193,6 +193,9 @@ pub struct Submission {
     #[serde(default)]
     pub substitutions: Values,
     pub upload: Option<String>,
+    /// The build waits PENDING for a person's approval before it is queued.
+    #[serde(default)]
+    pub require_approval: bool,
 }
 
 fn default_config_name() -> String {
@@ -330,6 +333,7 @@ impl Service {
             pool: None,
             queue_ttl: None,
             report: self.settings.reporting.is_some(),
+            approval_required: trigger.approval_required,
         }
     }
 }

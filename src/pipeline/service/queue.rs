@@ -482,14 +482,16 @@ impl Service {
         let _ = std::fs::remove_dir_all(&workspace);
     }
 
-    /// How long the build waited in the queue, if that is longer than its `queue_ttl` (seconds).
+    /// How long the build waited in the queue, if that is longer than its `queue_ttl` (seconds):
+    /// from its approval, for a build that waited for one.
     async fn expired(&self, id: &str, queue_ttl: Option<f64>) -> Option<f64> {
         let build = self.store.get_build(id).await.ok()??;
         let started = build.start_time.unwrap_or_else(std::time::SystemTime::now);
-        let waited = started
-            .duration_since(build.create_time)
-            .ok()?
-            .as_secs_f64();
+        let queued = build
+            .approval
+            .and_then(|approval| approval.result)
+            .map_or(build.create_time, |result| result.approval_time);
+        let waited = started.duration_since(queued).ok()?.as_secs_f64();
         (waited > queue_ttl?).then_some(waited)
     }
 

@@ -25,6 +25,7 @@ impl From<BuildRecord> for wire::Build {
             failure: build.failure,
             steps: build.steps.into_iter().map(wire::Step::from).collect(),
             build_step_outputs: build.build_step_outputs,
+            approval: build.approval,
             github: None,
         }
     }

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::{Access, Client, Served};
-use crate::core::build::Status;
+use crate::core::build::{Decision, Status};
 use crate::core::substitute::Values;
 use crate::pipeline::service::{BuildQuery, Failed, ManualRun, Service};
 
@@ -49,6 +49,8 @@ pub(super) fn router() -> Router<Served> {
         .route("/builds/{id}", get(build))
         .route("/builds/{id}/cancel", post(cancel))
         .route("/builds/{id}/retry", post(retry))
+        .route("/builds/{id}/approve", post(decide::<true>))
+        .route("/builds/{id}/reject", post(decide::<false>))
         .route("/triggers", get(triggers))
         .route("/triggers/{name}", get(trigger))
         .route("/triggers/{name}/run", post(run_trigger))
@@ -284,6 +286,35 @@ async fn retry(
 ) -> Response {
     let retried = service.retry(&id).await;
     then_to(&visitor, retried.map(|id| Some(format!("/builds/{id}"))))
+}
+
+/// The approver of a decision made on the console: a session opened with the API token, which
+/// has no name of its own.
+const CONSOLE_APPROVER: &str = "console";
+
+/// The approval form's comment.
+#[derive(Deserialize)]
+struct DecisionForm {
+    #[serde(default)]
+    comment: String,
+}
+
+/// Approves (`APPROVED`) or rejects a PENDING build.
+async fn decide<const APPROVED: bool>(
+    State(service): State<Arc<Service>>,
+    Actor(visitor): Actor,
+    Path(id): Path<String>,
+    Form(form): Form<DecisionForm>,
+) -> Response {
+    let decision = if APPROVED {
+        Decision::Approved
+    } else {
+        Decision::Rejected
+    };
+    let decided = service
+        .decide_approval(&id, decision, CONSOLE_APPROVER, Some(form.comment))
+        .await;
+    then_to(&visitor, decided.map(|_| None))
 }
 
 async fn triggers(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {

@@ -9,7 +9,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use super::{BuildFilter, Visitor, url_encode};
-use crate::core::build::Status;
+use crate::core::build::{Approval, ApprovalState, Status};
 use crate::core::retention::Pass;
 use crate::core::wire::{Build, Delivery, GithubReport, Step};
 use crate::pipeline::service::ScheduleView;
@@ -286,6 +286,22 @@ fn github_report(report: &GithubReport) -> Markup {
     }
 }
 
+/// A build's approval: its state, and who decided what, when and why.
+fn approval_of(approval: &Approval) -> Markup {
+    html! {
+        @match &approval.result {
+            Some(result) => {
+                (approval.state.as_str()) " by " (result.approver_account) " at " (time(result.approval_time))
+                @if let Some(comment) = &result.comment { ": " q { (comment) } }
+            }
+            None if approval.state == ApprovalState::Pending => {
+                "PENDING: anyone with the API token may approve"
+            }
+            None => { (approval.state.as_str()) }
+        }
+    }
+}
+
 pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
     let plan_steps = build.plan["steps"].as_array();
     let dependencies: Vec<Vec<usize>> = build
@@ -326,16 +342,33 @@ pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
                 dt { "Finished" } dd { (optional_time(build.finish_time)) }
                 dt { "Duration" } dd { (duration(build.start_time, build.finish_time)) }
                 @if let Some(github) = &build.github { dt { "On GitHub" } dd #github { (github_report(github)) } }
+                @if let Some(approval) = &build.approval { dt { "Approval" } dd #approval { (approval_of(approval)) } }
             }
             div.actions {
-                @if running {
+                // A pending build's actions are outside this live part: a refresh would wipe a
+                // comment being typed.
+                @if running && build.status != Status::Pending {
                     form method="post" action={ "/builds/" (build.id) "/cancel" } {
                         button.danger type="submit" id="cancel" { "Cancel" }
                     }
-                } @else {
+                } @else if !running {
                     form method="post" action={ "/builds/" (build.id) "/retry" } {
                         button type="submit" id="retry" { "Retry" }
                     }
+                }
+            }
+        }
+        @if build.status == Status::Pending {
+            section.approve id="decide" {
+                h2 { "Approval" }
+                p { "This build waits for approval before it is queued. Anyone with the server's API token may approve or reject it." }
+                form.decide method="post" action={ "/builds/" (build.id) "/approve" } {
+                    label { "Comment " input type="text" name="comment"; }
+                    button type="submit" id="approve" { "Approve" }
+                    button.danger type="submit" id="reject" formaction={ "/builds/" (build.id) "/reject" } { "Reject" }
+                }
+                form method="post" action={ "/builds/" (build.id) "/cancel" } {
+                    button.danger type="submit" id="cancel" { "Cancel" }
                 }
             }
         }
