@@ -69,6 +69,7 @@ on_both_stores!(
     reports_follow_their_build_until_its_end_is_told,
     retention_removes_what_is_old_and_finished_only,
     an_upload_is_read_back_whole_in_chunks,
+    workers_beat_and_list_their_builds,
 );
 
 /// Claimers on connections of their own (as four machines would be) take 200 queued builds at

@@ -93,12 +93,16 @@ pub fn holder_name(holder: &str) -> &str {
 /// A process's name when it is given none: this machine's host name and the process id, which
 /// tell people which machine and process ran a build.
 pub fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// This machine's host name, in the characters a process name may have (see [`check_name`]).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|host| host.trim().replace(|c: char| !name_char(c), "-"))
         .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Refuses a process name that could not name its lock file, or that is not readable in a

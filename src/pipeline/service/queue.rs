@@ -321,6 +321,17 @@ impl Service {
             .map_err(crate::adapters::store::Error::Io)?;
         let lease = holder.lease();
         info!(worker = %worker.name, pool = worker.pool.as_deref().unwrap_or(""), "worker started");
+        // Registered under its holder id, and beating at its leases' pace from then on.
+        let registered = store::Worker {
+            lease: lease.clone(),
+            host: pipeline::host_name(),
+            pool: worker.pool.clone(),
+            capacity: worker.max_concurrent_builds,
+        };
+        self.beat(&registered).await;
+        let mut beats = tokio::time::interval(pipeline::HEARTBEAT);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beats.reset();
         self.recover(&holders, &lease).await;
         match pipeline::sweep_finished(self.store.as_ref(), self.runtime.as_ref()).await {
             Ok(swept) => {
@@ -340,7 +351,7 @@ impl Service {
         // Abandoned builds are looked for on the tick only: the worker wakes for every build
         // queued here, and the look reads every unfinished one.
         let mut recovery_due = false;
-        let ended = loop {
+        let ended = 'worker: loop {
             if let Err(e) = self.store_gone().await {
                 break Err(e);
             }
@@ -378,23 +389,52 @@ impl Service {
                 }
             }
             // Woken by builds queued in this process, or by other processes through the store
-            // (`listen`); the tick finds what was queued unheard, or abandoned.
-            tokio::select! {
-                () = self.queued.notified() => {}
-                _ = tick.tick() => recovery_due = true,
-                Some(joined) = builds.join_next() => {
-                    // The panic itself was logged in the build's span; the queue goes on.
-                    if let Err(e) = joined {
-                        error!(error = %e, "a build's task failed");
+            // (`listen`); the tick finds what was queued unheard, or abandoned. A heartbeat
+            // only beats: the queue is not read again for it.
+            loop {
+                tokio::select! {
+                    _ = beats.tick() => {
+                        self.beat(&registered).await;
+                        continue;
                     }
+                    () = self.queued.notified() => {}
+                    _ = tick.tick() => recovery_due = true,
+                    Some(joined) = builds.join_next() => {
+                        // The panic itself was logged in the build's span; the queue goes on.
+                        if let Err(e) = joined {
+                            error!(error = %e, "a build's task failed");
+                        }
+                    }
+                    () = shutdown.cancelled() => break 'worker Ok(()),
                 }
-                () = shutdown.cancelled() => break Ok(()),
+                break;
             }
         };
         stopping.cancel();
-        while builds.join_next().await.is_some() {}
+        // Alive while its cancelled builds end, as their leases are.
+        loop {
+            tokio::select! {
+                joined = builds.join_next() => if joined.is_none() { break },
+                _ = beats.tick() => self.beat(&registered).await,
+            }
+        }
+        if let Err(e) = self.store.remove_worker(&lease.holder).await {
+            warn!(error = %e, "removing the worker from the store failed: it shows as not live");
+        }
         drop(holder);
         ended
+    }
+
+    /// Tells the store this worker is alive. A beat that fails is only warned of: the next one
+    /// comes within a heartbeat, and the worker shows as not live only past its lease.
+    async fn beat(&self, worker: &store::Worker) {
+        if let Err(e) = self
+            .store
+            .beat_worker(worker, std::time::SystemTime::now())
+            .await
+        {
+            warn!(error = %e, "telling the store the worker is alive failed; trying again");
+        }
     }
 
     /// Runs a claimed build: its commit checked out, its config resolved, its steps executed and

@@ -3,7 +3,7 @@
 
 use crate::adapters::runtime::LogStream;
 use crate::adapters::store::{
-    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord,
+    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord, WorkerRecord,
 };
 use crate::core::wire;
 
@@ -26,6 +26,22 @@ impl From<BuildRecord> for wire::Build {
             steps: build.steps.into_iter().map(wire::Step::from).collect(),
             build_step_outputs: build.build_step_outputs,
             github: None,
+        }
+    }
+}
+
+impl wire::Worker {
+    /// A worker as the store has it, live or not at `now`.
+    pub(super) fn at(worker: WorkerRecord, now: std::time::SystemTime) -> Self {
+        Self {
+            live: worker.live(now),
+            id: worker.id,
+            host: worker.host,
+            pool: worker.pool,
+            capacity: worker.capacity,
+            builds: worker.builds,
+            start_time: worker.start_time,
+            last_heartbeat: worker.heartbeat,
         }
     }
 }
