@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::fetch::Exhausted;
 use super::intake::Decided;
@@ -390,13 +390,10 @@ impl Service {
             }
             // Woken by builds queued in this process, or by other processes through the store
             // (`listen`); the tick finds what was queued unheard, or abandoned. A heartbeat
-            // only beats: the queue is not read again for it.
+            // only beats: the queue is not read again for it, and it comes last, after the tick.
             loop {
                 tokio::select! {
-                    _ = beats.tick() => {
-                        self.beat(&registered).await;
-                        continue;
-                    }
+                    biased;
                     () = self.queued.notified() => {}
                     _ = tick.tick() => recovery_due = true,
                     Some(joined) = builds.join_next() => {
@@ -406,6 +403,10 @@ impl Service {
                         }
                     }
                     () = shutdown.cancelled() => break 'worker Ok(()),
+                    _ = beats.tick() => {
+                        self.beat(&registered).await;
+                        continue;
+                    }
                 }
                 break;
             }
@@ -425,15 +426,18 @@ impl Service {
         ended
     }
 
-    /// Tells the store this worker is alive. A beat that fails is only warned of: the next one
-    /// comes within a heartbeat, and the worker shows as not live only past its lease.
+    /// Tells the store this worker is alive, giving up at the next beat: a store that cannot be
+    /// reached holds no beat longer, so the worker's loop goes on (its tick's look at the store
+    /// says it cannot be reached). A beat that fails is only warned of: the worker shows as not
+    /// live only past its lease.
     async fn beat(&self, worker: &store::Worker) {
-        if let Err(e) = self
-            .store
-            .beat_worker(worker, std::time::SystemTime::now())
-            .await
-        {
-            warn!(error = %e, "telling the store the worker is alive failed; trying again");
+        let beat = self.store.beat_worker(worker, std::time::SystemTime::now());
+        match tokio::time::timeout(pipeline::HEARTBEAT, beat).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "telling the store the worker is alive failed; trying again")
+            }
+            Err(_) => debug!("telling the store the worker is alive took a heartbeat; given up"),
         }
     }
 
