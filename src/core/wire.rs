@@ -131,7 +131,7 @@ pub struct SkippedRun {
 
 /// A process that runs builds (`builder worker`, or `builder serve`'s own), as it last told the
 /// store it is alive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Worker {
     /// Its holder id, which its builds' leases name.

@@ -33,7 +33,8 @@ use crate::pipeline::live::{LiveLog, LiveLogs};
 /// --lease`, `worker --lease`): long enough for a busy machine to miss several heartbeats, short
 /// enough that another machine takes an abandoned build over soon.
 pub const LEASE: Duration = Duration::from_secs(30);
-/// How often a holder renews its leases, and so how soon it sees a cancel.
+/// How often a holder renews its leases, and so how soon it sees a cancel; and how often a worker
+/// tells the store it is alive (`store::Workers`).
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// This process as the holder of the builds it runs (see the module doc). Dropping it releases

@@ -308,9 +308,11 @@ impl Service {
 
     /// Runs queued builds of `worker`'s pool until `shutdown`, at most `max_concurrent_builds` at
     /// once, on this machine's engine: `builder serve`'s worker, and `builder worker`'s. First
-    /// sweeps what builds that are over left on the engine (this worker's, if it died); on each
-    /// tick closes builds abandoned by processes that ended. On shutdown, or once the store is
-    /// gone (the error), running builds are cancelled and waited for.
+    /// registers in the store as a worker (beating every [`pipeline::HEARTBEAT`] from then on)
+    /// and sweeps what builds that are over left on the engine (this worker's, if it died); on
+    /// each tick closes builds abandoned by processes that ended. On shutdown, or once the store
+    /// is gone (the error), running builds are cancelled and waited for, and the worker removed
+    /// from the store.
     pub async fn run_worker(
         self: Arc<Self>,
         worker: WorkerSettings,
