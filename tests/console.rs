@@ -324,3 +324,32 @@ fn pages_carry_a_content_security_policy_and_reads_can_need_the_token() {
     ]);
     assert!(api.starts_with("HTTP/1.1 200"), "{api}");
 }
+
+/// The Workers page, reached from the navigation, lists the server's own worker (the default
+/// pool, its `--max-concurrent-builds`, live) with the build it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_page_lists_the_servers_own_worker_and_its_build() {
+    let repository = Repository::new();
+    let (data, triggers) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    trigger(triggers.path(), "every-branch", ".*");
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let answer = push(&server, &repository, "main", LONG_RUNNING);
+    let id = answer["builds"][0].as_str().unwrap().to_string();
+    server.build_when(&id, |build| build["status"] == "WORKING");
+
+    let browser = Browser::open(&server).await;
+    browser.goto("/").await;
+    browser
+        .eval("document.querySelector(\"nav a[href='/workers']\").click()")
+        .await;
+    let row = format!("table.workers a[href='/builds/{id}']");
+    eventually("the worker with its build", || async {
+        (!browser.text(&row).await.is_empty()).then_some(())
+    })
+    .await;
+    let listed = browser.text("table.workers tbody tr").await;
+    assert!(listed.contains("default2"), "{listed}");
+    assert!(listed.ends_with("yes"), "{listed}");
+    browser.screenshot("workers").await;
+    server.stop();
+}

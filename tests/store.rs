@@ -72,6 +72,7 @@ on_both_stores!(
     retention_removes_what_is_old_and_finished_only,
     an_upload_is_read_back_whole_in_chunks,
     resources_are_kept_by_kind_and_name,
+    workers_beat_and_list_their_builds,
 );
 
 /// Claimers on connections of their own (as four machines would be) take 200 queued builds at

@@ -5,8 +5,9 @@
 //! reaches the worker; a worker that comes back removes what it left on its engine; 200 builds
 //! run once each while a worker is killed in a loop; a replica killed mid-deliveries loses and
 //! repeats none; triggers and schedules created through one replica's API are the other's too;
-//! `queueTtl` expires a build no worker claims; a store unreachable, newer than the binary, or
-//! down for a while mid-build.
+//! `queueTtl` expires a build no worker claims; workers are listed with their pools, capacities
+//! and builds, and a killed one as not live; a store unreachable, newer than the binary, or down
+//! for a while mid-build.
 //!
 //! Each process has a data directory of its own, as it would on a machine of its own. Workers
 //! run on the default engine or on the second engine `scripts/second-engine.sh` starts (its own
@@ -109,6 +110,18 @@ impl Worker {
     fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Stops the worker as an operator does (SIGTERM) and waits for it to exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < DEADLINE, "the worker did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -331,6 +344,103 @@ fn labelled(host: Option<&str>) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The workers `GET /v1/workers` lists once `done` holds for them.
+fn workers_when(
+    server: &Server,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let workers = server.get("/v1/workers")["workers"].clone();
+        let workers = workers.as_array().unwrap().clone();
+        if done(&workers) {
+            return workers;
+        }
+        assert!(start.elapsed() < DEADLINE, "the workers stay {workers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The worker listed under the name `name` (its id is `NAME.UUID`).
+fn named<'w>(workers: &'w [serde_json::Value], name: &str) -> Option<&'w serde_json::Value> {
+    let prefix = format!("{name}.");
+    workers
+        .iter()
+        .find(|w| w["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+}
+
+/// Two workers of different pools and capacities, beside a server that runs no builds: the API
+/// and the console's Workers page list each with its pool, capacity, host, last heartbeat and
+/// the build it runs, and not the server. A worker killed with SIGKILL stops beating and is
+/// listed not live once its lease has run out; one stopped with SIGTERM is listed no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_listed_with_their_pools_and_builds_and_a_killed_one_is_not_live() {
+    on_a_fresh_database(|url| async move {
+        tokio::task::spawn_blocking(move || {
+            let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+            let server = server(dirs[0].path(), &url);
+            let default = WorkerSpec {
+                max_builds: 2,
+                ..WorkerSpec::new(dirs[1].path(), &url, "listed-default")
+            }
+            .start();
+            let on_gpu = WorkerSpec {
+                pool: Some("gpu"),
+                max_builds: 3,
+                ..WorkerSpec::new(dirs[2].path(), &url, "listed-gpu")
+            }
+            .start();
+            let id = submit(&server, SLEEP);
+            until_logged(&server, &id, "started");
+            let workers = workers_when(&server, |workers| workers.len() == 2);
+            let (listed, gpu) = (
+                named(&workers, "listed-default").expect("listed"),
+                named(&workers, "listed-gpu").expect("listed"),
+            );
+            assert_eq!(listed["pool"], serde_json::Value::Null, "{listed}");
+            assert_eq!(listed["capacity"], 2, "{listed}");
+            assert_eq!(listed["builds"], json!([id]), "{listed}");
+            assert_eq!(gpu["pool"], "gpu", "{gpu}");
+            assert_eq!(gpu["capacity"], 3, "{gpu}");
+            assert_eq!(gpu["builds"], json!([]), "{gpu}");
+            for worker in [listed, gpu] {
+                assert_eq!(worker["live"], true, "{worker}");
+                assert!(worker["host"].as_str().is_some_and(|h| !h.is_empty()));
+                assert!(worker["lastHeartbeat"].is_string(), "{worker}");
+            }
+
+            let page = server.get_text("/workers");
+            for shown in [
+                "href=\"/workers\"",
+                listed["id"].as_str().unwrap(),
+                gpu["id"].as_str().unwrap(),
+                "<td>gpu</td><td>3</td>",
+                "<td>default</td><td>2</td>",
+                &format!("href=\"/builds/{id}\""),
+            ] {
+                assert!(page.contains(shown), "{shown} not in {page}");
+            }
+            assert!(!page.contains("NOT LIVE"), "{page}");
+
+            default.kill();
+            let workers = workers_when(&server, |workers| {
+                named(workers, "listed-default").is_some_and(|w| w["live"] == false)
+            });
+            assert_eq!(named(&workers, "listed-gpu").unwrap()["live"], true);
+            let page = server.get_text("/workers");
+            assert!(page.contains("NOT LIVE"), "{page}");
+
+            on_gpu.stop();
+            workers_when(&server, |workers| {
+                workers.len() == 1 && named(workers, "listed-gpu").is_none()
+            });
+        })
+        .await
+        .unwrap();
+    })
+    .await;
 }
 
 /// How many builds the fleet test queues (a multiple of the 4 clients that submit them), and how

@@ -1,5 +1,5 @@
-//! The API's JSON: builds, their steps and log lines, webhook deliveries and a schedule's skipped
-//! runs, as `builder serve`
+//! The API's JSON: builds, their steps and log lines, webhook deliveries, a schedule's skipped
+//! runs and the workers, as `builder serve`
 //! serves them and its client reads them. These are not the store's rows: the service turns rows
 //! into these, so the database and the API change apart. Names and optional fields follow Cloud
 //! Build's `Build` resource (camelCase, times as RFC 3339 text).
@@ -130,4 +130,27 @@ pub struct SkippedRun {
     #[serde(flatten)]
     pub skipped: Skipped,
     pub record_time: DateTime<Utc>,
+}
+
+/// A process that runs builds (`builder worker`, or `builder serve`'s own), as it last told the
+/// store it is alive.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    /// Its holder id, which its builds' leases name.
+    pub id: String,
+    pub host: String,
+    /// The pool whose builds it claims; `None`: the default pool.
+    pub pool: Option<String>,
+    /// How many builds it runs at once.
+    pub capacity: usize,
+    /// The builds it is running.
+    pub builds: Vec<String>,
+    #[serde(with = "crate::core::build::rfc3339::required")]
+    pub start_time: SystemTime,
+    #[serde(with = "crate::core::build::rfc3339::required")]
+    pub last_heartbeat: SystemTime,
+    /// Whether it beat within its lease: a worker that is not live died (or lost the store), and
+    /// its builds are closed as abandoned.
+    pub live: bool,
 }

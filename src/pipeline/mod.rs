@@ -32,7 +32,7 @@ use crate::pipeline::execute::Run;
 pub use crate::adapters::store::Lease;
 pub use record::{
     HEARTBEAT, Holder, LEASE, Onlooker, RecoverError, check_name, default_name, held, holder_name,
-    record, recover, run, sweep_finished,
+    host_name, record, recover, run, sweep_finished,
 };
 
 /// The directory under a data directory where the holders of running builds keep their locks.

@@ -33,7 +33,8 @@ use crate::pipeline::live::{LiveLog, LiveLogs};
 /// --lease`, `worker --lease`): long enough for a busy machine to miss several heartbeats, short
 /// enough that another machine takes an abandoned build over soon.
 pub const LEASE: Duration = Duration::from_secs(30);
-/// How often a holder renews its leases, and so how soon it sees a cancel.
+/// How often a holder renews its leases, and so how soon it sees a cancel; and how often a worker
+/// tells the store it is alive (`store::Workers`).
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// This process as the holder of the builds it runs (see the module doc). Dropping it releases
@@ -93,12 +94,16 @@ pub fn holder_name(holder: &str) -> &str {
 /// A process's name when it is given none: this machine's host name and the process id, which
 /// tell people which machine and process ran a build.
 pub fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// This machine's host name, in the characters a process name may have (see [`check_name`]).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|host| host.trim().replace(|c: char| !name_char(c), "-"))
         .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Refuses a process name that could not name its lock file, or that is not readable in a

@@ -4,13 +4,13 @@
 //! PostgreSQL one several machines share) runs the same functions unchanged, from a test file of
 //! its own that includes this module and hands it its own fresh stores.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
     BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
     Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
-    UPLOAD_CHUNK_SIZE, Unfinished,
+    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker,
 };
 use builder::core::build::Decision as Verdict;
 use builder::core::build::{
@@ -1213,4 +1213,97 @@ pub async fn resources_are_kept_by_kind_and_name(store: &dyn Store) {
         [read("b", b"name: b\n")]
     );
     assert_eq!(store.resources(Schedule).await.unwrap(), [read("a", b"s")]);
+}
+
+/// Workers: registered at their first beat, their heartbeat moved by each one after (their start
+/// kept), listed by pool with the WORKING builds their leases hold and live until their lease
+/// runs out after their last beat; one that stops is removed, and one that stopped beating a
+/// day ago is removed by anyone's beat.
+pub async fn workers_beat_and_list_their_builds(store: &dyn Store) {
+    // Milliseconds, as the store keeps times.
+    let now = UNIX_EPOCH
+        + Duration::from_millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        );
+    let worker = |holder: &str, pool: Option<&str>, capacity| Worker {
+        lease: lease(holder, 30),
+        host: "machine-1".into(),
+        pool: pool.map(Into::into),
+        capacity,
+    };
+    let (a, b) = (worker("a.1", None, 2), worker("b.1", Some("gpu"), 1));
+    let started = now - Duration::from_secs(10);
+    store.beat_worker(&a, started).await.unwrap();
+    store.beat_worker(&b, now).await.unwrap();
+    store
+        .queue_builds(&[queued("w-1", "t"), queued("w-2", "t")])
+        .await
+        .unwrap();
+    store
+        .claim_queued(&a.lease, None)
+        .await
+        .unwrap()
+        .expect("queued");
+    // Held by a process that is no worker (`builder submit`'s): no worker's.
+    store
+        .claim_queued(&lease("submit", 30), None)
+        .await
+        .unwrap()
+        .expect("queued");
+    store.beat_worker(&a, now).await.unwrap();
+
+    let workers = store.list_workers().await.unwrap();
+    let ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["a.1", "b.1"], "the default pool first");
+    let listed = &workers[0];
+    assert_eq!(
+        (
+            listed.host.as_str(),
+            listed.pool.as_deref(),
+            listed.capacity
+        ),
+        ("machine-1", None, 2)
+    );
+    assert_eq!((listed.start_time, listed.heartbeat), (started, now));
+    assert_eq!(listed.expires, now + Duration::from_secs(30));
+    assert_eq!(listed.builds, ["w-1"]);
+    assert_eq!(
+        (workers[1].pool.as_deref(), workers[1].capacity),
+        (Some("gpu"), 1)
+    );
+    assert!(workers[1].builds.is_empty());
+    assert!(listed.live(now + Duration::from_secs(29)));
+    assert!(!listed.live(now + Duration::from_secs(31)));
+
+    let outcome = Outcome::ended(Status::Success, Vec::new(), None);
+    store.finish_build("w-1", &outcome, &a.lease).await.unwrap();
+    store.remove_worker("b.1").await.unwrap();
+    let workers = store.list_workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert!(workers[0].builds.is_empty(), "finished");
+
+    // A day without a heartbeat: gone at the next beat of anyone; a little less: kept.
+    let dead = worker("dead.1", None, 1);
+    let dying = worker("dying.1", None, 1);
+    store
+        .beat_worker(&dead, now - WORKERS_KEPT - Duration::from_secs(1))
+        .await
+        .unwrap();
+    store
+        .beat_worker(&dying, now - WORKERS_KEPT + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.list_workers().await.unwrap().len(), 3);
+    store.beat_worker(&a, now).await.unwrap();
+    let ids: Vec<String> = store
+        .list_workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(ids, ["a.1", "dying.1"]);
 }

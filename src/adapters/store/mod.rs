@@ -2,7 +2,7 @@
 //! lines, and the service's queue, webhook deliveries, schedules' state and the triggers and
 //! schedules created through the API, behind one trait per
 //! aggregate ([`Builds`], [`Logs`], [`Queue`], [`Deliveries`], [`Schedules`], [`Reports`],
-//! [`Retention`], [`Uploads`], [`Resources`]) that [`Store`]
+//! [`Retention`], [`Uploads`], [`Resources`], [`Workers`]) that [`Store`]
 //! combines; kept by [`SqliteStore`] in an embedded SQLite database in the data directory, or by
 //! [`PostgresStore`] in a PostgreSQL database that several servers and machines share, so builds
 //! can be listed, described and their logs read after the fact, and nothing accepted is lost.
@@ -21,6 +21,7 @@ mod resources;
 mod retention;
 mod schedules;
 mod uploads;
+mod workers;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use resources::{ResourceKind, ResourceWrite, Resources};
 pub use retention::{PASSES_KEPT, References, Retention};
 pub use schedules::{Schedules, SkippedRun};
 pub use uploads::{UPLOAD_CHUNK_SIZE, Uploads};
+pub use workers::{WORKERS_KEPT, Worker, WorkerRecord, Workers};
 
 /// Why the store could not do what was asked: the store's own words, whatever database is
 /// behind it.
@@ -163,7 +165,7 @@ pub struct SqliteStore {
 /// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
 #[async_trait::async_trait]
 pub trait Store:
-    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads + Resources
+    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads + Resources + Workers
 {
     /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
     /// database file that was removed (or replaced) under it, and everything written from then

@@ -25,6 +25,7 @@ use super::resources::{self, ResourceKind, ResourceWrite, Resources};
 use super::retention::{self, References, Retention};
 use super::schedules::{self, Schedules, SkippedRun};
 use super::uploads::{self, Uploads};
+use super::workers::{self, Worker, WorkerRecord, Workers};
 use super::{APPLIED_MIGRATION, Change, Error, Store, json, millis, newer_schema};
 use crate::adapters::runtime::LogStream;
 use crate::core::build::{ApprovalResult, Outcome, Status, StepResult};
@@ -981,6 +982,33 @@ impl Resources for PostgresStore {
     async fn resources(&self, kind: ResourceKind) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let query = sqlx::query_as(resources::RESOURCES).bind(kind.as_str());
         Ok(query.fetch_all(&self.pool).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl Workers for PostgresStore {
+    async fn beat_worker(&self, worker: &Worker, now: SystemTime) -> Result<(), Error> {
+        let beat = workers::beat(worker, now);
+        let mut tx = self.write().await?;
+        beat.remove_stale().execute(&mut *tx).await?;
+        beat.upsert().execute(&mut *tx).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn remove_worker(&self, id: &str) -> Result<(), Error> {
+        sqlx::query(workers::REMOVE_WORKER)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>, Error> {
+        let rows = sqlx::query(workers::LIST_WORKERS)
+            .bind(Status::Working.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(workers::worker_records(&rows))
     }
 }
 

@@ -284,6 +284,7 @@ fn router(state: Served) -> Router {
         .route("/v1/builds/{id}/cancel", post(cancel_build))
         .route("/v1/builds/{id}/retry", post(retry_build))
         .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/workers", get(list_workers))
         .route(
             "/v1/triggers",
             get(list_triggers).post(create::<TriggerFile>),
@@ -779,6 +780,15 @@ async fn list_deliveries(
             .deliveries(limit)
             .await
             .map(|deliveries| json!({ "deliveries": deliveries })),
+    )
+}
+
+async fn list_workers(State(service): State<Arc<Service>>) -> Response {
+    respond(
+        service
+            .workers()
+            .await
+            .map(|workers| json!({ "workers": workers })),
     )
 }
 

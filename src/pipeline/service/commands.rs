@@ -83,6 +83,16 @@ impl Service {
         Ok(deliveries.into_iter().map(wire::Delivery::from).collect())
     }
 
+    /// The processes that run builds, live or not.
+    pub async fn workers(&self) -> Result<Vec<wire::Worker>, Failed> {
+        let workers = self.store.list_workers().await?;
+        let now = std::time::SystemTime::now();
+        Ok(workers
+            .into_iter()
+            .map(|worker| wire::Worker::at(worker, now))
+            .collect())
+    }
+
     pub fn trigger(&self, name: &str) -> Result<Trigger, Failed> {
         self.triggers.get(name)
     }

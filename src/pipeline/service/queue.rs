@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::fetch::Exhausted;
 use super::intake::Decided;
@@ -310,9 +310,11 @@ impl Service {
 
     /// Runs queued builds of `worker`'s pool until `shutdown`, at most `max_concurrent_builds` at
     /// once, on this machine's engine: `builder serve`'s worker, and `builder worker`'s. First
-    /// sweeps what builds that are over left on the engine (this worker's, if it died); on each
-    /// tick closes builds abandoned by processes that ended. On shutdown, or once the store is
-    /// gone (the error), running builds are cancelled and waited for.
+    /// registers in the store as a worker (beating every [`pipeline::HEARTBEAT`] from then on)
+    /// and sweeps what builds that are over left on the engine (this worker's, if it died); on
+    /// each tick closes builds abandoned by processes that ended. On shutdown, or once the store
+    /// is gone (the error), running builds are cancelled and waited for, and the worker removed
+    /// from the store.
     pub async fn run_worker(
         self: Arc<Self>,
         worker: WorkerSettings,
@@ -323,6 +325,17 @@ impl Service {
             .map_err(crate::adapters::store::Error::Io)?;
         let lease = holder.lease();
         info!(worker = %worker.name, pool = worker.pool.as_deref().unwrap_or(""), "worker started");
+        // Registered under its holder id, and beating at its leases' pace from then on.
+        let registered = store::Worker {
+            lease: lease.clone(),
+            host: pipeline::host_name(),
+            pool: worker.pool.clone(),
+            capacity: worker.max_concurrent_builds,
+        };
+        self.beat(&registered).await;
+        let mut beats = tokio::time::interval(pipeline::HEARTBEAT);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beats.reset();
         self.recover(&holders, &lease).await;
         match pipeline::sweep_finished(self.store.as_ref(), self.runtime.as_ref()).await {
             Ok(swept) => {
@@ -342,7 +355,7 @@ impl Service {
         // Abandoned builds are looked for on the tick only: the worker wakes for every build
         // queued here, and the look reads every unfinished one.
         let mut recovery_due = false;
-        let ended = loop {
+        let ended = 'worker: loop {
             if let Err(e) = self.store_gone().await {
                 break Err(e);
             }
@@ -380,23 +393,56 @@ impl Service {
                 }
             }
             // Woken by builds queued in this process, or by other processes through the store
-            // (`listen`); the tick finds what was queued unheard, or abandoned.
-            tokio::select! {
-                () = self.queued.notified() => {}
-                _ = tick.tick() => recovery_due = true,
-                Some(joined) = builds.join_next() => {
-                    // The panic itself was logged in the build's span; the queue goes on.
-                    if let Err(e) = joined {
-                        error!(error = %e, "a build's task failed");
+            // (`listen`); the tick finds what was queued unheard, or abandoned. A heartbeat
+            // only beats: the queue is not read again for it, and it comes last, after the tick.
+            loop {
+                tokio::select! {
+                    biased;
+                    () = self.queued.notified() => {}
+                    _ = tick.tick() => recovery_due = true,
+                    Some(joined) = builds.join_next() => {
+                        // The panic itself was logged in the build's span; the queue goes on.
+                        if let Err(e) = joined {
+                            error!(error = %e, "a build's task failed");
+                        }
+                    }
+                    () = shutdown.cancelled() => break 'worker Ok(()),
+                    _ = beats.tick() => {
+                        self.beat(&registered).await;
+                        continue;
                     }
                 }
-                () = shutdown.cancelled() => break Ok(()),
+                break;
             }
         };
         stopping.cancel();
-        while builds.join_next().await.is_some() {}
+        // Alive while its cancelled builds end, as their leases are.
+        loop {
+            tokio::select! {
+                joined = builds.join_next() => if joined.is_none() { break },
+                _ = beats.tick() => self.beat(&registered).await,
+            }
+        }
+        if let Err(e) = self.store.remove_worker(&lease.holder).await {
+            warn!(error = %e, "removing the worker from the store failed: it shows as not live");
+        }
         drop(holder);
         ended
+    }
+
+    /// Tells the store this worker is alive, giving up at the next beat: a store that cannot be
+    /// reached holds no beat longer, so the worker's loop goes on (its tick's look at the store
+    /// says it cannot be reached). A beat that fails is only warned of: the worker shows as not
+    /// live only past its lease.
+    async fn beat(&self, worker: &store::Worker) {
+        let beat = self.store.beat_worker(worker, std::time::SystemTime::now());
+        match tokio::time::timeout(pipeline::HEARTBEAT, beat).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "telling the store the worker is alive failed; trying again")
+            }
+            Err(_) => debug!("telling the store the worker is alive took a heartbeat; given up"),
+        }
     }
 
     /// Runs a claimed build: its commit checked out, its config resolved, its steps executed and

@@ -3,7 +3,7 @@
 
 use crate::adapters::runtime::LogStream;
 use crate::adapters::store::{
-    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord,
+    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord, WorkerRecord,
 };
 use crate::core::wire;
 
@@ -27,6 +27,22 @@ impl From<BuildRecord> for wire::Build {
             build_step_outputs: build.build_step_outputs,
             approval: build.approval,
             github: None,
+        }
+    }
+}
+
+impl wire::Worker {
+    /// A worker as the store has it, live or not at `now`.
+    pub(super) fn at(worker: WorkerRecord, now: std::time::SystemTime) -> Self {
+        Self {
+            live: worker.live(now),
+            id: worker.id,
+            host: worker.host,
+            pool: worker.pool,
+            capacity: worker.capacity,
+            builds: worker.builds,
+            start_time: worker.start_time,
+            last_heartbeat: worker.heartbeat,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The web console of `builder serve`, at `/`: server-rendered pages over the same [`Service`]
-//! calls as the JSON API (builds, a build and its live log, triggers, schedules, deliveries) and
+//! calls as the JSON API (builds, a build and its live log, triggers, schedules, deliveries,
+//! workers) and
 //! forms for its actions. Handlers translate between HTTP and the service; [`pages`] renders,
 //! escaping every value by construction. The one script, `console.js`, follows logs over the
 //! API's server-sent events and refreshes the parts of a page that are still running.
@@ -58,6 +59,7 @@ pub(super) fn router() -> Router<Served> {
         .route("/schedules/{name}", get(schedule))
         .route("/schedules/{name}/{action}", post(schedule_action))
         .route("/deliveries", get(deliveries))
+        .route("/workers", get(workers))
         .route("/templates", get(templates))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -430,6 +432,11 @@ async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader
         Ok(pages::deliveries(&visitor, &deliveries, &passes))
     };
     page(&visitor, result.await)
+}
+
+async fn workers(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let result = service.workers().await;
+    page(&visitor, result.map(|w| pages::workers(&visitor, &w)))
 }
 
 async fn templates(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {

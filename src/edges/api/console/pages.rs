@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{BuildFilter, Visitor, url_encode};
 use crate::core::build::{Approval, ApprovalState, Status};
 use crate::core::retention::Pass;
-use crate::core::wire::{Build, Delivery, GithubReport, Step};
+use crate::core::wire::{Build, Delivery, GithubReport, Step, Worker};
 use crate::pipeline::service::ScheduleView;
 
 mod templates;
@@ -38,6 +38,7 @@ fn layout(visitor: &Visitor, title: &str, content: Markup) -> Markup {
                     a href="/triggers" { "Triggers" }
                     a href="/schedules" { "Schedules" }
                     a href="/deliveries" { "Deliveries" }
+                    a href="/workers" { "Workers" }
                     a href="/templates" { "Templates" }
                     span.spacer {}
                     @if visitor.logged_in {
@@ -623,6 +624,35 @@ pub(super) fn deliveries(visitor: &Visitor, deliveries: &[Delivery], passes: &[P
         (retention(passes))
     };
     layout(visitor, "Deliveries", content)
+}
+
+pub(super) fn workers(visitor: &Visitor, workers: &[Worker]) -> Markup {
+    let content = html! {
+        p { "The processes that run builds: each beats while it runs; one that stopped beating within its lease died, and is listed for a day." }
+        table.workers {
+            thead { tr { th { "Worker" } th { "Host" } th { "Pool" } th { "Capacity" } th { "Builds" } th { "Last heartbeat" } th { "Live" } } }
+            tbody {
+                @for worker in workers {
+                    tr {
+                        td.id { (worker.id) }
+                        td { (worker.host) }
+                        td { (worker.pool.as_deref().unwrap_or("default")) }
+                        td { (worker.capacity) }
+                        td {
+                            @for build in &worker.builds {
+                                a href={ "/builds/" (build) } { (short(build)) } " "
+                            }
+                            @if worker.builds.is_empty() { "—" }
+                        }
+                        td { (time(worker.last_heartbeat)) }
+                        td { @if worker.live { "yes" } @else { span.status.failure { "NOT LIVE" } } }
+                    }
+                }
+                @if workers.is_empty() { tr { td.empty colspan="7" { "No worker is running." } } }
+            }
+        }
+    };
+    layout(visitor, "Workers", content)
 }
 
 /// What the newest retention passes removed (`builder serve --retain-days`).
