@@ -27,17 +27,7 @@ fn an_approved_build_runs_however_long_it_waited() {
     )
     .unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
-    let submit = [
-        "submit",
-        "--no-source",
-        "--async",
-        "--require-approval",
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let (code, out) = server.cli(&submit);
-    assert_eq!(code, 0, "{out}");
-    let id = out.lines().next().unwrap().to_string();
+    let id = server.submit_async(&config, &["--require-approval"]);
 
     // Past its queueTtl and the server's expiry ticks: still waiting, saying who may approve.
     std::thread::sleep(Duration::from_millis(4500));

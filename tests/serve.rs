@@ -763,16 +763,7 @@ fn a_build_that_waits_in_the_queue_longer_than_its_queue_ttl_expires() {
     )
     .unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 0);
-    let args = [
-        "submit",
-        "--no-source",
-        "--async",
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let (code, out) = server.cli(&args);
-    assert_eq!(code, 0, "{out}");
-    let id = out.lines().next().unwrap().to_string();
+    let id = server.submit_async(&config, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     server.kill();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
@@ -986,15 +977,7 @@ fn issue_22_a_long_log_is_followed_and_read_back_whole_and_in_order() {
          echo apart >&2\n    seq 30001 40000 | sed 's/^/{pad} /'\n"
     );
     std::fs::write(&config_path, config_text).unwrap();
-    let (code, out) = server.cli(&[
-        "submit",
-        "--no-source",
-        "--async",
-        "--config",
-        config_path.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    let id = out.lines().next().unwrap().to_string();
+    let id = server.submit_async(&config_path, &[]);
     let mut followed = Vec::new();
     let end = follow(&server, &id, |line| followed.push(line.to_string()));
     assert_eq!(end["status"], "SUCCESS");

@@ -159,6 +159,16 @@ impl Server {
         (out.status.code().unwrap(), text)
     }
 
+    /// Submits `config` (no source) with `extra` flags and returns at once: the build's id.
+    pub fn submit_async(&self, config: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["submit", "--no-source", "--async"];
+        args.extend(extra);
+        args.extend(["--config", config.to_str().unwrap()]);
+        let (code, out) = self.cli(&args);
+        assert_eq!(code, 0, "{out}");
+        out.lines().next().unwrap().to_string()
+    }
+
     pub fn get(&self, path: &str) -> Value {
         serde_json::from_str(&self.get_text(path)).unwrap()
     }
