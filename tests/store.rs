@@ -58,6 +58,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     a_build_is_recorded_as_it_runs,
     the_queue_hands_each_build_out_once_oldest_first,
+    a_group_at_its_limit_waits_for_its_builds_to_end,
     leases_hold_builds_until_they_run_out,
     queued_builds_expire_past_their_ttl,
     pending_builds_wait_for_one_decision,
@@ -99,6 +100,7 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                 queue_ttl: None,
                 report: false,
                 approval_required: false,
+                concurrency: None,
             })
             .collect();
         let queuer = PostgresStore::open(&url).await.unwrap();

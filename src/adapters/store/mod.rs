@@ -378,6 +378,7 @@ mod test_support {
             queue_ttl: None,
             report: false,
             approval_required: false,
+            concurrency: None,
         }
     }
 

@@ -334,6 +334,7 @@ impl Service {
             delivery: None,
             report: false,
             approval_required: submission.require_approval,
+            concurrency: None,
             id,
         };
         self.store
