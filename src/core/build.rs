@@ -342,12 +342,3 @@ impl Outcome {
         }
     }
 }
-
-/// A build's concurrency group (a trigger's `concurrency`), its name expanded: at most `limit`
-/// builds of one group are WORKING at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConcurrencyGroup {
-    pub name: String,
-    /// At least 1.
-    pub limit: u32,
-}

@@ -14,14 +14,13 @@ use builder::adapters::store::{
 };
 use builder::core::build::Decision as Verdict;
 use builder::core::build::{
-    ApprovalResult, ApprovalState, ConcurrencyGroup, Outcome, PushedImage, Request, Status,
-    StepResult,
+    ApprovalResult, ApprovalState, Outcome, PushedImage, Request, Status, StepResult,
 };
 use builder::core::plan::ResolvedBuild;
 use builder::core::retention::{Pass, Removed};
 use builder::core::schedule::{Decision, Skipped};
 use builder::core::substitute::Values;
-use builder::core::triggers::TriggerResult;
+use builder::core::triggers::{ConcurrencyGroup, TriggerResult};
 use builder::core::webhooks::PullRequest;
 use chrono::{DateTime, Utc};
 

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Sqlite, Type};
 
 use super::{Columns, Error, SqliteStore, Transaction, json, millis, parse_json};
-use crate::core::build::{ApprovalResult, ApprovalState, ConcurrencyGroup, Request, Status};
+use crate::core::build::{ApprovalResult, ApprovalState, Request, Status};
 use crate::core::substitute::Values;
+use crate::core::triggers::ConcurrencyGroup;
 
 /// A build the service queues: recorded QUEUED with what it is to run, its plan resolved when
 /// it starts.

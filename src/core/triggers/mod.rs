@@ -9,7 +9,6 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::core::build::ConcurrencyGroup;
 use crate::core::config::decode::{self, Fields};
 use crate::core::config::{self, BuildConfig, validate};
 use crate::core::diag::{Diagnostics, FieldPath};
@@ -75,6 +74,15 @@ pub struct Concurrency {
     /// At least 1.
     pub limit: u32,
     pub on_conflict: OnConflict,
+}
+
+/// A build's concurrency group (a trigger's `concurrency`), its name expanded: at most `limit`
+/// builds of one group are WORKING at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyGroup {
+    pub name: String,
+    /// At least 1.
+    pub limit: u32,
 }
 
 /// What becomes of a build whose group is at its limit.
