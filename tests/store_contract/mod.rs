@@ -10,7 +10,7 @@ use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
     BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
     Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
-    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker,
+    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker, waiting_for,
 };
 use builder::core::build::Decision as Verdict;
 use builder::core::build::{
@@ -228,8 +228,14 @@ pub async fn a_group_at_its_limit_waits_for_its_builds_to_end(store: &dyn Store)
             limit: 1
         })
     );
+    let waiting = store.get_build("g-2").await.unwrap().expect("queued");
+    assert_eq!(
+        waiting_for(store, &waiting).await.unwrap().as_deref(),
+        Some("waiting for concurrency group deploy (limit 1): build g-1 is running")
+    );
     let outcome = Outcome::ended(Status::Success, Vec::new(), None);
     store.finish_build("g-1", &outcome, &worker).await.unwrap();
+    assert_eq!(waiting_for(store, &waiting).await.unwrap(), None);
     assert_eq!(claim().await.as_deref(), Some("g-2"), "g-1 ended");
 }
 

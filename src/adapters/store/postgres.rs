@@ -497,6 +497,14 @@ impl Queue for PostgresStore {
         row.as_ref().map(queue::queued_build).transpose()
     }
 
+    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(queue::GROUP_BUILDS)
+            .bind(group)
+            .bind(Status::Working.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
         let updated = queue::cancel_queued::<Postgres>(id)
             .execute(&self.pool)

@@ -162,6 +162,26 @@ pub trait Queue: Send + Sync {
     /// counted from the decision's time); rejected, it ends REJECTED. `false`, deciding nothing,
     /// if it is not PENDING (any more): of two decisions at once, one is made.
     async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error>;
+
+    /// The builds of concurrency group `group` that are WORKING, oldest first.
+    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error>;
+}
+
+/// Why `build` waits QUEUED, if its concurrency group is at its limit: the group's name, limit
+/// and WORKING builds, in a sentence.
+pub async fn waiting_for(
+    store: &(impl Queue + ?Sized),
+    build: &super::BuildRecord,
+) -> Result<Option<String>, Error> {
+    let Some(group) = build
+        .concurrency
+        .as_ref()
+        .filter(|_| build.status == Status::Queued)
+    else {
+        return Ok(None);
+    };
+    let working = store.group_working(&group.name).await?;
+    Ok(group.waiting(&working))
 }
 
 /// Statements both dialects share.
@@ -182,6 +202,9 @@ pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      AND (concurrency_group IS NULL OR concurrency_limit > (SELECT COUNT(*) FROM builds AS running \
      WHERE running.concurrency_group = queued.concurrency_group AND running.status = $1)) \
      ORDER BY create_time, id LIMIT 1";
+/// The builds of group `$1` that are `$2` (WORKING), oldest first.
+pub(super) const GROUP_BUILDS: &str =
+    "SELECT id FROM builds WHERE concurrency_group = $1 AND status = $2 ORDER BY start_time, id";
 /// How many builds of group `$1` are `$2` (WORKING).
 pub(super) const GROUP_WORKING: &str =
     "SELECT COUNT(*) FROM builds WHERE concurrency_group = $1 AND status = $2";
@@ -327,6 +350,14 @@ impl Queue for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(queued_build).transpose()
+    }
+
+    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(GROUP_BUILDS)
+            .bind(group)
+            .bind(Status::Working.as_str())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {

@@ -85,6 +85,24 @@ pub struct ConcurrencyGroup {
     pub limit: u32,
 }
 
+impl ConcurrencyGroup {
+    /// Why a build of this group waits, with the group's `working` builds: `None` below its
+    /// limit.
+    pub fn waiting(&self, working: &[String]) -> Option<String> {
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        (working.len() >= limit).then(|| {
+            let (builds, verb) = match working {
+                [one] => (format!("build {one}"), "is"),
+                many => (format!("builds {}", many.join(", ")), "are"),
+            };
+            format!(
+                "waiting for concurrency group {} (limit {}): {builds} {verb} running",
+                self.name, self.limit
+            )
+        })
+    }
+}
+
 /// What becomes of a build whose group is at its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {

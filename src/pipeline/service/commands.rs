@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::fetch::FetchFailed;
 use super::*;
-use crate::adapters::store::page_full;
+use crate::adapters::store::{page_full, waiting_for};
 
 /// How often a followed log that is not running in this process (queued, or run by another
 /// process) is read again when the store tells nothing of changes; a build running here wakes
@@ -42,10 +42,14 @@ impl Service {
 
     /// A build, with what GitHub was told of it.
     pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
-        let build = self.store.get_build(id).await?;
-        let mut build = build
-            .map(wire::Build::from)
+        let build = self
+            .store
+            .get_build(id)
+            .await?
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))?;
+        let waiting_for = waiting_for(&*self.store, &build).await?;
+        let mut build = wire::Build::from(build);
+        build.waiting_for = waiting_for;
         build.github = self.store.report_of(&build.id).await?.map(Into::into);
         Ok(build)
     }
