@@ -852,6 +852,18 @@ fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Opti
             .find(|(known, _)| *known == name)
             .map(|(_, mode)| *mode),
     };
+    // Refused rather than read as QUEUE: a deploy that was to skip or to cancel must not
+    // silently wait instead.
+    if let Some(mode @ (OnConflict::CancelOlder | OnConflict::Skip)) = on_conflict {
+        let path = f.path().key("onConflict");
+        f.diagnostics().error(
+            &path,
+            format!(
+                "onConflict {} is not honoured yet; only QUEUE is",
+                mode.name()
+            ),
+        );
+    }
     Some(Concurrency {
         group: group?,
         limit: limit?,
@@ -1816,16 +1828,23 @@ mod tests {
         assert_eq!(trigger(MAIN).concurrency, None);
         let grouped = trigger(&format!(
             "{MAIN}substitutions: {{_SERVICE: api}}\n\
-             concurrency: {{group: \"deploy-$_SERVICE-$BRANCH_NAME\", limit: 2, onConflict: SKIP}}\n"
+             concurrency: {{group: \"deploy-$_SERVICE-$BRANCH_NAME\", limit: 2, onConflict: QUEUE}}\n"
         ));
         let concurrency = grouped.concurrency.expect("a concurrency");
         assert_eq!(concurrency.limit, 2);
-        assert_eq!(concurrency.on_conflict, OnConflict::Skip);
+        assert_eq!(concurrency.on_conflict, OnConflict::Queue);
         let values = Values::from([
             ("_SERVICE".to_string(), "api".to_string()),
             ("BRANCH_NAME".to_string(), "main".to_string()),
         ]);
         assert_eq!(concurrency.group_of(&values).name, "deploy-api-main");
+        let skip = errors(&format!(
+            "{MAIN}concurrency: {{group: deploy, onConflict: SKIP}}\n"
+        ));
+        assert!(
+            skip.contains("concurrency.onConflict") && skip.contains("not honoured"),
+            "{skip}"
+        );
         let defaults = trigger(&format!("{MAIN}concurrency: {{group: deploy}}\n"))
             .concurrency
             .expect("a concurrency");
