@@ -1,0 +1,63 @@
+//! Concurrency per trigger end to end (issue 20): a real `builder serve` with room for two builds
+//! at once, and a trigger whose `concurrency` group takes one: its two builds run one after the
+//! other, and the second says, while it waits, which build it waits for.
+
+use chrono::DateTime;
+use serde_json::Value;
+use tempfile::TempDir;
+
+mod common;
+
+use common::Repository;
+use common::server::{Server, ZERO, push_payload, sign};
+
+fn time(build: &Value, field: &str) -> DateTime<chrono::FixedOffset> {
+    DateTime::parse_from_rfc3339(build[field].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{field} of {build}: {e}"))
+}
+
+#[test]
+fn builds_of_one_group_run_one_after_the_other() {
+    let repository = Repository::new();
+    let triggers = TempDir::new().unwrap();
+    std::fs::write(
+        triggers.path().join("deploy.yaml"),
+        "name: deploy\nfilename: cloudbuild.yaml\n\
+         github: {owner: acme, name: app, push: {branch: ^main$}}\n\
+         concurrency: {group: deploy, limit: 1}\n",
+    )
+    .unwrap();
+    let data = TempDir::new().unwrap();
+    let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    let config = "steps:\n- name: builder/busybox\n  args: [sleep, '3']\n";
+    let mut builds = Vec::new();
+    for (delivery, message) in [("d-1", "first"), ("d-2", "second")] {
+        let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
+        let body = push_payload("refs/heads/main", ZERO, &commit, message);
+        let (code, receipt) = server.deliver("push", delivery, &body, &sign(&body));
+        assert_eq!(code, 202, "{receipt}");
+        let id = server.decided(delivery)["results"][0]["buildId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        builds.push(id);
+    }
+    let (first, second) = (&builds[0], &builds[1]);
+    server.build_when(first, |build| build["status"] == "WORKING");
+    let waiting = server.get(&format!("/v1/builds/{second}"));
+    assert_eq!(waiting["status"], "QUEUED", "{waiting}");
+    let why = format!("waiting for concurrency group deploy (limit 1): build {first} is running");
+    assert_eq!(waiting["waitingFor"], why.as_str(), "{waiting}");
+    let page = server.get_text(&format!("/builds/{second}"));
+    assert!(page.contains(&why), "{page}");
+
+    let first = server.finished(first);
+    let second = server.finished(second);
+    assert_eq!(first["status"], "SUCCESS", "{first}");
+    assert_eq!(second["status"], "SUCCESS", "{second}");
+    assert!(
+        time(&second, "startTime") >= time(&first, "finishTime"),
+        "the second started after the first finished: {first} {second}"
+    );
+    assert!(second["waitingFor"].is_null(), "{second}");
+}
