@@ -9,7 +9,7 @@ use tempfile::TempDir;
 mod common;
 
 use common::Repository;
-use common::server::{Server, ZERO, push_payload, sign};
+use common::server::Server;
 
 fn time(build: &Value, field: &str) -> DateTime<chrono::FixedOffset> {
     DateTime::parse_from_rfc3339(build[field].as_str().unwrap_or_default())
@@ -30,18 +30,7 @@ fn builds_of_one_group_run_one_after_the_other() {
     let data = TempDir::new().unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
     let config = "steps:\n- name: builder/busybox\n  args: [sleep, '3']\n";
-    let mut builds = Vec::new();
-    for (delivery, message) in [("d-1", "first"), ("d-2", "second")] {
-        let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
-        let body = push_payload("refs/heads/main", ZERO, &commit, message);
-        let (code, receipt) = server.deliver("push", delivery, &body, &sign(&body));
-        assert_eq!(code, 202, "{receipt}");
-        let id = server.decided(delivery)["results"][0]["buildId"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        builds.push(id);
-    }
+    let builds = server.push_builds(&repository, config, &[("d-1", "first"), ("d-2", "second")]);
     let (first, second) = (&builds[0], &builds[1]);
     server.build_when(first, |build| build["status"] == "WORKING");
     let waiting = server.get(&format!("/v1/builds/{second}"));

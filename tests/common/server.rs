@@ -196,6 +196,29 @@ impl Server {
         }
     }
 
+    /// Pushes to `main` of `repository`, one commit of `config` as `cloudbuild.yaml` for each
+    /// `(delivery id, message)`, each delivered and decided: the build each queued, in order.
+    pub fn push_builds(
+        &self,
+        repository: &super::Repository,
+        config: &str,
+        pushes: &[(&str, &str)],
+    ) -> Vec<String> {
+        pushes
+            .iter()
+            .map(|(delivery, message)| {
+                let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
+                let body = push_payload("refs/heads/main", ZERO, &commit, message);
+                let (code, receipt) = self.deliver("push", delivery, &body, &sign(&body));
+                assert_eq!(code, 202, "{receipt}");
+                self.decided(delivery)["results"][0]["buildId"]
+                    .as_str()
+                    .expect("a build queued")
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// The build once it has finished.
     pub fn finished(&self, id: &str) -> Value {
         let start = Instant::now();
