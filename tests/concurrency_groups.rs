@@ -1,6 +1,7 @@
 //! Concurrency per trigger end to end (issue 20): a real `builder serve` with room for two builds
 //! at once, and a trigger whose `concurrency` group takes one: its two builds run one after the
-//! other, and the second says, while it waits, which build it waits for.
+//! other, and the second says, while it waits, which build it waits for; one whose group's
+//! `onConflict` is `CANCEL_OLDER` cancels the group's running build.
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -16,19 +17,28 @@ fn time(build: &Value, field: &str) -> DateTime<chrono::FixedOffset> {
         .unwrap_or_else(|e| panic!("{field} of {build}: {e}"))
 }
 
-#[test]
-fn builds_of_one_group_run_one_after_the_other() {
+/// A server with room for two builds and trigger `deploy` of `acme/app`'s `main` with
+/// `concurrency`; the directories it needs live as long as it.
+fn serve_deploy(concurrency: &str) -> (Server, Repository, [TempDir; 2]) {
     let repository = Repository::new();
     let triggers = TempDir::new().unwrap();
     std::fs::write(
         triggers.path().join("deploy.yaml"),
-        "name: deploy\nfilename: cloudbuild.yaml\n\
-         github: {owner: acme, name: app, push: {branch: ^main$}}\n\
-         concurrency: {group: deploy, limit: 1}\n",
+        format!(
+            "name: deploy\nfilename: cloudbuild.yaml\n\
+             github: {{owner: acme, name: app, push: {{branch: ^main$}}}}\n\
+             concurrency: {concurrency}\n"
+        ),
     )
     .unwrap();
     let data = TempDir::new().unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
+    (server, repository, [triggers, data])
+}
+
+#[test]
+fn builds_of_one_group_run_one_after_the_other() {
+    let (server, repository, _dirs) = serve_deploy("{group: deploy, limit: 1}");
     let config = "steps:\n- name: builder/busybox\n  args: [sleep, '3']\n";
     let builds = server.push_builds(&repository, config, &[("d-1", "first"), ("d-2", "second")]);
     let (first, second) = (&builds[0], &builds[1]);
@@ -49,4 +59,18 @@ fn builds_of_one_group_run_one_after_the_other() {
         "the second started after the first finished: {first} {second}"
     );
     assert!(second["waitingFor"].is_null(), "{second}");
+}
+
+#[test]
+fn cancel_older_cancels_the_groups_running_build() {
+    let (server, repository, _dirs) =
+        serve_deploy("{group: deploy-$BRANCH_NAME, onConflict: CANCEL_OLDER}");
+    let config = "steps:\n- name: builder/busybox\n  args: [sleep, '4']\n";
+    let first = server.push_builds(&repository, config, &[("d-1", "first")]);
+    server.build_when(&first[0], |build| build["status"] == "WORKING");
+    let second = server.push_builds(&repository, config, &[("d-2", "second")]);
+    let first = server.finished(&first[0]);
+    assert_eq!(first["status"], "CANCELLED", "{first}");
+    let second = server.finished(&second[0]);
+    assert_eq!(second["status"], "SUCCESS", "{second}");
 }

@@ -497,10 +497,11 @@ impl Queue for PostgresStore {
         row.as_ref().map(queue::queued_build).transpose()
     }
 
-    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error> {
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error> {
         Ok(sqlx::query_scalar(queue::GROUP_BUILDS)
             .bind(group)
-            .bind(Status::Working.as_str())
+            .bind(statuses[0].as_str())
+            .bind(statuses[1].as_str())
             .fetch_all(&self.pool)
             .await?)
     }

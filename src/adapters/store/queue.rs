@@ -163,8 +163,9 @@ pub trait Queue: Send + Sync {
     /// if it is not PENDING (any more): of two decisions at once, one is made.
     async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error>;
 
-    /// The builds of concurrency group `group` that are WORKING, oldest first.
-    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error>;
+    /// The builds of concurrency group `group` in either of `statuses` (twice the same for
+    /// one), in the order they were started, then queued.
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error>;
 }
 
 /// Why `build` waits QUEUED, if its concurrency group is at its limit: the group's name, limit
@@ -180,7 +181,9 @@ pub async fn waiting_for(
     else {
         return Ok(None);
     };
-    let working = store.group_working(&group.name).await?;
+    let working = store
+        .group_builds(&group.name, [Status::Working; 2])
+        .await?;
     Ok(group.waiting(&working))
 }
 
@@ -202,9 +205,9 @@ pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      AND (concurrency_group IS NULL OR concurrency_limit > (SELECT COUNT(*) FROM builds AS running \
      WHERE running.concurrency_group = queued.concurrency_group AND running.status = $1)) \
      ORDER BY create_time, id LIMIT 1";
-/// The builds of group `$1` that are `$2` (WORKING), oldest first.
-pub(super) const GROUP_BUILDS: &str =
-    "SELECT id FROM builds WHERE concurrency_group = $1 AND status = $2 ORDER BY start_time, id";
+/// The builds of group `$1` that are `$2` or `$3`, as [`Queue::group_builds`] orders them.
+pub(super) const GROUP_BUILDS: &str = "SELECT id FROM builds \
+     WHERE concurrency_group = $1 AND status IN ($2, $3) ORDER BY start_time, create_time, id";
 /// How many builds of group `$1` are `$2` (WORKING).
 pub(super) const GROUP_WORKING: &str =
     "SELECT COUNT(*) FROM builds WHERE concurrency_group = $1 AND status = $2";
@@ -352,10 +355,11 @@ impl Queue for SqliteStore {
         row.as_ref().map(queued_build).transpose()
     }
 
-    async fn group_working(&self, group: &str) -> Result<Vec<String>, Error> {
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error> {
         Ok(sqlx::query_scalar(GROUP_BUILDS)
             .bind(group)
-            .bind(Status::Working.as_str())
+            .bind(statuses[0].as_str())
+            .bind(statuses[1].as_str())
             .fetch_all(&self.pool)
             .await?)
     }

@@ -854,7 +854,7 @@ fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Opti
     };
     // Refused rather than read as QUEUE: a deploy that was to skip or to cancel must not
     // silently wait instead.
-    if let Some(mode @ (OnConflict::CancelOlder | OnConflict::Skip)) = on_conflict {
+    if let Some(mode @ OnConflict::Skip) = on_conflict {
         let path = f.path().key("onConflict");
         f.diagnostics().error(
             &path,
@@ -1838,6 +1838,13 @@ mod tests {
             ("BRANCH_NAME".to_string(), "main".to_string()),
         ]);
         assert_eq!(concurrency.group_of(&values).name, "deploy-api-main");
+        let cancelling = trigger(&format!(
+            "{MAIN}concurrency: {{group: deploy, onConflict: CANCEL_OLDER}}\n"
+        ));
+        assert_eq!(
+            cancelling.concurrency.map(|c| c.on_conflict),
+            Some(OnConflict::CancelOlder)
+        );
         let skip = errors(&format!(
             "{MAIN}concurrency: {{group: deploy, onConflict: SKIP}}\n"
         ));

@@ -231,6 +231,7 @@ impl Service {
             .queue_builds(std::slice::from_ref(&build))
             .await?;
         self.wake();
+        self.cancel_older(std::slice::from_ref(&build)).await;
         Ok(build.id)
     }
 

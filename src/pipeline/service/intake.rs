@@ -13,7 +13,7 @@ use super::fetch::{Exhausted, FetchFailed};
 use super::*;
 use crate::adapters::source::git::{ChangedFiles, GitError};
 use crate::adapters::store::PendingDelivery;
-use crate::core::triggers::Approval;
+use crate::core::triggers::{Approval, OnConflict};
 use crate::core::webhooks::{CheckRunEvent, Comment, PullRequest, PullRequestEvent};
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
@@ -466,6 +466,7 @@ impl Service {
                 if !builds.is_empty() {
                     self.wake();
                     self.cancel_superseded(&queued).await;
+                    self.cancel_older(&queued).await;
                 }
                 Ok(Receipt::Accepted { builds, pending })
             }
@@ -602,6 +603,54 @@ impl Service {
                     Err(Failed::Conflict(_)) => {}
                     Err(e) => {
                         warn!(error = %e, build_id = other.id, "cancelling a superseded build failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancels, for each of `queued` whose trigger's concurrency says `CANCEL_OLDER`, the other
+    /// builds of its group still queued or running. Done after the new builds are recorded, as
+    /// [`Self::cancel_superseded`] is, so a crash in between leaves the older builds, never the
+    /// group without its newest.
+    pub(super) async fn cancel_older(&self, queued: &[QueuedBuild]) {
+        for build in queued {
+            let (Some(name), Some(group)) = (build.trigger.as_deref(), &build.concurrency) else {
+                continue;
+            };
+            let cancels = self.triggers.get(name).is_ok_and(|trigger| {
+                trigger
+                    .concurrency
+                    .as_ref()
+                    .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::CancelOlder)
+            });
+            if !cancels {
+                continue;
+            }
+            let older = match self
+                .store
+                .group_builds(&group.name, [Status::Queued, Status::Working])
+                .await
+            {
+                Ok(older) => older,
+                Err(e) => {
+                    warn!(error = %e, group = group.name, "finding a group's older builds failed");
+                    continue;
+                }
+            };
+            let newer = |id: &String| queued.iter().any(|new| &new.id == id);
+            for other in older.iter().filter(|id| !newer(id)) {
+                match self.cancel(other).await {
+                    Ok(()) => info!(
+                        build_id = other,
+                        cancelled_by = build.id,
+                        group = group.name,
+                        "cancelled an older build of a concurrency group"
+                    ),
+                    // It ended meanwhile.
+                    Err(Failed::Conflict(_)) => {}
+                    Err(e) => {
+                        warn!(error = %e, build_id = other, "cancelling an older build failed")
                     }
                 }
             }
@@ -892,6 +941,7 @@ impl Service {
             Ok(true) if !builds.is_empty() => {
                 self.wake();
                 self.cancel_superseded(builds).await;
+                self.cancel_older(builds).await;
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "recording the delivery's builds failed"),
