@@ -1,7 +1,8 @@
 //! Concurrency per trigger end to end (issue 20): a real `builder serve` with room for two builds
 //! at once, and a trigger whose `concurrency` group takes one: its two builds run one after the
 //! other, and the second says, while it waits, which build it waits for; one whose group's
-//! `onConflict` is `CANCEL_OLDER` cancels the group's running build.
+//! `onConflict` is `CANCEL_OLDER` cancels the group's running build; one whose group says `SKIP`
+//! is not queued while the group is full, and its delivery says why.
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -73,4 +74,23 @@ fn cancel_older_cancels_the_groups_running_build() {
     assert_eq!(first["status"], "CANCELLED", "{first}");
     let second = server.finished(&second[0]);
     assert_eq!(second["status"], "SUCCESS", "{second}");
+}
+
+#[test]
+fn skip_queues_nothing_while_the_group_is_full() {
+    let (server, repository, _dirs) = serve_deploy("{group: deploy, onConflict: SKIP}");
+    let config = "steps:\n- name: builder/busybox\n  args: [sleep, '3']\n";
+    let first = server.push_builds(&repository, config, &[("d-1", "first")]);
+    server.build_when(&first[0], |build| build["status"] == "WORKING");
+    let skipped = server.push_decided(&repository, config, "d-2", "second");
+    let result = &skipped["results"][0];
+    assert!(result["buildId"].is_null(), "{skipped}");
+    let why = format!(
+        "skipped: concurrency group deploy is at its limit (1): {} queued or running",
+        first[0]
+    );
+    assert_eq!(result["reason"], why.as_str(), "{skipped}");
+    assert_eq!(server.finished(&first[0])["status"], "SUCCESS");
+    let later = server.push_builds(&repository, config, &[("d-3", "third")]);
+    assert_eq!(server.finished(&later[0])["status"], "SUCCESS");
 }

@@ -207,16 +207,29 @@ impl Server {
         pushes
             .iter()
             .map(|(delivery, message)| {
-                let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
-                let body = push_payload("refs/heads/main", ZERO, &commit, message);
-                let (code, receipt) = self.deliver("push", delivery, &body, &sign(&body));
-                assert_eq!(code, 202, "{receipt}");
-                self.decided(delivery)["results"][0]["buildId"]
+                let decided = self.push_decided(repository, config, delivery, message);
+                decided["results"][0]["buildId"]
                     .as_str()
-                    .expect("a build queued")
+                    .unwrap_or_else(|| panic!("a build queued: {decided}"))
                     .to_string()
             })
             .collect()
+    }
+
+    /// A push to `main` of `repository` (a commit of `config` as `cloudbuild.yaml`), delivered
+    /// as `delivery`: its record once every trigger has decided.
+    pub fn push_decided(
+        &self,
+        repository: &super::Repository,
+        config: &str,
+        delivery: &str,
+        message: &str,
+    ) -> Value {
+        let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
+        let body = push_payload("refs/heads/main", ZERO, &commit, message);
+        let (code, receipt) = self.deliver("push", delivery, &body, &sign(&body));
+        assert_eq!(code, 202, "{receipt}");
+        self.decided(delivery)
     }
 
     /// The build once it has finished.

@@ -852,18 +852,6 @@ fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Opti
             .find(|(known, _)| *known == name)
             .map(|(_, mode)| *mode),
     };
-    // Refused rather than read as QUEUE: a deploy that was to skip or to cancel must not
-    // silently wait instead.
-    if let Some(mode @ OnConflict::Skip) = on_conflict {
-        let path = f.path().key("onConflict");
-        f.diagnostics().error(
-            &path,
-            format!(
-                "onConflict {} is not honoured yet; only QUEUE is",
-                mode.name()
-            ),
-        );
-    }
     Some(Concurrency {
         group: group?,
         limit: limit?,
@@ -1844,13 +1832,6 @@ mod tests {
         assert_eq!(
             cancelling.concurrency.map(|c| c.on_conflict),
             Some(OnConflict::CancelOlder)
-        );
-        let skip = errors(&format!(
-            "{MAIN}concurrency: {{group: deploy, onConflict: SKIP}}\n"
-        ));
-        assert!(
-            skip.contains("concurrency.onConflict") && skip.contains("not honoured"),
-            "{skip}"
         );
         let defaults = trigger(&format!("{MAIN}concurrency: {{group: deploy}}\n"))
             .concurrency

@@ -227,6 +227,10 @@ impl Service {
     /// apply to manual runs.
     pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
         let build = self.manual_build(name, run).await?;
+        let trigger = self.triggers.get(name)?;
+        if let Some(reason) = self.group_full(&trigger, &build).await {
+            return Err(Failed::Conflict(reason));
+        }
         self.store
             .queue_builds(std::slice::from_ref(&build))
             .await?;

@@ -432,8 +432,13 @@ impl Service {
                 Ok(_) if trigger.has_file_filters() => pending = true,
                 Ok((target, url)) => {
                     let build = self.target_build(trigger, &target, &url, delivery_id);
-                    accepted.results.push(queued(trigger, &build));
-                    accepted.builds.push(build);
+                    self.queue_unless_full(
+                        trigger,
+                        build,
+                        &mut accepted.results,
+                        &mut accepted.builds,
+                    )
+                    .await;
                 }
             }
         }
@@ -655,6 +660,63 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Adds `build` of `trigger` to the delivery's `builds`, or, when its trigger's concurrency
+    /// says `SKIP` and its group is at its limit, only the reason to its `results`.
+    async fn queue_unless_full(
+        &self,
+        trigger: &Trigger,
+        build: QueuedBuild,
+        results: &mut Vec<TriggerResult>,
+        builds: &mut Vec<QueuedBuild>,
+    ) {
+        match self.group_full(trigger, &build).await {
+            Some(reason) => results.push(TriggerResult {
+                trigger: trigger.name.clone(),
+                build_id: None,
+                reason: Some(reason),
+            }),
+            None => {
+                results.push(queued(trigger, &build));
+                builds.push(build);
+            }
+        }
+    }
+
+    /// Why `build` of `trigger` is skipped, if its trigger's concurrency says `SKIP` and its
+    /// group has `limit` builds queued or running. A check before the build is queued, not in
+    /// its transaction: two deliveries at once may both find room. A store that cannot answer
+    /// skips nothing: the build then waits its turn in the queue as with `QUEUE`.
+    pub(super) async fn group_full(
+        &self,
+        trigger: &Trigger,
+        build: &QueuedBuild,
+    ) -> Option<String> {
+        let skips = trigger
+            .concurrency
+            .as_ref()
+            .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::Skip);
+        let group = build.concurrency.as_ref().filter(|_| skips)?;
+        let unfinished = match self
+            .store
+            .group_builds(&group.name, [Status::Queued, Status::Working])
+            .await
+        {
+            Ok(unfinished) => unfinished,
+            Err(e) => {
+                warn!(error = %e, group = group.name, "counting a group's builds failed");
+                return None;
+            }
+        };
+        (unfinished.len() >= usize::try_from(group.limit).unwrap_or(usize::MAX)).then(|| {
+            format!(
+                "skipped: concurrency group {} is at its limit ({}): {} queued or running",
+                group.name,
+                group.limit,
+                unfinished.join(", ")
+            )
+        })
     }
 
     /// Hands a delivery that queues nothing to the recorder without waiting for it to be written:
@@ -884,8 +946,8 @@ impl Service {
             match decision {
                 Ok(()) => {
                     let build = self.target_build(trigger, &target, &url, &delivery.id);
-                    results.push(queued(trigger, &build));
-                    builds.push(build);
+                    self.queue_unless_full(trigger, build, &mut results, &mut builds)
+                        .await;
                 }
                 Err(reason) => results.push(TriggerResult {
                     trigger: trigger.name.clone(),
