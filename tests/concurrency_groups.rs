@@ -50,6 +50,9 @@ fn builds_of_one_group_run_one_after_the_other() {
     assert_eq!(waiting["waitingFor"], why.as_str(), "{waiting}");
     let page = server.get_text(&format!("/builds/{second}"));
     assert!(page.contains(&why), "{page}");
+    let (code, described) = server.cli(&["builds", "describe", second]);
+    assert_eq!(code, 0, "{described}");
+    assert!(described.contains(&why), "{described}");
 
     let first = server.finished(first);
     let second = server.finished(second);
