@@ -11,7 +11,7 @@ use tempfile::TempDir;
 mod common;
 
 use common::Repository;
-use common::server::{Server, TOKEN, ZERO, push_payload, sign};
+use common::server::{Server, TOKEN};
 
 /// A build that waits for approval past its `queueTtl` does not expire: approved through the
 /// CLI, it runs to SUCCESS with the approval recorded; a second decision is refused.
@@ -97,18 +97,7 @@ fn a_rejected_build_never_runs() {
     let data = TempDir::new().unwrap();
     let server = Server::start(data.path(), triggers.path(), &repository.mirrors(), 2);
     let config = "steps:\n- name: builder/busybox\n  args: [echo, deployed]\n";
-    let mut builds = Vec::new();
-    for (delivery, message) in [("d-1", "first"), ("d-2", "second")] {
-        let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
-        let body = push_payload("refs/heads/main", ZERO, &commit, message);
-        let (code, receipt) = server.deliver("push", delivery, &body, &sign(&body));
-        assert_eq!(code, 202, "{receipt}");
-        let id = server.decided(delivery)["results"][0]["buildId"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        builds.push(id);
-    }
+    let builds = server.push_builds(&repository, config, &[("d-1", "first"), ("d-2", "second")]);
     let (rejected, cancelled) = (&builds[0], &builds[1]);
     let build = server.get(&format!("/v1/builds/{rejected}"));
     assert_eq!(build["status"], "PENDING", "{build}");

@@ -7,10 +7,11 @@ use std::future::Future;
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    Change, DATABASE, Error, Lease, Logs as _, PostgresStore, Queue as _, QueuedBuild,
-    ResourceKind, ResourceWrite, Resources as _, SqliteStore, Store,
+    Change, DATABASE, Error, Logs as _, PostgresStore, Queue as _, QueuedBuild, ResourceKind,
+    ResourceWrite, Resources as _, SqliteStore, Store,
 };
 use builder::core::build::Request;
+use builder::core::triggers::ConcurrencyGroup;
 
 mod common;
 mod store_contract;
@@ -58,6 +59,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     a_build_is_recorded_as_it_runs,
     the_queue_hands_each_build_out_once_oldest_first,
+    a_group_at_its_limit_waits_for_its_builds_to_end,
     leases_hold_builds_until_they_run_out,
     queued_builds_expire_past_their_ttl,
     pending_builds_wait_for_one_decision,
@@ -74,6 +76,28 @@ on_both_stores!(
     resources_are_kept_by_kind_and_name,
     workers_beat_and_list_their_builds,
 );
+
+/// What four claimers, each on a connection of its own (as four machines would be), claim from
+/// the database at `url` at once, each claiming until it finds nothing to claim.
+async fn claim_on_four_machines(url: &str) -> Vec<String> {
+    let mut claimers = tokio::task::JoinSet::new();
+    for claimer in 0..4 {
+        let store = PostgresStore::open(url).await.unwrap();
+        claimers.spawn(async move {
+            let lease = store_contract::lease(&format!("claimer-{claimer}"), 30);
+            let mut claimed = Vec::new();
+            while let Some(build) = store.claim_queued(&lease, None).await.unwrap() {
+                claimed.push(build.id);
+            }
+            claimed
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(ids) = claimers.join_next().await {
+        claimed.extend(ids.unwrap());
+    }
+    claimed
+}
 
 /// Claimers on connections of their own (as four machines would be) take 200 queued builds at
 /// once: each build is claimed exactly once.
@@ -99,32 +123,41 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                 queue_ttl: None,
                 report: false,
                 approval_required: false,
+                concurrency: None,
             })
             .collect();
         let queuer = PostgresStore::open(&url).await.unwrap();
         queuer.queue_builds(&builds).await.unwrap();
-        let mut claimers = tokio::task::JoinSet::new();
-        for claimer in 0..4 {
-            let store = PostgresStore::open(&url).await.unwrap();
-            claimers.spawn(async move {
-                let lease = Lease {
-                    holder: format!("claimer-{claimer}"),
-                    duration: std::time::Duration::from_secs(30),
-                };
-                let mut claimed = Vec::new();
-                while let Some(build) = store.claim_queued(&lease, None).await.unwrap() {
-                    claimed.push(build.id);
-                }
-                claimed
-            });
-        }
-        let mut claimed: Vec<String> = Vec::new();
-        while let Some(ids) = claimers.join_next().await {
-            claimed.extend(ids.unwrap());
-        }
+        let mut claimed = claim_on_four_machines(&url).await;
         claimed.sort();
         let queued: Vec<String> = builds.into_iter().map(|b| b.id).collect();
         assert_eq!(claimed, queued, "each build claimed once");
+    })
+    .await;
+}
+
+/// Claimers on connections of their own take the builds of two concurrency groups at once,
+/// none ending: however their claims interleave, each group gets exactly its limit WORKING.
+#[tokio::test]
+async fn postgres_concurrent_claimers_keep_each_group_to_its_limit() {
+    on_a_fresh_database(|url| async move {
+        let builds: Vec<QueuedBuild> = [("a", 2), ("b", 1)]
+            .into_iter()
+            .flat_map(|(name, limit)| {
+                (0..10).map(move |i| QueuedBuild {
+                    concurrency: Some(ConcurrencyGroup {
+                        name: name.into(),
+                        limit,
+                    }),
+                    ..store_contract::queued(&format!("{name}-{i}"), "t")
+                })
+            })
+            .collect();
+        let queuer = PostgresStore::open(&url).await.unwrap();
+        queuer.queue_builds(&builds).await.unwrap();
+        let claimed = claim_on_four_machines(&url).await;
+        let of = |group: &str| claimed.iter().filter(|id| id.starts_with(group)).count();
+        assert_eq!((of("a-"), of("b-")), (2, 1), "{claimed:?}");
     })
     .await;
 }

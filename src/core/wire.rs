@@ -49,6 +49,10 @@ pub struct Build {
     /// For a build that needs a person's approval: whether it has it, and the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Why a QUEUED build is not claimed yet: its concurrency group is at its limit (shown with
+    /// one build, not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// What GitHub was told of the build, for a build reported to it (shown with one build, not
     /// in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]

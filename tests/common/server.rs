@@ -196,6 +196,42 @@ impl Server {
         }
     }
 
+    /// Pushes to `main` of `repository`, one commit of `config` as `cloudbuild.yaml` for each
+    /// `(delivery id, message)`, each delivered and decided: the build each queued, in order.
+    pub fn push_builds(
+        &self,
+        repository: &super::Repository,
+        config: &str,
+        pushes: &[(&str, &str)],
+    ) -> Vec<String> {
+        pushes
+            .iter()
+            .map(|(delivery, message)| {
+                let decided = self.push_decided(repository, config, delivery, message);
+                decided["results"][0]["buildId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a build queued: {decided}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// A push to `main` of `repository` (a commit of `config` as `cloudbuild.yaml`), delivered
+    /// as `delivery`: its record once every trigger has decided.
+    pub fn push_decided(
+        &self,
+        repository: &super::Repository,
+        config: &str,
+        delivery: &str,
+        message: &str,
+    ) -> Value {
+        let commit = repository.commit(&[("cloudbuild.yaml", config)], message, "main");
+        let body = push_payload("refs/heads/main", ZERO, &commit, message);
+        let (code, receipt) = self.deliver("push", delivery, &body, &sign(&body));
+        assert_eq!(code, 202, "{receipt}");
+        self.decided(delivery)
+    }
+
     /// The build once it has finished.
     pub fn finished(&self, id: &str) -> Value {
         let start = Instant::now();

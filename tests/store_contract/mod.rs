@@ -10,7 +10,7 @@ use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
     BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
     Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
-    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker,
+    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker, waiting_for,
 };
 use builder::core::build::Decision as Verdict;
 use builder::core::build::{
@@ -20,7 +20,7 @@ use builder::core::plan::ResolvedBuild;
 use builder::core::retention::{Pass, Removed};
 use builder::core::schedule::{Decision, Skipped};
 use builder::core::substitute::Values;
-use builder::core::triggers::TriggerResult;
+use builder::core::triggers::{ConcurrencyGroup, TriggerResult};
 use builder::core::webhooks::PullRequest;
 use chrono::{DateTime, Utc};
 
@@ -63,6 +63,7 @@ pub fn queued(id: &str, trigger: &str) -> QueuedBuild {
         queue_ttl: None,
         report: false,
         approval_required: false,
+        concurrency: None,
     }
 }
 
@@ -185,6 +186,57 @@ pub async fn a_build_is_recorded_as_it_runs(store: &dyn Store) {
         "an ambiguous prefix"
     );
     assert!(store.get_build("nope").await.unwrap().is_none());
+}
+
+/// Concurrency groups: a build whose group has `limit` builds WORKING is not claimed, and
+/// waits QUEUED until one of them ends; builds of another group, or of none, are claimed
+/// meanwhile.
+pub async fn a_group_at_its_limit_waits_for_its_builds_to_end(store: &dyn Store) {
+    let in_group = |id: &str, name: &str, limit: u32| QueuedBuild {
+        concurrency: Some(ConcurrencyGroup {
+            name: name.into(),
+            limit,
+        }),
+        ..queued(id, "t")
+    };
+    store
+        .queue_builds(&[
+            in_group("g-1", "deploy", 1),
+            in_group("g-2", "deploy", 1),
+            in_group("g-3", "other", 1),
+            queued("g-4", "t"),
+        ])
+        .await
+        .unwrap();
+    let worker = lease("w", 30);
+    let claim = async || {
+        store
+            .claim_queued(&worker, None)
+            .await
+            .unwrap()
+            .map(|claimed| claimed.id)
+    };
+    assert_eq!(claim().await.as_deref(), Some("g-1"));
+    assert_eq!(claim().await.as_deref(), Some("g-3"), "another group");
+    assert_eq!(claim().await.as_deref(), Some("g-4"), "no group");
+    assert_eq!(claim().await, None, "g-2's group is at its limit");
+    let again = store.queued_request("g-2").await.unwrap().expect("queued");
+    assert_eq!(
+        again.concurrency,
+        Some(ConcurrencyGroup {
+            name: "deploy".into(),
+            limit: 1
+        })
+    );
+    let waiting = store.get_build("g-2").await.unwrap().expect("queued");
+    assert_eq!(
+        waiting_for(store, &waiting).await.unwrap().as_deref(),
+        Some("waiting for concurrency group deploy (limit 1): build g-1 is running")
+    );
+    let outcome = Outcome::ended(Status::Success, Vec::new(), None);
+    store.finish_build("g-1", &outcome, &worker).await.unwrap();
+    assert_eq!(waiting_for(store, &waiting).await.unwrap(), None);
+    assert_eq!(claim().await.as_deref(), Some("g-2"), "g-1 ended");
 }
 
 /// The queue: builds are claimed oldest first, each once, held by their claimer from then on;

@@ -17,6 +17,7 @@ use crate::core::build::{
 use crate::core::plan::ResolvedBuild;
 use crate::core::substitute::Values;
 use crate::core::templates::PushedTemplate;
+use crate::core::triggers::ConcurrencyGroup;
 
 /// A build as recorded (the API serves it as a `wire::Build`).
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct BuildRecord {
     pub build_step_outputs: Vec<String>,
     /// For a build that needs a person's approval: its state, and the decision once made.
     pub approval: Option<Approval>,
+    /// The concurrency group of a build its trigger puts in one.
+    pub concurrency: Option<ConcurrencyGroup>,
 }
 
 /// A step of a build as recorded.
@@ -392,6 +395,7 @@ pub(super) fn by_prefix<'r, R: Columns>(rows: &'r [R], id: &str) -> Option<&'r R
 
 pub(super) fn build_record(row: &impl Columns, steps: Vec<StepRecord>) -> BuildRecord {
     BuildRecord {
+        concurrency: super::queue::concurrency_group(row),
         id: row.column("id"),
         status: status(row.column("status")),
         create_time: time(row.column("create_time")),

@@ -48,7 +48,7 @@ pub use deliveries::{
 pub use logs::{LogLine, Logs, PAGE_BYTES, page_full, page_take};
 pub use postgres::{Changes, PostgresStore};
 use queue::queue;
-pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished, waiting_for};
 pub use reports::{OpenReport, ReportFailure, ReportRecord, Reports};
 pub use resources::{ResourceKind, ResourceWrite, Resources};
 pub use retention::{PASSES_KEPT, References, Retention};
@@ -378,6 +378,7 @@ mod test_support {
             queue_ttl: None,
             report: false,
             approval_required: false,
+            concurrency: None,
         }
     }
 

@@ -410,25 +410,46 @@ impl Queue for PostgresStore {
         Ok(rows.iter().map(queue::unfinished).collect())
     }
 
+    /// Claimers skip the rows others have locked. Two claimers of two builds of one group could
+    /// each count the group's WORKING builds without the other's: so each claim, once made,
+    /// counts its group again under the group's advisory lock (taken until it commits), and
+    /// one that finds the group past its limit is undone and tried again; the group is then
+    /// at its limit for the next try, which passes its builds over.
     async fn claim_queued(
         &self,
         lease: &Lease,
         pool: Option<&str>,
     ) -> Result<Option<Claimed>, Error> {
         let claim = format!(
-            "{} FOR UPDATE SKIP LOCKED) RETURNING id, request",
+            "{} FOR UPDATE SKIP LOCKED) RETURNING id, request, concurrency_group, concurrency_limit",
             queue::CLAIM_QUEUED
         );
-        let row = sqlx::query(AssertSqlSafe(claim))
-            .bind(Status::Working.as_str())
-            .bind(millis(SystemTime::now()))
-            .bind(&lease.holder)
-            .bind(lease.until())
-            .bind(Status::Queued.as_str())
-            .bind(pool.unwrap_or_default())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(queue::claimed))
+        loop {
+            let mut tx = self.write().await?;
+            let Some(row) = queue::claim_queued::<Postgres>(claim.clone(), lease, pool)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if let Some(group) = queue::concurrency_group(&row) {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&group.name)
+                    .execute(&mut *tx)
+                    .await?;
+                let working: i64 = sqlx::query_scalar(queue::GROUP_WORKING)
+                    .bind(&group.name)
+                    .bind(Status::Working.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if working > i64::from(group.limit) {
+                    tx.rollback().await?;
+                    continue;
+                }
+            }
+            tx.commit().await?;
+            return Ok(Some(queue::claimed(&row)));
+        }
     }
 
     async fn requeue(
@@ -474,6 +495,15 @@ impl Queue for PostgresStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(queue::queued_build).transpose()
+    }
+
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(queue::GROUP_BUILDS)
+            .bind(group)
+            .bind(statuses[0].as_str())
+            .bind(statuses[1].as_str())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {

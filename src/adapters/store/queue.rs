@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Sqlite, Type};
 use super::{Columns, Error, SqliteStore, Transaction, json, millis, parse_json};
 use crate::core::build::{ApprovalResult, ApprovalState, Request, Status};
 use crate::core::substitute::Values;
+use crate::core::triggers::ConcurrencyGroup;
 
 /// A build the service queues: recorded QUEUED with what it is to run, its plan resolved when
 /// it starts.
@@ -35,6 +36,9 @@ pub struct QueuedBuild {
     /// It waits PENDING for a person's approval ([`Queue::decide_approval`]) before it is
     /// QUEUED; its `queue_ttl` counts from the approval.
     pub approval_required: bool,
+    /// The trigger's concurrency group it belongs to, its name expanded: it is not claimed
+    /// while its group has `limit` builds WORKING.
+    pub concurrency: Option<ConcurrencyGroup>,
 }
 
 /// A build claimed from the queue, WORKING and held by its claimer from now on.
@@ -158,6 +162,29 @@ pub trait Queue: Send + Sync {
     /// counted from the decision's time); rejected, it ends REJECTED. `false`, deciding nothing,
     /// if it is not PENDING (any more): of two decisions at once, one is made.
     async fn decide_approval(&self, id: &str, result: &ApprovalResult) -> Result<bool, Error>;
+
+    /// The builds of concurrency group `group` in either of `statuses` (twice the same for
+    /// one), in the order they were started, then queued.
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error>;
+}
+
+/// Why `build` waits QUEUED, if its concurrency group is at its limit: the group's name, limit
+/// and WORKING builds, in a sentence.
+pub async fn waiting_for(
+    store: &(impl Queue + ?Sized),
+    build: &super::BuildRecord,
+) -> Result<Option<String>, Error> {
+    let Some(group) = build
+        .concurrency
+        .as_ref()
+        .filter(|_| build.status == Status::Queued)
+    else {
+        return Ok(None);
+    };
+    let working = store
+        .group_builds(&group.name, [Status::Working; 2])
+        .await?;
+    Ok(group.waiting(&working))
 }
 
 /// Statements both dialects share.
@@ -169,12 +196,21 @@ pub(super) const TAKE_OVER: &str = "UPDATE builds SET holder = $1, lease_until =
      WHERE id = $3 AND holder IS NOT DISTINCT FROM $4 AND status IN ($5, $6)";
 pub(super) const UNFINISHED: &str = "SELECT id, holder, COALESCE(lease_until < $1, TRUE) AS expired \
      FROM builds WHERE status = $2 OR (status = $3 AND request IS NULL)";
-/// The claim of the oldest queued build, without its end: `)` on SQLite, whose one writer
+/// The claim of the oldest queued build whose concurrency group (if any) is below its limit,
+/// without its end: `)` on SQLite, whose one writer
 /// claims at a time; PostgreSQL's claimers skip the rows others have locked.
 pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      SET status = $1, start_time = $2, holder = $3, lease_until = $4 WHERE id = \
-     (SELECT id FROM builds WHERE status = $5 AND request IS NOT NULL AND pool = $6 \
+     (SELECT id FROM builds AS queued WHERE status = $5 AND request IS NOT NULL AND pool = $6 \
+     AND (concurrency_group IS NULL OR concurrency_limit > (SELECT COUNT(*) FROM builds AS running \
+     WHERE running.concurrency_group = queued.concurrency_group AND running.status = $1)) \
      ORDER BY create_time, id LIMIT 1";
+/// The builds of group `$1` that are `$2` or `$3`, as [`Queue::group_builds`] orders them.
+pub(super) const GROUP_BUILDS: &str = "SELECT id FROM builds \
+     WHERE concurrency_group = $1 AND status IN ($2, $3) ORDER BY start_time, create_time, id";
+/// How many builds of group `$1` are `$2` (WORKING).
+pub(super) const GROUP_WORKING: &str =
+    "SELECT COUNT(*) FROM builds WHERE concurrency_group = $1 AND status = $2";
 /// `$6`, the queue TTL in milliseconds, is NULL for none: NULL added to the time the build was
 /// queued (its approval's, if it waited for one).
 pub(super) const REQUEUE: &str = "UPDATE builds SET status = $1, pool = $2, holder = NULL, \
@@ -186,7 +222,7 @@ pub(super) const EXPIRE_QUEUED: &str = "UPDATE builds SET status = $1, finish_ti
 pub(super) const QUEUED_REQUEST: &str = "SELECT id, trigger_name, schedule_name, delivery_id, \
      source, substitutions, request, pool, \
      queue_deadline - COALESCE(approval_time, create_time) AS queue_ttl, \
-     approval_state IS NOT NULL AS approval_required \
+     approval_state IS NOT NULL AS approval_required, concurrency_group, concurrency_limit \
      FROM builds WHERE id = $1 AND request IS NOT NULL";
 /// `$4` QUEUED, `$5` PENDING (whose approval becomes `$6`, CANCELLED).
 pub(super) const CANCEL_QUEUED: &str = "UPDATE builds SET status = $1, finish_time = $2, \
@@ -260,15 +296,11 @@ impl Queue for SqliteStore {
         pool: Option<&str>,
     ) -> Result<Option<Claimed>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "{CLAIM_QUEUED}) RETURNING id, request"
-        )))
-        .bind(Status::Working.as_str())
-        .bind(millis(SystemTime::now()))
-        .bind(&lease.holder)
-        .bind(lease.until())
-        .bind(Status::Queued.as_str())
-        .bind(pool.unwrap_or_default())
+        let row = claim_queued::<Sqlite>(
+            format!("{CLAIM_QUEUED}) RETURNING id, request"),
+            lease,
+            pool,
+        )
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -323,6 +355,15 @@ impl Queue for SqliteStore {
         row.as_ref().map(queued_build).transpose()
     }
 
+    async fn group_builds(&self, group: &str, statuses: [Status; 2]) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(GROUP_BUILDS)
+            .bind(group)
+            .bind(statuses[0].as_str())
+            .bind(statuses[1].as_str())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn cancel_queued(&self, id: &str) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
         let updated = cancel_queued(id).execute(&mut *tx).await?;
@@ -336,6 +377,26 @@ impl Queue for SqliteStore {
         tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
+}
+
+/// `claim`, [`CLAIM_QUEUED`] ended in its dialect, for `lease`'s holder from `pool`.
+pub(super) fn claim_queued<'q, DB>(
+    claim: String,
+    lease: &'q Lease,
+    pool: Option<&'q str>,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(AssertSqlSafe(claim))
+        .bind(Status::Working.as_str())
+        .bind(millis(SystemTime::now()))
+        .bind(lease.holder.as_str())
+        .bind(lease.until())
+        .bind(Status::Queued.as_str())
+        .bind(pool.unwrap_or_default())
 }
 
 /// [`CANCEL_QUEUED`] of build `id`, in either dialect.
@@ -421,6 +482,17 @@ pub(super) fn queued_build(row: &impl Columns) -> Result<QueuedBuild, Error> {
         // Whoever queues it again decides.
         report: false,
         approval_required: row.column("approval_required"),
+        concurrency: concurrency_group(row),
+    })
+}
+
+/// The concurrency group a row records, from its `concurrency_group` and `concurrency_limit`.
+pub(super) fn concurrency_group(row: &impl Columns) -> Option<ConcurrencyGroup> {
+    let name = row.column::<Option<String>>("concurrency_group")?;
+    let limit = row.column::<Option<i64>>("concurrency_limit").unwrap_or(1);
+    Some(ConcurrencyGroup {
+        name,
+        limit: u32::try_from(limit.max(1)).unwrap_or(u32::MAX),
     })
 }
 
@@ -464,7 +536,8 @@ where
 {
     let mut insert = QueryBuilder::<DB>::new(
         "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
-         delivery_id, request, schedule_name, pool, queue_deadline, approval_state) ",
+         delivery_id, request, schedule_name, pool, queue_deadline, approval_state, \
+         concurrency_group, concurrency_limit) ",
     );
     insert.push_values(builds, |mut row, build| {
         let (status, approval) = if build.approval_required {
@@ -488,7 +561,14 @@ where
                     .queue_ttl
                     .map(|ttl| now.saturating_add(ttl_millis(ttl))),
             )
-            .push_bind(approval);
+            .push_bind(approval)
+            .push_bind(build.concurrency.as_ref().map(|group| group.name.clone()))
+            .push_bind(
+                build
+                    .concurrency
+                    .as_ref()
+                    .map(|group| i64::from(group.limit)),
+            );
     });
     insert
 }

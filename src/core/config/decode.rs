@@ -400,7 +400,7 @@ impl<'a, 'd> Fields<'a, 'd> {
         }
     }
 
-    fn integer(&mut self, name: &'static str) -> Option<i64> {
+    pub(crate) fn integer(&mut self, name: &'static str) -> Option<i64> {
         let (node, path) = self.take(name)?;
         self.integer_at(node, &path)
     }

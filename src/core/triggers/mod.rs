@@ -14,7 +14,7 @@ use crate::core::config::{self, BuildConfig, validate};
 use crate::core::diag::{Diagnostics, FieldPath};
 use crate::core::glob::Glob;
 use crate::core::plan;
-use crate::core::substitute::Values;
+use crate::core::substitute::{self, Values};
 use crate::core::webhooks::{
     Comment, Delivery, GCBRUN, GitRef, PullRequest, PullRequestEvent, Push, RefKind, Repository,
 };
@@ -62,6 +62,84 @@ pub struct Trigger {
     /// Its builds wait PENDING for a person's approval before they are queued
     /// (`approvalConfig.approvalRequired`).
     pub approval_required: bool,
+    /// How many of its builds (by group) run at once (`concurrency`, builder's own field).
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A trigger's `concurrency`: at most `limit` builds of one group run at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    /// The group's name, its substitutions expanded with the build's when it is queued.
+    pub group: String,
+    /// At least 1.
+    pub limit: u32,
+    pub on_conflict: OnConflict,
+}
+
+/// A build's concurrency group (a trigger's `concurrency`), its name expanded: at most `limit`
+/// builds of one group are WORKING at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyGroup {
+    pub name: String,
+    /// At least 1.
+    pub limit: u32,
+}
+
+impl ConcurrencyGroup {
+    /// Why a build of this group waits, with the group's `working` builds: `None` below its
+    /// limit.
+    pub fn waiting(&self, working: &[String]) -> Option<String> {
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        (working.len() >= limit).then(|| {
+            let (builds, verb) = match working {
+                [one] => (format!("build {one}"), "is"),
+                many => (format!("builds {}", many.join(", ")), "are"),
+            };
+            format!(
+                "waiting for concurrency group {} (limit {}): {builds} {verb} running",
+                self.name, self.limit
+            )
+        })
+    }
+}
+
+/// What becomes of a build whose group is at its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// It waits QUEUED until a build of its group ends.
+    Queue,
+    /// Queueing it cancels the group's older builds still queued or running.
+    CancelOlder,
+    /// It is not queued.
+    Skip,
+}
+
+impl OnConflict {
+    const NAMES: [(&'static str, OnConflict); 3] = [
+        ("QUEUE", OnConflict::Queue),
+        ("CANCEL_OLDER", OnConflict::CancelOlder),
+        ("SKIP", OnConflict::Skip),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, mode)| *mode == self)
+            .map_or("QUEUE", |(name, _)| name)
+    }
+}
+
+impl Concurrency {
+    /// The group of a build with `substitutions` (its built-ins and the trigger's own).
+    pub fn group_of(&self, substitutions: &Values) -> ConcurrencyGroup {
+        ConcurrencyGroup {
+            // Plain references to values of at most 4000 bytes each: within the expansion's
+            // bounds but for a group name written to pass them, which is then kept as written.
+            name: substitute::expand(&self.group, substitutions, false)
+                .unwrap_or_else(|_| self.group.clone()),
+            limit: self.limit,
+        }
+    }
 }
 
 /// Where a triggered build's config comes from.
@@ -561,6 +639,11 @@ impl Trigger {
             "disabled": self.disabled,
             "trusted": self.trusted,
             "approvalRequired": self.approval_required,
+            "concurrency": self.concurrency.as_ref().map(|concurrency| serde_json::json!({
+                "group": concurrency.group,
+                "limit": concurrency.limit,
+                "onConflict": concurrency.on_conflict.name(),
+            })),
             "secrets": self.secrets,
             "rule": rule,
             "config": config,
@@ -693,6 +776,9 @@ fn trigger(f: &mut Fields) -> Trigger {
     let ignored_files = globs(f, "ignoredFiles");
     let mut github = f.object("github", github);
     let webhook = webhook_trigger(f, &name, &mut github);
+    let concurrency = f
+        .object("concurrency", |f| concurrency(f, &substitutions))
+        .flatten();
     Trigger {
         name,
         description: f.string("description").unwrap_or_default(),
@@ -711,7 +797,66 @@ fn trigger(f: &mut Fields) -> Trigger {
                 f.bool("approvalRequired").unwrap_or(false)
             })
             .unwrap_or(false),
+        concurrency,
     }
+}
+
+/// `concurrency`: its group must name something (its references the trigger's substitutions
+/// or built-ins, which its builds get), its limit be at least 1.
+fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Option<Concurrency> {
+    let group = f.string("group");
+    let group_path = f.path().key("group");
+    match &group {
+        None => f
+            .diagnostics()
+            .error(&group_path, "a concurrency group needs its `group`"),
+        Some(group) if group.is_empty() => f
+            .diagnostics()
+            .error(&group_path, "a concurrency group's name is empty"),
+        Some(group) => {
+            for reference in substitute::references(group, false) {
+                let key = reference.key;
+                let known = if substitute::is_user_key(&key) {
+                    substitutions.contains_key(&key)
+                } else {
+                    substitute::is_built_in(&key)
+                };
+                if !known {
+                    f.diagnostics().error(
+                        &group_path,
+                        format!(
+                            "`${key}` does not resolve: it is neither in the trigger's \
+                             `substitutions` nor a built-in substitution"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let limit = match f.integer("limit") {
+        None => Some(1),
+        Some(limit) => u32::try_from(limit)
+            .ok()
+            .filter(|limit| *limit >= 1)
+            .or_else(|| {
+                let path = f.path().key("limit");
+                f.diagnostics()
+                    .error(&path, format!("a limit is at least 1, found {limit}"));
+                None
+            }),
+    };
+    let on_conflict = match f.enumeration("onConflict", &OnConflict::NAMES.map(|(name, _)| name)) {
+        None => Some(OnConflict::Queue),
+        Some(name) => OnConflict::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, mode)| *mode),
+    };
+    Some(Concurrency {
+        group: group?,
+        limit: limit?,
+        on_conflict: on_conflict?,
+    })
 }
 
 /// `webhookConfig`, its `sourceToBuild` (the repository, into `github`) and its `filter`,
@@ -1664,6 +1809,57 @@ mod tests {
         );
         let rendered = errors(&format!("{MAIN}substitutions: {{ENV: x}}\n"));
         assert!(rendered.contains("substitutions.ENV"), "{rendered}");
+    }
+
+    #[test]
+    fn concurrency_groups_are_read_with_located_errors() {
+        assert_eq!(trigger(MAIN).concurrency, None);
+        let grouped = trigger(&format!(
+            "{MAIN}substitutions: {{_SERVICE: api}}\n\
+             concurrency: {{group: \"deploy-$_SERVICE-$BRANCH_NAME\", limit: 2, onConflict: QUEUE}}\n"
+        ));
+        let concurrency = grouped.concurrency.expect("a concurrency");
+        assert_eq!(concurrency.limit, 2);
+        assert_eq!(concurrency.on_conflict, OnConflict::Queue);
+        let values = Values::from([
+            ("_SERVICE".to_string(), "api".to_string()),
+            ("BRANCH_NAME".to_string(), "main".to_string()),
+        ]);
+        assert_eq!(concurrency.group_of(&values).name, "deploy-api-main");
+        let cancelling = trigger(&format!(
+            "{MAIN}concurrency: {{group: deploy, onConflict: CANCEL_OLDER}}\n"
+        ));
+        assert_eq!(
+            cancelling.concurrency.map(|c| c.on_conflict),
+            Some(OnConflict::CancelOlder)
+        );
+        let defaults = trigger(&format!("{MAIN}concurrency: {{group: deploy}}\n"))
+            .concurrency
+            .expect("a concurrency");
+        assert_eq!(
+            (defaults.limit, defaults.on_conflict),
+            (1, OnConflict::Queue)
+        );
+        let unresolved = errors(&format!(
+            "{MAIN}concurrency: {{group: \"deploy-$_SERVICE\"}}\n"
+        ));
+        assert!(
+            unresolved.contains("concurrency.group")
+                && unresolved.contains("$_SERVICE")
+                && unresolved.contains(":4:"),
+            "{unresolved}"
+        );
+        let zero = errors(&format!("{MAIN}concurrency: {{group: deploy, limit: 0}}\n"));
+        assert!(
+            zero.contains("concurrency.limit") && zero.contains("at least 1"),
+            "{zero}"
+        );
+        let mode = errors(&format!(
+            "{MAIN}concurrency: {{group: deploy, onConflict: WAIT}}\n"
+        ));
+        assert!(mode.contains("concurrency.onConflict"), "{mode}");
+        let nameless = errors(&format!("{MAIN}concurrency: {{limit: 1}}\n"));
+        assert!(nameless.contains("concurrency.group"), "{nameless}");
     }
 
     #[test]

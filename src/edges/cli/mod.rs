@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::registry::{self, Registries};
 use crate::adapters::runtime::{Backend, DockerBackend};
-use crate::adapters::store::{Builds as _, Logs as _, SqliteStore};
+use crate::adapters::store::{Builds as _, Logs as _, SqliteStore, waiting_for};
 use crate::adapters::{secrets, source};
 use crate::core::alias::Aliases;
 use crate::core::build::Status;
@@ -790,7 +790,10 @@ fn builds(command: BuildsCommand, data_dir: &Path) -> Result<ExitCode> {
                 )?;
             }
             BuildsCommand::Describe { id } => {
-                let build = wire::Build::from(find(id).await?);
+                let found = find(id).await?;
+                let waiting = waiting_for(&store, &found).await?;
+                let mut build = wire::Build::from(found);
+                build.waiting_for = waiting;
                 outln!("{}", serde_json::to_string_pretty(&build)?)?;
             }
             BuildsCommand::Log { id, stream } => {

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::fetch::FetchFailed;
 use super::*;
-use crate::adapters::store::page_full;
+use crate::adapters::store::{page_full, waiting_for};
 
 /// How often a followed log that is not running in this process (queued, or run by another
 /// process) is read again when the store tells nothing of changes; a build running here wakes
@@ -42,10 +42,14 @@ impl Service {
 
     /// A build, with what GitHub was told of it.
     pub async fn build(&self, id: &str) -> Result<wire::Build, Failed> {
-        let build = self.store.get_build(id).await?;
-        let mut build = build
-            .map(wire::Build::from)
+        let build = self
+            .store
+            .get_build(id)
+            .await?
             .ok_or_else(|| Failed::NotFound(format!("no build {id:?}")))?;
+        let waiting_for = waiting_for(&*self.store, &build).await?;
+        let mut build = wire::Build::from(build);
+        build.waiting_for = waiting_for;
         build.github = self.store.report_of(&build.id).await?.map(Into::into);
         Ok(build)
     }
@@ -223,10 +227,15 @@ impl Service {
     /// apply to manual runs.
     pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
         let build = self.manual_build(name, run).await?;
+        let trigger = self.triggers.get(name)?;
+        if let Some(reason) = self.group_full(&trigger, &build).await {
+            return Err(Failed::Conflict(reason));
+        }
         self.store
             .queue_builds(std::slice::from_ref(&build))
             .await?;
         self.wake();
+        self.cancel_older(std::slice::from_ref(&build)).await;
         Ok(build.id)
     }
 
@@ -334,6 +343,7 @@ impl Service {
             delivery: None,
             report: false,
             approval_required: submission.require_approval,
+            concurrency: None,
             id,
         };
         self.store

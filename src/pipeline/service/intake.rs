@@ -13,7 +13,7 @@ use super::fetch::{Exhausted, FetchFailed};
 use super::*;
 use crate::adapters::source::git::{ChangedFiles, GitError};
 use crate::adapters::store::PendingDelivery;
-use crate::core::triggers::Approval;
+use crate::core::triggers::{Approval, OnConflict};
 use crate::core::webhooks::{CheckRunEvent, Comment, PullRequest, PullRequestEvent};
 
 /// Writes deliveries as they come, each transaction taking every delivery that arrived while the
@@ -432,8 +432,13 @@ impl Service {
                 Ok(_) if trigger.has_file_filters() => pending = true,
                 Ok((target, url)) => {
                     let build = self.target_build(trigger, &target, &url, delivery_id);
-                    accepted.results.push(queued(trigger, &build));
-                    accepted.builds.push(build);
+                    self.queue_unless_full(
+                        trigger,
+                        build,
+                        &mut accepted.results,
+                        &mut accepted.builds,
+                    )
+                    .await;
                 }
             }
         }
@@ -466,6 +471,7 @@ impl Service {
                 if !builds.is_empty() {
                     self.wake();
                     self.cancel_superseded(&queued).await;
+                    self.cancel_older(&queued).await;
                 }
                 Ok(Receipt::Accepted { builds, pending })
             }
@@ -606,6 +612,111 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Cancels, for each of `queued` whose trigger's concurrency says `CANCEL_OLDER`, the other
+    /// builds of its group still queued or running. Done after the new builds are recorded, as
+    /// [`Self::cancel_superseded`] is, so a crash in between leaves the older builds, never the
+    /// group without its newest.
+    pub(super) async fn cancel_older(&self, queued: &[QueuedBuild]) {
+        for build in queued {
+            let (Some(name), Some(group)) = (build.trigger.as_deref(), &build.concurrency) else {
+                continue;
+            };
+            let cancels = self.triggers.get(name).is_ok_and(|trigger| {
+                trigger
+                    .concurrency
+                    .as_ref()
+                    .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::CancelOlder)
+            });
+            if !cancels {
+                continue;
+            }
+            let older = match self
+                .store
+                .group_builds(&group.name, [Status::Queued, Status::Working])
+                .await
+            {
+                Ok(older) => older,
+                Err(e) => {
+                    warn!(error = %e, group = group.name, "finding a group's older builds failed");
+                    continue;
+                }
+            };
+            let newer = |id: &String| queued.iter().any(|new| &new.id == id);
+            for other in older.iter().filter(|id| !newer(id)) {
+                match self.cancel(other).await {
+                    Ok(()) => info!(
+                        build_id = other,
+                        cancelled_by = build.id,
+                        group = group.name,
+                        "cancelled an older build of a concurrency group"
+                    ),
+                    // It ended meanwhile.
+                    Err(Failed::Conflict(_)) => {}
+                    Err(e) => {
+                        warn!(error = %e, build_id = other, "cancelling an older build failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `build` of `trigger` to the delivery's `builds`, or, when its trigger's concurrency
+    /// says `SKIP` and its group is at its limit, only the reason to its `results`.
+    async fn queue_unless_full(
+        &self,
+        trigger: &Trigger,
+        build: QueuedBuild,
+        results: &mut Vec<TriggerResult>,
+        builds: &mut Vec<QueuedBuild>,
+    ) {
+        match self.group_full(trigger, &build).await {
+            Some(reason) => results.push(TriggerResult {
+                trigger: trigger.name.clone(),
+                build_id: None,
+                reason: Some(reason),
+            }),
+            None => {
+                results.push(queued(trigger, &build));
+                builds.push(build);
+            }
+        }
+    }
+
+    /// Why `build` of `trigger` is skipped, if its trigger's concurrency says `SKIP` and its
+    /// group has `limit` builds queued or running. A check before the build is queued, not in
+    /// its transaction: two deliveries at once may both find room. A store that cannot answer
+    /// skips nothing: the build then waits its turn in the queue as with `QUEUE`.
+    pub(super) async fn group_full(
+        &self,
+        trigger: &Trigger,
+        build: &QueuedBuild,
+    ) -> Option<String> {
+        let skips = trigger
+            .concurrency
+            .as_ref()
+            .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::Skip);
+        let group = build.concurrency.as_ref().filter(|_| skips)?;
+        let unfinished = match self
+            .store
+            .group_builds(&group.name, [Status::Queued, Status::Working])
+            .await
+        {
+            Ok(unfinished) => unfinished,
+            Err(e) => {
+                warn!(error = %e, group = group.name, "counting a group's builds failed");
+                return None;
+            }
+        };
+        (unfinished.len() >= usize::try_from(group.limit).unwrap_or(usize::MAX)).then(|| {
+            format!(
+                "skipped: concurrency group {} is at its limit ({}): {} queued or running",
+                group.name,
+                group.limit,
+                unfinished.join(", ")
+            )
+        })
     }
 
     /// Hands a delivery that queues nothing to the recorder without waiting for it to be written:
@@ -835,8 +946,8 @@ impl Service {
             match decision {
                 Ok(()) => {
                     let build = self.target_build(trigger, &target, &url, &delivery.id);
-                    results.push(queued(trigger, &build));
-                    builds.push(build);
+                    self.queue_unless_full(trigger, build, &mut results, &mut builds)
+                        .await;
                 }
                 Err(reason) => results.push(TriggerResult {
                     trigger: trigger.name.clone(),
@@ -892,6 +1003,7 @@ impl Service {
             Ok(true) if !builds.is_empty() => {
                 self.wake();
                 self.cancel_superseded(builds).await;
+                self.cancel_older(builds).await;
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "recording the delivery's builds failed"),

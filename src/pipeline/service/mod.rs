@@ -326,7 +326,6 @@ impl Service {
                 "ref": git_ref.map(GitRef::name),
                 "commit": commit,
             }),
-            substitutions,
             request,
             // Its config is read from the commit when it is claimed: a worker of the default
             // pool reads it and gives it back to the queue for the pool it names.
@@ -334,6 +333,12 @@ impl Service {
             queue_ttl: None,
             report: self.settings.reporting.is_some(),
             approval_required: trigger.approval_required,
+            concurrency: trigger
+                .concurrency
+                .as_ref()
+                .map(|concurrency| concurrency.group_of(&substitutions)),
+            // After the group, expanded with them.
+            substitutions,
         }
     }
 }

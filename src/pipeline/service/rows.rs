@@ -26,6 +26,7 @@ impl From<BuildRecord> for wire::Build {
             steps: build.steps.into_iter().map(wire::Step::from).collect(),
             build_step_outputs: build.build_step_outputs,
             approval: build.approval,
+            waiting_for: None,
             github: None,
         }
     }

@@ -344,6 +344,7 @@ pub(super) fn build(visitor: &Visitor, build: &Build) -> Markup {
                 dt { "Duration" } dd { (duration(build.start_time, build.finish_time)) }
                 @if let Some(github) = &build.github { dt { "On GitHub" } dd #github { (github_report(github)) } }
                 @if let Some(approval) = &build.approval { dt { "Approval" } dd #approval { (approval_of(approval)) } }
+                @if let Some(waiting) = &build.waiting_for { dt { "Waiting" } dd #waiting { (waiting) } }
             }
             div.actions {
                 // A pending build's actions are outside this live part: a refresh would wipe a
