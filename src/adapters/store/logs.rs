@@ -192,22 +192,15 @@ fn line_row(row: &sqlx::sqlite::SqliteRow) -> LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::store::Queue as _;
-    use crate::adapters::store::test_support::{lease, queued, store};
+    use crate::adapters::store::test_support::{running, store};
 
     /// Lines are numbered across chunks, and a page starts in the chunk that holds its first
     /// line, wherever that falls.
     #[tokio::test]
     async fn pages_by_line_number_across_chunks() {
         let (_dir, store) = store().await;
-        let build = queued("t", "main");
-        store
-            .queue_builds(std::slice::from_ref(&build))
-            .await
-            .unwrap();
-        let id = build.id.as_str();
-        let holder = lease("a", 30);
-        store.claim_queued(&holder, None).await.unwrap();
+        let (id, holder) = running(&store).await;
+        let id = id.as_str();
         let chunk = |range: std::ops::RangeInclusive<i64>| -> Vec<(usize, LogStream, String)> {
             range
                 .map(|i| (0, LogStream::Stdout, i.to_string()))
@@ -241,14 +234,8 @@ mod tests {
     #[tokio::test]
     async fn a_page_of_long_lines_is_bounded_by_bytes() {
         let (_dir, store) = store().await;
-        let build = queued("t", "main");
-        store
-            .queue_builds(std::slice::from_ref(&build))
-            .await
-            .unwrap();
-        let id = build.id.as_str();
-        let holder = lease("a", 30);
-        store.claim_queued(&holder, None).await.unwrap();
+        let (id, holder) = running(&store).await;
+        let id = id.as_str();
         let long = "x".repeat(300 * 1024);
         let lines = |n: usize| vec![(0, LogStream::Stdout, long.clone()); n];
         // 5 lines in one chunk, then 5 in chunks of one.

@@ -388,6 +388,18 @@ mod test_support {
             duration: Duration::from_secs(seconds),
         }
     }
+
+    /// A build queued and claimed in `store`: its id and the lease that holds it.
+    pub(super) async fn running(store: &SqliteStore) -> (String, Lease) {
+        let build = queued("t", "main");
+        store
+            .queue_builds(std::slice::from_ref(&build))
+            .await
+            .unwrap();
+        let holder = lease("a", 30);
+        store.claim_queued(&holder, None).await.unwrap();
+        (build.id, holder)
+    }
 }
 
 #[cfg(test)]
