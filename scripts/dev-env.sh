@@ -56,7 +56,14 @@ wait_for() { # wait_for DESCRIPTION COMMAND...
 }
 
 start_dockerd() {
-  if docker info >/dev/null 2>&1; then return; fi
+  if docker info >/dev/null 2>&1; then
+    ip link show docker0 >/dev/null 2>&1 && return
+    # Plain `docker run`s need the default bridge; a dockerd makes it only as it starts.
+    log "docker0 is gone from the machine: restarting dockerd"
+    local pid; pid="$(cat /var/run/docker.pid)"
+    kill "$pid"
+    wait_for "dockerd to stop" bash -c "! kill -0 $pid"
+  fi
   log "starting dockerd (log: $data_dir/dockerd.log)"
   nohup dockerd >"$data_dir/dockerd.log" 2>&1 &
   wait_for "dockerd" docker info
@@ -132,4 +139,8 @@ import_base_image
 "$(dirname "$0")/../builders/build.sh"
 # A second engine, for tests that run workers as if on two machines (tests/workers.rs).
 "$(dirname "$0")/second-engine.sh" >/dev/null
+if ! ip link show docker0 >/dev/null 2>&1; then
+  log "docker0 went from the machine as the second engine started (see scripts/second-engine.sh)"
+  exit 1
+fi
 log "ready: docker $(docker version -f '{{.Server.Version}}'), registry http://$registry_addr, postgresql $(pg_lsclusters -h | awk '$2 == "main" { print $1 ":" $3 }' | tail -1), base image $base_image"

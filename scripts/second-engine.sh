@@ -34,6 +34,11 @@ start_engine() {
     ip addr add "$bridge_address" dev "$bridge"
   fi
   ip link set "$bridge" up
+  # A dockerd starting deletes the default bridge network its store kept from its last run, and
+  # that deletion takes the first engine's docker0 off the machine (seen with 20.10: every plain
+  # `docker run` there then fails, "could not find bridge docker0"). A fresh network store keeps
+  # nothing to delete; the networks it held belonged to containers of that last run.
+  rm -rf "$data_dir/engine2/network"
   mkdir -p "$data_dir/engine2"
   log "starting dockerd on $socket (log: $data_dir/engine2.log)"
   # --bridge: docker uses an existing bridge of that name and its address; it never makes one.
