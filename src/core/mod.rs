@@ -13,6 +13,7 @@ pub mod glob;
 pub mod image;
 pub mod kfp;
 pub mod logs;
+pub mod notify;
 pub mod plan;
 pub mod retention;
 pub mod schedule;

@@ -14,6 +14,7 @@
 mod builds;
 mod deliveries;
 mod logs;
+mod notifications;
 mod postgres;
 mod queue;
 mod reports;
@@ -46,6 +47,9 @@ pub use deliveries::{
     Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, REJECTED_KEPT, Recorded,
 };
 pub use logs::{LogLine, Logs, PAGE_BYTES, page_full, page_take};
+pub use notifications::{
+    Attempt, BuildEvent, DueNotification, NewNotification, NotificationRecord, Notifications,
+};
 pub use postgres::{Changes, PostgresStore};
 use queue::queue;
 pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished, waiting_for};
@@ -165,7 +169,17 @@ pub struct SqliteStore {
 /// pending delivery, claiming a scheduled run) is one atomic statement or transaction.
 #[async_trait::async_trait]
 pub trait Store:
-    Builds + Logs + Queue + Deliveries + Schedules + Reports + Retention + Uploads + Resources + Workers
+    Builds
+    + Logs
+    + Queue
+    + Deliveries
+    + Schedules
+    + Reports
+    + Notifications
+    + Retention
+    + Uploads
+    + Resources
+    + Workers
 {
     /// Fails once the store is no longer the one opened. SQLite goes on reading and writing a
     /// database file that was removed (or replaced) under it, and everything written from then

@@ -19,6 +19,9 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
 use super::builds::{self, BuildQuery, BuildRecord, Builds};
 use super::deliveries::{self, Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, Recorded};
 use super::logs::{self, LogLine, Logs};
+use super::notifications::{
+    self, Attempt, BuildEvent, DueNotification, NewNotification, NotificationRecord, Notifications,
+};
 use super::queue::{self, Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 use super::reports::{self, OpenReport, ReportFailure, ReportRecord, Reports};
 use super::resources::{self, ResourceKind, ResourceWrite, Resources};
@@ -1065,5 +1068,126 @@ mod tests {
         ] {
             assert_eq!(without_password(url), named, "{url}");
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifications for PostgresStore {
+    async fn claim_events(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<BuildEvent>, Error> {
+        let rows = sqlx::query(notifications::EVENTS_DUE)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = Vec::new();
+        for event in rows.iter().map(notifications::event) {
+            let claim = sqlx::query(notifications::CLAIM_EVENT)
+                .bind(millis(until))
+                .bind(event.seq)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(event);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn publish(
+        &self,
+        seq: i64,
+        build_id: &str,
+        status: Status,
+        new: &[NewNotification],
+        now: SystemTime,
+    ) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        for notification in new {
+            sqlx::query(notifications::INSERT_NOTIFICATION)
+                .bind(build_id)
+                .bind(status.as_str())
+                .bind(&notification.notifier)
+                .bind(&notification.message)
+                .bind(millis(now))
+                .bind(notification.unsendable.is_some())
+                .bind(&notification.unsendable)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(notifications::REMOVE_EVENT)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<DueNotification>, Error> {
+        let rows = sqlx::query(notifications::NOTIFICATIONS_DUE)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = Vec::new();
+        for notification in rows.iter().map(notifications::due) {
+            let claim = sqlx::query(notifications::CLAIM_NOTIFICATION)
+                .bind(millis(until))
+                .bind(notification.id)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(notification);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error> {
+        let (next_attempt, done, delivered) = notifications::after_attempt(attempt);
+        let mut tx = self.write().await?;
+        sqlx::query(notifications::RECORD_ATTEMPT)
+            .bind(id)
+            .bind(i64::from(attempt.number))
+            .bind(millis(now))
+            .bind(&attempt.error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(notifications::AFTER_ATTEMPT)
+            .bind(i64::from(attempt.number))
+            .bind(next_attempt)
+            .bind(done)
+            .bind(delivered)
+            .bind(&attempt.error)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error> {
+        let rows = sqlx::query(notifications::RECENT_NOTIFICATIONS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(notifications::record).collect())
+    }
+
+    async fn attempts(&self, id: i64) -> Result<Vec<(SystemTime, Option<String>)>, Error> {
+        let rows = sqlx::query(notifications::ATTEMPTS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(notifications::attempt).collect())
     }
 }

@@ -517,7 +517,11 @@ impl<'a, 'd> Fields<'a, 'd> {
     }
 
     /// A list of mappings; a single mapping is read as a one-element list, with a warning.
-    fn objects<T>(&mut self, name: &'static str, mut read: impl FnMut(&mut Fields) -> T) -> Vec<T> {
+    pub(crate) fn objects<T>(
+        &mut self,
+        name: &'static str,
+        mut read: impl FnMut(&mut Fields) -> T,
+    ) -> Vec<T> {
         let Some((node, path)) = self.take(name) else {
             return Vec::new();
         };

@@ -1,0 +1,309 @@
+//! The notifications aggregate (issue 20): every status a build takes, as an event the store's
+//! own triggers write (`build_events`), and the messages the notifier makes of them for each
+//! notifier whose filter selects them, with every attempt at delivering one.
+
+use std::time::SystemTime;
+
+use super::{Columns, Error, SqliteStore, millis, status, time};
+use crate::core::build::Status;
+
+/// A status a build took, not yet turned into notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildEvent {
+    /// Its place among every build's events: a build's events are published in this order.
+    pub seq: i64,
+    pub build_id: String,
+    pub status: Status,
+}
+
+/// A notification to record for an event: a message for `notifier` to send, or, when the
+/// notifier's filter could not be evaluated, why it never will be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    pub notifier: String,
+    pub message: String,
+    pub unsendable: Option<String>,
+}
+
+/// A notification due to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueNotification {
+    pub id: i64,
+    pub build_id: String,
+    pub status: Status,
+    pub notifier: String,
+    pub message: String,
+    /// How many attempts were made before this one.
+    pub attempts: u32,
+}
+
+/// The result of one attempt at a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Which attempt it was, from 1.
+    pub number: u32,
+    /// `None`: delivered.
+    pub error: Option<String>,
+    /// When to try again after a failure; `None` gives the notification up.
+    pub retry_at: Option<SystemTime>,
+}
+
+/// A notification as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRecord {
+    pub id: i64,
+    pub build_id: String,
+    pub status: Status,
+    pub notifier: String,
+    pub create_time: SystemTime,
+    pub attempts: u32,
+    pub delivered: bool,
+    /// Delivered or given up.
+    pub done: bool,
+    /// The last attempt's failure, or why it was never sent.
+    pub error: Option<String>,
+    /// When the next attempt is due, for one not done.
+    pub next_attempt: Option<SystemTime>,
+}
+
+/// What the notifier reads and records. A caller may rely on:
+///
+/// - every status a build takes (the one it is recorded with, then each change) is an event, in
+///   the order taken, whichever process or statement moved it;
+/// - an event claimed is not returned again, to any caller, before the claim's end, unless it
+///   was published first: replicas sharing the store never publish one event twice at once;
+/// - [`Notifications::publish`] records the event's notifications and removes the event at once
+///   (one transaction): a notifier that dies in between publishes it again, never half;
+/// - a notification is due from its record until it is delivered or given up, once its retry
+///   time has come; claims of notifications keep the same promise as claims of events;
+/// - every attempt recorded is kept, in order, with the notification.
+#[async_trait::async_trait]
+pub trait Notifications: Send + Sync {
+    /// At most `limit` events not yet published, oldest first, each claimed until `until`.
+    async fn claim_events(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<BuildEvent>, Error>;
+
+    /// Records `notifications` of the event `seq` (made at `now`) and removes the event.
+    async fn publish(
+        &self,
+        seq: i64,
+        build_id: &str,
+        status: Status,
+        notifications: &[NewNotification],
+        now: SystemTime,
+    ) -> Result<(), Error>;
+
+    /// At most `limit` notifications due at `now`, oldest first, each claimed until `until`.
+    async fn claim_notifications(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<DueNotification>, Error>;
+
+    /// Records an attempt at notification `id`, made at `now`.
+    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error>;
+
+    /// The newest `limit` notifications, newest first.
+    async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error>;
+
+    /// Each attempt at notification `id`, in order: when, and its failure (`None`: delivered).
+    async fn attempts(&self, id: i64) -> Result<Vec<(SystemTime, Option<String>)>, Error>;
+}
+
+/// Statements both dialects share.
+pub(super) const EVENTS_DUE: &str = "SELECT seq, build_id, status FROM build_events \
+     WHERE claimed_until <= $1 ORDER BY seq LIMIT $2";
+/// A claim, if the event is still unclaimed at `$3` (compare and set: of claimers reading it at
+/// once, one changes the row).
+pub(super) const CLAIM_EVENT: &str =
+    "UPDATE build_events SET claimed_until = $1 WHERE seq = $2 AND claimed_until <= $3";
+pub(super) const REMOVE_EVENT: &str = "DELETE FROM build_events WHERE seq = $1";
+pub(super) const INSERT_NOTIFICATION: &str = "INSERT INTO notifications \
+     (build_id, status, notifier, message, create_time, done, error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(super) const NOTIFICATIONS_DUE: &str = "SELECT id, build_id, status, notifier, message, \
+     attempts FROM notifications WHERE NOT done AND next_attempt <= $1 ORDER BY id LIMIT $2";
+pub(super) const CLAIM_NOTIFICATION: &str = "UPDATE notifications SET next_attempt = $1 \
+     WHERE id = $2 AND NOT done AND next_attempt <= $3";
+pub(super) const RECORD_ATTEMPT: &str = "INSERT INTO notification_attempts \
+     (notification_id, attempt, time, error) VALUES ($1, $2, $3, $4)";
+pub(super) const AFTER_ATTEMPT: &str = "UPDATE notifications SET attempts = $1, \
+     next_attempt = $2, done = $3, delivered = $4, error = $5 WHERE id = $6";
+pub(super) const RECENT_NOTIFICATIONS: &str = "SELECT id, build_id, status, notifier, \
+     create_time, attempts, delivered, done, error, next_attempt FROM notifications \
+     ORDER BY create_time DESC, id DESC LIMIT $1";
+pub(super) const ATTEMPTS: &str = "SELECT time, error FROM notification_attempts \
+     WHERE notification_id = $1 ORDER BY attempt";
+
+pub(super) fn event(row: &impl Columns) -> BuildEvent {
+    BuildEvent {
+        seq: row.column("seq"),
+        build_id: row.column("build_id"),
+        status: status(row.column("status")),
+    }
+}
+
+pub(super) fn due(row: &impl Columns) -> DueNotification {
+    DueNotification {
+        id: row.column("id"),
+        build_id: row.column("build_id"),
+        status: status(row.column("status")),
+        notifier: row.column("notifier"),
+        message: row.column("message"),
+        attempts: row.column::<i64>("attempts") as u32,
+    }
+}
+
+pub(super) fn record(row: &impl Columns) -> NotificationRecord {
+    let done = row.column("done");
+    NotificationRecord {
+        id: row.column("id"),
+        build_id: row.column("build_id"),
+        status: status(row.column("status")),
+        notifier: row.column("notifier"),
+        create_time: time(row.column("create_time")),
+        attempts: row.column::<i64>("attempts") as u32,
+        delivered: row.column("delivered"),
+        done,
+        error: row.column("error"),
+        next_attempt: (!done).then(|| time(row.column("next_attempt"))),
+    }
+}
+
+pub(super) fn attempt(row: &impl Columns) -> (SystemTime, Option<String>) {
+    (time(row.column("time")), row.column("error"))
+}
+
+/// `AFTER_ATTEMPT`'s values: the next attempt's time, whether it is done, whether delivered.
+pub(super) fn after_attempt(attempt: &Attempt) -> (i64, bool, bool) {
+    let delivered = attempt.error.is_none();
+    let done = delivered || attempt.retry_at.is_none();
+    (attempt.retry_at.map_or(0, millis), done, delivered)
+}
+
+#[async_trait::async_trait]
+impl Notifications for SqliteStore {
+    async fn claim_events(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<BuildEvent>, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let rows = sqlx::query(EVENTS_DUE)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::new();
+        for event in rows.iter().map(event) {
+            let claim = sqlx::query(CLAIM_EVENT)
+                .bind(millis(until))
+                .bind(event.seq)
+                .bind(millis(now))
+                .execute(&mut *tx)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(event);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn publish(
+        &self,
+        seq: i64,
+        build_id: &str,
+        status: Status,
+        notifications: &[NewNotification],
+        now: SystemTime,
+    ) -> Result<(), Error> {
+        let (_turn, mut tx) = self.write().await?;
+        for notification in notifications {
+            sqlx::query(INSERT_NOTIFICATION)
+                .bind(build_id)
+                .bind(status.as_str())
+                .bind(&notification.notifier)
+                .bind(&notification.message)
+                .bind(millis(now))
+                .bind(notification.unsendable.is_some())
+                .bind(&notification.unsendable)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(REMOVE_EVENT)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<DueNotification>, Error> {
+        let (_turn, mut tx) = self.write().await?;
+        let rows = sqlx::query(NOTIFICATIONS_DUE)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::new();
+        for notification in rows.iter().map(due) {
+            let claim = sqlx::query(CLAIM_NOTIFICATION)
+                .bind(millis(until))
+                .bind(notification.id)
+                .bind(millis(now))
+                .execute(&mut *tx)
+                .await?;
+            if claim.rows_affected() == 1 {
+                claimed.push(notification);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error> {
+        let (next_attempt, done, delivered) = after_attempt(attempt);
+        let (_turn, mut tx) = self.write().await?;
+        sqlx::query(RECORD_ATTEMPT)
+            .bind(id)
+            .bind(i64::from(attempt.number))
+            .bind(millis(now))
+            .bind(&attempt.error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AFTER_ATTEMPT)
+            .bind(i64::from(attempt.number))
+            .bind(next_attempt)
+            .bind(done)
+            .bind(delivered)
+            .bind(&attempt.error)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error> {
+        let rows = sqlx::query(RECENT_NOTIFICATIONS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(record).collect())
+    }
+
+    async fn attempts(&self, id: i64) -> Result<Vec<(SystemTime, Option<String>)>, Error> {
+        let rows = sqlx::query(ATTEMPTS).bind(id).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(attempt).collect())
+    }
+}
