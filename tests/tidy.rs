@@ -110,6 +110,17 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     ("core::logs", &[]),
     ("core::retention", &[]),
+    // Cloud Build's `Build` resource is made of the API's JSON of a build, its plan's words for
+    // the workspace, and which substitutions are the user's.
+    (
+        "core::build_resource",
+        &[
+            "core::build",
+            "core::plan",
+            "core::substitute",
+            "core::wire",
+        ],
+    ),
     // The seam re-exports its Docker backend, and `LogStream`, the logs' word for a stream.
     // `BuildSpec` carries the aliases the endpoint resolves images with.
     (

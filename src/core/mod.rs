@@ -1,10 +1,12 @@
 //! The pure core: configs, substitution, planning, triggers, schedules, webhooks, the words
-//! of a build's outcome and the API's JSON. Values in, values out: no engine, no network, no process, and no file
-//! but the tables a module's row in ARCHITECTURE.md names.
+//! of a build's outcome, the API's JSON and Cloud Build's `Build` resource. Values in, values
+//! out: no engine, no network, no process, and no file but the tables a module's row in
+//! ARCHITECTURE.md names.
 
 pub mod access;
 pub mod alias;
 pub mod build;
+pub mod build_resource;
 pub mod config;
 pub mod diag;
 pub mod dockerfile;
