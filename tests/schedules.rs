@@ -119,6 +119,7 @@ impl Setup {
             fetch: Default::default(),
             kfp_registry: None,
             reporting: None,
+            notifying: None,
             upload_limits: Default::default(),
         };
         let service = Service::new(

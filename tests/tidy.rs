@@ -109,6 +109,11 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("core::logs", &[]),
+    // Notifier configs are read as trigger files are; their filters are over a build's status.
+    (
+        "core::notify",
+        &["core::build", "core::config", "core::diag"],
+    ),
     ("core::retention", &[]),
     // Cloud Build's `Build` resource is made of the API's JSON of a build, its plan's words for
     // the workspace, and which substitutions are the user's.
@@ -158,6 +163,12 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("adapters::secrets", &["core::plan"]),
+    // What it sends is made by `core::notify`; HTTP bodies are signed as GitHub signs its own;
+    // the secrets it sends with are looked up as builds' are, when it sends.
+    (
+        "adapters::notify",
+        &["core::notify", "core::webhooks", "adapters::secrets"],
+    ),
     (
         "pipeline::execute",
         &[
@@ -217,6 +228,9 @@ const RULES: &[(&str, &[&str])] = &[
             "core::github",
             "core::alias",
             "core::build",
+            "core::build_resource",
+            "adapters::notify",
+            "core::notify",
             "core::config",
             "core::diag",
             "pipeline::execute",
@@ -262,6 +276,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "core::access",
             "adapters::github",
+            "adapters::notify",
             "core::alias",
             "edges::api",
             "core::build",
@@ -334,9 +349,14 @@ const OWNERS: &[(&str, &str)] = &[
     // GitHub's REST API: plain JSON requests, on the HTTP client and TLS the tree already has.
     ("reqwest", "adapters::github"),
     ("jsonwebtoken", "adapters::github"),
+    // Notifications to HTTP endpoints and Slack, on the same client; mail through SMTP.
+    ("reqwest", "adapters::notify"),
+    ("lettre", "adapters::notify"),
     ("chrono_tz", "core::schedule"),
     // Webhook triggers' CEL filters, compiled when a trigger loads and evaluated on its requests.
     ("cel", "core::triggers::webhook"),
+    // Notifiers' CEL filters over a build, compiled when a notifier loads.
+    ("cel", "core::notify"),
     ("tracing_subscriber", "edges::cli::serve"),
     // HTTPS for `builder serve`.
     ("tokio_rustls", "edges::api"),

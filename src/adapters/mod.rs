@@ -2,6 +2,7 @@
 //! the database, secret files). They speak the core's words and know nothing of the pipeline.
 
 pub mod github;
+pub mod notify;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

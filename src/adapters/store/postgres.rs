@@ -1045,32 +1045,6 @@ impl Workers for PostgresStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::without_password;
-
-    #[test]
-    fn a_url_is_named_without_its_password() {
-        for (url, named) in [
-            (
-                "postgres://builder:s3cr@t@db.example:5432/builds",
-                "postgres://builder@db.example:5432/builds",
-            ),
-            (
-                "postgres://builder@db/builds",
-                "postgres://builder@db/builds",
-            ),
-            (
-                "postgres://db/builds?user=b&password=x&sslmode=require",
-                "postgres://db/builds?user=b&sslmode=require",
-            ),
-            ("postgres://u:p@db", "postgres://u@db"),
-        ] {
-            assert_eq!(without_password(url), named, "{url}");
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl Notifications for PostgresStore {
     async fn claim_events(
@@ -1189,5 +1163,31 @@ impl Notifications for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(notifications::attempt).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_url_is_named_without_its_password() {
+        for (url, named) in [
+            (
+                "postgres://builder:s3cr@t@db.example:5432/builds",
+                "postgres://builder@db.example:5432/builds",
+            ),
+            (
+                "postgres://builder@db/builds",
+                "postgres://builder@db/builds",
+            ),
+            (
+                "postgres://db/builds?user=b&password=x&sslmode=require",
+                "postgres://db/builds?user=b&sslmode=require",
+            ),
+            ("postgres://u:p@db", "postgres://u@db"),
+        ] {
+            assert_eq!(without_password(url), named, "{url}");
+        }
     }
 }

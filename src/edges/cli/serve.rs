@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 use super::supervise::Supervisor;
 use super::{default_data_dir, interrupt, secret};
 use crate::adapters::github::{Credentials, GitHub, Secret};
+use crate::adapters::notify::Senders;
 use crate::adapters::registry::{self, Registries};
 use crate::adapters::runtime::{Backend, DockerBackend};
 use crate::adapters::source;
@@ -154,6 +155,11 @@ pub(super) struct ServeArgs {
     /// `PATH/{project}/{repository}/{package}`, the one `templates:` pushes to.
     #[arg(long, env = "BUILDER_KFP_REGISTRY", value_name = "HOST[:PORT]/PATH")]
     kfp_registry: Option<String>,
+    /// Notifier configs in Cloud Build's shape (`apiVersion: cloud-build-notifiers/v1`, kind
+    /// HTTPNotifier, SlackNotifier or SMTPNotifier): one file, or a directory of them, one
+    /// notifier each. Every status a build takes is published to those whose filter selects it.
+    #[arg(long, value_name = "PATH")]
+    notifications: Option<PathBuf>,
     /// Run no builds here: `builder worker` processes sharing the store (`--store
     /// postgres://…`) run them. The server still queues builds, answers the API and closes the
     /// builds of workers that died.
@@ -281,6 +287,7 @@ struct SettingsFile {
     #[serde(default)]
     reads_need_token: bool,
     kfp_registry: Option<String>,
+    notifications: Option<PathBuf>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     trusted: bool,
@@ -418,6 +425,7 @@ impl Common {
             fetch,
             kfp_registry: None,
             reporting: None,
+            notifying: None,
             upload_limits: {
                 let default = source::Limits::default();
                 source::Limits {
@@ -471,6 +479,18 @@ pub(super) fn serve(
             .map_err(|e| anyhow::anyhow!("submitSecrets: {e}"))?;
     }
     let reporting = github(&args.github, &file)?;
+    let public_url = args.github.public_url.clone().or(file.public_url.clone());
+    // Read at start: a notifier that cannot work (a filter that is not CEL) stops the server.
+    let notifiers = match args.notifications.or(file.notifications.clone()) {
+        Some(path) => {
+            let (notifiers, warnings) =
+                service::load_notifiers(&path).map_err(anyhow::Error::msg)?;
+            eprint!("{warnings}");
+            notifiers
+        }
+        None => Vec::new(),
+    };
+    let senders = Senders::new(settings.machine.secrets_dir.clone()).map_err(anyhow::Error::msg)?;
     settings.webhook_secret = secret(
         &args.webhook_secret_file.or(file.webhook_secret_file),
         "BUILDER_WEBHOOK_SECRET",
@@ -574,14 +594,21 @@ pub(super) fn serve(
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
         let mut settings = settings;
-        settings.reporting = reporting.map(|(forge, public_url)| service::Reporting {
+        let public_url = public_url.unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{address}")
+        });
+        settings.reporting = reporting.map(|forge| service::Reporting {
             forge: Arc::new(forge),
-            public_url: public_url.unwrap_or_else(|| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{address}")
-            }),
+            public_url: public_url.clone(),
         });
         let reporting = settings.reporting.is_some();
+        info!("{} notifiers", notifiers.len());
+        settings.notifying = Some(service::Notifying {
+            notifiers,
+            deliver: Arc::new(senders),
+            public_url,
+        });
         let service = Arc::new(Service::new(
             store,
             Arc::new(runtime),
@@ -645,6 +672,15 @@ pub(super) fn serve(
                 }
             });
         }
+        // Every status a build takes is published (to no notifier, without any): the store
+        // keeps each until then.
+        tasks.spawn("notifier", {
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            async move {
+                service.run_notifications(shutdown).await;
+                Ok(())
+            }
+        });
         // The server holds the last reference to the service once the others have ended: the
         // delivery writer ends when it goes.
         tasks.spawn("http server", {
@@ -797,7 +833,7 @@ fn retention(days: Option<u32>, interval: Option<String>) -> Result<Policy> {
 
 /// The GitHub API that triggered builds are reported to, and the console's public address,
 /// if a token or an App is set.
-fn github(args: &GitHubArgs, file: &SettingsFile) -> Result<Option<(GitHub, Option<String>)>> {
+fn github(args: &GitHubArgs, file: &SettingsFile) -> Result<Option<GitHub>> {
     let token = secret(
         &args
             .github_token_file
@@ -840,9 +876,9 @@ fn github(args: &GitHubArgs, file: &SettingsFile) -> Result<Option<(GitHub, Opti
     if !(api.starts_with("https://") || api.starts_with("http://")) {
         anyhow::bail!("the GitHub API URL {api:?}: expected http:// or https://");
     }
-    let public_url = args.public_url.clone().or(file.public_url.clone());
-    let forge = GitHub::new(&api, credentials).map_err(anyhow::Error::msg)?;
-    Ok(Some((forge, public_url)))
+    Ok(Some(
+        GitHub::new(&api, credentials).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// Sends the server's log (`tracing`) to stderr in `format`, filtered by `RUST_LOG` (`info`

@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -60,6 +60,7 @@ mod fetch;
 mod files;
 mod intake;
 mod kfp;
+mod notifications;
 mod queue;
 mod reports;
 mod resources;
@@ -73,10 +74,23 @@ pub use fetch::FetchPolicy;
 pub use intake::{Admitted, Headers, Receipt, Rejection, Unrecorded};
 use intake::{Written, write_deliveries};
 pub use kfp::{KfpRepository, Listing};
+pub use notifications::{Notifying, load_notifiers};
 pub use reports::Reporting;
 pub use resources::Defined;
 pub use retention::Unfinished as RetentionStopped;
 pub use webhook_triggers::WebhookRun;
+
+/// How many times an outgoing call (a report to GitHub, a notification) is tried before it is
+/// given up.
+const ATTEMPTS: u32 = 5;
+/// The delay before the first retry; each next one is twice the last (1, 2, 4, 8 s).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// When an outgoing call that failed for the `attempts`th time is tried again: after a doubling
+/// delay, if trying again may work and its attempts are not spent; `None` gives it up.
+fn retry_at(attempts: u32, may_work: bool, now: SystemTime) -> Option<SystemTime> {
+    (may_work && attempts < ATTEMPTS).then(|| now + FIRST_RETRY * 2u32.pow(attempts - 1))
+}
 
 /// How the service is set up.
 pub struct Settings {
@@ -98,6 +112,8 @@ pub struct Settings {
     pub kfp_registry: Option<String>,
     /// Where triggered builds are reported on GitHub; `None` reports nothing.
     pub reporting: Option<Reporting>,
+    /// Where builds' status changes are published; `None` publishes none.
+    pub notifying: Option<Notifying>,
     /// How much an uploaded source may unpack to.
     pub upload_limits: source::Limits,
 }
@@ -218,6 +234,8 @@ pub struct Service {
     queued: Notify,
     /// Woken when builds are queued, start or end: the reporter has something to tell GitHub.
     report_due: Notify,
+    /// Woken with `report_due`: the notifier has statuses to publish.
+    events_due: Notify,
     /// Woken when the store tells that the triggers or schedules it keeps changed.
     resources_changed: Notify,
     /// Whether some delivery may wait for its changed files: the store is asked only then.
@@ -262,6 +280,7 @@ impl Service {
             work: Notify::new(),
             queued: Notify::new(),
             report_due: Notify::new(),
+            events_due: Notify::new(),
             resources_changed: Notify::new(),
             // A previous run may have left some.
             pending: AtomicBool::new(true),

@@ -288,7 +288,7 @@ impl Service {
                 for id in ids {
                     info!(build_id = %id, "the build expired in the queue");
                 }
-                self.report_due.notify_one();
+                self.moved();
             }
             Err(e) => warn!(error = %e, "expiring queued builds failed; trying again"),
         }
@@ -376,10 +376,10 @@ impl Service {
                         builds.spawn(
                             async move {
                                 info!("build started");
-                                service.report_due.notify_one();
+                                service.moved();
                                 let Claimed { id, request } = claimed;
                                 service.run_build(&id, request, &lease, pool, cancel).await;
-                                service.report_due.notify_one();
+                                service.moved();
                                 drop(slot);
                             }
                             .instrument(span),

@@ -5,7 +5,7 @@
 //! for what other processes did; it sends each build's current status when it differs from the
 //! one GitHub last accepted, so a build that moved on meanwhile is reported once, as it is now.
 //! It claims the reports it sends ([`CLAIM`]), so that replicas never send one twice at once.
-//! A failed report is tried again with a doubling delay; after [`ATTEMPTS`], or at once when
+//! A failed report is tried again with a doubling delay ([`retry_at`]); after its last attempt, or at once when
 //! GitHub refuses it (a bad token, a repository the App cannot reach), that status's report is
 //! given up and the failure stays on the build's record. The build's own outcome never depends
 //! on it.
@@ -28,10 +28,6 @@ const BATCH: u32 = 100;
 /// How long the reports one look takes are this process's alone (replicas share the store): a
 /// process that dies with reports claimed delays them by this much.
 const CLAIM: Duration = Duration::from_secs(60);
-/// How many times a status's report is tried before it is given up.
-const ATTEMPTS: u32 = 5;
-/// The delay before the first retry; each next one is twice the last (1, 2, 4, 8 s).
-const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// How builds are reported to GitHub.
 pub struct Reporting {
@@ -42,10 +38,16 @@ pub struct Reporting {
 }
 
 impl Service {
-    /// Wakes the worker and the reporter: a build was queued or ended.
+    /// Wakes the worker, the reporter and the notifier: a build was queued or ended.
     pub(super) fn wake(&self) {
         self.queued.notify_one();
+        self.moved();
+    }
+
+    /// Wakes the reporter and the notifier: a build was queued, started or ended.
+    pub(super) fn moved(&self) {
         self.report_due.notify_one();
+        self.events_due.notify_one();
     }
 
     /// Runs until `shutdown`, reporting builds as they move (see the module doc); returns at once
@@ -202,13 +204,11 @@ fn failure(
         Some(failing) if failing == status => open.attempts + 1,
         _ => 1,
     };
-    let retry_at =
-        (error.retry && attempts < ATTEMPTS).then(|| now + FIRST_RETRY * 2u32.pow(attempts - 1));
     ReportFailure {
         status,
         attempts,
+        retry_at: retry_at(attempts, error.retry, now),
         error: error.message,
-        retry_at,
     }
 }
 
