@@ -37,6 +37,8 @@ install_packages() {
   dpkg -s fonts-liberation >/dev/null 2>&1 || missing+=(fonts-liberation)
   # The store's PostgreSQL dialect is tested on Debian's server (tests/store.rs).
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+  # tests/notifications.rs mails through Debian's aiosmtpd, a real SMTP server, into a Maildir.
+  dpkg -s python3-aiosmtpd >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
   # tests/kfp.rs drives the real kfp SDK from PyPI in a venv it makes (cached under target/).
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

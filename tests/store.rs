@@ -71,6 +71,8 @@ on_both_stores!(
     a_schedule_keeps_its_skipped_runs_pause_and_error,
     reports_follow_their_build_until_its_end_is_told,
     reports_claimed_at_once_go_to_one_reporter_each,
+    every_status_a_build_takes_is_published_once_in_order,
+    notifications_are_due_until_delivered_or_given_up,
     retention_removes_what_is_old_and_finished_only,
     an_upload_is_read_back_whole_in_chunks,
     resources_are_kept_by_kind_and_name,

@@ -112,7 +112,12 @@ const RULES: &[(&str, &[&str])] = &[
     // Notifier configs are read as trigger files are; their filters are over a build's status.
     (
         "core::notify",
-        &["core::build", "core::config", "core::diag"],
+        &[
+            "core::build",
+            "core::build_resource",
+            "core::config",
+            "core::diag",
+        ],
     ),
     ("core::retention", &[]),
     // Cloud Build's `Build` resource is made of the API's JSON of a build, its plan's words for

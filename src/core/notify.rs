@@ -321,6 +321,30 @@ fn required(f: &mut Fields, field: &'static str, what: &str) -> Option<String> {
     value
 }
 
+/// `build` (a Build resource, as it is now) as it was when it took `status`, which it may have
+/// left since: with that status, and without what it did after (a queued build's start, a
+/// running build's end and results).
+pub fn at_status(build: &mut Value, status: Status) {
+    build["status"] = crate::core::build_resource::status_name(status).into();
+    let Some(fields) = build.as_object_mut() else {
+        return;
+    };
+    if !status.is_final() {
+        for later in [
+            "finishTime",
+            "results",
+            "failureInfo",
+            "statusDetail",
+            "timing",
+        ] {
+            fields.remove(later);
+        }
+    }
+    if matches!(status, Status::Pending | Status::Queued) {
+        fields.remove("startTime");
+    }
+}
+
 /// Cloud Build's Pub/Sub message for `build` (a Build resource) taking `status`, as a push
 /// subscription delivers it: the build's JSON in `data` (base64), attributes `buildId` and
 /// `status`, `messageId` and `publishTime`.
@@ -549,6 +573,27 @@ spec:
             "projects/proj/subscriptions/cloud-builds"
         );
         assert_eq!(message_build(&message), Some(build));
+    }
+
+    #[test]
+    fn a_status_the_build_has_left_is_told_without_what_came_after() {
+        let now = json!({"id": "b", "status": "SUCCESS", "startTime": "t1", "finishTime": "t2",
+                         "results": {}, "createTime": "t0"});
+        let mut queued = now.clone();
+        at_status(&mut queued, Status::Queued);
+        assert_eq!(
+            queued,
+            json!({"id": "b", "status": "QUEUED", "createTime": "t0"})
+        );
+        let mut working = now.clone();
+        at_status(&mut working, Status::Working);
+        assert_eq!(
+            working,
+            json!({"id": "b", "status": "WORKING", "startTime": "t1", "createTime": "t0"})
+        );
+        let mut ended = now.clone();
+        at_status(&mut ended, Status::Success);
+        assert_eq!(ended, now);
     }
 
     #[test]

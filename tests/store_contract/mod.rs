@@ -24,6 +24,9 @@ use builder::core::triggers::{ConcurrencyGroup, TriggerResult};
 use builder::core::webhooks::PullRequest;
 use chrono::{DateTime, Utc};
 
+mod notifications;
+pub use notifications::*;
+
 /// How long the tests' report claims hold.
 const CLAIMED: Duration = Duration::from_secs(30);
 

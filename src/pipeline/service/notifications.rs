@@ -26,7 +26,7 @@ use super::files::load_dir;
 use super::*;
 use crate::adapters::notify::Deliver;
 use crate::adapters::store::{Attempt, BuildEvent, DueNotification, NewNotification};
-use crate::core::build_resource::{build_resource, status_name};
+use crate::core::build_resource::build_resource;
 use crate::core::notify::{self, Notifier};
 
 /// How often the notifier looks at the store without being woken.
@@ -117,9 +117,7 @@ impl Service {
                 );
                 let project = &self.settings.machine.project;
                 let mut resource = build_resource(&build.into(), project, &page);
-                // The build as it is now, at the status the event tells of: a status the build
-                // has left by the time it is published is still told as it was.
-                resource["status"] = status_name(event.status).into();
+                notify::at_status(&mut resource, event.status);
                 let message = notify::pubsub_message(
                     &resource,
                     event.status,
