@@ -79,6 +79,23 @@ on_both_stores!(
     workers_beat_and_list_their_builds,
 );
 
+/// Stores opened on one new SQLite database at once (processes do: `submit --async` and a
+/// follower of its log) all open it: one migrates, the others find it migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_stores_opened_at_once_on_a_new_database_all_open() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE);
+        let opens = (0..4).map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { SqliteStore::open(&path).await.map(drop) })
+        });
+        for opened in futures_util::future::join_all(opens).await {
+            opened.unwrap().expect("the store opens");
+        }
+    }
+}
+
 /// What four claimers, each on a connection of its own (as four machines would be), claim from
 /// the database at `url` at once, each claiming until it finds nothing to claim.
 async fn claim_on_four_machines(url: &str) -> Vec<String> {

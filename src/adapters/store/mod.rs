@@ -234,7 +234,16 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        if let Some(version) = newer_schema(sqlx::migrate!("migrations/sqlite").run(&pool).await)? {
+        // sqlx takes no lock to migrate SQLite: processes opening a new database at once (`submit
+        // --async` and a follower of its log) would each run the migrations, and all but one
+        // fail. They take turns on a lock file beside the database.
+        let mut lock_name = path.as_os_str().to_owned();
+        lock_name.push(".migrating");
+        let migrating = std::fs::File::create(&lock_name).map_err(Error::Io)?;
+        migrating.lock().map_err(Error::Io)?;
+        let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
+        drop(migrating);
+        if let Some(version) = newer_schema(migrated)? {
             let description = sqlx::query_scalar(APPLIED_MIGRATION)
                 .bind(version)
                 .fetch_one(&pool)
