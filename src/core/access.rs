@@ -16,13 +16,21 @@ use sha2::Sha256;
 
 /// The most rows one page of a list (`limit`) may ask for.
 pub const MAX_PAGE: u32 = 1000;
+/// The most notifications one list may ask for: each brings its attempts along.
+pub const MAX_NOTIFICATIONS: u32 = 500;
 
 /// A page size as asked for, or why it is refused: over [`MAX_PAGE`] is an error rather than
 /// silently fewer rows, so a client that pages by counting rows is never misled.
 pub fn page_limit(limit: u32) -> Result<u32, String> {
-    if limit > MAX_PAGE {
+    limit_within(limit, MAX_PAGE).map_err(|refused| format!("{refused}: ask for fewer and page on"))
+}
+
+/// A list's size as asked for, or why it is refused: over `most` is an error, as for
+/// [`page_limit`].
+pub fn limit_within(limit: u32, most: u32) -> Result<u32, String> {
+    if limit > most {
         Err(format!(
-            "limit {limit} is over the most one page returns, {MAX_PAGE}: ask for fewer and page on"
+            "limit {limit} is over the most one page returns, {most}"
         ))
     } else {
         Ok(limit)
@@ -333,6 +341,12 @@ mod tests {
         let refused = page_limit(MAX_PAGE + 1).unwrap_err();
         assert!(
             refused.contains("1001") && refused.contains("1000"),
+            "{refused}"
+        );
+        assert_eq!(limit_within(MAX_NOTIFICATIONS, MAX_NOTIFICATIONS), Ok(500));
+        let refused = limit_within(501, MAX_NOTIFICATIONS).unwrap_err();
+        assert!(
+            refused.contains("501") && refused.contains("500"),
             "{refused}"
         );
     }

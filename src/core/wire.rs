@@ -1,6 +1,6 @@
 //! The API's JSON: builds, their steps and log lines, webhook deliveries, a schedule's skipped
-//! runs and the workers, as `builder serve`
-//! serves them and its client reads them. These are not the store's rows: the service turns rows
+//! runs, the workers and the notifications of builds' statuses, as `builder serve` serves them
+//! and its client reads them. These are not the store's rows: the service turns rows
 //! into these, so the database and the API change apart. Names and optional fields follow Cloud
 //! Build's `Build` resource (camelCase, times as RFC 3339 text).
 
@@ -157,4 +157,38 @@ pub struct Worker {
     /// Whether it beat within its lease: a worker that is not live died (or lost the store), and
     /// its builds are closed as abandoned.
     pub live: bool,
+}
+
+/// A build's status told to a notifier (`serve --notifications`), and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: i64,
+    pub build_id: String,
+    /// The status it tells of.
+    pub status: Status,
+    pub notifier: String,
+    #[serde(with = "crate::core::build::rfc3339::required")]
+    pub create_time: SystemTime,
+    /// How many attempts were made at sending it.
+    pub attempts: u32,
+    pub delivered: bool,
+    /// Delivered or given up: no attempt follows.
+    pub done: bool,
+    /// The last attempt's failure, or why it was never sent.
+    pub error: Option<String>,
+    /// When the next attempt is due, for one not done.
+    #[serde(with = "crate::core::build::rfc3339")]
+    pub next_attempt: Option<SystemTime>,
+    /// Each attempt, in order.
+    pub history: Vec<NotificationAttempt>,
+}
+
+/// One attempt at sending a notification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotificationAttempt {
+    #[serde(with = "crate::core::build::rfc3339::required")]
+    pub time: SystemTime,
+    /// Why it failed; `None`: delivered.
+    pub error: Option<String>,
 }

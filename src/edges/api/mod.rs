@@ -27,7 +27,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::access::{FollowerSeats, HostAllowlist, LoginThrottle, SessionKey, page_limit};
+use crate::core::access::{
+    FollowerSeats, HostAllowlist, LoginThrottle, MAX_NOTIFICATIONS, SessionKey, limit_within,
+    page_limit,
+};
 use crate::core::build::{Decision, Status};
 use crate::core::wire;
 use crate::pipeline::service::{
@@ -285,6 +288,7 @@ fn router(state: Served) -> Router {
         .route("/v1/builds/{id}/retry", post(retry_build))
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/workers", get(list_workers))
+        .route("/v1/notifications", get(list_notifications))
         .route(
             "/v1/triggers",
             get(list_triggers).post(create::<TriggerFile>),
@@ -771,16 +775,20 @@ async fn list_deliveries(
     State(service): State<Arc<Service>>,
     Query(page): Query<Limit>,
 ) -> Response {
-    let limit = match page_limit(page.limit) {
-        Ok(limit) => limit,
-        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
-    };
-    respond(
-        service
-            .deliveries(limit)
-            .await
-            .map(|deliveries| json!({ "deliveries": deliveries })),
-    )
+    let limit = page_limit(page.limit);
+    listed("deliveries", limit, |limit| service.deliveries(limit)).await
+}
+
+/// `{KEY: [...]}`: what `list` returns for `limit`, or 400 naming why the limit is refused.
+async fn listed<T: serde::Serialize, F: Future<Output = Result<Vec<T>, Failed>>>(
+    key: &str,
+    limit: Result<u32, String>,
+    list: impl FnOnce(u32) -> F,
+) -> Response {
+    match limit {
+        Ok(limit) => respond(list(limit).await.map(|rows| json!({ key: rows }))),
+        Err(refused) => error(StatusCode::BAD_REQUEST, refused),
+    }
 }
 
 async fn list_workers(State(service): State<Arc<Service>>) -> Response {
@@ -790,6 +798,14 @@ async fn list_workers(State(service): State<Arc<Service>>) -> Response {
             .await
             .map(|workers| json!({ "workers": workers })),
     )
+}
+
+async fn list_notifications(
+    State(service): State<Arc<Service>>,
+    Query(page): Query<Limit>,
+) -> Response {
+    let limit = limit_within(page.limit, MAX_NOTIFICATIONS);
+    listed("notifications", limit, |limit| service.notifications(limit)).await
 }
 
 async fn list_triggers(State(service): State<Arc<Service>>) -> Response {

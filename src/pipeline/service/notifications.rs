@@ -12,7 +12,8 @@
 //!    limit and recorded: a failure is tried again with a doubling delay, and given up after
 //!    its last attempt or at once when the target refuses it.
 //!
-//! A server with no notifiers publishes each event to none, which removes it.
+//! A server with no notifiers publishes each event to none, which removes it. The newest
+//! notifications, with their attempts, are read for the API and the console.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -104,6 +105,17 @@ impl Service {
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// The newest notifications first, at most `limit`, each with its attempts.
+    pub async fn notifications(&self, limit: u32) -> Result<Vec<wire::Notification>, Failed> {
+        let recent = self.store.recent_notifications(limit).await?;
+        let mut listed = Vec::with_capacity(recent.len());
+        for notification in recent {
+            let attempts = self.store.attempts(notification.id).await?;
+            listed.push(wire::Notification::with_history(notification, attempts));
+        }
+        Ok(listed)
     }
 
     /// Records the notifications of `event`, and removes it.

@@ -1,9 +1,12 @@
 //! The store's rows as the API's JSON (`core::wire`): the service answers with these, so the API,
 //! its client and the console never see a row.
 
+use std::time::SystemTime;
+
 use crate::adapters::runtime::LogStream;
 use crate::adapters::store::{
-    BuildRecord, DeliveryRecord, LogLine, ReportRecord, SkippedRun, StepRecord, WorkerRecord,
+    BuildRecord, DeliveryRecord, LogLine, NotificationRecord, ReportRecord, SkippedRun, StepRecord,
+    WorkerRecord,
 };
 use crate::core::wire;
 
@@ -34,7 +37,7 @@ impl From<BuildRecord> for wire::Build {
 
 impl wire::Worker {
     /// A worker as the store has it, live or not at `now`.
-    pub(super) fn at(worker: WorkerRecord, now: std::time::SystemTime) -> Self {
+    pub(super) fn at(worker: WorkerRecord, now: SystemTime) -> Self {
         Self {
             live: worker.live(now),
             id: worker.id,
@@ -44,6 +47,31 @@ impl wire::Worker {
             builds: worker.builds,
             start_time: worker.start_time,
             last_heartbeat: worker.heartbeat,
+        }
+    }
+}
+
+impl wire::Notification {
+    /// A notification as the store has it, with its attempts (when, and why each failed).
+    pub(super) fn with_history(
+        notification: NotificationRecord,
+        attempts: Vec<(SystemTime, Option<String>)>,
+    ) -> Self {
+        Self {
+            id: notification.id,
+            build_id: notification.build_id,
+            status: notification.status,
+            notifier: notification.notifier,
+            create_time: notification.create_time,
+            attempts: notification.attempts,
+            delivered: notification.delivered,
+            done: notification.done,
+            error: notification.error,
+            next_attempt: notification.next_attempt,
+            history: attempts
+                .into_iter()
+                .map(|(time, error)| wire::NotificationAttempt { time, error })
+                .collect(),
         }
     }
 }

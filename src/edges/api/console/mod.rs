@@ -1,9 +1,9 @@
 //! The web console of `builder serve`, at `/`: server-rendered pages over the same [`Service`]
 //! calls as the JSON API (builds, a build and its live log, triggers, schedules, deliveries,
-//! workers) and
-//! forms for its actions. Handlers translate between HTTP and the service; [`pages`] renders,
-//! escaping every value by construction. The one script, `console.js`, follows logs over the
-//! API's server-sent events and refreshes the parts of a page that are still running.
+//! workers, notifications) and forms for its actions. Handlers translate between HTTP and the
+//! service; [`pages`] renders, escaping every value by construction. The one script,
+//! `console.js`, follows logs over the API's server-sent events and refreshes the parts of a page
+//! that are still running.
 //!
 //! Actions need the API token: the login form takes it and opens a session, a cookie that
 //! expires (`core::access::SessionKey`: never the token itself), that scripts cannot read
@@ -36,6 +36,7 @@ const PAGE_SIZE: u32 = 50;
 /// Recent builds shown on a trigger's page.
 const RECENT_BUILDS: u32 = 10;
 const DELIVERIES_SHOWN: u32 = 100;
+const NOTIFICATIONS_SHOWN: u32 = 100;
 /// The newest retention passes the deliveries page shows.
 const RETENTION_PASSES_SHOWN: u32 = 5;
 
@@ -60,6 +61,7 @@ pub(super) fn router() -> Router<Served> {
         .route("/schedules/{name}/{action}", post(schedule_action))
         .route("/deliveries", get(deliveries))
         .route("/workers", get(workers))
+        .route("/notifications", get(notifications))
         .route("/templates", get(templates))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -437,6 +439,11 @@ async fn deliveries(State(service): State<Arc<Service>>, Reader(visitor): Reader
 async fn workers(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
     let result = service.workers().await;
     page(&visitor, result.map(|w| pages::workers(&visitor, &w)))
+}
+
+async fn notifications(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {
+    let result = service.notifications(NOTIFICATIONS_SHOWN).await;
+    page(&visitor, result.map(|n| pages::notifications(&visitor, &n)))
 }
 
 async fn templates(State(service): State<Arc<Service>>, Reader(visitor): Reader) -> Response {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{BuildFilter, Visitor, url_encode};
 use crate::core::build::{Approval, ApprovalState, Status};
 use crate::core::retention::Pass;
-use crate::core::wire::{Build, Delivery, GithubReport, Step, Worker};
+use crate::core::wire::{Build, Delivery, GithubReport, Notification, Step, Worker};
 use crate::pipeline::service::ScheduleView;
 
 mod templates;
@@ -39,6 +39,7 @@ fn layout(visitor: &Visitor, title: &str, content: Markup) -> Markup {
                     a href="/schedules" { "Schedules" }
                     a href="/deliveries" { "Deliveries" }
                     a href="/workers" { "Workers" }
+                    a href="/notifications" { "Notifications" }
                     a href="/templates" { "Templates" }
                     span.spacer {}
                     @if visitor.logged_in {
@@ -656,6 +657,63 @@ pub(super) fn workers(visitor: &Visitor, workers: &[Worker]) -> Markup {
     layout(visitor, "Workers", content)
 }
 
+/// The newest notifications of builds' statuses, each with what became of it; refreshed while
+/// some are still being sent.
+pub(super) fn notifications(visitor: &Visitor, notifications: &[Notification]) -> Markup {
+    let sending = notifications.iter().any(|n| !n.done);
+    let content = html! {
+        p { "Each status a build took, told to the notifiers whose filters selected it (" code { "serve --notifications" } "), newest first." }
+        div id="notifications" data-live[sending] {
+            table.notifications {
+                thead { tr { th { "Time" } th { "Build" } th { "Status" } th { "Notifier" } th { "Result" } th { "Attempts" } th { "Last error" } } }
+                tbody {
+                    @for notification in notifications {
+                        tr {
+                            td { (time(notification.create_time)) }
+                            td { a href={ "/builds/" (notification.build_id) } { (short(&notification.build_id)) } }
+                            td { (status_badge(notification.status)) }
+                            td { (notification.notifier) }
+                            td.result { (notification_result(notification)) }
+                            td { (notification.attempts) }
+                            td {
+                                @if let Some(error) = last_error(notification) { span.error { (error) } } @else { "—" }
+                            }
+                        }
+                    }
+                    @if notifications.is_empty() { tr { td.empty colspan="7" { "No notifications yet." } } }
+                }
+            }
+        }
+    };
+    layout(visitor, "Notifications", content)
+}
+
+/// What became of a notification, in words.
+fn notification_result(notification: &Notification) -> Markup {
+    html! {
+        @if notification.delivered {
+            "delivered"
+        } @else if !notification.done {
+            @if notification.attempts == 0 { "sending" } @else { "retrying at " (optional_time(notification.next_attempt)) }
+        } @else if notification.attempts == 0 {
+            span.error { "never sent" }
+        } @else {
+            span.error { "given up" }
+        }
+    }
+}
+
+/// Why it was never sent, or its last failed attempt's error (kept for one delivered after it).
+fn last_error(notification: &Notification) -> Option<&str> {
+    notification.error.as_deref().or_else(|| {
+        notification
+            .history
+            .iter()
+            .rev()
+            .find_map(|attempt| attempt.error.as_deref())
+    })
+}
+
 /// What the newest retention passes removed (`builder serve --retain-days`).
 fn retention(passes: &[Pass]) -> Markup {
     html! {
@@ -725,6 +783,88 @@ mod tests {
         assert_eq!(duration(Some(start), after(125.0)), "2m 05s");
         assert_eq!(duration(Some(start), after(7260.0)), "2h 01m");
         assert_eq!(duration(None, None), "");
+    }
+
+    #[test]
+    fn a_notification_reads_delivered_retrying_given_up_or_never_sent() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60);
+        let failed = |error: &str| crate::core::wire::NotificationAttempt {
+            time: at,
+            error: Some(error.into()),
+        };
+        let sending = Notification {
+            id: 1,
+            build_id: "b".into(),
+            status: Status::Success,
+            notifier: "hook".into(),
+            create_time: at,
+            attempts: 0,
+            delivered: false,
+            done: false,
+            error: None,
+            next_attempt: Some(at),
+            history: vec![],
+        };
+        let read = |n: &Notification| {
+            (
+                notification_result(n).into_string(),
+                last_error(n).map(str::to_string),
+            )
+        };
+        assert_eq!(read(&sending), ("sending".into(), None));
+        let retrying = Notification {
+            attempts: 1,
+            error: Some("the target answered 500".into()),
+            history: vec![failed("the target answered 500")],
+            ..sending.clone()
+        };
+        assert_eq!(
+            read(&retrying),
+            (
+                "retrying at <time datetime=\"1970-01-01T00:01:00+00:00\">1970-01-01 00:01:00</time>"
+                    .into(),
+                Some("the target answered 500".into())
+            )
+        );
+        let delivered = Notification {
+            attempts: 2,
+            delivered: true,
+            done: true,
+            error: None,
+            next_attempt: None,
+            history: vec![
+                failed("the target answered 500"),
+                crate::core::wire::NotificationAttempt {
+                    time: at,
+                    error: None,
+                },
+            ],
+            ..sending.clone()
+        };
+        // The failure before the delivery is still told.
+        assert_eq!(
+            read(&delivered),
+            ("delivered".into(), Some("the target answered 500".into()))
+        );
+        let given_up = Notification {
+            done: true,
+            next_attempt: None,
+            ..retrying.clone()
+        };
+        assert_eq!(read(&given_up).0, "<span class=\"error\">given up</span>");
+        let never_sent = Notification {
+            done: true,
+            next_attempt: None,
+            error: Some("the filter cannot say: <no such key>".into()),
+            ..sending
+        };
+        assert_eq!(
+            read(&never_sent),
+            (
+                "<span class=\"error\">never sent</span>".into(),
+                Some("the filter cannot say: <no such key>".into())
+            )
+        );
     }
 
     #[test]
