@@ -360,7 +360,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("chrono_tz", "core::schedule"),
     // Webhook triggers' CEL filters, compiled when a trigger loads and evaluated on its requests.
     ("cel", "core::triggers::webhook"),
-    // Notifiers' CEL filters over a build, compiled when a notifier loads.
+    // Notifiers' CEL filters over a build: the webhook's filter, with the build for variables.
     ("cel", "core::notify"),
     ("tracing_subscriber", "edges::cli::serve"),
     // HTTPS for `builder serve`.

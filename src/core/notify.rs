@@ -8,8 +8,6 @@
 //! referred to from the delivery by name (`{secretRef: name}`), as Cloud Build's configs do; the
 //! values are looked up when a message is sent, never kept here.
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -18,6 +16,7 @@ use serde_json::{Value, json};
 use crate::core::build::Status;
 use crate::core::config::decode::{self, Fields};
 use crate::core::diag::{Diagnostics, FieldPath};
+use crate::core::triggers::webhook::Filter;
 
 pub const API_VERSION: &str = "cloud-build-notifiers/v1";
 /// The header that carries an HTTP notification's signature: `sha256=` and the hex HMAC-SHA256
@@ -78,30 +77,17 @@ impl Target {
 
 /// A CEL filter over `build` (the Build resource's JSON), with Cloud Build's enum constants
 /// (`Build.Status.SUCCESS`), compiled when the notifier is loaded.
-#[derive(Clone)]
-pub struct BuildFilter {
-    source: String,
-    program: Arc<cel::Program>,
-}
-
-impl fmt::Debug for BuildFilter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("BuildFilter").field(&self.source).finish()
-    }
-}
+#[derive(Debug, Clone)]
+pub struct BuildFilter(Filter);
 
 impl BuildFilter {
     /// Compiles `source`; the parser's message when it is not CEL.
     pub fn compile(source: &str) -> Result<BuildFilter, String> {
-        let program = cel::Program::compile(source).map_err(|e| e.to_string())?;
-        Ok(BuildFilter {
-            source: source.to_string(),
-            program: Arc::new(program),
-        })
+        Filter::compile(source).map(BuildFilter)
     }
 
     pub fn source(&self) -> &str {
-        &self.source
+        self.0.source()
     }
 
     /// Whether the filter selects `build` (a Build resource); an error when it does not
@@ -118,11 +104,7 @@ impl BuildFilter {
         context
             .add_variable("build", build)
             .map_err(|e| e.to_string())?;
-        match self.program.execute(&context) {
-            Ok(cel::Value::Bool(selects)) => Ok(selects),
-            Ok(other) => Err(format!("it is {other:?}, not a boolean")),
-            Err(e) => Err(e.to_string()),
-        }
+        self.0.holds(&context)
     }
 }
 

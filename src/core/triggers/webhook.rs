@@ -26,7 +26,8 @@ pub struct WebhookTrigger {
     pub filter: Option<Filter>,
 }
 
-/// A CEL `filter` over a build's substitutions, compiled when the trigger is loaded.
+/// A CEL `filter`, compiled when the trigger (or notifier) is loaded: a webhook trigger's is over
+/// a build's substitutions.
 #[derive(Clone)]
 pub struct Filter {
     source: String,
@@ -61,8 +62,14 @@ impl Filter {
         for (name, value) in values {
             context.add_variable_from_value(name.as_str(), value.as_str());
         }
-        match self.program.execute(&context) {
-            Ok(cel::Value::Bool(admits)) => Ok(admits),
+        self.holds(&context)
+    }
+
+    /// Whether the filter holds with the variables of `context`; an error when it does not
+    /// evaluate to a boolean.
+    pub fn holds(&self, context: &cel::Context) -> Result<bool, String> {
+        match self.program.execute(context) {
+            Ok(cel::Value::Bool(holds)) => Ok(holds),
             Ok(other) => Err(format!("it is {other:?}, not a boolean")),
             Err(e) => Err(e.to_string()),
         }
