@@ -58,13 +58,20 @@ struct Setup {
 
 impl Setup {
     fn new(config: &str, schedules: &[(&str, &str)]) -> Self {
+        Self::with_trigger(config, "", schedules)
+    }
+
+    /// A setup whose trigger `app` has the fields `trigger` too.
+    fn with_trigger(config: &str, trigger: &str, schedules: &[(&str, &str)]) -> Self {
         let repository = Repository::new();
         repository.commit(&[("cloudbuild.yaml", config)], "app", "main");
         let triggers = TempDir::new().unwrap();
         std::fs::write(
             triggers.path().join("app.yaml"),
-            "name: app\nfilename: cloudbuild.yaml\n\
-             github: {owner: acme, name: app, push: {branch: ^main$}}\n",
+            format!(
+                "name: app\nfilename: cloudbuild.yaml\n\
+                 github: {{owner: acme, name: app, push: {{branch: ^main$}}}}\n{trigger}"
+            ),
         )
         .unwrap();
         let dir = TempDir::new().unwrap();
@@ -317,6 +324,65 @@ async fn forbid_skips_a_run_while_the_previous_build_is_queued_or_working() {
         scheduled_times(&service, "forbid").await,
         ["2024-03-11T10:00:00Z", "2024-03-11T13:00:00Z"]
     );
+}
+
+/// Schedule `hourly` of trigger `app`, whose builds are in group `deploy` with `on_conflict`,
+/// and its service, once its 10:00 run has started.
+async fn hourly_in_group(on_conflict: &str) -> (Setup, Arc<Service>) {
+    let setup = Setup::with_trigger(
+        QUICK,
+        &format!("concurrency: {{group: deploy, onConflict: {on_conflict}}}\n"),
+        &[("hourly", "schedule: 0 * * * *\n")],
+    );
+    let (service, _) = setup.service().await;
+    tick(&setup, &service, "2024-03-11T09:30:00Z").await;
+    tick(&setup, &service, "2024-03-11T10:00:00Z").await;
+    (setup, service)
+}
+
+/// A scheduled run takes its trigger's concurrency as the trigger's other builds do: with
+/// `SKIP`, a run whose group is full queues nothing and is recorded as skipped, saying why, and
+/// a run by hand is refused with the same reason; once the group has room, the next run starts.
+#[tokio::test]
+async fn a_run_whose_skipping_group_is_full_is_recorded_as_skipped() {
+    let (setup, service) = hourly_in_group("SKIP").await;
+    let first = builds(&service, "hourly").await[0].id.clone();
+    tick(&setup, &service, "2024-03-11T11:00:00Z").await;
+    assert_eq!(builds(&service, "hourly").await.len(), 1);
+    let reason =
+        format!("skipped: concurrency group deploy is at its limit (1): {first} queued or running");
+    let at = "2024-03-11T11:00:00Z".to_string();
+    assert_eq!(
+        skipped(&service, "hourly").await,
+        [(at.clone(), at, 1, reason.clone())]
+    );
+    let view = serde_json::to_value(service.schedule("hourly").await.unwrap()).unwrap();
+    assert_eq!(view["lastRun"]["build"], first.as_str());
+    match service.run_schedule("hourly").await {
+        Err(Failed::Conflict(refusal)) => assert_eq!(refusal, reason),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(builds(&service, "hourly").await.len(), 1);
+
+    service.cancel(&first).await.unwrap();
+    tick(&setup, &service, "2024-03-11T12:00:00Z").await;
+    assert_eq!(
+        scheduled_times(&service, "hourly").await,
+        ["2024-03-11T10:00:00Z", "2024-03-11T12:00:00Z"]
+    );
+}
+
+/// With `CANCEL_OLDER`, a scheduled run's build cancels the older builds of its group.
+#[tokio::test]
+async fn a_run_of_a_cancel_older_group_cancels_its_older_builds() {
+    let (setup, service) = hourly_in_group("CANCEL_OLDER").await;
+    tick(&setup, &service, "2024-03-11T11:00:00Z").await;
+    let statuses: Vec<Status> = builds(&service, "hourly")
+        .await
+        .iter()
+        .map(|build| build.status)
+        .collect();
+    assert_eq!(statuses, [Status::Cancelled, Status::Queued]);
 }
 
 /// Waits until `id` has `status`.

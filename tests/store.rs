@@ -7,8 +7,8 @@ use std::future::Future;
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    Change, DATABASE, Error, Logs as _, PostgresStore, Queue as _, QueuedBuild, ResourceKind,
-    ResourceWrite, Resources as _, SqliteStore, Store,
+    BuildQuery, Builds as _, Change, DATABASE, Error, Logs as _, PostgresStore, Queue as _,
+    QueuedBuild, ResourceKind, ResourceWrite, Resources as _, SqliteStore, Store,
 };
 use builder::core::build::Request;
 use builder::core::triggers::ConcurrencyGroup;
@@ -60,6 +60,7 @@ on_both_stores!(
     a_build_is_recorded_as_it_runs,
     the_queue_hands_each_build_out_once_oldest_first,
     a_group_at_its_limit_waits_for_its_builds_to_end,
+    a_build_that_skips_a_full_group_is_queued_only_while_it_has_room,
     leases_hold_builds_until_they_run_out,
     queued_builds_expire_past_their_ttl,
     pending_builds_wait_for_one_decision,
@@ -143,6 +144,7 @@ async fn postgres_concurrent_claimers_take_each_build_once() {
                 report: false,
                 approval_required: false,
                 concurrency: None,
+                skips_full_group: false,
             })
             .collect();
         let queuer = PostgresStore::open(&url).await.unwrap();
@@ -177,6 +179,39 @@ async fn postgres_concurrent_claimers_keep_each_group_to_its_limit() {
         let claimed = claim_on_four_machines(&url).await;
         let of = |group: &str| claimed.iter().filter(|id| id.starts_with(group)).count();
         assert_eq!((of("a-"), of("b-")), (2, 1), "{claimed:?}");
+    })
+    .await;
+}
+
+/// Queuers on connections of their own (as servers sharing the database would be) each queue a
+/// build of one group that skips when full, all at once: each counts the group under its lock,
+/// so the group's limit are queued and the others left out, however they interleave.
+#[tokio::test]
+async fn postgres_concurrent_queuers_keep_a_skipping_group_to_its_limit() {
+    on_a_fresh_database(|url| async move {
+        let mut stores = Vec::new();
+        for _ in 0..8 {
+            stores.push(PostgresStore::open(&url).await.unwrap());
+        }
+        let mut queuers = tokio::task::JoinSet::new();
+        for (queuer, store) in stores.into_iter().enumerate() {
+            let build = QueuedBuild {
+                concurrency: Some(ConcurrencyGroup {
+                    name: "deploy".into(),
+                    limit: 3,
+                }),
+                skips_full_group: true,
+                ..store_contract::queued(&format!("k-{queuer}"), "t")
+            };
+            queuers.spawn(async move { store.queue_builds(&[build]).await.unwrap().len() });
+        }
+        let mut left_out = 0;
+        while let Some(skipped) = queuers.join_next().await {
+            left_out += skipped.unwrap();
+        }
+        let store = PostgresStore::open(&url).await.unwrap();
+        let queued = store.list_builds(&BuildQuery::default()).await.unwrap();
+        assert_eq!((queued.len(), left_out), (3, 5));
     })
     .await;
 }

@@ -117,6 +117,7 @@ const RULES: &[(&str, &[&str])] = &[
             "core::build_resource",
             "core::config",
             "core::diag",
+            "core::triggers",
         ],
     ),
     ("core::retention", &[]),

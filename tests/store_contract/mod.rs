@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use builder::adapters::runtime::LogStream;
 use builder::adapters::store::{
-    BuildQuery, Error, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild, REJECTED_KEPT,
-    Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite, Store,
-    UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker, waiting_for,
+    BuildQuery, Error, GroupFull, Lease, NewDelivery, OpenReport, PASSES_KEPT, QueuedBuild,
+    REJECTED_KEPT, Recorded, Renewal, ReportFailure, ReportRecord, ResourceKind, ResourceWrite,
+    Store, UPLOAD_CHUNK_SIZE, Unfinished, WORKERS_KEPT, Worker, waiting_for,
 };
 use builder::core::build::Decision as Verdict;
 use builder::core::build::{
@@ -67,6 +67,7 @@ pub fn queued(id: &str, trigger: &str) -> QueuedBuild {
         report: false,
         approval_required: false,
         concurrency: None,
+        skips_full_group: false,
     }
 }
 
@@ -240,6 +241,142 @@ pub async fn a_group_at_its_limit_waits_for_its_builds_to_end(store: &dyn Store)
     store.finish_build("g-1", &outcome, &worker).await.unwrap();
     assert_eq!(waiting_for(store, &waiting).await.unwrap(), None);
     assert_eq!(claim().await.as_deref(), Some("g-2"), "g-1 ended");
+}
+
+/// Builds that skip a full group (their trigger's `onConflict: SKIP`): each is queued only while
+/// its group has fewer than `limit` builds queued or running, counted in the transaction that
+/// queues it, whatever queues it (a batch's earlier builds count for its later ones); one left
+/// out is returned with why, and its delivery's result says so instead of naming it, or its
+/// schedule records its run as skipped. A build that does not skip is queued however full.
+pub async fn a_build_that_skips_a_full_group_is_queued_only_while_it_has_room(store: &dyn Store) {
+    let skipping = |id: &str| QueuedBuild {
+        concurrency: Some(ConcurrencyGroup {
+            name: "deploy".into(),
+            limit: 2,
+        }),
+        skips_full_group: true,
+        ..queued(id, "t")
+    };
+    let full = |build: &str, builds: &str| GroupFull {
+        build: build.into(),
+        reason: format!(
+            "skipped: concurrency group deploy is at its limit (2): {builds} queued or running"
+        ),
+    };
+    let left_out = store
+        .queue_builds(&[skipping("k-1"), skipping("k-2"), skipping("k-3")])
+        .await
+        .unwrap();
+    assert_eq!(left_out, [full("k-3", "k-1, k-2")]);
+    assert!(store.get_build("k-3").await.unwrap().is_none());
+
+    // Running counts as much as queued.
+    let worker = lease("w", 30);
+    let claimed = store.claim_queued(&worker, None).await.unwrap();
+    assert_eq!(claimed.map(|c| c.id).as_deref(), Some("k-1"));
+    let result = |build: &str| TriggerResult {
+        trigger: "t".into(),
+        build_id: Some(build.into()),
+        reason: None,
+    };
+    let skipped = |full: &GroupFull| TriggerResult {
+        trigger: "t".into(),
+        build_id: None,
+        reason: Some(full.reason.clone()),
+    };
+    let delivery = |id: &str, builds: Vec<QueuedBuild>, payload: Option<&[u8]>| NewDelivery {
+        id: id.into(),
+        event: "push".into(),
+        verified: true,
+        digest: Some(format!("body of {id}")),
+        summary: String::new(),
+        payload: payload.map(<[u8]>::to_vec),
+        results: builds.iter().map(|build| result(&build.id)).collect(),
+        builds,
+        pull_request: None,
+    };
+    let recorded = store
+        .record_deliveries(&[delivery("k-d", vec![skipping("k-4")], None)], 0)
+        .await
+        .unwrap();
+    let k4 = full("k-4", "k-1, k-2");
+    assert_eq!(recorded, [Recorded::New(vec![k4.clone()])]);
+    assert!(store.get_build("k-4").await.unwrap().is_none());
+    let results_of = async |id: &str| {
+        let listed = store.list_deliveries(10).await.unwrap();
+        let delivery = listed.into_iter().find(|d| d.id == id).expect("recorded");
+        delivery.results
+    };
+    assert_eq!(results_of("k-d").await, [skipped(&k4)]);
+
+    // k-1 ends: room for one of two builds a pending delivery queues.
+    let outcome = Outcome::ended(Status::Success, Vec::new(), None);
+    store.finish_build("k-1", &outcome, &worker).await.unwrap();
+    store
+        .record_deliveries(&[delivery("k-p", Vec::new(), Some(b"{}"))], 0)
+        .await
+        .unwrap();
+    let (k5, k6) = (skipping("k-5"), skipping("k-6"));
+    let results = [result("k-5"), result("k-6")];
+    let completed = store
+        .complete_delivery("k-p", &results, &[k5, k6])
+        .await
+        .unwrap();
+    let k6 = full("k-6", "k-2, k-5");
+    assert_eq!(completed, Some(vec![k6.clone()]));
+    assert_eq!(results_of("k-p").await, [result("k-5"), skipped(&k6)]);
+
+    // A schedule's run whose build is left out is recorded as skipped; one by hand changes
+    // nothing.
+    let (nine, ten) = (time("2024-03-11T09:00:00Z"), time("2024-03-11T10:00:00Z"));
+    store
+        .sync_schedule("deploys", "0 * * * * UTC", nine)
+        .await
+        .unwrap();
+    let decision = Decision {
+        start: Some(nine),
+        replace: None,
+        skipped: Vec::new(),
+        next_run: ten,
+    };
+    let claimed = store
+        .claim_scheduled_run("deploys", nine, &decision, Some(&skipping("k-7")))
+        .await
+        .unwrap();
+    let k7 = full("k-7", "k-2, k-5");
+    assert_eq!(claimed, Some(vec![k7.clone()]));
+    let runs = store.skipped_runs("deploys", 10).await.unwrap();
+    let seen: Vec<_> = runs.into_iter().map(|run| run.skipped).collect();
+    assert_eq!(
+        seen,
+        [Skipped {
+            first: nine,
+            last: nine,
+            count: 1,
+            reason: k7.reason
+        }]
+    );
+    let by_hand = store
+        .queue_schedule_run("deploys", ten, &skipping("k-8"))
+        .await
+        .unwrap();
+    assert_eq!(by_hand, [full("k-8", "k-2, k-5")]);
+    let state = store
+        .schedule_state("deploys")
+        .await
+        .unwrap()
+        .expect("synced");
+    assert_eq!((state.next_run, state.last_run), (ten, None));
+    for id in ["k-7", "k-8"] {
+        assert!(store.get_build(id).await.unwrap().is_none(), "{id}");
+    }
+
+    let waits = QueuedBuild {
+        skips_full_group: false,
+        ..skipping("k-9")
+    };
+    assert_eq!(store.queue_builds(&[waits]).await.unwrap(), []);
+    assert!(store.get_build("k-9").await.unwrap().is_some());
 }
 
 /// The queue: builds are claimed oldest first, each once, held by their claimer from then on;
@@ -648,7 +785,7 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(recorded, [Recorded::New, Recorded::Duplicate]);
+    assert_eq!(recorded, [Recorded::New(Vec::new()), Recorded::Duplicate]);
     assert!(store.get_build("d-1-build").await.unwrap().is_some());
     assert!(store.get_build("d-1-again").await.unwrap().is_none());
 
@@ -668,17 +805,19 @@ pub async fn deliveries_queue_their_builds_once(store: &dyn Store) {
         reason: None,
     }];
     let builds = [queued("d-2-build", "t")];
-    assert!(
+    assert_eq!(
         store
             .complete_delivery("d-2", &results, &builds)
             .await
-            .unwrap()
+            .unwrap(),
+        Some(Vec::new())
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_delivery("d-2", &results, &builds)
             .await
-            .unwrap()
+            .unwrap(),
+        None
     );
     assert!(store.pending_deliveries().await.unwrap().is_empty());
     let listed = store.list_deliveries(10).await.unwrap();
@@ -770,7 +909,7 @@ pub async fn replays_and_rejections_are_bounded(store: &dyn Store) {
         .unwrap();
     assert_eq!(
         (first, replay),
-        (vec![Recorded::New], vec![Recorded::Duplicate])
+        (vec![Recorded::New(Vec::new())], vec![Recorded::Duplicate])
     );
     assert!(store.get_build("r-2-build").await.unwrap().is_none());
 
@@ -826,18 +965,20 @@ pub async fn a_scheduled_run_is_claimed_once(store: &dyn Store) {
         next_run: ten,
     };
     let build = queued("s-1", "t");
-    assert!(
+    assert_eq!(
         store
             .claim_scheduled_run("nightly", nine, &decision, Some(&build))
             .await
-            .unwrap()
+            .unwrap(),
+        Some(Vec::new())
     );
     let other = queued("s-2", "t");
-    assert!(
-        !store
+    assert_eq!(
+        store
             .claim_scheduled_run("nightly", nine, &decision, Some(&other))
             .await
-            .unwrap()
+            .unwrap(),
+        None
     );
     assert!(store.get_build("s-2").await.unwrap().is_none());
     let state = store
@@ -880,6 +1021,7 @@ pub async fn a_schedule_keeps_its_skipped_runs_pause_and_error(store: &dyn Store
                 .claim_scheduled_run("hourly", due, &skip(due), None)
                 .await
                 .unwrap()
+                .is_some()
         );
     }
     let runs = store.skipped_runs("hourly", 10).await.unwrap();
@@ -911,6 +1053,7 @@ pub async fn a_schedule_keeps_its_skipped_runs_pause_and_error(store: &dyn Store
             .claim_scheduled_run("hourly", hour(11), &skip(hour(11)), None)
             .await
             .unwrap()
+            .is_some()
     );
     let runs = store.skipped_runs("hourly", 10).await.unwrap();
     let seen: Vec<_> = runs

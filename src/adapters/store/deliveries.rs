@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use sqlx::{Database, Encode, QueryBuilder, Row, Sqlite, Type};
+use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Row, Sqlite, Type};
 
+use super::queue::GroupFull;
 use super::{Columns, Error, QueuedBuild, SqliteStore, json, millis, queue, time};
 use crate::core::triggers::TriggerResult;
 use crate::core::webhooks::PullRequest;
@@ -42,7 +43,9 @@ pub struct NewDelivery {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    New,
+    /// Recorded with its builds, but for those that skip a full group (see
+    /// [`super::Queue::queue_builds`]): their trigger results say why instead.
+    New(Vec<GroupFull>),
     /// A verified delivery with this id, or with this body, was already recorded.
     Duplicate,
 }
@@ -71,6 +74,9 @@ pub struct DeliveryRecord {
 /// Webhook deliveries. A caller may rely on:
 ///
 /// - a delivery is recorded with the builds it queues in one transaction: both or neither;
+/// - a build that skips a full group is queued only if its group has room when it is, counted
+///   in that transaction, as [`super::Queue::queue_builds`] does; its trigger result says why
+///   if it is not;
 /// - a verified delivery id, and a verified body digest, is recorded once: a redelivery or a
 ///   replay, in the store or earlier in the same batch, is [`Recorded::Duplicate`] and queues
 ///   nothing;
@@ -96,13 +102,14 @@ pub trait Deliveries: Send + Sync {
     async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, Error>;
 
     /// Finishes deciding a pending delivery: its trigger results replace the recorded ones and
-    /// its builds are queued, in one transaction, at most once (`false` if it was not pending).
+    /// its builds are queued (but for those that skip a full group, which it returns, and whose
+    /// results say why), in one transaction, at most once (`None` if it was not pending).
     async fn complete_delivery(
         &self,
         id: &str,
         results: &[TriggerResult],
         builds: &[QueuedBuild],
-    ) -> Result<bool, Error>;
+    ) -> Result<Option<Vec<GroupFull>>, Error>;
 
     /// The newest deliveries first.
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error>;
@@ -130,6 +137,9 @@ pub(super) const KEEP_PULL_REQUEST: &str = "INSERT INTO pull_requests \
      DO UPDATE SET pull_request = excluded.pull_request";
 pub(super) const PULL_REQUEST: &str =
     "SELECT pull_request FROM pull_requests WHERE repository = $1 AND number = $2";
+/// The results of verified delivery `$2`, some of whose builds were not queued after all.
+pub(super) const SET_RESULTS: &str =
+    "UPDATE deliveries SET results = $1 WHERE id = $2 AND verified = TRUE";
 pub(super) const LIST_DELIVERIES: &str = "SELECT id, event, receive_time, verified, summary, \
      state, results FROM deliveries ORDER BY seq DESC LIMIT $1";
 
@@ -159,7 +169,9 @@ impl Deliveries for SqliteStore {
                 .collect()
         };
         let (recorded, builds) = recorded(deliveries, inserted);
-        queue(&mut tx, &builds).await?;
+        let skipped = queue(&mut tx, &builds).await?;
+        let recorded = with_skipped(deliveries, recorded, &skipped);
+        set_results(&mut tx, skipped_results(deliveries, &recorded)).await?;
         for (repository, number, pull_request) in pull_requests(deliveries, &recorded) {
             sqlx::query(KEEP_PULL_REQUEST)
                 .bind(repository)
@@ -221,7 +233,7 @@ impl Deliveries for SqliteStore {
         id: &str,
         results: &[TriggerResult],
         builds: &[QueuedBuild],
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<Vec<GroupFull>>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let updated = sqlx::query(
             "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
@@ -234,11 +246,12 @@ impl Deliveries for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        queue(&mut tx, builds).await?;
+        let skipped = queue(&mut tx, builds).await?;
+        set_results(&mut tx, completed_results(id, results, &skipped)).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(skipped))
     }
 
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
@@ -303,7 +316,7 @@ pub(super) fn recorded(
         .map(|delivery| match inserted_ids.get_mut(&delivery.id) {
             Some(count) if *count > 0 => {
                 *count -= 1;
-                Recorded::New
+                Recorded::New(Vec::new())
             }
             _ => Recorded::Duplicate,
         })
@@ -311,10 +324,102 @@ pub(super) fn recorded(
     let builds = deliveries
         .iter()
         .zip(&recorded)
-        .filter(|(_, recorded)| **recorded == Recorded::New)
+        .filter(|(_, recorded)| matches!(recorded, Recorded::New(_)))
         .flat_map(|(delivery, _)| delivery.builds.iter().cloned())
         .collect();
     (recorded, builds)
+}
+
+/// `recorded`, each new delivery of `deliveries` with those of its builds that `skipped` names.
+pub(super) fn with_skipped(
+    deliveries: &[NewDelivery],
+    recorded: Vec<Recorded>,
+    skipped: &[GroupFull],
+) -> Vec<Recorded> {
+    deliveries
+        .iter()
+        .zip(recorded)
+        .map(|(delivery, recorded)| match recorded {
+            Recorded::New(_) => Recorded::New(
+                skipped
+                    .iter()
+                    .filter(|full| delivery.builds.iter().any(|build| build.id == full.build))
+                    .cloned()
+                    .collect(),
+            ),
+            duplicate => duplicate,
+        })
+        .collect()
+}
+
+/// The id and new results (JSON) of each new delivery of `deliveries` some of whose builds
+/// were skipped ([`with_skipped`]).
+pub(super) fn skipped_results<'d>(
+    deliveries: &'d [NewDelivery],
+    recorded: &'d [Recorded],
+) -> impl Iterator<Item = (&'d str, String)> + 'd {
+    deliveries
+        .iter()
+        .zip(recorded)
+        .filter_map(|(delivery, recorded)| match recorded {
+            Recorded::New(skipped) if !skipped.is_empty() => Some((
+                delivery.id.as_str(),
+                json(&results_skipping(&delivery.results, skipped)),
+            )),
+            _ => None,
+        })
+}
+
+/// The id and new results (JSON) of completed delivery `id` if some of its `builds` were
+/// skipped.
+pub(super) fn completed_results<'d>(
+    id: &'d str,
+    results: &[TriggerResult],
+    skipped: &[GroupFull],
+) -> Option<(&'d str, String)> {
+    (!skipped.is_empty()).then(|| (id, json(&results_skipping(results, skipped))))
+}
+
+/// Replaces the results of the verified deliveries `updates` names (id, results as JSON), in
+/// either dialect.
+pub(super) async fn set_results<'d, DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    updates: impl IntoIterator<Item = (&'d str, String)>,
+) -> Result<(), Error>
+where
+    DB: Database<Arguments: IntoArguments<DB>>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    for (id, results) in updates {
+        sqlx::query(SET_RESULTS)
+            .bind(results)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `results` with those of the builds `skipped` names saying why they were not queued.
+fn results_skipping(results: &[TriggerResult], skipped: &[GroupFull]) -> Vec<TriggerResult> {
+    results
+        .iter()
+        .map(|result| {
+            let full = skipped
+                .iter()
+                .find(|full| result.build_id.as_ref() == Some(&full.build));
+            match full {
+                Some(full) => TriggerResult {
+                    trigger: result.trigger.clone(),
+                    build_id: None,
+                    reason: Some(full.reason.clone()),
+                },
+                None => result.clone(),
+            }
+        })
+        .collect()
 }
 
 /// The pull requests the new verified ones of `deliveries` describe, as rows of
@@ -327,7 +432,7 @@ pub(super) fn pull_requests<'d>(
     deliveries
         .iter()
         .zip(recorded)
-        .filter(|(delivery, recorded)| delivery.verified && **recorded == Recorded::New)
+        .filter(|(delivery, recorded)| delivery.verified && matches!(recorded, Recorded::New(_)))
         .filter_map(|(delivery, _)| delivery.pull_request.as_ref())
         .map(|(repository, pull_request)| {
             (
@@ -411,8 +516,9 @@ mod tests {
             )
             .await
             .unwrap();
-        use Recorded::{Duplicate, New};
-        assert_eq!(first, [New, Duplicate, New, New]);
+        use Recorded::Duplicate;
+        let new = || Recorded::New(Vec::new());
+        assert_eq!(first, [new(), Duplicate, new(), new()]);
         let again = store
             .record_deliveries(
                 &[
@@ -423,7 +529,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(again, [New, Duplicate]);
+        assert_eq!(again, [new(), Duplicate]);
         let builds = store.list_builds(&BuildQuery::default()).await.unwrap();
         assert_eq!(builds.len(), 3);
     }

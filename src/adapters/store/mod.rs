@@ -52,7 +52,7 @@ pub use notifications::{
 };
 pub use postgres::{Changes, PostgresStore};
 use queue::queue;
-pub use queue::{Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished, waiting_for};
+pub use queue::{Claimed, GroupFull, Lease, Queue, QueuedBuild, Renewal, Unfinished, waiting_for};
 pub use reports::{OpenReport, ReportFailure, ReportRecord, Reports};
 pub use resources::{ResourceKind, ResourceWrite, Resources};
 pub use retention::{PASSES_KEPT, References, Retention};
@@ -402,6 +402,7 @@ mod test_support {
             report: false,
             approval_required: false,
             concurrency: None,
+            skips_full_group: false,
         }
     }
 

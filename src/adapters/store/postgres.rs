@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, Postgres};
 
 use super::builds::{self, BuildQuery, BuildRecord, Builds};
 use super::deliveries::{self, Deliveries, DeliveryRecord, NewDelivery, PendingDelivery, Recorded};
@@ -22,7 +22,7 @@ use super::logs::{self, LogLine, Logs};
 use super::notifications::{
     self, Attempt, BuildEvent, DueNotification, NewNotification, NotificationRecord, Notifications,
 };
-use super::queue::{self, Claimed, Lease, Queue, QueuedBuild, Renewal, Unfinished};
+use super::queue::{self, Claimed, GroupFull, Lease, Queue, QueuedBuild, Renewal, Unfinished};
 use super::reports::{self, OpenReport, ReportFailure, ReportRecord, Reports};
 use super::resources::{self, ResourceKind, ResourceWrite, Resources};
 use super::retention::{self, References, Retention};
@@ -436,7 +436,7 @@ impl Queue for PostgresStore {
                 return Ok(None);
             };
             if let Some(group) = queue::concurrency_group(&row) {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                sqlx::query(LOCK_GROUP)
                     .bind(&group.name)
                     .execute(&mut *tx)
                     .await?;
@@ -486,10 +486,11 @@ impl Queue for PostgresStore {
             .await?)
     }
 
-    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<Vec<GroupFull>, Error> {
         let mut tx = self.write().await?;
-        queue_in(&mut tx, builds).await?;
-        Ok(tx.commit().await?)
+        let skipped = queue_in(&mut tx, builds).await?;
+        tx.commit().await?;
+        Ok(skipped)
     }
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
@@ -542,20 +543,15 @@ async fn fence(tx: &mut Transaction, id: &str, lease: &Lease) -> Result<(), Erro
     })
 }
 
-/// Queues `builds` in a transaction.
-async fn queue_in(tx: &mut Transaction, builds: &[QueuedBuild]) -> Result<(), Error> {
-    let now = millis(SystemTime::now());
-    for builds in builds.chunks(queue::BUILDS_PER_INSERT) {
-        let mut insert: QueryBuilder<Postgres> = queue::insert_queued(builds, now);
-        insert.build().execute(&mut **tx).await?;
-    }
-    for build in builds.iter().filter(|build| build.report) {
-        sqlx::query(reports::INSERT_REPORT)
-            .bind(build.id.as_str())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+/// Takes concurrency group `$1`'s advisory lock until the transaction ends: of the
+/// transactions that count a group's builds to claim or to queue one, one at a time does, and a
+/// statement after the lock sees what those that held it before committed.
+const LOCK_GROUP: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
+/// Queues `builds` in a transaction, but for those that skip a full group, which it returns:
+/// each group they skip is counted under its lock ([`LOCK_GROUP`]).
+async fn queue_in(tx: &mut Transaction, builds: &[QueuedBuild]) -> Result<Vec<GroupFull>, Error> {
+    queue::queue_in(tx, builds, Some(LOCK_GROUP)).await
 }
 
 #[async_trait::async_trait]
@@ -582,7 +578,10 @@ impl Deliveries for PostgresStore {
                 .collect()
         };
         let (recorded, builds) = deliveries::recorded(deliveries, inserted);
-        queue_in(&mut tx, &builds).await?;
+        let skipped = queue_in(&mut tx, &builds).await?;
+        let recorded = deliveries::with_skipped(deliveries, recorded, &skipped);
+        let updates = deliveries::skipped_results(deliveries, &recorded);
+        deliveries::set_results(&mut tx, updates).await?;
         for (repository, number, pull_request) in deliveries::pull_requests(deliveries, &recorded) {
             sqlx::query(deliveries::KEEP_PULL_REQUEST)
                 .bind(repository)
@@ -636,7 +635,7 @@ impl Deliveries for PostgresStore {
         id: &str,
         results: &[TriggerResult],
         builds: &[QueuedBuild],
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<Vec<GroupFull>>, Error> {
         let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE deliveries SET state = $1, payload = NULL, results = $2 \
@@ -649,11 +648,13 @@ impl Deliveries for PostgresStore {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        queue_in(&mut tx, builds).await?;
+        let skipped = queue_in(&mut tx, builds).await?;
+        let update = deliveries::completed_results(id, results, &skipped);
+        deliveries::set_results(&mut tx, update).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(skipped))
     }
 
     async fn list_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, Error> {
@@ -712,7 +713,7 @@ impl Schedules for PostgresStore {
         due: DateTime<Utc>,
         decision: &Decision,
         build: Option<&QueuedBuild>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<Vec<GroupFull>>, Error> {
         let mut tx = self.write().await?;
         let claimed = sqlx::query(schedules::CLAIM_RUN)
             .bind(decision.next_run.timestamp_millis())
@@ -721,8 +722,14 @@ impl Schedules for PostgresStore {
             .execute(&mut *tx)
             .await?;
         if claimed.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        let started = decision.start.and(build);
+        let full = match started {
+            Some(build) => queue_in(&mut tx, std::slice::from_ref(build)).await?,
+            None => Vec::new(),
+        };
+        let decision = schedules::started_or_skipped(decision, &full);
         let now = Utc::now().timestamp_millis();
         let grow = schedules::grow_skipped("LEAST");
         for skipped in &decision.skipped {
@@ -748,10 +755,10 @@ impl Schedules for PostgresStore {
             }
         }
         if let (Some(scheduled_time), Some(build)) = (decision.start, build) {
-            start_run(&mut tx, name, scheduled_time, build).await?;
+            set_last_run(&mut tx, name, scheduled_time, build).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(full))
     }
 
     async fn queue_schedule_run(
@@ -759,10 +766,14 @@ impl Schedules for PostgresStore {
         name: &str,
         scheduled_time: DateTime<Utc>,
         build: &QueuedBuild,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<GroupFull>, Error> {
         let mut tx = self.write().await?;
-        start_run(&mut tx, name, scheduled_time, build).await?;
-        Ok(tx.commit().await?)
+        let full = queue_in(&mut tx, std::slice::from_ref(build)).await?;
+        if full.is_empty() {
+            set_last_run(&mut tx, name, scheduled_time, build).await?;
+        }
+        tx.commit().await?;
+        Ok(full)
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
@@ -793,7 +804,6 @@ impl Schedules for PostgresStore {
     }
 }
 
-/// Queues a schedule's run and makes it the schedule's last run.
 #[async_trait::async_trait]
 impl Reports for PostgresStore {
     async fn claim_reports(
@@ -944,7 +954,8 @@ impl Retention for PostgresStore {
     }
 }
 
-async fn start_run(
+/// Makes a schedule's run, its build queued, the schedule's last run.
+async fn set_last_run(
     tx: &mut Transaction,
     name: &str,
     scheduled_time: DateTime<Utc>,
@@ -956,7 +967,7 @@ async fn start_run(
         .bind(name)
         .execute(&mut **tx)
         .await?;
-    queue_in(tx, std::slice::from_ref(build)).await
+    Ok(())
 }
 
 #[async_trait::async_trait]

@@ -1,9 +1,12 @@
 //! The queue aggregate: builds queued for the service, claimed one at a time, and the leases
 //! by which a process holds the builds it runs.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
-use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Sqlite, Type};
+use sqlx::{
+    AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Sqlite, Type,
+};
 
 use super::{Columns, Error, SqliteStore, Transaction, json, millis, parse_json};
 use crate::core::build::{ApprovalResult, ApprovalState, Request, Status};
@@ -39,6 +42,19 @@ pub struct QueuedBuild {
     /// The trigger's concurrency group it belongs to, its name expanded: it is not claimed
     /// while its group has `limit` builds WORKING.
     pub concurrency: Option<ConcurrencyGroup>,
+    /// Its trigger's concurrency says `SKIP`: it is queued only if its group has fewer than
+    /// `limit` builds queued or running, counted in the transaction that queues it; else it is
+    /// left out ([`GroupFull`]).
+    pub skips_full_group: bool,
+}
+
+/// A build left out of the queue: its trigger skips a full group (`onConflict: SKIP`), and its
+/// group had `limit` builds queued or running when it was to be queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFull {
+    pub build: String,
+    /// In the trigger's result: the group, its limit and its builds queued or running.
+    pub reason: String,
 }
 
 /// A build claimed from the queue, WORKING and held by its claimer from now on.
@@ -147,8 +163,10 @@ pub trait Queue: Send + Sync {
     /// worker, or none free in time), with `failure`; returns their ids.
     async fn expire_queued(&self, now: SystemTime, failure: &str) -> Result<Vec<String>, Error>;
 
-    /// Queues builds (a retry, a manual run).
-    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error>;
+    /// Queues builds (a retry, a manual run), but for those that skip a full group, which it
+    /// returns: the count and the insert are one decision, so builds queued at once from
+    /// anywhere put at most `limit` of a group in the queue.
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<Vec<GroupFull>, Error>;
 
     /// What a build queued by the service was to run, to queue it again; `None` for builds
     /// that did not come from the queue (a local `builder submit`).
@@ -205,9 +223,13 @@ pub(super) const CLAIM_QUEUED: &str = "UPDATE builds \
      AND (concurrency_group IS NULL OR concurrency_limit > (SELECT COUNT(*) FROM builds AS running \
      WHERE running.concurrency_group = queued.concurrency_group AND running.status = $1)) \
      ORDER BY create_time, id LIMIT 1";
-/// The builds of group `$1` that are `$2` or `$3`, as [`Queue::group_builds`] orders them.
+/// The builds of group `$1` that are `$2` or `$3`, as [`Queue::group_builds`] orders them (the
+/// unstarted last in both dialects: SQLite sorts NULL first, PostgreSQL last).
 pub(super) const GROUP_BUILDS: &str = "SELECT id FROM builds \
-     WHERE concurrency_group = $1 AND status IN ($2, $3) ORDER BY start_time, create_time, id";
+     WHERE concurrency_group = $1 AND status IN ($2, $3) \
+     ORDER BY start_time IS NULL, start_time, create_time, id";
+/// The statuses of a group's builds that fill it for those that skip a full group.
+pub(super) const UNFINISHED_IN_GROUP: [Status; 2] = [Status::Queued, Status::Working];
 /// How many builds of group `$1` are `$2` (WORKING).
 pub(super) const GROUP_WORKING: &str =
     "SELECT COUNT(*) FROM builds WHERE concurrency_group = $1 AND status = $2";
@@ -341,10 +363,11 @@ impl Queue for SqliteStore {
         Ok(expired)
     }
 
-    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<(), Error> {
+    async fn queue_builds(&self, builds: &[QueuedBuild]) -> Result<Vec<GroupFull>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        queue(&mut tx, builds).await?;
-        Ok(tx.commit().await?)
+        let skipped = queue(&mut tx, builds).await?;
+        tx.commit().await?;
+        Ok(skipped)
     }
 
     async fn queued_request(&self, id: &str) -> Result<Option<QueuedBuild>, Error> {
@@ -483,6 +506,8 @@ pub(super) fn queued_build(row: &impl Columns) -> Result<QueuedBuild, Error> {
         report: false,
         approval_required: row.column("approval_required"),
         concurrency: concurrency_group(row),
+        // Whoever queues it again decides.
+        skips_full_group: false,
     })
 }
 
@@ -502,31 +527,33 @@ pub(super) fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Builds one statement inserts at most: SQLite takes at most 32,766 values in one (PostgreSQL
+/// Builds one INSERT queues at most: SQLite takes at most 32,766 values in one (PostgreSQL
 /// 65,535).
 pub(super) const BUILDS_PER_INSERT: usize = 1000;
 
-pub(super) async fn queue(tx: &mut Transaction<'_>, builds: &[QueuedBuild]) -> Result<(), Error> {
-    let now = millis(SystemTime::now());
-    for builds in builds.chunks(BUILDS_PER_INSERT) {
-        insert_queued::<Sqlite>(builds, now)
-            .build()
-            .execute(&mut **tx)
-            .await?;
-    }
-    for build in builds.iter().filter(|build| build.report) {
-        sqlx::query(super::reports::INSERT_REPORT)
-            .bind(build.id.as_str())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+/// Queues `builds` in SQLite transaction `tx`, but for those that skip a full group, which it
+/// returns: the one writer counts the groups and inserts before any other write.
+pub(super) async fn queue(
+    tx: &mut Transaction<'_>,
+    builds: &[QueuedBuild],
+) -> Result<Vec<GroupFull>, Error> {
+    queue_in(tx, builds, None).await
 }
 
-/// The statement that queues `builds` (at most [`BUILDS_PER_INSERT`]), created at `now`.
-pub(super) fn insert_queued<DB>(builds: &[QueuedBuild], now: i64) -> QueryBuilder<DB>
+/// Queues `builds` in `tx`, in either dialect, but for those that skip a full group, which it
+/// returns. Each group they skip is counted before any build is inserted, once `lock` (a
+/// statement of the group's name, `$1`), if the dialect needs one, has taken the group for the
+/// transaction; groups are taken in the order of their names, so that two transactions that
+/// take the same ones wait for each other rather than deadlock.
+pub(super) async fn queue_in<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    builds: &[QueuedBuild],
+    lock: Option<&'static str>,
+) -> Result<Vec<GroupFull>, Error>
 where
-    DB: Database<Arguments: Default>,
+    DB: Database<Arguments: Default + IntoArguments<DB>>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
     for<'t> &'t str: Encode<'t, DB> + Type<DB>,
     for<'t> String: Encode<'t, DB> + Type<DB>,
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
@@ -534,43 +561,109 @@ where
     for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
     for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
 {
-    let mut insert = QueryBuilder::<DB>::new(
-        "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
-         delivery_id, request, schedule_name, pool, queue_deadline, approval_state, \
-         concurrency_group, concurrency_limit) ",
-    );
-    insert.push_values(builds, |mut row, build| {
-        let (status, approval) = if build.approval_required {
-            (Status::Pending, Some(ApprovalState::Pending.as_str()))
-        } else {
-            (Status::Queued, None)
-        };
-        row.push_bind(build.id.as_str())
-            .push_bind(status.as_str())
-            .push_bind(now)
-            .push_bind(build.source.to_string())
-            .push_bind(json(&build.substitutions))
-            .push_bind("null")
-            .push_bind(build.trigger.clone())
-            .push_bind(build.delivery.clone())
-            .push_bind(json(&build.request))
-            .push_bind(build.schedule.clone())
-            .push_bind(build.pool.clone().unwrap_or_default())
-            .push_bind(
-                build
-                    .queue_ttl
-                    .map(|ttl| now.saturating_add(ttl_millis(ttl))),
-            )
-            .push_bind(approval)
-            .push_bind(build.concurrency.as_ref().map(|group| group.name.clone()))
-            .push_bind(
-                build
-                    .concurrency
-                    .as_ref()
-                    .map(|group| i64::from(group.limit)),
-            );
-    });
-    insert
+    let mut unfinished = HashMap::new();
+    for group in skipping_groups(builds) {
+        if let Some(lock) = lock {
+            sqlx::query(lock).bind(group).execute(&mut **tx).await?;
+        }
+        let [first, second] = UNFINISHED_IN_GROUP;
+        let ids = sqlx::query_scalar(GROUP_BUILDS)
+            .bind(group)
+            .bind(first.as_str())
+            .bind(second.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+        unfinished.insert(group.to_string(), ids);
+    }
+    let (admitted, skipped) = admit(builds, unfinished);
+    let now = millis(SystemTime::now());
+    for builds in admitted.chunks(BUILDS_PER_INSERT) {
+        let mut insert = QueryBuilder::<DB>::new(
+            "INSERT INTO builds (id, status, create_time, source, substitutions, plan, trigger_name, \
+             delivery_id, request, schedule_name, pool, queue_deadline, approval_state, \
+             concurrency_group, concurrency_limit) ",
+        );
+        insert.push_values(builds, |mut row, build| {
+            let (status, approval) = if build.approval_required {
+                (Status::Pending, Some(ApprovalState::Pending.as_str()))
+            } else {
+                (Status::Queued, None)
+            };
+            row.push_bind(build.id.as_str())
+                .push_bind(status.as_str())
+                .push_bind(now)
+                .push_bind(build.source.to_string())
+                .push_bind(json(&build.substitutions))
+                .push_bind("null")
+                .push_bind(build.trigger.clone())
+                .push_bind(build.delivery.clone())
+                .push_bind(json(&build.request))
+                .push_bind(build.schedule.clone())
+                .push_bind(build.pool.clone().unwrap_or_default())
+                .push_bind(
+                    build
+                        .queue_ttl
+                        .map(|ttl| now.saturating_add(ttl_millis(ttl))),
+                )
+                .push_bind(approval)
+                .push_bind(build.concurrency.as_ref().map(|group| group.name.clone()))
+                .push_bind(
+                    build
+                        .concurrency
+                        .as_ref()
+                        .map(|group| i64::from(group.limit)),
+                );
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    for build in admitted.iter().filter(|build| build.report) {
+        sqlx::query(super::reports::INSERT_REPORT)
+            .bind(build.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(skipped)
+}
+
+/// The groups of `builds` that some of them skip when full, by name: the groups whose builds
+/// queued or running [`admit`] is to be given (PostgreSQL locks them in this order).
+pub(super) fn skipping_groups(builds: &[QueuedBuild]) -> BTreeSet<&str> {
+    builds
+        .iter()
+        .filter(|build| build.skips_full_group)
+        .filter_map(|build| build.concurrency.as_ref())
+        .map(|group| group.name.as_str())
+        .collect()
+}
+
+/// Which of `builds` go into the queue, in order, given the builds queued or running of each
+/// of [`skipping_groups`] (`unfinished`): one that skips a full group does not, and says why;
+/// each one admitted fills its group for those after it (unless it waits PENDING for approval).
+pub(super) fn admit(
+    builds: &[QueuedBuild],
+    mut unfinished: HashMap<String, Vec<String>>,
+) -> (Vec<&QueuedBuild>, Vec<GroupFull>) {
+    let (mut admitted, mut skipped) = (Vec::new(), Vec::new());
+    for build in builds {
+        let counted = build
+            .concurrency
+            .as_ref()
+            .and_then(|group| Some((group, unfinished.get_mut(&group.name)?)));
+        if let Some((group, filled)) = counted {
+            if build.skips_full_group
+                && let Some(reason) = group.full(filled)
+            {
+                let build = build.id.clone();
+                skipped.push(GroupFull { build, reason });
+                continue;
+            }
+            if !build.approval_required {
+                filled.push(build.id.clone());
+            }
+        }
+        admitted.push(build);
+    }
+    (admitted, skipped)
 }
 
 #[cfg(test)]

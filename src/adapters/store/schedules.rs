@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
+use super::queue::GroupFull;
 use super::{Columns, Error, QueuedBuild, SqliteStore, Transaction, instant, queue};
 use crate::core::schedule::{Decision, LastRun, MAX_COUNTED, Skipped, State};
 
@@ -17,7 +18,9 @@ pub struct SkippedRun {
 /// Schedules' state, kept so that every server sharing the store sees the same. A caller may rely
 /// on: a schedule's state is created at its first sync and kept while its spec is the same; a due
 /// run is claimed once ([`Schedules::claim_scheduled_run`] is a compare-and-set on the next run,
-/// in the transaction that records the skipped runs and queues the run's build).
+/// in the transaction that records the skipped runs and queues the run's build); a run's build
+/// that skips a full group is queued only if its group has room, counted in that transaction
+/// (as [`super::Queue::queue_builds`] does), and the run is recorded as skipped if not.
 #[async_trait::async_trait]
 pub trait Schedules: Send + Sync {
     /// A schedule's state: created with `first_run` as its next run if the store has none, or
@@ -33,24 +36,27 @@ pub trait Schedules: Send + Sync {
     async fn schedule_state(&self, name: &str) -> Result<Option<State>, Error>;
 
     /// Carries out `decision` for the run due at `due`, in one transaction and only if the
-    /// schedule's next run is still `due` (`false`: another scheduler claimed it): records the
+    /// schedule's next run is still `due` (`None`: another scheduler claimed it): records the
     /// skipped runs (one continuing the newest record of the same reason grows it), moves the
-    /// next run on and queues `build`, the run it starts.
+    /// next run on and queues `build`, the run it starts; if that build skips a full group, it
+    /// is returned and the run recorded as skipped with its reason instead
+    /// ([`Decision::start_skipped`]).
     async fn claim_scheduled_run(
         &self,
         name: &str,
         due: DateTime<Utc>,
         decision: &Decision,
         build: Option<&QueuedBuild>,
-    ) -> Result<bool, Error>;
+    ) -> Result<Option<Vec<GroupFull>>, Error>;
 
-    /// Queues a run started by hand, which becomes the schedule's last run.
+    /// Queues a run started by hand, which becomes the schedule's last run; if its build skips
+    /// a full group, it is returned and nothing changes.
     async fn queue_schedule_run(
         &self,
         name: &str,
         scheduled_time: DateTime<Utc>,
         build: &QueuedBuild,
-    ) -> Result<(), Error>;
+    ) -> Result<Vec<GroupFull>, Error>;
 
     /// Pauses (the scheduler starts no run) or resumes a schedule.
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error>;
@@ -142,7 +148,7 @@ impl Schedules for SqliteStore {
         due: DateTime<Utc>,
         decision: &Decision,
         build: Option<&QueuedBuild>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<Vec<GroupFull>>, Error> {
         let (_turn, mut tx) = self.write().await?;
         let claimed = sqlx::query(CLAIM_RUN)
             .bind(decision.next_run.timestamp_millis())
@@ -151,8 +157,14 @@ impl Schedules for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if claimed.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        let started = decision.start.and(build);
+        let full = match started {
+            Some(build) => queue(&mut tx, std::slice::from_ref(build)).await?,
+            None => Vec::new(),
+        };
+        let decision = started_or_skipped(decision, &full);
         let now = Utc::now().timestamp_millis();
         for skipped in &decision.skipped {
             // The newest record grows while the same reason goes on and nothing ran since.
@@ -178,10 +190,10 @@ impl Schedules for SqliteStore {
             }
         }
         if let (Some(scheduled_time), Some(build)) = (decision.start, build) {
-            start_run(&mut tx, name, scheduled_time, build).await?;
+            set_last_run(&mut tx, name, scheduled_time, build).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(full))
     }
 
     async fn queue_schedule_run(
@@ -189,10 +201,14 @@ impl Schedules for SqliteStore {
         name: &str,
         scheduled_time: DateTime<Utc>,
         build: &QueuedBuild,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<GroupFull>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        start_run(&mut tx, name, scheduled_time, build).await?;
-        Ok(tx.commit().await?)
+        let full = queue(&mut tx, std::slice::from_ref(build)).await?;
+        if full.is_empty() {
+            set_last_run(&mut tx, name, scheduled_time, build).await?;
+        }
+        tx.commit().await?;
+        Ok(full)
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<(), Error> {
@@ -213,8 +229,8 @@ impl Schedules for SqliteStore {
     }
 }
 
-/// Queues a schedule's run and makes it the schedule's last run.
-async fn start_run(
+/// Makes a schedule's run, its build queued, the schedule's last run.
+async fn set_last_run(
     tx: &mut Transaction<'_>,
     name: &str,
     scheduled_time: DateTime<Utc>,
@@ -226,7 +242,16 @@ async fn start_run(
         .bind(name)
         .execute(&mut **tx)
         .await?;
-    queue(tx, std::slice::from_ref(build)).await
+    Ok(())
+}
+
+/// `decision` as carried out once the build of the run it starts was queued, or was not
+/// because it skips a full group (`full`).
+pub(super) fn started_or_skipped(decision: &Decision, full: &[GroupFull]) -> Decision {
+    match full.first() {
+        Some(full) => decision.start_skipped(full.reason.clone()),
+        None => decision.clone(),
+    }
 }
 
 async fn read_schedule<'e>(

@@ -122,6 +122,27 @@ pub struct Decision {
     pub next_run: DateTime<Utc>,
 }
 
+impl Decision {
+    /// This decision with the run it starts skipped instead, for `reason` (its trigger's
+    /// concurrency group was full, `onConflict: SKIP`): recorded as a skipped run, and the
+    /// previous run not replaced.
+    pub fn start_skipped(&self, reason: String) -> Decision {
+        let mut skipped = self.skipped.clone();
+        skipped.extend(self.start.map(|at| Skipped {
+            first: at,
+            last: at,
+            count: 1,
+            reason,
+        }));
+        Decision {
+            start: None,
+            replace: None,
+            skipped,
+            next_run: self.next_run,
+        }
+    }
+}
+
 /// A time in UTC and in the zone of a schedule.
 #[derive(Debug, Serialize)]
 pub struct Times {
@@ -562,6 +583,36 @@ mod tests {
                 replace: None,
                 skipped: Vec::new(),
                 next_run: utc("2024-03-11T03:00:00Z"),
+            }
+        );
+    }
+
+    #[test]
+    fn a_start_skipped_is_recorded_after_the_runs_skipped_before_it() {
+        let (missed, due, next) = (
+            utc("2024-03-11T01:00:00Z"),
+            utc("2024-03-11T02:00:00Z"),
+            utc("2024-03-11T03:00:00Z"),
+        );
+        let skip = |at, reason: &str| Skipped {
+            first: at,
+            last: at,
+            count: 1,
+            reason: reason.into(),
+        };
+        let decision = Decision {
+            start: Some(due),
+            replace: Some("previous".into()),
+            skipped: vec![skip(missed, "missed")],
+            next_run: next,
+        };
+        assert_eq!(
+            decision.start_skipped("its group is full".into()),
+            Decision {
+                start: None,
+                replace: None,
+                skipped: vec![skip(missed, "missed"), skip(due, "its group is full")],
+                next_run: next,
             }
         );
     }

@@ -89,8 +89,7 @@ impl ConcurrencyGroup {
     /// Why a build of this group waits, with the group's `working` builds: `None` below its
     /// limit.
     pub fn waiting(&self, working: &[String]) -> Option<String> {
-        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
-        (working.len() >= limit).then(|| {
+        self.at_limit(working).then(|| {
             let (builds, verb) = match working {
                 [one] => (format!("build {one}"), "is"),
                 many => (format!("builds {}", many.join(", ")), "are"),
@@ -100,6 +99,23 @@ impl ConcurrencyGroup {
                 self.name, self.limit
             )
         })
+    }
+
+    /// Why a build of this group that skips a full group (`onConflict: SKIP`) is not queued,
+    /// with the group's `unfinished` builds (queued or running): `None` below its limit.
+    pub fn full(&self, unfinished: &[String]) -> Option<String> {
+        self.at_limit(unfinished).then(|| {
+            format!(
+                "skipped: concurrency group {} is at its limit ({}): {} queued or running",
+                self.name,
+                self.limit,
+                unfinished.join(", ")
+            )
+        })
+    }
+
+    fn at_limit(&self, builds: &[String]) -> bool {
+        builds.len() >= usize::try_from(self.limit).unwrap_or(usize::MAX)
     }
 }
 
@@ -801,8 +817,24 @@ fn trigger(f: &mut Fields) -> Trigger {
     }
 }
 
+/// The built-in substitutions a triggered build has when it is queued ([`Trigger::built_ins`]),
+/// which is when its concurrency group is named; the others (`BUILD_ID`, `PROJECT_ID`,
+/// `LOCATION`, …) are set when it runs.
+const QUEUED_BUILT_INS: &[&str] = &[
+    "BRANCH_NAME",
+    "COMMIT_SHA",
+    "REF_NAME",
+    "REPO_FULL_NAME",
+    "REPO_NAME",
+    "REVISION_ID",
+    "SHORT_SHA",
+    "TAG_NAME",
+    "TRIGGER_BUILD_CONFIG_PATH",
+    "TRIGGER_NAME",
+];
+
 /// `concurrency`: its group must name something (its references the trigger's substitutions
-/// or built-ins, which its builds get), its limit be at least 1.
+/// or the built-ins its builds have when they are queued), its limit be at least 1.
 fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Option<Concurrency> {
     let group = f.string("group");
     let group_path = f.path().key("group");
@@ -821,14 +853,23 @@ fn concurrency(f: &mut Fields, substitutions: &BTreeMap<String, String>) -> Opti
                 } else {
                     substitute::is_built_in(&key)
                 };
-                if !known {
-                    f.diagnostics().error(
-                        &group_path,
-                        format!(
-                            "`${key}` does not resolve: it is neither in the trigger's \
-                             `substitutions` nor a built-in substitution"
-                        ),
-                    );
+                let unresolved = if !known {
+                    Some(format!(
+                        "`${key}` does not resolve: it is neither in the trigger's \
+                         `substitutions` nor a built-in substitution"
+                    ))
+                } else if substitute::is_built_in(&key) && !QUEUED_BUILT_INS.contains(&&*key) {
+                    Some(format!(
+                        "`${key}` does not resolve when the build is queued, which is when its \
+                         group is named: it is set only when the build runs (a build has {} \
+                         by then)",
+                        QUEUED_BUILT_INS.join(", ")
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = unresolved {
+                    f.diagnostics().error(&group_path, message);
                 }
             }
         }
@@ -1860,6 +1901,45 @@ mod tests {
         assert!(mode.contains("concurrency.onConflict"), "{mode}");
         let nameless = errors(&format!("{MAIN}concurrency: {{limit: 1}}\n"));
         assert!(nameless.contains("concurrency.group"), "{nameless}");
+    }
+
+    /// A group is named when its build is queued: a built-in set only when the build runs
+    /// (`BUILD_ID`, `PROJECT_ID`, …) would name every build's group alike (as empty), so it is
+    /// refused at `concurrency.group`; those a triggered build has by then are taken.
+    #[test]
+    fn a_concurrency_group_names_only_what_is_known_when_its_build_is_queued() {
+        for group in [
+            "deploy-$BUILD_ID",
+            "deploy-${PROJECT_ID}",
+            "$LOCATION-deploy",
+        ] {
+            let refused = errors(&format!("{MAIN}concurrency: {{group: \"{group}\"}}\n"));
+            let key = group
+                .trim_start_matches("deploy-")
+                .trim_end_matches("-deploy")
+                .replace(['{', '}'], "");
+            assert!(
+                refused.contains(":4:")
+                    && refused.contains("concurrency.group")
+                    && refused.contains(&format!(
+                        "`{key}` does not resolve when the build is queued"
+                    )),
+                "{refused}"
+            );
+        }
+        let group: String = QUEUED_BUILT_INS
+            .iter()
+            .map(|key| format!("-${key}"))
+            .collect();
+        let known = trigger(&format!(
+            "{MAIN}concurrency: {{group: \"deploy{group}\"}}\n"
+        ));
+        assert!(known.concurrency.is_some());
+        // They are the built-ins a triggered build is queued with.
+        let repository = push(GitRef::Branch("main".into())).repository;
+        let built_ins = known.built_ins(&repository, None, &"1".repeat(40));
+        let keys: Vec<&str> = built_ins.keys().map(String::as_str).collect();
+        assert_eq!(keys, QUEUED_BUILT_INS);
     }
 
     #[test]

@@ -227,16 +227,28 @@ impl Service {
     /// apply to manual runs.
     pub async fn run_trigger(&self, name: &str, run: ManualRun) -> Result<String, Failed> {
         let build = self.manual_build(name, run).await?;
-        let trigger = self.triggers.get(name)?;
-        if let Some(reason) = self.group_full(&trigger, &build).await {
-            return Err(Failed::Conflict(reason));
-        }
-        self.store
+        let skipped = self
+            .store
             .queue_builds(std::slice::from_ref(&build))
             .await?;
-        self.wake();
-        self.cancel_older(std::slice::from_ref(&build)).await;
+        self.queued_by_hand(&build, skipped).await?;
         Ok(build.id)
+    }
+
+    /// Carries on once the store was asked to queue `build`, of a trigger run by hand (or of a
+    /// schedule run now): refused (409) with the reason if it skips a full group and so was not
+    /// queued (`skipped`, see [`store::Queue::queue_builds`]); else as any queued build
+    /// ([`Self::on_queued`]).
+    pub(super) async fn queued_by_hand(
+        &self,
+        build: &QueuedBuild,
+        skipped: Vec<store::GroupFull>,
+    ) -> Result<(), Failed> {
+        if let Some(full) = skipped.into_iter().next() {
+            return Err(Failed::Conflict(full.reason));
+        }
+        self.on_queued(std::slice::from_ref(build)).await;
+        Ok(())
     }
 
     /// The build a manual run of trigger `name` queues (the branch or tag resolved to its
@@ -344,6 +356,7 @@ impl Service {
             report: false,
             approval_required: submission.require_approval,
             concurrency: None,
+            skips_full_group: false,
             id,
         };
         self.store

@@ -12,7 +12,7 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use super::fetch::{Exhausted, FetchFailed};
 use super::*;
 use crate::adapters::source::git::{ChangedFiles, GitError};
-use crate::adapters::store::PendingDelivery;
+use crate::adapters::store::{GroupFull, PendingDelivery};
 use crate::core::triggers::{Approval, OnConflict};
 use crate::core::webhooks::{CheckRunEvent, Comment, PullRequest, PullRequestEvent};
 
@@ -432,13 +432,8 @@ impl Service {
                 Ok(_) if trigger.has_file_filters() => pending = true,
                 Ok((target, url)) => {
                     let build = self.target_build(trigger, &target, &url, delivery_id);
-                    self.queue_unless_full(
-                        trigger,
-                        build,
-                        &mut accepted.results,
-                        &mut accepted.builds,
-                    )
-                    .await;
+                    accepted.results.push(queued(trigger, &build));
+                    accepted.builds.push(build);
                 }
             }
         }
@@ -456,23 +451,24 @@ impl Service {
             Read::Push(_) => false,
         };
         accepted.payload = pending.then(|| body.to_vec());
-        let builds: Vec<String> = accepted.builds.iter().map(|b| b.id.clone()).collect();
-        if builds.is_empty() && !pending && !kept {
+        if accepted.builds.is_empty() && !pending && !kept {
             self.record_later(accepted);
+            let builds = Vec::new();
             return Ok(Receipt::Accepted { builds, pending });
         }
-        let queued = accepted.builds.clone();
+        let builds = accepted.builds.clone();
         match self.record(accepted).await? {
-            Recorded::New => {
+            Recorded::New(skipped) => {
                 if pending {
                     self.pending.store(true, Ordering::SeqCst);
                     self.work.notify_one();
                 }
-                if !builds.is_empty() {
-                    self.wake();
+                let queued = without(builds, &skipped);
+                if !queued.is_empty() {
                     self.cancel_superseded(&queued).await;
-                    self.cancel_older(&queued).await;
+                    self.on_queued(&queued).await;
                 }
+                let builds = queued.into_iter().map(|build| build.id).collect();
                 Ok(Receipt::Accepted { builds, pending })
             }
             Recorded::Duplicate => Ok(Receipt::Duplicate),
@@ -513,7 +509,8 @@ impl Service {
         let builds = vec![build.id.clone()];
         accepted.builds.push(build);
         match self.record(accepted).await? {
-            Recorded::New => {
+            // A retry skips no group: it was asked for.
+            Recorded::New(_) => {
                 self.wake();
                 Ok(Receipt::Accepted {
                     builds,
@@ -614,11 +611,18 @@ impl Service {
         }
     }
 
+    /// Carries on once `queued` are recorded, whatever queued them: wakes the workers and
+    /// cancels the older builds of the groups whose trigger says `CANCEL_OLDER`.
+    pub(super) async fn on_queued(&self, queued: &[QueuedBuild]) {
+        self.wake();
+        self.cancel_older(queued).await;
+    }
+
     /// Cancels, for each of `queued` whose trigger's concurrency says `CANCEL_OLDER`, the other
     /// builds of its group still queued or running. Done after the new builds are recorded, as
     /// [`Self::cancel_superseded`] is, so a crash in between leaves the older builds, never the
     /// group without its newest.
-    pub(super) async fn cancel_older(&self, queued: &[QueuedBuild]) {
+    async fn cancel_older(&self, queued: &[QueuedBuild]) {
         for build in queued {
             let (Some(name), Some(group)) = (build.trigger.as_deref(), &build.concurrency) else {
                 continue;
@@ -660,63 +664,6 @@ impl Service {
                 }
             }
         }
-    }
-
-    /// Adds `build` of `trigger` to the delivery's `builds`, or, when its trigger's concurrency
-    /// says `SKIP` and its group is at its limit, only the reason to its `results`.
-    async fn queue_unless_full(
-        &self,
-        trigger: &Trigger,
-        build: QueuedBuild,
-        results: &mut Vec<TriggerResult>,
-        builds: &mut Vec<QueuedBuild>,
-    ) {
-        match self.group_full(trigger, &build).await {
-            Some(reason) => results.push(TriggerResult {
-                trigger: trigger.name.clone(),
-                build_id: None,
-                reason: Some(reason),
-            }),
-            None => {
-                results.push(queued(trigger, &build));
-                builds.push(build);
-            }
-        }
-    }
-
-    /// Why `build` of `trigger` is skipped, if its trigger's concurrency says `SKIP` and its
-    /// group has `limit` builds queued or running. A check before the build is queued, not in
-    /// its transaction: two deliveries at once may both find room. A store that cannot answer
-    /// skips nothing: the build then waits its turn in the queue as with `QUEUE`.
-    pub(super) async fn group_full(
-        &self,
-        trigger: &Trigger,
-        build: &QueuedBuild,
-    ) -> Option<String> {
-        let skips = trigger
-            .concurrency
-            .as_ref()
-            .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::Skip);
-        let group = build.concurrency.as_ref().filter(|_| skips)?;
-        let unfinished = match self
-            .store
-            .group_builds(&group.name, [Status::Queued, Status::Working])
-            .await
-        {
-            Ok(unfinished) => unfinished,
-            Err(e) => {
-                warn!(error = %e, group = group.name, "counting a group's builds failed");
-                return None;
-            }
-        };
-        (unfinished.len() >= usize::try_from(group.limit).unwrap_or(usize::MAX)).then(|| {
-            format!(
-                "skipped: concurrency group {} is at its limit ({}): {} queued or running",
-                group.name,
-                group.limit,
-                unfinished.join(", ")
-            )
-        })
     }
 
     /// Hands a delivery that queues nothing to the recorder without waiting for it to be written:
@@ -946,8 +893,8 @@ impl Service {
             match decision {
                 Ok(()) => {
                     let build = self.target_build(trigger, &target, &url, &delivery.id);
-                    self.queue_unless_full(trigger, build, &mut results, &mut builds)
-                        .await;
+                    results.push(queued(trigger, &build));
+                    builds.push(build);
                 }
                 Err(reason) => results.push(TriggerResult {
                     trigger: trigger.name.clone(),
@@ -997,18 +944,29 @@ impl Service {
         Ok(older)
     }
 
-    /// Completes a pending delivery with its results and builds.
+    /// Completes a pending delivery with its results and builds (but for those the store
+    /// skipped for their full group).
     async fn complete(&self, id: &str, results: &[TriggerResult], builds: &[QueuedBuild]) {
         match self.store.complete_delivery(id, results, builds).await {
-            Ok(true) if !builds.is_empty() => {
-                self.wake();
-                self.cancel_superseded(builds).await;
-                self.cancel_older(builds).await;
+            Ok(Some(skipped)) => {
+                let queued = without(builds.to_vec(), &skipped);
+                if !queued.is_empty() {
+                    self.cancel_superseded(&queued).await;
+                    self.on_queued(&queued).await;
+                }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => error!(error = %e, "recording the delivery's builds failed"),
         }
     }
+}
+
+/// `builds` but for those the store did not queue, their group being full.
+fn without(builds: Vec<QueuedBuild>, skipped: &[GroupFull]) -> Vec<QueuedBuild> {
+    builds
+        .into_iter()
+        .filter(|build| !skipped.iter().any(|full| full.build == build.id))
+        .collect()
 }
 
 /// The most unfinished builds of one trigger read when looking for superseded ones.

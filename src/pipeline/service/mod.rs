@@ -43,7 +43,7 @@ use crate::adapters::store::{self, NewDelivery, QueuedBuild, Recorded, Store};
 use crate::core::build::{ApprovalResult, Decision, Outcome, Request, Status};
 use crate::core::plan::{Context, Grant, SecretScope};
 use crate::core::substitute::Values;
-use crate::core::triggers::{self, BuildSource, GitHubServer, Trigger, TriggerResult};
+use crate::core::triggers::{self, BuildSource, GitHubServer, OnConflict, Trigger, TriggerResult};
 use crate::core::webhooks::{self, Delivery, GitRef, Push, Repository, Signature, SignatureError};
 use crate::core::wire;
 use crate::pipeline::execute::Run;
@@ -356,6 +356,10 @@ impl Service {
                 .concurrency
                 .as_ref()
                 .map(|concurrency| concurrency.group_of(&substitutions)),
+            skips_full_group: trigger
+                .concurrency
+                .as_ref()
+                .is_some_and(|concurrency| concurrency.on_conflict == OnConflict::Skip),
             // After the group, expanded with them.
             substitutions,
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::resources::Defined;
 use super::{Failed, Internal, ManualRun, Service, Triggers, files};
@@ -169,16 +169,19 @@ impl Service {
     }
 
     /// Starts a run now, whatever the schedule's time, policies or pause (as `gcloud scheduler
-    /// jobs run` does); it becomes the schedule's last run. Returns its build's id.
+    /// jobs run` does); it becomes the schedule's last run. Returns its build's id. Its
+    /// trigger's concurrency applies as to a trigger run by hand: a full group that the trigger
+    /// skips refuses it (409).
     pub async fn run_schedule(&self, name: &str) -> Result<String, Failed> {
         let schedule = &self.schedules.get(name)?;
         self.schedule_state(schedule).await?;
         let now = self.clock.now();
         let build = self.scheduled_build(schedule, now).await?;
-        self.store
+        let skipped = self
+            .store
             .queue_schedule_run(&schedule.name, now, &build)
             .await?;
-        self.wake();
+        self.queued_by_hand(&build, skipped).await?;
         Ok(build.id)
     }
 
@@ -277,7 +280,14 @@ impl Service {
             .store
             .claim_scheduled_run(name, state.next_run, &decision, build.as_ref())
             .await?;
-        if claimed {
+        let Some(skipped) = claimed else {
+            return Ok(decision.next_run);
+        };
+        // The run's build is queued as a trigger's by hand is: with its trigger's concurrency.
+        // One that skips its full group was recorded as a skipped run, replacing nothing.
+        if let Some(full) = skipped.first() {
+            info!(schedule = %name, reason = %full.reason, "the schedule's run is skipped");
+        } else if let Some(build) = &build {
             if let Some(previous) = &decision.replace
                 && let Err(failed) = self.cancel(previous).await
             {
@@ -285,9 +295,7 @@ impl Service {
                 error!(schedule = %name, %error, "replacing the schedule's last build failed");
                 self.store.set_schedule_error(name, Some(&error)).await?;
             }
-            if build.is_some() {
-                self.wake();
-            }
+            self.on_queued(std::slice::from_ref(build)).await;
         }
         Ok(decision.next_run)
     }
