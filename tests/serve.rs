@@ -825,7 +825,7 @@ fn settings_come_from_a_file_with_flags_first() {
     child.wait().unwrap();
     assert!(
         first.contains("listening on http://127.0.0.1:")
-            && first.contains("(5 triggers, 0 schedules)"),
+            && first.contains("(5 triggers, 0 schedules, 0 notifiers)"),
         "{first}"
     );
     assert!(

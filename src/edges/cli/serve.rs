@@ -603,7 +603,7 @@ pub(super) fn serve(
             public_url: public_url.clone(),
         });
         let reporting = settings.reporting.is_some();
-        info!("{} notifiers", notifiers.len());
+        let notifier_count = notifiers.len();
         settings.notifying = Some(service::Notifying {
             notifiers,
             deliver: Arc::new(senders),
@@ -619,7 +619,7 @@ pub(super) fn serve(
         ));
         service.reread_resources().await?;
         let count = format!(
-            "{} triggers, {} schedules",
+            "{} triggers, {} schedules, {notifier_count} notifiers",
             service.triggers().len(),
             service.schedule_count()
         );
