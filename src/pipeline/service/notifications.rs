@@ -89,11 +89,16 @@ impl Service {
                 .await
             {
                 Ok(due) => {
-                    futures_util::stream::iter(due)
-                        .for_each_concurrent(SENDING, |notification| {
-                            let span = info_span!("notify", build_id = %notification.build_id,
-                                notifier = %notification.notifier);
-                            self.notify(notifying, notification).instrument(span)
+                    let service: &Service = &self;
+                    futures_util::stream::iter(in_order(due))
+                        .for_each_concurrent(SENDING, |notifications| async move {
+                            for notification in notifications {
+                                let span = info_span!("notify",
+                                    build_id = %notification.build_id,
+                                    notifier = %notification.notifier);
+                                let sent = service.notify(notifying, notification);
+                                sent.instrument(span).await;
+                            }
                         })
                         .await
                 }
@@ -210,6 +215,22 @@ impl Service {
     }
 }
 
+/// `due` in runs to send at once: the notifications of one build to one notifier, in the order
+/// its statuses were taken (a receiver sees QUEUED before WORKING unless one was retried).
+fn in_order(due: Vec<DueNotification>) -> Vec<Vec<DueNotification>> {
+    let mut runs: Vec<Vec<DueNotification>> = Vec::new();
+    for notification in due {
+        let same = |run: &&mut Vec<DueNotification>| {
+            run[0].build_id == notification.build_id && run[0].notifier == notification.notifier
+        };
+        match runs.iter_mut().find(same) {
+            Some(run) => run.push(notification),
+            None => runs.push(vec![notification]),
+        }
+    }
+    runs
+}
+
 /// The notifications of the build `resource` whose Pub/Sub message is `message`: one for each
 /// notifier whose filter selects it, or cannot say (then never sent, with why).
 fn notifications(
@@ -252,6 +273,29 @@ mod tests {
                 signing_secret: None,
             },
         }
+    }
+
+    #[test]
+    fn a_builds_notifications_to_one_notifier_go_one_after_the_other_in_order() {
+        let due = |id: i64, build: &str, notifier: &str| DueNotification {
+            id,
+            build_id: build.into(),
+            status: Status::Queued,
+            notifier: notifier.into(),
+            message: String::new(),
+            attempts: 0,
+        };
+        let runs = in_order(vec![
+            due(1, "a", "hook"),
+            due(2, "a", "mail"),
+            due(3, "b", "hook"),
+            due(4, "a", "hook"),
+        ]);
+        let ids: Vec<Vec<i64>> = runs
+            .iter()
+            .map(|run| run.iter().map(|n| n.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 4], vec![2], vec![3]]);
     }
 
     #[test]
