@@ -362,7 +362,7 @@ fn every_status_is_published_signed_over_http_and_the_end_reaches_slack_and_a_ma
 }
 
 #[test]
-fn a_target_that_never_answers_holds_up_no_build() {
+fn a_target_that_never_answers_holds_up_no_build_and_no_other_notifier() {
     let repository = Repository::new();
     let (triggers, data, notifiers) = (
         TempDir::new().unwrap(),
@@ -381,6 +381,15 @@ fn a_target_that_never_answers_holds_up_no_build() {
             "",
         ),
     );
+    let (url, prompt) = target(true);
+    let prompt_notifier = notifier(
+        "HTTPNotifier",
+        "prompt",
+        "",
+        &format!("      url: {url}/\n"),
+        "",
+    );
+    write(notifiers.path(), "prompt.yaml", &prompt_notifier);
     let server = Server::start_with(
         data.path(),
         triggers.path(),
@@ -400,6 +409,26 @@ fn a_target_that_never_answers_holds_up_no_build() {
     assert_eq!(server.finished(&first)["status"], "SUCCESS");
     let second = server.submit_async(&config, &[]);
     assert_eq!(server.finished(&second)["status"], "SUCCESS");
+    // Meanwhile the other notifier got every status of both builds, in order for each.
+    let mut told = Vec::new();
+    while told.len() < 6 {
+        let message = next(&prompt).json();
+        let attributes = &message["message"]["attributes"];
+        told.push(format!("{} {}", attributes["buildId"], attributes["status"]).replace('"', ""));
+    }
+    let of = |id: &str| -> Vec<String> {
+        told.iter()
+            .filter_map(|line| line.strip_prefix(&format!("{id} ")).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(of(&first), ["QUEUED", "WORKING", "SUCCESS"], "{told:?}");
+    assert_eq!(of(&second), ["QUEUED", "WORKING", "SUCCESS"], "{told:?}");
+    // The silent one still holds the first build's QUEUED (an attempt may take 10 s), and so
+    // has none of that build's later statuses: a notifier gets a build's statuses in order.
+    for request in silent.try_iter() {
+        let message = request.json();
+        assert_ne!(message["message"]["attributes"]["buildId"], first.as_str());
+    }
 }
 
 #[test]

@@ -128,9 +128,13 @@ impl Senders {
         let tls = TlsParameters::new(smtp.server.clone())
             .map_err(|e| refused(format!("TLS to {}: {e}", smtp.server)))?;
         // Port 465 speaks TLS from the start; others upgrade with STARTTLS when the server
-        // offers it, as Cloud Build's SMTP notifier (Go's net/smtp) does.
+        // offers it, as Cloud Build's SMTP notifier (Go's net/smtp) does, and, as Go's PLAIN
+        // auth, never log in over plain text but to this machine: with a password, STARTTLS is
+        // required.
+        let local = matches!(smtp.server.as_str(), "localhost" | "127.0.0.1" | "::1");
         let tls = match smtp.port {
             465 => Tls::Wrapper(tls),
+            _ if smtp.password_secret.is_some() && !local => Tls::Required(tls),
             _ => Tls::Opportunistic(tls),
         };
         let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.server)

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::core::build::Status;
+use crate::core::build_resource::status_name;
 use crate::core::config::decode::{self, Fields};
 use crate::core::diag::{Diagnostics, FieldPath};
 use crate::core::triggers::webhook::Filter;
@@ -305,9 +306,14 @@ fn required(f: &mut Fields, field: &'static str, what: &str) -> Option<String> {
 
 /// `build` (a Build resource, as it is now) as it was when it took `status`, which it may have
 /// left since: with that status, and without what it did after (a queued build's start, a
-/// running build's end and results).
+/// running build's end, results and steps' outcomes, an approval's decision). A build still at
+/// `status` is told whole.
 pub fn at_status(build: &mut Value, status: Status) {
-    build["status"] = crate::core::build_resource::status_name(status).into();
+    let name = status_name(status);
+    if build["status"] == name {
+        return;
+    }
+    build["status"] = name.into();
     let Some(fields) = build.as_object_mut() else {
         return;
     };
@@ -321,9 +327,26 @@ pub fn at_status(build: &mut Value, status: Status) {
         ] {
             fields.remove(later);
         }
+        for step in fields
+            .get_mut("steps")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            for later in ["status", "timing", "exitCode", "pullTiming"] {
+                step.remove(later);
+            }
+        }
     }
     if matches!(status, Status::Pending | Status::Queued) {
         fields.remove("startTime");
+    }
+    if status == Status::Pending
+        && let Some(approval) = fields.get_mut("approval").and_then(Value::as_object_mut)
+    {
+        approval.remove("result");
+        approval.insert("state".into(), "PENDING".into());
     }
 }
 
@@ -344,7 +367,7 @@ pub fn pubsub_message(
         "message": {
             "attributes": {
                 "buildId": build["id"],
-                "status": status.as_str(),
+                "status": status_name(status),
             },
             "data": data,
             "messageId": message_id,
@@ -560,22 +583,44 @@ spec:
     #[test]
     fn a_status_the_build_has_left_is_told_without_what_came_after() {
         let now = json!({"id": "b", "status": "SUCCESS", "startTime": "t1", "finishTime": "t2",
-                         "results": {}, "createTime": "t0"});
-        let mut queued = now.clone();
-        at_status(&mut queued, Status::Queued);
+                         "results": {}, "createTime": "t0",
+                         "steps": [{"name": "n", "status": "SUCCESS", "timing": {}}],
+                         "approval": {"state": "APPROVED", "result": {"decision": "APPROVED"}}});
+        let mut pending = now.clone();
+        at_status(&mut pending, Status::Pending);
         assert_eq!(
-            queued,
-            json!({"id": "b", "status": "QUEUED", "createTime": "t0"})
+            pending,
+            json!({"id": "b", "status": "PENDING", "createTime": "t0", "steps": [{"name": "n"}],
+                   "approval": {"state": "PENDING"}})
         );
         let mut working = now.clone();
         at_status(&mut working, Status::Working);
-        assert_eq!(
-            working,
-            json!({"id": "b", "status": "WORKING", "startTime": "t1", "createTime": "t0"})
-        );
+        assert_eq!(working["startTime"], "t1");
+        assert_eq!(working["approval"]["state"], "APPROVED");
+        assert!(working.get("finishTime").is_none() && working.get("results").is_none());
         let mut ended = now.clone();
         at_status(&mut ended, Status::Success);
         assert_eq!(ended, now);
+        // Still queued, waiting for its group: told whole, the reason with it.
+        let waiting = json!({"id": "b", "status": "QUEUED", "statusDetail": "waiting for group"});
+        let mut queued = waiting.clone();
+        at_status(&mut queued, Status::Queued);
+        assert_eq!(queued, waiting);
+    }
+
+    #[test]
+    fn a_rejected_build_is_told_cancelled_as_cloud_build_knows_no_rejected() {
+        let mut rejected = json!({"id": "b", "status": "CANCELLED"});
+        at_status(&mut rejected, Status::Rejected);
+        let message = pubsub_message(
+            &rejected,
+            Status::Rejected,
+            "1",
+            SystemTime::UNIX_EPOCH,
+            "p",
+        );
+        assert_eq!(message["message"]["attributes"]["status"], "CANCELLED");
+        assert_eq!(message_build(&message).unwrap()["status"], "CANCELLED");
     }
 
     #[test]

@@ -220,6 +220,21 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::Io)?;
         }
+        // Processes opening a new database at once (`submit --async` and a follower of its log)
+        // would each create it, turn it to WAL and run the migrations (sqlx takes no lock to
+        // migrate SQLite), and all but one fail ("database is locked", "table … already
+        // exists"). They take turns on a lock file beside the database until it is migrated.
+        let mut lock_name = path.as_os_str().to_owned();
+        lock_name.push(".migrating");
+        // Waited for on a blocking thread: the runtime's own go on (the holder's among them).
+        let migrating = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&lock_name)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(Error::Io)?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
@@ -234,13 +249,6 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        // sqlx takes no lock to migrate SQLite: processes opening a new database at once (`submit
-        // --async` and a follower of its log) would each run the migrations, and all but one
-        // fail. They take turns on a lock file beside the database.
-        let mut lock_name = path.as_os_str().to_owned();
-        lock_name.push(".migrating");
-        let migrating = std::fs::File::create(&lock_name).map_err(Error::Io)?;
-        migrating.lock().map_err(Error::Io)?;
         let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
         drop(migrating);
         if let Some(version) = newer_schema(migrated)? {

@@ -70,12 +70,19 @@ pub struct NotificationRecord {
 ///
 /// - every status a build takes (the one it is recorded with, then each change) is an event, in
 ///   the order taken, whichever process or statement moved it;
+/// - a build's event is not claimable while an earlier event of the build is unpublished: a
+///   build's notifications are recorded in the order of its statuses;
 /// - an event claimed is not returned again, to any caller, before the claim's end, unless it
 ///   was published first: replicas sharing the store never publish one event twice at once;
 /// - [`Notifications::publish`] records the event's notifications and removes the event at once
-///   (one transaction): a notifier that dies in between publishes it again, never half;
+///   (one transaction), and only under the claim it names: a notifier that dies in between
+///   publishes it again, never half, and one whose claim ran out publishes nothing;
 /// - a notification is due from its record until it is delivered or given up, once its retry
-///   time has come; claims of notifications keep the same promise as claims of events;
+///   time has come and a build's earlier notifications to its notifier are done: each
+///   notifier receives a build's statuses in order; claims of notifications keep the same
+///   promise as claims of events;
+/// - [`Notifications::attempted`] records an attempt only under the claim it names, so an attempt
+///   made after the claim ran out (another may have made it meanwhile) changes nothing;
 /// - every attempt recorded is kept, in order, with the notification.
 #[async_trait::async_trait]
 pub trait Notifications: Send + Sync {
@@ -87,15 +94,15 @@ pub trait Notifications: Send + Sync {
         limit: u32,
     ) -> Result<Vec<BuildEvent>, Error>;
 
-    /// Records `notifications` of the event `seq` (made at `now`) and removes the event.
+    /// Records `notifications` of `event` (made at `now`) and removes the event, if the claim
+    /// that ends at `claimed_until` still holds it; `false` (nothing recorded) if not.
     async fn publish(
         &self,
-        seq: i64,
-        build_id: &str,
-        status: Status,
+        event: &BuildEvent,
+        claimed_until: SystemTime,
         notifications: &[NewNotification],
         now: SystemTime,
-    ) -> Result<(), Error>;
+    ) -> Result<bool, Error>;
 
     /// At most `limit` notifications due at `now`, oldest first, each claimed until `until`.
     async fn claim_notifications(
@@ -105,8 +112,15 @@ pub trait Notifications: Send + Sync {
         limit: u32,
     ) -> Result<Vec<DueNotification>, Error>;
 
-    /// Records an attempt at notification `id`, made at `now`.
-    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error>;
+    /// Records an attempt at notification `id`, made at `now` under the claim that ends at
+    /// `claimed_until`; `false` (nothing recorded) if that claim no longer holds it.
+    async fn attempted(
+        &self,
+        id: i64,
+        attempt: &Attempt,
+        claimed_until: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, Error>;
 
     /// The newest `limit` notifications, newest first.
     async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error>;
@@ -116,24 +130,34 @@ pub trait Notifications: Send + Sync {
 }
 
 /// Statements both dialects share.
-pub(super) const EVENTS_DUE: &str = "SELECT seq, build_id, status FROM build_events \
-     WHERE claimed_until <= $1 ORDER BY seq LIMIT $2";
+pub(super) const EVENTS_DUE: &str = "SELECT seq, build_id, status FROM build_events ev \
+     WHERE claimed_until <= $1 AND NOT EXISTS (SELECT 1 FROM build_events earlier \
+     WHERE earlier.build_id = ev.build_id AND earlier.seq < ev.seq) ORDER BY seq LIMIT $2";
 /// A claim, if the event is still unclaimed at `$3` (compare and set: of claimers reading it at
 /// once, one changes the row).
 pub(super) const CLAIM_EVENT: &str =
     "UPDATE build_events SET claimed_until = $1 WHERE seq = $2 AND claimed_until <= $3";
-pub(super) const REMOVE_EVENT: &str = "DELETE FROM build_events WHERE seq = $1";
+/// The event's removal, under the claim that ends at `$2`.
+pub(super) const REMOVE_EVENT: &str =
+    "DELETE FROM build_events WHERE seq = $1 AND claimed_until = $2";
 pub(super) const INSERT_NOTIFICATION: &str = "INSERT INTO notifications \
      (build_id, status, notifier, message, create_time, done, error) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// A build's notifications to one notifier go one at a time, in order: the earliest not done.
 pub(super) const NOTIFICATIONS_DUE: &str = "SELECT id, build_id, status, notifier, message, \
-     attempts FROM notifications WHERE NOT done AND next_attempt <= $1 ORDER BY id LIMIT $2";
+     attempts FROM notifications n WHERE NOT done AND next_attempt <= $1 AND NOT EXISTS \
+     (SELECT 1 FROM notifications earlier WHERE earlier.build_id = n.build_id \
+     AND earlier.notifier = n.notifier AND NOT earlier.done AND earlier.id < n.id) \
+     ORDER BY id LIMIT $2";
 pub(super) const CLAIM_NOTIFICATION: &str = "UPDATE notifications SET next_attempt = $1 \
      WHERE id = $2 AND NOT done AND next_attempt <= $3";
 pub(super) const RECORD_ATTEMPT: &str = "INSERT INTO notification_attempts \
      (notification_id, attempt, time, error) VALUES ($1, $2, $3, $4)";
+/// The notification after an attempt, under the claim that ends at `$7` (which moved its
+/// `next_attempt` there).
 pub(super) const AFTER_ATTEMPT: &str = "UPDATE notifications SET attempts = $1, \
-     next_attempt = $2, done = $3, delivered = $4, error = $5 WHERE id = $6";
+     next_attempt = $2, done = $3, delivered = $4, error = $5 \
+     WHERE id = $6 AND NOT done AND next_attempt = $7";
 pub(super) const RECENT_NOTIFICATIONS: &str = "SELECT id, build_id, status, notifier, \
      create_time, attempts, delivered, done, error, next_attempt FROM notifications \
      ORDER BY create_time DESC, id DESC LIMIT $1";
@@ -218,17 +242,24 @@ impl Notifications for SqliteStore {
 
     async fn publish(
         &self,
-        seq: i64,
-        build_id: &str,
-        status: Status,
+        event: &BuildEvent,
+        claimed_until: SystemTime,
         notifications: &[NewNotification],
         now: SystemTime,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (_turn, mut tx) = self.write().await?;
+        let removed = sqlx::query(REMOVE_EVENT)
+            .bind(event.seq)
+            .bind(millis(claimed_until))
+            .execute(&mut *tx)
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(false);
+        }
         for notification in notifications {
             sqlx::query(INSERT_NOTIFICATION)
-                .bind(build_id)
-                .bind(status.as_str())
+                .bind(&event.build_id)
+                .bind(event.status.as_str())
                 .bind(&notification.notifier)
                 .bind(&notification.message)
                 .bind(millis(now))
@@ -237,11 +268,8 @@ impl Notifications for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(REMOVE_EVENT)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx.commit().await?)
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn claim_notifications(
@@ -272,9 +300,28 @@ impl Notifications for SqliteStore {
         Ok(claimed)
     }
 
-    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error> {
+    async fn attempted(
+        &self,
+        id: i64,
+        attempt: &Attempt,
+        claimed_until: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, Error> {
         let (next_attempt, done, delivered) = after_attempt(attempt);
         let (_turn, mut tx) = self.write().await?;
+        let updated = sqlx::query(AFTER_ATTEMPT)
+            .bind(i64::from(attempt.number))
+            .bind(next_attempt)
+            .bind(done)
+            .bind(delivered)
+            .bind(&attempt.error)
+            .bind(id)
+            .bind(millis(claimed_until))
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query(RECORD_ATTEMPT)
             .bind(id)
             .bind(i64::from(attempt.number))
@@ -282,16 +329,8 @@ impl Notifications for SqliteStore {
             .bind(&attempt.error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(AFTER_ATTEMPT)
-            .bind(i64::from(attempt.number))
-            .bind(next_attempt)
-            .bind(done)
-            .bind(delivered)
-            .bind(&attempt.error)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx.commit().await?)
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error> {

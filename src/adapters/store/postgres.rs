@@ -1086,17 +1086,24 @@ impl Notifications for PostgresStore {
 
     async fn publish(
         &self,
-        seq: i64,
-        build_id: &str,
-        status: Status,
+        event: &BuildEvent,
+        claimed_until: SystemTime,
         new: &[NewNotification],
         now: SystemTime,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut tx = self.write().await?;
+        let removed = sqlx::query(notifications::REMOVE_EVENT)
+            .bind(event.seq)
+            .bind(millis(claimed_until))
+            .execute(&mut *tx)
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(false);
+        }
         for notification in new {
             sqlx::query(notifications::INSERT_NOTIFICATION)
-                .bind(build_id)
-                .bind(status.as_str())
+                .bind(&event.build_id)
+                .bind(event.status.as_str())
                 .bind(&notification.notifier)
                 .bind(&notification.message)
                 .bind(millis(now))
@@ -1105,11 +1112,8 @@ impl Notifications for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(notifications::REMOVE_EVENT)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx.commit().await?)
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn claim_notifications(
@@ -1138,9 +1142,28 @@ impl Notifications for PostgresStore {
         Ok(claimed)
     }
 
-    async fn attempted(&self, id: i64, attempt: &Attempt, now: SystemTime) -> Result<(), Error> {
+    async fn attempted(
+        &self,
+        id: i64,
+        attempt: &Attempt,
+        claimed_until: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, Error> {
         let (next_attempt, done, delivered) = notifications::after_attempt(attempt);
         let mut tx = self.write().await?;
+        let updated = sqlx::query(notifications::AFTER_ATTEMPT)
+            .bind(i64::from(attempt.number))
+            .bind(next_attempt)
+            .bind(done)
+            .bind(delivered)
+            .bind(&attempt.error)
+            .bind(id)
+            .bind(millis(claimed_until))
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query(notifications::RECORD_ATTEMPT)
             .bind(id)
             .bind(i64::from(attempt.number))
@@ -1148,16 +1171,8 @@ impl Notifications for PostgresStore {
             .bind(&attempt.error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(notifications::AFTER_ATTEMPT)
-            .bind(i64::from(attempt.number))
-            .bind(next_attempt)
-            .bind(done)
-            .bind(delivered)
-            .bind(&attempt.error)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx.commit().await?)
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn recent_notifications(&self, limit: u32) -> Result<Vec<NotificationRecord>, Error> {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use super::supervise::Supervisor;
@@ -594,6 +594,12 @@ pub(super) fn serve(
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
         let mut settings = settings;
+        if public_url.is_none() && !notifiers.is_empty() {
+            warn!(
+                "no --public-url: notifications link builds to this server's listening address, \
+                 which only this machine may reach"
+            );
+        }
         let public_url = public_url.unwrap_or_else(|| {
             let scheme = if tls.is_some() { "https" } else { "http" };
             format!("{scheme}://{address}")

@@ -4,24 +4,29 @@
 //! takes, whichever process moved it (`store::Notifications`). The notifier wakes when this
 //! process moves a build, and on a tick for what other processes did:
 //!
-//! 1. it claims the events not yet published and, for each, makes the Pub/Sub message of the
-//!    build at that status, asks every notifier's filter about it, and records a notification
-//!    for each that selects it (one for a filter that cannot say, with why), the event removed
-//!    in the same transaction;
-//! 2. it claims the notifications due and sends them, all at once, each attempt within its time
-//!    limit and recorded: a failure is tried again with a doubling delay, and given up after
-//!    its last attempt or at once when the target refuses it.
+//! 1. one loop claims the events not yet published (a build's in the order taken) and, for
+//!    each, makes the Pub/Sub message of the build at that status, asks every notifier's filter
+//!    about it, and records a notification for each that selects it (one for a filter that
+//!    cannot say, with why), the event removed in the same transaction;
+//! 2. another claims the notifications due (a build's to one notifier one at a time, in order)
+//!    and sends them, [`SENDING`] at once, claiming more as each ends; each attempt within its
+//!    time limit and recorded: a failure is tried again with a doubling delay, and given up
+//!    after its last attempt or at once when the target refuses it.
 //!
-//! A server with no notifiers publishes each event to none, which removes it. The newest
+//! What a claim took and did not finish before the claim's end (a slow target, a shutdown) is
+//! left for the next claim, and a record made after it changes nothing: replicas sharing the
+//! store never publish or send one thing twice at once. A server publishes each event to its
+//! own notifiers: servers sharing a store load the same notifier configs. A server with no
+//! notifiers publishes each event to none, which removes it. The newest
 //! notifications, with their attempts, are read for the API and the console.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt as _;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info_span, warn};
+use tracing::{Instrument as _, debug, error, info_span, warn};
 
 use super::files::load_dir;
 use super::*;
@@ -66,48 +71,95 @@ pub fn load_notifiers(path: &Path) -> Result<(Vec<Notifier>, String), String> {
 }
 
 impl Service {
-    /// Runs until `shutdown`, publishing builds' status changes (see the module doc).
+    /// Runs until `shutdown`, publishing builds' status changes (see the module doc): one loop
+    /// publishes events, another sends, so that a target that does not answer holds up neither
+    /// the publishing nor the other targets' notifications beyond their turn.
     pub async fn run_notifications(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(notifying) = &self.settings.notifying else {
             return;
         };
+        let recorded = Notify::new();
+        tokio::join!(
+            self.run_publishing(notifying, &recorded, &shutdown),
+            self.run_sending(&recorded, &shutdown),
+        );
+    }
+
+    /// Publishes the events due, as they come; wakes the sender when it recorded some.
+    async fn run_publishing(
+        &self,
+        notifying: &Notifying,
+        recorded: &Notify,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             let now = SystemTime::now();
-            match self.store.claim_events(now, now + CLAIM, BATCH).await {
+            let claimed_until = now + CLAIM;
+            match self.store.claim_events(now, claimed_until, BATCH).await {
                 Ok(events) => {
                     for event in events {
+                        // The rest may be another replica's by now: claimed again later.
+                        if shutdown.is_cancelled() || SystemTime::now() >= claimed_until {
+                            break;
+                        }
                         let span = info_span!("publish", build_id = %event.build_id);
-                        self.publish(notifying, event).instrument(span).await;
+                        let published = self.publish(notifying, &event, claimed_until);
+                        if published.instrument(span).await {
+                            recorded.notify_one();
+                        }
                     }
                 }
                 Err(e) => warn!(error = %e, "reading the builds' status changes failed"),
-            }
-            let now = SystemTime::now();
-            match self
-                .store
-                .claim_notifications(now, now + CLAIM, BATCH)
-                .await
-            {
-                Ok(due) => {
-                    let service: &Service = &self;
-                    futures_util::stream::iter(in_order(due))
-                        .for_each_concurrent(SENDING, |notifications| async move {
-                            for notification in notifications {
-                                let span = info_span!("notify",
-                                    build_id = %notification.build_id,
-                                    notifier = %notification.notifier);
-                                let sent = service.notify(notifying, notification);
-                                sent.instrument(span).await;
-                            }
-                        })
-                        .await
-                }
-                Err(e) => warn!(error = %e, "reading the notifications due failed"),
             }
             tokio::select! {
                 () = self.events_due.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
                 () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sends the notifications due, as they come, [`SENDING`] at once, each on a task of its
+    /// own: a send that is slow takes one place, and the others go on being claimed and sent
+    /// meanwhile (tasks, not futures this loop polls: a send holding the store's write turn
+    /// must go on while this loop waits for the store).
+    async fn run_sending(self: &Arc<Self>, recorded: &Notify, shutdown: &CancellationToken) {
+        let mut sending = JoinSet::new();
+        loop {
+            let room = SENDING - sending.len();
+            let now = SystemTime::now();
+            let claimed_until = now + CLAIM;
+            if room > 0 {
+                let claimed = self
+                    .store
+                    .claim_notifications(now, claimed_until, room as u32)
+                    .await;
+                match claimed {
+                    Ok(due) => {
+                        for notification in due {
+                            let span = info_span!("notify",
+                                build_id = %notification.build_id,
+                                notifier = %notification.notifier);
+                            let service = self.clone();
+                            let sent = async move {
+                                service.notify(notification, claimed_until).await;
+                            };
+                            sending.spawn(sent.instrument(span));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "reading the notifications due failed"),
+                }
+            }
+            tokio::select! {
+                Some(ended) = sending.join_next(), if !sending.is_empty() => {
+                    if let Err(e) = ended {
+                        error!(error = %e, "sending a notification failed");
+                    }
+                }
+                () = recorded.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+                // What is being sent is claimed: sent again once the claim runs out.
+                () = shutdown.cancelled() => return sending.abort_all(),
             }
         }
     }
@@ -123,8 +175,14 @@ impl Service {
         Ok(listed)
     }
 
-    /// Records the notifications of `event`, and removes it.
-    async fn publish(&self, notifying: &Notifying, event: BuildEvent) {
+    /// Records the notifications of `event`, and removes it, under the claim that ends at
+    /// `claimed_until`; whether it recorded any.
+    async fn publish(
+        &self,
+        notifying: &Notifying,
+        event: &BuildEvent,
+        claimed_until: SystemTime,
+    ) -> bool {
         let new = match self.store.get_build(&event.build_id).await {
             Ok(Some(build)) => {
                 let page = format!(
@@ -146,26 +204,37 @@ impl Service {
             }
             // Removed meanwhile (retention): nothing to tell.
             Ok(None) => Vec::new(),
-            Err(e) => return warn!(error = %e, "reading the build to publish failed"),
+            Err(e) => {
+                warn!(error = %e, "reading the build to publish failed");
+                return false;
+            }
         };
         let published = self
             .store
-            .publish(
-                event.seq,
-                &event.build_id,
-                event.status,
-                &new,
-                SystemTime::now(),
-            )
+            .publish(event, claimed_until, &new, SystemTime::now())
             .await;
         match published {
-            Ok(()) => debug!(status = %event.status, notifications = new.len(), "published"),
-            Err(e) => warn!(error = %e, "recording the notifications failed"),
+            Ok(true) => {
+                debug!(status = %event.status, notifications = new.len(), "published");
+                !new.is_empty()
+            }
+            Ok(false) => {
+                debug!("the event's claim ran out before it was published: another publishes it");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "recording the notifications failed");
+                false
+            }
         }
     }
 
-    /// Makes one attempt at `notification`, and records it.
-    async fn notify(&self, notifying: &Notifying, notification: DueNotification) {
+    /// Makes one attempt at `notification`, and records it under the claim that ends at
+    /// `claimed_until`.
+    async fn notify(&self, notification: DueNotification, claimed_until: SystemTime) {
+        let Some(notifying) = &self.settings.notifying else {
+            return;
+        };
         let number = notification.attempts + 1;
         let sent = match notifying
             .notifiers
@@ -205,30 +274,16 @@ impl Service {
                 }
             }
         };
-        if let Err(e) = self
+        let recorded = self
             .store
-            .attempted(notification.id, &attempt, SystemTime::now())
-            .await
-        {
-            warn!(error = %e, "recording the notification's attempt failed");
+            .attempted(notification.id, &attempt, claimed_until, SystemTime::now())
+            .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => warn!("the notification's claim ran out before its attempt was recorded"),
+            Err(e) => warn!(error = %e, "recording the notification's attempt failed"),
         }
     }
-}
-
-/// `due` in runs to send at once: the notifications of one build to one notifier, in the order
-/// its statuses were taken (a receiver sees QUEUED before WORKING unless one was retried).
-fn in_order(due: Vec<DueNotification>) -> Vec<Vec<DueNotification>> {
-    let mut runs: Vec<Vec<DueNotification>> = Vec::new();
-    for notification in due {
-        let same = |run: &&mut Vec<DueNotification>| {
-            run[0].build_id == notification.build_id && run[0].notifier == notification.notifier
-        };
-        match runs.iter_mut().find(same) {
-            Some(run) => run.push(notification),
-            None => runs.push(vec![notification]),
-        }
-    }
-    runs
 }
 
 /// The notifications of the build `resource` whose Pub/Sub message is `message`: one for each
@@ -273,29 +328,6 @@ mod tests {
                 signing_secret: None,
             },
         }
-    }
-
-    #[test]
-    fn a_builds_notifications_to_one_notifier_go_one_after_the_other_in_order() {
-        let due = |id: i64, build: &str, notifier: &str| DueNotification {
-            id,
-            build_id: build.into(),
-            status: Status::Queued,
-            notifier: notifier.into(),
-            message: String::new(),
-            attempts: 0,
-        };
-        let runs = in_order(vec![
-            due(1, "a", "hook"),
-            due(2, "a", "mail"),
-            due(3, "b", "hook"),
-            due(4, "a", "hook"),
-        ]);
-        let ids: Vec<Vec<i64>> = runs
-            .iter()
-            .map(|run| run.iter().map(|n| n.id).collect())
-            .collect();
-        assert_eq!(ids, [vec![1, 4], vec![2], vec![3]]);
     }
 
     #[test]
