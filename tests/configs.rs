@@ -250,6 +250,16 @@ fn dashboard_revisions_replace_each_other_only_when_healthy() {
 }
 
 #[test]
+fn every_notifier_example_loads() {
+    let (notifiers, warnings) =
+        builder::pipeline::service::load_notifiers(Path::new("configs/notifications")).unwrap();
+    assert_eq!(warnings, "");
+    let mut names: Vec<_> = notifiers.iter().map(|n| n.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["deploys", "failures-by-mail", "team-chat"]);
+}
+
+#[test]
 fn every_trigger_example_loads() {
     let (triggers, warnings) =
         builder::pipeline::service::TriggerFiles::load(Path::new("configs/triggers")).unwrap();

@@ -102,6 +102,20 @@ impl BuildFilter {
         context
             .add_variable("Build", json!({ "Status": statuses }))
             .map_err(|e| e.to_string())?;
+        // As over Cloud Build's proto, a field the JSON leaves out (its default) reads as its
+        // default: `build.buildTriggerId == "deploy"` is false, not an error, for a manual build.
+        let mut build = build.clone();
+        if let Some(fields) = build.as_object_mut() {
+            for (field, default) in [
+                ("buildTriggerId", json!("")),
+                ("statusDetail", json!("")),
+                ("substitutions", json!({})),
+                ("tags", json!([])),
+                ("images", json!([])),
+            ] {
+                fields.entry(field).or_insert(default);
+            }
+        }
         context
             .add_variable("build", build)
             .map_err(|e| e.to_string())?;
@@ -483,6 +497,9 @@ spec:
         assert_eq!(filter.selects(&build("SUCCESS", "dev")), Ok(false));
         let no_branch = json!({"id": "b1", "status": "SUCCESS", "substitutions": {}});
         assert!(filter.selects(&no_branch).is_err());
+        // A field the resource leaves out reads as its default, as over Cloud Build's proto.
+        let by_trigger = BuildFilter::compile("build.buildTriggerId == 'deploy'").unwrap();
+        assert_eq!(by_trigger.selects(&json!({"id": "b1"})), Ok(false));
     }
 
     #[test]
