@@ -42,12 +42,18 @@ start_engine() {
   mkdir -p "$data_dir/engine2"
   log "starting dockerd on $socket (log: $data_dir/engine2.log)"
   # --bridge: docker uses an existing bridge of that name and its address; it never makes one.
+  # --iptables=false: two dockerds on one machine share its iptables, and each network either
+  # creates moves the same jump to DOCKER-ISOLATION-STAGE-1 in FORWARD (delete, insert): at once,
+  # one's delete finds the rule gone and its network is refused ("iptables failed: … RULE_DELETE
+  # failed"), as a build of tests/workers.rs was. This engine's containers need no NAT: the
+  # tests' steps reach nothing beyond the machine, and the engine itself pulls and pushes.
   nohup dockerd \
     --host "$host" \
     --data-root "$data_dir/engine2" \
     --exec-root "$exec_root" \
     --pidfile "$exec_root.pid" \
     --bridge "$bridge" \
+    --iptables=false \
     --default-address-pool "base=$network_pool,size=24" \
     >"$data_dir/engine2.log" 2>&1 &
   for _ in $(seq 1 60); do
