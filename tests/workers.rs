@@ -424,6 +424,15 @@ async fn workers_are_listed_with_their_pools_and_builds_and_a_killed_one_is_not_
             }
             assert!(!page.contains("NOT LIVE"), "{page}");
 
+            // Its build ends before the kill, so that it leaves nothing on the engine.
+            let (code, _) = server.post(&format!("/v1/builds/{id}/cancel"), "", TOKEN);
+            assert_eq!(code, 200);
+            server.finished(&id);
+            let start = Instant::now();
+            while !leftovers(&id).is_empty() {
+                assert!(start.elapsed() < DEADLINE, "left: {}", leftovers(&id));
+                std::thread::sleep(Duration::from_millis(200));
+            }
             default.kill();
             let workers = workers_when(&server, |workers| {
                 named(workers, "listed-default").is_some_and(|w| w["live"] == false)
