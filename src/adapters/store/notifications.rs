@@ -4,6 +4,8 @@
 
 use std::time::SystemTime;
 
+use sqlx::sqlite::SqliteRow;
+
 use super::{Columns, Error, SqliteStore, millis, status, time};
 use crate::core::build::Status;
 
@@ -210,6 +212,40 @@ pub(super) fn after_attempt(attempt: &Attempt) -> (i64, bool, bool) {
     (attempt.retry_at.map_or(0, millis), done, delivered)
 }
 
+/// What a look lists and how each is claimed: the statement listing what is due (`$1` now, `$2`
+/// how many), the claim (`$1` the claim's end, `$2` the key, `$3` now: a compare and set, so of
+/// claimers reading a row at once one changes it), how a row reads, and its key.
+pub(super) type Claims<R, T> = (&'static str, &'static str, fn(&R) -> T, fn(&T) -> i64);
+
+/// Of what `claims` lists as due at `now`, at most `limit`, those this caller claimed until
+/// `until`.
+async fn claim_due<T>(
+    tx: &mut sqlx::SqliteConnection,
+    (due, claim, read, key): Claims<SqliteRow, T>,
+    now: SystemTime,
+    until: SystemTime,
+    limit: u32,
+) -> Result<Vec<T>, Error> {
+    let rows = sqlx::query(due)
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut claimed = Vec::new();
+    for item in rows.iter().map(read) {
+        let changed = sqlx::query(claim)
+            .bind(millis(until))
+            .bind(key(&item))
+            .bind(millis(now))
+            .execute(&mut *tx)
+            .await?;
+        if changed.rows_affected() == 1 {
+            claimed.push(item);
+        }
+    }
+    Ok(claimed)
+}
+
 #[async_trait::async_trait]
 impl Notifications for SqliteStore {
     async fn claim_events(
@@ -219,23 +255,8 @@ impl Notifications for SqliteStore {
         limit: u32,
     ) -> Result<Vec<BuildEvent>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let rows = sqlx::query(EVENTS_DUE)
-            .bind(millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut claimed = Vec::new();
-        for event in rows.iter().map(event) {
-            let claim = sqlx::query(CLAIM_EVENT)
-                .bind(millis(until))
-                .bind(event.seq)
-                .bind(millis(now))
-                .execute(&mut *tx)
-                .await?;
-            if claim.rows_affected() == 1 {
-                claimed.push(event);
-            }
-        }
+        let due: Claims<_, _> = (EVENTS_DUE, CLAIM_EVENT, event, |e| e.seq);
+        let claimed = claim_due(&mut tx, due, now, until, limit).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -279,23 +300,8 @@ impl Notifications for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DueNotification>, Error> {
         let (_turn, mut tx) = self.write().await?;
-        let rows = sqlx::query(NOTIFICATIONS_DUE)
-            .bind(millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut claimed = Vec::new();
-        for notification in rows.iter().map(due) {
-            let claim = sqlx::query(CLAIM_NOTIFICATION)
-                .bind(millis(until))
-                .bind(notification.id)
-                .bind(millis(now))
-                .execute(&mut *tx)
-                .await?;
-            if claim.rows_affected() == 1 {
-                claimed.push(notification);
-            }
-        }
+        let due: Claims<_, _> = (NOTIFICATIONS_DUE, CLAIM_NOTIFICATION, due, |n| n.id);
+        let claimed = claim_due(&mut tx, due, now, until, limit).await?;
         tx.commit().await?;
         Ok(claimed)
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres};
 
 use super::builds::{self, BuildQuery, BuildRecord, Builds};
@@ -86,6 +86,35 @@ impl PostgresStore {
 
     async fn write(&self) -> Result<Transaction, Error> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Of what `claims` lists as due at `now`, at most `limit`, those this caller claimed until
+    /// `until` (see [`notifications::Claims`]).
+    async fn claim_due<T>(
+        &self,
+        (due, claim, read, key): notifications::Claims<PgRow, T>,
+        now: SystemTime,
+        until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<T>, Error> {
+        let rows = sqlx::query(due)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = Vec::new();
+        for item in rows.iter().map(read) {
+            let changed = sqlx::query(claim)
+                .bind(millis(until))
+                .bind(key(&item))
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+            if changed.rows_affected() == 1 {
+                claimed.push(item);
+            }
+        }
+        Ok(claimed)
     }
 }
 
@@ -1064,24 +1093,13 @@ impl Notifications for PostgresStore {
         until: SystemTime,
         limit: u32,
     ) -> Result<Vec<BuildEvent>, Error> {
-        let rows = sqlx::query(notifications::EVENTS_DUE)
-            .bind(millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed = Vec::new();
-        for event in rows.iter().map(notifications::event) {
-            let claim = sqlx::query(notifications::CLAIM_EVENT)
-                .bind(millis(until))
-                .bind(event.seq)
-                .bind(millis(now))
-                .execute(&self.pool)
-                .await?;
-            if claim.rows_affected() == 1 {
-                claimed.push(event);
-            }
-        }
-        Ok(claimed)
+        let due: notifications::Claims<_, _> = (
+            notifications::EVENTS_DUE,
+            notifications::CLAIM_EVENT,
+            notifications::event,
+            |e| e.seq,
+        );
+        self.claim_due(due, now, until, limit).await
     }
 
     async fn publish(
@@ -1122,24 +1140,13 @@ impl Notifications for PostgresStore {
         until: SystemTime,
         limit: u32,
     ) -> Result<Vec<DueNotification>, Error> {
-        let rows = sqlx::query(notifications::NOTIFICATIONS_DUE)
-            .bind(millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed = Vec::new();
-        for notification in rows.iter().map(notifications::due) {
-            let claim = sqlx::query(notifications::CLAIM_NOTIFICATION)
-                .bind(millis(until))
-                .bind(notification.id)
-                .bind(millis(now))
-                .execute(&self.pool)
-                .await?;
-            if claim.rows_affected() == 1 {
-                claimed.push(notification);
-            }
-        }
-        Ok(claimed)
+        let due: notifications::Claims<_, _> = (
+            notifications::NOTIFICATIONS_DUE,
+            notifications::CLAIM_NOTIFICATION,
+            notifications::due,
+            |n| n.id,
+        );
+        self.claim_due(due, now, until, limit).await
     }
 
     async fn attempted(
