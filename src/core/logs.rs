@@ -48,7 +48,8 @@ impl LineAssembler {
     /// The lines completed by `bytes`.
     pub fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
-        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+        // memchr: the search for newlines is the one pass over every byte of output.
+        while let Some(newline) = memchr::memchr(b'\n', bytes) {
             let (head, rest) = bytes.split_at(newline);
             if self.partial.is_empty() {
                 self.complete(head, &mut lines);
@@ -91,10 +92,7 @@ impl LineAssembler {
             lines.push(self.piece(&bytes[..cut]));
             bytes = &bytes[cut..];
         }
-        lines.push(
-            self.masker
-                .mask(String::from_utf8_lossy(bytes).into_owned()),
-        );
+        lines.push(self.masker.mask(text(bytes, 0)));
     }
 
     /// Where to cut `bytes`, longer than [`MAX_LINE`]: at the limit, or just before it if a
@@ -114,10 +112,22 @@ impl LineAssembler {
     }
 
     fn piece(&self, bytes: &[u8]) -> String {
-        self.masker
-            .mask(String::from_utf8_lossy(bytes).into_owned())
-            + CUT_MARK
+        let mut piece = self.masker.mask(text(bytes, CUT_MARK.len()));
+        piece.push_str(CUT_MARK);
+        piece
     }
+}
+
+/// `bytes` as text, invalid UTF-8 replaced, with room for `extra` more bytes (a piece's
+/// [`CUT_MARK`], pushed without copying the piece again). Valid text, nearly all output, is
+/// checked by `str::from_utf8`, whose ASCII fast path is ~6x `from_utf8_lossy`'s scan.
+fn text(bytes: &[u8], extra: usize) -> String {
+    let mut text = String::with_capacity(bytes.len() + extra);
+    match std::str::from_utf8(bytes) {
+        Ok(valid) => text.push_str(valid),
+        Err(_) => text.push_str(&String::from_utf8_lossy(bytes)),
+    }
+    text
 }
 
 /// How many bytes of output a build's log keeps unless told otherwise: 100 MiB, which real
@@ -421,6 +431,21 @@ mod tests {
         let lines = LineAssembler::default().push(&text);
         assert_eq!(cut(&lines), [(MAX_LINE - 1, true), (11, false)]);
         assert_eq!(lines[1], "é and more");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_in_lines_and_pieces() {
+        let mut assembler = LineAssembler::new(Masker::new(["s\u{e9}cret"]).unwrap());
+        assert_eq!(
+            assembler.push(b"a\xffb s\xc3\xa9cret\n"),
+            ["a\u{fffd}b [MASKED]"]
+        );
+        let mut long = vec![0xfe; MAX_LINE];
+        long.extend_from_slice(b"xy\n");
+        let pieces = assembler.push(&long);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0], "\u{fffd}".repeat(MAX_LINE) + CUT_MARK);
+        assert_eq!(pieces[1], "xy");
     }
 
     #[test]
