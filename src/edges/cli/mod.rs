@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::registry::{self, Registries};
-use crate::adapters::runtime::{Backend, DockerBackend};
+use crate::adapters::runtime::DockerBackend;
 use crate::adapters::store::{Builds as _, Logs as _, SqliteStore, waiting_for};
 use crate::adapters::{secrets, source};
 use crate::core::alias::Aliases;
@@ -1058,11 +1058,9 @@ fn submit_detached(
 /// Runs a prepared build on the local engine, printing its log as Cloud Build does and recording
 /// it in the store.
 async fn run_locally(prepared: submit::Prepared, data_dir: &Path) -> Result<ExitCode> {
-    let store = open_store(data_dir).await?;
-    let runtime = DockerBackend::connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    runtime.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Connecting negotiates the API version with the engine: that answer is its check.
+    let (store, runtime) = tokio::join!(open_store(data_dir), DockerBackend::connect());
+    let (store, runtime) = (store?, runtime.map_err(|e| anyhow::anyhow!("{e}"))?);
     let holders = data_dir.join(pipeline::HOLDERS);
     let holder = pipeline::Holder::take(&holders, &pipeline::default_name(), pipeline::LEASE)?;
     let lease = holder.lease();
