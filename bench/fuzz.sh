@@ -17,6 +17,8 @@
 # Usage:  bench/fuzz.sh [TARGET…]     (all targets when none is named)
 # Env:    S=60        seconds per target
 #         RUNS=N      run each target for N executions instead (e.g. RUNS=10000000, the goal)
+#         TIMEOUT=10  seconds one input may take before it counts as a crash (libFuzzer's -timeout;
+#                     larger for a long run that may be paused with SIGSTOP)
 #         SANITIZER=none   cargo fuzz's -s: `none` keeps libFuzzer's coverage guidance without
 #                          AddressSanitizer, which made the slow targets 6-8x slower (config: ~580
 #                          against ~4,500 executions a second). builder's parsers are safe Rust;
@@ -42,7 +44,7 @@ for t in "${targets[@]}"; do
   log="$scratch/$t.log"
   set +e
   cargo +nightly fuzz run -O -s "$SANITIZER" "$t" "$scratch/$t" "corpus/$t" -- \
-    "${budget[@]}" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
+    "${budget[@]}" -rss_limit_mb=2048 -timeout="${TIMEOUT:-10}" -print_final_stats=1 >"$log" 2>&1
   set -e
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
