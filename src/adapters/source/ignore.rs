@@ -102,7 +102,7 @@ impl Rules {
     }
 
     /// Parses ignore-file text; `#!include:NAME` reads `base/NAME`, one level deep as in gcloud.
-    fn parse(
+    pub(super) fn parse(
         text: &str,
         origin: &Path,
         base: &Path,
