@@ -335,6 +335,9 @@ impl Tok {
 /// Compiles a bash glob; an unclosed `[` and a trailing `\` are literal, as in bash.
 fn glob(pattern: &str) -> Vec<Tok> {
     let chars: Vec<char> = pattern.chars().collect();
+    // A `[` with no `]` after it is literal without a scan: scanning for it at every such `[`
+    // made a long pattern of them quadratic (the fuzzer found minutes for one config).
+    let last_close = chars.iter().rposition(|&c| c == ']');
     let mut toks = Vec::new();
     let mut i = 0;
     while let Some(&c) = chars.get(i) {
@@ -346,6 +349,7 @@ fn glob(pattern: &str) -> Vec<Tok> {
                 i += 1;
                 Tok::Char(chars[i - 1])
             }
+            '[' if last_close.is_none_or(|close| close < i) => Tok::Char('['),
             '[' => match class(&chars[i..]) {
                 Some((tok, used)) => {
                     i += used;
@@ -569,6 +573,19 @@ mod tests {
             "${_UNSET:-$$HOME}|a-${_V,,}-$$_X-${_N}",
             "$HOME|a-hello-world-$_X-2",
         );
+    }
+
+    /// A pattern of many `[` and no `]` (the fuzzer's: minutes before they were read in one pass)
+    /// is literal brackets; one `]` after them still closes the first, as in bash.
+    #[test]
+    fn unclosed_brackets_are_literal_in_one_pass() {
+        use super::{Tok, glob};
+        let toks = glob(&"[".repeat(200_000));
+        assert!(toks.iter().all(|t| *t == Tok::Char('[')));
+        assert_eq!(toks.len(), 200_000);
+        let toks = glob("[[[a]");
+        assert_eq!(toks.len(), 1);
+        assert!(matches!(toks[0], Tok::Class { negated: false, .. }));
     }
 
     #[test]
