@@ -5,7 +5,7 @@
 #
 # Targets (fuzz/targets.rs): config (load, decode, validate, resolve), substitute (scanning, bash
 # expansions, dynamic values), webhook (payload parsing, signature header), gcloudignore (rules
-# over a small tree), archive (unpacking an upload), trigger (trigger and schedule files),
+# judging paths at several depths), archive (unpacking an upload), trigger (trigger and schedule files),
 # access (a request's Host against the allowlist, a console session cookie), logs (step output
 # into masked lines), github_report (what GitHub is told of a build).
 #
