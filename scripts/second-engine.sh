@@ -39,6 +39,12 @@ start_engine() {
   # `docker run` there then fails, "could not find bridge docker0"). A fresh network store keeps
   # nothing to delete; the networks it held belonged to containers of that last run.
   rm -rf "$data_dir/engine2/network"
+  # A pid file left by a dockerd the machine no longer runs (it restarted) makes the next one
+  # refuse to start ("pid file found"); the pid may name some other process by now.
+  local pid_file="$exec_root.pid"
+  if [[ -f $pid_file && "$(cat "/proc/$(cat "$pid_file")/comm" 2>/dev/null)" != dockerd ]]; then
+    rm -f "$pid_file"
+  fi
   mkdir -p "$data_dir/engine2"
   log "starting dockerd on $socket (log: $data_dir/engine2.log)"
   # --bridge: docker uses an existing bridge of that name and its address; it never makes one.
@@ -51,7 +57,7 @@ start_engine() {
     --host "$host" \
     --data-root "$data_dir/engine2" \
     --exec-root "$exec_root" \
-    --pidfile "$exec_root.pid" \
+    --pidfile "$pid_file" \
     --bridge "$bridge" \
     --iptables=false \
     --default-address-pool "base=$network_pool,size=24" \
