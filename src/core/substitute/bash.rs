@@ -335,9 +335,10 @@ impl Tok {
 /// Compiles a bash glob; an unclosed `[` and a trailing `\` are literal, as in bash.
 fn glob(pattern: &str) -> Vec<Tok> {
     let chars: Vec<char> = pattern.chars().collect();
-    // A `[` with no `]` after it is literal without a scan: scanning for it at every such `[`
-    // made a long pattern of them quadratic (the fuzzer found minutes for one config).
-    let last_close = chars.iter().rposition(|&c| c == ']');
+    // Where a bracket expression was found to run off the pattern's end: a later `[` that
+    // reaches such a place fails there instead of scanning on, so a pattern of many unclosed `[`
+    // (the fuzzer's: minutes for one config) is read in linear time.
+    let mut unclosed = vec![false; chars.len() + 1];
     let mut toks = Vec::new();
     let mut i = 0;
     while let Some(&c) = chars.get(i) {
@@ -349,10 +350,9 @@ fn glob(pattern: &str) -> Vec<Tok> {
                 i += 1;
                 Tok::Char(chars[i - 1])
             }
-            '[' if last_close.is_none_or(|close| close < i) => Tok::Char('['),
-            '[' => match class(&chars[i..]) {
-                Some((tok, used)) => {
-                    i += used;
+            '[' => match class(&chars, i, &mut unclosed) {
+                Some((tok, end)) => {
+                    i = end;
                     tok
                 }
                 None => Tok::Char('['),
@@ -363,17 +363,44 @@ fn glob(pattern: &str) -> Vec<Tok> {
     toks
 }
 
-/// Parses a bracket expression after its `[`: the token and how many chars it used up to `]`.
-fn class(chars: &[char]) -> Option<(Tok, usize)> {
-    let negated = matches!(chars.first(), Some('!' | '^'));
-    let mut i = usize::from(negated);
+/// Parses the bracket expression whose `[` is just before `chars[start]`: the token and the
+/// index after its `]`, or `None` if it never closes (then its member boundaries join
+/// `unclosed`).
+fn class(chars: &[char], start: usize, unclosed: &mut [bool]) -> Option<(Tok, usize)> {
+    let negated = matches!(chars.get(start), Some('!' | '^'));
+    let first = start + usize::from(negated);
     let mut ranges = Vec::new();
-    // A `]` right after `[` or `[!` is a member, not the end.
-    let first = i;
+    let mut passed = Vec::new();
+    let end = members(chars, first, unclosed, &mut ranges, &mut passed);
+    if end.is_none() {
+        for i in passed {
+            unclosed[i] = true;
+        }
+    }
+    end.map(|end| (Tok::Class { negated, ranges }, end))
+}
+
+/// Reads a bracket expression's members from `first` into `ranges`: the index after its `]`,
+/// or `None` at the pattern's end or at a boundary in `unclosed` (from there every scan fails
+/// alike: what follows a boundary does not depend on where the scan began). `passed` gets the
+/// boundaries read, all but `first`, where a `]` is a member.
+fn members(
+    chars: &[char],
+    first: usize,
+    unclosed: &[bool],
+    ranges: &mut Vec<(char, char)>,
+    passed: &mut Vec<usize>,
+) -> Option<usize> {
+    let mut i = first;
     loop {
-        let c = *chars.get(i)?;
-        if c == ']' && i > first {
-            return Some((Tok::Class { negated, ranges }, i + 1));
+        if i > first {
+            if unclosed[i] {
+                return None;
+            }
+            if chars.get(i) == Some(&']') {
+                return Some(i + 1);
+            }
+            passed.push(i);
         }
         let lo = member(chars, &mut i)?;
         if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|&c| c != ']') {
@@ -586,6 +613,14 @@ mod tests {
         let toks = glob("[[[a]");
         assert_eq!(toks.len(), 1);
         assert!(matches!(toks[0], Tok::Class { negated: false, .. }));
+        // Each `[` here would scan to the end, where the one `]` is escaped.
+        let toks = glob(&format!("{}\\]", "[a".repeat(100_000)));
+        assert_eq!(toks.len(), 200_001);
+        assert_eq!(toks.last(), Some(&Tok::Char(']')));
+        // A `]` first in a class is a member, not its end.
+        let toks = glob("[]x]y");
+        assert_eq!(toks.len(), 2);
+        assert!(matches!(&toks[0], Tok::Class { ranges, .. } if ranges == &[(']', ']'), ('x', 'x')]));
     }
 
     #[test]
