@@ -620,7 +620,9 @@ mod tests {
         // A `]` first in a class is a member, not its end.
         let toks = glob("[]x]y");
         assert_eq!(toks.len(), 2);
-        assert!(matches!(&toks[0], Tok::Class { ranges, .. } if ranges == &[(']', ']'), ('x', 'x')]));
+        assert!(
+            matches!(&toks[0], Tok::Class { ranges, .. } if ranges == &[(']', ']'), ('x', 'x')])
+        );
     }
 
     #[test]
