@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tracing::Instrument as _;
 
 use self::engine::{ContainerSpec, Engine, ImageInfo, Labels, Mount, MountSource, Stdin};
 use self::proxy::{Endpoint, Scope};
@@ -78,6 +79,9 @@ struct Build {
     attached: Mutex<HashMap<usize, Output>>,
     /// Whether the seed container was made (it was not when no step image could be had).
     seeded: std::sync::atomic::AtomicBool,
+    /// The removal of the build's network, begun once its steps were over, for the teardown to
+    /// wait for.
+    network_removal: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A step's output as [`Engine::attach_output`] streams it.
@@ -276,6 +280,7 @@ impl Backend for DockerBackend {
             held: Mutex::default(),
             attached: Mutex::default(),
             seeded: Default::default(),
+            network_removal: Mutex::default(),
         });
         // Known before anything is made, so that a teardown after a failed setup finds it.
         lock(&self.builds).insert(spec.id.clone(), build.clone());
@@ -411,16 +416,20 @@ impl Backend for DockerBackend {
         limit: usize,
     ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
         let known = self.build(build)?;
-        // The steps are over, and so is their network's use: it goes meanwhile, off the
-        // teardown's path. A container a step left on it keeps it there for the teardown.
-        let network = async {
-            let network = name(build, "network");
-            if let Err(e) = self.engine.remove_network(&network).await {
-                tracing::debug!(error = %e, "the build's network stays for its teardown");
+        // The steps are over, and so is their network's use: it goes meanwhile (the engine takes
+        // a tenth of a second), while the outputs are read and the teardown removes the seed
+        // container. A container a step left on it keeps it there for the teardown's sweep.
+        let (engine, network) = (self.engine.clone(), name(build, "network"));
+        let removal = tokio::spawn(
+            async move {
+                if let Err(e) = engine.remove_network(&network).await {
+                    tracing::debug!(error = %e, "the build's network stays for its teardown");
+                }
             }
-        };
-        let (outputs, ()) = tokio::join!(self.read_outputs(&known, limit), network);
-        outputs
+            .in_current_span(),
+        );
+        *lock(&known.network_removal) = Some(removal);
+        self.read_outputs(&known, limit).await
     }
 
     async fn missing_command(&self, build: &str, step: usize) -> Option<String> {
@@ -483,7 +492,20 @@ impl Backend for DockerBackend {
 
     async fn teardown_build(&self, build: &str) -> Result<(), RuntimeError> {
         // Dropped first: an unreleased gate's stdin ends, so its container ends on its own.
-        lock(&self.builds).remove(build);
+        let known = lock(&self.builds).remove(build);
+        let network_removal = known.and_then(|known| lock(&known.network_removal).take());
+        // The seed container goes while the network does; what either leaves, the sweep finds.
+        let seed = async {
+            if let Err(e) = self.engine.remove_container(&seed_name(build)).await {
+                tracing::debug!(error = %e, "the seed container stays for the sweep");
+            }
+        };
+        let network = async {
+            if let Some(removal) = network_removal {
+                let _ = removal.await;
+            }
+        };
+        tokio::join!(seed, network);
         self.sweep(build).await.map(drop)
     }
 
