@@ -18,9 +18,48 @@
 //!   operator that multiplies text, and nesting them (`${A//x/${A//x/$A}}`) would otherwise
 //!   exhaust memory before the field's own check saw the result.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use super::{Escapes, ExpandError, MAX_FIELD_BYTES, Scanner, Word};
+
+/// How much glob matching one field's expansion may do, in the matcher's steps (a pattern's
+/// character compiled, or a value's character matched against every state of a pattern). Real
+/// patterns (`${TAG//./-}`, `${REF#*/}`) take hundreds; a pattern made by nested expansions may
+/// be up to a field's limit long, and `//` matches it again after every replacement: without a
+/// bound, one field of a 2 KB config took a second, and longer ones minutes (found by the
+/// fuzzer). The bound still lets a 60-character pattern scan a value of the longest (4,000).
+const MATCH_STEPS: usize = 250_000;
+
+/// What is left of one field's matching ([`MATCH_STEPS`]), shared by its every operator.
+pub(super) struct Budget(Cell<usize>);
+
+impl Budget {
+    pub(super) fn new() -> Self {
+        Budget(Cell::new(MATCH_STEPS))
+    }
+
+    fn spend(&self, steps: usize) -> Result<(), Exhausted> {
+        let left = self.0.get().checked_sub(steps).ok_or(Exhausted)?;
+        self.0.set(left);
+        Ok(())
+    }
+}
+
+/// The field's matching budget ran out.
+struct Exhausted;
+
+impl Exhausted {
+    fn at(self, at: usize) -> ExpandError {
+        ExpandError::new(
+            at,
+            format!(
+                "matching its pattern takes more than {MATCH_STEPS} steps: a pattern this long, \
+                 matched this often, is not supported"
+            ),
+        )
+    }
+}
 
 /// An operator following `${KEY`.
 #[derive(Debug)]
@@ -158,16 +197,22 @@ impl<'a> Op<'a> {
         }
     }
 
-    /// Applies the operator to `value` (`None` when unset); `eval` expands an argument, and `at`
-    /// is the reference's offset for errors.
+    /// Applies the operator to `value` (`None` when unset); `eval` expands an argument, `at` is
+    /// the reference's offset for errors, and the matching of patterns spends from `budget`.
     pub(super) fn apply(
         &self,
         value: Option<&str>,
         at: usize,
         eval: &dyn Fn(&Word<'_>) -> Result<String, ExpandError>,
+        budget: &Budget,
     ) -> Result<String, ExpandError> {
         let v = value.unwrap_or_default();
         let chars = || v.chars().collect::<Vec<_>>();
+        let compiled = |word| {
+            let text = eval(word)?;
+            budget.spend(text.len()).map_err(|e| e.at(at))?;
+            Ok::<_, ExpandError>(glob(&text))
+        };
         Ok(match self {
             Op::Length => v.chars().count().to_string(),
             Op::Case { upper, all } => v
@@ -189,14 +234,18 @@ impl<'a> Op<'a> {
                 pattern,
             } => {
                 let s = chars();
-                let rest = strip(&glob(&eval(pattern)?), &s, *suffix, *longest);
+                let rest = strip(&compiled(pattern)?, &s, *suffix, *longest, budget);
+                let rest = rest.map_err(|e| e.at(at))?;
                 rest.map_or_else(|| v.to_owned(), |rest| rest.iter().collect())
             }
             Op::Replace {
                 anchor,
                 pattern,
                 with,
-            } => replace(&chars(), &glob(&eval(pattern)?), &eval(with)?, *anchor, at)?,
+            } => {
+                let (pattern, with) = (compiled(pattern)?, eval(with)?);
+                replace(&chars(), &pattern, &with, *anchor, budget).map_err(|e| e.at(at))?
+            }
             Op::Default {
                 colon,
                 alternate,
@@ -257,37 +306,33 @@ fn substring(s: &[char], offset: i64, length: Option<i64>) -> String {
     }
 }
 
+/// `s` with the match of `pattern` (the first, every one, or one at an end) replaced by `with`.
+/// A replacement past a field's limit ends in [`Replaced::TooLong`].
 fn replace(
     s: &[char],
     pattern: &[Tok],
     with: &str,
     anchor: Anchor,
-    at: usize,
-) -> Result<String, ExpandError> {
+    budget: &Budget,
+) -> Result<String, Replaced> {
     let text = |chars: &[char]| chars.iter().collect::<String>();
     Ok(match anchor {
-        Anchor::Prefix => strip(pattern, s, false, true)
+        Anchor::Prefix => strip(pattern, s, false, true, budget)?
             .map_or_else(|| text(s), |rest| with.to_owned() + &text(rest)),
         Anchor::Suffix => {
-            strip(pattern, s, true, true).map_or_else(|| text(s), |rest| text(rest) + with)
+            strip(pattern, s, true, true, budget)?.map_or_else(|| text(s), |rest| text(rest) + with)
         }
         // Bash leaves the value alone for an empty unanchored pattern.
         _ if pattern.is_empty() => text(s),
         Anchor::First | Anchor::All => {
             let mut out = String::new();
             let mut from = 0;
-            while let Some(found) = s
-                .get(from..)
-                .and_then(|rest| find(pattern, rest, false, true))
-            {
+            while let Some(found) = find(pattern, &s[from..], false, true, budget)? {
                 let (start, end) = (from + found.start, from + found.end);
                 out.extend(&s[from..start]);
                 out.push_str(with);
                 if out.len() > MAX_FIELD_BYTES {
-                    return Err(ExpandError::new(
-                        at,
-                        format!("expands to more than {MAX_FIELD_BYTES} bytes"),
-                    ));
+                    return Err(Replaced::TooLong);
                 }
                 // Only all-`*` patterns match "", and only once the rest is empty; still advance.
                 from = if start == end {
@@ -304,6 +349,29 @@ fn replace(
             out
         }
     })
+}
+
+/// Why a replacement was given up.
+enum Replaced {
+    TooLong,
+    Exhausted(Exhausted),
+}
+
+impl From<Exhausted> for Replaced {
+    fn from(exhausted: Exhausted) -> Self {
+        Replaced::Exhausted(exhausted)
+    }
+}
+
+impl Replaced {
+    fn at(self, at: usize) -> ExpandError {
+        match self {
+            Replaced::TooLong => {
+                ExpandError::new(at, format!("expands to more than {MAX_FIELD_BYTES} bytes"))
+            }
+            Replaced::Exhausted(exhausted) => exhausted.at(at),
+        }
+    }
 }
 
 /// One element of a compiled glob.
@@ -424,26 +492,39 @@ fn member(chars: &[char], i: &mut usize) -> Option<char> {
 }
 
 /// What is left of `s` after removing the match of `pattern` at its start (or its end).
-fn strip<'s>(pattern: &[Tok], s: &'s [char], suffix: bool, longest: bool) -> Option<&'s [char]> {
-    if suffix {
+fn strip<'s>(
+    pattern: &[Tok],
+    s: &'s [char],
+    suffix: bool,
+    longest: bool,
+    budget: &Budget,
+) -> Result<Option<&'s [char]>, Exhausted> {
+    Ok(if suffix {
         // A glob reversed token by token matches exactly the reversed strings.
         let pattern: Vec<Tok> = pattern.iter().rev().cloned().collect();
         let reversed: Vec<char> = s.iter().rev().copied().collect();
-        find(&pattern, &reversed, true, longest).map(|m| &s[..s.len() - m.end])
+        find(&pattern, &reversed, true, longest, budget)?.map(|m| &s[..s.len() - m.end])
     } else {
-        find(pattern, s, true, longest).map(|m| &s[m.end..])
-    }
+        find(pattern, s, true, longest, budget)?.map(|m| &s[m.end..])
+    })
 }
 
 /// The leftmost match of `pattern` in `s` (only at 0 when `anchored`), longest or, for anchored
 /// searches, shortest. Simulates the glob's automaton once over `s`, keeping for every state the
-/// earliest start that reaches it, so the cost is O(len(s) * len(pattern)).
-fn find(pattern: &[Tok], s: &[char], anchored: bool, longest: bool) -> Option<Range<usize>> {
+/// earliest start that reaches it, so the cost is O(len(s) * len(pattern)), spent from `budget`.
+fn find(
+    pattern: &[Tok],
+    s: &[char],
+    anchored: bool,
+    longest: bool,
+    budget: &Budget,
+) -> Result<Option<Range<usize>>, Exhausted> {
     let m = pattern.len();
     let mut starts: Vec<Option<usize>> = vec![None; m + 1];
     let mut next = starts.clone();
     let mut best: Option<Range<usize>> = None;
     for pos in 0..=s.len() {
+        budget.spend(m + 1)?;
         if best.is_none() && (pos == 0 || !anchored) {
             earliest(&mut starts[0], pos);
         }
@@ -482,7 +563,7 @@ fn find(pattern: &[Tok], s: &[char], anchored: bool, longest: bool) -> Option<Ra
         }
         std::mem::swap(&mut starts, &mut next);
     }
-    best
+    Ok(best)
 }
 
 fn earliest(slot: &mut Option<usize>, start: usize) {
@@ -602,6 +683,22 @@ mod tests {
         );
     }
 
+    /// A pattern made long by a nested expansion (4,000 classes here) costs its length at every
+    /// character it is matched against: past the field's matching budget the expansion fails,
+    /// naming why, instead of going on for seconds or minutes. Long values with short patterns
+    /// stay far within it.
+    #[test]
+    fn matching_stops_at_the_fields_budget() {
+        let values: Values = [("_A".to_owned(), "x".repeat(4000))].into_iter().collect();
+        let started = std::time::Instant::now();
+        let error = expand("${_A//${_A//x/[x]}/y}", &values, true).unwrap_err();
+        assert!(error.message.contains("steps"), "{}", error.message);
+        assert_eq!(error.offset, 0);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let replaced = expand("${_A//x/yz}${_A%%x*}${_A#*x}", &values, true).unwrap();
+        assert_eq!(replaced.len(), 8000 + 3999);
+    }
+
     /// A pattern of many `[` and no `]` (the fuzzer's: minutes before they were read in one pass)
     /// is literal brackets; one `]` after them still closes the first, as in bash.
     #[test]
@@ -634,11 +731,8 @@ mod tests {
                      longest: bool,
                      expected: Option<std::ops::Range<usize>>| {
             let s: Vec<char> = s.chars().collect();
-            assert_eq!(
-                find(&glob(pattern), &s, anchored, longest),
-                expected,
-                "{pattern} in {s:?}"
-            );
+            let found = find(&glob(pattern), &s, anchored, longest, &super::Budget::new());
+            assert_eq!(found.ok().flatten(), expected, "{pattern} in {s:?}");
         };
         check("b*", "abcb", false, true, Some(1..4));
         check("a*b", "xaab", false, true, Some(1..4));

@@ -103,7 +103,8 @@ pub fn references(template: &str, dynamic: bool) -> Vec<Reference> {
 /// is not in `values`; inserted values are not scanned again. Dynamic mode adds bash operators and
 /// fails on malformed operator syntax; both modes fail when the text passes [`MAX_FIELD_BYTES`].
 pub fn expand(template: &str, values: &Values, dynamic: bool) -> Result<String, ExpandError> {
-    eval(&Scanner::new(template, dynamic).template(), values)
+    let budget = bash::Budget::new();
+    eval(&Scanner::new(template, dynamic).template(), values, &budget)
 }
 
 /// Resolves user values that refer to other substitutions (dynamic mode only; otherwise `user` is
@@ -448,7 +449,11 @@ impl<'a> Scanner<'a> {
     }
 }
 
-fn eval(pieces: &[Piece<'_>], values: &Values) -> Result<String, ExpandError> {
+fn eval(
+    pieces: &[Piece<'_>],
+    values: &Values,
+    budget: &bash::Budget,
+) -> Result<String, ExpandError> {
     let mut out = String::new();
     for piece in pieces {
         match piece {
@@ -459,8 +464,8 @@ fn eval(pieces: &[Piece<'_>], values: &Values) -> Result<String, ExpandError> {
                 match &r.op {
                     None => out.push_str(value.unwrap_or_default()),
                     Some(op) => {
-                        let word = |w: &Word<'_>| eval(w, values);
-                        out.push_str(&op.apply(value, r.span.start, &word)?);
+                        let word = |w: &Word<'_>| eval(w, values, budget);
+                        out.push_str(&op.apply(value, r.span.start, &word, budget)?);
                     }
                 }
                 // Only references grow the text past the template's own length.
