@@ -111,6 +111,9 @@ start_postgres() {
   if ! runuser -u postgres -- psql -p "$port" -qtAc "SELECT 1 FROM pg_roles WHERE rolname = 'builder'" | grep -q 1; then
     runuser -u postgres -- psql -p "$port" -qc "CREATE ROLE builder LOGIN CREATEDB PASSWORD 'builder'"
   fi
+  # A test drops its database WITH (FORCE), which must end every backend on it: an autovacuum
+  # worker there (no role of builder's) made the drop fail under load without this membership.
+  runuser -u postgres -- psql -p "$port" -qc "GRANT pg_signal_backend TO builder" 2>/dev/null
   [ "$port" = 5432 ] || log "PostgreSQL listens on $port: set BUILDER_TEST_POSTGRES=postgres://builder:builder@127.0.0.1:$port/postgres"
 }
 
