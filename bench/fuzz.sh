@@ -24,6 +24,12 @@
 #                          against ~4,500 executions a second). builder's parsers are safe Rust;
 #                          ASan watches only their dependencies' unsafe code (serde_yaml's
 #                          translated libyaml among them): SANITIZER=address for such a run.
+#         TRACE_COMPARES=0  builds without tracing comparisons (cargo fuzz --no-trace-compares):
+#                          libFuzzer then guesses fewer magic values, but the substitute and
+#                          gcloudignore targets ran their corpora 2x faster (measured here). A
+#                          change of it rebuilds every dependency once (~15 min here).
+#         TMPDIR           where the archive target unpacks each input (default /dev/shm when
+#                          there is one: 4x faster than a disk's /tmp, measured here)
 # Needs the nightly toolchain and cargo-fuzz (installed here with `cargo install cargo-fuzz` when
 # missing).
 set -euo pipefail
@@ -31,10 +37,13 @@ cd "$(dirname "$0")/../fuzz"
 S=${S:-60}
 SANITIZER=${SANITIZER:-none}
 if [ -n "${RUNS:-}" ]; then budget=(-runs="$RUNS"); else budget=(-max_total_time="$S"); fi
+flags=(-O -s "$SANITIZER")
+[ "${TRACE_COMPARES:-1}" != 0 ] || flags+=(--no-trace-compares)
+if [ -z "${TMPDIR:-}" ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-cargo +nightly fuzz build -O -s "$SANITIZER"
+cargo +nightly fuzz build "${flags[@]}"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 printf '%-14s %12s %10s %8s %8s %8s\n' target executions exec/s cov corpus crashes
@@ -43,7 +52,7 @@ for t in "${targets[@]}"; do
   before=$(ls "artifacts/$t" | wc -l)
   log="$scratch/$t.log"
   set +e
-  cargo +nightly fuzz run -O -s "$SANITIZER" "$t" "$scratch/$t" "corpus/$t" -- \
+  cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
     "${budget[@]}" -rss_limit_mb=2048 -timeout="${TIMEOUT:-10}" -print_final_stats=1 >"$log" 2>&1
   set -e
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
