@@ -244,7 +244,7 @@ impl<'a> Op<'a> {
                 with,
             } => {
                 let (pattern, with) = (compiled(pattern)?, eval(with)?);
-                replace(&chars(), &pattern, &with, *anchor, budget).map_err(|e| e.at(at))?
+                replace(&chars(), &pattern, &with, *anchor, at, budget)?
             }
             Op::Default {
                 colon,
@@ -306,33 +306,41 @@ fn substring(s: &[char], offset: i64, length: Option<i64>) -> String {
     }
 }
 
-/// `s` with the match of `pattern` (the first, every one, or one at an end) replaced by `with`.
-/// A replacement past a field's limit ends in [`Replaced::TooLong`].
+/// `s` with the match of `pattern` (the first, every one, or one at an end) replaced by `with`;
+/// `at` is the reference's offset for errors.
 fn replace(
     s: &[char],
     pattern: &[Tok],
     with: &str,
     anchor: Anchor,
+    at: usize,
     budget: &Budget,
-) -> Result<String, Replaced> {
+) -> Result<String, ExpandError> {
     let text = |chars: &[char]| chars.iter().collect::<String>();
+    let exhausted = |e: Exhausted| e.at(at);
     Ok(match anchor {
-        Anchor::Prefix => strip(pattern, s, false, true, budget)?
+        Anchor::Prefix => strip(pattern, s, false, true, budget)
+            .map_err(exhausted)?
             .map_or_else(|| text(s), |rest| with.to_owned() + &text(rest)),
-        Anchor::Suffix => {
-            strip(pattern, s, true, true, budget)?.map_or_else(|| text(s), |rest| text(rest) + with)
-        }
+        Anchor::Suffix => strip(pattern, s, true, true, budget)
+            .map_err(exhausted)?
+            .map_or_else(|| text(s), |rest| text(rest) + with),
         // Bash leaves the value alone for an empty unanchored pattern.
         _ if pattern.is_empty() => text(s),
         Anchor::First | Anchor::All => {
             let mut out = String::new();
             let mut from = 0;
-            while let Some(found) = find(pattern, &s[from..], false, true, budget)? {
+            while let Some(found) =
+                find(pattern, &s[from..], false, true, budget).map_err(exhausted)?
+            {
                 let (start, end) = (from + found.start, from + found.end);
                 out.extend(&s[from..start]);
                 out.push_str(with);
                 if out.len() > MAX_FIELD_BYTES {
-                    return Err(Replaced::TooLong);
+                    return Err(ExpandError::new(
+                        at,
+                        format!("expands to more than {MAX_FIELD_BYTES} bytes"),
+                    ));
                 }
                 // Only all-`*` patterns match "", and only once the rest is empty; still advance.
                 from = if start == end {
@@ -349,29 +357,6 @@ fn replace(
             out
         }
     })
-}
-
-/// Why a replacement was given up.
-enum Replaced {
-    TooLong,
-    Exhausted(Exhausted),
-}
-
-impl From<Exhausted> for Replaced {
-    fn from(exhausted: Exhausted) -> Self {
-        Replaced::Exhausted(exhausted)
-    }
-}
-
-impl Replaced {
-    fn at(self, at: usize) -> ExpandError {
-        match self {
-            Replaced::TooLong => {
-                ExpandError::new(at, format!("expands to more than {MAX_FIELD_BYTES} bytes"))
-            }
-            Replaced::Exhausted(exhausted) => exhausted.at(at),
-        }
-    }
 }
 
 /// One element of a compiled glob.
