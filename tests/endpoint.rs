@@ -76,7 +76,9 @@ fn what_reaches_the_machine_is_refused_with_the_setting_that_allows_it() {
         })
         .collect::<String>()
         + "docker volume create --opt type=none --opt o=bind --opt device=/ root 2>&1 || true\n\
-           docker run --rm -v /workspace/sub:/x builder/busybox true 2>&1 || true\n";
+           docker run --rm -v /workspace/sub:/x builder/busybox true 2>&1 || true\n\
+           printf 'FROM builder/busybox\\n' > Dockerfile\n\
+           docker build --network host . 2>&1 && echo 'ALLOWED docker build --network host' || true\n";
     let (stdout, _) = run(&docker_steps(&[&script]), &[]);
     assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
     assert!(!stdout.contains("ALLOWED"), "{stdout}");
@@ -92,6 +94,10 @@ fn what_reaches_the_machine_is_refused_with_the_setting_that_allows_it() {
             "{line}"
         );
     }
+    assert!(
+        stdout.contains("the host's network (docker build --network host, networkmode)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("volume drivers and driver options"),
         "{stdout}"
@@ -493,7 +499,7 @@ fn dockerfiles_from_docker_hub_images_build_offline() {
          docker build -q -t {one} . >/dev/null\n\
          docker run --rm {one} cat /built\n\
          docker rmi ubuntu:22.04 >/dev/null\n\
-         docker build -q -t {one} . >/dev/null\n\
+         docker build -q -t {one} -f - . < Dockerfile >/dev/null\n\
          docker run --rm {one} cat /built\n\
          mkdir -p ci\n\
          printf 'ARG PY=3.11\\nFROM python:$${{PY}}-slim AS base\\nRUN python3 -c \"print(42)\" > /answer\\n\
@@ -505,7 +511,8 @@ fn dockerfiles_from_docker_hub_images_build_offline() {
     )]);
     let (stdout, _) = run(&config, &[]);
     untag(&[&one, &two]);
-    // Twice: an image removed through the endpoint is resolved again.
+    // Twice: an image removed through the endpoint is resolved again, from a Dockerfile the CLI
+    // puts last in the context (read from its standard input).
     assert_eq!(
         stdout.matches("Step #0: built on ubuntu").count(),
         2,

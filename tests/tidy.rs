@@ -349,6 +349,10 @@ const OWNERS: &[(&str, &str)] = &[
     // serve it but not pipe upgrades to a client, and bollard speaks the API, not raw HTTP.
     ("hyper", "adapters::runtime::docker::proxy"),
     ("hyper_util", "adapters::runtime::docker::proxy"),
+    // A classic `docker build` is read off a step's connection by hand, its context relayed
+    // without hyper: the head parser hyper uses, and a socket's shutdown from a shared handle.
+    ("httparse", "adapters::runtime::docker::proxy"),
+    ("socket2", "adapters::runtime::docker::proxy"),
     ("git2", "adapters::source::git"),
     ("oci_client", "adapters::registry"),
     ("reqwest", "adapters::registry"),

@@ -24,7 +24,10 @@
 //! and a connection of its own is what lets an upgraded request keep it.
 
 pub mod context;
+pub mod framing;
 pub mod names;
+mod relay;
+pub mod split;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -51,8 +54,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, warn};
 
-use self::context::{Failure, Resolve, scanned};
+use self::context::{ContextScan, Resolve};
 use self::names::Names;
+use self::split::Split;
 use super::engine::Reference;
 use super::{BUILD_LABEL, VOLUMES_LABEL, lock};
 use crate::adapters::runtime::Credentials;
@@ -188,26 +192,40 @@ async fn accept(listener: UnixListener, proxy: Arc<Proxy>) -> io::Result<()> {
                 Err(e) => return Err(e),
             },
         };
+        tokio::spawn(serve(proxy.clone(), stream).in_current_span());
+    }
+}
+
+/// Serves a step's connection: hyper its requests, the relay a classic `docker build` taken off
+/// it ([`split`]).
+async fn serve(proxy: Arc<Proxy>, stream: UnixStream) {
+    let stop = proxy.stop.clone();
+    let stream = Arc::new(stream);
+    let (split, taken) = Split::new(stream.clone());
+    let service = service_fn({
         let proxy = proxy.clone();
-        tokio::spawn(
-            async move {
-                let stop = proxy.stop.clone();
-                let service = service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::select! {
-                    served = connection => if let Err(e) = served {
-                        debug!(error = %e, "a step's connection ended");
-                    },
-                    () = stop.cancelled() => {}
-                }
-            }
-            .in_current_span(),
-        );
+        move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(split), service)
+        .with_upgrades();
+    tokio::select! {
+        served = connection => if let Err(e) = served {
+            debug!(error = %e, "a step's connection ended");
+        },
+        () = stop.cancelled() => return,
+    }
+    // Hyper is done with the connection (it saw it end where the build's head was taken).
+    if let Ok(taken) = taken.await
+        && let Ok(stream) = Arc::try_unwrap(stream)
+    {
+        tokio::select! {
+            () = relay::relay(proxy, stream, taken) => {}
+            () = stop.cancelled() => {}
+        }
     }
 }
 
@@ -235,13 +253,19 @@ pub enum Denial {
 impl Denial {
     /// The answer to the step, naming its containers as it did.
     fn response(&self, names: &Names) -> Response<Body> {
+        let (status, body) = self.answer(names);
+        json_response(status, &body)
+    }
+
+    /// The answer's status and JSON body.
+    fn answer(&self, names: &Names) -> (StatusCode, Value) {
         let (status, message) = match self {
             Denial::NotFound(message) => (StatusCode::NOT_FOUND, message),
             Denial::Refused(message) => (StatusCode::FORBIDDEN, message),
             Denial::Invalid(message) => (StatusCode::BAD_REQUEST, message),
             Denial::Engine(message) => (StatusCode::BAD_GATEWAY, message),
         };
-        json_response(status, &json!({ "message": names.unscoped(message) }))
+        (status, json!({ "message": names.unscoped(message) }))
     }
 }
 
@@ -369,7 +393,13 @@ impl Proxy {
                 parts.uri = with_query(parts.uri.path(), &query)?;
                 self.forward(Request::from_parts(parts, body)).await
             }
-            ["build"] if post => self.build(request).await,
+            // A classic build comes here only on a connection `split` stopped following; its
+            // context then passes unscanned, as BuildKit's does.
+            ["build"] if post => {
+                let (mut parts, body) = request.into_parts();
+                parts.uri = self.build_network(&parts.uri).await?;
+                self.forward(Request::from_parts(parts, body)).await
+            }
             ["images", ..] if method == Method::DELETE => {
                 self.forget_local_images();
                 self.forward(request).await
@@ -434,17 +464,24 @@ impl Proxy {
         Ok(response.map(|body| body.map_err(io::Error::other).boxed_unsync()))
     }
 
+    /// A connection of its own to the engine.
+    async fn connect(&self) -> Result<UnixStream, Denial> {
+        UnixStream::connect(&self.engine)
+            .await
+            .map_err(|e| self.unreachable(&e))
+    }
+
+    fn unreachable(&self, error: &dyn std::fmt::Display) -> Denial {
+        Denial::Engine(format!(
+            "builder could not reach the Docker engine at {}: {error}",
+            self.engine.display()
+        ))
+    }
+
     /// One request to the engine, on a connection of its own.
     async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Denial> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Denial::Engine(format!(
-                "builder could not reach the Docker engine at {}: {e}",
-                self.engine.display()
-            ))
-        };
-        let stream = UnixStream::connect(&self.engine)
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let unreachable = |e: &dyn std::fmt::Display| self.unreachable(e);
+        let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| unreachable(&e))?;
@@ -738,15 +775,14 @@ impl Proxy {
         self.forward(rebuilt(parts, &body)).await
     }
 
-    /// `docker build`: its network judged as a container's (`cloudbuild` is the build's), and
-    /// its Dockerfile's images made local as it streams by ([`scanned`]).
-    async fn build(self: &Arc<Self>, request: Request<Body>) -> Result<Response<Body>, Denial> {
-        let (mut parts, body) = request.into_parts();
-        let network = query_value(parts.uri.query(), "networkmode");
+    /// A `docker build`'s target with its network judged as a container's (`cloudbuild` is the
+    /// build's).
+    async fn build_network(&self, target: &hyper::Uri) -> Result<hyper::Uri, Denial> {
+        let network = query_value(target.query(), "networkmode");
         match network.as_deref() {
             Some(CLOUDBUILD_NETWORK) => {
-                let query = with_pair(parts.uri.query(), "networkmode", &self.scope.network);
-                parts.uri = with_query(parts.uri.path(), &query)?;
+                let query = with_pair(target.query(), "networkmode", &self.scope.network);
+                return with_query(target.path(), &query);
             }
             Some("host") if !self.scope.trusted => {
                 return Err(refused(
@@ -756,14 +792,17 @@ impl Proxy {
             Some("" | "default" | "bridge" | "none" | "host") | None => {}
             Some(network) => self.own(Kind::Network, network).await?,
         }
-        let query = parts.uri.query();
-        // BuildKit's context and Dockerfile come through its session; a remote context is the
-        // engine's to fetch.
-        let buildkit = query_value(query, "version").as_deref() == Some("2");
-        let remote = query_value(query, "remote").is_some_and(|r| !r.is_empty());
-        if buildkit || remote {
-            return self.forward(Request::from_parts(parts, body)).await;
-        }
+        Ok(target.clone())
+    }
+
+    /// A classic `docker build` to `target` ([`relay`]): its target as the engine gets it, and
+    /// the scan that makes its Dockerfile's images local as its context streams by.
+    async fn classic_build(
+        self: &Arc<Self>,
+        target: &hyper::Uri,
+    ) -> Result<(hyper::Uri, ContextScan), Denial> {
+        let target = self.build_network(target).await?;
+        let query = target.query();
         let name = query_value(query, "dockerfile").unwrap_or_else(|| "Dockerfile".into());
         let build_args: BTreeMap<String, Option<String>> = query_value(query, "buildargs")
             .filter(|args| !args.is_empty())
@@ -786,14 +825,7 @@ impl Proxy {
                 Ok(())
             })
         });
-        let failure = Failure::default();
-        let body = scanned(body, &name, resolve, failure.clone());
-        let answer = self.forward(Request::from_parts(parts, body)).await;
-        // A context cut short: the engine's answer (if any) is about that, not why.
-        match failure.take() {
-            Some(denial) => Err(denial),
-            None => answer,
-        }
+        Ok((target, ContextScan::new(&name, resolve)))
     }
 
     /// Makes the Dockerfile's image `written` local under that name, through its alias or

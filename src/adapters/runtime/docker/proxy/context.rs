@@ -1,109 +1,44 @@
-//! A `docker build`'s context passed through to the engine while it is scanned for its
-//! Dockerfile, so that the endpoint ([`super`]) can make the Dockerfile's images local
-//! before the engine builds.
+//! A `docker build`'s context scanned for its Dockerfile as it passes to the engine
+//! ([`relay`](super::relay)), so that the endpoint ([`super`]) can make the Dockerfile's images
+//! local before the engine builds.
 //!
-//! Nothing is held but one chunk: the engine's classic builder unpacks the whole context before
-//! it reads the Dockerfile, and cannot finish unpacking without the archive's last blocks. So
-//! every chunk goes on as soon as the next one arrives, the images are resolved as soon as the
-//! Dockerfile has passed (meanwhile the rest streams), and the last chunk waits for them. Where
-//! the Dockerfile is in the archive (the CLI puts one from the context's root early, one from
+//! Nothing is held back but the context's last byte, and that only until the images are
+//! resolved: the engine's classic builder unpacks the whole context before it reads the
+//! Dockerfile, and cannot finish unpacking without the archive's last byte. The images are
+//! resolved as soon as the Dockerfile has passed (meanwhile the rest streams). Where the
+//! Dockerfile is in the archive (the CLI puts one from the context's root early, one from
 //! elsewhere last) changes nothing.
 
-use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
-
-use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, BodyStream, StreamBody};
-use hyper::body::Frame;
+use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::{Body, Denial};
+use super::Denial;
 use crate::core::dockerfile;
 
 /// What resolves a found Dockerfile's images (its text in, done or why not out).
 pub type Resolve = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<(), Denial>> + Send>;
 
-/// Why a context passed through [`scanned`] was cut short, once it was.
-#[derive(Clone, Default)]
-pub struct Failure(Arc<Mutex<Option<Denial>>>);
-
-impl Failure {
-    pub fn take(&self) -> Option<Denial> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-
-    fn set(&self, denial: Denial) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(denial);
-    }
-}
-
-/// The context `body`, passed on chunk by chunk, its file `dockerfile` given to `resolve` as
-/// soon as it has passed (resolving runs on a task of its own, alongside the upload); the last
-/// chunk goes once resolving is done. A resolving that fails cuts the context short with an
-/// error, and `failure` says why. A context that is no tar (compressed) or has no such file
-/// passes unresolved.
-pub fn scanned(body: Body, dockerfile: &str, resolve: Resolve, failure: Failure) -> Body {
-    let pass = Pass {
-        frames: BodyStream::new(body),
-        scan: Some(TarScan::new(dockerfile)),
-        resolve: Some(resolve),
-        resolving: None,
-        held: None,
-        ended: false,
-        failure,
-    };
-    StreamBody::new(futures_util::stream::unfold(pass, Pass::next)).boxed_unsync()
-}
-
-struct Pass {
-    frames: BodyStream<Body>,
+/// A context's scan for its Dockerfile `dockerfile`, given to `resolve` as soon as it has passed
+/// (resolving runs on a task of its own, alongside the upload). A context that is no tar
+/// (compressed) or has no such file is settled unresolved.
+pub struct ContextScan {
     scan: Option<TarScan>,
     resolve: Option<Resolve>,
-    resolving: Option<tokio::task::JoinHandle<Result<(), Denial>>>,
-    /// The chunk that goes once the next one has come, or once resolving is done.
-    held: Option<Bytes>,
-    ended: bool,
-    failure: Failure,
+    resolving: Option<JoinHandle<Result<(), Denial>>>,
 }
 
-type Item = Result<Frame<Bytes>, io::Error>;
-
-impl Pass {
-    async fn next(mut self) -> Option<(Item, Self)> {
-        while !self.ended {
-            match self.frames.next().await {
-                Some(Ok(frame)) => {
-                    // A request body has data frames only; trailers are not passed.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    self.scan(&data);
-                    if let Some(previous) = self.held.replace(data) {
-                        return Some((Ok(Frame::data(previous)), self));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.ended = true;
-                    return Some((Err(e), self));
-                }
-                None => {
-                    self.ended = true;
-                    if let Err(denial) = self.resolved().await {
-                        self.failure.set(denial);
-                        let cut =
-                            io::Error::other("builder could not resolve the Dockerfile's images");
-                        return Some((Err(cut), self));
-                    }
-                }
-            }
+impl ContextScan {
+    pub fn new(dockerfile: &str, resolve: Resolve) -> Self {
+        Self {
+            scan: Some(TarScan::new(dockerfile)),
+            resolve: Some(resolve),
+            resolving: None,
         }
-        let last = self.held.take()?;
-        Some((Ok(Frame::data(last)), self))
     }
 
-    fn scan(&mut self, data: &[u8]) {
+    /// Scans the context's next bytes.
+    pub fn feed(&mut self, data: &[u8]) {
         let Some(scan) = &mut self.scan else {
             return;
         };
@@ -120,7 +55,18 @@ impl Pass {
         self.scan = None;
     }
 
-    async fn resolved(&mut self) -> Result<(), Denial> {
+    /// Whether the engine may have the whole context now: the Dockerfile's images are local,
+    /// or there are none to make local. Resolving that failed is its error.
+    pub async fn settled(&mut self) -> Result<bool, Denial> {
+        match &self.resolving {
+            _ if self.scan.is_some() => Ok(false),
+            Some(resolving) if !resolving.is_finished() => Ok(false),
+            _ => self.resolved().await.map(|()| true),
+        }
+    }
+
+    /// Waits for the Dockerfile's images, if it was found.
+    pub async fn resolved(&mut self) -> Result<(), Denial> {
         let Some(resolving) = self.resolving.take() else {
             return Ok(());
         };
@@ -133,7 +79,7 @@ impl Pass {
         });
         debug!(
             waited_ms = waiting.elapsed().as_millis(),
-            "the context's last chunk waited for the Dockerfile's images"
+            "the context's last byte waited for the Dockerfile's images"
         );
         resolved
     }
