@@ -7,7 +7,8 @@
 # expansions, dynamic values), webhook (payload parsing, signature header), gcloudignore (rules
 # judging paths at several depths), archive (unpacking an upload), trigger (trigger and schedule files),
 # access (a request's Host against the allowlist, a console session cookie), logs (step output
-# into masked lines), github_report (what GitHub is told of a build).
+# into masked lines), github_report (what GitHub is told of a build), framing (a step's request
+# bodies as a build's engine endpoint follows them).
 #
 # Each target starts from its saved corpus (fuzz/corpus/T, read only) and writes what it finds
 # to a scratch directory, so a run leaves the repository as it was. A crash is written to
@@ -41,7 +42,7 @@ flags=(-O -s "$SANITIZER")
 [ "${TRACE_COMPARES:-1}" != 0 ] || flags+=(--no-trace-compares)
 if [ -z "${TMPDIR:-}" ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report)
+[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report framing)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 cargo +nightly fuzz build "${flags[@]}"
 scratch=$(mktemp -d)

@@ -188,3 +188,28 @@ pub fn logs(data: &[u8]) {
     }
     let _ = assembler.finish();
 }
+
+/// A request body as a build's engine endpoint follows it on a step's connection (chunked, the
+/// framing it reads itself): read whole and in pieces of the size the first byte picks, it has
+/// the same data and ends at the same byte, or is refused both ways.
+pub fn framing(data: &[u8]) {
+    use builder::adapters::runtime::docker::proxy::framing::{Body, Chunked};
+    fn follow(body: &[u8], piece: usize) -> Option<(Vec<u8>, Option<usize>)> {
+        let mut framing = Body::Chunked(Chunked::default());
+        let mut data = Vec::new();
+        for (n, part) in body.chunks(piece).enumerate() {
+            let ended = framing
+                .feed(part, |range| data.extend_from_slice(&part[range]))
+                .ok()?;
+            if let Some(end) = ended {
+                return Some((data, Some(n * piece + end)));
+            }
+        }
+        Some((data, None))
+    }
+    let Some((&piece, body)) = data.split_first() else {
+        return;
+    };
+    let whole = follow(body, body.len().max(1));
+    assert_eq!(whole, follow(body, usize::from(piece).max(1)));
+}

@@ -66,3 +66,8 @@ fn github_report() {
 fn logs() {
     replay("logs", targets::logs);
 }
+
+#[test]
+fn framing() {
+    replay("framing", targets::framing);
+}

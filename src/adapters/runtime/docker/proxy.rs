@@ -16,6 +16,11 @@
 //!   [`context`]). BuildKit builds (`/session`, `version=2`) carry the Dockerfile inside their
 //!   session, which is passed through unread: their images are not resolved.
 //!
+//! A classic `docker build` is taken off the step's connection ([`split`]) and relayed by hand
+//! ([`relay`]): its context (often hundreds of megabytes) costs one copy in and one out, in one
+//! task, where hyper's decoding and re-encoding cost half as much CPU again and a hand-off
+//! between tasks per chunk (bench/endpoint.sh).
+//!
 //! Everything else passes through untouched and unbuffered, version prefixes (`/v1.41/…`)
 //! included: bodies stream both ways, and a request the engine upgrades (attach, exec, BuildKit's
 //! `/session` and `/grpc`) becomes a byte pipe once the engine's `101` head is through.
@@ -201,7 +206,7 @@ async fn accept(listener: UnixListener, proxy: Arc<Proxy>) -> io::Result<()> {
 async fn serve(proxy: Arc<Proxy>, stream: UnixStream) {
     let stop = proxy.stop.clone();
     let stream = Arc::new(stream);
-    let (split, taken) = Split::new(stream.clone());
+    let (split, mut taken) = Split::new(stream.clone());
     let service = service_fn({
         let proxy = proxy.clone();
         move |request| {
@@ -218,8 +223,9 @@ async fn serve(proxy: Arc<Proxy>, stream: UnixStream) {
         },
         () = stop.cancelled() => return,
     }
-    // Hyper is done with the connection (it saw it end where the build's head was taken).
-    if let Ok(taken) = taken.await
+    // Hyper is done with the connection (it saw it end where the build's head was taken, if
+    // one was: the head was sent before).
+    if let Ok(taken) = taken.try_recv()
         && let Ok(stream) = Arc::try_unwrap(stream)
     {
         tokio::select! {

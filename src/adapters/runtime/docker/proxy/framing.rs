@@ -225,7 +225,10 @@ mod tests {
         assert_eq!(body.feed(b"abc", |range| data.push(range)), Ok(None));
         assert_eq!(body.feed(b"deGET", |range| data.push(range)), Ok(Some(2)));
         assert_eq!(data, [0..3, 0..2]);
-        assert_eq!(Body::Length(0).feed(b"GET", |_| panic!("no data")), Ok(Some(0)));
+        assert_eq!(
+            Body::Length(0).feed(b"GET", |_| panic!("no data")),
+            Ok(Some(0))
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ const READ_SIZE: usize = 256 * 1024;
 pub(super) async fn relay(proxy: Arc<Proxy>, step: UnixStream, taken: Taken) {
     let Taken { head, rest } = taken;
     let target = head.target.to_string();
-    let (from_step, mut to_step) = step.into_split();
+    let (mut from_step, mut to_step) = step.into_split();
     let answered = AtomicBool::new(false);
     let relayed = async {
         let (target, scan) = proxy.classic_build(&head.target).await?;
@@ -42,7 +42,7 @@ pub(super) async fn relay(proxy: Arc<Proxy>, step: UnixStream, taken: Taken) {
             .await
             .map_err(|e| lost("sending the build to the engine", &e))?;
         // The engine's side stays open until its answer ends: its end there would cancel the build.
-        let upload = upload(from_step, &mut to_engine, rest, head.body, scan);
+        let upload = upload(&mut from_step, &mut to_engine, rest, head.body, scan);
         let download = download(from_engine, &mut to_step, &answered);
         tokio::pin!(download);
         tokio::select! {
@@ -61,6 +61,10 @@ pub(super) async fn relay(proxy: Arc<Proxy>, step: UnixStream, taken: Taken) {
         // An answer begun is the engine's, about the context cut short; the step sees it end.
         if !answered.load(Ordering::Relaxed) {
             let _ = to_step.write_all(&denial_response(&proxy, &denial)).await;
+            let _ = to_step.shutdown().await;
+            // The step may still be sending its context: it reads the answer once it is done,
+            // or it would see its connection reset instead.
+            let _ = tokio::io::copy(&mut from_step, &mut tokio::io::sink()).await;
         }
     }
     let _ = to_step.shutdown().await;
@@ -104,7 +108,7 @@ fn lost(what: &str, error: &std::io::Error) -> Denial {
 /// the Dockerfile's images are unsettled, the last byte of the context read so far (and the
 /// framing after it) waits: the engine cannot finish unpacking without it.
 async fn upload(
-    mut step: OwnedReadHalf,
+    step: &mut OwnedReadHalf,
     engine: &mut OwnedWriteHalf,
     mut pending: BytesMut,
     mut body: Body,
