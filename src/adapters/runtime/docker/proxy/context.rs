@@ -9,6 +9,7 @@
 //! Dockerfile is in the archive (the CLI puts one from the context's root early, one from
 //! elsewhere last) changes nothing.
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -55,13 +56,44 @@ impl ContextScan {
         self.scan = None;
     }
 
+    /// How many of the context's next bytes the scan need not see (file data it passes over).
+    pub fn skippable(&self) -> u64 {
+        match &self.scan {
+            None => u64::MAX,
+            Some(scan) => match scan.state {
+                TarState::Skip(left) => left,
+                _ => 0,
+            },
+        }
+    }
+
+    /// Passes over `count` bytes the scan need not see (at most [`ContextScan::skippable`]).
+    pub fn skip(&mut self, count: u64) {
+        if let Some(scan) = &mut self.scan
+            && let TarState::Skip(left) = &mut scan.state
+        {
+            *left -= count;
+            if *left == 0 {
+                scan.state = TarState::Header(Vec::with_capacity(512));
+            }
+        }
+    }
+
     /// Whether the engine may have the whole context now: the Dockerfile's images are local,
     /// or there are none to make local. Resolving that failed is its error.
-    pub async fn settled(&mut self) -> Result<bool, Denial> {
-        match &self.resolving {
-            _ if self.scan.is_some() => Ok(false),
-            Some(resolving) if !resolving.is_finished() => Ok(false),
-            _ => self.resolved().await.map(|()| true),
+    pub fn settled(&mut self) -> Result<bool, Denial> {
+        if self.scan.is_some() {
+            return Ok(false);
+        }
+        let Some(resolving) = &mut self.resolving else {
+            return Ok(true);
+        };
+        match resolving.now_or_never() {
+            None => Ok(false),
+            Some(resolved) => {
+                self.resolving = None;
+                resolved.unwrap_or_else(|e| Err(failed(&e))).map(|()| true)
+            }
         }
     }
 
@@ -72,17 +104,17 @@ impl ContextScan {
         };
         // What the endpoint adds to a build whose Dockerfile comes late in its context.
         let waiting = std::time::Instant::now();
-        let resolved = resolving.await.unwrap_or_else(|e| {
-            Err(Denial::Engine(format!(
-                "resolving the Dockerfile's images failed: {e}"
-            )))
-        });
+        let resolved = resolving.await.unwrap_or_else(|e| Err(failed(&e)));
         debug!(
             waited_ms = waiting.elapsed().as_millis(),
             "the context's last byte waited for the Dockerfile's images"
         );
         resolved
     }
+}
+
+fn failed(error: &tokio::task::JoinError) -> Denial {
+    Denial::Engine(format!("resolving the Dockerfile's images failed: {error}"))
 }
 
 /// Where a [`TarScan`] is in the archive.

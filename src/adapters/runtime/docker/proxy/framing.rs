@@ -39,6 +39,40 @@ impl Body {
             }
         }
     }
+
+    /// How many of the next bytes are data, known without reading them.
+    pub fn data_ahead(&self) -> u64 {
+        match self {
+            Body::Length(left) => *left,
+            Body::Chunked(Chunked {
+                state: State::Data(left),
+            }) => *left,
+            Body::Chunked(_) => 0,
+        }
+    }
+
+    /// Passes over `count` bytes of data, unread (at most [`Body::data_ahead`]).
+    pub fn skip_data(&mut self, count: u64) {
+        match self {
+            Body::Length(left) => *left -= count,
+            Body::Chunked(chunked) => {
+                if let State::Data(left) = chunked.state {
+                    chunked.state = match left - count {
+                        0 => State::DataCr,
+                        left => State::Data(left),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Whether the body has ended.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self,
+            Body::Length(0) | Body::Chunked(Chunked { state: State::Done })
+        )
+    }
 }
 
 /// The body does not follow the chunked grammar.

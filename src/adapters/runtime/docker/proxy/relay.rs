@@ -8,64 +8,80 @@
 //! engine reads the same request, and no other from this connection. The step's connection is
 //! closed after the answer (which says so), as the engine's is.
 
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Buf, BytesMut};
 use hyper::Uri;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustix::event::{self, PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::net::{self, RecvFlags};
+use rustix::pipe::{self, PipeFlags, SpliceFlags};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use super::context::ContextScan;
-use super::framing::Body;
+use super::framing::{Body, Malformed};
 use super::split::{Head, Taken};
 use super::{Denial, Proxy};
 
-/// How much of the context is read from the step at once, at most.
-const READ_SIZE: usize = 256 * 1024;
+/// The pipe a build's context passes through, if the system allows one this large.
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// Sends the build `taken` from `step` to the engine, and the engine's answer (or why there is
 /// none) back; then closes the step's connection.
 pub(super) async fn relay(proxy: Arc<Proxy>, step: UnixStream, taken: Taken) {
     let Taken { head, rest } = taken;
     let target = head.target.to_string();
-    let (mut from_step, mut to_step) = step.into_split();
-    let answered = AtomicBool::new(false);
-    let relayed = async {
+    let prepared = async {
         let (target, scan) = proxy.classic_build(&head.target).await?;
         let engine = proxy.connect().await?;
-        let (from_engine, mut to_engine) = engine.into_split();
-        to_engine
-            .write_all(&request_head(&head, &target))
-            .await
-            .map_err(|e| lost("sending the build to the engine", &e))?;
-        // The engine's side stays open until its answer ends: its end there would cancel the build.
-        let upload = upload(&mut from_step, &mut to_engine, rest, head.body, scan);
-        let download = download(from_engine, &mut to_step, &answered);
-        tokio::pin!(download);
-        tokio::select! {
-            uploaded = upload => {
-                uploaded?;
-                download.await
-            }
-            downloaded = &mut download => downloaded,
+        let pipes = Pipes::new().map_err(|e| lost("making the build's pipes", &e))?;
+        Ok((request_head(&head, &target), engine, scan, pipes))
+    };
+    let (relayed, step) = match prepared.await {
+        Err(denial) => (Err(denial), step),
+        Ok((request, engine, scan, (pipes, _cancel))) => {
+            // Both connections leave tokio's reactor for the relay's threads: it would wake for
+            // every chunk that passes otherwise. Dropping `cancel` (a teardown drops this
+            // future) ends the threads.
+            let (Ok(step), Ok(engine)) = (step.into_std(), engine.into_std()) else {
+                return warn!(%target, "a build's connections could not leave the reactor");
+            };
+            let conduit = Conduit {
+                step,
+                engine,
+                pipes,
+                queued: 0,
+                held: 0,
+                body: head.body,
+                scan,
+            };
+            let relayed = tokio::task::spawn_blocking(move || conduit.relay(&request, &rest));
+            let Ok((relayed, step)) = relayed.await else {
+                return warn!(%target, "a build's relay failed");
+            };
+            let Ok(step) = UnixStream::from_std(step) else {
+                return;
+            };
+            (relayed, step)
         }
     };
-    if let Err(denial) = relayed.await {
+    let (mut from_step, mut to_step) = step.into_split();
+    if let Err(denial) = relayed {
         match &denial {
             Denial::Engine(detail) => warn!(%target, %detail, "a build's relay failed"),
             other => debug!(%target, denial = ?other, "a build was cut short"),
         }
-        // An answer begun is the engine's, about the context cut short; the step sees it end.
-        if !answered.load(Ordering::Relaxed) {
-            let _ = to_step.write_all(&denial_response(&proxy, &denial)).await;
-            let _ = to_step.shutdown().await;
-            // The step may still be sending its context: it reads the answer once it is done,
-            // or it would see its connection reset instead.
-            let _ = tokio::io::copy(&mut from_step, &mut tokio::io::sink()).await;
-        }
+        let _ = to_step.write_all(&denial_response(&proxy, &denial)).await;
+        let _ = to_step.shutdown().await;
+        // The step may still be sending its context: it reads the answer once it is done,
+        // or it would see its connection reset instead.
+        let _ = tokio::io::copy(&mut from_step, &mut tokio::io::sink()).await;
     }
     let _ = to_step.shutdown().await;
 }
@@ -100,90 +116,336 @@ fn denial_response(proxy: &Proxy, denial: &Denial) -> Vec<u8> {
     .into_bytes()
 }
 
-fn lost(what: &str, error: &std::io::Error) -> Denial {
+fn lost(what: &str, error: &io::Error) -> Denial {
     Denial::Engine(format!("{what}: {error}"))
 }
 
-/// The body from the step to the engine, starting with `pending` (read with the head). While
-/// the Dockerfile's images are unsettled, the last byte of the context read so far (and the
-/// framing after it) waits: the engine cannot finish unpacking without it.
-async fn upload(
-    step: &mut OwnedReadHalf,
-    engine: &mut OwnedWriteHalf,
-    mut pending: BytesMut,
-    mut body: Body,
-    mut scan: ContextScan,
-) -> Result<(), Denial> {
-    // `pending[..judged]` has been read for framing and scanned; `held` is where its last byte
-    // of context is.
-    let mut judged = 0;
-    let mut held = None;
-    loop {
-        let new = &pending[judged..];
-        let mut last = None;
-        let ended = body
-            .feed(new, |data| {
-                scan.feed(&new[data.clone()]);
-                last = Some(data.end - 1);
-            })
-            .map_err(|malformed| {
-                Denial::Invalid(format!("the build's context: {}", malformed.0))
-            })?;
-        if let Some(last) = last {
-            held = Some(judged + last);
-        }
-        if let Some(end) = ended {
-            // A client's pipelined bytes after the body: this connection closes after the answer.
-            pending.truncate(judged + end);
-            scan.resolved().await?;
-            return engine
-                .write_all(&pending)
-                .await
-                .map_err(|e| lost("sending the build's context to the engine", &e));
-        }
-        judged = pending.len();
-        let sendable = match (scan.settled().await?, held) {
-            (false, Some(held)) => held,
-            _ => judged,
+/// The way a build's context takes to the engine: from the step's socket into a pipe and from
+/// the pipe into the engine's socket, moved in the kernel (`splice`); only what must be looked at
+/// (the framing's lines, the archive's headers) is read here. It runs on a thread of its own
+/// (tokio's blocking pool), waiting in `poll`: a task's wake-ups, chunk after chunk, cost more
+/// than the copies spared (bench/endpoint.sh).
+struct Conduit {
+    step: StdUnixStream,
+    engine: StdUnixStream,
+    pipes: Pipes,
+    /// Bytes in the pipe, and how many at its end wait while the Dockerfile's images are
+    /// unsettled: from the context's last byte read so far on (the engine cannot finish
+    /// unpacking without it).
+    queued: usize,
+    held: usize,
+    body: Body,
+    scan: ContextScan,
+}
+
+/// The pipe the context passes through, and the end of one that says the relay is over.
+struct Pipes {
+    from_pipe: OwnedFd,
+    into_pipe: OwnedFd,
+    capacity: usize,
+    /// Hangs up once its other end, the relay's `cancel`, is dropped.
+    cancelled: OwnedFd,
+}
+
+impl Pipes {
+    /// The pipes, and `cancel`.
+    fn new() -> io::Result<(Self, OwnedFd)> {
+        let (from_pipe, into_pipe) = pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // A larger pipe moves more at once; the system's limit may refuse it.
+        let capacity = pipe::fcntl_setpipe_size(&into_pipe, PIPE_SIZE)
+            .or_else(|_| pipe::fcntl_getpipe_size(&into_pipe))?;
+        let (cancelled, cancel) = pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let pipes = Self {
+            from_pipe,
+            into_pipe,
+            capacity,
+            cancelled,
         };
-        engine
-            .write_all(&pending[..sendable])
-            .await
+        Ok((pipes, cancel))
+    }
+}
+
+impl Conduit {
+    /// The build to the engine and its answer back: the context on this thread, the answer on
+    /// another. `Err` if the step is to be told why instead (nothing of an answer was sent);
+    /// the step's connection comes back either way.
+    fn relay(mut self, request: &[u8], rest: &[u8]) -> (Result<(), Denial>, StdUnixStream) {
+        let answered = AtomicBool::new(false);
+        let clones = (
+            self.engine.try_clone(),
+            self.step.try_clone(),
+            self.pipes.cancelled.try_clone(),
+        );
+        let (Ok(engine), Ok(step), Ok(cancelled)) = clones else {
+            let denial = Denial::Engine("builder could not share the build's connections".into());
+            return (Err(denial), self.step);
+        };
+        let relayed = std::thread::scope(|threads| {
+            let answer = threads.spawn(|| answer(&engine, &step, cancelled.as_fd(), &answered));
+            let uploaded = self.send_head(request).and_then(|()| self.upload(rest));
+            match &uploaded {
+                // The engine's answer says more than its connection's end.
+                Err(denial) if *denial == engine_ended() => {}
+                // Cut short: the engine sees its connection end (and cancels the build); the
+                // answer's thread, its end.
+                Err(_) => {
+                    let _ = net::shutdown(&self.engine, net::Shutdown::Both);
+                }
+                Ok(()) => {}
+            }
+            let answer = answer.join().unwrap_or_else(|_| Err(engine_ended()));
+            match (uploaded, answered.load(Ordering::Relaxed)) {
+                (_, true) => Ok(()),
+                (Err(denial), false) => Err(denial),
+                (Ok(()), false) => answer.and(Err(engine_ended())),
+            }
+        });
+        (relayed, self.step)
+    }
+
+    fn send_head(&self, request: &[u8]) -> Result<(), Denial> {
+        let mut sent = 0;
+        while sent < request.len() {
+            sent += retry(
+                &self.engine,
+                PollFlags::OUT,
+                self.pipes.cancelled.as_fd(),
+                || rustix::io::write(&self.engine, &request[sent..]),
+            )
+            .map_err(|e| lost("sending the build to the engine", &e))?;
+        }
+        Ok(())
+    }
+
+    /// The body to the engine, starting with `rest` (read with the head). The answer is not
+    /// this side's: the engine's side stays open until it ends (its end would cancel the build).
+    fn upload(&mut self, rest: &[u8]) -> Result<(), Denial> {
+        self.take_in(rest)?;
+        let mut buffer = [0; 4096];
+        while !self.body.ended() {
+            if self.pipes.capacity - self.queued < self.pipes.capacity / 2 {
+                self.drain()?;
+            }
+            let room = self.pipes.capacity - self.queued;
+            if self.body.data_ahead() == 0 {
+                // At the framing: its line, and as much data after it as can pass unread.
+                let peeked = self.wait_for_step(|this| {
+                    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+                    net::recv(&this.step, &mut buffer[..64], flags).map(|(read, _)| read)
+                })?;
+                let framing = framing_length(&self.body, &buffer[..peeked])?;
+                let mut after = self.body.clone();
+                after.feed(&buffer[..framing], |_| {}).map_err(malformed)?;
+                let data = after.data_ahead().min(self.scan.skippable());
+                let wanted = (framing as u64 + data).min(room as u64) as usize;
+                let moved = self.splice_from_step(wanted)?;
+                let framing = framing.min(moved);
+                self.body
+                    .feed(&buffer[..framing], |_| {})
+                    .map_err(malformed)?;
+                self.passed(framing, moved - framing);
+            } else if self.scan.skippable() == 0 {
+                // The archive's headers (and the Dockerfile), read to be scanned.
+                let wanted = (self.body.data_ahead().min(buffer.len() as u64)) as usize;
+                let read = self.wait_for_step(|this| {
+                    let flags = RecvFlags::DONTWAIT;
+                    net::recv(&this.step, &mut buffer[..wanted], flags).map(|(read, _)| read)
+                })?;
+                self.take_in(&buffer[..read])?;
+            } else {
+                let data = self.body.data_ahead().min(self.scan.skippable());
+                let moved = self.splice_from_step(data.min(room as u64) as usize)?;
+                self.passed(0, moved);
+            }
+        }
+        // The body is whole: its last byte waits for nothing but the images.
+        Handle::current().block_on(self.scan.resolved())?;
+        self.send(self.queued)
+    }
+
+    /// Takes in `bytes` read here: scanned, framed, and written to the pipe.
+    fn take_in(&mut self, bytes: &[u8]) -> Result<(), Denial> {
+        let mut last = None;
+        let scan = &mut self.scan;
+        let ended = self
+            .body
+            .feed(bytes, |data| {
+                scan.feed(&bytes[data.clone()]);
+                last = Some(data.end);
+            })
+            .map_err(malformed)?;
+        let bytes = &bytes[..ended.unwrap_or(bytes.len())];
+        let mut written = 0;
+        while written < bytes.len() {
+            match rustix::io::write(&self.pipes.into_pipe, &bytes[written..]) {
+                Ok(count) => written += count,
+                Err(Errno::AGAIN) => self.drain()?,
+                Err(e) => return Err(lost("passing the build's context on", &e.into())),
+            }
+        }
+        self.queued += bytes.len();
+        self.held = match last {
+            Some(last) => bytes.len() - last + 1,
+            None if self.held > 0 => self.held + bytes.len(),
+            None => 0,
+        };
+        Ok(())
+    }
+
+    /// What `framing` bytes of framing and `data` bytes of data, in that order, into the pipe
+    /// unread make of the body, the scan and what waits.
+    fn passed(&mut self, framing: usize, data: usize) {
+        self.body.skip_data(data as u64);
+        self.scan.skip(data as u64);
+        self.queued += framing + data;
+        self.held = match (data, self.held) {
+            (0, 0) => 0,
+            (0, held) => held + framing,
+            _ => 1,
+        };
+    }
+
+    /// Up to `count` of the step's bytes into the pipe: how many (waiting for some).
+    fn splice_from_step(&mut self, count: usize) -> Result<usize, Denial> {
+        self.wait_for_step(|this| {
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            pipe::splice(&this.step, None, &this.pipes.into_pipe, None, count, flags)
+        })
+    }
+
+    /// The pipe to the engine, but what waits.
+    fn drain(&mut self) -> Result<(), Denial> {
+        if self.scan.settled()? {
+            self.held = 0;
+        }
+        self.send(self.queued - self.held)
+    }
+
+    /// The pipe's first `count` bytes to the engine.
+    fn send(&mut self, count: usize) -> Result<(), Denial> {
+        let mut left = count;
+        while left > 0 {
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            let moved = retry(
+                &self.engine,
+                PollFlags::OUT,
+                self.pipes.cancelled.as_fd(),
+                || pipe::splice(&self.pipes.from_pipe, None, &self.engine, None, left, flags),
+            )
             .map_err(|e| lost("sending the build's context to the engine", &e))?;
-        pending.advance(sendable);
-        judged -= sendable;
-        held = held.filter(|at| *at >= sendable).map(|at| at - sendable);
-        pending.reserve(READ_SIZE);
-        let read = step
-            .read_buf(&mut pending)
-            .await
-            .map_err(|e| Denial::Invalid(format!("reading the build's context: {e}")))?;
-        if read == 0 {
-            return Err(Denial::Invalid(
-                "the build's context ended before its framing did".into(),
-            ));
+            if moved == 0 {
+                return Err(engine_ended());
+            }
+            left -= moved;
+        }
+        self.queued -= count;
+        Ok(())
+    }
+
+    /// `attempt` on the step's socket once it has bytes, again while it would block; the pipe
+    /// goes to the engine meanwhile. Ends with an error once the step's side has ended, or the
+    /// engine's (the relay's end, or the engine's answer begun).
+    fn wait_for_step(
+        &mut self,
+        mut attempt: impl FnMut(&Self) -> rustix::io::Result<usize>,
+    ) -> Result<usize, Denial> {
+        loop {
+            match attempt(self) {
+                Ok(0) => {
+                    return Err(Denial::Invalid(
+                        "the build's context ended before its framing did".into(),
+                    ));
+                }
+                Ok(count) => return Ok(count),
+                Err(Errno::AGAIN) => {}
+                Err(e) => return Err(Denial::Invalid(format!("reading the build's context: {e}"))),
+            }
+            self.drain()?;
+            let cancelled = self.pipes.cancelled.as_fd();
+            let mut fds = [
+                PollFd::new(&self.step, PollFlags::IN),
+                PollFd::new(&self.engine, PollFlags::empty()),
+                PollFd::new(&cancelled, PollFlags::IN),
+            ];
+            event::poll(&mut fds, None)
+                .map_err(|e| lost("waiting for the build's context", &e.into()))?;
+            if !fds[2].revents().is_empty() {
+                return Err(Denial::Engine("the build's relay was ended".into()));
+            }
+            if fds[1].revents().intersects(PollFlags::HUP | PollFlags::ERR) {
+                return Err(engine_ended());
+            }
         }
     }
 }
 
-/// The engine's answer to the step, as it comes, to its end; `answered` once it has begun.
-async fn download(
-    mut engine: OwnedReadHalf,
-    step: &mut OwnedWriteHalf,
+/// `attempt` again while it would block, once `fd` is ready for `events`; an error once the
+/// relay is `cancelled`.
+fn retry(
+    fd: impl AsFd,
+    events: PollFlags,
+    cancelled: BorrowedFd<'_>,
+    mut attempt: impl FnMut() -> rustix::io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        match attempt() {
+            Err(Errno::AGAIN) => {}
+            done => return done.map_err(io::Error::from),
+        }
+        let mut fds = [
+            PollFd::new(&fd, events),
+            PollFd::new(&cancelled, PollFlags::IN),
+        ];
+        event::poll(&mut fds, None)?;
+        if !fds[1].revents().is_empty() {
+            return Err(io::Error::other("the build's relay was ended"));
+        }
+    }
+}
+
+/// The engine's answer to the step as it comes, to its end; `answered` once it has begun.
+fn answer(
+    engine: &StdUnixStream,
+    step: &StdUnixStream,
+    cancelled: BorrowedFd<'_>,
     answered: &AtomicBool,
 ) -> Result<(), Denial> {
     let mut buffer = vec![0; 64 * 1024];
     loop {
-        let read = engine
-            .read(&mut buffer)
-            .await
-            .map_err(|e| lost("reading the engine's answer to the build", &e))?;
+        let read = retry(engine, PollFlags::IN, cancelled, || {
+            rustix::io::read(engine, &mut buffer)
+        })
+        .map_err(|e| lost("reading the engine's answer to the build", &e))?;
         if read == 0 {
             return Ok(());
         }
         answered.store(true, Ordering::Relaxed);
-        step.write_all(&buffer[..read])
-            .await
+        let mut written = 0;
+        while written < read {
+            written += retry(step, PollFlags::OUT, cancelled, || {
+                rustix::io::write(step, &buffer[written..read])
+            })
             .map_err(|e| Denial::Invalid(format!("the step's connection: {e}")))?;
+        }
     }
+}
+
+/// How many of `peeked`, the body's next bytes, are framing before its next data (or its end).
+fn framing_length(body: &Body, peeked: &[u8]) -> Result<usize, Denial> {
+    let mut probe = body.clone();
+    let mut first = None;
+    let ended = probe
+        .feed(peeked, |data| {
+            first.get_or_insert(data.start);
+        })
+        .map_err(malformed)?;
+    Ok(first.or(ended).unwrap_or(peeked.len()))
+}
+
+fn engine_ended() -> Denial {
+    Denial::Engine("the engine's connection ended".into())
+}
+
+fn malformed(malformed: Malformed) -> Denial {
+    Denial::Invalid(format!("the build's context: {}", malformed.0))
 }
