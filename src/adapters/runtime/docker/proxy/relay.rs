@@ -31,6 +31,9 @@ use super::{Denial, Proxy};
 
 /// The pipe a build's context passes through, if the system allows one this large.
 const PIPE_SIZE: usize = 1024 * 1024;
+/// How much of the context gathers in the pipe before it goes on: the engine, which reads as
+/// the step writes, must not wait for more.
+const SEND_AT: usize = 128 * 1024;
 
 /// Sends the build `taken` from `step` to the engine, and the engine's answer (or why there is
 /// none) back; then closes the step's connection.
@@ -223,7 +226,7 @@ impl Conduit {
         self.take_in(rest)?;
         let mut buffer = [0; 4096];
         while !self.body.ended() {
-            if self.pipes.capacity - self.queued < self.pipes.capacity / 2 {
+            if self.queued >= SEND_AT {
                 self.drain()?;
             }
             let room = self.pipes.capacity - self.queued;
