@@ -1,7 +1,7 @@
 //! A classic `docker build`, taken off a step's connection by [`split`](super::split): judged as
-//! the route judges one, then sent on to the engine on a connection of its own. Its context goes
-//! in one task, read and written in large pieces as it comes, and scanned for its Dockerfile on
-//! the way ([`ContextScan`]); the engine's answer comes back as it is.
+//! the route judges one, then sent on to the engine on a connection of its own. Its context moves
+//! from socket to socket in the kernel on a thread of its own ([`Conduit`]), scanned for its
+//! Dockerfile on the way ([`ContextScan`]); the engine's answer comes back as it is, on another.
 //!
 //! The head sent on is made here from the parsed one (its framing and `Connection: close`
 //! written anew), and the body ends where this side's strict reading of its framing says: the
