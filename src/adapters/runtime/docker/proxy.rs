@@ -32,7 +32,7 @@ pub mod context;
 pub mod framing;
 pub mod names;
 mod relay;
-pub mod split;
+mod split;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -73,6 +73,10 @@ const JSON_LIMIT: usize = 4 * 1024 * 1024;
 /// The largest container list read here, to show the build's names in it (a container's
 /// entry is about 1 KiB).
 const LIST_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Classic `docker build`s a build's endpoint relays at once; more wait their turn (a step
+/// runs a few at most).
+const RELAYS: usize = 8;
 
 /// The network name Cloud Build steps use; it stands for the build's own network.
 pub const CLOUDBUILD_NETWORK: &str = "cloudbuild";
@@ -133,6 +137,7 @@ impl Endpoint {
             stop: stop.clone(),
             known: Default::default(),
             local: Default::default(),
+            relays: Arc::new(tokio::sync::Semaphore::new(RELAYS)),
         });
         let serving = tokio::spawn(accept(listener, proxy).instrument(span.clone()));
         let stopped = stop.clone();
@@ -227,6 +232,7 @@ async fn serve(proxy: Arc<Proxy>, stream: UnixStream) {
     // one was: the head was sent before).
     if let Ok(taken) = taken.try_recv()
         && let Ok(stream) = Arc::try_unwrap(stream)
+        && let Ok(_relaying) = proxy.relays.clone().acquire_owned().await
     {
         tokio::select! {
             () = relay::relay(proxy, stream, taken) => {}
@@ -343,6 +349,8 @@ struct Proxy {
     /// unpacks a context, and when the Dockerfile comes last in it the last chunk waits for
     /// that answer. Emptied when a step removes an image through the endpoint.
     local: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Classic builds relayed at once: each holds two threads and a pipe.
+    relays: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -403,6 +411,17 @@ impl Proxy {
             // context then passes unscanned, as BuildKit's does.
             ["build"] if post => {
                 let (mut parts, body) = request.into_parts();
+                // The engine would read a form body's fields over the query's.
+                let form = parts.headers.get(header::CONTENT_TYPE).is_some_and(|kind| {
+                    let kind = kind.as_bytes().to_ascii_lowercase();
+                    kind.starts_with(b"application/x-www-form-urlencoded")
+                        || kind.starts_with(b"multipart/form-data")
+                });
+                if form {
+                    return Err(Denial::Invalid(
+                        "builder: a build's body is its context, not a form".into(),
+                    ));
+                }
                 parts.uri = self.build_network(&parts.uri).await?;
                 self.forward(Request::from_parts(parts, body)).await
             }

@@ -2,8 +2,8 @@
 //! ([`relay`](super::relay)), so that the endpoint ([`super`]) can make the Dockerfile's images
 //! local before the engine builds.
 //!
-//! Nothing is held back but the context's last byte, and that only until the images are
-//! resolved: the engine's classic builder unpacks the whole context before it reads the
+//! Nothing is held back but the context's last byte (and the framing after it), and that only
+//! until the images are resolved: the engine's classic builder unpacks the whole context before it reads the
 //! Dockerfile, and cannot finish unpacking without the archive's last byte. The images are
 //! resolved as soon as the Dockerfile has passed (meanwhile the rest streams). Where the
 //! Dockerfile is in the archive (the CLI puts one from the context's root early, one from
@@ -54,29 +54,6 @@ impl ContextScan {
             Scanned::Absent => {}
         }
         self.scan = None;
-    }
-
-    /// How many of the context's next bytes the scan need not see (file data it passes over).
-    pub fn skippable(&self) -> u64 {
-        match &self.scan {
-            None => u64::MAX,
-            Some(scan) => match scan.state {
-                TarState::Skip(left) => left,
-                _ => 0,
-            },
-        }
-    }
-
-    /// Passes over `count` bytes the scan need not see (at most [`ContextScan::skippable`]).
-    pub fn skip(&mut self, count: u64) {
-        if let Some(scan) = &mut self.scan
-            && let TarState::Skip(left) = &mut scan.state
-        {
-            *left -= count;
-            if *left == 0 {
-                scan.state = TarState::Header(Vec::with_capacity(512));
-            }
-        }
     }
 
     /// Whether the engine may have the whole context now: the Dockerfile's images are local,

@@ -93,7 +93,13 @@ pub(super) async fn relay(proxy: Arc<Proxy>, step: UnixStream, taken: Taken) {
 /// closes after the answer.
 fn request_head(head: &Head, target: &Uri) -> Vec<u8> {
     let mut bytes = format!("POST {target} HTTP/1.1\r\n").into_bytes();
-    for (name, value) in &head.headers {
+    // The engine reads a form body's fields over the query's (Go's `FormValue`): the body is
+    // the context, a tar, whatever the step says. No `100 Continue` either: the first answer
+    // the step sees is the build's or a refusal.
+    let skipped = ["content-type", "expect"];
+    for (name, value) in (head.headers.iter())
+        .filter(|(name, _)| !skipped.contains(&name.to_ascii_lowercase().as_str()))
+    {
         bytes.extend_from_slice(name.as_bytes());
         bytes.extend_from_slice(b": ");
         bytes.extend_from_slice(value);
@@ -103,7 +109,10 @@ fn request_head(head: &Head, target: &Uri) -> Vec<u8> {
         Body::Chunked(_) => "Transfer-Encoding: chunked".to_string(),
         Body::Length(length) => format!("Content-Length: {length}"),
     };
-    bytes.extend_from_slice(format!("{framing}\r\nConnection: close\r\n\r\n").as_bytes());
+    bytes.extend_from_slice(
+        format!("Content-Type: application/x-tar\r\n{framing}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
     bytes
 }
 
@@ -224,49 +233,51 @@ impl Conduit {
     /// this side's: the engine's side stays open until it ends (its end would cancel the build).
     fn upload(&mut self, rest: &[u8]) -> Result<(), Denial> {
         self.take_in(rest)?;
-        let mut buffer = [0; 4096];
+        let mut buffer = vec![0; 64 * 1024];
         while !self.body.ended() {
-            if self.queued >= SEND_AT {
+            if self.queued >= SEND_AT.min(self.pipes.capacity / 2) {
                 self.drain()?;
             }
+            if !self.scan.settled()? {
+                // Until the Dockerfile's images are settled, the context is read here: scanned,
+                // and its last byte kept back.
+                let read = self.wait_for_step(|this| {
+                    net::recv(&this.step, &mut buffer, RecvFlags::DONTWAIT).map(|(read, _)| read)
+                })?;
+                self.take_in(&buffer[..read])?;
+                continue;
+            }
+            // Then it passes unread: each chunk's framing line, peeked, and its data with it.
             let room = self.pipes.capacity - self.queued;
-            if self.body.data_ahead() == 0 {
-                // At the framing: its line, and as much data after it as can pass unread.
+            let mut framing = 0;
+            let mut data = self.body.data_ahead();
+            if data == 0 {
                 let peeked = self.wait_for_step(|this| {
                     let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
                     net::recv(&this.step, &mut buffer[..64], flags).map(|(read, _)| read)
                 })?;
-                let framing = framing_length(&self.body, &buffer[..peeked])?;
-                let mut after = self.body.clone();
-                after.feed(&buffer[..framing], |_| {}).map_err(malformed)?;
-                let data = after.data_ahead().min(self.scan.skippable());
-                let wanted = (framing as u64 + data).min(room as u64) as usize;
-                let moved = self.splice_from_step(wanted)?;
-                let framing = framing.min(moved);
-                self.body
-                    .feed(&buffer[..framing], |_| {})
-                    .map_err(malformed)?;
-                self.passed(framing, moved - framing);
-            } else if self.scan.skippable() == 0 {
-                // The archive's headers (and the Dockerfile), read to be scanned.
-                let wanted = (self.body.data_ahead().min(buffer.len() as u64)) as usize;
-                let read = self.wait_for_step(|this| {
-                    let flags = RecvFlags::DONTWAIT;
-                    net::recv(&this.step, &mut buffer[..wanted], flags).map(|(read, _)| read)
-                })?;
-                self.take_in(&buffer[..read])?;
-            } else {
-                let data = self.body.data_ahead().min(self.scan.skippable());
-                let moved = self.splice_from_step(data.min(room as u64) as usize)?;
-                self.passed(0, moved);
+                (framing, data) = framing_then_data(&self.body, &buffer[..peeked])?;
             }
+            let wanted = (framing as u64).saturating_add(data).min(room as u64) as usize;
+            let moved = self.splice_from_step(wanted)?;
+            let framing = framing.min(moved);
+            self.body
+                .feed(&buffer[..framing], |_| {})
+                .map_err(malformed)?;
+            self.body.skip_data((moved - framing) as u64);
+            self.queued += moved;
         }
-        // The body is whole: its last byte waits for nothing but the images.
+        // The body is whole: its last byte waits for nothing but the images, unless the relay
+        // has ended meanwhile (a teardown), when the engine must not begin.
         Handle::current().block_on(self.scan.resolved())?;
+        if is_over(self.pipes.cancelled.as_fd()) {
+            return Err(relay_ended());
+        }
         self.send(self.queued)
     }
 
-    /// Takes in `bytes` read here: scanned, framed, and written to the pipe.
+    /// Takes in `bytes` read here: scanned, framed, and written to the pipe, where they wait
+    /// from the context's last byte on.
     fn take_in(&mut self, bytes: &[u8]) -> Result<(), Denial> {
         let mut last = None;
         let scan = &mut self.scan;
@@ -274,38 +285,48 @@ impl Conduit {
             .body
             .feed(bytes, |data| {
                 scan.feed(&bytes[data.clone()]);
-                last = Some(data.end);
+                last = Some(data.end - 1);
             })
             .map_err(malformed)?;
         let bytes = &bytes[..ended.unwrap_or(bytes.len())];
+        let waits_from = match last {
+            Some(last) => {
+                self.held = 0;
+                last
+            }
+            None if self.held > 0 => 0,
+            None => bytes.len(),
+        };
+        self.write_to_pipe(&bytes[..waits_from], false)?;
+        self.write_to_pipe(&bytes[waits_from..], true)
+    }
+
+    /// `bytes` into the pipe, sending what may go meanwhile if it is full; `waiting` ones are
+    /// held.
+    fn write_to_pipe(&mut self, bytes: &[u8], waiting: bool) -> Result<(), Denial> {
         let mut written = 0;
         while written < bytes.len() {
             match rustix::io::write(&self.pipes.into_pipe, &bytes[written..]) {
-                Ok(count) => written += count,
-                Err(Errno::AGAIN) => self.drain()?,
+                Ok(count) => {
+                    written += count;
+                    self.queued += count;
+                    if waiting {
+                        self.held += count;
+                    }
+                }
+                Err(Errno::AGAIN) => {
+                    if self.drain()? == 0 {
+                        // Only framing waits, and only this much of it fits no pipe.
+                        return Err(Denial::Invalid(
+                            "the build's context: its framing after the last data is too long"
+                                .into(),
+                        ));
+                    }
+                }
                 Err(e) => return Err(lost("passing the build's context on", &e.into())),
             }
         }
-        self.queued += bytes.len();
-        self.held = match last {
-            Some(last) => bytes.len() - last + 1,
-            None if self.held > 0 => self.held + bytes.len(),
-            None => 0,
-        };
         Ok(())
-    }
-
-    /// What `framing` bytes of framing and `data` bytes of data, in that order, into the pipe
-    /// unread make of the body, the scan and what waits.
-    fn passed(&mut self, framing: usize, data: usize) {
-        self.body.skip_data(data as u64);
-        self.scan.skip(data as u64);
-        self.queued += framing + data;
-        self.held = match (data, self.held) {
-            (0, 0) => 0,
-            (0, held) => held + framing,
-            _ => 1,
-        };
     }
 
     /// Up to `count` of the step's bytes into the pipe: how many (waiting for some).
@@ -316,12 +337,14 @@ impl Conduit {
         })
     }
 
-    /// The pipe to the engine, but what waits.
-    fn drain(&mut self) -> Result<(), Denial> {
+    /// The pipe to the engine, but what waits: how much went.
+    fn drain(&mut self) -> Result<usize, Denial> {
         if self.scan.settled()? {
             self.held = 0;
         }
-        self.send(self.queued - self.held)
+        let sendable = self.queued - self.held;
+        self.send(sendable)?;
+        Ok(sendable)
     }
 
     /// The pipe's first `count` bytes to the engine.
@@ -373,7 +396,7 @@ impl Conduit {
             event::poll(&mut fds, None)
                 .map_err(|e| lost("waiting for the build's context", &e.into()))?;
             if !fds[2].revents().is_empty() {
-                return Err(Denial::Engine("the build's relay was ended".into()));
+                return Err(relay_ended());
             }
             if fds[1].revents().intersects(PollFlags::HUP | PollFlags::ERR) {
                 return Err(engine_ended());
@@ -433,8 +456,9 @@ fn answer(
     }
 }
 
-/// How many of `peeked`, the body's next bytes, are framing before its next data (or its end).
-fn framing_length(body: &Body, peeked: &[u8]) -> Result<usize, Denial> {
+/// How many of `peeked`, the body's next bytes, are framing before its next data (or its end),
+/// and how much data follows them.
+fn framing_then_data(body: &Body, peeked: &[u8]) -> Result<(usize, u64), Denial> {
     let mut probe = body.clone();
     let mut first = None;
     let ended = probe
@@ -442,7 +466,24 @@ fn framing_length(body: &Body, peeked: &[u8]) -> Result<usize, Denial> {
             first.get_or_insert(data.start);
         })
         .map_err(malformed)?;
-    Ok(first.or(ended).unwrap_or(peeked.len()))
+    let framing = first.or(ended).unwrap_or(peeked.len());
+    let mut after = body.clone();
+    after.feed(&peeked[..framing], |_| {}).map_err(malformed)?;
+    Ok((framing, after.data_ahead()))
+}
+
+/// Whether the relay has ended (its `cancel` dropped).
+fn is_over(cancelled: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&cancelled, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    event::poll(&mut fds, Some(&zero)).map_or(true, |ready| ready > 0)
+}
+
+fn relay_ended() -> Denial {
+    Denial::Engine("the build's relay was ended".into())
 }
 
 fn engine_ended() -> Denial {
