@@ -18,8 +18,8 @@
 //!
 //! A classic `docker build` is taken off the step's connection ([`split`]) and relayed by hand
 //! ([`relay`]): its context (often hundreds of megabytes) moves between the two sockets on a
-//! thread of its own, in the kernel once its Dockerfile's images are settled: a third of the CPU that
-//! hyper's decoding, re-encoding and hand-offs between tasks took (bench/README.md).
+//! thread of its own, in the kernel once its Dockerfile's images are settled: a third of the CPU
+//! that hyper's decoding, re-encoding and hand-offs between tasks took (bench/README.md).
 //!
 //! Everything else passes through untouched and unbuffered, version prefixes (`/v1.41/…`)
 //! included: bodies stream both ways, and a request the engine upgrades (attach, exec, BuildKit's
