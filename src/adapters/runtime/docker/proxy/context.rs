@@ -3,10 +3,10 @@
 //! local before the engine builds.
 //!
 //! Nothing is held back but the context's last byte (and the framing after it), and that only
-//! until the images are resolved: the engine's classic builder unpacks the whole context before it reads the
-//! Dockerfile, and cannot finish unpacking without the archive's last byte. The images are
-//! resolved as soon as the Dockerfile has passed (meanwhile the rest streams). Where the
-//! Dockerfile is in the archive (the CLI puts one from the context's root early, one from
+//! until the images are resolved: the engine's classic builder unpacks the whole context before
+//! it reads the Dockerfile, and cannot finish unpacking without the archive's last byte. The
+//! images are resolved as soon as the Dockerfile has passed (meanwhile the rest streams). Where
+//! the Dockerfile is in the archive (the CLI puts one from the context's root early, one from
 //! elsewhere last) changes nothing.
 
 use futures_util::FutureExt;
