@@ -78,7 +78,9 @@ fn what_reaches_the_machine_is_refused_with_the_setting_that_allows_it() {
         + "docker volume create --opt type=none --opt o=bind --opt device=/ root 2>&1 || true\n\
            docker run --rm -v /workspace/sub:/x builder/busybox true 2>&1 || true\n\
            printf 'FROM builder/busybox\\n' > Dockerfile\n\
-           docker build --network host . 2>&1 && echo 'ALLOWED docker build --network host' || true\n";
+           docker build --network host . 2>&1 && echo 'ALLOWED docker build --network host' || true\n\
+           curl -s --unix-socket /var/run/docker.sock -H 'Content-Type: application/x-www-form-urlencoded' \
+             --data networkmode=host 'http://docker/v1.41/build?version=2'; echo\n";
     let (stdout, _) = run(&docker_steps(&[&script]), &[]);
     assert!(stdout.contains("STATUS: SUCCESS"), "{stdout}");
     assert!(!stdout.contains("ALLOWED"), "{stdout}");
@@ -96,6 +98,11 @@ fn what_reaches_the_machine_is_refused_with_the_setting_that_allows_it() {
     }
     assert!(
         stdout.contains("the host's network (docker build --network host, networkmode)"),
+        "{stdout}"
+    );
+    // The engine would read a form body's fields over the query's.
+    assert!(
+        stdout.contains("builder: a build's body is its context, not a form"),
         "{stdout}"
     );
     assert!(
