@@ -505,11 +505,10 @@ impl Proxy {
 
     /// One request to the engine, on a connection of its own.
     async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, Denial> {
-        let unreachable = |e: &dyn std::fmt::Display| self.unreachable(e);
         let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| self.unreachable(&e))?;
         tokio::spawn(
             async move {
                 if let Err(e) = connection.with_upgrades().await {
@@ -521,7 +520,7 @@ impl Proxy {
         sender
             .send_request(request)
             .await
-            .map_err(|e| unreachable(&e))
+            .map_err(|e| self.unreachable(&e))
     }
 
     /// A request of builder's own to the engine: its status and JSON answer (`Null` if none).

@@ -98,7 +98,7 @@ fn request_head(head: &Head, target: &Uri) -> Vec<u8> {
     // the step sees is the build's or a refusal.
     let skipped = ["content-type", "expect"];
     for (name, value) in (head.headers.iter())
-        .filter(|(name, _)| !skipped.contains(&name.to_ascii_lowercase().as_str()))
+        .filter(|(name, _)| !skipped.iter().any(|s| name.eq_ignore_ascii_case(s)))
     {
         bytes.extend_from_slice(name.as_bytes());
         bytes.extend_from_slice(b": ");
@@ -217,17 +217,8 @@ impl Conduit {
     }
 
     fn send_head(&self, request: &[u8]) -> Result<(), Denial> {
-        let mut sent = 0;
-        while sent < request.len() {
-            sent += retry(
-                &self.engine,
-                PollFlags::OUT,
-                self.pipes.cancelled.as_fd(),
-                || rustix::io::write(&self.engine, &request[sent..]),
-            )
-            .map_err(|e| lost("sending the build to the engine", &e))?;
-        }
-        Ok(())
+        write_all(&self.engine, request, self.pipes.cancelled.as_fd())
+            .map_err(|e| lost("sending the build to the engine", &e))
     }
 
     /// The body to the engine, starting with `rest` (read with the head). The answer is not
@@ -447,14 +438,20 @@ fn answer(
             return Ok(());
         }
         answered.store(true, Ordering::Relaxed);
-        let mut written = 0;
-        while written < read {
-            written += retry(step, PollFlags::OUT, cancelled, || {
-                rustix::io::write(step, &buffer[written..read])
-            })
+        write_all(step, &buffer[..read], cancelled)
             .map_err(|e| Denial::Invalid(format!("the step's connection: {e}")))?;
-        }
     }
+}
+
+/// All of `bytes` to `stream`, waiting while it would block.
+fn write_all(stream: &StdUnixStream, bytes: &[u8], cancelled: BorrowedFd<'_>) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        written += retry(stream, PollFlags::OUT, cancelled, || {
+            rustix::io::write(stream, &bytes[written..])
+        })?;
+    }
+    Ok(())
 }
 
 /// How many of `peeked`, the body's next bytes, are framing before its next data (or its end),

@@ -29,6 +29,16 @@ use super::{api_path, query_value};
 const HEAD_LIMIT: usize = 64 * 1024;
 /// The most headers a followed request may have.
 const HEADERS: usize = 100;
+/// Headers about a request's framing and its connection, which a relayed head gets anew.
+const CONNECTIONS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+];
 /// How much is read at once from the step when its bytes must be looked at.
 const READ_SIZE: usize = 64 * 1024;
 
@@ -95,16 +105,33 @@ impl Split {
             }
             _ => return Judged::Through,
         };
-        let Some(head) = followed(&request) else {
+        let Some((target, body)) = followed(&request) else {
             return Judged::Through;
         };
-        if is_classic_build(&request, &head.target) {
-            return Judged::Build { length, head };
+        if !is_classic_build(&request, &target) {
+            return Judged::Passed { length, body };
         }
-        Judged::Passed {
-            length,
-            body: head.body,
-        }
+        let headers = (request.headers.iter())
+            .filter(|header| {
+                !CONNECTIONS
+                    .iter()
+                    .any(|h| header.name.eq_ignore_ascii_case(h))
+            })
+            .map(|header| (header.name.to_string(), header.value.to_vec()))
+            .collect();
+        let head = Head {
+            target,
+            headers,
+            body,
+        };
+        Judged::Build { length, head }
+    }
+
+    /// Reads more of the step's bytes into `pending`: how many (0 at its end).
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.pending.reserve(READ_SIZE);
+        let pending = &mut self.pending;
+        when_ready(&self.stream, cx, false, |s| s.try_read_buf(pending))
     }
 }
 
@@ -120,12 +147,12 @@ enum Judged {
     Build { length: usize, head: Head },
 }
 
-/// The head `request` if its framing can be followed: no upgrade, one way of framing its body.
-fn followed(request: &httparse::Request) -> Option<Head> {
+/// The target and body of `request` if its framing can be followed: no upgrade, one way of
+/// framing its body.
+fn followed(request: &httparse::Request) -> Option<(Uri, Body)> {
     let target: Uri = request.path?.parse().ok()?;
     let mut length = None;
     let mut chunked = false;
-    let mut headers = Vec::new();
     for header in request.headers.iter() {
         let name = header.name.to_ascii_lowercase();
         let value = std::str::from_utf8(header.value).ok().map(str::trim);
@@ -138,8 +165,7 @@ fn followed(request: &httparse::Request) -> Option<Head> {
             "transfer-encoding" => chunked = true,
             "content-length" if length.is_some() => return None,
             "content-length" => length = Some(value?.parse::<u64>().ok()?),
-            "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" => {}
-            _ => headers.push((header.name.to_string(), header.value.to_vec())),
+            _ => {}
         }
     }
     let body = match (chunked, length) {
@@ -147,11 +173,7 @@ fn followed(request: &httparse::Request) -> Option<Head> {
         (true, None) => Body::Chunked(Chunked::default()),
         (false, length) => Body::Length(length.unwrap_or(0)),
     };
-    Some(Head {
-        target,
-        headers,
-        body,
-    })
+    Some((target, body))
 }
 
 /// A `docker build` whose context comes in its body: not BuildKit's (`version=2`, whose context
@@ -256,15 +278,6 @@ impl AsyncRead for Split {
                 },
             }
         }
-    }
-}
-
-impl Split {
-    /// Reads more of the step's bytes into `pending`: how many (0 at its end).
-    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.pending.reserve(READ_SIZE);
-        let pending = &mut self.pending;
-        when_ready(&self.stream, cx, false, |s| s.try_read_buf(pending))
     }
 }
 
