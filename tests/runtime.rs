@@ -95,8 +95,9 @@ impl Harness {
                 .await
                 .expect("upload");
         }
+        let output = runtime.attach_output(&spec.name).await.expect("attach");
         runtime.start_container(&spec.name).await.expect("start");
-        let logs = tokio::spawn(runtime.logs(&spec.name).try_collect::<Vec<_>>());
+        let logs = tokio::spawn(output.try_collect::<Vec<_>>());
         let code = within("wait", runtime.wait_container(&spec.name))
             .await
             .expect("wait");
@@ -672,16 +673,16 @@ async fn run_keeps_streams_apart_and_exit_codes() {
     assert_eq!(output.stdout, "hello from /workspace/sub\nfrom the host\n");
     assert_eq!(output.stderr, "oops\n");
 
-    // An entrypoint replaces the image's; logs read after the exit still hold all the output.
+    // An entrypoint replaces the image's; output attached before the start and read after the
+    // exit is all there.
     let mut late = harness.spec("late", &["done"]);
     late.entrypoint = Some(vec!["echo".to_owned()]);
     runtime.create_container(&late).await.expect("create");
+    let output = runtime.attach_output(&late.name).await.expect("attach");
     runtime.start_container(&late.name).await.expect("start");
     let code = within("wait", runtime.wait_container(&late.name)).await;
     assert_eq!(code, Ok(0));
-    let chunks: Vec<_> = within("logs", runtime.logs(&late.name).try_collect())
-        .await
-        .expect("logs");
+    let chunks: Vec<_> = within("output", output.try_collect()).await.expect("logs");
     assert_eq!(split(&chunks), ("done\n".to_owned(), String::new()));
     runtime.remove_container(&late.name).await.expect("remove");
 
@@ -884,8 +885,8 @@ async fn stop_sends_sigterm_first() {
         ],
     );
     runtime.create_container(&step).await.expect("create");
+    let mut logs = runtime.attach_output(&step.name).await.expect("attach");
     runtime.start_container(&step.name).await.expect("start");
-    let mut logs = runtime.logs(&step.name);
     // The trap is set once `ready` is printed; a SIGTERM before that would be ignored.
     let mut stdout = String::new();
     within("ready", async {
@@ -919,6 +920,7 @@ async fn an_attached_stdin_holds_what_was_written_until_its_writer_ends() {
     };
     runtime.create_container(&cat).await.expect("create");
     let mut stdin = runtime.attach_stdin(&cat.name).await.expect("attach");
+    let output = runtime.attach_output(&cat.name).await.expect("attach");
     runtime.start_container(&cat.name).await.expect("start");
     stdin
         .write_all(b"written after the start\n")
@@ -928,7 +930,7 @@ async fn an_attached_stdin_holds_what_was_written_until_its_writer_ends() {
     // `cat` ends only at the end of its stdin.
     let code = within("wait", runtime.wait_container(&cat.name)).await;
     assert_eq!(code.expect("wait"), 0);
-    let chunks: Vec<_> = runtime.logs(&cat.name).try_collect().await.expect("logs");
+    let chunks: Vec<_> = output.try_collect().await.expect("output");
     assert_eq!(split(&chunks).0, "written after the start\n");
     runtime.remove_container(&cat.name).await.expect("remove");
 

@@ -26,32 +26,25 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, Mount as DockerMount, MountTmpfsOptions,
-    MountType, MountVolumeOptions, Network, NetworkCreateRequest, Volume, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, Mount as DockerMount,
+    MountTmpfsOptions, MountType, MountVolumeOptions, Network, NetworkCreateRequest, Volume,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, TagImageOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::adapters::runtime::{LogChunk, LogStream, RegistryAuth, Resources, RuntimeError};
 
 /// Labels on containers, volumes and networks; sorted so specs compare and print deterministically.
 pub type Labels = BTreeMap<String, String>;
-
-/// How long a log stream keeps draining, with no output arriving, after its container has exited.
-///
-/// The engine normally closes a followed log stream when the container exits, but it has been seen
-/// to stay open (fussybeaver/bollard#251); this bound is what keeps [`Engine::logs`]
-/// from hanging in that case.
-pub const LOG_DRAIN_IDLE: Duration = Duration::from_secs(2);
 
 /// Everything needed to create one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,11 +124,13 @@ pub type Stdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 ///    the spec refers to.
 /// 3. [`create_container`](Self::create_container), then optionally [`upload`](Self::upload) to
 ///    seed a volume it mounts (a created container already has its volumes attached).
-/// 4. [`start_container`](Self::start_container). A container created with `stdin_open` may get
-///    its [`attach_stdin`](Self::attach_stdin) writer before or after its start.
-/// 5. [`logs`](Self::logs) and [`wait_container`](Self::wait_container), concurrently. The log
-///    stream ends on its own once the container has exited, so awaiting it after `wait` returns is
-///    bounded (see [`LOG_DRAIN_IDLE`]).
+/// 4. [`attach_output`](Self::attach_output), then [`start_container`](Self::start_container):
+///    the engine keeps no log, so output written before the attach is lost. A container created
+///    with `stdin_open` may get its [`attach_stdin`](Self::attach_stdin) writer before or after
+///    its start.
+/// 5. Reading the attached output and [`wait_container`](Self::wait_container), concurrently.
+///    The output ends on its own once the container's output is closed (at its exit at the
+///    latest), so awaiting it after `wait` returns is bounded.
 /// 6. [`remove_container`](Self::remove_container), always: after success, failure, a failed
 ///    create or start, or [`stop_container`](Self::stop_container). Containers are never
 ///    auto-removed, so the exit code stays readable until this call.
@@ -474,6 +469,14 @@ impl Engine {
                 // Never: an auto-removed container can vanish before its exit code is read
                 // (moby#20848); removal is the caller's explicit last step.
                 auto_remove: Some(false),
+                // No log of the engine's own: the output is read once, through an attach made
+                // before the start (`attach_output`), and kept by builder. A second copy in the
+                // engine (its default, a JSON file) cost it more than the container's work: 5.7 s
+                // against 1.1 s for `seq 1 3000000` (bench/logs.sh).
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_owned()),
+                    config: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -578,12 +581,12 @@ impl Engine {
     /// before [`start_container`](Self::start_container) (the engine passes on only what is
     /// written after the attach), or, for a container held at the gate, before its release. The
     /// output comes as the container writes it, straight from the engine (as `docker run` gets
-    /// it), not read back from the engine's log file: each byte is read from the engine once.
+    /// it); the engine keeps no log of it to read again (see `create_container`).
     ///
-    /// The stream ends once the container has exited and its output is drained, a last line
-    /// without a newline included. Should the attach break first (its connection fails, or it
-    /// ends while the container still runs), the rest is read from the engine's log, as
-    /// [`logs`](Self::logs) reads it, from where the attach stopped.
+    /// The stream ends once the container's output is closed, a last line without a newline
+    /// included: at its exit, or earlier if its command closed its stdout and stderr and went on
+    /// (its exit is [`wait_container`](Self::wait_container)'s). An attach that breaks (the
+    /// engine's connection lost) ends the stream with the error.
     pub async fn attach_output(
         &self,
         name: &str,
@@ -597,56 +600,26 @@ impl Engine {
         let attached = self.attach(name, options).await?;
         // Nothing is written to the container's stdin through this attach.
         drop(attached.input);
-        let mut follow = self.follow(name);
-        follow.output = Some(attached.output);
-        follow.attached = true;
-        Ok(stream::unfold(follow, Follow::next).boxed())
-    }
-
-    /// The container's output from its start, stdout and stderr kept apart, read from the
-    /// engine's log.
-    ///
-    /// Call it after [`start_container`](Self::start_container) returned (before that there is
-    /// nothing to follow) and before removal; calling it after the container exited still yields
-    /// everything it wrote. Output arrives while the container runs, and none is lost at its end,
-    /// not even a last line without a newline. The stream ends once the container has exited and
-    /// its output is drained; it never waits more than [`LOG_DRAIN_IDLE`] for output after the
-    /// exit. The engine decodes its log file to serve it, which costs more than the output itself:
-    /// a container's output as it runs is [`attach_output`](Self::attach_output)'s.
-    pub fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
-        let mut follow = self.follow(name);
-        follow.output = follow.followed.take().map(|read| read());
-        stream::unfold(follow, Follow::next).boxed()
-    }
-
-    /// The state of a read of `name`'s output, its first read not begun.
-    fn follow(&self, name: &str) -> Follow {
-        let read = |follow: bool| {
-            let options = LogsOptionsBuilder::default()
-                .follow(follow)
-                .stdout(true)
-                .stderr(true)
-                .build();
-            let (docker, name) = (self.docker.clone(), name.to_owned());
-            move || docker.logs(&name, Some(options)).boxed()
-        };
-        let (docker, waited) = (self.docker.clone(), name.to_owned());
-        Follow {
-            output: None,
-            attached: false,
-            // Any answer, even an error such as "no such container", means no more output comes.
-            exited: Some(
-                async move {
-                    let _ = docker.wait_container(&waited, None).next().await;
-                }
-                .boxed(),
-            ),
-            followed: Some(Box::new(read(true))),
-            reread: Some(Box::new(read(false))),
-            delivered: [0; 2],
-            skip: None,
-            name: name.to_owned(),
-        }
+        let name = name.to_owned();
+        Ok(attached
+            .output
+            .map(move |output| match output {
+                Ok(LogOutput::StdErr { message }) => Ok(LogChunk {
+                    stream: LogStream::Stderr,
+                    bytes: message,
+                }),
+                // Without a TTY the engine sends only stdout and stderr frames; anything else is
+                // output too, so it goes with stdout rather than being dropped.
+                Ok(other) => Ok(LogChunk {
+                    stream: LogStream::Stdout,
+                    bytes: other.into_bytes(),
+                }),
+                Err(error) => Err(engine_error(
+                    format_args!("reading the output of container {name:?}"),
+                    error,
+                )),
+            })
+            .boxed())
     }
 
     /// Waits, without a time limit, until the started container is not running and returns its
@@ -855,138 +828,6 @@ impl Engine {
             image: image.to_owned(),
             detail: "the engine finished the push without reporting the manifest digest".to_owned(),
         })
-    }
-}
-
-type LogOutputs = BoxStream<'static, Result<LogOutput, BollardError>>;
-
-/// How long an attach that ended waits for its container's exit before it counts as broken:
-/// the engine ends an attach once the container's output is closed, and records the exit only
-/// after it (2 s later on Docker 20.10, measured), so a bound near that would read many logs
-/// twice.
-const ATTACH_SETTLE: Duration = Duration::from_secs(10);
-
-/// State of one [`Engine::attach_output`] or [`Engine::logs`] stream: up to three reads of the
-/// same output, each passing on only what the ones before it had not delivered (counted in bytes
-/// per stream).
-///
-/// 1. The attach, when there is one: the output as it is written. It normally ends with the
-///    container's output, and then nothing else is read.
-/// 2. The engine's log, followed: from the start if there was no attach, else once the attach
-///    broke. It follows the container's exit rather than trusting the stream to end
-///    (bollard#251).
-/// 3. The whole log, read again once the followed read is over and the container has exited: a
-///    followed log can end without the container's last output when that does not end in a
-///    newline (moby#43860, seen on 20.10). That read costs as much as the first; for build
-///    steps' logs that is cheap next to losing their last line, and an attach needs neither.
-struct Follow {
-    /// The read under way; `None` once the stream has failed or ended.
-    output: Option<LogOutputs>,
-    /// Whether `output` is the attach.
-    attached: bool,
-    /// Resolves when the container is no longer running; `None` afterwards.
-    exited: Option<BoxFuture<'static, ()>>,
-    /// Starts the followed read of the log; `None` once started.
-    followed: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
-    /// Starts the read of the whole log after the exit; `None` once started.
-    reread: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
-    /// Bytes delivered so far, of stdout and of stderr.
-    delivered: [usize; 2],
-    /// During a read after the first: bytes of stdout and stderr still to skip, as already
-    /// delivered.
-    skip: Option<[usize; 2]>,
-    name: String,
-}
-
-impl Follow {
-    async fn next(mut self) -> Option<(Result<LogChunk, RuntimeError>, Self)> {
-        loop {
-            let output = self.output.as_mut()?;
-            let item = match self.exited.as_mut() {
-                _ if self.attached => output.next().await,
-                Some(exited) => tokio::select! {
-                    item = output.next() => item,
-                    () = exited => {
-                        self.exited = None;
-                        continue;
-                    }
-                },
-                // After the exit, only what the engine already has is left to read: stop at the
-                // end of the stream or once it has been idle for the drain period.
-                None => tokio::time::timeout(LOG_DRAIN_IDLE, output.next())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
-            let (stream, mut bytes) = match item {
-                Some(Ok(LogOutput::StdErr { message })) => (LogStream::Stderr, message),
-                // Without a TTY the engine sends only stdout and stderr frames; anything else is
-                // output too, so it goes with stdout rather than being dropped.
-                Some(Ok(other)) => (LogStream::Stdout, other.into_bytes()),
-                None if self.attached => {
-                    if self.exited_after_attach().await {
-                        return None;
-                    }
-                    self.read_again(|follow| follow.followed.take());
-                    continue;
-                }
-                Some(Err(error)) if self.attached => {
-                    tracing::warn!(
-                        container = %self.name, error = %error,
-                        "the attach to a container's output broke; reading the rest from its log"
-                    );
-                    self.read_again(|follow| follow.followed.take());
-                    continue;
-                }
-                None => {
-                    if let Some(exited) = self.exited.take() {
-                        exited.await;
-                    }
-                    self.read_again(|follow| follow.reread.take());
-                    continue;
-                }
-                Some(Err(error)) => {
-                    self.output = None;
-                    let context = format!("reading the logs of container {:?}", self.name);
-                    return Some((Err(engine_error(context, error)), self));
-                }
-            };
-            let index = usize::from(stream == LogStream::Stderr);
-            if let Some(skip) = &mut self.skip {
-                let skipped = skip[index].min(bytes.len());
-                skip[index] -= skipped;
-                bytes = bytes.slice(skipped..);
-                if bytes.is_empty() {
-                    continue;
-                }
-            }
-            self.delivered[index] += bytes.len();
-            return Some((Ok(LogChunk { stream, bytes }), self));
-        }
-    }
-
-    /// Whether the container exited once its attach ended (the engine ends an attach when the
-    /// container's output is closed, which is at its exit unless the command closed its
-    /// stdout and stderr and went on running).
-    async fn exited_after_attach(&mut self) -> bool {
-        let Some(exited) = self.exited.as_mut() else {
-            return true;
-        };
-        let settled = tokio::time::timeout(ATTACH_SETTLE, exited).await.is_ok();
-        if settled {
-            self.exited = None;
-        }
-        settled
-    }
-
-    /// Starts the next read (`None` ends the stream), skipping what was delivered.
-    fn read_again(
-        &mut self,
-        next: impl FnOnce(&mut Self) -> Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
-    ) {
-        self.attached = false;
-        self.output = next(self).map(|read| read());
-        self.skip = Some(self.delivered);
     }
 }
 
@@ -1244,148 +1085,6 @@ mod tests {
         assert_eq!(pushed_digest(status, "v1"), Some("sha256:0123abcd"));
         assert_eq!(pushed_digest(status, "v2"), None);
         assert_eq!(pushed_digest("Pushed", "v1"), None);
-    }
-
-    fn out(text: &'static str) -> Result<LogOutput, BollardError> {
-        Ok(LogOutput::StdOut {
-            message: text.into(),
-        })
-    }
-
-    fn err(text: &'static str) -> Result<LogOutput, BollardError> {
-        Ok(LogOutput::StdErr {
-            message: text.into(),
-        })
-    }
-
-    fn opens(
-        frames: Vec<Result<LogOutput, BollardError>>,
-    ) -> Option<Box<dyn FnOnce() -> LogOutputs + Send>> {
-        Some(Box::new(move || stream::iter(frames).boxed()))
-    }
-
-    /// A read of a container's output: `attach` when it has one, else the followed `log` first.
-    fn follow(
-        attach: Option<LogOutputs>,
-        exited: BoxFuture<'static, ()>,
-        log: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
-        whole_log: Option<Box<dyn FnOnce() -> LogOutputs + Send>>,
-    ) -> Follow {
-        let mut follow = Follow {
-            output: None,
-            attached: false,
-            exited: Some(exited),
-            followed: log,
-            reread: whole_log,
-            delivered: [0; 2],
-            skip: None,
-            name: "step".to_owned(),
-        };
-        match attach {
-            Some(attach) => {
-                follow.output = Some(attach);
-                follow.attached = true;
-            }
-            None => follow.output = follow.followed.take().map(|read| read()),
-        }
-        follow
-    }
-
-    async fn read(follow: Follow) -> Vec<(LogStream, &'static str)> {
-        let chunks: Vec<LogChunk> = stream::unfold(follow, Follow::next)
-            .try_collect()
-            .await
-            .expect("chunks");
-        let text = |bytes: &Bytes| -> &'static str {
-            String::from_utf8(bytes.to_vec()).expect("utf-8").leak()
-        };
-        chunks
-            .iter()
-            .map(|chunk| (chunk.stream, text(&chunk.bytes)))
-            .collect()
-    }
-
-    /// The engine cannot be made to keep a log stream open after the exit (bollard#251) on
-    /// demand, so this stands in a stream that never ends.
-    #[tokio::test(start_paused = true)]
-    async fn logs_end_after_the_exit_even_if_the_engine_keeps_the_stream_open() {
-        let never_ends = Some(Box::new(|| {
-            stream::iter([out("out"), err("err")])
-                .chain(stream::pending())
-                .boxed()
-        }) as Box<dyn FnOnce() -> LogOutputs + Send>);
-        let done = std::future::ready(()).boxed();
-        let chunks = read(follow(None, done, never_ends, None)).await;
-        assert_eq!(
-            chunks,
-            [(LogStream::Stdout, "out"), (LogStream::Stderr, "err")]
-        );
-    }
-
-    /// moby#43860: the followed stream ends without the last, unterminated line; the second read
-    /// delivers what it missed, and nothing twice.
-    #[tokio::test(start_paused = true)]
-    async fn logs_catch_up_on_what_the_followed_stream_missed() {
-        let followed = opens(vec![out("a\n"), err("e")]);
-        let whole = opens(vec![out("a\nla"), err("e"), out("st"), err("rr")]);
-        let done = std::future::ready(()).boxed();
-        let chunks = read(follow(None, done, followed, whole)).await;
-        assert_eq!(
-            chunks,
-            [
-                (LogStream::Stdout, "a\n"),
-                (LogStream::Stderr, "e"),
-                (LogStream::Stdout, "la"),
-                (LogStream::Stdout, "st"),
-                (LogStream::Stderr, "rr"),
-            ]
-        );
-    }
-
-    /// An attach that ends with the container's exit is the whole output: the log is not read.
-    #[tokio::test(start_paused = true)]
-    async fn an_attach_to_its_end_is_read_once() {
-        let attach = stream::iter([out("a\nlast"), err("e")]).boxed();
-        let unread = opens(vec![out("read again")]);
-        let done = std::future::ready(()).boxed();
-        let chunks = read(follow(Some(attach), done, unread, opens(vec![]))).await;
-        assert_eq!(
-            chunks,
-            [(LogStream::Stdout, "a\nlast"), (LogStream::Stderr, "e")]
-        );
-    }
-
-    /// An attach that breaks (an error, or an end while the container still runs) goes on from
-    /// the engine's log where it stopped, nothing twice and nothing lost.
-    #[tokio::test(start_paused = true)]
-    async fn a_broken_attach_goes_on_from_the_log() {
-        let log = || vec![out("a\npar"), err("e1"), out("tial\n"), err("e2")];
-        let broke = stream::iter([
-            out("a\npa"),
-            err("e"),
-            Err(BollardError::DockerStreamError {
-                error: "connection reset".to_owned(),
-            }),
-        ])
-        .boxed();
-        let done = std::future::ready(()).boxed();
-        let chunks = read(follow(Some(broke), done, opens(log()), opens(vec![]))).await;
-        let expected = [
-            (LogStream::Stdout, "a\npa"),
-            (LogStream::Stderr, "e"),
-            (LogStream::Stdout, "r"),
-            (LogStream::Stderr, "1"),
-            (LogStream::Stdout, "tial\n"),
-            (LogStream::Stderr, "e2"),
-        ];
-        assert_eq!(chunks, expected);
-
-        // Ended early: the container exits only later (its command had closed its output).
-        let ended = stream::iter([out("a\npa"), err("e")]).boxed();
-        let later = tokio::time::sleep(ATTACH_SETTLE * 3).boxed();
-        let whole = opens(log());
-        let chunks = read(follow(Some(ended), later, opens(log()), whole)).await;
-        assert_eq!(chunks, expected);
     }
 
     #[test]

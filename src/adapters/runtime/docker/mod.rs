@@ -376,8 +376,11 @@ impl Backend for DockerBackend {
         step: usize,
     ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
         let attached = (self.build(build).ok()).and_then(|b| lock(&b.attached).remove(&step));
-        // Read once from the attach; a second reader gets the output from the engine's log.
-        attached.unwrap_or_else(|| self.engine.logs(&step_name(build, step)))
+        // The attach is the only copy of the output: the engine keeps no log of a step's.
+        attached.unwrap_or_else(|| {
+            let taken = format!("step {step} of build {build:?} was not started here, or its output was read already");
+            futures_util::stream::once(async { Err(RuntimeError::Invalid(taken)) }).boxed()
+        })
     }
 
     async fn wait_step(&self, build: &str, step: usize) -> Result<i64, RuntimeError> {
