@@ -17,6 +17,8 @@
 #
 # Usage:  bench/logs.sh [CASE...]     (after scripts/dev-env.sh and `cargo build --release`)
 # Env:    BUILDER=target/release/builder   the binary to measure
+#         ROUNDS=3                         rounds of each case; then a `CASE~med` row: the median
+#                                          of each time and ratio, the worst RSS and lag
 #         KEEP=1                           keep the temp dir (configs, outputs, stores) for a look
 # Needs:  bash >= 5 ($EPOCHREALTIME), docker, /usr/bin/time, python3, jq, curl.
 set -euo pipefail
@@ -24,6 +26,7 @@ export LC_ALL=C
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 BUILDER="${BUILDER:-$here/target/release/builder}"
+ROUNDS="${ROUNDS:-3}"
 IMAGE="builder/busybox"
 TOKEN="bench-token"
 
@@ -115,14 +118,15 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] || { cat "$tmp/serve.log" >&2; die "the server did not start"; }
 
-printf "%-6s %9s %9s %9s %7s %8s %9s %7s %8s %9s %9s %7s\n" case printed docker_s submit_s ratio \
-  nolog_s ratio stored_x rss_MB serve_s ratio first_s lag_s
-for c in "${cases[@]}"; do
+# measure CASE: one round of the case, printed as a row of the table below.
+measure() {
+  local c="$1" cmd t0 docker_s nolog_s printed data before submit_s submit_kb stored id \
+    printed_lines logged_lines first last end lines status step_end serve_s first_s lag_s
   cmd="$(command_of "$c")"
   config "$tmp/$c.yaml" "$cmd"
   config "$tmp/empty.yaml" "true"
 
-  # docker run of the same container, its output to a file.
+  # docker run of the same container, its output to a file; and with the engine's log off.
   t0="$(now)"
   docker run --rm "$IMAGE" sh -c "$cmd" >"$tmp/$c.docker" 2>&1 || die "docker run failed ($c)"
   docker_s="$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
@@ -133,6 +137,7 @@ for c in "${cases[@]}"; do
 
   # builder submit, in a store of its own: an empty build first, so only the log's cost counts.
   data="$tmp/data-$c"
+  rm -rf "$data"
   BUILDER_DATA_DIR="$data" "$BUILDER" submit --no-source --config "$tmp/empty.yaml" >/dev/null 2>&1 \
     || die "the empty build failed"
   before="$(store_bytes "$data")"
@@ -159,10 +164,32 @@ for c in "${cases[@]}"; do
   read -r serve_s first_s lag_s < <(awk -v t0="$t0" -v f="$first" -v l="$last" -v e="$end" -v s="$step_end" \
     'BEGIN { lag = l - s; printf "%.2f %.2f %.2f\n", e - t0, f - t0, (lag > 0 ? lag : 0) }')
 
-  printf "%-6s %9d %9s %9s %7s %8s %9s %7s %8d %9s %9s %7s\n" "$c" "$printed" "$docker_s" \
+  printf "%-8s %9d %8s %8s %6s %8s %6s %8s %6d %8s %6s %7s %6s\n" "$c" "$printed" "$docker_s" \
     "$submit_s" "$(ratio "$submit_s" "$docker_s")" "$nolog_s" "$(ratio "$submit_s" "$nolog_s")" \
     "$(ratio "$stored" "$printed")" $((submit_kb / 1024)) "$serve_s" "$(ratio "$serve_s" "$docker_s")" \
     "$first_s" "$lag_s"
+}
+
+printf "%-8s %9s %8s %8s %6s %8s %6s %8s %6s %8s %6s %7s %6s\n" case printed docker_s submit_s ratio \
+  nolog_s ratio stored_x rss_MB serve_s ratio first_s lag_s
+for c in "${cases[@]}"; do
+  for _ in $(seq 1 "$ROUNDS"); do measure "$c"; done | tee "$tmp/$c.rounds"
+  # Over the rounds: the median of each time and ratio (a round's ratios pair its own runs), the
+  # worst of the memory and the lag.
+  [ "$ROUNDS" -gt 1 ] || continue
+  awk -v c="$c" '
+    { for (i = 2; i <= NF; i++) v[i, NR] = $i }
+    function median(i,   n, k, a, t, j) {
+      n = NR; for (k = 1; k <= n; k++) a[k] = v[i, k]
+      for (k = 2; k <= n; k++) { t = a[k]; for (j = k - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function worst(i,   k, m) { m = v[i, 1]; for (k = 2; k <= NR; k++) if (v[i, k] > m) m = v[i, k]; return m }
+    END {
+      printf "%-8s %9d %8.2f %8.2f %6.2f %8.2f %6.2f %8.2f %6d %8.2f %6.2f %7.2f %6.2f\n", c "~med", median(2),
+        median(3), median(4), median(5), median(6), median(7), median(8), worst(9), median(10), median(11),
+        median(12), worst(13)
+    }' "$tmp/$c.rounds"
 done
 serve_kb="$(awk '/^VmHWM/ { print $2 }' "/proc/$serve_pid/status")"
 echo "serve peak RSS: $((serve_kb / 1024)) MB"
