@@ -56,6 +56,26 @@ impl ContextScan {
         self.scan = None;
     }
 
+    /// How many of the context's next bytes the scan passes over unread (an entry's data that is
+    /// not the Dockerfile, and padding): they may go to the engine without being read here.
+    pub fn skippable(&self) -> u64 {
+        match &self.scan {
+            Some(TarScan {
+                state: TarState::Skip(left),
+                ..
+            }) => *left,
+            _ => 0,
+        }
+    }
+
+    /// Passes over `count` of the context's next bytes, at most [`skippable`](Self::skippable),
+    /// unread.
+    pub fn skip(&mut self, count: u64) {
+        if let Some(scan) = &mut self.scan {
+            scan.skip(count);
+        }
+    }
+
     /// Whether the engine may have the whole context now: the Dockerfile's images are local,
     /// or there are none to make local. Resolving that failed is its error.
     pub fn settled(&mut self) -> Result<bool, Denial> {
@@ -150,11 +170,8 @@ impl TarScan {
                 TarState::Done => return Scanned::Absent,
                 TarState::Skip(left) => {
                     let skipped = (*left).min(input.len() as u64);
-                    *left -= skipped;
                     input = &input[skipped as usize..];
-                    if *left == 0 {
-                        self.state = TarState::Header(Vec::with_capacity(512));
-                    }
+                    self.skip(skipped);
                 }
                 TarState::Header(block) => {
                     let taken = (512 - block.len()).min(input.len());
@@ -201,6 +218,16 @@ impl TarScan {
         match self.state {
             TarState::Done => Scanned::Absent,
             _ => Scanned::More,
+        }
+    }
+
+    /// Passes over `count` bytes of what it skips (at most all of them).
+    fn skip(&mut self, count: u64) {
+        if let TarState::Skip(left) = &mut self.state {
+            *left -= count.min(*left);
+            if *left == 0 {
+                self.state = TarState::Header(Vec::with_capacity(512));
+            }
         }
     }
 
@@ -334,5 +361,44 @@ mod tests {
         // gzip's magic and anything else that is not a tar header.
         let mut scan = TarScan::new("Dockerfile");
         assert_eq!(scan.feed(&[0x1f, 0x8b, 8, 0].repeat(200)), Scanned::Absent);
+    }
+
+    /// What the scan passes over may pass unread, in any pieces: the Dockerfile after it is
+    /// still found, and nothing of it is skippable.
+    #[test]
+    fn what_is_passed_over_may_be_skipped_unread() {
+        let archive = context("Dockerfile");
+        for piece in [1, 100, 3072] {
+            let mut scan = TarScan::new("Dockerfile");
+            let mut at = 0;
+            let mut found = Scanned::More;
+            while found == Scanned::More && at < archive.len() {
+                let left = match scan.state {
+                    TarState::Skip(left) => left,
+                    _ => 0,
+                };
+                if left > 0 {
+                    let skipped = left.min(piece);
+                    scan.skip(skipped);
+                    at += skipped as usize;
+                } else {
+                    found = scan.feed(&archive[at..at + 1]);
+                    at += 1;
+                }
+            }
+            assert_eq!(
+                found,
+                Scanned::Found(b"FROM ubuntu:22.04\n".to_vec()),
+                "{piece}"
+            );
+            // a.bin (3000 bytes, padded to 3072) and the long name's one-byte file were skipped.
+            assert!(at > 512 + 3072, "{piece}");
+        }
+        let resolve: Resolve = Box::new(|_| async { Ok(()) }.boxed());
+        let mut scan = ContextScan::new("Dockerfile", resolve);
+        scan.feed(&archive[..512]);
+        assert_eq!(scan.skippable(), 3072);
+        scan.skip(72);
+        assert_eq!(scan.skippable(), 3000);
     }
 }

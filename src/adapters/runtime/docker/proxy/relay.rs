@@ -134,8 +134,8 @@ fn lost(what: &str, error: &io::Error) -> Denial {
 
 /// The way a build's context takes to the engine: from the step's socket into a pipe and from
 /// the pipe into the engine's socket. Until the Dockerfile's images are settled it is read here
-/// (scanned, its last byte held back in the pipe); then it moves in the kernel (`splice`), only
-/// each chunk's framing line peeked at. It runs on a thread of its own
+/// (scanned, its last byte held back in the pipe), but for the files the scan passes over; those,
+/// and all of it after, move in the kernel (`splice`), only each chunk's framing line peeked at. It runs on a thread of its own
 /// (tokio's blocking pool), waiting in `poll`: a task's wake-ups, chunk after chunk, cost more
 /// than the copies spared (bench/endpoint.sh).
 struct Conduit {
@@ -230,7 +230,13 @@ impl Conduit {
             if self.queued >= SEND_AT.min(self.pipes.capacity / 2) {
                 self.drain()?;
             }
-            if !self.scan.settled()? {
+            let settled = self.scan.settled()?;
+            let unread = if settled {
+                u64::MAX
+            } else {
+                self.scan.skippable()
+            };
+            if unread == 0 {
                 // Until the Dockerfile's images are settled, the context is read here: scanned,
                 // and its last byte kept back.
                 let read = self.wait_for_step(|this| {
@@ -239,7 +245,8 @@ impl Conduit {
                 self.take_in(&buffer[..read])?;
                 continue;
             }
-            // Then it passes unread: each chunk's framing line, peeked, and its data with it.
+            // What the scan passes over, and all once settled, passes unread: each chunk's
+            // framing line, peeked, and its data with it.
             let room = self.pipes.capacity - self.queued;
             let mut framing = 0;
             let mut data = self.body.data_ahead();
@@ -250,14 +257,27 @@ impl Conduit {
                 })?;
                 (framing, data) = framing_then_data(&self.body, &buffer[..peeked])?;
             }
-            let wanted = (framing as u64).saturating_add(data).min(room as u64) as usize;
+            let wanted = (framing as u64)
+                .saturating_add(data.min(unread))
+                .min(room as u64) as usize;
             let moved = self.splice_from_step(wanted)?;
             let framing = framing.min(moved);
             self.body
                 .feed(&buffer[..framing], |_| {})
                 .map_err(malformed)?;
-            self.body.skip_data((moved - framing) as u64);
+            let data = (moved - framing) as u64;
+            self.body.skip_data(data);
             self.queued += moved;
+            if !settled {
+                self.scan.skip(data);
+                // What waited is no longer the end. Data passed over is never the context's
+                // last byte before its Dockerfile is found: in a tar, end blocks follow it.
+                if data > 0 {
+                    self.held = 0;
+                } else if self.held > 0 {
+                    self.held += moved;
+                }
+            }
         }
         // The body is whole: its last byte waits for nothing but the images, unless the relay
         // has ended meanwhile (a teardown), when the engine must not begin.
