@@ -8,7 +8,8 @@
 # judging paths at several depths), archive (unpacking an upload), trigger (trigger and schedule files),
 # access (a request's Host against the allowlist, a console session cookie), logs (step output
 # into masked lines), github_report (what GitHub is told of a build), framing (a step's request
-# bodies as a build's engine endpoint follows them).
+# bodies as a build's engine endpoint follows them), context_scan (a `docker build` context
+# scanned for its Dockerfile, what it passes over skipped unread).
 #
 # Each target starts from its saved corpus (fuzz/corpus/T, read only) and writes what it finds
 # to a scratch directory, so a run leaves the repository as it was. A crash is written to
@@ -42,7 +43,7 @@ flags=(-O -s "$SANITIZER")
 [ "${TRACE_COMPARES:-1}" != 0 ] || flags+=(--no-trace-compares)
 if [ -z "${TMPDIR:-}" ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report framing)
+[ ${#targets[@]} -gt 0 ] || targets=(config substitute webhook gcloudignore archive trigger access logs github_report framing context_scan)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 cargo +nightly fuzz build "${flags[@]}"
 scratch=$(mktemp -d)

@@ -213,3 +213,30 @@ pub fn framing(data: &[u8]) {
     let whole = follow(body, body.len().max(1));
     assert_eq!(whole, follow(body, usize::from(piece).max(1)));
 }
+
+/// A `docker build` context as a build's engine endpoint scans it for its Dockerfile (a step
+/// sends it): fed whole, and in pieces of the size the first byte picks with what the scan
+/// passes over skipped unread, it finds the same Dockerfile, or none both ways.
+pub fn context_scan(data: &[u8]) {
+    use builder::adapters::runtime::docker::proxy::context::{Scanned, TarScan};
+    let Some((&piece, archive)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(piece).max(1);
+    let whole = TarScan::new("Dockerfile").feed(archive);
+    let mut scan = TarScan::new("Dockerfile");
+    let mut at = 0;
+    let mut pieces = Scanned::More;
+    while pieces == Scanned::More && at < archive.len() {
+        let skipped = scan.skippable().min(piece as u64) as usize;
+        if skipped > 0 {
+            scan.skip(skipped as u64);
+            at += skipped.min(archive.len() - at);
+        } else {
+            let end = (at + piece).min(archive.len());
+            pieces = scan.feed(&archive[at..end]);
+            at = end;
+        }
+    }
+    assert_eq!(whole, pieces);
+}

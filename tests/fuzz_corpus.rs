@@ -71,3 +71,8 @@ fn logs() {
 fn framing() {
     replay("framing", targets::framing);
 }
+
+#[test]
+fn context_scan() {
+    replay("context_scan", targets::context_scan);
+}

@@ -59,13 +59,7 @@ impl ContextScan {
     /// How many of the context's next bytes the scan passes over unread (an entry's data that is
     /// not the Dockerfile, and padding): they may go to the engine without being read here.
     pub fn skippable(&self) -> u64 {
-        match &self.scan {
-            Some(TarScan {
-                state: TarState::Skip(left),
-                ..
-            }) => *left,
-            _ => 0,
-        }
+        self.scan.as_ref().map_or(0, TarScan::skippable)
     }
 
     /// Passes over `count` of the context's next bytes, at most [`skippable`](Self::skippable),
@@ -141,7 +135,7 @@ enum Wanted {
 
 /// What a [`TarScan`] found so far.
 #[derive(Debug, PartialEq, Eq)]
-enum Scanned {
+pub enum Scanned {
     More,
     Found(Vec<u8>),
     Absent,
@@ -149,14 +143,14 @@ enum Scanned {
 
 /// Finds one file in a tar stream fed chunk by chunk, keeping only headers, long names and
 /// that file; bounded, and never panics on what it is fed.
-struct TarScan {
+pub struct TarScan {
     name: String,
     state: TarState,
     next_name: Option<Vec<u8>>,
 }
 
 impl TarScan {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         Self {
             name: normal_path(name.as_bytes()),
             state: TarState::Header(Vec::with_capacity(512)),
@@ -164,7 +158,7 @@ impl TarScan {
         }
     }
 
-    fn feed(&mut self, mut input: &[u8]) -> Scanned {
+    pub fn feed(&mut self, mut input: &[u8]) -> Scanned {
         while !input.is_empty() {
             match &mut self.state {
                 TarState::Done => return Scanned::Absent,
@@ -221,8 +215,16 @@ impl TarScan {
         }
     }
 
+    /// How many of the next bytes it passes over unread.
+    pub fn skippable(&self) -> u64 {
+        match self.state {
+            TarState::Skip(left) => left,
+            _ => 0,
+        }
+    }
+
     /// Passes over `count` bytes of what it skips (at most all of them).
-    fn skip(&mut self, count: u64) {
+    pub fn skip(&mut self, count: u64) {
         if let TarState::Skip(left) = &mut self.state {
             *left -= count.min(*left);
             if *left == 0 {
@@ -373,10 +375,7 @@ mod tests {
             let mut at = 0;
             let mut found = Scanned::More;
             while found == Scanned::More && at < archive.len() {
-                let left = match scan.state {
-                    TarState::Skip(left) => left,
-                    _ => 0,
-                };
+                let left = scan.skippable();
                 if left > 0 {
                     let skipped = left.min(piece);
                     scan.skip(skipped);

@@ -1,0 +1,7 @@
+//! Fuzzes `targets::context_scan`.
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::context_scan(data));
