@@ -36,6 +36,7 @@ case "${1:-}" in
 esac
 if [ $# -gt 0 ]; then cases=("$@"); else cases=(short kb line); fi
 for c in "${cases[@]}"; do [[ "$c" =~ ^(short|kb|line)$ ]] || die "unknown case '$c' (short, kb, line)"; done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a count of rounds, not '$ROUNDS'"
 [ -n "${EPOCHREALTIME:-}" ] || die "needs bash 5 (EPOCHREALTIME)"
 [ -x "$BUILDER" ] || die "no binary at $BUILDER; run \`cargo build --release\` in $here"
 for tool in docker /usr/bin/time python3 jq curl; do command -v "$tool" >/dev/null || die "needs $tool"; done
@@ -164,13 +165,13 @@ measure() {
   read -r serve_s first_s lag_s < <(awk -v t0="$t0" -v f="$first" -v l="$last" -v e="$end" -v s="$step_end" \
     'BEGIN { lag = l - s; printf "%.2f %.2f %.2f\n", e - t0, f - t0, (lag > 0 ? lag : 0) }')
 
-  printf "%-8s %9d %8s %8s %6s %8s %6s %8s %6d %8s %6s %7s %6s\n" "$c" "$printed" "$docker_s" \
+  printf "%-9s %9d %8s %8s %6s %8s %6s %8s %6d %8s %6s %7s %6s\n" "$c" "$printed" "$docker_s" \
     "$submit_s" "$(ratio "$submit_s" "$docker_s")" "$nolog_s" "$(ratio "$submit_s" "$nolog_s")" \
     "$(ratio "$stored" "$printed")" $((submit_kb / 1024)) "$serve_s" "$(ratio "$serve_s" "$docker_s")" \
     "$first_s" "$lag_s"
 }
 
-printf "%-8s %9s %8s %8s %6s %8s %6s %8s %6s %8s %6s %7s %6s\n" case printed docker_s submit_s ratio \
+printf "%-9s %9s %8s %8s %6s %8s %6s %8s %6s %8s %6s %7s %6s\n" case printed docker_s submit_s ratio \
   nolog_s ratio stored_x rss_MB serve_s ratio first_s lag_s
 for c in "${cases[@]}"; do
   for _ in $(seq 1 "$ROUNDS"); do measure "$c"; done | tee "$tmp/$c.rounds"
@@ -186,7 +187,7 @@ for c in "${cases[@]}"; do
     }
     function worst(i,   k, m) { m = v[i, 1]; for (k = 2; k <= NR; k++) if (v[i, k] > m) m = v[i, k]; return m }
     END {
-      printf "%-8s %9d %8.2f %8.2f %6.2f %8.2f %6.2f %8.2f %6d %8.2f %6.2f %7.2f %6.2f\n", c "~med", median(2),
+      printf "%-9s %9d %8.2f %8.2f %6.2f %8.2f %6.2f %8.2f %6d %8.2f %6.2f %7.2f %6.2f\n", c "~med", median(2),
         median(3), median(4), median(5), median(6), median(7), median(8), worst(9), median(10), median(11),
         median(12), worst(13)
     }' "$tmp/$c.rounds"

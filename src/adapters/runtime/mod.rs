@@ -256,8 +256,8 @@ impl std::error::Error for RuntimeError {}
 ///    At its turn, a step created ahead is checked against `step_image` again (an earlier step
 ///    may have rebuilt its image) and created anew, after `remove_step`, if that changed.
 /// 3. [`start_step`](Self::start_step) at its turn, then [`step_logs`](Self::step_logs) and
-///    [`wait_step`](Self::wait_step) concurrently. The logs end on their own once the step has
-///    exited and its output is drained.
+///    [`wait_step`](Self::wait_step) concurrently. The logs end on their own once the step's
+///    output is closed (at its exit at the latest) and drained.
 /// 4. Once it exited with a non-zero code, [`missing_command`](Self::missing_command) may say
 ///    why. What the steps left in their output directories is read once they have all ended
 ///    ([`step_outputs`](Self::step_outputs)): nothing is read between two steps.
@@ -318,8 +318,9 @@ pub trait Backend: Send + Sync {
     async fn start_step(&self, build: &str, step: usize) -> Result<(), RuntimeError>;
 
     /// The started step's output from its start, stdout and stderr kept apart, as the backend
-    /// framed it (not lines). Nothing is lost at the end, not even a last line without a
-    /// newline; the stream ends once the step has exited and its output is drained.
+    /// framed it (not lines), read once. Nothing is lost at the end, not even a last line
+    /// without a newline; the stream ends once the step's output is closed (at its exit, or
+    /// earlier if its command closed it) and drained, or with an error if the backend lost it.
     fn step_logs(
         &self,
         build: &str,

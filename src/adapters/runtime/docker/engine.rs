@@ -6,8 +6,6 @@
 //! * bollard's default API version is newer than older engines (Debian's 20.10 speaks 1.41), so
 //!   the version is negotiated at connect.
 //! * bollard reports a non-zero exit from `wait` as an error; here it is an exit code.
-//! * A followed log stream can stay open after its container exited (bollard#251): logs follow the
-//!   container's exit instead of trusting the stream to end.
 //! * Pulling with an empty tag pulls every tag of a repository, so references are split into
 //!   repository and tag (default `latest`) here, minding `host:port/` registry prefixes.
 //! * bollard's push progress type has no `aux` field, so the pushed digest is read from the

@@ -378,7 +378,10 @@ impl Backend for DockerBackend {
         let attached = (self.build(build).ok()).and_then(|b| lock(&b.attached).remove(&step));
         // The attach is the only copy of the output: the engine keeps no log of a step's.
         attached.unwrap_or_else(|| {
-            let taken = format!("step {step} of build {build:?} was not started here, or its output was read already");
+            let taken = format!(
+                "step {step} of build {build:?} was not started here, or its output was read \
+                 already"
+            );
             futures_util::stream::once(async { Err(RuntimeError::Invalid(taken)) }).boxed()
         })
     }

@@ -135,9 +135,9 @@ fn lost(what: &str, error: &io::Error) -> Denial {
 /// The way a build's context takes to the engine: from the step's socket into a pipe and from
 /// the pipe into the engine's socket. Until the Dockerfile's images are settled it is read here
 /// (scanned, its last byte held back in the pipe), but for the files the scan passes over; those,
-/// and all of it after, move in the kernel (`splice`), only each chunk's framing line peeked at. It runs on a thread of its own
-/// (tokio's blocking pool), waiting in `poll`: a task's wake-ups, chunk after chunk, cost more
-/// than the copies spared (bench/endpoint.sh).
+/// and all of it after, move in the kernel (`splice`), only each chunk's framing line peeked
+/// at. It runs on a thread of its own (tokio's blocking pool), waiting in `poll`: a task's
+/// wake-ups, chunk after chunk, cost more than the copies spared (bench/endpoint.sh).
 struct Conduit {
     step: StdUnixStream,
     engine: StdUnixStream,
